@@ -1,0 +1,102 @@
+//! Byte layout of a record batch (format version 1). Every field's position is
+//! derived from the one before it, so inserting a field cannot silently leave
+//! two fields overlapping; the `const` assertions at the bottom pin the result
+//! to the diagram in `docs/format/batch.md`. All integers are little-endian.
+
+/// The batch format version this crate writes and reads.
+pub const VERSION: u8 = 1;
+
+pub const LEN_AT: usize = 0; // u32: bytes of the whole batch, this field included
+pub const HEADER_CRC_AT: usize = LEN_AT + 4; // u32: CRC-32 of [HEADER_CRC_FROM, HEADER_BYTES)
+pub const VERSION_AT: usize = HEADER_CRC_AT + 4; // u8
+pub const FLAGS_AT: usize = VERSION_AT + 1; // u8
+pub const RESERVED_AT: usize = FLAGS_AT + 1; // u16, zero
+pub const RECORD_COUNT_AT: usize = RESERVED_AT + 2; // u32
+pub const BASE_OFFSET_AT: usize = RECORD_COUNT_AT + 4; // u64, stamped by the log
+pub const RAFT_TERM_AT: usize = BASE_OFFSET_AT + 8; // u64, stamped by the log
+pub const RAFT_INDEX_AT: usize = RAFT_TERM_AT + 8; // u64, stamped by the log
+pub const FIRST_TIMESTAMP_AT: usize = RAFT_INDEX_AT + 8; // i64 ms since the Unix epoch
+pub const MAX_TIMESTAMP_AT: usize = FIRST_TIMESTAMP_AT + 8; // i64
+pub const PRODUCER_ID_AT: usize = MAX_TIMESTAMP_AT + 8; // u64, 0 = none
+pub const PRODUCER_SEQ_AT: usize = PRODUCER_ID_AT + 8; // u64, sequence of the first record
+pub const OFFSET_COUNT_AT: usize = PRODUCER_SEQ_AT + 8; // u32, offsets the batch occupies
+pub const RECORDS_LEN_AT: usize = OFFSET_COUNT_AT + 4; // u32, stored (maybe compressed) bytes
+pub const RECORDS_RAW_LEN_AT: usize = RECORDS_LEN_AT + 4; // u32, uncompressed bytes
+pub const RECORDS_CRC_AT: usize = RECORDS_RAW_LEN_AT + 4; // u32, CRC-32 of the stored records
+/// Size of the fixed header; records follow immediately.
+pub const HEADER_BYTES: usize = RECORDS_CRC_AT + 4;
+/// The header checksum starts after itself and covers the rest of the header,
+/// including the records checksum, so one CRC over 80 bytes protects
+/// everything the log stamps and transitively the records.
+pub const HEADER_CRC_FROM: usize = HEADER_CRC_AT + 4;
+
+/// Flag: the records section is one zstd frame.
+pub const FLAG_ZSTD: u8 = 0b01;
+/// Flag: a control batch (cursor commit, group ack, Raft membership…): it
+/// occupies no offsets and is never delivered to subscribers.
+pub const FLAG_CONTROL: u8 = 0b10;
+pub const FLAGS_KNOWN: u8 = FLAG_ZSTD | FLAG_CONTROL;
+
+/// Hard ceiling on a whole batch; configurations may only lower it.
+pub const BATCH_BYTES_MAX: usize = 8 << 20;
+/// Ceiling on the records section once decompressed, so a small zstd frame
+/// cannot make us allocate without bound.
+pub const RECORDS_RAW_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX;
+/// Records in one batch.
+pub const RECORD_COUNT_MAX: u32 = 1 << 16;
+/// Bytes of a record key.
+pub const KEY_BYTES_MAX: usize = 64 << 10;
+/// Headers on one record.
+pub const RECORD_HEADERS_MAX: usize = 64;
+/// Bytes of one header name.
+pub const HEADER_NAME_BYTES_MAX: usize = 256;
+
+// --- records (inside the records section, after decompression) ---
+
+pub const REC_LEN_AT: usize = 0; // u32: bytes after this field
+pub const REC_ATTRS_AT: usize = REC_LEN_AT + 4; // u8
+pub const REC_OFFSET_DELTA_AT: usize = REC_ATTRS_AT + 1; // u32: offset - base_offset
+pub const REC_TIMESTAMP_DELTA_AT: usize = REC_OFFSET_DELTA_AT + 4; // i32 ms from first_timestamp
+/// Fixed part of a record; then optional key, value, ttl, and the headers.
+pub const REC_FIXED_BYTES: usize = REC_TIMESTAMP_DELTA_AT + 4;
+/// Smallest encodable record: fixed part plus a zero header count.
+pub const REC_MIN_BYTES: usize = REC_FIXED_BYTES + 2;
+
+pub const REC_HAS_KEY: u8 = 0b001;
+/// Absent value = tombstone (used by caches and compacted streams).
+pub const REC_HAS_VALUE: u8 = 0b010;
+/// A `u64` time-to-live in ms, counted from the record's timestamp.
+pub const REC_HAS_TTL: u8 = 0b100;
+pub const REC_ATTRS_KNOWN: u8 = REC_HAS_KEY | REC_HAS_VALUE | REC_HAS_TTL;
+
+const _: () = assert!(HEADER_BYTES == 88);
+const _: () = assert!(HEADER_CRC_FROM == VERSION_AT);
+const _: () = assert!(REC_FIXED_BYTES == 13);
+const _: () = assert!(BATCH_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(RECORDS_RAW_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(FLAG_ZSTD & FLAG_CONTROL == 0);
+// The largest count fits in the smallest possible raw section, so a count
+// check can be done against bytes present before any per-record work.
+const _: () = assert!((RECORD_COUNT_MAX as usize) * REC_MIN_BYTES <= RECORDS_RAW_BYTES_MAX);
+
+/// Little-endian readers over a slice the caller has already bounds-checked.
+pub(crate) mod le {
+    pub fn u16_at(b: &[u8], at: usize) -> u16 {
+        u16::from_le_bytes([b[at], b[at + 1]])
+    }
+    pub fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    }
+    pub fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    }
+    pub fn i64_at(b: &[u8], at: usize) -> i64 {
+        u64_at(b, at) as i64
+    }
+    pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+}

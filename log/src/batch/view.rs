@@ -1,0 +1,277 @@
+//! Reading and checking batches that already exist as bytes.
+
+use bytes::Bytes;
+
+use super::layout::{self as l, le};
+use super::record::{self, RecordIter};
+use super::BatchError;
+use crate::types::{Offset, ProducerId, RaftIndex, RaftTerm};
+
+/// Flags of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchFlags(pub u8);
+
+impl BatchFlags {
+    pub fn zstd(self) -> bool {
+        self.0 & l::FLAG_ZSTD != 0
+    }
+    pub fn control(self) -> bool {
+        self.0 & l::FLAG_CONTROL != 0
+    }
+}
+
+/// The decoded fixed header of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub batch_len: u32,
+    pub header_crc: u32,
+    pub flags: BatchFlags,
+    pub record_count: u32,
+    pub base_offset: Offset,
+    pub raft_term: RaftTerm,
+    pub raft_index: RaftIndex,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: ProducerId,
+    pub producer_seq: u64,
+    /// Offsets this batch occupies: `[base_offset, base_offset + offset_count)`.
+    /// Zero for control batches; at least `record_count` for data batches
+    /// (more once compaction has removed records).
+    pub offset_count: u32,
+    pub records_len: u32,
+    pub records_raw_len: u32,
+    pub records_crc: u32,
+}
+
+impl BatchHeader {
+    /// Decodes and checks the fixed header: version, flags, reserved bytes,
+    /// header checksum, and that the lengths and counts agree with each other
+    /// and with the limits. Does not look at the records.
+    pub fn decode(buf: &[u8]) -> Result<BatchHeader, BatchError> {
+        if buf.len() < l::HEADER_BYTES {
+            return Err(BatchError::Truncated {
+                need: l::HEADER_BYTES,
+                have: buf.len(),
+            });
+        }
+        let version = buf[l::VERSION_AT];
+        if version != l::VERSION {
+            return Err(BatchError::Version(version));
+        }
+        let stored = le::u32_at(buf, l::HEADER_CRC_AT);
+        let computed = crc32fast::hash(&buf[l::HEADER_CRC_FROM..l::HEADER_BYTES]);
+        if stored != computed {
+            return Err(BatchError::HeaderCrc { stored, computed });
+        }
+        let flags = buf[l::FLAGS_AT];
+        if flags & !l::FLAGS_KNOWN != 0 {
+            return Err(BatchError::UnknownFlags(flags));
+        }
+        if le::u16_at(buf, l::RESERVED_AT) != 0 {
+            return Err(BatchError::Reserved);
+        }
+        let h = BatchHeader {
+            batch_len: le::u32_at(buf, l::LEN_AT),
+            header_crc: stored,
+            flags: BatchFlags(flags),
+            record_count: le::u32_at(buf, l::RECORD_COUNT_AT),
+            base_offset: Offset(le::u64_at(buf, l::BASE_OFFSET_AT)),
+            raft_term: RaftTerm(le::u64_at(buf, l::RAFT_TERM_AT)),
+            raft_index: RaftIndex(le::u64_at(buf, l::RAFT_INDEX_AT)),
+            first_timestamp_ms: le::i64_at(buf, l::FIRST_TIMESTAMP_AT),
+            max_timestamp_ms: le::i64_at(buf, l::MAX_TIMESTAMP_AT),
+            producer_id: ProducerId(le::u64_at(buf, l::PRODUCER_ID_AT)),
+            producer_seq: le::u64_at(buf, l::PRODUCER_SEQ_AT),
+            offset_count: le::u32_at(buf, l::OFFSET_COUNT_AT),
+            records_len: le::u32_at(buf, l::RECORDS_LEN_AT),
+            records_raw_len: le::u32_at(buf, l::RECORDS_RAW_LEN_AT),
+            records_crc: le::u32_at(buf, l::RECORDS_CRC_AT),
+        };
+        h.check_consistent()?;
+        Ok(h)
+    }
+
+    fn check_consistent(&self) -> Result<(), BatchError> {
+        let too_large = |what, value: u64, max: usize| BatchError::TooLarge {
+            what,
+            value,
+            max: max as u64,
+        };
+        if self.batch_len as usize > l::BATCH_BYTES_MAX {
+            return Err(too_large(
+                "batch length",
+                self.batch_len.into(),
+                l::BATCH_BYTES_MAX,
+            ));
+        }
+        if self.batch_len as usize != l::HEADER_BYTES + self.records_len as usize {
+            return Err(BatchError::Inconsistent(
+                "batch length is not header plus records length",
+            ));
+        }
+        if self.records_raw_len as usize > l::RECORDS_RAW_BYTES_MAX {
+            return Err(too_large(
+                "uncompressed records length",
+                self.records_raw_len.into(),
+                l::RECORDS_RAW_BYTES_MAX,
+            ));
+        }
+        if !self.flags.zstd() && self.records_raw_len != self.records_len {
+            return Err(BatchError::Inconsistent(
+                "uncompressed batch with raw length different from stored length",
+            ));
+        }
+        if self.record_count > l::RECORD_COUNT_MAX {
+            return Err(too_large(
+                "record count",
+                self.record_count.into(),
+                l::RECORD_COUNT_MAX as usize,
+            ));
+        }
+        if (self.record_count as usize) * l::REC_MIN_BYTES > self.records_raw_len as usize {
+            return Err(BatchError::Inconsistent(
+                "record count larger than the records section can hold",
+            ));
+        }
+        if self.record_count == 0 {
+            return Err(BatchError::Inconsistent("batch without records"));
+        }
+        if self.flags.control() {
+            if self.offset_count != 0 {
+                return Err(BatchError::Inconsistent("control batch occupies offsets"));
+            }
+        } else if self.offset_count < self.record_count {
+            return Err(BatchError::Inconsistent("offset count smaller than record count"));
+        }
+        if self.max_timestamp_ms < self.first_timestamp_ms {
+            return Err(BatchError::Inconsistent("max timestamp before first timestamp"));
+        }
+        Ok(())
+    }
+
+    /// First offset after this batch.
+    pub fn next_offset(&self) -> Offset {
+        self.base_offset.add(self.offset_count.into())
+    }
+
+    /// Whether `offset` is one of the offsets this batch occupies.
+    pub fn contains(&self, offset: Offset) -> bool {
+        self.base_offset <= offset && offset < self.next_offset()
+    }
+}
+
+/// Checks the records checksum of a batch whose header is already decoded.
+pub(crate) fn check_records_crc(buf: &[u8], h: &BatchHeader) -> Result<(), BatchError> {
+    let end = h.batch_len as usize;
+    if buf.len() < end {
+        return Err(BatchError::Truncated {
+            need: end,
+            have: buf.len(),
+        });
+    }
+    let computed = crc32fast::hash(&buf[l::HEADER_BYTES..end]);
+    if computed != h.records_crc {
+        return Err(BatchError::RecordsCrc {
+            stored: h.records_crc,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+/// Structural check of the records of a batch whose header and checksums were
+/// checked; see [`Batch::validate`].
+pub(crate) fn validate_records(buf: &[u8], h: &BatchHeader) -> Result<(), BatchError> {
+    let stored = &buf[l::HEADER_BYTES..h.batch_len as usize];
+    let (n, max_ts) = if h.flags.zstd() {
+        let raw = record::decompress(stored, h.records_raw_len as usize)?;
+        record::check_all(&raw, h)?
+    } else {
+        record::check_all(stored, h)?
+    };
+    if n != h.record_count {
+        return Err(BatchError::Inconsistent(
+            "record count differs from records present",
+        ));
+    }
+    if max_ts != h.max_timestamp_ms {
+        return Err(BatchError::Inconsistent(
+            "max timestamp is not the largest record timestamp",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes the fields the log owns (base offset, Raft term and index) into an
+/// encoded batch and recomputes the header checksum. The records and their
+/// checksum are not touched: stamping costs one CRC over 80 bytes whatever the
+/// batch size.
+pub fn stamp(buf: &mut [u8], base_offset: Offset, term: RaftTerm, index: RaftIndex) {
+    assert!(
+        buf.len() >= l::HEADER_BYTES,
+        "stamp on a buffer shorter than a batch header"
+    );
+    le::put_u64(buf, l::BASE_OFFSET_AT, base_offset.0);
+    le::put_u64(buf, l::RAFT_TERM_AT, term.0);
+    le::put_u64(buf, l::RAFT_INDEX_AT, index.0);
+    let crc = crc32fast::hash(&buf[l::HEADER_CRC_FROM..l::HEADER_BYTES]);
+    le::put_u32(buf, l::HEADER_CRC_AT, crc);
+}
+
+/// A whole, checked batch over shared bytes (a slice of a segment map, or a
+/// buffer from the network).
+#[derive(Clone, Debug)]
+pub struct Batch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl Batch {
+    /// Checks header and records checksum, and that `bytes` holds exactly one
+    /// batch. Does not parse records; see [`Batch::validate`].
+    pub fn new(bytes: Bytes) -> Result<Batch, BatchError> {
+        let header = BatchHeader::decode(&bytes)?;
+        check_records_crc(&bytes, &header)?;
+        if bytes.len() != header.batch_len as usize {
+            return Err(BatchError::Inconsistent("bytes after the end of the batch"));
+        }
+        Ok(Batch { header, bytes })
+    }
+
+    /// Wraps bytes whose header was decoded and checksums checked by the caller
+    /// (the log, which verified them on append or on recovery).
+    pub(crate) fn trusted(header: BatchHeader, bytes: Bytes) -> Batch {
+        debug_assert_eq!(bytes.len(), header.batch_len as usize);
+        Batch { header, bytes }
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The encoded batch, exactly as stored.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Full structural check: decompresses if needed and walks every record,
+    /// checking each length against what remains, offset deltas strictly
+    /// increasing inside the batch's offset range, timestamps inside
+    /// `[first, max]`, and the record count.
+    pub fn validate(&self) -> Result<(), BatchError> {
+        validate_records(&self.bytes, &self.header)
+    }
+
+    /// The records, decompressing first if the batch is compressed. Each
+    /// record is itself checked as it is decoded.
+    pub fn records(&self) -> Result<RecordIter, BatchError> {
+        let h = &self.header;
+        let stored = self.bytes.slice(l::HEADER_BYTES..h.batch_len as usize);
+        let raw = if h.flags.zstd() {
+            record::decompress(&stored, h.records_raw_len as usize)?
+        } else {
+            stored
+        };
+        Ok(RecordIter::new(raw, *h))
+    }
+}

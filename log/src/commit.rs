@@ -1,0 +1,188 @@
+//! A log shared between threads, with the durability mode applied.
+//!
+//! Group commit: appenders copy their batch under the log lock (a memcpy),
+//! then wait for durability. Whoever finds no fsync running becomes the
+//! syncer: it notes the last appended index, fsyncs *without* the log lock,
+//! publishes the new durable index and wakes everyone it covers. Appenders
+//! that arrive during an fsync are covered by the next one, so one fsync
+//! serves every append that was waiting for it.
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::config::{Durability, LogConfig};
+use crate::error::{LogError, Result};
+use crate::log::{AppendOutcome, Log, OpenReport};
+use crate::types::{RaftIndex, RaftTerm};
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Highest Raft index known durable; `None` before the first.
+    durable: Option<RaftIndex>,
+    syncing: bool,
+    failed: bool,
+    /// fsyncs performed (for benchmarks and tests).
+    syncs: u64,
+    closing: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: Mutex<Log>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    durability: Durability,
+}
+
+/// A [`Log`] behind a lock, applying its [`Durability`] on append.
+#[derive(Debug)]
+pub struct SharedLog {
+    inner: Arc<Inner>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl SharedLog {
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<(SharedLog, OpenReport)> {
+        let durability = config.durability;
+        let (log, report) = Log::open(dir, config, crate::now_ms())?;
+        Ok((SharedLog::new(log, durability), report))
+    }
+
+    /// Wraps an open log.
+    pub fn new(log: Log, durability: Durability) -> SharedLog {
+        let durable = log.last_raft().map(|(_, i)| i);
+        let inner = Arc::new(Inner {
+            log: Mutex::new(log),
+            sync: Mutex::new(SyncState {
+                durable,
+                ..SyncState::default()
+            }),
+            synced: Condvar::new(),
+            durability,
+        });
+        let flusher = match durability {
+            Durability::Interval { ms } => {
+                let inner = inner.clone();
+                Some(std::thread::spawn(move || {
+                    flush_every(&inner, Duration::from_millis(ms))
+                }))
+            }
+            _ => None,
+        };
+        SharedLog { inner, flusher }
+    }
+
+    /// Runs `f` with the log locked (reads, retention, truncation).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Log) -> R) -> R {
+        f(&mut lock(&self.inner.log))
+    }
+
+    /// Appends and returns once the batch is as durable as the mode promises.
+    pub fn append(&self, batch: &[u8], term: RaftTerm) -> Result<AppendOutcome> {
+        let out = {
+            let mut log = lock(&self.inner.log);
+            let index = log.next_raft_index();
+            log.append(batch, term, index, crate::now_ms())?
+        };
+        if self.inner.durability == Durability::Always {
+            self.wait_durable(out.raft_index)?;
+        }
+        Ok(out)
+    }
+
+    /// Blocks until entry `index` is durable, fsyncing if nobody else is.
+    pub fn wait_durable(&self, index: RaftIndex) -> Result<()> {
+        let mut st = lock(&self.inner.sync);
+        loop {
+            if st.failed {
+                return Err(LogError::Poisoned);
+            }
+            if st.durable.is_some_and(|d| d >= index) {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.inner.synced.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            sync_once(&self.inner);
+            st = lock(&self.inner.sync);
+        }
+    }
+
+    /// fsyncs performed so far by group commit and the flusher.
+    pub fn sync_count(&self) -> u64 {
+        lock(&self.inner.sync).syncs
+    }
+
+    /// Stops the flusher, flushes, and closes the log cleanly.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_flusher();
+        lock(&self.inner.log).close_in_place()
+    }
+
+    fn stop_flusher(&mut self) {
+        if let Some(h) = self.flusher.take() {
+            lock(&self.inner.sync).closing = true;
+            self.inner.synced.notify_all();
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SharedLog {
+    fn drop(&mut self) {
+        self.stop_flusher();
+    }
+}
+
+/// One fsync covering everything appended before it started.
+fn sync_once(inner: &Inner) {
+    let (file, target) = lock(&inner.log).sync_point();
+    let ok = match file {
+        Some(f) => f.sync_data().is_ok(),
+        None => true,
+    };
+    if !ok {
+        lock(&inner.log).poison();
+    }
+    let mut st = lock(&inner.sync);
+    st.syncing = false;
+    st.syncs += 1;
+    if ok {
+        st.durable = st.durable.max(target);
+    } else {
+        st.failed = true;
+    }
+    inner.synced.notify_all();
+}
+
+fn flush_every(inner: &Inner, every: Duration) {
+    let mut st = lock(&inner.sync);
+    loop {
+        st = inner
+            .synced
+            .wait_timeout(st, every)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+        if st.closing || st.failed {
+            return;
+        }
+        if st.syncing {
+            continue;
+        }
+        st.syncing = true;
+        drop(st);
+        sync_once(inner);
+        st = lock(&inner.sync);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock already broke an invariant loudly; the
+    // data itself is still consistent for the next caller to inspect.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

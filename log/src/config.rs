@@ -1,0 +1,125 @@
+//! What a log is told when it is opened.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::batch::layout::BATCH_BYTES_MAX;
+use crate::error::LogError;
+use crate::segment::format::SEGMENT_HEADER_BYTES;
+
+/// When appended bytes are forced to stable storage.
+///
+/// | mode | survives a process crash | survives power loss |
+/// |---|---|---|
+/// | `always` | every acknowledged append | every acknowledged append |
+/// | `interval:<ms>` | every acknowledged append | all but the last ≤ `ms` of appends |
+/// | `none` | every acknowledged append | what the kernel happened to write back; sealed segments always |
+///
+/// Appends are copied into a shared file mapping, so they are in the page
+/// cache the moment `append` returns and a killed process loses nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Group commit: an append is acknowledged only after an fsync that
+    /// covers it; concurrent appenders share one fsync.
+    #[default]
+    Always,
+    /// A background flush every `ms` milliseconds.
+    Interval { ms: u64 },
+    /// No fsync on the append path.
+    None,
+}
+
+impl FromStr for Durability {
+    type Err = LogError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "none" => Ok(Durability::None),
+            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval { ms }),
+                _ => Err(LogError::Config(format!(
+                    "durability '{s}': expected always, none or interval:<ms> with ms > 0"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Durability::Always => f.write_str("always"),
+            Durability::Interval { ms } => write!(f, "interval:{ms}"),
+            Durability::None => f.write_str("none"),
+        }
+    }
+}
+
+/// How much of the log recovery verifies on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// Trust what the checkpoint says was sealed and fsynced; verify the rest.
+    #[default]
+    FromCheckpoint,
+    /// Verify every batch of every segment.
+    Full,
+}
+
+/// Configuration of one log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Size a segment is preallocated to; it is sealed when the next batch
+    /// would not fit.
+    pub segment_bytes: u64,
+    /// A segment whose first append is older than this is sealed at the next
+    /// append or `roll_if_due`.
+    pub segment_ms: u64,
+    /// Largest batch this log accepts (at most [`BATCH_BYTES_MAX`]).
+    pub batch_bytes_max: usize,
+    pub durability: Durability,
+    pub verify: Verify,
+    /// On interior corruption, quarantine the damaged range and keep the rest
+    /// instead of refusing to open.
+    pub repair: bool,
+    /// Bytes between sparse in-memory index entries.
+    pub index_interval_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 << 20,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            batch_bytes_max: 1 << 20,
+            durability: Durability::Always,
+            verify: Verify::FromCheckpoint,
+            repair: false,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+impl LogConfig {
+    pub(crate) fn validate(&self) -> Result<(), LogError> {
+        if self.batch_bytes_max == 0 || self.batch_bytes_max > BATCH_BYTES_MAX {
+            return Err(LogError::Config(format!(
+                "batch_bytes_max {} must be in 1..={BATCH_BYTES_MAX}",
+                self.batch_bytes_max
+            )));
+        }
+        let min = (SEGMENT_HEADER_BYTES + self.batch_bytes_max) as u64;
+        if self.segment_bytes < min || self.segment_bytes > u32::MAX as u64 {
+            return Err(LogError::Config(format!(
+                "segment_bytes {} must hold the segment header and one largest batch ({min}) and fit in 32 bits",
+                self.segment_bytes
+            )));
+        }
+        if self.segment_ms == 0 {
+            return Err(LogError::Config("segment_ms must be positive".into()));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(LogError::Config("index_interval_bytes must be positive".into()));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,38 @@
+//! `felix-log`: the append-only segment log under every Felix shard replica,
+//! and that replica's Raft log.
+//!
+//! - [`batch`]: the record batch format (built by producers, stamped by the log).
+//! - [`Log`]: segments, append, reads, recovery, truncation, retention.
+//! - [`SharedLog`]: a thread-safe log with group commit per [`Durability`].
+//!
+//! This crate knows nothing of RocksDB, Raft libraries, QUIC or async
+//! runtimes: bytes and `now` go in, results come out.
+
+pub mod batch;
+mod checkpoint;
+mod commit;
+mod config;
+mod error;
+mod fsio;
+mod log;
+pub mod scan;
+mod segment;
+mod types;
+
+pub use crate::batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Record, RecordInput};
+pub use crate::commit::SharedLog;
+pub use crate::config::{Durability, LogConfig, Verify};
+pub use crate::error::{LogError, Result};
+pub use crate::log::{
+    AppendOutcome, Batches, Log, OpenReport, Quarantined, ReadChunk, Retention, RetentionOutcome, SegmentInfo,
+};
+pub use crate::segment::format::SEGMENT_HEADER_BYTES;
+pub use crate::types::{Offset, ProducerId, RaftIndex, RaftTerm, SegmentId};
+
+/// Milliseconds since the Unix epoch from the system clock, for callers that
+/// have no clock of their own.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -1,0 +1,897 @@
+//! The log of one shard replica: an ordered run of segments, the last one
+//! active. Single writer (`&mut self`); [`crate::SharedLog`] adds locking and
+//! group commit on top.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+
+use crate::batch::view::{check_records_crc, validate_records};
+use crate::batch::{Batch, BatchHeader};
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{LogConfig, Verify};
+use crate::error::{LogError, Result};
+use crate::fsio;
+use crate::scan::{self, ScanEnd, ScanFrom, Summary};
+use crate::segment::format::{self, SegmentHeader, SEGMENT_HEADER_BYTES};
+use crate::segment::{push_sparse, IndexEntry, Segment};
+use crate::types::{Offset, RaftIndex, RaftTerm, SegmentId};
+
+const LOCK_FILE: &str = "lock";
+const QUARANTINE_DIR: &str = "quarantine";
+/// Repairs one open may make before giving up (each removes a damaged range).
+const REPAIRS_MAX: usize = 1024;
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub base_offset: Offset,
+    /// First offset after the batch.
+    pub next_offset: Offset,
+    pub raft_index: RaftIndex,
+    pub segment: SegmentId,
+    pub position: u64,
+    pub len: u32,
+}
+
+/// A run of whole batches from one segment.
+#[derive(Debug, Clone)]
+pub struct ReadChunk {
+    /// Encoded batches, back to back, sharing the segment's mapping.
+    pub bytes: Bytes,
+    /// The offset to read from next.
+    pub next_offset: Offset,
+}
+
+/// A damaged range moved aside by repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub segment: PathBuf,
+    pub from: u64,
+    pub to: u64,
+    pub saved_to: PathBuf,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub segments: usize,
+    /// The previous close was clean (nothing needed verifying).
+    pub clean: bool,
+    /// Bytes whose checksums were verified.
+    pub verified_bytes: u64,
+    /// A torn tail that was cut: segment, position, reason.
+    pub torn_tail: Option<(PathBuf, u64, String)>,
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// Retention policy; `None` keeps forever.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+}
+
+/// What a retention pass removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub segments_deleted: usize,
+    pub bytes_deleted: u64,
+    pub earliest_offset: Offset,
+}
+
+/// A segment as seen from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: SegmentId,
+    pub path: PathBuf,
+    pub first_offset: Offset,
+    pub next_offset: Offset,
+    pub last_raft_index: Option<RaftIndex>,
+    pub bytes: u64,
+    pub sealed: bool,
+    pub max_timestamp_ms: i64,
+}
+
+/// The segment log of one shard replica.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    config: LogConfig,
+    /// Never empty; the last is the only active segment.
+    segments: Vec<Segment>,
+    _lock: File,
+    poisoned: bool,
+}
+
+impl Log {
+    /// Opens or creates the log in `dir`, recovering it as described in
+    /// `docs/format/segment.md`.
+    pub fn open(dir: impl AsRef<Path>, config: LogConfig, now_ms: i64) -> Result<(Log, OpenReport)> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(LogError::io("open", &lock_path))?;
+        if !fsio::lock_exclusive(&lock).map_err(LogError::io("lock", &lock_path))? {
+            return Err(LogError::Locked { path: dir });
+        }
+        let mut report = OpenReport::default();
+        let mut repairs = 0;
+        let segments = loop {
+            match recover(&dir, &config, &mut report) {
+                Ok(s) => break s,
+                Err(LogError::Corrupt {
+                    path,
+                    position,
+                    end,
+                    reason,
+                }) if config.repair && repairs < REPAIRS_MAX => {
+                    tracing::warn!(path = %path.display(), position, end, %reason, "quarantining damaged range");
+                    report.quarantined.push(quarantine(&dir, &path, position, end)?);
+                    repairs += 1;
+                    report.verified_bytes = 0;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let mut log = Log {
+            dir,
+            config,
+            segments,
+            _lock: lock,
+            poisoned: false,
+        };
+        if log.segments.is_empty() {
+            let s = log.new_segment(Offset(0), RaftIndex(0), None, now_ms)?;
+            log.segments.push(s);
+        } else if log.active().is_sealed() {
+            // A crash between sealing a segment and creating the next one.
+            let (next_offset, next_index, last) = (log.next_offset(), log.next_raft_index(), log.last_raft());
+            let s = log.new_segment(next_offset, next_index, last, now_ms)?;
+            log.segments.push(s);
+        }
+        report.segments = log.segments.len();
+        // From now on a crash must not be mistaken for a clean close.
+        log.write_checkpoint(false)?;
+        Ok((log, report))
+    }
+
+    fn new_segment(
+        &self,
+        first_offset: Offset,
+        first_raft_index: RaftIndex,
+        last: Option<(RaftTerm, RaftIndex)>,
+        now_ms: i64,
+    ) -> Result<Segment> {
+        Segment::create(
+            &self.dir,
+            first_offset,
+            first_raft_index,
+            last,
+            now_ms,
+            self.config.segment_bytes,
+            self.config.index_interval_bytes,
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.last().expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a log always has a segment")
+    }
+
+    /// Offset the next data record will get.
+    pub fn next_offset(&self) -> Offset {
+        self.active().summary.next_offset
+    }
+
+    /// First offset still held (retention moves it forward).
+    pub fn earliest_offset(&self) -> Offset {
+        self.segments[0].header.first_offset
+    }
+
+    /// Term and index of the last batch, if any.
+    pub fn last_raft(&self) -> Option<(RaftTerm, RaftIndex)> {
+        self.active().summary.last
+    }
+
+    /// The Raft index the next append must carry.
+    pub fn next_raft_index(&self) -> RaftIndex {
+        match self.last_raft() {
+            Some((_, i)) => i.next(),
+            None => self.active().header.first_raft_index,
+        }
+    }
+
+    /// Raft index of the first batch held, if any.
+    pub fn first_raft_index(&self) -> Option<RaftIndex> {
+        let s = self.segments.iter().find(|s| s.has_batches())?;
+        Some(s.header_at(SEGMENT_HEADER_BYTES).raft_index)
+    }
+
+    /// Bytes in all segments (headers included).
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len).sum()
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .iter()
+            .map(|s| SegmentInfo {
+                id: s.id(),
+                path: s.path.clone(),
+                first_offset: s.header.first_offset,
+                next_offset: s.summary.next_offset,
+                last_raft_index: s
+                    .summary
+                    .last
+                    .map(|(_, i)| i)
+                    .filter(|i| s.has_batches() && *i >= s.header.first_raft_index),
+                bytes: s.len,
+                sealed: s.is_sealed(),
+                max_timestamp_ms: s.summary.max_timestamp_ms,
+            })
+            .collect()
+    }
+
+    /// Verifies a producer-built batch and appends it as Raft entry
+    /// `(term, index)`, assigning its base offset (the log's next offset).
+    /// Only the base offset, term and index are written; the records are
+    /// copied unchanged. Durability is the caller's: see [`Log::flush`] and
+    /// [`crate::SharedLog`].
+    pub fn append(
+        &mut self,
+        batch: &[u8],
+        term: RaftTerm,
+        index: RaftIndex,
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                len: batch.len(),
+                max: self.config.batch_bytes_max,
+            });
+        }
+        let h = BatchHeader::decode(batch)?;
+        if h.batch_len as usize != batch.len() {
+            return Err(crate::batch::BatchError::Inconsistent(
+                "buffer length differs from the batch length",
+            )
+            .into());
+        }
+        check_records_crc(batch, &h)?;
+        validate_records(batch, &h)?;
+        if let Some((last_term, _)) = self.last_raft() {
+            if term < last_term {
+                return Err(LogError::RaftTermRegressed {
+                    last: last_term,
+                    got: term,
+                });
+            }
+        }
+        let expected = self.next_raft_index();
+        if index != expected {
+            return Err(LogError::RaftIndexGap { expected, got: index });
+        }
+
+        let active = self.active();
+        let too_old = active.has_batches()
+            && now_ms.saturating_sub(active.header.created_ms) >= self.config.segment_ms as i64;
+        if active.remaining() < batch.len() as u64 || too_old {
+            self.roll(now_ms)?;
+        } else if !active.has_batches()
+            && now_ms.saturating_sub(active.header.created_ms) >= self.config.segment_ms as i64
+        {
+            self.active_mut().restart_clock(now_ms)?;
+        }
+        let base = self.next_offset();
+        let seg = self.active_mut();
+        let position = seg.append(batch, &h, base, term, index);
+        Ok(AppendOutcome {
+            base_offset: base,
+            next_offset: base.add(h.offset_count.into()),
+            raft_index: index,
+            segment: seg.id(),
+            position,
+            len: h.batch_len,
+        })
+    }
+
+    /// fdatasync of the active segment: every append so far is durable when
+    /// it returns. A failed fsync poisons the log (the kernel may have
+    /// dropped the dirty pages, so retrying could falsely succeed).
+    pub fn flush(&mut self) -> Result<()> {
+        let r = self.active().flush();
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    /// The active segment's file and the last Raft index it covers, for a
+    /// group-commit fsync done without holding the log.
+    pub(crate) fn sync_point(&self) -> (Option<Arc<File>>, Option<RaftIndex>) {
+        (self.active().sync_handle(), self.last_raft().map(|(_, i)| i))
+    }
+
+    pub(crate) fn poison(&mut self) {
+        self.poisoned = true;
+    }
+
+    /// Seals the active segment and starts a new one, unless it is empty.
+    /// The new file is created first, so a full disk leaves the log as it was.
+    pub fn roll(&mut self, now_ms: i64) -> Result<()> {
+        if !self.active().has_batches() {
+            return Ok(());
+        }
+        let next = self.new_segment(
+            self.next_offset(),
+            self.next_raft_index(),
+            self.last_raft(),
+            now_ms,
+        )?;
+        if let Err(e) = self.active_mut().seal() {
+            self.poisoned = true;
+            let _ = fs::remove_file(&next.path);
+            return Err(e);
+        }
+        self.segments.push(next);
+        self.write_checkpoint(false)
+    }
+
+    /// Rolls if the active segment is older than `segment_ms`. Returns
+    /// whether it rolled.
+    pub fn roll_if_due(&mut self, now_ms: i64) -> Result<bool> {
+        let a = self.active();
+        if a.has_batches() && now_ms.saturating_sub(a.header.created_ms) >= self.config.segment_ms as i64 {
+            self.roll(now_ms)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn segment_for_offset(&self, offset: Offset) -> usize {
+        self.segments
+            .partition_point(|s| s.header.first_offset <= offset)
+            .saturating_sub(1)
+    }
+
+    /// Whole batches starting with the one holding `from` (or the first after
+    /// it if `from` fell in a gap), up to `max_bytes` (at least one batch),
+    /// from one segment. Empty at the end of the log.
+    pub fn read(&self, from: Offset, max_bytes: usize) -> Result<ReadChunk> {
+        let (earliest, latest) = (self.earliest_offset(), self.next_offset());
+        if from < earliest || from > latest {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from,
+                earliest,
+                latest,
+            });
+        }
+        let mut i = self.segment_for_offset(from);
+        while i < self.segments.len() {
+            let s = &self.segments[i];
+            if let Some(pos) = s.find_offset(from) {
+                let (bytes, next_offset) = s.read_from(pos, max_bytes);
+                return Ok(ReadChunk {
+                    bytes,
+                    next_offset: next_offset.max(from),
+                });
+            }
+            i += 1;
+        }
+        Ok(ReadChunk {
+            bytes: Bytes::new(),
+            next_offset: latest,
+        })
+    }
+
+    /// Iterates batches from `from` to the current end, across segments.
+    pub fn batches_from(&self, from: Offset) -> Result<Batches<'_>> {
+        let (earliest, latest) = (self.earliest_offset(), self.next_offset());
+        if from < earliest || from > latest {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from,
+                earliest,
+                latest,
+            });
+        }
+        let seg = self.segment_for_offset(from);
+        let pos = self.segments[seg].find_offset(from);
+        Ok(Batches { log: self, seg, pos })
+    }
+
+    /// The batch that is Raft entry `index`, if the log holds it.
+    pub fn entry(&self, index: RaftIndex) -> Option<Batch> {
+        let i = self
+            .segments
+            .partition_point(|s| s.header.first_raft_index <= index)
+            .checked_sub(1)?;
+        let s = &self.segments[i];
+        s.find_raft_index(index).map(|pos| s.batch_at(pos))
+    }
+
+    /// Removes every batch with a Raft index above `index` (a suffix Raft no
+    /// longer wants). Bytes handed out earlier stay valid: the shortened
+    /// segment is written to a new file that replaces the old one.
+    pub fn truncate_after(&mut self, index: RaftIndex, now_ms: i64) -> Result<()> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        match self.last_raft() {
+            Some((_, last)) if last > index => {}
+            _ => return Ok(()),
+        }
+        // Segments that start above `index` go entirely, newest first so a
+        // crash midway leaves a prefix of the log.
+        let keep = self
+            .segments
+            .partition_point(|s| s.header.first_raft_index <= index);
+        let first_removed = self
+            .segments
+            .get(keep)
+            .map(|s| (s.header.first_offset, s.header.first_raft_index));
+        while self.segments.len() > keep {
+            let s = self.segments.pop().expect("len > keep");
+            fs::remove_file(&s.path).map_err(LogError::io("remove segment", &s.path))?;
+        }
+        fsio::sync_dir(&self.dir)?;
+        let Some(last) = self.segments.last() else {
+            let (o, i) = first_removed.expect("some segment was removed");
+            let s = self.new_segment(o, i, None, now_ms)?;
+            self.segments.push(s);
+            return self.write_checkpoint(false);
+        };
+        let cut = last
+            .find_raft_index(index.next())
+            .map(|p| p as u64)
+            .unwrap_or(last.len);
+        let prev_last = self
+            .segments
+            .len()
+            .checked_sub(2)
+            .and_then(|i| self.segments[i].summary.last);
+        let last = self.segments.pop().expect("checked above");
+        if cut == last.len && last.is_sealed() {
+            let (o, i, l) = (
+                last.summary.next_offset,
+                last.summary
+                    .last
+                    .map_or(last.header.first_raft_index, |(_, i)| i.next()),
+                last.summary.last,
+            );
+            self.segments.push(last);
+            let s = self.new_segment(o, i, l, now_ms)?;
+            self.segments.push(s);
+        } else {
+            let s = rewrite_prefix(&self.dir, &last, cut, prev_last, &self.config)?;
+            self.segments.push(s);
+        }
+        self.write_checkpoint(false)
+    }
+
+    /// Deletes whole sealed segments all of whose offsets are below `offset`.
+    /// Returns how many went.
+    pub fn delete_before(&mut self, offset: Offset) -> Result<usize> {
+        self.delete_front_while(|s, _| s.summary.next_offset <= offset)
+            .map(|o| o.segments_deleted)
+    }
+
+    /// Deletes whole sealed segments all of whose Raft entries are at or below
+    /// `index` (entries a snapshot now covers).
+    pub fn delete_through_raft_index(&mut self, index: RaftIndex) -> Result<usize> {
+        self.delete_front_while(|s, _| s.summary.last.is_some_and(|(_, i)| i <= index))
+            .map(|o| o.segments_deleted)
+    }
+
+    /// Retention: deletes the oldest sealed segments whose newest record is
+    /// older than `retention_ms`, then more while the log is larger than
+    /// `retention_bytes`. The active segment is never deleted.
+    pub fn apply_retention(&mut self, now_ms: i64, r: Retention) -> Result<RetentionOutcome> {
+        let cutoff = r.retention_ms.map(|ms| now_ms.saturating_sub(ms as i64));
+        let mut size = self.size_bytes();
+        let out = self.delete_front_while(|s, _| {
+            let expired = cutoff.is_some_and(|c| s.summary.max_timestamp_ms < c);
+            let over = r.retention_bytes.is_some_and(|b| size > b);
+            let go = expired || over;
+            if go {
+                size -= s.len;
+            }
+            go
+        })?;
+        Ok(out)
+    }
+
+    fn delete_front_while(
+        &mut self,
+        mut pred: impl FnMut(&Segment, usize) -> bool,
+    ) -> Result<RetentionOutcome> {
+        let mut n = 0;
+        let mut bytes = 0;
+        while self.segments.len() > 1 && self.segments[0].is_sealed() && pred(&self.segments[0], n) {
+            let s = self.segments.remove(0);
+            fs::remove_file(&s.path).map_err(LogError::io("remove segment", &s.path))?;
+            n += 1;
+            bytes += s.len;
+        }
+        if n > 0 {
+            fsio::sync_dir(&self.dir)?;
+            self.write_checkpoint(false)?;
+        }
+        Ok(RetentionOutcome {
+            segments_deleted: n,
+            bytes_deleted: bytes,
+            earliest_offset: self.earliest_offset(),
+        })
+    }
+
+    /// Flushes and records a clean checkpoint, so the next open verifies
+    /// nothing.
+    pub fn close(mut self) -> Result<()> {
+        self.close_in_place()
+    }
+
+    /// [`Log::close`] for an owner that drops the log right after.
+    pub(crate) fn close_in_place(&mut self) -> Result<()> {
+        self.flush()?;
+        self.write_checkpoint(true)
+    }
+
+    fn write_checkpoint(&self, clean: bool) -> Result<()> {
+        let n = if clean {
+            self.segments.len()
+        } else {
+            self.segments.len() - 1
+        };
+        let ck = Checkpoint {
+            clean,
+            segments: self.segments[..n]
+                .iter()
+                .map(|s| checkpoint::Entry {
+                    first_offset: s.header.first_offset,
+                    first_raft_index: s.header.first_raft_index,
+                    len: s.len,
+                    next_offset: s.summary.next_offset,
+                    last: s.summary.last,
+                    max_timestamp_ms: s.summary.max_timestamp_ms,
+                    created_ms: s.header.created_ms,
+                })
+                .collect(),
+        };
+        ck.write(&self.dir)
+    }
+}
+
+/// Iterator over batches from an offset; see [`Log::batches_from`].
+#[derive(Debug)]
+pub struct Batches<'a> {
+    log: &'a Log,
+    seg: usize,
+    pos: Option<usize>,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        loop {
+            let s = self.log.segments.get(self.seg)?;
+            match self.pos {
+                Some(pos) if (pos as u64) < s.len => {
+                    let b = s.batch_at(pos);
+                    self.pos = Some(pos + b.bytes().len());
+                    return Some(b);
+                }
+                _ => {
+                    self.seg += 1;
+                    self.pos = Some(SEGMENT_HEADER_BYTES);
+                }
+            }
+        }
+    }
+}
+
+struct Listed {
+    path: PathBuf,
+    first_offset: Offset,
+    first_raft_index: RaftIndex,
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Listed>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(LogError::io("list directory", dir))? {
+        let e = e.map_err(LogError::io("list directory", dir))?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".tmp") {
+            let p = e.path();
+            fs::remove_file(&p).map_err(LogError::io("remove leftover", &p))?;
+            continue;
+        }
+        if let Some((first_offset, first_raft_index)) = format::parse_file_name(name) {
+            out.push(Listed {
+                path: e.path(),
+                first_offset,
+                first_raft_index,
+            });
+        }
+    }
+    out.sort_by_key(|l| (l.first_raft_index, l.first_offset));
+    Ok(out)
+}
+
+fn corrupt(path: &Path, position: u64, end: u64, reason: impl Into<String>) -> LogError {
+    LogError::Corrupt {
+        path: path.to_path_buf(),
+        position,
+        end,
+        reason: reason.into(),
+    }
+}
+
+/// Recovers every segment of `dir`: trusts what an intact checkpoint vouches
+/// for, verifies the rest, cuts a torn tail off the last segment, and reports
+/// anything else as corruption.
+fn recover(dir: &Path, config: &LogConfig, report: &mut OpenReport) -> Result<Vec<Segment>> {
+    let listed = list_segments(dir)?;
+    let ck = Checkpoint::read(dir);
+    report.clean = ck.as_ref().is_some_and(|c| c.clean);
+    let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
+    for (i, l) in listed.iter().enumerate() {
+        let is_last = i + 1 == listed.len();
+        let prev = segments.last().map(|s| s.summary);
+        let entry = ck.as_ref().and_then(|c| {
+            c.segments
+                .iter()
+                .find(|e| e.first_offset == l.first_offset && e.first_raft_index == l.first_raft_index)
+                .map(|e| (*e, c.clean))
+        });
+        segments.push(recover_segment(l, is_last, prev, entry, config, report)?);
+    }
+    Ok(segments)
+}
+
+fn recover_segment(
+    l: &Listed,
+    is_last: bool,
+    prev: Option<Summary>,
+    entry: Option<(checkpoint::Entry, bool)>,
+    config: &LogConfig,
+    report: &mut OpenReport,
+) -> Result<Segment> {
+    let path = &l.path;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(LogError::io("open segment", path))?;
+    let file_len = file.metadata().map_err(LogError::io("stat segment", path))?.len();
+    let mut hb = [0u8; SEGMENT_HEADER_BYTES];
+    let header = std::os::unix::fs::FileExt::read_exact_at(&file, &mut hb, 0)
+        .map_err(|_| "file shorter than a segment header")
+        .and_then(|_| SegmentHeader::decode(&hb))
+        .map_err(|why| corrupt(path, 0, file_len, why))?;
+    if header.first_offset != l.first_offset || header.first_raft_index != l.first_raft_index {
+        return Err(corrupt(
+            path,
+            0,
+            file_len,
+            "segment header disagrees with the file name",
+        ));
+    }
+    if let Some(p) = prev {
+        if header.first_offset < p.next_offset || p.last.is_some_and(|(_, i)| header.first_raft_index <= i) {
+            return Err(corrupt(
+                path,
+                0,
+                file_len,
+                "segment overlaps the segment before it",
+            ));
+        }
+    }
+    let start_summary = Summary {
+        last: prev.and_then(|p| p.last),
+        ..Summary::empty(header.first_offset)
+    };
+
+    // What the checkpoint vouches for.
+    let trusted = match entry {
+        Some((e, _)) if config.verify == Verify::FromCheckpoint && !is_last && e.len == file_len => Some(e),
+        Some((e, true)) if config.verify == Verify::FromCheckpoint && is_last && e.len <= file_len => Some(e),
+        _ => None,
+    };
+    let trusted_summary = |e: checkpoint::Entry| Summary {
+        next_offset: e.next_offset,
+        last: e.last,
+        max_timestamp_ms: e.max_timestamp_ms,
+        gaps: 0,
+    };
+    if let (Some(e), false) = (trusted, is_last) {
+        return Segment::open_sealed(
+            path.clone(),
+            header,
+            e.len,
+            trusted_summary(e),
+            None,
+            config.index_interval_bytes,
+        );
+    }
+
+    // SAFETY: we hold the directory lock; nobody else changes the file while
+    // this read-only view is alive (it is dropped before any rewrite below).
+    let map = unsafe { Mmap::map(&file) }.map_err(LogError::io("map segment", path))?;
+    let (from, summary) = match trusted {
+        Some(e) => (e.len as usize, trusted_summary(e)),
+        None => (SEGMENT_HEADER_BYTES, start_summary),
+    };
+    let mut index: Vec<IndexEntry> = Vec::new();
+    let build_index = from == SEGMENT_HEADER_BYTES;
+    let interval = config.index_interval_bytes;
+    let scanned = scan::scan(
+        &map,
+        ScanFrom {
+            pos: from,
+            summary,
+            min_raft_index: header.first_raft_index,
+            verify_records: true,
+        },
+        |pos, h| {
+            if build_index {
+                push_sparse(&mut index, interval, pos, h);
+            }
+        },
+    );
+    drop(map);
+    report.verified_bytes += (scanned.valid_end - from) as u64;
+    if scanned.summary.gaps > 0 {
+        tracing::warn!(path = %path.display(), gaps = scanned.summary.gaps, "Raft index gaps (left by an earlier repair)");
+    }
+    let end = scanned.valid_end as u64;
+    match scanned.end {
+        ScanEnd::Clean => {}
+        ScanEnd::Corrupt { end: bad_end, reason } => return Err(corrupt(path, end, bad_end as u64, reason)),
+        ScanEnd::Torn { reason } if !is_last => return Err(corrupt(path, end, file_len, reason)),
+        ScanEnd::Torn { reason } => {
+            tracing::warn!(path = %path.display(), position = end, %reason, "cutting torn tail");
+            report.torn_tail = Some((path.clone(), end, reason));
+        }
+    }
+    let index = build_index.then_some(index);
+    if is_last {
+        if trusted.is_none() || report.torn_tail.is_some() {
+            // Whatever lies past the valid end (a torn batch, pages written
+            // out of order before a power loss) must never come back.
+            fsio::zero_range(&file, end, file_len).map_err(LogError::io("zero torn tail", path))?;
+            file.sync_all().map_err(LogError::io("fsync segment", path))?;
+        }
+        Segment::map_active(
+            path.clone(),
+            file,
+            header,
+            end,
+            scanned.summary,
+            index,
+            config.segment_bytes,
+            config.index_interval_bytes,
+        )
+    } else {
+        drop(file);
+        Segment::open_sealed(
+            path.clone(),
+            header,
+            end,
+            scanned.summary,
+            index,
+            config.index_interval_bytes,
+        )
+    }
+}
+
+/// Moves `[from, to)` of a segment into `quarantine/` and rewrites the
+/// segment without it (the whole file when its header is damaged).
+fn quarantine(dir: &Path, path: &Path, from: u64, to: u64) -> Result<Quarantined> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir).map_err(LogError::io("create directory", &qdir))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("segment");
+    let data = fs::read(path).map_err(LogError::io("read segment", path))?;
+    let to = to.min(data.len() as u64);
+    let saved_to = qdir.join(format!("{name}.{from}-{to}.bad"));
+    if from < SEGMENT_HEADER_BYTES as u64 {
+        fs::rename(path, &saved_to).map_err(LogError::io("quarantine segment", path))?;
+    } else {
+        write_synced(&saved_to, &[&data[from as usize..to as usize]])?;
+        let tmp = path.with_extension("seg.tmp");
+        write_synced(&tmp, &[&data[..from as usize], &data[to as usize..]])?;
+        fs::rename(&tmp, path).map_err(LogError::io("replace segment", path))?;
+    }
+    fsio::sync_dir(&qdir)?;
+    fsio::sync_dir(dir)?;
+    Ok(Quarantined {
+        segment: path.to_path_buf(),
+        from,
+        to,
+        saved_to,
+    })
+}
+
+fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<()> {
+    let mut f = File::create(path).map_err(LogError::io("create", path))?;
+    for p in parts {
+        f.write_all(p).map_err(LogError::io("write", path))?;
+    }
+    f.sync_all().map_err(LogError::io("fsync", path))
+}
+
+/// Replaces `seg` by a new active segment holding its first `cut` bytes:
+/// written to a temporary file, fsynced, renamed over the old name. The old
+/// mapping (and any `Bytes` over it) stays valid on the unlinked inode.
+fn rewrite_prefix(
+    dir: &Path,
+    seg: &Segment,
+    cut: u64,
+    prev_last: Option<(RaftTerm, RaftIndex)>,
+    config: &LogConfig,
+) -> Result<Segment> {
+    let tmp = seg.path.with_extension("seg.tmp");
+    let prefix = seg.bytes(0, cut as usize);
+    write_synced(&tmp, &[&prefix])?;
+    fs::rename(&tmp, &seg.path).map_err(LogError::io("replace segment", &seg.path))?;
+    fsio::sync_dir(dir)?;
+    let mut index = Vec::new();
+    let interval = config.index_interval_bytes;
+    let scanned = scan::scan(
+        &prefix,
+        ScanFrom {
+            pos: SEGMENT_HEADER_BYTES,
+            summary: Summary {
+                last: prev_last,
+                ..Summary::empty(seg.header.first_offset)
+            },
+            min_raft_index: seg.header.first_raft_index,
+            verify_records: false,
+        },
+        |pos, h| push_sparse(&mut index, interval, pos, h),
+    );
+    assert_eq!(
+        scanned.valid_end as u64, cut,
+        "a prefix of verified batches scans to its end"
+    );
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg.path)
+        .map_err(LogError::io("open segment", &seg.path))?;
+    Segment::map_active(
+        seg.path.clone(),
+        file,
+        seg.header,
+        cut,
+        scanned.summary,
+        Some(index),
+        config.segment_bytes,
+        config.index_interval_bytes,
+    )
+}
