@@ -14,6 +14,8 @@ mod commit;
 mod config;
 mod error;
 mod fsio;
+#[doc(hidden)]
+pub mod fuzzing;
 mod log;
 pub mod scan;
 mod segment;

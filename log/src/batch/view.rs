@@ -104,6 +104,13 @@ impl BatchHeader {
                 l::BATCH_BYTES_MAX,
             ));
         }
+        if self.records_len as usize > l::BATCH_BYTES_MAX - l::HEADER_BYTES {
+            return Err(too_large(
+                "records length",
+                self.records_len.into(),
+                l::BATCH_BYTES_MAX - l::HEADER_BYTES,
+            ));
+        }
         if self.batch_len as usize != l::HEADER_BYTES + self.records_len as usize {
             return Err(BatchError::Inconsistent(
                 "batch length is not header plus records length",
