@@ -60,16 +60,15 @@ fn seeds_batch() -> Vec<Vec<u8>> {
 fn seeds_segment() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut body = Vec::new();
-    let mut offset = 0u64;
+    // One record per batch: offset and Raft index advance together.
     for i in 0..4u64 {
         let mut b = common::batch_of(&[common::payload(i, 30)], 1);
         felix_log::batch::stamp(
             &mut b,
-            felix_log::Offset(offset),
+            felix_log::Offset(i),
             felix_log::RaftTerm(1),
             felix_log::RaftIndex(i),
         );
-        offset += 1;
         body.extend(b);
     }
     out.push(body.clone());
