@@ -338,13 +338,20 @@ impl Segment {
         }
     }
 
+    /// The segment's data, borrowed (no `Bytes` owner is created).
+    fn data(&self) -> &[u8] {
+        match &self.map {
+            Map::Sealed { bytes } => &bytes[..self.len as usize],
+            // SAFETY: as for `PublishedPrefix`: `len` is within the mapping and
+            // bytes below it are never written while mapped; the borrow of
+            // `self` keeps the writer (`&mut self`) out while it lives.
+            Map::Active { raw, .. } => unsafe { std::slice::from_raw_parts(raw.as_ptr(), self.len as usize) },
+        }
+    }
+
     /// Header of the batch at `pos`, which the log put there.
     pub fn header_at(&self, pos: usize) -> BatchHeader {
-        let b = self.bytes(
-            pos,
-            (pos + crate::batch::layout::HEADER_BYTES).min(self.len as usize),
-        );
-        BatchHeader::decode(&b).unwrap_or_else(|e| {
+        BatchHeader::decode(&self.data()[pos..]).unwrap_or_else(|e| {
             panic!(
                 "batch header at {}:{pos} was verified before but now fails: {e}",
                 self.path.display()
@@ -361,7 +368,7 @@ impl Segment {
     /// The sparse index, built from the batch headers on first use.
     fn index(&self) -> &[IndexEntry] {
         self.index.get_or_init(|| {
-            let data = self.bytes(0, self.len as usize);
+            let data = self.data();
             let mut idx = Vec::new();
             let from = ScanFrom {
                 pos: SEGMENT_HEADER_BYTES,
@@ -370,7 +377,7 @@ impl Segment {
                 verify_records: false,
             };
             let interval = self.index_interval_bytes;
-            scan::scan(&data, from, |pos, h| push_sparse(&mut idx, interval, pos, h));
+            scan::scan(data, from, |pos, h| push_sparse(&mut idx, interval, pos, h));
             idx
         })
     }
