@@ -732,6 +732,8 @@ fn recover_segment(
     if let (Some(e), false) = (trusted, is_last) {
         return Segment::open_sealed(
             path.clone(),
+            file,
+            file_len,
             header,
             e.len,
             trusted_summary(e),
@@ -798,9 +800,10 @@ fn recover_segment(
             config.index_interval_bytes,
         )
     } else {
-        drop(file);
         Segment::open_sealed(
             path.clone(),
+            file,
+            file_len,
             header,
             end,
             scanned.summary,

@@ -196,25 +196,19 @@ impl Segment {
         })
     }
 
-    /// Opens an existing file as a sealed segment of `len` bytes, trimming
-    /// anything past `len`.
+    /// Opens an existing file (already open read-write, `file_len` bytes long)
+    /// as a sealed segment of `len` bytes, trimming anything past `len`.
+    #[allow(clippy::too_many_arguments)]
     pub fn open_sealed(
         path: PathBuf,
+        file: File,
+        file_len: u64,
         header: SegmentHeader,
         len: u64,
         summary: Summary,
         index: Option<Vec<IndexEntry>>,
         index_interval_bytes: u32,
     ) -> Result<Segment> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(LogError::io("open segment", &path))?;
-        let file_len = file
-            .metadata()
-            .map_err(LogError::io("stat segment", &path))?
-            .len();
         if file_len != len {
             file.set_len(len).map_err(LogError::io("trim segment", &path))?;
             file.sync_all().map_err(LogError::io("fsync segment", &path))?;
