@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::batch::BatchError;
-use crate::types::{Offset, RaftIndex, RaftTerm};
+use crate::types::{Offset, RaftIndex, RaftTerm, SegmentId};
 
 /// Errors of the segment log.
 #[derive(Debug, Error)]
@@ -45,6 +45,8 @@ pub enum LogError {
     RaftTermRegressed { last: RaftTerm, got: RaftTerm },
     #[error("log directory {path} is in use by another process")]
     Locked { path: PathBuf },
+    #[error("segment {segment} is not a sealed segment of this log")]
+    NotSealed { segment: SegmentId },
     #[error("invalid log configuration: {0}")]
     Config(String),
     #[error("the log failed an fsync earlier and must be reopened (recovery decides what survived)")]

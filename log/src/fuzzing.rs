@@ -75,6 +75,7 @@ pub fn segment_recovery(data: &[u8]) {
         first_raft_index: RaftIndex(0),
         created_ms: 0,
         preallocated_bytes: 0,
+        generation: 0,
     };
     let mut file = header.encode().to_vec();
     file.extend_from_slice(data);

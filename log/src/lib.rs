@@ -13,6 +13,7 @@ mod checkpoint;
 mod commit;
 mod config;
 mod error;
+pub mod failpoint;
 mod fsio;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -26,10 +27,10 @@ pub use crate::commit::SharedLog;
 pub use crate::config::{Durability, LogConfig, Verify};
 pub use crate::error::{LogError, Result};
 pub use crate::log::{
-    AppendOutcome, Batches, Log, OpenReport, Quarantined, ReadChunk, Retention, RetentionOutcome, SegmentInfo,
+    AppendOutcome, Batches, CompactOutcome, Log, Positioned, PositionedBatches, ReadHint, SealedSegment, StagedCompaction, OpenReport, Quarantined, ReadChunk, Retention, RetentionOutcome, SegmentInfo,
 };
 pub use crate::segment::format::SEGMENT_HEADER_BYTES;
-pub use crate::types::{Offset, ProducerId, RaftIndex, RaftTerm, SegmentId};
+pub use crate::types::{Offset, ProducerId, RaftIndex, RaftTerm, SegmentId, ShardId};
 
 /// Milliseconds since the Unix epoch from the system clock, for callers that
 /// have no clock of their own.

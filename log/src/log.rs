@@ -25,6 +25,8 @@ const LOCK_FILE: &str = "lock";
 const QUARANTINE_DIR: &str = "quarantine";
 /// Repairs one open may make before giving up (each removes a damaged range).
 const REPAIRS_MAX: usize = 1024;
+/// Compaction recompresses batches that were compressed at this zstd level.
+const COMPACTION_ZSTD_LEVEL: i32 = 1;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +97,122 @@ pub struct SegmentInfo {
     pub bytes: u64,
     pub sealed: bool,
     pub max_timestamp_ms: i64,
+    /// Times compaction has rewritten the segment.
+    pub generation: u32,
+}
+
+/// What [`Log::compact_segment`] did to one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactOutcome {
+    pub segment: SegmentId,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub records_dropped: u64,
+    /// The segment's generation after the rewrite.
+    pub generation: u32,
+}
+
+/// A sealed segment's bytes, read without holding the log.
+#[derive(Debug, Clone)]
+pub struct SealedSegment {
+    path: PathBuf,
+    header: SegmentHeader,
+    bytes: Bytes,
+}
+
+/// A compacted segment written and fsynced beside the original, waiting for
+/// [`Log::install_compaction`].
+#[derive(Debug)]
+pub struct StagedCompaction {
+    tmp: PathBuf,
+    header: SegmentHeader,
+    bytes: Vec<u8>,
+    bytes_before: u64,
+    records_dropped: u64,
+}
+
+impl SealedSegment {
+    pub fn id(&self) -> SegmentId {
+        SegmentId(self.header.first_raft_index.0)
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.header.generation
+    }
+
+    /// The segment's batches, in order.
+    pub fn batches(&self) -> impl Iterator<Item = Batch> + '_ {
+        let mut pos = SEGMENT_HEADER_BYTES;
+        std::iter::from_fn(move || {
+            if pos >= self.bytes.len() {
+                return None;
+            }
+            let h = BatchHeader::decode(&self.bytes[pos..]).expect("sealed segment batches were verified");
+            let b = Batch::trusted(h, self.bytes.slice(pos..pos + h.batch_len as usize));
+            pos += h.batch_len as usize;
+            Some(b)
+        })
+    }
+
+    /// Builds the segment without the data records `keep` rejects and writes
+    /// it, fsynced, to a temporary file beside the original. Offsets, Raft
+    /// indexes and control batches are untouched; a batch that loses every
+    /// record stays as an emptied header. `None` when nothing is dropped.
+    /// Needs no lock on the log: this is the slow half of compaction.
+    pub fn stage_compaction(
+        &self,
+        mut keep: impl FnMut(&crate::batch::Record) -> bool,
+    ) -> Result<Option<StagedCompaction>> {
+        let mut header = self.header;
+        header.generation = header.generation.wrapping_add(1);
+        let mut out = Vec::with_capacity(self.bytes.len());
+        out.extend_from_slice(&header.encode());
+        let mut dropped = 0u64;
+        for b in self.batches() {
+            let before = b.header().record_count;
+            match crate::batch::compact(&b, &mut keep, COMPACTION_ZSTD_LEVEL)? {
+                Some(new) => {
+                    let after = BatchHeader::decode(&new)?.record_count;
+                    dropped += u64::from(before - after);
+                    out.extend_from_slice(&new);
+                }
+                None => out.extend_from_slice(b.bytes()),
+            }
+        }
+        if dropped == 0 {
+            return Ok(None);
+        }
+        let tmp = self.path.with_extension("seg.compact.tmp");
+        write_synced(&tmp, &[&out])?;
+        crate::failpoint::hit("log.compact.tmp_synced");
+        Ok(Some(StagedCompaction {
+            tmp,
+            header,
+            bytes: out,
+            bytes_before: self.bytes.len() as u64,
+            records_dropped: dropped,
+        }))
+    }
+}
+
+/// Where an index last saw a batch: valid while the segment keeps its
+/// generation (compaction moves batches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadHint {
+    pub segment: SegmentId,
+    pub generation: u32,
+    pub position: u32,
+}
+
+/// A batch with where it lies: what an index records to find it again.
+#[derive(Debug, Clone)]
+pub struct Positioned {
+    pub segment: SegmentId,
+    /// The segment's compaction generation.
+    pub generation: u32,
+    /// Byte position of the batch in its segment file.
+    pub position: u32,
+    pub batch: Batch,
 }
 
 /// The segment log of one shard replica.
@@ -250,6 +368,7 @@ impl Log {
                 bytes: s.len,
                 sealed: s.is_sealed(),
                 max_timestamp_ms: s.summary.max_timestamp_ms,
+                generation: s.header.generation,
             })
             .collect()
     }
@@ -281,6 +400,10 @@ impl Log {
                 "buffer length differs from the batch length",
             )
             .into());
+        }
+        if h.record_count == 0 {
+            // Emptied batches are compaction's; a producer must send records.
+            return Err(crate::batch::BatchError::Inconsistent("batch without records").into());
         }
         check_records_crc(batch, &h)?;
         validate_records(batch, &h)?;
@@ -432,6 +555,152 @@ impl Log {
             .checked_sub(1)?;
         let s = &self.segments[i];
         s.find_raft_index(index).map(|pos| s.batch_at(pos))
+    }
+
+    /// Batches with their positions from Raft entry `from` (or the first
+    /// entry after it) to the current end, across segments.
+    pub fn positioned_from_raft_index(&self, from: RaftIndex) -> PositionedBatches<'_> {
+        let seg = self
+            .segments
+            .partition_point(|s| s.header.first_raft_index <= from)
+            .saturating_sub(1);
+        let pos = self.segments[seg].find_raft_index_at_or_after(from);
+        PositionedBatches {
+            log: self,
+            seg,
+            pos: Some(pos.unwrap_or(self.segments[seg].len as usize)),
+            end_seg: self.segments.len(),
+        }
+    }
+
+    /// The batches of one segment with their positions.
+    pub fn positioned_in(&self, segment: SegmentId) -> Option<PositionedBatches<'_>> {
+        let seg = self.segments.iter().position(|s| s.id() == segment)?;
+        Some(PositionedBatches {
+            log: self,
+            seg,
+            pos: Some(SEGMENT_HEADER_BYTES),
+            end_seg: seg + 1,
+        })
+    }
+
+    /// [`Log::read`] starting from a position an index remembered for a batch
+    /// at or before `from`. A hint that no longer fits (the segment was
+    /// compacted or deleted since) is ignored, so a stale index costs a
+    /// lookup, never a wrong answer.
+    pub fn read_at(&self, hint: ReadHint, from: Offset, max_bytes: usize) -> Result<ReadChunk> {
+        let fits = |s: &&Segment| s.id() == hint.segment && s.header.generation == hint.generation;
+        if let Some(s) = self.segments.iter().find(fits) {
+            if let Some(pos) = s.hop_from_hint(hint.position as usize, from) {
+                let (bytes, next_offset) = s.read_from(pos, max_bytes);
+                return Ok(ReadChunk {
+                    bytes,
+                    next_offset: next_offset.max(from),
+                });
+            }
+        }
+        self.read(from, max_bytes)
+    }
+
+    /// A sealed segment's bytes, for compaction to read without holding the
+    /// log (sealed bytes never change; a rewrite replaces the file).
+    pub fn sealed_segment(&self, segment: SegmentId) -> Option<SealedSegment> {
+        let i = self.segments.iter().position(|s| s.id() == segment)?;
+        let s = &self.segments[i];
+        if !s.is_sealed() || i + 1 == self.segments.len() {
+            return None;
+        }
+        Some(SealedSegment {
+            path: s.path.clone(),
+            header: s.header,
+            bytes: s.bytes(0, s.len as usize),
+        })
+    }
+
+    /// Rewrites sealed segment `segment` without the data records `keep`
+    /// rejects: [`SealedSegment::stage_compaction`] then
+    /// [`Log::install_compaction`] in one call, holding the log throughout.
+    pub fn compact_segment(
+        &mut self,
+        segment: SegmentId,
+        keep: impl FnMut(&crate::batch::Record) -> bool,
+    ) -> Result<Option<CompactOutcome>> {
+        let sealed = self.sealed_segment(segment).ok_or(LogError::NotSealed { segment })?;
+        match sealed.stage_compaction(keep)? {
+            Some(staged) => self.install_compaction(staged).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Puts a staged compaction in place: renames the new file over the old
+    /// (atomic), fsyncs the directory, maps the new file. Fails, leaving the
+    /// log unchanged and the staged file removed, if the segment changed since
+    /// it was staged (deleted by retention, truncated, compacted again).
+    pub fn install_compaction(&mut self, staged: StagedCompaction) -> Result<CompactOutcome> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let segment = SegmentId(staged.header.first_raft_index.0);
+        let i = self.segments.iter().position(|s| {
+            s.id() == segment && s.is_sealed() && s.header.generation.wrapping_add(1) == staged.header.generation
+        });
+        let Some(i) = i.filter(|i| i + 1 < self.segments.len() && self.segments[*i].len == staged.bytes_before)
+        else {
+            let _ = fs::remove_file(&staged.tmp);
+            return Err(LogError::NotSealed { segment });
+        };
+        let path = self.segments[i].path.clone();
+        fs::rename(&staged.tmp, &path).map_err(LogError::io("replace segment", &path))?;
+        crate::failpoint::hit("log.compact.renamed");
+        fsio::sync_dir(&self.dir)?;
+        let prev_last = i.checked_sub(1).and_then(|p| self.segments[p].summary.last);
+        let mut index = Vec::new();
+        let interval = self.config.index_interval_bytes;
+        let scanned = scan::scan(
+            &staged.bytes,
+            ScanFrom {
+                pos: SEGMENT_HEADER_BYTES,
+                summary: Summary {
+                    last: prev_last,
+                    ..Summary::empty(staged.header.first_offset)
+                },
+                min_raft_index: staged.header.first_raft_index,
+                verify_records: false,
+            },
+            |pos, h| push_sparse(&mut index, interval, pos, h),
+        );
+        assert_eq!(
+            scanned.valid_end,
+            staged.bytes.len(),
+            "a compacted segment scans to its end"
+        );
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(LogError::io("open segment", &path))?;
+        let len = staged.bytes.len() as u64;
+        let mut summary = scanned.summary;
+        // Time retention keeps judging the segment by what it held.
+        summary.max_timestamp_ms = summary.max_timestamp_ms.max(self.segments[i].summary.max_timestamp_ms);
+        self.segments[i] = Segment::open_sealed(
+            path,
+            file,
+            len,
+            staged.header,
+            len,
+            summary,
+            Some(index),
+            self.config.index_interval_bytes,
+        )?;
+        self.write_checkpoint(false)?;
+        Ok(CompactOutcome {
+            segment,
+            bytes_before: staged.bytes_before,
+            bytes_after: len,
+            records_dropped: staged.records_dropped,
+            generation: staged.header.generation,
+        })
     }
 
     /// Removes every batch with a Raft index above `index` (a suffix Raft no
@@ -604,6 +873,44 @@ impl Iterator for Batches<'_> {
                     let b = s.batch_at(pos);
                     self.pos = Some(pos + b.bytes().len());
                     return Some(b);
+                }
+                _ => {
+                    self.seg += 1;
+                    self.pos = Some(SEGMENT_HEADER_BYTES);
+                }
+            }
+        }
+    }
+}
+
+/// Iterator of [`Positioned`] batches.
+#[derive(Debug)]
+pub struct PositionedBatches<'a> {
+    log: &'a Log,
+    seg: usize,
+    pos: Option<usize>,
+    end_seg: usize,
+}
+
+impl Iterator for PositionedBatches<'_> {
+    type Item = Positioned;
+
+    fn next(&mut self) -> Option<Positioned> {
+        loop {
+            if self.seg >= self.end_seg {
+                return None;
+            }
+            let s = self.log.segments.get(self.seg)?;
+            match self.pos {
+                Some(pos) if (pos as u64) < s.len => {
+                    let batch = s.batch_at(pos);
+                    self.pos = Some(pos + batch.bytes().len());
+                    return Some(Positioned {
+                        segment: s.id(),
+                        generation: s.header.generation,
+                        position: pos as u32,
+                        batch,
+                    });
                 }
                 _ => {
                     self.seg += 1;

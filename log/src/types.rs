@@ -48,6 +48,11 @@ id_type!(
     ProducerId
 );
 id_type!(
+    /// A shard of a stream or cache: one log, one Raft group. Numbered by the
+    /// control plane, unique in the cluster.
+    ShardId
+);
+id_type!(
     /// A segment is identified by the Raft index of its first batch, which is
     /// unique (offsets are not: control batches take no offsets).
     SegmentId

@@ -3,11 +3,13 @@
 //! `docs/format/batch.md`; the constants in [`layout`] are that document in code.
 
 mod builder;
+mod compact;
 pub mod layout;
 mod record;
 pub(crate) mod view;
 
 pub use builder::{BatchBuilder, Compression, RecordInput};
+pub use compact::compact;
 pub use record::{Record, RecordIter};
 pub use view::{stamp, Batch, BatchFlags, BatchHeader};
 

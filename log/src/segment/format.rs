@@ -10,8 +10,9 @@ pub const VERSION: u16 = 1;
 pub const MAGIC_AT: usize = 0; // [u8; 8]
 pub const VERSION_AT: usize = MAGIC_AT + 8; // u16
 pub const HEADER_LEN_AT: usize = VERSION_AT + 2; // u16 = SEGMENT_HEADER_BYTES
-pub const RESERVED_AT: usize = HEADER_LEN_AT + 2; // u32 zero
-pub const FIRST_OFFSET_AT: usize = RESERVED_AT + 4; // u64
+/// u32: how many times compaction has rewritten this segment (0 when new).
+pub const GENERATION_AT: usize = HEADER_LEN_AT + 2;
+pub const FIRST_OFFSET_AT: usize = GENERATION_AT + 4; // u64
 pub const FIRST_RAFT_INDEX_AT: usize = FIRST_OFFSET_AT + 8; // u64
 pub const CREATED_MS_AT: usize = FIRST_RAFT_INDEX_AT + 8; // i64
 pub const PREALLOCATED_AT: usize = CREATED_MS_AT + 8; // u64, informational
@@ -32,6 +33,8 @@ pub struct SegmentHeader {
     pub first_raft_index: RaftIndex,
     pub created_ms: i64,
     pub preallocated_bytes: u64,
+    /// Compaction rewrites; an index records it to notice a rewrite it missed.
+    pub generation: u32,
 }
 
 impl SegmentHeader {
@@ -40,6 +43,7 @@ impl SegmentHeader {
         b[MAGIC_AT..MAGIC_AT + 8].copy_from_slice(&MAGIC);
         b[VERSION_AT..VERSION_AT + 2].copy_from_slice(&VERSION.to_le_bytes());
         b[HEADER_LEN_AT..HEADER_LEN_AT + 2].copy_from_slice(&(SEGMENT_HEADER_BYTES as u16).to_le_bytes());
+        le::put_u32(&mut b, GENERATION_AT, self.generation);
         le::put_u64(&mut b, FIRST_OFFSET_AT, self.first_offset.0);
         le::put_u64(&mut b, FIRST_RAFT_INDEX_AT, self.first_raft_index.0);
         le::put_u64(&mut b, CREATED_MS_AT, self.created_ms as u64);
@@ -70,6 +74,7 @@ impl SegmentHeader {
             first_raft_index: RaftIndex(le::u64_at(b, FIRST_RAFT_INDEX_AT)),
             created_ms: le::i64_at(b, CREATED_MS_AT),
             preallocated_bytes: le::u64_at(b, PREALLOCATED_AT),
+            generation: le::u32_at(b, GENERATION_AT),
         })
     }
 }
@@ -105,6 +110,7 @@ mod tests {
             first_raft_index: RaftIndex(7),
             created_ms: 1_700_000_000_000,
             preallocated_bytes: 1 << 20,
+            generation: 3,
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));

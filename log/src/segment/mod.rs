@@ -134,6 +134,7 @@ impl Segment {
             first_raft_index,
             created_ms: now_ms,
             preallocated_bytes: segment_bytes,
+            generation: 0,
         };
         file.write_all_at(&header.encode(), 0)
             .map_err(LogError::io("write segment header", &path))?;
@@ -396,6 +397,31 @@ impl Segment {
         };
         let pos = self.hop(start, |h| h.raft_index >= index)?;
         (self.header_at(pos).raft_index == index).then_some(pos)
+    }
+
+    /// Position of the batch with Raft index `index` or, if there is none,
+    /// the first batch after it.
+    pub fn find_raft_index_at_or_after(&self, index: RaftIndex) -> Option<usize> {
+        let idx = self.index();
+        let start = match idx.partition_point(|e| e.raft_index <= index) {
+            0 => SEGMENT_HEADER_BYTES,
+            n => idx[n - 1].pos as usize,
+        };
+        self.hop(start, |h| h.raft_index >= index)
+    }
+
+    /// Like [`Segment::find_offset`], starting at a remembered batch position
+    /// instead of the sparse index; `None` if `pos` is not where a batch
+    /// starting at or before `offset` lies (a stale hint).
+    pub fn hop_from_hint(&self, pos: usize, offset: Offset) -> Option<usize> {
+        if pos < SEGMENT_HEADER_BYTES || pos as u64 >= self.len {
+            return None;
+        }
+        let h = BatchHeader::decode(&self.data()[pos..]).ok()?;
+        if h.base_offset > offset || pos as u64 + u64::from(h.batch_len) > self.len {
+            return None;
+        }
+        self.hop(pos, |h| h.next_offset() > offset)
     }
 
     /// From `pos`, the first batch position for which `stop` holds.
