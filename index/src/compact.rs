@@ -1,6 +1,6 @@
 //! Compaction of keyed logs (caches, compacted streams): rewrite sealed
 //! segments keeping only each key's latest write, dropping superseded
-//! records, records whose TTL passed, writes whose condition failed, and
+//! records, records whose TTL passed, and
 //! tombstones older than `delete_retention_ms`.
 //!
 //! The index is the oracle: a keyed record is live iff its key's entry points
@@ -42,7 +42,7 @@ use crate::recover::KeyFix;
 #[derive(Debug, Clone, Copy)]
 pub struct CompactionConfig {
     /// Run a pass only when at least this fraction of the shard's keyed
-    /// records is dead (superseded, expired, rejected).
+    /// records is dead (superseded or expired).
     pub min_dirty_ratio: f64,
     /// Leave segments whose newest record is younger than this alone, so
     /// consumers of a compacted stream see recent history in full.
@@ -157,7 +157,7 @@ impl Index {
             let keep = |r: &felix_log::Record| {
                 let Some(key) = &r.key else { return true };
                 let Some(e) = live.get(&r.offset) else {
-                    return false; // superseded or rejected
+                    return false; // superseded
                 };
                 let drop_latest = prefix_intact
                     && (e.expired(now_ms)

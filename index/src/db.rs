@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use felix_log::{Offset, Positioned, RaftIndex, ShardId};
+use felix_log::{Batch, BatchHeader, Log, LogError, Offset, Positioned, RaftIndex, ReadHint, Record, ShardId};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
     ReadOptions, WriteBatch, WriteOptions, DB,
@@ -28,11 +28,9 @@ pub const CF_GROUPS: &str = "groups";
 pub const CF_META: &str = "meta";
 pub const COLUMN_FAMILIES: [&str; 7] = [CF_OFFSETS, CF_TIME, CF_KEYS, CF_EXPIRY, CF_CURSORS, CF_GROUPS, CF_META];
 
-/// Record header that makes a keyed write conditional: its value is the
-/// version (8 bytes, big-endian) the key must have, 0 for "absent". A write
-/// whose condition fails at apply is recorded in the log but indexed as if
-/// it were not there, identically on every replica and on a rebuild.
-pub const IF_VERSION_HEADER: &[u8] = b"felix-if-version";
+/// Bytes read from the log to find one record (whole batches; a batch
+/// larger than this is still read whole).
+const RECORD_READ_BYTES: usize = 64 << 10;
 
 /// Tunables of the index database.
 #[derive(Debug, Clone)]
@@ -59,8 +57,6 @@ impl Default for IndexConfig {
 /// What applying a run of log entries decided beyond indexing them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyOutcome {
-    /// Conditional keyed writes whose condition failed (by offset).
-    pub rejected_writes: Vec<Offset>,
     /// Control ops that left some offsets alone: (entry, op number in the
     /// entry, offset, why).
     pub refusals: Vec<(RaftIndex, u32, Offset, Refusal)>,
@@ -79,7 +75,7 @@ pub struct ShardState {
     pub earliest_offset: Offset,
     /// Keyed records indexed and not yet compacted away.
     pub keyed_records: u64,
-    /// Of those, how many are superseded, expired or rejected: compaction's
+    /// Of those, how many are superseded or expired: compaction's
     /// estimate of what it can reclaim.
     pub dead_records: u64,
 }
@@ -259,6 +255,19 @@ impl Index {
         Ok(self.key_entry(shard, key)?.filter(|e| e.visible(now_ms)))
     }
 
+    /// Whether `key`'s version as a read at `now_ms` sees it is `expected`
+    /// (0 = absent): the check of a compare-and-set.
+    ///
+    /// The leader makes this check before it appends a conditional write,
+    /// and appends only writes that pass, so the log holds decisions rather
+    /// than conditions. Conditions re-evaluated at apply would not be
+    /// replayable: once compaction has dropped the version a condition
+    /// named, a rebuild would judge it differently.
+    pub fn version_matches(&self, shard: ShardId, key: &[u8], expected: u64, now_ms: i64) -> Result<bool> {
+        let have = self.latest(shard, key, now_ms)?.map_or(0, |e| e.version());
+        Ok(have == expected)
+    }
+
     /// The raw entry of `key`, tombstones and expired ones included.
     pub fn key_entry(&self, shard: ShardId, key: &[u8]) -> Result<Option<KeyEntry>> {
         let k = enc::keys_key(shard, key);
@@ -316,6 +325,75 @@ impl Index {
         }
         self.iter_status(&it)?;
         Ok(Some(g))
+    }
+
+    /// The record at `offset`, read from `log` starting where the `offsets`
+    /// index points; `None` if the log no longer holds it (compacted away or
+    /// removed by retention).
+    pub fn record_at(&self, log: &Log, shard: ShardId, offset: Offset) -> Result<Option<Record>> {
+        let hint = self.locate(shard, offset)?.map(|(_, l)| ReadHint {
+            segment: l.segment,
+            generation: l.generation,
+            position: l.position,
+        });
+        let chunk = match hint {
+            Some(h) => log.read_at(h, offset, RECORD_READ_BYTES),
+            None => log.read(offset, RECORD_READ_BYTES),
+        };
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(LogError::OffsetOutOfRange { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut pos = 0;
+        while pos < chunk.bytes.len() {
+            let h = BatchHeader::decode(&chunk.bytes[pos..])?;
+            let end = pos + h.batch_len as usize;
+            if h.contains(offset) && !h.flags.control() {
+                let b = Batch::new(chunk.bytes.slice(pos..end))?;
+                for r in b.records()? {
+                    let r = r?;
+                    if r.offset == offset {
+                        return Ok(Some(r));
+                    }
+                }
+                return Ok(None);
+            }
+            if h.base_offset > offset {
+                break;
+            }
+            pos = end;
+        }
+        Ok(None)
+    }
+
+    /// The value of `key` as a read at `now_ms` sees it, with its entry.
+    pub fn get_value(&self, log: &Log, shard: ShardId, key: &[u8], now_ms: i64) -> Result<Option<(Bytes, KeyEntry)>> {
+        let Some(e) = self.latest(shard, key, now_ms)? else {
+            return Ok(None);
+        };
+        match self.record_at(log, shard, e.offset)? {
+            Some(Record { value: Some(v), .. }) => Ok(Some((v, e))),
+            _ => Err(IndexError::Corrupt {
+                cf: "keys",
+                reason: format!("key entry points at offset {} which holds no value", e.offset),
+            }),
+        }
+    }
+
+    /// Every entry of `shard` in every column family, in order: for
+    /// comparing two indexes and for debugging.
+    pub fn dump_shard(&self, shard: ShardId) -> Result<Vec<(&'static str, Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for cf in COLUMN_FAMILIES {
+            let mut it = self.range(cf, &enc::shard_prefix(shard), &enc::shard_end(shard));
+            while it.valid() {
+                out.push((cf, it.key().expect("valid").to_vec(), it.value().expect("valid").to_vec()));
+                it.next();
+            }
+            self.iter_status(&it)?;
+        }
+        Ok(out)
     }
 
     // ----- apply -----
@@ -388,7 +466,7 @@ impl Index {
                 meta.sparse_segment = e.segment;
                 meta.sparse_position = e.position;
             }
-            if h.record_count > 0 && h.max_timestamp_ms > meta.max_timestamp_ms {
+            if h.max_timestamp_ms > meta.max_timestamp_ms {
                 wb.put_cf(
                     self.cf(CF_TIME),
                     enc::time_key(shard, h.max_timestamp_ms),
@@ -401,9 +479,7 @@ impl Index {
                 for r in e.batch.records()? {
                     let r = r?;
                     let Some(key) = &r.key else { continue };
-                    if let Some(rejected) = self.apply_keyed(wb, shard, meta, &mut keys, key, &r)? {
-                        out.rejected_writes.push(rejected);
-                    }
+                    self.apply_keyed(wb, shard, meta, &mut keys, key, &r)?;
                 }
             }
         }
@@ -427,7 +503,7 @@ impl Index {
         Ok(e)
     }
 
-    /// Indexes one keyed record; returns its offset if its condition failed.
+    /// Indexes one keyed record: it becomes its key's latest write.
     fn apply_keyed(
         &self,
         wb: &mut WriteBatch,
@@ -436,19 +512,9 @@ impl Index {
         keys: &mut HashMap<Vec<u8>, Option<KeyEntry>>,
         key: &[u8],
         r: &felix_log::Record,
-    ) -> Result<Option<Offset>> {
+    ) -> Result<()> {
         meta.keyed_records += 1;
         let old = self.current_key(shard, keys, key)?;
-        if let Some((_, v)) = r.headers.iter().find(|(n, _)| n.as_ref() == IF_VERSION_HEADER) {
-            let want = <[u8; 8]>::try_from(v.as_ref()).map(u64::from_be_bytes).ok();
-            // Judged at the record's own time, which the leader set, so every
-            // replica judges alike.
-            let have = old.filter(|e| e.visible(r.timestamp_ms)).map_or(0, |e| e.version());
-            if want != Some(have) {
-                meta.dead_records += 1;
-                return Ok(Some(r.offset));
-            }
-        }
         let new = KeyEntry {
             offset: r.offset,
             expiry_ms: r.ttl_ms.map(|t| r.timestamp_ms.saturating_add(t.min(i64::MAX as u64) as i64)),
@@ -466,7 +532,7 @@ impl Index {
             wb.put_cf(self.cf(CF_EXPIRY), enc::expiry_key(shard, exp, key), []);
         }
         keys.insert(key.to_vec(), Some(new));
-        Ok(None)
+        Ok(())
     }
 
     fn apply_control(

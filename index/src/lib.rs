@@ -27,7 +27,7 @@ mod ttl;
 
 pub use compact::{CompactionConfig, CompactionReport};
 pub use db::{
-    ApplyOutcome, Index, IndexConfig, ShardState, COLUMN_FAMILIES, IF_VERSION_HEADER,
+    ApplyOutcome, Index, IndexConfig, ShardState, COLUMN_FAMILIES,
 };
 pub use encoding::{KeyEntry, Location};
 pub use error::{IndexError, Result};
