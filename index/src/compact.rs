@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 
-use felix_log::{failpoint, Offset, Positioned, SharedLog, ShardId};
+use felix_log::{failpoint, Offset, Positioned, ShardId, SharedLog};
 
 use crate::db::Index;
 use crate::encoding::KeyEntry;

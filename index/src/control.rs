@@ -28,7 +28,10 @@ pub const OP_FOREIGN_MIN: u8 = 0x80;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlOp {
     /// A named subscription's committed position (the next offset to read).
-    CursorCommit { name: Bytes, offset: Offset },
+    CursorCommit {
+        name: Bytes,
+        offset: Offset,
+    },
     /// Hand `offsets` to `consumer` until `until_ms`.
     GroupLease {
         group: Bytes,
@@ -36,7 +39,10 @@ pub enum ControlOp {
         until_ms: i64,
         offsets: Vec<Offset>,
     },
-    GroupAck { group: Bytes, offsets: Vec<Offset> },
+    GroupAck {
+        group: Bytes,
+        offsets: Vec<Offset>,
+    },
     /// Give leased offsets back, to be redelivered from `redeliver_at_ms`.
     GroupNack {
         group: Bytes,
@@ -219,7 +225,9 @@ impl Reader<'_> {
     fn offsets(&mut self) -> Result<Vec<Offset>> {
         let n = self.u16()? as usize;
         if n > GROUP_OFFSETS_PER_OP_MAX {
-            return Err(bad(format!("{n} offsets in one op, above {GROUP_OFFSETS_PER_OP_MAX}")));
+            return Err(bad(format!(
+                "{n} offsets in one op, above {GROUP_OFFSETS_PER_OP_MAX}"
+            )));
         }
         // Checked against the bytes present before allocating.
         if self.b.len() - self.pos < n * 8 {
@@ -281,7 +289,10 @@ mod tests {
             let enc = Bytes::from(op.encode().unwrap());
             assert_eq!(ControlOp::decode(&enc).unwrap(), op);
             for cut in 0..enc.len() {
-                assert!(ControlOp::decode(&enc.slice(..cut)).is_err(), "{op:?} cut at {cut}");
+                assert!(
+                    ControlOp::decode(&enc.slice(..cut)).is_err(),
+                    "{op:?} cut at {cut}"
+                );
             }
             let mut long = enc.to_vec();
             long.push(0);

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use felix_log::{Batch, BatchHeader, Log, LogError, Offset, Positioned, RaftIndex, ReadHint, Record, ShardId};
+use felix_log::{
+    Batch, BatchHeader, Log, LogError, Offset, Positioned, RaftIndex, ReadHint, Record, ShardId,
+};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options,
-    ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
 };
 
 use crate::control::ControlOp;
@@ -26,7 +28,9 @@ pub const CF_EXPIRY: &str = "expiry";
 pub const CF_CURSORS: &str = "cursors";
 pub const CF_GROUPS: &str = "groups";
 pub const CF_META: &str = "meta";
-pub const COLUMN_FAMILIES: [&str; 7] = [CF_OFFSETS, CF_TIME, CF_KEYS, CF_EXPIRY, CF_CURSORS, CF_GROUPS, CF_META];
+pub const COLUMN_FAMILIES: [&str; 7] = [
+    CF_OFFSETS, CF_TIME, CF_KEYS, CF_EXPIRY, CF_CURSORS, CF_GROUPS, CF_META,
+];
 
 /// Bytes read from the log to find one record (whole batches; a batch
 /// larger than this is still read whole).
@@ -162,7 +166,9 @@ impl Index {
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is created at open")
+        self.db
+            .cf_handle(name)
+            .expect("every column family is created at open")
     }
 
     pub(crate) fn rocks<T>(&self, r: std::result::Result<T, rocksdb::Error>) -> Result<T> {
@@ -233,7 +239,10 @@ impl Index {
         if s != shard {
             return Ok(None);
         }
-        Ok(Some((base, enc::decode_offsets_value(it.value().expect("valid"))?)))
+        Ok(Some((
+            base,
+            enc::decode_offsets_value(it.value().expect("valid"))?,
+        )))
     }
 
     /// The base offset of the first batch holding a record timestamped at or
@@ -368,7 +377,13 @@ impl Index {
     }
 
     /// The value of `key` as a read at `now_ms` sees it, with its entry.
-    pub fn get_value(&self, log: &Log, shard: ShardId, key: &[u8], now_ms: i64) -> Result<Option<(Bytes, KeyEntry)>> {
+    pub fn get_value(
+        &self,
+        log: &Log,
+        shard: ShardId,
+        key: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<(Bytes, KeyEntry)>> {
         let Some(e) = self.latest(shard, key, now_ms)? else {
             return Ok(None);
         };
@@ -388,7 +403,11 @@ impl Index {
         for cf in COLUMN_FAMILIES {
             let mut it = self.range(cf, &enc::shard_prefix(shard), &enc::shard_end(shard));
             while it.valid() {
-                out.push((cf, it.key().expect("valid").to_vec(), it.value().expect("valid").to_vec()));
+                out.push((
+                    cf,
+                    it.key().expect("valid").to_vec(),
+                    it.value().expect("valid").to_vec(),
+                ));
                 it.next();
             }
             self.iter_status(&it)?;
@@ -407,7 +426,12 @@ impl Index {
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut meta = match self.load_meta(shard)? {
             Some(m) => m,
-            None => ShardMeta::new(kind, entries.first().map_or(RaftIndex(0), |e| e.batch.header().raft_index)),
+            None => ShardMeta::new(
+                kind,
+                entries
+                    .first()
+                    .map_or(RaftIndex(0), |e| e.batch.header().raft_index),
+            ),
         };
         meta.check_kind(shard, kind)?;
         let mut wb = WriteBatch::default();
@@ -443,9 +467,11 @@ impl Index {
                     let r = r?;
                     let Some(v) = &r.value else { continue };
                     match ControlOp::decode(v) {
-                        Ok(op) => self.apply_control(wb, shard, &mut groups, op, r.timestamp_ms, |o, why| {
-                            out.refusals.push((h.raft_index, n as u32, o, why))
-                        })?,
+                        Ok(op) => {
+                            self.apply_control(wb, shard, &mut groups, op, r.timestamp_ms, |o, why| {
+                                out.refusals.push((h.raft_index, n as u32, o, why))
+                            })?
+                        }
                         Err(err) => {
                             tracing::warn!(%shard, index = %h.raft_index, %err, "skipping undecodable control record");
                             out.bad_control.push(h.raft_index);
@@ -462,7 +488,11 @@ impl Index {
                     generation: e.generation,
                     position: e.position,
                 };
-                wb.put_cf(self.cf(CF_OFFSETS), enc::offsets_key(shard, h.base_offset), enc::offsets_value(loc));
+                wb.put_cf(
+                    self.cf(CF_OFFSETS),
+                    enc::offsets_key(shard, h.base_offset),
+                    enc::offsets_value(loc),
+                );
                 meta.sparse_segment = e.segment;
                 meta.sparse_position = e.position;
             }
@@ -517,7 +547,9 @@ impl Index {
         let old = self.current_key(shard, keys, key)?;
         let new = KeyEntry {
             offset: r.offset,
-            expiry_ms: r.ttl_ms.map(|t| r.timestamp_ms.saturating_add(t.min(i64::MAX as u64) as i64)),
+            expiry_ms: r
+                .ttl_ms
+                .map(|t| r.timestamp_ms.saturating_add(t.min(i64::MAX as u64) as i64)),
             timestamp_ms: r.timestamp_ms,
             tombstone: r.value.is_none(),
         };
@@ -570,20 +602,24 @@ impl Index {
                     }
                 }
             }
-            ControlOp::GroupAck { group: name, offsets } => match self.group_work(shard, groups, &name, None)? {
-                Some(w) => {
-                    for o in offsets {
-                        match w.state.ack(o) {
-                            Ok(()) => {
-                                w.dirty.insert(o);
+            ControlOp::GroupAck { group: name, offsets } => {
+                match self.group_work(shard, groups, &name, None)? {
+                    Some(w) => {
+                        for o in offsets {
+                            match w.state.ack(o) {
+                                Ok(()) => {
+                                    w.dirty.insert(o);
+                                }
+                                Err(why) => refused(o, why),
                             }
-                            Err(why) => refused(o, why),
                         }
+                        w.state.advance_floor();
                     }
-                    w.state.advance_floor();
+                    None => offsets
+                        .into_iter()
+                        .for_each(|o| refused(o, Refusal::NotDelivered)),
                 }
-                None => offsets.into_iter().for_each(|o| refused(o, Refusal::NotDelivered)),
-            },
+            }
             ControlOp::GroupNack {
                 group: name,
                 consumer,
@@ -600,7 +636,9 @@ impl Index {
                         }
                     }
                 }
-                None => offsets.into_iter().for_each(|o| refused(o, Refusal::NotDelivered)),
+                None => offsets
+                    .into_iter()
+                    .for_each(|o| refused(o, Refusal::NotDelivered)),
             },
             ControlOp::GroupExtend {
                 group: name,
@@ -618,7 +656,9 @@ impl Index {
                         }
                     }
                 }
-                None => offsets.into_iter().for_each(|o| refused(o, Refusal::NotDelivered)),
+                None => offsets
+                    .into_iter()
+                    .for_each(|o| refused(o, Refusal::NotDelivered)),
             },
             ControlOp::Foreign(_) => {}
         }
@@ -704,7 +744,10 @@ fn decode_delivery(v: &[u8]) -> Result<Delivery> {
     let consumer = ConsumerId(enc::be64_at(v, 5));
     let at = enc::be64_at(v, 13) as i64;
     let status = match v[4] {
-        STATUS_LEASED => Status::Leased { consumer, until_ms: at },
+        STATUS_LEASED => Status::Leased {
+            consumer,
+            until_ms: at,
+        },
         STATUS_READY => Status::Ready { at_ms: at },
         STATUS_ACKED => Status::Acked,
         s => {

@@ -245,7 +245,10 @@ pub fn decode_cursor_value(v: &[u8]) -> Result<(Offset, i64), IndexError> {
 // --- groups: (shard, len, name, kind [, offset]) ---
 
 pub fn group_prefix(shard: ShardId, group: &[u8]) -> Vec<u8> {
-    assert!(group.len() <= NAME_BYTES_MAX, "group names are checked before use");
+    assert!(
+        group.len() <= NAME_BYTES_MAX,
+        "group names are checked before use"
+    );
     let mut k = Vec::with_capacity(SHARD_PREFIX_BYTES + 1 + group.len() + 9);
     k.extend_from_slice(&shard.0.to_be_bytes());
     k.push(group.len() as u8);

@@ -29,7 +29,9 @@ pub enum IndexError {
     },
     #[error("name of {len} bytes is longer than the {max}-byte limit")]
     NameTooLong { len: usize, max: usize },
-    #[error("compaction of shard {shard} needs {keys} live keys in memory, above compaction_keys_max of {max}")]
+    #[error(
+        "compaction of shard {shard} needs {keys} live keys in memory, above compaction_keys_max of {max}"
+    )]
     CompactionTooLarge { shard: ShardId, keys: u64, max: u64 },
 }
 

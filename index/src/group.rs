@@ -26,9 +26,14 @@ pub struct ConsumerId(pub u64);
 /// Where one delivered offset stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
-    Leased { consumer: ConsumerId, until_ms: i64 },
+    Leased {
+        consumer: ConsumerId,
+        until_ms: i64,
+    },
     /// Given back (nack) or lease expired: deliverable again from `at_ms`.
-    Ready { at_ms: i64 },
+    Ready {
+        at_ms: i64,
+    },
     Acked,
 }
 
@@ -84,9 +89,10 @@ impl GroupState {
         match self.entries.get(&offset) {
             Some(d) => match d.status {
                 Status::Acked => Err(Refusal::AlreadyAcked),
-                Status::Leased { consumer: c, until_ms } if c != consumer && until_ms > now_ms => {
-                    Err(Refusal::LeasedToOther)
-                }
+                Status::Leased {
+                    consumer: c,
+                    until_ms,
+                } if c != consumer && until_ms > now_ms => Err(Refusal::LeasedToOther),
                 _ => Ok(()),
             },
             None if offset < self.next => Err(Refusal::Finished),
@@ -94,7 +100,13 @@ impl GroupState {
         }
     }
 
-    pub fn lease(&mut self, offset: Offset, consumer: ConsumerId, until_ms: i64, now_ms: i64) -> Result<(), Refusal> {
+    pub fn lease(
+        &mut self,
+        offset: Offset,
+        consumer: ConsumerId,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), Refusal> {
         self.can_lease(offset, consumer, now_ms)?;
         let d = self.entries.entry(offset).or_insert(Delivery {
             deliveries: 0,
@@ -138,9 +150,16 @@ impl GroupState {
         }
     }
 
-    pub fn nack(&mut self, offset: Offset, consumer: ConsumerId, redeliver_at_ms: i64) -> Result<(), Refusal> {
+    pub fn nack(
+        &mut self,
+        offset: Offset,
+        consumer: ConsumerId,
+        redeliver_at_ms: i64,
+    ) -> Result<(), Refusal> {
         let d = self.holder_entry(offset, consumer)?;
-        d.status = Status::Ready { at_ms: redeliver_at_ms };
+        d.status = Status::Ready {
+            at_ms: redeliver_at_ms,
+        };
         Ok(())
     }
 

@@ -26,9 +26,7 @@ mod recover;
 mod ttl;
 
 pub use compact::{CompactionConfig, CompactionReport};
-pub use db::{
-    ApplyOutcome, Index, IndexConfig, ShardState, COLUMN_FAMILIES,
-};
+pub use db::{ApplyOutcome, Index, IndexConfig, ShardState, COLUMN_FAMILIES};
 pub use encoding::{KeyEntry, Location};
 pub use error::{IndexError, Result};
 pub use meta::ShardKind;

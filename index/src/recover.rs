@@ -199,7 +199,9 @@ impl Index {
                     self.key_entries(shard)?
                         .into_iter()
                         .filter(|(_, e)| {
-                            e.offset >= seg.first_offset && e.offset < seg.next_offset && !present.contains(&e.offset)
+                            e.offset >= seg.first_offset
+                                && e.offset < seg.next_offset
+                                && !present.contains(&e.offset)
                         })
                         .map(|(k, e)| (k.to_vec(), e))
                         .collect()

@@ -123,7 +123,9 @@ fn run(ops: Vec<Op>) {
             Op::Tick { ms } => now += i64::from(ms),
             Op::Roll => h.with_log(|l| l.roll(now)).unwrap(),
             Op::Compact => {
-                h.index.compact_shard(common::SHARD, &h.log, &compaction, now, true).unwrap();
+                h.index
+                    .compact_shard(common::SHARD, &h.log, &compaction, now, true)
+                    .unwrap();
             }
             Op::Sweep => {
                 h.index.sweep_expired(common::SHARD, now, usize::MAX).unwrap();
@@ -140,7 +142,8 @@ fn run(ops: Vec<Op>) {
         check(&h, &model, now, step);
     }
     // Whatever happened, a final rebuild agrees too.
-    h.with_log(|l| h.index.rebuild_shard(common::SHARD, ShardKind::Keyed, l)).unwrap();
+    h.with_log(|l| h.index.rebuild_shard(common::SHARD, ShardKind::Keyed, l))
+        .unwrap();
     check(&h, &model, now, usize::MAX);
 }
 
@@ -160,11 +163,17 @@ fn expired_keys_read_as_absent_before_and_after_the_sweeper() {
     h.put(b"a", b"1", Some(100), 1_000);
     h.put(b"b", b"2", None, 1_000);
     assert!(h.get(b"a", 1_099).is_some());
-    assert!(h.get(b"a", 1_100).is_none(), "expired at timestamp + ttl, sweeper or not");
+    assert!(
+        h.get(b"a", 1_100).is_none(),
+        "expired at timestamp + ttl, sweeper or not"
+    );
     let s = h.index.sweep_expired(common::SHARD, 1_100, 100).unwrap();
     assert_eq!(s.keys_removed, 1);
     assert!(!s.more);
-    assert!(h.index.key_entry(common::SHARD, b"a").unwrap().is_none(), "the sweeper reclaimed the entry");
+    assert!(
+        h.index.key_entry(common::SHARD, b"a").unwrap().is_none(),
+        "the sweeper reclaimed the entry"
+    );
     assert!(h.get(b"b", 10_000).is_some());
     // Rewriting a key with a new TTL replaces its expiry entry.
     h.put(b"c", b"3", Some(10), 2_000);

@@ -50,8 +50,19 @@ fn build(dir: &std::path::Path, steps: &[Step], chunks: &[usize]) -> Harness {
     for (i, s) in steps.iter().enumerate() {
         let batch = match s {
             Step::Puts { keys, zstd } => {
-                let items: Vec<_> = keys.iter().map(|k| (vec![*k], format!("v{i}-{k}").into_bytes())).collect();
-                Some(multi_put(&items, now, if *zstd { Compression::Zstd(1) } else { Compression::None }))
+                let items: Vec<_> = keys
+                    .iter()
+                    .map(|k| (vec![*k], format!("v{i}-{k}").into_bytes()))
+                    .collect();
+                Some(multi_put(
+                    &items,
+                    now,
+                    if *zstd {
+                        Compression::Zstd(1)
+                    } else {
+                        Compression::None
+                    },
+                ))
             }
             Step::Delete(k) => Some(common::keyed_batch(&[*k], None, None, now)),
             Step::Commit { name, offset } => Some(
@@ -130,15 +141,20 @@ fn build(dir: &std::path::Path, steps: &[Step], chunks: &[usize]) -> Harness {
 }
 
 fn apply_pending(h: &Harness, pending: &mut Vec<RaftIndex>) {
-    let Some(first) = pending.first().copied() else { return };
-    let entries: Vec<Positioned> = h.with_log(|l| l.positioned_from_raft_index(first).take(pending.len()).collect());
+    let Some(first) = pending.first().copied() else {
+        return;
+    };
+    let entries: Vec<Positioned> =
+        h.with_log(|l| l.positioned_from_raft_index(first).take(pending.len()).collect());
     h.index.apply(SHARD, ShardKind::Keyed, &entries).unwrap();
     pending.clear();
 }
 
 fn rebuilt(h: &Harness, dir: &std::path::Path) -> Index {
     let fresh = Index::open(dir, common::index_config()).unwrap();
-    let report = h.with_log(|l| fresh.recover_shard(SHARD, ShardKind::Keyed, l)).unwrap();
+    let report = h
+        .with_log(|l| fresh.recover_shard(SHARD, ShardKind::Keyed, l))
+        .unwrap();
     assert_eq!(report.rebuilt, Some("no index for the shard"));
     fresh
 }
@@ -187,15 +203,29 @@ fn rebuilt_after_compaction_agrees_on_everything_but_counters() {
         delete_retention_ms: 0,
         ..CompactionConfig::default()
     };
-    let r = h.index.compact_shard(SHARD, &h.log, &cfg, 1_000_000, false).unwrap();
+    let r = h
+        .index
+        .compact_shard(SHARD, &h.log, &cfg, 1_000_000, false)
+        .unwrap();
     assert!(r.segments_rewritten > 0 && r.records_dropped > 0, "{r:?}");
-    assert!(r.key_entries_removed > 0, "tombstones past retention were dropped: {r:?}");
+    assert!(
+        r.key_entries_removed > 0,
+        "tombstones past retention were dropped: {r:?}"
+    );
     assert!(r.bytes_after < r.bytes_before);
     let other = tempfile::tempdir().unwrap();
     let fresh = rebuilt(&h, other.path());
-    let strip = |d: Vec<(&'static str, Vec<u8>, Vec<u8>)>| -> Vec<_> { d.into_iter().filter(|e| e.0 != "meta").collect() };
-    assert_eq!(strip(h.index.dump_shard(SHARD).unwrap()), strip(fresh.dump_shard(SHARD).unwrap()));
-    assert_eq!(h.index.cursor(SHARD, b"c\x01").unwrap().map(|c| c.0), Some(Offset(195)));
+    let strip = |d: Vec<(&'static str, Vec<u8>, Vec<u8>)>| -> Vec<_> {
+        d.into_iter().filter(|e| e.0 != "meta").collect()
+    };
+    assert_eq!(
+        strip(h.index.dump_shard(SHARD).unwrap()),
+        strip(fresh.dump_shard(SHARD).unwrap())
+    );
+    assert_eq!(
+        h.index.cursor(SHARD, b"c\x01").unwrap().map(|c| c.0),
+        Some(Offset(195))
+    );
 }
 
 #[test]
@@ -244,7 +274,11 @@ fn groups_and_cursors_survive_reopen_and_rebuild() {
         assert_eq!(s.entries[&Offset(3)].status, Status::Acked);
         assert_eq!(s.entries[&Offset(4)].status, Status::Ready { at_ms: 500 });
         assert_eq!(s.entries[&Offset(4)].deliveries, 1);
-        assert_eq!(s.redeliverable(1_000, 10).len(), 2, "2's lease expired, 4 was nacked");
+        assert_eq!(
+            s.redeliverable(1_000, 10).len(),
+            2,
+            "2's lease expired, 4 was nacked"
+        );
         assert_eq!(h.index.cursor(SHARD, b"sub").unwrap(), Some((Offset(7), 200)));
     };
     check(&h);
@@ -268,8 +302,14 @@ fn retention_removes_index_entries_by_range() {
     }
     assert_eq!(h.index.offset_for_time(SHARD, 0).unwrap(), Some(Offset(0)));
     assert_eq!(h.index.offset_for_time(SHARD, 1_005).unwrap(), Some(Offset(4)));
-    assert_eq!(h.index.offset_for_time(SHARD, 1_000 + 199 * 10).unwrap(), Some(Offset(796)));
-    assert_eq!(h.index.offset_for_time(SHARD, 1_000 + 199 * 10 + 1).unwrap(), None);
+    assert_eq!(
+        h.index.offset_for_time(SHARD, 1_000 + 199 * 10).unwrap(),
+        Some(Offset(796))
+    );
+    assert_eq!(
+        h.index.offset_for_time(SHARD, 1_000 + 199 * 10 + 1).unwrap(),
+        None
+    );
     let (base, _) = h.index.locate(SHARD, Offset(401)).unwrap().unwrap();
     assert!(base <= Offset(401));
     let out = h
@@ -297,10 +337,16 @@ fn retention_removes_index_entries_by_range() {
     assert!(h.index.locate(SHARD, Offset(earliest.0 - 1)).unwrap().is_none());
     let t = h.index.offset_for_time(SHARD, 0).unwrap().unwrap();
     assert!(t >= earliest, "replay by time starts at what is still held");
-    assert_eq!(h.index.shard_state(SHARD).unwrap().unwrap().earliest_offset, earliest);
+    assert_eq!(
+        h.index.shard_state(SHARD).unwrap().unwrap().earliest_offset,
+        earliest
+    );
     // Every record still held is found through the index.
     for o in (earliest.0..800).step_by(37) {
-        let r = h.with_log(|l| h.index.record_at(l, SHARD, Offset(o))).unwrap().unwrap();
+        let r = h
+            .with_log(|l| h.index.record_at(l, SHARD, Offset(o)))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.offset, Offset(o));
     }
 }
@@ -328,7 +374,9 @@ fn a_corrupt_index_directory_is_moved_aside_and_rebuilt() {
     let (index, reset) = Index::open_or_reset(root.join("index"), common::index_config(), 1).unwrap();
     assert!(reset);
     let (log, _) = felix_log::SharedLog::open(root.join("log"), log_config()).unwrap();
-    let report = log.with(|l| index.recover_shard(SHARD, ShardKind::Keyed, l)).unwrap();
+    let report = log
+        .with(|l| index.recover_shard(SHARD, ShardKind::Keyed, l))
+        .unwrap();
     assert!(report.rebuilt.is_some());
     assert_eq!(index.dump_shard(SHARD).unwrap(), before);
     h = Harness {
@@ -336,6 +384,7 @@ fn a_corrupt_index_directory_is_moved_aside_and_rebuilt() {
         log,
         index,
         kind: ShardKind::Keyed,
+        report,
     };
     assert_eq!(h.get(&[0], 2_000).unwrap().0.as_ref(), &[49u8; 30][..]);
 }
@@ -346,17 +395,33 @@ fn start_up_indexes_a_missing_tail_and_rebuilds_an_index_ahead_of_the_log() {
     let h = Harness::open(dir.path(), ShardKind::Keyed, log_config());
     h.put(b"a", b"1", None, 1);
     // Appended but never indexed (a crash between the two).
-    h.log.append(&common::keyed_batch(b"a", Some(b"2"), None, 2), felix_log::RaftTerm(1)).unwrap();
-    h.log.append(&common::keyed_batch(b"b", Some(b"3"), None, 3), felix_log::RaftTerm(1)).unwrap();
+    h.log
+        .append(
+            &common::keyed_batch(b"a", Some(b"2"), None, 2),
+            felix_log::RaftTerm(1),
+        )
+        .unwrap();
+    h.log
+        .append(
+            &common::keyed_batch(b"b", Some(b"3"), None, 3),
+            felix_log::RaftTerm(1),
+        )
+        .unwrap();
     let h = h.reopen(log_config());
     assert_eq!(h.get(b"a", 10).unwrap().0.as_ref(), b"2");
     assert_eq!(h.get(b"b", 10).unwrap().0.as_ref(), b"3");
     // Now the log loses its last entry (Raft truncation of an uncommitted
     // suffix, or a lost unsynced tail) while the index still has it.
     let last = h.with_log(|l| l.last_raft().unwrap().1);
-    h.with_log(|l| l.truncate_after(RaftIndex(last.0 - 1), 20)).unwrap();
-    let report = h.with_log(|l| h.index.recover_shard(SHARD, ShardKind::Keyed, l)).unwrap();
+    h.with_log(|l| l.truncate_after(RaftIndex(last.0 - 1), 20))
+        .unwrap();
+    let report = h
+        .with_log(|l| h.index.recover_shard(SHARD, ShardKind::Keyed, l))
+        .unwrap();
     assert_eq!(report.rebuilt, Some("index ahead of the log's end"));
-    assert!(h.get(b"b", 10).is_none(), "the index no longer points past the log");
+    assert!(
+        h.get(b"b", 10).is_none(),
+        "the index no longer points past the log"
+    );
     assert_eq!(h.get(b"a", 10).unwrap().0.as_ref(), b"2");
 }

@@ -27,7 +27,8 @@ pub use crate::commit::SharedLog;
 pub use crate::config::{Durability, LogConfig, Verify};
 pub use crate::error::{LogError, Result};
 pub use crate::log::{
-    AppendOutcome, Batches, CompactOutcome, Log, Positioned, PositionedBatches, ReadHint, SealedSegment, StagedCompaction, OpenReport, Quarantined, ReadChunk, Retention, RetentionOutcome, SegmentInfo,
+    AppendOutcome, Batches, CompactOutcome, Log, OpenReport, Positioned, PositionedBatches, Quarantined,
+    ReadChunk, ReadHint, Retention, RetentionOutcome, SealedSegment, SegmentInfo, StagedCompaction,
 };
 pub use crate::segment::format::SEGMENT_HEADER_BYTES;
 pub use crate::types::{Offset, ProducerId, RaftIndex, RaftTerm, SegmentId, ShardId};

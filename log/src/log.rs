@@ -625,7 +625,9 @@ impl Log {
         segment: SegmentId,
         keep: impl FnMut(&crate::batch::Record) -> bool,
     ) -> Result<Option<CompactOutcome>> {
-        let sealed = self.sealed_segment(segment).ok_or(LogError::NotSealed { segment })?;
+        let sealed = self
+            .sealed_segment(segment)
+            .ok_or(LogError::NotSealed { segment })?;
         match sealed.stage_compaction(keep)? {
             Some(staged) => self.install_compaction(staged).map(Some),
             None => Ok(None),
@@ -642,9 +644,12 @@ impl Log {
         }
         let segment = SegmentId(staged.header.first_raft_index.0);
         let i = self.segments.iter().position(|s| {
-            s.id() == segment && s.is_sealed() && s.header.generation.wrapping_add(1) == staged.header.generation
+            s.id() == segment
+                && s.is_sealed()
+                && s.header.generation.wrapping_add(1) == staged.header.generation
         });
-        let Some(i) = i.filter(|i| i + 1 < self.segments.len() && self.segments[*i].len == staged.bytes_before)
+        let Some(i) =
+            i.filter(|i| i + 1 < self.segments.len() && self.segments[*i].len == staged.bytes_before)
         else {
             let _ = fs::remove_file(&staged.tmp);
             return Err(LogError::NotSealed { segment });
@@ -682,7 +687,9 @@ impl Log {
         let len = staged.bytes.len() as u64;
         let mut summary = scanned.summary;
         // Time retention keeps judging the segment by what it held.
-        summary.max_timestamp_ms = summary.max_timestamp_ms.max(self.segments[i].summary.max_timestamp_ms);
+        summary.max_timestamp_ms = summary
+            .max_timestamp_ms
+            .max(self.segments[i].summary.max_timestamp_ms);
         self.segments[i] = Segment::open_sealed(
             path,
             file,

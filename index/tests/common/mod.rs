@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use felix_index::{ApplyOutcome, Index, IndexConfig, KeyEntry, ShardKind};
+use felix_index::{ApplyOutcome, Index, IndexConfig, KeyEntry, RecoverReport, ShardKind};
 use felix_log::{
-    BatchBuilder, Compression, Durability, Log, LogConfig, Offset, Positioned, RaftTerm, RecordInput, SharedLog,
-    ShardId,
+    BatchBuilder, Compression, Durability, Log, LogConfig, Offset, Positioned, RaftTerm, RecordInput,
+    ShardId, SharedLog,
 };
 
 pub const SHARD: ShardId = ShardId(7);
@@ -35,6 +35,8 @@ pub struct Harness {
     pub log: SharedLog,
     pub index: Index,
     pub kind: ShardKind,
+    /// What the start-up check found.
+    pub report: RecoverReport,
 }
 
 impl Harness {
@@ -43,12 +45,15 @@ impl Harness {
     pub fn open(root: &Path, kind: ShardKind, cfg: LogConfig) -> Harness {
         let (log, _) = SharedLog::open(root.join("log"), cfg).expect("open log");
         let index = Index::open(root.join("index"), index_config()).expect("open index");
-        log.with(|l| index.recover_shard(SHARD, kind, l)).expect("recover shard");
+        let report = log
+            .with(|l| index.recover_shard(SHARD, kind, l))
+            .expect("recover shard");
         Harness {
             root: root.to_path_buf(),
             log,
             index,
             kind,
+            report,
         }
     }
 
@@ -82,7 +87,11 @@ impl Harness {
     /// A compare-and-set as the leader does it: check, then append only if
     /// the check passed. `None` if refused.
     pub fn put_if_version(&self, key: &[u8], value: &[u8], version: u64, now: i64) -> Option<Offset> {
-        if !self.index.version_matches(SHARD, key, version, now).expect("check") {
+        if !self
+            .index
+            .version_matches(SHARD, key, version, now)
+            .expect("check")
+        {
             return None;
         }
         Some(self.append(&keyed_batch(key, Some(value), None, now)).0)

@@ -60,7 +60,8 @@ pub fn compact(
         new_raw.extend_from_slice(&raw[range.clone()]);
     }
     let (flags, stored): (u8, std::borrow::Cow<'_, [u8]>) = if h.flags.zstd() && !new_raw.is_empty() {
-        let c = zstd::bulk::compress(&new_raw, zstd_level).map_err(|e| BatchError::Compression(e.to_string()))?;
+        let c =
+            zstd::bulk::compress(&new_raw, zstd_level).map_err(|e| BatchError::Compression(e.to_string()))?;
         (h.flags.0, c.into())
     } else {
         (h.flags.0 & !l::FLAG_ZSTD, new_raw.as_slice().into())
