@@ -52,6 +52,10 @@ pub struct CompactionConfig {
     pub delete_retention_ms: u64,
     /// Live keys a pass may hold in memory (about 40 bytes each).
     pub keys_max: u64,
+    /// Rate at which a pass writes new segments (None: as fast as the disk
+    /// goes). Paced writes keep appenders' fsync latency on the same disk
+    /// close to idle.
+    pub write_bytes_per_s_max: Option<u64>,
 }
 
 impl Default for CompactionConfig {
@@ -61,6 +65,7 @@ impl Default for CompactionConfig {
             compaction_lag_ms: 0,
             delete_retention_ms: 24 * 3600 * 1000,
             keys_max: 16 << 20,
+            write_bytes_per_s_max: Some(32 << 20),
         }
     }
 }
@@ -167,7 +172,7 @@ impl Index {
                 }
                 !drop_latest
             };
-            let Some(staged) = sealed.stage_compaction(keep)? else {
+            let Some(staged) = sealed.stage_compaction(keep, config.write_bytes_per_s_max)? else {
                 continue;
             };
             let outcome = match log.with(|l| l.install_compaction(staged)) {
@@ -178,6 +183,7 @@ impl Index {
                 }
                 Err(e) => return Err(e.into()),
             };
+            outcome.sync()?;
             failpoint::hit("index.compact.installed");
             let (info, batches) = log.with(|l| {
                 let info = l.segments().into_iter().find(|s| s.id == seg.id);

@@ -28,6 +28,7 @@ fn compaction() -> CompactionConfig {
         compaction_lag_ms: 0,
         delete_retention_ms: 1_000,
         keys_max: 1 << 20,
+        write_bytes_per_s_max: None,
     }
 }
 

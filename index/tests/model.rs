@@ -82,6 +82,7 @@ fn run(ops: Vec<Op>) {
         compaction_lag_ms: 0,
         delete_retention_ms: 300,
         keys_max: 1 << 20,
+        write_bytes_per_s_max: None,
     };
     for (step, op) in ops.into_iter().enumerate() {
         match op {

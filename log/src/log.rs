@@ -102,7 +102,7 @@ pub struct SegmentInfo {
 }
 
 /// What [`Log::compact_segment`] did to one segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactOutcome {
     pub segment: SegmentId,
     pub bytes_before: u64,
@@ -110,6 +110,15 @@ pub struct CompactOutcome {
     pub records_dropped: u64,
     /// The segment's generation after the rewrite.
     pub generation: u32,
+    dir: PathBuf,
+}
+
+impl CompactOutcome {
+    /// Makes the installing rename durable (fsync of the log directory).
+    /// Needs no lock on the log.
+    pub fn sync(&self) -> Result<()> {
+        fsio::sync_dir(&self.dir)
+    }
 }
 
 /// A sealed segment's bytes, read without holding the log.
@@ -159,9 +168,13 @@ impl SealedSegment {
     /// indexes and control batches are untouched; a batch that loses every
     /// record stays as an emptied header. `None` when nothing is dropped.
     /// Needs no lock on the log: this is the slow half of compaction.
+    ///
+    /// `write_bytes_per_s_max` paces the write so that it does not crowd
+    /// out appends' fsyncs on the same disk.
     pub fn stage_compaction(
         &self,
         mut keep: impl FnMut(&crate::batch::Record) -> bool,
+        write_bytes_per_s_max: Option<u64>,
     ) -> Result<Option<StagedCompaction>> {
         let mut header = self.header;
         header.generation = header.generation.wrapping_add(1);
@@ -183,7 +196,7 @@ impl SealedSegment {
             return Ok(None);
         }
         let tmp = self.path.with_extension("seg.compact.tmp");
-        write_synced(&tmp, &[&out])?;
+        fsio::write_paced(&tmp, &out, write_bytes_per_s_max)?;
         crate::failpoint::hit("log.compact.tmp_synced");
         Ok(Some(StagedCompaction {
             tmp,
@@ -628,16 +641,27 @@ impl Log {
         let sealed = self
             .sealed_segment(segment)
             .ok_or(LogError::NotSealed { segment })?;
-        match sealed.stage_compaction(keep)? {
-            Some(staged) => self.install_compaction(staged).map(Some),
+        match sealed.stage_compaction(keep, None)? {
+            Some(staged) => {
+                let out = self.install_compaction(staged)?;
+                out.sync()?;
+                Ok(Some(out))
+            }
             None => Ok(None),
         }
     }
 
     /// Puts a staged compaction in place: renames the new file over the old
-    /// (atomic), fsyncs the directory, maps the new file. Fails, leaving the
-    /// log unchanged and the staged file removed, if the segment changed since
-    /// it was staged (deleted by retention, truncated, compacted again).
+    /// (atomic) and maps it. Fails, leaving the log unchanged and the staged
+    /// file removed, if the segment changed since it was staged (deleted by
+    /// retention, truncated, compacted again).
+    ///
+    /// This is all the log needs to be held for. The rename is made durable
+    /// by [`CompactOutcome::sync`] afterwards, without the log: until then a
+    /// power loss may bring back the old segment, which is as good (it holds
+    /// a superset of the records, and an index notices the generation). The
+    /// checkpoint is not rewritten either: it lists the old length, so the
+    /// next open verifies the (smaller) new segment instead of trusting it.
     pub fn install_compaction(&mut self, staged: StagedCompaction) -> Result<CompactOutcome> {
         if self.poisoned {
             return Err(LogError::Poisoned);
@@ -657,7 +681,6 @@ impl Log {
         let path = self.segments[i].path.clone();
         fs::rename(&staged.tmp, &path).map_err(LogError::io("replace segment", &path))?;
         crate::failpoint::hit("log.compact.renamed");
-        fsio::sync_dir(&self.dir)?;
         let prev_last = i.checked_sub(1).and_then(|p| self.segments[p].summary.last);
         let mut index = Vec::new();
         let interval = self.config.index_interval_bytes;
@@ -700,13 +723,13 @@ impl Log {
             Some(index),
             self.config.index_interval_bytes,
         )?;
-        self.write_checkpoint(false)?;
         Ok(CompactOutcome {
             segment,
             bytes_before: staged.bytes_before,
             bytes_after: len,
             records_dropped: staged.records_dropped,
             generation: staged.header.generation,
+            dir: self.dir.clone(),
         })
     }
 
