@@ -68,6 +68,9 @@ pub struct ApplyOutcome {
     pub bad_control: Vec<RaftIndex>,
 }
 
+/// One raw entry of [`Index::dump_shard`]: column family, key, value.
+pub type DumpEntry = (&'static str, Vec<u8>, Vec<u8>);
+
 /// Per-shard progress as the index sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShardState {
@@ -398,7 +401,7 @@ impl Index {
 
     /// Every entry of `shard` in every column family, in order: for
     /// comparing two indexes and for debugging.
-    pub fn dump_shard(&self, shard: ShardId) -> Result<Vec<(&'static str, Vec<u8>, Vec<u8>)>> {
+    pub fn dump_shard(&self, shard: ShardId) -> Result<Vec<DumpEntry>> {
         let mut out = Vec::new();
         for cf in COLUMN_FAMILIES {
             let mut it = self.range(cf, &enc::shard_prefix(shard), &enc::shard_end(shard));

@@ -996,6 +996,22 @@ fn recover(dir: &Path, config: &LogConfig, report: &mut OpenReport) -> Result<Ve
     let listed = list_segments(dir)?;
     let ck = Checkpoint::read(dir);
     report.clean = ck.as_ref().is_some_and(|c| c.clean);
+    let mut listed = listed;
+    let removable =
+        |l: &Listed| listed.len() > 1 || (l.first_offset == Offset(0) && l.first_raft_index == RaftIndex(0));
+    if listed
+        .last()
+        .is_some_and(|l| removable(l) && creation_interrupted(&l.path))
+    {
+        // A crash while rolling: the new segment was created but its header
+        // never written. Nothing can have been appended to it (appends
+        // start after the header is fsynced), so it goes, and the segment
+        // before it, never sealed, is the active one again.
+        let l = listed.pop().expect("checked");
+        tracing::warn!(path = %l.path.display(), "removing a segment whose creation was interrupted");
+        fs::remove_file(&l.path).map_err(LogError::io("remove segment", &l.path))?;
+        fsio::sync_dir(dir)?;
+    }
     let mut segments: Vec<Segment> = Vec::with_capacity(listed.len());
     for (i, l) in listed.iter().enumerate() {
         let is_last = i + 1 == listed.len();
@@ -1009,6 +1025,18 @@ fn recover(dir: &Path, config: &LogConfig, report: &mut OpenReport) -> Result<Ve
         segments.push(recover_segment(l, is_last, prev, entry, config, report)?);
     }
     Ok(segments)
+}
+
+/// Whether a segment file is one whose creation stopped before its header
+/// was written: shorter than a header, or a header of zeros.
+fn creation_interrupted(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else { return false };
+    let mut hb = [0u8; SEGMENT_HEADER_BYTES];
+    match std::os::unix::fs::FileExt::read_at(&f, &mut hb, 0) {
+        Ok(n) if n < SEGMENT_HEADER_BYTES => hb[..n].iter().all(|b| *b == 0),
+        Ok(_) => hb.iter().all(|b| *b == 0),
+        Err(_) => false,
+    }
 }
 
 fn recover_segment(

@@ -211,3 +211,36 @@ fn second_open_of_the_same_directory_is_refused() {
         Err(LogError::Locked { .. })
     ));
 }
+
+#[test]
+fn a_segment_whose_creation_was_interrupted_is_removed() {
+    // A SIGKILL while rolling can leave the new segment's file created but
+    // without its header: empty, or preallocated zeros.
+    for contents in [Vec::new(), vec![0u8; 4096]] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig::default();
+        let (_, at) = setup(dir.path(), &cfg);
+        let (next_offset, next_index) = (Offset(BATCHES), RaftIndex(BATCHES));
+        let name = format!("{:020}-{:020}.seg", next_offset.0, next_index.0);
+        fs::write(dir.path().join(&name), &contents).unwrap();
+        let (mut log, _) = Log::open(dir.path(), cfg.clone(), 2).unwrap();
+        assert_eq!(log.next_offset(), next_offset, "nothing lost");
+        assert_eq!(values(&log).len(), at.len());
+        log.append(&common::batch_of(&[vec![1]], 3), RaftTerm(1), next_index, 3)
+            .unwrap();
+        log.close().unwrap();
+        // A header that is not zeros is damage, not an interrupted creation.
+        let (path, _) = (dir.path().join(&name), ());
+        if path.exists() {
+            continue;
+        }
+        let mut junk = vec![0u8; 64];
+        junk[0] = b'X';
+        let other = format!("{:020}-{:020}.seg", next_offset.0 + 100, next_index.0 + 100);
+        fs::write(dir.path().join(other), &junk).unwrap();
+        assert!(matches!(
+            Log::open(dir.path(), cfg, 4),
+            Err(LogError::Corrupt { .. })
+        ));
+    }
+}
