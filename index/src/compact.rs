@@ -65,7 +65,7 @@ impl Default for CompactionConfig {
             compaction_lag_ms: 0,
             delete_retention_ms: 24 * 3600 * 1000,
             keys_max: 16 << 20,
-            write_bytes_per_s_max: Some(32 << 20),
+            write_bytes_per_s_max: Some(16 << 20),
         }
     }
 }

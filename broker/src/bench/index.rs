@@ -30,6 +30,10 @@ pub struct Args {
     /// Seconds of appends for each append-latency figure.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Compaction's write rate in MiB/s (0: unpaced); the default is
+    /// `CompactionConfig`'s.
+    #[arg(long)]
+    compaction_write_mib_per_s: Option<u64>,
     /// A short run: 100k keys, a 64 MiB log, 0.5 s of appends.
     #[arg(long)]
     quick: bool,
@@ -210,10 +214,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let idle = appends(&AtomicBool::new(true), true)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let cfg = CompactionConfig {
+    let mut cfg = CompactionConfig {
         min_dirty_ratio: 0.0,
         ..CompactionConfig::default()
     };
+    if let Some(r) = a.compaction_write_mib_per_s {
+        cfg.write_bytes_per_s_max = (r > 0).then_some(r << 20);
+    }
+    println!(
+        "compaction write rate: {}",
+        cfg.write_bytes_per_s_max
+            .map_or("unpaced".to_string(), |r| format!("{} MiB/s", r >> 20))
+    );
     let (report, compaction_s, busy) = std::thread::scope(|s| -> anyhow::Result<_> {
         let stop2 = stop.clone();
         let index = &index;
