@@ -10,7 +10,8 @@
 //! - reads: [`Index::locate`], [`Index::offset_for_time`], [`Index::latest`],
 //!   [`Index::cursor`], [`Index::group`];
 //! - upkeep: [`Index::compact_shard`] (keyed logs), [`Index::sweep_expired`]
-//!   (TTL), [`Index::on_retention`].
+//!   (TTL), [`Index::on_retention`]; [`Maintenance`] runs the first two in
+//!   the background.
 //!
 //! This crate knows nothing of QUIC or Raft; cursor and group changes reach
 //! it as control records in the log ([`control`]).
@@ -21,6 +22,7 @@ mod db;
 pub mod encoding;
 mod error;
 pub mod group;
+mod maintenance;
 mod meta;
 mod recover;
 mod ttl;
@@ -29,6 +31,7 @@ pub use compact::{CompactionConfig, CompactionReport};
 pub use db::{ApplyOutcome, Index, IndexConfig, ShardState, COLUMN_FAMILIES};
 pub use encoding::{KeyEntry, Location};
 pub use error::{IndexError, Result};
+pub use maintenance::{Maintenance, MaintenanceStats, SWEEPS_PER_ROUND_MAX};
 pub use meta::ShardKind;
 pub use recover::{RecoverReport, REINDEX_ENTRIES_PER_BATCH_MAX};
 pub use ttl::{SweepOutcome, SWEEP_KEYS_MAX};
