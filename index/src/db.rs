@@ -594,33 +594,15 @@ impl Index {
                 offsets,
             } => {
                 let start = offsets.iter().min().copied();
-                if let Some(w) = self.group_work(shard, groups, &name, start)? {
-                    for o in offsets {
-                        match w.state.lease(o, consumer, until_ms, now_ms) {
-                            Ok(()) => {
-                                w.dirty.insert(o);
-                            }
-                            Err(why) => refused(o, why),
-                        }
-                    }
-                }
+                let w = self.group_work(shard, groups, &name, start)?;
+                for_each_offset(w, offsets, &mut refused, |g, o| {
+                    g.lease(o, consumer, until_ms, now_ms)
+                });
             }
             ControlOp::GroupAck { group: name, offsets } => {
-                match self.group_work(shard, groups, &name, None)? {
-                    Some(w) => {
-                        for o in offsets {
-                            match w.state.ack(o) {
-                                Ok(()) => {
-                                    w.dirty.insert(o);
-                                }
-                                Err(why) => refused(o, why),
-                            }
-                        }
-                        w.state.advance_floor();
-                    }
-                    None => offsets
-                        .into_iter()
-                        .for_each(|o| refused(o, Refusal::NotDelivered)),
+                let w = self.group_work(shard, groups, &name, None)?;
+                if let Some(w) = for_each_offset(w, offsets, &mut refused, |g, o| g.ack(o)) {
+                    w.state.advance_floor();
                 }
             }
             ControlOp::GroupNack {
@@ -628,41 +610,19 @@ impl Index {
                 consumer,
                 redeliver_at_ms: t,
                 offsets,
-            } => match self.group_work(shard, groups, &name, None)? {
-                Some(w) => {
-                    for o in offsets {
-                        match w.state.nack(o, consumer, t) {
-                            Ok(()) => {
-                                w.dirty.insert(o);
-                            }
-                            Err(why) => refused(o, why),
-                        }
-                    }
-                }
-                None => offsets
-                    .into_iter()
-                    .for_each(|o| refused(o, Refusal::NotDelivered)),
-            },
+            } => {
+                let w = self.group_work(shard, groups, &name, None)?;
+                for_each_offset(w, offsets, &mut refused, |g, o| g.nack(o, consumer, t));
+            }
             ControlOp::GroupExtend {
                 group: name,
                 consumer,
                 until_ms: t,
                 offsets,
-            } => match self.group_work(shard, groups, &name, None)? {
-                Some(w) => {
-                    for o in offsets {
-                        match w.state.extend(o, consumer, t) {
-                            Ok(()) => {
-                                w.dirty.insert(o);
-                            }
-                            Err(why) => refused(o, why),
-                        }
-                    }
-                }
-                None => offsets
-                    .into_iter()
-                    .for_each(|o| refused(o, Refusal::NotDelivered)),
-            },
+            } => {
+                let w = self.group_work(shard, groups, &name, None)?;
+                for_each_offset(w, offsets, &mut refused, |g, o| g.extend(o, consumer, t));
+            }
             ControlOp::Foreign(_) => {}
         }
         Ok(())
@@ -715,6 +675,31 @@ impl Index {
         m[8..].copy_from_slice(&g.next.0.to_be_bytes());
         wb.put_cf(cf, enc::group_meta_key(shard, name), m);
     }
+}
+
+/// Applies `f` to each offset of an op on group `w`, marking what changed
+/// and reporting what was refused (everything, if the group does not exist).
+fn for_each_offset<'g>(
+    w: Option<&'g mut GroupWork>,
+    offsets: Vec<Offset>,
+    refused: &mut impl FnMut(Offset, Refusal),
+    mut f: impl FnMut(&mut GroupState, Offset) -> std::result::Result<(), Refusal>,
+) -> Option<&'g mut GroupWork> {
+    let Some(w) = w else {
+        offsets
+            .into_iter()
+            .for_each(|o| refused(o, Refusal::NotDelivered));
+        return None;
+    };
+    for o in offsets {
+        match f(&mut w.state, o) {
+            Ok(()) => {
+                w.dirty.insert(o);
+            }
+            Err(why) => refused(o, why),
+        }
+    }
+    Some(w)
 }
 
 /// A group being changed by one apply.

@@ -682,33 +682,14 @@ impl Log {
         fs::rename(&staged.tmp, &path).map_err(LogError::io("replace segment", &path))?;
         crate::failpoint::hit("log.compact.renamed");
         let prev_last = i.checked_sub(1).and_then(|p| self.segments[p].summary.last);
-        let mut index = Vec::new();
-        let interval = self.config.index_interval_bytes;
-        let scanned = scan::scan(
+        let (mut summary, index, file) = rescan_rewritten(
+            &path,
             &staged.bytes,
-            ScanFrom {
-                pos: SEGMENT_HEADER_BYTES,
-                summary: Summary {
-                    last: prev_last,
-                    ..Summary::empty(staged.header.first_offset)
-                },
-                min_raft_index: staged.header.first_raft_index,
-                verify_records: false,
-            },
-            |pos, h| push_sparse(&mut index, interval, pos, h),
-        );
-        assert_eq!(
-            scanned.valid_end,
-            staged.bytes.len(),
-            "a compacted segment scans to its end"
-        );
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(LogError::io("open segment", &path))?;
+            &staged.header,
+            prev_last,
+            self.config.index_interval_bytes,
+        )?;
         let len = staged.bytes.len() as u64;
-        let mut summary = scanned.summary;
         // Time retention keeps judging the segment by what it held.
         summary.max_timestamp_ms = summary
             .max_timestamp_ms
@@ -1213,6 +1194,43 @@ fn write_synced(path: &Path, parts: &[&[u8]]) -> Result<()> {
     f.sync_all().map_err(LogError::io("fsync", path))
 }
 
+/// After a segment file was rewritten (and renamed into place at `path`)
+/// from `bytes`, batches the log had verified: their summary and sparse
+/// index, and the file opened for mapping.
+fn rescan_rewritten(
+    path: &Path,
+    bytes: &[u8],
+    header: &SegmentHeader,
+    prev_last: Option<(RaftTerm, RaftIndex)>,
+    index_interval_bytes: u32,
+) -> Result<(Summary, Vec<IndexEntry>, File)> {
+    let mut index = Vec::new();
+    let scanned = scan::scan(
+        bytes,
+        ScanFrom {
+            pos: SEGMENT_HEADER_BYTES,
+            summary: Summary {
+                last: prev_last,
+                ..Summary::empty(header.first_offset)
+            },
+            min_raft_index: header.first_raft_index,
+            verify_records: false,
+        },
+        |pos, h| push_sparse(&mut index, index_interval_bytes, pos, h),
+    );
+    assert_eq!(
+        scanned.valid_end,
+        bytes.len(),
+        "a rewrite of verified batches scans to its end"
+    );
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(LogError::io("open segment", path))?;
+    Ok((scanned.summary, index, file))
+}
+
 /// Replaces `seg` by a new active segment holding its first `cut` bytes:
 /// written to a temporary file, fsynced, renamed over the old name. The old
 /// mapping (and any `Bytes` over it) stays valid on the unlinked inode.
@@ -1228,36 +1246,19 @@ fn rewrite_prefix(
     write_synced(&tmp, &[&prefix])?;
     fs::rename(&tmp, &seg.path).map_err(LogError::io("replace segment", &seg.path))?;
     fsio::sync_dir(dir)?;
-    let mut index = Vec::new();
-    let interval = config.index_interval_bytes;
-    let scanned = scan::scan(
+    let (summary, index, file) = rescan_rewritten(
+        &seg.path,
         &prefix,
-        ScanFrom {
-            pos: SEGMENT_HEADER_BYTES,
-            summary: Summary {
-                last: prev_last,
-                ..Summary::empty(seg.header.first_offset)
-            },
-            min_raft_index: seg.header.first_raft_index,
-            verify_records: false,
-        },
-        |pos, h| push_sparse(&mut index, interval, pos, h),
-    );
-    assert_eq!(
-        scanned.valid_end as u64, cut,
-        "a prefix of verified batches scans to its end"
-    );
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&seg.path)
-        .map_err(LogError::io("open segment", &seg.path))?;
+        &seg.header,
+        prev_last,
+        config.index_interval_bytes,
+    )?;
     Segment::map_active(
         seg.path.clone(),
         file,
         seg.header,
         cut,
-        scanned.summary,
+        summary,
         Some(index),
         config.segment_bytes,
         config.index_interval_bytes,
