@@ -89,13 +89,7 @@ pub struct CompactionReport {
 impl Index {
     /// The fraction of `shard`'s keyed records that compaction could drop.
     pub fn dirty_ratio(&self, shard: ShardId) -> Result<f64> {
-        Ok(self.shard_state(shard)?.map_or(0.0, |s| {
-            if s.keyed_records == 0 {
-                0.0
-            } else {
-                s.dead_records as f64 / s.keyed_records as f64
-            }
-        }))
+        Ok(self.shard_state(shard)?.map_or(0.0, |s| s.dirty_ratio()))
     }
 
     /// One compaction pass over `shard`'s sealed segments (those older than
@@ -117,7 +111,7 @@ impl Index {
             report.skipped = Some("not a keyed shard");
             return Ok(report);
         }
-        report.dirty_ratio = self.dirty_ratio(shard)?;
+        report.dirty_ratio = state.dirty_ratio();
         if !force && report.dirty_ratio < config.min_dirty_ratio {
             report.skipped = Some("dirty ratio below min_dirty_ratio");
             return Ok(report);

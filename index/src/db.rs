@@ -87,6 +87,17 @@ pub struct ShardState {
     pub dead_records: u64,
 }
 
+impl ShardState {
+    /// The fraction of keyed records compaction could drop.
+    pub fn dirty_ratio(&self) -> f64 {
+        if self.keyed_records == 0 {
+            0.0
+        } else {
+            self.dead_records as f64 / self.keyed_records as f64
+        }
+    }
+}
+
 /// The index database.
 pub struct Index {
     db: DB,

@@ -45,23 +45,23 @@ impl Index {
     pub fn recover_shard(&self, shard: ShardId, kind: ShardKind, log: &Log) -> Result<RecoverReport> {
         let mut report = RecoverReport::default();
         let log_first = log.first_raft_index().unwrap_or(log.next_raft_index());
-        let reason = match self.load_meta(shard)? {
+        let meta = self.load_meta(shard)?;
+        if let Some(m) = &meta {
+            m.check_kind(shard, kind)?;
+        }
+        let reason = match &meta {
             None => Some("no index for the shard"),
-            Some(m) if m.kind != kind => {
-                m.check_kind(shard, kind)?;
-                None
-            }
             Some(m) if m.next_raft_index > log.next_raft_index() => Some("index ahead of the log's end"),
             Some(m) if m.next_raft_index < log_first => Some("log starts after the index's end"),
             Some(_) => None,
         };
-        if let Some(reason) = reason {
+        let Some(meta) = meta.filter(|_| reason.is_none()) else {
+            let reason = reason.expect("a missing index has a reason");
             tracing::info!(%shard, reason, "rebuilding shard index from the log");
             report.rebuilt = Some(reason);
             report.entries_indexed = self.rebuild_shard(shard, kind, log)?;
             return Ok(report);
-        }
-        let meta = self.load_meta(shard)?.expect("checked above");
+        };
         if meta.earliest_offset < log.earliest_offset() {
             self.on_retention(shard, log)?;
             report.retention_caught_up = true;
