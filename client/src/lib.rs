@@ -8,3 +8,9 @@ pub mod wire;
 
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod transport;
+pub mod server;
+pub mod conn;
+pub mod error;
+pub use error::ClientError;
+pub mod policy;
