@@ -1,0 +1,392 @@
+//! [`Client`]: knows the cluster from any broker, keeps a pool of
+//! connections per broker, routes requests to shard leaders, follows
+//! `NotLeader` hints, retries with backoff and jitter, and stops hammering a
+//! broker whose circuit is open.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::conn::{Answer, ConnectOptions, Connection};
+use crate::error::ClientError;
+use crate::policy::{Breaker, BreakerConfig, RetryPolicy};
+use crate::transport::{client_endpoint, ClientTls, TransportConfig, ALPN};
+use crate::wire::{ErrorReply, Message, StreamInfo};
+
+/// Connections kept to one broker; requests spread over them.
+pub const CONNECTIONS_PER_BROKER_MAX: usize = 16;
+
+/// How to reach and talk to a cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Any brokers of the cluster, `host:port`; the rest are learned.
+    pub brokers: Vec<String>,
+    /// The name the brokers' certificates are checked against.
+    pub server_name: String,
+    pub tls: ClientTls,
+    /// The Felix token sent in `Hello` (empty when auth is off).
+    pub token: Bytes,
+    pub transport: TransportConfig,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Connections per broker (1..=[`CONNECTIONS_PER_BROKER_MAX`]).
+    pub connections_per_broker: usize,
+    /// Request streams per connection.
+    pub streams_per_connection: usize,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerConfig,
+}
+
+impl ClientConfig {
+    /// Defaults for one broker address and a CA.
+    pub fn new(broker: impl Into<String>, tls: ClientTls) -> ClientConfig {
+        ClientConfig {
+            brokers: vec![broker.into()],
+            server_name: "localhost".into(),
+            tls,
+            token: Bytes::new(),
+            transport: TransportConfig::default(),
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            connections_per_broker: 1,
+            streams_per_connection: 4,
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// The leader of a stream's shard.
+    Shard(&'a str, u32),
+    /// Any broker that knows the stream (the first shard's leader first).
+    Stream(&'a str),
+    Any,
+}
+
+#[derive(Debug, Default)]
+struct Metadata {
+    brokers: HashMap<u64, String>,
+    streams: HashMap<String, StreamInfo>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    conns: Vec<Arc<Connection>>,
+    next: usize,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: ClientConfig,
+    endpoint: quinn::Endpoint,
+    /// One lock per broker, so a slow connect to one does not hold up the rest.
+    pool: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    breakers: Mutex<HashMap<String, Breaker>>,
+    meta: RwLock<Metadata>,
+    bootstrap_next: AtomicUsize,
+    epoch: Instant,
+}
+
+/// A handle to a Felix cluster; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to the first reachable broker of `cfg.brokers` and loads
+    /// the cluster's metadata.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
+        if cfg.brokers.is_empty() {
+            return Err(ClientError::Invalid("no broker address given".into()));
+        }
+        let endpoint = client_endpoint(&cfg.tls, ALPN, &cfg.transport)?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                cfg,
+                endpoint,
+                pool: Default::default(),
+                breakers: Default::default(),
+                meta: Default::default(),
+                bootstrap_next: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            }),
+        };
+        let mut last = None;
+        for b in client.inner.cfg.brokers.clone() {
+            match client.connection(&b).await {
+                Ok(_) => {
+                    client.refresh_metadata(&[]).await?;
+                    return Ok(client);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one broker was tried"))
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// A pooled connection to `address`, opening one if needed.
+    pub async fn connection(&self, address: &str) -> Result<Arc<Connection>, ClientError> {
+        let cfg = &self.inner.cfg;
+        let slot = self.slot(address);
+        let mut slot = slot.lock().await;
+        slot.conns.retain(|c| !c.is_broken());
+        let want = cfg.connections_per_broker.clamp(1, CONNECTIONS_PER_BROKER_MAX);
+        if slot.conns.len() < want {
+            let addr = resolve(address).await?;
+            let opts = ConnectOptions {
+                server_name: cfg.server_name.clone(),
+                token: cfg.token.clone(),
+                streams: cfg.streams_per_connection,
+                timeout_ms: cfg.connect_timeout_ms,
+            };
+            let c = Arc::new(Connection::open(&self.inner.endpoint, addr, &opts).await?);
+            slot.conns.push(c.clone());
+            return Ok(c);
+        }
+        slot.next = slot.next.wrapping_add(1);
+        Ok(slot.conns[slot.next % slot.conns.len()].clone())
+    }
+
+    fn slot(&self, address: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        let mut pool = self.inner.pool.lock().expect("pool lock");
+        pool.entry(address.to_owned())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Slot {
+                    conns: Vec::new(),
+                    next: 0,
+                }))
+            })
+            .clone()
+    }
+
+    async fn forget(&self, address: &str) {
+        let slot = self.slot(address);
+        slot.lock().await.conns.retain(|c| !c.is_broken());
+    }
+
+    /// Reloads metadata for `streams` (all when empty) from any broker.
+    pub async fn refresh_metadata(&self, streams: &[String]) -> Result<(), ClientError> {
+        let reply = self
+            .call(
+                Route::Any,
+                &Message::Metadata {
+                    streams: streams.to_vec(),
+                },
+            )
+            .await?;
+        let Message::MetadataReply { brokers, streams } = reply else {
+            return Err(ClientError::UnexpectedReply(format!("{reply:?}")));
+        };
+        let mut meta = self.inner.meta.write().expect("metadata lock");
+        for b in brokers {
+            meta.brokers.insert(b.id, b.address);
+        }
+        for s in streams {
+            meta.streams.insert(s.name.clone(), s);
+        }
+        Ok(())
+    }
+
+    /// The stream's metadata, loading it if not known.
+    pub async fn stream_info(&self, stream: &str) -> Result<StreamInfo, ClientError> {
+        if let Some(s) = self.inner.meta.read().expect("metadata lock").streams.get(stream) {
+            return Ok(s.clone());
+        }
+        self.refresh_metadata(&[stream.to_owned()]).await?;
+        self.inner
+            .meta
+            .read()
+            .expect("metadata lock")
+            .streams
+            .get(stream)
+            .cloned()
+            .ok_or_else(|| ClientError::UnknownStream(stream.to_owned()))
+    }
+
+    fn address_for(&self, route: Route<'_>) -> String {
+        let meta = self.inner.meta.read().expect("metadata lock");
+        let leader = |stream: &str, shard: Option<u32>| {
+            let s = meta.streams.get(stream)?;
+            let info = match shard {
+                Some(n) => s.shards.iter().find(|i| i.shard == n)?,
+                None => s.shards.first()?,
+            };
+            meta.brokers.get(&info.leader?).cloned()
+        };
+        let known = match route {
+            Route::Shard(s, n) => leader(s, Some(n)),
+            Route::Stream(s) => leader(s, None),
+            Route::Any => None,
+        };
+        known.unwrap_or_else(|| {
+            // Bootstrap brokers first, then any broker learned.
+            let mut all = self.inner.cfg.brokers.clone();
+            all.extend(meta.brokers.values().filter(|a| !all.contains(a)).cloned().collect::<Vec<_>>());
+            let i = self.inner.bootstrap_next.fetch_add(1, Ordering::Relaxed);
+            all[i % all.len()].clone()
+        })
+    }
+
+    fn learn_leader(&self, route: Route<'_>, leader: Option<(u64, String)>) {
+        let mut meta = self.inner.meta.write().expect("metadata lock");
+        let Some((id, address)) = leader else {
+            // No hint: forget the stale leader so the next try asks around.
+            if let Route::Shard(s, n) = route {
+                if let Some(info) = meta.streams.get_mut(s) {
+                    info.shards.iter_mut().filter(|i| i.shard == n).for_each(|i| i.leader = None);
+                }
+            }
+            return;
+        };
+        meta.brokers.insert(id, address);
+        let (stream, shard) = match route {
+            Route::Shard(s, n) => (s, Some(n)),
+            Route::Stream(s) => (s, None),
+            Route::Any => return,
+        };
+        if let Some(info) = meta.streams.get_mut(stream) {
+            for i in info.shards.iter_mut() {
+                if shard.is_none_or(|n| n == i.shard) {
+                    i.leader = Some(id);
+                    if shard.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn admit(&self, address: &str) -> bool {
+        let now = self.now_ms();
+        let mut b = self.inner.breakers.lock().expect("breaker lock");
+        b.entry(address.to_owned())
+            .or_insert_with(|| Breaker::new(self.inner.cfg.breaker))
+            .admit(now)
+    }
+
+    fn outcome(&self, address: &str, ok: bool) {
+        let now = self.now_ms();
+        let mut b = self.inner.breakers.lock().expect("breaker lock");
+        let br = b
+            .entry(address.to_owned())
+            .or_insert_with(|| Breaker::new(self.inner.cfg.breaker));
+        if ok {
+            br.on_success();
+        } else {
+            br.on_failure(now);
+        }
+    }
+
+    /// One attempt at `route` without retries.
+    async fn attempt(&self, address: &str, m: &Message) -> Result<(Answer, Arc<Connection>), ClientError> {
+        if !self.admit(address) {
+            return Err(ClientError::CircuitOpen(address.to_owned()));
+        }
+        let result = match self.connection(address).await {
+            Ok(c) => c.call(m, self.inner.cfg.request_timeout_ms).await.map(|a| (a, c)),
+            Err(e) => Err(e),
+        };
+        // A typed answer, even an error, shows the broker is alive.
+        let transport_failed = matches!(
+            result,
+            Err(ClientError::Connect { .. } | ClientError::ConnectionLost(_) | ClientError::Timeout(_))
+        );
+        self.outcome(address, !transport_failed);
+        if transport_failed {
+            self.forget(address).await;
+        }
+        match result? {
+            (Answer::Message(Message::Error(e)), _) => Err(ClientError::Broker(e)),
+            a => Ok(a),
+        }
+    }
+
+    /// Sends `m` along `route`, retrying what is retryable: `NotLeader`
+    /// with a hint goes straight to the hinted leader; other failures wait
+    /// a jittered backoff (at least a broker's `retry_after_ms`).
+    pub(crate) async fn call_routed(
+        &self,
+        route: Route<'_>,
+        m: &Message,
+    ) -> Result<(Answer, Arc<Connection>), ClientError> {
+        let policy = self.inner.cfg.retry;
+        let deadline = Instant::now() + Duration::from_millis(policy.deadline_ms);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let address = self.address_for(route);
+            let err = match self.attempt(&address, m).await {
+                Ok(a) => return Ok(a),
+                Err(e) => e,
+            };
+            if !err.retryable() || attempt >= policy.attempts_max.max(1) || Instant::now() >= deadline {
+                return Err(if attempt > 1 && err.retryable() {
+                    ClientError::RetriesExhausted {
+                        attempts: attempt,
+                        last: Box::new(err),
+                    }
+                } else {
+                    err
+                });
+            }
+            let mut wait = policy.backoff(attempt, rand::random::<f64>());
+            match &err {
+                ClientError::Broker(ErrorReply::NotLeader { leader }) => {
+                    let hinted = leader.is_some();
+                    self.learn_leader(route, leader.clone());
+                    if hinted {
+                        wait = Duration::ZERO;
+                    }
+                }
+                ClientError::Broker(ErrorReply::Overloaded { retry_after_ms }) => {
+                    wait = wait.max(Duration::from_millis(u64::from(*retry_after_ms)));
+                }
+                _ => {}
+            }
+            tracing::debug!(attempt, ?wait, error = %err, "retrying");
+            tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Sends a request along `route` (with retries) and returns its answer.
+    pub async fn call(&self, route: Route<'_>, m: &Message) -> Result<Message, ClientError> {
+        match self.call_routed(route, m).await?.0 {
+            Answer::Message(m) => Ok(m),
+            Answer::Subscription { .. } => Err(ClientError::UnexpectedReply("a subscription stream".into())),
+        }
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.inner.pool.lock().expect("pool lock").clear();
+        self.inner.endpoint.close(0u32.into(), b"client closing");
+    }
+}
+
+async fn resolve(address: &str) -> Result<SocketAddr, ClientError> {
+    let err = |why: String| ClientError::Connect {
+        address: address.to_owned(),
+        why,
+    };
+    tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("name resolves to no address".into()))
+}
