@@ -237,7 +237,13 @@ impl Client {
         known.unwrap_or_else(|| {
             // Bootstrap brokers first, then any broker learned.
             let mut all = self.inner.cfg.brokers.clone();
-            all.extend(meta.brokers.values().filter(|a| !all.contains(a)).cloned().collect::<Vec<_>>());
+            all.extend(
+                meta.brokers
+                    .values()
+                    .filter(|a| !all.contains(a))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
             let i = self.inner.bootstrap_next.fetch_add(1, Ordering::Relaxed);
             all[i % all.len()].clone()
         })
@@ -249,7 +255,10 @@ impl Client {
             // No hint: forget the stale leader so the next try asks around.
             if let Route::Shard(s, n) = route {
                 if let Some(info) = meta.streams.get_mut(s) {
-                    info.shards.iter_mut().filter(|i| i.shard == n).for_each(|i| i.leader = None);
+                    info.shards
+                        .iter_mut()
+                        .filter(|i| i.shard == n)
+                        .for_each(|i| i.leader = None);
                 }
             }
             return;

@@ -23,7 +23,10 @@ pub const REQUEST_STREAMS_MAX: usize = 64;
 pub(crate) enum Answer {
     Message(Message),
     /// `Subscribed` arrived as the first frame of a push stream.
-    Subscription { subscription: u64, pushes: FrameReader },
+    Subscription {
+        subscription: u64,
+        pushes: FrameReader,
+    },
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>;
@@ -201,7 +204,12 @@ async fn read_answers(mut reader: FrameReader, pending: Pending, broken: Arc<Ato
             Ok(Some(Incoming::Message(id, m))) => (id, m),
             Ok(Some(Incoming::Refused(id, e))) => {
                 tracing::warn!(request_id = id, error = %e, "undecodable answer from broker");
-                (id, Message::Error(crate::wire::ErrorReply::Internal(format!("undecodable answer: {e}"))))
+                (
+                    id,
+                    Message::Error(crate::wire::ErrorReply::Internal(format!(
+                        "undecodable answer: {e}"
+                    ))),
+                )
             }
             Ok(None) | Err(_) => break,
         };
@@ -218,7 +226,8 @@ async fn accept_pushes(quic: quinn::Connection, pending: Pending, broken: Arc<At
         tokio::spawn(async move {
             let mut reader = FrameReader::new(recv);
             // The first frame names the request the stream answers.
-            if let Ok(Some(Incoming::Message(id, Message::Subscribed { subscription }))) = reader.next().await {
+            if let Ok(Some(Incoming::Message(id, Message::Subscribed { subscription }))) = reader.next().await
+            {
                 if let Some(tx) = pending.lock().expect("pending lock").remove(&id) {
                     let _ = tx.send(Answer::Subscription {
                         subscription,

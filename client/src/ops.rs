@@ -156,7 +156,13 @@ impl Cache {
         }
     }
 
-    fn put_message(&self, key: &Bytes, value: Bytes, ttl_ms: Option<u64>, if_version: Option<u64>) -> Message {
+    fn put_message(
+        &self,
+        key: &Bytes,
+        value: Bytes,
+        ttl_ms: Option<u64>,
+        if_version: Option<u64>,
+    ) -> Message {
         Message::CachePut {
             cache: self.name.clone(),
             key: key.clone(),
@@ -177,7 +183,9 @@ impl Cache {
         let m = self.put_message(&key, value.into(), ttl_ms, None);
         match self.write(key, m).await? {
             CasOutcome::Written(v) => Ok(v),
-            CasOutcome::Conflict(_) => Err(ClientError::UnexpectedReply("a conflict to an unconditional put".into())),
+            CasOutcome::Conflict(_) => Err(ClientError::UnexpectedReply(
+                "a conflict to an unconditional put".into(),
+            )),
         }
     }
 
@@ -195,7 +203,11 @@ impl Cache {
     }
 
     /// Deletes `key` (a tombstone), optionally only at `if_version`.
-    pub async fn delete(&self, key: impl Into<Bytes>, if_version: Option<u64>) -> Result<CasOutcome, ClientError> {
+    pub async fn delete(
+        &self,
+        key: impl Into<Bytes>,
+        if_version: Option<u64>,
+    ) -> Result<CasOutcome, ClientError> {
         let key = key.into();
         let m = Message::CacheDelete {
             cache: self.name.clone(),

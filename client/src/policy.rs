@@ -93,7 +93,9 @@ impl Breaker {
         match self.state {
             BreakerState::Closed => true,
             BreakerState::Open { until_ms } if now_ms >= until_ms => {
-                self.state = BreakerState::HalfOpen { trial_in_flight: true };
+                self.state = BreakerState::HalfOpen {
+                    trial_in_flight: true,
+                };
                 true
             }
             BreakerState::Open { .. } => false,
@@ -101,7 +103,9 @@ impl Breaker {
                 if trial_in_flight {
                     false
                 } else {
-                    self.state = BreakerState::HalfOpen { trial_in_flight: true };
+                    self.state = BreakerState::HalfOpen {
+                        trial_in_flight: true,
+                    };
                     true
                 }
             }
@@ -189,7 +193,11 @@ mod tests {
         assert!(b.admit(102), "half-open admits a trial");
         assert!(!b.admit(103), "only one trial at a time");
         b.on_failure(104);
-        assert_eq!(b.state(), BreakerState::Open { until_ms: 204 }, "a failed trial reopens");
+        assert_eq!(
+            b.state(),
+            BreakerState::Open { until_ms: 204 },
+            "a failed trial reopens"
+        );
         assert!(b.admit(204));
         b.on_success();
         assert_eq!(b.state(), BreakerState::Closed);

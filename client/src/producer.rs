@@ -93,7 +93,9 @@ pub struct PendingAck(oneshot::Receiver<Result<RecordAck, Arc<ClientError>>>);
 
 impl PendingAck {
     pub async fn wait(self) -> Result<RecordAck, Arc<ClientError>> {
-        self.0.await.unwrap_or_else(|_| Err(Arc::new(ClientError::Closed)))
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(Arc::new(ClientError::Closed)))
     }
 }
 
@@ -171,7 +173,10 @@ impl Producer {
     pub async fn send(&self, record: ProducerRecord) -> Result<PendingAck, ClientError> {
         if let Some(s) = record.shard {
             if s >= self.shards {
-                return Err(ClientError::Invalid(format!("shard {s} of a {}-shard stream", self.shards)));
+                return Err(ClientError::Invalid(format!(
+                    "shard {s} of a {}-shard stream",
+                    self.shards
+                )));
             }
         }
         let size = record_size(&record).min(self.buffer_bytes_max) as u32;
@@ -197,7 +202,10 @@ impl Producer {
     /// Sends every buffered record now and waits until all are answered.
     pub async fn flush(&self) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Flush(tx)).await.map_err(|_| ClientError::Closed)?;
+        self.tx
+            .send(Cmd::Flush(tx))
+            .await
+            .map_err(|_| ClientError::Closed)?;
         rx.await.map_err(|_| ClientError::Closed)
     }
 
@@ -211,7 +219,10 @@ impl Producer {
 }
 
 fn record_size(r: &ProducerRecord) -> usize {
-    r.value.len() + r.key.as_ref().map_or(0, |k| k.len()) + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + 32
+    r.value.len()
+        + r.key.as_ref().map_or(0, |k| k.len())
+        + r.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + 32
 }
 
 fn now_ms() -> i64 {
@@ -335,14 +346,21 @@ impl Accumulator {
     }
 
     async fn flush_due(&mut self, now: Instant) {
-        let due: Vec<u32> = self.open.iter().filter(|(_, o)| o.deadline <= now).map(|(s, _)| *s).collect();
+        let due: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
         for s in due {
             self.flush_shard(s).await;
         }
     }
 
     async fn flush_shard(&mut self, shard: u32) {
-        let Some(open) = self.open.remove(&shard) else { return };
+        let Some(open) = self.open.remove(&shard) else {
+            return;
+        };
         if open.acks.is_empty() {
             return;
         }

@@ -34,6 +34,11 @@ pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
 pub const CREDIT_BYTES_MAX: u64 = 256 << 20;
 /// A connection that has not sent `Hello` by then is closed.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
+/// How long [`Server::close`] waits for connections to wind down.
+pub const CLOSE_WAIT_MS: u64 = 5_000;
+/// How long a refused handshake's connection stays open so the client can
+/// read why.
+const REFUSED_CLOSE_DELAY_MS: u64 = 2_000;
 /// What an overloaded connection tells the client to wait.
 pub const OVERLOADED_RETRY_AFTER_MS: u32 = 50;
 
@@ -124,14 +129,16 @@ pub trait Handler: Send + Sync + 'static {
 pub struct Server {
     endpoint: quinn::Endpoint,
     accept: JoinHandle<()>,
+    live: Arc<Semaphore>,
 }
 
 impl Server {
     /// Serves `handler` on `endpoint` until [`Server::close`].
     pub fn start<H: Handler>(endpoint: quinn::Endpoint, handler: Arc<H>) -> Server {
         let ep = endpoint.clone();
+        let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let live = slots.clone();
         let accept = tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
             while let Some(incoming) = ep.accept().await {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     incoming.refuse();
@@ -146,18 +153,27 @@ impl Server {
                 });
             }
         });
-        Server { endpoint, accept }
+        Server {
+            endpoint,
+            accept,
+            live,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint.local_addr().expect("a bound endpoint has an address")
+        self.endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
     }
 
-    /// Closes every connection and stops accepting.
+    /// Closes every connection, stops accepting, and waits (up to
+    /// [`CLOSE_WAIT_MS`]) for connection tasks to end.
     pub async fn close(self) {
         self.endpoint.close(0u32.into(), b"server closing");
         self.accept.abort();
         self.endpoint.wait_idle().await;
+        let all = CONNECTIONS_MAX as u32;
+        let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), self.live.acquire_many(all)).await;
     }
 }
 
@@ -232,8 +248,11 @@ async fn serve_connection<H: Handler>(quic: quinn::Connection, handler: Arc<H>) 
 async fn write(w: &Writer, id: u64, m: &Message) {
     let frame = match encode(id, m) {
         Ok(f) => f,
-        Err(e) => encode(id, &Message::Error(ErrorReply::Internal(format!("reply not encodable: {e}"))))
-            .expect("an error frame is always encodable"),
+        Err(e) => encode(
+            id,
+            &Message::Error(ErrorReply::Internal(format!("reply not encodable: {e}"))),
+        )
+        .expect("an error frame is always encodable"),
     };
     // A failed write means the client went away; its reader sees that.
     let _ = w.0.lock().await.write_chunk(frame).await;
@@ -278,8 +297,12 @@ impl<H: Handler> Conn<H> {
                 });
                 let reply = reply.await;
                 write(w, id, &reply).await;
-                if matches!(reply, Message::Error(_)) {
-                    self.quic.close(2u32.into(), b"handshake refused");
+                if matches!(reply, Message::Error(_)) && self.session.get().is_none() {
+                    let quic = self.quic.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(REFUSED_CLOSE_DELAY_MS)).await;
+                        quic.close(2u32.into(), b"handshake refused");
+                    });
                 }
             }
             Message::Credit { subscription, bytes } => {
@@ -372,9 +395,7 @@ impl<H: Handler> Conn<H> {
             more: Notify::new(),
         });
         if self.subs.lock().expect("subs lock").len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
-            let e = ErrorReply::Overloaded {
-                retry_after_ms: 1000,
-            };
+            let e = ErrorReply::Overloaded { retry_after_ms: 1000 };
             return write(w, id, &Message::Error(e)).await;
         }
         let mut uni = match self.quic.open_uni().await {
@@ -405,7 +426,8 @@ impl<H: Handler> Conn<H> {
                     None => break,
                     Some(Ok(p)) => {
                         let n = p.batches.len() as u64;
-                        c.bytes.fetch_sub(n.min(c.bytes.load(Ordering::Acquire)), Ordering::AcqRel);
+                        c.bytes
+                            .fetch_sub(n.min(c.bytes.load(Ordering::Acquire)), Ordering::AcqRel);
                         let m = Message::Push {
                             subscription: sub,
                             shard: p.shard,
@@ -441,5 +463,5 @@ fn request_bytes(m: &Message) -> u32 {
         Message::CachePut { value, key, .. } => value.len() + key.len(),
         _ => 0,
     };
-    (n.max(1)).min(CONNECTION_IN_FLIGHT_BYTES_MAX) as u32
+    n.clamp(1, CONNECTION_IN_FLIGHT_BYTES_MAX) as u32
 }

@@ -67,7 +67,10 @@ impl Client {
         } else {
             opts.shards.clone()
         };
-        if let Some(s) = shards.iter().find(|s| !info.shards.iter().any(|i| i.shard == **s)) {
+        if let Some(s) = shards
+            .iter()
+            .find(|s| !info.shards.iter().any(|i| i.shard == **s))
+        {
             return Err(ClientError::Invalid(format!("stream {stream} has no shard {s}")));
         }
         let (tx, rx) = mpsc::channel(opts.buffer_records.max(1));
@@ -111,7 +114,9 @@ impl Subscription {
     /// Commits the named subscription's cursor: the next offset to read.
     pub async fn commit(&self, shard: u32, next_offset: u64) -> Result<(), ClientError> {
         let Some(name) = &self.durable else {
-            return Err(ClientError::Invalid("only a durable subscription has a cursor".into()));
+            return Err(ClientError::Invalid(
+                "only a durable subscription has a cursor".into(),
+            ));
         };
         let m = Message::CommitCursor {
             stream: self.stream.clone(),
@@ -167,13 +172,7 @@ impl Follow {
             };
             let route = Route::Shard(&self.stream, self.shard);
             match self.client.call_routed(route, &m).await {
-                Ok((
-                    Answer::Subscription {
-                        subscription,
-                        pushes,
-                    },
-                    conn,
-                )) => {
+                Ok((Answer::Subscription { subscription, pushes }, conn)) => {
                     failures = 0;
                     match self.follow(conn, subscription, pushes).await {
                         Stop::End => return,
@@ -181,7 +180,10 @@ impl Follow {
                     }
                 }
                 Ok((Answer::Message(other), _)) => {
-                    let _ = self.tx.send(Err(ClientError::UnexpectedReply(format!("{other:?}")))).await;
+                    let _ = self
+                        .tx
+                        .send(Err(ClientError::UnexpectedReply(format!("{other:?}"))))
+                        .await;
                     return;
                 }
                 Err(e) if e.retryable() => {
@@ -246,7 +248,10 @@ impl Follow {
                     return Stop::End;
                 }
                 other => {
-                    let _ = self.tx.send(Err(ClientError::UnexpectedReply(format!("{other:?}")))).await;
+                    let _ = self
+                        .tx
+                        .send(Err(ClientError::UnexpectedReply(format!("{other:?}"))))
+                        .await;
                     return Stop::End;
                 }
             }

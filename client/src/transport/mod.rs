@@ -107,7 +107,10 @@ fn varint(key: &'static str, v: u64) -> Result<VarInt, TransportError> {
 
 /// A UDP socket with the requested buffers. Returns the socket and the
 /// buffer sizes the kernel granted (receive, send).
-pub fn udp_socket(addr: SocketAddr, buffer_bytes: usize) -> Result<(UdpSocket, usize, usize), TransportError> {
+pub fn udp_socket(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+) -> Result<(UdpSocket, usize, usize), TransportError> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| TransportError::Socket { addr, source };
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;

@@ -31,7 +31,10 @@ fn certs_pem(pem: &[u8], what: &Path) -> Result<Vec<CertificateDer<'static>>, Tr
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TransportError::Tls(format!("{}: {e}", what.display())))?;
     if certs.is_empty() {
-        return Err(TransportError::Tls(format!("{}: no certificate in it", what.display())));
+        return Err(TransportError::Tls(format!(
+            "{}: no certificate in it",
+            what.display()
+        )));
     }
     Ok(certs)
 }
@@ -59,7 +62,11 @@ pub struct ServerTls {
 
 impl ServerTls {
     /// From PEM files; `client_ca` turns mTLS on.
-    pub fn from_pem_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<ServerTls, TransportError> {
+    pub fn from_pem_files(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<ServerTls, TransportError> {
         Ok(ServerTls {
             chain: certs_pem(&read(cert)?, cert)?,
             key: Arc::new(key_pem(&read(key)?, key)?),
@@ -74,10 +81,12 @@ impl ServerTls {
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let verifier =
-                    rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca.clone())?, provider())
-                        .build()
-                        .map_err(tls_err)?;
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    roots(ca.clone())?,
+                    provider(),
+                )
+                .build()
+                .map_err(tls_err)?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
@@ -141,7 +150,11 @@ pub struct DevCertificates {
 
 impl DevCertificates {
     pub fn server_tls(&self, mtls: bool) -> Result<ServerTls, TransportError> {
-        ServerTls::from_pem_files(&self.server_cert, &self.server_key, mtls.then_some(self.ca.as_path()))
+        ServerTls::from_pem_files(
+            &self.server_cert,
+            &self.server_key,
+            mtls.then_some(self.ca.as_path()),
+        )
     }
 
     pub fn client_tls(&self, with_identity: bool) -> Result<ClientTls, TransportError> {
@@ -166,7 +179,13 @@ pub fn dev_certificates(dir: &Path, extra_names: &[String]) -> Result<DevCertifi
         client_key: tls.join("client.key"),
         dir: tls.clone(),
     };
-    let all = [&d.ca, &d.server_cert, &d.server_key, &d.client_cert, &d.client_key];
+    let all = [
+        &d.ca,
+        &d.server_cert,
+        &d.server_key,
+        &d.client_cert,
+        &d.client_key,
+    ];
     if all.iter().all(|p| p.exists()) {
         return Ok(d);
     }
@@ -188,7 +207,8 @@ pub fn dev_certificates(dir: &Path, extra_names: &[String]) -> Result<DevCertifi
     names.extend(extra_names.iter().cloned());
     let server_key = KeyPair::generate().map_err(tls_err)?;
     let mut sp = CertificateParams::new(names).map_err(tls_err)?;
-    sp.distinguished_name.push(DnType::CommonName, "felix broker (dev)");
+    sp.distinguished_name
+        .push(DnType::CommonName, "felix broker (dev)");
     let server = sp.signed_by(&server_key, &ca, &ca_key).map_err(tls_err)?;
 
     let client_key = KeyPair::generate().map_err(tls_err)?;
