@@ -175,6 +175,21 @@ impl Connection {
         }
     }
 
+    /// Sends a `Subscribe` and returns the subscription id and its push
+    /// stream, without the decoding and resumption of
+    /// [`crate::Subscription`] (for tools and benchmarks).
+    pub async fn subscribe_raw(
+        &self,
+        m: &Message,
+        timeout_ms: u64,
+    ) -> Result<(u64, FrameReader), ClientError> {
+        match self.call(m, timeout_ms).await? {
+            Answer::Subscription { subscription, pushes } => Ok((subscription, pushes)),
+            Answer::Message(Message::Error(e)) => Err(ClientError::Broker(e)),
+            Answer::Message(m) => Err(ClientError::UnexpectedReply(format!("{m:?}"))),
+        }
+    }
+
     /// Sends a message that is not answered (`Credit`).
     pub async fn notify(&self, m: &Message) -> Result<(), ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);

@@ -2,6 +2,7 @@
 
 mod index;
 mod log;
+mod wire;
 
 use clap::Subcommand;
 
@@ -13,11 +14,15 @@ pub enum BenchCommand {
     /// Index: latest(key) latency with many keys, offset lookups/s,
     /// compaction throughput, append latency while compacting.
     Index(index::Args),
+    /// Wire protocol over loopback QUIC: request/response round trips at
+    /// 256 B and 4 KiB, concurrency 1 and 32; bytes/s of one push stream.
+    Wire(wire::Args),
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
     match c {
         BenchCommand::Log(a) => log::run(a),
         BenchCommand::Index(a) => index::run(a),
+        BenchCommand::Wire(a) => wire::run(a),
     }
 }
