@@ -4,9 +4,22 @@
 use bytes::{Bytes, BytesMut};
 use felix_client::wire::{
     self, kind, AckLevel, BrokerInfo, CacheEntry, Decoded, ErrorReply, GroupRecord, Message, ShardInfo,
-    Start, StreamInfo, WireError, HEADER_BYTES,
+    ShardStats, Start, StreamConfig, StreamInfo, WireError, HEADER_BYTES,
 };
 use proptest::prelude::*;
+
+fn sample_config() -> StreamConfig {
+    StreamConfig {
+        name: "dev/default/orders".into(),
+        kind: 0,
+        shards: 4,
+        durability: "interval:5".into(),
+        retention_ms: Some(86_400_000),
+        retention_bytes: Some(1 << 30),
+        max_deliveries: 5,
+        default_ttl_ms: None,
+    }
+}
 
 /// One message of every type, with every optional field both ways somewhere.
 fn samples() -> Vec<(&'static str, Message)> {
@@ -233,6 +246,45 @@ fn samples() -> Vec<(&'static str, Message)> {
             },
         ),
         ("done", Message::Done),
+        ("stream_create", Message::StreamCreate(sample_config())),
+        (
+            "stream_delete",
+            Message::StreamDelete {
+                name: "dev/default/orders".into(),
+                force: true,
+            },
+        ),
+        (
+            "stream_set_retention",
+            Message::StreamSetRetention {
+                name: "dev/default/orders".into(),
+                retention_ms: Some(3_600_000),
+                retention_bytes: None,
+            },
+        ),
+        (
+            "stream_describe",
+            Message::StreamDescribe {
+                name: "dev/default/orders".into(),
+            },
+        ),
+        (
+            "stream_description",
+            Message::StreamDescription {
+                config: StreamConfig {
+                    retention_ms: None,
+                    default_ttl_ms: Some(60_000),
+                    ..sample_config()
+                },
+                shards: vec![ShardStats {
+                    shard: 0,
+                    earliest: 5,
+                    next: 99,
+                    bytes: 4096,
+                    segments: 2,
+                }],
+            },
+        ),
         (
             "error_not_leader",
             Message::Error(ErrorReply::NotLeader {
@@ -489,8 +541,64 @@ fn blob() -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..64).prop_map(Bytes::from)
 }
 
+fn config() -> impl Strategy<Value = StreamConfig> {
+    (
+        name(),
+        0..3u8,
+        any::<u32>(),
+        name(),
+        any::<Option<u64>>(),
+        any::<Option<u64>>(),
+        any::<u32>(),
+        any::<Option<u64>>(),
+    )
+        .prop_map(
+            |(
+                name,
+                kind,
+                shards,
+                durability,
+                retention_ms,
+                retention_bytes,
+                max_deliveries,
+                default_ttl_ms,
+            )| {
+                StreamConfig {
+                    name,
+                    kind,
+                    shards,
+                    durability,
+                    retention_ms,
+                    retention_bytes,
+                    max_deliveries,
+                    default_ttl_ms,
+                }
+            },
+        )
+}
+
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
+        config().prop_map(Message::StreamCreate),
+        (
+            config(),
+            prop::collection::vec(any::<(u32, u64, u64, u64, u32)>(), 0..4)
+        )
+            .prop_map(|(config, s)| {
+                Message::StreamDescription {
+                    config,
+                    shards: s
+                        .into_iter()
+                        .map(|(shard, earliest, next, bytes, segments)| ShardStats {
+                            shard,
+                            earliest,
+                            next,
+                            bytes,
+                            segments,
+                        })
+                        .collect(),
+                }
+            }),
         (any::<u16>(), any::<u64>(), blob()).prop_map(|(version, capabilities, token)| Message::Hello {
             version,
             capabilities,

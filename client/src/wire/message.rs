@@ -53,6 +53,11 @@ pub mod kind {
     pub const METADATA: u8 = 0x50;
     pub const METADATA_REPLY: u8 = 0x51;
     pub const DONE: u8 = 0x60;
+    pub const STREAM_CREATE: u8 = 0x70;
+    pub const STREAM_DELETE: u8 = 0x71;
+    pub const STREAM_SET_RETENTION: u8 = 0x72;
+    pub const STREAM_DESCRIBE: u8 = 0x73;
+    pub const STREAM_DESCRIPTION: u8 = 0x74;
     pub const ERROR: u8 = 0x7f;
 
     /// Whether `k` is a type this version knows.
@@ -82,6 +87,11 @@ pub mod kind {
                 | METADATA
                 | METADATA_REPLY
                 | DONE
+                | STREAM_CREATE
+                | STREAM_DELETE
+                | STREAM_SET_RETENTION
+                | STREAM_DESCRIBE
+                | STREAM_DESCRIPTION
                 | ERROR
         )
     }
@@ -148,6 +158,35 @@ pub struct StreamInfo {
     /// 0 stream, 1 compacted stream, 2 cache.
     pub kind: u8,
     pub shards: Vec<ShardInfo>,
+}
+
+/// A stream's (or cache's) settings, as created and described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// `tenant/namespace/name`.
+    pub name: String,
+    /// 0 stream, 1 compacted stream, 2 cache.
+    pub kind: u8,
+    pub shards: u32,
+    /// `always`, `interval:<ms>` or `none`.
+    pub durability: String,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    /// Deliveries after which a group's record is dead-lettered.
+    pub max_deliveries: u32,
+    /// Caches: the TTL of a put that gives none.
+    pub default_ttl_ms: Option<u64>,
+}
+
+/// One shard as described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardStats {
+    pub shard: u32,
+    pub earliest: u64,
+    /// The offset the next record gets.
+    pub next: u64,
+    pub bytes: u64,
+    pub segments: u32,
 }
 
 /// Every message of protocol version 1.
@@ -270,6 +309,26 @@ pub enum Message {
     },
     /// Success without a payload.
     Done,
+    /// Answered `Done`.
+    StreamCreate(StreamConfig),
+    /// `force` deletes even with subscribers attached. Answered `Done`.
+    StreamDelete {
+        name: String,
+        force: bool,
+    },
+    /// `None` keeps forever on that axis. Answered `Done`.
+    StreamSetRetention {
+        name: String,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    },
+    StreamDescribe {
+        name: String,
+    },
+    StreamDescription {
+        config: StreamConfig,
+        shards: Vec<ShardStats>,
+    },
     Error(ErrorReply),
 }
 
@@ -300,6 +359,17 @@ impl W<'_> {
     fn count(&mut self, what: &'static str, n: usize, max: usize) -> Result<(), WireError> {
         check(what, n, max)?;
         self.0.put_u32_le(n as u32);
+        Ok(())
+    }
+    fn config(&mut self, c: &StreamConfig) -> Result<(), WireError> {
+        self.name("stream", &c.name)?;
+        self.0.put_u8(c.kind);
+        self.0.put_u32_le(c.shards);
+        self.name("durability", &c.durability)?;
+        self.opt_u64(c.retention_ms);
+        self.opt_u64(c.retention_bytes);
+        self.0.put_u32_le(c.max_deliveries);
+        self.opt_u64(c.default_ttl_ms);
         Ok(())
     }
     fn items(&mut self, items: &[(u32, u64)]) -> Result<(), WireError> {
@@ -381,6 +451,18 @@ impl R {
         }
         Ok(n)
     }
+    fn config(&mut self) -> Result<StreamConfig, WireError> {
+        Ok(StreamConfig {
+            name: self.name("stream")?,
+            kind: self.u8("stream kind")?,
+            shards: self.u32("shards")?,
+            durability: self.name("durability")?,
+            retention_ms: self.opt_u64("retention ms")?,
+            retention_bytes: self.opt_u64("retention bytes")?,
+            max_deliveries: self.u32("max deliveries")?,
+            default_ttl_ms: self.opt_u64("default ttl")?,
+        })
+    }
     fn items(&mut self) -> Result<Vec<(u32, u64)>, WireError> {
         let n = self.count("items", ITEMS_PER_REQUEST_MAX, 12)?;
         (0..n)
@@ -423,6 +505,11 @@ impl Message {
             Message::Metadata { .. } => METADATA,
             Message::MetadataReply { .. } => METADATA_REPLY,
             Message::Done => DONE,
+            Message::StreamCreate(_) => STREAM_CREATE,
+            Message::StreamDelete { .. } => STREAM_DELETE,
+            Message::StreamSetRetention { .. } => STREAM_SET_RETENTION,
+            Message::StreamDescribe { .. } => STREAM_DESCRIBE,
+            Message::StreamDescription { .. } => STREAM_DESCRIPTION,
             Message::Error(_) => ERROR,
         }
     }
@@ -674,6 +761,32 @@ impl Message {
                 }
             }
             Message::Done => {}
+            Message::StreamCreate(c) => w.config(c)?,
+            Message::StreamDelete { name, force } => {
+                w.name("stream", name)?;
+                w.0.put_u8(u8::from(*force));
+            }
+            Message::StreamSetRetention {
+                name,
+                retention_ms,
+                retention_bytes,
+            } => {
+                w.name("stream", name)?;
+                w.opt_u64(*retention_ms);
+                w.opt_u64(*retention_bytes);
+            }
+            Message::StreamDescribe { name } => w.name("stream", name)?,
+            Message::StreamDescription { config, shards } => {
+                w.config(config)?;
+                w.count("shards", shards.len(), SHARDS_PER_REQUEST_MAX)?;
+                for s in shards {
+                    w.0.put_u32_le(s.shard);
+                    w.0.put_u64_le(s.earliest);
+                    w.0.put_u64_le(s.next);
+                    w.0.put_u64_le(s.bytes);
+                    w.0.put_u32_le(s.segments);
+                }
+            }
             Message::Error(e) => {
                 w.0.put_u16_le(e.code());
                 let text: &str = match e {
@@ -916,6 +1029,39 @@ impl Message {
                 Message::MetadataReply { brokers, streams }
             }
             k::DONE => Message::Done,
+            k::STREAM_CREATE => Message::StreamCreate(r.config()?),
+            k::STREAM_DELETE => Message::StreamDelete {
+                name: r.name("stream")?,
+                force: match r.u8("force")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid("force")),
+                },
+            },
+            k::STREAM_SET_RETENTION => Message::StreamSetRetention {
+                name: r.name("stream")?,
+                retention_ms: r.opt_u64("retention ms")?,
+                retention_bytes: r.opt_u64("retention bytes")?,
+            },
+            k::STREAM_DESCRIBE => Message::StreamDescribe {
+                name: r.name("stream")?,
+            },
+            k::STREAM_DESCRIPTION => {
+                let config = r.config()?;
+                let n = r.count("shards", SHARDS_PER_REQUEST_MAX, 32)?;
+                let shards = (0..n)
+                    .map(|_| {
+                        Ok(ShardStats {
+                            shard: r.u32("shard")?,
+                            earliest: r.u64("earliest")?,
+                            next: r.u64("next")?,
+                            bytes: r.u64("bytes")?,
+                            segments: r.u32("segments")?,
+                        })
+                    })
+                    .collect::<Result<_, WireError>>()?;
+                Message::StreamDescription { config, shards }
+            }
             k::ERROR => {
                 let c = r.u16("error code")?;
                 let mut fixed = None;

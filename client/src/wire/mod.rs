@@ -12,7 +12,8 @@ use bytes::BytesMut;
 pub use error::{ErrorReply, WireError};
 pub use frame::{Decoded, Frame, FrameDecoder, FrameHeader, FRAME_BODY_BYTES_MAX, HEADER_BYTES};
 pub use message::{
-    kind, AckLevel, BrokerInfo, CacheEntry, GroupRecord, Message, ShardInfo, Start, StreamInfo,
+    kind, AckLevel, BrokerInfo, CacheEntry, GroupRecord, Message, ShardInfo, ShardStats, Start, StreamConfig,
+    StreamInfo,
 };
 
 /// A decoder for streams of this protocol's messages.
