@@ -1,0 +1,62 @@
+//! The broker's typed errors, and how each is told to a client.
+
+use felix_client::wire::ErrorReply;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    #[error("invalid name {0}")]
+    InvalidName(String),
+    #[error("no stream {0}")]
+    UnknownStream(String),
+    #[error("stream {0} exists")]
+    StreamExists(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("overloaded; retry after {retry_after_ms} ms")]
+    Overloaded { retry_after_ms: u32 },
+    #[error("offset {requested} is outside [{earliest}, {latest}]")]
+    OffsetOutOfRange {
+        requested: u64,
+        earliest: u64,
+        latest: u64,
+    },
+    #[error("batch: {0}")]
+    Batch(#[from] felix_log::BatchError),
+    #[error("log: {0}")]
+    Log(#[from] felix_log::LogError),
+    #[error("index: {0}")]
+    Index(#[from] felix_index::IndexError),
+    #[error("metadata file {path}: {why}")]
+    Metadata { path: std::path::PathBuf, why: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("transport: {0}")]
+    Transport(#[from] felix_client::transport::TransportError),
+}
+
+impl From<BrokerError> for ErrorReply {
+    fn from(e: BrokerError) -> ErrorReply {
+        match e {
+            BrokerError::UnknownStream(s) => ErrorReply::UnknownStream(s),
+            BrokerError::Overloaded { retry_after_ms } => ErrorReply::Overloaded { retry_after_ms },
+            BrokerError::OffsetOutOfRange { earliest, latest, .. } => {
+                ErrorReply::OffsetOutOfRange { earliest, latest }
+            }
+            BrokerError::Log(felix_log::LogError::OffsetOutOfRange { earliest, latest, .. }) => {
+                ErrorReply::OffsetOutOfRange {
+                    earliest: earliest.0,
+                    latest: latest.0,
+                }
+            }
+            BrokerError::Log(felix_log::LogError::Batch(b)) | BrokerError::Batch(b) => {
+                ErrorReply::InvalidRequest(format!("batch: {b}"))
+            }
+            e @ (BrokerError::InvalidName(_) | BrokerError::StreamExists(_) | BrokerError::Invalid(_)) => {
+                ErrorReply::InvalidRequest(e.to_string())
+            }
+            e => ErrorReply::Internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Stream metadata on one node: until the control plane exists, a JSON file
+//! in the data directory (`meta.json`), rewritten atomically (write a
+//! temporary file, fsync, rename, fsync the directory) on every change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use felix_client::wire::StreamConfig;
+use felix_log::{Durability, ShardId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BrokerError;
+use crate::names::StreamName;
+
+/// Most shards one stream may have.
+pub const SHARDS_PER_STREAM_MAX: u32 = 1024;
+/// Most streams one node's metadata holds.
+pub const STREAMS_MAX: usize = 10_000;
+/// Default `max_deliveries` of a stream's consumer groups.
+pub const MAX_DELIVERIES_DEFAULT: u32 = 5;
+
+/// What kind of log a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamKind {
+    Stream,
+    Compacted,
+    Cache,
+}
+
+impl StreamKind {
+    pub fn wire(self) -> u8 {
+        match self {
+            StreamKind::Stream => 0,
+            StreamKind::Compacted => 1,
+            StreamKind::Cache => 2,
+        }
+    }
+
+    pub fn from_wire(k: u8) -> Result<StreamKind, BrokerError> {
+        match k {
+            0 => Ok(StreamKind::Stream),
+            1 => Ok(StreamKind::Compacted),
+            2 => Ok(StreamKind::Cache),
+            _ => Err(BrokerError::Invalid(format!(
+                "stream kind {k}: expected 0, 1 or 2"
+            ))),
+        }
+    }
+
+    /// Whether its shards are keyed (indexed by key, compacted).
+    pub fn keyed(self) -> bool {
+        !matches!(self, StreamKind::Stream)
+    }
+}
+
+/// One stream as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMeta {
+    pub kind: StreamKind,
+    /// Global shard ids, by shard number.
+    pub shards: Vec<u64>,
+    pub durability: String,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub max_deliveries: u32,
+    pub default_ttl_ms: Option<u64>,
+}
+
+impl StreamMeta {
+    pub fn durability(&self) -> Durability {
+        self.durability.parse().unwrap_or_default()
+    }
+
+    pub fn shard_id(&self, shard: u32) -> Option<ShardId> {
+        self.shards.get(shard as usize).map(|s| ShardId(*s))
+    }
+
+    pub fn config(&self, name: &StreamName) -> StreamConfig {
+        StreamConfig {
+            name: name.to_string(),
+            kind: self.kind.wire(),
+            shards: self.shards.len() as u32,
+            durability: self.durability.clone(),
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            max_deliveries: self.max_deliveries,
+            default_ttl_ms: self.default_ttl_ms,
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct File {
+    /// Format version of this file.
+    version: u32,
+    next_shard_id: u64,
+    streams: BTreeMap<String, StreamMeta>,
+}
+
+const FILE_VERSION: u32 = 1;
+
+/// The node's stream metadata.
+#[derive(Debug)]
+pub struct MetaStore {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetaStore {
+    /// Loads `dir/meta.json`, or starts empty if there is none.
+    pub fn open(dir: &Path) -> Result<MetaStore, BrokerError> {
+        let path = dir.join("meta.json");
+        let err = |why: String| BrokerError::Metadata {
+            path: path.clone(),
+            why,
+        };
+        let file = match std::fs::read(&path) {
+            Ok(b) => {
+                let f: File = serde_json::from_slice(&b).map_err(|e| err(e.to_string()))?;
+                if f.version != FILE_VERSION {
+                    return Err(err(format!(
+                        "version {} (this broker reads {FILE_VERSION})",
+                        f.version
+                    )));
+                }
+                f
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File {
+                version: FILE_VERSION,
+                next_shard_id: 1,
+                streams: BTreeMap::new(),
+            },
+            Err(e) => return Err(err(e.to_string())),
+        };
+        Ok(MetaStore { path, file })
+    }
+
+    pub fn streams(&self) -> impl Iterator<Item = (StreamName, &StreamMeta)> {
+        self.file
+            .streams
+            .iter()
+            .filter_map(|(n, m)| StreamName::parse(n).ok().map(|n| (n, m)))
+    }
+
+    pub fn get(&self, name: &StreamName) -> Option<&StreamMeta> {
+        self.file.streams.get(&name.to_string())
+    }
+
+    /// Validates and records a new stream; returns its metadata.
+    pub fn create(&mut self, c: &StreamConfig) -> Result<(StreamName, StreamMeta), BrokerError> {
+        let name = StreamName::parse(&c.name)?;
+        if self.get(&name).is_some() {
+            return Err(BrokerError::StreamExists(name.to_string()));
+        }
+        if self.file.streams.len() >= STREAMS_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "this node holds {STREAMS_MAX} streams already"
+            )));
+        }
+        if c.shards == 0 || c.shards > SHARDS_PER_STREAM_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "shards {}: expected 1 to {SHARDS_PER_STREAM_MAX}",
+                c.shards
+            )));
+        }
+        let durability: Durability = c
+            .durability
+            .parse()
+            .map_err(|e: felix_log::LogError| BrokerError::Invalid(e.to_string()))?;
+        let kind = StreamKind::from_wire(c.kind)?;
+        let first = self.file.next_shard_id;
+        let meta = StreamMeta {
+            kind,
+            shards: (first..first + u64::from(c.shards)).collect(),
+            durability: durability.to_string(),
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            max_deliveries: if c.max_deliveries == 0 {
+                MAX_DELIVERIES_DEFAULT
+            } else {
+                c.max_deliveries
+            },
+            default_ttl_ms: c.default_ttl_ms,
+        };
+        self.file.next_shard_id += u64::from(c.shards);
+        self.file.streams.insert(name.to_string(), meta.clone());
+        self.save()?;
+        Ok((name, meta))
+    }
+
+    pub fn delete(&mut self, name: &StreamName) -> Result<StreamMeta, BrokerError> {
+        let m = self
+            .file
+            .streams
+            .remove(&name.to_string())
+            .ok_or_else(|| BrokerError::UnknownStream(name.to_string()))?;
+        self.save()?;
+        Ok(m)
+    }
+
+    pub fn set_retention(
+        &mut self,
+        name: &StreamName,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<StreamMeta, BrokerError> {
+        let m = self
+            .file
+            .streams
+            .get_mut(&name.to_string())
+            .ok_or_else(|| BrokerError::UnknownStream(name.to_string()))?;
+        m.retention_ms = retention_ms;
+        m.retention_bytes = retention_bytes;
+        let m = m.clone();
+        self.save()?;
+        Ok(m)
+    }
+
+    fn save(&self) -> Result<(), BrokerError> {
+        use std::io::Write;
+        let err = |why: String| BrokerError::Metadata {
+            path: self.path.clone(),
+            why,
+        };
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| err(e.to_string()))?;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
+        f.write_all(&bytes).map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| err(e.to_string()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,217 @@
+//! The hosted shard and the node's metadata file, below the wire.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use felix_broker::meta::MetaStore;
+use felix_broker::names::StreamName;
+use felix_broker::shard::HostedShard;
+use felix_broker::BrokerError;
+use felix_client::wire::StreamConfig;
+use felix_index::{Index, IndexConfig, ShardKind};
+use felix_log::{Batch, BatchBuilder, Compression, Durability, LogConfig, RecordInput, ShardId};
+
+fn batch(values: &[&str]) -> Bytes {
+    let mut b = BatchBuilder::new(1 << 20);
+    for v in values {
+        b.push(RecordInput {
+            value: Some(v.as_bytes()),
+            timestamp_ms: 1_700_000_000_000,
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    Bytes::from(b.build(Compression::None).unwrap())
+}
+
+fn values(chunk: &Bytes) -> Vec<(u64, String)> {
+    let mut out = vec![];
+    let mut rest = chunk.clone();
+    while !rest.is_empty() {
+        let h = felix_log::BatchHeader::decode(&rest).unwrap();
+        let b = Batch::new(rest.split_to(h.batch_len as usize)).unwrap();
+        for r in b.records().unwrap() {
+            let r = r.unwrap();
+            out.push((r.offset.0, String::from_utf8(r.value.unwrap().to_vec()).unwrap()));
+        }
+    }
+    out
+}
+
+fn open(dir: &std::path::Path, index: &Arc<Index>) -> HostedShard {
+    let cfg = LogConfig {
+        durability: Durability::Always,
+        segment_bytes: 4 << 20,
+        ..Default::default()
+    };
+    HostedShard::open(
+        &dir.join("shard"),
+        ShardId(7),
+        ShardKind::Stream,
+        cfg,
+        index.clone(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn publishes_get_dense_offsets_retries_are_deduplicated_and_a_reopen_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(dir.path().join("index"), IndexConfig::default()).unwrap());
+    let shard = open(dir.path(), &index);
+    let a = shard.publish(batch(&["a", "b"]), 42, 0).await.unwrap();
+    let b = shard.publish(batch(&["c"]), 42, 2).await.unwrap();
+    assert_eq!((a.base_offset, a.count, b.base_offset, b.count), (0, 2, 2, 1));
+    // A retry of the last batch lands nowhere new.
+    assert_eq!(shard.publish(batch(&["c"]), 42, 2).await.unwrap(), b);
+    assert!(matches!(
+        shard.publish(batch(&["a"]), 42, 0).await,
+        Err(BrokerError::Invalid(_))
+    ));
+    // Another producer, and a non-idempotent publish.
+    shard.publish(batch(&["d"]), 43, 0).await.unwrap();
+    shard.publish(batch(&["e"]), 0, 0).await.unwrap();
+    assert_eq!(shard.high_watermark(), 5);
+    let chunk = shard.read(1, 1 << 20).unwrap();
+    assert_eq!(
+        values(&chunk.bytes),
+        vec![
+            (0, "a".into()),
+            (1, "b".into()),
+            (2, "c".into()),
+            (3, "d".into()),
+            (4, "e".into())
+        ],
+        "whole batches: the first one starts before offset 1"
+    );
+    assert_eq!(chunk.next_offset.0, 5);
+    assert!(
+        shard.read(5, 1 << 20).unwrap().bytes.is_empty(),
+        "the end reads empty"
+    );
+    match shard.read(6, 1 << 20) {
+        Err(BrokerError::OffsetOutOfRange { earliest, latest, .. }) => assert_eq!((earliest, latest), (0, 5)),
+        other => panic!("expected out of range, got {other:?}"),
+    }
+    // A control batch is not a client's to publish.
+    let control = felix_index::control::control_batch(
+        &[felix_index::control::ControlOp::CursorCommit {
+            name: Bytes::from_static(b"sub"),
+            offset: felix_log::Offset(1),
+        }],
+        1,
+    )
+    .unwrap();
+    assert!(matches!(
+        shard.publish(Bytes::from(control), 0, 0).await,
+        Err(BrokerError::Invalid(_))
+    ));
+    drop(shard);
+
+    let shard = open(dir.path(), &index);
+    assert_eq!(shard.high_watermark(), 5);
+    assert_eq!(values(&shard.read(0, 1 << 20).unwrap().bytes).len(), 5);
+    assert!(
+        index.locate(ShardId(7), felix_log::Offset(4)).unwrap().is_some(),
+        "indexed"
+    );
+    assert_eq!(shard.publish(batch(&["f"]), 0, 0).await.unwrap().base_offset, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_fsyncs_and_all_land_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(dir.path().join("index"), IndexConfig::default()).unwrap());
+    let shard = Arc::new(open(dir.path(), &index));
+    let tasks: Vec<_> = (0..32u64)
+        .map(|p| {
+            let shard = shard.clone();
+            tokio::spawn(async move {
+                let mut offsets = vec![];
+                for s in 0..10u64 {
+                    let v = format!("{p}-{s}");
+                    offsets.push(shard.publish(batch(&[&v]), p + 1, s).await.unwrap().base_offset);
+                }
+                offsets
+            })
+        })
+        .collect();
+    let mut all = vec![];
+    for t in tasks {
+        let o = t.await.unwrap();
+        assert!(
+            o.windows(2).all(|w| w[0] < w[1]),
+            "one producer's batches stay in order"
+        );
+        all.extend(o);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..320).collect::<Vec<_>>());
+    let n = values(&shard.read(0, 1 << 20).unwrap().bytes).len();
+    assert_eq!(n, 320);
+    assert!(
+        shard.log().sync_count() < 320,
+        "group commit shared fsyncs: {}",
+        shard.log().sync_count()
+    );
+}
+
+fn config(name: &str, shards: u32, durability: &str) -> StreamConfig {
+    StreamConfig {
+        name: name.into(),
+        kind: 0,
+        shards,
+        durability: durability.into(),
+        retention_ms: None,
+        retention_bytes: None,
+        max_deliveries: 0,
+        default_ttl_ms: None,
+    }
+}
+
+#[test]
+fn the_metadata_file_survives_a_reopen_and_refuses_bad_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = MetaStore::open(dir.path()).unwrap();
+    let (name, orders) = m.create(&config("orders", 3, "interval:5")).unwrap();
+    assert_eq!(name.to_string(), "dev/default/orders");
+    assert_eq!(orders.shards, vec![1, 2, 3]);
+    assert_eq!(orders.max_deliveries, 5, "0 means the default");
+    let (_, other) = m.create(&config("acme/prod/clicks", 2, "none")).unwrap();
+    assert_eq!(other.shards, vec![4, 5], "shard ids are never reused");
+    assert!(matches!(
+        m.create(&config("orders", 1, "always")),
+        Err(BrokerError::StreamExists(_))
+    ));
+    assert!(matches!(
+        m.create(&config("x", 0, "always")),
+        Err(BrokerError::Invalid(_))
+    ));
+    assert!(matches!(
+        m.create(&config("x", 1, "sometimes")),
+        Err(BrokerError::Invalid(_))
+    ));
+    assert!(matches!(
+        m.create(&config("a/b", 1, "always")),
+        Err(BrokerError::InvalidName(_))
+    ));
+    m.set_retention(&name, Some(60_000), Some(1 << 20)).unwrap();
+    m.delete(&StreamName::parse("acme/prod/clicks").unwrap()).unwrap();
+    drop(m);
+
+    let mut m = MetaStore::open(dir.path()).unwrap();
+    let got = m.get(&name).unwrap();
+    assert_eq!(
+        (got.retention_ms, got.retention_bytes),
+        (Some(60_000), Some(1 << 20))
+    );
+    assert_eq!(m.streams().count(), 1);
+    let (_, again) = m.create(&config("acme/prod/clicks", 1, "always")).unwrap();
+    assert_eq!(again.shards, vec![6]);
+
+    std::fs::write(dir.path().join("meta.json"), b"{ not json").unwrap();
+    assert!(matches!(
+        MetaStore::open(dir.path()),
+        Err(BrokerError::Metadata { .. })
+    ));
+}
