@@ -23,13 +23,6 @@ pub struct GroupConsumer {
     group: String,
 }
 
-fn expect_done(m: Message) -> Result<(), ClientError> {
-    match m {
-        Message::Done => Ok(()),
-        other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
-    }
-}
-
 impl Client {
     pub fn group_consumer(&self, stream: &str, group: &str) -> GroupConsumer {
         GroupConsumer {
@@ -48,6 +41,14 @@ impl Client {
 }
 
 impl GroupConsumer {
+    /// Sends a request answered `Done`.
+    async fn done(&self, m: Message) -> Result<(), ClientError> {
+        match self.client.call(Route::Stream(&self.stream), &m).await? {
+            Message::Done => Ok(()),
+            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+        }
+    }
+
     /// Leases up to `max_records` for `lease_ms`; an empty result means
     /// nothing is available now.
     pub async fn fetch(&self, max_records: u32, lease_ms: u32) -> Result<Leased, ClientError> {
@@ -76,7 +77,7 @@ impl GroupConsumer {
             group: self.group.clone(),
             items: items.to_vec(),
         };
-        expect_done(self.client.call(Route::Stream(&self.stream), &m).await?)
+        self.done(m).await
     }
 
     /// Gives records back for redelivery after `delay_ms`.
@@ -87,7 +88,7 @@ impl GroupConsumer {
             delay_ms,
             items: items.to_vec(),
         };
-        expect_done(self.client.call(Route::Stream(&self.stream), &m).await?)
+        self.done(m).await
     }
 
     /// Extends the lease of held records to `lease_ms` from now.
@@ -98,7 +99,7 @@ impl GroupConsumer {
             lease_ms,
             items: items.to_vec(),
         };
-        expect_done(self.client.call(Route::Stream(&self.stream), &m).await?)
+        self.done(m).await
     }
 }
 

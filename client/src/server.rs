@@ -245,15 +245,17 @@ async fn serve_connection<H: Handler>(quic: quinn::Connection, handler: Arc<H>) 
     }
 }
 
+/// The frame of `m`, or, if `m` cannot be encoded (a handler's bug), of
+/// the `Internal` error saying so: the requester always gets an answer.
+fn frame_or_error(id: u64, m: &Message) -> bytes::Bytes {
+    encode(id, m).unwrap_or_else(|e| {
+        let e = ErrorReply::Internal(format!("answer not encodable: {e}"));
+        encode(id, &Message::Error(e)).expect("an error frame is always encodable")
+    })
+}
+
 async fn write(w: &Writer, id: u64, m: &Message) {
-    let frame = match encode(id, m) {
-        Ok(f) => f,
-        Err(e) => encode(
-            id,
-            &Message::Error(ErrorReply::Internal(format!("reply not encodable: {e}"))),
-        )
-        .expect("an error frame is always encodable"),
-    };
+    let frame = frame_or_error(id, m);
     // A failed write means the client went away; its reader sees that.
     let _ = w.0.lock().await.write_chunk(frame).await;
 }
@@ -438,14 +440,7 @@ impl<H: Handler> Conn<H> {
                     }
                     Some(Err(e)) => (Message::Error(e), true),
                 };
-                let frame = match encode(id, &m) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let e = ErrorReply::Internal(format!("push not encodable: {e}"));
-                        encode(id, &Message::Error(e)).expect("error frames encode")
-                    }
-                };
-                if uni.write_chunk(frame).await.is_err() || end {
+                if uni.write_chunk(frame_or_error(id, &m)).await.is_err() || end {
                     break;
                 }
             }
