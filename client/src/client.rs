@@ -191,7 +191,7 @@ impl Client {
             )
             .await?;
         let Message::MetadataReply { brokers, streams } = reply else {
-            return Err(ClientError::UnexpectedReply(format!("{reply:?}")));
+            return Err(ClientError::unexpected(&reply));
         };
         let mut meta = self.inner.meta.write().expect("metadata lock");
         for b in brokers {
@@ -281,25 +281,25 @@ impl Client {
         }
     }
 
-    fn admit(&self, address: &str) -> bool {
-        let now = self.now_ms();
-        let mut b = self.inner.breakers.lock().expect("breaker lock");
-        b.entry(address.to_owned())
-            .or_insert_with(|| Breaker::new(self.inner.cfg.breaker))
-            .admit(now)
-    }
-
-    fn outcome(&self, address: &str, ok: bool) {
+    /// Runs `f` on `address`'s breaker (created closed) with the time now.
+    fn breaker<R>(&self, address: &str, f: impl FnOnce(&mut Breaker, u64) -> R) -> R {
         let now = self.now_ms();
         let mut b = self.inner.breakers.lock().expect("breaker lock");
         let br = b
             .entry(address.to_owned())
             .or_insert_with(|| Breaker::new(self.inner.cfg.breaker));
-        if ok {
-            br.on_success();
-        } else {
-            br.on_failure(now);
-        }
+        f(br, now)
+    }
+
+    fn admit(&self, address: &str) -> bool {
+        self.breaker(address, |b, now| b.admit(now))
+    }
+
+    fn outcome(&self, address: &str, ok: bool) {
+        self.breaker(
+            address,
+            |b, now| if ok { b.on_success() } else { b.on_failure(now) },
+        )
     }
 
     /// One attempt at `route` without retries.

@@ -186,7 +186,7 @@ impl Connection {
         match self.call(m, timeout_ms).await? {
             Answer::Subscription { subscription, pushes } => Ok((subscription, pushes)),
             Answer::Message(Message::Error(e)) => Err(ClientError::Broker(e)),
-            Answer::Message(m) => Err(ClientError::UnexpectedReply(format!("{m:?}"))),
+            Answer::Message(m) => Err(ClientError::unexpected(&m)),
         }
     }
 

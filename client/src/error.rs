@@ -41,6 +41,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A reply of a type the request does not expect.
+    pub(crate) fn unexpected(m: &crate::wire::Message) -> ClientError {
+        ClientError::UnexpectedReply(format!("{m:?}"))
+    }
+
     /// Whether trying again (after a backoff) may succeed.
     pub fn retryable(&self) -> bool {
         match self {

@@ -45,7 +45,7 @@ impl GroupConsumer {
     async fn done(&self, m: Message) -> Result<(), ClientError> {
         match self.client.call(Route::Stream(&self.stream), &m).await? {
             Message::Done => Ok(()),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
@@ -66,7 +66,7 @@ impl GroupConsumer {
                 lease_until_ms,
                 records,
             }),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
@@ -145,7 +145,7 @@ impl Cache {
         };
         match self.call(&key, m).await? {
             Message::CacheValue { entry } => Ok(entry),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 
@@ -153,7 +153,7 @@ impl Cache {
         match self.call(&key, m).await? {
             Message::CacheWritten { version } => Ok(CasOutcome::Written(version)),
             Message::CacheValue { entry } => Ok(CasOutcome::Conflict(entry)),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 

@@ -445,7 +445,7 @@ async fn send_loop(
                 base_offset,
                 count,
             }) if count as usize == b.acks.len() => Ok((shard, base_offset)),
-            Ok(other) => Err(Arc::new(ClientError::UnexpectedReply(format!("{other:?}")))),
+            Ok(other) => Err(Arc::new(ClientError::unexpected(&other))),
             Err(e) => Err(Arc::new(e)),
         };
         for (i, (a, _permit)) in b.acks.into_iter().enumerate() {

@@ -126,7 +126,7 @@ impl Subscription {
         };
         match self.client.call(Route::Shard(&self.stream, shard), &m).await? {
             Message::Done => Ok(()),
-            other => Err(ClientError::UnexpectedReply(format!("{other:?}"))),
+            other => Err(ClientError::unexpected(&other)),
         }
     }
 }
@@ -180,10 +180,7 @@ impl Follow {
                     }
                 }
                 Ok((Answer::Message(other), _)) => {
-                    let _ = self
-                        .tx
-                        .send(Err(ClientError::UnexpectedReply(format!("{other:?}"))))
-                        .await;
+                    let _ = self.tx.send(Err(ClientError::unexpected(&other))).await;
                     return;
                 }
                 Err(e) if e.retryable() => {
@@ -248,10 +245,7 @@ impl Follow {
                     return Stop::End;
                 }
                 other => {
-                    let _ = self
-                        .tx
-                        .send(Err(ClientError::UnexpectedReply(format!("{other:?}"))))
-                        .await;
+                    let _ = self.tx.send(Err(ClientError::unexpected(&other))).await;
                     return Stop::End;
                 }
             }
