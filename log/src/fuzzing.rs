@@ -76,6 +76,7 @@ pub fn segment_recovery(data: &[u8]) {
         created_ms: 0,
         preallocated_bytes: 0,
         generation: 0,
+        prev_term: None,
     };
     let mut file = header.encode().to_vec();
     file.extend_from_slice(data);

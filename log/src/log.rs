@@ -730,18 +730,23 @@ impl Log {
         let keep = self
             .segments
             .partition_point(|s| s.header.first_raft_index <= index);
-        let first_removed = self
-            .segments
-            .get(keep)
-            .map(|s| (s.header.first_offset, s.header.first_raft_index));
+        let first_removed = self.segments.get(keep).map(|s| {
+            (
+                s.header.first_offset,
+                s.header.first_raft_index,
+                s.header.prev_last(),
+            )
+        });
         while self.segments.len() > keep {
             let s = self.segments.pop().expect("len > keep");
             fs::remove_file(&s.path).map_err(LogError::io("remove segment", &s.path))?;
         }
         fsio::sync_dir(&self.dir)?;
         let Some(last) = self.segments.last() else {
-            let (o, i) = first_removed.expect("some segment was removed");
-            let s = self.new_segment(o, i, None, now_ms)?;
+            let (o, i, before) = first_removed.expect("some segment was removed");
+            // Everything held is gone; what is left is the purged entry
+            // before it, when that is the one asked to be kept.
+            let s = self.new_segment(o, i, before.filter(|(_, b)| *b == index), now_ms)?;
             self.segments.push(s);
             return self.write_checkpoint(false);
         };
@@ -749,11 +754,10 @@ impl Log {
             .find_raft_index(index.next())
             .map(|p| p as u64)
             .unwrap_or(last.len);
-        let prev_last = self
-            .segments
-            .len()
-            .checked_sub(2)
-            .and_then(|i| self.segments[i].summary.last);
+        let prev_last = match self.segments.len().checked_sub(2) {
+            Some(i) => self.segments[i].summary.last,
+            None => last.header.prev_last(),
+        };
         let last = self.segments.pop().expect("checked above");
         if cut == last.len && last.is_sealed() {
             let (o, i, l) = (
@@ -1058,8 +1062,10 @@ fn recover_segment(
             ));
         }
     }
+    // The first segment held learns its predecessor from its own header:
+    // retention may have removed the segment that held it.
     let start_summary = Summary {
-        last: prev.and_then(|p| p.last),
+        last: prev.and_then(|p| p.last).or(header.prev_last()),
         ..Summary::empty(header.first_offset)
     };
 

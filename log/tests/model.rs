@@ -79,6 +79,18 @@ fn run(ops: Vec<Op>) {
     // Last entry ever appended and not truncated: the log remembers it even
     // when retention removed the entry itself (Raft's last purged log id).
     let mut last: Option<(RaftTerm, RaftIndex)> = None;
+    // The newest entry retention or deletion removed from the front.
+    let mut purged: Option<(RaftTerm, RaftIndex)> = None;
+    let purge = |model: &mut Vec<MBatch>,
+                 purged: &mut Option<(RaftTerm, RaftIndex)>,
+                 keep: &dyn Fn(&MBatch) -> bool| {
+        let n = model.iter().take_while(|b| !keep(b)).count();
+        if n > 0 {
+            *purged = Some((model[n - 1].term, model[n - 1].index));
+        }
+        model.drain(..n);
+        assert!(model.iter().all(keep), "the log deletes from the front only");
+    };
 
     for op in ops {
         match op {
@@ -165,7 +177,10 @@ fn run(ops: Vec<Op>) {
                     }
                     log.truncate_after(keep, now).unwrap();
                     model.retain(|b| b.index <= keep);
-                    last = model.last().map(|b| (b.term, b.index));
+                    last = model
+                        .last()
+                        .map(|b| (b.term, b.index))
+                        .or(purged.filter(|(_, i)| *i == keep));
                     next_index = keep.next();
                     next_offset = model.last().map_or(m.base, |b| b.base.add(b.values.len() as u64));
                     if model.is_empty() {
@@ -181,7 +196,7 @@ fn run(ops: Vec<Op>) {
                         earliest <= m.base,
                         "deleted records at or above the requested offset"
                     );
-                    model.retain(|b| b.base >= earliest);
+                    purge(&mut model, &mut purged, &|b| b.base >= earliest);
                 }
             }
             Op::RetainMs { ms } => {
@@ -203,7 +218,7 @@ fn run(ops: Vec<Op>) {
                         );
                     }
                 }
-                model.retain(|b| first.is_some_and(|f| b.index >= f));
+                purge(&mut model, &mut purged, &|b| first.is_some_and(|f| b.index >= f));
             }
             Op::RetainBytes { bytes } => {
                 let limit = u64::from(bytes) * 4;
@@ -218,7 +233,7 @@ fn run(ops: Vec<Op>) {
                 let segs = log.segments();
                 assert!(log.size_bytes() <= limit || segs.len() == 1 || !segs[0].sealed);
                 let first = log.first_raft_index();
-                model.retain(|b| first.is_some_and(|f| b.index >= f));
+                purge(&mut model, &mut purged, &|b| first.is_some_and(|f| b.index >= f));
             }
             Op::Reopen { clean } => {
                 if clean {

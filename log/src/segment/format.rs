@@ -2,7 +2,7 @@
 //! names; specified in `docs/format/segment.md`. Little-endian.
 
 use crate::batch::layout::le;
-use crate::types::{Offset, RaftIndex};
+use crate::types::{Offset, RaftIndex, RaftTerm};
 
 pub const MAGIC: [u8; 8] = *b"FELIXSEG";
 pub const VERSION: u16 = 1;
@@ -16,12 +16,19 @@ pub const FIRST_OFFSET_AT: usize = GENERATION_AT + 4; // u64
 pub const FIRST_RAFT_INDEX_AT: usize = FIRST_OFFSET_AT + 8; // u64
 pub const CREATED_MS_AT: usize = FIRST_RAFT_INDEX_AT + 8; // i64
 pub const PREALLOCATED_AT: usize = CREATED_MS_AT + 8; // u64, informational
-pub const PADDING_AT: usize = PREALLOCATED_AT + 8; // [u8; 12] zero
-pub const CRC_AT: usize = PADDING_AT + 12; // u32, CRC-32 of [0, CRC_AT)
+/// u64: term of the entry at `first_raft_index - 1`, when `FLAGS_AT` says
+/// there is one. Lets a log whose older segments retention removed still
+/// name its last entry (Raft's last purged log id) after a crash.
+pub const PREV_TERM_AT: usize = PREALLOCATED_AT + 8;
+/// u32: bit 0 = `PREV_TERM_AT` holds a term; other bits zero.
+pub const FLAGS_AT: usize = PREV_TERM_AT + 8;
+pub const FLAG_HAS_PREV_TERM: u32 = 1;
+pub const CRC_AT: usize = FLAGS_AT + 4; // u32, CRC-32 of [0, CRC_AT)
 /// Batches start here.
 pub const SEGMENT_HEADER_BYTES: usize = CRC_AT + 4;
 
 const _: () = assert!(SEGMENT_HEADER_BYTES == 64);
+const _: () = assert!(CRC_AT == 60);
 
 /// File name suffix of a segment.
 pub const SEGMENT_SUFFIX: &str = ".seg";
@@ -35,6 +42,9 @@ pub struct SegmentHeader {
     pub preallocated_bytes: u64,
     /// Compaction rewrites; an index records it to notice a rewrite it missed.
     pub generation: u32,
+    /// Term of the entry just before `first_raft_index`, if the log had one
+    /// when this segment was created.
+    pub prev_term: Option<RaftTerm>,
 }
 
 impl SegmentHeader {
@@ -48,9 +58,19 @@ impl SegmentHeader {
         le::put_u64(&mut b, FIRST_RAFT_INDEX_AT, self.first_raft_index.0);
         le::put_u64(&mut b, CREATED_MS_AT, self.created_ms as u64);
         le::put_u64(&mut b, PREALLOCATED_AT, self.preallocated_bytes);
+        if let Some(t) = self.prev_term {
+            le::put_u64(&mut b, PREV_TERM_AT, t.0);
+            le::put_u32(&mut b, FLAGS_AT, FLAG_HAS_PREV_TERM);
+        }
         let crc = crc32fast::hash(&b[..CRC_AT]);
         le::put_u32(&mut b, CRC_AT, crc);
         b
+    }
+
+    /// Term and index of the entry just before this segment, if recorded.
+    pub fn prev_last(&self) -> Option<(RaftTerm, RaftIndex)> {
+        let i = self.first_raft_index.0.checked_sub(1)?;
+        self.prev_term.map(|t| (t, RaftIndex(i)))
     }
 
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, &'static str> {
@@ -69,12 +89,17 @@ impl SegmentHeader {
         if le::u16_at(b, HEADER_LEN_AT) as usize != SEGMENT_HEADER_BYTES {
             return Err("unexpected segment header length");
         }
+        let flags = le::u32_at(b, FLAGS_AT);
+        if flags & !FLAG_HAS_PREV_TERM != 0 {
+            return Err("unknown segment header flags");
+        }
         Ok(SegmentHeader {
             first_offset: Offset(le::u64_at(b, FIRST_OFFSET_AT)),
             first_raft_index: RaftIndex(le::u64_at(b, FIRST_RAFT_INDEX_AT)),
             created_ms: le::i64_at(b, CREATED_MS_AT),
             preallocated_bytes: le::u64_at(b, PREALLOCATED_AT),
             generation: le::u32_at(b, GENERATION_AT),
+            prev_term: (flags & FLAG_HAS_PREV_TERM != 0).then(|| RaftTerm(le::u64_at(b, PREV_TERM_AT))),
         })
     }
 }
@@ -111,6 +136,7 @@ mod tests {
             created_ms: 1_700_000_000_000,
             preallocated_bytes: 1 << 20,
             generation: 3,
+            prev_term: Some(RaftTerm(5)),
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
@@ -119,6 +145,8 @@ mod tests {
             c[bit / 8] ^= 1 << (bit % 8);
             assert!(SegmentHeader::decode(&c).is_err(), "flip of bit {bit} accepted");
         }
+        let none = SegmentHeader { prev_term: None, ..h };
+        assert_eq!(SegmentHeader::decode(&none.encode()), Ok(none));
     }
 
     #[test]

@@ -135,6 +135,9 @@ impl Segment {
             created_ms: now_ms,
             preallocated_bytes: segment_bytes,
             generation: 0,
+            prev_term: prev_last
+                .filter(|(_, i)| i.next() == first_raft_index)
+                .map(|(t, _)| t),
         };
         file.write_all_at(&header.encode(), 0)
             .map_err(LogError::io("write segment header", &path))?;
