@@ -21,6 +21,8 @@ pub struct GroupConsumer {
     client: Client,
     stream: String,
     group: String,
+    /// Random per consumer: the broker's name for whose leases these are.
+    consumer: u64,
 }
 
 impl Client {
@@ -29,6 +31,7 @@ impl Client {
             client: self.clone(),
             stream: stream.to_owned(),
             group: group.to_owned(),
+            consumer: rand::random::<u64>() | 1,
         }
     }
 
@@ -41,6 +44,11 @@ impl Client {
 }
 
 impl GroupConsumer {
+    /// The id this consumer's leases are held under.
+    pub fn consumer_id(&self) -> u64 {
+        self.consumer
+    }
+
     /// Sends a request answered `Done`.
     async fn done(&self, m: Message) -> Result<(), ClientError> {
         match self.client.call(Route::Stream(&self.stream), &m).await? {
@@ -55,6 +63,7 @@ impl GroupConsumer {
         let m = Message::GroupFetch {
             stream: self.stream.clone(),
             group: self.group.clone(),
+            consumer: self.consumer,
             max_records,
             lease_ms,
         };
@@ -85,6 +94,7 @@ impl GroupConsumer {
         let m = Message::GroupNack {
             stream: self.stream.clone(),
             group: self.group.clone(),
+            consumer: self.consumer,
             delay_ms,
             items: items.to_vec(),
         };
@@ -96,6 +106,7 @@ impl GroupConsumer {
         let m = Message::GroupExtend {
             stream: self.stream.clone(),
             group: self.group.clone(),
+            consumer: self.consumer,
             lease_ms,
             items: items.to_vec(),
         };

@@ -123,6 +123,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             Message::GroupFetch {
                 stream: "jobs".into(),
                 group: "w".into(),
+                consumer: 0x0102_0304_0506_0708,
                 max_records: 10,
                 lease_ms: 30_000,
             },
@@ -164,6 +165,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             Message::GroupNack {
                 stream: "jobs".into(),
                 group: "w".into(),
+                consumer: 0x0102_0304_0506_0708,
                 delay_ms: 500,
                 items: vec![(0, 3)],
             },
@@ -173,6 +175,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             Message::GroupExtend {
                 stream: "jobs".into(),
                 group: "w".into(),
+                consumer: 0x0102_0304_0506_0708,
                 lease_ms: 1000,
                 items: vec![],
             },
@@ -691,12 +694,14 @@ fn message() -> impl Strategy<Value = Message> {
         (
             name(),
             name(),
+            any::<u64>(),
             any::<u32>(),
             prop::collection::vec((any::<u32>(), any::<u64>()), 0..8)
         )
-            .prop_map(|(stream, group, delay_ms, items)| Message::GroupNack {
+            .prop_map(|(stream, group, consumer, delay_ms, items)| Message::GroupNack {
                 stream,
                 group,
+                consumer,
                 delay_ms,
                 items
             }),

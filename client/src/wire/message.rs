@@ -250,9 +250,12 @@ pub enum Message {
     Unsubscribe {
         subscription: u64,
     },
+    /// `consumer`: an id the client picks once per consumer (random), so
+    /// that its leases are its own whichever connection carries a request.
     GroupFetch {
         stream: String,
         group: String,
+        consumer: u64,
         max_records: u32,
         lease_ms: u32,
     },
@@ -268,12 +271,14 @@ pub enum Message {
     GroupNack {
         stream: String,
         group: String,
+        consumer: u64,
         delay_ms: u32,
         items: Vec<(u32, u64)>,
     },
     GroupExtend {
         stream: String,
         group: String,
+        consumer: u64,
         lease_ms: u32,
         items: Vec<(u32, u64)>,
     },
@@ -645,11 +650,13 @@ impl Message {
             Message::GroupFetch {
                 stream,
                 group,
+                consumer,
                 max_records,
                 lease_ms,
             } => {
                 w.name("stream", stream)?;
                 w.name("group", group)?;
+                w.0.put_u64_le(*consumer);
                 w.0.put_u32_le(*max_records);
                 w.0.put_u32_le(*lease_ms);
             }
@@ -682,17 +689,20 @@ impl Message {
             Message::GroupNack {
                 stream,
                 group,
+                consumer,
                 delay_ms: t,
                 items,
             }
             | Message::GroupExtend {
                 stream,
                 group,
+                consumer,
                 lease_ms: t,
                 items,
             } => {
                 w.name("stream", stream)?;
                 w.name("group", group)?;
+                w.0.put_u64_le(*consumer);
                 w.0.put_u32_le(*t);
                 w.items(items)?;
             }
@@ -914,6 +924,7 @@ impl Message {
             k::GROUP_FETCH => Message::GroupFetch {
                 stream: r.name("stream")?,
                 group: r.name("group")?,
+                consumer: r.u64("consumer")?,
                 max_records: r.u32("max records")?,
                 lease_ms: r.u32("lease")?,
             },
@@ -950,12 +961,14 @@ impl Message {
             k::GROUP_NACK => Message::GroupNack {
                 stream: r.name("stream")?,
                 group: r.name("group")?,
+                consumer: r.u64("consumer")?,
                 delay_ms: r.u32("delay")?,
                 items: r.items()?,
             },
             k::GROUP_EXTEND => Message::GroupExtend {
                 stream: r.name("stream")?,
                 group: r.name("group")?,
+                consumer: r.u64("consumer")?,
                 lease_ms: r.u32("lease")?,
                 items: r.items()?,
             },
