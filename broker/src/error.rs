@@ -28,6 +28,8 @@ pub enum BrokerError {
     Log(#[from] felix_log::LogError),
     #[error("index: {0}")]
     Index(#[from] felix_index::IndexError),
+    #[error("configuration {path}: {why}")]
+    Config { path: std::path::PathBuf, why: String },
     #[error("metadata file {path}: {why}")]
     Metadata { path: std::path::PathBuf, why: String },
     #[error("{0}")]

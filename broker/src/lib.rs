@@ -1,14 +1,24 @@
 //! `felix-broker`: hosts shards (segment log + index) and serves them over
 //! the wire protocol. The `felix` binary (`src/main.rs`) is its front end.
 //!
-//! Built so far: names, the node's stream metadata file, and the hosted
-//! shard (publish with durability and producer dedup, reads bounded by the
-//! high watermark). The request handler, `felix dev` and the admin and data
-//! commands come next (README, status).
+//! - [`node::Node`]: the streams one node hosts, upkeep, metadata;
+//! - [`handler::NodeHandler`]: the wire protocol's meaning;
+//! - [`shard::HostedShard`]: one shard's log, index entries and limits;
+//! - [`subscribe`], [`queue`], [`cache`]: the three uses of the log;
+//! - [`server`]: TLS, QUIC and the serving loop that `felix dev` and
+//!   `felix broker` run.
 
+pub mod cache;
+pub mod config;
 pub mod error;
+pub mod handler;
+pub mod hot;
 pub mod meta;
 pub mod names;
+pub mod node;
+pub mod queue;
+pub mod server;
 pub mod shard;
+pub mod subscribe;
 
 pub use error::BrokerError;

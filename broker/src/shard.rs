@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
 use felix_index::{Index, ShardKind};
 use felix_log::{Batch, BatchHeader, LogConfig, Offset, RaftIndex, RaftTerm, ReadChunk, ShardId, SharedLog};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, RwLock, Semaphore};
 
 use crate::error::BrokerError;
 
@@ -46,6 +47,19 @@ pub struct HostedShard {
     applied: Mutex<RaftIndex>,
     /// producer id → (sequence, where that batch landed).
     producers: Mutex<HashMap<u64, (u64, Appended)>>,
+    /// Bumped after every append; shared by the shards of one stream so a
+    /// subscription over several shards waits on one thing.
+    signal: Arc<watch::Sender<u64>>,
+    /// Set when the stream is deleted: readers and writers stop.
+    closed: AtomicBool,
+    /// Keyed writes: plain writes share it, a compare-and-set holds it alone
+    /// so that nothing lands between its check and its append.
+    pub(crate) writes: RwLock<()>,
+    /// Appends applied so far (the hot cache's staleness check).
+    pub(crate) applied_count: AtomicU64,
+    /// Group fetches, acks and nacks of this shard, one at a time: a fetch
+    /// reads the group's state and appends the leases it decided.
+    pub(crate) groups: tokio::sync::Mutex<()>,
 }
 
 impl HostedShard {
@@ -75,7 +89,33 @@ impl HostedShard {
             in_flight: Arc::new(Semaphore::new(SHARD_IN_FLIGHT_BYTES_MAX)),
             applied: Mutex::new(RaftIndex(next_index.0.saturating_sub(1))),
             producers: Mutex::new(HashMap::new()),
+            signal: Arc::new(watch::channel(0).0),
+            closed: AtomicBool::new(false),
+            writes: RwLock::new(()),
+            applied_count: AtomicU64::new(0),
+            groups: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Shares `signal` (the stream's) instead of the shard's own.
+    pub fn with_signal(mut self, signal: Arc<watch::Sender<u64>>) -> HostedShard {
+        self.signal = signal;
+        self
+    }
+
+    /// Watches appends to this shard's stream.
+    pub fn signal(&self) -> watch::Receiver<u64> {
+        self.signal.subscribe()
+    }
+
+    /// Marks the shard gone (its stream was deleted) and wakes its readers.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.signal.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
     pub fn log(&self) -> &Arc<SharedLog> {
@@ -150,16 +190,21 @@ impl HostedShard {
 
     /// Appends a batch (data or control) and indexes it.
     pub async fn append(&self, batch: Bytes) -> Result<Appended, BrokerError> {
+        if self.is_closed() {
+            return Err(BrokerError::Invalid("the stream was deleted".into()));
+        }
         let log = self.log.clone();
         let out = tokio::task::spawn_blocking(move || log.append(&batch, SINGLE_NODE_TERM))
             .await
             .map_err(|e| BrokerError::Invalid(format!("append task: {e}")))??;
         self.apply_through(out.raft_index)?;
+        self.applied_count.fetch_add(1, Ordering::AcqRel);
         self.hwm.send_if_modified(|h| {
             let moved = out.next_offset.0 > *h;
             *h = (*h).max(out.next_offset.0);
             moved
         });
+        self.signal.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             base_offset: out.base_offset.0,
             count: (out.next_offset.0 - out.base_offset.0) as u32,

@@ -1,0 +1,122 @@
+//! The cache: a keyed, compacted log. A put appends a keyed record (with
+//! its TTL) and its version is the record's offset; a delete appends a
+//! tombstone. Reads come from the hot map, else from the index and the log.
+//!
+//! Compare-and-set: the check and the append happen under the shard's
+//! write lock held alone, while plain writes share it, so nothing lands
+//! between a CAS's check and its write and plain writes still share fsyncs.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use felix_client::policy::shard_for_key;
+use felix_client::wire::message::KEY_BYTES_MAX;
+use felix_client::wire::{CacheEntry, Message};
+use felix_log::{BatchBuilder, Compression, RecordInput};
+
+use crate::error::BrokerError;
+use crate::hot::Hot;
+use crate::meta::StreamKind;
+use crate::node::{Node, StreamHandle};
+use crate::shard::HostedShard;
+
+fn shard_of<'a>(h: &'a StreamHandle, key: &[u8]) -> Result<&'a HostedShard, BrokerError> {
+    if h.meta().kind != StreamKind::Cache && h.meta().kind != StreamKind::Compacted {
+        return Err(BrokerError::Invalid(format!(
+            "{} is a stream; cache operations need a cache or compacted stream",
+            h.name
+        )));
+    }
+    if key.is_empty() || key.len() > KEY_BYTES_MAX {
+        return Err(BrokerError::Invalid(format!(
+            "a cache key is 1 to {KEY_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(h.shard(shard_for_key(key, h.shards.len() as u32))?)
+}
+
+/// The live entry of `key`, if any.
+pub fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<CacheEntry>, BrokerError> {
+    let shard = shard_of(h, key)?;
+    let now = node.now_ms();
+    if let Some(known) = node.hot.get(shard.id, key, now) {
+        return Ok(known);
+    }
+    read_through(node, shard, key, now)
+}
+
+fn read_through(node: &Node, shard: &HostedShard, key: &Bytes, now: i64) -> Result<Option<CacheEntry>, BrokerError> {
+    let before = shard.applied_count.load(Ordering::Acquire);
+    let found = shard
+        .log()
+        .with(|l| node.index().get_value(l, shard.id, key, now))?;
+    let entry = found.map(|(value, e)| CacheEntry {
+        value,
+        version: e.version(),
+        expiry_ms: e.expiry_ms,
+    });
+    // Only what no write overtook may be cached (a write in between would
+    // have a newer version, but if it was evicted since, this older one
+    // would look current).
+    if let Some(e) = &entry {
+        if shard.applied_count.load(Ordering::Acquire) == before {
+            node.hot.offer(shard.id, key.clone(), Hot::Value(e.clone()));
+        }
+    }
+    Ok(entry)
+}
+
+/// Writes `value` (or a tombstone) at `key`; `Message::CacheWritten` with
+/// the new version, or `Message::CacheValue` with the entry as it is when
+/// `if_version` does not match (0: only if absent).
+pub async fn write(
+    node: &Node,
+    h: &StreamHandle,
+    key: Bytes,
+    value: Option<Bytes>,
+    ttl_ms: Option<u64>,
+    if_version: Option<u64>,
+) -> Result<Message, BrokerError> {
+    let shard = shard_of(h, &key)?;
+    let ttl_ms = match value {
+        Some(_) => ttl_ms.or(h.meta().default_ttl_ms),
+        None => None,
+    };
+    if ttl_ms == Some(0) {
+        return Err(BrokerError::Invalid("a TTL of 0 would expire at once".into()));
+    }
+    let _shared;
+    let _alone;
+    let now;
+    if let Some(expected) = if_version {
+        _alone = shard.writes.write().await;
+        now = node.now_ms();
+        if !node.index().version_matches(shard.id, &key, expected, now)? {
+            let entry = read_through(node, shard, &key, now)?;
+            return Ok(Message::CacheValue { entry });
+        }
+    } else {
+        _shared = shard.writes.read().await;
+        now = node.now_ms();
+    }
+    let mut b = BatchBuilder::new(shard.log().with(|l| l.config().batch_bytes_max));
+    b.push(RecordInput {
+        key: Some(&key),
+        value: value.as_deref(),
+        timestamp_ms: now,
+        ttl_ms,
+        headers: &[],
+    })?;
+    let at = shard.append(Bytes::from(b.build(Compression::None)?)).await?;
+    let version = at.base_offset;
+    let hot = match value {
+        Some(value) => Hot::Value(CacheEntry {
+            value,
+            version,
+            expiry_ms: ttl_ms.map(|t| now.saturating_add(t.min(i64::MAX as u64) as i64)),
+        }),
+        None => Hot::Gone { version },
+    };
+    node.hot.offer(shard.id, key, hot);
+    Ok(Message::CacheWritten { version })
+}

@@ -1,0 +1,405 @@
+//! One broker node: the streams it hosts (each a set of shards), the shared
+//! index, the metadata file, the hot cache, and the upkeep that runs in the
+//! background (retention, segment rolling, TTL sweeps and compaction).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use felix_client::wire::{BrokerInfo, ShardInfo, ShardStats, StreamConfig, StreamInfo};
+use felix_index::{CompactionConfig, Index, IndexConfig, Maintenance, ShardKind};
+use felix_log::{LogConfig, Retention, ShardId};
+use tokio::sync::watch;
+
+use crate::config::{BrokerConfig, LogSettings};
+use crate::error::BrokerError;
+use crate::hot::HotCache;
+use crate::meta::{MetaStore, StreamKind, StreamMeta};
+use crate::names::StreamName;
+use crate::shard::HostedShard;
+
+/// The clock a node reads; tests inject one to move TTLs and leases.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The wall clock, in ms since the epoch.
+pub fn system_clock() -> Clock {
+    Arc::new(felix_log::now_ms)
+}
+
+/// A stream this node hosts.
+#[derive(Debug)]
+pub struct StreamHandle {
+    pub name: StreamName,
+    meta: Mutex<StreamMeta>,
+    pub shards: Vec<Arc<HostedShard>>,
+    /// Live subscriptions (a delete refuses while any is open, unless forced).
+    pub subscribers: Arc<AtomicUsize>,
+}
+
+impl StreamHandle {
+    pub fn meta(&self) -> StreamMeta {
+        self.meta.lock().expect("stream meta lock").clone()
+    }
+
+    /// Shard number `n`, or a clear error.
+    pub fn shard(&self, n: u32) -> Result<&Arc<HostedShard>, BrokerError> {
+        self.shards.get(n as usize).ok_or_else(|| {
+            BrokerError::Invalid(format!(
+                "stream {} has {} shards; there is no shard {n}",
+                self.name,
+                self.shards.len()
+            ))
+        })
+    }
+}
+
+/// A broker node.
+pub struct Node {
+    broker_id: u64,
+    address: Mutex<String>,
+    data_dir: PathBuf,
+    log: LogSettings,
+    meta: Mutex<MetaStore>,
+    index: Arc<Index>,
+    streams: RwLock<HashMap<String, Arc<StreamHandle>>>,
+    pub(crate) hot: HotCache,
+    maintenance: Maintenance,
+    clock: Clock,
+    /// Round robin for publishes without a shard or key.
+    pub(crate) spread: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("broker_id", &self.broker_id)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Opens the node's data directory: metadata, index and every shard
+    /// (recovering logs and bringing the index in line with them).
+    pub fn open(config: &BrokerConfig, clock: Clock) -> Result<Arc<Node>, BrokerError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir.join("shards"))?;
+        let (index, reset) = Index::open_or_reset(
+            dir.join("index"),
+            IndexConfig {
+                block_cache_bytes: config.index_cache_bytes,
+                ..IndexConfig::default()
+            },
+            clock(),
+        )?;
+        if reset {
+            tracing::warn!("the index was unreadable and is being rebuilt from the segments");
+        }
+        let index = Arc::new(index);
+        let c = clock.clone();
+        let maintenance = Maintenance::start(
+            index.clone(),
+            Duration::from_millis(config.maintenance_interval_ms),
+            move || c(),
+        )?;
+        let meta = MetaStore::open(dir)?;
+        let node = Node {
+            broker_id: config.broker_id,
+            address: Mutex::new(config.listen.to_string()),
+            data_dir: dir.clone(),
+            log: config.log.clone(),
+            meta: Mutex::new(meta),
+            index,
+            streams: RwLock::new(HashMap::new()),
+            hot: HotCache::new(config.hot_cache_bytes_max),
+            maintenance,
+            clock,
+            spread: AtomicU64::new(0),
+        };
+        let all: Vec<(StreamName, StreamMeta)> = node
+            .meta
+            .lock()
+            .expect("meta lock")
+            .streams()
+            .map(|(n, m)| (n, m.clone()))
+            .collect();
+        for (name, m) in all {
+            let h = node.open_stream(&name, m)?;
+            node.streams
+                .write()
+                .expect("streams lock")
+                .insert(name.to_string(), Arc::new(h));
+        }
+        Ok(Arc::new(node))
+    }
+
+    pub fn broker_id(&self) -> u64 {
+        self.broker_id
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The address clients are told to use.
+    pub fn set_address(&self, a: String) {
+        *self.address.lock().expect("address lock") = a;
+    }
+
+    fn shard_dir(&self, id: ShardId) -> PathBuf {
+        self.data_dir.join("shards").join(id.0.to_string())
+    }
+
+    fn open_stream(&self, name: &StreamName, m: StreamMeta) -> Result<StreamHandle, BrokerError> {
+        let kind = if m.kind.keyed() {
+            ShardKind::Keyed
+        } else {
+            ShardKind::Stream
+        };
+        let cfg = LogConfig {
+            segment_bytes: self.log.segment_bytes,
+            segment_ms: self.log.segment_ms,
+            batch_bytes_max: self.log.batch_bytes_max,
+            durability: m.durability(),
+            ..LogConfig::default()
+        };
+        let signal = Arc::new(watch::channel(0u64).0);
+        let mut shards = Vec::with_capacity(m.shards.len());
+        for id in &m.shards {
+            let id = ShardId(*id);
+            let s = HostedShard::open(&self.shard_dir(id), id, kind, cfg.clone(), self.index.clone())?
+                .with_signal(signal.clone());
+            if kind == ShardKind::Keyed {
+                self.maintenance
+                    .register(id, s.log().clone(), compaction_config(m.kind));
+            }
+            shards.push(Arc::new(s));
+        }
+        Ok(StreamHandle {
+            name: name.clone(),
+            meta: Mutex::new(m),
+            shards,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The stream called `name` (either form), or `UnknownStream`.
+    pub fn stream(&self, name: &str) -> Result<Arc<StreamHandle>, BrokerError> {
+        let n = StreamName::parse(name)?;
+        self.stream_by_name(&n)
+    }
+
+    pub fn stream_by_name(&self, n: &StreamName) -> Result<Arc<StreamHandle>, BrokerError> {
+        self.streams
+            .read()
+            .expect("streams lock")
+            .get(&n.to_string())
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownStream(n.to_string()))
+    }
+
+    /// Every stream, by name.
+    pub fn streams(&self) -> Vec<Arc<StreamHandle>> {
+        let mut v: Vec<_> = self.streams.read().expect("streams lock").values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Creates a stream (or cache) and opens its shards.
+    pub fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
+        // One creation at a time: the metadata file and the shard map change together.
+        let mut meta = self.meta.lock().expect("meta lock");
+        let (name, m) = meta.create(c)?;
+        let h = match self.open_stream(&name, m) {
+            Ok(h) => Arc::new(h),
+            Err(e) => {
+                let _ = meta.delete(&name);
+                return Err(e);
+            }
+        };
+        self.streams
+            .write()
+            .expect("streams lock")
+            .insert(name.to_string(), h.clone());
+        tracing::info!(stream = %name, shards = c.shards, "stream created");
+        Ok(h)
+    }
+
+    /// Creates `name` as a one-shard stream like `like` if it does not exist
+    /// (dead-letter streams).
+    pub fn ensure_stream(&self, name: &StreamName, like: &StreamMeta) -> Result<Arc<StreamHandle>, BrokerError> {
+        if let Ok(h) = self.stream_by_name(name) {
+            return Ok(h);
+        }
+        let c = StreamConfig {
+            name: name.to_string(),
+            kind: StreamKind::Stream.wire(),
+            shards: 1,
+            durability: like.durability.clone(),
+            retention_ms: like.retention_ms,
+            retention_bytes: like.retention_bytes,
+            max_deliveries: like.max_deliveries,
+            default_ttl_ms: None,
+        };
+        match self.create_stream(&c) {
+            Err(BrokerError::StreamExists(_)) => self.stream_by_name(name),
+            r => r,
+        }
+    }
+
+    /// Deletes a stream: its shards stop, their files and index entries go.
+    pub fn delete_stream(&self, name: &str, force: bool) -> Result<(), BrokerError> {
+        let n = StreamName::parse(name)?;
+        let mut meta = self.meta.lock().expect("meta lock");
+        let h = self.stream_by_name(&n)?;
+        let subs = h.subscribers.load(Ordering::Acquire);
+        if subs > 0 && !force {
+            return Err(BrokerError::Invalid(format!(
+                "stream {n} has {subs} active subscription(s); delete with force to end them"
+            )));
+        }
+        meta.delete(&n)?;
+        self.streams.write().expect("streams lock").remove(&n.to_string());
+        for s in &h.shards {
+            s.close();
+            self.maintenance.unregister(s.id);
+            self.hot.forget_shard(s.id);
+            self.index.clear_shard(s.id)?;
+            let dir = self.shard_dir(s.id);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted shard's files");
+            }
+        }
+        tracing::info!(stream = %n, "stream deleted");
+        Ok(())
+    }
+
+    /// Changes a stream's retention; the next upkeep round applies it.
+    pub fn set_retention(
+        &self,
+        name: &str,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        let n = StreamName::parse(name)?;
+        let h = self.stream_by_name(&n)?;
+        let m = self
+            .meta
+            .lock()
+            .expect("meta lock")
+            .set_retention(&n, retention_ms, retention_bytes)?;
+        *h.meta.lock().expect("stream meta lock") = m;
+        Ok(())
+    }
+
+    /// A stream's settings and per-shard figures.
+    pub fn describe(&self, name: &str) -> Result<(StreamConfig, Vec<ShardStats>), BrokerError> {
+        let h = self.stream(name)?;
+        let stats = h
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.log().with(|l| ShardStats {
+                    shard: i as u32,
+                    earliest: l.earliest_offset().0,
+                    next: s.high_watermark(),
+                    bytes: l.size_bytes(),
+                    segments: l.segments().len() as u32,
+                })
+            })
+            .collect();
+        Ok((h.meta().config(&h.name), stats))
+    }
+
+    /// Brokers and streams for a metadata reply (`names` empty: every stream).
+    pub fn metadata(&self, names: &[String]) -> Result<(Vec<BrokerInfo>, Vec<StreamInfo>), BrokerError> {
+        let handles = if names.is_empty() {
+            self.streams()
+        } else {
+            names.iter().map(|n| self.stream(n)).collect::<Result<_, _>>()?
+        };
+        let me = self.broker_id;
+        let streams = handles
+            .iter()
+            .map(|h| StreamInfo {
+                name: h.name.to_string(),
+                kind: h.meta().kind.wire(),
+                shards: (0..h.shards.len() as u32)
+                    .map(|shard| ShardInfo {
+                        shard,
+                        leader: Some(me),
+                        replicas: vec![me],
+                    })
+                    .collect(),
+            })
+            .collect();
+        let brokers = vec![BrokerInfo {
+            id: me,
+            address: self.address.lock().expect("address lock").clone(),
+        }];
+        Ok((brokers, streams))
+    }
+
+    /// One round of upkeep: retention and segment rolling on every shard.
+    /// (TTL sweeps and compaction run on the index's maintenance thread.)
+    pub fn upkeep(&self, now_ms: i64) {
+        for h in self.streams() {
+            let m = h.meta();
+            let r = Retention {
+                retention_ms: m.retention_ms,
+                retention_bytes: m.retention_bytes,
+            };
+            for s in &h.shards {
+                let res = s.log().with(|l| -> Result<(), BrokerError> {
+                    l.roll_if_due(now_ms)?;
+                    let out = l.apply_retention(now_ms, r)?;
+                    if out.segments_deleted > 0 {
+                        self.index.on_retention(s.id, l)?;
+                        tracing::debug!(shard = s.id.0, segments = out.segments_deleted, "retention");
+                    }
+                    Ok(())
+                });
+                if let Err(e) = res {
+                    tracing::warn!(shard = s.id.0, error = %e, "upkeep failed");
+                }
+            }
+        }
+    }
+
+    /// Runs [`Node::upkeep`] every `every` until the node is dropped.
+    pub fn start_upkeep(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(node) = weak.upgrade() else { return };
+                let now = node.now_ms();
+                let _ = tokio::task::spawn_blocking(move || node.upkeep(now)).await;
+            }
+        })
+    }
+}
+
+fn compaction_config(kind: StreamKind) -> CompactionConfig {
+    match kind {
+        // A cache keeps no history worth reading: compact as soon as half is dead.
+        StreamKind::Cache => CompactionConfig {
+            delete_retention_ms: 60_000,
+            ..CompactionConfig::default()
+        },
+        _ => CompactionConfig::default(),
+    }
+}

@@ -1,0 +1,102 @@
+//! Starting a broker: TLS material, the QUIC endpoint, the node and its
+//! upkeep; and the client profile (`client.toml`) that tells the CLI and
+//! applications where the broker is and which CA to trust.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use felix_client::server::Server;
+use felix_client::transport::{self, ServerTls, TransportConfig, ALPN};
+use serde::{Deserialize, Serialize};
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::handler::NodeHandler;
+use crate::node::{Clock, Node};
+
+/// What a client needs to reach a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientProfile {
+    /// `host:port` of one or more brokers.
+    pub brokers: Vec<String>,
+    /// The name the brokers' certificate is checked against.
+    pub server_name: String,
+    /// PEM file of the CA that signed the brokers' certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key for mTLS, if the brokers require it.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClientProfile {
+    pub fn load(path: &Path) -> Result<ClientProfile, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| BrokerError::Config {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        toml::from_str(&text).map_err(|e| BrokerError::Config {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), BrokerError> {
+        let text = toml::to_string(self).map_err(|e| BrokerError::Config {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        std::fs::write(path, text)?;
+        Ok(())
+    }
+}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct Running {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    /// The CA clients should trust (development certificates only).
+    pub dev_ca: Option<PathBuf>,
+    server: Server,
+    upkeep: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops serving and closes the node's logs.
+    pub async fn stop(self) {
+        self.server.close().await;
+        self.upkeep.abort();
+    }
+}
+
+/// Opens the node and serves it. Must run inside a tokio runtime.
+pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, BrokerError> {
+    let (tls, dev_ca) = if config.tls.dev {
+        let d = transport::dev_certificates(&config.data_dir, &[])?;
+        (d.server_tls(false)?, Some(d.ca))
+    } else {
+        let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+            return Err(BrokerError::Invalid("tls.cert and tls.key are required".into()));
+        };
+        (
+            ServerTls::from_pem_files(cert, key, config.tls.client_ca.as_deref())?,
+            None,
+        )
+    };
+    let node = tokio::task::block_in_place(|| Node::open(config, clock))?;
+    let endpoint = transport::server_endpoint(config.listen, &tls, ALPN, &TransportConfig::default())?;
+    let addr = endpoint.local_addr()?;
+    node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
+    let server = Server::start(endpoint, Arc::new(NodeHandler { node: node.clone() }));
+    let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));
+    Ok(Running {
+        node,
+        addr,
+        dev_ca,
+        server,
+        upkeep,
+    })
+}
