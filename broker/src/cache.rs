@@ -45,7 +45,12 @@ pub fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<CacheEnt
     read_through(node, shard, key, now)
 }
 
-fn read_through(node: &Node, shard: &HostedShard, key: &Bytes, now: i64) -> Result<Option<CacheEntry>, BrokerError> {
+fn read_through(
+    node: &Node,
+    shard: &HostedShard,
+    key: &Bytes,
+    now: i64,
+) -> Result<Option<CacheEntry>, BrokerError> {
     let before = shard.applied_count.load(Ordering::Acquire);
     let found = shard
         .log()
@@ -108,7 +113,7 @@ pub async fn write(
         headers: &[],
     })?;
     let at = shard.append(Bytes::from(b.build(Compression::None)?)).await?;
-    let version = at.base_offset;
+    let version = felix_index::encoding::version_of(felix_log::Offset(at.base_offset));
     let hot = match value {
         Some(value) => Hot::Value(CacheEntry {
             value,

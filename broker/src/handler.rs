@@ -12,11 +12,11 @@ use felix_client::wire::{AckLevel, ErrorReply, Message};
 use felix_index::control::{control_batch, ControlOp};
 use felix_log::Batch;
 
+use crate::cache;
 use crate::error::BrokerError;
 use crate::node::{Node, StreamHandle};
 use crate::queue::{self, Change};
 use crate::subscribe::{check_commit, start_offset, StreamPush};
-use crate::cache;
 
 /// The node behind the QUIC server.
 #[derive(Debug, Clone)]
@@ -49,7 +49,10 @@ impl Handler for NodeHandler {
         match self.handle(request).await {
             Ok(r) => r,
             Err(e) => {
-                if matches!(e, BrokerError::Log(_) | BrokerError::Index(_) | BrokerError::Io(_)) {
+                if matches!(
+                    e,
+                    BrokerError::Log(_) | BrokerError::Index(_) | BrokerError::Io(_)
+                ) {
                     tracing::warn!(error = %e, "request failed");
                 }
                 Reply::Message(Message::Error(e.into()))
@@ -131,7 +134,8 @@ impl NodeHandler {
                     name: Bytes::from(name.into_bytes()),
                     offset: check_commit(s, offset)?,
                 };
-                s.append(Bytes::from(control_batch(&[op], node.now_ms())?)).await?;
+                s.append(Bytes::from(control_batch(&[op], node.now_ms())?))
+                    .await?;
                 done()
             }
             Message::GroupFetch {

@@ -25,10 +25,14 @@ const LARGEST_SHARE: usize = 16;
 pub enum Hot {
     Value(CacheEntry),
     /// Deleted at this version.
-    Gone { version: u64 },
+    Gone {
+        version: u64,
+    },
     /// Written at this version with a value too large to keep: reads go to
     /// the index, and older versions may not come back.
-    Elsewhere { version: u64 },
+    Elsewhere {
+        version: u64,
+    },
 }
 
 impl Hot {
@@ -88,7 +92,9 @@ impl HotCache {
     pub fn offer(&self, shard: ShardId, key: Bytes, hot: Hot) {
         let mut hot = hot;
         if hot.cost(&key) > self.bytes_max / LARGEST_SHARE {
-            hot = Hot::Elsewhere { version: hot.version() };
+            hot = Hot::Elsewhere {
+                version: hot.version(),
+            };
         }
         let cost = hot.cost(&key);
         let mut inner = self.inner.lock().expect("hot lock");
@@ -105,7 +111,9 @@ impl HotCache {
         inner.order.push_back((shard, key, version));
         inner.bytes += cost;
         while inner.bytes > self.bytes_max {
-            let Some((s, k, v)) = inner.order.pop_front() else { break };
+            let Some((s, k, v)) = inner.order.pop_front() else {
+                break;
+            };
             let stale = inner.map.get(&(s, k.clone())).is_none_or(|h| h.version() != v);
             if !stale {
                 let h = inner.map.remove(&(s, k.clone())).expect("present");

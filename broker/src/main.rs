@@ -1,11 +1,17 @@
 //! `felix`: the one command a user runs.
 
 mod bench;
+mod cli;
 mod logtool;
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use felix_broker::config::BrokerConfig;
+use felix_broker::node::system_clock;
+use felix_broker::server::{self, ClientProfile};
 
 #[derive(Parser)]
 #[command(
@@ -16,15 +22,39 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    common: cli::Common,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Everything in one process on this machine (not available yet: needs the broker).
+    /// Everything in one process on this machine: a broker with embedded
+    /// defaults, development certificates and a client profile.
     Dev {
         #[arg(long, default_value = "./felix-data")]
         data_dir: PathBuf,
+        /// QUIC address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
     },
+    /// A broker configured by a TOML file.
+    Broker {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Streams: create, list, describe, delete, set-retention.
+    #[command(subcommand)]
+    Stream(cli::StreamCommand),
+    /// Caches: create, put, get, del.
+    #[command(subcommand)]
+    Cache(cli::CacheCommand),
+    /// Publish one record per line of stdin (or --file); prints shard and offset.
+    Publish(cli::PublishArgs),
+    /// Print a stream's records, from a position, then live.
+    Subscribe(cli::SubscribeArgs),
+    /// Consumer groups.
+    #[command(subcommand)]
+    Group(cli::GroupCommand),
     /// Inspect and recover a shard's segment log directory.
     #[command(subcommand)]
     Log(logtool::LogCommand),
@@ -40,13 +70,91 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Dev { data_dir } => anyhow::bail!(
-            "`felix dev` needs the broker, which is not built yet (see the README's status). \
-             Nothing was written to {}. Available today: `felix log check|dump` and `felix bench log`.",
-            data_dir.display()
-        ),
+    let args = Cli::parse();
+    let common = args.common;
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+    };
+    match args.command {
+        Command::Dev { data_dir, listen } => {
+            let config = BrokerConfig {
+                data_dir,
+                listen,
+                ..BrokerConfig::default()
+            };
+            rt()?.block_on(serve(config, true))
+        }
+        Command::Broker { config } => {
+            let c = BrokerConfig::load(&config)?;
+            rt()?.block_on(serve(c, false))
+        }
+        Command::Stream(c) => rt()?.block_on(cli::stream(&common, c)),
+        Command::Cache(c) => rt()?.block_on(cli::cache(&common, c)),
+        Command::Publish(a) => rt()?.block_on(cli::publish(&common, a)),
+        Command::Subscribe(a) => rt()?.block_on(cli::subscribe(&common, a)),
+        Command::Group(c) => rt()?.block_on(cli::group(&common, c)),
         Command::Log(c) => logtool::run(c),
         Command::Bench(c) => bench::run(c),
+    }
+}
+
+/// Runs a broker until SIGINT or SIGTERM. `dev` also writes the client
+/// profile and prints how to reach the broker.
+async fn serve(mut config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    config.data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let running = server::start(&config, system_clock()).await.with_context(|| {
+        format!(
+            "starting the broker on {} with data in {}",
+            config.listen,
+            config.data_dir.display()
+        )
+    })?;
+    let profile_path = config.data_dir.join("client.toml");
+    if let Some(ca) = &running.dev_ca {
+        let p = ClientProfile {
+            brokers: vec![running.addr.to_string()],
+            server_name: "localhost".into(),
+            ca: ca.clone(),
+            cert: None,
+            key: None,
+        };
+        p.save(&profile_path)?;
+    }
+    if dev {
+        print_dev_banner(&running, &config.data_dir, &profile_path);
+    } else {
+        println!("felix broker {} listening on {}", config.broker_id, running.addr);
+    }
+    wait_for_shutdown().await;
+    eprintln!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+fn print_dev_banner(r: &server::Running, dir: &Path, profile: &Path) {
+    println!("felix dev is running");
+    println!("  endpoint  quic://{}", r.addr);
+    if let Some(ca) = &r.dev_ca {
+        println!("  CA        {}", ca.display());
+    }
+    println!("  profile   {}", profile.display());
+    println!("  data      {}", dir.display());
+    println!("try: felix stream create orders --shards 3   (Ctrl-C stops)");
+}
+
+async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }

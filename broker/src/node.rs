@@ -210,7 +210,13 @@ impl Node {
 
     /// Every stream, by name.
     pub fn streams(&self) -> Vec<Arc<StreamHandle>> {
-        let mut v: Vec<_> = self.streams.read().expect("streams lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -237,7 +243,11 @@ impl Node {
 
     /// Creates `name` as a one-shard stream like `like` if it does not exist
     /// (dead-letter streams).
-    pub fn ensure_stream(&self, name: &StreamName, like: &StreamMeta) -> Result<Arc<StreamHandle>, BrokerError> {
+    pub fn ensure_stream(
+        &self,
+        name: &StreamName,
+        like: &StreamMeta,
+    ) -> Result<Arc<StreamHandle>, BrokerError> {
         if let Ok(h) = self.stream_by_name(name) {
             return Ok(h);
         }
@@ -324,16 +334,24 @@ impl Node {
 
     /// Brokers and streams for a metadata reply (`names` empty: every stream).
     pub fn metadata(&self, names: &[String]) -> Result<(Vec<BrokerInfo>, Vec<StreamInfo>), BrokerError> {
-        let handles = if names.is_empty() {
+        // Requested streams are named as asked (a bare `orders` stays
+        // `orders`), so a client finds them under the name it uses.
+        let handles: Vec<(String, Arc<StreamHandle>)> = if names.is_empty() {
             self.streams()
+                .into_iter()
+                .map(|h| (h.name.to_string(), h))
+                .collect()
         } else {
-            names.iter().map(|n| self.stream(n)).collect::<Result<_, _>>()?
+            names
+                .iter()
+                .map(|n| self.stream(n).map(|h| (n.clone(), h)))
+                .collect::<Result<_, _>>()?
         };
         let me = self.broker_id;
         let streams = handles
             .iter()
-            .map(|h| StreamInfo {
-                name: h.name.to_string(),
+            .map(|(name, h)| StreamInfo {
+                name: name.clone(),
                 kind: h.meta().kind.wire(),
                 shards: (0..h.shards.len() as u32)
                     .map(|shard| ShardInfo {

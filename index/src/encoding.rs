@@ -156,11 +156,11 @@ pub struct KeyEntry {
 }
 
 impl KeyEntry {
-    /// The key's version as clients see it: the offset of its latest write,
-    /// which is unique, grows with every write and survives compaction and
-    /// rebuild unchanged.
+    /// The key's version as clients see it: one more than the offset of its
+    /// latest write, which is unique, grows with every write and survives
+    /// compaction and rebuild unchanged. Never 0, which means "absent".
     pub fn version(&self) -> u64 {
-        self.offset.0
+        version_of(self.offset)
     }
 
     pub fn expired(&self, now_ms: i64) -> bool {
@@ -171,6 +171,11 @@ impl KeyEntry {
     pub fn visible(&self, now_ms: i64) -> bool {
         !self.tombstone && !self.expired(now_ms)
     }
+}
+
+/// The version a write at `offset` gives its key.
+pub fn version_of(offset: Offset) -> u64 {
+    offset.0 + 1
 }
 
 pub fn keys_value(e: &KeyEntry) -> [u8; KEYS_VALUE_BYTES] {

@@ -93,7 +93,7 @@ fn run(ops: Vec<Op>) {
                     k,
                     Entry {
                         value: v,
-                        version: o.0,
+                        version: o.0 + 1,
                         expiry: ttl.map(|t| now + i64::from(t)),
                     },
                 );
@@ -113,7 +113,7 @@ fn run(ops: Vec<Op>) {
                             k,
                             Entry {
                                 value: v,
-                                version: o.0,
+                                version: o.0 + 1,
                                 expiry: None,
                             },
                         );

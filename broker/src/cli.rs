@@ -1,0 +1,703 @@
+//! The client commands of `felix`: streams, caches, publish, subscribe and
+//! consumer groups, talking to a broker found through a client profile.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use base64::Engine;
+use clap::{Args, Subcommand, ValueEnum};
+use felix_broker::server::ClientProfile;
+use felix_client::transport::ClientTls;
+use felix_client::wire::{Message, ShardStats, Start, StreamConfig};
+use felix_client::{Client, ClientConfig, Route, SubscribeOptions};
+use serde_json::json;
+
+/// Where a profile is looked for when none is given.
+pub const DEFAULT_PROFILE: &str = "./felix-data/client.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Client profile (default: $FELIX_PROFILE, else ./felix-data/client.toml).
+    #[arg(long, global = true)]
+    pub profile: Option<PathBuf>,
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StreamCommand {
+    /// Create a stream.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// always | interval:<ms> | none
+        #[arg(long, default_value = "always")]
+        durability: String,
+        /// Keep records this long (e.g. 7d, 12h, 30m); default forever.
+        #[arg(long, value_parser = parse_duration_ms)]
+        retention: Option<u64>,
+        /// Keep at most this many bytes per shard; default unbounded.
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Deliveries after which a consumer group dead-letters a record.
+        #[arg(long, default_value_t = 5)]
+        max_deliveries: u32,
+        /// Keep only the latest record per key (a compacted stream).
+        #[arg(long)]
+        compacted: bool,
+    },
+    /// List streams and caches.
+    List,
+    /// Settings and per-shard offsets of a stream.
+    Describe { name: String },
+    /// Delete a stream and its data.
+    Delete {
+        name: String,
+        /// Even with subscribers attached (they are ended).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change retention; takes effect within a second.
+    SetRetention {
+        name: String,
+        /// Time to keep (e.g. 1h) or `none` for forever.
+        #[arg(long)]
+        time: Option<String>,
+        /// Bytes per shard or `none` for unbounded.
+        #[arg(long)]
+        bytes: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Create a cache.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        #[arg(long, default_value = "always")]
+        durability: String,
+        /// TTL of a put that gives none (e.g. 10m); default none.
+        #[arg(long, value_parser = parse_duration_ms)]
+        ttl: Option<u64>,
+    },
+    /// Write a value; prints its version.
+    Put {
+        name: String,
+        key: String,
+        value: String,
+        #[arg(long, value_parser = parse_duration_ms)]
+        ttl: Option<u64>,
+        /// Write only if the key's version is this (0: only if absent).
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+    /// Read a value.
+    Get { name: String, key: String },
+    /// Delete a key.
+    Del {
+        name: String,
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Lease records as a member of a consumer group, print them and ack them.
+    Consume {
+        stream: String,
+        #[arg(long)]
+        group: String,
+        /// Stop after this many records (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Lease time (e.g. 30s).
+        #[arg(long, value_parser = parse_duration_ms, default_value = "30s")]
+        lease: u64,
+        /// Print without acking: the records are redelivered when the lease ends.
+        #[arg(long)]
+        no_ack: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    pub stream: String,
+    /// Key of every record (routes to hash(key) mod shards).
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub shard: Option<u32>,
+    /// Read records (one per line) from this file instead of stdin.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    pub stream: String,
+    /// earliest | latest | offset:N | time:RFC3339
+    #[arg(long, default_value = "latest")]
+    pub from: String,
+    #[arg(long)]
+    pub shard: Option<u32>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// A named subscription: resumes from its committed cursor, commits as it goes.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `500ms`, `30s`, `5m`, `7d`, or a number of milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(ms);
+    }
+    humantime::parse_duration(s)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 30s, 5m, 7d)"))
+}
+
+fn parse_limit(
+    s: Option<&str>,
+    what: &str,
+    parse: impl Fn(&str) -> Result<u64, String>,
+) -> anyhow::Result<Option<u64>> {
+    match s {
+        None | Some("none") => Ok(None),
+        Some(v) => parse(v).map(Some).map_err(|e| anyhow!("--{what}: {e}")),
+    }
+}
+
+fn parse_start(s: &str) -> anyhow::Result<Start> {
+    Ok(match s {
+        "earliest" => Start::Earliest,
+        "latest" => Start::Latest,
+        _ => {
+            if let Some(o) = s.strip_prefix("offset:") {
+                Start::Offset(
+                    o.parse()
+                        .with_context(|| format!("--from {s}: offset must be a number"))?,
+                )
+            } else if let Some(t) = s.strip_prefix("time:") {
+                let t = humantime::parse_rfc3339_weak(t).with_context(|| {
+                    format!("--from {s}: expected an RFC 3339 time like 2026-11-22T10:00:00Z")
+                })?;
+                let ms = t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|_| anyhow!("--from {s}: before 1970"))?
+                    .as_millis() as i64;
+                Start::Time(ms)
+            } else {
+                bail!("--from {s}: expected earliest, latest, offset:N or time:RFC3339")
+            }
+        }
+    })
+}
+
+/// The profile to use and where it came from.
+fn profile_path(c: &Common) -> (PathBuf, &'static str) {
+    if let Some(p) = &c.profile {
+        return (p.clone(), "--profile");
+    }
+    if let Ok(p) = std::env::var("FELIX_PROFILE") {
+        return (PathBuf::from(p), "FELIX_PROFILE");
+    }
+    (PathBuf::from(DEFAULT_PROFILE), "the default location")
+}
+
+/// Connects using the profile; errors name the profile and the address.
+pub async fn connect(c: &Common) -> anyhow::Result<Client> {
+    let (path, source) = profile_path(c);
+    let p = ClientProfile::load(&path).map_err(|e| {
+        anyhow!(
+            "cannot read the client profile {} (from {source}): {e}\n\
+             hint: start a broker with `felix dev`, which writes ./felix-data/client.toml, \
+             or pass --profile FILE",
+            path.display()
+        )
+    })?;
+    connect_profile(&p, &path).await
+}
+
+pub async fn connect_profile(p: &ClientProfile, path: &Path) -> anyhow::Result<Client> {
+    let identity = match (&p.cert, &p.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        _ => None,
+    };
+    let tls = ClientTls::from_pem_files(&p.ca, identity)
+        .with_context(|| format!("TLS files of profile {}", path.display()))?;
+    let broker = p
+        .brokers
+        .first()
+        .ok_or_else(|| anyhow!("profile {} lists no brokers", path.display()))?;
+    let mut cfg = ClientConfig::new(broker.clone(), tls);
+    cfg.brokers = p.brokers.clone();
+    cfg.server_name = p.server_name.clone();
+    let client = Client::connect(cfg).await.map_err(|e| {
+        anyhow!(
+            "cannot reach the broker at {} (profile {}): {e}\nhint: is `felix dev` running?",
+            p.brokers.join(", "),
+            path.display()
+        )
+    })?;
+    Ok(client)
+}
+
+async fn admin(client: &Client, m: Message) -> anyhow::Result<Message> {
+    match client.call(Route::Any, &m).await? {
+        Message::Error(e) => Err(e.into()),
+        m => Ok(m),
+    }
+}
+
+fn kind_name(k: u8) -> &'static str {
+    match k {
+        0 => "stream",
+        1 => "compacted",
+        2 => "cache",
+        _ => "unknown",
+    }
+}
+
+fn fmt_opt_ms(v: Option<u64>) -> String {
+    v.map_or("forever".into(), |ms| {
+        humantime::format_duration(Duration::from_millis(ms)).to_string()
+    })
+}
+
+fn print_json(v: serde_json::Value) {
+    println!("{v}");
+}
+
+/// A record's bytes as JSON: text when UTF-8, else base64.
+fn bytes_json(b: &[u8]) -> (serde_json::Value, bool) {
+    match std::str::from_utf8(b) {
+        Ok(s) => (json!(s), false),
+        Err(_) => (json!(base64::engine::general_purpose::STANDARD.encode(b)), true),
+    }
+}
+
+fn record_json(
+    shard: u32,
+    offset: u64,
+    key: Option<&[u8]>,
+    value: &[u8],
+    ts: i64,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let (v, v64) = bytes_json(value);
+    let (k, k64) = key.map_or((serde_json::Value::Null, false), bytes_json);
+    let mut o = json!({"shard": shard, "offset": offset, "key": k, "value": v, "timestamp": ts});
+    if v64 || k64 {
+        o["encoding"] = json!("base64");
+    }
+    if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    o
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
+    let client = connect(c).await?;
+    match cmd {
+        StreamCommand::Create {
+            name,
+            shards,
+            durability,
+            retention,
+            retention_bytes,
+            max_deliveries,
+            compacted,
+        } => {
+            let cfg = StreamConfig {
+                name: name.clone(),
+                kind: u8::from(compacted),
+                shards,
+                durability,
+                retention_ms: retention,
+                retention_bytes,
+                max_deliveries,
+                default_ttl_ms: None,
+            };
+            admin(&client, Message::StreamCreate(cfg)).await?;
+            report(c, json!({"created": name, "shards": shards}), || {
+                format!("created {name} with {shards} shard(s)")
+            });
+        }
+        StreamCommand::List => {
+            let Message::MetadataReply { streams, .. } =
+                admin(&client, Message::Metadata { streams: vec![] }).await?
+            else {
+                bail!("unexpected reply to a metadata request");
+            };
+            for s in streams {
+                report(
+                    c,
+                    json!({"name": s.name, "kind": kind_name(s.kind), "shards": s.shards.len()}),
+                    || format!("{}\t{}\t{} shard(s)", s.name, kind_name(s.kind), s.shards.len()),
+                );
+            }
+        }
+        StreamCommand::Describe { name } => {
+            let Message::StreamDescription { config, shards } =
+                admin(&client, Message::StreamDescribe { name }).await?
+            else {
+                bail!("unexpected reply to a describe request");
+            };
+            describe(c, &config, &shards);
+        }
+        StreamCommand::Delete { name, force } => {
+            admin(
+                &client,
+                Message::StreamDelete {
+                    name: name.clone(),
+                    force,
+                },
+            )
+            .await?;
+            report(c, json!({"deleted": name}), || format!("deleted {name}"));
+        }
+        StreamCommand::SetRetention { name, time, bytes } => {
+            if time.is_none() && bytes.is_none() {
+                bail!("give --time and/or --bytes (a value, or `none` for unbounded)");
+            }
+            let Message::StreamDescription { config, .. } =
+                admin(&client, Message::StreamDescribe { name: name.clone() }).await?
+            else {
+                bail!("unexpected reply to a describe request");
+            };
+            let retention_ms = match &time {
+                Some(t) => parse_limit(Some(t), "time", parse_duration_ms)?,
+                None => config.retention_ms,
+            };
+            let retention_bytes = match &bytes {
+                Some(b) => parse_limit(Some(b), "bytes", |s| s.parse::<u64>().map_err(|e| e.to_string()))?,
+                None => config.retention_bytes,
+            };
+            admin(
+                &client,
+                Message::StreamSetRetention {
+                    name: name.clone(),
+                    retention_ms,
+                    retention_bytes,
+                },
+            )
+            .await?;
+            report(
+                c,
+                json!({"stream": name, "retention_ms": retention_ms, "retention_bytes": retention_bytes}),
+                || {
+                    format!(
+                        "{name}: retention {} / {}",
+                        fmt_opt_ms(retention_ms),
+                        retention_bytes.map_or("unbounded".into(), |b| format!("{b} bytes"))
+                    )
+                },
+            );
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn describe(c: &Common, config: &StreamConfig, shards: &[ShardStats]) {
+    if c.output == Output::Json {
+        print_json(json!({
+            "name": config.name, "kind": kind_name(config.kind), "durability": config.durability,
+            "retention_ms": config.retention_ms, "retention_bytes": config.retention_bytes,
+            "max_deliveries": config.max_deliveries, "default_ttl_ms": config.default_ttl_ms,
+            "shards": shards.iter().map(|s| json!({"shard": s.shard, "earliest": s.earliest, "latest": s.next, "bytes": s.bytes, "segments": s.segments})).collect::<Vec<_>>(),
+        }));
+        return;
+    }
+    println!("{} ({})", config.name, kind_name(config.kind));
+    println!("  durability      {}", config.durability);
+    println!("  retention       {}", fmt_opt_ms(config.retention_ms));
+    println!(
+        "  retention bytes {}",
+        config
+            .retention_bytes
+            .map_or("unbounded".into(), |b| b.to_string())
+    );
+    println!("  max deliveries  {}", config.max_deliveries);
+    if let Some(t) = config.default_ttl_ms {
+        println!("  default ttl     {}", fmt_opt_ms(Some(t)));
+    }
+    println!("  shard  earliest  next  bytes  segments");
+    for s in shards {
+        println!(
+            "  {:>5}  {:>8}  {:>4}  {:>5}  {:>8}",
+            s.shard, s.earliest, s.next, s.bytes, s.segments
+        );
+    }
+}
+
+fn report(c: &Common, j: serde_json::Value, t: impl FnOnce() -> String) {
+    match c.output {
+        Output::Json => print_json(j),
+        Output::Text => println!("{}", t()),
+    }
+}
+
+pub async fn cache(c: &Common, cmd: CacheCommand) -> anyhow::Result<()> {
+    let client = connect(c).await?;
+    match cmd {
+        CacheCommand::Create {
+            name,
+            shards,
+            durability,
+            ttl,
+        } => {
+            let cfg = StreamConfig {
+                name: name.clone(),
+                kind: 2,
+                shards,
+                durability,
+                retention_ms: None,
+                retention_bytes: None,
+                max_deliveries: 5,
+                default_ttl_ms: ttl,
+            };
+            admin(&client, Message::StreamCreate(cfg)).await?;
+            report(c, json!({"created": name, "shards": shards}), || {
+                format!("created cache {name}")
+            });
+        }
+        CacheCommand::Put {
+            name,
+            key,
+            value,
+            ttl,
+            if_version,
+        } => {
+            let cache = client.cache(&name);
+            let out = match if_version {
+                None => felix_client::CasOutcome::Written(cache.put(key.clone(), value, ttl).await?),
+                Some(v) => cache.put_if_version(key.clone(), value, ttl, v).await?,
+            };
+            written(c, &key, out)?;
+        }
+        CacheCommand::Get { name, key } => {
+            let e = client.cache(&name).get(key.clone()).await?;
+            match e {
+                Some(e) => {
+                    let (v, b64) = bytes_json(&e.value);
+                    let mut j =
+                        json!({"key": key, "value": v, "version": e.version, "expiry_ms": e.expiry_ms});
+                    if b64 {
+                        j["encoding"] = json!("base64");
+                    }
+                    report(c, j, || format!("{}\t(version {})", text(&e.value), e.version));
+                }
+                None => {
+                    report(c, json!({"key": key, "value": null}), || {
+                        format!("{key}: not found")
+                    });
+                    std::process::exit(3);
+                }
+            }
+        }
+        CacheCommand::Del {
+            name,
+            key,
+            if_version,
+        } => {
+            let out = client.cache(&name).delete(key.clone(), if_version).await?;
+            written(c, &key, out)?;
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+fn written(c: &Common, key: &str, out: felix_client::CasOutcome) -> anyhow::Result<()> {
+    match out {
+        felix_client::CasOutcome::Written(v) => {
+            report(c, json!({"key": key, "version": v}), || {
+                format!("{key}: version {v}")
+            });
+            Ok(())
+        }
+        felix_client::CasOutcome::Conflict(e) => {
+            let have = e.map(|e| e.version).unwrap_or(0);
+            bail!("{key}: version mismatch; the key is at version {have} (0 = absent); nothing written")
+        }
+    }
+}
+
+pub async fn publish(c: &Common, a: PublishArgs) -> anyhow::Result<()> {
+    let client = connect(c).await?;
+    let producer = client
+        .producer(&a.stream, felix_client::ProducerConfig::default())
+        .await?;
+    let input: Box<dyn BufRead> = match &a.file {
+        Some(f) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("--file {}", f.display()))?,
+        )),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let mut pending = std::collections::VecDeque::new();
+    let print = |ack: felix_client::RecordAck| {
+        report(c, json!({"shard": ack.shard, "offset": ack.offset}), || {
+            format!("shard {} offset {}", ack.shard, ack.offset)
+        });
+    };
+    for line in input.lines() {
+        let line = line.context("reading input")?;
+        let mut r = match &a.key {
+            Some(k) => felix_client::ProducerRecord::keyed(k.clone(), line),
+            None => felix_client::ProducerRecord::new(line),
+        };
+        r.shard = a.shard;
+        pending.push_back(producer.send(r).await?);
+        // Keep acks in order and memory bounded.
+        while pending.len() > 1024 {
+            let ack = pending
+                .pop_front()
+                .expect("non-empty")
+                .wait()
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            print(ack);
+        }
+    }
+    producer.flush().await?;
+    for p in pending {
+        print(p.wait().await.map_err(|e| anyhow!("{e}"))?);
+    }
+    producer.close().await?;
+    client.close().await;
+    Ok(())
+}
+
+pub async fn subscribe(c: &Common, a: SubscribeArgs) -> anyhow::Result<()> {
+    let client = connect(c).await?;
+    let mut start = parse_start(&a.from)?;
+    if a.name.is_some() && a.from == "latest" {
+        // A named subscription resumes where it left off unless told otherwise.
+        start = Start::Committed;
+    }
+    let opts = SubscribeOptions {
+        shards: a.shard.into_iter().collect(),
+        start,
+        durable: a.name.clone(),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(&a.stream, opts).await?;
+    let mut seen = 0u64;
+    let stdout = std::io::stdout();
+    while a.count.is_none_or(|n| seen < n) {
+        let Some(d) = sub.next().await else { break };
+        let d = d?;
+        let r = &d.record;
+        let value = r.value.as_deref().unwrap_or_default();
+        {
+            let mut out = stdout.lock();
+            match c.output {
+                Output::Json => {
+                    let headers: serde_json::Map<String, serde_json::Value> = r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (text(k), bytes_json(v).0))
+                        .collect();
+                    let extra = if headers.is_empty() {
+                        json!({})
+                    } else {
+                        json!({ "headers": headers })
+                    };
+                    writeln!(
+                        out,
+                        "{}",
+                        record_json(
+                            d.shard,
+                            r.offset.0,
+                            r.key.as_deref(),
+                            value,
+                            r.timestamp_ms,
+                            extra
+                        )
+                    )?
+                }
+                Output::Text => writeln!(out, "{}\t{}\t{}", d.shard, r.offset.0, text(value))?,
+            }
+        }
+        if a.name.is_some() {
+            sub.commit(d.shard, r.offset.0 + 1).await?;
+        }
+        seen += 1;
+    }
+    drop(sub);
+    client.close().await;
+    Ok(())
+}
+
+pub async fn group(c: &Common, cmd: GroupCommand) -> anyhow::Result<()> {
+    let client = connect(c).await?;
+    let GroupCommand::Consume {
+        stream,
+        group,
+        count,
+        lease,
+        no_ack,
+    } = cmd;
+    let consumer = client.group_consumer(&stream, &group);
+    let mut seen = 0u64;
+    while count.is_none_or(|n| seen < n) {
+        let want = count.map_or(100, |n| (n - seen).min(100)) as u32;
+        let got = consumer
+            .fetch(want, lease.min(u64::from(u32::MAX)) as u32)
+            .await?;
+        if got.records.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let mut items = Vec::with_capacity(got.records.len());
+        for r in &got.records {
+            match c.output {
+                Output::Json => print_json(record_json(
+                    r.shard,
+                    r.offset,
+                    r.key.as_deref(),
+                    &r.value,
+                    r.timestamp_ms,
+                    json!({"deliveries": r.deliveries}),
+                )),
+                Output::Text => println!(
+                    "{}\t{}\t{}\t(delivery {})",
+                    r.shard,
+                    r.offset,
+                    text(&r.value),
+                    r.deliveries
+                ),
+            }
+            items.push((r.shard, r.offset));
+        }
+        if !no_ack {
+            consumer.ack(&items).await?;
+        }
+        seen += items.len() as u64;
+    }
+    client.close().await;
+    Ok(())
+}
