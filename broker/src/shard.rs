@@ -44,7 +44,8 @@ pub struct HostedShard {
     hwm: watch::Sender<u64>,
     in_flight: Arc<Semaphore>,
     /// Serialises index applies, which must follow log order.
-    applied: Mutex<RaftIndex>,
+    /// The first Raft index not indexed yet.
+    unapplied: Mutex<RaftIndex>,
     /// producer id → (sequence, where that batch landed).
     producers: Mutex<HashMap<u64, (u64, Appended)>>,
     /// Bumped after every append; shared by the shards of one stream so a
@@ -87,7 +88,7 @@ impl HostedShard {
             index,
             hwm: watch::channel(next).0,
             in_flight: Arc::new(Semaphore::new(SHARD_IN_FLIGHT_BYTES_MAX)),
-            applied: Mutex::new(RaftIndex(next_index.0.saturating_sub(1))),
+            unapplied: Mutex::new(next_index),
             producers: Mutex::new(HashMap::new()),
             signal: Arc::new(watch::channel(0).0),
             closed: AtomicBool::new(false),
@@ -213,12 +214,12 @@ impl HostedShard {
 
     /// Indexes every entry up to `through` not indexed yet, in log order.
     fn apply_through(&self, through: RaftIndex) -> Result<(), BrokerError> {
-        let mut applied = self.applied.lock().expect("applied lock");
-        if *applied >= through {
+        let mut unapplied = self.unapplied.lock().expect("unapplied lock");
+        if *unapplied > through {
             return Ok(());
         }
         let entries: Vec<_> = self.log.with(|l| {
-            l.positioned_from_raft_index(RaftIndex(applied.0 + 1))
+            l.positioned_from_raft_index(*unapplied)
                 .take_while(|p| p.batch.header().raft_index <= through)
                 .collect()
         });
@@ -231,7 +232,7 @@ impl HostedShard {
                     "control ops refused"
                 );
             }
-            *applied = last.batch.header().raft_index;
+            *unapplied = last.batch.header().raft_index.next();
         }
         Ok(())
     }

@@ -215,3 +215,38 @@ fn the_metadata_file_survives_a_reopen_and_refuses_bad_streams() {
         Err(BrokerError::Metadata { .. })
     ));
 }
+
+#[tokio::test]
+async fn the_first_append_of_a_new_shard_is_indexed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(dir.path().join("index"), IndexConfig::default()).unwrap());
+    let cfg = LogConfig {
+        segment_bytes: 4 << 20,
+        ..Default::default()
+    };
+    let shard = HostedShard::open(
+        &dir.path().join("k"),
+        ShardId(9),
+        ShardKind::Keyed,
+        cfg,
+        index.clone(),
+    )
+    .unwrap();
+    let mut b = BatchBuilder::new(1 << 20);
+    b.push(RecordInput {
+        key: Some(b"k"),
+        value: Some(b"v"),
+        timestamp_ms: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    shard
+        .append(Bytes::from(b.build(Compression::None).unwrap()))
+        .await
+        .unwrap();
+    let e = index
+        .latest(ShardId(9), b"k", 2)
+        .unwrap()
+        .expect("indexed by the append itself");
+    assert_eq!(e.version(), 1);
+}

@@ -1,0 +1,135 @@
+//! Real broker processes for end-to-end tests: `felix dev` started on a
+//! free port with its own data directory, killed with SIGKILL or SIGTERM,
+//! restarted on the same data.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use felix_broker::server::ClientProfile;
+use felix_client::transport::ClientTls;
+use felix_client::wire::{Message, StreamConfig};
+use felix_client::{Client, ClientConfig, Route};
+
+pub struct Broker {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    pub profile: ClientProfile,
+}
+
+impl Broker {
+    /// Starts `felix dev` on `dir` and waits until it has written its profile.
+    pub fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, extra_env: &[(&str, &str)]) -> Broker {
+        let profile_path = dir.join("client.toml");
+        let _ = std::fs::remove_file(&profile_path);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn felix dev");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(p) = ClientProfile::load(&profile_path) {
+                return Broker {
+                    dir: dir.to_owned(),
+                    child: Some(child),
+                    profile: p,
+                };
+            }
+            assert!(Instant::now() < deadline, "felix dev did not start within 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_free_sigterm(c.id());
+            let status = c.wait().expect("wait");
+            assert!(status.success(), "felix dev exited with {status}");
+        }
+    }
+
+    /// Resident memory of the broker process, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        let kb: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kb * 1024
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let tls = ClientTls::from_pem_files(&self.profile.ca, None).expect("CA");
+        let mut c = ClientConfig::new(self.profile.brokers[0].clone(), tls);
+        c.server_name = self.profile.server_name.clone();
+        c
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config()).await.expect("connect")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+}
+
+pub fn stream_config(name: &str, shards: u32) -> StreamConfig {
+    StreamConfig {
+        name: name.into(),
+        kind: 0,
+        shards,
+        durability: "always".into(),
+        retention_ms: None,
+        retention_bytes: None,
+        max_deliveries: 5,
+        default_ttl_ms: None,
+    }
+}
+
+pub async fn admin(client: &Client, m: Message) -> Message {
+    match client.call(Route::Any, &m).await.expect("admin call") {
+        Message::Error(e) => panic!("admin request refused: {e}"),
+        m => m,
+    }
+}
+
+pub async fn create(client: &Client, c: StreamConfig) {
+    assert_eq!(admin(client, Message::StreamCreate(c)).await, Message::Done);
+}

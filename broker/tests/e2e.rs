@@ -1,0 +1,341 @@
+//! End to end: `felix dev` as a real process, real QUIC, the client
+//! library; crashes are SIGKILL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{admin, create, stream_config, Broker};
+use felix_client::wire::{ErrorReply, Message, Start};
+use felix_client::{CasOutcome, ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every record of `shard` from `from` until `n` have arrived.
+async fn read_n(
+    client: &felix_client::Client,
+    stream: &str,
+    shard: u32,
+    start: Start,
+    n: usize,
+) -> Vec<(u64, Bytes)> {
+    let opts = SubscribeOptions {
+        shards: vec![shard],
+        start,
+        ..SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(stream, opts).await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("records within 20 s")
+            .expect("subscription open")
+            .expect("record");
+        out.push((d.record.offset.0, d.record.value.unwrap()));
+    }
+    out
+}
+
+#[test]
+fn acknowledged_records_replay_in_order_at_the_same_offsets_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut b = Broker::start(dir.path());
+    let acked: BTreeMap<(u32, u64), Bytes> = rt.block_on(async {
+        let c = b.client().await;
+        create(&c, stream_config("orders", 3)).await;
+        let p = c.producer("orders", ProducerConfig::default()).await.unwrap();
+        let mut pending = Vec::new();
+        for i in 0..600u32 {
+            let v = Bytes::from(format!("order-{i}"));
+            let r = ProducerRecord::keyed(format!("customer-{}", i % 17), v.clone());
+            pending.push((v, p.send(r).await.unwrap()));
+        }
+        let mut acked = BTreeMap::new();
+        for (v, a) in pending {
+            let a = a.wait().await.expect("acked");
+            assert!(
+                acked.insert((a.shard, a.offset), v).is_none(),
+                "an offset acked twice"
+            );
+        }
+        acked
+    });
+    b.kill();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        for shard in 0..3u32 {
+            let want: Vec<(u64, Bytes)> = acked
+                .iter()
+                .filter(|((s, _), _)| *s == shard)
+                .map(|((_, o), v)| (*o, v.clone()))
+                .collect();
+            assert!(!want.is_empty(), "keys spread over every shard");
+            let got = read_n(&c, "orders", shard, Start::Earliest, want.len()).await;
+            assert_eq!(got, want, "shard {shard} replays what was acknowledged, in order");
+        }
+        // Keyed routing: one key, one shard.
+        let (_, streams) = match admin(
+            &c,
+            Message::Metadata {
+                streams: vec!["orders".into()],
+            },
+        )
+        .await
+        {
+            Message::MetadataReply { brokers, streams } => (brokers, streams),
+            m => panic!("{m:?}"),
+        };
+        assert_eq!(streams[0].shards.len(), 3);
+    });
+}
+
+#[test]
+fn leased_but_unacked_records_are_redelivered_after_sigkill_and_acked_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        create(&c, stream_config("jobs", 1)).await;
+        let p = c.producer("jobs", ProducerConfig::default()).await.unwrap();
+        for i in 0..4 {
+            p.send_wait(ProducerRecord::new(format!("job-{i}")))
+                .await
+                .unwrap();
+        }
+        let g = c.group_consumer("jobs", "workers");
+        let got = g.fetch(2, 1500).await.unwrap();
+        let offsets: Vec<u64> = got.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![0, 1]);
+        assert!(got.records.iter().all(|r| r.deliveries == 1));
+        g.ack(&[(0, 0)]).await.unwrap();
+        // Another consumer of the group cannot take what is leased.
+        let other = c.group_consumer("jobs", "workers");
+        let got2 = other.fetch(10, 1500).await.unwrap();
+        let o2: Vec<u64> = got2.records.iter().map(|r| r.offset).collect();
+        assert_eq!(o2, vec![2, 3], "no two consumers hold the same record");
+        other.ack(&[(0, 2), (0, 3)]).await.unwrap();
+        // A consumer that does not hold a lease cannot nack it.
+        let e = other.nack(&[(0, 1)], 0).await.unwrap_err();
+        assert!(e.to_string().contains("not leased to this consumer"), "{e}");
+    });
+    b.kill();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let g = c.group_consumer("jobs", "workers");
+        let got = g.fetch(10, 30_000).await.unwrap();
+        assert!(got.records.is_empty(), "offset 1's lease has not expired yet");
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let got = g.fetch(10, 30_000).await.unwrap();
+        let o: Vec<(u64, u32)> = got.records.iter().map(|r| (r.offset, r.deliveries)).collect();
+        assert_eq!(
+            o,
+            vec![(1, 2)],
+            "only the unacked record comes back, second delivery"
+        );
+        g.ack(&[(0, 1)]).await.unwrap();
+        assert!(g.fetch(10, 1000).await.unwrap().records.is_empty());
+    });
+}
+
+#[test]
+fn nacked_records_come_back_after_the_delay_and_dead_letter_after_max_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let mut cfg = stream_config("tasks", 1);
+        cfg.max_deliveries = 2;
+        create(&c, cfg).await;
+        let p = c.producer("tasks", ProducerConfig::default()).await.unwrap();
+        p.send_wait(ProducerRecord::keyed("t", "poison")).await.unwrap();
+        p.send_wait(ProducerRecord::keyed("t", "fine")).await.unwrap();
+        let g = c.group_consumer("tasks", "g");
+        let first = g.fetch(1, 10_000).await.unwrap();
+        assert_eq!(first.records[0].value, "poison");
+        g.nack(&[(0, 0)], 300).await.unwrap();
+        let got = g.fetch(1, 10_000).await.unwrap();
+        assert_eq!(
+            got.records[0].value, "fine",
+            "a nacked record waits out its delay"
+        );
+        g.ack(&[(0, 1)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let again = g.fetch(1, 10_000).await.unwrap();
+        assert_eq!((again.records[0].offset, again.records[0].deliveries), (0, 2));
+        g.nack(&[(0, 0)], 0).await.unwrap();
+        // Third time: past max_deliveries, dead-lettered instead.
+        let none = g.fetch(5, 10_000).await.unwrap();
+        assert!(none.records.is_empty(), "{none:?}");
+        let opts = SubscribeOptions {
+            start: Start::Earliest,
+            ..SubscribeOptions::default()
+        };
+        let mut dlq = c.subscribe("tasks.dlq", opts).await.unwrap();
+        let d = dlq.next().await.unwrap().unwrap();
+        assert_eq!(d.record.value.as_deref(), Some(&b"poison"[..]));
+        assert_eq!(d.record.key.as_deref(), Some(&b"t"[..]));
+        let reason = d
+            .record
+            .headers
+            .iter()
+            .find(|(k, _)| k.as_ref() == b"felix-dlq-reason")
+            .expect("reason header");
+        assert!(std::str::from_utf8(&reason.1)
+            .unwrap()
+            .contains("max_deliveries (2)"));
+        let source = d
+            .record
+            .headers
+            .iter()
+            .find(|(k, _)| k.as_ref() == b"felix-dlq-source")
+            .unwrap();
+        assert_eq!(&source.1[..], b"dev/default/tasks/0/0");
+        // Dead-lettered exactly once: nothing more arrives.
+        assert!(tokio::time::timeout(Duration::from_millis(500), dlq.next())
+            .await
+            .is_err());
+        assert!(g.fetch(5, 1000).await.unwrap().records.is_empty());
+    });
+}
+
+#[test]
+fn cache_versions_cas_ttl_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let mut cfg = stream_config("sessions", 2);
+        cfg.kind = 2;
+        create(&c, cfg).await;
+        let cache = c.cache("sessions");
+        assert_eq!(cache.get("nobody").await.unwrap(), None);
+        let v1 = cache.put("u1", "a", None).await.unwrap();
+        assert!(v1 >= 1, "versions are never 0");
+        let e = cache.get("u1").await.unwrap().unwrap();
+        assert_eq!((e.value.as_ref(), e.version), (&b"a"[..], v1));
+        // Compare-and-set: only-if-absent fails on a present key.
+        match cache.put_if_version("u1", "b", None, 0).await.unwrap() {
+            CasOutcome::Conflict(Some(cur)) => assert_eq!(cur.version, v1),
+            o => panic!("{o:?}"),
+        }
+        let v2 = match cache.put_if_version("u1", "b", None, v1).await.unwrap() {
+            CasOutcome::Written(v) => v,
+            o => panic!("{o:?}"),
+        };
+        assert!(v2 > v1);
+        assert!(matches!(
+            cache.put_if_version("u1", "c", None, v1).await.unwrap(),
+            CasOutcome::Conflict(_)
+        ));
+        // TTL: a miss as soon as it passes.
+        cache.put("short", "lived", Some(400)).await.unwrap();
+        assert!(cache.get("short").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(cache.get("short").await.unwrap(), None);
+        // Delete writes a tombstone.
+        assert!(matches!(
+            cache.delete("u1", None).await.unwrap(),
+            CasOutcome::Written(_)
+        ));
+        assert_eq!(cache.get("u1").await.unwrap(), None);
+        cache.put("kept", "yes", None).await.unwrap();
+        // A stream is not a cache.
+        create(&c, stream_config("plain", 1)).await;
+        let e = c.cache("plain").put("k", "v", None).await.unwrap_err();
+        assert!(e.to_string().contains("is a stream"), "{e}");
+    });
+    // Survives a crash: values come back from the log through the index.
+    b.kill();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let cache = c.cache("sessions");
+        assert_eq!(cache.get("kept").await.unwrap().unwrap().value, "yes");
+        assert_eq!(cache.get("u1").await.unwrap(), None, "the tombstone survives");
+        assert_eq!(cache.get("short").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn named_subscriptions_time_starts_and_unknown_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        create(&c, stream_config("audit", 1)).await;
+        let p = c.producer("audit", ProducerConfig::default()).await.unwrap();
+        for i in 0..5 {
+            p.send_wait(ProducerRecord::new(format!("a{i}"))).await.unwrap();
+        }
+        let opts = SubscribeOptions {
+            start: Start::Committed,
+            durable: Some("reader".into()),
+            ..SubscribeOptions::default()
+        };
+        let mut sub = c.subscribe("audit", opts).await.unwrap();
+        for want in 0..3u64 {
+            let d = sub.next().await.unwrap().unwrap();
+            assert_eq!(d.record.offset.0, want);
+            sub.commit(0, want + 1).await.unwrap();
+        }
+        drop(sub);
+        let e = c
+            .subscribe("nope", SubscribeOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ClientError::UnknownStream(_) | ClientError::Broker(ErrorReply::UnknownStream(_))
+            ),
+            "{e}"
+        );
+    });
+    b.kill();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let opts = SubscribeOptions {
+            start: Start::Committed,
+            durable: Some("reader".into()),
+            ..SubscribeOptions::default()
+        };
+        let mut sub = c.subscribe("audit", opts).await.unwrap();
+        let d = sub.next().await.unwrap().unwrap();
+        assert_eq!(
+            d.record.offset.0, 3,
+            "resumes at the committed cursor after a crash"
+        );
+        // A time start: everything is older than now + 1 h, so nothing; all is newer than 0.
+        let got = read_n(&c, "audit", 0, Start::Time(0), 5).await;
+        assert_eq!(got[0].0, 0);
+        // An offset past the end is refused with the range.
+        let opts = SubscribeOptions {
+            start: Start::Offset(99),
+            ..SubscribeOptions::default()
+        };
+        let mut sub = c.subscribe("audit", opts).await.unwrap();
+        match sub.next().await.unwrap() {
+            Err(ClientError::Broker(ErrorReply::OffsetOutOfRange { earliest, latest })) => {
+                assert_eq!((earliest, latest), (0, 5))
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
