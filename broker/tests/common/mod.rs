@@ -37,7 +37,7 @@ impl Broker {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn felix dev");
+        let mut child = cmd.spawn().expect("spawn felix dev");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(p) = ClientProfile::load(&profile_path) {
@@ -47,7 +47,11 @@ impl Broker {
                     profile: p,
                 };
             }
-            assert!(Instant::now() < deadline, "felix dev did not start within 60 s");
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("felix dev did not start within 60 s");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
