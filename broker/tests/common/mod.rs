@@ -25,6 +25,8 @@ impl Broker {
         Broker::start_with(dir, &[])
     }
 
+    // The child moves into `Broker`, whose Drop kills and reaps it.
+    #[allow(clippy::zombie_processes)]
     pub fn start_with(dir: &Path, extra_env: &[(&str, &str)]) -> Broker {
         let profile_path = dir.join("client.toml");
         let _ = std::fs::remove_file(&profile_path);
