@@ -25,15 +25,37 @@ impl Broker {
         Broker::start_with(dir, &[])
     }
 
-    // The child moves into `Broker`, whose Drop kills and reaps it.
-    #[allow(clippy::zombie_processes)]
     pub fn start_with(dir: &Path, extra_env: &[(&str, &str)]) -> Broker {
-        let profile_path = dir.join("client.toml");
-        let _ = std::fs::remove_file(&profile_path);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stdin(Stdio::null())
+            .arg(dir);
+        Broker::spawn(dir, cmd, extra_env)
+    }
+
+    /// `felix broker --config` with `toml` added to a configuration that
+    /// puts data in `dir` and listens on a free port.
+    pub fn start_configured(dir: &Path, toml: &str) -> Broker {
+        let path = dir.join("broker.toml");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n{toml}",
+                dir.display().to_string()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
+        cmd.args(["broker", "--config"]).arg(&path);
+        Broker::spawn(dir, cmd, &[])
+    }
+
+    // The child moves into `Broker`, whose Drop kills and reaps it.
+    #[allow(clippy::zombie_processes)]
+    fn spawn(dir: &Path, mut cmd: Command, extra_env: &[(&str, &str)]) -> Broker {
+        let profile_path = dir.join("client.toml");
+        let _ = std::fs::remove_file(&profile_path);
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {
