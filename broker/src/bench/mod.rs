@@ -1,5 +1,6 @@
 //! `felix bench`: benchmarks that print figures (never timed tests).
 
+mod broker;
 mod index;
 mod log;
 mod wire;
@@ -17,6 +18,9 @@ pub enum BenchCommand {
     /// Wire protocol over loopback QUIC: request/response round trips at
     /// 256 B and 4 KiB, concurrency 1 and 32; bytes/s of one push stream.
     Wire(wire::Args),
+    /// The broker: publish→deliver latency and throughput, fan-out 1 and
+    /// 10, 256 B and 4 KiB; cache put/get at concurrency 1 and 32.
+    Broker(broker::Args),
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
@@ -24,5 +28,6 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Log(a) => log::run(a),
         BenchCommand::Index(a) => index::run(a),
         BenchCommand::Wire(a) => wire::run(a),
+        BenchCommand::Broker(a) => broker::run(a),
     }
 }
