@@ -7,17 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{admin, create, stream_config, Broker};
+use common::{admin, create, rt, stream_config, Broker};
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{CasOutcome, ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Every record of `shard` from `from` until `n` have arrived.
 async fn read_n(

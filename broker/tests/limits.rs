@@ -7,17 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{admin, create, stream_config, Broker};
+use common::{admin, create, rt, stream_config, Broker};
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn earliest(c: &felix_client::Client, name: &str) -> u64 {
     match admin(c, Message::StreamDescribe { name: name.into() }).await {

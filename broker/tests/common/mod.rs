@@ -161,3 +161,12 @@ pub async fn admin(client: &Client, m: Message) -> Message {
 pub async fn create(client: &Client, c: StreamConfig) {
     assert_eq!(admin(client, Message::StreamCreate(c)).await, Message::Done);
 }
+
+/// The runtime every end-to-end test drives its clients on.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
