@@ -16,12 +16,11 @@ use felix_log::{BatchBuilder, Compression, RecordInput};
 
 use crate::error::BrokerError;
 use crate::hot::Hot;
-use crate::meta::StreamKind;
 use crate::node::{Node, StreamHandle};
 use crate::shard::HostedShard;
 
 fn shard_of<'a>(h: &'a StreamHandle, key: &[u8]) -> Result<&'a HostedShard, BrokerError> {
-    if h.meta().kind != StreamKind::Cache && h.meta().kind != StreamKind::Compacted {
+    if !h.meta().kind.keyed() {
         return Err(BrokerError::Invalid(format!(
             "{} is a stream; cache operations need a cache or compacted stream",
             h.name

@@ -35,16 +35,23 @@ pub struct Common {
     pub output: Output,
 }
 
+/// Shards and durability, which streams and caches are both created with.
+#[derive(Debug, Args)]
+pub struct Layout {
+    #[arg(long, default_value_t = 1)]
+    pub shards: u32,
+    /// always | interval:<ms> | none
+    #[arg(long, default_value = "always")]
+    pub durability: String,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum StreamCommand {
     /// Create a stream.
     Create {
         name: String,
-        #[arg(long, default_value_t = 1)]
-        shards: u32,
-        /// always | interval:<ms> | none
-        #[arg(long, default_value = "always")]
-        durability: String,
+        #[command(flatten)]
+        layout: Layout,
         /// Keep records this long (e.g. 7d, 12h, 30m); default forever.
         #[arg(long, value_parser = parse_duration_ms)]
         retention: Option<u64>,
@@ -86,10 +93,8 @@ pub enum CacheCommand {
     /// Create a cache.
     Create {
         name: String,
-        #[arg(long, default_value_t = 1)]
-        shards: u32,
-        #[arg(long, default_value = "always")]
-        durability: String,
+        #[command(flatten)]
+        layout: Layout,
         /// TTL of a put that gives none (e.g. 10m); default none.
         #[arg(long, value_parser = parse_duration_ms)]
         ttl: Option<u64>,
@@ -323,8 +328,7 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
     match cmd {
         StreamCommand::Create {
             name,
-            shards,
-            durability,
+            layout: Layout { shards, durability },
             retention,
             retention_bytes,
             max_deliveries,
@@ -465,8 +469,7 @@ pub async fn cache(c: &Common, cmd: CacheCommand) -> anyhow::Result<()> {
     match cmd {
         CacheCommand::Create {
             name,
-            shards,
-            durability,
+            layout: Layout { shards, durability },
             ttl,
         } => {
             let cfg = StreamConfig {

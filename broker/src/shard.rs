@@ -168,12 +168,7 @@ impl HostedShard {
                 }
             }
         }
-        let len = checked.bytes().len().clamp(1, SHARD_IN_FLIGHT_BYTES_MAX);
-        let Ok(permit) = self.in_flight.clone().try_acquire_many_owned(len as u32) else {
-            return Err(BrokerError::Overloaded {
-                retry_after_ms: SHARD_OVERLOADED_RETRY_MS,
-            });
-        };
+        let permit = self.reserve_in_flight(checked.bytes().len())?;
         let at = self.append(checked.bytes().clone()).await?;
         drop(permit);
         if producer_id != 0 {
@@ -187,6 +182,18 @@ impl HostedShard {
             p.insert(producer_id, (sequence, at));
         }
         Ok(at)
+    }
+
+    /// Counts `bytes` against the shard's in-flight limit until the permit
+    /// is dropped; `Overloaded` at once when they do not fit.
+    pub fn reserve_in_flight(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, BrokerError> {
+        let len = bytes.clamp(1, SHARD_IN_FLIGHT_BYTES_MAX);
+        self.in_flight
+            .clone()
+            .try_acquire_many_owned(len as u32)
+            .map_err(|_| BrokerError::Overloaded {
+                retry_after_ms: SHARD_OVERLOADED_RETRY_MS,
+            })
     }
 
     /// Appends a batch (data or control) and indexes it.

@@ -250,3 +250,21 @@ async fn the_first_append_of_a_new_shard_is_indexed_at_once() {
         .expect("indexed by the append itself");
     assert_eq!(e.version(), 1);
 }
+
+#[tokio::test]
+async fn a_publish_beyond_the_shards_in_flight_bytes_is_overloaded_at_once_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(dir.path().join("index"), IndexConfig::default()).unwrap());
+    let shard = open(dir.path(), &index);
+    // Other publishes hold all but 100 bytes of the limit.
+    let held = shard
+        .reserve_in_flight(felix_broker::shard::SHARD_IN_FLIGHT_BYTES_MAX - 100)
+        .unwrap();
+    match shard.publish(batch(&["x".repeat(1000).as_str()]), 0, 0).await {
+        Err(BrokerError::Overloaded { retry_after_ms }) => assert!(retry_after_ms > 0),
+        other => panic!("expected Overloaded, got {other:?}"),
+    }
+    assert_eq!(shard.high_watermark(), 0, "the refused publish wrote nothing");
+    drop(held);
+    assert_eq!(shard.publish(batch(&["x"]), 0, 0).await.unwrap().base_offset, 0);
+}
