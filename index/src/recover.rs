@@ -43,6 +43,19 @@ impl Index {
     /// retention and compaction it missed are caught up and the missing tail
     /// indexed. Must run before the shard's first apply.
     pub fn recover_shard(&self, shard: ShardId, kind: ShardKind, log: &Log) -> Result<RecoverReport> {
+        self.recover_shard_through(shard, kind, log, None)
+    }
+
+    /// [`Index::recover_shard`] that indexes no entry above `through` (when
+    /// given): a replicated shard's log may end in entries not committed yet,
+    /// which only Raft may apply.
+    pub fn recover_shard_through(
+        &self,
+        shard: ShardId,
+        kind: ShardKind,
+        log: &Log,
+        through: Option<RaftIndex>,
+    ) -> Result<RecoverReport> {
         let mut report = RecoverReport::default();
         let log_first = log.first_raft_index().unwrap_or(log.next_raft_index());
         let meta = self.load_meta(shard)?;
@@ -59,7 +72,7 @@ impl Index {
             let reason = reason.expect("a missing index has a reason");
             tracing::info!(%shard, reason, "rebuilding shard index from the log");
             report.rebuilt = Some(reason);
-            report.entries_indexed = self.rebuild_shard(shard, kind, log)?;
+            report.entries_indexed = self.rebuild_shard_through(shard, kind, log, through)?;
             return Ok(report);
         };
         if meta.earliest_offset < log.earliest_offset() {
@@ -73,7 +86,7 @@ impl Index {
                 report.segments_reindexed.push(s.id);
             }
         }
-        report.entries_indexed = self.index_tail(shard, kind, log, meta.next_raft_index)?;
+        report.entries_indexed = self.index_tail(shard, kind, log, meta.next_raft_index, through)?;
         Ok(report)
     }
 
@@ -81,6 +94,17 @@ impl Index {
     /// first segment. Cursor and group state come back from the control
     /// records still in the log. Returns the entries indexed.
     pub fn rebuild_shard(&self, shard: ShardId, kind: ShardKind, log: &Log) -> Result<u64> {
+        self.rebuild_shard_through(shard, kind, log, None)
+    }
+
+    /// [`Index::rebuild_shard`] that stops after entry `through`.
+    pub fn rebuild_shard_through(
+        &self,
+        shard: ShardId,
+        kind: ShardKind,
+        log: &Log,
+        through: Option<RaftIndex>,
+    ) -> Result<u64> {
         self.clear_shard(shard)?;
         let first = log.first_raft_index().unwrap_or(log.next_raft_index());
         let mut meta = ShardMeta::new(kind, first);
@@ -89,7 +113,7 @@ impl Index {
         let mut wb = WriteBatch::default();
         self.put_meta(&mut wb, shard, &meta);
         self.write(wb)?;
-        self.index_tail(shard, kind, log, first)
+        self.index_tail(shard, kind, log, first, through)
     }
 
     /// Removes every entry of `shard` from every column family.
@@ -103,10 +127,18 @@ impl Index {
         self.write(wb)
     }
 
-    fn index_tail(&self, shard: ShardId, kind: ShardKind, log: &Log, from: RaftIndex) -> Result<u64> {
+    fn index_tail(
+        &self,
+        shard: ShardId,
+        kind: ShardKind,
+        log: &Log,
+        from: RaftIndex,
+        through: Option<RaftIndex>,
+    ) -> Result<u64> {
         let mut n = 0u64;
         let mut chunk = Vec::with_capacity(REINDEX_ENTRIES_PER_BATCH_MAX);
-        for p in log.positioned_from_raft_index(from) {
+        let within = |p: &Positioned| through.is_none_or(|t| p.batch.header().raft_index <= t);
+        for p in log.positioned_from_raft_index(from).take_while(within) {
             chunk.push(p);
             if chunk.len() == REINDEX_ENTRIES_PER_BATCH_MAX {
                 self.apply(shard, kind, &chunk)?;

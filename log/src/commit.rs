@@ -92,6 +92,34 @@ impl SharedLog {
         Ok(out)
     }
 
+    /// Appends entry `(term, index)` (a Raft follower's or leader's write)
+    /// without waiting for durability; see [`SharedLog::wait_durable`].
+    pub fn append_at(&self, batch: &[u8], term: RaftTerm, index: RaftIndex) -> Result<AppendOutcome> {
+        lock(&self.inner.log).append(batch, term, index, crate::now_ms())
+    }
+
+    /// Removes the entries above `index`. What was durable above it no longer
+    /// counts, so a new entry at the same index waits for its own fsync.
+    pub fn truncate_after(&self, index: RaftIndex) -> Result<()> {
+        let mut log = lock(&self.inner.log);
+        log.truncate_after(index, crate::now_ms())?;
+        let mut st = lock(&self.inner.sync);
+        st.durable = st.durable.min(log.last_raft().map(|(_, i)| i));
+        Ok(())
+    }
+
+    /// Restarts the log empty after `last` (see [`Log::reset_after`]).
+    pub fn reset_after(&self, next_offset: crate::Offset, last: Option<(RaftTerm, RaftIndex)>) -> Result<()> {
+        let mut log = lock(&self.inner.log);
+        log.reset_after(next_offset, last, crate::now_ms())?;
+        lock(&self.inner.sync).durable = last.map(|(_, i)| i);
+        Ok(())
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.inner.durability
+    }
+
     /// Blocks until entry `index` is durable, fsyncing if nobody else is.
     pub fn wait_durable(&self, index: RaftIndex) -> Result<()> {
         let mut st = lock(&self.inner.sync);

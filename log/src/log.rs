@@ -354,6 +354,12 @@ impl Log {
         }
     }
 
+    /// Term and index of the entry just before the first one this log can
+    /// hold (removed by a purge, or before a snapshot it restarted from).
+    pub fn purged_last(&self) -> Option<(RaftTerm, RaftIndex)> {
+        self.segments[0].header.prev_last()
+    }
+
     /// Raft index of the first batch held, if any.
     pub fn first_raft_index(&self) -> Option<RaftIndex> {
         let s = self.segments.iter().find(|s| s.has_batches())?;
@@ -774,6 +780,29 @@ impl Log {
             let s = rewrite_prefix(&self.dir, &last, cut, prev_last, &self.config)?;
             self.segments.push(s);
         }
+        self.write_checkpoint(false)
+    }
+
+    /// Drops every entry and restarts the log empty right after `last` (from index 0 when `None`), with
+    /// `next_offset` the offset of the next record (installing a snapshot
+    /// that covers more than this log holds). Segments are removed newest
+    /// first, so a crash midway leaves a prefix of the old log.
+    pub fn reset_after(
+        &mut self,
+        next_offset: Offset,
+        last: Option<(RaftTerm, RaftIndex)>,
+        now_ms: i64,
+    ) -> Result<()> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        while let Some(s) = self.segments.pop() {
+            fs::remove_file(&s.path).map_err(LogError::io("remove segment", &s.path))?;
+        }
+        fsio::sync_dir(&self.dir)?;
+        let first = last.map_or(RaftIndex(0), |(_, i)| i.next());
+        let s = self.new_segment(next_offset, first, last, now_ms)?;
+        self.segments.push(s);
         self.write_checkpoint(false)
     }
 

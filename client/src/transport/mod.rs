@@ -164,12 +164,22 @@ pub fn client_endpoint(
     alpn: &[u8],
     cfg: &TransportConfig,
 ) -> Result<quinn::Endpoint, TransportError> {
+    let mut ep = endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None, cfg)?;
+    ep.set_default_client_config(client_config(tls, alpn, cfg)?);
+    Ok(ep)
+}
+
+/// Outgoing-connection settings (for an endpoint that also serves, such as
+/// the brokers' replication endpoint).
+pub fn client_config(
+    tls: &ClientTls,
+    alpn: &[u8],
+    cfg: &TransportConfig,
+) -> Result<quinn::ClientConfig, TransportError> {
     let crypto = tls.rustls(alpn)?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
     cc.transport_config(Arc::new(cfg.quinn()?));
-    let mut ep = endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), None, cfg)?;
-    ep.set_default_client_config(cc);
-    Ok(ep)
+    Ok(cc)
 }

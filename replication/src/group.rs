@@ -1,0 +1,273 @@
+//! Starting one group and writing through it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use felix_log::{RaftIndex, SharedLog};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, SnapshotPolicy};
+
+use crate::error::ReplicationError;
+use crate::machine::{Applier, StateMachine};
+use crate::network::{NetworkFactory, Router, Transport};
+use crate::store::LogStore;
+use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response};
+
+/// Entries one AppendEntries carries at most (bounds an RPC's bytes, with
+/// the log's batch limit).
+pub const PAYLOAD_ENTRIES_MAX: u64 = 32;
+/// How long a retention release waits for the snapshot it asked for.
+pub const SNAPSHOT_BUILD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Raft timing for every group on a broker.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupConfig {
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in this range
+    /// stands for election: failover takes about this long.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        // Loopback and LAN defaults: failover under 2 s with margin, and
+        // heartbeats rare enough that hundreds of idle groups stay cheap.
+        GroupConfig {
+            heartbeat_interval_ms: 200,
+            election_timeout_min_ms: 800,
+            election_timeout_max_ms: 1400,
+        }
+    }
+}
+
+impl GroupConfig {
+    fn raft(&self, group: GroupId) -> Result<Config, ReplicationError> {
+        let c = Config {
+            cluster_name: format!("felix-{group}"),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            max_payload_entries: PAYLOAD_ENTRIES_MAX,
+            // Snapshots are built when retention needs one (and when a
+            // follower does), never on a schedule.
+            snapshot_policy: SnapshotPolicy::Never,
+            // Openraft must never purge on its own: the log is the data.
+            max_in_snapshot_log_to_keep: u64::MAX,
+            install_snapshot_timeout: 60_000,
+            ..Config::default()
+        };
+        c.validate().map_err(|e| ReplicationError::Raft(e.to_string()))
+    }
+}
+
+/// Why a write through a group did not happen.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    #[error("not the leader of {group}; leader: {leader:?}")]
+    NotLeader {
+        group: GroupId,
+        leader: Option<(NodeId, BrokerNode)>,
+    },
+    #[error(transparent)]
+    Other(#[from] ReplicationError),
+}
+
+/// One group hosted on this broker.
+#[derive(Clone)]
+pub struct Replica {
+    pub group: GroupId,
+    pub id: NodeId,
+    pub raft: Raft,
+    transport: Arc<Transport>,
+    purge_floor: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("group", &self.group)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Starts the group over `log`. `applied` is how far `applier`'s state
+    /// already reflects the log.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        id: NodeId,
+        group: GroupId,
+        log: Arc<SharedLog>,
+        state_dir: PathBuf,
+        applier: Arc<dyn Applier>,
+        applied: Option<RaftIndex>,
+        transport: Arc<Transport>,
+        router: &Router,
+        cfg: GroupConfig,
+    ) -> Result<Replica, ReplicationError> {
+        std::fs::create_dir_all(&state_dir).map_err(|source| ReplicationError::Io {
+            op: "create",
+            path: state_dir.clone(),
+            source,
+        })?;
+        let purge_floor = Arc::new(AtomicU64::new(0));
+        let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone());
+        let sm =
+            StateMachine::open(log, state_dir.clone(), applier, applied).map_err(ReplicationError::Apply)?;
+        let net = NetworkFactory {
+            transport: transport.clone(),
+            group,
+        };
+        let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
+            .await
+            .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        router.add(group, raft.clone(), state_dir);
+        Ok(Replica {
+            group,
+            id,
+            raft,
+            transport,
+            purge_floor,
+        })
+    }
+
+    /// Makes `members` the group's first membership. Every initial member
+    /// may call it with the same set; a group that already has state
+    /// ignores it.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, BrokerNode>) -> Result<(), ReplicationError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(ReplicationError::Raft(e.to_string())),
+        }
+    }
+
+    /// The leader as this replica knows it.
+    pub fn leader(&self) -> Option<(NodeId, BrokerNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Writes `batch` and returns once a quorum holds it and it is applied
+    /// here: the quorum acknowledgement.
+    pub async fn write(&self, batch: bytes::Bytes) -> Result<Response, WriteError> {
+        match self.raft.client_write(Request(batch)).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
+                group: self.group,
+                leader: f.leader_id.zip(f.leader_node),
+            }),
+            Err(e) => Err(WriteError::Other(ReplicationError::Raft(e.to_string()))),
+        }
+    }
+
+    /// [`Replica::write`], forwarded to the leader when this is not it.
+    pub async fn write_anywhere(&self, batch: bytes::Bytes) -> Result<Response, WriteError> {
+        match self.write(batch.clone()).await {
+            Err(WriteError::NotLeader {
+                leader: Some((_, node)),
+                ..
+            }) => Ok(self.transport.forward(&node, self.group, &Request(batch)).await?),
+            r => r,
+        }
+    }
+
+    /// Lets purges delete entries below `index` (retention decided they
+    /// may go), then asks for a snapshot covering them and the purge.
+    pub async fn release_through(&self, index: RaftIndex) -> Result<(), ReplicationError> {
+        self.purge_floor.fetch_max(index.0 + 1, Ordering::AcqRel);
+        let covered = self
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some_and(|s| s.index >= index.0);
+        let err = |e: openraft::error::Fatal<NodeId>| ReplicationError::Raft(e.to_string());
+        if !covered {
+            self.raft.trigger().snapshot().await.map_err(err)?;
+            // Openraft drops a purge that no snapshot covers yet, so wait
+            // for the build first.
+            let mut m = self.raft.metrics();
+            let wait = async move {
+                m.wait_for(|m| m.snapshot.is_some_and(|s| s.index >= index.0))
+                    .await
+                    .map(|_| ())
+            };
+            match tokio::time::timeout(SNAPSHOT_BUILD_WAIT_MAX, wait).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ReplicationError::Raft("the group shut down".into())),
+                Err(_) => {
+                    return Err(ReplicationError::Raft(format!(
+                        "no snapshot covering entry {index} after {SNAPSHOT_BUILD_WAIT_MAX:?}"
+                    )))
+                }
+            }
+        }
+        self.raft.trigger().purge_log(index.0).await.map_err(err)
+    }
+
+    /// Adds `node` as a learner (it catches up) and, with `promote`, makes
+    /// it a voter once it has.
+    pub async fn add_replica(
+        &self,
+        id: NodeId,
+        node: BrokerNode,
+        promote: bool,
+    ) -> Result<(), ReplicationError> {
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        if promote {
+            let mut voters: std::collections::BTreeSet<NodeId> = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            voters.insert(id);
+            self.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes `id` from the group's voters and learners.
+    pub async fn remove_replica(&self, id: NodeId) -> Result<(), ReplicationError> {
+        let voters: std::collections::BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|v| *v != id)
+            .collect();
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&self, router: &Router) {
+        router.remove(self.group);
+        let _ = self.raft.shutdown().await;
+    }
+}

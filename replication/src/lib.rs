@@ -1,0 +1,33 @@
+//! Replication: one openraft group per shard, over the shard's own segment
+//! log (design §5).
+//!
+//! - [`store`]: the segment log *is* the Raft log (`RaftLogStorage`): a Raft
+//!   entry is one record batch, stamped with its term and index; the vote is
+//!   a small fsynced file beside the segments.
+//! - [`machine`]: the state machine. Entries are already in the log when they
+//!   commit, so applying one means telling the owner (an [`Applier`]: the
+//!   broker's shard, or its metadata) how far it may index and serve.
+//! - [`snapshot`]: what a follower behind the leader's first entry receives.
+//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/1`,
+//!   mutual TLS), one connection per peer shared by every group.
+//! - [`group`]: starting a group with Felix's timing defaults.
+
+// Openraft's trait methods fix `StorageError` (about 200 bytes) as the error
+// type; the helpers that feed them return it too rather than boxing and
+// unboxing on every call.
+#![allow(clippy::result_large_err)]
+
+pub mod entry;
+pub mod error;
+pub mod group;
+pub mod machine;
+pub mod network;
+pub mod snapshot;
+pub mod store;
+pub mod types;
+
+pub use error::ReplicationError;
+pub use group::{GroupConfig, Replica, WriteError};
+pub use machine::Applier;
+pub use network::{Router, Transport};
+pub use types::{BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};

@@ -1,0 +1,457 @@
+//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/1`, mutual TLS
+//! (both sides present certificates from the cluster CA), one connection per
+//! peer shared by every group. Each RPC is one bidirectional stream
+//! (`docs/format/raft-rpc.md`):
+//!
+//! ```text
+//! request:  kind u8 | group u64 LE | length u32 LE | bincode body   [| snapshot bytes to FIN]
+//! response: status u8 (0 ok, 1 error) | length u32 LE | bincode body (or UTF-8 error)
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use felix_client::transport::{self, ClientTls, ServerTls, TransportConfig};
+use openraft::error::{
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::Snapshot;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ReplicationError;
+use crate::snapshot::SnapshotFile;
+use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
+
+pub const RAFT_ALPN: &[u8] = b"felix-raft/1";
+/// Largest RPC body: an AppendEntries of `group::PAYLOAD_ENTRIES_MAX`
+/// batches at the log's hard batch limit, plus framing.
+pub const RPC_BYTES_MAX: usize =
+    crate::group::PAYLOAD_ENTRIES_MAX as usize * felix_log::batch::layout::BATCH_BYTES_MAX + (1 << 20);
+/// Snapshot bytes one transfer may carry.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+/// RPC streams one peer connection serves at once.
+pub const RPC_STREAMS_MAX: usize = 1024;
+
+const KIND_APPEND: u8 = 1;
+const KIND_VOTE: u8 = 2;
+const KIND_SNAPSHOT: u8 = 3;
+const KIND_FORWARD: u8 = 4;
+const HEAD_BYTES: usize = 1 + 8 + 4;
+
+/// A group this broker hosts: what incoming RPCs for it are handed to.
+#[derive(Clone)]
+struct Hosted {
+    raft: Raft,
+    state_dir: PathBuf,
+}
+
+/// The groups hosted here, by id.
+#[derive(Clone, Default)]
+pub struct Router {
+    groups: Arc<RwLock<HashMap<GroupId, Hosted>>>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.groups.read().map(|g| g.len()).unwrap_or(0);
+        f.debug_struct("Router").field("groups", &n).finish()
+    }
+}
+
+impl Router {
+    pub fn add(&self, group: GroupId, raft: Raft, state_dir: PathBuf) {
+        self.groups
+            .write()
+            .expect("router lock")
+            .insert(group, Hosted { raft, state_dir });
+    }
+
+    pub fn remove(&self, group: GroupId) {
+        self.groups.write().expect("router lock").remove(&group);
+    }
+
+    fn get(&self, group: GroupId) -> Option<Hosted> {
+        self.groups.read().expect("router lock").get(&group).cloned()
+    }
+}
+
+/// This broker's replication endpoint: serves peers and connects to them.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("local", &self.endpoint.local_addr().ok())
+            .finish()
+    }
+}
+
+fn terr(e: impl ToString) -> ReplicationError {
+    ReplicationError::Transport(e.to_string())
+}
+
+impl Transport {
+    /// Binds `listen` and serves RPCs for the groups in `router`.
+    pub fn start(
+        listen: SocketAddr,
+        server: &ServerTls,
+        client: &ClientTls,
+        router: Router,
+    ) -> Result<Arc<Transport>, ReplicationError> {
+        if server.client_ca.is_none() || client.identity.is_none() {
+            return Err(terr(
+                "replication requires mutual TLS: a client CA and a certificate to present",
+            ));
+        }
+        let cfg = TransportConfig {
+            // Raft has its own heartbeats; keep connections through quiet groups.
+            idle_timeout_ms: 10_000,
+            keep_alive_ms: Some(2_000),
+            ..TransportConfig::default()
+        };
+        let mut endpoint = transport::server_endpoint(listen, server, RAFT_ALPN, &cfg).map_err(terr)?;
+        endpoint.set_default_client_config(transport::client_config(client, RAFT_ALPN, &cfg).map_err(terr)?);
+        let t = Arc::new(Transport {
+            endpoint: endpoint.clone(),
+            conns: Mutex::new(HashMap::new()),
+            connect_timeout: Duration::from_secs(2),
+        });
+        tokio::spawn(accept_loop(endpoint, router));
+        Ok(t)
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, ReplicationError> {
+        self.endpoint.local_addr().map_err(terr)
+    }
+
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutting down");
+    }
+
+    async fn connection(&self, addr: &str) -> Result<quinn::Connection, ReplicationError> {
+        if let Some(c) = self.conns.lock().expect("conns lock").get(addr) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        let sa: SocketAddr = addr
+            .parse()
+            .map_err(|e| terr(format!("peer address {addr}: {e}")))?;
+        let connecting = self.endpoint.connect(sa, "localhost").map_err(terr)?;
+        let c = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| terr(format!("connecting to {addr} timed out")))?
+            .map_err(terr)?;
+        self.conns
+            .lock()
+            .expect("conns lock")
+            .insert(addr.to_owned(), c.clone());
+        Ok(c)
+    }
+
+    /// One RPC: returns the peer's reply body, or its error text.
+    async fn call(
+        &self,
+        addr: &str,
+        kind: u8,
+        group: GroupId,
+        body: &[u8],
+        tail: Option<&std::path::Path>,
+    ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
+        let conn = self.connection(addr).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(terr)?;
+        let mut head = Vec::with_capacity(HEAD_BYTES + body.len());
+        head.push(kind);
+        head.extend_from_slice(&group.0.to_le_bytes());
+        head.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        head.extend_from_slice(body);
+        send.write_all(&head).await.map_err(terr)?;
+        if let Some(path) = tail {
+            let mut f = tokio::fs::File::open(path).await.map_err(terr)?;
+            tokio::io::copy(&mut f, &mut send).await.map_err(terr)?;
+        }
+        send.finish().map_err(terr)?;
+        let mut h = [0u8; 5];
+        recv.read_exact(&mut h).await.map_err(terr)?;
+        let len = u32::from_le_bytes(h[1..5].try_into().expect("4 bytes")) as usize;
+        if len > RPC_BYTES_MAX {
+            return Err(terr(format!("reply of {len} bytes")));
+        }
+        let mut b = vec![0u8; len];
+        recv.read_exact(&mut b).await.map_err(terr)?;
+        Ok(match h[0] {
+            0 => Ok(b),
+            _ => Err(String::from_utf8_lossy(&b).into_owned()),
+        })
+    }
+
+    /// Asks `leader` to write `req` to `group` (a follower forwarding a
+    /// write it may not make itself).
+    pub async fn forward(
+        &self,
+        leader: &BrokerNode,
+        group: GroupId,
+        req: &Request,
+    ) -> Result<Response, ReplicationError> {
+        let body = bincode::serialize(req).map_err(terr)?;
+        match self
+            .call(&leader.raft_addr, KIND_FORWARD, group, &body, None)
+            .await?
+        {
+            Ok(b) => bincode::deserialize(&b).map_err(terr),
+            Err(e) => Err(ReplicationError::Raft(e)),
+        }
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, router: Router) {
+    while let Some(incoming) = endpoint.accept().await {
+        let router = router.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "replication handshake failed");
+                    return;
+                }
+            };
+            let limit = Arc::new(tokio::sync::Semaphore::new(RPC_STREAMS_MAX));
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let Ok(permit) = limit.clone().acquire_owned().await else {
+                    return;
+                };
+                let router = router.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve(router, send, recv).await {
+                        tracing::debug!(error = %e, "replication rpc failed");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+    }
+}
+
+fn de<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    bincode::deserialize(b).map_err(|e| format!("malformed rpc body: {e}"))
+}
+
+fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
+    bincode::serialize(v).map_err(|e| e.to_string())
+}
+
+async fn serve(
+    router: Router,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), ReplicationError> {
+    let mut head = [0u8; HEAD_BYTES];
+    recv.read_exact(&mut head).await.map_err(terr)?;
+    let kind = head[0];
+    let group = GroupId(u64::from_le_bytes(head[1..9].try_into().expect("8 bytes")));
+    let len = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes")) as usize;
+    if len > RPC_BYTES_MAX {
+        return reply(
+            &mut send,
+            Err(format!("request body of {len} bytes exceeds {RPC_BYTES_MAX}")),
+        )
+        .await;
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(terr)?;
+    let Some(hosted) = router.get(group) else {
+        return reply(&mut send, Err(format!("group {group} is not hosted here"))).await;
+    };
+    let raft = hosted.raft;
+    let out: Result<Vec<u8>, String> = match kind {
+        KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body) {
+            Ok(req) => ser(&raft.append_entries(req).await),
+            Err(e) => Err(e),
+        },
+        KIND_VOTE => match de::<VoteRequest<NodeId>>(&body) {
+            Ok(req) => ser(&raft.vote(req).await),
+            Err(e) => Err(e),
+        },
+        KIND_SNAPSHOT => match de::<(Vote, SnapshotMeta)>(&body) {
+            Ok((vote, meta)) => {
+                let path = hosted
+                    .state_dir
+                    .join(format!("incoming-{}.snap", felix_log::now_ms()));
+                let mut f = tokio::fs::File::create(&path).await.map_err(terr)?;
+                let mut limited = tokio::io::AsyncReadExt::take(&mut recv, SNAPSHOT_BYTES_MAX);
+                tokio::io::copy(&mut limited, &mut f).await.map_err(terr)?;
+                f.sync_all().await.map_err(terr)?;
+                drop(f);
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: Box::new(SnapshotFile { path: path.clone() }),
+                };
+                let r = raft.install_full_snapshot(vote, snapshot).await;
+                let _ = tokio::fs::remove_file(&path).await;
+                ser(&r)
+            }
+            Err(e) => Err(e),
+        },
+        KIND_FORWARD => match de::<Request>(&body) {
+            Ok(req) => match raft.client_write(req).await {
+                Ok(r) => ser(&r.data),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
+        },
+        k => Err(format!("unknown rpc kind {k}")),
+    };
+    reply(&mut send, out).await
+}
+
+async fn reply(send: &mut quinn::SendStream, out: Result<Vec<u8>, String>) -> Result<(), ReplicationError> {
+    let (status, body) = match out {
+        Ok(b) => (0u8, b),
+        Err(e) => (1u8, e.into_bytes()),
+    };
+    let mut b = Vec::with_capacity(5 + body.len());
+    b.push(status);
+    b.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    b.extend_from_slice(&body);
+    send.write_all(&b).await.map_err(terr)?;
+    send.finish().map_err(terr)?;
+    let _ = send.flush().await;
+    Ok(())
+}
+
+/// Hands openraft a client for each peer of one group.
+#[derive(Debug, Clone)]
+pub struct NetworkFactory {
+    pub transport: Arc<Transport>,
+    pub group: GroupId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> PeerClient {
+        PeerClient {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            addr: node.raft_addr.clone(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PeerClient {
+    transport: Arc<Transport>,
+    group: GroupId,
+    target: NodeId,
+    addr: String,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>;
+
+impl PeerClient {
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned, E: std::error::Error + DeserializeOwned>(
+        &self,
+        kind: u8,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>> {
+        let body = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let call = self.transport.call(&self.addr, kind, self.group, &body, None);
+        let r = match tokio::time::timeout(option.hard_ttl(), call).await {
+            Err(_) => {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &ReplicationError::Transport(format!("rpc to {} timed out", self.addr)),
+                )))
+            }
+            Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Ok(Ok(Err(remote))) => {
+                // The peer could not serve it (e.g. it does not host the
+                // group yet): retried after a backoff like an unreachable peer.
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &ReplicationError::Transport(remote),
+                )));
+            }
+            Ok(Ok(Ok(b))) => b,
+        };
+        let r: Result<Resp, RaftError<NodeId, E>> =
+            bincode::deserialize(&r).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.rpc(KIND_APPEND, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.rpc(KIND_VOTE, &rpc, &option).await
+    }
+
+    #[allow(deprecated)]
+    async fn install_snapshot(
+        &mut self,
+        _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<openraft::raft::InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
+        Err(RPCError::Network(NetworkError::new(
+            &ReplicationError::Transport(
+                "chunked snapshots are not used; full_snapshot streams the file".into(),
+            ),
+        )))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let body = bincode::serialize(&(vote, snapshot.meta.clone()))
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let path = snapshot.snapshot.path.clone();
+        let call = self
+            .transport
+            .call(&self.addr, KIND_SNAPSHOT, self.group, &body, Some(&path));
+        let r = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = call => r,
+        };
+        let b = match r {
+            Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
+            Ok(Err(remote)) => {
+                return Err(StreamingError::Unreachable(Unreachable::new(
+                    &ReplicationError::Transport(remote),
+                )))
+            }
+            Ok(Ok(b)) => b,
+        };
+        let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            bincode::deserialize(&b).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        r.map_err(|f| StreamingError::Network(NetworkError::new(&f)))
+    }
+}

@@ -1,0 +1,203 @@
+//! `RaftLogStorage` over the shard's segment log: no second copy of the data.
+//!
+//! - Entry `(term, index)` is the batch stamped with that term and index
+//!   (openraft's first index, 0, is the log's first index too).
+//! - The vote is `raft-vote.json` in the group's state directory, written to
+//!   a temporary file, fsynced and renamed before `save_vote` returns.
+//! - `purge` deletes whole segments, and never past the *purge floor*: the
+//!   log is also the stream's data, so only retention (which raises the
+//!   floor) decides what goes. Openraft may believe more is purged than is;
+//!   it never reads below what it believes, so that is harmless.
+
+use std::fmt::Debug;
+use std::io::Write;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use felix_log::{Durability, RaftIndex, RaftTerm, SharedLog};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
+
+use crate::entry;
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// Entries one read hands openraft at most (it asks again for the rest).
+pub const READ_ENTRIES_MAX: usize = 256;
+pub const VOTE_FILE: &str = "raft-vote.json";
+
+pub(crate) fn log_id(term: RaftTerm, index: RaftIndex) -> LogId {
+    LogId::new(openraft::CommittedLeaderId::new(term.0, 0), index.0)
+}
+
+pub(crate) fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl ToString) -> StorageError {
+    StorageError::IO {
+        source: StorageIOError::new(subject, verb, openraft::AnyError::error(e.to_string())),
+    }
+}
+
+fn log_err(e: impl ToString) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+/// Writes `data` to `path` durably: temporary file, fsync, rename, fsync of
+/// the directory.
+pub(crate) fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The Raft log of one group: its segment log plus the vote.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    log: Arc<SharedLog>,
+    state_dir: PathBuf,
+    /// Purges may delete entries below this index only.
+    purge_floor: Arc<AtomicU64>,
+}
+
+impl LogStore {
+    pub fn new(log: Arc<SharedLog>, state_dir: PathBuf, purge_floor: Arc<AtomicU64>) -> LogStore {
+        LogStore {
+            log,
+            state_dir,
+            purge_floor,
+        }
+    }
+
+    fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        let batches: Vec<_> = self.log.with(|l| {
+            l.positioned_from_raft_index(RaftIndex(start))
+                .take_while(|p| p.batch.header().raft_index.0 < end)
+                .take(READ_ENTRIES_MAX)
+                .map(|p| p.batch)
+                .collect()
+        });
+        batches
+            .iter()
+            .map(|b| entry::from_batch(b).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e)))
+            .collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        self.read(start, end)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let (last, purged) = self.log.with(|l| (l.last_raft(), l.purged_last()));
+        Ok(LogState {
+            last_purged_log_id: purged.map(|(t, i)| log_id(t, i)),
+            last_log_id: last.map(|(t, i)| log_id(t, i)),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let data = serde_json::to_vec(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let path = self.state_dir.join(VOTE_FILE);
+        tokio::task::spawn_blocking(move || write_durably(&path, &data))
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let path = self.state_dir.join(VOTE_FILE);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                io_err(
+                    ErrorSubject::Vote,
+                    ErrorVerb::Read,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(ErrorSubject::Vote, ErrorVerb::Read, e)),
+        }
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let now = felix_log::now_ms();
+        let mut last = None;
+        for e in entries {
+            let bytes = entry::to_batch(&e, now).map_err(log_err)?;
+            let (t, i) = (RaftTerm(e.log_id.leader_id.term), RaftIndex(e.log_id.index));
+            self.log.append_at(&bytes, t, i).map_err(log_err)?;
+            last = Some(i);
+        }
+        match (last, self.log.durability()) {
+            (Some(i), Durability::Always) => {
+                // The fsync runs off the Raft core; group commit shares it
+                // with every append waiting meanwhile.
+                let log = self.log.clone();
+                tokio::task::spawn_blocking(move || {
+                    let r = log
+                        .wait_durable(i)
+                        .map_err(|e| std::io::Error::other(e.to_string()));
+                    callback.log_io_completed(r);
+                });
+            }
+            _ => callback.log_io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let Some(keep) = log_id.index.checked_sub(1) else {
+            return Err(log_err("refusing to truncate the group's first entry"));
+        };
+        self.log.truncate_after(RaftIndex(keep)).map_err(log_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let floor = self.purge_floor.load(Ordering::Acquire);
+        let Some(below_floor) = floor.checked_sub(1) else {
+            return Ok(());
+        };
+        let upto = log_id.index.min(below_floor);
+        let n = self
+            .log
+            .with(|l| l.delete_through_raft_index(RaftIndex(upto)))
+            .map_err(log_err)?;
+        if n > 0 {
+            tracing::debug!(upto, segments = n, "purged segments");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! The openraft type configuration shared by every Felix group.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A broker's identity in every Raft group. Never reused: a broker that lost
+/// its disk comes back under a new id (see `docs/replication.md`).
+pub type NodeId = u64;
+
+/// Which Raft group a message is for: a shard id, or [`GroupId::META`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GroupId(pub u64);
+
+impl GroupId {
+    /// The cluster metadata group (stream definitions) until the control
+    /// plane takes that over. Shard ids start at 1.
+    pub const META: GroupId = GroupId(0);
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "g{}", self.0)
+    }
+}
+
+/// How to reach a broker: its replication address and its client address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerNode {
+    pub raft_addr: String,
+    pub client_addr: String,
+}
+
+impl fmt::Display for BrokerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (raft {})", self.client_addr, self.raft_addr)
+    }
+}
+
+/// What a client write proposes: one record batch (data or control), as the
+/// producer built it. The log stamps offset, term and index when it lands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request(pub Bytes);
+
+impl fmt::Display for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "batch of {} bytes", self.0.len())
+    }
+}
+
+/// Where a committed batch landed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub base_offset: u64,
+    /// Offsets the batch took (0 for control batches).
+    pub count: u32,
+    pub raft_index: u64,
+}
+
+openraft::declare_raft_types!(
+    /// Felix's Raft types: entries are record batches in the segment log.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = BrokerNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = crate::snapshot::SnapshotFile,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Membership = openraft::Membership<NodeId, BrokerNode>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, BrokerNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BrokerNode>;

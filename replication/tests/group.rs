@@ -1,0 +1,326 @@
+//! Three replicas of one group in one process, over real QUIC with mutual
+//! TLS: quorum writes, identical logs, failover, snapshot catch-up.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use felix_client::transport::dev_certificates;
+use felix_log::{BatchBuilder, Compression, Durability, LogConfig, RaftIndex, RecordInput, SharedLog};
+use felix_replication::{Applier, BrokerNode, GroupConfig, GroupId, Replica, Router, Transport, WriteError};
+
+/// Records how far it was told to apply.
+#[derive(Default)]
+struct Counter {
+    through: AtomicU64,
+    installs: AtomicU64,
+}
+
+impl Applier for Counter {
+    fn apply_through(&self, through: RaftIndex) -> Result<(), String> {
+        self.through.fetch_max(through.0, Ordering::AcqRel);
+        Ok(())
+    }
+    fn installed(&self, last: RaftIndex, _state: &[u8]) -> Result<(), String> {
+        self.installs.fetch_add(1, Ordering::AcqRel);
+        self.through.store(last.0, Ordering::Release);
+        Ok(())
+    }
+}
+
+struct Node {
+    id: u64,
+    addr: String,
+    log: Arc<SharedLog>,
+    replica: Replica,
+    transport: Arc<Transport>,
+    router: Router,
+    applier: Arc<Counter>,
+}
+
+fn batch(v: &str) -> bytes::Bytes {
+    let mut b = BatchBuilder::new(1 << 20);
+    b.push(RecordInput {
+        value: Some(v.as_bytes()),
+        timestamp_ms: 1,
+        ..RecordInput::default()
+    })
+    .unwrap();
+    b.build(Compression::None).unwrap().into()
+}
+
+fn log_config() -> LogConfig {
+    LogConfig {
+        durability: Durability::Always,
+        segment_bytes: 2 << 20,
+        batch_bytes_max: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
+async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
+    let certs = dev_certificates(root, &[]).unwrap();
+    let router = Router::default();
+    let until = Instant::now() + Duration::from_secs(10);
+    let transport = loop {
+        // A restarted node rebinds its old port, which its closing endpoint
+        // may hold a moment longer.
+        match Transport::start(
+            listen.parse().unwrap(),
+            &certs.server_tls(true).unwrap(),
+            &certs.client_tls(true).unwrap(),
+            router.clone(),
+        ) {
+            Ok(t) => break t,
+            Err(e) if Instant::now() < until => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("bind {listen}: {e}"),
+        }
+    };
+    let addr = transport.local_addr().unwrap().to_string();
+    let dir = root.join(format!("n{id}"));
+    let log = loop {
+        // The previous incarnation's log lock goes when its Raft task ends.
+        match SharedLog::open(dir.join("log"), log_config()) {
+            Ok((l, _)) => break Arc::new(l),
+            Err(e) if Instant::now() < until => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("open log: {e}"),
+        }
+    };
+    let applier = Arc::new(Counter::default());
+    let replica = Replica::start(
+        id,
+        GroupId(7),
+        log.clone(),
+        dir.join("raft"),
+        applier.clone(),
+        None,
+        transport.clone(),
+        &router,
+        GroupConfig::default(),
+    )
+    .await
+    .unwrap();
+    Node {
+        id,
+        addr,
+        log,
+        replica,
+        transport,
+        router,
+        applier,
+    }
+}
+
+async fn leader_of(nodes: &[&Node]) -> usize {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = nodes.iter().position(|n| n.replica.is_leader()) {
+            return i;
+        }
+        assert!(Instant::now() < until, "no leader elected in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn entries(log: &SharedLog) -> Vec<(u64, u64, u64, Vec<u8>)> {
+    log.with(|l| {
+        l.positioned_from_raft_index(RaftIndex(0))
+            .map(|p| {
+                let h = *p.batch.header();
+                (
+                    h.raft_index.0,
+                    h.raft_term.0,
+                    h.base_offset.0,
+                    p.batch.bytes()[88..].to_vec(),
+                )
+            })
+            .collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_writes_failover_and_identical_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
+    }
+    let members: BTreeMap<u64, BrokerNode> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id,
+                BrokerNode {
+                    raft_addr: n.addr.clone(),
+                    client_addr: String::new(),
+                },
+            )
+        })
+        .collect();
+    nodes[0].replica.initialize(members.clone()).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let mut offsets = Vec::new();
+    for i in 0..20 {
+        let r = nodes[l].replica.write(batch(&format!("v{i}"))).await.unwrap();
+        assert_eq!(r.count, 1);
+        offsets.push(r.base_offset);
+    }
+    assert_eq!(
+        offsets,
+        (0..20).collect::<Vec<u64>>(),
+        "offsets are dense and in order"
+    );
+    // A follower refuses and names the leader.
+    let f = (l + 1) % 3;
+    match nodes[f].replica.write(batch("x")).await {
+        Err(WriteError::NotLeader {
+            leader: Some((id, _)),
+            ..
+        }) => assert_eq!(id, nodes[l].id),
+        other => panic!("follower write: {other:?}"),
+    }
+    // The follower forwards when asked to.
+    let r = nodes[f].replica.write_anywhere(batch("fwd")).await.unwrap();
+    assert_eq!(r.base_offset, 20);
+
+    // Stop the leader; the others elect a new one within the failover bound.
+    let old = nodes.remove(l);
+    let stopped = Instant::now();
+    old.replica.shutdown(&old.router).await;
+    old.transport.close();
+    let rest: Vec<&Node> = nodes.iter().collect();
+    let nl = leader_of(&rest).await;
+    let failover = stopped.elapsed();
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    let r = nodes[nl].replica.write(batch("after")).await.unwrap();
+    assert_eq!(r.base_offset, 21, "the new leader continues the numbering");
+
+    // Both survivors hold identical entries and applied everything.
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = entries(&nodes[0].log);
+        let b = entries(&nodes[1].log);
+        if a == b
+            && nodes
+                .iter()
+                .all(|n| n.applier.through.load(Ordering::Acquire) >= r.raft_index)
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "replicas differ: {a:?} vs {b:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The stopped leader's log is a prefix of theirs (nothing it held diverged).
+    let survivor = entries(&nodes[0].log);
+    let before = entries(&old.log);
+    assert_eq!(&survivor[..before.len()], &before[..]);
+}
+
+fn members_of(nodes: &[Node]) -> BTreeMap<u64, BrokerNode> {
+    nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id,
+                BrokerNode {
+                    raft_addr: n.addr.clone(),
+                    client_addr: String::new(),
+                },
+            )
+        })
+        .collect()
+}
+
+async fn stop(n: Node) -> (u64, String) {
+    n.replica.shutdown(&n.router).await;
+    n.transport.close();
+    (n.id, n.addr)
+}
+
+async fn wait_applied(n: &Node, index: u64) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while n.applier.through.load(Ordering::Acquire) < index {
+        assert!(Instant::now() < until, "node {} did not apply {index}", n.id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A follower restarted from its disk keeps its vote and log and catches
+/// up; one whose missing entries retention removed on the leader catches up
+/// by snapshot, and ends with the leader's entries at the same offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_snapshot_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let leader = nodes.remove(l);
+    for i in 0..10 {
+        leader.replica.write(batch(&format!("a{i}"))).await.unwrap();
+    }
+
+    // Restart one follower from its disk: it rejoins and catches up by log.
+    let (id, addr) = stop(nodes.remove(0)).await;
+    let r = leader.replica.write(batch("while-down")).await.unwrap();
+    let back = start(tmp.path(), id, &addr).await;
+    wait_applied(&back, r.raft_index).await;
+    assert_eq!(entries(&back.log), entries(&leader.log));
+    assert_eq!(
+        back.applier.installs.load(Ordering::Acquire),
+        0,
+        "caught up by log, not snapshot"
+    );
+
+    // Stop it again; the leader writes across several segments and retention
+    // releases the oldest ones, so the follower's next entry is gone.
+    let (id, addr) = stop(back).await;
+    let value = "x".repeat(200 << 10);
+    let mut last = 0;
+    for _ in 0..40 {
+        last = leader.replica.write(batch(&value)).await.unwrap().raft_index;
+    }
+    let sealed_last = leader.log.with(|l| {
+        let segs = l.segments();
+        segs[segs.len() - 2].last_raft_index.unwrap()
+    });
+    leader.replica.release_through(sealed_last).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while leader.log.with(|l| l.first_raft_index()).unwrap() <= RaftIndex(r.raft_index) {
+        assert!(Instant::now() < until, "the leader never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back = start(tmp.path(), id, &addr).await;
+    wait_applied(&back, last).await;
+    assert!(
+        back.applier.installs.load(Ordering::Acquire) >= 1,
+        "caught up by snapshot"
+    );
+    // From the leader's first entry on, the two logs are identical.
+    let lead = entries(&leader.log);
+    let theirs = entries(&back.log);
+    let first = lead[0].0;
+    let from = theirs
+        .iter()
+        .position(|e| e.0 == first)
+        .expect("follower holds the leader's first entry");
+    assert_eq!(&theirs[from..], &lead[..]);
+    // The third replica was never touched and agrees too.
+    wait_applied(&nodes[0], last).await;
+    let third = entries(&nodes[0].log);
+    let from = third.iter().position(|e| e.0 == first).unwrap();
+    assert_eq!(&third[from..third.len().min(from + lead.len())], &lead[..]);
+}
