@@ -140,3 +140,44 @@ fn full_disk_is_a_typed_error_at_segment_creation() {
     assert_eq!(log.batches_from(Offset(0)).unwrap().count() as u64, appended);
     assert_eq!(log.next_offset(), Offset(appended));
 }
+
+/// A Raft follower's path: entries at given indexes, a truncated suffix
+/// whose replacement waits for its own fsync, and a restart after a
+/// snapshot that starts the log at an offset and index it never held.
+#[test]
+fn raft_appends_truncation_and_reset() {
+    use felix_log::RaftIndex;
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+    let b = |n| common::batch_of(&[common::payload(n, 64)], 1);
+    for i in 0..5 {
+        log.append_at(&b(i), RaftTerm(1), RaftIndex(i)).unwrap();
+    }
+    log.wait_durable(RaftIndex(4)).unwrap();
+    let gap = log.append_at(&b(9), RaftTerm(1), RaftIndex(9));
+    assert!(matches!(gap, Err(LogError::RaftIndexGap { .. })), "{gap:?}");
+    log.truncate_after(RaftIndex(2)).unwrap();
+    let syncs = log.sync_count();
+    let out = log.append_at(&b(30), RaftTerm(2), RaftIndex(3)).unwrap();
+    assert_eq!(out.base_offset, Offset(3), "the replacement takes the removed entry's offset");
+    log.wait_durable(RaftIndex(3)).unwrap();
+    assert!(log.sync_count() > syncs, "index 3 was durable before truncation; its replacement was not");
+
+    log.reset_after(Offset(1000), Some((RaftTerm(5), RaftIndex(99)))).unwrap();
+    log.with(|l| {
+        assert_eq!(l.last_raft(), Some((RaftTerm(5), RaftIndex(99))));
+        assert_eq!(l.purged_last(), Some((RaftTerm(5), RaftIndex(99))));
+        assert_eq!(l.next_offset(), Offset(1000));
+        assert_eq!(l.first_raft_index(), None);
+    });
+    let out = log.append_at(&b(100), RaftTerm(5), RaftIndex(100)).unwrap();
+    assert_eq!(out.base_offset, Offset(1000));
+    log.wait_durable(RaftIndex(100)).unwrap();
+    log.close().unwrap();
+    let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+    log.with(|l| {
+        assert_eq!(l.purged_last(), Some((RaftTerm(5), RaftIndex(99))), "the restart point survives reopening");
+        assert_eq!(l.first_raft_index(), Some(RaftIndex(100)));
+        assert_eq!(l.earliest_offset(), Offset(1000));
+    });
+}

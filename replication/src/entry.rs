@@ -93,3 +93,68 @@ pub fn membership_of(batch: &Batch) -> Result<Option<Membership>, String> {
         _ => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::types::BrokerNode;
+
+    fn stamped(b: Bytes, term: u64, index: u64) -> Batch {
+        let mut v = b.to_vec();
+        felix_log::batch::stamp(&mut v, felix_log::Offset(0), felix_log::RaftTerm(term), felix_log::RaftIndex(index));
+        Batch::new(Bytes::from(v)).unwrap()
+    }
+
+    #[test]
+    fn raft_entries_round_trip_through_batches() {
+        let nodes: BTreeMap<u64, BrokerNode> = (1..=3)
+            .map(|i| {
+                (
+                    i,
+                    BrokerNode {
+                        raft_addr: format!("127.0.0.1:{i}"),
+                        client_addr: String::new(),
+                    },
+                )
+            })
+            .collect();
+        let m = Membership::new(vec![BTreeSet::from([1, 2, 3])], nodes);
+        let data = {
+            let mut b = BatchBuilder::new(1 << 20);
+            b.push(RecordInput {
+                value: Some(b"payload"),
+                timestamp_ms: 5,
+                ..RecordInput::default()
+            })
+            .unwrap();
+            Bytes::from(b.build(Compression::None).unwrap())
+        };
+        let lid = |i| LogId::new(openraft::CommittedLeaderId::new(3, 0), i);
+        for (i, payload) in [
+            EntryPayload::Blank,
+            EntryPayload::Membership(m.clone()),
+            EntryPayload::Normal(Request(data.clone())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let e = Entry {
+                log_id: lid(i as u64),
+                payload,
+            };
+            let back = from_batch(&stamped(to_batch(&e, 1).unwrap(), 3, i as u64)).unwrap();
+            assert_eq!(back.log_id, e.log_id);
+            match (&back.payload, &e.payload) {
+                (EntryPayload::Blank, EntryPayload::Blank) => {}
+                (EntryPayload::Membership(a), EntryPayload::Membership(b)) => assert_eq!(a, b),
+                // The stored copy is the stamped batch; its records are the same.
+                (EntryPayload::Normal(Request(a)), EntryPayload::Normal(Request(b))) => {
+                    assert_eq!(a[88..], b[88..])
+                }
+                other => panic!("payload changed kind: {other:?}"),
+            }
+        }
+    }
+}

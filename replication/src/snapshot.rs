@@ -235,3 +235,43 @@ pub fn install_into(log: &SharedLog, loaded: &Loaded) -> Result<(), ReplicationE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flipped_byte_or_a_cut_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SharedLog::open(dir.path().join("log"), felix_log::LogConfig::default()).unwrap();
+        for i in 0..3u64 {
+            let mut b = felix_log::BatchBuilder::new(1 << 20);
+            b.push(felix_log::RecordInput {
+                value: Some(format!("v{i}").as_bytes()),
+                timestamp_ms: 1,
+                ..felix_log::RecordInput::default()
+            })
+            .unwrap();
+            log.append_at(&b.build(felix_log::Compression::None).unwrap(), RaftTerm(1), RaftIndex(i))
+                .unwrap();
+        }
+        let meta = SnapshotMeta {
+            last_log_id: Some(crate::store::log_id(RaftTerm(1), RaftIndex(2))),
+            ..SnapshotMeta::default()
+        };
+        let path = dir.path().join("s.snap");
+        build(&log, meta, b"owner-state", &path).unwrap();
+        let ok = load(&path).unwrap();
+        assert_eq!(ok.batches.len(), 3);
+        assert_eq!(ok.state, b"owner-state");
+        let good = std::fs::read(&path).unwrap();
+        for at in [3, HEADER_AT + 2, good.len() - 10] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(matches!(load(&path), Err(ReplicationError::Corrupt { .. })), "flip at {at} accepted");
+        }
+        std::fs::write(&path, &good[..good.len() - 7]).unwrap();
+        assert!(load(&path).is_err(), "a cut snapshot was accepted");
+    }
+}
