@@ -159,11 +159,19 @@ fn raft_appends_truncation_and_reset() {
     log.truncate_after(RaftIndex(2)).unwrap();
     let syncs = log.sync_count();
     let out = log.append_at(&b(30), RaftTerm(2), RaftIndex(3)).unwrap();
-    assert_eq!(out.base_offset, Offset(3), "the replacement takes the removed entry's offset");
+    assert_eq!(
+        out.base_offset,
+        Offset(3),
+        "the replacement takes the removed entry's offset"
+    );
     log.wait_durable(RaftIndex(3)).unwrap();
-    assert!(log.sync_count() > syncs, "index 3 was durable before truncation; its replacement was not");
+    assert!(
+        log.sync_count() > syncs,
+        "index 3 was durable before truncation; its replacement was not"
+    );
 
-    log.reset_after(Offset(1000), Some((RaftTerm(5), RaftIndex(99)))).unwrap();
+    log.reset_after(Offset(1000), Some((RaftTerm(5), RaftIndex(99))))
+        .unwrap();
     log.with(|l| {
         assert_eq!(l.last_raft(), Some((RaftTerm(5), RaftIndex(99))));
         assert_eq!(l.purged_last(), Some((RaftTerm(5), RaftIndex(99))));
@@ -176,7 +184,11 @@ fn raft_appends_truncation_and_reset() {
     log.close().unwrap();
     let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
     log.with(|l| {
-        assert_eq!(l.purged_last(), Some((RaftTerm(5), RaftIndex(99))), "the restart point survives reopening");
+        assert_eq!(
+            l.purged_last(),
+            Some((RaftTerm(5), RaftIndex(99))),
+            "the restart point survives reopening"
+        );
         assert_eq!(l.first_raft_index(), Some(RaftIndex(100)));
         assert_eq!(l.earliest_offset(), Offset(1000));
     });

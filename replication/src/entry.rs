@@ -103,7 +103,12 @@ mod tests {
 
     fn stamped(b: Bytes, term: u64, index: u64) -> Batch {
         let mut v = b.to_vec();
-        felix_log::batch::stamp(&mut v, felix_log::Offset(0), felix_log::RaftTerm(term), felix_log::RaftIndex(index));
+        felix_log::batch::stamp(
+            &mut v,
+            felix_log::Offset(0),
+            felix_log::RaftTerm(term),
+            felix_log::RaftIndex(index),
+        );
         Batch::new(Bytes::from(v)).unwrap()
     }
 

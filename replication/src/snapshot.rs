@@ -252,8 +252,12 @@ mod tests {
                 ..felix_log::RecordInput::default()
             })
             .unwrap();
-            log.append_at(&b.build(felix_log::Compression::None).unwrap(), RaftTerm(1), RaftIndex(i))
-                .unwrap();
+            log.append_at(
+                &b.build(felix_log::Compression::None).unwrap(),
+                RaftTerm(1),
+                RaftIndex(i),
+            )
+            .unwrap();
         }
         let meta = SnapshotMeta {
             last_log_id: Some(crate::store::log_id(RaftTerm(1), RaftIndex(2))),
@@ -269,7 +273,10 @@ mod tests {
             let mut bad = good.clone();
             bad[at] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
-            assert!(matches!(load(&path), Err(ReplicationError::Corrupt { .. })), "flip at {at} accepted");
+            assert!(
+                matches!(load(&path), Err(ReplicationError::Corrupt { .. })),
+                "flip at {at} accepted"
+            );
         }
         std::fs::write(&path, &good[..good.len() - 7]).unwrap();
         assert!(load(&path).is_err(), "a cut snapshot was accepted");
