@@ -33,12 +33,15 @@ pub struct GroupConfig {
 
 impl Default for GroupConfig {
     fn default() -> Self {
-        // Loopback and LAN defaults: failover under 2 s with margin, and
-        // heartbeats rare enough that hundreds of idle groups stay cheap.
+        // Failover takes about the leader lease (openraft makes it
+        // `election_timeout_max`: followers refuse votes that long after
+        // the last heartbeat) plus one follower's election timeout, so
+        // 800 + 500..800 ms: under 2 s on loopback and LAN. Heartbeats stay
+        // rare enough that hundreds of idle groups are cheap.
         GroupConfig {
-            heartbeat_interval_ms: 200,
-            election_timeout_min_ms: 800,
-            election_timeout_max_ms: 1400,
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 800,
         }
     }
 }

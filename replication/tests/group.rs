@@ -202,6 +202,7 @@ async fn quorum_writes_failover_and_identical_logs() {
     let rest: Vec<&Node> = nodes.iter().collect();
     let nl = leader_of(&rest).await;
     let failover = stopped.elapsed();
+    eprintln!("failover: new leader {failover:?} after the old one stopped");
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
     let r = nodes[nl].replica.write(batch("after")).await.unwrap();
     assert_eq!(r.base_offset, 21, "the new leader continues the numbering");
