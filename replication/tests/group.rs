@@ -124,7 +124,16 @@ async fn leader_of(nodes: &[&Node]) -> usize {
         if let Some(i) = nodes.iter().position(|n| n.replica.is_leader()) {
             return i;
         }
-        assert!(Instant::now() < until, "no leader elected in 10 s");
+        if Instant::now() >= until {
+            for n in nodes {
+                let m = n.replica.raft.metrics().borrow().clone();
+                eprintln!(
+                    "node {}: state {:?} term {} vote {} leader {:?} last_log {:?}",
+                    n.id, m.state, m.current_term, m.vote, m.current_leader, m.last_log_index
+                );
+            }
+            panic!("no leader elected in 10 s");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
