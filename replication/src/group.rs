@@ -234,34 +234,36 @@ impl Replica {
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         if promote {
-            let mut voters: std::collections::BTreeSet<NodeId> = self
-                .raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
-            voters.insert(id);
-            self.raft
-                .change_membership(voters, false)
-                .await
-                .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+            self.change_voters(|v| {
+                v.insert(id);
+            })
+            .await?;
         }
         Ok(())
     }
 
     /// Removes `id` from the group's voters and learners.
     pub async fn remove_replica(&self, id: NodeId) -> Result<(), ReplicationError> {
-        let voters: std::collections::BTreeSet<NodeId> = self
+        self.change_voters(|v| {
+            v.remove(&id);
+        })
+        .await
+    }
+
+    /// Commits the current voters as `edit` changes them.
+    async fn change_voters(
+        &self,
+        edit: impl FnOnce(&mut std::collections::BTreeSet<NodeId>),
+    ) -> Result<(), ReplicationError> {
+        let mut voters: std::collections::BTreeSet<NodeId> = self
             .raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|v| *v != id)
             .collect();
+        edit(&mut voters);
         self.raft
             .change_membership(voters, false)
             .await

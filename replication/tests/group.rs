@@ -165,19 +165,7 @@ async fn quorum_writes_failover_and_identical_logs() {
     for id in 1..=3 {
         nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
     }
-    let members: BTreeMap<u64, BrokerNode> = nodes
-        .iter()
-        .map(|n| {
-            (
-                n.id,
-                BrokerNode {
-                    raft_addr: n.addr.clone(),
-                    client_addr: String::new(),
-                },
-            )
-        })
-        .collect();
-    nodes[0].replica.initialize(members.clone()).await.unwrap();
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
     let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
     let mut offsets = Vec::new();
     for i in 0..20 {
