@@ -130,6 +130,7 @@ impl Replica {
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         router.add(group, raft.clone(), state_dir);
+        tokio::spawn(break_split_votes(raft.clone(), cfg));
         Ok(Replica {
             group,
             id,
@@ -275,4 +276,41 @@ impl Replica {
         router.remove(self.group);
         let _ = self.raft.shutdown().await;
     }
+}
+
+/// Openraft checks election timeouts only on its tick (1.5 heartbeats), so
+/// two candidates whose ticks line up split every vote forever. A candidate
+/// still without a leader after a random wait stands again at once, off
+/// the tick, and the other grants the higher term.
+async fn break_split_votes(raft: Raft, cfg: GroupConfig) {
+    use openraft::ServerState;
+    let mut was_candidate = false;
+    loop {
+        let wait = cfg.election_timeout_max_ms + rand_below(cfg.election_timeout_max_ms);
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        let state = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.state
+        };
+        if state == ServerState::Shutdown {
+            return;
+        }
+        let candidate = state == ServerState::Candidate;
+        if candidate && was_candidate && raft.trigger().elect().await.is_err() {
+            return;
+        }
+        was_candidate = candidate;
+    }
+}
+
+fn rand_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % n.max(1)
 }

@@ -26,7 +26,6 @@ use openraft::raft::{
 use openraft::Snapshot;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 
 use crate::error::ReplicationError;
 use crate::snapshot::SnapshotFile;
@@ -329,7 +328,6 @@ async fn reply(send: &mut quinn::SendStream, out: Result<Vec<u8>, String>) -> Re
     b.extend_from_slice(&body);
     send.write_all(&b).await.map_err(terr)?;
     send.finish().map_err(terr)?;
-    let _ = send.flush().await;
     Ok(())
 }
 

@@ -161,12 +161,7 @@ async fn quorum_writes_failover_and_identical_logs() {
         .with_test_writer()
         .try_init();
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
-    }
-    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
-    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let (mut nodes, l) = cluster(tmp.path()).await;
     let mut offsets = Vec::new();
     for i in 0..20 {
         let r = nodes[l].replica.write(batch(&format!("v{i}"))).await.unwrap();
@@ -225,6 +220,18 @@ async fn quorum_writes_failover_and_identical_logs() {
     assert_eq!(&survivor[..before.len()], &before[..]);
 }
 
+/// Three replicas under `root`, initialized by the first; returns them and
+/// the leader's position.
+async fn cluster(root: &std::path::Path) -> (Vec<Node>, usize) {
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(root, id, "127.0.0.1:0").await);
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    (nodes, l)
+}
+
 fn members_of(nodes: &[Node]) -> BTreeMap<u64, BrokerNode> {
     nodes
         .iter()
@@ -260,12 +267,7 @@ async fn wait_applied(n: &Node, index: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_and_snapshot_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
-    for id in 1..=3 {
-        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
-    }
-    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
-    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let (mut nodes, l) = cluster(tmp.path()).await;
     let leader = nodes.remove(l);
     for i in 0..10 {
         leader.replica.write(batch(&format!("a{i}"))).await.unwrap();
