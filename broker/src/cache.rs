@@ -34,9 +34,22 @@ fn shard_of<'a>(h: &'a StreamHandle, key: &[u8]) -> Result<&'a HostedShard, Brok
     Ok(h.shard(shard_for_key(key, h.shards.len() as u32))?)
 }
 
+/// Confirms this replica leads the shard; the hot map forgets the shard
+/// when leadership is new, as another leader may have written meanwhile.
+async fn lead(node: &Node, shard: &HostedShard) -> Result<(), BrokerError> {
+    shard.lead().await?;
+    if shard.take_lead_began() {
+        node.hot.forget_shard(shard.id);
+    }
+    Ok(())
+}
+
 /// The live entry of `key`, if any.
-pub fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<CacheEntry>, BrokerError> {
+/// In a cluster only the shard's leader answers, so a get sees every
+/// acknowledged write.
+pub async fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<CacheEntry>, BrokerError> {
     let shard = shard_of(h, key)?;
+    lead(node, shard).await?;
     let now = node.now_ms();
     if let Some(known) = node.hot.get(shard.id, key, now) {
         return Ok(known);
@@ -82,6 +95,7 @@ pub async fn write(
     if_version: Option<u64>,
 ) -> Result<Message, BrokerError> {
     let shard = shard_of(h, &key)?;
+    lead(node, shard).await?;
     let ttl_ms = match value {
         Some(_) => ttl_ms.or(h.meta().default_ttl_ms),
         None => None,

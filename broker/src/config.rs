@@ -29,7 +29,131 @@ pub struct BrokerConfig {
     pub hot_cache_bytes_max: usize,
     /// How often retention, segment rolling and TTL sweeps run.
     pub maintenance_interval_ms: u64,
+    /// Brokers that replicate each other's shards. Absent: a single node.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// A static cluster: every listed broker replicates every shard (placement
+/// on a subset arrives with the control plane), stream definitions travel
+/// through a metadata group that all of them run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// UDP address for replication traffic between brokers.
+    pub raft_listen: SocketAddr,
+    /// Every broker of the cluster, this one included.
+    pub peers: Vec<PeerConfig>,
+    /// A directory of development certificates shared by every broker
+    /// (one CA): created if missing. Replication requires mutual TLS, and
+    /// clients are served with the same certificate.
+    pub tls_dir: PathBuf,
+    /// Raft heartbeat and election timing, in ms.
+    #[serde(default = "heartbeat_default")]
+    pub heartbeat_interval_ms: u64,
+    #[serde(default = "election_min_default")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "election_max_default")]
+    pub election_timeout_max_ms: u64,
+    /// How long a replicated write waits for its quorum before the client
+    /// is told `Timeout` (the write may still land; idempotent producers
+    /// retry safely).
+    #[serde(default = "write_timeout_default")]
+    pub write_timeout_ms: u64,
+}
+
+fn heartbeat_default() -> u64 {
+    felix_replication::GroupConfig::default().heartbeat_interval_ms
+}
+fn election_min_default() -> u64 {
+    felix_replication::GroupConfig::default().election_timeout_min_ms
+}
+fn election_max_default() -> u64 {
+    felix_replication::GroupConfig::default().election_timeout_max_ms
+}
+fn write_timeout_default() -> u64 {
+    5_000
+}
+
+/// One broker of a cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: u64,
+    /// Its `cluster.raft_listen` as the others reach it.
+    pub raft: String,
+    /// The address clients are sent to.
+    pub client: String,
+}
+
+impl ClusterConfig {
+    pub fn group_config(&self) -> felix_replication::GroupConfig {
+        felix_replication::GroupConfig {
+            heartbeat_interval_ms: self.heartbeat_interval_ms,
+            election_timeout_min_ms: self.election_timeout_min_ms,
+            election_timeout_max_ms: self.election_timeout_max_ms,
+        }
+    }
+
+    fn check(&self, me: u64) -> Result<(), String> {
+        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.peers.len() {
+            return Err("cluster.peers: two peers share an id".into());
+        }
+        if !ids.contains(&me) {
+            return Err(format!("cluster.peers must list this broker (broker_id = {me})"));
+        }
+        if self.peers.len() > CLUSTER_PEERS_MAX {
+            return Err(format!("cluster.peers: at most {CLUSTER_PEERS_MAX} brokers"));
+        }
+        if self.heartbeat_interval_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_interval_ms {
+            return Err(
+                "cluster.election_timeout_min_ms must exceed cluster.heartbeat_interval_ms (> 0)".into(),
+            );
+        }
+        if self.election_timeout_max_ms <= self.election_timeout_min_ms {
+            return Err("cluster.election_timeout_max_ms must exceed cluster.election_timeout_min_ms".into());
+        }
+        if self.write_timeout_ms == 0 {
+            return Err("cluster.write_timeout_ms must be above 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// One broker of a local cluster as `felix dev --brokers N` (and the
+/// tests) run it.
+#[derive(Debug, Clone)]
+pub struct LocalMember {
+    pub id: u64,
+    pub client: SocketAddr,
+    pub raft: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+/// The configuration file of `me` in a local cluster of `all`, sharing the
+/// development CA under `tls_dir`; `extra` is appended (more settings).
+pub fn local_cluster_toml(me: &LocalMember, all: &[LocalMember], tls_dir: &Path, extra: &str) -> String {
+    let mut t = format!(
+        "data_dir = {:?}\nbroker_id = {}\nlisten = \"{}\"\n{extra}\n[cluster]\nraft_listen = \"{}\"\ntls_dir = {:?}\n",
+        me.data_dir.display().to_string(),
+        me.id,
+        me.client,
+        me.raft,
+        tls_dir.display().to_string()
+    );
+    for p in all {
+        t.push_str(&format!(
+            "\n[[cluster.peers]]\nid = {}\nraft = \"{}\"\nclient = \"{}\"\n",
+            p.id, p.raft, p.client
+        ));
+    }
+    t
+}
+
+/// Brokers one static cluster lists at most (each replicates every shard).
+pub const CLUSTER_PEERS_MAX: usize = 7;
 
 /// Certificates. With `dev = true` (the default) a development CA and
 /// server certificate are generated under `data_dir/tls/` and reused.
@@ -64,6 +188,7 @@ impl Default for BrokerConfig {
             index_cache_bytes: 64 << 20,
             hot_cache_bytes_max: 64 << 20,
             maintenance_interval_ms: 1000,
+            cluster: None,
         }
     }
 }
@@ -115,6 +240,9 @@ impl BrokerConfig {
         if self.maintenance_interval_ms == 0 {
             return Err("maintenance_interval_ms must be above 0".into());
         }
+        if let Some(c) = &self.cluster {
+            c.check(self.broker_id)?;
+        }
         if self.log.segment_bytes < (self.log.batch_bytes_max as u64) * 2 {
             return Err(format!(
                 "log.segment_bytes ({}) must be at least twice log.batch_bytes_max ({})",
@@ -138,5 +266,30 @@ mod tests {
         assert!(e.to_string().contains("segmnet_bytes"), "{e}");
         let c: BrokerConfig = toml::from_str("[tls]\ndev = false\n").unwrap();
         assert!(c.check().unwrap_err().contains("tls.cert"));
+    }
+
+    #[test]
+    fn local_cluster_files_parse_and_are_checked() {
+        let all: Vec<LocalMember> = (1..=3)
+            .map(|id| LocalMember {
+                id,
+                client: SocketAddr::from(([127, 0, 0, 1], 7000 + id as u16)),
+                raft: SocketAddr::from(([127, 0, 0, 1], 7100 + id as u16)),
+                data_dir: PathBuf::from(format!("/tmp/b{id}")),
+            })
+            .collect();
+        let t = local_cluster_toml(&all[1], &all, Path::new("/tmp/ca"), "");
+        let c: BrokerConfig = toml::from_str(&t).unwrap();
+        assert!(c.check().is_ok());
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(c.broker_id, 2);
+        assert_eq!(cl.peers.len(), 3);
+        assert_eq!(cl.peers[2].client, "127.0.0.1:7003");
+        // A broker missing from its own peer list is refused.
+        let c: BrokerConfig = toml::from_str(&t.replace("broker_id = 2", "broker_id = 9")).unwrap();
+        assert!(c.check().unwrap_err().contains("broker_id = 9"));
+        let c: BrokerConfig =
+            toml::from_str(&t.replace("[cluster]", "[cluster]\nelection_timeout_max_ms = 100")).unwrap();
+        assert!(c.check().unwrap_err().contains("election_timeout_max_ms"));
     }
 }

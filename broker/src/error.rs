@@ -36,12 +36,26 @@ pub enum BrokerError {
     Io(#[from] std::io::Error),
     #[error("transport: {0}")]
     Transport(#[from] felix_client::transport::TransportError),
+    #[error("not the leader; leader: {leader:?}")]
+    NotLeader { leader: Option<(u64, String)> },
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("replication: {0}")]
+    Replication(String),
+}
+
+impl From<felix_replication::ReplicationError> for BrokerError {
+    fn from(e: felix_replication::ReplicationError) -> BrokerError {
+        BrokerError::Replication(e.to_string())
+    }
 }
 
 impl From<BrokerError> for ErrorReply {
     fn from(e: BrokerError) -> ErrorReply {
         match e {
             BrokerError::UnknownStream(s) => ErrorReply::UnknownStream(s),
+            BrokerError::NotLeader { leader } => ErrorReply::NotLeader { leader },
+            BrokerError::Timeout(why) => ErrorReply::Timeout(why),
             BrokerError::Overloaded { retry_after_ms } => ErrorReply::Overloaded { retry_after_ms },
             BrokerError::OffsetOutOfRange { earliest, latest, .. } => {
                 ErrorReply::OffsetOutOfRange { earliest, latest }

@@ -182,7 +182,7 @@ impl NodeHandler {
             }
             Message::CacheGet { cache: name, key } => {
                 let h = node.stream(&name)?;
-                let entry = cache::get(node, &h, &key)?;
+                let entry = cache::get(node, &h, &key).await?;
                 Ok(Reply::Message(Message::CacheValue { entry }))
             }
             Message::CachePut {
@@ -210,11 +210,11 @@ impl NodeHandler {
                 Ok(Reply::Message(Message::MetadataReply { brokers, streams }))
             }
             Message::StreamCreate(c) => {
-                node.create_stream(&c)?;
+                node.create_stream(&c).await?;
                 done()
             }
             Message::StreamDelete { name, force } => {
-                node.delete_stream(&name, force)?;
+                node.delete_stream(&name, force).await?;
                 done()
             }
             Message::StreamSetRetention {
@@ -222,7 +222,7 @@ impl NodeHandler {
                 retention_ms,
                 retention_bytes,
             } => {
-                node.set_retention(&name, retention_ms, retention_bytes)?;
+                node.set_retention(&name, retention_ms, retention_bytes).await?;
                 done()
             }
             Message::StreamDescribe { name } => {

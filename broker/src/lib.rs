@@ -9,6 +9,7 @@
 //!   `felix broker` run.
 
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod handler;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod devcluster;
 mod logtool;
 
 use std::net::SocketAddr;
@@ -33,9 +34,15 @@ enum Command {
     Dev {
         #[arg(long, default_value = "./felix-data")]
         data_dir: PathBuf,
-        /// QUIC address to listen on (port 0 picks a free one).
+        /// QUIC address to listen on (port 0 picks a free one). With
+        /// --brokers N, brokers listen on N consecutive ports from it and
+        /// replicate on the N ports 100 above.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
+        /// Run a local cluster of this many broker processes that replicate
+        /// every shard to each other (1: one broker in this process).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+        brokers: u32,
     },
     /// A broker configured by a TOML file.
     Broker {
@@ -79,7 +86,12 @@ fn main() -> anyhow::Result<()> {
             .context("starting the async runtime")
     };
     match args.command {
-        Command::Dev { data_dir, listen } => {
+        Command::Dev {
+            data_dir,
+            listen,
+            brokers,
+        } if brokers > 1 => rt()?.block_on(devcluster::run(&data_dir, listen, brokers)),
+        Command::Dev { data_dir, listen, .. } => {
             let config = BrokerConfig {
                 data_dir,
                 listen,
@@ -150,7 +162,7 @@ fn print_dev_banner(r: &server::Running, dir: &Path, profile: &Path) {
     println!("try: felix stream create orders --shards 3   (Ctrl-C stops)");
 }
 
-async fn wait_for_shutdown() {
+pub(crate) async fn wait_for_shutdown() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {

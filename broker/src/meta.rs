@@ -96,6 +96,9 @@ struct File {
     version: u32,
     next_shard_id: u64,
     streams: BTreeMap<String, StreamMeta>,
+    /// In a cluster: the last metadata-group entry this file reflects.
+    #[serde(default)]
+    raft_applied: Option<u64>,
 }
 
 const FILE_VERSION: u32 = 1;
@@ -130,10 +133,40 @@ impl MetaStore {
                 version: FILE_VERSION,
                 next_shard_id: 1,
                 streams: BTreeMap::new(),
+                raft_applied: None,
             },
             Err(e) => return Err(err(e.to_string())),
         };
         Ok(MetaStore { path, file })
+    }
+
+    /// The last metadata-group entry applied (cluster only).
+    pub fn raft_applied(&self) -> Option<u64> {
+        self.file.raft_applied
+    }
+
+    /// Notes that the change about to be made is metadata entry `index`;
+    /// the change's save records it with it.
+    pub fn set_raft_applied(&mut self, index: u64) {
+        self.file.raft_applied = Some(index);
+    }
+
+    /// The whole file, for a metadata snapshot.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BrokerError> {
+        serde_json::to_vec(&self.file).map_err(|e| BrokerError::Metadata {
+            path: self.path.clone(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Replaces everything with a snapshot's file.
+    pub fn replace(&mut self, bytes: &[u8]) -> Result<(), BrokerError> {
+        let f: File = serde_json::from_slice(bytes).map_err(|e| BrokerError::Metadata {
+            path: self.path.clone(),
+            why: format!("snapshot: {e}"),
+        })?;
+        self.file = f;
+        self.save()
     }
 
     pub fn streams(&self) -> impl Iterator<Item = (StreamName, &StreamMeta)> {
@@ -147,6 +180,22 @@ impl MetaStore {
         self.file.streams.get(&name.to_string())
     }
 
+    /// What can be checked of a new stream without the metadata.
+    pub fn check(c: &StreamConfig) -> Result<(Durability, StreamKind), BrokerError> {
+        StreamName::parse(&c.name)?;
+        if c.shards == 0 || c.shards > SHARDS_PER_STREAM_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "shards {}: expected 1 to {SHARDS_PER_STREAM_MAX}",
+                c.shards
+            )));
+        }
+        let durability: Durability = c
+            .durability
+            .parse()
+            .map_err(|e: felix_log::LogError| BrokerError::Invalid(e.to_string()))?;
+        Ok((durability, StreamKind::from_wire(c.kind)?))
+    }
+
     /// Validates and records a new stream; returns its metadata.
     pub fn create(&mut self, c: &StreamConfig) -> Result<(StreamName, StreamMeta), BrokerError> {
         let name = StreamName::parse(&c.name)?;
@@ -158,17 +207,7 @@ impl MetaStore {
                 "this node holds {STREAMS_MAX} streams already"
             )));
         }
-        if c.shards == 0 || c.shards > SHARDS_PER_STREAM_MAX {
-            return Err(BrokerError::Invalid(format!(
-                "shards {}: expected 1 to {SHARDS_PER_STREAM_MAX}",
-                c.shards
-            )));
-        }
-        let durability: Durability = c
-            .durability
-            .parse()
-            .map_err(|e: felix_log::LogError| BrokerError::Invalid(e.to_string()))?;
-        let kind = StreamKind::from_wire(c.kind)?;
+        let (durability, kind) = MetaStore::check(c)?;
         let first = self.file.next_shard_id;
         let meta = StreamMeta {
             kind,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use felix_client::wire::{BrokerInfo, ShardInfo, ShardStats, StreamConfig, StreamInfo};
@@ -13,6 +13,7 @@ use felix_index::{CompactionConfig, Index, IndexConfig, Maintenance, ShardKind};
 use felix_log::{LogConfig, Retention, ShardId};
 use tokio::sync::watch;
 
+use crate::cluster::{Cluster, MetaOp, StreamSpec};
 use crate::config::{BrokerConfig, LogSettings};
 use crate::error::BrokerError;
 use crate::hot::HotCache;
@@ -69,6 +70,9 @@ pub struct Node {
     clock: Clock,
     /// Round robin for publishes without a shard or key.
     pub(crate) spread: AtomicU64,
+    /// Whether shards are replicated (a `[cluster]` is configured).
+    replicated: bool,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -117,6 +121,8 @@ impl Node {
             maintenance,
             clock,
             spread: AtomicU64::new(0),
+            replicated: config.cluster.is_some(),
+            cluster: OnceLock::new(),
         };
         let all: Vec<(StreamName, StreamMeta)> = node
             .meta
@@ -177,8 +183,13 @@ impl Node {
         let mut shards = Vec::with_capacity(m.shards.len());
         for id in &m.shards {
             let id = ShardId(*id);
-            let s = HostedShard::open(&self.shard_dir(id), id, kind, cfg.clone(), self.index.clone())?
-                .with_signal(signal.clone());
+            let dir = self.shard_dir(id);
+            let s = if self.replicated {
+                HostedShard::open_replicated(&dir, id, kind, cfg.clone(), self.index.clone())?
+            } else {
+                HostedShard::open(&dir, id, kind, cfg.clone(), self.index.clone())?
+            }
+            .with_signal(signal.clone());
             if kind == ShardKind::Keyed {
                 self.maintenance
                     .register(id, s.log().clone(), compaction_config(m.kind));
@@ -221,13 +232,42 @@ impl Node {
         v
     }
 
-    /// Creates a stream (or cache) and opens its shards.
-    pub fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
+    /// Creates a stream (or cache) and opens its shards; in a cluster,
+    /// on every broker through the metadata group.
+    pub async fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
+        let Some(cluster) = self.cluster() else {
+            return self.create_local(c, None);
+        };
+        // Refuse what is plainly wrong before it reaches the log.
+        MetaStore::check(c)?;
+        let name = StreamName::parse(&c.name)?;
+        cluster
+            .write_meta(
+                &MetaOp::Create {
+                    stream: StreamSpec::from(c),
+                },
+                self.now_ms(),
+            )
+            .await?;
+        self.stream_by_name(&name)
+    }
+
+    fn create_local(
+        &self,
+        c: &StreamConfig,
+        raft_index: Option<u64>,
+    ) -> Result<Arc<StreamHandle>, BrokerError> {
         // One creation at a time: the metadata file and the shard map change together.
         let mut meta = self.meta.lock().expect("meta lock");
+        if let Some(i) = raft_index {
+            meta.set_raft_applied(i);
+        }
         let (name, m) = meta.create(c)?;
         let h = match self.open_stream(&name, m) {
             Ok(h) => Arc::new(h),
+            // A replicated stream stays defined (every broker recorded it);
+            // this broker serves it once it can open it.
+            Err(e) if raft_index.is_some() => return Err(e),
             Err(e) => {
                 let _ = meta.delete(&name);
                 return Err(e);
@@ -243,7 +283,7 @@ impl Node {
 
     /// Creates `name` as a one-shard stream like `like` if it does not exist
     /// (dead-letter streams).
-    pub fn ensure_stream(
+    pub async fn ensure_stream(
         &self,
         name: &StreamName,
         like: &StreamMeta,
@@ -261,16 +301,15 @@ impl Node {
             max_deliveries: like.max_deliveries,
             default_ttl_ms: None,
         };
-        match self.create_stream(&c) {
+        match self.create_stream(&c).await {
             Err(BrokerError::StreamExists(_)) => self.stream_by_name(name),
             r => r,
         }
     }
 
     /// Deletes a stream: its shards stop, their files and index entries go.
-    pub fn delete_stream(&self, name: &str, force: bool) -> Result<(), BrokerError> {
+    pub async fn delete_stream(&self, name: &str, force: bool) -> Result<(), BrokerError> {
         let n = StreamName::parse(name)?;
-        let mut meta = self.meta.lock().expect("meta lock");
         let h = self.stream_by_name(&n)?;
         let subs = h.subscribers.load(Ordering::Acquire);
         if subs > 0 && !force {
@@ -278,13 +317,31 @@ impl Node {
                 "stream {n} has {subs} active subscription(s); delete with force to end them"
             )));
         }
-        meta.delete(&n)?;
+        match self.cluster() {
+            Some(c) => {
+                c.write_meta(&MetaOp::Delete { name: n.to_string() }, self.now_ms())
+                    .await
+            }
+            None => self.delete_local(&n, None),
+        }
+    }
+
+    fn delete_local(&self, n: &StreamName, raft_index: Option<u64>) -> Result<(), BrokerError> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        let h = self.stream_by_name(n)?;
+        if let Some(i) = raft_index {
+            meta.set_raft_applied(i);
+        }
+        meta.delete(n)?;
         self.streams.write().expect("streams lock").remove(&n.to_string());
         for s in &h.shards {
             s.close();
             self.maintenance.unregister(s.id);
             self.hot.forget_shard(s.id);
             self.index.clear_shard(s.id)?;
+            if let (Some(r), Some(c)) = (s.replica().cloned(), self.cluster().cloned()) {
+                tokio::spawn(async move { r.shutdown(&c.router).await });
+            }
             let dir = self.shard_dir(s.id);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted shard's files");
@@ -295,20 +352,149 @@ impl Node {
     }
 
     /// Changes a stream's retention; the next upkeep round applies it.
-    pub fn set_retention(
+    pub async fn set_retention(
         &self,
         name: &str,
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> Result<(), BrokerError> {
         let n = StreamName::parse(name)?;
-        let h = self.stream_by_name(&n)?;
-        let m = self
-            .meta
-            .lock()
-            .expect("meta lock")
-            .set_retention(&n, retention_ms, retention_bytes)?;
+        self.stream_by_name(&n)?;
+        match self.cluster() {
+            Some(c) => {
+                let op = MetaOp::SetRetention {
+                    name: n.to_string(),
+                    retention_ms,
+                    retention_bytes,
+                };
+                c.write_meta(&op, self.now_ms()).await
+            }
+            None => self.set_retention_local(&n, retention_ms, retention_bytes, None),
+        }
+    }
+
+    fn set_retention_local(
+        &self,
+        n: &StreamName,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        raft_index: Option<u64>,
+    ) -> Result<(), BrokerError> {
+        let h = self.stream_by_name(n)?;
+        let mut meta = self.meta.lock().expect("meta lock");
+        if let Some(i) = raft_index {
+            meta.set_raft_applied(i);
+        }
+        let m = meta.set_retention(n, retention_ms, retention_bytes)?;
         *h.meta.lock().expect("stream meta lock") = m;
+        Ok(())
+    }
+
+    /// The cluster this broker is part of, once started.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Joins the cluster: starts the replication transport, the metadata
+    /// group and a group for every shard this broker hosts.
+    pub async fn start_cluster(
+        self: &Arc<Self>,
+        c: &crate::config::ClusterConfig,
+    ) -> Result<(), BrokerError> {
+        let applied = self.meta.lock().expect("meta lock").raft_applied();
+        let cluster = Arc::new(Cluster::open(self.broker_id, c, &self.data_dir, applied)?);
+        let _ = self.cluster.set(cluster.clone());
+        for h in self.streams() {
+            for s in &h.shards {
+                cluster
+                    .start_shard(s, HostedShard::raft_dir(&self.shard_dir(s.id)), false)
+                    .await?;
+            }
+        }
+        cluster.start_meta(self, &self.data_dir).await
+    }
+
+    /// Applies metadata entry `index` (cluster only). `fresh`: written just
+    /// now, so new shard groups need not wait for an existing leader.
+    pub(crate) fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
+        match op {
+            MetaOp::Create { stream } => {
+                let h = self.create_local(&StreamConfig::from(stream.clone()), Some(index))?;
+                self.start_groups(&h, fresh);
+                Ok(())
+            }
+            MetaOp::Delete { name } => self.delete_local(&StreamName::parse(name)?, Some(index)),
+            MetaOp::SetRetention {
+                name,
+                retention_ms,
+                retention_bytes,
+            } => self.set_retention_local(
+                &StreamName::parse(name)?,
+                *retention_ms,
+                *retention_bytes,
+                Some(index),
+            ),
+        }
+    }
+
+    /// Starts the shard groups of a stream just opened, in the background.
+    fn start_groups(&self, h: &Arc<StreamHandle>, fresh: bool) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        for s in &h.shards {
+            let (s, c, dir) = (
+                s.clone(),
+                cluster.clone(),
+                HostedShard::raft_dir(&self.shard_dir(s.id)),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = c.start_shard(&s, dir, fresh).await {
+                    tracing::error!(shard = s.id.0, error = %e, "starting the shard's group failed");
+                }
+            });
+        }
+    }
+
+    /// The metadata group's state, for its snapshot.
+    pub(crate) fn meta_snapshot(&self) -> Result<Vec<u8>, BrokerError> {
+        self.meta.lock().expect("meta lock").to_bytes()
+    }
+
+    /// Replaces the stream definitions with a metadata snapshot's: streams
+    /// it lacks are closed and removed, new ones opened.
+    pub(crate) fn install_meta(&self, state: &[u8], index: u64) -> Result<(), BrokerError> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.replace(state)?;
+        meta.set_raft_applied(index);
+        let wanted: HashMap<String, StreamMeta> =
+            meta.streams().map(|(n, m)| (n.to_string(), m.clone())).collect();
+        drop(meta);
+        for h in self.streams() {
+            if !wanted.contains_key(&h.name.to_string()) {
+                self.streams
+                    .write()
+                    .expect("streams lock")
+                    .remove(&h.name.to_string());
+                for s in &h.shards {
+                    s.close();
+                    self.maintenance.unregister(s.id);
+                    self.hot.forget_shard(s.id);
+                }
+            }
+        }
+        for (name, m) in wanted {
+            if self.stream(&name).is_ok() {
+                continue;
+            }
+            let n = StreamName::parse(&name)?;
+            let h = Arc::new(self.open_stream(&n, m)?);
+            self.streams
+                .write()
+                .expect("streams lock")
+                .insert(name, h.clone());
+            self.start_groups(&h, false);
+        }
         Ok(())
     }
 
@@ -348,30 +534,55 @@ impl Node {
                 .collect::<Result<_, _>>()?
         };
         let me = self.broker_id;
+        let cluster = self.cluster();
+        let replicas: Vec<u64> = match cluster {
+            Some(c) => c.peers.keys().copied().collect(),
+            None => vec![me],
+        };
         let streams = handles
             .iter()
             .map(|(name, h)| StreamInfo {
                 name: name.clone(),
                 kind: h.meta().kind.wire(),
-                shards: (0..h.shards.len() as u32)
-                    .map(|shard| ShardInfo {
-                        shard,
-                        leader: Some(me),
-                        replicas: vec![me],
+                shards: h
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(shard, s)| ShardInfo {
+                        shard: shard as u32,
+                        leader: match s.replica() {
+                            Some(r) => r.leader().map(|(id, _)| id),
+                            None if s.is_replicated() => None,
+                            None => Some(me),
+                        },
+                        replicas: replicas.clone(),
                     })
                     .collect(),
             })
             .collect();
-        let brokers = vec![BrokerInfo {
-            id: me,
-            address: self.address.lock().expect("address lock").clone(),
-        }];
+        let brokers = match cluster {
+            Some(c) => c
+                .peers
+                .iter()
+                .map(|(id, n)| BrokerInfo {
+                    id: *id,
+                    address: n.client_addr.clone(),
+                })
+                .collect(),
+            None => vec![BrokerInfo {
+                id: me,
+                address: self.address.lock().expect("address lock").clone(),
+            }],
+        };
         Ok((brokers, streams))
     }
 
     /// One round of upkeep: retention and segment rolling on every shard.
     /// (TTL sweeps and compaction run on the index's maintenance thread.)
-    pub fn upkeep(&self, now_ms: i64) {
+    /// Returns the replicated shards whose retention must go through their
+    /// group, with the last entry each may release.
+    pub fn upkeep(&self, now_ms: i64) -> Vec<(Arc<HostedShard>, felix_log::RaftIndex)> {
+        let mut release = Vec::new();
         for h in self.streams() {
             let m = h.meta();
             let r = Retention {
@@ -381,6 +592,17 @@ impl Node {
             for s in &h.shards {
                 let res = s.log().with(|l| -> Result<(), BrokerError> {
                     l.roll_if_due(now_ms)?;
+                    if s.is_replicated() {
+                        // Only applied entries may go: a follower's sealed
+                        // segment can end in entries not committed yet.
+                        let applied = s.applied_through();
+                        if let Some(i) = l.retention_through(now_ms, r).map(|i| i.min(applied)) {
+                            if applied.0 > 0 {
+                                release.push((s.clone(), i));
+                            }
+                        }
+                        return Ok(());
+                    }
                     let out = l.apply_retention(now_ms, r)?;
                     if out.segments_deleted > 0 {
                         self.index.on_retention(s.id, l)?;
@@ -392,6 +614,20 @@ impl Node {
                     tracing::warn!(shard = s.id.0, error = %e, "upkeep failed");
                 }
             }
+        }
+        release
+    }
+
+    /// Retention of a replicated shard: its group snapshots what goes,
+    /// then purges it; the index then forgets it.
+    async fn release(&self, s: &HostedShard, through: felix_log::RaftIndex) {
+        let Some(r) = s.replica() else { return };
+        if let Err(e) = r.release_through(through).await {
+            tracing::warn!(shard = s.id.0, error = %e, "retention through the group failed");
+            return;
+        }
+        if let Err(e) = s.log().with(|l| self.index.on_retention(s.id, l)) {
+            tracing::warn!(shard = s.id.0, error = %e, "index retention failed");
         }
     }
 
@@ -405,7 +641,13 @@ impl Node {
                 tick.tick().await;
                 let Some(node) = weak.upgrade() else { return };
                 let now = node.now_ms();
-                let _ = tokio::task::spawn_blocking(move || node.upkeep(now)).await;
+                let n = node.clone();
+                let release = tokio::task::spawn_blocking(move || n.upkeep(now))
+                    .await
+                    .unwrap_or_default();
+                for (s, through) in release {
+                    node.release(&s, through).await;
+                }
             }
         })
     }

@@ -91,6 +91,8 @@ pub async fn fetch(
     let mut out: Vec<GroupRecord> = Vec::new();
     let mut until = node.now_ms() + i64::from(lease_ms);
     let n = h.shards.len();
+    let mut not_here = None;
+    let mut served = false;
     let first = (node.spread.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize) % n;
     for i in 0..n {
         if out.len() >= max {
@@ -99,6 +101,13 @@ pub async fn fetch(
         let number = ((first + i) % n) as u32;
         let shard = &h.shards[number as usize];
         let _g = shard.groups.lock().await;
+        // In a cluster each shard is served by its leader; others are
+        // skipped (the client is pointed at a leader if none is here).
+        if let Err(e) = shard.lead().await {
+            not_here = Some(e);
+            continue;
+        }
+        served = true;
         let now = node.now_ms();
         until = now + i64::from(lease_ms);
         let state = group_state(node, shard, group)?;
@@ -169,6 +178,11 @@ pub async fn fetch(
             value: r.value.unwrap_or_default(),
         }));
     }
+    if !served {
+        if let Some(e) = not_here {
+            return Err(e);
+        }
+    }
     Ok((until, out))
 }
 
@@ -180,7 +194,7 @@ async fn dead_letter(
     dead: &[(Record, u32)],
     max_deliveries: u32,
 ) -> Result<(), BrokerError> {
-    let dlq = node.ensure_stream(&h.name.dlq(), &h.meta())?;
+    let dlq = node.ensure_stream(&h.name.dlq(), &h.meta()).await?;
     let reason = format!("max_deliveries ({max_deliveries}) reached");
     let target = dlq.shard(0)?;
     let mut b = BatchBuilder::new(target.log().with(|l| l.config().batch_bytes_max));
@@ -201,7 +215,7 @@ async fn dead_letter(
         })?;
     }
     let bytes = b.build(Compression::None)?;
-    target.append(Bytes::from(bytes)).await?;
+    target.append_anywhere(Bytes::from(bytes)).await?;
     tracing::info!(stream = %h.name, records = dead.len(), "dead-lettered");
     Ok(())
 }
@@ -241,6 +255,7 @@ pub async fn change(
     for (number, offsets) in by_shard(h, items)? {
         let shard = h.shard(number)?;
         let _lock = shard.groups.lock().await;
+        shard.lead().await?;
         let now = node.now_ms();
         let mut state = group_state(node, shard, group)?;
         let mut refused: Vec<(Offset, Refusal)> = Vec::new();

@@ -69,13 +69,18 @@ impl Running {
     pub async fn stop(self) {
         self.server.close().await;
         self.upkeep.abort();
+        if let Some(c) = self.node.cluster() {
+            c.shutdown().await;
+        }
     }
 }
 
 /// Opens the node and serves it. Must run inside a tokio runtime.
 pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, BrokerError> {
     let (tls, dev_ca) = if config.tls.dev {
-        let d = transport::dev_certificates(&config.data_dir, &[])?;
+        // A cluster's brokers share one development CA.
+        let dir = config.cluster.as_ref().map_or(&config.data_dir, |c| &c.tls_dir);
+        let d = transport::dev_certificates(dir, &[])?;
         (d.server_tls(false)?, Some(d.ca))
     } else {
         let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
@@ -90,6 +95,9 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
     let endpoint = transport::server_endpoint(config.listen, &tls, ALPN, &TransportConfig::default())?;
     let addr = endpoint.local_addr()?;
     node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
+    if let Some(c) = &config.cluster {
+        node.start_cluster(c).await?;
+    }
     let server = Server::start(endpoint, Arc::new(NodeHandler { node: node.clone() }));
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));
     Ok(Running {

@@ -1,18 +1,28 @@
 //! One shard hosted on this node: its segment log, its index entries, the
 //! offset up to which readers may read, and the limits on what is in flight.
 //!
-//! Single-node rule for "committed": an append is committed once it is as
-//! durable as the stream's mode promises (the append call returned). The
-//! high watermark moves only then, and readers never read past it.
+//! "Committed" on a single node: an append is committed once it is as
+//! durable as the stream's mode promises (the append call returned). In a
+//! cluster: once its shard group's quorum holds it (Raft commit). Either
+//! way the high watermark moves only when an entry is applied, and readers
+//! never read past it.
+//!
+//! Everything that changes a shard (publishes, group leases and acks,
+//! cursor commits, cache writes) is an entry of its log, so every replica
+//! applies the same changes in the same order, and a new leader starts from
+//! the state its predecessor acknowledged.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use felix_index::{Index, ShardKind};
 use felix_log::{Batch, BatchHeader, LogConfig, Offset, RaftIndex, RaftTerm, ReadChunk, ShardId, SharedLog};
+use felix_replication::{Applier, Replica, WriteError};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, RwLock, Semaphore};
 
 use crate::error::BrokerError;
@@ -24,11 +34,16 @@ pub const SHARD_IN_FLIGHT_BYTES_MAX: usize = 64 << 20;
 pub const SHARD_OVERLOADED_RETRY_MS: u32 = 20;
 /// Producers whose last batch a shard remembers for deduplication.
 pub const PRODUCERS_PER_SHARD_MAX: usize = 100_000;
-/// The term every entry gets until replication assigns real ones.
+/// The term every entry of an unreplicated shard gets.
 pub const SINGLE_NODE_TERM: RaftTerm = RaftTerm(1);
+/// Entries at the end of the log scanned at start-up to rebuild producer
+/// windows: a retry of a batch older than this many entries is written again.
+pub const PRODUCER_SCAN_ENTRIES_MAX: u64 = 100_000;
+/// How often a retry of a batch still in flight looks for its outcome.
+const IN_FLIGHT_POLL_MS: u64 = 5;
 
 /// Where a publish landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Appended {
     pub base_offset: u64,
     pub count: u32,
@@ -61,11 +76,37 @@ pub struct HostedShard {
     /// Group fetches, acks and nacks of this shard, one at a time: a fetch
     /// reads the group's state and appends the leases it decided.
     pub(crate) groups: tokio::sync::Mutex<()>,
+    /// Whether writes go through a Raft group (set at open; the group
+    /// itself starts later, asynchronously).
+    replicated: bool,
+    group: OnceLock<Group>,
+    /// The term in which this replica last confirmed it leads with its
+    /// applied state caught up (0: not confirmed).
+    ready_term: AtomicU64,
+    /// Producer id → sequence of a batch being replicated now, so that a
+    /// retry waits for it instead of writing it twice.
+    in_flight_seqs: Mutex<HashMap<u64, u64>>,
+    /// Set when this replica starts leading a term: what it cached in
+    /// memory while it last led may have been overwritten since.
+    lead_began: AtomicBool,
+}
+
+/// A shard's Raft group as this replica runs it.
+#[derive(Debug)]
+struct Group {
+    replica: Replica,
+    write_timeout: Duration,
+}
+
+/// What a snapshot carries besides the entries: the producer windows.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct ShardState {
+    producers: Vec<(u64, u64, Appended)>,
 }
 
 impl HostedShard {
-    /// Opens (or creates) the shard's log under `dir` and brings its index
-    /// in line with it.
+    /// Opens (or creates) an unreplicated shard's log under `dir` and
+    /// brings its index in line with it.
     pub fn open(
         dir: &Path,
         id: ShardId,
@@ -73,29 +114,101 @@ impl HostedShard {
         config: LogConfig,
         index: Arc<Index>,
     ) -> Result<HostedShard, BrokerError> {
+        HostedShard::open_as(dir, id, kind, config, index, false)
+    }
+
+    /// Opens a shard whose writes go through a Raft group (started with
+    /// [`HostedShard::attach`]): only entries an earlier run applied are
+    /// indexed and readable until the group commits more.
+    pub fn open_replicated(
+        dir: &Path,
+        id: ShardId,
+        kind: ShardKind,
+        config: LogConfig,
+        index: Arc<Index>,
+    ) -> Result<HostedShard, BrokerError> {
+        HostedShard::open_as(dir, id, kind, config, index, true)
+    }
+
+    /// Where a replicated shard keeps its Raft state (vote, applied mark,
+    /// snapshots).
+    pub fn raft_dir(dir: &Path) -> std::path::PathBuf {
+        dir.join("raft")
+    }
+
+    fn open_as(
+        dir: &Path,
+        id: ShardId,
+        kind: ShardKind,
+        config: LogConfig,
+        index: Arc<Index>,
+        replicated: bool,
+    ) -> Result<HostedShard, BrokerError> {
         let (log, report) = SharedLog::open(dir, config)?;
         if let Some((path, pos, why)) = &report.torn_tail {
             tracing::warn!(shard = id.0, path = %path.display(), pos, why, "cut a torn tail");
         }
-        let (next, next_index) = log.with(|l| -> Result<_, BrokerError> {
-            index.recover_shard(id, kind, l)?;
-            Ok((l.next_offset().0, l.next_raft_index()))
+        // Index 0 of a group is its first membership, a control entry, so
+        // "through 0" indexes no record when nothing was applied yet.
+        let through = replicated.then(|| {
+            RaftIndex(felix_replication::machine::saved_applied(&HostedShard::raft_dir(dir)).unwrap_or(0))
+        });
+        let (hwm, unapplied, producers) = log.with(|l| -> Result<_, BrokerError> {
+            index.recover_shard_through(id, kind, l, through)?;
+            let (hwm, unapplied) = match through {
+                None => (l.next_offset().0, l.next_raft_index()),
+                Some(t) => match l.entry(t) {
+                    Some(b) => (b.header().next_offset().0, t.next()),
+                    None => (
+                        l.earliest_offset().0,
+                        l.first_raft_index().unwrap_or(RaftIndex(0)),
+                    ),
+                },
+            };
+            let producers = scan_producers(l, unapplied);
+            Ok((hwm, unapplied, producers))
         })?;
         Ok(HostedShard {
             id,
             kind,
             log: Arc::new(log),
             index,
-            hwm: watch::channel(next).0,
+            hwm: watch::channel(hwm).0,
             in_flight: Arc::new(Semaphore::new(SHARD_IN_FLIGHT_BYTES_MAX)),
-            unapplied: Mutex::new(next_index),
-            producers: Mutex::new(HashMap::new()),
+            unapplied: Mutex::new(unapplied),
+            producers: Mutex::new(producers),
             signal: Arc::new(watch::channel(0).0),
             closed: AtomicBool::new(false),
             writes: RwLock::new(()),
             applied_count: AtomicU64::new(0),
             groups: tokio::sync::Mutex::new(()),
+            replicated,
+            group: OnceLock::new(),
+            ready_term: AtomicU64::new(0),
+            in_flight_seqs: Mutex::new(HashMap::new()),
+            lead_began: AtomicBool::new(false),
         })
+    }
+
+    /// Routes this shard's writes through `replica` from now on.
+    pub fn attach(&self, replica: Replica, write_timeout: Duration) {
+        let _ = self.group.set(Group {
+            replica,
+            write_timeout,
+        });
+    }
+
+    pub fn replica(&self) -> Option<&Replica> {
+        self.group.get().map(|g| &g.replica)
+    }
+
+    /// The last entry applied (index and readers reflect it).
+    pub fn applied_through(&self) -> RaftIndex {
+        RaftIndex(self.unapplied.lock().expect("unapplied lock").0.saturating_sub(1))
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        self.replicated
     }
 
     /// Shares `signal` (the stream's) instead of the shard's own.
@@ -141,9 +254,11 @@ impl HostedShard {
         self.hwm.subscribe()
     }
 
-    /// Appends a producer-built data batch; returns once it is durable per
-    /// the stream's mode. A retry of the producer's last batch (same
-    /// producer id and sequence) returns where the first attempt landed.
+    /// Appends a producer-built data batch; returns once it is committed.
+    /// A retry of a producer's last batch (same producer id and sequence,
+    /// which the batch header carries) returns where the first attempt
+    /// landed, also after a failover: the windows are rebuilt from applied
+    /// entries.
     pub async fn publish(
         &self,
         batch: Bytes,
@@ -151,37 +266,181 @@ impl HostedShard {
         sequence: u64,
     ) -> Result<Appended, BrokerError> {
         let checked = Batch::new(batch)?;
-        if checked.header().flags.control() {
+        let h = checked.header();
+        if h.flags.control() {
             return Err(BrokerError::Invalid(
                 "clients may not publish control batches".into(),
             ));
         }
-        if producer_id != 0 {
-            if let Some((seq, at)) = self.producers.lock().expect("producers lock").get(&producer_id) {
-                if *seq == sequence {
-                    return Ok(*at);
-                }
-                if sequence < *seq {
-                    return Err(BrokerError::Invalid(format!(
-                        "producer {producer_id}: sequence {sequence} is behind {seq}, already written"
-                    )));
-                }
-            }
+        if producer_id != 0 && (h.producer_id.0 != producer_id || h.producer_seq != sequence) {
+            return Err(BrokerError::Invalid(format!(
+                "producer {producer_id} sequence {sequence} differs from the batch header's ({} {})",
+                h.producer_id.0, h.producer_seq
+            )));
         }
+        // A new leader must have applied its predecessor's entries before
+        // its producer windows can tell a retry from a new batch.
+        let group = self.lead().await?;
+        let _in_flight = if producer_id != 0 {
+            if let Some(at) = self.duplicate_of(producer_id, sequence)? {
+                return Ok(at);
+            }
+            match self.claim_sequence(producer_id, sequence) {
+                Some(claim) => Some(claim),
+                None => return self.await_in_flight(producer_id, sequence).await,
+            }
+        } else {
+            None
+        };
         let permit = self.reserve_in_flight(checked.bytes().len())?;
-        let at = self.append(checked.bytes().clone()).await?;
+        let result = self.write(group, checked.bytes().clone()).await;
         drop(permit);
-        if producer_id != 0 {
-            let mut p = self.producers.lock().expect("producers lock");
-            if p.len() >= PRODUCERS_PER_SHARD_MAX && !p.contains_key(&producer_id) {
-                // Forget an arbitrary producer; it loses only its dedup window.
-                if let Some(k) = p.keys().next().copied() {
-                    p.remove(&k);
-                }
-            }
-            p.insert(producer_id, (sequence, at));
+        if let (Some(claim), Err(BrokerError::Timeout(_) | BrokerError::Replication(_))) =
+            (&_in_flight, &result)
+        {
+            // The entry may still commit: until it is applied (or this
+            // replica leads a new term, which applies it first), a retry
+            // must wait for it rather than write it again.
+            claim.keep();
         }
-        Ok(at)
+        result
+    }
+
+    /// Where `(producer_id, sequence)` landed if it was applied already; an
+    /// error if the producer is past it.
+    fn duplicate_of(&self, producer_id: u64, sequence: u64) -> Result<Option<Appended>, BrokerError> {
+        match self.producers.lock().expect("producers lock").get(&producer_id) {
+            Some((seq, at)) if *seq == sequence => Ok(Some(*at)),
+            Some((seq, _)) if sequence < *seq => Err(BrokerError::Invalid(format!(
+                "producer {producer_id}: sequence {sequence} is behind {seq}, already written"
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Marks `(producer_id, sequence)` as being written; `None` when it
+    /// already is.
+    fn claim_sequence(&self, producer_id: u64, sequence: u64) -> Option<InFlightSeq<'_>> {
+        let mut m = self.in_flight_seqs.lock().expect("in-flight lock");
+        if m.get(&producer_id) == Some(&sequence) {
+            return None;
+        }
+        m.insert(producer_id, sequence);
+        Some(InFlightSeq {
+            shard: self,
+            producer_id,
+            sequence,
+            kept: AtomicBool::new(false),
+        })
+    }
+
+    /// A retry that arrived while its first attempt is still being written:
+    /// waits for that attempt's outcome.
+    async fn await_in_flight(&self, producer_id: u64, sequence: u64) -> Result<Appended, BrokerError> {
+        let until = tokio::time::Instant::now() + self.write_timeout();
+        loop {
+            if let Some(at) = self.duplicate_of(producer_id, sequence)? {
+                return Ok(at);
+            }
+            let still = self
+                .in_flight_seqs
+                .lock()
+                .expect("in-flight lock")
+                .get(&producer_id)
+                == Some(&sequence);
+            if !still {
+                // The first attempt failed; the client retries again.
+                return Err(BrokerError::Timeout(format!(
+                    "producer {producer_id} sequence {sequence}: the first attempt did not complete"
+                )));
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(BrokerError::Timeout(format!(
+                    "producer {producer_id} sequence {sequence} is still being written"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(IN_FLIGHT_POLL_MS)).await;
+        }
+    }
+
+    fn write_timeout(&self) -> Duration {
+        self.group
+            .get()
+            .map_or(Duration::from_secs(5), |g| g.write_timeout)
+    }
+
+    /// For a replicated shard: this replica's group once it leads with its
+    /// state caught up; `NotLeader` (naming the leader if known) otherwise.
+    /// `None` for an unreplicated shard.
+    pub(crate) async fn lead(&self) -> Result<Option<&Replica>, BrokerError> {
+        if !self.replicated {
+            return Ok(None);
+        }
+        let Some(g) = self.group.get() else {
+            return Err(BrokerError::NotLeader { leader: None });
+        };
+        let term = g.replica.term();
+        if self.ready_term.load(Ordering::Acquire) == term && g.replica.is_leader() {
+            return Ok(Some(&g.replica));
+        }
+        if !g.replica.is_leader() {
+            return Err(not_leader(g.replica.leader()));
+        }
+        match tokio::time::timeout(g.write_timeout, g.replica.ensure_leading()).await {
+            Ok(Ok(t)) => {
+                // Everything before this term is applied now: the producer
+                // windows answer for writes whose outcome was unknown.
+                self.in_flight_seqs.lock().expect("in-flight lock").clear();
+                self.lead_began.store(true, Ordering::Release);
+                self.ready_term.store(t, Ordering::Release);
+                Ok(Some(&g.replica))
+            }
+            Ok(Err(e)) => Err(self.write_error(e)),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "shard {}: leadership not confirmed by a quorum within {:?}",
+                self.id.0, g.write_timeout
+            ))),
+        }
+    }
+
+    /// Whether leadership began since the last call (in-memory caches of
+    /// this shard must be dropped).
+    pub(crate) fn take_lead_began(&self) -> bool {
+        self.lead_began.swap(false, Ordering::AcqRel)
+    }
+
+    fn write_error(&self, e: WriteError) -> BrokerError {
+        self.ready_term.store(0, Ordering::Release);
+        match e {
+            WriteError::NotLeader { leader, .. } => not_leader(leader),
+            WriteError::NoQuorum { why, .. } => {
+                BrokerError::Timeout(format!("shard {}: no quorum: {why}", self.id.0))
+            }
+            e => BrokerError::Replication(e.to_string()),
+        }
+    }
+
+    /// Writes a checked batch through the group (or the log) and returns
+    /// once it is committed and applied here.
+    async fn write(&self, group: Option<&Replica>, batch: Bytes) -> Result<Appended, BrokerError> {
+        if self.is_closed() {
+            return Err(BrokerError::Invalid("the stream was deleted".into()));
+        }
+        let Some(replica) = group else {
+            return self.append_local(batch).await;
+        };
+        match tokio::time::timeout(self.write_timeout(), replica.write(batch)).await {
+            Ok(Ok(r)) => Ok(Appended {
+                base_offset: r.base_offset,
+                count: r.count,
+            }),
+            Ok(Err(e)) => Err(self.write_error(e)),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "shard {}: not committed by a quorum within {:?}; it may still be",
+                self.id.0,
+                self.write_timeout()
+            ))),
+        }
     }
 
     /// Counts `bytes` against the shard's in-flight limit until the permit
@@ -198,28 +457,46 @@ impl HostedShard {
 
     /// Appends a batch (data or control) and indexes it.
     pub async fn append(&self, batch: Bytes) -> Result<Appended, BrokerError> {
-        if self.is_closed() {
-            return Err(BrokerError::Invalid("the stream was deleted".into()));
+        let group = self.lead().await?;
+        self.write(group, batch).await
+    }
+
+    /// [`HostedShard::append`] that a follower forwards to the leader
+    /// (writes a broker makes on its own behalf, like dead letters).
+    pub async fn append_anywhere(&self, batch: Bytes) -> Result<Appended, BrokerError> {
+        match self.append(batch.clone()).await {
+            Err(BrokerError::NotLeader { .. }) if self.group.get().is_some() => {
+                let g = self.group.get().expect("checked");
+                match tokio::time::timeout(g.write_timeout, g.replica.write_anywhere(batch)).await {
+                    Ok(Ok(r)) => Ok(Appended {
+                        base_offset: r.base_offset,
+                        count: r.count,
+                    }),
+                    Ok(Err(e)) => Err(self.write_error(e)),
+                    Err(_) => Err(BrokerError::Timeout(format!(
+                        "shard {}: a forwarded write was not committed within {:?}",
+                        self.id.0, g.write_timeout
+                    ))),
+                }
+            }
+            r => r,
         }
+    }
+
+    async fn append_local(&self, batch: Bytes) -> Result<Appended, BrokerError> {
         let log = self.log.clone();
         let out = tokio::task::spawn_blocking(move || log.append(&batch, SINGLE_NODE_TERM))
             .await
             .map_err(|e| BrokerError::Invalid(format!("append task: {e}")))??;
         self.apply_through(out.raft_index)?;
-        self.applied_count.fetch_add(1, Ordering::AcqRel);
-        self.hwm.send_if_modified(|h| {
-            let moved = out.next_offset.0 > *h;
-            *h = (*h).max(out.next_offset.0);
-            moved
-        });
-        self.signal.send_modify(|n| *n = n.wrapping_add(1));
         Ok(Appended {
             base_offset: out.base_offset.0,
             count: (out.next_offset.0 - out.base_offset.0) as u32,
         })
     }
 
-    /// Indexes every entry up to `through` not indexed yet, in log order.
+    /// Indexes every entry up to `through` not indexed yet, in log order,
+    /// notes producer windows, and lets readers see them.
     fn apply_through(&self, through: RaftIndex) -> Result<(), BrokerError> {
         let mut unapplied = self.unapplied.lock().expect("unapplied lock");
         if *unapplied > through {
@@ -230,17 +507,38 @@ impl HostedShard {
                 .take_while(|p| p.batch.header().raft_index <= through)
                 .collect()
         });
-        if let Some(last) = entries.last() {
-            let outcome = self.index.apply(self.id, self.kind, &entries)?;
-            if !outcome.refusals.is_empty() {
-                tracing::debug!(
-                    shard = self.id.0,
-                    refusals = outcome.refusals.len(),
-                    "control ops refused"
-                );
-            }
-            *unapplied = last.batch.header().raft_index.next();
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let outcome = self.index.apply(self.id, self.kind, &entries)?;
+        if !outcome.refusals.is_empty() {
+            tracing::debug!(
+                shard = self.id.0,
+                refusals = outcome.refusals.len(),
+                "control ops refused"
+            );
         }
+        {
+            let mut p = self.producers.lock().expect("producers lock");
+            for e in &entries {
+                note_producer(&mut p, e.batch.header());
+            }
+        }
+        let next = entries
+            .iter()
+            .map(|e| e.batch.header().next_offset().0)
+            .max()
+            .unwrap_or(0);
+        *unapplied = last.batch.header().raft_index.next();
+        drop(unapplied);
+        self.applied_count
+            .fetch_add(entries.len() as u64, Ordering::AcqRel);
+        self.hwm.send_if_modified(|h| {
+            let moved = next > *h;
+            *h = (*h).max(next);
+            moved
+        });
+        self.signal.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 
@@ -264,6 +562,118 @@ impl HostedShard {
         }
         let chunk = self.log.with(|l| l.read(Offset(from), max_bytes))?;
         Ok(cut_at(chunk, from, hwm))
+    }
+}
+
+/// Releases a producer's in-flight sequence when its write ends.
+struct InFlightSeq<'a> {
+    shard: &'a HostedShard,
+    producer_id: u64,
+    sequence: u64,
+    /// The write's outcome is unknown: stay in flight after the request.
+    kept: AtomicBool,
+}
+
+impl InFlightSeq<'_> {
+    fn keep(&self) {
+        self.kept.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for InFlightSeq<'_> {
+    fn drop(&mut self) {
+        if self.kept.load(Ordering::Acquire) {
+            return;
+        }
+        let mut m = self.shard.in_flight_seqs.lock().expect("in-flight lock");
+        if m.get(&self.producer_id) == Some(&self.sequence) {
+            m.remove(&self.producer_id);
+        }
+    }
+}
+
+fn not_leader(leader: Option<(u64, felix_replication::BrokerNode)>) -> BrokerError {
+    BrokerError::NotLeader {
+        leader: leader.map(|(id, n)| (id, n.client_addr)),
+    }
+}
+
+/// Records a data batch's producer and sequence in the windows.
+fn note_producer(p: &mut HashMap<u64, (u64, Appended)>, h: &BatchHeader) {
+    if h.flags.control() || h.producer_id.0 == 0 {
+        return;
+    }
+    if p.len() >= PRODUCERS_PER_SHARD_MAX && !p.contains_key(&h.producer_id.0) {
+        // Forget an arbitrary producer; it loses only its dedup window.
+        if let Some(k) = p.keys().next().copied() {
+            p.remove(&k);
+        }
+    }
+    let at = Appended {
+        base_offset: h.base_offset.0,
+        count: (h.next_offset().0 - h.base_offset.0) as u32,
+    };
+    let e = p.entry(h.producer_id.0).or_insert((h.producer_seq, at));
+    if h.producer_seq >= e.0 {
+        *e = (h.producer_seq, at);
+    }
+}
+
+/// Producer windows from the last entries before `unapplied`.
+fn scan_producers(l: &felix_log::Log, unapplied: RaftIndex) -> HashMap<u64, (u64, Appended)> {
+    let mut p = HashMap::new();
+    let from = RaftIndex(unapplied.0.saturating_sub(PRODUCER_SCAN_ENTRIES_MAX));
+    for e in l.positioned_from_raft_index(from) {
+        if e.batch.header().raft_index >= unapplied {
+            break;
+        }
+        note_producer(&mut p, e.batch.header());
+    }
+    p
+}
+
+impl Applier for HostedShard {
+    fn apply_through(&self, through: RaftIndex) -> Result<(), String> {
+        HostedShard::apply_through(self, through).map_err(|e| e.to_string())
+    }
+
+    fn installed(&self, last: RaftIndex, state: &[u8]) -> Result<(), String> {
+        let s: ShardState = if state.is_empty() {
+            ShardState::default()
+        } else {
+            serde_json::from_slice(state).map_err(|e| format!("shard state: {e}"))?
+        };
+        let mut unapplied = self.unapplied.lock().expect("unapplied lock");
+        let next = self.log.with(|l| -> Result<u64, String> {
+            self.index
+                .rebuild_shard_through(self.id, self.kind, l, Some(last))
+                .map_err(|e| e.to_string())?;
+            Ok(l.entry(last)
+                .map_or(l.next_offset().0, |b| b.header().next_offset().0))
+        })?;
+        *unapplied = last.next();
+        *self.producers.lock().expect("producers lock") = s
+            .producers
+            .into_iter()
+            .map(|(id, seq, at)| (id, (seq, at)))
+            .collect();
+        drop(unapplied);
+        self.hwm.send_replace(next);
+        self.signal.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    fn snapshot_state(&self) -> Result<Vec<u8>, String> {
+        let s = ShardState {
+            producers: self
+                .producers
+                .lock()
+                .expect("producers lock")
+                .iter()
+                .map(|(id, (seq, at))| (*id, *seq, *at))
+                .collect(),
+        };
+        serde_json::to_vec(&s).map_err(|e| e.to_string())
     }
 }
 

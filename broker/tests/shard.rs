@@ -12,7 +12,12 @@ use felix_index::{Index, IndexConfig, ShardKind};
 use felix_log::{Batch, BatchBuilder, Compression, Durability, LogConfig, RecordInput, ShardId};
 
 fn batch(values: &[&str]) -> Bytes {
-    let mut b = BatchBuilder::new(1 << 20);
+    pbatch(values, 0, 0)
+}
+
+/// A batch stamped with its producer id and sequence, as clients build them.
+fn pbatch(values: &[&str], producer: u64, sequence: u64) -> Bytes {
+    let mut b = BatchBuilder::new(1 << 20).producer(felix_log::ProducerId(producer), sequence);
     for v in values {
         b.push(RecordInput {
             value: Some(v.as_bytes()),
@@ -59,17 +64,17 @@ async fn publishes_get_dense_offsets_retries_are_deduplicated_and_a_reopen_keeps
     let dir = tempfile::tempdir().unwrap();
     let index = Arc::new(Index::open(dir.path().join("index"), IndexConfig::default()).unwrap());
     let shard = open(dir.path(), &index);
-    let a = shard.publish(batch(&["a", "b"]), 42, 0).await.unwrap();
-    let b = shard.publish(batch(&["c"]), 42, 2).await.unwrap();
+    let a = shard.publish(pbatch(&["a", "b"], 42, 0), 42, 0).await.unwrap();
+    let b = shard.publish(pbatch(&["c"], 42, 2), 42, 2).await.unwrap();
     assert_eq!((a.base_offset, a.count, b.base_offset, b.count), (0, 2, 2, 1));
     // A retry of the last batch lands nowhere new.
-    assert_eq!(shard.publish(batch(&["c"]), 42, 2).await.unwrap(), b);
+    assert_eq!(shard.publish(pbatch(&["c"], 42, 2), 42, 2).await.unwrap(), b);
     assert!(matches!(
-        shard.publish(batch(&["a"]), 42, 0).await,
+        shard.publish(pbatch(&["a"], 42, 0), 42, 0).await,
         Err(BrokerError::Invalid(_))
     ));
     // Another producer, and a non-idempotent publish.
-    shard.publish(batch(&["d"]), 43, 0).await.unwrap();
+    shard.publish(pbatch(&["d"], 43, 0), 43, 0).await.unwrap();
     shard.publish(batch(&["e"]), 0, 0).await.unwrap();
     assert_eq!(shard.high_watermark(), 5);
     let chunk = shard.read(1, 1 << 20).unwrap();
@@ -115,6 +120,14 @@ async fn publishes_get_dense_offsets_retries_are_deduplicated_and_a_reopen_keeps
         index.locate(ShardId(7), felix_log::Offset(4)).unwrap().is_some(),
         "indexed"
     );
+    // The producer windows come back from the log: the retry still lands
+    // nowhere new.
+    assert_eq!(shard.publish(pbatch(&["c"], 42, 2), 42, 2).await.unwrap(), b);
+    // The request's producer must be the one the batch header carries.
+    assert!(matches!(
+        shard.publish(pbatch(&["g"], 42, 3), 42, 4).await,
+        Err(BrokerError::Invalid(_))
+    ));
     assert_eq!(shard.publish(batch(&["f"]), 0, 0).await.unwrap().base_offset, 5);
 }
 
@@ -130,7 +143,13 @@ async fn concurrent_publishes_share_fsyncs_and_all_land_once() {
                 let mut offsets = vec![];
                 for s in 0..10u64 {
                     let v = format!("{p}-{s}");
-                    offsets.push(shard.publish(batch(&[&v]), p + 1, s).await.unwrap().base_offset);
+                    offsets.push(
+                        shard
+                            .publish(pbatch(&[&v], p + 1, s), p + 1, s)
+                            .await
+                            .unwrap()
+                            .base_offset,
+                    );
                 }
                 offsets
             })

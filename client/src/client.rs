@@ -175,9 +175,10 @@ impl Client {
             .clone()
     }
 
-    async fn forget(&self, address: &str) {
+    /// Drops broken connections to `address` (`all`: every connection).
+    async fn forget(&self, address: &str, all: bool) {
         let slot = self.slot(address);
-        slot.lock().await.conns.retain(|c| !c.is_broken());
+        slot.lock().await.conns.retain(|c| !all && !c.is_broken());
     }
 
     /// Reloads metadata for `streams` (all when empty) from any broker.
@@ -318,7 +319,10 @@ impl Client {
         );
         self.outcome(address, !transport_failed);
         if transport_failed {
-            self.forget(address).await;
+            // A request that timed out may sit on a connection to a broker
+            // that is gone: start the next attempt on a fresh one.
+            self.forget(address, matches!(result, Err(ClientError::Timeout(_))))
+                .await;
         }
         match result? {
             (Answer::Message(Message::Error(e)), _) => Err(ClientError::Broker(e)),

@@ -824,18 +824,38 @@ impl Log {
     /// older than `retention_ms`, then more while the log is larger than
     /// `retention_bytes`. The active segment is never deleted.
     pub fn apply_retention(&mut self, now_ms: i64, r: Retention) -> Result<RetentionOutcome> {
+        let n = self.retention_count(now_ms, r);
+        self.delete_front_while(|_, deleted| deleted < n)
+    }
+
+    /// The last Raft entry [`Log::apply_retention`] would delete now, if
+    /// any: a replicated log deletes through its group instead, which first
+    /// covers the entries with a snapshot.
+    pub fn retention_through(&self, now_ms: i64, r: Retention) -> Option<RaftIndex> {
+        let n = self.retention_count(now_ms, r);
+        self.segments[..n]
+            .iter()
+            .rev()
+            .find_map(|s| s.summary.last.map(|(_, i)| i))
+    }
+
+    /// How many of the oldest segments retention removes.
+    fn retention_count(&self, now_ms: i64, r: Retention) -> usize {
         let cutoff = r.retention_ms.map(|ms| now_ms.saturating_sub(ms as i64));
         let mut size = self.size_bytes();
-        let out = self.delete_front_while(|s, _| {
-            let expired = cutoff.is_some_and(|c| s.summary.max_timestamp_ms < c);
-            let over = r.retention_bytes.is_some_and(|b| size > b);
-            let go = expired || over;
-            if go {
-                size -= s.len;
-            }
-            go
-        })?;
-        Ok(out)
+        let sealed = self.segments.len().saturating_sub(1);
+        self.segments[..sealed]
+            .iter()
+            .take_while(|s| {
+                let expired = cutoff.is_some_and(|c| s.summary.max_timestamp_ms < c);
+                let over = r.retention_bytes.is_some_and(|b| size > b);
+                let go = s.is_sealed() && (expired || over);
+                if go {
+                    size -= s.len;
+                }
+                go
+            })
+            .count()
     }
 
     fn delete_front_while(

@@ -75,6 +75,9 @@ pub enum WriteError {
         group: GroupId,
         leader: Option<(NodeId, BrokerNode)>,
     },
+    /// The leader cannot reach a quorum of its group.
+    #[error("{group} has no quorum: {why}")]
+    NoQuorum { group: GroupId, why: String },
     #[error(transparent)]
     Other(#[from] ReplicationError),
 }
@@ -151,6 +154,34 @@ impl Replica {
         }
     }
 
+    /// Initializes the group with `members` unless this replica already
+    /// has state or hears from a leader within `wait`: a broker rebuilt
+    /// from an empty disk joins the group that exists instead of founding
+    /// a second one. Call it on one member only (see `initialize`).
+    pub async fn bootstrap(
+        &self,
+        members: BTreeMap<NodeId, BrokerNode>,
+        wait: std::time::Duration,
+    ) -> Result<(), ReplicationError> {
+        let has_state = |m: &openraft::RaftMetrics<NodeId, BrokerNode>| {
+            m.current_leader.is_some()
+                || m.last_log_index.is_some()
+                || m.membership_config.membership().voter_ids().next().is_some()
+        };
+        let mut metrics = self.raft.metrics();
+        if has_state(&metrics.borrow()) {
+            return Ok(());
+        }
+        if !wait.is_zero()
+            && tokio::time::timeout(wait, metrics.wait_for(has_state))
+                .await
+                .is_ok()
+        {
+            return Ok(());
+        }
+        self.initialize(members).await
+    }
+
     /// The leader as this replica knows it.
     pub fn leader(&self) -> Option<(NodeId, BrokerNode)> {
         let m = self.raft.metrics();
@@ -162,6 +193,31 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The term this replica is in.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Confirms with a quorum that this replica leads, and waits until it
+    /// has applied every entry committed before its term: only then does
+    /// its applied state (producer windows, group leases) answer for the
+    /// group. Returns the term it leads in.
+    pub async fn ensure_leading(&self) -> Result<u64, WriteError> {
+        use openraft::error::CheckIsLeaderError;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(self.term()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
+                group: self.group,
+                leader: f.leader_id.zip(f.leader_node),
+            }),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(WriteError::NoQuorum {
+                group: self.group,
+                why: q.to_string(),
+            }),
+            Err(e) => Err(WriteError::Other(ReplicationError::Raft(e.to_string()))),
+        }
     }
 
     /// Writes `batch` and returns once a quorum holds it and it is applied

@@ -136,13 +136,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let path = self.state_dir.join(VOTE_FILE);
         match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                io_err(
-                    ErrorSubject::Vote,
-                    ErrorVerb::Read,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
+            Ok(b) => {
+                let mut v: Vote = serde_json::from_slice(&b).map_err(|e| {
+                    io_err(
+                        ErrorSubject::Vote,
+                        ErrorVerb::Read,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                // Openraft restarts a node whose committed vote names itself
+                // as leader of that term at once. But a crash can cost a
+                // leader the unflushed tail it had already sent to followers,
+                // and leading the same term with a shorter log would reuse
+                // those (term, index) ids for other entries. Restarting as a
+                // candidate of a later term lets the longer logs win.
+                v.committed = false;
+                Ok(Some(v))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(ErrorSubject::Vote, ErrorVerb::Read, e)),
         }

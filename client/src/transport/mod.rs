@@ -67,8 +67,11 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
-            idle_timeout_ms: 30_000,
-            keep_alive_ms: Some(5_000),
+            // A broker that died (or restarted) cannot say so over QUIC:
+            // its connections are known dead only when this runs out, so
+            // it bounds how long a failover takes a client to notice.
+            idle_timeout_ms: 5_000,
+            keep_alive_ms: Some(1_000),
             // Enough for a 16 MiB push frame in flight on loopback.
             stream_window_bytes: 16 << 20,
             connection_window_bytes: 64 << 20,

@@ -1,0 +1,413 @@
+//! A static cluster of brokers: the replication transport, the metadata
+//! group that carries stream definitions, and who bootstraps which group.
+//!
+//! Until the control plane takes placement over, every broker listed in
+//! `[cluster]` replicates every shard. Stream creations, deletions and
+//! retention changes are entries of the metadata group (`GroupId::META`,
+//! run by every broker): each broker applies them in the same order, so
+//! shard ids (allocated at apply) and shard groups are the same everywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use felix_client::transport::dev_certificates;
+use felix_client::wire::StreamConfig;
+use felix_log::{BatchBuilder, Compression, Durability, LogConfig, RaftIndex, RecordInput, SharedLog};
+use felix_replication::{Applier, BrokerNode, GroupConfig, GroupId, NodeId, Replica, Router, Transport};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::ClusterConfig;
+use crate::error::BrokerError;
+use crate::node::Node;
+
+/// Outcomes of applied metadata entries kept for the writers waiting on
+/// them (the oldest go first).
+const META_OUTCOMES_MAX: usize = 1024;
+/// A metadata entry whose record is older than this when applied is a
+/// replay (a restart, or a broker rebuilt from an empty disk): its shard
+/// groups wait for an existing leader before bootstrapping.
+const FRESH_CREATE_MS: i64 = 30_000;
+
+/// A change to the cluster's stream definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MetaOp {
+    Create {
+        stream: StreamSpec,
+    },
+    Delete {
+        name: String,
+    },
+    SetRetention {
+        name: String,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    },
+}
+
+/// [`StreamConfig`] as a metadata entry stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamSpec {
+    pub name: String,
+    pub kind: u8,
+    pub shards: u32,
+    pub durability: String,
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub max_deliveries: u32,
+    pub default_ttl_ms: Option<u64>,
+}
+
+impl From<&StreamConfig> for StreamSpec {
+    fn from(c: &StreamConfig) -> StreamSpec {
+        StreamSpec {
+            name: c.name.clone(),
+            kind: c.kind,
+            shards: c.shards,
+            durability: c.durability.clone(),
+            retention_ms: c.retention_ms,
+            retention_bytes: c.retention_bytes,
+            max_deliveries: c.max_deliveries,
+            default_ttl_ms: c.default_ttl_ms,
+        }
+    }
+}
+
+impl From<StreamSpec> for StreamConfig {
+    fn from(s: StreamSpec) -> StreamConfig {
+        StreamConfig {
+            name: s.name,
+            kind: s.kind,
+            shards: s.shards,
+            durability: s.durability,
+            retention_ms: s.retention_ms,
+            retention_bytes: s.retention_bytes,
+            max_deliveries: s.max_deliveries,
+            default_ttl_ms: s.default_ttl_ms,
+        }
+    }
+}
+
+/// This broker's part in a cluster.
+pub struct Cluster {
+    pub me: NodeId,
+    /// Every broker, this one included.
+    pub peers: BTreeMap<NodeId, BrokerNode>,
+    pub transport: Arc<Transport>,
+    pub router: Router,
+    pub group: GroupConfig,
+    pub write_timeout: Duration,
+    meta: OnceLock<Replica>,
+    /// The first metadata entry not applied yet.
+    meta_next: watch::Sender<u64>,
+    outcomes: Mutex<BTreeMap<u64, Result<(), String>>>,
+    meta_log: Arc<SharedLog>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("me", &self.me)
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts the replication transport and the metadata log (not its
+    /// group yet: see [`Cluster::start_meta`]).
+    pub fn open(
+        me: NodeId,
+        c: &ClusterConfig,
+        data_dir: &Path,
+        meta_applied: Option<u64>,
+    ) -> Result<Cluster, BrokerError> {
+        let certs = dev_certificates(&c.tls_dir, &[])?;
+        let router = Router::default();
+        let transport = Transport::start(
+            c.raft_listen,
+            &certs.server_tls(true)?,
+            &certs.client_tls(true)?,
+            router.clone(),
+        )?;
+        let peers = c
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    BrokerNode {
+                        raft_addr: p.raft.clone(),
+                        client_addr: p.client.clone(),
+                    },
+                )
+            })
+            .collect();
+        let (meta_log, _) = SharedLog::open(
+            meta_dir(data_dir).join("log"),
+            LogConfig {
+                durability: Durability::Always,
+                segment_bytes: 8 << 20,
+                ..LogConfig::default()
+            },
+        )?;
+        Ok(Cluster {
+            me,
+            peers,
+            transport,
+            router,
+            group: c.group_config(),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            meta: OnceLock::new(),
+            meta_next: watch::channel(meta_applied.map_or(0, |a| a + 1)).0,
+            outcomes: Mutex::new(BTreeMap::new()),
+            meta_log: Arc::new(meta_log),
+        })
+    }
+
+    /// Starts the metadata group, applying to `node`.
+    pub async fn start_meta(&self, node: &Arc<Node>, data_dir: &Path) -> Result<(), BrokerError> {
+        let applied = (*self.meta_next.borrow()).checked_sub(1).map(RaftIndex);
+        let applier = Arc::new(MetaApplier {
+            node: Arc::downgrade(node),
+        });
+        let replica = Replica::start(
+            self.me,
+            GroupId::META,
+            self.meta_log.clone(),
+            meta_dir(data_dir).join("raft"),
+            applier,
+            applied,
+            self.transport.clone(),
+            &self.router,
+            self.group,
+        )
+        .await?;
+        // The lowest id bootstraps the metadata group.
+        if self.peers.keys().next() == Some(&self.me) {
+            tokio::spawn(bootstrap(
+                replica.clone(),
+                self.peers.clone(),
+                self.bootstrap_wait(),
+            ));
+        }
+        let _ = self.meta.set(replica);
+        Ok(())
+    }
+
+    /// How long a replayed group waits for an existing leader before it
+    /// bootstraps one.
+    fn bootstrap_wait(&self) -> Duration {
+        Duration::from_millis(self.group.election_timeout_max_ms * 3)
+    }
+
+    /// Starts the group of shard `shard`, whose log is `log`, and bootstraps
+    /// it from this broker if it is the shard's designated first leader.
+    /// `fresh`: the stream was just created (no leader can exist yet).
+    pub async fn start_shard(
+        &self,
+        shard: &Arc<crate::shard::HostedShard>,
+        state_dir: PathBuf,
+        fresh: bool,
+    ) -> Result<(), BrokerError> {
+        let applied = felix_replication::machine::saved_applied(&state_dir).map(RaftIndex);
+        let replica = Replica::start(
+            self.me,
+            group_of(shard.id),
+            shard.log().clone(),
+            state_dir,
+            shard.clone() as Arc<dyn Applier>,
+            applied,
+            self.transport.clone(),
+            &self.router,
+            self.group,
+        )
+        .await?;
+        if self.initializer(shard.id) == self.me {
+            let wait = if fresh {
+                Duration::ZERO
+            } else {
+                self.bootstrap_wait()
+            };
+            tokio::spawn(bootstrap(replica.clone(), self.peers.clone(), wait));
+        }
+        shard.attach(replica, self.write_timeout);
+        Ok(())
+    }
+
+    /// The broker that bootstraps a shard's group (and so usually leads it
+    /// first): spread over the brokers by shard id, balancing leaders.
+    fn initializer(&self, shard: felix_log::ShardId) -> NodeId {
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        ids[(shard.0 % ids.len() as u64) as usize]
+    }
+
+    /// Writes a metadata change through the metadata group (forwarded to
+    /// its leader) and waits until this broker has applied it.
+    pub async fn write_meta(&self, op: &MetaOp, now_ms: i64) -> Result<(), BrokerError> {
+        let Some(replica) = self.meta.get() else {
+            return Err(BrokerError::Timeout("the metadata group is starting".into()));
+        };
+        let value = serde_json::to_vec(op).map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        let mut b = BatchBuilder::new(1 << 20);
+        b.push(RecordInput {
+            value: Some(&value),
+            timestamp_ms: now_ms,
+            ..RecordInput::default()
+        })?;
+        let batch = Bytes::from(b.build(Compression::None)?);
+        let index = match tokio::time::timeout(self.write_timeout, replica.write_anywhere(batch)).await {
+            Ok(Ok(r)) => r.raft_index,
+            // No leader yet (an election is on): the client retries.
+            Ok(Err(felix_replication::WriteError::NotLeader { .. })) => {
+                return Err(BrokerError::NotLeader { leader: None })
+            }
+            Ok(Err(e)) => return Err(BrokerError::Replication(format!("metadata: {e}"))),
+            Err(_) => {
+                return Err(BrokerError::Timeout(format!(
+                    "the metadata change was not committed within {:?}; it may still be",
+                    self.write_timeout
+                )))
+            }
+        };
+        let mut next = self.meta_next.subscribe();
+        let applied = tokio::time::timeout(self.write_timeout, next.wait_for(|n| *n > index)).await;
+        if !matches!(applied, Ok(Ok(_))) {
+            return Err(BrokerError::Timeout(
+                "the metadata change committed but is not applied here yet".into(),
+            ));
+        }
+        match self.outcomes.lock().expect("outcomes lock").remove(&index) {
+            Some(Err(why)) => Err(refusal(why)),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_outcome(&self, index: u64, outcome: Result<(), String>) {
+        let mut o = self.outcomes.lock().expect("outcomes lock");
+        o.insert(index, outcome);
+        while o.len() > META_OUTCOMES_MAX {
+            o.pop_first();
+        }
+    }
+
+    /// The shard's group leader as this broker knows it.
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.meta.get().and_then(|r| r.leader()).map(|(id, _)| id)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Some(r) = self.meta.get() {
+            r.shutdown(&self.router).await;
+        }
+        self.transport.close();
+    }
+}
+
+/// A shard's Raft group id (shard ids start at 1; 0 is the metadata group).
+pub fn group_of(shard: felix_log::ShardId) -> GroupId {
+    GroupId(shard.0)
+}
+
+fn meta_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("meta")
+}
+
+/// Turns an apply-time refusal back into the error the writer would have
+/// got on a single node.
+fn refusal(why: String) -> BrokerError {
+    if let Some(n) = why.strip_prefix("exists:") {
+        BrokerError::StreamExists(n.to_owned())
+    } else if let Some(n) = why.strip_prefix("unknown:") {
+        BrokerError::UnknownStream(n.to_owned())
+    } else {
+        BrokerError::Invalid(why)
+    }
+}
+
+fn refusal_text(e: &BrokerError) -> String {
+    match e {
+        BrokerError::StreamExists(n) => format!("exists:{n}"),
+        BrokerError::UnknownStream(n) => format!("unknown:{n}"),
+        e => e.to_string(),
+    }
+}
+
+/// Bootstraps `replica`'s group in the background (see
+/// [`Replica::bootstrap`]).
+async fn bootstrap(replica: Replica, members: BTreeMap<NodeId, BrokerNode>, wait: Duration) {
+    if let Err(e) = replica.bootstrap(members, wait).await {
+        tracing::warn!(group = %replica.group, error = %e, "bootstrapping the group failed");
+    }
+}
+
+/// Applies committed metadata entries to the node.
+struct MetaApplier {
+    node: Weak<Node>,
+}
+
+impl Applier for MetaApplier {
+    fn apply_through(&self, through: RaftIndex) -> Result<(), String> {
+        let Some(node) = self.node.upgrade() else {
+            return Err("the node is gone".into());
+        };
+        let Some(cluster) = node.cluster() else {
+            return Err("not in a cluster".into());
+        };
+        let next = *cluster.meta_next.borrow();
+        if through.0 < next {
+            return Ok(());
+        }
+        let entries: Vec<_> = cluster.meta_log.with(|l| {
+            l.positioned_from_raft_index(RaftIndex(next))
+                .take_while(|p| p.batch.header().raft_index <= through)
+                .map(|p| p.batch)
+                .collect()
+        });
+        let now = node.now_ms();
+        for b in entries {
+            let index = b.header().raft_index.0;
+            if b.header().flags.control() {
+                continue;
+            }
+            let records = b.records().map_err(|e| e.to_string())?;
+            for r in records {
+                let r = r.map_err(|e| e.to_string())?;
+                let fresh = now.saturating_sub(r.timestamp_ms) < FRESH_CREATE_MS;
+                let outcome = match r.value.as_deref().map(serde_json::from_slice::<MetaOp>) {
+                    Some(Ok(op)) => node.apply_meta(&op, index, fresh).map_err(|e| refusal_text(&e)),
+                    Some(Err(e)) => Err(format!("unreadable metadata entry: {e}")),
+                    None => Err("empty metadata entry".into()),
+                };
+                if let Err(why) = &outcome {
+                    tracing::debug!(index, why, "metadata change refused");
+                }
+                cluster.record_outcome(index, outcome);
+            }
+        }
+        cluster.meta_next.send_replace(through.0 + 1);
+        Ok(())
+    }
+
+    fn installed(&self, last: RaftIndex, state: &[u8]) -> Result<(), String> {
+        let Some(node) = self.node.upgrade() else {
+            return Err("the node is gone".into());
+        };
+        node.install_meta(state, last.0).map_err(|e| e.to_string())?;
+        if let Some(c) = node.cluster() {
+            c.meta_next.send_replace(last.0 + 1);
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(&self) -> Result<Vec<u8>, String> {
+        let Some(node) = self.node.upgrade() else {
+            return Err("the node is gone".into());
+        };
+        node.meta_snapshot().map_err(|e| e.to_string())
+    }
+}
