@@ -20,22 +20,29 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32) -> anyhow::Result<
     let data_dir = data_dir.canonicalize()?;
     let tls_dir = data_dir.join("cluster");
     let certs = dev_certificates(&tls_dir, &[]).context("creating the development CA")?;
-    let members = (0..n)
+    // With port 0, every port is picked up front, all held at once so
+    // none repeats.
+    let free = if listen.port() == 0 {
+        free_ports(listen, 2 * n as usize)?
+    } else {
+        Vec::new()
+    };
+    let members = (0..n as u16)
         .map(|i| -> anyhow::Result<LocalMember> {
-            let port = |offset: u16| -> anyhow::Result<u16> {
+            let port = |offset: u16, k: usize| -> anyhow::Result<u16> {
                 if listen.port() == 0 {
-                    free_port(listen)
+                    Ok(free[k])
                 } else {
                     listen
                         .port()
-                        .checked_add(offset + i as u16)
+                        .checked_add(offset + i)
                         .context("--listen port too high for this many brokers")
                 }
             };
             Ok(LocalMember {
                 id: u64::from(i) + 1,
-                client: SocketAddr::new(listen.ip(), port(0)?),
-                raft: SocketAddr::new(listen.ip(), port(RAFT_PORT_OFFSET)?),
+                client: SocketAddr::new(listen.ip(), port(0, 2 * i as usize)?),
+                raft: SocketAddr::new(listen.ip(), port(RAFT_PORT_OFFSET, 2 * i as usize + 1)?),
                 data_dir: data_dir.join(format!("broker{}", i + 1)),
             })
         })
@@ -103,8 +110,10 @@ fn spawn(config: &Path) -> anyhow::Result<Child> {
         .with_context(|| format!("starting a broker with {}", config.display()))
 }
 
-/// A port free now on `at`'s address (UDP, as QUIC uses).
-fn free_port(at: SocketAddr) -> anyhow::Result<u16> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(at.ip(), 0))?;
-    Ok(s.local_addr()?.port())
+/// `n` distinct UDP ports (QUIC's) free now on `at`'s address.
+fn free_ports(at: SocketAddr, n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n)
+        .map(|_| std::net::UdpSocket::bind(SocketAddr::new(at.ip(), 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    held.iter().map(|s| Ok(s.local_addr()?.port())).collect()
 }

@@ -429,6 +429,15 @@ impl HostedShard {
         let Some(replica) = group else {
             return self.append_local(batch).await;
         };
+        // A batch the log would refuse must not become a Raft entry: every
+        // replica would fail to store it.
+        let max = self.log.with(|l| l.config().batch_bytes_max);
+        if batch.len() > max {
+            return Err(BrokerError::Invalid(format!(
+                "a batch of {} bytes is above this stream's batch_bytes_max of {max}",
+                batch.len()
+            )));
+        }
         match tokio::time::timeout(self.write_timeout(), replica.write(batch)).await {
             Ok(Ok(r)) => Ok(Appended {
                 base_offset: r.base_offset,

@@ -22,11 +22,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Creates a stream once the metadata group has elected its leader.
+/// Creates a one-shard stream once the metadata group has elected its
+/// leader.
 async fn create_when_ready(client: &Client, name: &str) {
+    create_config_when_ready(client, stream_config(name, 1)).await
+}
+
+async fn create_config_when_ready(client: &Client, c: felix_client::wire::StreamConfig) {
+    let name = c.name.clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let m = felix_client::wire::Message::StreamCreate(stream_config(name, 1));
+        let m = felix_client::wire::Message::StreamCreate(c.clone());
         match client.call(felix_client::Route::Any, &m).await {
             Ok(felix_client::wire::Message::Done) => return,
             r => assert!(Instant::now() < deadline, "creating {name}: {r:?}"),
@@ -276,4 +282,180 @@ fn writes_survive_one_lost_follower_and_fail_clearly_without_a_quorum() {
     let values: Vec<&str> = replicas[0].iter().map(|(_, v)| v.as_str()).collect();
     assert_eq!(&values[..2], &["a", "b"], "acknowledged records survive");
     assert_eq!(values.last(), Some(&"d"));
+}
+
+fn record(v: String) -> ProducerRecord {
+    let mut r = ProducerRecord::new(v.into_bytes());
+    r.shard = Some(0);
+    r
+}
+
+#[test]
+fn a_lease_lost_with_its_leader_is_redelivered_and_acked_records_never_are() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = LocalCluster::start(dir.path(), 3, "");
+    let stream = "dev/default/jobs";
+    rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.unwrap();
+        create_when_ready(&client, stream).await;
+        let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
+        for i in 0..3 {
+            assert_eq!(p.send_wait(record(format!("job{i}"))).await.unwrap().offset, i);
+        }
+        let g = client.group_consumer(stream, "workers");
+        let first = g.fetch(1, 60_000).await.unwrap().records;
+        assert_eq!(first.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![0]);
+        g.ack(&[(0, 0)]).await.unwrap();
+        let second = g.fetch(1, 1_500).await.unwrap().records;
+        assert_eq!(second.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![1]);
+        // The leader that granted the lease dies before the ack.
+        let leader = c.leader(&client, stream, 0).await;
+        c.kill(c.index_of(leader));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            assert!(Instant::now() < deadline, "no redelivery; got {got:?}");
+            match g.fetch(3, 60_000).await {
+                Ok(l) => got.extend(l.records.into_iter().map(|r| (r.offset, r.deliveries))),
+                Err(e) => eprintln!("fetch during failover: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(1, 2), (2, 1)],
+            "record 1 redelivered (second delivery), record 2 new, record 0 never again"
+        );
+        g.ack(&[(0, 1), (0, 2)]).await.unwrap();
+        assert!(
+            g.fetch(3, 1_000).await.unwrap().records.is_empty(),
+            "everything was acked"
+        );
+        client.close().await;
+    });
+}
+
+#[test]
+fn a_follower_behind_the_leaders_retention_catches_up_by_snapshot() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let extra = "maintenance_interval_ms = 200\n[log]\nsegment_bytes = 65536\nbatch_bytes_max = 16384\n";
+    let mut c = LocalCluster::start(dir.path(), 3, extra);
+    let stream = "dev/default/retained";
+    let pad = "x".repeat(1000);
+    let (leader, follower) = rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.unwrap();
+        let mut cfg = stream_config(stream, 1);
+        cfg.retention_bytes = Some(200_000);
+        create_config_when_ready(&client, cfg).await;
+        // A batch above the log's limit is refused and nothing breaks.
+        let big_cfg = ProducerConfig {
+            linger_ms: 500,
+            ..ProducerConfig::default()
+        };
+        let big = client.producer(stream, big_cfg).await.unwrap();
+        let mut pending = Vec::new();
+        for i in 0..40 {
+            pending.push(big.send(record(format!("big{i}{pad}"))).await.unwrap());
+        }
+        for a in pending {
+            let refused = a.wait().await.expect_err("a 40 KB batch is above 16 KiB");
+            assert!(refused.to_string().contains("batch_bytes_max"), "{refused}");
+        }
+        let p = client
+            .producer(
+                stream,
+                ProducerConfig {
+                    batch_bytes_max: 12_000,
+                    ..ProducerConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..50 {
+            p.send_wait(record(format!("{i:05}{pad}"))).await.unwrap();
+        }
+        let leader = c.leader(&client, stream, 0).await;
+        let follower = (0..3).find(|i| c.members[*i].at.id != leader).unwrap();
+        c.kill(follower);
+        let mut acks = Vec::new();
+        for i in 50..1500 {
+            acks.push(p.send(record(format!("{i:05}{pad}"))).await.unwrap());
+        }
+        for a in acks {
+            a.wait().await.unwrap();
+        }
+        // Retention on the leader removes what the follower lacks.
+        let li = c.index_of(leader);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = c.shard_view(li, stream).await;
+            if v.as_ref().is_some_and(|v| v[0].0 > 100) {
+                eprintln!("leader after retention: {v:?}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "retention did not run on the leader: {v:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        client.close().await;
+        (li, follower)
+    });
+    c.restart(follower);
+    let (earliest_leader, next) = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let l = c.shard_view(leader, stream).await;
+            let f = c.shard_view(follower, stream).await;
+            if let (Some(l), Some(f)) = (&l, &f) {
+                if l[0].1 == f[0].1 && f[0].1 == 1500 {
+                    eprintln!("caught up: leader {l:?}, follower {f:?}");
+                    break (l[0].0, l[0].1);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the follower did not catch up: leader {l:?}, follower {f:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    c.stop_all();
+    let replicas = replica_records(&c, next);
+    let f = &replicas[follower];
+    // The leader no longer holds offsets 50..earliest as entries, so the
+    // follower, down since offset 50, can only have them from a snapshot.
+    assert!(earliest_leader > 50, "{earliest_leader}");
+    assert!(
+        replicas[leader]
+            .first()
+            .is_some_and(|(o, _)| *o >= earliest_leader),
+        "the leader's log starts at its retention point"
+    );
+    assert!(
+        f.iter().any(|(o, _)| *o > 50 && *o < earliest_leader) || f.first().is_some_and(|(o, _)| *o >= 50),
+        "the follower holds what only a snapshot could give it"
+    );
+    let offsets: Vec<u64> = f.iter().map(|(o, _)| *o).collect();
+    let first = offsets[0];
+    assert_eq!(
+        offsets,
+        (first..1500).collect::<Vec<_>>(),
+        "dense offsets on the follower"
+    );
+    // Where both hold records, they hold the same ones.
+    let l: BTreeMap<u64, &String> = replicas[leader].iter().map(|(o, v)| (*o, v)).collect();
+    for (o, v) in f {
+        if *o >= earliest_leader {
+            assert_eq!(l.get(o), Some(&v), "offset {o}");
+        }
+        assert_eq!(&v[..5], format!("{o:05}"), "offset {o} holds its own record");
+    }
+    assert_eq!(f.last().map(|(o, _)| *o), Some(1499));
 }

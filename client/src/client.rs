@@ -68,6 +68,9 @@ pub enum Route<'a> {
     /// Any broker that knows the stream (the first shard's leader first).
     Stream(&'a str),
     Any,
+    /// This broker (`host:port`) and no other, for questions about its own
+    /// state (operators, tests).
+    Broker(&'a str),
 }
 
 #[derive(Debug, Default)]
@@ -234,6 +237,7 @@ impl Client {
             Route::Shard(s, n) => leader(s, Some(n)),
             Route::Stream(s) => leader(s, None),
             Route::Any => None,
+            Route::Broker(a) => Some(a.to_owned()),
         };
         known.unwrap_or_else(|| {
             // Bootstrap brokers first, then any broker learned.
@@ -254,13 +258,17 @@ impl Client {
         let mut meta = self.inner.meta.write().expect("metadata lock");
         let Some((id, address)) = leader else {
             // No hint: forget the stale leader so the next try asks around.
-            if let Route::Shard(s, n) = route {
-                if let Some(info) = meta.streams.get_mut(s) {
-                    info.shards
-                        .iter_mut()
-                        .filter(|i| i.shard == n)
-                        .for_each(|i| i.leader = None);
-                }
+            let (s, n) = match route {
+                Route::Shard(s, n) => (s, Some(n)),
+                Route::Stream(s) => (s, None),
+                Route::Any | Route::Broker(_) => return,
+            };
+            if let Some(info) = meta.streams.get_mut(s) {
+                let first = info.shards.first().map(|i| i.shard);
+                info.shards
+                    .iter_mut()
+                    .filter(|i| Some(i.shard) == n.or(first))
+                    .for_each(|i| i.leader = None);
             }
             return;
         };
@@ -268,7 +276,7 @@ impl Client {
         let (stream, shard) = match route {
             Route::Shard(s, n) => (s, Some(n)),
             Route::Stream(s) => (s, None),
-            Route::Any => return,
+            Route::Any | Route::Broker(_) => return,
         };
         if let Some(info) = meta.streams.get_mut(stream) {
             for i in info.shards.iter_mut() {
@@ -360,6 +368,12 @@ impl Client {
             }
             let mut wait = policy.backoff(attempt, rand::random::<f64>());
             match &err {
+                // The leader may be gone: the next attempt asks another
+                // broker, which names the new one.
+                ClientError::Connect { .. }
+                | ClientError::ConnectionLost(_)
+                | ClientError::Timeout(_)
+                | ClientError::CircuitOpen(_) => self.learn_leader(route, None),
                 ClientError::Broker(ErrorReply::NotLeader { leader }) => {
                     let hinted = leader.is_some();
                     self.learn_leader(route, leader.clone());

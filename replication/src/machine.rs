@@ -82,6 +82,16 @@ impl StateMachine {
         applier: Arc<dyn Applier>,
         applied: Option<RaftIndex>,
     ) -> Result<StateMachine, String> {
+        // Links of snapshots being sent and unfinished builds of an earlier
+        // run are of no use now.
+        if let Ok(dir) = std::fs::read_dir(&state_dir) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(snapshot::SENDING_PREFIX) || name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let saved: Applied = std::fs::read(state_dir.join(APPLIED_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -149,12 +159,21 @@ impl StateMachine {
     }
 
     fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let path = self.state_dir.join(SNAPSHOT_FILE);
-        if !path.exists() {
+        let current = self.state_dir.join(SNAPSHOT_FILE);
+        if !current.exists() {
             return Ok(None);
         }
-        let h = snapshot::read_header(&path)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        // The sender streams a link of its own, which a newer build's
+        // rename cannot change under it; the header is read from the link,
+        // so meta and content always match.
+        let path = self.state_dir.join(format!(
+            "{}{}.snap",
+            snapshot::SENDING_PREFIX,
+            snapshot::unique_suffix()
+        ));
+        let read = |e: String| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e);
+        std::fs::hard_link(&current, &path).map_err(|e| read(format!("link {}: {e}", current.display())))?;
+        let h = snapshot::read_header(&path).map_err(|e| read(e.to_string()))?;
         Ok(Some(Snapshot {
             meta: h.meta,
             snapshot: Box::new(SnapshotFile { path }),

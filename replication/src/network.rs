@@ -436,9 +436,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .transport
             .call(&self.addr, KIND_SNAPSHOT, self.group, &body, Some(&path));
         let r = tokio::select! {
-            closed = cancel => return Err(StreamingError::Closed(closed)),
+            closed = cancel => {
+                remove_sent(&path);
+                return Err(StreamingError::Closed(closed));
+            }
             r = call => r,
         };
+        remove_sent(&path);
         let b = match r {
             Err(e) => return Err(StreamingError::Unreachable(Unreachable::new(&e))),
             Ok(Err(remote)) => {
@@ -451,5 +455,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
             bincode::deserialize(&b).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         r.map_err(|f| StreamingError::Network(NetworkError::new(&f)))
+    }
+}
+
+/// Removes the link a snapshot was sent from (see `machine`).
+fn remove_sent(path: &std::path::Path) {
+    let sent = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(crate::snapshot::SENDING_PREFIX));
+    if sent {
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -83,6 +83,19 @@ impl<W: Write> Write for CrcWriter<W> {
 
 /// Writes a snapshot of `log` through `meta.last_log_id` to `path`
 /// (via a temporary file, fsynced, renamed).
+/// A suffix no other file of this process gets.
+pub fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        felix_log::now_ms(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// Prefix of the links a snapshot is sent from (removed once sent).
+pub const SENDING_PREFIX: &str = "sending-";
+
 pub fn build(log: &SharedLog, meta: SnapshotMeta, state: &[u8], path: &Path) -> Result<(), ReplicationError> {
     let last = meta.last_log_id.map_or(0, |l| l.index);
     let (first_offset, prev, first_index) = log.with(|l| {
@@ -99,7 +112,9 @@ pub fn build(log: &SharedLog, meta: SnapshotMeta, state: &[u8], path: &Path) -> 
         state_len: state.len() as u64,
     };
     let h = serde_json::to_vec(&header).map_err(|e| corrupt(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
+    // A name of its own: two builds may overlap, and the finished file
+    // replaces the current one only by rename.
+    let tmp = path.with_extension(format!("{}.tmp", unique_suffix()));
     let f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
     let mut w = CrcWriter {
         inner: BufWriter::new(f),

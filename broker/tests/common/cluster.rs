@@ -21,12 +21,12 @@ pub struct LocalCluster {
     pub ca: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct ports free now (all held at once, so none repeats).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter().map(|s| s.local_addr().unwrap().port()).collect()
 }
 
 impl LocalCluster {
@@ -35,11 +35,16 @@ impl LocalCluster {
     pub fn start(root: &Path, n: u64, extra: &str) -> LocalCluster {
         let tls_dir = root.join("ca");
         let ca = dev_certificates(&tls_dir, &[]).unwrap().ca;
+        let ports = free_ports(2 * n as usize);
         let all: Vec<LocalMember> = (1..=n)
             .map(|id| LocalMember {
                 id,
-                client: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
-                raft: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                client: format!("127.0.0.1:{}", ports[2 * (id as usize - 1)])
+                    .parse()
+                    .unwrap(),
+                raft: format!("127.0.0.1:{}", ports[2 * (id as usize - 1) + 1])
+                    .parse()
+                    .unwrap(),
                 data_dir: root.join(format!("b{id}")),
             })
             .collect();
@@ -79,7 +84,10 @@ impl LocalCluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
-            .env("FELIX_LOG", "error,openraft=off")
+            .env(
+                "FELIX_LOG",
+                std::env::var("FELIX_TEST_LOG").unwrap_or_else(|_| "error,openraft=off".into()),
+            )
             .spawn()
             .expect("spawn felix broker");
         m.child = Some(child);
@@ -189,7 +197,9 @@ impl LocalCluster {
     pub async fn shard_view(&self, i: usize, stream: &str) -> Option<Vec<(u64, u64)>> {
         let client = Client::connect(self.member_config(i)).await.ok()?;
         let m = Message::StreamDescribe { name: stream.into() };
-        let r = client.call(Route::Any, &m).await;
+        let r = client
+            .call(Route::Broker(&self.members[i].at.client.to_string()), &m)
+            .await;
         client.close().await;
         match r.ok()? {
             Message::StreamDescription { shards, .. } => {
