@@ -295,11 +295,6 @@ impl Cluster {
         }
     }
 
-    /// The shard's group leader as this broker knows it.
-    pub fn meta_leader(&self) -> Option<NodeId> {
-        self.meta.get().and_then(|r| r.leader()).map(|(id, _)| id)
-    }
-
     pub async fn shutdown(&self) {
         if let Some(r) = self.meta.get() {
             r.shutdown(&self.router).await;

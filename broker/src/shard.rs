@@ -281,7 +281,7 @@ impl HostedShard {
         // A new leader must have applied its predecessor's entries before
         // its producer windows can tell a retry from a new batch.
         let group = self.lead().await?;
-        let _in_flight = if producer_id != 0 {
+        let claim = if producer_id != 0 {
             if let Some(at) = self.duplicate_of(producer_id, sequence)? {
                 return Ok(at);
             }
@@ -295,9 +295,7 @@ impl HostedShard {
         let permit = self.reserve_in_flight(checked.bytes().len())?;
         let result = self.write(group, checked.bytes().clone()).await;
         drop(permit);
-        if let (Some(claim), Err(BrokerError::Timeout(_) | BrokerError::Replication(_))) =
-            (&_in_flight, &result)
-        {
+        if let (Some(claim), Err(BrokerError::Timeout(_) | BrokerError::Replication(_))) = (&claim, &result) {
             // The entry may still commit: until it is applied (or this
             // replica leads a new term, which applies it first), a retry
             // must wait for it rather than write it again.
@@ -438,7 +436,16 @@ impl HostedShard {
                 batch.len()
             )));
         }
-        match tokio::time::timeout(self.write_timeout(), replica.write(batch)).await {
+        self.committed(replica.write(batch)).await
+    }
+
+    /// Waits for a replicated write (at most the write timeout) and says
+    /// where it landed.
+    async fn committed(
+        &self,
+        write: impl std::future::Future<Output = Result<felix_replication::Response, WriteError>>,
+    ) -> Result<Appended, BrokerError> {
+        match tokio::time::timeout(self.write_timeout(), write).await {
             Ok(Ok(r)) => Ok(Appended {
                 base_offset: r.base_offset,
                 count: r.count,
@@ -476,17 +483,7 @@ impl HostedShard {
         match self.append(batch.clone()).await {
             Err(BrokerError::NotLeader { .. }) if self.group.get().is_some() => {
                 let g = self.group.get().expect("checked");
-                match tokio::time::timeout(g.write_timeout, g.replica.write_anywhere(batch)).await {
-                    Ok(Ok(r)) => Ok(Appended {
-                        base_offset: r.base_offset,
-                        count: r.count,
-                    }),
-                    Ok(Err(e)) => Err(self.write_error(e)),
-                    Err(_) => Err(BrokerError::Timeout(format!(
-                        "shard {}: a forwarded write was not committed within {:?}",
-                        self.id.0, g.write_timeout
-                    ))),
-                }
+                self.committed(g.replica.write_anywhere(batch)).await
             }
             r => r,
         }
