@@ -287,6 +287,23 @@ impl Cluster {
         }
     }
 
+    /// Waits until this broker has applied every stream definition the
+    /// metadata group had acknowledged when the call began, so a stream
+    /// created through another broker is known here before this one
+    /// answers `UnknownStream`.
+    pub async fn meta_barrier(&self) -> Result<(), BrokerError> {
+        let Some(replica) = self.meta.get() else {
+            return Err(BrokerError::Timeout("the metadata group is starting".into()));
+        };
+        match replica.read_barrier(self.write_timeout).await {
+            Ok(()) => Ok(()),
+            Err(felix_replication::WriteError::NotLeader { .. }) => {
+                Err(BrokerError::NotLeader { leader: None })
+            }
+            Err(e) => Err(BrokerError::Replication(format!("metadata: {e}"))),
+        }
+    }
+
     fn record_outcome(&self, index: u64, outcome: Result<(), String>) {
         let mut o = self.outcomes.lock().expect("outcomes lock");
         o.insert(index, outcome);

@@ -87,7 +87,7 @@ impl NodeHandler {
                 sequence,
                 batch,
             } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 let number = match shard {
                     Some(n) => n,
                     None => route(node, &h, &Batch::new(batch.clone())?)?,
@@ -109,7 +109,7 @@ impl NodeHandler {
                 durable,
                 credit_bytes: _,
             } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 let numbers: Vec<u32> = if shards.is_empty() {
                     (0..h.shards.len() as u32).collect()
                 } else {
@@ -128,7 +128,7 @@ impl NodeHandler {
                 name,
                 offset,
             } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 let s = h.shard(shard)?;
                 let op = ControlOp::CursorCommit {
                     name: Bytes::from(name.into_bytes()),
@@ -145,7 +145,7 @@ impl NodeHandler {
                 max_records,
                 lease_ms,
             } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 let (lease_until_ms, records) =
                     queue::fetch(node, &h, &group, consumer, max_records, lease_ms).await?;
                 Ok(Reply::Message(Message::GroupRecords {
@@ -154,7 +154,7 @@ impl NodeHandler {
                 }))
             }
             Message::GroupAck { stream, group, items } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 queue::change(node, &h, &group, 0, &items, Change::Ack).await?;
                 done()
             }
@@ -165,7 +165,7 @@ impl NodeHandler {
                 delay_ms,
                 items,
             } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 queue::change(node, &h, &group, consumer, &items, Change::Nack { delay_ms }).await?;
                 done()
             }
@@ -176,12 +176,12 @@ impl NodeHandler {
                 lease_ms,
                 items,
             } => {
-                let h = node.stream(&stream)?;
+                let h = node.find_stream(&stream).await?;
                 queue::change(node, &h, &group, consumer, &items, Change::Extend { lease_ms }).await?;
                 done()
             }
             Message::CacheGet { cache: name, key } => {
-                let h = node.stream(&name)?;
+                let h = node.find_stream(&name).await?;
                 let entry = cache::get(node, &h, &key).await?;
                 Ok(Reply::Message(Message::CacheValue { entry }))
             }
@@ -192,7 +192,7 @@ impl NodeHandler {
                 ttl_ms,
                 if_version,
             } => {
-                let h = node.stream(&name)?;
+                let h = node.find_stream(&name).await?;
                 let m = cache::write(node, &h, key, Some(value), ttl_ms, if_version).await?;
                 Ok(Reply::Message(m))
             }
@@ -201,12 +201,12 @@ impl NodeHandler {
                 key,
                 if_version,
             } => {
-                let h = node.stream(&name)?;
+                let h = node.find_stream(&name).await?;
                 let m = cache::write(node, &h, key, None, None, if_version).await?;
                 Ok(Reply::Message(m))
             }
             Message::Metadata { streams } => {
-                let (brokers, streams) = node.metadata(&streams)?;
+                let (brokers, streams) = node.metadata(&streams).await?;
                 Ok(Reply::Message(Message::MetadataReply { brokers, streams }))
             }
             Message::StreamCreate(c) => {

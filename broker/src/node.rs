@@ -210,6 +210,19 @@ impl Node {
         self.stream_by_name(&n)
     }
 
+    /// [`Node::stream`], except that in a cluster an unknown name is
+    /// looked up again after catching up with the metadata group: a
+    /// stream created through another broker a moment ago is found.
+    pub async fn find_stream(&self, name: &str) -> Result<Arc<StreamHandle>, BrokerError> {
+        match (self.stream(name), self.cluster()) {
+            (Err(BrokerError::UnknownStream(_)), Some(c)) => {
+                c.meta_barrier().await?;
+                self.stream(name)
+            }
+            (r, _) => r,
+        }
+    }
+
     pub fn stream_by_name(&self, n: &StreamName) -> Result<Arc<StreamHandle>, BrokerError> {
         self.streams
             .read()
@@ -519,7 +532,10 @@ impl Node {
     }
 
     /// Brokers and streams for a metadata reply (`names` empty: every stream).
-    pub fn metadata(&self, names: &[String]) -> Result<(Vec<BrokerInfo>, Vec<StreamInfo>), BrokerError> {
+    pub async fn metadata(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<BrokerInfo>, Vec<StreamInfo>), BrokerError> {
         // Requested streams are named as asked (a bare `orders` stays
         // `orders`), so a client finds them under the name it uses.
         let handles: Vec<(String, Arc<StreamHandle>)> = if names.is_empty() {
@@ -528,10 +544,11 @@ impl Node {
                 .map(|h| (h.name.to_string(), h))
                 .collect()
         } else {
-            names
-                .iter()
-                .map(|n| self.stream(n).map(|h| (n.clone(), h)))
-                .collect::<Result<_, _>>()?
+            let mut v = Vec::with_capacity(names.len());
+            for n in names {
+                v.push((n.clone(), self.find_stream(n).await?));
+            }
+            v
         };
         let me = self.broker_id;
         let cluster = self.cluster();

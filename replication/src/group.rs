@@ -220,6 +220,34 @@ impl Replica {
         }
     }
 
+    /// Waits until this replica has applied every entry the group had
+    /// acknowledged when the call began (a Raft read index, asked of the
+    /// leader when this is a follower), at most `timeout`.
+    pub async fn read_barrier(&self, timeout: std::time::Duration) -> Result<(), WriteError> {
+        let index = match self.ensure_leading().await {
+            Ok(_) => return Ok(()),
+            Err(WriteError::NotLeader {
+                leader: Some((_, node)),
+                ..
+            }) => tokio::time::timeout(timeout, self.transport.read_index(&node, self.group))
+                .await
+                .map_err(|_| WriteError::NoQuorum {
+                    group: self.group,
+                    why: "the leader did not answer a read index in time".into(),
+                })??,
+            Err(e) => return Err(e),
+        };
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|e| WriteError::NoQuorum {
+                group: self.group,
+                why: format!("applying through the leader's read index {index}: {e}"),
+            })
+    }
+
     /// Writes `batch` and returns once a quorum holds it and it is applied
     /// here: the quorum acknowledgement.
     pub async fn write(&self, batch: bytes::Bytes) -> Result<Response, WriteError> {

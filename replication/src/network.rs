@@ -45,6 +45,7 @@ const KIND_APPEND: u8 = 1;
 const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_FORWARD: u8 = 4;
+const KIND_READ_INDEX: u8 = 5;
 const HEAD_BYTES: usize = 1 + 8 + 4;
 
 /// A group this broker hosts: what incoming RPCs for it are handed to.
@@ -215,6 +216,20 @@ impl Transport {
             Err(e) => Err(ReplicationError::Raft(e)),
         }
     }
+
+    /// Asks `leader` for its read index in `group`: the last entry it had
+    /// committed when a quorum last confirmed it leads. A follower that
+    /// has applied through it has seen every write acknowledged before
+    /// the call.
+    pub async fn read_index(&self, leader: &BrokerNode, group: GroupId) -> Result<u64, ReplicationError> {
+        match self
+            .call(&leader.raft_addr, KIND_READ_INDEX, group, &[], None)
+            .await?
+        {
+            Ok(b) => bincode::deserialize(&b).map_err(terr),
+            Err(e) => Err(ReplicationError::Raft(e)),
+        }
+    }
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, router: Router) {
@@ -311,6 +326,10 @@ async fn serve(
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(e),
+        },
+        KIND_READ_INDEX => match raft.ensure_linearizable().await {
+            Ok(at) => ser(&at.map_or(0, |l| l.index)),
+            Err(e) => Err(e.to_string()),
         },
         k => Err(format!("unknown rpc kind {k}")),
     };
