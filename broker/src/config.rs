@@ -132,6 +132,17 @@ pub struct LocalMember {
     pub data_dir: PathBuf,
 }
 
+/// The configuration file of `me` as a broker of its own (no cluster);
+/// `extra` is appended.
+pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
+    format!(
+        "data_dir = {:?}\nbroker_id = {}\nlisten = \"{}\"\n{extra}\n",
+        me.data_dir.display().to_string(),
+        me.id,
+        me.client,
+    )
+}
+
 /// The configuration file of `me` in a local cluster of `all`, sharing the
 /// development CA under `tls_dir`; `extra` is appended (more settings).
 pub fn local_cluster_toml(me: &LocalMember, all: &[LocalMember], tls_dir: &Path, extra: &str) -> String {

@@ -4,100 +4,176 @@
 //! also a template for a hand-run cluster (see `deploy/local/`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
-use felix_broker::config::{local_cluster_toml, LocalMember};
+use felix_broker::config::{local_broker_toml, local_cluster_toml, LocalMember};
 use felix_broker::server::ClientProfile;
 use felix_client::transport::dev_certificates;
 
 /// Ports above a broker's client port where it replicates.
 const RAFT_PORT_OFFSET: u16 = 100;
 
-pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let data_dir = data_dir.canonicalize()?;
-    let tls_dir = data_dir.join("cluster");
-    let certs = dev_certificates(&tls_dir, &[]).context("creating the development CA")?;
-    // With port 0, every port is picked up front, all held at once so
-    // none repeats.
-    let free = if listen.port() == 0 {
-        free_ports(listen, 2 * n as usize)?
-    } else {
-        Vec::new()
-    };
-    let members = (0..n as u16)
-        .map(|i| -> anyhow::Result<LocalMember> {
-            let port = |offset: u16, k: usize| -> anyhow::Result<u16> {
-                if listen.port() == 0 {
-                    Ok(free[k])
-                } else {
-                    listen
-                        .port()
-                        .checked_add(offset + i)
-                        .context("--listen port too high for this many brokers")
-                }
-            };
-            Ok(LocalMember {
-                id: u64::from(i) + 1,
-                client: SocketAddr::new(listen.ip(), port(0, 2 * i as usize)?),
-                raft: SocketAddr::new(listen.ip(), port(RAFT_PORT_OFFSET, 2 * i as usize + 1)?),
-                data_dir: data_dir.join(format!("broker{}", i + 1)),
+/// Broker processes of a local cluster, stopped (SIGTERM) when dropped.
+pub struct LocalBrokers {
+    pub members: Vec<LocalMember>,
+    pub children: Vec<Option<Child>>,
+    pub configs: Vec<PathBuf>,
+    /// The development CA's certificate, for clients.
+    pub ca: PathBuf,
+}
+
+impl LocalBrokers {
+    /// Writes a configuration for each of `n` brokers under `data_dir`
+    /// (`extra` added to each) and starts them. With port 0 in `listen`,
+    /// free ports are picked. `replicated: false` (with `n` = 1) runs a
+    /// plain broker without a `[cluster]`: the RF=1 baseline of benchmarks.
+    pub fn spawn(
+        data_dir: &Path,
+        listen: SocketAddr,
+        n: u32,
+        extra: &str,
+        replicated: bool,
+    ) -> anyhow::Result<LocalBrokers> {
+        anyhow::ensure!(replicated || n == 1, "only one broker runs without a cluster");
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let data_dir = data_dir.canonicalize()?;
+        // A plain broker keeps its development CA under its data directory.
+        let tls_dir = match replicated {
+            true => data_dir.join("cluster"),
+            false => data_dir.join("broker1"),
+        };
+        let certs = dev_certificates(&tls_dir, &[]).context("creating the development CA")?;
+        // With port 0, every port is picked up front, all held at once so
+        // none repeats.
+        let free = if listen.port() == 0 {
+            free_ports(listen, 2 * n as usize)?
+        } else {
+            Vec::new()
+        };
+        let members = (0..n as u16)
+            .map(|i| -> anyhow::Result<LocalMember> {
+                let port = |offset: u16, k: usize| -> anyhow::Result<u16> {
+                    if listen.port() == 0 {
+                        Ok(free[k])
+                    } else {
+                        listen
+                            .port()
+                            .checked_add(offset + i)
+                            .context("--listen port too high for this many brokers")
+                    }
+                };
+                Ok(LocalMember {
+                    id: u64::from(i) + 1,
+                    client: SocketAddr::new(listen.ip(), port(0, 2 * i as usize)?),
+                    raft: SocketAddr::new(listen.ip(), port(RAFT_PORT_OFFSET, 2 * i as usize + 1)?),
+                    data_dir: data_dir.join(format!("broker{}", i + 1)),
+                })
             })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut children = Vec::new();
-    for m in &members {
-        std::fs::create_dir_all(&m.data_dir)?;
-        let path = m.data_dir.join("broker.toml");
-        std::fs::write(&path, local_cluster_toml(m, &members, &tls_dir, ""))
-            .with_context(|| format!("writing {}", path.display()))?;
-        children.push(spawn(&path)?);
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut b = LocalBrokers {
+            members: Vec::new(),
+            children: Vec::new(),
+            configs: Vec::new(),
+            ca: certs.ca.clone(),
+        };
+        for m in &members {
+            std::fs::create_dir_all(&m.data_dir)?;
+            let path = m.data_dir.join("broker.toml");
+            let text = match replicated {
+                true => local_cluster_toml(m, &members, &tls_dir, extra),
+                false => local_broker_toml(m, extra),
+            };
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            b.children.push(Some(spawn(&path)?));
+            b.configs.push(path);
+        }
+        b.members = members;
+        Ok(b)
     }
+
+    /// SIGKILLs broker `i` (an index into `members`) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts broker `i` again from its configuration and data.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        self.children[i] = Some(spawn(&self.configs[i])?);
+        Ok(())
+    }
+
+    pub fn client_addresses(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.to_string()).collect()
+    }
+}
+
+impl Drop for LocalBrokers {
+    fn drop(&mut self) {
+        for c in self.children.iter().flatten() {
+            // SIGTERM lets each close its logs cleanly.
+            // SAFETY: kill(2) on our own, not yet reaped, child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.wait();
+        }
+    }
+}
+
+pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32) -> anyhow::Result<()> {
+    let brokers = LocalBrokers::spawn(data_dir, listen, n, "", true)?;
+    let data_dir = data_dir.canonicalize()?;
     let profile_path = data_dir.join("client.toml");
     ClientProfile {
-        brokers: members.iter().map(|m| m.client.to_string()).collect(),
+        brokers: brokers.client_addresses(),
         server_name: "localhost".into(),
-        ca: certs.ca.clone(),
+        ca: brokers.ca.clone(),
         cert: None,
         key: None,
     }
     .save(&profile_path)?;
     println!("felix dev is running a cluster of {n} brokers");
-    for m in &members {
+    for m in &brokers.members {
         println!(
-            "  broker {}  quic://{}  (replication {}, data {})",
+            "  broker {}  quic://{}  (replication {}, data and broker.log in {})",
             m.id,
             m.client,
             m.raft,
             m.data_dir.display()
         );
     }
-    println!("  CA        {}", certs.ca.display());
+    println!("  CA        {}", brokers.ca.display());
     println!("  profile   {}", profile_path.display());
     println!("try: felix stream create orders --shards 3   (Ctrl-C stops)");
     crate::wait_for_shutdown().await;
     eprintln!("stopping the brokers");
-    for c in &mut children {
-        // SIGTERM lets each close its logs cleanly.
-        // SAFETY: kill(2) on our own, not yet reaped, child's pid.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-    }
-    for mut c in children {
-        let _ = c.wait();
-    }
+    drop(brokers);
     Ok(())
 }
 
 fn spawn(config: &Path) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the felix executable")?;
+    // Each broker logs to a file beside its configuration, which a
+    // restart appends to.
+    let log_path = config.with_file_name("broker.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
     cmd.args(["broker", "--config"])
         .arg(config)
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(log.try_clone()?)
+        .stderr(log);
     // The brokers die with this process, even when it is killed.
     // SAFETY: prctl(2) is async-signal-safe, as a pre_exec hook must be.
     unsafe {

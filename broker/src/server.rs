@@ -92,7 +92,13 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         )
     };
     let node = tokio::task::block_in_place(|| Node::open(config, clock))?;
-    let endpoint = transport::server_endpoint(config.listen, &tls, ALPN, &TransportConfig::default())?;
+    // Clients keep their connections alive; a broker pinging every one
+    // of thousands would spend its time on it.
+    let quic = TransportConfig {
+        keep_alive_ms: None,
+        ..TransportConfig::default()
+    };
+    let endpoint = transport::server_endpoint(config.listen, &tls, ALPN, &quic)?;
     let addr = endpoint.local_addr()?;
     node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
     if let Some(c) = &config.cluster {

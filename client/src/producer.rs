@@ -273,6 +273,17 @@ impl Accumulator {
         loop {
             let deadline = self.open.values().map(|o| o.deadline).min();
             let cmd = match deadline {
+                // A due batch goes at once, after whatever is already
+                // queued joins it: a timer would add its millisecond of
+                // resolution to every `linger_ms = 0` send.
+                Some(d) if d <= Instant::now() => match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.flush_due(Instant::now()).await;
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                },
                 Some(d) => tokio::select! {
                     c = rx.recv() => c,
                     _ = tokio::time::sleep_until(d) => {

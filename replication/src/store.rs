@@ -75,11 +75,12 @@ impl LogStore {
         }
     }
 
-    fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+    /// Entries `[start, end)`, at most `max` of them.
+    fn read(&self, start: u64, end: u64, max: usize) -> Result<Vec<Entry>, StorageError> {
         let batches: Vec<_> = self.log.with(|l| {
             l.positioned_from_raft_index(RaftIndex(start))
                 .take_while(|p| p.batch.header().raft_index.0 < end)
-                .take(READ_ENTRIES_MAX)
+                .take(max)
                 .map(|p| p.batch)
                 .collect()
         });
@@ -105,7 +106,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        self.read(start, end)
+        // The whole range: openraft checks that it got every entry it
+        // asked for (applying a restarted follower's backlog reads
+        // thousands at once) and fails the group if not.
+        self.read(start, end, usize::MAX)
+    }
+
+    /// Replication's reads, which may stop early: one RPC's worth.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        self.read(start, end, READ_ENTRIES_MAX)
     }
 }
 

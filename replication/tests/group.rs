@@ -324,3 +324,133 @@ async fn restart_and_snapshot_catch_up() {
     let from = third.iter().position(|e| e.0 == first).unwrap();
     assert_eq!(&third[from..third.len().min(from + lead.len())], &lead[..]);
 }
+
+/// The voters of the group as `n` sees them.
+fn voters(n: &Node) -> Vec<u64> {
+    let m = n.replica.raft.metrics().borrow().clone();
+    m.membership_config.membership().voter_ids().collect()
+}
+
+/// A fourth replica is added (it catches up as a learner, then becomes a
+/// voter), a first one is removed, and the group keeps a quorum and
+/// identical logs throughout; the removed replica gets nothing more. Then
+/// a follower's read barrier sees every write acknowledged before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_and_remove_replicas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, l) = cluster(tmp.path()).await;
+    let mut last = 0;
+    for i in 0..20 {
+        last = nodes[l]
+            .replica
+            .write(batch(&format!("before{i}")))
+            .await
+            .unwrap()
+            .raft_index;
+    }
+    let fourth = start(tmp.path(), 4, "127.0.0.1:0").await;
+    nodes[l]
+        .replica
+        .add_replica(
+            4,
+            BrokerNode {
+                raft_addr: fourth.addr.clone(),
+                client_addr: String::new(),
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    wait_applied(&fourth, last).await;
+    assert_eq!(voters(&nodes[l]), vec![1, 2, 3, 4]);
+    assert_eq!(
+        entries(&fourth.log)[..20],
+        entries(&nodes[l].log)[..20],
+        "the new replica holds the leader's entries at the same indexes"
+    );
+
+    // Remove a follower; the group of three (one of them new) goes on.
+    let gone = (0..3).find(|i| *i != l).unwrap();
+    let gone_id = nodes[gone].id;
+    nodes[l].replica.remove_replica(gone_id).await.unwrap();
+    assert!(!voters(&nodes[l]).contains(&gone_id));
+    let removed_at = nodes[gone].applier.through.load(Ordering::Acquire);
+    for i in 0..10 {
+        last = nodes[l]
+            .replica
+            .write(batch(&format!("after{i}")))
+            .await
+            .unwrap()
+            .raft_index;
+    }
+    wait_applied(&fourth, last).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        nodes[gone].applier.through.load(Ordering::Acquire) < last,
+        "a removed replica is sent nothing more (it had {removed_at}, the group is at {last})"
+    );
+
+    // A read barrier on a follower covers the leader's acknowledged writes.
+    let follower = (0..3).find(|i| *i != l && *i != gone).unwrap();
+    let w = nodes[l].replica.write(batch("barrier")).await.unwrap().raft_index;
+    nodes[follower]
+        .replica
+        .read_barrier(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(nodes[follower].applier.through.load(Ordering::Acquire) >= w);
+
+    // Removing the leader itself: the others elect one among themselves.
+    let leader_id = nodes[l].id;
+    nodes[l].replica.remove_replica(leader_id).await.unwrap();
+    let rest: Vec<&Node> = vec![&nodes[follower], &fourth];
+    let until = Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        if let Some(n) = rest.iter().find(|n| n.replica.is_leader()) {
+            break n;
+        }
+        assert!(Instant::now() < until, "no leader after the old one left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(new.id, leader_id);
+    assert!(!voters(new).contains(&leader_id));
+    new.replica.write(batch("without the old leader")).await.unwrap();
+}
+
+/// A replica restarted with more committed-but-unapplied entries than one
+/// log read returns (its applied index is saved only now and then, and a
+/// crash can come before the first save) applies them all and stays in the
+/// group. This killed the group (openraft found the read short) before
+/// whole-range reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_applies_a_backlog_longer_than_one_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, l) = cluster(tmp.path()).await;
+    let leader = nodes.remove(l);
+    let backlog = felix_replication::store::READ_ENTRIES_MAX * 3;
+    let writes: Vec<_> = (0..backlog)
+        .map(|i| {
+            let r = leader.replica.clone();
+            tokio::spawn(async move { r.write(batch(&format!("w{i}"))).await })
+        })
+        .collect();
+    let mut last = 0;
+    for w in writes {
+        last = last.max(w.await.unwrap().unwrap().raft_index);
+    }
+    wait_applied(&nodes[0], last).await;
+    let (id, addr) = stop(nodes.remove(0)).await;
+    // As if it crashed before ever saving what it had applied.
+    std::fs::remove_file(
+        tmp.path()
+            .join(format!("n{id}"))
+            .join("raft")
+            .join(felix_replication::machine::APPLIED_FILE),
+    )
+    .unwrap();
+    let back = start(tmp.path(), id, &addr).await;
+    wait_applied(&back, last).await;
+    let after = leader.replica.write(batch("after")).await.unwrap().raft_index;
+    wait_applied(&back, after).await;
+    assert_eq!(entries(&back.log), entries(&leader.log));
+}

@@ -1,6 +1,7 @@
 //! `felix bench`: benchmarks that print figures (never timed tests).
 
 mod broker;
+mod cluster;
 mod index;
 mod log;
 mod wire;
@@ -21,6 +22,10 @@ pub enum BenchCommand {
     /// The broker: publish→deliver latency and throughput, fan-out 1 and
     /// 10, 256 B and 4 KiB; cache put/get at concurrency 1 and 32.
     Broker(broker::Args),
+    /// Replication: RF=3 quorum publish beside RF=1 (separate broker
+    /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
+    /// then the failover time after a leader's SIGKILL.
+    Cluster(cluster::Args),
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
@@ -29,5 +34,6 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Index(a) => index::run(a),
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
+        BenchCommand::Cluster(a) => cluster::run(a),
     }
 }

@@ -1,0 +1,395 @@
+//! The replication benchmark: quorum publish throughput and latency on a
+//! three-broker cluster (RF=3) beside one plain broker (RF=1) in the same
+//! run, durability `always` and `none`, 1 / 16 / 64 producers, 256 B
+//! records; then the failover time: how long writes to a shard stop when
+//! its leader is SIGKILLed. Brokers are separate `felix broker` processes on
+//! loopback, as a user runs them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args as ClapArgs;
+use felix_client::producer::{ProducerConfig, ProducerRecord};
+use felix_client::transport::ClientTls;
+use felix_client::wire::{Message, StreamConfig};
+use felix_client::{Client, ClientConfig, Route};
+use hdrhistogram::Histogram;
+
+use crate::devcluster::LocalBrokers;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Seconds per figure.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Producer counts, comma separated.
+    #[arg(long, default_value = "1,16,64")]
+    producers: String,
+    /// Records each producer may have awaiting acknowledgement, comma
+    /// separated (1: one request at a time).
+    #[arg(long, default_value = "1,16")]
+    windows: String,
+    /// Leader kills for the failover figure.
+    #[arg(long, default_value_t = 3)]
+    failovers: u32,
+    /// Shards per benchmark stream (leaders spread over the brokers).
+    #[arg(long, default_value_t = 3)]
+    shards: u32,
+    /// A short run: 0.5 s per figure, producers 1 and 16, one failover.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Bytes per record, the shape.
+const RECORD_BYTES: usize = 256;
+/// Longest wait for a cluster to elect leaders and take a stream.
+const READY_WAIT_MAX: Duration = Duration::from_secs(60);
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let secs = Duration::from_secs_f64(if a.quick { 0.5 } else { a.seconds });
+    let producers: Vec<usize> = if a.quick {
+        vec![1, 16]
+    } else {
+        a.producers
+            .split(',')
+            .map(|p| p.trim().parse().context("--producers takes numbers"))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let windows: Vec<usize> = a
+        .windows
+        .split(',')
+        .map(|w| match w.trim().parse() {
+            Ok(w) if w >= 1 => Ok(w),
+            _ => anyhow::bail!("--windows takes numbers of at least 1"),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let failovers = if a.quick { a.failovers.min(1) } else { a.failovers };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(bench(secs, &producers, &windows, failovers, a.shards))
+}
+
+struct Row {
+    rf: u32,
+    durability: &'static str,
+    producers: usize,
+    window: usize,
+    msgs_s: f64,
+    errors: u64,
+    hist: Histogram<u64>,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
+}
+
+fn client_config(brokers: &LocalBrokers) -> anyhow::Result<ClientConfig> {
+    let addrs = brokers.client_addresses();
+    let mut c = ClientConfig::new(addrs[0].clone(), ClientTls::from_pem_files(&brokers.ca, None)?);
+    c.brokers = addrs;
+    c.connections_per_broker = 2;
+    c.connect_timeout_ms = 1_000;
+    c.request_timeout_ms = 10_000;
+    Ok(c)
+}
+
+/// Connects once the brokers answer and creates `name`, retrying while
+/// the cluster elects its metadata leader.
+async fn ready_stream(
+    brokers: &LocalBrokers,
+    name: &str,
+    durability: &str,
+    shards: u32,
+) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + READY_WAIT_MAX;
+    let client = loop {
+        match Client::connect(client_config(brokers)?).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context("connecting to the benchmark brokers"),
+        }
+    };
+    let create = Message::StreamCreate(StreamConfig {
+        name: name.into(),
+        kind: 0,
+        shards,
+        durability: durability.into(),
+        retention_ms: None,
+        retention_bytes: None,
+        max_deliveries: 0,
+        default_ttl_ms: None,
+    });
+    loop {
+        match client.call(Route::Any, &create).await {
+            Ok(Message::Done) => break,
+            r if Instant::now() < deadline => {
+                let _ = r;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r => anyhow::bail!("creating {name}: {r:?}"),
+        }
+    }
+    // Every shard has a leader before the clock starts.
+    loop {
+        client.refresh_metadata(&[name.to_owned()]).await.ok();
+        if let Ok(info) = client.stream_info(name).await {
+            if info.shards.iter().all(|s| s.leader.is_some()) {
+                return Ok(client);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{name} has shards without a leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `n` producers for `secs`, each with up to `window` records awaiting
+/// their acknowledgement (1: closed loop, one record per request; more: the
+/// producer batches what accumulates, with its default linger).
+async fn publish(
+    client: &Client,
+    stream: &str,
+    n: usize,
+    window: usize,
+    secs: Duration,
+) -> anyhow::Result<(f64, u64, Histogram<u64>)> {
+    let value = Bytes::from(vec![b'v'; RECORD_BYTES]);
+    let cfg = match window {
+        1 => ProducerConfig {
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        },
+        _ => ProducerConfig::default(),
+    };
+    let mut tasks = Vec::new();
+    let start = Instant::now();
+    let end = start + secs;
+    for _ in 0..n {
+        let p = client.producer(stream, cfg.clone()).await?;
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = hist();
+            let mut errors = 0u64;
+            let mut pending = std::collections::VecDeque::with_capacity(window);
+            let mut settle = |ok: bool, t: Instant, h: &mut Histogram<u64>| match ok {
+                true => h.record(t.elapsed().as_nanos() as u64).expect("in bounds"),
+                false => errors += 1,
+            };
+            while Instant::now() < end {
+                if pending.len() == window {
+                    let (t, ack): (Instant, felix_client::PendingAck) = pending.pop_front().expect("full");
+                    settle(ack.wait().await.is_ok(), t, &mut h);
+                }
+                let t = Instant::now();
+                match p.send(ProducerRecord::new(value.clone())).await {
+                    Ok(ack) => pending.push_back((t, ack)),
+                    Err(_) => settle(false, t, &mut h),
+                }
+            }
+            for (t, ack) in pending {
+                settle(ack.wait().await.is_ok(), t, &mut h);
+            }
+            let _ = p.close().await;
+            (h, errors)
+        }));
+    }
+    let mut all = hist();
+    let mut errors = 0;
+    for t in tasks {
+        let (h, e) = t.await?;
+        all.add(h)?;
+        errors += e;
+    }
+    let took = start.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / took, errors, all))
+}
+
+async fn bench(
+    secs: Duration,
+    producers: &[usize],
+    windows: &[usize],
+    failovers: u32,
+    shards: u32,
+) -> anyhow::Result<()> {
+    let load_start = load_average();
+    let mut rows = Vec::new();
+    for (rf, replicated) in [(1u32, false), (3, true)] {
+        let dir = tempfile::tempdir()?;
+        let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, rf, "", replicated)?;
+        for durability in ["always", "none"] {
+            let stream = format!("bench/rf{rf}/{durability}");
+            let client = ready_stream(&brokers, &stream, durability, shards).await?;
+            for &window in windows {
+                for &n in producers {
+                    let (msgs_s, errors, hist) = publish(&client, &stream, n, window, secs).await?;
+                    eprintln!("rf={rf} {durability} producers={n} window={window}: {msgs_s:.0} msg/s");
+                    rows.push(Row {
+                        rf,
+                        durability,
+                        producers: n,
+                        window,
+                        msgs_s,
+                        errors,
+                        hist,
+                    });
+                }
+            }
+            client.close().await;
+        }
+    }
+    println!(
+        "## Quorum publish, {RECORD_BYTES} B records, {shards} shards; window = records awaiting acks per producer\n"
+    );
+    println!("| RF | durability | producers | window | msg/s | p50 ms | p99 ms | errors | RF=3 / RF=1 |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let q = |p: f64| r.hist.value_at_quantile(p) as f64 / 1e6;
+        let ratio = match r.rf {
+            3 => rows
+                .iter()
+                .find(|o| {
+                    o.rf == 1
+                        && o.durability == r.durability
+                        && o.producers == r.producers
+                        && o.window == r.window
+                })
+                .map_or("".into(), |o| format!("{:.2}", r.msgs_s / o.msgs_s)),
+            _ => String::new(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            r.rf,
+            r.durability,
+            r.producers,
+            r.window,
+            r.msgs_s,
+            q(0.5),
+            q(0.99),
+            r.errors,
+            ratio
+        );
+    }
+    println!();
+    failover(failovers).await?;
+    println!("\nload average at start {load_start}, at end {}", load_average());
+    Ok(())
+}
+
+/// Kills the leader of shard 0 while producers write to it, and reports
+/// how long no write to that shard was acknowledged.
+async fn failover(rounds: u32) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, 3, "", true)?;
+    let stream = "bench/failover/always";
+    let client = ready_stream(&brokers, stream, "always", 3).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    // The instant of every acknowledgement, in order.
+    let acks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let last_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let p = client
+            .producer(
+                stream,
+                ProducerConfig {
+                    linger_ms: 0,
+                    ..ProducerConfig::default()
+                },
+            )
+            .await?;
+        let (stop, acks, last_error) = (stop.clone(), acks.clone(), last_error.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Acquire) {
+                let r = ProducerRecord {
+                    shard: Some(0),
+                    ..ProducerRecord::new(vec![b'f'; RECORD_BYTES])
+                };
+                match p.send_wait(r).await {
+                    Ok(_) => acks.lock().expect("acks lock").push(Instant::now()),
+                    Err(e) => *last_error.lock().expect("error lock") = Some(e.to_string()),
+                }
+            }
+        }));
+    }
+    let mut gaps = Vec::new();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let leader = shard0_leader(&client, stream).await?;
+        let i = brokers
+            .members
+            .iter()
+            .position(|m| m.id == leader)
+            .context("leader is not a benchmark broker")?;
+        let killed = Instant::now();
+        brokers.kill(i);
+        // Answers already on their way when the leader died can land
+        // just after the kill; the outage is the longest silence between
+        // two acknowledgements around it, once writes flow again.
+        let deadline = killed + Duration::from_secs(30);
+        let gap = loop {
+            let mut after: Vec<Instant> = acks
+                .lock()
+                .expect("acks lock")
+                .iter()
+                .copied()
+                .filter(|t| *t + Duration::from_millis(500) > killed)
+                .collect();
+            after.sort();
+            let resumed = after.iter().filter(|t| **t > killed).count() >= 50;
+            if resumed {
+                break after.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "writes did not resume 30 s after the kill; last error: {:?}",
+                last_error.lock().expect("error lock")
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        eprintln!(
+            "failover {round}: no write acknowledged for {gap:?} around the SIGKILL of broker {leader}"
+        );
+        gaps.push(gap);
+        brokers.restart(i)?;
+    }
+    stop.store(true, Ordering::Release);
+    for t in tasks {
+        let _ = t.await;
+    }
+    client.close().await;
+    println!("## Failover: SIGKILL of shard 0's leader under 4 producers, RF=3, `always`\n");
+    println!("| round | longest time without an acknowledgement, ms |");
+    println!("|---:|---:|");
+    for (i, g) in gaps.iter().enumerate() {
+        println!("| {i} | {:.0} |", g.as_secs_f64() * 1e3);
+    }
+    if let Some(m) = gaps.iter().max() {
+        println!("| max | {:.0} |", m.as_secs_f64() * 1e3);
+    }
+    Ok(())
+}
+
+/// The leader of `stream`'s shard 0, once the cluster agrees on one.
+async fn shard0_leader(client: &Client, stream: &str) -> anyhow::Result<u64> {
+    let deadline = Instant::now() + READY_WAIT_MAX;
+    loop {
+        client.refresh_metadata(&[stream.to_owned()]).await.ok();
+        if let Ok(info) = client.stream_info(stream).await {
+            if let Some(l) = info.shards.iter().find(|s| s.shard == 0).and_then(|s| s.leader) {
+                return Ok(l);
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "shard 0 of {stream} has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
