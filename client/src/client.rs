@@ -19,6 +19,10 @@ use crate::wire::{ErrorReply, Message, StreamInfo};
 
 /// Connections kept to one broker; requests spread over them.
 pub const CONNECTIONS_PER_BROKER_MAX: usize = 16;
+/// How long a broker whose connection just failed is passed over when
+/// picking a broker to ask, and its name as a leader hint distrusted:
+/// brokers that have not yet noticed a dead leader still name it.
+pub const SUSPECT_MS: u64 = 2_000;
 
 /// How to reach and talk to a cluster.
 #[derive(Debug, Clone)]
@@ -94,6 +98,8 @@ struct Inner {
     breakers: Mutex<HashMap<String, Breaker>>,
     meta: RwLock<Metadata>,
     bootstrap_next: AtomicUsize,
+    /// Brokers whose connection failed, until when they are passed over.
+    suspects: Mutex<HashMap<String, Instant>>,
     epoch: Instant,
 }
 
@@ -119,6 +125,7 @@ impl Client {
                 breakers: Default::default(),
                 meta: Default::default(),
                 bootstrap_next: AtomicUsize::new(0),
+                suspects: Default::default(),
                 epoch: Instant::now(),
             }),
         };
@@ -223,6 +230,30 @@ impl Client {
             .ok_or_else(|| ClientError::UnknownStream(stream.to_owned()))
     }
 
+    fn is_suspect(&self, address: &str) -> bool {
+        let mut s = self.inner.suspects.lock().expect("suspects lock");
+        match s.get(address) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                s.remove(address);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn suspect(&self, address: &str, failed: bool) {
+        let mut s = self.inner.suspects.lock().expect("suspects lock");
+        if failed {
+            s.insert(
+                address.to_owned(),
+                Instant::now() + Duration::from_millis(SUSPECT_MS),
+            );
+        } else {
+            s.remove(address);
+        }
+    }
+
     fn address_for(&self, route: Route<'_>) -> String {
         let meta = self.inner.meta.read().expect("metadata lock");
         let leader = |stream: &str, shard: Option<u32>| {
@@ -237,21 +268,27 @@ impl Client {
             Route::Shard(s, n) => leader(s, Some(n)),
             Route::Stream(s) => leader(s, None),
             Route::Any => None,
-            Route::Broker(a) => Some(a.to_owned()),
+            Route::Broker(a) => return a.to_owned(),
         };
-        known.unwrap_or_else(|| {
-            // Bootstrap brokers first, then any broker learned.
-            let mut all = self.inner.cfg.brokers.clone();
-            all.extend(
-                meta.brokers
-                    .values()
-                    .filter(|a| !all.contains(a))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
-            let i = self.inner.bootstrap_next.fetch_add(1, Ordering::Relaxed);
-            all[i % all.len()].clone()
-        })
+        // A leader whose connection just failed is asked again only after
+        // another broker names it.
+        if let Some(a) = known.filter(|a| !self.is_suspect(a)) {
+            return a;
+        }
+        // Bootstrap brokers first, then any broker learned; brokers that
+        // just failed last, when nothing else is left.
+        let mut all = self.inner.cfg.brokers.clone();
+        all.extend(
+            meta.brokers
+                .values()
+                .filter(|a| !all.contains(a))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let healthy: Vec<String> = all.iter().filter(|a| !self.is_suspect(a)).cloned().collect();
+        let pick = if healthy.is_empty() { all } else { healthy };
+        let i = self.inner.bootstrap_next.fetch_add(1, Ordering::Relaxed);
+        pick[i % pick.len()].clone()
     }
 
     fn learn_leader(&self, route: Route<'_>, leader: Option<(u64, String)>) {
@@ -326,6 +363,7 @@ impl Client {
             Err(ClientError::Connect { .. } | ClientError::ConnectionLost(_) | ClientError::Timeout(_))
         );
         self.outcome(address, !transport_failed);
+        self.suspect(address, transport_failed);
         if transport_failed {
             // A request that timed out may sit on a connection to a broker
             // that is gone: start the next attempt on a fresh one.
@@ -375,8 +413,11 @@ impl Client {
                 | ClientError::Timeout(_)
                 | ClientError::CircuitOpen(_) => self.learn_leader(route, None),
                 ClientError::Broker(ErrorReply::NotLeader { leader }) => {
-                    let hinted = leader.is_some();
-                    self.learn_leader(route, leader.clone());
+                    // A hint naming a broker that just failed is stale
+                    // (the election is still on): back off and ask again.
+                    let hint = leader.clone().filter(|(_, a)| !self.is_suspect(a));
+                    let hinted = hint.is_some();
+                    self.learn_leader(route, hint);
                     if hinted {
                         wait = Duration::ZERO;
                     }

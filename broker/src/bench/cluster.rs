@@ -38,6 +38,9 @@ pub struct Args {
     /// Shards per benchmark stream (leaders spread over the brokers).
     #[arg(long, default_value_t = 3)]
     shards: u32,
+    /// Shards of the idle figure (CPU of brokers hosting them, no traffic).
+    #[arg(long, default_value_t = 100)]
+    idle_shards: u32,
     /// A short run: 0.5 s per figure, producers 1 and 16, one failover.
     #[arg(long)]
     quick: bool,
@@ -68,7 +71,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let failovers = if a.quick { a.failovers.min(1) } else { a.failovers };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(bench(secs, &producers, &windows, failovers, a.shards))
+    rt.block_on(bench(
+        a.idle_shards,
+        if a.quick { 2.0 } else { 10.0 },
+        secs,
+        &producers,
+        &windows,
+        failovers,
+        a.shards,
+    ))
 }
 
 struct Row {
@@ -209,6 +220,8 @@ async fn publish(
 }
 
 async fn bench(
+    idle_shards: u32,
+    idle_secs: f64,
     secs: Duration,
     producers: &[usize],
     windows: &[usize],
@@ -275,6 +288,7 @@ async fn bench(
     }
     println!();
     failover(failovers).await?;
+    idle(idle_shards, idle_secs).await?;
     println!("\nload average at start {load_start}, at end {}", load_average());
     Ok(())
 }
@@ -369,6 +383,49 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
     }
     if let Some(m) = gaps.iter().max() {
         println!("| max | {:.0} |", m.as_secs_f64() * 1e3);
+    }
+    Ok(())
+}
+
+/// CPU time of process `pid` so far (user + system), from /proc.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th of the whole line.
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_millis(ticks * 1000 / hz))
+}
+
+/// CPU of three brokers hosting `shards` idle shards (one stream), each
+/// broker leading about a third: what heartbeats cost.
+async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, 3, "", true)?;
+    let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
+    client.close().await;
+    // Let elections and connections settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pids: Vec<u32> = brokers.children.iter().flatten().map(|c| c.id()).collect();
+    let before = pids
+        .iter()
+        .map(|p| cpu_time(*p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let wall = t.elapsed().as_secs_f64();
+    let after = pids
+        .iter()
+        .map(|p| cpu_time(*p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!("\n## Idle: {shards} shards (RF=3) on 3 brokers, no traffic, {secs:.0} s\n");
+    println!("| broker | CPU % of one core |");
+    println!("|---:|---:|");
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        println!("| {} | {:.1} |", i + 1, (*a - *b).as_secs_f64() / wall * 100.0);
     }
     Ok(())
 }
