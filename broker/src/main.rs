@@ -147,9 +147,22 @@ async fn serve(mut config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
     }
     wait_for_shutdown().await;
     eprintln!("shutting down");
-    running.stop().await;
+    // A group stuck on a peer that is gone must not keep the process alive
+    // (SIGTERM has to end it, e.g. when `felix dev` stops its brokers);
+    // what is acknowledged is already durable, so a cut-short stop loses
+    // nothing.
+    tokio::select! {
+        _ = running.stop() => {}
+        _ = tokio::time::sleep(SHUTDOWN_WAIT_MAX) => {
+            eprintln!("shutdown took over {SHUTDOWN_WAIT_MAX:?}; exiting without waiting further");
+        }
+        _ = wait_for_shutdown() => eprintln!("second signal: exiting now"),
+    }
     Ok(())
 }
+
+/// Longest a broker spends stopping after SIGTERM.
+const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn print_dev_banner(r: &server::Running, dir: &Path, profile: &Path) {
     println!("felix dev is running");

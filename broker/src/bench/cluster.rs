@@ -369,6 +369,9 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
         );
         gaps.push(gap);
         brokers.restart(i)?;
+        // The next kill waits until this broker is back in the group (it
+        // knows the leader again): a failover, not a double fault.
+        rejoined(&client, &brokers.members[i].client.to_string(), stream).await?;
     }
     stop.store(true, Ordering::Release);
     for t in tasks {
@@ -428,6 +431,31 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
         println!("| {} | {:.1} |", i + 1, (*a - *b).as_secs_f64() / wall * 100.0);
     }
     Ok(())
+}
+
+/// Waits until the broker at `address` names a leader for `stream`'s
+/// shard 0.
+async fn rejoined(client: &Client, address: &str, stream: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_WAIT_MAX;
+    let ask = Message::Metadata {
+        streams: vec![stream.to_owned()],
+    };
+    loop {
+        if let Ok(Message::MetadataReply { streams, .. }) = client.call(Route::Broker(address), &ask).await {
+            let led = streams
+                .iter()
+                .flat_map(|s| &s.shards)
+                .any(|s| s.shard == 0 && s.leader.is_some());
+            if led {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{address} did not rejoin shard 0's group"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The leader of `stream`'s shard 0, once the cluster agrees on one.
