@@ -11,7 +11,7 @@ use openraft::{Config, SnapshotPolicy};
 
 use crate::error::ReplicationError;
 use crate::machine::{Applier, StateMachine};
-use crate::network::{NetworkFactory, Router, Transport};
+use crate::network::{heard_now, NetworkFactory, Router, Transport};
 use crate::store::LogStore;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response};
 
@@ -132,8 +132,8 @@ impl Replica {
         let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
-        router.add(group, raft.clone(), state_dir);
-        tokio::spawn(break_split_votes(raft.clone(), cfg));
+        let heard = router.add(group, raft.clone(), state_dir);
+        tokio::spawn(elections(raft.clone(), cfg, heard));
         Ok(Replica {
             group,
             id,
@@ -362,29 +362,58 @@ impl Replica {
     }
 }
 
-/// Openraft checks election timeouts only on its tick (1.5 heartbeats), so
-/// two candidates whose ticks line up split every vote forever. A candidate
-/// still without a leader after a random wait stands again at once, off
-/// the tick, and the other grants the higher term.
-async fn break_split_votes(raft: Raft, cfg: GroupConfig) {
+/// Two nudges openraft 0.9's elections need, checked every heartbeat.
+///
+/// - A follower stands when its own random timeout (`election_timeout_min..
+///   max`) runs out, but the other followers refuse any vote until their
+///   leader lease (`election_timeout_max` since they last heard the leader)
+///   has, so the first round of a failover is almost always lost and the
+///   next waits another timeout. A follower that has heard no leader for
+///   the lease plus a random jitter stands at once instead: the others,
+///   who heard the dead leader last at the same moment, are free to grant.
+/// - Openraft checks timeouts only on its tick (1.5 heartbeats), so two
+///   candidates whose ticks line up split every vote forever. A candidate
+///   still without a leader after a random wait stands again, off the
+///   tick, and the other grants the higher term.
+async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>) {
     use openraft::ServerState;
-    let mut was_candidate = false;
+    let lease = cfg.election_timeout_max_ms;
+    let jitter_max = 2 * cfg.heartbeat_interval_ms;
+    let mut jitter = rand_below(jitter_max);
+    let mut stood_at = 0u64;
+    let mut candidate_since: Option<u64> = None;
+    let mut split_wait = lease + rand_below(lease);
     loop {
-        let wait = cfg.election_timeout_max_ms + rand_below(cfg.election_timeout_max_ms);
-        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-        let state = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            m.state
+        tokio::time::sleep(std::time::Duration::from_millis(cfg.heartbeat_interval_ms)).await;
+        let state = raft.metrics().borrow().state;
+        let now = heard_now();
+        let stand = match state {
+            ServerState::Shutdown => return,
+            ServerState::Follower => {
+                candidate_since = None;
+                let last = heard.load(Ordering::Acquire);
+                // Never heard a leader since starting: openraft's own timer
+                // decides (a fresh or restarted replica must not disturb).
+                last != 0 && now.saturating_sub(last) > lease + jitter && now.saturating_sub(stood_at) > lease
+            }
+            ServerState::Candidate => {
+                let since = *candidate_since.get_or_insert(now);
+                now.saturating_sub(since) > split_wait
+            }
+            _ => {
+                candidate_since = None;
+                false
+            }
         };
-        if state == ServerState::Shutdown {
-            return;
+        if stand {
+            stood_at = now;
+            candidate_since = Some(now);
+            jitter = rand_below(jitter_max);
+            split_wait = lease + rand_below(lease);
+            if raft.trigger().elect().await.is_err() {
+                return;
+            }
         }
-        let candidate = state == ServerState::Candidate;
-        if candidate && was_candidate && raft.trigger().elect().await.is_err() {
-            return;
-        }
-        was_candidate = candidate;
     }
 }
 

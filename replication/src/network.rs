@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,6 +54,15 @@ const HEAD_BYTES: usize = 1 + 8 + 4;
 struct Hosted {
     raft: Raft,
     state_dir: PathBuf,
+    /// When a leader's AppendEntries last reached this replica
+    /// ([`heard_now`] clock; 0: never).
+    heard: Arc<AtomicU64>,
+}
+
+/// Milliseconds on a monotonic clock private to this process, never 0.
+pub(crate) fn heard_now() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The groups hosted here, by id.
@@ -69,11 +79,18 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
-    pub fn add(&self, group: GroupId, raft: Raft, state_dir: PathBuf) {
-        self.groups
-            .write()
-            .expect("router lock")
-            .insert(group, Hosted { raft, state_dir });
+    /// Hosts `group`; returns when its replica last heard a leader.
+    pub fn add(&self, group: GroupId, raft: Raft, state_dir: PathBuf) -> Arc<AtomicU64> {
+        let heard = Arc::new(AtomicU64::new(0));
+        self.groups.write().expect("router lock").insert(
+            group,
+            Hosted {
+                raft,
+                state_dir,
+                heard: heard.clone(),
+            },
+        );
+        heard
     }
 
     pub fn remove(&self, group: GroupId) {
@@ -293,7 +310,14 @@ async fn serve(
     let raft = hosted.raft;
     let out: Result<Vec<u8>, String> = match kind {
         KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body) {
-            Ok(req) => ser(&raft.append_entries(req).await),
+            Ok(req) => {
+                let r = raft.append_entries(req).await;
+                // Only a leader this replica still follows refreshes it.
+                if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    hosted.heard.store(heard_now(), Ordering::Release);
+                }
+                ser(&r)
+            }
             Err(e) => Err(e),
         },
         KIND_VOTE => match de::<VoteRequest<NodeId>>(&body) {
