@@ -607,12 +607,15 @@ impl Node {
                 retention_bytes: m.retention_bytes,
             };
             for s in &h.shards {
+                // Read before the log lock: applying takes the shard's
+                // applied-index lock and then the log's, so taking them the
+                // other way round here deadlocked a broker under load.
+                let applied = s.applied_through();
                 let res = s.log().with(|l| -> Result<(), BrokerError> {
                     l.roll_if_due(now_ms)?;
                     if s.is_replicated() {
                         // Only applied entries may go: a follower's sealed
                         // segment can end in entries not committed yet.
-                        let applied = s.applied_through();
                         if let Some(i) = l.retention_through(now_ms, r).map(|i| i.min(applied)) {
                             if applied.0 > 0 {
                                 release.push((s.clone(), i));

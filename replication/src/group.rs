@@ -372,9 +372,11 @@ impl Replica {
 ///   the lease plus a random jitter stands at once instead: the others,
 ///   who heard the dead leader last at the same moment, are free to grant.
 /// - Openraft checks timeouts only on its tick (1.5 heartbeats), so two
-///   candidates whose ticks line up split every vote forever. A candidate
-///   still without a leader after a random wait stands again, off the
-///   tick, and the other grants the higher term.
+///   candidates whose ticks line up split every vote forever, and a
+///   replica that is behind and stood first keeps the up-to-date one from
+///   winning that term. A candidate still without a leader after a short
+///   random wait stands again, off the tick: the other grants the higher
+///   term if the candidate's log is at least as long as its own.
 async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>) {
     use openraft::ServerState;
     let lease = cfg.election_timeout_max_ms;
@@ -382,7 +384,8 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>) {
     let mut jitter = rand_below(jitter_max);
     let mut stood_at = 0u64;
     let mut candidate_since: Option<u64> = None;
-    let mut split_wait = lease + rand_below(lease);
+    let split_wait_of = || 2 * cfg.heartbeat_interval_ms + rand_below(lease / 2);
+    let mut split_wait = split_wait_of();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(cfg.heartbeat_interval_ms)).await;
         let state = raft.metrics().borrow().state;
@@ -409,7 +412,7 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>) {
             stood_at = now;
             candidate_since = Some(now);
             jitter = rand_below(jitter_max);
-            split_wait = lease + rand_below(lease);
+            split_wait = split_wait_of();
             if raft.trigger().elect().await.is_err() {
                 return;
             }
