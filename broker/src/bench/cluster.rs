@@ -447,6 +447,22 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The leader of `stream`'s shard 0 as the broker at `address` sees it
+/// (`None` when it names none or does not answer).
+async fn shard0_leader_at(client: &Client, address: &str, stream: &str) -> Option<u64> {
+    let ask = Message::Metadata {
+        streams: vec![stream.to_owned()],
+    };
+    match client.call(Route::Broker(address), &ask).await {
+        Ok(Message::MetadataReply { streams, .. }) => streams
+            .iter()
+            .flat_map(|s| &s.shards)
+            .find(|s| s.shard == 0)
+            .and_then(|s| s.leader),
+        _ => None,
+    }
+}
+
 /// When one of `survivors` first names a leader of `stream`'s shard 0
 /// other than `dead`: the election's end as the cluster sees it.
 async fn new_leader_named(
@@ -456,19 +472,13 @@ async fn new_leader_named(
     dead: u64,
 ) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + READY_WAIT_MAX;
-    let ask = Message::Metadata {
-        streams: vec![stream.clone()],
-    };
     loop {
         for a in &survivors {
-            if let Ok(Message::MetadataReply { streams, .. }) = client.call(Route::Broker(a), &ask).await {
-                let named = streams
-                    .iter()
-                    .flat_map(|s| &s.shards)
-                    .any(|s| s.shard == 0 && s.leader.is_some_and(|l| l != dead));
-                if named {
-                    return Ok(Instant::now());
-                }
+            if shard0_leader_at(&client, a, &stream)
+                .await
+                .is_some_and(|l| l != dead)
+            {
+                return Ok(Instant::now());
             }
         }
         anyhow::ensure!(Instant::now() < deadline, "no new leader for shard 0 of {stream}");
@@ -480,25 +490,14 @@ async fn new_leader_named(
 /// shard 0.
 async fn rejoined(client: &Client, address: &str, stream: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_WAIT_MAX;
-    let ask = Message::Metadata {
-        streams: vec![stream.to_owned()],
-    };
-    loop {
-        if let Ok(Message::MetadataReply { streams, .. }) = client.call(Route::Broker(address), &ask).await {
-            let led = streams
-                .iter()
-                .flat_map(|s| &s.shards)
-                .any(|s| s.shard == 0 && s.leader.is_some());
-            if led {
-                return Ok(());
-            }
-        }
+    while shard0_leader_at(client, address, stream).await.is_none() {
         anyhow::ensure!(
             Instant::now() < deadline,
             "{address} did not rejoin shard 0's group"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
 /// The leader of `stream`'s shard 0, once the cluster agrees on one.
