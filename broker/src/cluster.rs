@@ -16,13 +16,23 @@ use bytes::Bytes;
 use felix_client::transport::dev_certificates;
 use felix_client::wire::StreamConfig;
 use felix_log::{BatchBuilder, Compression, Durability, LogConfig, RaftIndex, RecordInput, SharedLog};
-use felix_replication::{Applier, BrokerNode, GroupConfig, GroupId, NodeId, Replica, Router, Transport};
+use felix_replication::{
+    broker_of, Applier, BrokerNode, GroupConfig, GroupId, NodeId, Replica, Router, Transport,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::ClusterConfig;
 use crate::error::BrokerError;
+use crate::identity::Identity;
 use crate::node::Node;
+
+/// Where a clustered broker keeps the metadata group, under its data
+/// directory.
+pub const META_DIR: &str = "meta";
+/// How often a broker without metadata state asks its peers whether the
+/// cluster exists yet.
+const FORM_POLL: Duration = Duration::from_millis(500);
 
 /// Outcomes of applied metadata entries kept for the writers waiting on
 /// them (the oldest go first).
@@ -38,6 +48,10 @@ const FRESH_CREATE_MS: i64 = 30_000;
 pub enum MetaOp {
     Create {
         stream: StreamSpec,
+        /// The node ids that found its shard groups: the metadata group's
+        /// voters when the creation was written.
+        #[serde(default)]
+        replicas: Vec<NodeId>,
     },
     Delete {
         name: String,
@@ -94,9 +108,11 @@ impl From<StreamSpec> for StreamConfig {
 
 /// This broker's part in a cluster.
 pub struct Cluster {
+    /// This broker's Raft node id (broker id and incarnation).
     pub me: NodeId,
-    /// Every broker, this one included.
-    pub peers: BTreeMap<NodeId, BrokerNode>,
+    pub broker: u64,
+    /// Every broker, this one included, by broker id.
+    pub peers: BTreeMap<u64, BrokerNode>,
     pub transport: Arc<Transport>,
     pub router: Router,
     pub group: GroupConfig,
@@ -121,14 +137,16 @@ impl Cluster {
     /// Starts the replication transport and the metadata log (not its
     /// group yet: see [`Cluster::start_meta`]).
     pub fn open(
-        me: NodeId,
+        identity: &Identity,
         c: &ClusterConfig,
         data_dir: &Path,
         meta_applied: Option<u64>,
     ) -> Result<Cluster, BrokerError> {
+        let me = identity.node_id();
         let certs = dev_certificates(&c.tls_dir, &[])?;
         let router = Router::default();
         let transport = Transport::start(
+            me,
             c.raft_listen,
             &certs.server_tls(true)?,
             &certs.client_tls(true)?,
@@ -157,6 +175,7 @@ impl Cluster {
         )?;
         Ok(Cluster {
             me,
+            broker: u64::from(identity.broker_id),
             peers,
             transport,
             router,
@@ -187,16 +206,64 @@ impl Cluster {
             self.group,
         )
         .await?;
-        // The lowest id bootstraps the metadata group.
-        if self.peers.keys().next() == Some(&self.me) {
-            tokio::spawn(bootstrap(
-                replica.clone(),
-                self.peers.clone(),
-                self.bootstrap_wait(),
-            ));
-        }
+        tokio::spawn(form_or_join_meta(
+            replica.clone(),
+            self.transport.clone(),
+            self.broker,
+            self.peers.clone(),
+        ));
         let _ = self.meta.set(replica);
         Ok(())
+    }
+
+    /// This broker's addresses.
+    pub fn my_node(&self) -> BrokerNode {
+        self.peers.get(&self.broker).cloned().unwrap_or_default()
+    }
+
+    /// The other brokers' addresses.
+    fn others(&self) -> Vec<BrokerNode> {
+        self.peers
+            .iter()
+            .filter(|(b, _)| **b != self.broker)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// The metadata group's voters: who founds a stream created now.
+    pub fn meta_voters(&self) -> Result<Vec<NodeId>, BrokerError> {
+        let voters = self.meta.get().map(Replica::voters).unwrap_or_default();
+        if voters.is_empty() {
+            return Err(BrokerError::Timeout("the metadata group is forming".into()));
+        }
+        Ok(voters)
+    }
+
+    /// The brokers that replicate `replica`'s group as far as this broker
+    /// knows: its voters, less incarnations that are gone (not voters of
+    /// the metadata group, or an earlier incarnation of this broker). A
+    /// broker rebuilt from an empty disk is listed again once it is
+    /// admitted to the group; until then the shard is under-replicated.
+    pub fn live_replicas(&self, replica: &Replica) -> Vec<u64> {
+        let meta: Vec<NodeId> = self.meta.get().map(Replica::voters).unwrap_or_default();
+        let mut v: Vec<u64> = replica
+            .voters()
+            .into_iter()
+            .filter(|id| meta.contains(id) && (broker_of(*id) != self.broker || *id == self.me))
+            .map(broker_of)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// `replicas` with their addresses (a broker no longer configured is
+    /// left out: nothing could reach it).
+    fn members(&self, replicas: &[NodeId]) -> BTreeMap<NodeId, BrokerNode> {
+        replicas
+            .iter()
+            .filter_map(|id| Some((*id, self.peers.get(&broker_of(*id))?.clone())))
+            .collect()
     }
 
     /// How long a replayed group waits for an existing leader before it
@@ -205,14 +272,17 @@ impl Cluster {
         Duration::from_millis(self.group.election_timeout_max_ms * 3)
     }
 
-    /// Starts the group of shard `shard`, whose log is `log`, and bootstraps
-    /// it from this broker if it is the shard's designated first leader.
+    /// Starts the group of shard `shard`, founded by `replicas`: bootstraps
+    /// it if this broker is the shard's designated first leader, or asks to
+    /// join it if this broker is not among the founders (it was rebuilt
+    /// from an empty disk, or added, after the stream was created).
     /// `fresh`: the stream was just created (no leader can exist yet).
     pub async fn start_shard(
         &self,
         shard: &Arc<crate::shard::HostedShard>,
         state_dir: PathBuf,
         fresh: bool,
+        replicas: &[NodeId],
     ) -> Result<(), BrokerError> {
         let applied = felix_replication::machine::saved_applied(&state_dir).map(RaftIndex);
         let replica = Replica::start(
@@ -227,23 +297,19 @@ impl Cluster {
             self.group,
         )
         .await?;
-        if self.initializer(shard.id) == self.me {
+        if !replicas.contains(&self.me) {
+            let (r, peers, me) = (replica.clone(), self.others(), self.my_node());
+            tokio::spawn(async move { r.join(&peers, &me).await });
+        } else if initializer(shard.id, replicas) == Some(self.me) {
             let wait = if fresh {
                 Duration::ZERO
             } else {
                 self.bootstrap_wait()
             };
-            tokio::spawn(bootstrap(replica.clone(), self.peers.clone(), wait));
+            tokio::spawn(bootstrap(replica.clone(), self.members(replicas), wait));
         }
         shard.attach(replica, self.write_timeout);
         Ok(())
-    }
-
-    /// The broker that bootstraps a shard's group (and so usually leads it
-    /// first): spread over the brokers by shard id, balancing leaders.
-    fn initializer(&self, shard: felix_log::ShardId) -> NodeId {
-        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
-        ids[(shard.0 % ids.len() as u64) as usize]
     }
 
     /// Writes a metadata change through the metadata group (forwarded to
@@ -326,7 +392,86 @@ pub fn group_of(shard: felix_log::ShardId) -> GroupId {
 }
 
 fn meta_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("meta")
+    data_dir.join(META_DIR)
+}
+
+/// The founder that bootstraps a shard's group (and so usually leads it
+/// first): spread over the founders by shard id, balancing leaders.
+fn initializer(shard: felix_log::ShardId, replicas: &[NodeId]) -> Option<NodeId> {
+    let mut ids = replicas.to_vec();
+    ids.sort_unstable();
+    ids.get((shard.0 % ids.len().max(1) as u64) as usize).copied()
+}
+
+/// Brings the metadata group up on a broker that has no state in it: the
+/// lowest broker id founds it once every peer has answered and none holds
+/// metadata (a new cluster); a broker that finds a peer holding metadata
+/// joins the existing group under its own node id (it was rebuilt from an
+/// empty disk, or added). A replica with state has done one or the other
+/// before, unless it stopped while still a learner.
+async fn form_or_join_meta(
+    replica: Replica,
+    transport: Arc<Transport>,
+    me: u64,
+    peers: BTreeMap<u64, BrokerNode>,
+) {
+    let my_node = peers.get(&me).cloned().unwrap_or_default();
+    let others: Vec<(u64, BrokerNode)> = peers
+        .iter()
+        .filter(|(b, _)| **b != me)
+        .map(|(b, n)| (*b, n.clone()))
+        .collect();
+    let lowest = peers.keys().next() == Some(&me);
+    loop {
+        if replica.has_state() {
+            if !replica.is_voter() {
+                tokio::time::sleep(FORM_POLL).await;
+                if replica.has_state() && !replica.is_voter() {
+                    let nodes: Vec<BrokerNode> = others.iter().map(|(_, n)| n.clone()).collect();
+                    replica.join(&nodes, &my_node).await;
+                }
+            }
+            return;
+        }
+        let mut members = BTreeMap::from([(replica.id, my_node.clone())]);
+        let mut formed = false;
+        for (b, n) in &others {
+            match transport.who(&n.raft_addr).await {
+                Ok(w) if broker_of(w.id) == *b => {
+                    formed |= w.meta_formed;
+                    members.insert(w.id, n.clone());
+                }
+                Ok(w) => tracing::warn!(
+                    peer = %n,
+                    expected = b,
+                    answered = broker_of(w.id),
+                    "a peer answers as another broker; check cluster.peers"
+                ),
+                Err(e) => tracing::debug!(peer = %n, error = %e, "peer not reachable yet"),
+            }
+        }
+        if formed {
+            // A founding member that has not heard from the founder yet is
+            // admitted at once; a rebuilt or added broker catches up first.
+            tracing::info!(
+                id = format!("{:#x}", replica.id),
+                "the cluster exists: asking to be admitted to its metadata group"
+            );
+            let nodes: Vec<BrokerNode> = others.iter().map(|(_, n)| n.clone()).collect();
+            replica.join(&nodes, &my_node).await;
+            return;
+        }
+        if lowest && members.len() == peers.len() {
+            if let Err(e) = replica.initialize(members).await {
+                tracing::warn!(error = %e, "founding the metadata group failed");
+            }
+            return;
+        }
+        if replica.is_shut_down() {
+            return;
+        }
+        tokio::time::sleep(FORM_POLL).await;
+    }
 }
 
 /// Turns an apply-time refusal back into the error the writer would have

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod hot;
+pub mod identity;
 pub mod meta;
 pub mod names;
 pub mod node;

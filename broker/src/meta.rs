@@ -65,6 +65,11 @@ pub struct StreamMeta {
     pub retention_bytes: Option<u64>,
     pub max_deliveries: u32,
     pub default_ttl_ms: Option<u64>,
+    /// In a cluster: the Raft node ids that founded its shard groups (the
+    /// metadata group's voters when it was created). A broker not among
+    /// them joins the groups instead of founding them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<u64>,
 }
 
 impl StreamMeta {
@@ -196,8 +201,13 @@ impl MetaStore {
         Ok((durability, StreamKind::from_wire(c.kind)?))
     }
 
-    /// Validates and records a new stream; returns its metadata.
-    pub fn create(&mut self, c: &StreamConfig) -> Result<(StreamName, StreamMeta), BrokerError> {
+    /// Validates and records a new stream (founded by `replicas`, in a
+    /// cluster); returns its metadata.
+    pub fn create(
+        &mut self,
+        c: &StreamConfig,
+        replicas: Vec<u64>,
+    ) -> Result<(StreamName, StreamMeta), BrokerError> {
         let name = StreamName::parse(&c.name)?;
         if self.get(&name).is_some() {
             return Err(BrokerError::StreamExists(name.to_string()));
@@ -221,6 +231,7 @@ impl MetaStore {
                 c.max_deliveries
             },
             default_ttl_ms: c.default_ttl_ms,
+            replicas,
         };
         self.file.next_shard_id += u64::from(c.shards);
         self.file.streams.insert(name.to_string(), meta.clone());
@@ -257,22 +268,28 @@ impl MetaStore {
     }
 
     fn save(&self) -> Result<(), BrokerError> {
-        use std::io::Write;
-        let err = |why: String| BrokerError::Metadata {
+        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| BrokerError::Metadata {
             path: self.path.clone(),
-            why,
-        };
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| err(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        f.write_all(&bytes).map_err(|e| err(e.to_string()))?;
-        f.sync_all().map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| err(e.to_string()))?;
-        }
-        Ok(())
+            why: e.to_string(),
+        })?;
+        write_atomic(&self.path, &bytes).map_err(|e| BrokerError::Metadata {
+            path: self.path.clone(),
+            why: e.to_string(),
+        })
     }
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new
+/// file whole: a temporary file, fsync, rename, fsync of the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }

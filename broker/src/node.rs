@@ -249,7 +249,7 @@ impl Node {
     /// on every broker through the metadata group.
     pub async fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
         let Some(cluster) = self.cluster() else {
-            return self.create_local(c, None);
+            return self.create_local(c, None, Vec::new());
         };
         // Refuse what is plainly wrong before it reaches the log.
         MetaStore::check(c)?;
@@ -258,6 +258,7 @@ impl Node {
             .write_meta(
                 &MetaOp::Create {
                     stream: StreamSpec::from(c),
+                    replicas: cluster.meta_voters()?,
                 },
                 self.now_ms(),
             )
@@ -269,13 +270,14 @@ impl Node {
         &self,
         c: &StreamConfig,
         raft_index: Option<u64>,
+        replicas: Vec<u64>,
     ) -> Result<Arc<StreamHandle>, BrokerError> {
         // One creation at a time: the metadata file and the shard map change together.
         let mut meta = self.meta.lock().expect("meta lock");
         if let Some(i) = raft_index {
             meta.set_raft_applied(i);
         }
-        let (name, m) = meta.create(c)?;
+        let (name, m) = meta.create(c, replicas)?;
         let h = match self.open_stream(&name, m) {
             Ok(h) => Arc::new(h),
             // A replicated stream stays defined (every broker recorded it);
@@ -415,12 +417,14 @@ impl Node {
         c: &crate::config::ClusterConfig,
     ) -> Result<(), BrokerError> {
         let applied = self.meta.lock().expect("meta lock").raft_applied();
-        let cluster = Arc::new(Cluster::open(self.broker_id, c, &self.data_dir, applied)?);
+        let identity = crate::identity::Identity::load_or_create(&self.data_dir, self.broker_id)?;
+        let cluster = Arc::new(Cluster::open(&identity, c, &self.data_dir, applied)?);
         let _ = self.cluster.set(cluster.clone());
         for h in self.streams() {
+            let replicas = h.meta().replicas;
             for s in &h.shards {
                 cluster
-                    .start_shard(s, HostedShard::raft_dir(&self.shard_dir(s.id)), false)
+                    .start_shard(s, HostedShard::raft_dir(&self.shard_dir(s.id)), false, &replicas)
                     .await?;
             }
         }
@@ -431,8 +435,9 @@ impl Node {
     /// now, so new shard groups need not wait for an existing leader.
     pub(crate) fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
         match op {
-            MetaOp::Create { stream } => {
-                let h = self.create_local(&StreamConfig::from(stream.clone()), Some(index))?;
+            MetaOp::Create { stream, replicas } => {
+                let h =
+                    self.create_local(&StreamConfig::from(stream.clone()), Some(index), replicas.clone())?;
                 self.start_groups(&h, fresh);
                 Ok(())
             }
@@ -455,14 +460,16 @@ impl Node {
         let Some(cluster) = self.cluster().cloned() else {
             return;
         };
+        let replicas = Arc::new(h.meta().replicas);
         for s in &h.shards {
-            let (s, c, dir) = (
+            let (s, c, dir, replicas) = (
                 s.clone(),
                 cluster.clone(),
                 HostedShard::raft_dir(&self.shard_dir(s.id)),
+                replicas.clone(),
             );
             tokio::spawn(async move {
-                if let Err(e) = c.start_shard(&s, dir, fresh).await {
+                if let Err(e) = c.start_shard(&s, dir, fresh, &replicas).await {
                     tracing::error!(shard = s.id.0, error = %e, "starting the shard's group failed");
                 }
             });
@@ -552,10 +559,6 @@ impl Node {
         };
         let me = self.broker_id;
         let cluster = self.cluster();
-        let replicas: Vec<u64> = match cluster {
-            Some(c) => c.peers.keys().copied().collect(),
-            None => vec![me],
-        };
         let streams = handles
             .iter()
             .map(|(name, h)| StreamInfo {
@@ -568,11 +571,15 @@ impl Node {
                     .map(|(shard, s)| ShardInfo {
                         shard: shard as u32,
                         leader: match s.replica() {
-                            Some(r) => r.leader().map(|(id, _)| id),
+                            Some(r) => r.leader().map(|(id, _)| felix_replication::broker_of(id)),
                             None if s.is_replicated() => None,
                             None => Some(me),
                         },
-                        replicas: replicas.clone(),
+                        replicas: match (s.replica(), cluster) {
+                            (Some(r), Some(c)) => c.live_replicas(r),
+                            _ if s.is_replicated() => Vec::new(),
+                            _ => vec![me],
+                        },
                     })
                     .collect(),
             })

@@ -600,7 +600,8 @@ impl Drop for InFlightSeq<'_> {
 
 fn not_leader(leader: Option<(u64, felix_replication::BrokerNode)>) -> BrokerError {
     BrokerError::NotLeader {
-        leader: leader.map(|(id, n)| (id, n.client_addr)),
+        // Clients know brokers, not Raft incarnations.
+        leader: leader.map(|(id, n)| (felix_replication::broker_of(id), n.client_addr)),
     }
 }
 

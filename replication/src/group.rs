@@ -13,11 +13,20 @@ use crate::error::ReplicationError;
 use crate::machine::{Applier, StateMachine};
 use crate::network::{heard_now, NetworkFactory, Router, Transport};
 use crate::store::LogStore;
-use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response};
+use crate::types::{broker_of, BrokerNode, GroupId, NodeId, Raft, Request, Response};
 
 /// Entries one AppendEntries carries at most (bounds an RPC's bytes, with
 /// the log's batch limit).
 pub const PAYLOAD_ENTRIES_MAX: u64 = 32;
+/// A learner this close to the leader's last entry is promoted: close
+/// enough that it acknowledges new entries at once, far enough that a busy
+/// group does not keep it a learner forever.
+pub const PROMOTE_LAG_MAX: u64 = 64;
+/// How often a joining replica asks to be admitted.
+pub const JOIN_POLL: std::time::Duration = std::time::Duration::from_millis(300);
+/// How long a joining replica waits for one answer (a membership change
+/// on the leader included).
+pub const JOIN_ANSWER_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a retention release waits for the snapshot it asked for.
 pub const SNAPSHOT_BUILD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -80,6 +89,77 @@ pub enum WriteError {
     NoQuorum { group: GroupId, why: String },
     #[error(transparent)]
     Other(#[from] ReplicationError),
+}
+
+/// Where a replica that asked to join a group stands.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub enum Admission {
+    /// It is a voter, and no other incarnation of its broker is a member.
+    Joined,
+    /// It is a learner receiving the log; ask again.
+    CatchingUp,
+    /// Ask the leader (when known).
+    NotLeader(Option<BrokerNode>),
+}
+
+/// One step of admitting node `id` (at `node`) into the group `raft`
+/// leads: adds it as a learner, promotes it once it is within
+/// [`PROMOTE_LAG_MAX`] entries, and in the same membership change removes
+/// every other incarnation of the same broker (which lost its disk: its
+/// vote and acknowledged entries are gone, so it must never count again).
+/// Each call does at most one membership change; the caller asks again.
+pub(crate) async fn admit(
+    raft: &Raft,
+    group: GroupId,
+    id: NodeId,
+    node: BrokerNode,
+) -> Result<Admission, ReplicationError> {
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(m.id) {
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        return Ok(Admission::NotLeader(leader));
+    }
+    let membership = m.membership_config.membership();
+    let mut voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
+    let stale: Vec<NodeId> = membership
+        .nodes()
+        .map(|(n, _)| *n)
+        .filter(|n| *n != id && broker_of(*n) == broker_of(id))
+        .collect();
+    let err = |e: String| ReplicationError::Raft(format!("admitting {id:#x} to {group}: {e}"));
+    if voters.contains(&id) && stale.is_empty() {
+        return Ok(Admission::Joined);
+    }
+    if !voters.contains(&id) {
+        if membership.get_node(&id).is_none() {
+            raft.add_learner(id, node, false)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            return Ok(Admission::CatchingUp);
+        }
+        let matched = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).copied().flatten())
+            .map(|l| l.index);
+        let last = m.last_log_index.unwrap_or(0);
+        tracing::debug!(%group, id = format!("{id:#x}"), ?matched, last, "learner progress");
+        if matched.is_none_or(|i| i + PROMOTE_LAG_MAX < last) {
+            return Ok(Admission::CatchingUp);
+        }
+        voters.insert(id);
+    }
+    for s in &stale {
+        voters.remove(s);
+    }
+    raft.change_membership(voters, false)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    tracing::info!(%group, id = format!("{id:#x}"), replaced = ?stale, "replica admitted");
+    Ok(Admission::Joined)
 }
 
 /// One group hosted on this broker.
@@ -168,10 +248,10 @@ impl Replica {
                 || m.last_log_index.is_some()
                 || m.membership_config.membership().voter_ids().next().is_some()
         };
-        let mut metrics = self.raft.metrics();
-        if has_state(&metrics.borrow()) {
+        if self.has_state() {
             return Ok(());
         }
+        let mut metrics = self.raft.metrics();
         if !wait.is_zero()
             && tokio::time::timeout(wait, metrics.wait_for(has_state))
                 .await
@@ -189,6 +269,85 @@ impl Replica {
         let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
+    }
+
+    /// The group's voters as this replica knows them.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    pub fn is_shut_down(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Shutdown
+    }
+
+    /// Whether this replica is one of its group's voters.
+    pub fn is_voter(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+    }
+
+    /// Whether this replica holds any of its group's state (a membership,
+    /// entries, or a leader it heard).
+    pub fn has_state(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.current_leader.is_some()
+            || m.last_log_index.is_some()
+            || m.membership_config.membership().voter_ids().next().is_some()
+    }
+
+    /// Admits node `id` at `node` (one step; see [`Admission`]). Called on
+    /// the leader by a joining replica's RPC, or by the control plane.
+    pub async fn admit(&self, id: NodeId, node: BrokerNode) -> Result<Admission, ReplicationError> {
+        admit(&self.raft, self.group, id, node).await
+    }
+
+    /// Asks the group's leader, through `peers`, to admit this replica
+    /// (reachable at `me`) until it is a voter: how a broker rebuilt from
+    /// an empty disk, under a new node id, takes the place of its lost
+    /// incarnation. Returns when it is a voter or the group shuts down.
+    pub async fn join(&self, peers: &[BrokerNode], me: &BrokerNode) {
+        let mut hint: Option<BrokerNode> = None;
+        let mut turn = 0usize;
+        let mut last_said = String::new();
+        while !self.is_voter() {
+            if self.is_shut_down() || peers.is_empty() {
+                return;
+            }
+            let ask = hint.take().unwrap_or_else(|| {
+                turn += 1;
+                peers[turn % peers.len()].clone()
+            });
+            let answer = tokio::time::timeout(
+                JOIN_ANSWER_MAX,
+                self.transport.join(&ask.raft_addr, self.group, self.id, me),
+            )
+            .await
+            .unwrap_or_else(|_| Err(ReplicationError::Transport("no answer in time".into())));
+            let said = format!("{answer:?}");
+            if said != last_said {
+                tracing::debug!(group = %self.group, asked = %ask, answer = %said, "joining");
+                last_said = said;
+            }
+            match answer {
+                Ok(Admission::Joined) | Ok(Admission::CatchingUp) => hint = Some(ask),
+                Ok(Admission::NotLeader(l)) => hint = l,
+                Err(_) => {}
+            }
+            tokio::time::sleep(JOIN_POLL).await;
+        }
+        tracing::info!(group = %self.group, id = format!("{:#x}", self.id), "joined as a voter");
     }
 
     pub fn is_leader(&self) -> bool {

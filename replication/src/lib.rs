@@ -8,9 +8,10 @@
 //!   commit, so applying one means telling the owner (an [`Applier`]: the
 //!   broker's shard, or its metadata) how far it may index and serve.
 //! - [`snapshot`]: what a follower behind the leader's first entry receives.
-//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/1`,
+//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/2`,
 //!   mutual TLS), one connection per peer shared by every group.
-//! - [`group`]: starting a group with Felix's timing defaults.
+//! - [`group`]: starting a group with Felix's timing defaults, and
+//!   membership: admitting a replica, replacing a lost incarnation.
 
 // Openraft's trait methods fix `StorageError` (about 200 bytes) as the error
 // type; the helpers that feed them return it too rather than boxing and
@@ -27,7 +28,7 @@ pub mod store;
 pub mod types;
 
 pub use error::ReplicationError;
-pub use group::{GroupConfig, Replica, WriteError};
+pub use group::{Admission, GroupConfig, Replica, WriteError};
 pub use machine::Applier;
 pub use network::{Router, Transport};
-pub use types::{BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};
+pub use types::{broker_of, node_id, BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};

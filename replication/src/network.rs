@@ -1,10 +1,10 @@
-//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/1`, mutual TLS
+//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/2`, mutual TLS
 //! (both sides present certificates from the cluster CA), one connection per
 //! peer shared by every group. Each RPC is one bidirectional stream
 //! (`docs/format/raft-rpc.md`):
 //!
 //! ```text
-//! request:  kind u8 | group u64 LE | length u32 LE | bincode body   [| snapshot bytes to FIN]
+//! request:  kind u8 | group u64 LE | target u64 LE | length u32 LE | bincode body   [| snapshot bytes to FIN]
 //! response: status u8 (0 ok, 1 error) | length u32 LE | bincode body (or UTF-8 error)
 //! ```
 
@@ -29,10 +29,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::ReplicationError;
+use crate::group::Admission;
 use crate::snapshot::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 
-pub const RAFT_ALPN: &[u8] = b"felix-raft/1";
+pub const RAFT_ALPN: &[u8] = b"felix-raft/2";
 /// Largest RPC body: an AppendEntries of `group::PAYLOAD_ENTRIES_MAX`
 /// batches at the log's hard batch limit, plus framing.
 pub const RPC_BYTES_MAX: usize =
@@ -47,7 +48,15 @@ const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_FORWARD: u8 = 4;
 const KIND_READ_INDEX: u8 = 5;
-const HEAD_BYTES: usize = 1 + 8 + 4;
+const KIND_WHO: u8 = 6;
+const KIND_JOIN: u8 = 7;
+/// Kinds addressed to one Raft identity: a broker refuses them when the
+/// target is not its own node id (an old incarnation's peers must not reach
+/// the new one).
+const KINDS_TARGETED: [u8; 3] = [KIND_APPEND, KIND_VOTE, KIND_SNAPSHOT];
+const HEAD_BYTES: usize = 1 + 8 + 8 + 4;
+/// `target` of the kinds not addressed to a Raft identity.
+const TARGET_ANY: NodeId = 0;
 
 /// A group this broker hosts: what incoming RPCs for it are handed to.
 #[derive(Clone)]
@@ -104,10 +113,26 @@ impl Router {
 
 /// This broker's replication endpoint: serves peers and connects to them.
 pub struct Transport {
+    /// This broker's Raft node id (every group it hosts uses it).
+    me: NodeId,
     endpoint: quinn::Endpoint,
-    conns: Mutex<HashMap<String, quinn::Connection>>,
+    conns: Mutex<HashMap<String, Peer>>,
     connect_timeout: Duration,
 }
+
+/// A connection to a peer, and when a reply last came over it.
+#[derive(Clone)]
+struct Peer {
+    conn: quinn::Connection,
+    replied: Arc<AtomicU64>,
+}
+
+/// A connection that has carried no reply for this long when an RPC on it
+/// fails is dropped, so the next RPC connects afresh. A peer that was
+/// killed and restarted on the same address never answers the old
+/// connection (its new endpoint cannot even reset it), and waiting for the
+/// idle timeout would keep a restarted replica out of its groups that long.
+pub const SILENT_CONNECTION_MAX: Duration = Duration::from_millis(1000);
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -122,8 +147,10 @@ fn terr(e: impl ToString) -> ReplicationError {
 }
 
 impl Transport {
-    /// Binds `listen` and serves RPCs for the groups in `router`.
+    /// Binds `listen` and serves RPCs for the groups in `router` as node
+    /// `me`.
     pub fn start(
+        me: NodeId,
         listen: SocketAddr,
         server: &ServerTls,
         client: &ClientTls,
@@ -143,12 +170,18 @@ impl Transport {
         let mut endpoint = transport::server_endpoint(listen, server, RAFT_ALPN, &cfg).map_err(terr)?;
         endpoint.set_default_client_config(transport::client_config(client, RAFT_ALPN, &cfg).map_err(terr)?);
         let t = Arc::new(Transport {
+            me,
             endpoint: endpoint.clone(),
             conns: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(2),
         });
-        tokio::spawn(accept_loop(endpoint, router));
+        tokio::spawn(accept_loop(endpoint, router, me));
         Ok(t)
+    }
+
+    /// This broker's Raft node id.
+    pub fn me(&self) -> NodeId {
+        self.me
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, ReplicationError> {
@@ -159,10 +192,10 @@ impl Transport {
         self.endpoint.close(0u32.into(), b"shutting down");
     }
 
-    async fn connection(&self, addr: &str) -> Result<quinn::Connection, ReplicationError> {
-        if let Some(c) = self.conns.lock().expect("conns lock").get(addr) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
+    async fn connection(&self, addr: &str) -> Result<Peer, ReplicationError> {
+        if let Some(p) = self.conns.lock().expect("conns lock").get(addr) {
+            if p.conn.close_reason().is_none() {
+                return Ok(p.clone());
             }
         }
         let sa: SocketAddr = addr
@@ -173,11 +206,31 @@ impl Transport {
             .await
             .map_err(|_| terr(format!("connecting to {addr} timed out")))?
             .map_err(terr)?;
+        let p = Peer {
+            conn: c,
+            replied: Arc::new(AtomicU64::new(heard_now())),
+        };
         self.conns
             .lock()
             .expect("conns lock")
-            .insert(addr.to_owned(), c.clone());
-        Ok(c)
+            .insert(addr.to_owned(), p.clone());
+        Ok(p)
+    }
+
+    /// After a failed RPC to `addr`: drops the connection if nothing has
+    /// come back over it for [`SILENT_CONNECTION_MAX`].
+    fn suspect(&self, addr: &str) {
+        let mut conns = self.conns.lock().expect("conns lock");
+        let silent = conns.get(addr).is_some_and(|p| {
+            heard_now().saturating_sub(p.replied.load(Ordering::Acquire))
+                > SILENT_CONNECTION_MAX.as_millis() as u64
+        });
+        if silent {
+            if let Some(p) = conns.remove(addr) {
+                p.conn.close(0u32.into(), b"silent");
+                tracing::debug!(peer = addr, "dropped a silent replication connection");
+            }
+        }
     }
 
     /// One RPC: returns the peer's reply body, or its error text.
@@ -186,14 +239,32 @@ impl Transport {
         addr: &str,
         kind: u8,
         group: GroupId,
+        target: NodeId,
         body: &[u8],
         tail: Option<&std::path::Path>,
     ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
-        let conn = self.connection(addr).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(terr)?;
+        let r = self.call_once(addr, kind, group, target, body, tail).await;
+        if r.is_err() {
+            self.suspect(addr);
+        }
+        r
+    }
+
+    async fn call_once(
+        &self,
+        addr: &str,
+        kind: u8,
+        group: GroupId,
+        target: NodeId,
+        body: &[u8],
+        tail: Option<&std::path::Path>,
+    ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
+        let peer = self.connection(addr).await?;
+        let (mut send, mut recv) = peer.conn.open_bi().await.map_err(terr)?;
         let mut head = Vec::with_capacity(HEAD_BYTES + body.len());
         head.push(kind);
         head.extend_from_slice(&group.0.to_le_bytes());
+        head.extend_from_slice(&target.to_le_bytes());
         head.extend_from_slice(&(body.len() as u32).to_le_bytes());
         head.extend_from_slice(body);
         send.write_all(&head).await.map_err(terr)?;
@@ -210,6 +281,7 @@ impl Transport {
         }
         let mut b = vec![0u8; len];
         recv.read_exact(&mut b).await.map_err(terr)?;
+        peer.replied.store(heard_now(), Ordering::Release);
         Ok(match h[0] {
             0 => Ok(b),
             _ => Err(String::from_utf8_lossy(&b).into_owned()),
@@ -226,7 +298,7 @@ impl Transport {
     ) -> Result<Response, ReplicationError> {
         let body = bincode::serialize(req).map_err(terr)?;
         match self
-            .call(&leader.raft_addr, KIND_FORWARD, group, &body, None)
+            .call(&leader.raft_addr, KIND_FORWARD, group, TARGET_ANY, &body, None)
             .await?
         {
             Ok(b) => bincode::deserialize(&b).map_err(terr),
@@ -240,16 +312,53 @@ impl Transport {
     /// the call.
     pub async fn read_index(&self, leader: &BrokerNode, group: GroupId) -> Result<u64, ReplicationError> {
         match self
-            .call(&leader.raft_addr, KIND_READ_INDEX, group, &[], None)
+            .call(&leader.raft_addr, KIND_READ_INDEX, group, TARGET_ANY, &[], None)
             .await?
         {
             Ok(b) => bincode::deserialize(&b).map_err(terr),
             Err(e) => Err(ReplicationError::Raft(e)),
         }
     }
+
+    /// Asks the broker at `addr` who it is: its node id, and whether it
+    /// holds cluster metadata (so the cluster exists and a broker with an
+    /// empty disk must join it rather than found it).
+    pub async fn who(&self, addr: &str) -> Result<Who, ReplicationError> {
+        match self
+            .call(addr, KIND_WHO, GroupId::META, TARGET_ANY, &[], None)
+            .await?
+        {
+            Ok(b) => bincode::deserialize(&b).map_err(terr),
+            Err(e) => Err(ReplicationError::Transport(e)),
+        }
+    }
+
+    /// Asks the broker at `addr` to admit node `id` at `node` into `group`
+    /// (see [`crate::Replica::admit`]).
+    pub async fn join(
+        &self,
+        addr: &str,
+        group: GroupId,
+        id: NodeId,
+        node: &BrokerNode,
+    ) -> Result<Admission, ReplicationError> {
+        let body = bincode::serialize(&(id, node)).map_err(terr)?;
+        match self.call(addr, KIND_JOIN, group, TARGET_ANY, &body, None).await? {
+            Ok(b) => bincode::deserialize(&b).map_err(terr),
+            Err(e) => Err(ReplicationError::Transport(e)),
+        }
+    }
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, router: Router) {
+/// A broker's answer to [`Transport::who`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Who {
+    pub id: NodeId,
+    /// It hosts the metadata group and that group has a membership.
+    pub meta_formed: bool,
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId) {
     while let Some(incoming) = endpoint.accept().await {
         let router = router.clone();
         tokio::spawn(async move {
@@ -267,7 +376,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, router: Router) {
                 };
                 let router = router.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(router, send, recv).await {
+                    if let Err(e) = serve(router, me, send, recv).await {
                         tracing::debug!(error = %e, "replication rpc failed");
                     }
                     drop(permit);
@@ -287,6 +396,7 @@ fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
 
 async fn serve(
     router: Router,
+    me: NodeId,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), ReplicationError> {
@@ -294,7 +404,8 @@ async fn serve(
     recv.read_exact(&mut head).await.map_err(terr)?;
     let kind = head[0];
     let group = GroupId(u64::from_le_bytes(head[1..9].try_into().expect("8 bytes")));
-    let len = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes")) as usize;
+    let target = u64::from_le_bytes(head[9..17].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(head[17..21].try_into().expect("4 bytes")) as usize;
     if len > RPC_BYTES_MAX {
         return reply(
             &mut send,
@@ -302,8 +413,25 @@ async fn serve(
         )
         .await;
     }
+    if KINDS_TARGETED.contains(&kind) && target != me {
+        return reply(
+            &mut send,
+            Err(format!(
+                "addressed to node {target:#x}, but this is node {me:#x} (a broker rebuilt from an empty disk answers under a new identity)"
+            )),
+        )
+        .await;
+    }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(terr)?;
+    if kind == KIND_WHO {
+        let meta_formed = router.get(GroupId::META).is_some_and(|h| {
+            let m = h.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.membership().voter_ids().next().is_some()
+        });
+        return reply(&mut send, ser(&Who { id: me, meta_formed })).await;
+    }
     let Some(hosted) = router.get(group) else {
         return reply(&mut send, Err(format!("group {group} is not hosted here"))).await;
     };
@@ -354,6 +482,13 @@ async fn serve(
         KIND_READ_INDEX => match raft.ensure_linearizable().await {
             Ok(at) => ser(&at.map_or(0, |l| l.index)),
             Err(e) => Err(e.to_string()),
+        },
+        KIND_JOIN => match de::<(NodeId, BrokerNode)>(&body) {
+            Ok((id, node)) => match crate::group::admit(&raft, group, id, node).await {
+                Ok(a) => ser(&a),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
         },
         k => Err(format!("unknown rpc kind {k}")),
     };
@@ -412,12 +547,15 @@ impl PeerClient {
         option: &RPCOption,
     ) -> Result<Resp, RpcErr<E>> {
         let body = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let call = self.transport.call(&self.addr, kind, self.group, &body, None);
+        let call = self
+            .transport
+            .call(&self.addr, kind, self.group, self.target, &body, None);
         let r = match tokio::time::timeout(option.hard_ttl(), call).await {
             Err(_) => {
+                self.transport.suspect(&self.addr);
                 return Err(RPCError::Unreachable(Unreachable::new(
                     &ReplicationError::Transport(format!("rpc to {} timed out", self.addr)),
-                )))
+                )));
             }
             Ok(Err(e)) => return Err(RPCError::Unreachable(Unreachable::new(&e))),
             Ok(Ok(Err(remote))) => {
@@ -475,9 +613,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let body = bincode::serialize(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let path = snapshot.snapshot.path.clone();
-        let call = self
-            .transport
-            .call(&self.addr, KIND_SNAPSHOT, self.group, &body, Some(&path));
+        let call = self.transport.call(
+            &self.addr,
+            KIND_SNAPSHOT,
+            self.group,
+            self.target,
+            &body,
+            Some(&path),
+        );
         let r = tokio::select! {
             closed = cancel => {
                 remove_sent(&path);

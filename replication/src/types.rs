@@ -5,9 +5,22 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// A broker's identity in every Raft group. Never reused: a broker that lost
-/// its disk comes back under a new id (see `docs/replication.md`).
+/// A replica's identity in every Raft group: the broker id in the high 32
+/// bits and the incarnation of its data directory in the low 32 (see
+/// [`node_id`]). Never reused: a broker that lost its disk has lost its vote
+/// and the entries it acknowledged, so it comes back as a new node
+/// (`docs/format/identity.md`).
 pub type NodeId = u64;
+
+/// The Raft node id of `broker`'s data directory incarnation `incarnation`.
+pub const fn node_id(broker: u32, incarnation: u32) -> NodeId {
+    ((broker as u64) << 32) | incarnation as u64
+}
+
+/// The broker a Raft node id belongs to.
+pub const fn broker_of(id: NodeId) -> u64 {
+    id >> 32
+}
 
 /// Which Raft group a message is for: a shard id, or [`GroupId::META`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

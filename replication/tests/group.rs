@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use felix_client::transport::dev_certificates;
 use felix_log::{BatchBuilder, Compression, Durability, LogConfig, RaftIndex, RecordInput, SharedLog};
-use felix_replication::{Applier, BrokerNode, GroupConfig, GroupId, Replica, Router, Transport, WriteError};
+use felix_replication::{
+    node_id, Applier, BrokerNode, GroupConfig, GroupId, Replica, Router, Transport, WriteError,
+};
 
 /// Records how far it was told to apply.
 #[derive(Default)]
@@ -67,6 +69,7 @@ async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
         // A restarted node rebinds its old port, which its closing endpoint
         // may hold a moment longer.
         match Transport::start(
+            id,
             listen.parse().unwrap(),
             &certs.server_tls(true).unwrap(),
             &certs.client_tls(true).unwrap(),
@@ -323,6 +326,76 @@ async fn restart_and_snapshot_catch_up() {
     let third = entries(&nodes[0].log);
     let from = third.iter().position(|e| e.0 == first).unwrap();
     assert_eq!(&third[from..third.len().min(from + lead.len())], &lead[..]);
+}
+
+/// A follower whose disk is lost comes back under a new node id at the
+/// same address. Until it is admitted, the leader's RPCs for the old id
+/// reach it and are refused (it holds nothing); once it asks to join, it
+/// catches up as a learner and replaces the old id among the voters, and
+/// the group reaches a quorum with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_rebuilt_from_an_empty_disk_replaces_its_old_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for broker in 1..=3 {
+        nodes.push(start(tmp.path(), node_id(broker, 1), "127.0.0.1:0").await);
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let leader = nodes.remove(l);
+    for i in 0..20 {
+        leader.replica.write(batch(&format!("a{i}"))).await.unwrap();
+    }
+    let (old_id, addr) = stop(nodes.remove(0)).await;
+    std::fs::remove_dir_all(tmp.path().join(format!("n{old_id}"))).unwrap();
+    let new_id = node_id(felix_replication::broker_of(old_id) as u32, 2);
+    let rebuilt = start(tmp.path(), new_id, &addr).await;
+    let last = leader
+        .replica
+        .write(batch("while-rebuilt"))
+        .await
+        .unwrap()
+        .raft_index;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        rebuilt.log.with(|l| l.last_raft()).is_none(),
+        "entries addressed to the old identity were refused"
+    );
+    let peers = vec![
+        BrokerNode {
+            raft_addr: leader.addr.clone(),
+            client_addr: String::new(),
+        },
+        BrokerNode {
+            raft_addr: nodes[0].addr.clone(),
+            client_addr: String::new(),
+        },
+    ];
+    let me = BrokerNode {
+        raft_addr: addr.clone(),
+        client_addr: String::new(),
+    };
+    tokio::time::timeout(Duration::from_secs(30), rebuilt.replica.join(&peers, &me))
+        .await
+        .expect("admitted within 30 s");
+    let mut expected = vec![leader.id, nodes[0].id, new_id];
+    expected.sort_unstable();
+    assert_eq!(voters(&leader), expected, "the old identity is gone");
+    wait_applied(&rebuilt, last).await;
+
+    // The other original follower stops: the quorum needs the rebuilt one.
+    let _ = stop(nodes.remove(0)).await;
+    let mut last = 0;
+    for i in 0..5 {
+        last = leader
+            .replica
+            .write(batch(&format!("b{i}")))
+            .await
+            .unwrap()
+            .raft_index;
+    }
+    wait_applied(&rebuilt, last).await;
+    assert_eq!(entries(&rebuilt.log), entries(&leader.log));
 }
 
 /// The voters of the group as `n` sees them.
