@@ -566,3 +566,57 @@ fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
     assert_eq!(offsets, acked, "every acknowledged record, once, at its offset");
     assert_eq!(replicas[2].last().map(|(_, v)| v.as_str()), Some("a249"));
 }
+
+/// A consumer group over a stream whose shards are led by different
+/// brokers receives every shard's records, each once, and its acks reach
+/// every leader.
+#[test]
+fn a_group_consumes_shards_led_by_different_brokers() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let c = LocalCluster::start(dir.path(), 3, "");
+    let stream = "dev/default/spread";
+    rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.unwrap();
+        create_config_when_ready(&client, stream_config(stream, 3)).await;
+        let mut leaders = std::collections::BTreeSet::new();
+        for shard in 0..3 {
+            leaders.insert(c.leader(&client, stream, shard).await);
+        }
+        eprintln!("shard leaders: {leaders:?}");
+        assert!(leaders.len() > 1, "founders spread the shards' leaders");
+        let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
+        let mut sent = std::collections::BTreeSet::new();
+        for i in 0..60u32 {
+            let mut r = ProducerRecord::new(format!("job{i}").into_bytes());
+            r.shard = Some(i % 3);
+            let a = p.send_wait(r).await.unwrap();
+            sent.insert((i % 3, a.offset));
+        }
+        let g = client.group_consumer(stream, "workers");
+        let mut got = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < sent.len() {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {} delivered",
+                got.len(),
+                sent.len()
+            );
+            let leased = g.fetch(25, 60_000).await.unwrap().records;
+            let items: Vec<(u32, u64)> = leased.iter().map(|r| (r.shard, r.offset)).collect();
+            for it in &items {
+                assert!(got.insert(*it), "{it:?} delivered twice");
+            }
+            if !items.is_empty() {
+                g.ack(&items).await.unwrap();
+            }
+        }
+        assert_eq!(got, sent);
+        // Every shard's acks landed with its own leader: nothing comes back.
+        let again = g.fetch(100, 1_000).await.unwrap().records;
+        assert!(again.is_empty(), "acked records redelivered: {again:?}");
+        client.close().await;
+    });
+}

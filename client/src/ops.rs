@@ -1,6 +1,10 @@
 //! [`GroupConsumer`] (a stream consumed as a queue) and [`Cache`] (a keyed,
 //! compacted log used as a key-value cache).
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::client::{Client, Route};
@@ -23,7 +27,16 @@ pub struct GroupConsumer {
     group: String,
     /// Random per consumer: the broker's name for whose leases these are.
     consumer: u64,
+    /// Which shard leader a fetch asks first (rotates, so no leader's
+    /// shards starve the others').
+    turn: Arc<AtomicUsize>,
+    /// When an empty fetch last reloaded the stream's leaders.
+    refreshed: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// An empty fetch reloads the stream's leaders at most this often: a
+/// leader that moved while it served other shards too sends no redirect.
+const LEADERS_REFRESH_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Client {
     pub fn group_consumer(&self, stream: &str, group: &str) -> GroupConsumer {
@@ -32,6 +45,8 @@ impl Client {
             stream: stream.to_owned(),
             group: group.to_owned(),
             consumer: rand::random::<u64>() | 1,
+            turn: Arc::new(AtomicUsize::new(0)),
+            refreshed: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -49,68 +64,169 @@ impl GroupConsumer {
         self.consumer
     }
 
-    /// Sends a request answered `Done`.
-    async fn done(&self, m: Message) -> Result<(), ClientError> {
-        match self.client.call(Route::Stream(&self.stream), &m).await? {
-            Message::Done => Ok(()),
-            other => Err(ClientError::unexpected(&other)),
+    /// The stream's shards grouped by the broker the client believes leads
+    /// them (shards with no known leader form one group): each broker
+    /// serves group requests for the shards it leads, so one request per
+    /// group reaches them all. Each group is routed by its first shard, so
+    /// a stale belief is corrected by the `NotLeader` redirect.
+    async fn by_leader(&self) -> Result<Vec<Vec<u32>>, ClientError> {
+        let info = self.client.stream_info(&self.stream).await?;
+        let mut groups: BTreeMap<Option<u64>, Vec<u32>> = BTreeMap::new();
+        for s in &info.shards {
+            groups.entry(s.leader).or_default().push(s.shard);
         }
+        if groups.is_empty() {
+            return Err(ClientError::UnknownStream(self.stream.clone()));
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// Sends `make(items of one leader's shards)` to each leader.
+    async fn change(
+        &self,
+        items: &[(u32, u64)],
+        make: impl Fn(Vec<(u32, u64)>) -> Message,
+    ) -> Result<(), ClientError> {
+        let mut first_err = None;
+        for shards in self.by_leader().await? {
+            let mine: Vec<(u32, u64)> = items
+                .iter()
+                .filter(|(shard, _)| shards.contains(shard))
+                .copied()
+                .collect();
+            let Some(&(route, _)) = mine.first() else {
+                continue;
+            };
+            match self
+                .client
+                .call(Route::Shard(&self.stream, route), &make(mine))
+                .await
+            {
+                Ok(Message::Done) => {}
+                Ok(other) => return Err(ClientError::unexpected(&other)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // Items naming no shard of the stream go to any leader, which
+        // refuses them by name.
+        let strays: Vec<(u32, u64)> = {
+            let info = self.client.stream_info(&self.stream).await?;
+            items
+                .iter()
+                .filter(|(shard, _)| !info.shards.iter().any(|s| s.shard == *shard))
+                .copied()
+                .collect()
+        };
+        if !strays.is_empty() {
+            match self.client.call(Route::Stream(&self.stream), &make(strays)).await {
+                Ok(Message::Done) => {}
+                Ok(other) => return Err(ClientError::unexpected(&other)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Leases up to `max_records` for `lease_ms`; an empty result means
-    /// nothing is available now.
+    /// nothing is available now. Asks each shard leader in turn until
+    /// `max_records` are leased; a leader that cannot be reached is skipped
+    /// (its records come on a later fetch) unless none answers.
     pub async fn fetch(&self, max_records: u32, lease_ms: u32) -> Result<Leased, ClientError> {
-        let m = Message::GroupFetch {
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            consumer: self.consumer,
-            max_records,
-            lease_ms,
+        let mut groups = self.by_leader().await?;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) % groups.len();
+        groups.rotate_left(turn);
+        let mut out = Leased {
+            lease_until_ms: 0,
+            records: Vec::new(),
         };
-        match self.client.call(Route::Stream(&self.stream), &m).await? {
-            Message::GroupRecords {
-                lease_until_ms,
-                records,
-            } => Ok(Leased {
-                lease_until_ms,
-                records,
-            }),
-            other => Err(ClientError::unexpected(&other)),
+        let mut answered = false;
+        let mut first_err = None;
+        for shards in groups {
+            let want = max_records.saturating_sub(out.records.len() as u32);
+            if want == 0 {
+                break;
+            }
+            let m = Message::GroupFetch {
+                stream: self.stream.clone(),
+                group: self.group.clone(),
+                consumer: self.consumer,
+                max_records: want,
+                lease_ms,
+            };
+            match self.client.call(Route::Shard(&self.stream, shards[0]), &m).await {
+                Ok(Message::GroupRecords {
+                    lease_until_ms,
+                    records,
+                }) => {
+                    // The earliest expiry of what was leased.
+                    if !answered || (!records.is_empty() && lease_until_ms < out.lease_until_ms) {
+                        out.lease_until_ms = lease_until_ms;
+                    }
+                    answered = true;
+                    out.records.extend(records);
+                }
+                Ok(other) => return Err(ClientError::unexpected(&other)),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if out.records.is_empty() {
+            let due = {
+                let mut r = self.refreshed.lock().expect("refresh lock");
+                let due = r.is_none_or(|t| t.elapsed() >= LEADERS_REFRESH_MIN);
+                if due {
+                    *r = Some(std::time::Instant::now());
+                }
+                due
+            };
+            if due {
+                // Best effort: the next fetch uses what it learns.
+                let _ = self.client.refresh_metadata(&[self.stream.clone()]).await;
+            }
+        }
+        match (answered, first_err) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(out),
         }
     }
 
     /// Acknowledges (shard, offset) pairs: they are never redelivered.
     pub async fn ack(&self, items: &[(u32, u64)]) -> Result<(), ClientError> {
-        let m = Message::GroupAck {
+        self.change(items, |items| Message::GroupAck {
             stream: self.stream.clone(),
             group: self.group.clone(),
-            items: items.to_vec(),
-        };
-        self.done(m).await
+            items,
+        })
+        .await
     }
 
     /// Gives records back for redelivery after `delay_ms`.
     pub async fn nack(&self, items: &[(u32, u64)], delay_ms: u32) -> Result<(), ClientError> {
-        let m = Message::GroupNack {
+        self.change(items, |items| Message::GroupNack {
             stream: self.stream.clone(),
             group: self.group.clone(),
             consumer: self.consumer,
             delay_ms,
-            items: items.to_vec(),
-        };
-        self.done(m).await
+            items,
+        })
+        .await
     }
 
     /// Extends the lease of held records to `lease_ms` from now.
     pub async fn extend(&self, items: &[(u32, u64)], lease_ms: u32) -> Result<(), ClientError> {
-        let m = Message::GroupExtend {
+        self.change(items, |items| Message::GroupExtend {
             stream: self.stream.clone(),
             group: self.group.clone(),
             consumer: self.consumer,
             lease_ms,
-            items: items.to_vec(),
-        };
-        self.done(m).await
+            items,
+        })
+        .await
     }
 }
 
