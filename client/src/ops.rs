@@ -186,7 +186,10 @@ impl GroupConsumer {
             };
             if due {
                 // Best effort: the next fetch uses what it learns.
-                let _ = self.client.refresh_metadata(&[self.stream.clone()]).await;
+                let _ = self
+                    .client
+                    .refresh_metadata(std::slice::from_ref(&self.stream))
+                    .await;
             }
         }
         match (answered, first_err) {
