@@ -14,8 +14,9 @@ use std::path::Path;
 use felix_replication::NodeId;
 use serde::{Deserialize, Serialize};
 
+use felix_replication::store::write_durably;
+
 use crate::error::BrokerError;
-use crate::meta::write_atomic;
 
 pub const IDENTITY_FILE: &str = "identity.json";
 const FILE_VERSION: u32 = 1;
@@ -96,7 +97,7 @@ impl Identity {
                     incarnation: draw_incarnation(),
                 };
                 let bytes = serde_json::to_vec_pretty(&f).map_err(|e| err(e.to_string()))?;
-                write_atomic(&path, &bytes).map_err(|e| err(e.to_string()))?;
+                write_durably(&path, &bytes).map_err(|e| err(e.to_string()))?;
                 tracing::info!(
                     broker_id,
                     incarnation = f.incarnation,

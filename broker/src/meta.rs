@@ -272,24 +272,9 @@ impl MetaStore {
             path: self.path.clone(),
             why: e.to_string(),
         })?;
-        write_atomic(&self.path, &bytes).map_err(|e| BrokerError::Metadata {
+        felix_replication::store::write_durably(&self.path, &bytes).map_err(|e| BrokerError::Metadata {
             path: self.path.clone(),
             why: e.to_string(),
         })
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new
-/// file whole: a temporary file, fsync, rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

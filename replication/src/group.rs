@@ -288,13 +288,7 @@ impl Replica {
 
     /// Whether this replica is one of its group's voters.
     pub fn is_voter(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == self.id)
+        self.voters().contains(&self.id)
     }
 
     /// Whether this replica holds any of its group's state (a membership,

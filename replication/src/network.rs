@@ -288,6 +288,22 @@ impl Transport {
         })
     }
 
+    /// An RPC not addressed to a Raft identity, its reply decoded; the
+    /// peer's error text becomes `remote(text)`.
+    async fn ask<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        kind: u8,
+        group: GroupId,
+        body: &[u8],
+        remote: fn(String) -> ReplicationError,
+    ) -> Result<T, ReplicationError> {
+        match self.call(addr, kind, group, TARGET_ANY, body, None).await? {
+            Ok(b) => bincode::deserialize(&b).map_err(terr),
+            Err(e) => Err(remote(e)),
+        }
+    }
+
     /// Asks `leader` to write `req` to `group` (a follower forwarding a
     /// write it may not make itself).
     pub async fn forward(
@@ -297,13 +313,14 @@ impl Transport {
         req: &Request,
     ) -> Result<Response, ReplicationError> {
         let body = bincode::serialize(req).map_err(terr)?;
-        match self
-            .call(&leader.raft_addr, KIND_FORWARD, group, TARGET_ANY, &body, None)
-            .await?
-        {
-            Ok(b) => bincode::deserialize(&b).map_err(terr),
-            Err(e) => Err(ReplicationError::Raft(e)),
-        }
+        self.ask(
+            &leader.raft_addr,
+            KIND_FORWARD,
+            group,
+            &body,
+            ReplicationError::Raft,
+        )
+        .await
     }
 
     /// Asks `leader` for its read index in `group`: the last entry it had
@@ -311,26 +328,22 @@ impl Transport {
     /// has applied through it has seen every write acknowledged before
     /// the call.
     pub async fn read_index(&self, leader: &BrokerNode, group: GroupId) -> Result<u64, ReplicationError> {
-        match self
-            .call(&leader.raft_addr, KIND_READ_INDEX, group, TARGET_ANY, &[], None)
-            .await?
-        {
-            Ok(b) => bincode::deserialize(&b).map_err(terr),
-            Err(e) => Err(ReplicationError::Raft(e)),
-        }
+        self.ask(
+            &leader.raft_addr,
+            KIND_READ_INDEX,
+            group,
+            &[],
+            ReplicationError::Raft,
+        )
+        .await
     }
 
     /// Asks the broker at `addr` who it is: its node id, and whether it
     /// holds cluster metadata (so the cluster exists and a broker with an
     /// empty disk must join it rather than found it).
     pub async fn who(&self, addr: &str) -> Result<Who, ReplicationError> {
-        match self
-            .call(addr, KIND_WHO, GroupId::META, TARGET_ANY, &[], None)
-            .await?
-        {
-            Ok(b) => bincode::deserialize(&b).map_err(terr),
-            Err(e) => Err(ReplicationError::Transport(e)),
-        }
+        self.ask(addr, KIND_WHO, GroupId::META, &[], ReplicationError::Transport)
+            .await
     }
 
     /// Asks the broker at `addr` to admit node `id` at `node` into `group`
@@ -343,10 +356,8 @@ impl Transport {
         node: &BrokerNode,
     ) -> Result<Admission, ReplicationError> {
         let body = bincode::serialize(&(id, node)).map_err(terr)?;
-        match self.call(addr, KIND_JOIN, group, TARGET_ANY, &body, None).await? {
-            Ok(b) => bincode::deserialize(&b).map_err(terr),
-            Err(e) => Err(ReplicationError::Transport(e)),
-        }
+        self.ask(addr, KIND_JOIN, group, &body, ReplicationError::Transport)
+            .await
     }
 }
 

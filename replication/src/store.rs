@@ -42,8 +42,8 @@ fn log_err(e: impl ToString) -> StorageError {
 }
 
 /// Writes `data` to `path` durably: temporary file, fsync, rename, fsync of
-/// the directory.
-pub(crate) fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// the directory. A crash leaves the old file or the new one, whole.
+pub fn write_durably(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = std::fs::File::create(&tmp)?;
