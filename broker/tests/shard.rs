@@ -176,16 +176,7 @@ async fn concurrent_publishes_share_fsyncs_and_all_land_once() {
 }
 
 fn config(name: &str, shards: u32, durability: &str) -> StreamConfig {
-    StreamConfig {
-        name: name.into(),
-        kind: 0,
-        shards,
-        durability: durability.into(),
-        retention_ms: None,
-        retention_bytes: None,
-        max_deliveries: 0,
-        default_ttl_ms: None,
-    }
+    StreamConfig::stream(name, shards, durability)
 }
 
 #[test]

@@ -88,7 +88,15 @@ impl GroupConsumer {
         make: impl Fn(Vec<(u32, u64)>) -> Message,
     ) -> Result<(), ClientError> {
         let mut first_err = None;
-        for shards in self.by_leader().await? {
+        let groups = self.by_leader().await?;
+        // Items naming no shard of the stream go to any leader, which
+        // refuses them by name.
+        let strays: Vec<(u32, u64)> = items
+            .iter()
+            .filter(|(shard, _)| !groups.iter().any(|g| g.contains(shard)))
+            .copied()
+            .collect();
+        for shards in groups {
             let mine: Vec<(u32, u64)> = items
                 .iter()
                 .filter(|(shard, _)| shards.contains(shard))
@@ -109,16 +117,6 @@ impl GroupConsumer {
                 }
             }
         }
-        // Items naming no shard of the stream go to any leader, which
-        // refuses them by name.
-        let strays: Vec<(u32, u64)> = {
-            let info = self.client.stream_info(&self.stream).await?;
-            items
-                .iter()
-                .filter(|(shard, _)| !info.shards.iter().any(|s| s.shard == *shard))
-                .copied()
-                .collect()
-        };
         if !strays.is_empty() {
             match self.client.call(Route::Stream(&self.stream), &make(strays)).await {
                 Ok(Message::Done) => {}

@@ -123,14 +123,9 @@ fn loadavg() -> String {
 
 async fn create(client: &Client, name: &str, kind: u8, durability: &str) -> anyhow::Result<()> {
     let c = StreamConfig {
-        name: name.into(),
         kind,
-        shards: 1,
-        durability: durability.into(),
-        retention_ms: None,
-        retention_bytes: None,
         max_deliveries: 5,
-        default_ttl_ms: None,
+        ..StreamConfig::stream(name, 1, durability)
     };
     match client.call(Route::Any, &Message::StreamCreate(c)).await? {
         Message::Done => Ok(()),

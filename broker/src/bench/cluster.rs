@@ -125,16 +125,7 @@ async fn ready_stream(
             Err(e) => return Err(e).context("connecting to the benchmark brokers"),
         }
     };
-    let create = Message::StreamCreate(StreamConfig {
-        name: name.into(),
-        kind: 0,
-        shards,
-        durability: durability.into(),
-        retention_ms: None,
-        retention_bytes: None,
-        max_deliveries: 0,
-        default_ttl_ms: None,
-    });
+    let create = Message::StreamCreate(StreamConfig::stream(name, shards, durability));
     loop {
         match client.call(Route::Any, &create).await {
             Ok(Message::Done) => break,

@@ -142,14 +142,8 @@ fn unsafe_free_sigterm(pid: u32) {
 
 pub fn stream_config(name: &str, shards: u32) -> StreamConfig {
     StreamConfig {
-        name: name.into(),
-        kind: 0,
-        shards,
-        durability: "always".into(),
-        retention_ms: None,
-        retention_bytes: None,
         max_deliveries: 5,
-        default_ttl_ms: None,
+        ..StreamConfig::stream(name, shards, "always")
     }
 }
 

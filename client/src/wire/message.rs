@@ -178,6 +178,23 @@ pub struct StreamConfig {
     pub default_ttl_ms: Option<u64>,
 }
 
+impl StreamConfig {
+    /// A plain stream (kind 0) with no retention limit, the broker's
+    /// default `max_deliveries` (0) and no TTL.
+    pub fn stream(name: &str, shards: u32, durability: &str) -> StreamConfig {
+        StreamConfig {
+            name: name.into(),
+            kind: 0,
+            shards,
+            durability: durability.into(),
+            retention_ms: None,
+            retention_bytes: None,
+            max_deliveries: 0,
+            default_ttl_ms: None,
+        }
+    }
+}
+
 /// One shard as described.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardStats {
