@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod cluster;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod handler;

@@ -25,6 +25,7 @@ use felix_replication::{Applier, Replica, WriteError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, RwLock, Semaphore};
 
+use crate::coalesce::{self, Coalescer};
 use crate::error::BrokerError;
 
 /// Bytes of publishes to one shard being appended at once; beyond it a
@@ -96,6 +97,8 @@ pub struct HostedShard {
 struct Group {
     replica: Replica,
     write_timeout: Duration,
+    /// Publishes on their way into entries (merged under load).
+    coalescer: Coalescer,
 }
 
 /// What a snapshot carries besides the entries: the producer windows.
@@ -191,10 +194,14 @@ impl HostedShard {
     }
 
     /// Routes this shard's writes through `replica` from now on.
+    /// Must run inside the runtime: it starts the shard's proposer task.
     pub fn attach(&self, replica: Replica, write_timeout: Duration) {
+        let bytes_max = self.log.with(|l| l.config().batch_bytes_max);
+        let coalescer = Coalescer::start(replica.clone(), bytes_max);
         let _ = self.group.set(Group {
             replica,
             write_timeout,
+            coalescer,
         });
     }
 
@@ -267,9 +274,9 @@ impl HostedShard {
     ) -> Result<Appended, BrokerError> {
         let checked = Batch::new(batch)?;
         let h = checked.header();
-        if h.flags.control() {
+        if h.flags.control() || h.producer_count > 0 {
             return Err(BrokerError::Invalid(
-                "clients may not publish control batches".into(),
+                "clients may not publish control batches or batches with a producer table".into(),
             ));
         }
         if producer_id != 0 && (h.producer_id.0 != producer_id || h.producer_seq != sequence) {
@@ -293,7 +300,10 @@ impl HostedShard {
             None
         };
         let permit = self.reserve_in_flight(checked.bytes().len())?;
-        let result = self.write(group, checked.bytes().clone()).await;
+        let result = match group {
+            Some(_) => self.propose(checked).await,
+            None => self.write(None, checked.bytes().clone()).await,
+        };
         drop(permit);
         if let (Some(claim), Err(BrokerError::Timeout(_) | BrokerError::Replication(_))) = (&claim, &result) {
             // The entry may still commit: until it is applied (or this
@@ -393,7 +403,7 @@ impl HostedShard {
                 self.ready_term.store(t, Ordering::Release);
                 Ok(Some(&g.replica))
             }
-            Ok(Err(e)) => Err(self.write_error(e)),
+            Ok(Err(e)) => Err(self.write_error(&e)),
             Err(_) => Err(BrokerError::Timeout(format!(
                 "shard {}: leadership not confirmed by a quorum within {:?}",
                 self.id.0, g.write_timeout
@@ -407,10 +417,10 @@ impl HostedShard {
         self.lead_began.swap(false, Ordering::AcqRel)
     }
 
-    fn write_error(&self, e: WriteError) -> BrokerError {
+    fn write_error(&self, e: &WriteError) -> BrokerError {
         self.ready_term.store(0, Ordering::Release);
         match e {
-            WriteError::NotLeader { leader, .. } => not_leader(leader),
+            WriteError::NotLeader { leader, .. } => not_leader(leader.clone()),
             WriteError::NoQuorum { why, .. } => {
                 BrokerError::Timeout(format!("shard {}: no quorum: {why}", self.id.0))
             }
@@ -427,15 +437,7 @@ impl HostedShard {
         let Some(replica) = group else {
             return self.append_local(batch).await;
         };
-        // A batch the log would refuse must not become a Raft entry: every
-        // replica would fail to store it.
-        let max = self.log.with(|l| l.config().batch_bytes_max);
-        if batch.len() > max {
-            return Err(BrokerError::Invalid(format!(
-                "a batch of {} bytes is above this stream's batch_bytes_max of {max}",
-                batch.len()
-            )));
-        }
+        self.check_entry_len(batch.len())?;
         self.committed(replica.write(batch)).await
     }
 
@@ -450,13 +452,65 @@ impl HostedShard {
                 base_offset: r.base_offset,
                 count: r.count,
             }),
-            Ok(Err(e)) => Err(self.write_error(e)),
-            Err(_) => Err(BrokerError::Timeout(format!(
-                "shard {}: not committed by a quorum within {:?}; it may still be",
-                self.id.0,
-                self.write_timeout()
-            ))),
+            Ok(Err(e)) => Err(self.write_error(&e)),
+            Err(_) => Err(self.commit_timeout()),
         }
+    }
+
+    fn commit_timeout(&self) -> BrokerError {
+        BrokerError::Timeout(format!(
+            "shard {}: not committed by a quorum within {:?}; it may still be",
+            self.id.0,
+            self.write_timeout()
+        ))
+    }
+
+    /// Writes a producer's batch through the shard's proposer, which may
+    /// put it in one entry with other publishes; returns once that entry
+    /// is committed and applied here.
+    async fn propose(&self, batch: Batch) -> Result<Appended, BrokerError> {
+        if self.is_closed() {
+            return Err(BrokerError::Invalid("the stream was deleted".into()));
+        }
+        let Some(g) = self.group.get() else {
+            return Err(BrokerError::NotLeader { leader: None });
+        };
+        self.check_entry_len(batch.bytes().len())?;
+        // Every replica's log checks the records on append; one it refuses
+        // must not become an entry.
+        batch.validate()?;
+        let answer = g.coalescer.publish(batch).map_err(|refused| match refused {
+            coalesce::Refused::Full => BrokerError::Overloaded {
+                retry_after_ms: SHARD_OVERLOADED_RETRY_MS,
+            },
+            coalesce::Refused::Stopped => {
+                BrokerError::Replication(format!("shard {}: proposer stopped", self.id.0))
+            }
+        })?;
+        match tokio::time::timeout(g.write_timeout, answer).await {
+            Ok(Ok(Ok(r))) => Ok(Appended {
+                base_offset: r.base_offset,
+                count: r.count,
+            }),
+            Ok(Ok(Err(e))) => Err(self.write_error(&e)),
+            Ok(Err(_)) => Err(BrokerError::Replication(format!(
+                "shard {}: proposer stopped before answering",
+                self.id.0
+            ))),
+            Err(_) => Err(self.commit_timeout()),
+        }
+    }
+
+    /// A batch the log would refuse must not become a Raft entry: every
+    /// replica would fail to store it.
+    fn check_entry_len(&self, len: usize) -> Result<(), BrokerError> {
+        let max = self.log.with(|l| l.config().batch_bytes_max);
+        if len > max {
+            return Err(BrokerError::Invalid(format!(
+                "a batch of {len} bytes is above this stream's batch_bytes_max of {max}"
+            )));
+        }
+        Ok(())
     }
 
     /// Counts `bytes` against the shard's in-flight limit until the permit
@@ -527,7 +581,7 @@ impl HostedShard {
         {
             let mut p = self.producers.lock().expect("producers lock");
             for e in &entries {
-                note_producer(&mut p, e.batch.header());
+                note_producer(&mut p, &e.batch);
             }
         }
         let next = entries
@@ -605,24 +659,28 @@ fn not_leader(leader: Option<(u64, felix_replication::BrokerNode)>) -> BrokerErr
     }
 }
 
-/// Records a data batch's producer and sequence in the windows.
-fn note_producer(p: &mut HashMap<u64, (u64, Appended)>, h: &BatchHeader) {
-    if h.flags.control() || h.producer_id.0 == 0 {
-        return;
-    }
-    if p.len() >= PRODUCERS_PER_SHARD_MAX && !p.contains_key(&h.producer_id.0) {
-        // Forget an arbitrary producer; it loses only its dedup window.
-        if let Some(k) = p.keys().next().copied() {
-            p.remove(&k);
+/// Records in the windows the producer and sequence of every batch a data
+/// batch carries (one, or a merged entry's several).
+fn note_producer(p: &mut HashMap<u64, (u64, Appended)>, batch: &Batch) {
+    // The log checked the table when it stored the batch.
+    let runs = batch.producer_runs().unwrap_or_default();
+    let base = batch.header().base_offset.0;
+    for run in runs {
+        let id = run.producer_id.0;
+        if p.len() >= PRODUCERS_PER_SHARD_MAX && !p.contains_key(&id) {
+            // Forget an arbitrary producer; it loses only its dedup window.
+            if let Some(k) = p.keys().next().copied() {
+                p.remove(&k);
+            }
         }
-    }
-    let at = Appended {
-        base_offset: h.base_offset.0,
-        count: (h.next_offset().0 - h.base_offset.0) as u32,
-    };
-    let e = p.entry(h.producer_id.0).or_insert((h.producer_seq, at));
-    if h.producer_seq >= e.0 {
-        *e = (h.producer_seq, at);
+        let at = Appended {
+            base_offset: base + u64::from(run.offset_delta),
+            count: run.offset_count,
+        };
+        let e = p.entry(id).or_insert((run.first_seq, at));
+        if run.first_seq >= e.0 {
+            *e = (run.first_seq, at);
+        }
     }
 }
 
@@ -634,7 +692,7 @@ fn scan_producers(l: &felix_log::Log, unapplied: RaftIndex) -> HashMap<u64, (u64
         if e.batch.header().raft_index >= unapplied {
             break;
         }
-        note_producer(&mut p, e.batch.header());
+        note_producer(&mut p, &e.batch);
     }
     p
 }

@@ -22,7 +22,9 @@ pub mod scan;
 mod segment;
 mod types;
 
-pub use crate::batch::{Batch, BatchBuilder, BatchError, BatchHeader, Compression, Record, RecordInput};
+pub use crate::batch::{
+    Batch, BatchBuilder, BatchError, BatchHeader, BatchMerger, Compression, ProducerRun, Record, RecordInput,
+};
 pub use crate::commit::SharedLog;
 pub use crate::config::{Durability, LogConfig, Verify};
 pub use crate::error::{LogError, Result};

@@ -184,8 +184,7 @@ fn find_resumption(
         buf.len() - at >= l::HEADER_BYTES
             && buf[at + l::VERSION_AT] == l::VERSION
             && buf[at + l::FLAGS_AT] & !l::FLAGS_KNOWN == 0
-            && buf[at + l::RESERVED_AT] == 0
-            && buf[at + l::RESERVED_AT + 1] == 0
+            && usize::from(l::le::u16_at(buf, at + l::PRODUCER_COUNT_AT)) <= l::PRODUCER_RUNS_MAX
             && check_at(buf, at, summary, min_raft_index, verify_records).is_ok()
     };
     if let Ok(h) = BatchHeader::decode(&buf[bad..]) {

@@ -205,15 +205,17 @@ impl Replica {
         let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone());
         let sm =
             StateMachine::open(log, state_dir.clone(), applier, applied).map_err(ReplicationError::Apply)?;
+        let outvoted = Arc::new(AtomicU64::new(0));
         let net = NetworkFactory {
             transport: transport.clone(),
             group,
+            outvoted: outvoted.clone(),
         };
         let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         let heard = router.add(group, raft.clone(), state_dir);
-        tokio::spawn(elections(raft.clone(), cfg, heard));
+        tokio::spawn(elections(raft.clone(), cfg, heard, outvoted));
         Ok(Replica {
             group,
             id,
@@ -404,14 +406,37 @@ impl Replica {
     /// Writes `batch` and returns once a quorum holds it and it is applied
     /// here: the quorum acknowledgement.
     pub async fn write(&self, batch: bytes::Bytes) -> Result<Response, WriteError> {
-        match self.raft.client_write(Request(batch)).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
-                group: self.group,
-                leader: f.leader_id.zip(f.leader_node),
-            }),
-            Err(e) => Err(WriteError::Other(ReplicationError::Raft(e.to_string()))),
-        }
+        self.submit(batch).await?.await
+    }
+
+    /// Hands `batch` to the group and returns, without waiting for the
+    /// commit, a future of [`Replica::write`]'s answer. Entries are
+    /// proposed in the order of `submit` calls that returned, so one task
+    /// can keep several entries in flight and still keep their order.
+    pub async fn submit(
+        &self,
+        batch: bytes::Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
+    {
+        let rx = self
+            .raft
+            .client_write_ff(Request(batch))
+            .await
+            .map_err(|e| WriteError::Other(ReplicationError::Raft(e.to_string())))?;
+        let group = self.group;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(r)) => Ok(r.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(WriteError::NotLeader {
+                    group,
+                    leader: f.leader_id.zip(f.leader_node),
+                }),
+                Ok(Err(e)) => Err(WriteError::Other(ReplicationError::Raft(e.to_string()))),
+                Err(_) => Err(WriteError::Other(ReplicationError::Raft(format!(
+                    "{group} shut down before answering a write"
+                )))),
+            }
+        })
     }
 
     /// [`Replica::write`], forwarded to the leader when this is not it.
@@ -515,7 +540,7 @@ impl Replica {
     }
 }
 
-/// Two nudges openraft 0.9's elections need, checked every heartbeat.
+/// Three nudges openraft 0.9's elections need, checked every heartbeat.
 ///
 /// - A follower stands when its own random timeout (`election_timeout_min..
 ///   max`) runs out, but the other followers refuse any vote until their
@@ -530,9 +555,18 @@ impl Replica {
 ///   winning that term. A candidate still without a leader after a short
 ///   random wait stands again, off the tick: the other grants the higher
 ///   term if the candidate's log is at least as long as its own.
-async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>) {
+/// - A replica whose log is behind can never win, but openraft does not
+///   make a peer that refuses it for its log adopt its term, so a behind
+///   replica that keeps standing keeps taking every term first and the
+///   up-to-date one is refused for "already voted" in each (seen: no
+///   leader for 30 s after a kill). A replica told by a peer that the
+///   peer's log is longer ([`NetworkFactory::outvoted`]) stops standing,
+///   openraft's own timer included, for two leases; the up-to-date peer
+///   then passes its term within a try or two and wins.
+async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, outvoted: Arc<AtomicU64>) {
     use openraft::ServerState;
     let lease = cfg.election_timeout_max_ms;
+    let mut timer_on = true;
     let jitter_max = 2 * cfg.heartbeat_interval_ms;
     let mut jitter = rand_below(jitter_max);
     let mut stood_at = 0u64;
@@ -542,25 +576,36 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(cfg.heartbeat_interval_ms)).await;
         let state = raft.metrics().borrow().state;
+        if state == ServerState::Shutdown {
+            return;
+        }
         let now = heard_now();
-        let stand = match state {
-            ServerState::Shutdown => return,
-            ServerState::Follower => {
-                candidate_since = None;
-                let last = heard.load(Ordering::Acquire);
-                // Never heard a leader since starting: openraft's own timer
-                // decides (a fresh or restarted replica must not disturb).
-                last != 0 && now.saturating_sub(last) > lease + jitter && now.saturating_sub(stood_at) > lease
-            }
-            ServerState::Candidate => {
-                let since = *candidate_since.get_or_insert(now);
-                now.saturating_sub(since) > split_wait
-            }
-            _ => {
-                candidate_since = None;
-                false
-            }
-        };
+        let last_outvoted = outvoted.load(Ordering::Acquire);
+        let behind = last_outvoted != 0 && now.saturating_sub(last_outvoted) < 2 * lease;
+        if behind == timer_on {
+            timer_on = !behind;
+            raft.runtime_config().elect(timer_on);
+        }
+        let stand = !behind
+            && match state {
+                ServerState::Follower => {
+                    candidate_since = None;
+                    let last = heard.load(Ordering::Acquire);
+                    // Never heard a leader since starting: openraft's own timer
+                    // decides (a fresh or restarted replica must not disturb).
+                    last != 0
+                        && now.saturating_sub(last) > lease + jitter
+                        && now.saturating_sub(stood_at) > lease
+                }
+                ServerState::Candidate => {
+                    let since = *candidate_since.get_or_insert(now);
+                    now.saturating_sub(since) > split_wait
+                }
+                _ => {
+                    candidate_since = None;
+                    false
+                }
+            };
         if stand {
             stood_at = now;
             candidate_since = Some(now);

@@ -525,6 +525,9 @@ async fn reply(send: &mut quinn::SendStream, out: Result<Vec<u8>, String>) -> Re
 pub struct NetworkFactory {
     pub transport: Arc<Transport>,
     pub group: GroupId,
+    /// When a peer last refused this replica's vote because its own log is
+    /// longer ([`heard_now`] clock; 0: never).
+    pub outvoted: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -536,6 +539,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             group: self.group,
             target,
             addr: node.raft_addr.clone(),
+            outvoted: self.outvoted.clone(),
         }
     }
 }
@@ -546,6 +550,7 @@ pub struct PeerClient {
     group: GroupId,
     target: NodeId,
     addr: String,
+    outvoted: Arc<AtomicU64>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>;
@@ -598,7 +603,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.rpc(KIND_VOTE, &rpc, &option).await
+        let resp: VoteResponse<NodeId> = self.rpc(KIND_VOTE, &rpc, &option).await?;
+        if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
+            self.outvoted.store(heard_now(), Ordering::Release);
+        }
+        Ok(resp)
     }
 
     #[allow(deprecated)]

@@ -288,7 +288,20 @@ async fn bench(
 /// how long no write to that shard was acknowledged.
 async fn failover(rounds: u32) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, 3, "", true)?;
+    // The brokers' logs (level from FELIX_LOG, which they inherit) outlive
+    // the run, failed or not, when FELIX_BENCH_KEEP is set.
+    let (_removed_at_end, dir) = match std::env::var_os("FELIX_BENCH_KEEP") {
+        Some(_) => {
+            let kept = dir.keep();
+            eprintln!("failover brokers' directories kept in {}", kept.display());
+            (None, kept)
+        }
+        None => {
+            let path = dir.path().to_owned();
+            (Some(dir), path)
+        }
+    };
+    let mut brokers = LocalBrokers::spawn(&dir, "127.0.0.1:0".parse()?, 3, "", true)?;
     let stream = "bench/failover/always";
     let client = ready_stream(&brokers, stream, "always", 3).await?;
     let stop = Arc::new(AtomicBool::new(false));

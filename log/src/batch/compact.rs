@@ -22,7 +22,7 @@ pub fn compact(
     if h.flags.control() || h.record_count == 0 {
         return Ok(None);
     }
-    let stored = batch.bytes().slice(l::HEADER_BYTES..h.batch_len as usize);
+    let stored = batch.bytes().slice(h.records_at()..h.batch_len as usize);
     let raw = if h.flags.zstd() {
         decompress(&stored, h.records_raw_len as usize)?
     } else {
@@ -54,7 +54,9 @@ pub fn compact(
 
     // Timestamps stay: they still bound what the batch held (time retention
     // and the time index read them), and the records' deltas stay valid.
-    let mut out = batch.bytes()[..l::HEADER_BYTES].to_vec();
+    // The producer table stays too: offsets are not renumbered, so its runs
+    // still say who wrote which offsets.
+    let mut out = batch.bytes()[..h.records_at()].to_vec();
     let mut new_raw = Vec::with_capacity(kept.iter().map(|k| k.len()).sum());
     for range in &kept {
         new_raw.extend_from_slice(&raw[range.clone()]);
@@ -70,9 +72,10 @@ pub fn compact(
     le::put_u32(&mut out, l::RECORD_COUNT_AT, kept.len() as u32);
     le::put_u32(&mut out, l::RECORDS_LEN_AT, stored.len() as u32);
     le::put_u32(&mut out, l::RECORDS_RAW_LEN_AT, new_raw.len() as u32);
-    le::put_u32(&mut out, l::RECORDS_CRC_AT, crc32fast::hash(&stored));
-    le::put_u32(&mut out, l::LEN_AT, (l::HEADER_BYTES + stored.len()) as u32);
+    le::put_u32(&mut out, l::LEN_AT, (h.records_at() + stored.len()) as u32);
     out.extend_from_slice(&stored);
+    let body_crc = crc32fast::hash(&out[l::HEADER_BYTES..]);
+    le::put_u32(&mut out, l::RECORDS_CRC_AT, body_crc);
     let crc = crc32fast::hash(&out[l::HEADER_CRC_FROM..l::HEADER_BYTES]);
     le::put_u32(&mut out, l::HEADER_CRC_AT, crc);
     Ok(Some(out))

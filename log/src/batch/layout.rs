@@ -10,20 +10,21 @@ pub const LEN_AT: usize = 0; // u32: bytes of the whole batch, this field includ
 pub const HEADER_CRC_AT: usize = LEN_AT + 4; // u32: CRC-32 of [HEADER_CRC_FROM, HEADER_BYTES)
 pub const VERSION_AT: usize = HEADER_CRC_AT + 4; // u8
 pub const FLAGS_AT: usize = VERSION_AT + 1; // u8
-pub const RESERVED_AT: usize = FLAGS_AT + 1; // u16, zero
-pub const RECORD_COUNT_AT: usize = RESERVED_AT + 2; // u32
+pub const PRODUCER_COUNT_AT: usize = FLAGS_AT + 1; // u16: runs in the producer table (0: none)
+pub const RECORD_COUNT_AT: usize = PRODUCER_COUNT_AT + 2; // u32
 pub const BASE_OFFSET_AT: usize = RECORD_COUNT_AT + 4; // u64, stamped by the log
 pub const RAFT_TERM_AT: usize = BASE_OFFSET_AT + 8; // u64, stamped by the log
 pub const RAFT_INDEX_AT: usize = RAFT_TERM_AT + 8; // u64, stamped by the log
 pub const FIRST_TIMESTAMP_AT: usize = RAFT_INDEX_AT + 8; // i64 ms since the Unix epoch
 pub const MAX_TIMESTAMP_AT: usize = FIRST_TIMESTAMP_AT + 8; // i64
-pub const PRODUCER_ID_AT: usize = MAX_TIMESTAMP_AT + 8; // u64, 0 = none
+pub const PRODUCER_ID_AT: usize = MAX_TIMESTAMP_AT + 8; // u64, 0 = none (or a producer table)
 pub const PRODUCER_SEQ_AT: usize = PRODUCER_ID_AT + 8; // u64, sequence of the first record
 pub const OFFSET_COUNT_AT: usize = PRODUCER_SEQ_AT + 8; // u32, offsets the batch occupies
 pub const RECORDS_LEN_AT: usize = OFFSET_COUNT_AT + 4; // u32, stored (maybe compressed) bytes
 pub const RECORDS_RAW_LEN_AT: usize = RECORDS_LEN_AT + 4; // u32, uncompressed bytes
 pub const RECORDS_CRC_AT: usize = RECORDS_RAW_LEN_AT + 4; // u32, CRC-32 of the stored records
-/// Size of the fixed header; records follow immediately.
+/// Size of the fixed header; the producer table (if any), then the records
+/// follow immediately.
 pub const HEADER_BYTES: usize = RECORDS_CRC_AT + 4;
 /// The header checksum starts after itself and covers the rest of the header,
 /// including the records checksum, so one CRC over 80 bytes protects
@@ -36,6 +37,21 @@ pub const FLAG_ZSTD: u8 = 0b01;
 /// occupies no offsets and is never delivered to subscribers.
 pub const FLAG_CONTROL: u8 = 0b10;
 pub const FLAGS_KNOWN: u8 = FLAG_ZSTD | FLAG_CONTROL;
+
+// --- producer table (a merged batch: several producers' batches in one) ---
+//
+// `PRODUCER_COUNT_AT` runs of `PRODUCER_RUN_BYTES` right after the header,
+// each naming the producer of a range of the batch's offsets. Covered by
+// `records_crc` together with the records.
+
+pub const RUN_PRODUCER_ID_AT: usize = 0; // u64, never 0
+pub const RUN_FIRST_SEQ_AT: usize = RUN_PRODUCER_ID_AT + 8; // u64: sequence of the run's first record
+pub const RUN_OFFSET_DELTA_AT: usize = RUN_FIRST_SEQ_AT + 8; // u32: first offset - base_offset
+pub const RUN_OFFSET_COUNT_AT: usize = RUN_OFFSET_DELTA_AT + 4; // u32: offsets of the run, at least 1
+pub const PRODUCER_RUN_BYTES: usize = RUN_OFFSET_COUNT_AT + 4;
+/// Runs in one producer table (the field is a u16; the limit is lower so a
+/// table stays a small fraction of a batch).
+pub const PRODUCER_RUNS_MAX: usize = 1024;
 
 /// Hard ceiling on a whole batch; configurations may only lower it.
 pub const BATCH_BYTES_MAX: usize = 8 << 20;
@@ -72,6 +88,10 @@ pub const REC_ATTRS_KNOWN: u8 = REC_HAS_KEY | REC_HAS_VALUE | REC_HAS_TTL;
 const _: () = assert!(HEADER_BYTES == 88);
 const _: () = assert!(HEADER_CRC_FROM == VERSION_AT);
 const _: () = assert!(REC_FIXED_BYTES == 13);
+const _: () = assert!(PRODUCER_RUN_BYTES == 24);
+const _: () = assert!(PRODUCER_RUNS_MAX <= u16::MAX as usize);
+// A full table leaves most of the smallest batch ceiling for records.
+const _: () = assert!(PRODUCER_RUNS_MAX * PRODUCER_RUN_BYTES <= BATCH_BYTES_MAX / 64);
 const _: () = assert!(BATCH_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(RECORDS_RAW_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FLAG_ZSTD & FLAG_CONTROL == 0);
@@ -92,6 +112,9 @@ pub(crate) mod le {
     }
     pub fn i64_at(b: &[u8], at: usize) -> i64 {
         u64_at(b, at) as i64
+    }
+    pub fn put_u16(b: &mut [u8], at: usize, v: u16) {
+        b[at..at + 2].copy_from_slice(&v.to_le_bytes());
     }
     pub fn put_u32(b: &mut [u8], at: usize, v: u32) {
         b[at..at + 4].copy_from_slice(&v.to_le_bytes());

@@ -5,13 +5,15 @@
 mod builder;
 mod compact;
 pub mod layout;
+mod merge;
 mod record;
 pub(crate) mod view;
 
 pub use builder::{BatchBuilder, Compression, RecordInput};
 pub use compact::compact;
+pub use merge::BatchMerger;
 pub use record::{Record, RecordIter};
-pub use view::{stamp, Batch, BatchFlags, BatchHeader};
+pub use view::{stamp, Batch, BatchFlags, BatchHeader, ProducerRun};
 
 use thiserror::Error;
 
@@ -25,8 +27,6 @@ pub enum BatchError {
     Version(u8),
     #[error("unknown batch flags {0:#04x}")]
     UnknownFlags(u8),
-    #[error("reserved batch header bytes are not zero")]
-    Reserved,
     #[error("batch header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     HeaderCrc { stored: u32, computed: u32 },
     #[error("batch records checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]

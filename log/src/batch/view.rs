@@ -26,6 +26,9 @@ pub struct BatchHeader {
     pub batch_len: u32,
     pub header_crc: u32,
     pub flags: BatchFlags,
+    /// Runs in the producer table between the header and the records (a
+    /// merged batch); 0 for a batch from one producer (or none).
+    pub producer_count: u16,
     pub record_count: u32,
     pub base_offset: Offset,
     pub raft_term: RaftTerm,
@@ -67,13 +70,11 @@ impl BatchHeader {
         if flags & !l::FLAGS_KNOWN != 0 {
             return Err(BatchError::UnknownFlags(flags));
         }
-        if le::u16_at(buf, l::RESERVED_AT) != 0 {
-            return Err(BatchError::Reserved);
-        }
         let h = BatchHeader {
             batch_len: le::u32_at(buf, l::LEN_AT),
             header_crc: stored,
             flags: BatchFlags(flags),
+            producer_count: le::u16_at(buf, l::PRODUCER_COUNT_AT),
             record_count: le::u32_at(buf, l::RECORD_COUNT_AT),
             base_offset: Offset(le::u64_at(buf, l::BASE_OFFSET_AT)),
             raft_term: RaftTerm(le::u64_at(buf, l::RAFT_TERM_AT)),
@@ -111,9 +112,26 @@ impl BatchHeader {
                 l::BATCH_BYTES_MAX - l::HEADER_BYTES,
             ));
         }
-        if self.batch_len as usize != l::HEADER_BYTES + self.records_len as usize {
+        if usize::from(self.producer_count) > l::PRODUCER_RUNS_MAX {
+            return Err(too_large(
+                "producer table runs",
+                self.producer_count.into(),
+                l::PRODUCER_RUNS_MAX,
+            ));
+        }
+        if self.producer_count > 0
+            && (self.producer_id.0 != 0
+                || self.producer_seq != 0
+                || self.flags.zstd()
+                || self.flags.control())
+        {
             return Err(BatchError::Inconsistent(
-                "batch length is not header plus records length",
+                "a producer table on a batch that names a producer, is compressed or is a control batch",
+            ));
+        }
+        if self.batch_len as usize != self.records_at() + self.records_len as usize {
+            return Err(BatchError::Inconsistent(
+                "batch length is not header, producer table and records length",
             ));
         }
         if self.records_raw_len as usize > l::RECORDS_RAW_BYTES_MAX {
@@ -164,6 +182,12 @@ impl BatchHeader {
         Ok(())
     }
 
+    /// Where the records section starts: after the header and the producer
+    /// table.
+    pub fn records_at(&self) -> usize {
+        l::HEADER_BYTES + usize::from(self.producer_count) * l::PRODUCER_RUN_BYTES
+    }
+
     /// First offset after this batch.
     pub fn next_offset(&self) -> Offset {
         self.base_offset.add(self.offset_count.into())
@@ -194,10 +218,66 @@ pub(crate) fn check_records_crc(buf: &[u8], h: &BatchHeader) -> Result<(), Batch
     Ok(())
 }
 
+/// A range of a batch's offsets written by one idempotent producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerRun {
+    pub producer_id: ProducerId,
+    /// Sequence of the run's first record.
+    pub first_seq: u64,
+    /// The run's first offset minus the batch's base offset.
+    pub offset_delta: u32,
+    pub offset_count: u32,
+}
+
+/// The producer runs of a batch whose header and checksums were checked:
+/// its producer table, or the header's producer as one run covering the
+/// whole batch; none for a control batch or an anonymous one. Runs are
+/// checked to name a producer, to be non-empty, in offset order, disjoint
+/// and inside the batch's offsets.
+pub(crate) fn producer_runs(buf: &[u8], h: &BatchHeader) -> Result<Vec<ProducerRun>, BatchError> {
+    if h.producer_count == 0 {
+        if h.flags.control() || h.producer_id.0 == 0 {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![ProducerRun {
+            producer_id: h.producer_id,
+            first_seq: h.producer_seq,
+            offset_delta: 0,
+            offset_count: h.offset_count,
+        }]);
+    }
+    let table = &buf[l::HEADER_BYTES..h.records_at()];
+    let mut runs = Vec::with_capacity(h.producer_count.into());
+    let mut next_free = 0u64;
+    for at in (0..table.len()).step_by(l::PRODUCER_RUN_BYTES) {
+        let r = ProducerRun {
+            producer_id: ProducerId(le::u64_at(table, at + l::RUN_PRODUCER_ID_AT)),
+            first_seq: le::u64_at(table, at + l::RUN_FIRST_SEQ_AT),
+            offset_delta: le::u32_at(table, at + l::RUN_OFFSET_DELTA_AT),
+            offset_count: le::u32_at(table, at + l::RUN_OFFSET_COUNT_AT),
+        };
+        let end = u64::from(r.offset_delta) + u64::from(r.offset_count);
+        if r.producer_id.0 == 0 || r.offset_count == 0 {
+            return Err(BatchError::Inconsistent(
+                "producer run without a producer or offsets",
+            ));
+        }
+        if u64::from(r.offset_delta) < next_free || end > u64::from(h.offset_count) {
+            return Err(BatchError::Inconsistent(
+                "producer runs overlap, are out of order or leave the batch's offsets",
+            ));
+        }
+        next_free = end;
+        runs.push(r);
+    }
+    Ok(runs)
+}
+
 /// Structural check of the records of a batch whose header and checksums were
 /// checked; see [`Batch::validate`].
 pub(crate) fn validate_records(buf: &[u8], h: &BatchHeader) -> Result<(), BatchError> {
-    let stored = &buf[l::HEADER_BYTES..h.batch_len as usize];
+    producer_runs(buf, h)?;
+    let stored = &buf[h.records_at()..h.batch_len as usize];
     let (n, _max_ts) = if h.flags.zstd() {
         let raw = record::decompress(stored, h.records_raw_len as usize)?;
         record::check_all(&raw, h)?
@@ -248,6 +328,7 @@ impl Batch {
         if bytes.len() != header.batch_len as usize {
             return Err(BatchError::Inconsistent("bytes after the end of the batch"));
         }
+        producer_runs(&bytes, &header)?;
         Ok(Batch { header, bytes })
     }
 
@@ -275,11 +356,17 @@ impl Batch {
         validate_records(&self.bytes, &self.header)
     }
 
+    /// Which producer wrote which of the batch's offsets (see
+    /// [`ProducerRun`]); empty when no idempotent producer did.
+    pub fn producer_runs(&self) -> Result<Vec<ProducerRun>, BatchError> {
+        producer_runs(&self.bytes, &self.header)
+    }
+
     /// The records, decompressing first if the batch is compressed. Each
     /// record is itself checked as it is decoded.
     pub fn records(&self) -> Result<RecordIter, BatchError> {
         let h = &self.header;
-        let stored = self.bytes.slice(l::HEADER_BYTES..h.batch_len as usize);
+        let stored = self.bytes.slice(h.records_at()..h.batch_len as usize);
         let raw = if h.flags.zstd() {
             record::decompress(&stored, h.records_raw_len as usize)?
         } else {
