@@ -205,17 +205,19 @@ impl Replica {
         let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone());
         let sm =
             StateMachine::open(log, state_dir.clone(), applier, applied).map_err(ReplicationError::Apply)?;
-        let outvoted = Arc::new(AtomicU64::new(0));
+        let (outvoted, outran) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let net = NetworkFactory {
             transport: transport.clone(),
             group,
             outvoted: outvoted.clone(),
+            outran: outran.clone(),
         };
         let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         let heard = router.add(group, raft.clone(), state_dir);
-        tokio::spawn(elections(raft.clone(), cfg, heard, outvoted));
+        let votes = Refusals { outvoted, outran };
+        tokio::spawn(elections(raft.clone(), cfg, heard, votes));
         Ok(Replica {
             group,
             id,
@@ -562,8 +564,11 @@ impl Replica {
 ///   leader for 30 s after a kill). A replica told by a peer that the
 ///   peer's log is longer ([`NetworkFactory::outvoted`]) stops standing,
 ///   openraft's own timer included, for two leases; the up-to-date peer
-///   then passes its term within a try or two and wins.
-async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, outvoted: Arc<AtomicU64>) {
+///   then passes its term within a try or two and wins: a candidate
+///   refused by a peer with a shorter log ([`NetworkFactory::outran`])
+///   stands again at the next heartbeat instead of after the random wait,
+///   since that peer cannot be a rival.
+async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, votes: Refusals) {
     use openraft::ServerState;
     let lease = cfg.election_timeout_max_ms;
     let mut timer_on = true;
@@ -580,7 +585,7 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, outvoted
             return;
         }
         let now = heard_now();
-        let last_outvoted = outvoted.load(Ordering::Acquire);
+        let last_outvoted = votes.outvoted.load(Ordering::Acquire);
         let behind = last_outvoted != 0 && now.saturating_sub(last_outvoted) < 2 * lease;
         if behind == timer_on {
             timer_on = !behind;
@@ -599,7 +604,7 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, outvoted
                 }
                 ServerState::Candidate => {
                     let since = *candidate_since.get_or_insert(now);
-                    now.saturating_sub(since) > split_wait
+                    now.saturating_sub(since) > split_wait || votes.outran.load(Ordering::Acquire) >= since
                 }
                 _ => {
                     candidate_since = None;
@@ -616,6 +621,13 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, outvoted
             }
         }
     }
+}
+
+/// When this replica's vote requests were last refused by a peer whose log
+/// is longer (`outvoted`) or shorter (`outran`) than its own.
+struct Refusals {
+    outvoted: Arc<AtomicU64>,
+    outran: Arc<AtomicU64>,
 }
 
 fn rand_below(n: u64) -> u64 {

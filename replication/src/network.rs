@@ -528,6 +528,9 @@ pub struct NetworkFactory {
     /// When a peer last refused this replica's vote because its own log is
     /// longer ([`heard_now`] clock; 0: never).
     pub outvoted: Arc<AtomicU64>,
+    /// When a peer whose log is shorter last refused this replica's vote
+    /// (it had voted for itself, and cannot win).
+    pub outran: Arc<AtomicU64>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -540,6 +543,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: node.raft_addr.clone(),
             outvoted: self.outvoted.clone(),
+            outran: self.outran.clone(),
         }
     }
 }
@@ -551,6 +555,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     outvoted: Arc<AtomicU64>,
+    outran: Arc<AtomicU64>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>;
@@ -606,6 +611,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let resp: VoteResponse<NodeId> = self.rpc(KIND_VOTE, &rpc, &option).await?;
         if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
             self.outvoted.store(heard_now(), Ordering::Release);
+        } else if !resp.vote_granted && resp.last_log_id < rpc.last_log_id {
+            self.outran.store(heard_now(), Ordering::Release);
         }
         Ok(resp)
     }
