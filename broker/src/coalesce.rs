@@ -177,7 +177,6 @@ fn alone(w: Waiting) -> (Bytes, Vec<Part>) {
 }
 
 fn answer_parts(parts: Vec<Part>, outcome: &Result<Response, Arc<WriteError>>) {
-    let count = parts.len();
     let mut iter = parts.into_iter().peekable();
     while let Some(p) = iter.next() {
         let answer = outcome.as_ref().map_err(Arc::clone).map(|r| {
@@ -185,7 +184,7 @@ fn answer_parts(parts: Vec<Part>, outcome: &Result<Response, Arc<WriteError>>) {
             let end = iter.peek().map_or(r.count, |n| n.offset_delta);
             Response {
                 base_offset: r.base_offset + u64::from(p.offset_delta),
-                count: if count == 1 { r.count } else { end - p.offset_delta },
+                count: end - p.offset_delta,
                 raft_index: r.raft_index,
             }
         });
