@@ -408,10 +408,21 @@ impl Client {
             match &err {
                 // The leader may be gone: the next attempt asks another
                 // broker, which names the new one.
-                ClientError::Connect { .. }
-                | ClientError::ConnectionLost(_)
-                | ClientError::Timeout(_)
-                | ClientError::CircuitOpen(_) => self.learn_leader(route, None),
+                ClientError::Connect { .. } | ClientError::ConnectionLost(_) | ClientError::Timeout(_) => {
+                    self.learn_leader(route, None)
+                }
+                // Retrying before the circuit lets a trial through would
+                // only spend attempts: a broker back after a restart was
+                // out of reach for callers that gave up in the open period.
+                // The longest backoff still bounds it, so a circuit held
+                // open for long keeps failing fast.
+                ClientError::CircuitOpen(a) => {
+                    let reopens = self
+                        .breaker(a, |b, now| b.reopens_in_ms(now))
+                        .min(policy.backoff_max_ms);
+                    wait = wait.max(Duration::from_millis(reopens));
+                    self.learn_leader(route, None)
+                }
                 ClientError::Broker(ErrorReply::NotLeader { leader }) => {
                     // A hint naming a broker that just failed is stale
                     // (the election is still on): back off and ask again.

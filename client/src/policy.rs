@@ -112,6 +112,16 @@ impl Breaker {
         }
     }
 
+    /// How long until `admit` could let a request through again: the rest
+    /// of the open period, zero otherwise. A caller refused by an open
+    /// circuit waits this long rather than spending its retries at once.
+    pub fn reopens_in_ms(&self, now_ms: u64) -> u64 {
+        match self.state {
+            BreakerState::Open { until_ms } => until_ms.saturating_sub(now_ms),
+            _ => 0,
+        }
+    }
+
     pub fn on_success(&mut self) {
         self.failures = 0;
         self.state = BreakerState::Closed;
@@ -190,7 +200,14 @@ mod tests {
         b.on_failure(2);
         assert_eq!(b.state(), BreakerState::Open { until_ms: 102 });
         assert!(!b.admit(50));
+        assert_eq!(
+            b.reopens_in_ms(50),
+            52,
+            "a refused caller waits out the open period"
+        );
+        assert_eq!(b.reopens_in_ms(150), 0);
         assert!(b.admit(102), "half-open admits a trial");
+        assert_eq!(b.reopens_in_ms(102), 0);
         assert!(!b.admit(103), "only one trial at a time");
         b.on_failure(104);
         assert_eq!(
