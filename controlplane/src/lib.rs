@@ -7,4 +7,9 @@
 //! replicated store, the HTTP API, token signing and placement are not
 //! built yet (issue 7); nothing in the broker uses this crate yet.
 
+pub mod auth;
+pub mod model;
+pub mod names;
+pub mod placement;
 pub mod rbac;
+pub mod state;

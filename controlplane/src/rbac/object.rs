@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RbacError;
 
-/// Longest name part, as for stream names.
-pub const NAME_PART_BYTES_MAX: usize = 64;
+use crate::names::name_problem;
 
 /// The last part of an object: one name, or every name (`*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -160,18 +159,10 @@ fn check_name<'a>(object: &str, part: &'a str, what: &'static str) -> Result<&'a
             _ => "a wildcard may only stand last",
         }));
     }
-    let ok = !part.is_empty()
-        && part.len() <= NAME_PART_BYTES_MAX
-        && !part.starts_with('.')
-        && part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if !ok {
-        return Err(bad(
-            "each name is 1 to 64 of A-Z a-z 0-9 . _ - and does not start with a dot",
-        ));
+    match name_problem(part) {
+        Some(why) => Err(bad(why)),
+        None => Ok(part),
     }
-    Ok(part)
 }
 
 fn scope(object: &str, part: &str, what: &'static str) -> Result<Scope, RbacError> {

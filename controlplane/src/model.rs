@@ -1,0 +1,445 @@
+//! The control plane's records: what the API accepts and the feed sends.
+//! Every spec checks itself (`validate`), so a bad value is refused with a
+//! message before it is proposed, and again when applied.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rbac::{Grant, Rules};
+
+/// Shards one stream or cache may have.
+pub const SHARDS_MAX: u32 = 1024;
+/// Replicas one shard may have.
+pub const REPLICATION_FACTOR_MAX: u32 = 7;
+/// Longest display name or description.
+pub const TEXT_BYTES_MAX: usize = 1024;
+
+/// Publish limits; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    #[serde(default)]
+    pub publish_records_per_s_max: Option<u64>,
+    #[serde(default)]
+    pub publish_bytes_per_s_max: Option<u64>,
+}
+
+impl Quotas {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.publish_records_per_s_max == Some(0) || self.publish_bytes_per_s_max == Some(0) {
+            return Err("a quota of 0 would refuse every publish; omit it for no limit".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    #[serde(default)]
+    pub display_name: String,
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+impl TenantSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        check_text("display_name", &self.display_name)?;
+        self.quotas.validate()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSpec {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+impl NamespaceSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        check_text("description", &self.description)?;
+        self.quotas.validate()
+    }
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), String> {
+    if s.len() > TEXT_BYTES_MAX {
+        return Err(format!("{field} is longer than {TEXT_BYTES_MAX} bytes"));
+    }
+    Ok(())
+}
+
+/// A stream's kind: every record kept until retention, or only the latest
+/// per key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    #[default]
+    Stream,
+    Compacted,
+}
+
+fn default_shards() -> u32 {
+    1
+}
+fn default_rf() -> u32 {
+    1
+}
+fn default_durability() -> String {
+    "always".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSpec {
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    #[serde(default = "default_rf")]
+    pub replication_factor: u32,
+    /// `always`, `interval:<ms>` or `none`, as the broker reads it.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    #[serde(default)]
+    pub retention_ms: Option<u64>,
+    #[serde(default)]
+    pub retention_bytes: Option<u64>,
+    #[serde(default)]
+    pub kind: StreamKind,
+    /// Deliveries to a consumer group after which a record is
+    /// dead-lettered; 0 is the broker's default.
+    #[serde(default)]
+    pub max_deliveries: u32,
+}
+
+impl Default for StreamSpec {
+    fn default() -> Self {
+        StreamSpec {
+            shards: default_shards(),
+            replication_factor: default_rf(),
+            durability: default_durability(),
+            retention_ms: None,
+            retention_bytes: None,
+            kind: StreamKind::Stream,
+            max_deliveries: 0,
+        }
+    }
+}
+
+fn check_shape(shards: u32, rf: u32) -> Result<(), String> {
+    if shards == 0 || shards > SHARDS_MAX {
+        return Err(format!("shards must be 1 to {SHARDS_MAX}, not {shards}"));
+    }
+    if rf == 0 || rf > REPLICATION_FACTOR_MAX {
+        return Err(format!(
+            "replication_factor must be 1 to {REPLICATION_FACTOR_MAX}, not {rf}"
+        ));
+    }
+    Ok(())
+}
+
+/// The broker's durability spellings (`felix_log::Durability`).
+pub fn durability_problem(d: &str) -> Option<String> {
+    let ok = match d.split_once(':') {
+        None => d == "always" || d == "none",
+        Some(("interval", ms)) => ms.parse::<u64>().is_ok_and(|ms| ms > 0),
+        Some(_) => false,
+    };
+    (!ok).then(|| format!("durability {d:?} is not always, none or interval:<ms> (ms > 0)"))
+}
+
+impl StreamSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        check_shape(self.shards, self.replication_factor)?;
+        if let Some(why) = durability_problem(&self.durability) {
+            return Err(why);
+        }
+        if self.retention_ms == Some(0) || self.retention_bytes == Some(0) {
+            return Err("a retention of 0 would delete every record; omit it to keep all".into());
+        }
+        Ok(())
+    }
+}
+
+/// What may change on a live stream: retention (reaches brokers through
+/// the feed) and the dead-letter threshold. Shards and replication factor
+/// are fixed at creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamUpdate {
+    /// `Some(None)` (JSON `null`) removes the limit; absent keeps it.
+    #[serde(default, with = "optional_limit")]
+    pub retention_ms: Option<Option<u64>>,
+    #[serde(default, with = "optional_limit")]
+    pub retention_bytes: Option<Option<u64>>,
+    #[serde(default)]
+    pub max_deliveries: Option<u32>,
+}
+
+mod optional_limit {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<u64>>, s: S) -> Result<S::Ok, S::Error> {
+        v.flatten().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+        Ok(Some(Option::<u64>::deserialize(d)?))
+    }
+}
+
+impl StreamUpdate {
+    pub fn apply_to(&self, spec: &StreamSpec) -> Result<StreamSpec, String> {
+        let mut s = spec.clone();
+        if let Some(r) = self.retention_ms {
+            s.retention_ms = r;
+        }
+        if let Some(r) = self.retention_bytes {
+            s.retention_bytes = r;
+        }
+        if let Some(m) = self.max_deliveries {
+            s.max_deliveries = m;
+        }
+        s.validate()?;
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    #[serde(default = "default_rf")]
+    pub replication_factor: u32,
+    /// The TTL of a put that gives none; `None` keeps entries until deleted
+    /// or evicted.
+    #[serde(default)]
+    pub default_ttl_ms: Option<u64>,
+    /// Bytes of values a shard keeps before evicting; `None` is unbounded.
+    #[serde(default)]
+    pub memory_bytes_max: Option<u64>,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        CacheSpec {
+            shards: 1,
+            replication_factor: 1,
+            default_ttl_ms: None,
+            memory_bytes_max: None,
+        }
+    }
+}
+
+impl CacheSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        check_shape(self.shards, self.replication_factor)?;
+        if self.default_ttl_ms == Some(0) {
+            return Err("default_ttl_ms of 0 would expire every put at once; omit it for no TTL".into());
+        }
+        if self.memory_bytes_max == Some(0) {
+            return Err("memory_bytes_max of 0 would keep nothing; omit it for no bound".into());
+        }
+        Ok(())
+    }
+}
+
+/// Where one shard's replicas live. `replicas[0]` is the preferred leader.
+/// While a replica moves, `replicas` is the target and `leaving` the
+/// replicas brokers remove once the new ones have caught up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPlacement {
+    /// The shard's Raft group id, unique in the cluster and never reused.
+    pub group: u64,
+    pub replicas: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream {
+    pub spec: StreamSpec,
+    pub placement: Vec<ShardPlacement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cache {
+    pub spec: CacheSpec,
+    pub placement: Vec<ShardPlacement>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub spec: NamespaceSpec,
+    pub streams: BTreeMap<String, Stream>,
+    pub caches: BTreeMap<String, Cache>,
+}
+
+/// An upstream identity provider a tenant trusts for token exchange.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdpIssuer {
+    /// The `iss` claim, matched exactly.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name one.
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Public keys given inline (a JWKS document's `keys`), for IdPs the
+    /// control plane cannot reach and for tests.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    pub claim_mappings: ClaimMappings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMappings {
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+impl Default for ClaimMappings {
+    fn default() -> Self {
+        ClaimMappings {
+            subject_claim: default_subject_claim(),
+            groups_claim: None,
+        }
+    }
+}
+
+impl IdpIssuer {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.issuer.is_empty() || self.issuer.len() > TEXT_BYTES_MAX {
+            return Err("issuer must be 1 to 1024 bytes".into());
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.is_empty()) {
+            return Err("audiences must name at least one non-empty audience".into());
+        }
+        let sources = [
+            self.discovery_url.is_some(),
+            self.jwks_url.is_some(),
+            self.jwks.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err("give exactly one of discovery_url, jwks_url or jwks".into());
+        }
+        for url in [&self.discovery_url, &self.jwks_url].into_iter().flatten() {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!("{url:?} is not an http(s) URL"));
+            }
+        }
+        if let Some(j) = &self.jwks {
+            if !j.get("keys").is_some_and(|k| k.is_array()) {
+                return Err("jwks must be a JWKS document with a \"keys\" array".into());
+            }
+        }
+        if self.claim_mappings.subject_claim.is_empty() {
+            return Err("claim_mappings.subject_claim must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// One Ed25519 key a tenant's Felix tokens are signed with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub kid: String,
+    /// PKCS#8 v2 document, base64url. Replicated with the rest of the
+    /// state: every control-plane node can sign.
+    pub pkcs8: String,
+    /// The raw 32-byte public key, base64url (the JWK's `x`).
+    pub public: String,
+    pub created_ms: u64,
+    /// Set when a newer key took over: the key still verifies (it stays in
+    /// the JWKS) until then, so tokens it signed live out their expiry.
+    #[serde(default)]
+    pub retire_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub spec: TenantSpec,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub idp_issuers: BTreeMap<String, IdpIssuer>,
+    pub rules: Rules,
+    /// Oldest first; the last one signs.
+    pub keys: Vec<SigningKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerStatus {
+    Active,
+    /// Its leaderships and replicas are moving away; it gets no new ones.
+    Draining,
+    /// Missed three heartbeats.
+    Down,
+}
+
+/// What a broker says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerRegistration {
+    pub id: u32,
+    /// Where clients reach it (QUIC).
+    pub client_addr: String,
+    /// Where other brokers replicate with it.
+    pub raft_addr: String,
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Shard replicas it may host.
+    #[serde(default = "default_capacity")]
+    pub shards_max: u32,
+}
+
+fn default_capacity() -> u32 {
+    10_000
+}
+
+impl BrokerRegistration {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id == 0 {
+            return Err("broker id 0 is reserved".into());
+        }
+        for (k, a) in [("client_addr", &self.client_addr), ("raft_addr", &self.raft_addr)] {
+            if a.is_empty() || !a.contains(':') {
+                return Err(format!("{k} {a:?} is not host:port"));
+            }
+        }
+        if self.shards_max == 0 {
+            return Err("shards_max must be at least 1".into());
+        }
+        if let Some(z) = &self.zone {
+            if let Some(why) = crate::names::name_problem(z) {
+                return Err(format!("zone {z:?}: {why}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Broker {
+    pub registration: BrokerRegistration,
+    pub status: BrokerStatus,
+    /// When it last changed status (the grace period before re-placement
+    /// counts from here).
+    pub since_ms: u64,
+}
+
+/// The permissions a Felix token carries, as brokers read them.
+pub type Permissions = Vec<Grant>;
