@@ -7,9 +7,13 @@
 //! replicated store, the HTTP API, token signing and placement are not
 //! built yet (issue 7); nothing in the broker uses this crate yet.
 
+pub mod api;
 pub mod auth;
 pub mod model;
 pub mod names;
+pub mod node;
 pub mod placement;
+pub mod raft;
 pub mod rbac;
+pub mod server;
 pub mod state;

@@ -1,0 +1,496 @@
+//! One control-plane node at run time: its Raft member, its state, and
+//! what only the leader does (broker liveness, reconciling placement).
+//!
+//! Writes go through the leader: a node that is not the leader forwards
+//! the command to it (`/raft/propose`) and then waits until its own state
+//! machine has applied the write, so a caller reads its own writes from
+//! whichever node it asked. Reads are served from the node's applied
+//! state; the leader first confirms it still leads (`ensure_linearizable`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::auth::{self, AuthError};
+use crate::model::{BrokerStatus, SigningKey};
+use crate::raft::network::{Network, SECRET_HEADER};
+use crate::raft::store::{self, LogStore, StateMachine};
+use crate::raft::{NodeId, Outcome, Raft};
+use crate::state::{Applied, ApplyError, Command, Envelope, Metadata};
+
+/// How long a forwarded or local write may take before the caller is told
+/// to retry.
+pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CpError {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no control-plane leader is known yet; retry")]
+    NoLeader,
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: its key in `peers`.
+    pub id: NodeId,
+    /// Where the API (and Raft RPCs) listen.
+    pub listen: SocketAddr,
+    /// The address peers and brokers use; `listen` when absent.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    /// Every node of the first membership, by id (this one included).
+    /// Empty: a single node.
+    #[serde(default)]
+    pub peers: BTreeMap<NodeId, String>,
+    /// Shared by control-plane nodes, brokers and operators; the bearer
+    /// token of cluster-wide operations.
+    pub cluster_secret: String,
+    /// The day-0 bootstrap endpoint: off unless both are set.
+    #[serde(default)]
+    pub bootstrap_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub bootstrap_secret: Option<String>,
+    #[serde(default = "default_heartbeat")]
+    pub broker_heartbeat_interval_ms: u64,
+    #[serde(default = "default_missed")]
+    pub broker_heartbeats_missed_max: u32,
+    /// How long a broker stays down before its replicas are re-placed.
+    #[serde(default = "default_replace")]
+    pub replace_after_ms: u64,
+    #[serde(default = "default_ttl")]
+    pub token_ttl_s: u64,
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+}
+
+fn default_heartbeat() -> u64 {
+    5_000
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_replace() -> u64 {
+    60_000
+}
+fn default_ttl() -> u64 {
+    auth::TOKEN_TTL_S_DEFAULT
+}
+fn default_election_min() -> u64 {
+    500
+}
+fn default_election_max() -> u64 {
+    1_000
+}
+
+impl NodeConfig {
+    /// A single node with the defaults, for `felix dev` and tests.
+    pub fn single(data_dir: PathBuf, listen: SocketAddr, cluster_secret: String) -> NodeConfig {
+        NodeConfig {
+            id: 1,
+            listen,
+            advertise: None,
+            data_dir,
+            peers: BTreeMap::new(),
+            cluster_secret,
+            bootstrap_listen: None,
+            bootstrap_secret: None,
+            broker_heartbeat_interval_ms: default_heartbeat(),
+            broker_heartbeats_missed_max: default_missed(),
+            replace_after_ms: default_replace(),
+            token_ttl_s: default_ttl(),
+            election_timeout_min_ms: default_election_min(),
+            election_timeout_max_ms: default_election_max(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster_secret.len() < 16 {
+            return Err("cluster_secret must be at least 16 bytes".into());
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
+            return Err(format!("peers does not list this node's id {}", self.id));
+        }
+        if self.bootstrap_listen.is_some() != self.bootstrap_secret.is_some() {
+            return Err("bootstrap_listen and bootstrap_secret go together".into());
+        }
+        if self.bootstrap_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err("bootstrap_secret must be at least 16 bytes".into());
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return Err("election_timeout_min_ms must be below election_timeout_max_ms".into());
+        }
+        if self.broker_heartbeat_interval_ms == 0 || self.broker_heartbeats_missed_max == 0 {
+            return Err("broker heartbeat interval and missed count must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 32 bytes from the operating system's generator.
+pub fn random32() -> [u8; 32] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the OS random source works");
+    b
+}
+
+/// A new signing key with a fresh id and seed.
+pub fn fresh_key() -> SigningKey {
+    let seed = random32();
+    let kid = format!("k{}-{:02x}{:02x}{:02x}", now_ms() / 1000, seed[0], seed[1], seed[2]);
+    auth::new_signing_key(&kid, random32())
+}
+
+/// The leader's view of broker liveness (not replicated: a new leader
+/// starts counting afresh).
+#[derive(Debug, Default)]
+pub struct Liveness {
+    pub seen: HashMap<u32, Instant>,
+    /// Active subscribers per `tenant/namespace/stream`, per broker.
+    pub subscribers: HashMap<u32, BTreeMap<String, u32>>,
+    led_since: Option<Instant>,
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub cfg: NodeConfig,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub http: reqwest::Client,
+    pub liveness: Mutex<Liveness>,
+    /// Upstream JWKS documents fetched, by URL, with when.
+    pub jwks_cache: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
+}
+
+impl Node {
+    pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, CpError> {
+        cfg.validate().map_err(CpError::BadRequest)?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| CpError::Store(format!("{}: {e}", cfg.data_dir.display())))?;
+        let db = store::open(&cfg.data_dir.join("raft")).map_err(|e| CpError::Store(e.to_string()))?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::open(db).map_err(|e| CpError::Store(e.to_string()))?;
+        let raft_cfg = Config {
+            cluster_name: "felix-controlplane".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(1_000),
+            max_in_snapshot_log_to_keep: 1_000,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| CpError::BadRequest(e.to_string()))?;
+        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), Network::new(cfg.cluster_secret.clone()), log, sm.clone())
+            .await
+            .map_err(|e| CpError::Store(e.to_string()))?;
+        let me = cfg.advertise.clone().unwrap_or_else(|| cfg.listen.to_string());
+        let members: BTreeMap<NodeId, BasicNode> = if cfg.peers.is_empty() {
+            [(cfg.id, BasicNode { addr: me })].into()
+        } else {
+            cfg.peers
+                .iter()
+                .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+                .collect()
+        };
+        // Every node of a fresh cluster initializes with the same
+        // membership; one that already has a log refuses, which is fine.
+        if let Err(e) = raft.initialize(members).await {
+            tracing::debug!(error = %e, "not initializing: the node has state");
+        }
+        let node = Arc::new(Node {
+            id: cfg.id,
+            cfg,
+            raft,
+            sm,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .map_err(|e| CpError::Unavailable(e.to_string()))?,
+            liveness: Mutex::new(Liveness::default()),
+            jwks_cache: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(monitor(Arc::downgrade(&node)));
+        Ok(node)
+    }
+
+    /// Reads the applied metadata.
+    pub fn read<R>(&self, f: impl FnOnce(&Metadata) -> R) -> R {
+        f(&self.sm.shared.read().expect("machine lock").metadata)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// The API address of the current leader, if one is known.
+    pub fn leader_addr(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node.addr))
+    }
+
+    /// Confirms this node still leads before a read that must not be stale;
+    /// on a follower, a no-op (reads there are as of its applied state).
+    pub async fn read_barrier(&self) {
+        if self.is_leader() {
+            let _ = self.raft.ensure_linearizable().await;
+        }
+    }
+
+    /// Commits `command` through the leader and returns its outcome once
+    /// this node has applied it too.
+    pub async fn propose(&self, actor: &str, command: Command) -> Result<Applied, CpError> {
+        let deadline = Instant::now() + Duration::from_millis(WRITE_TIMEOUT_MS);
+        loop {
+            let r = if self.is_leader() {
+                self.propose_local(actor, command.clone()).await
+            } else {
+                match self.leader_addr() {
+                    Some((id, addr)) if id != self.id => self.forward(&addr, actor, &command).await,
+                    _ => Err(CpError::NoLeader),
+                }
+            };
+            match r {
+                Err(CpError::NoLeader | CpError::Unavailable(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(applied) => {
+                    self.wait_applied(applied.version, deadline).await;
+                    return Ok(applied);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Proposes on this node, which must lead.
+    pub async fn propose_local(&self, actor: &str, command: Command) -> Result<Applied, CpError> {
+        let env = Envelope {
+            actor: actor.to_owned(),
+            now_ms: now_ms(),
+            command,
+        };
+        match self.raft.client_write(env).await {
+            Ok(r) => Ok(r.data.0?),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(CpError::NoLeader),
+            Err(e) => Err(CpError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn forward(&self, leader: &str, actor: &str, command: &Command) -> Result<Applied, CpError> {
+        let r = self
+            .http
+            .post(format!("http://{leader}/raft/propose"))
+            .header(SECRET_HEADER, &self.cfg.cluster_secret)
+            .timeout(Duration::from_millis(WRITE_TIMEOUT_MS))
+            .json(&Forwarded {
+                actor: actor.to_owned(),
+                command: command.clone(),
+            })
+            .send()
+            .await
+            .map_err(|e| CpError::Unavailable(format!("forwarding to the leader: {e}")))?;
+        if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Err(CpError::NoLeader);
+        }
+        if !r.status().is_success() {
+            return Err(CpError::Unavailable(format!("leader answered HTTP {}", r.status())));
+        }
+        let o: Outcome = r.json().await.map_err(|e| CpError::Unavailable(e.to_string()))?;
+        Ok(o.0?)
+    }
+
+    async fn wait_applied(&self, version: u64, deadline: Instant) {
+        let mut rx = self.sm.subscribe();
+        let wait = rx.wait_for(|v| *v >= version);
+        let _ = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), wait).await;
+    }
+
+    /// A broker's heartbeat, on the leader: it is alive, and these are its
+    /// active subscribers. A broker marked down comes back up.
+    pub async fn heartbeat(&self, broker: u32, subscribers: BTreeMap<String, u32>) -> Result<(), CpError> {
+        let status = self.read(|m| m.brokers.get(&broker).map(|b| b.status));
+        let Some(status) = status else {
+            return Err(ApplyError::not_found(format!("broker {broker} is not registered")).into());
+        };
+        {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            l.seen.insert(broker, Instant::now());
+            l.subscribers.insert(broker, subscribers);
+        }
+        if status == BrokerStatus::Down {
+            self.propose(
+                &format!("broker:{broker}"),
+                Command::SetBrokerStatus {
+                    broker,
+                    status: BrokerStatus::Active,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Active subscribers of `tenant/namespace/stream` the brokers last
+    /// reported (leader only; zero elsewhere).
+    pub fn subscribers_of(&self, key: &str) -> u32 {
+        let l = self.liveness.lock().expect("liveness lock");
+        l.subscribers.values().filter_map(|m| m.get(key)).sum()
+    }
+
+    /// One pass of the leader's duties: brokers silent for too long are
+    /// marked down; placement is reconciled when that would change
+    /// anything.
+    async fn tick(&self) {
+        if !self.is_leader() {
+            self.liveness.lock().expect("liveness lock").led_since = None;
+            return;
+        }
+        let silent_after = Duration::from_millis(self.cfg.broker_heartbeat_interval_ms * u64::from(self.cfg.broker_heartbeats_missed_max));
+        let brokers: Vec<(u32, BrokerStatus)> = self.read(|m| m.brokers.values().map(|b| (b.registration.id, b.status)).collect());
+        let silent: Vec<u32> = {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            let now = Instant::now();
+            // A new leader has heard nobody yet: it counts from now.
+            let since = *l.led_since.get_or_insert(now);
+            brokers
+                .iter()
+                .filter(|(_, s)| *s != BrokerStatus::Down)
+                .filter(|(id, _)| now.duration_since(l.seen.get(id).copied().unwrap_or(since).max(since)) >= silent_after)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for broker in silent {
+            tracing::warn!(broker, "broker missed its heartbeats; marking it down");
+            if let Err(e) = self
+                .propose_local(
+                    "controlplane",
+                    Command::SetBrokerStatus {
+                        broker,
+                        status: BrokerStatus::Down,
+                    },
+                )
+                .await
+            {
+                tracing::warn!(broker, error = %e, "could not mark broker down");
+            }
+        }
+        let reconcile = Command::Reconcile {
+            grace_ms: self.cfg.replace_after_ms,
+        };
+        let due = self.read(|m| {
+            let mut trial = m.clone();
+            trial
+                .apply(&Envelope {
+                    actor: String::new(),
+                    now_ms: now_ms(),
+                    command: reconcile.clone(),
+                })
+                .is_ok_and(|a| a.changed)
+        });
+        if due {
+            match self.propose_local("controlplane", reconcile).await {
+                Ok(a) => tracing::info!(moves = a.moves.len(), version = a.version, "reconciled placement"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        }
+    }
+
+    /// The JWKS of an upstream issuer: inline, or fetched (and cached for
+    /// five minutes; `refresh` forces a fetch, for a key not seen yet).
+    pub async fn upstream_jwks(&self, issuer: &crate::model::IdpIssuer, refresh: bool) -> Result<serde_json::Value, CpError> {
+        if let Some(j) = &issuer.jwks {
+            return Ok(j.clone());
+        }
+        let url = match (&issuer.jwks_url, &issuer.discovery_url) {
+            (Some(u), _) => u.clone(),
+            (None, Some(d)) => {
+                let doc: serde_json::Value = self.fetch_json(d).await?;
+                doc.get("jwks_uri")
+                    .and_then(|u| u.as_str())
+                    .map(String::from)
+                    .ok_or_else(|| CpError::Unavailable(format!("{d}: no jwks_uri")))?
+            }
+            (None, None) => return Err(CpError::Unavailable("issuer has no key source".into())),
+        };
+        if !refresh {
+            if let Some((at, j)) = self.jwks_cache.lock().expect("jwks lock").get(&url) {
+                if at.elapsed() < Duration::from_secs(300) {
+                    return Ok(j.clone());
+                }
+            }
+        }
+        let j = self.fetch_json(&url).await?;
+        self.jwks_cache
+            .lock()
+            .expect("jwks lock")
+            .insert(url, (Instant::now(), j.clone()));
+        Ok(j)
+    }
+
+    async fn fetch_json(&self, url: &str) -> Result<serde_json::Value, CpError> {
+        let r = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| CpError::Unavailable(format!("{url}: {e}")))?;
+        if !r.status().is_success() {
+            return Err(CpError::Unavailable(format!("{url}: HTTP {}", r.status())));
+        }
+        r.json().await.map_err(|e| CpError::Unavailable(format!("{url}: {e}")))
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).field("listen", &self.cfg.listen).finish_non_exhaustive()
+    }
+}
+
+/// A write forwarded by a follower to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub actor: String,
+    pub command: Command,
+}
+
+async fn monitor(node: std::sync::Weak<Node>) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        let Some(n) = node.upgrade() else { return };
+        n.tick().await;
+    }
+}

@@ -1,0 +1,8 @@
+//! The control plane's own Raft group: log and state machine in RocksDB
+//! ([`store`]), RPCs over HTTP ([`network`]).
+
+pub mod network;
+pub mod store;
+pub mod types;
+
+pub use types::{NodeId, Outcome, Raft, TypeConfig};

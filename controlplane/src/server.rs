@@ -1,0 +1,71 @@
+//! Starting and stopping a control-plane node: its Raft member plus the
+//! HTTP listeners (the API, and the bootstrap endpoint when configured).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::api;
+use crate::node::{CpError, Node, NodeConfig};
+
+/// A running node. Dropping it does not stop it; call [`Handle::shutdown`].
+#[derive(Debug)]
+pub struct Handle {
+    pub node: Arc<Node>,
+    pub addr: SocketAddr,
+    pub bootstrap_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+}
+
+/// Binds the listeners first (so a port-0 address is known), then starts
+/// Raft with that address as the advertised one when none is configured.
+pub async fn start(mut cfg: NodeConfig) -> Result<Handle, CpError> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| CpError::Unavailable(format!("binding {}: {e}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(|e| CpError::Unavailable(e.to_string()))?;
+    cfg.listen = addr;
+    let boot = match cfg.bootstrap_listen {
+        Some(b) => Some(
+            tokio::net::TcpListener::bind(b)
+                .await
+                .map_err(|e| CpError::Unavailable(format!("binding bootstrap {b}: {e}")))?,
+        ),
+        None => None,
+    };
+    let bootstrap_addr = boot.as_ref().and_then(|l| l.local_addr().ok());
+    let node = Node::start(cfg).await?;
+    let (stop, rx) = watch::channel(false);
+    spawn_server(listener, api::router(node.clone()), rx.clone());
+    if let Some(l) = boot {
+        spawn_server(l, api::bootstrap_router(node.clone()), rx);
+    }
+    tracing::info!(%addr, ?bootstrap_addr, id = node.id, "control plane listening");
+    Ok(Handle {
+        node,
+        addr,
+        bootstrap_addr,
+        stop,
+    })
+}
+
+fn spawn_server(l: tokio::net::TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let r = axum::serve(l, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "control-plane listener failed");
+        }
+    });
+}
+
+impl Handle {
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.node.raft.shutdown().await;
+    }
+}
