@@ -49,6 +49,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// A control-plane node configured by a TOML file (`docs/controlplane.md`).
+    Controlplane {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Streams: create, list, describe, delete, set-retention.
     #[command(subcommand)]
     Stream(cli::StreamCommand),
@@ -102,6 +107,14 @@ fn main() -> anyhow::Result<()> {
         Command::Broker { config } => {
             let c = BrokerConfig::load(&config)?;
             rt()?.block_on(serve(c, false))
+        }
+        Command::Controlplane { config } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let c: felix_controlplane::node::NodeConfig =
+                toml::from_str(&text).with_context(|| format!("{}: invalid control-plane configuration", config.display()))?;
+            c.validate()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
+            rt()?.block_on(controlplane(c))
         }
         Command::Stream(c) => rt()?.block_on(cli::stream(&common, c)),
         Command::Cache(c) => rt()?.block_on(cli::cache(&common, c)),
@@ -158,6 +171,21 @@ async fn serve(mut config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
         }
         _ = wait_for_shutdown() => eprintln!("second signal: exiting now"),
     }
+    Ok(())
+}
+
+/// Runs a control-plane node until SIGINT or SIGTERM.
+async fn controlplane(c: felix_controlplane::node::NodeConfig) -> anyhow::Result<()> {
+    let id = c.id;
+    let h = felix_controlplane::server::start(c)
+        .await
+        .context("starting the control plane")?;
+    println!("felix controlplane {id} listening on http://{}", h.addr);
+    if let Some(b) = h.bootstrap_addr {
+        println!("  bootstrap endpoint on http://{b}");
+    }
+    wait_for_shutdown().await;
+    h.shutdown().await;
     Ok(())
 }
 
