@@ -109,9 +109,10 @@ fn main() -> anyhow::Result<()> {
             rt()?.block_on(serve(c, false))
         }
         Command::Controlplane { config } => {
-            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let c: felix_controlplane::node::NodeConfig =
-                toml::from_str(&text).with_context(|| format!("{}: invalid control-plane configuration", config.display()))?;
+            let text =
+                std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let c: felix_controlplane::node::NodeConfig = toml::from_str(&text)
+                .with_context(|| format!("{}: invalid control-plane configuration", config.display()))?;
             c.validate()
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
             rt()?.block_on(controlplane(c))

@@ -203,7 +203,10 @@ fn operator(node: &Node, h: &HeaderMap) -> ApiResult<Caller> {
     if same(t, &node.cfg.cluster_secret) {
         return Ok(Caller::Operator);
     }
-    Err(ApiError(StatusCode::FORBIDDEN, "this operation needs the cluster operator's credential".into()))
+    Err(ApiError(
+        StatusCode::FORBIDDEN,
+        "this operation needs the cluster operator's credential".into(),
+    ))
 }
 
 /// The operator, or a Felix token of `tenant` verified against its keys.
@@ -216,7 +219,10 @@ fn caller(node: &Node, h: &HeaderMap, tenant: &str) -> ApiResult<Caller> {
     let Some(keys) = keys else {
         // Not 404: a caller without access learns nothing about which
         // tenants exist.
-        return Err(ApiError(StatusCode::FORBIDDEN, format!("no access to tenant {tenant:?}")));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("no access to tenant {tenant:?}"),
+        ));
     };
     let claims = Verifier::from_keys(&keys).verify(t, tenant, now_ms() / 1000)?;
     Ok(Caller::Token(claims))
@@ -264,18 +270,30 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
-        .route("/v1/tenants/:tenant", get(get_tenant).put(put_tenant).delete(delete_tenant))
-        .route("/v1/tenants/:tenant/namespaces", get(list_namespaces).post(create_namespace))
+        .route(
+            "/v1/tenants/:tenant",
+            get(get_tenant).put(put_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace",
             get(get_namespace).put(put_namespace).delete(delete_namespace),
         )
-        .route("/v1/tenants/:tenant/namespaces/:namespace/streams", get(list_streams).post(create_stream))
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/streams",
+            get(list_streams).post(create_stream),
+        )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/streams/:stream",
             get(get_stream).patch(patch_stream).delete(delete_stream),
         )
-        .route("/v1/tenants/:tenant/namespaces/:namespace/caches", get(list_caches).post(create_cache))
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/caches",
+            get(list_caches).post(create_cache),
+        )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/caches/:cache",
             get(get_cache).delete(delete_cache),
@@ -310,7 +328,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
         .route("/raft/propose", post(raft_propose))
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint; see /openapi.json".into()) })
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /openapi.json".into(),
+            )
+        })
         .with_state(node)
 }
 
@@ -408,7 +431,9 @@ async fn get_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResu
     n.read_barrier().await;
     n.read(|m| {
         let x = m.tenant(&t)?;
-        Ok(Json(json!({"name": t, "spec": x.spec, "namespaces": x.namespaces.len()})))
+        Ok(Json(
+            json!({"name": t, "spec": x.spec, "namespaces": x.namespaces.len()}),
+        ))
     })
 }
 
@@ -417,12 +442,24 @@ async fn put_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) 
     c.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
     let spec: TenantSpec = body(&b)?;
     spec.validate().map_err(bad)?;
-    Ok(applied(n.propose(&c.actor(), Command::PutTenant { tenant: t, spec, key: None }).await?))
+    Ok(applied(
+        n.propose(
+            &c.actor(),
+            Command::PutTenant {
+                tenant: t,
+                spec,
+                key: None,
+            },
+        )
+        .await?,
+    ))
 }
 
 async fn delete_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {
     let c = operator(&n, &h)?;
-    Ok(applied(n.propose(&c.actor(), Command::DeleteTenant { tenant: t }).await?))
+    Ok(applied(
+        n.propose(&c.actor(), Command::DeleteTenant { tenant: t }).await?,
+    ))
 }
 
 fn ns_object(t: &str, ns: &str) -> Object {
@@ -440,7 +477,12 @@ struct NewNamespace {
     spec: NamespaceSpec,
 }
 
-async fn list_namespaces(State(n): S, h: HeaderMap, Path(t): Path<String>, Query(p): Query<Page>) -> ApiResult {
+async fn list_namespaces(
+    State(n): S,
+    h: HeaderMap,
+    Path(t): Path<String>,
+    Query(p): Query<Page>,
+) -> ApiResult {
     let c = caller(&n, &h, &t)?;
     n.read_barrier().await;
     n.read(|m| {
@@ -475,11 +517,18 @@ async fn get_namespace(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, S
     n.read_barrier().await;
     n.read(|m| {
         let x = m.namespace(&t, &ns)?;
-        Ok(Json(json!({"name": ns, "spec": x.spec, "streams": x.streams.len(), "caches": x.caches.len()})))
+        Ok(Json(
+            json!({"name": ns, "spec": x.spec, "streams": x.streams.len(), "caches": x.caches.len()}),
+        ))
     })
 }
 
-async fn put_namespace(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, String)>, b: Bytes) -> ApiResult {
+async fn put_namespace(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult {
     check_name("namespace", &ns)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
@@ -498,7 +547,16 @@ async fn delete_namespace(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String
     check_name("namespace", &ns)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
-    Ok(applied(n.propose(&c.actor(), Command::DeleteNamespace { tenant: t, namespace: ns }).await?))
+    Ok(applied(
+        n.propose(
+            &c.actor(),
+            Command::DeleteNamespace {
+                tenant: t,
+                namespace: ns,
+            },
+        )
+        .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -509,14 +567,32 @@ struct NewStream {
     spec: StreamSpec,
 }
 
-async fn list_streams(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, String)>, Query(p): Query<Page>) -> ApiResult {
+async fn list_streams(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+    Query(p): Query<Page>,
+) -> ApiResult {
     check_name("namespace", &ns)?;
     caller(&n, &h, &t)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     n.read_barrier().await;
-    n.read(|m| paginate(m.namespace(&t, &ns)?.streams.iter().map(|(k, v)| (k.clone(), v.clone())), &p))
+    n.read(|m| {
+        paginate(
+            m.namespace(&t, &ns)?
+                .streams
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+            &p,
+        )
+    })
 }
 
-async fn create_stream(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, String)>, b: Bytes) -> ApiResult {
+async fn create_stream(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult {
     check_name("namespace", &ns)?;
     let c = caller(&n, &h, &t)?;
     let x: NewStream = body(&b)?;
@@ -532,7 +608,11 @@ async fn create_stream(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, S
     Ok(applied(n.propose(&c.actor(), cmd).await?))
 }
 
-async fn get_stream(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, String, String)>) -> ApiResult {
+async fn get_stream(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns, s)): Path<(String, String, String)>,
+) -> ApiResult {
     check_name("stream", &s)?;
     caller(&n, &h, &t)?.require(Action::ResourceManage, &Object::stream(&t, &ns, &s))?;
     n.read_barrier().await;
@@ -548,7 +628,12 @@ async fn get_stream(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, S
     })
 }
 
-async fn patch_stream(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, String, String)>, b: Bytes) -> ApiResult {
+async fn patch_stream(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns, s)): Path<(String, String, String)>,
+    b: Bytes,
+) -> ApiResult {
     check_name("stream", &s)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &Object::stream(&t, &ns, &s))?;
@@ -569,14 +654,22 @@ struct Force {
     force: bool,
 }
 
-async fn delete_stream(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, String, String)>, Query(f): Query<Force>) -> ApiResult {
+async fn delete_stream(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns, s)): Path<(String, String, String)>,
+    Query(f): Query<Force>,
+) -> ApiResult {
     check_name("stream", &s)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &Object::stream(&t, &ns, &s))?;
     if !f.force {
         // Subscriber counts live on the leader (from heartbeats).
         if !n.is_leader() {
-            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "ask the leader (see /v1/cluster) to delete a stream".into()));
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ask the leader (see /v1/cluster) to delete a stream".into(),
+            ));
         }
         let active = n.subscribers_of(&format!("{t}/{ns}/{s}"));
         if active > 0 {
@@ -602,14 +695,32 @@ struct NewCache {
     spec: CacheSpec,
 }
 
-async fn list_caches(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, String)>, Query(p): Query<Page>) -> ApiResult {
+async fn list_caches(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+    Query(p): Query<Page>,
+) -> ApiResult {
     check_name("namespace", &ns)?;
     caller(&n, &h, &t)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     n.read_barrier().await;
-    n.read(|m| paginate(m.namespace(&t, &ns)?.caches.iter().map(|(k, v)| (k.clone(), v.clone())), &p))
+    n.read(|m| {
+        paginate(
+            m.namespace(&t, &ns)?
+                .caches
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+            &p,
+        )
+    })
 }
 
-async fn create_cache(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String, String)>, b: Bytes) -> ApiResult {
+async fn create_cache(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult {
     check_name("namespace", &ns)?;
     let c = caller(&n, &h, &t)?;
     let x: NewCache = body(&b)?;
@@ -641,7 +752,11 @@ async fn get_cache(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, St
     })
 }
 
-async fn delete_cache(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, String, String)>) -> ApiResult {
+async fn delete_cache(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns, s)): Path<(String, String, String)>,
+) -> ApiResult {
     check_name("cache", &s)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &Object::cache(&t, &ns, &s))?;
@@ -656,7 +771,11 @@ async fn delete_cache(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String,
 async fn list_issuers(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {
     caller(&n, &h, &t)?.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
     n.read_barrier().await;
-    n.read(|m| Ok(Json(json!({"items": m.tenant(&t)?.idp_issuers.values().collect::<Vec<_>>()}))))
+    n.read(|m| {
+        Ok(Json(
+            json!({"items": m.tenant(&t)?.idp_issuers.values().collect::<Vec<_>>()}),
+        ))
+    })
 }
 
 async fn put_issuer(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
@@ -664,7 +783,10 @@ async fn put_issuer(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) 
     c.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
     let issuer: IdpIssuer = body(&b)?;
     issuer.validate().map_err(bad)?;
-    Ok(applied(n.propose(&c.actor(), Command::PutIdpIssuer { tenant: t, issuer }).await?))
+    Ok(applied(
+        n.propose(&c.actor(), Command::PutIdpIssuer { tenant: t, issuer })
+            .await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -673,7 +795,12 @@ struct IssuerQuery {
     issuer: String,
 }
 
-async fn delete_issuer(State(n): S, h: HeaderMap, Path(t): Path<String>, Query(q): Query<IssuerQuery>) -> ApiResult {
+async fn delete_issuer(
+    State(n): S,
+    h: HeaderMap,
+    Path(t): Path<String>,
+    Query(q): Query<IssuerQuery>,
+) -> ApiResult {
     let c = caller(&n, &h, &t)?;
     c.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
     let cmd = Command::DeleteIdpIssuer {
@@ -751,7 +878,10 @@ struct ExchangeRequest {
 /// Signs a token for `principal` with what RBAC grants it, narrowed.
 fn mint(n: &Node, tenant: &str, principal: &str, groups: &[String], req: &ExchangeRequest) -> ApiResult {
     if let Some(r) = req.resources.iter().flatten().find(|r| r.tenant() != tenant) {
-        return Err(ApiError(StatusCode::FORBIDDEN, format!("resource {r} is outside tenant {tenant:?}")));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("resource {r} is outside tenant {tenant:?}"),
+        ));
     }
     let (grants, key) = n.read(|m| {
         let t = m.tenant(tenant)?;
@@ -777,7 +907,11 @@ fn mint(n: &Node, tenant: &str, principal: &str, groups: &[String], req: &Exchan
 
 async fn exchange(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
     let upstream = bearer(&h)?;
-    let req: ExchangeRequest = if b.is_empty() { ExchangeRequest::default() } else { body(&b)? };
+    let req: ExchangeRequest = if b.is_empty() {
+        ExchangeRequest::default()
+    } else {
+        body(&b)?
+    };
     let iss = auth::unverified_issuer(upstream)?;
     let issuer = n
         .read(|m| m.tenants.get(&t).and_then(|x| x.idp_issuers.get(&iss).cloned()))
@@ -794,9 +928,14 @@ async fn exchange(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) ->
     mint(&n, &t, &id.subject, &id.groups, &req)
 }
 
-fn verify_with(token: &str, issuer: &IdpIssuer, jwks: &Value, now_s: u64) -> Result<auth::Identity, AuthError> {
-    let set: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_value(jwks.clone()).map_err(|e| AuthError::Malformed(format!("issuer JWKS: {e}")))?;
+fn verify_with(
+    token: &str,
+    issuer: &IdpIssuer,
+    jwks: &Value,
+    now_s: u64,
+) -> Result<auth::Identity, AuthError> {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.clone())
+        .map_err(|e| AuthError::Malformed(format!("issuer JWKS: {e}")))?;
     auth::verify_upstream(token, issuer, &set, now_s)
 }
 
@@ -849,7 +988,9 @@ async fn audit(State(n): S, h: HeaderMap) -> ApiResult {
 async fn list_brokers(State(n): S, h: HeaderMap) -> ApiResult {
     operator(&n, &h)?;
     n.read_barrier().await;
-    Ok(Json(n.read(|m| json!({ "items": m.brokers.values().collect::<Vec<_>>() }))))
+    Ok(Json(n.read(
+        |m| json!({ "items": m.brokers.values().collect::<Vec<_>>() }),
+    )))
 }
 
 async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
@@ -857,7 +998,10 @@ async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
     let registration: BrokerRegistration = body(&b)?;
     registration.validate().map_err(bad)?;
     let actor = format!("broker:{}", registration.id);
-    Ok(applied(n.propose(&actor, Command::RegisterBroker { registration }).await?))
+    Ok(applied(
+        n.propose(&actor, Command::RegisterBroker { registration })
+            .await?,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -869,7 +1013,11 @@ struct Heartbeat {
 
 async fn heartbeat(State(n): S, h: HeaderMap, Path(id): Path<u32>, b: Bytes) -> Result<Response, ApiError> {
     operator(&n, &h)?;
-    let hb: Heartbeat = if b.is_empty() { Heartbeat::default() } else { body(&b)? };
+    let hb: Heartbeat = if b.is_empty() {
+        Heartbeat::default()
+    } else {
+        body(&b)?
+    };
     if !n.is_leader() {
         // Liveness is the leader's to judge: pass it on.
         let Some((_, leader)) = n.leader_addr() else {
@@ -894,7 +1042,10 @@ async fn heartbeat(State(n): S, h: HeaderMap, Path(id): Path<u32>, b: Bytes) -> 
 
 async fn set_status(n: &Node, h: &HeaderMap, broker: u32, status: BrokerStatus) -> ApiResult {
     let c = operator(n, h)?;
-    Ok(applied(n.propose(&c.actor(), Command::SetBrokerStatus { broker, status }).await?))
+    Ok(applied(
+        n.propose(&c.actor(), Command::SetBrokerStatus { broker, status })
+            .await?,
+    ))
 }
 
 async fn drain(State(n): S, h: HeaderMap, Path(id): Path<u32>) -> ApiResult {
@@ -907,7 +1058,9 @@ async fn undrain(State(n): S, h: HeaderMap, Path(id): Path<u32>) -> ApiResult {
 
 async fn move_done(State(n): S, h: HeaderMap, Path((broker, group)): Path<(u32, u64)>) -> ApiResult {
     let c = operator(&n, &h)?;
-    Ok(applied(n.propose(&c.actor(), Command::MoveDone { group, broker }).await?))
+    Ok(applied(
+        n.propose(&c.actor(), Command::MoveDone { group, broker }).await?,
+    ))
 }
 
 async fn rebalance(State(n): S, h: HeaderMap) -> ApiResult {
@@ -956,7 +1109,10 @@ async fn feed_changes(State(n): S, h: HeaderMap, Query(q): Query<Since>) -> ApiR
         Some(changes) => Ok(Json(json!({"version": m.version, "changes": changes}))),
         None => Err(ApiError(
             StatusCode::GONE,
-            format!("version {} is older than the feed keeps; take /v1/feed/snapshot", q.since),
+            format!(
+                "version {} is older than the feed keeps; take /v1/feed/snapshot",
+                q.since
+            ),
         )),
     })
 }
@@ -1024,7 +1180,10 @@ async fn bootstrap(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     if secret.is_empty() || !same(given, &secret) {
-        return Err(ApiError(StatusCode::UNAUTHORIZED, "bad or missing X-Felix-Bootstrap-Token".into()));
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "bad or missing X-Felix-Bootstrap-Token".into(),
+        ));
     }
     check_name("tenant", &t)?;
     let r: BootstrapRequest = body(&b)?;

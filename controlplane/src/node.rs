@@ -57,10 +57,10 @@ pub struct NodeConfig {
     #[serde(default)]
     pub advertise: Option<String>,
     pub data_dir: PathBuf,
-    /// Every node of the first membership, by id (this one included).
-    /// Empty: a single node.
+    /// Every node of the first membership (this one included). Empty: a
+    /// single node.
     #[serde(default)]
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: Vec<PeerAddr>,
     /// Shared by control-plane nodes, brokers and operators; the bearer
     /// token of cluster-wide operations.
     pub cluster_secret: String,
@@ -82,6 +82,14 @@ pub struct NodeConfig {
     pub election_timeout_min_ms: u64,
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ms: u64,
+}
+
+/// A control-plane node and the address its API listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAddr {
+    pub id: NodeId,
+    pub addr: String,
 }
 
 fn default_heartbeat() -> u64 {
@@ -111,7 +119,7 @@ impl NodeConfig {
             listen,
             advertise: None,
             data_dir,
-            peers: BTreeMap::new(),
+            peers: Vec::new(),
             cluster_secret,
             bootstrap_listen: None,
             bootstrap_secret: None,
@@ -128,7 +136,7 @@ impl NodeConfig {
         if self.cluster_secret.len() < 16 {
             return Err("cluster_secret must be at least 16 bytes".into());
         }
-        if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.id) {
             return Err(format!("peers does not list this node's id {}", self.id));
         }
         if self.bootstrap_listen.is_some() != self.bootstrap_secret.is_some() {
@@ -166,7 +174,13 @@ pub fn random32() -> [u8; 32] {
 /// A new signing key with a fresh id and seed.
 pub fn fresh_key() -> SigningKey {
     let seed = random32();
-    let kid = format!("k{}-{:02x}{:02x}{:02x}", now_ms() / 1000, seed[0], seed[1], seed[2]);
+    let kid = format!(
+        "k{}-{:02x}{:02x}{:02x}",
+        now_ms() / 1000,
+        seed[0],
+        seed[1],
+        seed[2]
+    );
     auth::new_signing_key(&kid, random32())
 }
 
@@ -194,7 +208,8 @@ pub struct Node {
 impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Arc<Node>, CpError> {
         cfg.validate().map_err(CpError::BadRequest)?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| CpError::Store(format!("{}: {e}", cfg.data_dir.display())))?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| CpError::Store(format!("{}: {e}", cfg.data_dir.display())))?;
         let db = store::open(&cfg.data_dir.join("raft")).map_err(|e| CpError::Store(e.to_string()))?;
         let log = LogStore::new(db.clone());
         let sm = StateMachine::open(db).map_err(|e| CpError::Store(e.to_string()))?;
@@ -209,16 +224,22 @@ impl Node {
         }
         .validate()
         .map_err(|e| CpError::BadRequest(e.to_string()))?;
-        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), Network::new(cfg.cluster_secret.clone()), log, sm.clone())
-            .await
-            .map_err(|e| CpError::Store(e.to_string()))?;
+        let raft = Raft::new(
+            cfg.id,
+            Arc::new(raft_cfg),
+            Network::new(cfg.cluster_secret.clone()),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| CpError::Store(e.to_string()))?;
         let me = cfg.advertise.clone().unwrap_or_else(|| cfg.listen.to_string());
         let members: BTreeMap<NodeId, BasicNode> = if cfg.peers.is_empty() {
             [(cfg.id, BasicNode { addr: me })].into()
         } else {
             cfg.peers
                 .iter()
-                .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+                .map(|p| (p.id, BasicNode { addr: p.addr.clone() }))
                 .collect()
         };
         // Every node of a fresh cluster initializes with the same
@@ -324,7 +345,10 @@ impl Node {
             return Err(CpError::NoLeader);
         }
         if !r.status().is_success() {
-            return Err(CpError::Unavailable(format!("leader answered HTTP {}", r.status())));
+            return Err(CpError::Unavailable(format!(
+                "leader answered HTTP {}",
+                r.status()
+            )));
         }
         let o: Outcome = r.json().await.map_err(|e| CpError::Unavailable(e.to_string()))?;
         Ok(o.0?)
@@ -376,8 +400,15 @@ impl Node {
             self.liveness.lock().expect("liveness lock").led_since = None;
             return;
         }
-        let silent_after = Duration::from_millis(self.cfg.broker_heartbeat_interval_ms * u64::from(self.cfg.broker_heartbeats_missed_max));
-        let brokers: Vec<(u32, BrokerStatus)> = self.read(|m| m.brokers.values().map(|b| (b.registration.id, b.status)).collect());
+        let silent_after = Duration::from_millis(
+            self.cfg.broker_heartbeat_interval_ms * u64::from(self.cfg.broker_heartbeats_missed_max),
+        );
+        let brokers: Vec<(u32, BrokerStatus)> = self.read(|m| {
+            m.brokers
+                .values()
+                .map(|b| (b.registration.id, b.status))
+                .collect()
+        });
         let silent: Vec<u32> = {
             let mut l = self.liveness.lock().expect("liveness lock");
             let now = Instant::now();
@@ -386,7 +417,9 @@ impl Node {
             brokers
                 .iter()
                 .filter(|(_, s)| *s != BrokerStatus::Down)
-                .filter(|(id, _)| now.duration_since(l.seen.get(id).copied().unwrap_or(since).max(since)) >= silent_after)
+                .filter(|(id, _)| {
+                    now.duration_since(l.seen.get(id).copied().unwrap_or(since).max(since)) >= silent_after
+                })
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -428,7 +461,11 @@ impl Node {
 
     /// The JWKS of an upstream issuer: inline, or fetched (and cached for
     /// five minutes; `refresh` forces a fetch, for a key not seen yet).
-    pub async fn upstream_jwks(&self, issuer: &crate::model::IdpIssuer, refresh: bool) -> Result<serde_json::Value, CpError> {
+    pub async fn upstream_jwks(
+        &self,
+        issuer: &crate::model::IdpIssuer,
+        refresh: bool,
+    ) -> Result<serde_json::Value, CpError> {
         if let Some(j) = &issuer.jwks {
             return Ok(j.clone());
         }
@@ -469,13 +506,18 @@ impl Node {
         if !r.status().is_success() {
             return Err(CpError::Unavailable(format!("{url}: HTTP {}", r.status())));
         }
-        r.json().await.map_err(|e| CpError::Unavailable(format!("{url}: {e}")))
+        r.json()
+            .await
+            .map_err(|e| CpError::Unavailable(format!("{url}: {e}")))
     }
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("id", &self.id).field("listen", &self.cfg.listen).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("listen", &self.cfg.listen)
+            .finish_non_exhaustive()
     }
 }
 

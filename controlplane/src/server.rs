@@ -24,7 +24,9 @@ pub async fn start(mut cfg: NodeConfig) -> Result<Handle, CpError> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| CpError::Unavailable(format!("binding {}: {e}", cfg.listen)))?;
-    let addr = listener.local_addr().map_err(|e| CpError::Unavailable(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CpError::Unavailable(e.to_string()))?;
     cfg.listen = addr;
     let boot = match cfg.bootstrap_listen {
         Some(b) => Some(

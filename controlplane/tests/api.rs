@@ -21,7 +21,11 @@ struct Cp {
 impl Cp {
     async fn start() -> Cp {
         let dir = tempfile::tempdir().unwrap();
-        let mut cfg = NodeConfig::single(dir.path().join("cp"), "127.0.0.1:0".parse().unwrap(), SECRET.into());
+        let mut cfg = NodeConfig::single(
+            dir.path().join("cp"),
+            "127.0.0.1:0".parse().unwrap(),
+            SECRET.into(),
+        );
         cfg.bootstrap_listen = Some("127.0.0.1:0".parse().unwrap());
         cfg.bootstrap_secret = Some(BOOT.into());
         cfg.token_ttl_s = 60;
@@ -41,7 +45,13 @@ impl Cp {
         panic!("no leader");
     }
 
-    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self.http.request(method, format!("http://{}{path}", self.h.addr));
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -83,7 +93,10 @@ async fn every_documented_route_is_served_and_the_openapi_document_lists_it() {
     let (s, doc) = cp.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(s, StatusCode::OK);
     for (method, path, _, _) in ROUTES {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the document");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from the document"
+        );
         let concrete = path
             .replace("{tenant}", "t")
             .replace("{namespace}", "n")
@@ -107,47 +120,121 @@ async fn tenants_namespaces_streams_and_caches_with_bad_input() {
     let cp = Cp::start().await;
     with_brokers(&cp, 3).await;
     // Authentication first.
-    let (s, _) = cp.call(Method::POST, "/v1/tenants", None, Some(json!({"name": "acme"}))).await;
+    let (s, _) = cp
+        .call(Method::POST, "/v1/tenants", None, Some(json!({"name": "acme"})))
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = cp.call(Method::POST, "/v1/tenants", Some("wrong"), Some(json!({"name": "acme"}))).await;
+    let (s, _) = cp
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some("wrong"),
+            Some(json!({"name": "acme"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Bad input says what is wrong.
-    let (s, v) = cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "bad name"}))).await;
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants", Some(json!({"name": "bad name"})))
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(err(&v).contains("bad name"), "{v}");
-    let (s, v) = cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "acme", "colour": "red"}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "acme", "colour": "red"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(err(&v).contains("colour"), "{v}");
-    let (s, v) = cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "acme", "quotas": {"publish_records_per_s_max": 0}}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "acme", "quotas": {"publish_records_per_s_max": 0}})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, v) = cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "acme", "display_name": "ACME"}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "acme", "display_name": "ACME"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     for i in 0..5 {
-        cp.op(Method::POST, "/v1/tenants", Some(json!({"name": format!("t{i}")}))).await;
+        cp.op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": format!("t{i}")})),
+        )
+        .await;
     }
     // Pagination: 6 tenants in pages of 4.
     let (_, p1) = cp.op(Method::GET, "/v1/tenants?page_size=4", None).await;
     assert_eq!(p1["items"].as_array().unwrap().len(), 4);
     let tok = p1["next_page_token"].as_str().unwrap().to_owned();
-    let (_, p2) = cp.op(Method::GET, &format!("/v1/tenants?page_size=4&page_token={tok}"), None).await;
+    let (_, p2) = cp
+        .op(
+            Method::GET,
+            &format!("/v1/tenants?page_size=4&page_token={tok}"),
+            None,
+        )
+        .await;
     assert_eq!(p2["items"].as_array().unwrap().len(), 2);
     assert!(p2["next_page_token"].is_null());
     let (s, _) = cp.op(Method::GET, "/v1/tenants?page_size=0", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
-    let (s, v) = cp.op(Method::POST, "/v1/tenants/acme/namespaces", Some(json!({"name": "pay"}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/acme/namespaces",
+            Some(json!({"name": "pay"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, _) = cp.op(Method::POST, "/v1/tenants/nope/namespaces", Some(json!({"name": "pay"}))).await;
+    let (s, _) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/nope/namespaces",
+            Some(json!({"name": "pay"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let streams = "/v1/tenants/acme/namespaces/pay/streams";
-    let (s, v) = cp.op(Method::POST, streams, Some(json!({"name": "orders", "shards": 0}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            streams,
+            Some(json!({"name": "orders", "shards": 0})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(err(&v).contains("shards"), "{v}");
-    let (s, v) = cp.op(Method::POST, streams, Some(json!({"name": "orders", "durability": "sometimes"}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            streams,
+            Some(json!({"name": "orders", "durability": "sometimes"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(err(&v).contains("durability"), "{v}");
-    let (s, v) = cp.op(Method::POST, streams, Some(json!({"name": "orders", "replication_factor": 4}))).await;
-    assert_eq!(s, StatusCode::CONFLICT, "three brokers cannot hold four replicas: {v}");
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            streams,
+            Some(json!({"name": "orders", "replication_factor": 4})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "three brokers cannot hold four replicas: {v}"
+    );
     let (s, v) = cp
         .op(Method::POST, streams, Some(json!({"name": "orders", "shards": 3, "replication_factor": 3, "retention_ms": 86400000, "kind": "stream"})))
         .await;
@@ -157,59 +244,120 @@ async fn tenants_namespaces_streams_and_caches_with_bad_input() {
     let placement = st["placement"].as_array().unwrap();
     assert_eq!(placement.len(), 3);
     for p in placement {
-        let mut r: Vec<u64> = p["replicas"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let mut r: Vec<u64> = p["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
         r.sort();
         assert_eq!(r, vec![1, 2, 3]);
     }
     // A retention update reaches the feed.
     let (_, snap) = cp.op(Method::GET, "/v1/feed/snapshot", None).await;
     let v0 = snap["version"].as_u64().unwrap();
-    assert_eq!(snap["tenants"]["acme"]["namespaces"]["pay"]["streams"]["orders"]["spec"]["retention_ms"], 86400000);
-    assert!(snap["tenants"]["acme"].get("idp_issuers").is_none(), "no secrets in the brokers' view");
-    let (s, v) = cp.op(Method::PATCH, &format!("{streams}/orders"), Some(json!({"retention_ms": 3600000}))).await;
+    assert_eq!(
+        snap["tenants"]["acme"]["namespaces"]["pay"]["streams"]["orders"]["spec"]["retention_ms"],
+        86400000
+    );
+    assert!(
+        snap["tenants"]["acme"].get("idp_issuers").is_none(),
+        "no secrets in the brokers' view"
+    );
+    let (s, v) = cp
+        .op(
+            Method::PATCH,
+            &format!("{streams}/orders"),
+            Some(json!({"retention_ms": 3600000})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, feed) = cp.op(Method::GET, &format!("/v1/feed/changes?since={v0}&wait_ms=1000"), None).await;
+    let (s, feed) = cp
+        .op(
+            Method::GET,
+            &format!("/v1/feed/changes?since={v0}&wait_ms=1000"),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     let ch = &feed["changes"][0]["change"];
-    assert_eq!((ch["type"].as_str(), ch["value"]["spec"]["retention_ms"].as_u64()), (Some("stream"), Some(3600000)));
-    let (s, v) = cp.op(Method::PATCH, &format!("{streams}/orders"), Some(json!({"shards": 9}))).await;
+    assert_eq!(
+        (ch["type"].as_str(), ch["value"]["spec"]["retention_ms"].as_u64()),
+        (Some("stream"), Some(3600000))
+    );
+    let (s, v) = cp
+        .op(
+            Method::PATCH,
+            &format!("{streams}/orders"),
+            Some(json!({"shards": 9})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(err(&v).contains("shards"), "{v}");
     // A long poll with nothing new waits, then answers with no changes.
     let t0 = std::time::Instant::now();
-    let (_, v) = cp.op(Method::GET, &format!("/v1/feed/changes?since={}&wait_ms=300", feed["version"]), None).await;
+    let (_, v) = cp
+        .op(
+            Method::GET,
+            &format!("/v1/feed/changes?since={}&wait_ms=300", feed["version"]),
+            None,
+        )
+        .await;
     assert!(t0.elapsed() >= std::time::Duration::from_millis(250));
     assert_eq!(v["changes"].as_array().unwrap().len(), 0);
     let (s, _) = cp.op(Method::GET, "/v1/feed/changes?since=x", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 
     // Delete refuses while subscribers are active.
-    let (s, v) = cp.op(Method::POST, "/v1/brokers/1/heartbeat", Some(json!({"subscribers": {"acme/pay/orders": 2}}))).await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/brokers/1/heartbeat",
+            Some(json!({"subscribers": {"acme/pay/orders": 2}})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = cp.op(Method::DELETE, &format!("{streams}/orders"), None).await;
     assert_eq!(s, StatusCode::CONFLICT);
     assert!(err(&v).contains("2 active subscribers"), "{v}");
-    let (s, _) = cp.op(Method::DELETE, &format!("{streams}/orders?force=true"), None).await;
+    let (s, _) = cp
+        .op(Method::DELETE, &format!("{streams}/orders?force=true"), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = cp.op(Method::GET, &format!("{streams}/orders"), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Caches.
     let caches = "/v1/tenants/acme/namespaces/pay/caches";
-    let (s, _) = cp.op(Method::POST, caches, Some(json!({"name": "sessions", "default_ttl_ms": 0}))).await;
+    let (s, _) = cp
+        .op(
+            Method::POST,
+            caches,
+            Some(json!({"name": "sessions", "default_ttl_ms": 0})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     let (s, v) = cp.op(Method::POST, caches, Some(json!({"name": "sessions", "shards": 2, "default_ttl_ms": 60000, "memory_bytes_max": 1048576}))).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (_, l) = cp.op(Method::GET, caches, None).await;
     assert_eq!(l["items"][0]["name"], "sessions");
-    let (s, v) = cp.op(Method::DELETE, "/v1/tenants/acme/namespaces/pay", None).await;
+    let (s, v) = cp
+        .op(Method::DELETE, "/v1/tenants/acme/namespaces/pay", None)
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "not empty: {v}");
     cp.op(Method::DELETE, &format!("{caches}/sessions"), None).await;
-    let (s, _) = cp.op(Method::DELETE, "/v1/tenants/acme/namespaces/pay", None).await;
+    let (s, _) = cp
+        .op(Method::DELETE, "/v1/tenants/acme/namespaces/pay", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     // The audit log saw it all.
     let (_, a) = cp.op(Method::GET, "/v1/tenants/acme/audit", None).await;
-    let ops: Vec<&str> = a["items"].as_array().unwrap().iter().map(|e| e["operation"].as_str().unwrap()).collect();
+    let ops: Vec<&str> = a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["operation"].as_str().unwrap())
+        .collect();
     assert!(ops.iter().any(|o| o.starts_with("delete_stream")), "{ops:?}");
     cp.h.shutdown().await;
 }
@@ -222,7 +370,10 @@ fn upstream(k: &felix_controlplane::model::SigningKey, claims: Value) -> String 
 }
 
 fn now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test]
@@ -236,109 +387,245 @@ async fn bootstrap_token_exchange_rbac_and_isolation() {
         "claim_mappings": {"subject_claim": "sub", "groups_claim": "groups"}
     });
     // The bootstrap endpoint is on its own address behind its own secret.
-    let boot = format!("http://{}/internal/bootstrap/tenants/acme/initialize", cp.h.bootstrap_addr.unwrap());
-    let body = json!({"display_name": "ACME", "idp_issuers": [issuer], "initial_admin_principals": ["p:alice"]});
-    let r = cp.http.post(&boot).header("x-felix-bootstrap-token", "nope").json(&body).send().await.unwrap();
+    let boot = format!(
+        "http://{}/internal/bootstrap/tenants/acme/initialize",
+        cp.h.bootstrap_addr.unwrap()
+    );
+    let body =
+        json!({"display_name": "ACME", "idp_issuers": [issuer], "initial_admin_principals": ["p:alice"]});
+    let r = cp
+        .http
+        .post(&boot)
+        .header("x-felix-bootstrap-token", "nope")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    let (s, _) = cp.call(Method::POST, "/internal/bootstrap/tenants/acme/initialize", None, Some(body.clone())).await;
+    let (s, _) = cp
+        .call(
+            Method::POST,
+            "/internal/bootstrap/tenants/acme/initialize",
+            None,
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "not on the API address");
-    let r = cp.http.post(&boot).header("x-felix-bootstrap-token", BOOT).json(&body).send().await.unwrap();
+    let r = cp
+        .http
+        .post(&boot)
+        .header("x-felix-bootstrap-token", BOOT)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = cp.http.post(&boot).header("x-felix-bootstrap-token", BOOT).json(&body).send().await.unwrap();
+    let r = cp
+        .http
+        .post(&boot)
+        .header("x-felix-bootstrap-token", BOOT)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT, "once per tenant");
-    cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "other"}))).await;
+    cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "other"})))
+        .await;
 
     let claims = |sub: &str| json!({"iss": "https://idp.test", "aud": "felix", "sub": sub, "exp": now_s() + 300, "groups": ["ops"]});
     let exchange = "/v1/tenants/acme/token/exchange";
     // Alice is an admin: she gets a token and manages the tenant with it.
-    let (s, v) = cp.call(Method::POST, exchange, Some(&upstream(&idp, claims("alice"))), None).await;
+    let (s, v) = cp
+        .call(
+            Method::POST,
+            exchange,
+            Some(&upstream(&idp, claims("alice"))),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let alice = v["access_token"].as_str().unwrap().to_owned();
-    let (s, v) = cp.call(Method::POST, "/v1/tenants/acme/namespaces", Some(&alice), Some(json!({"name": "pay"}))).await;
+    let (s, v) = cp
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/namespaces",
+            Some(&alice),
+            Some(json!({"name": "pay"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // Malformed RBAC objects are refused with what is wrong.
-    for (object, says) in [("tenant:*", "wildcard"), ("stream:*/*", "expected stream:{tenant}"), ("queue:acme/x", "")] {
+    for (object, says) in [
+        ("tenant:*", "wildcard"),
+        ("stream:*/*", "expected stream:{tenant}"),
+        ("queue:acme/x", ""),
+    ] {
         let (s, v) = cp
-            .call(Method::POST, "/v1/tenants/acme/rbac/policies", Some(&alice), Some(json!({"subject": "ops", "object": object, "action": "stream.publish"})))
+            .call(
+                Method::POST,
+                "/v1/tenants/acme/rbac/policies",
+                Some(&alice),
+                Some(json!({"subject": "ops", "object": object, "action": "stream.publish"})),
+            )
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{object}: {v}");
         assert!(err(&v).contains(says), "{object}: {v}");
     }
     let (s, v) = cp
-        .call(Method::POST, "/v1/tenants/acme/rbac/policies", Some(&alice), Some(json!({"subject": "ops", "object": "stream:acme/pay/*", "action": "stream.fly"})))
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/rbac/policies",
+            Some(&alice),
+            Some(json!({"subject": "ops", "object": "stream:acme/pay/*", "action": "stream.fly"})),
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(err(&v).contains("stream.fly"), "{v}");
     // The ops group may publish in pay; bob is in ops through his IdP.
     let (s, v) = cp
-        .call(Method::POST, "/v1/tenants/acme/rbac/policies", Some(&alice), Some(json!({"subject": "ops", "object": "stream:acme/pay/*", "action": "stream.publish"})))
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/rbac/policies",
+            Some(&alice),
+            Some(json!({"subject": "ops", "object": "stream:acme/pay/*", "action": "stream.publish"})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = cp
-        .call(Method::POST, exchange, Some(&upstream(&idp, claims("bob"))), Some(json!({"requested": ["stream.publish"], "resources": ["stream:acme/pay/orders"]})))
+        .call(
+            Method::POST,
+            exchange,
+            Some(&upstream(&idp, claims("bob"))),
+            Some(json!({"requested": ["stream.publish"], "resources": ["stream:acme/pay/orders"]})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["permissions"], json!([{"action": "stream.publish", "object": "stream:acme/pay/orders"}]));
+    assert_eq!(
+        v["permissions"],
+        json!([{"action": "stream.publish", "object": "stream:acme/pay/orders"}])
+    );
     let bob = v["access_token"].as_str().unwrap().to_owned();
     // Nothing remains after narrowing: 403.
     let (s, _) = cp
-        .call(Method::POST, exchange, Some(&upstream(&idp, claims("bob"))), Some(json!({"requested": ["cache.write"]})))
+        .call(
+            Method::POST,
+            exchange,
+            Some(&upstream(&idp, claims("bob"))),
+            Some(json!({"requested": ["cache.write"]})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Bob cannot administer.
-    let (s, _) = cp.call(Method::POST, "/v1/tenants/acme/namespaces", Some(&bob), Some(json!({"name": "x"}))).await;
+    let (s, _) = cp
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/namespaces",
+            Some(&bob),
+            Some(json!({"name": "x"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Upstream token failures: 401.
     let mut c = claims("bob");
     c["exp"] = json!(now_s() - 3600);
-    let (s, v) = cp.call(Method::POST, exchange, Some(&upstream(&idp, c)), None).await;
+    let (s, v) = cp
+        .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(err(&v).contains("expired"), "{v}");
     let mut c = claims("bob");
     c["aud"] = json!("someone-else");
-    let (s, v) = cp.call(Method::POST, exchange, Some(&upstream(&idp, c)), None).await;
+    let (s, v) = cp
+        .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(err(&v).contains("audience"), "{v}");
     let mut c = claims("bob");
     c["iss"] = json!("https://evil.test");
-    let (s, v) = cp.call(Method::POST, exchange, Some(&upstream(&idp, c)), None).await;
+    let (s, v) = cp
+        .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(err(&v).contains("not trusted"), "{v}");
     let forged = new_signing_key("idp-1", [43; 32]);
-    let (s, v) = cp.call(Method::POST, exchange, Some(&upstream(&forged, claims("bob"))), None).await;
+    let (s, v) = cp
+        .call(
+            Method::POST,
+            exchange,
+            Some(&upstream(&forged, claims("bob"))),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(err(&v).contains("signature"), "{v}");
     // The IdP is trusted by acme only.
-    let (s, _) = cp.call(Method::POST, "/v1/tenants/other/token/exchange", Some(&upstream(&idp, claims("alice"))), None).await;
+    let (s, _) = cp
+        .call(
+            Method::POST,
+            "/v1/tenants/other/token/exchange",
+            Some(&upstream(&idp, claims("alice"))),
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // A Felix token of acme is refused by other: it cannot see or touch it.
-    for (m, p) in [(Method::GET, "/v1/tenants/other"), (Method::GET, "/v1/tenants/other/namespaces"), (Method::POST, "/v1/tenants/other/namespaces")] {
+    for (m, p) in [
+        (Method::GET, "/v1/tenants/other"),
+        (Method::GET, "/v1/tenants/other/namespaces"),
+        (Method::POST, "/v1/tenants/other/namespaces"),
+    ] {
         let (s, v) = cp.call(m, p, Some(&alice), Some(json!({"name": "x"}))).await;
-        assert!(s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN, "{p}: {s} {v}");
+        assert!(
+            s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN,
+            "{p}: {s} {v}"
+        );
     }
     // Tampered Felix token: 401.
     let mut parts: Vec<String> = alice.split('.').map(String::from).collect();
     parts[2] = URL_SAFE_NO_PAD.encode([0u8; 64]);
-    let (s, _) = cp.call(Method::GET, "/v1/tenants/acme", Some(&parts.join(".")), None).await;
+    let (s, _) = cp
+        .call(Method::GET, "/v1/tenants/acme", Some(&parts.join(".")), None)
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // JWKS, rotation: both keys verify during the overlap.
-    let (_, j1) = cp.call(Method::GET, "/v1/tenants/acme/.well-known/jwks.json", None, None).await;
+    let (_, j1) = cp
+        .call(Method::GET, "/v1/tenants/acme/.well-known/jwks.json", None, None)
+        .await;
     assert_eq!(j1["keys"].as_array().unwrap().len(), 1);
     assert!(Verifier::from_jwks(&j1).verify(&bob, "acme", now_s()).is_ok());
-    let (s, v) = cp.call(Method::POST, "/v1/tenants/acme/keys/rotate", Some(&alice), None).await;
+    let (s, v) = cp
+        .call(Method::POST, "/v1/tenants/acme/keys/rotate", Some(&alice), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (_, j2) = cp.call(Method::GET, "/v1/tenants/acme/.well-known/jwks.json", None, None).await;
+    let (_, j2) = cp
+        .call(Method::GET, "/v1/tenants/acme/.well-known/jwks.json", None, None)
+        .await;
     assert_eq!(j2["keys"].as_array().unwrap().len(), 2);
     let v2 = Verifier::from_jwks(&j2);
-    assert!(v2.verify(&bob, "acme", now_s()).is_ok(), "the old key still verifies");
-    let (_, v) = cp.op(Method::POST, "/v1/tenants/acme/token/issue", Some(json!({"principal": "p:alice"}))).await;
+    assert!(
+        v2.verify(&bob, "acme", now_s()).is_ok(),
+        "the old key still verifies"
+    );
+    let (_, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/acme/token/issue",
+            Some(json!({"principal": "p:alice"})),
+        )
+        .await;
     let new = v["access_token"].as_str().unwrap();
     let kid = jsonwebtoken::decode_header(new).unwrap().kid.unwrap();
     assert_eq!(kid, j2["keys"][1]["kid"].as_str().unwrap(), "the new key signs");
     assert!(v2.verify(new, "acme", now_s()).is_ok());
     // Operator-issued tokens follow RBAC too.
-    let (s, _) = cp.op(Method::POST, "/v1/tenants/acme/token/issue", Some(json!({"principal": "p:nobody"}))).await;
+    let (s, _) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/acme/token/issue",
+            Some(json!({"principal": "p:nobody"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     cp.h.shutdown().await;
 }
@@ -346,7 +633,11 @@ async fn bootstrap_token_exchange_rbac_and_isolation() {
 #[tokio::test]
 async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replaced() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = NodeConfig::single(dir.path().join("cp"), "127.0.0.1:0".parse().unwrap(), SECRET.into());
+    let mut cfg = NodeConfig::single(
+        dir.path().join("cp"),
+        "127.0.0.1:0".parse().unwrap(),
+        SECRET.into(),
+    );
     cfg.broker_heartbeat_interval_ms = 200;
     cfg.replace_after_ms = 500;
     let h = server::start(cfg).await.unwrap();
@@ -359,21 +650,49 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     with_brokers(&cp, 4).await;
-    cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "t"}))).await;
-    cp.op(Method::POST, "/v1/tenants/t/namespaces", Some(json!({"name": "n"}))).await;
-    let (s, v) = cp.op(Method::POST, "/v1/tenants/t/namespaces/n/streams", Some(json!({"name": "s", "shards": 4, "replication_factor": 3}))).await;
+    cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "t"})))
+        .await;
+    cp.op(
+        Method::POST,
+        "/v1/tenants/t/namespaces",
+        Some(json!({"name": "n"})),
+    )
+    .await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/t/namespaces/n/streams",
+            Some(json!({"name": "s", "shards": 4, "replication_factor": 3})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // Brokers 1-3 keep heartbeating; broker 4 goes silent.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         for id in 1..=3 {
-            cp.op(Method::POST, &format!("/v1/brokers/{id}/heartbeat"), None).await;
+            cp.op(Method::POST, &format!("/v1/brokers/{id}/heartbeat"), None)
+                .await;
         }
-        let (_, st) = cp.op(Method::GET, "/v1/tenants/t/namespaces/n/streams/s", None).await;
-        let on4 = st["placement"].as_array().unwrap().iter().any(|p| p["replicas"].as_array().unwrap().contains(&json!(4)));
+        let (_, st) = cp
+            .op(Method::GET, "/v1/tenants/t/namespaces/n/streams/s", None)
+            .await;
+        let on4 = st["placement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["replicas"].as_array().unwrap().contains(&json!(4)));
         let (_, b) = cp.op(Method::GET, "/v1/brokers", None).await;
-        let down = b["items"].as_array().unwrap().iter().any(|x| x["registration"]["id"] == 4 && x["status"] == "down");
-        let up = b["items"].as_array().unwrap().iter().filter(|x| x["status"] == "active").count();
+        let down = b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["registration"]["id"] == 4 && x["status"] == "down");
+        let up = b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["status"] == "active")
+            .count();
         assert!(up >= 3, "heartbeating brokers stay active: {b}");
         if down && !on4 {
             for p in st["placement"].as_array().unwrap() {
@@ -383,12 +702,22 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
             }
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "broker 4 not re-placed: {st}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker 4 not re-placed: {st}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // A heartbeat brings it back up.
     cp.op(Method::POST, "/v1/brokers/4/heartbeat", None).await;
     let (_, b) = cp.op(Method::GET, "/v1/brokers", None).await;
-    assert!(b["items"].as_array().unwrap().iter().any(|x| x["registration"]["id"] == 4 && x["status"] == "active"), "{b}");
+    assert!(
+        b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["registration"]["id"] == 4 && x["status"] == "active"),
+        "{b}"
+    );
     cp.h.shutdown().await;
 }

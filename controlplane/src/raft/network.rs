@@ -4,9 +4,13 @@
 
 use std::time::Duration;
 
-use openraft::error::{Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -62,7 +66,12 @@ pub struct SnapshotRpc {
 }
 
 impl Peer {
-    async fn post<Req: Serialize, Resp: DeserializeOwned>(&self, path: &str, req: &Req, timeout: Duration) -> Result<Resp, NetworkError> {
+    async fn post<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, NetworkError> {
         let r = self
             .http
             .post(format!("{}{path}", self.base))
@@ -96,11 +105,19 @@ impl Peer {
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl RaftNetwork<TypeConfig> for Peer {
-    async fn append_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         self.rpc("/raft/append", &rpc, &option).await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcErr> {
         self.rpc("/raft/vote", &rpc, &option).await
     }
 
@@ -116,7 +133,11 @@ impl RaftNetwork<TypeConfig> for Peer {
             meta: snapshot.meta.clone(),
             data: snapshot.snapshot.into_inner(),
         };
-        let call = self.post::<_, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>("/raft/snapshot", &req, option.hard_ttl());
+        let call = self.post::<_, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>(
+            "/raft/snapshot",
+            &req,
+            option.hard_ttl(),
+        );
         let r = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
             r = call => r,

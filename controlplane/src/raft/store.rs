@@ -13,13 +13,18 @@
 //! The metadata is small (names, specs, placements), so the state machine
 //! is written whole after each applied batch rather than key by key.
 
+// openraft's StorageError is large and is what its traits return.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
+use openraft::storage::{
+    LogFlushed, LogState, RaftLogReader, RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine, Snapshot,
+};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, StorageIOError};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
@@ -66,7 +71,9 @@ impl LogStore {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("column families are created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
     }
 
     fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -91,7 +98,8 @@ impl LogStore {
             None => Ok(None),
             Some(Err(e)) => Err(err(ErrorSubject::Logs, ErrorVerb::Read, e)),
             Some(Ok((_, v))) => {
-                let e: Entry = serde_json::from_slice(&v).map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let e: Entry =
+                    serde_json::from_slice(&v).map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Ok(Some(e.log_id))
             }
         }
@@ -99,19 +107,27 @@ impl LogStore {
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(&mut self, range: RB) -> Result<Vec<Entry>, StorageError> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(s) => *s,
             Bound::Excluded(s) => s + 1,
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self
-            .db
-            .iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
+        let it = self.db.iterator_cf(
+            self.cf(CF_LOG),
+            IteratorMode::From(&start.to_be_bytes(), Direction::Forward),
+        );
         for kv in it {
             let (k, v) = kv.map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
-            let idx = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| err(ErrorSubject::Logs, ErrorVerb::Read, "bad key"))?);
+            let idx = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| err(ErrorSubject::Logs, ErrorVerb::Read, "bad key"))?,
+            );
             if !range.contains(&idx) || out.len() >= READ_ENTRIES_MAX {
                 break;
             }
@@ -189,7 +205,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // entries below it, which are ignored, never a gap.
         self.put_meta("last_purged", &log_id)?;
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(self.cf(CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
+        batch.delete_range_cf(
+            self.cf(CF_LOG),
+            0u64.to_be_bytes(),
+            (log_id.index + 1).to_be_bytes(),
+        );
         self.db
             .write_opt(batch, &synced())
             .map_err(|e| err(ErrorSubject::Logs, ErrorVerb::Delete, e))
@@ -227,7 +247,9 @@ impl StateMachine {
             .get_cf(cf, "machine")
             .map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
         {
-            Some(b) => serde_json::from_slice(&b).map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?,
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
+            }
             None => Machine {
                 metadata: Metadata::new(),
                 ..Machine::default()
@@ -261,10 +283,11 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let m = self.read();
-        let data = serde_json::to_vec(&m).map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        let id = m
-            .applied
-            .map_or("empty".to_owned(), |l| format!("{}-{}", l.leader_id.term, l.index));
+        let data =
+            serde_json::to_vec(&m).map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let id = m.applied.map_or("empty".to_owned(), |l| {
+            format!("{}-{}", l.leader_id.term, l.index)
+        });
         let meta = SnapshotMeta {
             last_log_id: m.applied,
             last_membership: m.membership.clone(),
@@ -328,9 +351,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let m: Machine = serde_json::from_slice(&data).map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let m: Machine = serde_json::from_slice(&data)
+            .map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         self.save(&m)?;
         let stored = serde_json::to_vec(&StoredSnapshot {
             meta: meta.clone(),
@@ -356,7 +384,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         else {
             return Ok(None);
         };
-        let s: StoredSnapshot = serde_json::from_slice(&b).map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let s: StoredSnapshot =
+            serde_json::from_slice(&b).map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(Some(Snapshot {
             meta: s.meta,
             snapshot: Box::new(Cursor::new(s.data)),
