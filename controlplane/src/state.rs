@@ -474,18 +474,6 @@ impl Metadata {
             .ok_or_else(|| ApplyError::not_found(format!("no namespace {t}/{n}")))
     }
 
-    /// Every shard's placement, mutable, with where it belongs.
-    fn placements_mut(&mut self) -> impl Iterator<Item = &mut ShardPlacement> {
-        self.tenants.values_mut().flat_map(|t| {
-            t.namespaces.values_mut().flat_map(|n| {
-                n.streams
-                    .values_mut()
-                    .flat_map(|s| s.placement.iter_mut())
-                    .chain(n.caches.values_mut().flat_map(|c| c.placement.iter_mut()))
-            })
-        })
-    }
-
     fn placements(&self) -> impl Iterator<Item = &ShardPlacement> {
         self.tenants.values().flat_map(|t| {
             t.namespaces.values().flat_map(|n| {
@@ -824,19 +812,13 @@ impl Metadata {
                 }
                 Ok(changes)
             }
-            MoveDone { group, broker } => {
-                let mut changed = false;
-                for p in self.placements_mut() {
-                    if p.group == *group && p.leaving.contains(broker) {
-                        p.leaving.retain(|b| b != broker);
-                        changed = true;
-                    }
+            MoveDone { group, broker } => Ok(self.for_each_placement(|p| {
+                let before = p.leaving.len();
+                if p.group == *group {
+                    p.leaving.retain(|b| b != broker);
                 }
-                if !changed {
-                    return Ok(vec![]);
-                }
-                Ok(self.changes_for_group(*group))
-            }
+                p.leaving.len() != before
+            })),
             Reconcile { grace_ms } => {
                 let mut changes = self.replace_replicas(now, *grace_ms, moves);
                 for t in self.tenants.values_mut() {
@@ -984,35 +966,6 @@ impl Metadata {
                 ])
             }
         }
-    }
-
-    fn changes_for_group(&self, group: u64) -> Vec<Change> {
-        let mut out = Vec::new();
-        for (tn, t) in &self.tenants {
-            for (nn, n) in &t.namespaces {
-                for (sn, s) in &n.streams {
-                    if s.placement.iter().any(|p| p.group == group) {
-                        out.push(Change::Stream {
-                            tenant: tn.clone(),
-                            namespace: nn.clone(),
-                            stream: sn.clone(),
-                            value: Some(s.clone()),
-                        });
-                    }
-                }
-                for (cn, c) in &n.caches {
-                    if c.placement.iter().any(|p| p.group == group) {
-                        out.push(Change::Cache {
-                            tenant: tn.clone(),
-                            namespace: nn.clone(),
-                            cache: cn.clone(),
-                            value: Some(c.clone()),
-                        });
-                    }
-                }
-            }
-        }
-        out
     }
 
     /// Every stream and cache whose placement `f` changed, as changes.
