@@ -255,9 +255,18 @@ pub async fn connect_profile(p: &ClientProfile, path: &Path) -> anyhow::Result<C
     let mut cfg = ClientConfig::new(broker.clone(), tls);
     cfg.brokers = p.brokers.clone();
     cfg.server_name = p.server_name.clone();
+    if let Some(t) = &p.token {
+        cfg.token = bytes::Bytes::from(t.clone());
+    }
     let client = Client::connect(cfg).await.map_err(|e| {
+        let hint = if e.to_string().contains("unauthorized") {
+            "the broker refused the profile's token; `felix dev` writes a fresh one each time it starts, \
+             and a control plane issues one at /v1/tenants/{tenant}/token/exchange"
+        } else {
+            "is `felix dev` running?"
+        };
         anyhow!(
-            "cannot reach the broker at {} (profile {}): {e}\nhint: is `felix dev` running?",
+            "cannot reach the broker at {} (profile {}): {e}\nhint: {hint}",
             p.brokers.join(", "),
             path.display()
         )

@@ -61,6 +61,16 @@ pub enum MetaOp {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     },
+    /// A stream's (or cache's) state at control-plane feed version
+    /// `version`: created, changed or (`stream` absent) deleted to match.
+    Follow {
+        version: u64,
+        name: String,
+        stream: Option<StreamSpec>,
+        /// Founders, should it be created (as for `Create`).
+        #[serde(default)]
+        replicas: Vec<NodeId>,
+    },
 }
 
 /// [`StreamConfig`] as a metadata entry stores it.

@@ -31,6 +31,75 @@ pub struct BrokerConfig {
     pub maintenance_interval_ms: u64,
     /// Brokers that replicate each other's shards. Absent: a single node.
     pub cluster: Option<ClusterConfig>,
+    /// The control plane this broker registers with, follows and takes
+    /// its token keys and quotas from. Absent: streams are defined through
+    /// the broker itself and connections are not asked for a token.
+    pub controlplane: Option<ControlPlaneConfig>,
+}
+
+/// How a broker reaches the control plane.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Base URLs of the control-plane nodes (`http://host:port`); any one
+    /// answers, and the next is tried when one does not.
+    pub urls: Vec<String>,
+    /// The control plane's operator credential (its `cluster_secret`).
+    pub secret: String,
+    /// This broker's zone, for spreading replicas.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Shard replicas this broker may host.
+    #[serde(default = "shards_max_default")]
+    pub shards_max: u32,
+    /// How often the broker says it is alive.
+    #[serde(default = "cp_heartbeat_default")]
+    pub heartbeat_interval_ms: u64,
+    /// Whether connections must present a Felix token.
+    #[serde(default = "yes")]
+    pub require_tokens: bool,
+}
+
+fn shards_max_default() -> u32 {
+    10_000
+}
+fn cp_heartbeat_default() -> u64 {
+    5_000
+}
+fn yes() -> bool {
+    true
+}
+
+impl ControlPlaneConfig {
+    fn check(&self, broker_id: u64) -> Result<(), String> {
+        if self.urls.is_empty() {
+            return Err("controlplane.urls lists no control-plane node".into());
+        }
+        for u in &self.urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(format!(
+                    "controlplane.urls: {u:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        if self.secret.len() < 16 {
+            return Err(
+                "controlplane.secret must be the control plane's cluster_secret (16 bytes or more)".into(),
+            );
+        }
+        if broker_id == 0 || broker_id > u64::from(u32::MAX) {
+            return Err(format!(
+                "broker_id = {broker_id}: a broker registered with the control plane needs an id from 1 to {}",
+                u32::MAX
+            ));
+        }
+        if self.heartbeat_interval_ms == 0 || self.shards_max == 0 {
+            return Err(
+                "controlplane.heartbeat_interval_ms and controlplane.shards_max must be above 0".into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A static cluster: every listed broker replicates every shard (placement
@@ -200,6 +269,7 @@ impl Default for BrokerConfig {
             hot_cache_bytes_max: 64 << 20,
             maintenance_interval_ms: 1000,
             cluster: None,
+            controlplane: None,
         }
     }
 }
@@ -252,6 +322,9 @@ impl BrokerConfig {
             return Err("maintenance_interval_ms must be above 0".into());
         }
         if let Some(c) = &self.cluster {
+            c.check(self.broker_id)?;
+        }
+        if let Some(c) = &self.controlplane {
             c.check(self.broker_id)?;
         }
         if self.log.segment_bytes < (self.log.batch_bytes_max as u64) * 2 {

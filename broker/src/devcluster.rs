@@ -136,6 +136,8 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32) -> anyhow::Result<
         ca: brokers.ca.clone(),
         cert: None,
         key: None,
+        token: None,
+        controlplane: None,
     }
     .save(&profile_path)?;
     println!("felix dev is running a cluster of {n} brokers");

@@ -42,6 +42,14 @@ pub enum BrokerError {
     Timeout(String),
     #[error("replication: {0}")]
     Replication(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The control plane could not be asked (an admin request forwarded
+    /// to it); retryable.
+    #[error("control plane unavailable: {0}")]
+    ControlPlane(String),
 }
 
 impl From<felix_replication::ReplicationError> for BrokerError {
@@ -56,6 +64,9 @@ impl From<BrokerError> for ErrorReply {
             BrokerError::UnknownStream(s) => ErrorReply::UnknownStream(s),
             BrokerError::NotLeader { leader } => ErrorReply::NotLeader { leader },
             BrokerError::Timeout(why) => ErrorReply::Timeout(why),
+            BrokerError::Unauthorized(why) => ErrorReply::Unauthorized(why),
+            BrokerError::Forbidden(why) => ErrorReply::Forbidden(why),
+            e @ BrokerError::ControlPlane(_) => ErrorReply::Timeout(e.to_string()),
             BrokerError::Overloaded { retry_after_ms } => ErrorReply::Overloaded { retry_after_ms },
             BrokerError::OffsetOutOfRange { earliest, latest, .. } => {
                 ErrorReply::OffsetOutOfRange { earliest, latest }

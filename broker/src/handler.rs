@@ -12,8 +12,13 @@ use felix_client::wire::{AckLevel, ErrorReply, Message};
 use felix_index::control::{control_batch, ControlOp};
 use felix_log::Batch;
 
+use std::time::Duration;
+
 use crate::cache;
+use crate::control::access::{self, Checked, Principal};
+use crate::control::{admin, ControlLink};
 use crate::error::BrokerError;
+use crate::names::StreamName;
 use crate::node::{Node, StreamHandle};
 use crate::queue::{self, Change};
 use crate::subscribe::{check_commit, start_offset, StreamPush};
@@ -28,7 +33,13 @@ pub struct NodeHandler {
 #[derive(Debug)]
 pub struct Session {
     pub peer: Peer,
+    /// Who the connection's token says it is (`None`: tokens are not
+    /// required, no control plane).
+    pub principal: Option<Principal>,
 }
+
+/// How long a handshake waits for a tenant's keys it has not seen.
+const KEY_FETCH_WAIT_MS: u64 = 3_000;
 
 impl Handler for NodeHandler {
     type Session = Session;
@@ -40,13 +51,32 @@ impl Handler for NodeHandler {
                 hello.version
             )));
         }
-        // Tokens are checked once the control plane issues them; a single
-        // node accepts every connection that passed TLS.
-        Ok((Session { peer: peer.clone() }, self.node.broker_id()))
+        let principal = match self.node.control() {
+            Some(link) if link.requires_tokens() => Some(
+                self.authenticate(link, &hello.token)
+                    .await
+                    .map_err(ErrorReply::from)?,
+            ),
+            // Without a control plane there are no tokens to check: any
+            // connection that passed TLS (and mTLS, when configured) is in.
+            _ => None,
+        };
+        Ok((
+            Session {
+                peer: peer.clone(),
+                principal,
+            },
+            self.node.broker_id(),
+        ))
     }
 
-    async fn request(&self, _session: &Session, request: Message) -> Reply {
-        match self.handle(request).await {
+    async fn request(&self, session: &Session, request: Message) -> Reply {
+        let checked = self.admit(session, &request);
+        let r = match checked {
+            Ok(()) => self.handle(session, request).await,
+            Err(e) => Err(e),
+        };
+        match r {
             Ok(r) => r,
             Err(e) => {
                 if matches!(
@@ -76,8 +106,74 @@ fn route(node: &Node, h: &StreamHandle, batch: &Batch) -> Result<u32, BrokerErro
 }
 
 impl NodeHandler {
-    async fn handle(&self, request: Message) -> Result<Reply, BrokerError> {
+    /// Checks a token at the handshake: against the keys the feed brought,
+    /// or, for a key not seen yet (a rotation, a new tenant), against keys
+    /// fetched now (at most once a second per tenant).
+    async fn authenticate(&self, link: &ControlLink, token: &[u8]) -> Result<Principal, BrokerError> {
+        let token = std::str::from_utf8(token)
+            .map_err(|_| BrokerError::Unauthorized("the token is not UTF-8".into()))?;
+        let now = self.node.now_ms();
+        let mut fetched = false;
+        loop {
+            match link.keys.check(token, now)? {
+                Checked::Valid(claims) => {
+                    return Ok(Principal {
+                        claims,
+                        token: token.to_owned(),
+                    })
+                }
+                Checked::UnknownKey { tenant } if !fetched && link.keys.may_refetch(&tenant, now) => {
+                    fetched = true;
+                    let wait = Duration::from_millis(KEY_FETCH_WAIT_MS);
+                    match tokio::time::timeout(wait, link.fetch_keys(&tenant, now)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(tenant, error = %e, "fetching a tenant's keys failed"),
+                        Err(_) => tracing::warn!(tenant, "fetching a tenant's keys timed out"),
+                    }
+                }
+                Checked::UnknownKey { tenant } => {
+                    return Err(BrokerError::Unauthorized(format!(
+                        "the token is not signed by a key of tenant {tenant:?} (unknown tenant, or a key this broker cannot fetch)"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// The permission and quota checks a request passes before it is
+    /// handled.
+    fn admit(&self, session: &Session, request: &Message) -> Result<(), BrokerError> {
+        if let Some(p) = &session.principal {
+            if let Some((action, object)) = access::required(request)? {
+                let now_s = u64::try_from(self.node.now_ms() / 1000).unwrap_or(0);
+                p.check(action, &object, now_s)?;
+            }
+        }
+        if let (Message::Publish { stream, batch, .. }, Some(link)) = (request, self.node.control()) {
+            let n = StreamName::parse(stream)?;
+            let records = Batch::new(batch.clone())
+                .map(|b| u64::from(b.header().record_count))
+                .unwrap_or(1);
+            let verdict = link.quotas.lock().expect("quota lock").admit(
+                &n.tenant,
+                &n.namespace,
+                records,
+                batch.len() as u64,
+                self.node.now_ms(),
+            );
+            if let Err(q) = verdict {
+                tracing::debug!(whose = q.whose, what = q.what, "publish over quota");
+                return Err(BrokerError::Overloaded {
+                    retry_after_ms: q.retry_after_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, session: &Session, request: Message) -> Result<Reply, BrokerError> {
         let node = &self.node;
+        let token = session.principal.as_ref().map(|p| p.token.as_str());
         match request {
             Message::Publish {
                 stream,
@@ -206,15 +302,43 @@ impl NodeHandler {
                 Ok(Reply::Message(m))
             }
             Message::Metadata { streams } => {
-                let (brokers, streams) = node.metadata(&streams).await?;
-                Ok(Reply::Message(Message::MetadataReply { brokers, streams }))
+                // A token sees its own tenant only: naming another tenant's
+                // stream is refused whether or not it exists.
+                if let Some(p) = &session.principal {
+                    for n in &streams {
+                        let s = StreamName::parse(n)?;
+                        if s.tenant != p.tenant() {
+                            return Err(BrokerError::Forbidden(format!(
+                                "the token is for tenant {:?}, not {:?}",
+                                p.tenant(),
+                                s.tenant
+                            )));
+                        }
+                    }
+                }
+                let (brokers, mut found) = node.metadata(&streams).await?;
+                if let Some(p) = &session.principal {
+                    found.retain(|s| StreamName::parse(&s.name).is_ok_and(|n| n.tenant == p.tenant()));
+                }
+                Ok(Reply::Message(Message::MetadataReply {
+                    brokers,
+                    streams: found,
+                }))
             }
             Message::StreamCreate(c) => {
-                node.create_stream(&c).await?;
+                match node.control() {
+                    Some(link) => admin::create(node, link, &c, token).await?,
+                    None => {
+                        node.create_stream(&c).await?;
+                    }
+                }
                 done()
             }
             Message::StreamDelete { name, force } => {
-                node.delete_stream(&name, force).await?;
+                match node.control() {
+                    Some(link) => admin::delete(node, link, &name, force, token).await?,
+                    None => node.delete_stream(&name, force).await?,
+                }
                 done()
             }
             Message::StreamSetRetention {
@@ -222,7 +346,12 @@ impl NodeHandler {
                 retention_ms,
                 retention_bytes,
             } => {
-                node.set_retention(&name, retention_ms, retention_bytes).await?;
+                match node.control() {
+                    Some(link) => {
+                        admin::set_retention(node, link, &name, retention_ms, retention_bytes, token).await?
+                    }
+                    None => node.set_retention(&name, retention_ms, retention_bytes).await?,
+                }
                 done()
             }
             Message::StreamDescribe { name } => {

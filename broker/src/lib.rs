@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod handler;
 pub mod hot;

@@ -43,6 +43,10 @@ enum Command {
         /// every shard to each other (1: one broker in this process).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
         brokers: u32,
+        /// HTTP address of the embedded control plane (default: the port
+        /// after --listen's, or a free one when --listen's is 0).
+        #[arg(long)]
+        controlplane_listen: Option<SocketAddr>,
     },
     /// A broker configured by a TOML file.
     Broker {
@@ -95,18 +99,31 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             brokers,
+            ..
         } if brokers > 1 => rt()?.block_on(devcluster::run(&data_dir, listen, brokers)),
-        Command::Dev { data_dir, listen, .. } => {
+        Command::Dev {
+            data_dir,
+            listen,
+            controlplane_listen,
+            ..
+        } => {
             let config = BrokerConfig {
                 data_dir,
                 listen,
                 ..BrokerConfig::default()
             };
-            rt()?.block_on(serve(config, true))
+            let cp = controlplane_listen.unwrap_or_else(|| {
+                let port = match listen.port() {
+                    0 => 0,
+                    p => p.wrapping_add(1),
+                };
+                SocketAddr::new(listen.ip(), port)
+            });
+            rt()?.block_on(serve(config, Some(cp)))
         }
         Command::Broker { config } => {
             let c = BrokerConfig::load(&config)?;
-            rt()?.block_on(serve(c, false))
+            rt()?.block_on(serve(c, None))
         }
         Command::Controlplane { config } => {
             let text =
@@ -127,15 +144,26 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs a broker until SIGINT or SIGTERM. `dev` also writes the client
-/// profile and prints how to reach the broker.
-async fn serve(mut config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
+/// Runs a broker until SIGINT or SIGTERM. `dev` (the embedded control
+/// plane's address) also starts the control plane, writes the client
+/// profile and prints how to reach both.
+async fn serve(mut config: BrokerConfig, dev: Option<SocketAddr>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     config.data_dir = config
         .data_dir
         .canonicalize()
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let embedded = match dev {
+        Some(listen) => {
+            let e = felix_broker::control::embedded::start(&config.data_dir, listen)
+                .await
+                .with_context(|| format!("starting the embedded control plane on {listen}"))?;
+            config.controlplane = Some(e.link.clone());
+            Some(e)
+        }
+        None => None,
+    };
     let running = server::start(&config, system_clock()).await.with_context(|| {
         format!(
             "starting the broker on {} with data in {}",
@@ -151,11 +179,13 @@ async fn serve(mut config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
             ca: ca.clone(),
             cert: None,
             key: None,
+            token: embedded.as_ref().map(|e| e.dev_token.clone()),
+            controlplane: embedded.as_ref().map(|e| format!("http://{}", e.handle.addr)),
         };
         p.save(&profile_path)?;
     }
-    if dev {
-        print_dev_banner(&running, &config.data_dir, &profile_path);
+    if let Some(e) = &embedded {
+        print_dev_banner(&running, e, &config.data_dir, &profile_path);
     } else {
         println!("felix broker {} listening on {}", config.broker_id, running.addr);
     }
@@ -171,6 +201,9 @@ async fn serve(mut config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
             eprintln!("shutdown took over {SHUTDOWN_WAIT_MAX:?}; exiting without waiting further");
         }
         _ = wait_for_shutdown() => eprintln!("second signal: exiting now"),
+    }
+    if let Some(e) = embedded {
+        e.handle.shutdown().await;
     }
     Ok(())
 }
@@ -193,9 +226,23 @@ async fn controlplane(c: felix_controlplane::node::NodeConfig) -> anyhow::Result
 /// Longest a broker spends stopping after SIGTERM.
 const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn print_dev_banner(r: &server::Running, dir: &Path, profile: &Path) {
+fn print_dev_banner(
+    r: &server::Running,
+    e: &felix_broker::control::embedded::Embedded,
+    dir: &Path,
+    profile: &Path,
+) {
     println!("felix dev is running");
     println!("  endpoint  quic://{}", r.addr);
+    println!(
+        "  control   http://{}  (operator secret in {})",
+        e.handle.addr,
+        dir.join(felix_broker::control::embedded::DIR)
+            .join("secret")
+            .display()
+    );
+    println!("  tenant    dev (namespace default; bare names like `orders` are dev/default/orders)");
+    println!("  token     {}", e.dev_token);
     if let Some(ca) = &r.dev_ca {
         println!("  CA        {}", ca.display());
     }

@@ -70,6 +70,11 @@ pub struct StreamMeta {
     /// them joins the groups instead of founding them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<u64>,
+    /// Created by following the control plane (so its absence from a feed
+    /// snapshot means it was deleted); dead-letter streams a broker makes
+    /// on its own are not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub managed: bool,
 }
 
 impl StreamMeta {
@@ -104,6 +109,10 @@ struct File {
     /// In a cluster: the last metadata-group entry this file reflects.
     #[serde(default)]
     raft_applied: Option<u64>,
+    /// The newest control-plane feed version applied: an older change
+    /// arriving later (another broker's copy, written late) is skipped.
+    #[serde(default)]
+    cp_version: u64,
 }
 
 const FILE_VERSION: u32 = 1;
@@ -139,6 +148,7 @@ impl MetaStore {
                 next_shard_id: 1,
                 streams: BTreeMap::new(),
                 raft_applied: None,
+                cp_version: 0,
             },
             Err(e) => return Err(err(e.to_string())),
         };
@@ -154,6 +164,24 @@ impl MetaStore {
     /// the change's save records it with it.
     pub fn set_raft_applied(&mut self, index: u64) {
         self.file.raft_applied = Some(index);
+    }
+
+    /// The newest control-plane feed version applied.
+    pub fn cp_version(&self) -> u64 {
+        self.file.cp_version
+    }
+
+    /// Records that feed version `version` is being applied (as metadata
+    /// entry `raft_index`, in a cluster). `false`, and nothing changes but
+    /// the applied entry, when a newer version was applied already.
+    pub fn note_follow(&mut self, version: u64, raft_index: Option<u64>) -> Result<bool, BrokerError> {
+        if let Some(i) = raft_index {
+            self.file.raft_applied = Some(i);
+        }
+        let fresh = version >= self.file.cp_version;
+        self.file.cp_version = self.file.cp_version.max(version);
+        self.save()?;
+        Ok(fresh)
     }
 
     /// The whole file, for a metadata snapshot.
@@ -207,6 +235,7 @@ impl MetaStore {
         &mut self,
         c: &StreamConfig,
         replicas: Vec<u64>,
+        managed: bool,
     ) -> Result<(StreamName, StreamMeta), BrokerError> {
         let name = StreamName::parse(&c.name)?;
         if self.get(&name).is_some() {
@@ -232,6 +261,7 @@ impl MetaStore {
             },
             default_ttl_ms: c.default_ttl_ms,
             replicas,
+            managed,
         };
         self.file.next_shard_id += u64::from(c.shards);
         self.file.streams.insert(name.to_string(), meta.clone());
@@ -255,13 +285,25 @@ impl MetaStore {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     ) -> Result<StreamMeta, BrokerError> {
+        self.update(name, |m| {
+            m.retention_ms = retention_ms;
+            m.retention_bytes = retention_bytes;
+        })
+    }
+
+    /// Changes what may change of a stream in place (retention, delivery
+    /// limit, default TTL), and saves.
+    pub fn update(
+        &mut self,
+        name: &StreamName,
+        f: impl FnOnce(&mut StreamMeta),
+    ) -> Result<StreamMeta, BrokerError> {
         let m = self
             .file
             .streams
             .get_mut(&name.to_string())
             .ok_or_else(|| BrokerError::UnknownStream(name.to_string()))?;
-        m.retention_ms = retention_ms;
-        m.retention_bytes = retention_bytes;
+        f(m);
         let m = m.clone();
         self.save()?;
         Ok(m)

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::cluster::{Cluster, MetaOp, StreamSpec};
 use crate::config::{BrokerConfig, LogSettings};
+use crate::control::ControlLink;
 use crate::error::BrokerError;
 use crate::hot::HotCache;
 use crate::meta::{MetaStore, StreamKind, StreamMeta};
@@ -73,6 +74,7 @@ pub struct Node {
     /// Whether shards are replicated (a `[cluster]` is configured).
     replicated: bool,
     cluster: OnceLock<Arc<Cluster>>,
+    control: OnceLock<Arc<ControlLink>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -123,6 +125,7 @@ impl Node {
             spread: AtomicU64::new(0),
             replicated: config.cluster.is_some(),
             cluster: OnceLock::new(),
+            control: OnceLock::new(),
         };
         let all: Vec<(StreamName, StreamMeta)> = node
             .meta
@@ -249,7 +252,7 @@ impl Node {
     /// on every broker through the metadata group.
     pub async fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
         let Some(cluster) = self.cluster() else {
-            return self.create_local(c, None, Vec::new());
+            return self.create_local(c, None, Vec::new(), false);
         };
         // Refuse what is plainly wrong before it reaches the log.
         MetaStore::check(c)?;
@@ -271,13 +274,14 @@ impl Node {
         c: &StreamConfig,
         raft_index: Option<u64>,
         replicas: Vec<u64>,
+        managed: bool,
     ) -> Result<Arc<StreamHandle>, BrokerError> {
         // One creation at a time: the metadata file and the shard map change together.
         let mut meta = self.meta.lock().expect("meta lock");
         if let Some(i) = raft_index {
             meta.set_raft_applied(i);
         }
-        let (name, m) = meta.create(c, replicas)?;
+        let (name, m) = meta.create(c, replicas, managed)?;
         let h = match self.open_stream(&name, m) {
             Ok(h) => Arc::new(h),
             // A replicated stream stays defined (every broker recorded it);
@@ -405,6 +409,125 @@ impl Node {
         Ok(())
     }
 
+    /// The control plane this broker follows, if it has one.
+    pub fn control(&self) -> Option<&Arc<ControlLink>> {
+        self.control.get()
+    }
+
+    pub(crate) fn set_control(&self, link: Arc<ControlLink>) {
+        let _ = self.control.set(link);
+    }
+
+    /// Live subscriptions per stream with any, for heartbeats (the control
+    /// plane refuses to delete a stream that has some unless forced).
+    pub fn subscriber_counts(&self) -> std::collections::BTreeMap<String, u32> {
+        self.streams()
+            .into_iter()
+            .filter_map(|h| {
+                let n = h.subscribers.load(Ordering::Acquire);
+                (n > 0).then(|| (h.name.to_string(), u32::try_from(n).unwrap_or(u32::MAX)))
+            })
+            .collect()
+    }
+
+    /// The streams created by following the control plane.
+    pub fn managed_streams(&self) -> Vec<String> {
+        self.meta
+            .lock()
+            .expect("meta lock")
+            .streams()
+            .filter(|(_, m)| m.managed)
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    /// Makes stream `name` match the control plane's view of it at feed
+    /// version `version` (`want` absent: deleted); in a cluster, through
+    /// the metadata group. Nothing is written when it matches already.
+    pub async fn follow(
+        &self,
+        version: u64,
+        name: &StreamName,
+        want: Option<StreamConfig>,
+    ) -> Result<(), BrokerError> {
+        if !self.follow_changes(version, name, want.as_ref()) {
+            return Ok(());
+        }
+        match self.cluster() {
+            Some(c) => {
+                let op = MetaOp::Follow {
+                    version,
+                    name: name.to_string(),
+                    stream: want.as_ref().map(StreamSpec::from),
+                    replicas: c.meta_voters()?,
+                };
+                c.write_meta(&op, self.now_ms()).await
+            }
+            None => self.apply_follow(version, name, want, None, Vec::new(), true),
+        }
+    }
+
+    /// Whether following `want` at `version` would change anything here.
+    fn follow_changes(&self, version: u64, name: &StreamName, want: Option<&StreamConfig>) -> bool {
+        let meta = self.meta.lock().expect("meta lock");
+        if version < meta.cp_version() {
+            return false;
+        }
+        match (meta.get(name), want) {
+            (None, None) => false,
+            (Some(m), Some(c)) => !same_shape(m, c) || !same_settings(m, c),
+            _ => true,
+        }
+    }
+
+    /// Applies a followed change (metadata entry `raft_index` in a
+    /// cluster). A stream of another shape than wanted was deleted and
+    /// made again while this broker did not follow: it is replaced.
+    fn apply_follow(
+        &self,
+        version: u64,
+        name: &StreamName,
+        want: Option<StreamConfig>,
+        raft_index: Option<u64>,
+        replicas: Vec<u64>,
+        fresh: bool,
+    ) -> Result<(), BrokerError> {
+        let current = {
+            let mut meta = self.meta.lock().expect("meta lock");
+            if !meta.note_follow(version, raft_index)? {
+                return Ok(());
+            }
+            meta.get(name).cloned()
+        };
+        match (current, want) {
+            (None, None) => Ok(()),
+            (Some(_), None) => self.delete_local(name, raft_index),
+            (Some(m), Some(c)) if same_shape(&m, &c) => {
+                let h = self.stream_by_name(name)?;
+                let m = self.meta.lock().expect("meta lock").update(name, |m| {
+                    m.retention_ms = c.retention_ms;
+                    m.retention_bytes = c.retention_bytes;
+                    m.default_ttl_ms = c.default_ttl_ms;
+                    if c.max_deliveries > 0 {
+                        m.max_deliveries = c.max_deliveries;
+                    }
+                    m.managed = true;
+                })?;
+                *h.meta.lock().expect("stream meta lock") = m;
+                Ok(())
+            }
+            (current, Some(c)) => {
+                if current.is_some() {
+                    tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
+                    self.delete_local(name, raft_index)?;
+                }
+                let h = self.create_local(&c, raft_index, replicas, true)?;
+                self.start_groups(&h, fresh);
+                Ok(())
+            }
+        }
+    }
+
     /// The cluster this broker is part of, once started.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
@@ -436,11 +559,28 @@ impl Node {
     pub(crate) fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
         match op {
             MetaOp::Create { stream, replicas } => {
-                let h =
-                    self.create_local(&StreamConfig::from(stream.clone()), Some(index), replicas.clone())?;
+                let h = self.create_local(
+                    &StreamConfig::from(stream.clone()),
+                    Some(index),
+                    replicas.clone(),
+                    false,
+                )?;
                 self.start_groups(&h, fresh);
                 Ok(())
             }
+            MetaOp::Follow {
+                version,
+                name,
+                stream,
+                replicas,
+            } => self.apply_follow(
+                *version,
+                &StreamName::parse(name)?,
+                stream.clone().map(StreamConfig::from),
+                Some(index),
+                replicas.clone(),
+                fresh,
+            ),
             MetaOp::Delete { name } => self.delete_local(&StreamName::parse(name)?, Some(index)),
             MetaOp::SetRetention {
                 name,
@@ -678,6 +818,21 @@ impl Node {
             }
         })
     }
+}
+
+/// Whether a stream is the one `c` describes (kind and shard count; what
+/// cannot change in place).
+fn same_shape(m: &StreamMeta, c: &StreamConfig) -> bool {
+    m.kind.wire() == c.kind && m.shards.len() == c.shards as usize
+}
+
+/// Whether what may change in place already matches.
+fn same_settings(m: &StreamMeta, c: &StreamConfig) -> bool {
+    m.managed
+        && m.retention_ms == c.retention_ms
+        && m.retention_bytes == c.retention_bytes
+        && m.default_ttl_ms == c.default_ttl_ms
+        && (c.max_deliveries == 0 || m.max_deliveries == c.max_deliveries)
 }
 
 fn compaction_config(kind: StreamKind) -> CompactionConfig {

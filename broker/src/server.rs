@@ -12,6 +12,8 @@ use felix_client::transport::{self, ServerTls, TransportConfig, ALPN};
 use serde::{Deserialize, Serialize};
 
 use crate::config::BrokerConfig;
+use crate::control::follow::{self, Registration};
+use crate::control::ControlLink;
 use crate::error::BrokerError;
 use crate::handler::NodeHandler;
 use crate::node::{Clock, Node};
@@ -29,6 +31,12 @@ pub struct ClientProfile {
     /// Client certificate and key for mTLS, if the brokers require it.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The Felix token sent at the handshake, if the brokers require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The control plane's API, for `felix` commands that talk to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane: Option<String>,
 }
 
 impl ClientProfile {
@@ -101,8 +109,28 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
     let endpoint = transport::server_endpoint(config.listen, &tls, ALPN, &quic)?;
     let addr = endpoint.local_addr()?;
     node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
+    let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     if let Some(c) = &config.cluster {
         node.start_cluster(c).await?;
+    }
+    if let Some(cp) = &config.controlplane {
+        let link = Arc::new(ControlLink::new(cp.clone())?);
+        node.set_control(link.clone());
+        let id = u32::try_from(config.broker_id)
+            .map_err(|_| BrokerError::Invalid("broker_id must fit in 32 bits with a control plane".into()))?;
+        let raft_addr = config
+            .cluster
+            .as_ref()
+            .map_or_else(|| advertise.clone(), |c| c.raft_listen.to_string());
+        follow::start(
+            link,
+            &node,
+            Registration {
+                id,
+                client_addr: advertise.clone(),
+                raft_addr,
+            },
+        );
     }
     let server = Server::start(endpoint, Arc::new(NodeHandler { node: node.clone() }));
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));

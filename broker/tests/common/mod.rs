@@ -118,6 +118,9 @@ impl Broker {
         let tls = ClientTls::from_pem_files(&self.profile.ca, None).expect("CA");
         let mut c = ClientConfig::new(self.profile.brokers[0].clone(), tls);
         c.server_name = self.profile.server_name.clone();
+        if let Some(t) = &self.profile.token {
+            c.token = bytes::Bytes::from(t.clone());
+        }
         c
     }
 

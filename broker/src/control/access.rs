@@ -1,0 +1,333 @@
+//! Who may do what: the Felix token a connection presented, checked at
+//! the handshake against its tenant's keys, and the permission each
+//! request needs. Keys come from the control plane's feed and are held
+//! here, so checking a token never waits for the control plane unless the
+//! token names a key this broker has not seen (a rotation it has not
+//! heard of yet), and then at most once per [`KEY_REFETCH_MS_MIN`].
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use felix_client::wire::Message;
+use felix_controlplane::auth::{AuthError, FelixClaims, Verifier};
+use felix_controlplane::rbac::{Action, Object};
+
+use crate::error::BrokerError;
+use crate::names::StreamName;
+
+/// Shortest time between two fetches of one tenant's keys on an unknown
+/// `kid`, so a stream of forged tokens cannot turn into a stream of
+/// control-plane requests.
+pub const KEY_REFETCH_MS_MIN: i64 = 1_000;
+/// Tenants whose keys are held.
+pub const TENANTS_MAX: usize = 100_000;
+
+/// An authenticated connection's principal.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub claims: FelixClaims,
+    /// The token itself, passed on when an admin request is forwarded to
+    /// the control plane (which checks it again).
+    pub token: String,
+}
+
+impl Principal {
+    /// Whether the token allows `action` on `object`, and is still valid
+    /// at `now_s`: a connection outliving its token is refused from then
+    /// on, and the client reconnects with a fresh one.
+    pub fn check(&self, action: Action, object: &Object, now_s: u64) -> Result<(), BrokerError> {
+        if self.claims.exp + felix_controlplane::auth::CLOCK_SKEW_S_MAX <= now_s {
+            return Err(BrokerError::Unauthorized(
+                "the connection's token has expired; reconnect with a fresh one".into(),
+            ));
+        }
+        self.claims.check(action, object).map_err(refusal)
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.claims.tid
+    }
+}
+
+/// Each tenant's verification keys, as the feed last gave them.
+#[derive(Debug, Default)]
+pub struct Keys {
+    tenants: RwLock<HashMap<String, TenantKeys>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TenantKeys {
+    verifier: Verifier,
+    fetched_ms: i64,
+}
+
+/// What checking a token found.
+#[derive(Debug)]
+pub enum Checked {
+    Valid(FelixClaims),
+    /// Signed with a key this broker does not hold for `tenant`: fetch the
+    /// tenant's keys and check again.
+    UnknownKey {
+        tenant: String,
+    },
+}
+
+impl Keys {
+    /// Replaces a tenant's keys with those of a JWKS document.
+    pub fn set(&self, tenant: &str, jwks: &serde_json::Value, now_ms: i64) {
+        let mut t = self.tenants.write().expect("keys lock");
+        if t.len() >= TENANTS_MAX && !t.contains_key(tenant) {
+            tracing::warn!("keys of {TENANTS_MAX} tenants held already; tenant {tenant}'s are not");
+            return;
+        }
+        t.insert(
+            tenant.to_owned(),
+            TenantKeys {
+                verifier: Verifier::from_jwks(jwks),
+                fetched_ms: now_ms,
+            },
+        );
+    }
+
+    /// Forgets a deleted tenant's keys.
+    pub fn remove(&self, tenant: &str) {
+        self.tenants.write().expect("keys lock").remove(tenant);
+    }
+
+    /// Whether a tenant's keys may be fetched again now.
+    pub fn may_refetch(&self, tenant: &str, now_ms: i64) -> bool {
+        self.tenants
+            .read()
+            .expect("keys lock")
+            .get(tenant)
+            .is_none_or(|k| now_ms - k.fetched_ms >= KEY_REFETCH_MS_MIN)
+    }
+
+    /// Notes a fetch attempt, so a failing control plane is not asked on
+    /// every handshake either.
+    pub fn note_fetch(&self, tenant: &str, now_ms: i64) {
+        let mut t = self.tenants.write().expect("keys lock");
+        if let Some(k) = t.get_mut(tenant) {
+            k.fetched_ms = now_ms;
+        } else if t.len() < TENANTS_MAX {
+            t.insert(
+                tenant.to_owned(),
+                TenantKeys {
+                    verifier: Verifier::default(),
+                    fetched_ms: now_ms,
+                },
+            );
+        }
+    }
+
+    /// Checks a token presented at the handshake.
+    pub fn check(&self, token: &str, now_ms: i64) -> Result<Checked, BrokerError> {
+        if token.is_empty() {
+            return Err(BrokerError::Unauthorized(
+                "this broker requires a Felix token (from the control plane's token exchange)".into(),
+            ));
+        }
+        let tenant = unverified_tenant(token)?;
+        let t = self.tenants.read().expect("keys lock");
+        let Some(keys) = t.get(&tenant) else {
+            return Ok(Checked::UnknownKey { tenant });
+        };
+        let now_s = u64::try_from(now_ms / 1000).unwrap_or(0);
+        match keys.verifier.verify(token, &tenant, now_s) {
+            Ok(c) => Ok(Checked::Valid(c)),
+            Err(AuthError::UnknownKey(_)) => Ok(Checked::UnknownKey { tenant }),
+            Err(e) => Err(refusal(e)),
+        }
+    }
+}
+
+/// The tenant a token claims, read before its signature is checked (to
+/// pick the keys that check it; nothing else is trusted from it).
+fn unverified_tenant(token: &str) -> Result<String, BrokerError> {
+    let bad = |why: &str| BrokerError::Unauthorized(format!("malformed token: {why}"));
+    if token.len() > felix_controlplane::auth::TOKEN_BYTES_MAX {
+        return Err(bad("too long"));
+    }
+    let payload = token.split('.').nth(1).ok_or_else(|| bad("not a JWT"))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| bad("payload is not base64url"))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad("payload is not JSON"))?;
+    let tid = v
+        .get("tid")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| bad("no tenant (tid) claim"))?;
+    if felix_controlplane::names::name_problem(tid).is_some() {
+        return Err(bad("invalid tenant name"));
+    }
+    Ok(tid.to_owned())
+}
+
+fn refusal(e: AuthError) -> BrokerError {
+    if e.is_forbidden() {
+        BrokerError::Forbidden(e.to_string())
+    } else {
+        BrokerError::Unauthorized(e.to_string())
+    }
+}
+
+/// The permission a request needs and the object it is needed on; `None`
+/// for requests any authenticated connection may make (metadata, whose
+/// answer is filtered to the caller's tenant instead).
+pub fn required(request: &Message) -> Result<Option<(Action, Object)>, BrokerError> {
+    let stream = |n: &str, a: Action| -> Result<Option<(Action, Object)>, BrokerError> {
+        let s = StreamName::parse(n)?;
+        Ok(Some((a, Object::stream(&s.tenant, &s.namespace, &s.name))))
+    };
+    let cache = |n: &str, a: Action| -> Result<Option<(Action, Object)>, BrokerError> {
+        let s = StreamName::parse(n)?;
+        Ok(Some((a, Object::cache(&s.tenant, &s.namespace, &s.name))))
+    };
+    match request {
+        Message::Publish { stream: n, .. } => stream(n, Action::StreamPublish),
+        Message::Subscribe { stream: n, .. } | Message::CommitCursor { stream: n, .. } => {
+            stream(n, Action::StreamSubscribe)
+        }
+        Message::StreamDescribe { name } => stream(name, Action::StreamSubscribe),
+        Message::GroupFetch { stream: n, .. }
+        | Message::GroupAck { stream: n, .. }
+        | Message::GroupNack { stream: n, .. }
+        | Message::GroupExtend { stream: n, .. } => stream(n, Action::StreamConsume),
+        Message::CacheGet { cache: n, .. } => cache(n, Action::CacheRead),
+        Message::CachePut { cache: n, .. } | Message::CacheDelete { cache: n, .. } => {
+            cache(n, Action::CacheWrite)
+        }
+        Message::StreamCreate(c) if c.kind == crate::meta::StreamKind::Cache.wire() => {
+            cache(&c.name, Action::ResourceManage)
+        }
+        Message::StreamCreate(c) => stream(&c.name, Action::ResourceManage),
+        Message::StreamDelete { name, .. } | Message::StreamSetRetention { name, .. } => {
+            stream(name, Action::ResourceManage)
+        }
+        Message::Metadata { .. } => Ok(None),
+        // Anything else is refused by the handler as not a request.
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use felix_controlplane::auth::{new_signing_key, sign};
+    use felix_controlplane::rbac::Grant;
+
+    fn grant(action: &str, object: &str) -> Grant {
+        serde_json::from_value(serde_json::json!({"action": action, "object": object})).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_checked_against_their_tenants_keys() {
+        let ka = new_signing_key("a1", [1; 32]);
+        let kb = new_signing_key("b1", [2; 32]);
+        let keys = Keys::default();
+        let jwks = |k: &felix_controlplane::model::SigningKey| serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": k.kid, "x": k.public}]});
+        keys.set("a", &jwks(&ka), 0);
+        keys.set("b", &jwks(&kb), 0);
+        let now_s = 1_000_000;
+        let perms = vec![grant("stream.publish", "stream:a/prod/orders")];
+        let t = sign(&ka, "a", "p:alice", perms, now_s, 900).unwrap();
+        let Checked::Valid(c) = keys.check(&t, now_s as i64 * 1000).unwrap() else {
+            panic!("valid token not accepted")
+        };
+        let p = Principal {
+            claims: c,
+            token: t.clone(),
+        };
+        p.check(
+            Action::StreamPublish,
+            &Object::stream("a", "prod", "orders"),
+            now_s,
+        )
+        .unwrap();
+        assert!(matches!(
+            p.check(
+                Action::StreamSubscribe,
+                &Object::stream("a", "prod", "orders"),
+                now_s
+            ),
+            Err(BrokerError::Forbidden(_))
+        ));
+        assert!(p
+            .check(
+                Action::StreamPublish,
+                &Object::stream("b", "prod", "orders"),
+                now_s
+            )
+            .is_err());
+        // Expired by the time of a later request.
+        assert!(matches!(
+            p.check(
+                Action::StreamPublish,
+                &Object::stream("a", "prod", "orders"),
+                now_s + 2_000
+            ),
+            Err(BrokerError::Unauthorized(_))
+        ));
+        // Expired at the handshake.
+        assert!(keys.check(&t, (now_s as i64 + 2_000) * 1000).is_err());
+        // Signed with b's key but claiming a: b's key is not a's.
+        let forged = sign(&kb, "a", "p:mallory", vec![], now_s, 900).unwrap();
+        assert!(matches!(
+            keys.check(&forged, now_s as i64 * 1000).unwrap(),
+            Checked::UnknownKey { .. }
+        ));
+        // A key id that is a's but a signature that is not.
+        let kb_as_a1 = new_signing_key("a1", [2; 32]);
+        let forged = sign(&kb_as_a1, "a", "p:mallory", vec![], now_s, 900).unwrap();
+        assert!(matches!(
+            keys.check(&forged, now_s as i64 * 1000),
+            Err(BrokerError::Unauthorized(_))
+        ));
+        // No token, garbage, an unknown tenant.
+        assert!(keys.check("", 0).is_err());
+        assert!(keys.check("not.a.jwt", 0).is_err());
+        let kc = new_signing_key("c1", [3; 32]);
+        let t = sign(&kc, "c", "p:carol", vec![], now_s, 900).unwrap();
+        assert!(matches!(
+            keys.check(&t, now_s as i64 * 1000).unwrap(),
+            Checked::UnknownKey { tenant } if tenant == "c"
+        ));
+        assert!(keys.may_refetch("c", 0));
+        keys.note_fetch("c", 0);
+        assert!(!keys.may_refetch("c", 10));
+        assert!(keys.may_refetch("c", KEY_REFETCH_MS_MIN));
+    }
+
+    #[test]
+    fn each_request_needs_its_permission_on_its_object() {
+        use bytes::Bytes;
+        let publish = Message::Publish {
+            stream: "acme/prod/orders".into(),
+            shard: None,
+            ack: felix_client::wire::AckLevel::Leader,
+            producer_id: 0,
+            sequence: 0,
+            batch: Bytes::new(),
+        };
+        let (a, o) = required(&publish).unwrap().unwrap();
+        assert_eq!(a, Action::StreamPublish);
+        assert_eq!(o, Object::stream("acme", "prod", "orders"));
+        let get = Message::CacheGet {
+            cache: "sessions".into(),
+            key: Bytes::from_static(b"k"),
+        };
+        let (a, o) = required(&get).unwrap().unwrap();
+        assert_eq!(a, Action::CacheRead);
+        assert_eq!(o, Object::cache("dev", "default", "sessions"));
+        assert!(required(&Message::Metadata { streams: vec![] })
+            .unwrap()
+            .is_none());
+        assert!(required(&Message::StreamDelete {
+            name: "a/b".into(),
+            force: false
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! Following the control plane: register, heartbeat, and the metadata feed
+//! (a snapshot at version V, then changes since V, long-polled). Streams
+//! and caches reach the node as [`Node::follow`] calls tagged with the
+//! feed version, quotas reach the [`QuotaTable`](super::quota::QuotaTable)
+//! and token keys reach [`Keys`](super::access::Keys).
+//!
+//! Every broker follows the feed on its own. In a cluster each writes what
+//! it saw to the metadata group; the version tag makes the copies
+//! harmless (a change older than one already applied is skipped), so a
+//! broker that lags cannot undo a newer change with an older one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use felix_client::wire::StreamConfig;
+use felix_controlplane::model::{Cache, Quotas, Stream, StreamKind as CpKind};
+use felix_controlplane::state::{Change, Versioned};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ControlLink, FEED_WAIT_MS, RETRY_BACKOFF_MS_MAX};
+use crate::meta::StreamKind;
+use crate::names::StreamName;
+use crate::node::Node;
+
+/// The durability of a cache's shards (the control plane's cache spec has
+/// none: a cache put is acknowledged once durable, as a stream's default).
+pub const CACHE_DURABILITY: &str = "always";
+
+/// What the broker registers as.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub id: u32,
+    pub client_addr: String,
+    pub raft_addr: String,
+}
+
+/// Starts registering, heartbeating and following in the background; the
+/// tasks end when the node is dropped.
+pub fn start(link: Arc<ControlLink>, node: &Arc<Node>, me: Registration) {
+    let weak = Arc::downgrade(node);
+    tokio::spawn(heartbeats(link.clone(), weak.clone(), me));
+    tokio::spawn(feed(link, weak));
+}
+
+async fn heartbeats(link: Arc<ControlLink>, node: Weak<Node>, me: Registration) {
+    let every = Duration::from_millis(link.config.heartbeat_interval_ms);
+    let mut registered = false;
+    let mut backoff = Backoff::default();
+    loop {
+        let Some(n) = node.upgrade() else { return };
+        let step = if registered {
+            link.heartbeat(me.id, &n.subscriber_counts()).await
+        } else {
+            link.register(me.id, &me.client_addr, &me.raft_addr).await
+        };
+        drop(n);
+        match step {
+            Ok(()) => {
+                if !registered {
+                    tracing::info!(broker = me.id, "registered with the control plane");
+                }
+                registered = true;
+                backoff.reset();
+                tokio::time::sleep(every).await;
+            }
+            Err(e) => {
+                // A control plane that forgot us (restored, say) refuses
+                // heartbeats: register again.
+                if registered {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                    registered = !e.to_string().contains("no broker");
+                } else {
+                    tracing::warn!(error = %e, "registering with the control plane failed; retrying");
+                }
+                tokio::time::sleep(backoff.next().min(every)).await;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Backoff(u64);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.0 = (self.0 * 2).clamp(100, RETRY_BACKOFF_MS_MAX);
+        Duration::from_millis(self.0)
+    }
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
+/// The feed snapshot, as brokers read it.
+#[derive(Debug, Deserialize)]
+struct Snapshot {
+    version: u64,
+    tenants: BTreeMap<String, TenantView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TenantView {
+    quotas: Option<Quotas>,
+    namespaces: BTreeMap<String, NamespaceView>,
+    #[serde(default)]
+    jwks: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct NamespaceView {
+    quotas: Option<Quotas>,
+    #[serde(default)]
+    streams: BTreeMap<String, Stream>,
+    #[serde(default)]
+    caches: BTreeMap<String, Cache>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Changes {
+    version: u64,
+    changes: Vec<Versioned>,
+}
+
+async fn feed(link: Arc<ControlLink>, node: Weak<Node>) {
+    let mut at: Option<u64> = None;
+    let mut backoff = Backoff::default();
+    loop {
+        if node.strong_count() == 0 {
+            return;
+        }
+        let step = match at {
+            None => snapshot(&link, &node).await.map(Some),
+            Some(v) => changes(&link, &node, v).await,
+        };
+        match step {
+            Ok(next) => {
+                at = next;
+                backoff.reset();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "following the control plane; serving what this broker has");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+}
+
+/// Takes the snapshot and makes the node match it; returns its version.
+async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> {
+    let s = link
+        .call(reqwest::Method::GET, "/v1/feed/snapshot", None, None, 0)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|r| format!("feed snapshot refused ({}): {}", r.status, r.message))?;
+    let s: Snapshot = serde_json::from_value(s).map_err(|e| format!("feed snapshot: {e}"))?;
+    let Some(n) = node.upgrade() else {
+        return Ok(s.version);
+    };
+    let now = n.now_ms();
+    let mut wanted = BTreeSet::new();
+    {
+        let mut q = link.quotas.lock().expect("quota lock");
+        for (t, tv) in &s.tenants {
+            q.set_tenant(t, tv.quotas, now);
+            link.keys.set(t, &tv.jwks, now);
+            for (ns, nv) in &tv.namespaces {
+                q.set_namespace(t, ns, nv.quotas, now);
+            }
+        }
+    }
+    for (t, tv) in &s.tenants {
+        for (ns, nv) in &tv.namespaces {
+            for (name, st) in &nv.streams {
+                let c = stream_config(t, ns, name, st);
+                let name = c.name.clone();
+                apply(&n, s.version, &name, Some(c)).await;
+                wanted.insert(name);
+            }
+            for (name, ca) in &nv.caches {
+                let c = cache_config(t, ns, name, ca);
+                let name = c.name.clone();
+                apply(&n, s.version, &name, Some(c)).await;
+                wanted.insert(name);
+            }
+        }
+    }
+    // Streams the control plane made that it no longer has: deleted while
+    // this broker was not following.
+    for name in n.managed_streams() {
+        if !wanted.contains(&name) {
+            apply(&n, s.version, &name, None).await;
+        }
+    }
+    link.version.store(s.version, Ordering::Release);
+    Ok(s.version)
+}
+
+/// Applies the changes after `since`; `None` when the feed no longer
+/// reaches back that far (a snapshot is next).
+async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Option<u64>, String> {
+    let path = format!("/v1/feed/changes?since={since}&wait_ms={FEED_WAIT_MS}");
+    let r = link
+        .call(reqwest::Method::GET, &path, None, None, FEED_WAIT_MS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let c: Changes = match r {
+        Ok(v) => serde_json::from_value(v).map_err(|e| format!("feed changes: {e}"))?,
+        Err(r) if r.status == 410 => {
+            tracing::info!(
+                since,
+                "the feed no longer reaches back that far; taking a snapshot"
+            );
+            return Ok(None);
+        }
+        Err(r) => return Err(format!("feed changes refused ({}): {}", r.status, r.message)),
+    };
+    let Some(n) = node.upgrade() else {
+        return Ok(Some(c.version));
+    };
+    for v in c.changes {
+        let now = n.now_ms();
+        match v.change {
+            Change::Tenant { tenant, quotas } => {
+                link.quotas
+                    .lock()
+                    .expect("quota lock")
+                    .set_tenant(&tenant, quotas, now);
+                if quotas.is_none() {
+                    link.keys.remove(&tenant);
+                }
+            }
+            Change::Namespace {
+                tenant,
+                namespace,
+                quotas,
+            } => link
+                .quotas
+                .lock()
+                .expect("quota lock")
+                .set_namespace(&tenant, &namespace, quotas, now),
+            Change::Stream {
+                tenant,
+                namespace,
+                stream,
+                value,
+            } => {
+                let name = format!("{tenant}/{namespace}/{stream}");
+                let c = value.map(|s| stream_config(&tenant, &namespace, &stream, &s));
+                apply(&n, v.version, &name, c).await;
+            }
+            Change::Cache {
+                tenant,
+                namespace,
+                cache,
+                value,
+            } => {
+                let name = format!("{tenant}/{namespace}/{cache}");
+                let c = value.map(|s| cache_config(&tenant, &namespace, &cache, &s));
+                apply(&n, v.version, &name, c).await;
+            }
+            Change::Keys { tenant } => {
+                if let Err(e) = link.fetch_keys(&tenant, now).await {
+                    tracing::warn!(tenant, error = %e, "fetching rotated keys failed; tokens signed with the new key are refused until they are fetched");
+                }
+            }
+            // Placement of other brokers' replicas is the control plane's
+            // to track; this broker learns its own shards from streams.
+            Change::Broker { .. } => {}
+        }
+    }
+    link.version.store(c.version, Ordering::Release);
+    Ok(Some(c.version))
+}
+
+/// One stream's state at `version`, made the node's; failures are logged
+/// and the next snapshot tries again.
+async fn apply(n: &Node, version: u64, name: &str, want: Option<StreamConfig>) {
+    let parsed = match StreamName::parse(name) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(name, error = %e, "the control plane named a stream this broker cannot hold");
+            return;
+        }
+    };
+    if let Err(e) = n.follow(version, &parsed, want).await {
+        tracing::warn!(stream = name, version, error = %e, "applying a control-plane change failed");
+    }
+}
+
+/// A control-plane stream as the broker creates it.
+pub fn stream_config(tenant: &str, namespace: &str, name: &str, s: &Stream) -> StreamConfig {
+    StreamConfig {
+        name: format!("{tenant}/{namespace}/{name}"),
+        kind: match s.spec.kind {
+            CpKind::Stream => StreamKind::Stream,
+            CpKind::Compacted => StreamKind::Compacted,
+        }
+        .wire(),
+        shards: s.spec.shards,
+        durability: s.spec.durability.clone(),
+        retention_ms: s.spec.retention_ms,
+        retention_bytes: s.spec.retention_bytes,
+        max_deliveries: s.spec.max_deliveries,
+        default_ttl_ms: None,
+    }
+}
+
+/// A control-plane cache as the broker creates it.
+pub fn cache_config(tenant: &str, namespace: &str, name: &str, c: &Cache) -> StreamConfig {
+    StreamConfig {
+        name: format!("{tenant}/{namespace}/{name}"),
+        kind: StreamKind::Cache.wire(),
+        shards: c.spec.shards,
+        durability: CACHE_DURABILITY.into(),
+        retention_ms: None,
+        retention_bytes: None,
+        max_deliveries: 0,
+        default_ttl_ms: c.spec.default_ttl_ms,
+    }
+}

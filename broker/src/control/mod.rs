@@ -1,0 +1,267 @@
+//! The broker's side of the control plane: registering and heartbeating,
+//! following the metadata feed (streams, caches, quotas, token keys), and
+//! passing admin requests on. Everything here is off the data path: a
+//! publish, subscribe or cache operation reads only what the feed already
+//! brought ([`access::Keys`], [`quota::QuotaTable`], the node's streams),
+//! so with the control plane unreachable a broker keeps serving what it
+//! hosts with what it last heard.
+
+pub mod access;
+pub mod admin;
+pub mod embedded;
+pub mod follow;
+pub mod quota;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use felix_client::wire::StreamConfig;
+use serde_json::{json, Value};
+
+use crate::config::ControlPlaneConfig;
+use crate::error::BrokerError;
+use crate::meta::StreamKind;
+use crate::names::StreamName;
+
+/// How long one control-plane request may take (a feed long-poll adds its
+/// wait to this).
+pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// How long a feed long-poll asks the control plane to wait.
+pub const FEED_WAIT_MS: u64 = 20_000;
+/// Longest pause between attempts when the control plane does not answer.
+pub const RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+
+/// A broker's connection to the control plane, and what it has learnt.
+#[derive(Debug)]
+pub struct ControlLink {
+    pub config: ControlPlaneConfig,
+    http: reqwest::Client,
+    /// The URL that answered last (tried first next time).
+    preferred: AtomicUsize,
+    pub keys: access::Keys,
+    pub quotas: Mutex<quota::QuotaTable>,
+    /// The feed version this broker has applied through.
+    pub version: AtomicU64,
+}
+
+/// A control-plane answer that was not a success.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ControlLink {
+    pub fn new(config: ControlPlaneConfig) -> Result<ControlLink, BrokerError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
+            .build()
+            .map_err(|e| BrokerError::ControlPlane(e.to_string()))?;
+        Ok(ControlLink {
+            config,
+            http,
+            preferred: AtomicUsize::new(0),
+            keys: access::Keys::default(),
+            quotas: Mutex::new(quota::QuotaTable::default()),
+            version: AtomicU64::new(0),
+        })
+    }
+
+    pub fn requires_tokens(&self) -> bool {
+        self.config.require_tokens
+    }
+
+    /// One request to whichever control-plane node answers, starting with
+    /// the one that answered last. `bearer`: the credential (the operator
+    /// secret by default). Returns the JSON body of a 2xx answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        bearer: Option<&str>,
+        wait_ms: u64,
+    ) -> Result<Result<Value, Refused>, BrokerError> {
+        let urls = &self.config.urls;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut last_err = String::new();
+        for i in 0..urls.len() {
+            let at = (first + i) % urls.len();
+            let mut r = self
+                .http
+                .request(
+                    method.clone(),
+                    format!("{}{path}", urls[at].trim_end_matches('/')),
+                )
+                .bearer_auth(bearer.unwrap_or(&self.config.secret))
+                .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS + wait_ms));
+            if let Some(b) = body {
+                r = r.json(b);
+            }
+            match r.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    // A node without a leader cannot answer writes; another may.
+                    if status == 503 && i + 1 < urls.len() {
+                        last_err = format!("{}: no leader", urls[at]);
+                        continue;
+                    }
+                    self.preferred.store(at, Ordering::Relaxed);
+                    let v: Value = resp.json().await.unwrap_or(Value::Null);
+                    if (200..300).contains(&status) {
+                        return Ok(Ok(v));
+                    }
+                    let message = v
+                        .get("error")
+                        .and_then(|e| e.as_str())
+                        .map_or_else(|| v.to_string(), str::to_owned);
+                    return Ok(Err(Refused { status, message }));
+                }
+                Err(e) => last_err = format!("{}: {e}", urls[at]),
+            }
+        }
+        Err(BrokerError::ControlPlane(last_err))
+    }
+
+    /// A tenant's keys, fetched now (a token named a key not seen yet).
+    pub async fn fetch_keys(&self, tenant: &str, now_ms: i64) -> Result<(), BrokerError> {
+        self.keys.note_fetch(tenant, now_ms);
+        let path = format!("/v1/tenants/{tenant}/.well-known/jwks.json");
+        match self.call(reqwest::Method::GET, &path, None, None, 0).await? {
+            Ok(jwks) => {
+                self.keys.set(tenant, &jwks, now_ms);
+                Ok(())
+            }
+            Err(r) if r.status == 404 => {
+                self.keys.remove(tenant);
+                Ok(())
+            }
+            Err(r) => Err(BrokerError::ControlPlane(format!(
+                "jwks of {tenant}: {}",
+                r.message
+            ))),
+        }
+    }
+
+    /// Passes a stream or cache creation on to the control plane, as the
+    /// client (its token) or, without tokens, as the operator.
+    pub async fn create(
+        &self,
+        c: &StreamConfig,
+        replication_factor: u32,
+        token: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let n = StreamName::parse(&c.name)?;
+        let kind = StreamKind::from_wire(c.kind)?;
+        let (path, body) = if kind == StreamKind::Cache {
+            (
+                format!("/v1/tenants/{}/namespaces/{}/caches", n.tenant, n.namespace),
+                json!({"name": n.name, "shards": c.shards, "replication_factor": replication_factor,
+                       "default_ttl_ms": c.default_ttl_ms}),
+            )
+        } else {
+            (
+                format!("/v1/tenants/{}/namespaces/{}/streams", n.tenant, n.namespace),
+                json!({"name": n.name, "shards": c.shards, "replication_factor": replication_factor,
+                       "durability": c.durability, "retention_ms": c.retention_ms,
+                       "retention_bytes": c.retention_bytes, "max_deliveries": c.max_deliveries,
+                       "kind": if kind == StreamKind::Compacted { "compacted" } else { "stream" }}),
+            )
+        };
+        let r = self
+            .call(reqwest::Method::POST, &path, Some(&body), token, 0)
+            .await?;
+        refused_to_error(r, &n).map(|_| ())
+    }
+
+    /// Passes a deletion on to the control plane.
+    pub async fn delete(
+        &self,
+        name: &StreamName,
+        cache: bool,
+        force: bool,
+        token: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let kind = if cache { "caches" } else { "streams" };
+        let path = format!(
+            "/v1/tenants/{}/namespaces/{}/{kind}/{}{}",
+            name.tenant,
+            name.namespace,
+            name.name,
+            if force { "?force=true" } else { "" }
+        );
+        let r = self.call(reqwest::Method::DELETE, &path, None, token, 0).await?;
+        refused_to_error(r, name).map(|_| ())
+    }
+
+    /// Passes a retention change on to the control plane.
+    pub async fn set_retention(
+        &self,
+        name: &StreamName,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+        token: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let path = format!(
+            "/v1/tenants/{}/namespaces/{}/streams/{}",
+            name.tenant, name.namespace, name.name
+        );
+        let body = json!({"retention_ms": retention_ms, "retention_bytes": retention_bytes});
+        let r = self
+            .call(reqwest::Method::PATCH, &path, Some(&body), token, 0)
+            .await?;
+        refused_to_error(r, name).map(|_| ())
+    }
+
+    /// Registers this broker (again, after a restart: the registration
+    /// may have changed addresses).
+    pub async fn register(&self, id: u32, client_addr: &str, raft_addr: &str) -> Result<(), BrokerError> {
+        let body = json!({"id": id, "client_addr": client_addr, "raft_addr": raft_addr,
+                          "zone": self.config.zone, "shards_max": self.config.shards_max});
+        match self
+            .call(reqwest::Method::POST, "/v1/brokers", Some(&body), None, 0)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(r) => Err(BrokerError::ControlPlane(format!(
+                "registering broker {id} was refused ({}): {}",
+                r.status, r.message
+            ))),
+        }
+    }
+
+    /// Says this broker is alive, with its streams' live subscriptions.
+    pub async fn heartbeat(&self, id: u32, subscribers: &BTreeMap<String, u32>) -> Result<(), BrokerError> {
+        let body = json!({ "subscribers": subscribers });
+        let path = format!("/v1/brokers/{id}/heartbeat");
+        match self
+            .call(reqwest::Method::POST, &path, Some(&body), None, 0)
+            .await?
+        {
+            Ok(_) => Ok(()),
+            Err(r) => Err(BrokerError::ControlPlane(format!(
+                "heartbeat refused ({}): {}",
+                r.status, r.message
+            ))),
+        }
+    }
+}
+
+/// The error a client is told for a control-plane refusal.
+fn refused_to_error(r: Result<Value, Refused>, name: &StreamName) -> Result<Value, BrokerError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(Refused { status, message }) => Err(match status {
+            401 => BrokerError::Unauthorized(message),
+            403 => BrokerError::Forbidden(message),
+            404 if message.contains("no stream") || message.contains("no cache") => {
+                BrokerError::UnknownStream(name.to_string())
+            }
+            409 if message.contains("exists") => BrokerError::StreamExists(name.to_string()),
+            400 | 404 | 409 => BrokerError::Invalid(format!("the control plane refused: {message}")),
+            s => BrokerError::ControlPlane(format!("{s}: {message}")),
+        }),
+    }
+}
