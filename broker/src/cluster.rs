@@ -70,6 +70,9 @@ pub enum MetaOp {
         /// Founders, should it be created (as for `Create`).
         #[serde(default)]
         replicas: Vec<NodeId>,
+        /// Where the control plane wants each shard's replicas (brokers).
+        #[serde(default)]
+        placement: Vec<felix_controlplane::model::ShardPlacement>,
     },
 }
 

@@ -75,6 +75,10 @@ pub struct StreamMeta {
     /// on its own are not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub managed: bool,
+    /// The control plane's placement of each shard (managed streams):
+    /// which brokers its group's voters should be, and its group id there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<felix_controlplane::model::ShardPlacement>,
 }
 
 impl StreamMeta {
@@ -262,6 +266,7 @@ impl MetaStore {
             default_ttl_ms: c.default_ttl_ms,
             replicas,
             managed,
+            placement: Vec::new(),
         };
         self.file.next_shard_id += u64::from(c.shards);
         self.file.streams.insert(name.to_string(), meta.clone());

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use felix_client::wire::{BrokerInfo, ShardInfo, ShardStats, StreamConfig, StreamInfo};
+use felix_controlplane::model::ShardPlacement;
 use felix_index::{CompactionConfig, Index, IndexConfig, Maintenance, ShardKind};
 use felix_log::{LogConfig, Retention, ShardId};
 use tokio::sync::watch;
@@ -28,6 +29,14 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// The wall clock, in ms since the epoch.
 pub fn system_clock() -> Clock {
     Arc::new(felix_log::now_ms)
+}
+
+/// A stream as the control plane has it: its settings, and where each
+/// shard's replicas belong.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub config: StreamConfig,
+    pub placement: Vec<ShardPlacement>,
 }
 
 /// A stream this node hosts.
@@ -448,7 +457,7 @@ impl Node {
         &self,
         version: u64,
         name: &StreamName,
-        want: Option<StreamConfig>,
+        want: Option<Followed>,
     ) -> Result<(), BrokerError> {
         if !self.follow_changes(version, name, want.as_ref()) {
             return Ok(());
@@ -458,8 +467,9 @@ impl Node {
                 let op = MetaOp::Follow {
                     version,
                     name: name.to_string(),
-                    stream: want.as_ref().map(StreamSpec::from),
+                    stream: want.as_ref().map(|w| StreamSpec::from(&w.config)),
                     replicas: c.meta_voters()?,
+                    placement: want.map(|w| w.placement).unwrap_or_default(),
                 };
                 c.write_meta(&op, self.now_ms()).await
             }
@@ -468,14 +478,16 @@ impl Node {
     }
 
     /// Whether following `want` at `version` would change anything here.
-    fn follow_changes(&self, version: u64, name: &StreamName, want: Option<&StreamConfig>) -> bool {
+    fn follow_changes(&self, version: u64, name: &StreamName, want: Option<&Followed>) -> bool {
         let meta = self.meta.lock().expect("meta lock");
         if version < meta.cp_version() {
             return false;
         }
         match (meta.get(name), want) {
             (None, None) => false,
-            (Some(m), Some(c)) => !same_shape(m, c) || !same_settings(m, c),
+            (Some(m), Some(w)) => {
+                !same_shape(m, &w.config) || !same_settings(m, &w.config) || m.placement != w.placement
+            }
             _ => true,
         }
     }
@@ -487,7 +499,7 @@ impl Node {
         &self,
         version: u64,
         name: &StreamName,
-        want: Option<StreamConfig>,
+        want: Option<Followed>,
         raft_index: Option<u64>,
         replicas: Vec<u64>,
         fresh: bool,
@@ -502,9 +514,10 @@ impl Node {
         match (current, want) {
             (None, None) => Ok(()),
             (Some(_), None) => self.delete_local(name, raft_index),
-            (Some(m), Some(c)) if same_shape(&m, &c) => {
+            (Some(m), Some(Followed { config: c, placement })) if same_shape(&m, &c) => {
                 let h = self.stream_by_name(name)?;
                 let m = self.meta.lock().expect("meta lock").update(name, |m| {
+                    m.placement = placement;
                     m.retention_ms = c.retention_ms;
                     m.retention_bytes = c.retention_bytes;
                     m.default_ttl_ms = c.default_ttl_ms;
@@ -516,12 +529,18 @@ impl Node {
                 *h.meta.lock().expect("stream meta lock") = m;
                 Ok(())
             }
-            (current, Some(c)) => {
+            (current, Some(Followed { config: c, placement })) => {
                 if current.is_some() {
                     tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
                     self.delete_local(name, raft_index)?;
                 }
                 let h = self.create_local(&c, raft_index, replicas, true)?;
+                let m = self
+                    .meta
+                    .lock()
+                    .expect("meta lock")
+                    .update(name, |m| m.placement = placement)?;
+                *h.meta.lock().expect("stream meta lock") = m;
                 self.start_groups(&h, fresh);
                 Ok(())
             }
@@ -573,10 +592,14 @@ impl Node {
                 name,
                 stream,
                 replicas,
+                placement,
             } => self.apply_follow(
                 *version,
                 &StreamName::parse(name)?,
-                stream.clone().map(StreamConfig::from),
+                stream.clone().map(|s| Followed {
+                    config: StreamConfig::from(s),
+                    placement: placement.clone(),
+                }),
                 Some(index),
                 replicas.clone(),
                 fresh,

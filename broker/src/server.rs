@@ -122,6 +122,9 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
             .cluster
             .as_ref()
             .map_or_else(|| advertise.clone(), |c| c.raft_listen.to_string());
+        if config.cluster.is_some() {
+            crate::control::moves::start(link.clone(), &node);
+        }
         follow::start(
             link,
             &node,

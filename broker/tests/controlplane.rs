@@ -27,13 +27,18 @@ struct Proc(Option<Child>);
 
 impl Proc {
     fn start(dir: &Path, id: u64, ports: &[u16]) -> Proc {
+        Proc::start_with(dir, id, ports, "")
+    }
+
+    /// With `extra` settings (top-level keys) in the configuration.
+    fn start_with(dir: &Path, id: u64, ports: &[u16], extra: &str) -> Proc {
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
             .map(|(i, p)| format!("[[peers]]\nid = {}\naddr = \"127.0.0.1:{p}\"\n", i + 1))
             .collect();
         let cfg = format!(
-            "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata_dir = {:?}\ncluster_secret = \"{SECRET}\"\n\n{}",
+            "id = {id}\nlisten = \"127.0.0.1:{}\"\ndata_dir = {:?}\ncluster_secret = \"{SECRET}\"\n{extra}\n{}",
             ports[id as usize - 1],
             dir.join(format!("cp{id}")).display().to_string(),
             peers.join("\n")
@@ -443,4 +448,214 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
     }
     assert_eq!(seen, 100, "every acknowledged record is read back");
     drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_fully_replicated_again() {
+    use bytes::Bytes;
+    use felix_client::wire::{Message, Start};
+    use felix_client::{Client, ProducerConfig, ProducerRecord, Route, SubscribeOptions};
+    use reqwest::Method;
+
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    // Down after 3 missed 500 ms heartbeats; re-placed 2 s after that.
+    let _cp = Proc::start_with(
+        dir.path(),
+        1,
+        &[port],
+        "broker_heartbeat_interval_ms = 500\nreplace_after_ms = 2000\n",
+    );
+    let ports = [port];
+    until(20, "a control-plane leader", || leader(&http, &ports)).await;
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let (s, v) = call(&http, port, Method::GET, &path, None).await.ok()?;
+            (s == 200).then_some(v)
+        }
+    };
+    let extra = format!(
+        "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 500\nrequire_tokens = false\n"
+    );
+    let root = dir.path().join("brokers");
+    let mut cluster = tokio::task::block_in_place(|| common::cluster::LocalCluster::start(&root, 4, &extra));
+    until(30, "four active brokers", || async {
+        let v = get("/v1/brokers".into()).await?;
+        let active = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|b| b["status"] == "active")
+            .count();
+        (active == 4).then_some(())
+    })
+    .await;
+    let (s, v) = call(
+        &http,
+        port,
+        Method::POST,
+        "/v1/tenants",
+        Some(json!({"name": "acme"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    call(
+        &http,
+        port,
+        Method::POST,
+        "/v1/tenants/acme/namespaces",
+        Some(json!({"name": "prod"})),
+    )
+    .await
+    .unwrap();
+    let (s, v) = call(
+        &http,
+        port,
+        Method::POST,
+        "/v1/tenants/acme/namespaces/prod/streams",
+        Some(json!({"name": "orders", "shards": 2, "replication_factor": 3})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+
+    // Every shard's voters become exactly its three placed brokers (the
+    // groups were founded on all four).
+    let placement = || async {
+        let v = get("/v1/tenants/acme/namespaces/prod/streams/orders".into()).await?;
+        let p: Vec<(Vec<u64>, Vec<u64>)> = v["placement"]
+            .as_array()?
+            .iter()
+            .map(|s| {
+                let ids = |k: &str| {
+                    let mut v: Vec<u64> = s[k]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|b| b.as_u64()).collect())
+                        .unwrap_or_default();
+                    v.sort_unstable();
+                    v
+                };
+                (ids("replicas"), ids("leaving"))
+            })
+            .collect();
+        Some(p)
+    };
+    let client = Client::connect(cluster.client_config()).await.unwrap();
+    let matches = |client: &Client| {
+        let client = client.clone();
+        async move {
+            let want = placement().await?;
+            if want.iter().any(|(_, leaving)| !leaving.is_empty()) {
+                return None;
+            }
+            client.refresh_metadata(&["acme/prod/orders".into()]).await.ok()?;
+            let info = client.stream_info("acme/prod/orders").await.ok()?;
+            let have: Vec<Vec<u64>> = info.shards.iter().map(|s| s.replicas.clone()).collect();
+            let want: Vec<Vec<u64>> = want.into_iter().map(|(r, _)| r).collect();
+            (have == want && info.shards.iter().all(|s| s.leader.is_some())).then_some(want)
+        }
+    };
+    let before = until(60, "voters matching the placement", || matches(&client)).await;
+    assert!(before.iter().all(|r| r.len() == 3), "{before:?}");
+
+    let p = client
+        .producer("acme/prod/orders", ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in 0..40u32 {
+        acks.push(
+            p.send(ProducerRecord::keyed(
+                format!("k{i}"),
+                Bytes::from(format!("v{i}")),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    for a in acks {
+        a.wait().await.expect("acknowledged");
+    }
+
+    // Kill for good a broker that holds a replica of shard 0.
+    let victim = before[0][0];
+    cluster.kill(cluster.index_of(victim));
+    let killed_at = Instant::now();
+    let survivors: Vec<usize> = (0..4).filter(|i| cluster.members[*i].at.id != victim).collect();
+    let mut cfg = cluster.client_config();
+    cfg.brokers = survivors
+        .iter()
+        .map(|i| cluster.members[*i].at.client.to_string())
+        .collect();
+    let client = Client::connect(cfg).await.unwrap();
+    let after = until(90, "re-placed and fully replicated", || async {
+        let r = matches(&client).await?;
+        r.iter().all(|s| !s.contains(&victim)).then_some(r)
+    })
+    .await;
+    println!(
+        "re-placed and fully replicated {:.1} s after the kill (down after 1.5 s, re-placed after 2 s more)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(after.iter().all(|r| r.len() == 3), "{after:?}");
+
+    // Writes go on, and every acknowledged record reads back.
+    let p = client
+        .producer("acme/prod/orders", ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in 40..80u32 {
+        acks.push(
+            p.send(ProducerRecord::keyed(
+                format!("k{i}"),
+                Bytes::from(format!("v{i}")),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    for a in acks {
+        a.wait().await.expect("acknowledged after the re-placement");
+    }
+    let mut seen = 0u64;
+    for shard in 0..2u32 {
+        let Message::StreamDescription { shards, .. } = client
+            .call(
+                Route::Any,
+                &Message::StreamDescribe {
+                    name: "acme/prod/orders".into(),
+                },
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("no description")
+        };
+        let n = shards[shard as usize].next;
+        let mut sub = client
+            .subscribe(
+                "acme/prod/orders",
+                SubscribeOptions {
+                    shards: vec![shard],
+                    start: Start::Earliest,
+                    ..SubscribeOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("records")
+                .unwrap()
+                .unwrap();
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 80);
+    let v = get("/v1/cluster".into()).await.unwrap();
+    assert_eq!(v["under_replicated_groups"], json!([]), "{v}");
 }

@@ -15,15 +15,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
-use felix_controlplane::model::{Cache, Quotas, Stream, StreamKind as CpKind};
+use felix_controlplane::model::{Cache, Quotas, ShardPlacement, Stream, StreamKind as CpKind};
 use felix_controlplane::state::{Change, Versioned};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ControlLink, FEED_WAIT_MS, RETRY_BACKOFF_MS_MAX};
+use crate::error::BrokerError;
 use crate::meta::StreamKind;
 use crate::names::StreamName;
-use crate::node::Node;
+use crate::node::{Followed, Node};
 
 /// The durability of a cache's shards (the control plane's cache spec has
 /// none: a cache put is acknowledged once durable, as a stream's default).
@@ -176,13 +177,13 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
             for (name, st) in &nv.streams {
                 let c = stream_config(t, ns, name, st);
                 let name = c.name.clone();
-                apply(&n, s.version, &name, Some(c)).await;
+                apply(&n, s.version, &name, Some(followed(c, &st.placement))).await?;
                 wanted.insert(name);
             }
             for (name, ca) in &nv.caches {
                 let c = cache_config(t, ns, name, ca);
                 let name = c.name.clone();
-                apply(&n, s.version, &name, Some(c)).await;
+                apply(&n, s.version, &name, Some(followed(c, &ca.placement))).await?;
                 wanted.insert(name);
             }
         }
@@ -191,7 +192,7 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
     // this broker was not following.
     for name in n.managed_streams() {
         if !wanted.contains(&name) {
-            apply(&n, s.version, &name, None).await;
+            apply(&n, s.version, &name, None).await?;
         }
     }
     link.version.store(s.version, Ordering::Release);
@@ -248,8 +249,9 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                 value,
             } => {
                 let name = format!("{tenant}/{namespace}/{stream}");
-                let c = value.map(|s| stream_config(&tenant, &namespace, &stream, &s));
-                apply(&n, v.version, &name, c).await;
+                let c =
+                    value.map(|s| followed(stream_config(&tenant, &namespace, &stream, &s), &s.placement));
+                apply(&n, v.version, &name, c).await?;
             }
             Change::Cache {
                 tenant,
@@ -258,8 +260,8 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                 value,
             } => {
                 let name = format!("{tenant}/{namespace}/{cache}");
-                let c = value.map(|s| cache_config(&tenant, &namespace, &cache, &s));
-                apply(&n, v.version, &name, c).await;
+                let c = value.map(|s| followed(cache_config(&tenant, &namespace, &cache, &s), &s.placement));
+                apply(&n, v.version, &name, c).await?;
             }
             Change::Keys { tenant } => {
                 if let Err(e) = link.fetch_keys(&tenant, now).await {
@@ -275,18 +277,32 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
     Ok(Some(c.version))
 }
 
-/// One stream's state at `version`, made the node's; failures are logged
-/// and the next snapshot tries again.
-async fn apply(n: &Node, version: u64, name: &str, want: Option<StreamConfig>) {
+/// One stream's state at `version`, made the node's. A change this broker
+/// can never apply (a name it cannot hold) is logged and skipped; any
+/// other failure (the metadata group electing, say) is returned, and the
+/// feed is read again from the same version, so no change is lost.
+async fn apply(n: &Node, version: u64, name: &str, want: Option<Followed>) -> Result<(), String> {
     let parsed = match StreamName::parse(name) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(name, error = %e, "the control plane named a stream this broker cannot hold");
-            return;
+            return Ok(());
         }
     };
-    if let Err(e) = n.follow(version, &parsed, want).await {
-        tracing::warn!(stream = name, version, error = %e, "applying a control-plane change failed");
+    match n.follow(version, &parsed, want).await {
+        Ok(()) => Ok(()),
+        Err(e @ (BrokerError::Invalid(_) | BrokerError::InvalidName(_))) => {
+            tracing::warn!(stream = name, version, error = %e, "a control-plane change this broker cannot apply");
+            Ok(())
+        }
+        Err(e) => Err(format!("applying {name} at version {version}: {e}")),
+    }
+}
+
+fn followed(config: StreamConfig, placement: &[ShardPlacement]) -> Followed {
+    Followed {
+        config,
+        placement: placement.to_vec(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod access;
 pub mod admin;
 pub mod embedded;
 pub mod follow;
+pub mod moves;
 pub mod quota;
 
 use std::collections::BTreeMap;
@@ -227,6 +228,18 @@ impl ControlLink {
             Ok(_) => Ok(()),
             Err(r) => Err(BrokerError::ControlPlane(format!(
                 "registering broker {id} was refused ({}): {}",
+                r.status, r.message
+            ))),
+        }
+    }
+
+    /// Reports that `broker` has left group `group` (a move is over).
+    pub async fn move_done(&self, broker: u32, group: u64) -> Result<(), BrokerError> {
+        let path = format!("/v1/brokers/{broker}/moves/{group}/done");
+        match self.call(reqwest::Method::POST, &path, None, None, 0).await? {
+            Ok(_) => Ok(()),
+            Err(r) => Err(BrokerError::ControlPlane(format!(
+                "move done refused ({}): {}",
                 r.status, r.message
             ))),
         }

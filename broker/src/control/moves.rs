@@ -1,0 +1,204 @@
+//! Carrying out the control plane's placement: the leader of each shard
+//! group makes the group's voters the brokers the placement names. A
+//! broker placed but not a voter is added (a learner first, promoted once
+//! it has caught up); only once every placed broker votes are voters the
+//! placement does not name removed, so the group never shrinks below its
+//! target while a replacement catches up. A removal of a broker the
+//! placement lists as `leaving` is reported done, which ends the move.
+//!
+//! What to change is decided by [`plan`], a pure function; the task
+//! around it only reads the group's state and calls the replication API.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use felix_controlplane::model::ShardPlacement;
+use felix_replication::{broker_of, NodeId};
+
+use super::ControlLink;
+use crate::node::Node;
+
+/// How often leaders compare their groups with the placement.
+pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
+/// How long adding one replica (its catch-up included) may take before
+/// the next round tries again.
+pub const ADD_TIMEOUT_MS: u64 = 120_000;
+
+/// One membership change for a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Add(NodeId),
+    Remove(NodeId),
+    /// The broker left the group: tell the control plane.
+    Done(u32),
+}
+
+/// What to do next for a group with `voters`, placed on `p`, given the
+/// current node id of each broker (`nodes`). One kind of step at a time:
+/// adds first; removals only when every placed broker is a voter.
+pub fn plan(voters: &[NodeId], p: &ShardPlacement, nodes: &BTreeMap<u32, NodeId>) -> Vec<Step> {
+    let voting: BTreeSet<u32> = voters
+        .iter()
+        .filter_map(|v| u32::try_from(broker_of(*v)).ok())
+        .collect();
+    let adds: Vec<Step> = p
+        .replicas
+        .iter()
+        .filter(|b| !voting.contains(b))
+        .filter_map(|b| nodes.get(b).map(|n| Step::Add(*n)))
+        .collect();
+    if !adds.is_empty() {
+        return adds;
+    }
+    if p.replicas.iter().any(|b| !voting.contains(b)) {
+        // A placed broker whose node id is not known yet: wait for it.
+        return Vec::new();
+    }
+    let placed: BTreeSet<u32> = p.replicas.iter().copied().collect();
+    let mut steps: Vec<Step> = voters
+        .iter()
+        .filter(|v| u32::try_from(broker_of(**v)).is_ok_and(|b| !placed.contains(&b)))
+        .map(|v| Step::Remove(*v))
+        .collect();
+    // Leaving brokers no longer voting have left: the move is over.
+    steps.extend(
+        p.leaving
+            .iter()
+            .filter(|b| !voting.contains(b))
+            .map(|b| Step::Done(*b)),
+    );
+    steps
+}
+
+/// Runs the reconciliation every [`RECONCILE_INTERVAL_MS`] until the node
+/// is dropped (cluster brokers only).
+pub fn start(link: Arc<ControlLink>, node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    tokio::spawn(async move {
+        let adding = Arc::new(Mutex::new(HashSet::new()));
+        let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !round(&link, &weak, &adding).await {
+                return;
+            }
+        }
+    });
+}
+
+/// One pass over every hosted shard this broker leads. `false` once the
+/// node is gone.
+async fn round(
+    link: &Arc<ControlLink>,
+    node: &Weak<Node>,
+    adding: &Arc<Mutex<HashSet<(u64, NodeId)>>>,
+) -> bool {
+    let Some(n) = node.upgrade() else { return false };
+    let Some(cluster) = n.cluster().cloned() else {
+        return false;
+    };
+    // The current incarnation of each broker: the metadata group's voters.
+    let nodes: BTreeMap<u32, NodeId> = cluster
+        .meta_voters()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| Some((u32::try_from(broker_of(id)).ok()?, id)))
+        .collect();
+    for h in n.streams() {
+        let m = h.meta();
+        if !m.managed {
+            continue;
+        }
+        for (s, p) in h.shards.iter().zip(&m.placement) {
+            let Some(r) = s.replica().cloned() else { continue };
+            if !r.is_leader() {
+                continue;
+            }
+            for step in plan(&r.voters(), p, &nodes) {
+                match step {
+                    Step::Add(id) => {
+                        let Some(addr) = cluster.peers.get(&broker_of(id)).cloned() else {
+                            continue;
+                        };
+                        if !adding.lock().expect("adding lock").insert((p.group, id)) {
+                            continue;
+                        }
+                        let (r, adding, group) = (r.clone(), adding.clone(), p.group);
+                        tokio::spawn(async move {
+                            tracing::info!(group, node = format!("{id:#x}"), "adding a placed replica");
+                            let added = tokio::time::timeout(
+                                Duration::from_millis(ADD_TIMEOUT_MS),
+                                r.add_replica(id, addr, true),
+                            )
+                            .await;
+                            match added {
+                                Ok(Ok(())) => {}
+                                Ok(Err(e)) => tracing::warn!(group, error = %e, "adding a replica failed"),
+                                Err(_) => tracing::warn!(group, "adding a replica timed out"),
+                            }
+                            adding.lock().expect("adding lock").remove(&(group, id));
+                        });
+                    }
+                    Step::Remove(id) => {
+                        tracing::info!(
+                            group = p.group,
+                            node = format!("{id:#x}"),
+                            "removing a replica the placement moved away"
+                        );
+                        if let Err(e) = r.remove_replica(id).await {
+                            tracing::warn!(group = p.group, error = %e, "removing a replica failed");
+                        }
+                    }
+                    Step::Done(b) => {
+                        if let Err(e) = link.move_done(b, p.group).await {
+                            tracing::debug!(group = p.group, broker = b, error = %e, "reporting a finished move");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use felix_replication::node_id;
+
+    fn placed(replicas: &[u32], leaving: &[u32]) -> ShardPlacement {
+        ShardPlacement {
+            group: 7,
+            replicas: replicas.to_vec(),
+            leaving: leaving.to_vec(),
+        }
+    }
+
+    #[test]
+    fn adds_come_first_then_removals_then_the_move_is_reported() {
+        let nodes: BTreeMap<u32, NodeId> = (1..=4).map(|b| (b, node_id(b, 1))).collect();
+        let n = |b: u32| node_id(b, 1);
+        // Broker 3 is down; the placement moved its replica to 4.
+        let p = placed(&[1, 2, 4], &[3]);
+        assert_eq!(plan(&[n(1), n(2), n(3)], &p, &nodes), vec![Step::Add(n(4))]);
+        // 4 votes: 3 goes.
+        assert_eq!(
+            plan(&[n(1), n(2), n(3), n(4)], &p, &nodes),
+            vec![Step::Remove(n(3))]
+        );
+        // 3 has left: report it.
+        assert_eq!(plan(&[n(1), n(2), n(4)], &p, &nodes), vec![Step::Done(3)]);
+        // Settled.
+        assert!(plan(&[n(1), n(2), n(4)], &placed(&[1, 2, 4], &[]), &nodes).is_empty());
+        // Founded on every broker, placed on three: the fourth is removed.
+        assert_eq!(
+            plan(&[n(1), n(2), n(3), n(4)], &placed(&[1, 2, 3], &[]), &nodes),
+            vec![Step::Remove(n(4))]
+        );
+        // A placed broker with no known node id: nothing is removed meanwhile.
+        let few: BTreeMap<u32, NodeId> = (1..=3).map(|b| (b, node_id(b, 1))).collect();
+        assert!(plan(&[n(1), n(2), n(3)], &p, &few).is_empty());
+    }
+}
