@@ -296,6 +296,7 @@ impl Cluster {
         state_dir: PathBuf,
         fresh: bool,
         replicas: &[NodeId],
+        preferred: Option<u64>,
     ) -> Result<(), BrokerError> {
         let applied = felix_replication::machine::saved_applied(&state_dir).map(RaftIndex);
         let replica = Replica::start(
@@ -313,7 +314,7 @@ impl Cluster {
         if !replicas.contains(&self.me) {
             let (r, peers, me) = (replica.clone(), self.others(), self.my_node());
             tokio::spawn(async move { r.join(&peers, &me).await });
-        } else if initializer(shard.id, replicas) == Some(self.me) {
+        } else if initializer(shard.id, replicas, preferred) == Some(self.me) {
             let wait = if fresh {
                 Duration::ZERO
             } else {
@@ -409,8 +410,13 @@ fn meta_dir(data_dir: &Path) -> PathBuf {
 }
 
 /// The founder that bootstraps a shard's group (and so usually leads it
-/// first): spread over the founders by shard id, balancing leaders.
-fn initializer(shard: felix_log::ShardId, replicas: &[NodeId]) -> Option<NodeId> {
+/// first): the control plane's preferred leader (`preferred`, a broker id)
+/// when it is a founder, else spread over the founders by shard id,
+/// balancing leaders.
+fn initializer(shard: felix_log::ShardId, replicas: &[NodeId], preferred: Option<u64>) -> Option<NodeId> {
+    if let Some(id) = preferred.and_then(|b| replicas.iter().copied().find(|id| broker_of(*id) == b)) {
+        return Some(id);
+    }
     let mut ids = replicas.to_vec();
     ids.sort_unstable();
     ids.get((shard.0 % ids.len().max(1) as u64) as usize).copied()

@@ -86,6 +86,14 @@ impl StreamMeta {
         self.durability.parse().unwrap_or_default()
     }
 
+    /// The broker the control plane prefers as shard `shard`'s leader.
+    pub fn preferred_leader(&self, shard: usize) -> Option<u64> {
+        self.placement
+            .get(shard)
+            .and_then(|p| p.replicas.first())
+            .map(|b| u64::from(*b))
+    }
+
     pub fn shard_id(&self, shard: u32) -> Option<ShardId> {
         self.shards.get(shard as usize).map(|s| ShardId(*s))
     }

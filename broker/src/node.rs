@@ -563,10 +563,11 @@ impl Node {
         let cluster = Arc::new(Cluster::open(&identity, c, &self.data_dir, applied)?);
         let _ = self.cluster.set(cluster.clone());
         for h in self.streams() {
-            let replicas = h.meta().replicas;
-            for s in &h.shards {
+            let m = h.meta();
+            for (i, s) in h.shards.iter().enumerate() {
+                let dir = HostedShard::raft_dir(&self.shard_dir(s.id));
                 cluster
-                    .start_shard(s, HostedShard::raft_dir(&self.shard_dir(s.id)), false, &replicas)
+                    .start_shard(s, dir, false, &m.replicas, m.preferred_leader(i))
                     .await?;
             }
         }
@@ -623,16 +624,18 @@ impl Node {
         let Some(cluster) = self.cluster().cloned() else {
             return;
         };
-        let replicas = Arc::new(h.meta().replicas);
-        for s in &h.shards {
-            let (s, c, dir, replicas) = (
+        let m = h.meta();
+        let replicas = Arc::new(m.replicas.clone());
+        for (i, s) in h.shards.iter().enumerate() {
+            let (s, c, dir, replicas, preferred) = (
                 s.clone(),
                 cluster.clone(),
                 HostedShard::raft_dir(&self.shard_dir(s.id)),
                 replicas.clone(),
+                m.preferred_leader(i),
             );
             tokio::spawn(async move {
-                if let Err(e) = c.start_shard(&s, dir, fresh, &replicas).await {
+                if let Err(e) = c.start_shard(&s, dir, fresh, &replicas, preferred).await {
                     tracing::error!(shard = s.id.0, error = %e, "starting the shard's group failed");
                 }
             });

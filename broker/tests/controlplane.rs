@@ -240,6 +240,56 @@ async fn a_killed_control_plane_leader_is_replaced_within_5_s_and_loses_nothing(
     }
 }
 
+/// Publishes `k{i}` → `v{i}` for every `i` of `range` to `acme/prod/orders`
+/// and waits for every acknowledgement.
+async fn publish_keyed(client: &felix_client::Client, range: std::ops::Range<u32>, what: &str) {
+    use felix_client::{ProducerConfig, ProducerRecord};
+    let p = client
+        .producer("acme/prod/orders", ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in range {
+        let r = ProducerRecord::keyed(format!("k{i}"), bytes::Bytes::from(format!("v{i}")));
+        acks.push(p.send(r).await.unwrap());
+    }
+    for a in acks {
+        a.wait().await.expect(what);
+    }
+}
+
+/// Reads every record of `acme/prod/orders`'s `shards` shards from the
+/// start, up to each shard's end as described now; returns how many.
+async fn read_all(client: &felix_client::Client, shards: u32) -> u64 {
+    use felix_client::wire::{Message, Start};
+    use felix_client::{Route, SubscribeOptions};
+    let describe = Message::StreamDescribe {
+        name: "acme/prod/orders".into(),
+    };
+    let Message::StreamDescription { shards: ends, .. } = client.call(Route::Any, &describe).await.unwrap()
+    else {
+        panic!("no description")
+    };
+    let mut seen = 0;
+    for shard in 0..shards {
+        let opts = SubscribeOptions {
+            shards: vec![shard],
+            start: Start::Earliest,
+            ..SubscribeOptions::default()
+        };
+        let mut sub = client.subscribe("acme/prod/orders", opts).await.unwrap();
+        for _ in 0..ends[shard as usize].next {
+            tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("records within 10 s")
+                .unwrap()
+                .unwrap();
+            seen += 1;
+        }
+    }
+    seen
+}
+
 /// Polls `f` for up to `secs` seconds until it gives a value.
 async fn until<T, F, Fut>(secs: u64, what: &str, f: F) -> T
 where
@@ -259,8 +309,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serves_without_it() {
     use bytes::Bytes;
-    use felix_client::wire::{Message, Start};
-    use felix_client::{Client, ProducerConfig, ProducerRecord, Route, SubscribeOptions};
+    use felix_client::wire::Message;
+    use felix_client::{Client, Route};
     use reqwest::Method;
 
     let dir = tempfile::tempdir().unwrap();
@@ -368,24 +418,7 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
     let mut all = cluster.client_config();
     all.token = token.clone();
     let client = Client::connect(all.clone()).await.unwrap();
-    let p = client
-        .producer("acme/prod/orders", ProducerConfig::default())
-        .await
-        .unwrap();
-    let mut acks = Vec::new();
-    for i in 0..50u32 {
-        acks.push(
-            p.send(ProducerRecord::keyed(
-                format!("k{i}"),
-                Bytes::from(format!("v{i}")),
-            ))
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.wait().await.expect("acknowledged with the control plane up");
-    }
+    publish_keyed(&client, 0..50, "acknowledged with the control plane up").await;
 
     // The control plane goes away: brokers keep serving what they host,
     // and a new connection's token is still checked with the keys held.
@@ -393,68 +426,18 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
     let client = Client::connect(all)
         .await
         .expect("connects without the control plane");
-    let p = client
-        .producer("acme/prod/orders", ProducerConfig::default())
-        .await
-        .unwrap();
-    let mut acks = Vec::new();
-    for i in 50..100u32 {
-        acks.push(
-            p.send(ProducerRecord::keyed(
-                format!("k{i}"),
-                Bytes::from(format!("v{i}")),
-            ))
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.wait().await.expect("acknowledged with the control plane down");
-    }
-    let mut seen = 0;
-    for shard in 0..2 {
-        let mut sub = client
-            .subscribe(
-                "acme/prod/orders",
-                SubscribeOptions {
-                    shards: vec![shard],
-                    start: Start::Earliest,
-                    ..SubscribeOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-        let Message::StreamDescription { shards, .. } = client
-            .call(
-                Route::Any,
-                &Message::StreamDescribe {
-                    name: "acme/prod/orders".into(),
-                },
-            )
-            .await
-            .unwrap()
-        else {
-            panic!("no description")
-        };
-        let n = shards[shard as usize].next;
-        for _ in 0..n {
-            tokio::time::timeout(Duration::from_secs(10), sub.next())
-                .await
-                .expect("records")
-                .unwrap()
-                .unwrap();
-            seen += 1;
-        }
-    }
-    assert_eq!(seen, 100, "every acknowledged record is read back");
+    publish_keyed(&client, 50..100, "acknowledged with the control plane down").await;
+    assert_eq!(
+        read_all(&client, 2).await,
+        100,
+        "every acknowledged record is read back"
+    );
     drop(cluster);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_fully_replicated_again() {
-    use bytes::Bytes;
-    use felix_client::wire::{Message, Start};
-    use felix_client::{Client, ProducerConfig, ProducerRecord, Route, SubscribeOptions};
+    use felix_client::Client;
     use reqwest::Method;
 
     let dir = tempfile::tempdir().unwrap();
@@ -559,25 +542,24 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
     };
     let before = until(60, "voters matching the placement", || matches(&client)).await;
     assert!(before.iter().all(|r| r.len() == 3), "{before:?}");
-
-    let p = client
-        .producer("acme/prod/orders", ProducerConfig::default())
+    // Each group was founded by the control plane's preferred leader.
+    let v = get("/v1/tenants/acme/namespaces/prod/streams/orders".into())
         .await
         .unwrap();
-    let mut acks = Vec::new();
-    for i in 0..40u32 {
-        acks.push(
-            p.send(ProducerRecord::keyed(
-                format!("k{i}"),
-                Bytes::from(format!("v{i}")),
-            ))
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.wait().await.expect("acknowledged");
-    }
+    let preferred: Vec<u64> = v["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["replicas"][0].as_u64().unwrap())
+        .collect();
+    let info = client.stream_info("acme/prod/orders").await.unwrap();
+    let leaders: Vec<u64> = info.shards.iter().map(|s| s.leader.unwrap()).collect();
+    assert_eq!(
+        leaders, preferred,
+        "groups are founded by their preferred leaders"
+    );
+
+    publish_keyed(&client, 0..40, "acknowledged").await;
 
     // Kill for good a broker that holds a replica of shard 0.
     let victim = before[0][0];
@@ -602,60 +584,8 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
     assert!(after.iter().all(|r| r.len() == 3), "{after:?}");
 
     // Writes go on, and every acknowledged record reads back.
-    let p = client
-        .producer("acme/prod/orders", ProducerConfig::default())
-        .await
-        .unwrap();
-    let mut acks = Vec::new();
-    for i in 40..80u32 {
-        acks.push(
-            p.send(ProducerRecord::keyed(
-                format!("k{i}"),
-                Bytes::from(format!("v{i}")),
-            ))
-            .await
-            .unwrap(),
-        );
-    }
-    for a in acks {
-        a.wait().await.expect("acknowledged after the re-placement");
-    }
-    let mut seen = 0u64;
-    for shard in 0..2u32 {
-        let Message::StreamDescription { shards, .. } = client
-            .call(
-                Route::Any,
-                &Message::StreamDescribe {
-                    name: "acme/prod/orders".into(),
-                },
-            )
-            .await
-            .unwrap()
-        else {
-            panic!("no description")
-        };
-        let n = shards[shard as usize].next;
-        let mut sub = client
-            .subscribe(
-                "acme/prod/orders",
-                SubscribeOptions {
-                    shards: vec![shard],
-                    start: Start::Earliest,
-                    ..SubscribeOptions::default()
-                },
-            )
-            .await
-            .unwrap();
-        for _ in 0..n {
-            tokio::time::timeout(Duration::from_secs(10), sub.next())
-                .await
-                .expect("records")
-                .unwrap()
-                .unwrap();
-            seen += 1;
-        }
-    }
-    assert_eq!(seen, 80);
+    publish_keyed(&client, 40..80, "acknowledged after the re-placement").await;
+    assert_eq!(read_all(&client, 2).await, 80);
     let v = get("/v1/cluster".into()).await.unwrap();
     assert_eq!(v["under_replicated_groups"], json!([]), "{v}");
 }
