@@ -301,6 +301,37 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_own_key_does_not_make_a_wrong_issuer_audience_or_expiry_valid() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let k = new_signing_key("a1", [1; 32]);
+        let keys = Keys::default();
+        let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": k.kid, "x": k.public}]});
+        keys.set("a", &jwks, 0);
+        let der = URL_SAFE_NO_PAD.decode(&k.pkcs8).unwrap();
+        let now_s: u64 = 1_000_000;
+        let token = |iss: &str, aud: &str, exp: u64| {
+            let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+            h.kid = Some("a1".into());
+            let claims = serde_json::json!({"iss": iss, "aud": aud, "sub": "p:x", "tid": "a",
+                                            "iat": now_s, "exp": exp, "perms": []});
+            jsonwebtoken::encode(&h, &claims, &jsonwebtoken::EncodingKey::from_ed_der(&der)).unwrap()
+        };
+        let now_ms = now_s as i64 * 1000;
+        assert!(matches!(
+            keys.check(&token("felix", "felix", now_s + 60), now_ms).unwrap(),
+            Checked::Valid(_)
+        ));
+        for (what, t) in [
+            ("wrong issuer", token("https://idp.example", "felix", now_s + 60)),
+            ("wrong audience", token("felix", "someone-else", now_s + 60)),
+            ("expired past the skew", token("felix", "felix", now_s - 31)),
+        ] {
+            let e = keys.check(&t, now_ms).err();
+            assert!(matches!(e, Some(BrokerError::Unauthorized(_))), "{what}: {e:?}");
+        }
+    }
+
+    #[test]
     fn each_request_needs_its_permission_on_its_object() {
         use bytes::Bytes;
         let publish = Message::Publish {
