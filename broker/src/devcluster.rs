@@ -126,18 +126,30 @@ impl Drop for LocalBrokers {
     }
 }
 
-pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32) -> anyhow::Result<()> {
-    let brokers = LocalBrokers::spawn(data_dir, listen, n, "", true)?;
+/// Runs the cluster with a control plane in this process (at `cp`) that
+/// every broker follows, until SIGINT or SIGTERM.
+pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
+    let embedded = felix_broker::control::embedded::start(&data_dir, cp)
+        .await
+        .with_context(|| format!("starting the embedded control plane on {cp}"))?;
+    let link = &embedded.link;
+    let extra = format!(
+        "[controlplane]\nurls = {:?}\nsecret = {:?}\n",
+        link.urls, link.secret
+    );
+    let brokers = LocalBrokers::spawn(&data_dir, listen, n, &extra, true)?;
     let profile_path = data_dir.join("client.toml");
+    let cp_url = format!("http://{}", embedded.handle.addr);
     ClientProfile {
         brokers: brokers.client_addresses(),
         server_name: "localhost".into(),
         ca: brokers.ca.clone(),
         cert: None,
         key: None,
-        token: None,
-        controlplane: None,
+        token: Some(embedded.dev_token.clone()),
+        controlplane: Some(cp_url.clone()),
     }
     .save(&profile_path)?;
     println!("felix dev is running a cluster of {n} brokers");
@@ -150,12 +162,21 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32) -> anyhow::Result<
             m.data_dir.display()
         );
     }
+    println!(
+        "  control   {cp_url}  (operator secret in {})",
+        data_dir
+            .join(felix_broker::control::embedded::DIR)
+            .join("secret")
+            .display()
+    );
+    println!("  token     {}", embedded.dev_token);
     println!("  CA        {}", brokers.ca.display());
     println!("  profile   {}", profile_path.display());
     println!("try: felix stream create orders --shards 3   (Ctrl-C stops)");
     crate::wait_for_shutdown().await;
     eprintln!("stopping the brokers");
     drop(brokers);
+    embedded.handle.shutdown().await;
     Ok(())
 }
 

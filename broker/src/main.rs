@@ -44,7 +44,8 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
         brokers: u32,
         /// HTTP address of the embedded control plane (default: the port
-        /// after --listen's, or a free one when --listen's is 0).
+        /// after --listen's, 200 after it with --brokers N, or a free one
+        /// when --listen's is 0).
         #[arg(long)]
         controlplane_listen: Option<SocketAddr>,
     },
@@ -99,8 +100,18 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             listen,
             brokers,
-            ..
-        } if brokers > 1 => rt()?.block_on(devcluster::run(&data_dir, listen, brokers)),
+            controlplane_listen,
+        } if brokers > 1 => {
+            // Past the brokers' client and replication ports.
+            let cp = controlplane_listen.unwrap_or_else(|| {
+                let port = match listen.port() {
+                    0 => 0,
+                    p => p.saturating_add(200),
+                };
+                SocketAddr::new(listen.ip(), port)
+            });
+            rt()?.block_on(devcluster::run(&data_dir, listen, brokers, cp))
+        }
         Command::Dev {
             data_dir,
             listen,

@@ -305,7 +305,8 @@ mod tests {
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let k = new_signing_key("a1", [1; 32]);
         let keys = Keys::default();
-        let jwks = serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": k.kid, "x": k.public}]});
+        let jwks =
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": k.kid, "x": k.public}]});
         keys.set("a", &jwks, 0);
         let der = URL_SAFE_NO_PAD.decode(&k.pkcs8).unwrap();
         let now_s: u64 = 1_000_000;
