@@ -589,3 +589,93 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
     let v = get("/v1/cluster".into()).await.unwrap();
     assert_eq!(v["under_replicated_groups"], json!([]), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
+    use felix_broker::server::ClientProfile;
+    use felix_client::transport::ClientTls;
+    use felix_client::wire::Message;
+    use felix_client::{Client, ClientConfig, Route};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Proc(Some(
+        Command::new(env!("CARGO_BIN_EXE_felix"))
+            .args(["dev", "--brokers", "3", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let path = dir.path().join("client.toml");
+    let profile = until(60, "the profile", || async { ClientProfile::load(&path).ok() }).await;
+    assert_eq!(profile.brokers.len(), 3);
+    let token = profile
+        .token
+        .clone()
+        .expect("the profile holds the development token");
+    let mut cfg = ClientConfig::new(
+        profile.brokers[0].clone(),
+        ClientTls::from_pem_files(&profile.ca, None).unwrap(),
+    );
+    cfg.brokers = profile.brokers.clone();
+    cfg.server_name = profile.server_name.clone();
+    cfg.token = bytes::Bytes::from(token);
+    let client = until(30, "a client", || async {
+        Client::connect(cfg.clone()).await.ok()
+    })
+    .await;
+    let create = Message::StreamCreate(felix_client::wire::StreamConfig::stream("orders", 2, "always"));
+    until(30, "the stream created through the control plane", || async {
+        // A retry after a slow first answer finds it made.
+        match client.call(Route::Any, &create).await {
+            Ok(Message::Done) => Some(()),
+            Err(e) if e.to_string().contains("exists") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    // Every broker has it, and the control plane lists it.
+    let secret = std::fs::read_to_string(dir.path().join("controlplane/secret")).unwrap();
+    let cp = profile.controlplane.clone().unwrap();
+    let v: Value = reqwest::Client::new()
+        .get(format!("{cp}/v1/tenants/dev/namespaces/default/streams/orders"))
+        .bearer_auth(secret.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["spec"]["replication_factor"], json!(3), "{v}");
+    let mut one = cfg.clone();
+    for b in &profile.brokers {
+        one.brokers = vec![b.clone()];
+        let c = Client::connect(one.clone()).await.unwrap();
+        until(20, "the stream on each broker", || async {
+            matches!(
+                c.call(
+                    Route::Any,
+                    &Message::StreamDescribe {
+                        name: "orders".into()
+                    }
+                )
+                .await,
+                Ok(Message::StreamDescription { .. })
+            )
+            .then_some(())
+        })
+        .await;
+    }
+    // Without the token a broker refuses the connection.
+    cfg.token = bytes::Bytes::new();
+    let r = match Client::connect(cfg).await {
+        Ok(c) => c
+            .call(Route::Any, &Message::Metadata { streams: vec![] })
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(r.is_err_and(|e| e.to_string().contains("unauthorized")));
+    child.kill();
+}
