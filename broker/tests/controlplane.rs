@@ -679,3 +679,91 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
     assert!(r.is_err_and(|e| e.to_string().contains("unauthorized")));
     child.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_preferred_replica_after_a_failover() {
+    use felix_client::Client;
+    use reqwest::Method;
+
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let _cp = Proc::start(dir.path(), 1, &[port]);
+    let ports = [port];
+    until(20, "a control-plane leader", || leader(&http, &ports)).await;
+    let extra = format!(
+        "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 1000\nrequire_tokens = false\n"
+    );
+    let root = dir.path().join("brokers");
+    let cluster = tokio::task::block_in_place(|| common::cluster::LocalCluster::start(&root, 3, &extra));
+    until(30, "three active brokers", || async {
+        let (_, v) = call(&http, port, Method::GET, "/v1/brokers", None).await.ok()?;
+        let active = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|b| b["status"] == "active")
+            .count();
+        (active == 3).then_some(())
+    })
+    .await;
+    for (path, body) in [
+        ("/v1/tenants", json!({"name": "acme"})),
+        ("/v1/tenants/acme/namespaces", json!({"name": "prod"})),
+        (
+            "/v1/tenants/acme/namespaces/prod/streams",
+            json!({"name": "orders", "shards": 2, "replication_factor": 3}),
+        ),
+    ] {
+        let (s, v) = call(&http, port, Method::POST, path, Some(body)).await.unwrap();
+        assert_eq!(s, 200, "{path}: {v}");
+    }
+    let (_, v) = call(
+        &http,
+        port,
+        Method::GET,
+        "/v1/tenants/acme/namespaces/prod/streams/orders",
+        None,
+    )
+    .await
+    .unwrap();
+    let preferred: Vec<u64> = v["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["replicas"][0].as_u64().unwrap())
+        .collect();
+    let client = Client::connect(cluster.client_config()).await.unwrap();
+    let leaders = || async {
+        client.refresh_metadata(&["acme/prod/orders".into()]).await.ok()?;
+        let info = client.stream_info("acme/prod/orders").await.ok()?;
+        info.shards.iter().map(|s| s.leader).collect::<Option<Vec<u64>>>()
+    };
+    until(30, "the preferred leaders lead", || async {
+        (leaders().await? == preferred).then_some(())
+    })
+    .await;
+    publish_keyed(&client, 0..20, "acknowledged").await;
+
+    // Pause shard 0's leader past its lease: another broker takes over.
+    let paused = cluster.index_of(preferred[0]);
+    cluster.signal(paused, "-STOP");
+    until(20, "a failover", || async {
+        let l = leaders().await?;
+        (l[0] != preferred[0]).then_some(())
+    })
+    .await;
+    cluster.signal(paused, "-CONT");
+    let back = Instant::now();
+    // Once it is back and caught up, the leadership is handed back to it.
+    until(30, "leadership back with the preferred replicas", || async {
+        (leaders().await? == preferred).then_some(())
+    })
+    .await;
+    println!(
+        "leaders back on their preferred replicas {:.1} s after SIGCONT",
+        back.elapsed().as_secs_f64()
+    );
+    publish_keyed(&client, 20..40, "acknowledged after the hand-over").await;
+    assert_eq!(read_all(&client, 2).await, 40);
+    drop(cluster);
+}

@@ -27,6 +27,10 @@ pub const JOIN_POLL: std::time::Duration = std::time::Duration::from_millis(300)
 /// How long a joining replica waits for one answer (a membership change
 /// on the leader included).
 pub const JOIN_ANSWER_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a leader steps aside for its preferred replica: past it, it
+/// leads on (a few leases: time for the followers' leases to lapse and for
+/// one election).
+pub const HANDOVER_MS_MAX: u64 = 4_000;
 /// How long a retention release waits for the snapshot it asked for.
 pub const SNAPSHOT_BUILD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -170,6 +174,18 @@ pub struct Replica {
     pub raft: Raft,
     transport: Arc<Transport>,
     purge_floor: Arc<AtomicU64>,
+    /// Leadership hand-over (see [`Replica::hand_over`]).
+    handover: Arc<Handover>,
+}
+
+/// What the election loop reads to let a preferred replica take over.
+#[derive(Debug, Default)]
+struct Handover {
+    /// The node the placement prefers as leader (0: none).
+    preferred: AtomicU64,
+    /// While this leader steps aside ([`heard_now`] clock; 0: not):
+    /// it takes no writes and sends no heartbeats until then.
+    yielding_until: AtomicU64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -217,13 +233,15 @@ impl Replica {
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         let heard = router.add(group, raft.clone(), state_dir);
         let votes = Refusals { outvoted, outran };
-        tokio::spawn(elections(raft.clone(), cfg, heard, votes));
+        let handover = Arc::new(Handover::default());
+        tokio::spawn(elections(raft.clone(), id, cfg, heard, votes, handover.clone()));
         Ok(Replica {
             group,
             id,
             raft,
             transport,
             purge_floor,
+            handover,
         })
     }
 
@@ -352,6 +370,59 @@ impl Replica {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
+    /// Names the replica the placement prefers as leader. A follower that
+    /// is preferred stands as soon as the leader's lease lapses; the others
+    /// wait a lease longer while a leader that is not preferred is in
+    /// office, so a hand-over lands on the preferred replica.
+    pub fn set_preferred(&self, id: Option<NodeId>) {
+        self.handover.preferred.store(id.unwrap_or(0), Ordering::Release);
+    }
+
+    /// Steps aside for the preferred replica, if this replica leads, is not
+    /// preferred, and the preferred one is a voter that has every entry:
+    /// for up to `HANDOVER_MS_MAX` it takes no writes (answered `NotLeader`
+    /// so clients retry) and sends no heartbeats, so the followers' leases
+    /// lapse and the preferred one, standing first, is elected. openraft
+    /// 0.9 has no leadership transfer; this is one from its parts. Returns
+    /// whether it stepped aside.
+    pub fn hand_over(&self) -> bool {
+        let preferred = self.handover.preferred.load(Ordering::Acquire);
+        if preferred == 0 || preferred == self.id || !self.is_leader() {
+            return false;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == preferred);
+        let last = m.last_log_index;
+        let caught_up = m
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&preferred).cloned())
+            .flatten()
+            .map(|l| Some(l.index) == last)
+            .unwrap_or(false);
+        if !voter || !caught_up {
+            return false;
+        }
+        let now = heard_now();
+        if self.handover.yielding_until.load(Ordering::Acquire) > now {
+            return false;
+        }
+        tracing::info!(group = %self.group, to = format!("{preferred:#x}"), "handing leadership to the preferred replica");
+        self.handover
+            .yielding_until
+            .store(now + HANDOVER_MS_MAX, Ordering::Release);
+        self.raft.runtime_config().heartbeat(false);
+        true
+    }
+
+    fn yielding(&self) -> bool {
+        self.handover.yielding_until.load(Ordering::Acquire) > heard_now()
+    }
+
     /// The term this replica is in.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
@@ -420,6 +491,12 @@ impl Replica {
         batch: bytes::Bytes,
     ) -> Result<impl std::future::Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
     {
+        if self.yielding() {
+            return Err(WriteError::NotLeader {
+                group: self.group,
+                leader: None,
+            });
+        }
         let rx = self
             .raft
             .client_write_ff(Request(batch))
@@ -568,7 +645,14 @@ impl Replica {
 ///   refused by a peer with a shorter log ([`NetworkFactory::outran`])
 ///   stands again at the next heartbeat instead of after the random wait,
 ///   since that peer cannot be a rival.
-async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, votes: Refusals) {
+async fn elections(
+    raft: Raft,
+    me: NodeId,
+    cfg: GroupConfig,
+    heard: Arc<AtomicU64>,
+    votes: Refusals,
+    handover: Arc<Handover>,
+) {
     use openraft::ServerState;
     let lease = cfg.election_timeout_max_ms;
     let mut timer_on = true;
@@ -585,10 +669,30 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, votes: R
             return;
         }
         let now = heard_now();
+        // A hand-over that did not happen in time ends: lead on.
+        let until = handover.yielding_until.load(Ordering::Acquire);
+        if until != 0 && (until <= now || state != ServerState::Leader) {
+            handover.yielding_until.store(0, Ordering::Release);
+            raft.runtime_config().heartbeat(true);
+        }
+        let preferred = handover.preferred.load(Ordering::Acquire);
+        let leader = raft.metrics().borrow().current_leader;
+        // Preferred: no jitter. Not preferred while a leader that is not
+        // preferred holds office (a hand-over may be on): a lease more.
+        let extra = if preferred == me {
+            0
+        } else if preferred != 0 && leader.is_some_and(|l| l != preferred) {
+            jitter + lease
+        } else {
+            jitter
+        };
         let last_outvoted = votes.outvoted.load(Ordering::Acquire);
         let behind = last_outvoted != 0 && now.saturating_sub(last_outvoted) < 2 * lease;
-        if behind == timer_on {
-            timer_on = !behind;
+        // openraft's own timer ignores the preference: off while it could
+        // beat the preferred replica to a hand-over.
+        let defer = preferred != 0 && preferred != me && leader.is_some_and(|l| l != preferred);
+        if (behind || defer) == timer_on {
+            timer_on = !(behind || defer);
             raft.runtime_config().elect(timer_on);
         }
         let stand = !behind
@@ -599,7 +703,7 @@ async fn elections(raft: Raft, cfg: GroupConfig, heard: Arc<AtomicU64>, votes: R
                     // Never heard a leader since starting: openraft's own timer
                     // decides (a fresh or restarted replica must not disturb).
                     last != 0
-                        && now.saturating_sub(last) > lease + jitter
+                        && now.saturating_sub(last) > lease + extra
                         && now.saturating_sub(stood_at) > lease
                 }
                 ServerState::Candidate => {

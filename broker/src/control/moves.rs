@@ -5,11 +5,14 @@
 //! placement does not name removed, so the group never shrinks below its
 //! target while a replacement catches up. A removal of a broker the
 //! placement lists as `leaving` is reported done, which ends the move.
+//! Once a group matches its placement, a leader that is not the preferred
+//! one (`replicas[0]`, which the control plane balances, and moves off a
+//! draining broker) hands leadership over to it.
 //!
 //! What to change is decided by [`plan`], a pure function; the task
 //! around it only reads the group's state and calls the replication API.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ use crate::node::Node;
 
 /// How often leaders compare their groups with the placement.
 pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
+/// Shortest time between two hand-overs of one group's leadership.
+pub const HANDOVER_RETRY_MS: u64 = 10_000;
 /// How long adding one replica (its catch-up included) may take before
 /// the next round tries again.
 pub const ADD_TIMEOUT_MS: u64 = 120_000;
@@ -77,11 +82,12 @@ pub fn start(link: Arc<ControlLink>, node: &Arc<Node>) {
     let weak = Arc::downgrade(node);
     tokio::spawn(async move {
         let adding = Arc::new(Mutex::new(HashSet::new()));
+        let handed = Mutex::new(HashMap::new());
         let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !round(&link, &weak, &adding).await {
+            if !round(&link, &weak, &adding, &handed).await {
                 return;
             }
         }
@@ -94,6 +100,7 @@ async fn round(
     link: &Arc<ControlLink>,
     node: &Weak<Node>,
     adding: &Arc<Mutex<HashSet<(u64, NodeId)>>>,
+    handed: &Mutex<HashMap<u64, std::time::Instant>>,
 ) -> bool {
     let Some(n) = node.upgrade() else { return false };
     let Some(cluster) = n.cluster().cloned() else {
@@ -113,10 +120,25 @@ async fn round(
         }
         for (s, p) in h.shards.iter().zip(&m.placement) {
             let Some(r) = s.replica().cloned() else { continue };
+            r.set_preferred(p.replicas.first().and_then(|b| nodes.get(b)).copied());
             if !r.is_leader() {
                 continue;
             }
-            for step in plan(&r.voters(), p, &nodes) {
+            let steps = plan(&r.voters(), p, &nodes);
+            if steps.is_empty() {
+                // Settled: lead from the preferred replica (balance, and a
+                // drained broker's leaderships), at most once per
+                // HANDOVER_RETRY_MS per group.
+                let mut last = handed.lock().expect("handed lock");
+                let due = last.get(&p.group).is_none_or(|t: &std::time::Instant| {
+                    t.elapsed() >= Duration::from_millis(HANDOVER_RETRY_MS)
+                });
+                if due && r.hand_over() {
+                    last.insert(p.group, std::time::Instant::now());
+                }
+                continue;
+            }
+            for step in steps {
                 match step {
                     Step::Add(id) => {
                         let Some(addr) = cluster.peers.get(&broker_of(id)).cloned() else {
