@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod cp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

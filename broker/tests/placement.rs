@@ -1,0 +1,531 @@
+//! Brokers following a control plane, as real processes: streams made
+//! through it on every broker, its tokens enforced, serving on without it;
+//! its placement carried out (a broker killed for good re-placed, a drained
+//! broker emptied, leadership back on the preferred replica after a
+//! failover); `felix dev --brokers 3` with its embedded control plane.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cp::{call, free_port, leader, until, Proc, SECRET};
+use serde_json::{json, Value};
+
+/// Publishes `k{i}` → `v{i}` for every `i` of `range` to `acme/prod/orders`
+/// and waits for every acknowledgement; returns each (shard, offset).
+async fn publish_keyed(
+    client: &felix_client::Client,
+    range: std::ops::Range<u32>,
+    what: &str,
+) -> Vec<(u32, u64)> {
+    use felix_client::{ProducerConfig, ProducerRecord};
+    let p = client
+        .producer("acme/prod/orders", ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acks = Vec::new();
+    for i in range {
+        let r = ProducerRecord::keyed(format!("k{i}"), bytes::Bytes::from(format!("v{i}")));
+        acks.push(p.send(r).await.unwrap());
+    }
+    let mut at = Vec::new();
+    for a in acks {
+        let a = a.wait().await.expect(what);
+        at.push((a.shard, a.offset));
+    }
+    at
+}
+
+/// Reads `acme/prod/orders` from the start (from each shard's leader) and
+/// checks that every acknowledged (shard, offset) is there.
+async fn read_back(client: &felix_client::Client, acked: &[(u32, u64)]) {
+    use felix_client::wire::Start;
+    use felix_client::SubscribeOptions;
+    let shards: std::collections::BTreeSet<u32> = acked.iter().map(|a| a.0).collect();
+    for shard in shards {
+        let want: std::collections::BTreeSet<u64> =
+            acked.iter().filter(|a| a.0 == shard).map(|a| a.1).collect();
+        let last = *want.iter().next_back().unwrap();
+        let opts = SubscribeOptions {
+            shards: vec![shard],
+            start: Start::Earliest,
+            ..SubscribeOptions::default()
+        };
+        let mut sub = client.subscribe("acme/prod/orders", opts).await.unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.last().is_none_or(|o| *o < last) {
+            let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .expect("records within 10 s")
+                .unwrap()
+                .unwrap();
+            seen.insert(d.record.offset.0);
+        }
+        assert!(
+            want.is_subset(&seen),
+            "shard {shard}: acknowledged offsets missing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serves_without_it() {
+    use bytes::Bytes;
+    use felix_client::wire::Message;
+    use felix_client::{Client, Route};
+    use reqwest::Method;
+
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let mut cp = Proc::start(dir.path(), 1, &[port]);
+    let ports = [port];
+    until(20, "a control-plane leader", || leader(&http, &ports)).await;
+    let ok = |m: Method, path: &'static str, body: Value| {
+        let http = http.clone();
+        async move {
+            let (s, v) = call(&http, port, m, path, Some(body)).await.unwrap();
+            assert!((200..300).contains(&s), "{path}: {s} {v}");
+            v
+        }
+    };
+    ok(Method::POST, "/v1/tenants", json!({"name": "acme"})).await;
+    ok(
+        Method::POST,
+        "/v1/tenants/acme/namespaces",
+        json!({"name": "prod"}),
+    )
+    .await;
+    for action in ["stream.publish", "stream.subscribe", "resource.manage"] {
+        ok(
+            Method::POST,
+            "/v1/tenants/acme/rbac/policies",
+            json!({"subject": "p:alice", "object": "namespace:acme/prod", "action": action}),
+        )
+        .await;
+    }
+    let t = ok(
+        Method::POST,
+        "/v1/tenants/acme/token/issue",
+        json!({"principal": "p:alice"}),
+    )
+    .await;
+    let token = Bytes::from(t["access_token"].as_str().unwrap().to_owned());
+
+    let extra = format!(
+        "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 1000\n"
+    );
+    let root = dir.path().join("brokers");
+    let cluster = tokio::task::block_in_place(|| common::cluster::LocalCluster::start(&root, 3, &extra));
+    // Every broker registers and heartbeats.
+    until(30, "three active brokers", || async {
+        let (_, v) = call(&http, port, Method::GET, "/v1/brokers", None).await.ok()?;
+        let active = v["items"]
+            .as_array()?
+            .iter()
+            .filter(|b| b["status"] == "active")
+            .count();
+        (active == 3).then_some(())
+    })
+    .await;
+    // A stream made through the control plane, replicated on all three.
+    ok(
+        Method::POST,
+        "/v1/tenants/acme/namespaces/prod/streams",
+        json!({"name": "orders", "shards": 2, "replication_factor": 3}),
+    )
+    .await;
+    let with_token = |i: usize| {
+        let mut c = cluster.member_config(i);
+        c.token = token.clone();
+        c
+    };
+    for i in 0..3 {
+        let c = Client::connect(with_token(i))
+            .await
+            .expect("the token is accepted");
+        until(30, "the stream on every broker", || async {
+            match c
+                .call(
+                    Route::Any,
+                    &Message::StreamDescribe {
+                        name: "acme/prod/orders".into(),
+                    },
+                )
+                .await
+            {
+                Ok(Message::StreamDescription { shards, .. }) => (shards.len() == 2).then_some(()),
+                _ => None,
+            }
+        })
+        .await;
+        // Without a token, or with a tampered one, each broker refuses.
+        let mut bad = cluster.member_config(i);
+        bad.token = Bytes::from(format!("{}x", t["access_token"].as_str().unwrap()));
+        for cfg in [cluster.member_config(i), bad] {
+            let r = match Client::connect(cfg).await {
+                Ok(c) => c
+                    .call(Route::Any, &Message::Metadata { streams: vec![] })
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            assert!(
+                r.as_ref().is_err_and(|e| e.to_string().contains("unauthorized")),
+                "broker {i}: {r:?}"
+            );
+        }
+    }
+
+    let mut all = cluster.client_config();
+    all.token = token.clone();
+    let client = Client::connect(all.clone()).await.unwrap();
+    let mut acked = publish_keyed(&client, 0..50, "acknowledged with the control plane up").await;
+
+    // The control plane goes away: brokers keep serving what they host,
+    // and a new connection's token is still checked with the keys held.
+    cp.kill();
+    let client = Client::connect(all)
+        .await
+        .expect("connects without the control plane");
+    acked.extend(publish_keyed(&client, 50..100, "acknowledged with the control plane down").await);
+    read_back(&client, &acked).await;
+    drop(cluster);
+}
+
+/// One placement of a shard as the control plane has it.
+#[derive(Debug, Clone, PartialEq)]
+struct Placement {
+    /// Sorted.
+    replicas: Vec<u64>,
+    preferred: u64,
+    leaving: Vec<u64>,
+}
+
+/// A control-plane node (`cp_extra` in its file) and `n` brokers following
+/// it (tokens off, heartbeats every 500 ms), with tenant acme, namespace
+/// prod and stream orders (2 shards, RF 3) made through it.
+struct Placed {
+    _cp: Proc,
+    cluster: common::cluster::LocalCluster,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Placed {
+    async fn start(dir: &Path, n: u64, cp_extra: &str) -> Placed {
+        use reqwest::Method;
+        let http = reqwest::Client::new();
+        let port = free_port();
+        let cp = Proc::start_with(dir, 1, &[port], cp_extra);
+        let ports = [port];
+        until(20, "a control-plane leader", || leader(&http, &ports)).await;
+        let extra = format!(
+            "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 500\nrequire_tokens = false\n"
+        );
+        let root = dir.join("brokers");
+        let cluster = tokio::task::block_in_place(|| common::cluster::LocalCluster::start(&root, n, &extra));
+        until(30, "every broker active", || async {
+            let (_, v) = call(&http, port, Method::GET, "/v1/brokers", None).await.ok()?;
+            let active = v["items"]
+                .as_array()?
+                .iter()
+                .filter(|b| b["status"] == "active")
+                .count();
+            (active == n as usize).then_some(())
+        })
+        .await;
+        for (path, body) in [
+            ("/v1/tenants", json!({"name": "acme"})),
+            ("/v1/tenants/acme/namespaces", json!({"name": "prod"})),
+            (
+                "/v1/tenants/acme/namespaces/prod/streams",
+                json!({"name": "orders", "shards": 2, "replication_factor": 3}),
+            ),
+        ] {
+            let (s, v) = call(&http, port, Method::POST, path, Some(body)).await.unwrap();
+            assert_eq!(s, 200, "{path}: {v}");
+        }
+        Placed {
+            _cp: cp,
+            cluster,
+            port,
+            http,
+        }
+    }
+
+    async fn post(&self, path: &str) -> (u16, Value) {
+        call(
+            &self.http,
+            self.port,
+            reqwest::Method::POST,
+            path,
+            Some(json!({})),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn placement(&self) -> Option<Vec<Placement>> {
+        let path = "/v1/tenants/acme/namespaces/prod/streams/orders";
+        let (s, v) = call(&self.http, self.port, reqwest::Method::GET, path, None)
+            .await
+            .ok()?;
+        if s != 200 {
+            return None;
+        }
+        let ids = |v: &Value| -> Vec<u64> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(|b| b.as_u64()).collect())
+                .unwrap_or_default()
+        };
+        v["placement"]
+            .as_array()?
+            .iter()
+            .map(|p| {
+                let replicas = ids(&p["replicas"]);
+                let mut sorted = replicas.clone();
+                sorted.sort_unstable();
+                Some(Placement {
+                    preferred: *replicas.first()?,
+                    replicas: sorted,
+                    leaving: ids(&p["leaving"]),
+                })
+            })
+            .collect()
+    }
+
+    /// The placement, once every group's voters (as `client` learns them)
+    /// are its placed brokers, nothing is leaving, and each group's
+    /// leader is its preferred broker.
+    async fn settled(&self, client: &felix_client::Client) -> Option<Vec<Placement>> {
+        let want = self.placement().await?;
+        if want.iter().any(|p| !p.leaving.is_empty()) {
+            return None;
+        }
+        client.refresh_metadata(&["acme/prod/orders".into()]).await.ok()?;
+        let info = client.stream_info("acme/prod/orders").await.ok()?;
+        let ok = info
+            .shards
+            .iter()
+            .zip(&want)
+            .all(|(s, p)| s.replicas == p.replicas && s.leader == Some(p.preferred));
+        ok.then_some(want)
+    }
+
+    /// A client of the brokers other than `gone`.
+    async fn client_without(&self, gone: Option<u64>) -> felix_client::Client {
+        let mut cfg = self.cluster.client_config();
+        cfg.brokers = self
+            .cluster
+            .members
+            .iter()
+            .filter(|m| Some(m.at.id) != gone)
+            .map(|m| m.at.client.to_string())
+            .collect();
+        felix_client::Client::connect(cfg).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_fully_replicated_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // Down after 3 missed 500 ms heartbeats; re-placed 2 s after that.
+    let mut p = Placed::start(
+        dir.path(),
+        4,
+        "broker_heartbeat_interval_ms = 500\nreplace_after_ms = 2000\n",
+    )
+    .await;
+    // Every shard's voters become exactly its three placed brokers (the
+    // groups were founded on all four), led by the preferred one.
+    let client = p.client_without(None).await;
+    let before = until(60, "groups matching the placement", || p.settled(&client)).await;
+    assert!(before.iter().all(|s| s.replicas.len() == 3), "{before:?}");
+    let mut acked = publish_keyed(&client, 0..40, "acknowledged").await;
+
+    // Kill for good a broker that holds a replica of shard 0.
+    let victim = before[0].replicas[0];
+    let i = p.cluster.index_of(victim);
+    p.cluster.kill(i);
+    let killed_at = Instant::now();
+    let client = p.client_without(Some(victim)).await;
+    let after = until(90, "re-placed and fully replicated", || async {
+        let r = p.settled(&client).await?;
+        r.iter().all(|s| !s.replicas.contains(&victim)).then_some(r)
+    })
+    .await;
+    println!(
+        "re-placed and fully replicated {:.1} s after the kill (down after 1.5 s, re-placed after 2 s more)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert!(after.iter().all(|s| s.replicas.len() == 3), "{after:?}");
+
+    // Writes go on, and every acknowledged record reads back.
+    acked.extend(publish_keyed(&client, 40..80, "acknowledged after the re-placement").await);
+    read_back(&client, &acked).await;
+    let (_, v) = call(&p.http, p.port, reqwest::Method::GET, "/v1/cluster", None)
+        .await
+        .unwrap();
+    assert_eq!(v["under_replicated_groups"], json!([]), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Placed::start(dir.path(), 4, "").await;
+    let client = p.client_without(None).await;
+    let before = until(60, "groups matching the placement", || p.settled(&client)).await;
+    let mut acked = publish_keyed(&client, 0..30, "acknowledged").await;
+    // The preferred leader of shard 0: it holds a replica and leads.
+    let drained = before[0].preferred;
+    let (s, v) = p.post(&format!("/v1/brokers/{drained}/drain")).await;
+    assert_eq!(s, 200, "{v}");
+    let started = Instant::now();
+    let after = until(60, "the drained broker out of every group", || async {
+        let r = p.settled(&client).await?;
+        r.iter().all(|s| !s.replicas.contains(&drained)).then_some(r)
+    })
+    .await;
+    println!(
+        "drained in {:.1} s (replicas moved, leaders handed over)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|s| s.replicas.len() == 3 && s.preferred != drained),
+        "{after:?}"
+    );
+    // It still runs, it just holds nothing: the data is all on the others.
+    acked.extend(publish_keyed(&client, 30..60, "acknowledged after the drain").await);
+    let others = p.client_without(Some(drained)).await;
+    read_back(&others, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
+    use felix_broker::server::ClientProfile;
+    use felix_client::transport::ClientTls;
+    use felix_client::wire::Message;
+    use felix_client::{Client, ClientConfig, Route};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Proc(Some(
+        Command::new(env!("CARGO_BIN_EXE_felix"))
+            .args(["dev", "--brokers", "3", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let path = dir.path().join("client.toml");
+    let profile = until(60, "the profile", || async { ClientProfile::load(&path).ok() }).await;
+    assert_eq!(profile.brokers.len(), 3);
+    let token = profile
+        .token
+        .clone()
+        .expect("the profile holds the development token");
+    let mut cfg = ClientConfig::new(
+        profile.brokers[0].clone(),
+        ClientTls::from_pem_files(&profile.ca, None).unwrap(),
+    );
+    cfg.brokers = profile.brokers.clone();
+    cfg.server_name = profile.server_name.clone();
+    cfg.token = bytes::Bytes::from(token);
+    let client = until(30, "a client", || async {
+        Client::connect(cfg.clone()).await.ok()
+    })
+    .await;
+    let create = Message::StreamCreate(felix_client::wire::StreamConfig::stream("orders", 2, "always"));
+    until(30, "the stream created through the control plane", || async {
+        // A retry after a slow first answer finds it made.
+        match client.call(Route::Any, &create).await {
+            Ok(Message::Done) => Some(()),
+            Err(e) if e.to_string().contains("exists") => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    // Every broker has it, and the control plane lists it.
+    let secret = std::fs::read_to_string(dir.path().join("controlplane/secret")).unwrap();
+    let cp = profile.controlplane.clone().unwrap();
+    let v: Value = reqwest::Client::new()
+        .get(format!("{cp}/v1/tenants/dev/namespaces/default/streams/orders"))
+        .bearer_auth(secret.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["spec"]["replication_factor"], json!(3), "{v}");
+    let mut one = cfg.clone();
+    for b in &profile.brokers {
+        one.brokers = vec![b.clone()];
+        let c = Client::connect(one.clone()).await.unwrap();
+        until(20, "the stream on each broker", || async {
+            matches!(
+                c.call(
+                    Route::Any,
+                    &Message::StreamDescribe {
+                        name: "orders".into()
+                    }
+                )
+                .await,
+                Ok(Message::StreamDescription { .. })
+            )
+            .then_some(())
+        })
+        .await;
+    }
+    // Without the token a broker refuses the connection.
+    cfg.token = bytes::Bytes::new();
+    let r = match Client::connect(cfg).await {
+        Ok(c) => c
+            .call(Route::Any, &Message::Metadata { streams: vec![] })
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(r.is_err_and(|e| e.to_string().contains("unauthorized")));
+    child.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_returns_to_the_preferred_replica_after_a_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Placed::start(dir.path(), 3, "").await;
+    let client = p.client_without(None).await;
+    let placed = until(60, "the preferred leaders lead", || p.settled(&client)).await;
+    let mut acked = publish_keyed(&client, 0..20, "acknowledged").await;
+
+    // Pause shard 0's leader past its lease: another broker takes over.
+    let leaders = || async {
+        client.refresh_metadata(&["acme/prod/orders".into()]).await.ok()?;
+        let info = client.stream_info("acme/prod/orders").await.ok()?;
+        info.shards.iter().map(|s| s.leader).collect::<Option<Vec<u64>>>()
+    };
+    let paused = p.cluster.index_of(placed[0].preferred);
+    p.cluster.signal(paused, "-STOP");
+    until(20, "a failover", || async {
+        (leaders().await?[0] != placed[0].preferred).then_some(())
+    })
+    .await;
+    p.cluster.signal(paused, "-CONT");
+    let back = Instant::now();
+    // Once it is back and caught up, the leadership is handed back to it.
+    until(30, "leadership back with the preferred replicas", || {
+        p.settled(&client)
+    })
+    .await;
+    println!(
+        "leaders back on their preferred replicas {:.1} s after SIGCONT",
+        back.elapsed().as_secs_f64()
+    );
+    acked.extend(publish_keyed(&client, 20..40, "acknowledged after the hand-over").await);
+    read_back(&client, &acked).await;
+}
