@@ -55,7 +55,9 @@ pub struct ControlPlaneConfig {
     /// How often the broker says it is alive.
     #[serde(default = "cp_heartbeat_default")]
     pub heartbeat_interval_ms: u64,
-    /// Whether connections must present a Felix token.
+    /// Whether connections must present a Felix token. `false` trusts
+    /// every client that passes TLS with everything, admin requests (made
+    /// at the control plane as the operator) included.
     #[serde(default = "yes")]
     pub require_tokens: bool,
 }

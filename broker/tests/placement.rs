@@ -315,6 +315,12 @@ impl Placed {
         ok.then_some(want)
     }
 
+    /// [`Placed::settled`], with broker `gone` in no group.
+    async fn settled_without(&self, client: &felix_client::Client, gone: u64) -> Option<Vec<Placement>> {
+        let r = self.settled(client).await?;
+        r.iter().all(|s| !s.replicas.contains(&gone)).then_some(r)
+    }
+
     /// A client of the brokers other than `gone`.
     async fn client_without(&self, gone: Option<u64>) -> felix_client::Client {
         let mut cfg = self.cluster.client_config();
@@ -352,9 +358,8 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
     p.cluster.kill(i);
     let killed_at = Instant::now();
     let client = p.client_without(Some(victim)).await;
-    let after = until(90, "re-placed and fully replicated", || async {
-        let r = p.settled(&client).await?;
-        r.iter().all(|s| !s.replicas.contains(&victim)).then_some(r)
+    let after = until(90, "re-placed and fully replicated", || {
+        p.settled_without(&client, victim)
     })
     .await;
     println!(
@@ -384,9 +389,8 @@ async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
     let (s, v) = p.post(&format!("/v1/brokers/{drained}/drain")).await;
     assert_eq!(s, 200, "{v}");
     let started = Instant::now();
-    let after = until(60, "the drained broker out of every group", || async {
-        let r = p.settled(&client).await?;
-        r.iter().all(|s| !s.replicas.contains(&drained)).then_some(r)
+    let after = until(60, "the drained broker out of every group", || {
+        p.settled_without(&client, drained)
     })
     .await;
     println!(

@@ -21,6 +21,10 @@ use crate::names::StreamName;
 /// `kid`, so a stream of forged tokens cannot turn into a stream of
 /// control-plane requests.
 pub const KEY_REFETCH_MS_MIN: i64 = 1_000;
+/// Shortest time between two key fetches of any tenants: tokens naming
+/// ever new tenants cannot make more than 20 control-plane requests a
+/// second either.
+pub const KEY_FETCH_GAP_MS_MIN: i64 = 50;
 /// Tenants whose keys are held.
 pub const TENANTS_MAX: usize = 100_000;
 
@@ -55,6 +59,8 @@ impl Principal {
 #[derive(Debug, Default)]
 pub struct Keys {
     tenants: RwLock<HashMap<String, TenantKeys>>,
+    /// When any tenant's keys were last fetched.
+    last_fetch_ms: std::sync::atomic::AtomicI64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -98,6 +104,10 @@ impl Keys {
 
     /// Whether a tenant's keys may be fetched again now.
     pub fn may_refetch(&self, tenant: &str, now_ms: i64) -> bool {
+        let last = self.last_fetch_ms.load(std::sync::atomic::Ordering::Acquire);
+        if last != 0 && now_ms - last < KEY_FETCH_GAP_MS_MIN {
+            return false;
+        }
         self.tenants
             .read()
             .expect("keys lock")
@@ -108,6 +118,8 @@ impl Keys {
     /// Notes a fetch attempt, so a failing control plane is not asked on
     /// every handshake either.
     pub fn note_fetch(&self, tenant: &str, now_ms: i64) {
+        self.last_fetch_ms
+            .store(now_ms, std::sync::atomic::Ordering::Release);
         let mut t = self.tenants.write().expect("keys lock");
         if let Some(k) = t.get_mut(tenant) {
             k.fetched_ms = now_ms;
@@ -294,10 +306,13 @@ mod tests {
             keys.check(&t, now_s as i64 * 1000).unwrap(),
             Checked::UnknownKey { tenant } if tenant == "c"
         ));
-        assert!(keys.may_refetch("c", 0));
-        keys.note_fetch("c", 0);
+        assert!(keys.may_refetch("c", 1));
+        keys.note_fetch("c", 1);
         assert!(!keys.may_refetch("c", 10));
-        assert!(keys.may_refetch("c", KEY_REFETCH_MS_MIN));
+        assert!(keys.may_refetch("c", 1 + KEY_REFETCH_MS_MIN));
+        // Any tenant: not within the global gap.
+        assert!(!keys.may_refetch("d", 1 + KEY_FETCH_GAP_MS_MIN - 1));
+        assert!(keys.may_refetch("d", 1 + KEY_FETCH_GAP_MS_MIN));
     }
 
     #[test]
