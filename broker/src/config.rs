@@ -21,6 +21,9 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address clients are told to use; defaults to the bound address.
     pub advertise: Option<String>,
+    /// HTTP address of `/metrics`, `/live` and `/ready` (absent: not
+    /// served; port 0 picks a free one).
+    pub admin_listen: Option<SocketAddr>,
     pub tls: TlsConfig,
     pub log: LogSettings,
     /// RocksDB block cache shared by every shard's index.
@@ -265,6 +268,7 @@ impl Default for BrokerConfig {
             broker_id: 1,
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise: None,
+            admin_listen: None,
             tls: TlsConfig::default(),
             log: LogSettings::default(),
             index_cache_bytes: 64 << 20,

@@ -150,6 +150,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
         key: None,
         token: Some(embedded.dev_token.clone()),
         controlplane: Some(cp_url.clone()),
+        admin: Vec::new(),
     }
     .save(&profile_path)?;
     println!("felix dev is running a cluster of {n} brokers");

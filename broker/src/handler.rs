@@ -20,6 +20,7 @@ use crate::control::{admin, ControlLink};
 use crate::error::BrokerError;
 use crate::names::StreamName;
 use crate::node::{Node, StreamHandle};
+use crate::observe;
 use crate::queue::{self, Change};
 use crate::subscribe::{check_commit, start_offset, StreamPush};
 
@@ -36,6 +37,12 @@ pub struct Session {
     /// Who the connection's token says it is (`None`: tokens are not
     /// required, no control plane).
     pub principal: Option<Principal>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        metrics::gauge!(observe::metrics::CONNECTIONS).decrement(1.0);
+    }
 }
 
 /// How long a handshake waits for a tenant's keys it has not seen.
@@ -61,6 +68,7 @@ impl Handler for NodeHandler {
             // connection that passed TLS (and mTLS, when configured) is in.
             _ => None,
         };
+        metrics::gauge!(observe::metrics::CONNECTIONS).increment(1.0);
         Ok((
             Session {
                 peer: peer.clone(),
@@ -71,11 +79,35 @@ impl Handler for NodeHandler {
     }
 
     async fn request(&self, session: &Session, request: Message) -> Reply {
+        let started = std::time::Instant::now();
+        let op = observe::metrics::op_name(&request);
+        if let Message::Publish { batch, .. } = &request {
+            metrics::counter!(observe::metrics::PUBLISH_BYTES_TOTAL).increment(batch.len() as u64);
+        }
         let checked = self.admit(session, &request);
+        let admitted = checked.is_ok();
         let r = match checked {
             Ok(()) => self.handle(session, request).await,
             Err(e) => Err(e),
         };
+        let outcome = match &r {
+            Ok(Reply::Message(Message::PublishAck { count, .. })) => {
+                metrics::counter!(observe::metrics::PUBLISH_RECORDS_TOTAL).increment(u64::from(*count));
+                "ok"
+            }
+            Ok(_) => "ok",
+            Err(BrokerError::Overloaded { .. }) => "overloaded",
+            Err(BrokerError::NotLeader { .. }) => "not_leader",
+            Err(BrokerError::Unauthorized(_) | BrokerError::Forbidden(_)) => "refused",
+            Err(BrokerError::Timeout(_) | BrokerError::ControlPlane(_)) => "timeout",
+            Err(_) => "error",
+        };
+        if outcome == "overloaded" && admitted {
+            metrics::counter!(observe::metrics::OVERLOADED_TOTAL, "reason" => "limit").increment(1);
+        }
+        metrics::counter!(observe::metrics::REQUESTS_TOTAL, "op" => op, "outcome" => outcome).increment(1);
+        metrics::histogram!(observe::metrics::REQUEST_SECONDS, "op" => op)
+            .record(started.elapsed().as_secs_f64());
         match r {
             Ok(r) => r,
             Err(e) => {
@@ -163,6 +195,7 @@ impl NodeHandler {
             );
             if let Err(q) = verdict {
                 tracing::debug!(whose = q.whose, what = q.what, "publish over quota");
+                metrics::counter!(observe::metrics::OVERLOADED_TOTAL, "reason" => "quota").increment(1);
                 return Err(BrokerError::Overloaded {
                     retry_after_ms: q.retry_after_ms,
                 });

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod meta;
 pub mod names;
 pub mod node;
+pub mod observe;
 pub mod queue;
 pub mod server;
 pub mod shard;

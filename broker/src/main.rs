@@ -118,18 +118,22 @@ fn main() -> anyhow::Result<()> {
             controlplane_listen,
             ..
         } => {
+            // The control plane on the port after the broker's, the admin
+            // endpoints on the one after that (free ones with port 0).
+            let next = |k: u16| {
+                let port = match listen.port() {
+                    0 => 0,
+                    p => p.wrapping_add(k),
+                };
+                SocketAddr::new(listen.ip(), port)
+            };
             let config = BrokerConfig {
                 data_dir,
                 listen,
+                admin_listen: Some(next(2)),
                 ..BrokerConfig::default()
             };
-            let cp = controlplane_listen.unwrap_or_else(|| {
-                let port = match listen.port() {
-                    0 => 0,
-                    p => p.wrapping_add(1),
-                };
-                SocketAddr::new(listen.ip(), port)
-            });
+            let cp = controlplane_listen.unwrap_or_else(|| next(1));
             rt()?.block_on(serve(config, Some(cp)))
         }
         Command::Broker { config } => {
@@ -192,6 +196,7 @@ async fn serve(mut config: BrokerConfig, dev: Option<SocketAddr>) -> anyhow::Res
             key: None,
             token: embedded.as_ref().map(|e| e.dev_token.clone()),
             controlplane: embedded.as_ref().map(|e| format!("http://{}", e.handle.addr)),
+            admin: running.admin_addr.iter().map(|a| format!("http://{a}")).collect(),
         };
         p.save(&profile_path)?;
     }
@@ -254,6 +259,9 @@ fn print_dev_banner(
     );
     println!("  tenant    dev (namespace default; bare names like `orders` are dev/default/orders)");
     println!("  token     {}", e.dev_token);
+    if let Some(a) = r.admin_addr {
+        println!("  admin     http://{a}/metrics  /live  /ready");
+    }
     if let Some(ca) = &r.dev_ca {
         println!("  CA        {}", ca.display());
     }

@@ -37,6 +37,9 @@ pub struct ClientProfile {
     /// The control plane's API, for `felix` commands that talk to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controlplane: Option<String>,
+    /// The brokers' admin HTTP addresses (`/metrics`, `/live`, `/ready`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin: Vec<String>,
 }
 
 impl ClientProfile {
@@ -68,6 +71,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The CA clients should trust (development certificates only).
     pub dev_ca: Option<PathBuf>,
+    /// Where `/metrics`, `/live` and `/ready` are served, if they are.
+    pub admin_addr: Option<SocketAddr>,
     server: Server,
     upkeep: tokio::task::JoinHandle<()>,
 }
@@ -135,12 +140,20 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
             },
         );
     }
+    let admin_addr = match config.admin_listen {
+        Some(a) => {
+            crate::observe::metrics::handle();
+            Some(crate::observe::http::serve(a, &node).await?)
+        }
+        None => None,
+    };
     let server = Server::start(endpoint, Arc::new(NodeHandler { node: node.clone() }));
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));
     Ok(Running {
         node,
         addr,
         dev_ca,
+        admin_addr,
         server,
         upkeep,
     })

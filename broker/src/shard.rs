@@ -513,6 +513,11 @@ impl HostedShard {
         Ok(())
     }
 
+    /// Bytes of publishes accepted and not yet acknowledged.
+    pub fn in_flight_bytes(&self) -> usize {
+        SHARD_IN_FLIGHT_BYTES_MAX.saturating_sub(self.in_flight.available_permits())
+    }
+
     /// Counts `bytes` against the shard's in-flight limit until the permit
     /// is dropped; `Overloaded` at once when they do not fit.
     pub fn reserve_in_flight(&self, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, BrokerError> {

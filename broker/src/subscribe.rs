@@ -118,6 +118,7 @@ impl StreamPush {
             }
             *next = chunk.next_offset.0;
             self.turn = (at + 1) % n;
+            metrics::counter!(crate::observe::metrics::PUSH_BYTES_TOTAL).increment(chunk.bytes.len() as u64);
             return Ok(Some(PushData {
                 shard: *number,
                 next_offset: *next,

@@ -331,3 +331,98 @@ fn named_subscriptions_time_starts_and_unknown_streams() {
         }
     });
 }
+
+/// The value of the series `name{labels}` in a Prometheus text scrape
+/// (labels as they appear, in order), if present.
+fn series(scrape: &str, name_and_labels: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        let rest = l.strip_prefix(name_and_labels)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+#[test]
+fn a_scrape_after_a_workload_shows_the_key_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let b = Broker::start(dir.path());
+    let admin = b
+        .profile
+        .admin
+        .first()
+        .expect("felix dev serves the admin endpoints")
+        .clone();
+    rt.block_on(async {
+        let c = b.client().await;
+        create(&c, stream_config("metered", 2)).await;
+        let p = c.producer("metered", ProducerConfig::default()).await.unwrap();
+        let mut acks = Vec::new();
+        for i in 0..100u32 {
+            acks.push(
+                p.send(ProducerRecord::keyed(
+                    format!("k{i}"),
+                    Bytes::from(vec![b'x'; 100]),
+                ))
+                .await
+                .unwrap(),
+            );
+        }
+        for a in acks {
+            a.wait().await.unwrap();
+        }
+        let got = read_n(&c, "metered", 0, Start::Earliest, 1).await;
+        assert_eq!(got.len(), 1);
+        let http = reqwest::Client::new();
+        for (path, want) in [("/live", 200), ("/ready", 200)] {
+            let s = http.get(format!("{admin}{path}")).send().await.unwrap().status();
+            assert_eq!(s.as_u16(), want, "{path}");
+        }
+        let scrape = http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v = |s: &str| series(&scrape, s).unwrap_or_else(|| panic!("no series {s} in:\n{scrape}"));
+        assert!(v("felix_publish_records_total") >= 100.0);
+        assert!(
+            v("felix_publish_bytes_total") >= 100.0 * 100.0,
+            "batches carry the values"
+        );
+        assert!(v("felix_push_bytes_total") > 0.0);
+        assert!(v("felix_connections") >= 1.0);
+        let ends: f64 = (0..2)
+            .map(|s| {
+                v(&format!(
+                    "felix_shard_log_end_offset{{stream=\"dev/default/metered\",shard=\"{s}\"}}"
+                ))
+            })
+            .sum();
+        assert_eq!(ends, 100.0, "the two shards' ends add up to what was published");
+        let marks: f64 = (0..2)
+            .map(|s| {
+                v(&format!(
+                    "felix_shard_high_watermark_offset{{stream=\"dev/default/metered\",shard=\"{s}\"}}"
+                ))
+            })
+            .sum();
+        assert_eq!(marks, 100.0);
+        assert!(v("felix_shard_segments{stream=\"dev/default/metered\",shard=\"0\"}") >= 1.0);
+        let publishes = scrape
+            .lines()
+            .filter(|l| {
+                l.starts_with("felix_requests_total{")
+                    && l.contains("op=\"publish\"")
+                    && l.contains("outcome=\"ok\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        assert!(publishes >= 1.0, "{scrape}");
+        assert!(
+            scrape.contains("felix_request_duration_seconds_bucket{op=\"publish\""),
+            "latency histogram of publishes"
+        );
+    });
+}

@@ -196,6 +196,7 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
         }
     }
     link.version.store(s.version, Ordering::Release);
+    link.set_synced();
     Ok(s.version)
 }
 

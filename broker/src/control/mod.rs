@@ -45,6 +45,8 @@ pub struct ControlLink {
     pub quotas: Mutex<quota::QuotaTable>,
     /// The feed version this broker has applied through.
     pub version: AtomicU64,
+    /// Whether a feed snapshot has been applied since start.
+    synced: std::sync::atomic::AtomicBool,
 }
 
 /// A control-plane answer that was not a success.
@@ -67,7 +69,18 @@ impl ControlLink {
             keys: access::Keys::default(),
             quotas: Mutex::new(quota::QuotaTable::default()),
             version: AtomicU64::new(0),
+            synced: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the broker has read the control plane's metadata since it
+    /// started.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_synced(&self) {
+        self.synced.store(true, Ordering::Release);
     }
 
     pub fn requires_tokens(&self) -> bool {
@@ -85,6 +98,11 @@ impl ControlLink {
         bearer: Option<&str>,
         wait_ms: u64,
     ) -> Result<Result<Value, Refused>, BrokerError> {
+        let started = std::time::Instant::now();
+        let _timer = scopeguard(move || {
+            metrics::histogram!(crate::observe::metrics::CONTROLPLANE_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+        });
         let urls = &self.config.urls;
         let first = self.preferred.load(Ordering::Relaxed);
         let mut last_err = String::new();
@@ -260,6 +278,19 @@ impl ControlLink {
             ))),
         }
     }
+}
+
+/// Runs `f` when dropped (however the call ends).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// The error a client is told for a control-plane refusal.

@@ -1,0 +1,125 @@
+//! What a broker reports to Prometheus. Request counters and latencies are
+//! recorded where requests are answered; everything that is a state
+//! (offsets, segments, roles, in-flight bytes, connections) is read from the
+//! node when scraped, so there is no second copy of it to drift.
+//!
+//! Names end in their unit (`_seconds`, `_bytes`, `_total` for counters).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::node::Node;
+
+pub const REQUESTS_TOTAL: &str = "felix_requests_total";
+pub const REQUEST_SECONDS: &str = "felix_request_duration_seconds";
+pub const PUBLISH_RECORDS_TOTAL: &str = "felix_publish_records_total";
+pub const PUBLISH_BYTES_TOTAL: &str = "felix_publish_bytes_total";
+pub const PUSH_BYTES_TOTAL: &str = "felix_push_bytes_total";
+pub const OVERLOADED_TOTAL: &str = "felix_overloaded_total";
+pub const CONNECTIONS: &str = "felix_connections";
+pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seconds";
+pub const FEED_VERSION: &str = "felix_controlplane_feed_version";
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const BUCKETS_S: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process's recorder, installed on first use (`None` if another
+/// recorder was installed first, which only a test harness would do).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let h = PrometheusBuilder::new()
+                .set_buckets(&BUCKETS_S)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            // Without upkeep, histograms' buckets are never drained.
+            let u = h.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    u.run_upkeep();
+                })
+                .ok()?;
+            Some(h)
+        })
+        .as_ref()
+}
+
+/// The request kinds a label may name (a fixed set: labels never carry
+/// client-chosen strings).
+pub fn op_name(m: &felix_client::wire::Message) -> &'static str {
+    use felix_client::wire::Message as M;
+    match m {
+        M::Publish { .. } => "publish",
+        M::Subscribe { .. } => "subscribe",
+        M::CommitCursor { .. } => "commit_cursor",
+        M::GroupFetch { .. } => "group_fetch",
+        M::GroupAck { .. } => "group_ack",
+        M::GroupNack { .. } => "group_nack",
+        M::GroupExtend { .. } => "group_extend",
+        M::CacheGet { .. } => "cache_get",
+        M::CachePut { .. } => "cache_put",
+        M::CacheDelete { .. } => "cache_delete",
+        M::Metadata { .. } => "metadata",
+        M::StreamCreate(_)
+        | M::StreamDelete { .. }
+        | M::StreamSetRetention { .. }
+        | M::StreamDescribe { .. } => "admin",
+        _ => "other",
+    }
+}
+
+/// Sets the gauges that describe the node now, per hosted shard: the log's
+/// end, the high watermark (committed and readable), the applied Raft
+/// index, segments and bytes, in-flight publish bytes, and its role.
+pub fn observe_node(node: &Node) {
+    for h in node.streams() {
+        let stream = h.name.to_string();
+        for (i, s) in h.shards.iter().enumerate() {
+            let labels = [("stream", stream.clone()), ("shard", i.to_string())];
+            let (end, segments, bytes) = s
+                .log()
+                .with(|l| (l.next_offset().0, l.segments().len(), l.size_bytes()));
+            metrics::gauge!("felix_shard_log_end_offset", &labels).set(end as f64);
+            metrics::gauge!("felix_shard_high_watermark_offset", &labels).set(s.high_watermark() as f64);
+            metrics::gauge!("felix_shard_earliest_offset", &labels).set(s.earliest() as f64);
+            metrics::gauge!("felix_shard_segments", &labels).set(segments as f64);
+            metrics::gauge!("felix_shard_bytes", &labels).set(bytes as f64);
+            metrics::gauge!("felix_shard_in_flight_bytes", &labels).set(s.in_flight_bytes() as f64);
+            metrics::gauge!("felix_shard_applied_index", &labels).set(s.applied_through().0 as f64);
+            if let Some(r) = s.replica() {
+                let m = r.raft.metrics().borrow().clone();
+                metrics::gauge!("felix_shard_raft_term", &labels).set(m.current_term as f64);
+                metrics::gauge!("felix_shard_leader", &labels).set(if r.is_leader() { 1.0 } else { 0.0 });
+                metrics::gauge!("felix_shard_has_leader", &labels).set(if m.current_leader.is_some() {
+                    1.0
+                } else {
+                    0.0
+                });
+                let last = m.last_log_index.unwrap_or(0);
+                // On the leader: how many entries each follower lacks.
+                for (peer, matched) in m.replication.iter().flatten() {
+                    if *peer == r.id {
+                        continue;
+                    }
+                    let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                    let mut l = labels.to_vec();
+                    l.push(("peer", format!("{}", felix_replication::broker_of(*peer))));
+                    metrics::gauge!("felix_shard_replication_lag_entries", &l).set(lag as f64);
+                }
+            }
+        }
+    }
+    metrics::gauge!("felix_streams").set(node.streams().len() as f64);
+    if let Some(link) = node.control() {
+        metrics::gauge!(FEED_VERSION).set(link.version.load(std::sync::atomic::Ordering::Acquire) as f64);
+    }
+}
