@@ -81,12 +81,16 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FELIX_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // FELIX_LOG: levels per module (`info,felix_broker::control=debug`);
+    // FELIX_LOG_FORMAT=json: one JSON object per line, for log shippers.
+    let filter =
+        || tracing_subscriber::EnvFilter::try_from_env("FELIX_LOG").unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    if std::env::var("FELIX_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().with_env_filter(filter()).init();
+    } else {
+        logs.with_env_filter(filter()).init();
+    }
     let args = Cli::parse();
     let common = args.common;
     let rt = || {

@@ -47,6 +47,9 @@ fn key_overlap_ms(node: &Node) -> u64 {
 /// contents, rendered as `/openapi.json`.
 pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/openapi.json", "anyone", "This document."),
+    ("get", "/metrics", "anyone", "Prometheus metrics of this node."),
+    ("get", "/live", "anyone", "200 while the process answers."),
+    ("get", "/ready", "anyone", "200 once this node knows a leader (it can take writes, forwarded), else 503."),
     ("get", "/v1/cluster", "anyone", "Control-plane nodes, leader, metadata version, under-replicated shards."),
     ("get", "/v1/tenants", "operator", "List tenants (paginated)."),
     ("post", "/v1/tenants", "operator", "Create a tenant {name, display_name?, quotas?}."),
@@ -328,13 +331,50 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/raft/vote", post(raft_vote))
         .route("/raft/snapshot", post(raft_snapshot))
         .route("/raft/propose", post(raft_propose))
+        .route("/metrics", get(metrics_text))
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
         .fallback(|| async {
             ApiError(
                 StatusCode::NOT_FOUND,
                 "no such endpoint; see /openapi.json".into(),
             )
         })
+        .layer(axum::middleware::from_fn(measure))
         .with_state(node)
+}
+
+/// Counts and times every call by its route (the matched pattern, never
+/// the raw path) and status.
+async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let r = next.run(req).await;
+    let status = r.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::API_REQUESTS_TOTAL, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::API_REQUEST_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    r
+}
+
+async fn metrics_text(State(n): S) -> Response {
+    let Some(h) = crate::metrics::handle() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no metrics recorder").into_response();
+    };
+    crate::metrics::observe_node(&n);
+    ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response()
+}
+
+async fn ready(State(n): S) -> Response {
+    if n.leader_addr().is_some() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response()
+    }
 }
 
 /// The bootstrap listener's router: one endpoint, behind its own secret.

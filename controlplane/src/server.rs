@@ -21,6 +21,8 @@ pub struct Handle {
 /// Binds the listeners first (so a port-0 address is known), then starts
 /// Raft with that address as the advertised one when none is configured.
 pub async fn start(mut cfg: NodeConfig) -> Result<Handle, CpError> {
+    // Before any request, so the first ones are counted too.
+    crate::metrics::handle();
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| CpError::Unavailable(format!("binding {}: {e}", cfg.listen)))?;

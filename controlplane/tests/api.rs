@@ -721,3 +721,53 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
     );
     cp.h.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_scrape_shows_api_calls_by_route_and_the_nodes_state() {
+    let cp = Cp::start().await;
+    let (s, _) = cp
+        .call(
+            Method::POST,
+            "/v1/tenants",
+            Some(SECRET),
+            Some(json!({"name": "scraped"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = cp
+        .call(Method::GET, "/v1/tenants/scraped", Some("bad"), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let url = |p: &str| format!("http://{}{p}", cp.h.addr);
+    assert_eq!(
+        cp.http.get(url("/live")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        cp.http.get(url("/ready")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let text = cp
+        .http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    // Labels by the matched route, never the raw path.
+    assert!(value("felix_cp_api_requests_total{route=\"/v1/tenants\",status=\"200\"}") >= 1.0);
+    assert!(value("felix_cp_api_requests_total{route=\"/v1/tenants/:tenant\",status=\"401\"}") >= 1.0);
+    assert!(!text.contains("route=\"/v1/tenants/scraped\""));
+    assert_eq!(value("felix_cp_leader"), 1.0);
+    assert!(value("felix_cp_metadata_version") >= 1.0);
+    assert!(value("felix_cp_tenants") >= 1.0);
+    assert!(text.contains("felix_cp_api_request_duration_seconds_bucket{route=\"/v1/tenants\""));
+    cp.h.shutdown().await;
+}

@@ -5,10 +5,7 @@
 //!
 //! Names end in their unit (`_seconds`, `_bytes`, `_total` for counters).
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::node::Node;
 
@@ -22,35 +19,10 @@ pub const CONNECTIONS: &str = "felix_connections";
 pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seconds";
 pub const FEED_VERSION: &str = "felix_controlplane_feed_version";
 
-/// Latency buckets, in seconds: 100 µs to 10 s.
-const BUCKETS_S: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0,
-];
-
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// The process's recorder, installed on first use (`None` if another
-/// recorder was installed first, which only a test harness would do).
+/// The process's recorder (installed by the control-plane crate, which
+/// `felix dev` also runs in this process: one recorder serves both).
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let h = PrometheusBuilder::new()
-                .set_buckets(&BUCKETS_S)
-                .ok()?
-                .install_recorder()
-                .ok()?;
-            // Without upkeep, histograms' buckets are never drained.
-            let u = h.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_secs(5));
-                    u.run_upkeep();
-                })
-                .ok()?;
-            Some(h)
-        })
-        .as_ref()
+    felix_controlplane::metrics::handle()
 }
 
 /// The request kinds a label may name (a fixed set: labels never carry
