@@ -95,3 +95,50 @@ pub fn observe_node(node: &Node) {
         metrics::gauge!(FEED_VERSION).set(link.version.load(std::sync::atomic::Ordering::Acquire) as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every `felix_*` metric the shipped alert rules and dashboard use is
+    /// one a broker or a control plane exports, so a rename cannot leave
+    /// them watching nothing.
+    #[test]
+    fn the_alerts_and_the_dashboard_use_only_exported_metrics() {
+        let exported = [
+            include_str!("metrics.rs"),
+            include_str!("../../../controlplane/src/metrics.rs"),
+        ]
+        .concat();
+        for (file, text) in [
+            (
+                "deploy/prometheus/alerts.yml",
+                include_str!("../../../deploy/prometheus/alerts.yml"),
+            ),
+            (
+                "deploy/grafana/felix.json",
+                include_str!("../../../deploy/grafana/felix.json"),
+            ),
+        ] {
+            let mut names = Vec::new();
+            let mut rest = text;
+            while let Some(at) = rest.find("felix_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(&tail[..end]);
+                rest = &tail[end..];
+            }
+            assert!(names.len() >= 10, "{file}: {names:?}");
+            for n in names {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .unwrap_or(n);
+                assert!(
+                    exported.contains(&format!("\"{base}\"")),
+                    "{file} uses {n}, which nothing exports"
+                );
+            }
+        }
+    }
+}
