@@ -421,11 +421,17 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / hz))
 }
 
+/// Segment size of the idle figure's shards.
+const IDLE_SEGMENT_BYTES: u64 = 4 << 20;
+
 /// CPU of three brokers hosting `shards` idle shards (one stream), each
 /// broker leading about a third: what heartbeats cost.
 async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, 3, "", true)?;
+    // Idle shards hold nothing: small segments keep 3 × `shards`
+    // preallocated segments from filling a small disk.
+    let extra = format!("[log]\nsegment_bytes = {IDLE_SEGMENT_BYTES}\n");
+    let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, 3, &extra, true)?;
     let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
     client.close().await;
     // Let elections and connections settle before measuring.
