@@ -372,6 +372,23 @@ fn a_scrape_after_a_workload_shows_the_key_series() {
         }
         let got = read_n(&c, "metered", 0, Start::Earliest, 1).await;
         assert_eq!(got.len(), 1);
+        // A named subscription that committed offset 3 of shard 0, and a
+        // group that has fetched but acked nothing.
+        let commit = Message::CommitCursor {
+            stream: "metered".into(),
+            shard: 0,
+            name: "audit".into(),
+            offset: 3,
+        };
+        assert_eq!(common::admin(&c, commit).await, Message::Done);
+        let fetch = Message::GroupFetch {
+            stream: "metered".into(),
+            group: "workers".into(),
+            consumer: 1,
+            max_records: 5,
+            lease_ms: 60_000,
+        };
+        assert!(matches!(common::admin(&c, fetch).await, Message::GroupRecords { .. }));
         let http = reqwest::Client::new();
         for (path, want) in [("/live", 200), ("/ready", 200)] {
             let s = http.get(format!("{admin}{path}")).send().await.unwrap().status();
@@ -410,6 +427,25 @@ fn a_scrape_after_a_workload_shows_the_key_series() {
             .sum();
         assert_eq!(marks, 100.0);
         assert!(v("felix_shard_segments{stream=\"dev/default/metered\",shard=\"0\"}") >= 1.0);
+        let end0 = v("felix_shard_high_watermark_offset{stream=\"dev/default/metered\",shard=\"0\"}");
+        assert_eq!(
+            v("felix_consumer_lag_records{stream=\"dev/default/metered\",shard=\"0\",subscription=\"audit\"}"),
+            end0 - 3.0,
+            "lag is what follows the committed offset"
+        );
+        let mut groups = 0;
+        for shard in 0..2 {
+            let lag = series(
+                &scrape,
+                &format!("felix_consumer_lag_records{{stream=\"dev/default/metered\",shard=\"{shard}\",group=\"workers\"}}"),
+            );
+            if let Some(lag) = lag {
+                let end = v(&format!("felix_shard_high_watermark_offset{{stream=\"dev/default/metered\",shard=\"{shard}\"}}"));
+                assert_eq!(lag, end, "nothing acked: all of shard {shard} is the group's lag");
+                groups += 1;
+            }
+        }
+        assert!(groups >= 1, "the group's lag is reported");
         let publishes = scrape
             .lines()
             .filter(|l| {

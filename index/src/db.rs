@@ -112,6 +112,13 @@ impl std::fmt::Debug for Index {
     }
 }
 
+/// Named subscriptions' committed offsets and groups' floors of a shard.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Positions {
+    pub cursors: Vec<(Bytes, Offset)>,
+    pub groups: Vec<(Bytes, Offset)>,
+}
+
 impl Index {
     /// Opens (or creates) the index database at `path`.
     pub fn open(path: impl AsRef<Path>, config: IndexConfig) -> Result<Index> {
@@ -319,6 +326,45 @@ impl Index {
         self.get(CF_CURSORS, &enc::cursor_key(shard, name))?
             .map(|v| enc::decode_cursor_value(&v))
             .transpose()
+    }
+
+    /// Where each named subscription and consumer group of `shard` stands,
+    /// at most `max` of each: `(name, offset)` with a subscription's
+    /// committed offset and a group's floor (its first record not acked).
+    /// For lag figures; a group's records are skipped, not read.
+    pub fn positions(&self, shard: ShardId, max: usize) -> Result<Positions> {
+        let from = enc::shard_prefix(shard).to_vec();
+        let to = enc::shard_prefix(ShardId(shard.0 + 1)).to_vec();
+        let mut out = Positions::default();
+        let mut it = self.range(CF_CURSORS, &from, &to);
+        while it.valid() && out.cursors.len() < max {
+            let k = it.key().expect("valid");
+            let (o, _) = enc::decode_cursor_value(it.value().expect("valid"))?;
+            out.cursors
+                .push((Bytes::copy_from_slice(&k[enc::SHARD_PREFIX_BYTES..]), o));
+            it.next();
+        }
+        self.iter_status(&it)?;
+        let mut it = self.range(CF_GROUPS, &from, &to);
+        while it.valid() && out.groups.len() < max {
+            let k = it.key().expect("valid").to_vec();
+            let len = *k.get(enc::SHARD_PREFIX_BYTES).unwrap_or(&0) as usize;
+            let name_end = enc::SHARD_PREFIX_BYTES + 1 + len;
+            if k.get(name_end) == Some(&enc::GROUP_META) {
+                let v = it.value().expect("valid");
+                enc::check_value_len("groups", v, enc::GROUP_META_VALUE_BYTES)?;
+                out.groups.push((
+                    Bytes::copy_from_slice(&k[enc::SHARD_PREFIX_BYTES + 1..name_end]),
+                    Offset(enc::be64_at(v, 0)),
+                ));
+            }
+            // Past this group's records: the next group's prefix.
+            let mut next = k[..name_end].to_vec();
+            next.push(enc::GROUP_REC + 1);
+            it.seek(&next);
+        }
+        self.iter_status(&it)?;
+        Ok(out)
     }
 
     /// A consumer group's state: floor, next and every entry between.

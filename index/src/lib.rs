@@ -28,7 +28,7 @@ mod recover;
 mod ttl;
 
 pub use compact::{CompactionConfig, CompactionReport};
-pub use db::{ApplyOutcome, Index, IndexConfig, ShardState, COLUMN_FAMILIES};
+pub use db::{ApplyOutcome, Index, IndexConfig, Positions, ShardState, COLUMN_FAMILIES};
 pub use encoding::{KeyEntry, Location};
 pub use error::{IndexError, Result};
 pub use maintenance::{Maintenance, MaintenanceStats, SWEEPS_PER_ROUND_MAX};

@@ -18,6 +18,10 @@ pub const OVERLOADED_TOTAL: &str = "felix_overloaded_total";
 pub const CONNECTIONS: &str = "felix_connections";
 pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seconds";
 pub const FEED_VERSION: &str = "felix_controlplane_feed_version";
+/// Named subscriptions and groups per shard whose lag is reported (their
+/// names become labels: bounded, so a client cannot grow the scrape
+/// without limit).
+pub const POSITIONS_PER_SHARD_MAX: usize = 100;
 
 /// The process's recorder (installed by the control-plane crate, which
 /// `felix dev` also runs in this process: one recorder serves both).
@@ -67,6 +71,22 @@ pub fn observe_node(node: &Node) {
             metrics::gauge!("felix_shard_bytes", &labels).set(bytes as f64);
             metrics::gauge!("felix_shard_in_flight_bytes", &labels).set(s.in_flight_bytes() as f64);
             metrics::gauge!("felix_shard_applied_index", &labels).set(s.applied_through().0 as f64);
+            // Consumer lag: committed records not yet consumed, per named
+            // subscription and per group (up to POSITIONS_PER_SHARD_MAX each).
+            let hwm = s.high_watermark();
+            match node.index().positions(s.id, POSITIONS_PER_SHARD_MAX) {
+                Ok(p) => {
+                    for (kind, list) in [("subscription", &p.cursors), ("group", &p.groups)] {
+                        for (name, at) in list {
+                            let mut l = labels.to_vec();
+                            l.push((kind, String::from_utf8_lossy(name).into_owned()));
+                            metrics::gauge!("felix_consumer_lag_records", &l)
+                                .set(hwm.saturating_sub(at.0) as f64);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(shard = s.id.0, error = %e, "reading consumer positions"),
+            }
             if let Some(r) = s.replica() {
                 let m = r.raft.metrics().borrow().clone();
                 metrics::gauge!("felix_shard_raft_term", &labels).set(m.current_term as f64);
