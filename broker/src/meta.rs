@@ -70,11 +70,6 @@ pub struct StreamMeta {
     /// them joins the groups instead of founding them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<u64>,
-    /// Created by following the control plane (so its absence from a feed
-    /// snapshot means it was deleted); dead-letter streams a broker makes
-    /// on its own are not.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub managed: bool,
     /// The control plane's placement of each shard (managed streams):
     /// which brokers its group's voters should be, and its group id there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -82,6 +77,13 @@ pub struct StreamMeta {
 }
 
 impl StreamMeta {
+    /// Created by following the control plane, which places every shard
+    /// (so its absence from a feed snapshot means it was deleted);
+    /// dead-letter streams a broker makes on its own have no placement.
+    pub fn managed(&self) -> bool {
+        !self.placement.is_empty()
+    }
+
     pub fn durability(&self) -> Durability {
         self.durability.parse().unwrap_or_default()
     }
@@ -247,7 +249,7 @@ impl MetaStore {
         &mut self,
         c: &StreamConfig,
         replicas: Vec<u64>,
-        managed: bool,
+        placement: Vec<felix_controlplane::model::ShardPlacement>,
     ) -> Result<(StreamName, StreamMeta), BrokerError> {
         let name = StreamName::parse(&c.name)?;
         if self.get(&name).is_some() {
@@ -273,8 +275,7 @@ impl MetaStore {
             },
             default_ttl_ms: c.default_ttl_ms,
             replicas,
-            managed,
-            placement: Vec::new(),
+            placement,
         };
         self.file.next_shard_id += u64::from(c.shards);
         self.file.streams.insert(name.to_string(), meta.clone());

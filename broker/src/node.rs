@@ -261,7 +261,7 @@ impl Node {
     /// on every broker through the metadata group.
     pub async fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
         let Some(cluster) = self.cluster() else {
-            return self.create_local(c, None, Vec::new(), false);
+            return self.create_local(c, None, Vec::new(), Vec::new());
         };
         // Refuse what is plainly wrong before it reaches the log.
         MetaStore::check(c)?;
@@ -283,14 +283,14 @@ impl Node {
         c: &StreamConfig,
         raft_index: Option<u64>,
         replicas: Vec<u64>,
-        managed: bool,
+        placement: Vec<ShardPlacement>,
     ) -> Result<Arc<StreamHandle>, BrokerError> {
         // One creation at a time: the metadata file and the shard map change together.
         let mut meta = self.meta.lock().expect("meta lock");
         if let Some(i) = raft_index {
             meta.set_raft_applied(i);
         }
-        let (name, m) = meta.create(c, replicas, managed)?;
+        let (name, m) = meta.create(c, replicas, placement)?;
         let h = match self.open_stream(&name, m) {
             Ok(h) => Arc::new(h),
             // A replicated stream stays defined (every broker recorded it);
@@ -445,7 +445,7 @@ impl Node {
             .lock()
             .expect("meta lock")
             .streams()
-            .filter(|(_, m)| m.managed)
+            .filter(|(_, m)| m.managed())
             .map(|(n, _)| n.to_string())
             .collect()
     }
@@ -524,7 +524,6 @@ impl Node {
                     if c.max_deliveries > 0 {
                         m.max_deliveries = c.max_deliveries;
                     }
-                    m.managed = true;
                 })?;
                 *h.meta.lock().expect("stream meta lock") = m;
                 Ok(())
@@ -534,13 +533,7 @@ impl Node {
                     tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
                     self.delete_local(name, raft_index)?;
                 }
-                let h = self.create_local(&c, raft_index, replicas, true)?;
-                let m = self
-                    .meta
-                    .lock()
-                    .expect("meta lock")
-                    .update(name, |m| m.placement = placement)?;
-                *h.meta.lock().expect("stream meta lock") = m;
+                let h = self.create_local(&c, raft_index, replicas, placement)?;
                 self.start_groups(&h, fresh);
                 Ok(())
             }
@@ -583,7 +576,7 @@ impl Node {
                     &StreamConfig::from(stream.clone()),
                     Some(index),
                     replicas.clone(),
-                    false,
+                    Vec::new(),
                 )?;
                 self.start_groups(&h, fresh);
                 Ok(())
@@ -854,7 +847,7 @@ fn same_shape(m: &StreamMeta, c: &StreamConfig) -> bool {
 
 /// Whether what may change in place already matches.
 fn same_settings(m: &StreamMeta, c: &StreamConfig) -> bool {
-    m.managed
+    m.managed()
         && m.retention_ms == c.retention_ms
         && m.retention_bytes == c.retention_bytes
         && m.default_ttl_ms == c.default_ttl_ms

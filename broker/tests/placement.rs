@@ -78,11 +78,10 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
     use reqwest::Method;
 
     let dir = tempfile::tempdir().unwrap();
-    let http = reqwest::Client::new();
-    let port = free_port();
-    let mut cp = Proc::start(dir.path(), 1, &[port]);
-    let ports = [port];
-    until(20, "a control-plane leader", || leader(&http, &ports)).await;
+    // Three brokers requiring tokens; acme/prod/orders made through the
+    // control plane, replicated on all three.
+    let mut p = Placed::start(dir.path(), 3, "", true).await;
+    let (http, port, cluster) = (p.http.clone(), p.port, &p.cluster);
     let ok = |m: Method, path: &'static str, body: Value| {
         let http = http.clone();
         async move {
@@ -91,13 +90,6 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
             v
         }
     };
-    ok(Method::POST, "/v1/tenants", json!({"name": "acme"})).await;
-    ok(
-        Method::POST,
-        "/v1/tenants/acme/namespaces",
-        json!({"name": "prod"}),
-    )
-    .await;
     for action in ["stream.publish", "stream.subscribe", "resource.manage"] {
         ok(
             Method::POST,
@@ -114,29 +106,6 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
     .await;
     let token = Bytes::from(t["access_token"].as_str().unwrap().to_owned());
 
-    let extra = format!(
-        "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 1000\n"
-    );
-    let root = dir.path().join("brokers");
-    let cluster = tokio::task::block_in_place(|| common::cluster::LocalCluster::start(&root, 3, &extra));
-    // Every broker registers and heartbeats.
-    until(30, "three active brokers", || async {
-        let (_, v) = call(&http, port, Method::GET, "/v1/brokers", None).await.ok()?;
-        let active = v["items"]
-            .as_array()?
-            .iter()
-            .filter(|b| b["status"] == "active")
-            .count();
-        (active == 3).then_some(())
-    })
-    .await;
-    // A stream made through the control plane, replicated on all three.
-    ok(
-        Method::POST,
-        "/v1/tenants/acme/namespaces/prod/streams",
-        json!({"name": "orders", "shards": 2, "replication_factor": 3}),
-    )
-    .await;
     let with_token = |i: usize| {
         let mut c = cluster.member_config(i);
         c.token = token.clone();
@@ -186,13 +155,12 @@ async fn a_broker_cluster_follows_the_control_plane_enforces_its_tokens_and_serv
 
     // The control plane goes away: brokers keep serving what they host,
     // and a new connection's token is still checked with the keys held.
-    cp.kill();
+    p.cp.kill();
     let client = Client::connect(all)
         .await
         .expect("connects without the control plane");
     acked.extend(publish_keyed(&client, 50..100, "acknowledged with the control plane down").await);
     read_back(&client, &acked).await;
-    drop(cluster);
 }
 
 /// One placement of a shard as the control plane has it.
@@ -205,17 +173,17 @@ struct Placement {
 }
 
 /// A control-plane node (`cp_extra` in its file) and `n` brokers following
-/// it (tokens off, heartbeats every 500 ms), with tenant acme, namespace
-/// prod and stream orders (2 shards, RF 3) made through it.
+/// it (heartbeats every 500 ms, tokens required or not), with tenant acme,
+/// namespace prod and stream orders (2 shards, RF 3) made through it.
 struct Placed {
-    _cp: Proc,
+    cp: Proc,
     cluster: common::cluster::LocalCluster,
     port: u16,
     http: reqwest::Client,
 }
 
 impl Placed {
-    async fn start(dir: &Path, n: u64, cp_extra: &str) -> Placed {
+    async fn start(dir: &Path, n: u64, cp_extra: &str, require_tokens: bool) -> Placed {
         use reqwest::Method;
         let http = reqwest::Client::new();
         let port = free_port();
@@ -223,7 +191,7 @@ impl Placed {
         let ports = [port];
         until(20, "a control-plane leader", || leader(&http, &ports)).await;
         let extra = format!(
-            "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 500\nrequire_tokens = false\n"
+            "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 500\nrequire_tokens = {require_tokens}\n"
         );
         let root = dir.join("brokers");
         let cluster = tokio::task::block_in_place(|| common::cluster::LocalCluster::start(&root, n, &extra));
@@ -249,7 +217,7 @@ impl Placed {
             assert_eq!(s, 200, "{path}: {v}");
         }
         Placed {
-            _cp: cp,
+            cp,
             cluster,
             port,
             http,
@@ -343,6 +311,7 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
         dir.path(),
         4,
         "broker_heartbeat_interval_ms = 500\nreplace_after_ms = 2000\n",
+        false,
     )
     .await;
     // Every shard's voters become exactly its three placed brokers (the
@@ -380,7 +349,7 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Placed::start(dir.path(), 4, "").await;
+    let p = Placed::start(dir.path(), 4, "", false).await;
     let client = p.client_without(None).await;
     let before = until(60, "groups matching the placement", || p.settled(&client)).await;
     let mut acked = publish_keyed(&client, 0..30, "acknowledged").await;
@@ -502,7 +471,7 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_returns_to_the_preferred_replica_after_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Placed::start(dir.path(), 3, "").await;
+    let p = Placed::start(dir.path(), 3, "", false).await;
     let client = p.client_without(None).await;
     let placed = until(60, "the preferred leaders lead", || p.settled(&client)).await;
     let mut acked = publish_keyed(&client, 0..20, "acknowledged").await;

@@ -184,29 +184,29 @@ fn the_metadata_file_survives_a_reopen_and_refuses_bad_streams() {
     let dir = tempfile::tempdir().unwrap();
     let mut m = MetaStore::open(dir.path()).unwrap();
     let (name, orders) = m
-        .create(&config("orders", 3, "interval:5"), Vec::new(), false)
+        .create(&config("orders", 3, "interval:5"), Vec::new(), Vec::new())
         .unwrap();
     assert_eq!(name.to_string(), "dev/default/orders");
     assert_eq!(orders.shards, vec![1, 2, 3]);
     assert_eq!(orders.max_deliveries, 5, "0 means the default");
     let (_, other) = m
-        .create(&config("acme/prod/clicks", 2, "none"), Vec::new(), false)
+        .create(&config("acme/prod/clicks", 2, "none"), Vec::new(), Vec::new())
         .unwrap();
     assert_eq!(other.shards, vec![4, 5], "shard ids are never reused");
     assert!(matches!(
-        m.create(&config("orders", 1, "always"), Vec::new(), false),
+        m.create(&config("orders", 1, "always"), Vec::new(), Vec::new()),
         Err(BrokerError::StreamExists(_))
     ));
     assert!(matches!(
-        m.create(&config("x", 0, "always"), Vec::new(), false),
+        m.create(&config("x", 0, "always"), Vec::new(), Vec::new()),
         Err(BrokerError::Invalid(_))
     ));
     assert!(matches!(
-        m.create(&config("x", 1, "sometimes"), Vec::new(), false),
+        m.create(&config("x", 1, "sometimes"), Vec::new(), Vec::new()),
         Err(BrokerError::Invalid(_))
     ));
     assert!(matches!(
-        m.create(&config("a/b", 1, "always"), Vec::new(), false),
+        m.create(&config("a/b", 1, "always"), Vec::new(), Vec::new()),
         Err(BrokerError::InvalidName(_))
     ));
     m.set_retention(&name, Some(60_000), Some(1 << 20)).unwrap();
@@ -221,7 +221,7 @@ fn the_metadata_file_survives_a_reopen_and_refuses_bad_streams() {
     );
     assert_eq!(m.streams().count(), 1);
     let (_, again) = m
-        .create(&config("acme/prod/clicks", 1, "always"), Vec::new(), false)
+        .create(&config("acme/prod/clicks", 1, "always"), Vec::new(), Vec::new())
         .unwrap();
     assert_eq!(again.shards, vec![6]);
 

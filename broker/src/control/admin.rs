@@ -50,7 +50,7 @@ pub async fn delete(
     let n = StreamName::parse(name)?;
     let h = node.stream_by_name(&n)?;
     let m = h.meta();
-    if !m.managed {
+    if !m.managed() {
         // A dead-letter stream this broker made itself: not the control
         // plane's to delete.
         return node.delete_stream(name, force).await;
@@ -69,7 +69,7 @@ pub async fn set_retention(
 ) -> Result<(), BrokerError> {
     let n = StreamName::parse(name)?;
     let h = node.stream_by_name(&n)?;
-    if !h.meta().managed {
+    if !h.meta().managed() {
         return node.set_retention(name, retention_ms, retention_bytes).await;
     }
     link.set_retention(&n, retention_ms, retention_bytes, token)

@@ -115,7 +115,7 @@ async fn round(
         .collect();
     for h in n.streams() {
         let m = h.meta();
-        if !m.managed {
+        if !m.managed() {
             continue;
         }
         for (s, p) in h.shards.iter().zip(&m.placement) {
