@@ -181,12 +181,16 @@ impl NodeHandler {
                 p.check(action, &object, now_s)?;
             }
         }
-        if let (Message::Publish { stream, batch, .. }, Some(link)) = (request, self.node.control()) {
+        if let Message::Publish { stream, batch, .. } = request {
+            let mut quotas = self.node.quotas.lock().expect("quota lock");
+            if quotas.is_empty() {
+                return Ok(());
+            }
             let n = StreamName::parse(stream)?;
             let records = Batch::new(batch.clone())
                 .map(|b| u64::from(b.header().record_count))
                 .unwrap_or(1);
-            let verdict = link.quotas.lock().expect("quota lock").admit(
+            let verdict = quotas.admit(
                 &n.tenant,
                 &n.namespace,
                 records,
@@ -359,6 +363,7 @@ impl NodeHandler {
                 }))
             }
             Message::StreamCreate(c) => {
+                let c = node.with_defaults(c);
                 match node.control() {
                     Some(link) => admin::create(node, link, &c, token).await?,
                     None => {

@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod devcluster;
+mod logs;
 mod logtool;
 
 use std::net::SocketAddr;
@@ -78,19 +79,37 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Configuration files: check one, print the documented schema.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `felix completions bash >
+    /// /etc/bash_completion.d/felix`).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a broker or control-plane file, with the FELIX_* variables
+    /// set now, without starting anything.
+    Check {
+        file: PathBuf,
+        /// Which kind of file (default: a control-plane node's when it has
+        /// `cluster_secret`, else a broker's).
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+    },
+    /// Print docs/configuration.md: every key, its type and default.
+    Docs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Broker,
+    Controlplane,
 }
 
 fn main() -> anyhow::Result<()> {
-    // FELIX_LOG: levels per module (`info,felix_broker::control=debug`);
-    // FELIX_LOG_FORMAT=json: one JSON object per line, for log shippers.
-    let filter =
-        || tracing_subscriber::EnvFilter::try_from_env("FELIX_LOG").unwrap_or_else(|_| "warn".into());
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr);
-    if std::env::var("FELIX_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        logs.json().with_env_filter(filter()).init();
-    } else {
-        logs.with_env_filter(filter()).init();
-    }
+    logs::init();
     let args = Cli::parse();
     let common = args.common;
     let rt = || {
@@ -138,20 +157,27 @@ fn main() -> anyhow::Result<()> {
                 ..BrokerConfig::default()
             };
             let cp = controlplane_listen.unwrap_or_else(|| next(1));
-            rt()?.block_on(serve(config, Some(cp)))
+            rt()?.block_on(serve(config, None, Some(cp)))
         }
-        Command::Broker { config } => {
-            let c = BrokerConfig::load(&config)?;
-            rt()?.block_on(serve(c, None))
+        Command::Broker { config: path } => {
+            let c = BrokerConfig::load(&path)?;
+            logs::set_level(c.log_level.as_deref());
+            rt()?.block_on(serve(c, Some(path), None))
         }
-        Command::Controlplane { config } => {
-            let text =
-                std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
-            let c: felix_controlplane::node::NodeConfig = toml::from_str(&text)
-                .with_context(|| format!("{}: invalid control-plane configuration", config.display()))?;
-            c.validate()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", config.display()))?;
-            rt()?.block_on(controlplane(c))
+        Command::Controlplane { config: path } => {
+            let c = felix_broker::config::load_controlplane(&path)?;
+            logs::set_level(c.log_level.as_deref());
+            rt()?.block_on(controlplane(c, path))
+        }
+        Command::Config(ConfigCommand::Docs) => {
+            print!("{}", felix_broker::config::schema::markdown());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file, role }) => config_check(&file, role),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "felix", &mut std::io::stdout());
+            Ok(())
         }
         Command::Stream(c) => rt()?.block_on(cli::stream(&common, c)),
         Command::Cache(c) => rt()?.block_on(cli::cache(&common, c)),
@@ -163,10 +189,42 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Runs a broker until SIGINT or SIGTERM. `dev` (the embedded control
-/// plane's address) also starts the control plane, writes the client
-/// profile and prints how to reach both.
-async fn serve(mut config: BrokerConfig, dev: Option<SocketAddr>) -> anyhow::Result<()> {
+/// `felix config check`: the file with the environment over it, checked as
+/// the process would at start.
+fn config_check(file: &Path, role: Option<Role>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let role = role.unwrap_or(if BrokerConfig::is_controlplane_file(&text) {
+        Role::Controlplane
+    } else {
+        Role::Broker
+    });
+    let verdict = match role {
+        Role::Broker => BrokerConfig::parse(&text, std::env::vars()).map(|_| "broker"),
+        Role::Controlplane => {
+            felix_broker::config::parse_controlplane(&text, std::env::vars()).map(|_| "control-plane")
+        }
+    };
+    match verdict {
+        Ok(kind) => {
+            println!("{}: a valid {kind} configuration", file.display());
+            Ok(())
+        }
+        Err(why) => Err(anyhow::anyhow!(
+            "{}: {why}\n(every key and its default: docs/configuration.md, or `felix config docs`)",
+            file.display()
+        )),
+    }
+}
+
+/// Runs a broker until SIGINT or SIGTERM; SIGHUP reads `file` again and
+/// applies its reloadable keys. `dev` (the embedded control plane's
+/// address) also starts the control plane, writes the client profile and
+/// prints how to reach both.
+async fn serve(
+    mut config: BrokerConfig,
+    file: Option<PathBuf>,
+    dev: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     config.data_dir = config
@@ -209,7 +267,16 @@ async fn serve(mut config: BrokerConfig, dev: Option<SocketAddr>) -> anyhow::Res
     } else {
         println!("felix broker {} listening on {}", config.broker_id, running.addr);
     }
-    wait_for_shutdown().await;
+    let mut hangup = hangups();
+    loop {
+        tokio::select! {
+            _ = wait_for_shutdown() => break,
+            _ = hangup.recv() => match &file {
+                Some(f) => reload(&config, f, &running.node),
+                None => tracing::warn!("SIGHUP: this broker has no configuration file to read again"),
+            },
+        }
+    }
     eprintln!("shutting down");
     // A group stuck on a peer that is gone must not keep the process alive
     // (SIGTERM has to end it, e.g. when `felix dev` stops its brokers);
@@ -228,8 +295,36 @@ async fn serve(mut config: BrokerConfig, dev: Option<SocketAddr>) -> anyhow::Res
     Ok(())
 }
 
-/// Runs a control-plane node until SIGINT or SIGTERM.
-async fn controlplane(c: felix_controlplane::node::NodeConfig) -> anyhow::Result<()> {
+/// Applies what SIGHUP may change from `file`, leaving the rest as it runs.
+fn reload(running: &BrokerConfig, file: &Path, node: &felix_broker::node::Node) {
+    let next = match BrokerConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the configuration is refused; the running settings stay");
+            metrics::counter!(felix_broker::observe::metrics::CONFIG_RELOADS_TOTAL, "outcome" => "refused")
+                .increment(1);
+            return;
+        }
+    };
+    let fixed = running.restart_needed(&next);
+    if !fixed.is_empty() {
+        tracing::warn!(keys = ?fixed, "SIGHUP: these keys changed and apply only after a restart");
+    }
+    logs::set_level(next.log_level.as_deref());
+    node.apply_reloadable(&next.reloadable());
+    tracing::info!(file = %file.display(), "SIGHUP: configuration reloaded");
+    metrics::counter!(felix_broker::observe::metrics::CONFIG_RELOADS_TOTAL, "outcome" => "applied")
+        .increment(1);
+}
+
+fn hangups() -> tokio::signal::unix::Signal {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).expect("installing a SIGHUP handler")
+}
+
+/// Runs a control-plane node until SIGINT or SIGTERM; SIGHUP applies the
+/// file's `log_level` again.
+async fn controlplane(c: felix_controlplane::node::NodeConfig, file: PathBuf) -> anyhow::Result<()> {
     let id = c.id;
     let h = felix_controlplane::server::start(c)
         .await
@@ -238,7 +333,19 @@ async fn controlplane(c: felix_controlplane::node::NodeConfig) -> anyhow::Result
     if let Some(b) = h.bootstrap_addr {
         println!("  bootstrap endpoint on http://{b}");
     }
-    wait_for_shutdown().await;
+    let mut hangup = hangups();
+    loop {
+        tokio::select! {
+            _ = wait_for_shutdown() => break,
+            _ = hangup.recv() => match felix_broker::config::load_controlplane(&file) {
+                Ok(next) => {
+                    logs::set_level(next.log_level.as_deref());
+                    tracing::info!("SIGHUP: log level reloaded; other control-plane keys apply after a restart");
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the configuration is refused"),
+            },
+        }
+    }
     h.shutdown().await;
     Ok(())
 }

@@ -84,6 +84,11 @@ pub struct Node {
     replicated: bool,
     cluster: OnceLock<Arc<Cluster>>,
     control: OnceLock<Arc<ControlLink>>,
+    /// Publish quotas: the control plane's per tenant and namespace, and
+    /// the file's `[quotas]` for the rest.
+    pub(crate) quotas: Mutex<crate::control::quota::QuotaTable>,
+    /// The file's `[defaults]` (replaced on SIGHUP).
+    defaults: RwLock<crate::config::StreamDefaults>,
 }
 
 impl std::fmt::Debug for Node {
@@ -135,7 +140,10 @@ impl Node {
             replicated: config.cluster.is_some(),
             cluster: OnceLock::new(),
             control: OnceLock::new(),
+            quotas: Mutex::new(crate::control::quota::QuotaTable::default()),
+            defaults: RwLock::new(config.defaults.clone()),
         };
+        node.apply_reloadable(&config.reloadable());
         let all: Vec<(StreamName, StreamMeta)> = node
             .meta
             .lock()
@@ -151,6 +159,24 @@ impl Node {
                 .insert(name.to_string(), Arc::new(h));
         }
         Ok(Arc::new(node))
+    }
+
+    /// Applies the settings SIGHUP may change (`log_level` is the
+    /// process's, not the node's).
+    pub fn apply_reloadable(&self, r: &crate::config::Reloadable) {
+        self.quotas
+            .lock()
+            .expect("quota lock")
+            .set_fallback(Some(r.quotas.quotas()));
+        *self.defaults.write().expect("defaults lock") = r.defaults.clone();
+    }
+
+    /// `c` with the file's defaults for what it leaves unset.
+    pub fn with_defaults(&self, mut c: StreamConfig) -> StreamConfig {
+        let d = self.defaults.read().expect("defaults lock");
+        c.retention_ms = c.retention_ms.or(d.retention_ms);
+        c.retention_bytes = c.retention_bytes.or(d.retention_bytes);
+        c
     }
 
     pub fn broker_id(&self) -> u64 {

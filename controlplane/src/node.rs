@@ -46,7 +46,7 @@ pub enum CpError {
     Store(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This node's id: its key in `peers`.
@@ -56,6 +56,7 @@ pub struct NodeConfig {
     /// The address peers and brokers use; `listen` when absent.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// Where the node's Raft log, metadata and snapshots live.
     pub data_dir: PathBuf,
     /// Every node of the first membership (this one included). Empty: a
     /// single node.
@@ -67,28 +68,40 @@ pub struct NodeConfig {
     /// The day-0 bootstrap endpoint: off unless both are set.
     #[serde(default)]
     pub bootstrap_listen: Option<SocketAddr>,
+    /// The bearer token of the bootstrap endpoint (16 bytes or more).
     #[serde(default)]
     pub bootstrap_secret: Option<String>,
+    /// How often brokers are told to heartbeat.
     #[serde(default = "default_heartbeat")]
     pub broker_heartbeat_interval_ms: u64,
+    /// Heartbeats a broker may miss before it is marked down.
     #[serde(default = "default_missed")]
     pub broker_heartbeats_missed_max: u32,
     /// How long a broker stays down before its replicas are re-placed.
     #[serde(default = "default_replace")]
     pub replace_after_ms: u64,
+    /// Lifetime of a token the control plane issues.
     #[serde(default = "default_ttl")]
     pub token_ttl_s: u64,
+    /// Raft election timeout range of the control plane's own group.
     #[serde(default = "default_election_min")]
     pub election_timeout_min_ms: u64,
+    /// (The range's upper end.)
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ms: u64,
+    /// Log levels, per module if wanted (`info,felix_controlplane=debug`).
+    /// Absent: `$FELIX_LOG`, else `warn`. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 /// A control-plane node and the address its API listens on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerAddr {
+    /// The node's `id`.
     pub id: NodeId,
+    /// Its API address (`host:port`) as the other nodes reach it.
     pub addr: String,
 }
 
@@ -129,6 +142,7 @@ impl NodeConfig {
             token_ttl_s: default_ttl(),
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
+            log_level: None,
         }
     }
 

@@ -163,7 +163,7 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
     let now = n.now_ms();
     let mut wanted = BTreeSet::new();
     {
-        let mut q = link.quotas.lock().expect("quota lock");
+        let mut q = n.quotas.lock().expect("quota lock");
         for (t, tv) in &s.tenants {
             q.set_tenant(t, tv.quotas, now);
             link.keys.set(t, &tv.jwks, now);
@@ -226,7 +226,7 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
         let now = n.now_ms();
         match v.change {
             Change::Tenant { tenant, quotas } => {
-                link.quotas
+                n.quotas
                     .lock()
                     .expect("quota lock")
                     .set_tenant(&tenant, quotas, now);
@@ -238,7 +238,7 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                 tenant,
                 namespace,
                 quotas,
-            } => link
+            } => n
                 .quotas
                 .lock()
                 .expect("quota lock")

@@ -15,7 +15,6 @@ pub mod quota;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
@@ -42,7 +41,6 @@ pub struct ControlLink {
     /// The URL that answered last (tried first next time).
     preferred: AtomicUsize,
     pub keys: access::Keys,
-    pub quotas: Mutex<quota::QuotaTable>,
     /// The feed version this broker has applied through.
     pub version: AtomicU64,
     /// Whether a feed snapshot has been applied since start.
@@ -67,7 +65,6 @@ impl ControlLink {
             http,
             preferred: AtomicUsize::new(0),
             keys: access::Keys::default(),
-            quotas: Mutex::new(quota::QuotaTable::default()),
             version: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
         })

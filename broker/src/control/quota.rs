@@ -87,6 +87,10 @@ impl Limit {
 pub struct QuotaTable {
     tenants: HashMap<String, Limit>,
     namespaces: HashMap<(String, String), Limit>,
+    /// The broker file's `[quotas]`: for a tenant with no quota of its own.
+    fallback: Option<Quotas>,
+    /// The fallback's buckets, one per tenant, made on first publish.
+    fallback_buckets: HashMap<String, Limit>,
 }
 
 /// Why a publish was refused.
@@ -115,6 +119,21 @@ impl QuotaTable {
         );
     }
 
+    /// Whether no publish is limited (the common case, checked first).
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.namespaces.is_empty() && self.fallback.is_none()
+    }
+
+    /// Sets the quotas of tenants the control plane gives none (`None`:
+    /// those are not limited). A change starts their buckets afresh.
+    pub fn set_fallback(&mut self, q: Option<Quotas>) {
+        let q = q.filter(|q| q.publish_records_per_s_max.is_some() || q.publish_bytes_per_s_max.is_some());
+        if q != self.fallback {
+            self.fallback = q;
+            self.fallback_buckets.clear();
+        }
+    }
+
     /// Admits a publish of `records` records and `bytes` bytes, or says
     /// which quota it is over and when to retry. A refused publish takes
     /// nothing from any bucket.
@@ -126,7 +145,18 @@ impl QuotaTable {
         bytes: u64,
         now_ms: i64,
     ) -> Result<(), OverQuota> {
-        let t = self.tenants.get_mut(tenant);
+        if !self.tenants.contains_key(tenant) && !self.fallback_buckets.contains_key(tenant) {
+            if let Some(f) = self.fallback {
+                if self.fallback_buckets.len() < BUCKETS_MAX {
+                    self.fallback_buckets
+                        .insert(tenant.to_owned(), Limit::new(f, now_ms));
+                }
+            }
+        }
+        let t = match self.tenants.get_mut(tenant) {
+            Some(t) => Some(t),
+            None => self.fallback_buckets.get_mut(tenant),
+        };
         let n = self
             .namespaces
             .get_mut(&(tenant.to_owned(), namespace.to_owned()));
@@ -254,5 +284,23 @@ mod tests {
         // Lifting it does.
         t.set_tenant("acme", None, 0);
         t.admit("acme", "other", 1_000, 0, 0).unwrap();
+    }
+
+    #[test]
+    fn the_fallback_limits_each_tenant_without_a_quota_of_its_own() {
+        let mut t = QuotaTable::default();
+        t.set_fallback(q(Some(10), None));
+        t.set_tenant("big", q(Some(1_000), None), 0);
+        t.admit("a", "ns", 10, 0, 0).unwrap();
+        assert_eq!(t.admit("a", "ns", 1, 0, 0).unwrap_err().whose, "tenant a");
+        // Each tenant has its own bucket; a tenant's own quota wins.
+        t.admit("b", "ns", 10, 0, 0).unwrap();
+        t.admit("big", "ns", 500, 0, 0).unwrap();
+        // A new fallback starts afresh; none lifts the limit.
+        t.set_fallback(q(Some(20), None));
+        t.admit("a", "ns", 20, 0, 0).unwrap();
+        assert!(t.admit("a", "ns", 1, 0, 0).is_err());
+        t.set_fallback(None);
+        t.admit("a", "ns", 1_000_000, 0, 0).unwrap();
     }
 }

@@ -18,6 +18,8 @@ pub const OVERLOADED_TOTAL: &str = "felix_overloaded_total";
 pub const CONNECTIONS: &str = "felix_connections";
 pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seconds";
 pub const FEED_VERSION: &str = "felix_controlplane_feed_version";
+/// SIGHUP reloads, by `outcome` (`applied`, `refused`).
+pub const CONFIG_RELOADS_TOTAL: &str = "felix_config_reloads_total";
 /// Named subscriptions and groups per shard whose lag is reported (their
 /// names become labels: bounded, so a client cannot grow the scrape
 /// without limit).

@@ -1,16 +1,22 @@
 //! The broker's configuration file (TOML). Every key has a default, so an
 //! empty file is a valid single-node configuration; unknown keys are
-//! refused with their name.
+//! refused with their name. `FELIX_*` environment variables override the
+//! file (`env.rs`); `docs/configuration.md` is generated from these types
+//! (`schema.rs`), so a key cannot go undocumented.
+
+pub mod env;
+pub mod schema;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::error::BrokerError;
 
 /// A broker's settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Where shards, the index, metadata and development certificates live.
@@ -24,7 +30,9 @@ pub struct BrokerConfig {
     /// HTTP address of `/metrics`, `/live` and `/ready` (absent: not
     /// served; port 0 picks a free one).
     pub admin_listen: Option<SocketAddr>,
+    /// The certificate clients are served.
     pub tls: TlsConfig,
+    /// Segment log settings of the shards this broker creates.
     pub log: LogSettings,
     /// RocksDB block cache shared by every shard's index.
     pub index_cache_bytes: usize,
@@ -38,10 +46,60 @@ pub struct BrokerConfig {
     /// its token keys and quotas from. Absent: streams are defined through
     /// the broker itself and connections are not asked for a token.
     pub controlplane: Option<ControlPlaneConfig>,
+    /// Log levels, per module if wanted (`info,felix_broker::control=debug`).
+    /// Absent: `$FELIX_LOG`, else `warn`. Reloaded on SIGHUP.
+    pub log_level: Option<String>,
+    /// What a stream created without settings gets. Reloaded on SIGHUP.
+    pub defaults: StreamDefaults,
+    /// Publish quotas of a tenant the control plane sets none for (every
+    /// client, without a control plane). Reloaded on SIGHUP.
+    pub quotas: QuotaDefaults,
+}
+
+/// Settings given to streams created without them (as Kafka's
+/// `log.retention.ms`); they apply when the stream is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamDefaults {
+    /// Retention time of a new stream that names none. Absent: forever.
+    pub retention_ms: Option<u64>,
+    /// Retention bytes per shard of a new stream that names none. Absent:
+    /// unbounded.
+    pub retention_bytes: Option<u64>,
+}
+
+/// Per-tenant publish quotas, held per broker (as Kafka's client quotas).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaDefaults {
+    /// Records a second one tenant may publish to this broker. Absent: no
+    /// limit.
+    pub publish_records_per_s_max: Option<u64>,
+    /// Bytes a second one tenant may publish to this broker. Absent: no
+    /// limit.
+    pub publish_bytes_per_s_max: Option<u64>,
+}
+
+impl QuotaDefaults {
+    pub fn quotas(&self) -> felix_controlplane::model::Quotas {
+        felix_controlplane::model::Quotas {
+            publish_records_per_s_max: self.publish_records_per_s_max,
+            publish_bytes_per_s_max: self.publish_bytes_per_s_max,
+        }
+    }
+}
+
+/// The settings SIGHUP may change while the broker runs; changing any
+/// other key needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloadable {
+    pub log_level: Option<String>,
+    pub defaults: StreamDefaults,
+    pub quotas: QuotaDefaults,
 }
 
 /// How a broker reaches the control plane.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// Base URLs of the control-plane nodes (`http://host:port`); any one
@@ -110,7 +168,7 @@ impl ControlPlaneConfig {
 /// A static cluster: every listed broker replicates every shard (placement
 /// on a subset arrives with the control plane), stream definitions travel
 /// through a metadata group that all of them run.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// UDP address for replication traffic between brokers.
@@ -121,11 +179,13 @@ pub struct ClusterConfig {
     /// (one CA): created if missing. Replication requires mutual TLS, and
     /// clients are served with the same certificate.
     pub tls_dir: PathBuf,
-    /// Raft heartbeat and election timing, in ms.
+    /// How often a shard's leader heartbeats its followers.
     #[serde(default = "heartbeat_default")]
     pub heartbeat_interval_ms: u64,
+    /// Lower bound of a follower's randomised election timeout.
     #[serde(default = "election_min_default")]
     pub election_timeout_min_ms: u64,
+    /// Upper bound of a follower's randomised election timeout.
     #[serde(default = "election_max_default")]
     pub election_timeout_max_ms: u64,
     /// How long a replicated write waits for its quorum before the client
@@ -149,9 +209,10 @@ fn write_timeout_default() -> u64 {
 }
 
 /// One broker of a cluster.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
+    /// Its `broker_id`.
     pub id: u64,
     /// Its `cluster.raft_listen` as the others reach it.
     pub raft: String,
@@ -193,6 +254,45 @@ impl ClusterConfig {
             return Err("cluster.write_timeout_ms must be above 0".into());
         }
         Ok(())
+    }
+}
+
+/// Reads a control-plane node's file with the process's `FELIX_CP_*`
+/// variables over it, and checks it.
+pub fn load_controlplane(path: &Path) -> Result<felix_controlplane::node::NodeConfig, BrokerError> {
+    let bad = |why: String| BrokerError::Config {
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    parse_controlplane(&text, std::env::vars()).map_err(bad)
+}
+
+pub fn parse_controlplane(
+    text: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<felix_controlplane::node::NodeConfig, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    env::apply(&mut doc, vars, env::Role::ControlPlane)?;
+    let c = felix_controlplane::node::NodeConfig::deserialize(doc).map_err(|e| e.to_string())?;
+    c.validate()?;
+    if let Some(l) = &c.log_level {
+        tracing_subscriber::EnvFilter::try_new(l).map_err(|e| format!("log_level = {l:?}: {e}"))?;
+    }
+    Ok(c)
+}
+
+/// The dotted keys whose values differ between `a` and `b`.
+fn differing(prefix: &str, a: &toml::Table, b: &toml::Table, out: &mut Vec<String>) {
+    for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+        let path = format!("{prefix}{k}");
+        match (a.get(k), b.get(k)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                differing(&format!("{path}."), x, y, out)
+            }
+            (x, y) if x != y => out.push(path),
+            _ => {}
+        }
     }
 }
 
@@ -242,22 +342,28 @@ pub const CLUSTER_PEERS_MAX: usize = 7;
 
 /// Certificates. With `dev = true` (the default) a development CA and
 /// server certificate are generated under `data_dir/tls/` and reused.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
+    /// Generate (once) and use a development CA and certificate.
     pub dev: bool,
+    /// The server certificate chain (PEM), with `tls.dev = false`.
     pub cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM), with `tls.dev = false`.
     pub key: Option<PathBuf>,
     /// Require client certificates signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
 }
 
 /// Segment log settings applied to every shard this broker creates.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
+    /// A segment is rolled at this size (preallocated up front).
     pub segment_bytes: u64,
+    /// A segment is rolled at this age, so retention can delete it.
     pub segment_ms: u64,
+    /// The largest batch a publish may carry.
     pub batch_bytes_max: usize,
 }
 
@@ -276,6 +382,9 @@ impl Default for BrokerConfig {
             maintenance_interval_ms: 1000,
             cluster: None,
             controlplane: None,
+            log_level: None,
+            defaults: StreamDefaults::default(),
+            quotas: QuotaDefaults::default(),
         }
     }
 }
@@ -302,21 +411,52 @@ impl Default for LogSettings {
 }
 
 impl BrokerConfig {
-    /// Reads and checks a configuration file.
+    /// Reads a configuration file, applies the process's `FELIX_*`
+    /// variables over it and checks the result.
     pub fn load(path: &Path) -> Result<BrokerConfig, BrokerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| BrokerError::Config {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
-        let c: BrokerConfig = toml::from_str(&text).map_err(|e| BrokerError::Config {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
-        c.check().map_err(|why| BrokerError::Config {
+        let bad = |why: String| BrokerError::Config {
             path: path.to_path_buf(),
             why,
-        })?;
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        Self::parse(&text, std::env::vars()).map_err(bad)
+    }
+
+    /// Parses a file's text with `vars` (the environment) over it.
+    pub fn parse(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<BrokerConfig, String> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        env::apply(&mut doc, vars, env::Role::Broker)?;
+        let c: BrokerConfig = BrokerConfig::deserialize(doc).map_err(|e| e.to_string())?;
+        c.check()?;
         Ok(c)
+    }
+
+    /// Which kind of file `text` is: a control-plane node's has a
+    /// `cluster_secret`, which no broker key is called.
+    pub fn is_controlplane_file(text: &str) -> bool {
+        toml::from_str::<toml::Table>(text).is_ok_and(|t| t.contains_key("cluster_secret"))
+    }
+
+    pub fn reloadable(&self) -> Reloadable {
+        Reloadable {
+            log_level: self.log_level.clone(),
+            defaults: self.defaults.clone(),
+            quotas: self.quotas.clone(),
+        }
+    }
+
+    /// The keys whose change `next` makes that only a restart applies.
+    pub fn restart_needed(&self, next: &BrokerConfig) -> Vec<String> {
+        let (Ok(a), Ok(b)) = (toml::Table::try_from(self), toml::Table::try_from(next)) else {
+            return vec!["(the configuration could not be compared)".into()];
+        };
+        let mut keys = Vec::new();
+        differing("", &a, &b, &mut keys);
+        keys.retain(|k| !(k == "log_level" || k.starts_with("defaults.") || k.starts_with("quotas.")));
+        keys
     }
 
     /// Values serde cannot check.
@@ -333,6 +473,16 @@ impl BrokerConfig {
         if let Some(c) = &self.controlplane {
             c.check(self.broker_id)?;
         }
+        if let Some(l) = &self.log_level {
+            tracing_subscriber::EnvFilter::try_new(l).map_err(|e| format!("log_level = {l:?}: {e}"))?;
+        }
+        if self.defaults.retention_ms == Some(0) || self.defaults.retention_bytes == Some(0) {
+            return Err("defaults.retention_ms and defaults.retention_bytes: omit them for no limit (0 would delete everything)".into());
+        }
+        self.quotas
+            .quotas()
+            .validate()
+            .map_err(|e| format!("quotas: {e}"))?;
         if self.log.segment_bytes < (self.log.batch_bytes_max as u64) * 2 {
             return Err(format!(
                 "log.segment_bytes ({}) must be at least twice log.batch_bytes_max ({})",

@@ -1,0 +1,234 @@
+//! Operating a broker: configuration checks, environment overrides, SIGHUP
+//! reloads; real `felix` processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{admin, rt, stream_config, Broker};
+use felix_client::wire::{AckLevel, ErrorReply, Message};
+use felix_client::ClientError;
+use felix_log::{BatchBuilder, Compression, RecordInput};
+
+fn felix(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run felix");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_accepts_good_files_and_names_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let good = write(
+        "good.toml",
+        "listen = \"127.0.0.1:7000\"\n[defaults]\nretention_ms = 3600000\n",
+    );
+    let (ok, out, _) = felix(&["config", "check", &good], &[]);
+    assert!(ok && out.contains("valid broker"), "{out}");
+
+    // An unknown key, a nested unknown key, a wrong type, a bad value:
+    // each refused, each naming the key.
+    for (text, named) in [
+        ("segmnet_bytes = 5\n", "segmnet_bytes"),
+        (
+            "[cluster]\nraft_listen = \"127.0.0.1:1\"\ntls_dir = \"/tmp\"\npeers = []\nheartbeat_ms = 3\n",
+            "heartbeat_ms",
+        ),
+        ("broker_id = \"one\"\n", "broker_id"),
+        ("log_level = \"felix=loud\"\n", "log_level"),
+        ("[defaults]\nretention_ms = 0\n", "defaults.retention_ms"),
+    ] {
+        let f = write("bad.toml", text);
+        let (ok, _, err) = felix(&["config", "check", &f], &[]);
+        assert!(!ok, "{text:?} was accepted");
+        assert!(
+            err.contains(named),
+            "{text:?}: the error does not name {named}: {err}"
+        );
+    }
+
+    // The environment is checked with the file: a good override passes,
+    // a bad value or a variable naming no key is refused by name.
+    let (ok, _, err) = felix(&["config", "check", &good], &[("FELIX_BROKER_ID", "7")]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = felix(&["config", "check", &good], &[("FELIX_BROKER_ID", "seven")]);
+    assert!(!ok && err.contains("broker_id"), "{err}");
+    let (ok, _, err) = felix(&["config", "check", &good], &[("FELIX_LISTNE", "127.0.0.1:1")]);
+    assert!(!ok && err.contains("FELIX_LISTNE"), "{err}");
+
+    // A control-plane node's file is recognised by its cluster_secret.
+    let cp = write(
+        "cp.toml",
+        "id = 1\nlisten = \"127.0.0.1:7100\"\ndata_dir = \"/tmp/cp\"\ncluster_secret = \"0123456789abcdef0123\"\n",
+    );
+    let (ok, out, err) = felix(&["config", "check", &cp], &[]);
+    assert!(ok && out.contains("valid control-plane"), "{out}{err}");
+    let (ok, _, err) = felix(
+        &["config", "check", &cp],
+        &[("FELIX_CP_ELECTION_TIMEOUT_MIN_MS", "5000")],
+    );
+    assert!(!ok && err.contains("election_timeout_min_ms"), "{err}");
+
+    // The documented schema is the one the binary holds.
+    let (ok, docs, _) = felix(&["config", "docs"], &[]);
+    assert!(ok);
+    let on_disk =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md")).unwrap();
+    assert!(
+        docs == on_disk,
+        "docs/configuration.md differs from `felix config docs`"
+    );
+    let (ok, script, _) = felix(&["completions", "bash"], &[]);
+    assert!(
+        ok && script.contains("felix") && script.contains("complete"),
+        "{script}"
+    );
+}
+
+fn one_record(v: &[u8]) -> Bytes {
+    let mut b = BatchBuilder::new(1 << 20);
+    b.push(RecordInput {
+        value: Some(v),
+        timestamp_ms: felix_log::now_ms(),
+        ..RecordInput::default()
+    })
+    .unwrap();
+    Bytes::from(b.build(Compression::None).unwrap())
+}
+
+fn retention_of(m: Message) -> (Option<u64>, Option<u64>) {
+    match m {
+        Message::StreamDescription { config, .. } => (config.retention_ms, config.retention_bytes),
+        m => panic!("{m:?}"),
+    }
+}
+
+async fn scrape(admin: &str) -> String {
+    reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn counter(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn sighup_applies_defaults_and_quotas_refuses_a_bad_file_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let base = "admin_listen = \"127.0.0.1:0\"\n";
+    let b = Broker::start_configured(dir.path(), base);
+    let file = dir.path().join("broker.toml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let admin_url = b.profile.admin[0].clone();
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &b.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    rt.block_on(async {
+        let c = b.client().await;
+        let describe = |name: &str| Message::StreamDescribe { name: name.into() };
+        admin(&c, Message::StreamCreate(stream_config("before", 1))).await;
+        assert_eq!(retention_of(admin(&c, describe("before")).await), (None, None));
+
+        // New defaults and a quota, and a changed key that needs a restart.
+        std::fs::write(
+            &file,
+            original.clone()
+                + "maintenance_interval_ms = 500\n[defaults]\nretention_ms = 3600000\nretention_bytes = 1048576\n[quotas]\npublish_records_per_s_max = 20\n",
+        )
+        .unwrap();
+        hup();
+        let applied = "felix_config_reloads_total{outcome=\"applied\"}";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(&scrape(&admin_url).await, applied) < 1.0 {
+            assert!(Instant::now() < deadline, "the reload was not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        admin(&c, Message::StreamCreate(stream_config("after", 1))).await;
+        assert_eq!(
+            retention_of(admin(&c, describe("after")).await),
+            (Some(3_600_000), Some(1 << 20)),
+            "a stream created after the reload gets the new defaults"
+        );
+        assert_eq!(
+            retention_of(admin(&c, describe("before")).await),
+            (None, None),
+            "existing streams keep theirs"
+        );
+        // 20 records a second: a burst is refused with a retryable error.
+        let conn = c.connection(&b.profile.brokers[0]).await.unwrap();
+        let publish = Message::Publish {
+            stream: "after".into(),
+            shard: Some(0),
+            ack: AckLevel::Leader,
+            producer_id: 0,
+            sequence: 0,
+            batch: one_record(b"q"),
+        };
+        let mut admitted = 0;
+        let refused = loop {
+            match conn.request(&publish, 5_000).await {
+                Ok(Message::PublishAck { .. }) => admitted += 1,
+                Ok(Message::Error(e)) | Err(ClientError::Broker(e)) => break e,
+                r => panic!("{r:?}"),
+            }
+            assert!(admitted <= 200, "the quota never refused");
+        };
+        assert!(matches!(refused, ErrorReply::Overloaded { .. }), "{refused:?}");
+        assert!((15..=60).contains(&admitted), "admitted {admitted} of a 20/s quota");
+
+        // A broken file is refused whole: the running settings stay.
+        std::fs::write(&file, "listen = [").unwrap();
+        hup();
+        let refused_series = "felix_config_reloads_total{outcome=\"refused\"}";
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(&scrape(&admin_url).await, refused_series) < 1.0 {
+            assert!(Instant::now() < deadline, "the bad file was not reported");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        admin(&c, Message::StreamCreate(stream_config("still", 1))).await;
+        assert_eq!(retention_of(admin(&c, describe("still")).await).0, Some(3_600_000));
+
+        // Lifting the quota (the original file) lets the burst through.
+        std::fs::write(&file, &original).unwrap();
+        hup();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter(&scrape(&admin_url).await, applied) < 2.0 {
+            assert!(Instant::now() < deadline, "the second reload was not applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..100 {
+            assert!(matches!(
+                conn.request(&publish, 5_000).await,
+                Ok(Message::PublishAck { .. })
+            ));
+        }
+    });
+}
