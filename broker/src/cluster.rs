@@ -392,6 +392,11 @@ impl Cluster {
         }
     }
 
+    /// The metadata group's replica here, once it runs.
+    pub fn meta_replica(&self) -> Option<Replica> {
+        self.meta.get().cloned()
+    }
+
     pub async fn shutdown(&self) {
         if let Some(r) = self.meta.get() {
             r.shutdown(&self.router).await;

@@ -271,6 +271,51 @@ impl Node {
     }
 
     /// Every stream, by name.
+    /// Hands every leadership this broker holds (shards and cluster
+    /// metadata) to another replica, all at once, each within `wait`
+    /// (`Replica::step_down`). Returns (groups led, groups handed over).
+    pub async fn step_down_all(&self, wait: Duration) -> (usize, usize) {
+        let Some(c) = self.cluster() else {
+            return (0, 0);
+        };
+        let mut led: Vec<felix_replication::Replica> = self
+            .streams()
+            .iter()
+            .flat_map(|h| h.shards.iter().filter_map(|s| s.replica().cloned()))
+            .chain(c.meta_replica())
+            .filter(felix_replication::Replica::is_leader)
+            .collect();
+        let n = led.len();
+        let mut steps = tokio::task::JoinSet::new();
+        for r in led.drain(..) {
+            steps.spawn(async move { r.step_down(wait).await });
+        }
+        let mut moved = 0;
+        while let Some(r) = steps.join_next().await {
+            moved += usize::from(r.unwrap_or(false));
+        }
+        (n, moved)
+    }
+
+    /// Waits until no publish is in flight on any shard (their acks are
+    /// being sent), at most `wait`. Returns whether none is.
+    pub async fn drain_in_flight(&self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let busy = self
+                .streams()
+                .iter()
+                .any(|h| h.shards.iter().any(|s| s.in_flight_bytes() > 0));
+            if !busy {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn streams(&self) -> Vec<Arc<StreamHandle>> {
         let mut v: Vec<_> = self
             .streams

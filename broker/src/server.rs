@@ -64,6 +64,11 @@ impl ClientProfile {
     }
 }
 
+/// Longest a stopping broker waits for its leaderships to move.
+pub const STEP_DOWN_WAIT: Duration = Duration::from_millis(felix_replication::HANDOVER_MS_MAX);
+/// Longest a stopping broker waits for publishes in flight to be answered.
+pub const IN_FLIGHT_WAIT: Duration = Duration::from_secs(2);
+
 /// A running broker.
 #[derive(Debug)]
 pub struct Running {
@@ -78,8 +83,24 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops serving and closes the node's logs.
+    /// Stops gracefully: hands this broker's leaderships to other
+    /// replicas (writes meanwhile are answered `NotLeader`, so clients move
+    /// to the new leaders), lets publishes in flight be acknowledged, then
+    /// closes every connection (subscribers are told the broker is going
+    /// and resume elsewhere) and the node's logs.
     pub async fn stop(self) {
+        if self.node.cluster().is_some() {
+            let started = std::time::Instant::now();
+            let (led, moved) = self.node.step_down_all(STEP_DOWN_WAIT).await;
+            let drained = self.node.drain_in_flight(IN_FLIGHT_WAIT).await;
+            tracing::info!(
+                led,
+                moved,
+                drained,
+                ms = started.elapsed().as_millis() as u64,
+                "leaderships handed over"
+            );
+        }
         self.server.close().await;
         self.upkeep.abort();
         if let Some(c) = self.node.cluster() {

@@ -31,6 +31,9 @@ pub const JOIN_ANSWER_MAX: std::time::Duration = std::time::Duration::from_secs(
 /// leads on (a few leases: time for the followers' leases to lapse and for
 /// one election).
 pub const HANDOVER_MS_MAX: u64 = 4_000;
+/// How long a stepping-down leader waits for a voter to acknowledge the
+/// successor it chose.
+pub const SUCCESSOR_ASK_MAX: std::time::Duration = std::time::Duration::from_millis(1_000);
 /// How long a retention release waits for the snapshot it asked for.
 pub const SNAPSHOT_BUILD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -180,9 +183,14 @@ pub struct Replica {
 
 /// What the election loop reads to let a preferred replica take over.
 #[derive(Debug, Default)]
-struct Handover {
+pub(crate) struct Handover {
     /// The node the placement prefers as leader (0: none).
     preferred: AtomicU64,
+    /// The node a leader that is stepping down chose, told by it over
+    /// [`Transport::successor`] (0: none); it wins over `preferred` until
+    /// `successor_until` ([`heard_now`] clock).
+    successor: AtomicU64,
+    successor_until: AtomicU64,
     /// While this leader steps aside ([`heard_now`] clock; 0: not):
     /// it takes no writes and sends no heartbeats until then.
     yielding_until: AtomicU64,
@@ -231,9 +239,9 @@ impl Replica {
         let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
-        let heard = router.add(group, raft.clone(), state_dir);
-        let votes = Refusals { outvoted, outran };
         let handover = Arc::new(Handover::default());
+        let heard = router.add(group, raft.clone(), state_dir, handover.clone());
+        let votes = Refusals { outvoted, outran };
         tokio::spawn(elections(raft.clone(), id, cfg, heard, votes, handover.clone()));
         Ok(Replica {
             group,
@@ -417,6 +425,110 @@ impl Replica {
             .store(now + HANDOVER_MS_MAX, Ordering::Release);
         self.raft.runtime_config().heartbeat(false);
         true
+    }
+
+    /// Hands leadership to the most caught-up voter before this replica
+    /// stops (a broker's graceful shutdown): it stops taking writes (they
+    /// are answered `NotLeader`, which clients retry; writes already
+    /// proposed still commit), waits up to `wait` until a voter holds every
+    /// entry, tells every voter which one it chose, and stops
+    /// heartbeating, so the chosen one stands first when the followers'
+    /// leases lapse. Returns whether another replica leads within `wait`.
+    pub async fn step_down(&self, wait: std::time::Duration) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let now = heard_now();
+        self.handover
+            .yielding_until
+            .store(now + wait.as_millis() as u64, Ordering::Release);
+        let mut metrics = self.raft.metrics();
+        // A successor: a voter holding every entry (the last ones are the
+        // in-flight writes proposed before the yield).
+        let chosen = loop {
+            let m = metrics.borrow().clone();
+            if m.current_leader != Some(self.id) {
+                return m.current_leader.is_some();
+            }
+            let best = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .filter(|v| *v != self.id)
+                .filter_map(|v| {
+                    let at = m.replication.as_ref()?.get(&v)?.as_ref()?.index;
+                    Some((at, v))
+                })
+                .max();
+            if let Some((at, v)) = best {
+                if Some(at) == m.last_log_index {
+                    break Some((v, m.current_term, m));
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                break None;
+            }
+        };
+        let Some((successor, term, m)) = chosen else {
+            tracing::warn!(group = %self.group, "no voter caught up in time to hand leadership to");
+            self.stop_yielding();
+            return false;
+        };
+        let peers: Vec<(NodeId, BrokerNode)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| {
+                **id != self.id && m.membership_config.membership().voter_ids().any(|v| v == **id)
+            })
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, n) in peers {
+            let t = self.transport.clone();
+            let (group, addr) = (self.group, n.raft_addr.clone());
+            // A peer that is gone must not hold the hand-over (or the
+            // shutdown waiting on it) for a whole connect timeout.
+            let ask_by = deadline.min(tokio::time::Instant::now() + SUCCESSOR_ASK_MAX);
+            asks.spawn(async move {
+                let r = tokio::time::timeout_at(ask_by, t.successor(&addr, group, successor, term)).await;
+                (id, matches!(r, Ok(Ok(()))))
+            });
+        }
+        let mut successor_told = false;
+        while let Some(r) = asks.join_next().await {
+            successor_told |= r.is_ok_and(|(id, ok)| id == successor && ok);
+        }
+        if !successor_told {
+            tracing::warn!(group = %self.group, to = format!("{successor:#x}"), "the chosen successor could not be told");
+            self.stop_yielding();
+            return false;
+        }
+        tracing::info!(group = %self.group, to = format!("{successor:#x}"), term, "stepping down");
+        self.raft.runtime_config().heartbeat(false);
+        loop {
+            let leader = metrics.borrow().current_leader;
+            if leader.is_some_and(|l| l != self.id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                // Not elected in time: lead on until the process stops.
+                self.stop_yielding();
+                return false;
+            }
+        }
+    }
+
+    fn stop_yielding(&self) {
+        self.handover.yielding_until.store(0, Ordering::Release);
+        self.raft.runtime_config().heartbeat(true);
     }
 
     fn yielding(&self) -> bool {
@@ -675,7 +787,7 @@ async fn elections(
             handover.yielding_until.store(0, Ordering::Release);
             raft.runtime_config().heartbeat(true);
         }
-        let preferred = handover.preferred.load(Ordering::Acquire);
+        let preferred = handover.preferred_at(now);
         let leader = raft.metrics().borrow().current_leader;
         // Preferred: no jitter. Not preferred while a leader that is not
         // preferred holds office (a hand-over may be on): a lease more.
@@ -724,6 +836,24 @@ async fn elections(
                 return;
             }
         }
+    }
+}
+
+impl Handover {
+    /// A stepping-down leader named `successor`: favour it for the length
+    /// of a hand-over.
+    pub(crate) fn expect_successor(&self, successor: NodeId) {
+        self.successor.store(successor, Ordering::Release);
+        self.successor_until
+            .store(heard_now() + HANDOVER_MS_MAX, Ordering::Release);
+    }
+
+    /// The replica elections should favour at `now` (0: none).
+    fn preferred_at(&self, now: u64) -> NodeId {
+        if self.successor_until.load(Ordering::Acquire) > now {
+            return self.successor.load(Ordering::Acquire);
+        }
+        self.preferred.load(Ordering::Acquire)
     }
 }
 

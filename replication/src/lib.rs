@@ -28,7 +28,7 @@ pub mod store;
 pub mod types;
 
 pub use error::ReplicationError;
-pub use group::{Admission, GroupConfig, Replica, WriteError};
+pub use group::{Admission, GroupConfig, Replica, WriteError, HANDOVER_MS_MAX};
 pub use machine::Applier;
 pub use network::{Router, Transport};
 pub use types::{broker_of, node_id, BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};

@@ -50,6 +50,7 @@ const KIND_FORWARD: u8 = 4;
 const KIND_READ_INDEX: u8 = 5;
 const KIND_WHO: u8 = 6;
 const KIND_JOIN: u8 = 7;
+const KIND_SUCCESSOR: u8 = 8;
 /// Kinds addressed to one Raft identity: a broker refuses them when the
 /// target is not its own node id (an old incarnation's peers must not reach
 /// the new one).
@@ -62,6 +63,8 @@ const TARGET_ANY: NodeId = 0;
 #[derive(Clone)]
 struct Hosted {
     raft: Raft,
+    /// Who the group's leader is handing over to, for the election loop.
+    handover: Arc<crate::group::Handover>,
     state_dir: PathBuf,
     /// When a leader's AppendEntries last reached this replica
     /// ([`heard_now`] clock; 0: never).
@@ -89,12 +92,19 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// Hosts `group`; returns when its replica last heard a leader.
-    pub fn add(&self, group: GroupId, raft: Raft, state_dir: PathBuf) -> Arc<AtomicU64> {
+    pub(crate) fn add(
+        &self,
+        group: GroupId,
+        raft: Raft,
+        state_dir: PathBuf,
+        handover: Arc<crate::group::Handover>,
+    ) -> Arc<AtomicU64> {
         let heard = Arc::new(AtomicU64::new(0));
         self.groups.write().expect("router lock").insert(
             group,
             Hosted {
                 raft,
+                handover,
                 state_dir,
                 heard: heard.clone(),
             },
@@ -346,6 +356,20 @@ impl Transport {
             .await
     }
 
+    /// Tells the replica at `addr` that the leader of `group` in `term` is
+    /// handing leadership to `successor` (see [`crate::Replica::step_down`]).
+    pub async fn successor(
+        &self,
+        addr: &str,
+        group: GroupId,
+        successor: NodeId,
+        term: u64,
+    ) -> Result<(), ReplicationError> {
+        let body = bincode::serialize(&(successor, term)).map_err(terr)?;
+        self.ask(addr, KIND_SUCCESSOR, group, &body, ReplicationError::Raft)
+            .await
+    }
+
     /// Asks the broker at `addr` to admit node `id` at `node` into `group`
     /// (see [`crate::Replica::admit`]).
     pub async fn join(
@@ -446,7 +470,7 @@ async fn serve(
     let Some(hosted) = router.get(group) else {
         return reply(&mut send, Err(format!("group {group} is not hosted here"))).await;
     };
-    let raft = hosted.raft;
+    let raft = hosted.raft.clone();
     let out: Result<Vec<u8>, String> = match kind {
         KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body) {
             Ok(req) => {
@@ -499,6 +523,19 @@ async fn serve(
                 Ok(a) => ser(&a),
                 Err(e) => Err(e.to_string()),
             },
+            Err(e) => Err(e),
+        },
+        KIND_SUCCESSOR => match de::<(NodeId, u64)>(&body) {
+            // Only from the leader of this replica's term: a late message
+            // from an earlier term must not steer a later election.
+            Ok((successor, term)) if term == raft.metrics().borrow().current_term => {
+                hosted.handover.expect_successor(successor);
+                ser(&())
+            }
+            Ok((_, term)) => Err(format!(
+                "a hand-over of term {term}, but this replica is in term {}",
+                raft.metrics().borrow().current_term
+            )),
             Err(e) => Err(e),
         },
         k => Err(format!("unknown rpc kind {k}")),

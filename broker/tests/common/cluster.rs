@@ -120,6 +120,16 @@ impl LocalCluster {
         }
     }
 
+    /// SIGTERM member `i` and wait for it to exit; returns whether it
+    /// exited cleanly and how long it took.
+    pub fn terminate(&mut self, i: usize) -> (bool, Duration) {
+        let t = Instant::now();
+        self.signal(i, "-TERM");
+        let mut c = self.members[i].child.take().expect("running");
+        let status = c.wait().expect("wait");
+        (status.success(), t.elapsed())
+    }
+
     pub fn signal(&self, i: usize, sig: &str) {
         let pid = self.members[i].child.as_ref().expect("running").id();
         let ok = Command::new("kill")
