@@ -373,11 +373,7 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
             }
         }
         StreamCommand::Describe { name } => {
-            let Message::StreamDescription { config, shards } =
-                admin(&client, Message::StreamDescribe { name }).await?
-            else {
-                bail!("unexpected reply to a describe request");
-            };
+            let (config, shards) = crate::status::describe_from_leaders(&client, &name).await?;
             describe(c, &config, &shards);
         }
         StreamCommand::Delete { name, force } => {

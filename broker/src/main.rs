@@ -5,6 +5,7 @@ mod cli;
 mod devcluster;
 mod logs;
 mod logtool;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -79,12 +80,28 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The cluster as its brokers report it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Configuration files: check one, print the documented schema.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Print a shell completion script (e.g. `felix completions bash >
     /// /etc/bash_completion.d/felix`).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Brokers (up or down, leaderships), and every shard's leader,
+    /// replicas, end offset and per-replica lag; flags under-replicated
+    /// shards and shards without a leader.
+    Status {
+        /// A replica further behind than this many records counts as out
+        /// of sync.
+        #[arg(long, default_value_t = 1_000)]
+        lag_max: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +185,9 @@ fn main() -> anyhow::Result<()> {
             let c = felix_broker::config::load_controlplane(&path)?;
             logs::set_level(c.log_level.as_deref());
             rt()?.block_on(controlplane(c, path))
+        }
+        Command::Cluster(ClusterCommand::Status { lag_max }) => {
+            rt()?.block_on(status::cluster_status(&common, lag_max))
         }
         Command::Config(ConfigCommand::Docs) => {
             print!("{}", felix_broker::config::schema::markdown());

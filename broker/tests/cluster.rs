@@ -635,3 +635,114 @@ fn a_group_consumes_shards_led_by_different_brokers() {
         client.close().await;
     });
 }
+
+fn cluster_status(profile: &std::path::Path) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args(["cluster", "status", "--output", "json", "--profile"])
+        .arg(profile)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// `felix cluster status` asks every broker: leaders, per-replica lag, a
+/// broker down and the shards it leaves under-replicated.
+#[test]
+fn cluster_status_reports_leaders_lag_and_a_broker_down() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = LocalCluster::start(dir.path(), 3, "");
+    let stream = "dev/default/watched";
+    rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.unwrap();
+        create_config_when_ready(&client, stream_config(stream, 2)).await;
+        let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
+        for i in 0..40u32 {
+            let mut r = ProducerRecord::new(format!("r{i}").into_bytes());
+            r.shard = Some(i % 2);
+            p.send_wait(r).await.unwrap();
+        }
+        for shard in 0..2 {
+            c.leader(&client, stream, shard).await;
+        }
+        client.close().await;
+    });
+    rt.block_on(c.converged(stream));
+    let profiles: Vec<std::path::PathBuf> = c
+        .members
+        .iter()
+        .map(|m| m.at.data_dir.join("client.toml"))
+        .collect();
+    let profile = |i: usize| profiles[i].clone();
+    let s = cluster_status(&profile(0));
+    assert_eq!(s["brokers"].as_array().unwrap().len(), 3, "{s}");
+    assert!(
+        s["brokers"].as_array().unwrap().iter().all(|b| b["up"] == true),
+        "{s}"
+    );
+    let shards: Vec<&serde_json::Value> = s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["stream"] == stream)
+        .collect();
+    assert_eq!(shards.len(), 2, "{s}");
+    for sh in &shards {
+        assert!(sh["leader"].is_u64(), "{sh}");
+        assert_eq!(sh["end"], 20, "{sh}");
+        assert_eq!(sh["replicas"], serde_json::json!([1, 2, 3]), "{sh}");
+        assert!(
+            sh["lag"].as_array().unwrap().iter().all(|l| l["records"] == 0),
+            "{sh}"
+        );
+        assert_eq!(sh["under_replicated"], false, "{sh}");
+    }
+    assert_eq!(s["without_leader"], 0);
+
+    // Broker 3 goes: it shows down, every shard it replicated is
+    // under-replicated, and each shard still has a leader.
+    c.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let s = loop {
+        let s = cluster_status(&profile(0));
+        if s["without_leader"] == 0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "shards stayed without a leader: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let down: Vec<&serde_json::Value> = s["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["up"] == false)
+        .collect();
+    assert_eq!(down.len(), 1, "{s}");
+    assert_eq!(down[0]["id"], 3);
+    let under = s["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["stream"] == stream && x["under_replicated"] == true)
+        .count();
+    assert_eq!(under, 2, "{s}");
+
+    // `stream describe` takes each shard's figures from its leader.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args(["stream", "describe", stream, "--output", "json", "--profile"])
+        .arg(profile(1))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let latest: Vec<u64> = d["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["latest"].as_u64().unwrap())
+        .collect();
+    assert_eq!(latest, vec![20, 20], "{d}");
+    c.stop_all();
+}
