@@ -79,8 +79,45 @@ impl Handler for NodeHandler {
     }
 
     async fn request(&self, session: &Session, request: Message) -> Reply {
-        let started = std::time::Instant::now();
+        use tracing::Instrument;
         let op = observe::metrics::op_name(&request);
+        // Every log line a request causes carries who asked and for what.
+        let span =
+            tracing::debug_span!("request", op, peer = %session.peer.address, stream = tracing::field::Empty);
+        if let Some(name) = stream_of(&request) {
+            span.record("stream", name);
+        }
+        self.request_in_span(session, request, op).instrument(span).await
+    }
+}
+
+/// Requests slower than this are logged (long polls excepted).
+pub const SLOW_REQUEST_MS: u64 = 1_000;
+
+/// The stream (or cache) a request names, for its span.
+fn stream_of(m: &Message) -> Option<&str> {
+    match m {
+        Message::Publish { stream, .. }
+        | Message::Subscribe { stream, .. }
+        | Message::CommitCursor { stream, .. }
+        | Message::GroupFetch { stream, .. }
+        | Message::GroupAck { stream, .. }
+        | Message::GroupNack { stream, .. }
+        | Message::GroupExtend { stream, .. } => Some(stream),
+        Message::CacheGet { cache, .. }
+        | Message::CachePut { cache, .. }
+        | Message::CacheDelete { cache, .. } => Some(cache),
+        Message::StreamCreate(c) => Some(&c.name),
+        Message::StreamDelete { name, .. }
+        | Message::StreamSetRetention { name, .. }
+        | Message::StreamDescribe { name } => Some(name),
+        _ => None,
+    }
+}
+
+impl NodeHandler {
+    async fn request_in_span(&self, session: &Session, request: Message, op: &'static str) -> Reply {
+        let started = std::time::Instant::now();
         if let Message::Publish { batch, .. } = &request {
             metrics::counter!(observe::metrics::PUBLISH_BYTES_TOTAL).increment(batch.len() as u64);
         }
@@ -106,8 +143,11 @@ impl Handler for NodeHandler {
             metrics::counter!(observe::metrics::OVERLOADED_TOTAL, "reason" => "limit").increment(1);
         }
         metrics::counter!(observe::metrics::REQUESTS_TOTAL, "op" => op, "outcome" => outcome).increment(1);
-        metrics::histogram!(observe::metrics::REQUEST_SECONDS, "op" => op)
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        metrics::histogram!(observe::metrics::REQUEST_SECONDS, "op" => op).record(took.as_secs_f64());
+        if took.as_millis() as u64 > SLOW_REQUEST_MS && !matches!(op, "subscribe" | "group_fetch") {
+            tracing::warn!(ms = took.as_millis() as u64, outcome, "slow request");
+        }
         match r {
             Ok(r) => r,
             Err(e) => {

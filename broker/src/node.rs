@@ -271,6 +271,11 @@ impl Node {
     }
 
     /// Every stream, by name.
+    /// What background maintenance (TTL sweeps, compaction) has done.
+    pub fn maintenance_stats(&self) -> felix_index::MaintenanceStats {
+        self.maintenance.stats()
+    }
+
     /// Hands every leadership this broker holds (shards and cluster
     /// metadata) to another replica, all at once, each within `wait`
     /// (`Replica::step_down`). Returns (groups led, groups handed over).

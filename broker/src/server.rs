@@ -164,6 +164,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
     let admin_addr = match config.admin_listen {
         Some(a) => {
             crate::observe::metrics::handle();
+            crate::observe::metrics::observe_log_syncs();
             Some(crate::observe::http::serve(a, &node).await?)
         }
         None => None,

@@ -460,5 +460,34 @@ fn a_scrape_after_a_workload_shows_the_key_series() {
             scrape.contains("felix_request_duration_seconds_bucket{op=\"publish\""),
             "latency histogram of publishes"
         );
+        // Durability `always`: every acknowledged publish waited for an
+        // fsync, so some were timed.
+        assert!(v("felix_fsync_duration_seconds_count") >= 1.0, "fsyncs are timed");
+        assert!(v("felix_fsync_duration_seconds_sum") > 0.0);
+        // A keyed shard reports how much compaction could drop: two of
+        // three writes of one key are superseded.
+        let cache = felix_client::wire::StreamConfig {
+            kind: 2,
+            ..stream_config("sessions", 1)
+        };
+        create(&c, cache).await;
+        for i in 0..3u32 {
+            c.cache("sessions").put("k", format!("v{i}"), None).await.unwrap();
+        }
+        let scrape = http
+            .get(format!("{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let dirty = series(
+            &scrape,
+            "felix_shard_compaction_dirty_ratio{stream=\"dev/default/sessions\",shard=\"0\"}",
+        )
+        .unwrap_or_else(|| panic!("no dirty ratio in:\n{scrape}"));
+        assert!((dirty - 2.0 / 3.0).abs() < 1e-6, "dirty ratio {dirty}");
+        assert!(series(&scrape, "felix_compaction_passes_total").is_some());
     });
 }

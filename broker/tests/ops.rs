@@ -232,3 +232,74 @@ fn sighup_applies_defaults_and_quotas_refuses_a_bad_file_and_keeps_serving() {
         }
     });
 }
+
+/// JSON log lines carry the request's span (operation, peer, stream), and
+/// levels are set per module: the broker's debug lines appear while the
+/// other crates stay at warn.
+#[test]
+fn json_logs_carry_the_request_span_with_per_module_levels() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let log_path = dir.path().join("stderr.log");
+    let b = Broker::start_configured_with(
+        dir.path(),
+        "log_level = \"warn,felix_broker=debug\"\n[quotas]\npublish_records_per_s_max = 1\n",
+        &[("FELIX_LOG_FORMAT", "json")],
+        Some(std::fs::File::create(&log_path).unwrap()),
+    );
+    rt.block_on(async {
+        let c = b.client().await;
+        admin(&c, Message::StreamCreate(stream_config("limited", 1))).await;
+        let conn = c.connection(&b.profile.brokers[0]).await.unwrap();
+        let publish = Message::Publish {
+            stream: "limited".into(),
+            shard: Some(0),
+            ack: AckLevel::Leader,
+            producer_id: 0,
+            sequence: 0,
+            batch: one_record(b"x"),
+        };
+        // The second publish within a second is over the quota.
+        let mut refused = false;
+        for _ in 0..5 {
+            refused |= matches!(
+                conn.request(&publish, 5_000).await,
+                Err(ClientError::Broker(ErrorReply::Overloaded { .. }))
+            );
+        }
+        assert!(refused);
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "publish over quota");
+        if let Some(v) = found {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no quota line in the log:\n{text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(line["level"], "DEBUG", "{line}");
+    assert_eq!(line["span"]["name"], "request", "{line}");
+    assert_eq!(line["span"]["op"], "publish", "{line}");
+    assert_eq!(line["span"]["stream"], "limited", "{line}");
+    assert!(
+        line["span"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{line}"
+    );
+    // Per-module levels: nothing below warn from any other crate.
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let target = v["target"].as_str().unwrap_or("");
+        let level = v["level"].as_str().unwrap_or("");
+        if !target.starts_with("felix_broker") {
+            assert!(matches!(level, "WARN" | "ERROR"), "{v}");
+        }
+    }
+}

@@ -193,15 +193,28 @@ impl Drop for SharedLog {
     }
 }
 
+/// Called with every group-commit fsync's duration (the broker turns it
+/// into a metric; this crate records nothing itself).
+static SYNC_OBSERVER: std::sync::OnceLock<fn(Duration)> = std::sync::OnceLock::new();
+
+/// Sets the process's fsync observer (once; later calls are ignored).
+pub fn observe_syncs(f: fn(Duration)) {
+    let _ = SYNC_OBSERVER.set(f);
+}
+
 /// One fsync covering everything appended before it started.
 fn sync_once(inner: &Inner) {
     let (file, target) = lock(&inner.log).sync_point();
     let began = std::time::Instant::now();
+    let synced_file = file.is_some();
     let ok = match file {
         Some(f) => f.sync_data().is_ok(),
         None => true,
     };
     let took = began.elapsed();
+    if let (Some(observe), true) = (SYNC_OBSERVER.get(), synced_file) {
+        observe(took);
+    }
     if !ok {
         lock(&inner.log).poison();
     }

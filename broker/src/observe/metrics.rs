@@ -18,6 +18,8 @@ pub const OVERLOADED_TOTAL: &str = "felix_overloaded_total";
 pub const CONNECTIONS: &str = "felix_connections";
 pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seconds";
 pub const FEED_VERSION: &str = "felix_controlplane_feed_version";
+/// Group-commit fsyncs of segment logs (a histogram, seconds).
+pub const FSYNC_SECONDS: &str = "felix_fsync_duration_seconds";
 /// SIGHUP reloads, by `outcome` (`applied`, `refused`).
 pub const CONFIG_RELOADS_TOTAL: &str = "felix_config_reloads_total";
 /// Named subscriptions and groups per shard whose lag is reported (their
@@ -29,6 +31,11 @@ pub const POSITIONS_PER_SHARD_MAX: usize = 100;
 /// `felix dev` also runs in this process: one recorder serves both).
 pub fn handle() -> Option<&'static PrometheusHandle> {
     felix_controlplane::metrics::handle()
+}
+
+/// Routes the segment logs' fsync timings into [`FSYNC_SECONDS`].
+pub fn observe_log_syncs() {
+    felix_log::observe_syncs(|took| metrics::histogram!(FSYNC_SECONDS).record(took.as_secs_f64()));
 }
 
 /// The request kinds a label may name (a fixed set: labels never carry
@@ -73,6 +80,11 @@ pub fn observe_node(node: &Node) {
             metrics::gauge!("felix_shard_bytes", &labels).set(bytes as f64);
             metrics::gauge!("felix_shard_in_flight_bytes", &labels).set(s.in_flight_bytes() as f64);
             metrics::gauge!("felix_shard_applied_index", &labels).set(s.applied_through().0 as f64);
+            if h.meta().kind.keyed() {
+                if let Ok(r) = node.index().dirty_ratio(s.id) {
+                    metrics::gauge!("felix_shard_compaction_dirty_ratio", &labels).set(r);
+                }
+            }
             // Consumer lag: committed records not yet consumed, per named
             // subscription and per group (up to POSITIONS_PER_SHARD_MAX each).
             let hwm = s.high_watermark();
@@ -113,6 +125,15 @@ pub fn observe_node(node: &Node) {
         }
     }
     metrics::gauge!("felix_streams").set(node.streams().len() as f64);
+    // Compaction of keyed shards (compacted streams and caches): passes and
+    // what they removed since start; per shard, the dirty ratio still to
+    // compact is set above.
+    let m = node.maintenance_stats();
+    metrics::counter!("felix_compaction_passes_total").absolute(m.compactions);
+    metrics::counter!("felix_compaction_segments_rewritten_total").absolute(m.segments_rewritten);
+    metrics::counter!("felix_compaction_records_dropped_total").absolute(m.records_dropped);
+    metrics::counter!("felix_maintenance_errors_total").absolute(m.errors);
+    metrics::counter!("felix_ttl_keys_swept_total").absolute(m.keys_swept);
     if let Some(link) = node.control() {
         metrics::gauge!(FEED_VERSION).set(link.version.load(std::sync::atomic::Ordering::Acquire) as f64);
     }

@@ -32,12 +32,23 @@ impl Broker {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
         cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir);
-        Broker::spawn(dir, cmd, extra_env)
+        Broker::spawn(dir, cmd, extra_env, None)
     }
 
     /// `felix broker --config` with `toml` added to a configuration that
     /// puts data in `dir` and listens on a free port.
     pub fn start_configured(dir: &Path, toml: &str) -> Broker {
+        Broker::start_configured_with(dir, toml, &[], None)
+    }
+
+    /// [`Broker::start_configured`] with `env` set and stderr written to
+    /// `stderr` (else inherited).
+    pub fn start_configured_with(
+        dir: &Path,
+        toml: &str,
+        env: &[(&str, &str)],
+        stderr: Option<std::fs::File>,
+    ) -> Broker {
         let path = dir.join("broker.toml");
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(
@@ -50,17 +61,22 @@ impl Broker {
         .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
         cmd.args(["broker", "--config"]).arg(&path);
-        Broker::spawn(dir, cmd, &[])
+        Broker::spawn(dir, cmd, env, stderr)
     }
 
     // The child moves into `Broker`, whose Drop kills and reaps it.
     #[allow(clippy::zombie_processes)]
-    fn spawn(dir: &Path, mut cmd: Command, extra_env: &[(&str, &str)]) -> Broker {
+    fn spawn(
+        dir: &Path,
+        mut cmd: Command,
+        extra_env: &[(&str, &str)],
+        stderr: Option<std::fs::File>,
+    ) -> Broker {
         let profile_path = dir.join("client.toml");
         let _ = std::fs::remove_file(&profile_path);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(stderr.map_or_else(Stdio::inherit, Stdio::from));
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
