@@ -148,9 +148,13 @@ pub struct PublishArgs {
     pub key: Option<String>,
     #[arg(long)]
     pub shard: Option<u32>,
-    /// Read records (one per line) from this file instead of stdin.
+    /// Read records (one per line) from this file instead of stdin (with
+    /// a progress bar on a terminal).
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Print one summary at the end instead of a line per record.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +171,10 @@ pub struct SubscribeArgs {
     /// A named subscription: resumes from its committed cursor, commits as it goes.
     #[arg(long)]
     pub name: Option<String>,
+    /// Write the records to this file instead of stdout (a replay, with a
+    /// progress bar on a terminal).
+    #[arg(long)]
+    pub to: Option<PathBuf>,
 }
 
 /// `500ms`, `30s`, `5m`, `7d`, or a number of milliseconds.
@@ -225,6 +233,59 @@ fn profile_path(c: &Common) -> (PathBuf, &'static str) {
         return (PathBuf::from(p), "FELIX_PROFILE");
     }
     (PathBuf::from(DEFAULT_PROFILE), "the default location")
+}
+
+/// A broker's refusal with what the user can do about it.
+pub fn with_hint(e: anyhow::Error) -> anyhow::Error {
+    use felix_client::wire::ErrorReply as R;
+    use felix_client::ClientError as C;
+    let reply = e.chain().find_map(|c| {
+        c.downcast_ref::<R>().or_else(|| match c.downcast_ref::<C>() {
+            Some(C::Broker(r)) => Some(r),
+            Some(C::RetriesExhausted { last, .. }) => match last.as_ref() {
+                C::Broker(r) => Some(r),
+                _ => None,
+            },
+            _ => None,
+        })
+    });
+    let client = e.chain().find_map(|c| c.downcast_ref::<C>());
+    let hint = match (reply, client) {
+        (Some(R::UnknownStream(_)), _) | (_, Some(C::UnknownStream(_))) => {
+            "no such stream or cache: create it with `felix stream create NAME` (or `felix cache create`), or see `felix stream list`"
+        }
+        (Some(R::Unauthorized(_)), _) => {
+            "the broker refused the profile's token: `felix dev` writes a fresh one each time it starts; elsewhere get one from the control plane (POST /v1/tenants/{tenant}/token/exchange)"
+        }
+        (Some(R::Forbidden(_)), _) => {
+            "the token does not allow this: ask the tenant's administrator for a role with the permission named above"
+        }
+        (Some(R::Overloaded { .. }), _) => {
+            "over a quota or a limit: retry after the time given, or ask for a higher quota"
+        }
+        (Some(R::NotLeader { .. } | R::Timeout(_)), _) | (_, Some(C::Timeout(_) | C::RetriesExhausted { .. })) => {
+            "the cluster may be electing a leader or missing a majority: `felix cluster status` shows brokers down and shards without a leader"
+        }
+        (Some(R::OffsetOutOfRange { .. }), _) => {
+            "start within the range shown, or use --from earliest / latest"
+        }
+        (_, Some(C::Connect { .. } | C::ConnectionLost(_) | C::CircuitOpen(_))) => {
+            "is the broker running? `felix dev` starts one; check the profile's broker addresses"
+        }
+        _ => return e,
+    };
+    // The chain, without causes the message before already quotes.
+    let mut text = String::new();
+    for c in e.chain().map(ToString::to_string) {
+        if !text.contains(&c) {
+            text = if text.is_empty() {
+                c
+            } else {
+                format!("{text}: {c}")
+            };
+        }
+    }
+    anyhow!("{text}\nhint: {hint}")
 }
 
 /// Connects using the profile; errors name the profile and the address.
@@ -559,20 +620,33 @@ pub async fn publish(c: &Common, a: PublishArgs) -> anyhow::Result<()> {
     let producer = client
         .producer(&a.stream, felix_client::ProducerConfig::default())
         .await?;
-    let input: Box<dyn BufRead> = match &a.file {
-        Some(f) => Box::new(std::io::BufReader::new(
-            std::fs::File::open(f).with_context(|| format!("--file {}", f.display()))?,
-        )),
-        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    let (input, size): (Box<dyn BufRead>, Option<u64>) = match &a.file {
+        Some(f) => {
+            let file = std::fs::File::open(f).with_context(|| format!("--file {}", f.display()))?;
+            let size = file.metadata().ok().map(|m| m.len());
+            (Box::new(std::io::BufReader::new(file)), size)
+        }
+        None => (Box::new(std::io::BufReader::new(std::io::stdin())), None),
     };
+    let bar = a
+        .file
+        .is_some()
+        .then(|| crate::progress::bar(size, true, &format!("publishing to {}", a.stream)));
     let mut pending = std::collections::VecDeque::new();
-    let print = |ack: felix_client::RecordAck| {
-        report(c, json!({"shard": ack.shard, "offset": ack.offset}), || {
-            format!("shard {} offset {}", ack.shard, ack.offset)
-        });
+    let mut summary = Summary::default();
+    let mut print = |ack: felix_client::RecordAck| {
+        summary.add(ack.shard, ack.offset);
+        if !a.quiet {
+            report(c, json!({"shard": ack.shard, "offset": ack.offset}), || {
+                format!("shard {} offset {}", ack.shard, ack.offset)
+            });
+        }
     };
     for line in input.lines() {
         let line = line.context("reading input")?;
+        if let Some(b) = &bar {
+            b.inc(line.len() as u64 + 1);
+        }
         let mut r = match &a.key {
             Some(k) => felix_client::ProducerRecord::keyed(k.clone(), line),
             None => felix_client::ProducerRecord::new(line),
@@ -594,9 +668,48 @@ pub async fn publish(c: &Common, a: PublishArgs) -> anyhow::Result<()> {
     for p in pending {
         print(p.wait().await.map_err(|e| anyhow!("{e}"))?);
     }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if a.quiet {
+        summary.report(c);
+    }
     producer.close().await?;
     client.close().await;
     Ok(())
+}
+
+/// What a quiet publish prints at the end: records acknowledged, and the
+/// offsets they took per shard.
+#[derive(Default)]
+struct Summary {
+    records: u64,
+    shards: std::collections::BTreeMap<u32, (u64, u64)>,
+}
+
+impl Summary {
+    fn add(&mut self, shard: u32, offset: u64) {
+        self.records += 1;
+        let e = self.shards.entry(shard).or_insert((offset, offset));
+        e.0 = e.0.min(offset);
+        e.1 = e.1.max(offset);
+    }
+
+    fn report(&self, c: &Common) {
+        let shards: Vec<serde_json::Value> = self
+            .shards
+            .iter()
+            .map(|(s, (lo, hi))| json!({"shard": s, "first": lo, "last": hi}))
+            .collect();
+        report(c, json!({"records": self.records, "shards": shards}), || {
+            let per: Vec<String> = self
+                .shards
+                .iter()
+                .map(|(s, (lo, hi))| format!("shard {s} offsets {lo}..={hi}"))
+                .collect();
+            format!("{} record(s) acknowledged: {}", self.records, per.join(", "))
+        });
+    }
 }
 
 pub async fn subscribe(c: &Common, a: SubscribeArgs) -> anyhow::Result<()> {
@@ -614,14 +727,21 @@ pub async fn subscribe(c: &Common, a: SubscribeArgs) -> anyhow::Result<()> {
     };
     let mut sub = client.subscribe(&a.stream, opts).await?;
     let mut seen = 0u64;
-    let stdout = std::io::stdout();
+    let mut out: Box<dyn Write> = match &a.to {
+        Some(f) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(f).with_context(|| format!("--to {}", f.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let bar =
+        a.to.is_some()
+            .then(|| crate::progress::bar(a.count, false, &format!("replaying {}", a.stream)));
     while a.count.is_none_or(|n| seen < n) {
         let Some(d) = sub.next().await else { break };
         let d = d?;
         let r = &d.record;
         let value = r.value.as_deref().unwrap_or_default();
         {
-            let mut out = stdout.lock();
             match c.output {
                 Output::Json => {
                     let headers: serde_json::Map<String, serde_json::Value> = r
@@ -654,6 +774,16 @@ pub async fn subscribe(c: &Common, a: SubscribeArgs) -> anyhow::Result<()> {
             sub.commit(d.shard, r.offset.0 + 1).await?;
         }
         seen += 1;
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+        if a.to.is_none() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     drop(sub);
     client.close().await;

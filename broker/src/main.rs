@@ -5,6 +5,7 @@ mod cli;
 mod devcluster;
 mod logs;
 mod logtool;
+mod progress;
 mod status;
 
 use std::net::SocketAddr;
@@ -186,9 +187,9 @@ fn main() -> anyhow::Result<()> {
             logs::set_level(c.log_level.as_deref());
             rt()?.block_on(controlplane(c, path))
         }
-        Command::Cluster(ClusterCommand::Status { lag_max }) => {
-            rt()?.block_on(status::cluster_status(&common, lag_max))
-        }
+        Command::Cluster(ClusterCommand::Status { lag_max }) => rt()?
+            .block_on(status::cluster_status(&common, lag_max))
+            .map_err(cli::with_hint),
         Command::Config(ConfigCommand::Docs) => {
             print!("{}", felix_broker::config::schema::markdown());
             Ok(())
@@ -199,11 +200,11 @@ fn main() -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "felix", &mut std::io::stdout());
             Ok(())
         }
-        Command::Stream(c) => rt()?.block_on(cli::stream(&common, c)),
-        Command::Cache(c) => rt()?.block_on(cli::cache(&common, c)),
-        Command::Publish(a) => rt()?.block_on(cli::publish(&common, a)),
-        Command::Subscribe(a) => rt()?.block_on(cli::subscribe(&common, a)),
-        Command::Group(c) => rt()?.block_on(cli::group(&common, c)),
+        Command::Stream(c) => rt()?.block_on(cli::stream(&common, c)).map_err(cli::with_hint),
+        Command::Cache(c) => rt()?.block_on(cli::cache(&common, c)).map_err(cli::with_hint),
+        Command::Publish(a) => rt()?.block_on(cli::publish(&common, a)).map_err(cli::with_hint),
+        Command::Subscribe(a) => rt()?.block_on(cli::subscribe(&common, a)).map_err(cli::with_hint),
+        Command::Group(c) => rt()?.block_on(cli::group(&common, c)).map_err(cli::with_hint),
         Command::Log(c) => logtool::run(c),
         Command::Bench(c) => bench::run(c),
     }
