@@ -128,6 +128,33 @@ fn faults_keep_acknowledged_records(
     rounds: usize,
     fault: impl Fn(&mut LocalCluster, usize) + Send + Sync + 'static,
 ) -> usize {
+    faults_keep_acknowledged_records_watched(rounds, false, fault)
+}
+
+/// Reads shard 0 of `stream` from the start until dropped, recording
+/// every delivery (offset, value).
+async fn watch(client: Client, stream: String, seen: Arc<Mutex<Vec<(u64, String)>>>) {
+    let opts = felix_client::SubscribeOptions {
+        shards: vec![0],
+        start: felix_client::wire::Start::Earliest,
+        ..felix_client::SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(&stream, opts).await.expect("subscribe");
+    while let Some(d) = sub.next().await {
+        let d = d.expect("a subscription resumes across leader changes");
+        let v = String::from_utf8(d.record.value.unwrap().to_vec()).unwrap();
+        seen.lock().unwrap().push((d.record.offset.0, v));
+    }
+}
+
+/// [`faults_keep_acknowledged_records`]; with `subscribed`, a subscriber
+/// reads the shard throughout and must end up with every record, in
+/// order, once.
+fn faults_keep_acknowledged_records_watched(
+    rounds: usize,
+    subscribed: bool,
+    fault: impl Fn(&mut LocalCluster, usize) + Send + Sync + 'static,
+) -> usize {
     let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
@@ -146,6 +173,8 @@ fn faults_keep_acknowledged_records(
         stop.clone(),
         history.clone(),
     ));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let watcher = subscribed.then(|| rt.spawn(watch(client.clone(), stream.into(), seen.clone())));
     let mut progress = Vec::new();
     for round in 0..rounds {
         std::thread::sleep(Duration::from_millis(700));
@@ -173,6 +202,20 @@ fn faults_keep_acknowledged_records(
     stop.store(true, Ordering::Release);
     rt.block_on(worker).unwrap();
     let view = rt.block_on(c.converged(stream));
+    if let Some(w) = watcher {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (seen.lock().unwrap().len() as u64) < view[0].1 {
+            assert!(!w.is_finished(), "the subscription ended");
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber has {} of {} records",
+                seen.lock().unwrap().len(),
+                view[0].1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        w.abort();
+    }
     c.stop_all();
     let h = history.lock().unwrap();
     eprintln!(
@@ -191,10 +234,10 @@ fn faults_keep_acknowledged_records(
         assert_eq!(r, &replicas[0], "replica {i} differs from replica 0");
     }
     let at: BTreeMap<u64, &String> = replicas[0].iter().map(|(o, v)| (*o, v)).collect();
-    let mut seen = std::collections::HashSet::new();
+    let mut values = std::collections::HashSet::new();
     for (o, v) in &replicas[0] {
         assert!(
-            seen.insert(v.clone()),
+            values.insert(v.clone()),
             "value {v} is stored twice (again at offset {o})"
         );
     }
@@ -203,6 +246,14 @@ fn faults_keep_acknowledged_records(
     }
     // Offsets are dense: one offset, one value.
     assert_eq!(replicas[0].len() as u64, next);
+    if subscribed {
+        let seen = seen.lock().unwrap();
+        assert_eq!(
+            seen.as_slice(),
+            replicas[0].as_slice(),
+            "the subscriber saw exactly the log, in order, once"
+        );
+    }
     h.failed
 }
 
@@ -217,7 +268,7 @@ fn sigkill_of_the_leader_ten_times_loses_and_duplicates_nothing() {
 
 #[test]
 fn sigterm_of_the_leader_under_load_hands_over_and_loses_nothing() {
-    let failed = faults_keep_acknowledged_records(3, |c, i| {
+    let failed = faults_keep_acknowledged_records_watched(3, true, |c, i| {
         let (clean, took) = c.terminate(i);
         assert!(clean, "a broker stopped by SIGTERM exits 0");
         eprintln!("SIGTERM: broker exited after {took:?}");

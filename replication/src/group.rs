@@ -526,6 +526,43 @@ impl Replica {
         }
     }
 
+    /// While this leader steps aside, a write waits (at most until the
+    /// hand-over's deadline) to learn who leads next, so its client is sent
+    /// straight there instead of retrying blind through the election.
+    async fn next_leader(&self) -> WriteError {
+        let until = self.handover.yielding_until.load(Ordering::Acquire);
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = {
+                let m = metrics.borrow();
+                m.current_leader.filter(|l| *l != self.id).map(|l| {
+                    let node = m.membership_config.membership().get_node(&l).cloned();
+                    (l, node)
+                })
+            };
+            if let Some((l, node)) = leader {
+                return WriteError::NotLeader {
+                    group: self.group,
+                    leader: node.map(|n| (l, n)),
+                };
+            }
+            let left_ms = until.saturating_sub(heard_now());
+            if left_ms == 0 || !self.yielding() {
+                return WriteError::NotLeader {
+                    group: self.group,
+                    leader: None,
+                };
+            }
+            let wait = std::time::Duration::from_millis(left_ms);
+            if tokio::time::timeout(wait, metrics.changed()).await.is_err() {
+                return WriteError::NotLeader {
+                    group: self.group,
+                    leader: None,
+                };
+            }
+        }
+    }
+
     fn stop_yielding(&self) {
         self.handover.yielding_until.store(0, Ordering::Release);
         self.raft.runtime_config().heartbeat(true);
@@ -604,10 +641,7 @@ impl Replica {
     ) -> Result<impl std::future::Future<Output = Result<Response, WriteError>> + Send + 'static, WriteError>
     {
         if self.yielding() {
-            return Err(WriteError::NotLeader {
-                group: self.group,
-                leader: None,
-            });
+            return Err(self.next_leader().await);
         }
         let rx = self
             .raft
