@@ -96,7 +96,7 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
-fn client_config(brokers: &LocalBrokers) -> anyhow::Result<ClientConfig> {
+pub(crate) fn client_config(brokers: &LocalBrokers) -> anyhow::Result<ClientConfig> {
     let addrs = brokers.client_addresses();
     let mut c = ClientConfig::new(addrs[0].clone(), ClientTls::from_pem_files(&brokers.ca, None)?);
     c.brokers = addrs;
@@ -108,7 +108,7 @@ fn client_config(brokers: &LocalBrokers) -> anyhow::Result<ClientConfig> {
 
 /// Connects once the brokers answer and creates `name`, retrying while
 /// the cluster elects its metadata leader.
-async fn ready_stream(
+pub(crate) async fn ready_stream(
     brokers: &LocalBrokers,
     name: &str,
     durability: &str,

@@ -126,7 +126,11 @@ fn us(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn fdatasync_limit(dir: &Path, block: usize, seconds: f64) -> anyhow::Result<(f64, f64, Histogram<u64>)> {
+pub(crate) fn fdatasync_limit(
+    dir: &Path,
+    block: usize,
+    seconds: f64,
+) -> anyhow::Result<(f64, f64, Histogram<u64>)> {
     let path = dir.join("fdatasync-limit");
     let mut f = OpenOptions::new()
         .create(true)

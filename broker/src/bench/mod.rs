@@ -4,6 +4,7 @@ mod broker;
 mod cluster;
 mod index;
 mod log;
+mod peers;
 mod wire;
 
 use clap::Subcommand;
@@ -26,6 +27,10 @@ pub enum BenchCommand {
     /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
     /// then the failover time after a leader's SIGKILL.
     Cluster(cluster::Args),
+    /// The same workloads against Felix and a peer in one run (NATS
+    /// JetStream: publish, fan-out, queue, replay, RF=3; Redis: cache),
+    /// with ratios, the machine's limits, a markdown table and PNG charts.
+    Peers(peers::Args),
 }
 
 pub fn run(c: BenchCommand) -> anyhow::Result<()> {
@@ -35,5 +40,6 @@ pub fn run(c: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
+        BenchCommand::Peers(a) => peers::run(a),
     }
 }

@@ -1,0 +1,394 @@
+//! `felix bench peers`: the same workloads against Felix and a peer (NATS
+//! JetStream, Redis) in one invocation, each figure printed beside the
+//! peer's and their ratio, with the machine's own limits measured in the
+//! same run. Peers are started with the scripts of `../shared/peers/`
+//! (loopback only); a peer that cannot be started leaves its column empty
+//! with the reason, and the Felix figures still print.
+
+mod felix;
+mod limits;
+mod load;
+mod nats;
+mod redis;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+pub use load::Figure;
+use report::{Row, Table};
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Seconds per figure.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Records the replay reads from offset 0.
+    #[arg(long, default_value_t = 1_000_000)]
+    replay_records: u64,
+    /// Messages the queue workload drains.
+    #[arg(long, default_value_t = 200_000)]
+    queue_records: u64,
+    /// Where the markdown table and PNG charts go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The peers' start scripts (default: $FELIX_PEERS_DIR, else
+    /// ../shared/peers).
+    #[arg(long)]
+    peers_dir: Option<PathBuf>,
+    /// Workloads to run, comma separated: publish, fanout, queue, cache,
+    /// replay, replicated, limits (default: all).
+    #[arg(long)]
+    only: Option<String>,
+    /// A short run (0.5 s per figure, fewer cases, 20,000-record replay):
+    /// proves every driver works; its figures are not the published ones.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// What one run measures: the shapes.
+pub(crate) struct Plan {
+    pub secs: Duration,
+    pub producers: Vec<usize>,
+    pub sizes: Vec<usize>,
+    pub subscribers: Vec<usize>,
+    pub consumers: Vec<usize>,
+    pub cache_clients: usize,
+    pub replay_records: u64,
+    pub queue_records: u64,
+    pub quick: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let plan = if a.quick {
+        Plan {
+            secs: Duration::from_millis(500),
+            producers: vec![1, 16],
+            sizes: vec![256],
+            subscribers: vec![1, 4],
+            consumers: vec![1],
+            cache_clients: 8,
+            replay_records: 20_000,
+            queue_records: 5_000,
+            quick: true,
+        }
+    } else {
+        Plan {
+            secs: Duration::from_secs_f64(a.seconds),
+            producers: vec![1, 16, 64],
+            sizes: vec![256, 4096],
+            subscribers: vec![1, 4, 16],
+            consumers: vec![1, 4],
+            cache_clients: 32,
+            replay_records: a.replay_records,
+            queue_records: a.queue_records,
+            quick: false,
+        }
+    };
+    let only: Option<Vec<String>> = a
+        .only
+        .as_deref()
+        .map(|o| o.split(',').map(|s| s.trim().to_owned()).collect());
+    let wants = |w: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == w));
+    let peers = PeerScripts::find(a.peers_dir.clone());
+    let load_start = load::load_average();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut tables: Vec<Table> = Vec::new();
+    if wants("limits") {
+        tables.push(limits::run(&plan, &rt)?);
+    }
+    if wants("publish") {
+        tables.push(rt.block_on(publish(&plan, &peers))?);
+    }
+    if wants("fanout") {
+        tables.push(rt.block_on(fanout(&plan, &peers))?);
+    }
+    if wants("queue") {
+        tables.push(rt.block_on(queue(&plan, &peers))?);
+    }
+    if wants("cache") {
+        tables.push(rt.block_on(cache(&plan, &peers))?);
+    }
+    if wants("replay") {
+        tables.push(rt.block_on(replay(&plan, &peers))?);
+    }
+    if wants("replicated") {
+        tables.push(rt.block_on(replicated(&plan, &peers))?);
+    }
+    let load_end = load::load_average();
+    report::write(&tables, &a.out, &load_start, &load_end, plan.quick)
+}
+
+/// The peers' start and stop scripts.
+pub(crate) struct PeerScripts {
+    dir: Option<PathBuf>,
+}
+
+impl PeerScripts {
+    fn find(given: Option<PathBuf>) -> PeerScripts {
+        let candidates = given
+            .into_iter()
+            .chain(std::env::var_os("FELIX_PEERS_DIR").map(PathBuf::from))
+            .chain([
+                PathBuf::from("../shared/peers"),
+                PathBuf::from("/work/shared/peers"),
+            ]);
+        let dir = candidates.into_iter().find(|d| d.join("nats.sh").exists());
+        PeerScripts { dir }
+    }
+
+    /// Starts `script` (`nats.sh`, `redis.sh`) in `mode`; its address.
+    pub fn start(&self, script: &str, mode: &str) -> Result<String, String> {
+        let dir = self
+            .dir
+            .as_ref()
+            .ok_or("no peers scripts (pass --peers-dir or set FELIX_PEERS_DIR)")?;
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(dir.join(script)).arg("start");
+        if mode != "default" {
+            cmd.arg(mode);
+        }
+        let out = cmd.output().map_err(|e| format!("running {script}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{script} start {mode} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let addr = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        Ok(addr)
+    }
+
+    pub fn stop(&self, script: &str, mode: &str) {
+        if let Some(dir) = &self.dir {
+            let mut cmd = std::process::Command::new("bash");
+            cmd.arg(dir.join(script)).arg("stop");
+            if mode != "default" {
+                cmd.arg(mode);
+            }
+            let _ = cmd.output();
+        }
+    }
+
+    /// The nats-server binary the script installed, for a cluster.
+    pub fn nats_server(&self) -> Option<PathBuf> {
+        let home = std::env::var_os("FELIX_PEERS_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/felix-peers")))?;
+        let bin = home.join("venv/bin/nats-server");
+        bin.exists().then_some(bin)
+    }
+}
+
+/// A peer's figure, or why there is none.
+type PeerFigure = Result<Figure, String>;
+
+async fn peer_or<F: std::future::Future<Output = anyhow::Result<Figure>>>(
+    addr: &Result<String, String>,
+    f: impl FnOnce(String) -> F,
+) -> PeerFigure {
+    match addr {
+        Ok(a) => f(a.clone()).await.map_err(|e| format!("{e:#}")),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+async fn publish(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
+    let mut t = Table::new(
+        "publish",
+        "Durable publish, acks awaited (each producer sends one record, awaits its ack, repeats)",
+        "msg/s",
+    );
+    for (felix_mode, nats_mode) in [("always", "always"), ("interval:10", "default")] {
+        let addr = peers.start("nats.sh", nats_mode);
+        let felix = felix::Single::start(felix_mode).await?;
+        for &size in &plan.sizes {
+            for &n in &plan.producers {
+                eprintln!("publish {felix_mode} {size} B x{n}");
+                let f = felix.publish(n, size, plan.secs).await?;
+                let p = peer_or(&addr, |a| nats::publish(a, n, size, plan.secs)).await;
+                let target = match (felix_mode, size, n) {
+                    ("always", 256, 64) => Some(10.0),
+                    ("interval:10", 256, _) => Some(1.5),
+                    _ => None,
+                };
+                t.push(Row::new(
+                    format!("{size} B, {n} producers"),
+                    format!("Felix `{felix_mode}`"),
+                    format!(
+                        "NATS {}",
+                        if nats_mode == "always" {
+                            "`sync_interval: always`"
+                        } else {
+                            "default"
+                        }
+                    ),
+                    f,
+                    p,
+                    target,
+                ));
+            }
+        }
+        felix.stop().await;
+        peers.stop("nats.sh", nats_mode);
+    }
+    Ok(t)
+}
+
+async fn fanout(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
+    let mut t = Table::new(
+        "fanout",
+        "Fan-out: one publisher (64 records awaiting acks), N subscribers from the tail; deliveries/s over all subscribers, latency publish→deliver",
+        "deliveries/s",
+    );
+    let addr = peers.start("nats.sh", "default");
+    let felix = felix::Single::start("interval:10").await?;
+    for &k in &plan.subscribers {
+        eprintln!("fanout x{k}");
+        let f = felix.fanout(k, 256, plan.secs).await?;
+        let p = peer_or(&addr, |a| nats::fanout(a, k, 256, plan.secs)).await;
+        t.push(Row::new(
+            format!("256 B, {k} subscribers"),
+            "Felix `interval:10`".into(),
+            "NATS default".into(),
+            f,
+            p,
+            Some(1.5),
+        ));
+    }
+    felix.stop().await;
+    peers.stop("nats.sh", "default");
+    Ok(t)
+}
+
+async fn queue(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
+    let mut t = Table::new(
+        "queue",
+        "Queue: one group drains the records, batches of 100 leased and explicitly acked",
+        "msg/s",
+    );
+    let addr = peers.start("nats.sh", "default");
+    let felix = felix::Single::start("interval:10").await?;
+    for &c in &plan.consumers {
+        eprintln!("queue x{c}");
+        let f = felix.queue(c, 256, plan.queue_records).await?;
+        let p = peer_or(&addr, |a| nats::queue(a, c, 256, plan.queue_records)).await;
+        t.push(Row::new(
+            format!("{} records of 256 B, {c} consumers", plan.queue_records),
+            "Felix `interval:10`".into(),
+            "NATS default (work queue)".into(),
+            f,
+            p,
+            None,
+        ));
+    }
+    felix.stop().await;
+    peers.stop("nats.sh", "default");
+    Ok(t)
+}
+
+async fn cache(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
+    let mut t = Table::new(
+        "cache",
+        "Cache: clients each doing one operation at a time over a key space of 10,000",
+        "ops/s",
+    );
+    for (felix_mode, redis_mode, label) in [
+        ("none", "default", "Redis, no persistence"),
+        ("always", "always", "Redis AOF `appendfsync always`"),
+    ] {
+        let addr = peers.start("redis.sh", redis_mode);
+        let felix = felix::Single::start(felix_mode).await?;
+        for &size in &plan.sizes {
+            for op in [load::CacheOp::Put, load::CacheOp::Get] {
+                let n = plan.cache_clients;
+                eprintln!("cache {felix_mode} {op:?} {size} B x{n}");
+                let f = felix.cache(op, n, size, plan.secs).await?;
+                let p = peer_or(&addr, |a| redis::cache(a, op, n, size, plan.secs)).await;
+                t.push(Row::new(
+                    format!("{op:?} {size} B, {n} clients"),
+                    format!("Felix `{felix_mode}`"),
+                    label.into(),
+                    f,
+                    p,
+                    Some(1.0),
+                ));
+            }
+        }
+        felix.stop().await;
+        peers.stop("redis.sh", redis_mode);
+    }
+    Ok(t)
+}
+
+async fn replay(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
+    let mut t = Table::new(
+        "replay",
+        "Replay: one subscriber reads every record from offset 0",
+        "records/s",
+    );
+    let addr = peers.start("nats.sh", "default");
+    let felix = felix::Single::start("interval:10").await?;
+    let n = plan.replay_records;
+    eprintln!("replay {n}");
+    let f = felix.replay(n, 256).await?;
+    let p = peer_or(&addr, |a| nats::replay(a, n, 256)).await;
+    t.push(Row::new(
+        format!("{n} records of 256 B"),
+        "Felix".into(),
+        "NATS (ordered consumer)".into(),
+        f,
+        p,
+        None,
+    ));
+    felix.stop().await;
+    peers.stop("nats.sh", "default");
+    Ok(t)
+}
+
+async fn replicated(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
+    let mut t = Table::new(
+        "replicated",
+        "Replicated publish, acks awaited: three Felix brokers (RF=3, a quorum holds each record) vs a three-node NATS JetStream cluster (R3), all on loopback",
+        "msg/s",
+    );
+    // The script installs the server; the cluster is this benchmark's.
+    let installed = peers.start("nats.sh", "default").map(|_| ());
+    peers.stop("nats.sh", "default");
+    let cluster = match (installed, peers.nats_server()) {
+        (Ok(()), Some(bin)) => nats::Cluster::start(&bin).await.map_err(|e| format!("{e:#}")),
+        (Err(e), _) => Err(e),
+        (Ok(()), None) => Err("nats-server is not installed where nats.sh puts it".into()),
+    };
+    let felix = felix::Replicated::start("always").await?;
+    for &n in &plan.producers {
+        eprintln!("replicated x{n}");
+        let f = felix.publish(n, 256, plan.secs).await?;
+        let p = match &cluster {
+            Ok(c) => nats::publish_r3(c, n, 256, plan.secs)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Err(e) => Err(e.clone()),
+        };
+        t.push(Row::new(
+            format!("256 B, {n} producers"),
+            "Felix RF=3 `always`".into(),
+            "NATS R3 default".into(),
+            f,
+            p,
+            (n == 64).then_some(2.0),
+        ));
+    }
+    felix.stop().await;
+    if let Ok(c) = cluster {
+        c.stop();
+    }
+    Ok(t)
+}
