@@ -122,7 +122,16 @@ impl Index {
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut wb = WriteBatch::default();
         for cf in COLUMN_FAMILIES {
-            wb.delete_range_cf(self.cf(cf), enc::shard_prefix(shard), enc::shard_end(shard));
+            // Only where the shard has entries: a range tombstone costs
+            // every later read of its memtable (a new shard has none, and
+            // every stream creation comes through here).
+            let it = self.range(cf, &enc::shard_prefix(shard), &enc::shard_end(shard));
+            let any = it.valid();
+            self.iter_status(&it)?;
+            drop(it);
+            if any {
+                wb.delete_range_cf(self.cf(cf), enc::shard_prefix(shard), enc::shard_end(shard));
+            }
         }
         self.write(wb)
     }

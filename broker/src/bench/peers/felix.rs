@@ -136,7 +136,13 @@ impl Single {
                 h
             }));
         }
-        let p = client.producer(&name, ProducerConfig::default()).await?;
+        // No linger: like a NATS async publish, each record goes at once
+        // (with whatever queued behind the one in flight).
+        let cfg = ProducerConfig {
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        };
+        let p = client.producer(&name, cfg).await?;
         let start = Instant::now();
         let mut pending = std::collections::VecDeque::with_capacity(FANOUT_WINDOW);
         let mut published = 0u64;
