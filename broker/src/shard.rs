@@ -549,10 +549,19 @@ impl HostedShard {
     }
 
     async fn append_local(&self, batch: Bytes) -> Result<Appended, BrokerError> {
-        let log = self.log.clone();
-        let out = tokio::task::spawn_blocking(move || log.append(&batch, SINGLE_NODE_TERM))
-            .await
-            .map_err(|e| BrokerError::Invalid(format!("append task: {e}")))??;
+        // Without an fsync to wait for, an append is a copy into the mapped
+        // segment under the log lock: cheaper here than a round trip
+        // through the blocking pool, whose two thread wake-ups per publish
+        // were most of the broker's CPU (docs/benchmarks.md, "Where the
+        // time goes"). Only a wait for an fsync goes to the pool.
+        let out = if self.log.durability() == felix_log::Durability::Always {
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.append(&batch, SINGLE_NODE_TERM))
+                .await
+                .map_err(|e| BrokerError::Invalid(format!("append task: {e}")))??
+        } else {
+            self.log.append(&batch, SINGLE_NODE_TERM)?
+        };
         self.apply_through(out.raft_index)?;
         Ok(Appended {
             base_offset: out.base_offset.0,
