@@ -341,6 +341,11 @@ fn series(scrape: &str, name_and_labels: &str) -> Option<f64> {
     })
 }
 
+async fn metrics_text(http: &reqwest::Client, admin: &str) -> String {
+    let r = http.get(format!("{admin}/metrics")).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
 #[test]
 fn a_scrape_after_a_workload_shows_the_key_series() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,14 +399,7 @@ fn a_scrape_after_a_workload_shows_the_key_series() {
             let s = http.get(format!("{admin}{path}")).send().await.unwrap().status();
             assert_eq!(s.as_u16(), want, "{path}");
         }
-        let scrape = http
-            .get(format!("{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let scrape = metrics_text(&http, &admin).await;
         let v = |s: &str| series(&scrape, s).unwrap_or_else(|| panic!("no series {s} in:\n{scrape}"));
         assert!(v("felix_publish_records_total") >= 100.0);
         assert!(
@@ -474,14 +472,7 @@ fn a_scrape_after_a_workload_shows_the_key_series() {
         for i in 0..3u32 {
             c.cache("sessions").put("k", format!("v{i}"), None).await.unwrap();
         }
-        let scrape = http
-            .get(format!("{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let scrape = metrics_text(&http, &admin).await;
         let dirty = series(
             &scrape,
             "felix_shard_compaction_dirty_ratio{stream=\"dev/default/sessions\",shard=\"0\"}",

@@ -158,10 +158,7 @@ impl Single {
             a.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let want = published * k as u64;
-        let deadline = Instant::now() + DRAIN_MAX;
-        while delivered.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        load::await_count(&delivered, want, DRAIN_MAX).await;
         let took = start.elapsed().as_secs_f64();
         let got = delivered.load(Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);

@@ -153,3 +153,12 @@ where
     }
     Ok(())
 }
+
+/// Waits until `count` reaches `want`, at most `max` (subscribers catching
+/// up after the publisher stopped).
+pub async fn await_count(count: &std::sync::atomic::AtomicU64, want: u64, max: Duration) {
+    let deadline = Instant::now() + max;
+    while count.load(std::sync::atomic::Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -138,10 +138,7 @@ pub async fn fanout(addr: String, k: usize, size: usize, secs: Duration) -> anyh
         a.await?;
     }
     let want = published * k as u64;
-    let deadline = Instant::now() + DRAIN_MAX;
-    while delivered.load(Ordering::Relaxed) < want && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    load::await_count(&delivered, want, DRAIN_MAX).await;
     let took = start.elapsed().as_secs_f64();
     let got = delivered.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
