@@ -8,10 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{rt, Broker};
-use felix_client::wire::{AckLevel, ErrorReply, Message, Start};
+use common::{publish_one as publish, rt, Broker};
+use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{Client, ClientError, Route, SubscribeOptions};
-use felix_log::{BatchBuilder, Compression, RecordInput};
 use serde_json::{json, Value};
 
 struct Cp {
@@ -68,28 +67,6 @@ async fn client_with(b: &Broker, token: &str) -> Result<Client, ClientError> {
     let mut c = b.client_config();
     c.token = Bytes::from(token.to_owned());
     Client::connect(c).await
-}
-
-fn batch(value: &[u8]) -> Bytes {
-    let mut b = BatchBuilder::new(1 << 20);
-    b.push(RecordInput {
-        value: Some(value),
-        timestamp_ms: felix_log::now_ms(),
-        ..RecordInput::default()
-    })
-    .unwrap();
-    Bytes::from(b.build(Compression::None).unwrap())
-}
-
-fn publish(stream: &str, v: &[u8]) -> Message {
-    Message::Publish {
-        stream: stream.into(),
-        shard: Some(0),
-        ack: AckLevel::Leader,
-        producer_id: 0,
-        sequence: 0,
-        batch: batch(v),
-    }
 }
 
 /// What a request is refused with (panics if it is not refused).

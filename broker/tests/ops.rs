@@ -6,11 +6,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::{admin, rt, stream_config, Broker};
-use felix_client::wire::{AckLevel, ErrorReply, Message};
+use felix_client::wire::{ErrorReply, Message};
 use felix_client::ClientError;
-use felix_log::{BatchBuilder, Compression, RecordInput};
 
 fn felix(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
@@ -100,17 +98,6 @@ fn config_check_accepts_good_files_and_names_the_bad_key() {
     );
 }
 
-fn one_record(v: &[u8]) -> Bytes {
-    let mut b = BatchBuilder::new(1 << 20);
-    b.push(RecordInput {
-        value: Some(v),
-        timestamp_ms: felix_log::now_ms(),
-        ..RecordInput::default()
-    })
-    .unwrap();
-    Bytes::from(b.build(Compression::None).unwrap())
-}
-
 fn retention_of(m: Message) -> (Option<u64>, Option<u64>) {
     match m {
         Message::StreamDescription { config, .. } => (config.retention_ms, config.retention_bytes),
@@ -184,14 +171,7 @@ fn sighup_applies_defaults_and_quotas_refuses_a_bad_file_and_keeps_serving() {
         );
         // 20 records a second: a burst is refused with a retryable error.
         let conn = c.connection(&b.profile.brokers[0]).await.unwrap();
-        let publish = Message::Publish {
-            stream: "after".into(),
-            shard: Some(0),
-            ack: AckLevel::Leader,
-            producer_id: 0,
-            sequence: 0,
-            batch: one_record(b"q"),
-        };
+        let publish = common::publish_one("after", b"q");
         let mut admitted = 0;
         let refused = loop {
             match conn.request(&publish, 5_000).await {
@@ -251,14 +231,7 @@ fn json_logs_carry_the_request_span_with_per_module_levels() {
         let c = b.client().await;
         admin(&c, Message::StreamCreate(stream_config("limited", 1))).await;
         let conn = c.connection(&b.profile.brokers[0]).await.unwrap();
-        let publish = Message::Publish {
-            stream: "limited".into(),
-            shard: Some(0),
-            ack: AckLevel::Leader,
-            producer_id: 0,
-            sequence: 0,
-            batch: one_record(b"x"),
-        };
+        let publish = common::publish_one("limited", b"x");
         // The second publish within a second is over the quota.
         let mut refused = false;
         for _ in 0..5 {

@@ -178,6 +178,31 @@ pub async fn create(client: &Client, c: StreamConfig) {
     assert_eq!(admin(client, Message::StreamCreate(c)).await, Message::Done);
 }
 
+/// A batch of one record holding `value`.
+pub fn one_record(value: &[u8]) -> bytes::Bytes {
+    let mut b = felix_log::BatchBuilder::new(1 << 20);
+    b.push(felix_log::RecordInput {
+        value: Some(value),
+        timestamp_ms: felix_log::now_ms(),
+        ..felix_log::RecordInput::default()
+    })
+    .expect("one record fits");
+    bytes::Bytes::from(b.build(felix_log::Compression::None).expect("a batch"))
+}
+
+/// A single-record publish to shard 0 of `stream`, acknowledged by the
+/// leader.
+pub fn publish_one(stream: &str, value: &[u8]) -> Message {
+    Message::Publish {
+        stream: stream.into(),
+        shard: Some(0),
+        ack: felix_client::wire::AckLevel::Leader,
+        producer_id: 0,
+        sequence: 0,
+        batch: one_record(value),
+    }
+}
+
 /// The runtime every end-to-end test drives its clients on.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
