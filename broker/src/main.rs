@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use felix_broker::config::BrokerConfig;
-use felix_broker::node::system_clock;
+use felix_broker::node::{skewed_clock, system_clock};
 use felix_broker::server::{self, ClientProfile};
 
 #[derive(Parser)]
@@ -262,7 +262,9 @@ async fn serve(
         }
         None => None,
     };
-    let running = server::start(&config, system_clock()).await.with_context(|| {
+    // The fault-injection suite skews a broker's clock through a file.
+    let clock = std::env::var_os("FELIX_CLOCK_SKEW_FILE").map_or_else(system_clock, |p| skewed_clock(p.into()));
+    let running = server::start(&config, clock).await.with_context(|| {
         format!(
             "starting the broker on {} with data in {}",
             config.listen,

@@ -26,6 +26,7 @@ const NOT_KEYS: &[&str] = &[
     "FELIX_BENCH_KEEP",
     "FELIX_CI_LONG",
     "FELIX_FAILPOINT",
+    "FELIX_CLOCK_SKEW_FILE",
     "FELIX_ROUND",
     "FELIX_SEED",
     "FELIX_SOAK_SECS",

@@ -19,6 +19,10 @@ pub struct Member {
 pub struct LocalCluster {
     pub members: Vec<Member>,
     pub ca: PathBuf,
+    /// When set, each broker's stderr goes to `b<id>.log` here.
+    pub stderr_dir: Option<PathBuf>,
+    /// Each broker reads its clock offset from `skew-b<id>` here.
+    pub skew_dir: Option<PathBuf>,
 }
 
 /// `n` distinct ports free now (all held at once, so none repeats).
@@ -33,6 +37,20 @@ impl LocalCluster {
     /// Writes configurations for `n` brokers under `root` (with `extra`
     /// settings each) and starts them all.
     pub fn start(root: &Path, n: u64, extra: &str) -> LocalCluster {
+        let mut c = LocalCluster::configure(root, n, extra, |_| None);
+        c.launch();
+        c
+    }
+
+    /// Writes configurations for `n` brokers without starting them.
+    /// `route` may give, for the brokers' real (id, replication address)
+    /// pairs, the addresses their peers are told to use instead (proxies).
+    pub fn configure(
+        root: &Path,
+        n: u64,
+        extra: &str,
+        route: impl FnOnce(&[(u64, std::net::SocketAddr)]) -> Option<Vec<(u64, std::net::SocketAddr)>>,
+    ) -> LocalCluster {
         let tls_dir = root.join("ca");
         let ca = dev_certificates(&tls_dir, &[]).unwrap().ca;
         let ports = free_ports(2 * n as usize);
@@ -48,12 +66,23 @@ impl LocalCluster {
                 data_dir: root.join(format!("b{id}")),
             })
             .collect();
+        let real: Vec<(u64, std::net::SocketAddr)> = all.iter().map(|m| (m.id, m.raft)).collect();
+        let seen_by_peers: Vec<LocalMember> = match route(&real) {
+            Some(routes) => all
+                .iter()
+                .map(|m| LocalMember {
+                    raft: routes.iter().find(|(id, _)| *id == m.id).expect("a route per broker").1,
+                    ..m.clone()
+                })
+                .collect(),
+            None => all.clone(),
+        };
         let members = all
             .iter()
             .map(|m| {
                 std::fs::create_dir_all(&m.data_dir).unwrap();
                 let config = m.data_dir.join("broker.toml");
-                std::fs::write(&config, local_cluster_toml(m, &all, &tls_dir, extra)).unwrap();
+                std::fs::write(&config, local_cluster_toml(m, &seen_by_peers, &tls_dir, extra)).unwrap();
                 Member {
                     at: m.clone(),
                     config,
@@ -61,14 +90,26 @@ impl LocalCluster {
                 }
             })
             .collect();
-        let mut c = LocalCluster { members, ca };
-        for i in 0..c.members.len() {
-            c.spawn(i);
+        LocalCluster {
+            members,
+            ca,
+            stderr_dir: None,
+            skew_dir: None,
         }
-        for i in 0..c.members.len() {
-            c.wait_ready(i);
+    }
+
+    /// Starts every member and waits until each serves.
+    pub fn launch(&mut self) {
+        for i in 0..self.members.len() {
+            self.spawn(i);
         }
-        c
+        for i in 0..self.members.len() {
+            self.wait_ready(i);
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
     }
 
     pub fn index_of(&self, id: u64) -> usize {
@@ -78,19 +119,30 @@ impl LocalCluster {
     fn spawn(&mut self, i: usize) {
         let m = &mut self.members[i];
         let _ = std::fs::remove_file(m.at.data_dir.join("client.toml"));
-        let child = Command::new(env!("CARGO_BIN_EXE_felix"))
-            .args(["broker", "--config"])
+        let stderr = match &self.stderr_dir {
+            Some(d) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join(format!("b{}.log", m.at.id)))
+                    .expect("broker log file"),
+            ),
+            None => Stdio::inherit(),
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
+        cmd.args(["broker", "--config"])
             .arg(&m.config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .env(
                 "FELIX_LOG",
                 std::env::var("FELIX_TEST_LOG").unwrap_or_else(|_| "error,openraft=off".into()),
-            )
-            .spawn()
-            .expect("spawn felix broker");
-        m.child = Some(child);
+            );
+        if let Some(d) = &self.skew_dir {
+            cmd.env("FELIX_CLOCK_SKEW_FILE", d.join(format!("skew-b{}", m.at.id)));
+        }
+        m.child = Some(cmd.spawn().expect("spawn felix broker"));
     }
 
     fn wait_ready(&self, i: usize) {
@@ -103,6 +155,42 @@ impl LocalCluster {
                 self.members[i].at.id
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts member `i` again on its data; `Err` with why if the process
+    /// exits before it serves (it refused its data).
+    pub fn try_restart(&mut self, i: usize) -> Result<(), String> {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.spawn(i);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let profile = self.members[i].at.data_dir.join("client.toml");
+        while !profile.exists() {
+            let c = self.members[i].child.as_mut().expect("spawned");
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                self.members[i].child = None;
+                return Err(format!("broker {} exited with {status}", self.members[i].at.id));
+            }
+            assert!(Instant::now() < deadline, "broker {} did not start", self.members[i].at.id);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Removes everything in member `i`'s data directory except its
+    /// configuration (it is stopped): it comes back as a new replica.
+    pub fn wipe(&self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        for e in std::fs::read_dir(&self.members[i].at.data_dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != "broker.toml" {
+                let p = e.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).unwrap();
+                } else {
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }
         }
     }
 
