@@ -83,9 +83,21 @@ fn read_through(
     Ok(entry)
 }
 
+/// The version a write by (`writer`, `sequence`) landed at, if it did.
+fn landed(shard: &HostedShard, writer: u64, sequence: u64) -> Result<Option<u64>, BrokerError> {
+    if writer == 0 {
+        return Ok(None);
+    }
+    Ok(shard
+        .duplicate_of(writer, sequence)?
+        .map(|at| felix_index::encoding::version_of(felix_log::Offset(at.base_offset))))
+}
+
 /// Writes `value` (or a tombstone) at `key`; `Message::CacheWritten` with
 /// the new version, or `Message::CacheValue` with the entry as it is when
 /// `if_version` does not match (0: only if absent).
+/// A write whose `writer` is not 0 is idempotent: a retry of the same
+/// (`writer`, `sequence`) is answered with the first attempt's version.
 pub async fn write(
     node: &Node,
     h: &StreamHandle,
@@ -93,6 +105,7 @@ pub async fn write(
     value: Option<Bytes>,
     ttl_ms: Option<u64>,
     if_version: Option<u64>,
+    (writer, sequence): (u64, u64),
 ) -> Result<Message, BrokerError> {
     let shard = shard_of(h, &key)?;
     lead(node, shard).await?;
@@ -109,6 +122,11 @@ pub async fn write(
     if let Some(expected) = if_version {
         _alone = shard.writes.write().await;
         now = node.now_ms();
+        // Before the version check: a retry of a compare-and-set that won
+        // would otherwise see its own write as the conflict.
+        if let Some(version) = landed(shard, writer, sequence)? {
+            return Ok(Message::CacheWritten { version });
+        }
         if !node.index().version_matches(shard.id, &key, expected, now)? {
             let entry = read_through(node, shard, &key, now)?;
             return Ok(Message::CacheValue { entry });
@@ -116,8 +134,14 @@ pub async fn write(
     } else {
         _shared = shard.writes.read().await;
         now = node.now_ms();
+        if let Some(version) = landed(shard, writer, sequence)? {
+            return Ok(Message::CacheWritten { version });
+        }
     }
     let mut b = BatchBuilder::new(shard.log().with(|l| l.config().batch_bytes_max));
+    if writer != 0 {
+        b = b.producer(felix_log::ProducerId(writer), sequence);
+    }
     b.push(RecordInput {
         key: Some(&key),
         value: value.as_deref(),
@@ -125,7 +149,14 @@ pub async fn write(
         ttl_ms,
         headers: &[],
     })?;
-    let at = shard.append(Bytes::from(b.build(Compression::None)?)).await?;
+    let batch = Bytes::from(b.build(Compression::None)?);
+    // `publish` answers a retry that is still in flight, or that landed
+    // since the check above, from the shard's producer windows.
+    let at = if writer != 0 {
+        shard.publish(batch, writer, sequence).await?
+    } else {
+        shard.append(batch).await?
+    };
     let version = felix_index::encoding::version_of(felix_log::Offset(at.base_offset));
     let hot = match value {
         Some(value) => Hot::Value(CacheEntry {

@@ -364,18 +364,23 @@ impl NodeHandler {
                 value,
                 ttl_ms,
                 if_version,
+                writer,
+                sequence,
             } => {
                 let h = node.find_stream(&name).await?;
-                let m = cache::write(node, &h, key, Some(value), ttl_ms, if_version).await?;
+                let m =
+                    cache::write(node, &h, key, Some(value), ttl_ms, if_version, (writer, sequence)).await?;
                 Ok(Reply::Message(m))
             }
             Message::CacheDelete {
                 cache: name,
                 key,
                 if_version,
+                writer,
+                sequence,
             } => {
                 let h = node.find_stream(&name).await?;
-                let m = cache::write(node, &h, key, None, None, if_version).await?;
+                let m = cache::write(node, &h, key, None, None, if_version, (writer, sequence)).await?;
                 Ok(Reply::Message(m))
             }
             Message::Metadata { streams } => {

@@ -263,7 +263,8 @@ async fn serve(
         None => None,
     };
     // The fault-injection suite skews a broker's clock through a file.
-    let clock = std::env::var_os("FELIX_CLOCK_SKEW_FILE").map_or_else(system_clock, |p| skewed_clock(p.into()));
+    let clock =
+        std::env::var_os("FELIX_CLOCK_SKEW_FILE").map_or_else(system_clock, |p| skewed_clock(p.into()));
     let running = server::start(&config, clock).await.with_context(|| {
         format!(
             "starting the broker on {} with data in {}",

@@ -316,7 +316,11 @@ impl HostedShard {
 
     /// Where `(producer_id, sequence)` landed if it was applied already; an
     /// error if the producer is past it.
-    fn duplicate_of(&self, producer_id: u64, sequence: u64) -> Result<Option<Appended>, BrokerError> {
+    pub(crate) fn duplicate_of(
+        &self,
+        producer_id: u64,
+        sequence: u64,
+    ) -> Result<Option<Appended>, BrokerError> {
         match self.producers.lock().expect("producers lock").get(&producer_id) {
             Some((seq, at)) if *seq == sequence => Ok(Some(*at)),
             Some((seq, _)) if sequence < *seq => Err(BrokerError::Invalid(format!(

@@ -263,6 +263,61 @@ fn cache_versions_cas_ttl_and_delete() {
     });
 }
 
+/// A cache write sent again with the same writer and sequence (a client
+/// retry after a timeout) is answered with the first attempt's version and
+/// not applied twice; a retried compare-and-set that won is not reported
+/// as a conflict with itself. The fault suite found both without this.
+#[test]
+fn a_retried_cache_write_is_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let mut cfg = stream_config("kv", 1);
+        cfg.kind = 2;
+        create(&c, cfg).await;
+        let put_as =
+            |writer: u64, value: &'static str, if_version: Option<u64>, sequence: u64| Message::CachePut {
+                cache: "kv".into(),
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from_static(value.as_bytes()),
+                ttl_ms: None,
+                if_version,
+                writer,
+                sequence,
+            };
+        let put = |value, if_version, sequence| put_as(77, value, if_version, sequence);
+        let version = |m: Message| match m {
+            Message::CacheWritten { version } => version,
+            m => panic!("not written: {m:?}"),
+        };
+        let v1 = version(admin(&c, put("a", None, 0)).await);
+        assert_eq!(
+            version(admin(&c, put("a", None, 0)).await),
+            v1,
+            "the retry lands where the first did"
+        );
+        let v2 = version(admin(&c, put("b", Some(v1), 1)).await);
+        assert!(v2 > v1);
+        assert_eq!(
+            version(admin(&c, put("b", Some(v1), 1)).await),
+            v2,
+            "a retried compare-and-set that won is answered as written"
+        );
+        let e = c.cache("kv").get("k").await.unwrap().unwrap();
+        assert_eq!(
+            (e.value.as_ref(), e.version),
+            (&b"b"[..], v2),
+            "nothing was written twice"
+        );
+        // Without a writer identity every send is a new write.
+        let anon = |sequence| put_as(0, "c", None, sequence);
+        let v3 = version(admin(&c, anon(0)).await);
+        assert!(version(admin(&c, anon(0)).await) > v3);
+    });
+}
+
 #[test]
 fn named_subscriptions_time_starts_and_unknown_streams() {
     let dir = tempfile::tempdir().unwrap();

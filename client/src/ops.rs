@@ -54,6 +54,7 @@ impl Client {
         Cache {
             client: self.clone(),
             name: name.to_owned(),
+            writers: Arc::new(Writers::default()),
         }
     }
 }
@@ -247,6 +248,56 @@ pub enum CasOutcome {
 pub struct Cache {
     client: Client,
     name: String,
+    writers: Arc<Writers>,
+}
+
+/// The idempotence identities a cache handle writes under, each with its
+/// next sequence. A write borrows one for its whole life, retries
+/// included, so writes under one identity never overlap: the broker keeps
+/// one sequence per identity and shard, which is then enough to answer a
+/// retry with the first attempt's outcome (a write that timed out and
+/// was sent again is not applied twice, and a compare-and-set that won
+/// is not reported as a conflict with itself). The pool grows to the
+/// handle's highest number of concurrent writes.
+#[derive(Debug, Default)]
+struct Writers {
+    free: std::sync::Mutex<Vec<(u64, u64)>>,
+}
+
+/// One borrowed identity; returned with its sequence advanced, whatever
+/// the write's outcome (a write of unknown outcome may still land, under
+/// the old sequence).
+struct Borrowed<'a> {
+    pool: &'a Writers,
+    writer: u64,
+    sequence: u64,
+}
+
+impl Writers {
+    fn borrow(&self) -> Borrowed<'_> {
+        let (writer, sequence) = self
+            .free
+            .lock()
+            .expect("writers lock")
+            .pop()
+            // The same id space as producers: top bit clear, never 0.
+            .unwrap_or_else(|| (rand::random::<u64>() >> 1 | 1, 0));
+        Borrowed {
+            pool: self,
+            writer,
+            sequence,
+        }
+    }
+}
+
+impl Drop for Borrowed<'_> {
+    fn drop(&mut self) {
+        self.pool
+            .free
+            .lock()
+            .expect("writers lock")
+            .push((self.writer, self.sequence + 1));
+    }
 }
 
 impl Cache {
@@ -277,7 +328,14 @@ impl Cache {
         }
     }
 
-    async fn write(&self, key: Bytes, m: Message) -> Result<CasOutcome, ClientError> {
+    async fn write(&self, key: Bytes, mut m: Message) -> Result<CasOutcome, ClientError> {
+        let me = self.writers.borrow();
+        if let Message::CachePut { writer, sequence, .. } | Message::CacheDelete { writer, sequence, .. } =
+            &mut m
+        {
+            *writer = me.writer;
+            *sequence = me.sequence;
+        }
         match self.call(&key, m).await? {
             Message::CacheWritten { version } => Ok(CasOutcome::Written(version)),
             Message::CacheValue { entry } => Ok(CasOutcome::Conflict(entry)),
@@ -298,6 +356,8 @@ impl Cache {
             value,
             ttl_ms,
             if_version,
+            writer: 0,
+            sequence: 0,
         }
     }
 
@@ -342,6 +402,8 @@ impl Cache {
             cache: self.name.clone(),
             key: key.clone(),
             if_version,
+            writer: 0,
+            sequence: 0,
         };
         self.write(key, m).await
     }

@@ -195,6 +195,8 @@ fn samples() -> Vec<(&'static str, Message)> {
                 value: b(b"{}"),
                 ttl_ms: Some(60_000),
                 if_version: None,
+                writer: 0x5157_0000_0000_0001,
+                sequence: 7,
             },
         ),
         (
@@ -203,6 +205,8 @@ fn samples() -> Vec<(&'static str, Message)> {
                 cache: "sessions".into(),
                 key: b(b"user:1"),
                 if_version: Some(41),
+                writer: 0,
+                sequence: 0,
             },
         ),
         (
@@ -710,14 +714,20 @@ fn message() -> impl Strategy<Value = Message> {
             blob(),
             blob(),
             prop::option::of(any::<u64>()),
-            prop::option::of(any::<u64>())
+            prop::option::of(any::<u64>()),
+            any::<u64>(),
+            any::<u64>()
         )
-            .prop_map(|(cache, key, value, ttl_ms, if_version)| Message::CachePut {
-                cache,
-                key,
-                value,
-                ttl_ms,
-                if_version
+            .prop_map(|(cache, key, value, ttl_ms, if_version, writer, sequence)| {
+                Message::CachePut {
+                    cache,
+                    key,
+                    value,
+                    ttl_ms,
+                    if_version,
+                    writer,
+                    sequence,
+                }
             }),
         prop::option::of((blob(), any::<u64>(), prop::option::of(any::<i64>()))).prop_map(|e| {
             Message::CacheValue {

@@ -211,6 +211,8 @@ fn put(value: &Bytes) -> Message {
         value: value.clone(),
         ttl_ms: None,
         if_version: None,
+        writer: 0,
+        sequence: 0,
     }
 }
 

@@ -71,7 +71,11 @@ impl LocalCluster {
             Some(routes) => all
                 .iter()
                 .map(|m| LocalMember {
-                    raft: routes.iter().find(|(id, _)| *id == m.id).expect("a route per broker").1,
+                    raft: routes
+                        .iter()
+                        .find(|(id, _)| *id == m.id)
+                        .expect("a route per broker")
+                        .1,
                     ..m.clone()
                 })
                 .collect(),
@@ -171,7 +175,11 @@ impl LocalCluster {
                 self.members[i].child = None;
                 return Err(format!("broker {} exited with {status}", self.members[i].at.id));
             }
-            assert!(Instant::now() < deadline, "broker {} did not start", self.members[i].at.id);
+            assert!(
+                Instant::now() < deadline,
+                "broker {} did not start",
+                self.members[i].at.id
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use felix_client::ClientError;
 use felix_client::wire::ErrorReply;
+use felix_client::ClientError;
 
 use crate::linear;
 
@@ -113,12 +113,14 @@ pub fn check_stream(h: &StreamHistory, replicas: &[Vec<(u64, String)>], a: &mut 
     // Replicas: one offset, one value, and the same records on each.
     for (i, r) in replicas.iter().enumerate().skip(1) {
         if r != &replicas[0] {
-            let diff = r
-                .iter()
-                .zip(&replicas[0])
-                .find(|(x, y)| x != y)
-                .map_or_else(|| format!("lengths {} and {}", r.len(), replicas[0].len()), |(x, y)| format!("{x:?} against {y:?}"));
-            a.add("replicas-diverge", format!("replica {i} differs from replica 0: {diff}"));
+            let diff = r.iter().zip(&replicas[0]).find(|(x, y)| x != y).map_or_else(
+                || format!("lengths {} and {}", r.len(), replicas[0].len()),
+                |(x, y)| format!("{x:?} against {y:?}"),
+            );
+            a.add(
+                "replicas-diverge",
+                format!("replica {i} differs from replica 0: {diff}"),
+            );
         }
     }
     let log = &replicas[0];
@@ -153,7 +155,10 @@ pub fn check_stream(h: &StreamHistory, replicas: &[Vec<(u64, String)>], a: &mut 
             },
             Outcome::Fail(why) => {
                 if where_.contains_key(s.value.as_str()) {
-                    a.add("failed-write-present", format!("{} failed ({why}) but is stored", s.value));
+                    a.add(
+                        "failed-write-present",
+                        format!("{} failed ({why}) but is stored", s.value),
+                    );
                 }
             }
             Outcome::Unknown(_) => {}
@@ -169,7 +174,10 @@ pub fn check_stream(h: &StreamHistory, replicas: &[Vec<(u64, String)>], a: &mut 
         let mut last: Option<u64> = None;
         for (o, v) in seen {
             if last.is_some_and(|l| *o <= l) {
-                a.add("poll-not-monotonic", format!("reader {reader}: offset {o} after {last:?}"));
+                a.add(
+                    "poll-not-monotonic",
+                    format!("reader {reader}: offset {o} after {last:?}"),
+                );
             }
             last = Some(*o);
             if at.get(o) != Some(&v.as_str()) {
@@ -179,7 +187,10 @@ pub fn check_stream(h: &StreamHistory, replicas: &[Vec<(u64, String)>], a: &mut 
                 );
             }
             if failed.contains(v.as_str()) {
-                a.add("failed-write-read", format!("reader {reader} read {v}, whose publish failed"));
+                a.add(
+                    "failed-write-read",
+                    format!("reader {reader} read {v}, whose publish failed"),
+                );
             }
         }
     }
@@ -237,7 +248,10 @@ pub fn check_group(h: &GroupHistory, max_deliveries: u32, a: &mut Anomalies) {
         if d.deliveries > max_deliveries {
             a.add(
                 "delivered-past-max",
-                format!("offset {} delivered a {}th time (max {max_deliveries})", d.offset, d.deliveries),
+                format!(
+                    "offset {} delivered a {}th time (max {max_deliveries})",
+                    d.offset, d.deliveries
+                ),
             );
         }
     }
@@ -245,12 +259,18 @@ pub fn check_group(h: &GroupHistory, max_deliveries: u32, a: &mut Anomalies) {
     for (o, n) in &h.dead {
         *dead.entry(*o).or_default() += 1;
         if *n < max_deliveries {
-            a.add("dead-lettered-early", format!("offset {o} dead-lettered after {n} deliveries"));
+            a.add(
+                "dead-lettered-early",
+                format!("offset {o} dead-lettered after {n} deliveries"),
+            );
         }
     }
     for (o, n) in &dead {
         if *n > 1 {
-            a.add("dead-lettered-twice", format!("offset {o} is in the dead-letter stream {n} times"));
+            a.add(
+                "dead-lettered-twice",
+                format!("offset {o} is in the dead-letter stream {n} times"),
+            );
         }
     }
     for o in h.published.keys() {
@@ -275,9 +295,10 @@ pub fn check_cache(h: &CacheHistory, a: &mut Anomalies) -> usize {
     for (key, ops) in &h.ops {
         match linear::check(ops) {
             linear::Verdict::Linearizable => {}
-            linear::Verdict::NotLinearizable(why) => {
-                a.add("cache-not-linearizable", format!("key {key} ({} operations): {why}", ops.len()))
-            }
+            linear::Verdict::NotLinearizable(why) => a.add(
+                "cache-not-linearizable",
+                format!("key {key} ({} operations): {why}", ops.len()),
+            ),
             linear::Verdict::Unknown => a.add(
                 "cache-unchecked",
                 format!("key {key}: more than {} states", linear::SEARCH_STATES_MAX),
@@ -334,7 +355,10 @@ pub fn check_ttl(h: &TtlHistory, skew_ms: u64, a: &mut Anomalies) {
                     );
                 }
             }
-            Some(v) => a.add("ttl-wrong-value", format!("{} read {v}; {} was put", g.key, p.value)),
+            Some(v) => a.add(
+                "ttl-wrong-value",
+                format!("{} read {v}; {} was put", g.key, p.value),
+            ),
             None => {
                 if g.invoke_us > p.done_us && g.done_us + margin_us < p.invoke_us + ttl_us {
                     a.add(

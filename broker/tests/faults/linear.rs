@@ -25,7 +25,10 @@ pub enum Call {
     Put(String),
     /// Write `value` only if the current version is `expected` (0: only if
     /// absent).
-    Cas { expected: u64, value: String },
+    Cas {
+        expected: u64,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +75,9 @@ fn step(state: &Entry, op: &Op, resolved: Option<u64>) -> Option<Entry> {
         (Call::Cas { expected, value }, Ret::Written(w)) => {
             (*expected == version && *w > version).then(|| Some((value.clone(), *w)))
         }
-        (Call::Cas { expected, .. }, Ret::Read(e)) => (*expected != version && e == state).then(|| state.clone()),
+        (Call::Cas { expected, .. }, Ret::Read(e)) => {
+            (*expected != version && e == state).then(|| state.clone())
+        }
         (Call::Put(v), Ret::Unknown) => {
             let w = resolved?;
             (w > version).then(|| Some((v.clone(), w)))
@@ -150,7 +155,10 @@ pub fn check(history: &[Op]) -> Verdict {
                 .find(|&j| !is_done(&d, j) && required[j])
                 .map(|j| format!("process {}'s {:?}", ops[j].0.process, ops[j].0))
                 .unwrap_or_default();
-            deepest = (count, format!("state {state:?} after {count} operations; cannot place {blocked}"));
+            deepest = (
+                count,
+                format!("state {state:?} after {count} operations; cannot place {blocked}"),
+            );
         }
     }
     Verdict::NotLinearizable(deepest.1)
@@ -181,8 +189,26 @@ mod tests {
         let h = vec![
             op(1, put("a"), Ret::Written(5), 0, 1),
             op(2, Call::Get, read("a", 5), 2, 3),
-            op(1, Call::Cas { expected: 5, value: "b".into() }, Ret::Written(9), 4, 5),
-            op(2, Call::Cas { expected: 5, value: "c".into() }, read("b", 9), 6, 7),
+            op(
+                1,
+                Call::Cas {
+                    expected: 5,
+                    value: "b".into(),
+                },
+                Ret::Written(9),
+                4,
+                5,
+            ),
+            op(
+                2,
+                Call::Cas {
+                    expected: 5,
+                    value: "c".into(),
+                },
+                read("b", 9),
+                6,
+                7,
+            ),
             op(2, Call::Get, read("b", 9), 8, 9),
         ];
         assert_eq!(check(&h), Verdict::Linearizable);
@@ -242,7 +268,16 @@ mod tests {
         let h = vec![
             op(1, put("a"), Ret::Written(5), 0, 1),
             op(1, put("b"), Ret::Written(7), 2, 3),
-            op(2, Call::Cas { expected: 5, value: "c".into() }, Ret::Written(9), 4, 5),
+            op(
+                2,
+                Call::Cas {
+                    expected: 5,
+                    value: "c".into(),
+                },
+                Ret::Written(9),
+                4,
+                5,
+            ),
         ];
         assert!(matches!(check(&h), Verdict::NotLinearizable(_)));
     }

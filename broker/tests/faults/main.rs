@@ -128,7 +128,8 @@ fn stored(data_dir: &Path) -> BTreeMap<String, Vec<Stored>> {
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     for d in dirs.flatten() {
-        let (log, _) = Log::open(d.path(), LogConfig::default(), 0).expect("a replica's log opens after a clean stop");
+        let (log, _) =
+            Log::open(d.path(), LogConfig::default(), 0).expect("a replica's log opens after a clean stop");
         let mut records = Vec::new();
         for b in log.batches_from(Offset(log.earliest_offset().0)).expect("read") {
             if b.header().flags.control() {
@@ -172,7 +173,10 @@ impl Report {
                 eprintln!("    {e}");
             }
         }
-        eprintln!("repeat with: FELIX_SEED={} cargo test --test faults {}", self.seed, self.name);
+        eprintln!(
+            "repeat with: FELIX_SEED={} cargo test --test faults {}",
+            self.seed, self.name
+        );
     }
 }
 
@@ -182,7 +186,7 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     let seed = seed();
     eprintln!("faults: {name}: seed {seed} (FELIX_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = KeptOnPanic(Some(tempfile::tempdir().unwrap()));
     let rt = common::rt();
     let logs = dir.path().join("logs");
     let skews = dir.path().join("clock");
@@ -251,10 +255,22 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     let mut consumer_tasks = Vec::new();
     if work.stream {
         for id in 0..2 {
-            tasks.push(rt.spawn(workloads::produce(client.clone(), STREAM.into(), id, ctx.clone(), streams.clone())));
+            tasks.push(rt.spawn(workloads::produce(
+                client.clone(),
+                STREAM.into(),
+                id,
+                ctx.clone(),
+                streams.clone(),
+            )));
         }
         for id in 0..2 {
-            tasks.push(rt.spawn(workloads::read(client.clone(), STREAM.into(), id, ctx.clone(), streams.clone())));
+            tasks.push(rt.spawn(workloads::read(
+                client.clone(),
+                STREAM.into(),
+                id,
+                ctx.clone(),
+                streams.clone(),
+            )));
         }
     }
     if work.group {
@@ -269,7 +285,6 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
             consumer_tasks.push(rt.spawn(workloads::consume(
                 client.clone(),
                 JOBS.into(),
-                "workers".into(),
                 seed.wrapping_add(id),
                 LEASE_MS,
                 consumers.clone(),
@@ -306,7 +321,17 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
         }
     }
     // The nemesis, on this thread.
-    let mut nemesis = Nemesis::new(seed, if work.stream { STREAM } else if work.group { JOBS } else { STREAM }, SKEW_MS_MAX);
+    let mut nemesis = Nemesis::new(
+        seed,
+        if work.stream {
+            STREAM
+        } else if work.group {
+            JOBS
+        } else {
+            STREAM
+        },
+        SKEW_MS_MAX,
+    );
     let deadline = Instant::now() + Duration::from_secs(fault_secs());
     std::thread::sleep(Duration::from_millis(1_000));
     while Instant::now() < deadline {
@@ -319,7 +344,10 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     let before = ok_writes(&streams, &groups, &cache, &ttls);
     let t = Instant::now();
     while ok_writes(&streams, &groups, &cache, &ttls) <= before {
-        assert!(t.elapsed() < Duration::from_secs(60), "no write succeeded within 60 s of healing");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no write succeeded within 60 s of healing"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("writes resumed {:?} after healing", t.elapsed());
@@ -339,7 +367,9 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
             if n != last.0 {
                 last = (n, Instant::now());
             }
-            if last.1.elapsed() > Duration::from_millis(3 * u64::from(LEASE_MS)) || t.elapsed() > Duration::from_secs(60) {
+            if last.1.elapsed() > Duration::from_millis(3 * u64::from(LEASE_MS))
+                || t.elapsed() > Duration::from_secs(60)
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -349,12 +379,23 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     for t in consumer_tasks {
         rt.block_on(t).expect("a consumer task");
     }
-    rt.block_on(c.converged(STREAM));
+    // Every replica caught up on every shard before the logs are compared.
+    for (name, on) in [
+        (STREAM, true),
+        (JOBS, work.group),
+        (KV, work.cache),
+        (TTL, work.ttl),
+    ] {
+        if on {
+            rt.block_on(c.converged(name));
+        }
+    }
     rt.block_on(client.close());
     c.stop_all();
     let (forwarded, dropped, delayed) = net.counters();
     let mut anomalies = Anomalies::default();
-    let replicas: Vec<BTreeMap<String, Vec<Stored>>> = c.members.iter().map(|m| stored(&m.at.data_dir)).collect();
+    let replicas: Vec<BTreeMap<String, Vec<Stored>>> =
+        c.members.iter().map(|m| stored(&m.at.data_dir)).collect();
     check_replicas(&replicas, &mut anomalies);
     let mut ops = BTreeMap::new();
     let shard_with = |pred: &dyn Fn(&Stored) -> bool| -> Option<String> {
@@ -376,9 +417,27 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
             })
             .collect();
         history::check_stream(&h, &logs, &mut anomalies);
-        ops.insert("publish ok", h.sends.iter().filter(|s| matches!(s.outcome, Outcome::Ok(_))).count());
-        ops.insert("publish failed", h.sends.iter().filter(|s| matches!(s.outcome, Outcome::Fail(_))).count());
-        ops.insert("publish unknown", h.sends.iter().filter(|s| matches!(s.outcome, Outcome::Unknown(_))).count());
+        ops.insert(
+            "publish ok",
+            h.sends
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::Ok(_)))
+                .count(),
+        );
+        ops.insert(
+            "publish failed",
+            h.sends
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::Fail(_)))
+                .count(),
+        );
+        ops.insert(
+            "publish unknown",
+            h.sends
+                .iter()
+                .filter(|s| matches!(s.outcome, Outcome::Unknown(_)))
+                .count(),
+        );
         ops.insert("records read", h.reads.values().map(Vec::len).sum());
         for why in h
             .sends
@@ -391,7 +450,10 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
         {
             eprintln!("a publish of unknown outcome: {why}");
         }
-        assert!(!h.sends.is_empty() && !logs[0].is_empty(), "the stream workload did something");
+        assert!(
+            !h.sends.is_empty() && !logs[0].is_empty(),
+            "the stream workload did something"
+        );
     }
     if work.group {
         let mut h = groups.lock().unwrap();
@@ -422,7 +484,10 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
         ops.insert("acks", h.acks.len());
         ops.insert("nacks", h.nacks);
         ops.insert("dead-lettered", h.dead.len());
-        assert!(!h.published.is_empty() && !h.deliveries.is_empty(), "the group workload did something");
+        assert!(
+            !h.published.is_empty() && !h.deliveries.is_empty(),
+            "the group workload did something"
+        );
     }
     if work.cache {
         let h = cache.lock().unwrap();
@@ -431,13 +496,25 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
         ops.insert("cache operations", h.ops.values().map(Vec::len).sum());
         ops.insert(
             "cache unknown",
-            h.ops.values().flatten().filter(|o| o.ret == linear::Ret::Unknown).count(),
+            h.ops
+                .values()
+                .flatten()
+                .filter(|o| o.ret == linear::Ret::Unknown)
+                .count(),
         );
         assert!(keys > 0, "the cache workload did something");
     }
     if work.ttl {
         let h = ttls.lock().unwrap();
-        history::check_ttl(&h, if faults.contains(&Fault::Skew) { SKEW_MS_MAX } else { 0 }, &mut anomalies);
+        history::check_ttl(
+            &h,
+            if faults.contains(&Fault::Skew) {
+                SKEW_MS_MAX
+            } else {
+                0
+            },
+            &mut anomalies,
+        );
         ops.insert("ttl puts", h.puts.len());
         ops.insert("ttl gets", h.gets.len());
         assert!(!h.gets.is_empty(), "the TTL workload did something");
@@ -468,11 +545,37 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
                 }
             }
         }
-        // Keep the data for a post-mortem.
-        let kept = dir.keep();
-        eprintln!("data kept in {}", kept.display());
+    }
+    if report.anomalies.total() > 0 {
+        dir.keep();
     }
     report
+}
+
+/// The run's directory (data and broker logs), kept for a post-mortem
+/// when the run panics or finds anomalies.
+struct KeptOnPanic(Option<tempfile::TempDir>);
+
+impl KeptOnPanic {
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("the run directory").path()
+    }
+
+    fn keep(mut self) {
+        if let Some(d) = self.0.take() {
+            eprintln!("data and broker logs kept in {}", d.keep().display());
+        }
+    }
+}
+
+impl Drop for KeptOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.0.take() {
+                eprintln!("data and broker logs kept in {}", d.keep().display());
+            }
+        }
+    }
 }
 
 fn ok_writes(
@@ -481,7 +584,12 @@ fn ok_writes(
     c: &Arc<Mutex<CacheHistory>>,
     t: &Arc<Mutex<TtlHistory>>,
 ) -> usize {
-    s.lock().unwrap().sends.iter().filter(|s| matches!(s.outcome, Outcome::Ok(_))).count()
+    s.lock()
+        .unwrap()
+        .sends
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Ok(_)))
+        .count()
         + g.lock().unwrap().published.len()
         + c.lock()
             .unwrap()
@@ -503,7 +611,11 @@ fn check_replicas(replicas: &[BTreeMap<String, Vec<Stored>>], a: &mut Anomalies)
     for s in shards {
         let maps: Vec<HashMap<u64, &Stored>> = replicas
             .iter()
-            .map(|r| r.get(s).map(|rs| rs.iter().map(|x| (x.0, x)).collect()).unwrap_or_default())
+            .map(|r| {
+                r.get(s)
+                    .map(|rs| rs.iter().map(|x| (x.0, x)).collect())
+                    .unwrap_or_default()
+            })
             .collect();
         let ends: Vec<Option<u64>> = replicas
             .iter()
@@ -516,7 +628,10 @@ fn check_replicas(replicas: &[BTreeMap<String, Vec<Stored>>], a: &mut Anomalies)
             for (i, m) in maps.iter().enumerate().skip(1) {
                 if let Some(y) = m.get(o) {
                     if y != x {
-                        a.add("offset-two-values", format!("shard {s} offset {o}: {x:?} on replica 0, {y:?} on {i}"));
+                        a.add(
+                            "offset-two-values",
+                            format!("shard {s} offset {o}: {x:?} on replica 0, {y:?} on {i}"),
+                        );
                     }
                 }
             }
@@ -554,7 +669,11 @@ fn streams_under_partitions() {
 
 #[test]
 fn streams_under_loss_and_delay() {
-    expect_clean(run("streams_under_loss_and_delay", STREAMS, &[Fault::Loss, Fault::Delay]));
+    expect_clean(run(
+        "streams_under_loss_and_delay",
+        STREAMS,
+        &[Fault::Loss, Fault::Delay],
+    ));
 }
 
 #[test]
@@ -578,12 +697,20 @@ fn groups_under_leader_kills() {
 
 #[test]
 fn groups_under_partitions_and_pauses() {
-    expect_clean(run("groups_under_partitions_and_pauses", GROUPS, &[Fault::Partition, Fault::Pause]));
+    expect_clean(run(
+        "groups_under_partitions_and_pauses",
+        GROUPS,
+        &[Fault::Partition, Fault::Pause],
+    ));
 }
 
 #[test]
 fn groups_under_disk_faults_and_drains() {
-    expect_clean(run("groups_under_disk_faults_and_drains", GROUPS, &[Fault::Disk, Fault::Drain]));
+    expect_clean(run(
+        "groups_under_disk_faults_and_drains",
+        GROUPS,
+        &[Fault::Disk, Fault::Drain],
+    ));
 }
 
 #[test]
@@ -593,7 +720,11 @@ fn cache_under_partitions() {
 
 #[test]
 fn cache_under_kills_and_pauses() {
-    expect_clean(run("cache_under_kills_and_pauses", CACHE, &[Fault::Kill, Fault::Pause]));
+    expect_clean(run(
+        "cache_under_kills_and_pauses",
+        CACHE,
+        &[Fault::Kill, Fault::Pause],
+    ));
 }
 
 #[test]

@@ -133,14 +133,25 @@ impl Nemesis {
     }
 
     /// Injects `f`, waits, and heals it.
-    pub fn inject(&mut self, f: Fault, c: &mut LocalCluster, net: &Net, client: &Client, rt: &tokio::runtime::Runtime) {
+    pub fn inject(
+        &mut self,
+        f: Fault,
+        c: &mut LocalCluster,
+        net: &Net,
+        client: &Client,
+        rt: &tokio::runtime::Runtime,
+    ) {
         let leader = rt.block_on(self.leader(c, client));
         let ids: Vec<u64> = c.members.iter().map(|m| m.at.id).collect();
         self.count(f.name());
         match f {
             Fault::Kill => {
                 let i = self.target(c, leader);
-                self.note(format!("SIGKILL broker {} (leader: {})", ids[i], Some(i) == leader));
+                self.note(format!(
+                    "SIGKILL broker {} (leader: {})",
+                    ids[i],
+                    Some(i) == leader
+                ));
                 c.kill(i);
                 self.hold(200, 2_000);
                 c.restart(i);
@@ -148,7 +159,11 @@ impl Nemesis {
             }
             Fault::Pause => {
                 let i = self.target(c, leader);
-                self.note(format!("SIGSTOP broker {} (leader: {})", ids[i], Some(i) == leader));
+                self.note(format!(
+                    "SIGSTOP broker {} (leader: {})",
+                    ids[i],
+                    Some(i) == leader
+                ));
                 c.signal(i, "-STOP");
                 self.hold(1_000, 4_000);
                 c.signal(i, "-CONT");
@@ -188,7 +203,9 @@ impl Nemesis {
             Fault::Delay => {
                 let delay_ms = self.rng.gen_range(20..150);
                 let jitter_ms = self.rng.gen_range(0..80);
-                self.note(format!("delay {delay_ms} ms + up to {jitter_ms} ms between brokers"));
+                self.note(format!(
+                    "delay {delay_ms} ms + up to {jitter_ms} ms between brokers"
+                ));
                 net.set(Rules {
                     delay_ms,
                     jitter_ms,
@@ -210,9 +227,14 @@ impl Nemesis {
             }
             Fault::Disk => {
                 let i = self.follower(c, leader);
-                let damage = *[Damage::BitFlip, Damage::TornTail, Damage::DropTail, Damage::Truncate]
-                    .choose(&mut self.rng)
-                    .unwrap();
+                let damage = *[
+                    Damage::BitFlip,
+                    Damage::TornTail,
+                    Damage::DropTail,
+                    Damage::Truncate,
+                ]
+                .choose(&mut self.rng)
+                .unwrap();
                 c.kill(i);
                 let what = damage_segments(&c.members[i].at.data_dir, damage, &mut self.rng);
                 self.count(&format!("disk:{damage:?}"));
@@ -222,7 +244,10 @@ impl Nemesis {
                     Err(why) => {
                         // Interior damage: the broker must refuse, not guess.
                         self.count("disk:refused");
-                        self.note(format!("broker {} refused its data ({why}); rebuilding it empty", ids[i]));
+                        self.note(format!(
+                            "broker {} refused its data ({why}); rebuilding it empty",
+                            ids[i]
+                        ));
                         c.wipe(i);
                         c.restart(i);
                     }
@@ -233,7 +258,11 @@ impl Nemesis {
             }
             Fault::Drain => {
                 let i = self.target(c, leader);
-                self.note(format!("SIGTERM broker {} (leader: {})", ids[i], Some(i) == leader));
+                self.note(format!(
+                    "SIGTERM broker {} (leader: {})",
+                    ids[i],
+                    Some(i) == leader
+                ));
                 let (clean, took) = c.terminate(i);
                 assert!(clean, "broker {} did not exit cleanly after SIGTERM", ids[i]);
                 self.note(format!("broker {} drained in {took:?}", ids[i]));

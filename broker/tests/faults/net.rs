@@ -95,7 +95,11 @@ impl Shared {
             return Fate::Now;
         }
         counters.delayed += 1;
-        let jitter = if rules.jitter_ms > 0 { rng.gen_range(0..=rules.jitter_ms) } else { 0 };
+        let jitter = if rules.jitter_ms > 0 {
+            rng.gen_range(0..=rules.jitter_ms)
+        } else {
+            0
+        };
         Fate::After(Duration::from_millis(rules.delay_ms + jitter))
     }
 }
@@ -177,7 +181,14 @@ async fn serve(front: Arc<UdpSocket>, to: u64, real: SocketAddr, shared: Arc<Sha
             None => {
                 let u = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
                 upstreams.insert(from_addr, u.clone());
-                tokio::spawn(replies(u.clone(), front.clone(), from_addr, from, to, shared.clone()));
+                tokio::spawn(replies(
+                    u.clone(),
+                    front.clone(),
+                    from_addr,
+                    from,
+                    to,
+                    shared.clone(),
+                ));
                 u
             }
         };

@@ -100,9 +100,15 @@ pub async fn read(client: Client, stream: String, id: u64, ctx: Ctx, h: Arc<Mute
             };
             match d {
                 Some(Ok(d)) => {
-                    let v = String::from_utf8_lossy(d.record.value.as_deref().unwrap_or_default()).into_owned();
+                    let v =
+                        String::from_utf8_lossy(d.record.value.as_deref().unwrap_or_default()).into_owned();
                     next = d.record.offset.0 + 1;
-                    h.lock().unwrap().reads.entry(id).or_default().push((d.record.offset.0, v));
+                    h.lock()
+                        .unwrap()
+                        .reads
+                        .entry(id)
+                        .or_default()
+                        .push((d.record.offset.0, v));
                 }
                 _ => break,
             }
@@ -112,7 +118,13 @@ pub async fn read(client: Client, stream: String, id: u64, ctx: Ctx, h: Arc<Mute
 
 /// Publishes `n`-numbered jobs to the group's stream, one at a time,
 /// while the run lasts.
-pub async fn publish_jobs(client: Client, stream: String, ctx: Ctx, h: Arc<Mutex<GroupHistory>>, pace: Duration) {
+pub async fn publish_jobs(
+    client: Client,
+    stream: String,
+    ctx: Ctx,
+    h: Arc<Mutex<GroupHistory>>,
+    pace: Duration,
+) {
     let Ok(p) = client.producer(&stream, ProducerConfig::default()).await else {
         return;
     };
@@ -127,20 +139,22 @@ pub async fn publish_jobs(client: Client, stream: String, ctx: Ctx, h: Arc<Mutex
     }
 }
 
-/// A consumer of `group`: leases up to 5 records for `lease_ms`, then acks
+/// The consumer group the group workload's consumers share.
+pub const GROUP: &str = "workers";
+
+/// A consumer of [`GROUP`]: leases up to 5 records for `lease_ms`, then acks
 /// most, nacks some and abandons the rest to their lease. With `drain`,
 /// acks everything it gets.
 pub async fn consume(
     client: Client,
     stream: String,
-    group: String,
     seed: u64,
     lease_ms: u32,
     ctx: Ctx,
     drain: Arc<AtomicBool>,
     h: Arc<Mutex<GroupHistory>>,
 ) {
-    let g = client.group_consumer(&stream, &group);
+    let g = client.group_consumer(&stream, GROUP);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     while !ctx.stopped() {
         let invoke_us = ctx.clock.us();
@@ -194,7 +208,15 @@ pub async fn consume(
 }
 
 /// Random gets, puts and compare-and-sets on `keys`, with unique values.
-pub async fn cache_ops(client: Client, cache: String, keys: Vec<String>, id: u64, seed: u64, ctx: Ctx, h: Arc<Mutex<CacheHistory>>) {
+pub async fn cache_ops(
+    client: Client,
+    cache: String,
+    keys: Vec<String>,
+    id: u64,
+    seed: u64,
+    ctx: Ctx,
+    h: Arc<Mutex<CacheHistory>>,
+) {
     let c = client.cache(&cache);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     // The version this client last saw per key, for its compare-and-sets.
@@ -235,7 +257,9 @@ pub async fn cache_ops(client: Client, cache: String, keys: Vec<String>, id: u64
             }
             _ => {
                 let expected = seen.get(&key).copied().unwrap_or(0);
-                let r = c.put_if_version(key.clone(), value.clone().into_bytes(), None, expected).await;
+                let r = c
+                    .put_if_version(key.clone(), value.clone().into_bytes(), None, expected)
+                    .await;
                 let ret = match r {
                     Ok(CasOutcome::Written(w)) => {
                         seen.insert(key.clone(), w);
@@ -253,7 +277,11 @@ pub async fn cache_ops(client: Client, cache: String, keys: Vec<String>, id: u64
             }
         };
         let Some(ret) = ret else { continue };
-        let done_us = if ret == Ret::Unknown { u64::MAX } else { ctx.clock.us() };
+        let done_us = if ret == Ret::Unknown {
+            u64::MAX
+        } else {
+            ctx.clock.us()
+        };
         h.lock().unwrap().ops.entry(key).or_default().push(Op {
             process: id,
             call,
@@ -265,7 +293,15 @@ pub async fn cache_ops(client: Client, cache: String, keys: Vec<String>, id: u64
 }
 
 /// Puts keys with a TTL (each once) and reads them back until stopped.
-pub async fn ttl_ops(client: Client, cache: String, id: u64, ttl_ms: u64, seed: u64, ctx: Ctx, h: Arc<Mutex<TtlHistory>>) {
+pub async fn ttl_ops(
+    client: Client,
+    cache: String,
+    id: u64,
+    ttl_ms: u64,
+    seed: u64,
+    ctx: Ctx,
+    h: Arc<Mutex<TtlHistory>>,
+) {
     let c = client.cache(&cache);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut mine: Vec<String> = Vec::new();
@@ -276,7 +312,10 @@ pub async fn ttl_ops(client: Client, cache: String, id: u64, ttl_ms: u64, seed: 
             let value = format!("v{id}-{n}");
             n += 1;
             let invoke_us = ctx.clock.us();
-            if c.put(key.clone(), value.clone().into_bytes(), Some(ttl_ms)).await.is_ok() {
+            if c.put(key.clone(), value.clone().into_bytes(), Some(ttl_ms))
+                .await
+                .is_ok()
+            {
                 let done_us = ctx.clock.us();
                 h.lock().unwrap().puts.insert(
                     key.clone(),

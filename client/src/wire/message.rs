@@ -309,11 +309,18 @@ pub enum Message {
         value: Bytes,
         ttl_ms: Option<u64>,
         if_version: Option<u64>,
+        /// The writer's idempotence identity (0: none) and this write's
+        /// sequence: a retry of the same pair is answered with the first
+        /// attempt's outcome instead of being written again.
+        writer: u64,
+        sequence: u64,
     },
     CacheDelete {
         cache: String,
         key: Bytes,
         if_version: Option<u64>,
+        writer: u64,
+        sequence: u64,
     },
     CacheValue {
         entry: Option<CacheEntry>,
@@ -733,21 +740,29 @@ impl Message {
                 value,
                 ttl_ms,
                 if_version,
+                writer,
+                sequence,
             } => {
                 w.name("cache", cache)?;
                 w.blob("key", key, KEY_BYTES_MAX)?;
                 w.blob("value", value, VALUE_BYTES_MAX)?;
                 w.opt_u64(*ttl_ms);
                 w.opt_u64(*if_version);
+                w.0.put_u64_le(*writer);
+                w.0.put_u64_le(*sequence);
             }
             Message::CacheDelete {
                 cache,
                 key,
                 if_version,
+                writer,
+                sequence,
             } => {
                 w.name("cache", cache)?;
                 w.blob("key", key, KEY_BYTES_MAX)?;
                 w.opt_u64(*if_version);
+                w.0.put_u64_le(*writer);
+                w.0.put_u64_le(*sequence);
             }
             Message::CacheValue { entry } => match entry {
                 Some(e) => {
@@ -999,11 +1014,15 @@ impl Message {
                 value: r.blob("value", VALUE_BYTES_MAX)?,
                 ttl_ms: r.opt_u64("ttl")?,
                 if_version: r.opt_u64("if version")?,
+                writer: r.u64("writer")?,
+                sequence: r.u64("sequence")?,
             },
             k::CACHE_DELETE => Message::CacheDelete {
                 cache: r.name("cache")?,
                 key: r.blob("key", KEY_BYTES_MAX)?,
                 if_version: r.opt_u64("if version")?,
+                writer: r.u64("writer")?,
+                sequence: r.u64("sequence")?,
             },
             k::CACHE_VALUE => Message::CacheValue {
                 entry: match r.u8("entry tag")? {
