@@ -97,38 +97,65 @@ impl StateMachine {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let applied_index = applied.map(|i| i.0).max(saved.applied.map(|l| l.index));
-        let mut membership = saved.membership;
         let applied = match applied_index {
             None => None,
             Some(i) => {
-                // Memberships between the saved one and `applied` are in the log.
-                let from = membership.log_id().map_or(0, |l| l.index + 1);
-                let (term, found) = log.with(|l| {
-                    let term = l
-                        .entry(RaftIndex(i))
+                let term = log.with(|l| {
+                    l.entry(RaftIndex(i))
                         .map(|b| b.header().raft_term)
-                        .or_else(|| l.purged_last().filter(|(_, p)| p.0 == i).map(|(t, _)| t));
-                    let found: Vec<_> = l
-                        .positioned_from_raft_index(RaftIndex(from))
-                        .take_while(|p| p.batch.header().raft_index.0 <= i)
-                        .filter(|p| p.batch.header().flags.control())
-                        .map(|p| p.batch)
-                        .collect();
-                    (term, found)
+                        .or_else(|| l.purged_last().filter(|(_, p)| p.0 == i).map(|(t, _)| t))
                 });
-                for b in found {
-                    if let Some(m) = crate::entry::membership_of(&b)? {
-                        let h = b.header();
-                        membership = StoredMembership::new(Some(log_id(h.raft_term, h.raft_index)), m);
+                // The log's last entry, when the applied mark is past it:
+                // the log lost a tail it had applied (bytes damaged on a
+                // stopped replica, or an unsynced tail lost with the
+                // machine). Left as it was, openraft would take the mark
+                // for the end of the log and ask the leader only for what
+                // follows it, which the log cannot take: the group would
+                // stop for good. From the log's end instead, the leader
+                // sends the lost entries again.
+                let end = log.with(|l| l.last_raft().or_else(|| l.purged_last()));
+                match (term, end) {
+                    (Some(t), _) => Some(log_id(t, RaftIndex(i))),
+                    (None, Some((t, last))) if last.0 < i => {
+                        tracing::warn!(
+                            applied = i,
+                            log_last = last.0,
+                            "the applied mark is past the log's end (the log lost its tail); applying from the log's end"
+                        );
+                        Some(log_id(t, last))
                     }
-                }
-                match term {
-                    Some(t) => Some(log_id(t, RaftIndex(i))),
+                    (None, None) => {
+                        tracing::warn!(applied = i, "the applied mark names entries of an empty log; applying from the start");
+                        None
+                    }
                     // The log no longer holds it (a snapshot replaced it): trust the file.
-                    None => saved.applied,
+                    (None, Some(_)) => saved.applied,
                 }
             }
         };
+        // The membership as of `applied`: the saved one, unless it is past
+        // `applied` (lost with the tail), then those in the log up to it.
+        let mut membership = saved.membership;
+        let upto = applied.map(|l| l.index);
+        if membership.log_id().map(|l| l.index) > upto {
+            membership = StoredMembership::default();
+        }
+        if let Some(i) = upto {
+            let from = membership.log_id().map_or(0, |l| l.index + 1);
+            let found: Vec<_> = log.with(|l| {
+                l.positioned_from_raft_index(RaftIndex(from))
+                    .take_while(|p| p.batch.header().raft_index.0 <= i)
+                    .filter(|p| p.batch.header().flags.control())
+                    .map(|p| p.batch)
+                    .collect()
+            });
+            for b in found {
+                if let Some(m) = crate::entry::membership_of(&b)? {
+                    let h = b.header();
+                    membership = StoredMembership::new(Some(log_id(h.raft_term, h.raft_index)), m);
+                }
+            }
+        }
         Ok(StateMachine {
             log,
             state_dir,
