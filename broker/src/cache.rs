@@ -45,11 +45,14 @@ async fn lead(node: &Node, shard: &HostedShard) -> Result<(), BrokerError> {
 }
 
 /// The live entry of `key`, if any.
-/// In a cluster only the shard's leader answers, so a get sees every
+/// In a cluster only the shard's leader answers, once it has confirmed
+/// within a read lease that it still leads, so a get sees every
 /// acknowledged write.
 pub async fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<CacheEntry>, BrokerError> {
     let shard = shard_of(h, key)?;
     lead(node, shard).await?;
+    // A leader cut off from a quorum must not answer from its own state.
+    shard.lead_for_read().await?;
     let now = node.now_ms();
     if let Some(known) = node.hot.get(shard.id, key, now) {
         return Ok(known);

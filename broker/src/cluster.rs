@@ -321,6 +321,19 @@ impl Cluster {
                 self.bootstrap_wait()
             };
             tokio::spawn(bootstrap(replica.clone(), self.members(replicas), wait));
+        } else {
+            // The designated founder may be an incarnation that is gone: a
+            // stream created while a rebuilt broker was still being
+            // admitted lists the old one among its founders, and a group
+            // nobody founds never has a leader (the fault suite's
+            // dead-letter streams stayed leaderless so). Each other founder
+            // founds it, with the same members, if it hears of no leader
+            // within a wait that grows with its rank.
+            let mut ids = replicas.to_vec();
+            ids.sort_unstable();
+            let rank = ids.iter().position(|id| *id == self.me).unwrap_or(0) as u32;
+            let wait = self.bootstrap_wait() * (rank + 1);
+            tokio::spawn(bootstrap(replica.clone(), self.members(replicas), wait));
         }
         shard.attach(replica, self.write_timeout);
         Ok(())

@@ -415,6 +415,23 @@ impl HostedShard {
         }
     }
 
+    /// [`HostedShard::lead`] for a read answered from this replica's state:
+    /// also confirms, once per read lease, that no other replica leads.
+    pub(crate) async fn lead_for_read(&self) -> Result<(), BrokerError> {
+        let Some(replica) = self.lead().await? else {
+            return Ok(());
+        };
+        let timeout = self.write_timeout();
+        match tokio::time::timeout(timeout, replica.confirm_for_read()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.write_error(&e)),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "shard {}: leadership not confirmed by a quorum within {timeout:?}",
+                self.id.0
+            ))),
+        }
+    }
+
     /// Whether leadership began since the last call (in-memory caches of
     /// this shard must be dropped).
     pub(crate) fn take_lead_began(&self) -> bool {

@@ -63,6 +63,14 @@ impl Default for GroupConfig {
 }
 
 impl GroupConfig {
+    /// How long after a confirmation round began a leader answers reads
+    /// without another (see [`Replica::confirm_for_read`]).
+    pub fn read_lease_ms(&self) -> u64 {
+        self.election_timeout_min_ms
+            .saturating_sub(self.heartbeat_interval_ms)
+            .min(self.election_timeout_max_ms / 2)
+    }
+
     fn raft(&self, group: GroupId) -> Result<Config, ReplicationError> {
         let c = Config {
             cluster_name: format!("felix-{group}"),
@@ -179,6 +187,18 @@ pub struct Replica {
     purge_floor: Arc<AtomicU64>,
     /// Leadership hand-over (see [`Replica::hand_over`]).
     handover: Arc<Handover>,
+    /// Reads answered from this leader's state (see
+    /// [`Replica::confirm_for_read`]).
+    lease: Arc<ReadLease>,
+    read_lease_ms: u64,
+}
+
+/// When this leader last knew it led: the start ([`heard_now`] clock) of
+/// the last confirmation round a quorum answered, and one round at a time.
+#[derive(Debug, Default)]
+struct ReadLease {
+    confirmed_at: AtomicU64,
+    confirming: tokio::sync::Mutex<()>,
 }
 
 /// What the election loop reads to let a preferred replica take over.
@@ -250,6 +270,8 @@ impl Replica {
             transport,
             purge_floor,
             handover,
+            lease: Arc::new(ReadLease::default()),
+            read_lease_ms: cfg.read_lease_ms(),
         })
     }
 
@@ -267,7 +289,9 @@ impl Replica {
     /// Initializes the group with `members` unless this replica already
     /// has state or hears from a leader within `wait`: a broker rebuilt
     /// from an empty disk joins the group that exists instead of founding
-    /// a second one. Call it on one member only (see `initialize`).
+    /// a second one. Founders other than the designated one call it with
+    /// a longer wait, in case the designated one is gone; every caller
+    /// passes the same members, which openraft's initialize allows.
     pub async fn bootstrap(
         &self,
         members: BTreeMap<NodeId, BrokerNode>,
@@ -595,6 +619,39 @@ impl Replica {
             }),
             Err(e) => Err(WriteError::Other(ReplicationError::Raft(e.to_string()))),
         }
+    }
+
+    /// Confirms that this replica still leads before a read is answered
+    /// from its own state, at most one quorum round per read lease: a
+    /// leader cut off from the others would otherwise answer reads from a
+    /// state that a newly elected leader has already moved past (the fault
+    /// suite's partitions showed a stale cache get). Followers refuse votes
+    /// for `election_timeout_max` after they last heard a leader, so no
+    /// other leader is elected until that long after a round that a quorum
+    /// answered began; the lease is shorter (`election_timeout_min` less a
+    /// heartbeat), which leaves room for the clocks' drift.
+    pub async fn confirm_for_read(&self) -> Result<(), WriteError> {
+        if self.yielding() {
+            return Err(WriteError::NotLeader {
+                group: self.group,
+                leader: None,
+            });
+        }
+        let fresh = || {
+            let at = self.lease.confirmed_at.load(Ordering::Acquire);
+            at != 0 && heard_now() < at + self.read_lease_ms
+        };
+        if fresh() {
+            return Ok(());
+        }
+        let _one = self.lease.confirming.lock().await;
+        if fresh() {
+            return Ok(());
+        }
+        let began = heard_now();
+        self.ensure_leading().await?;
+        self.lease.confirmed_at.fetch_max(began, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Waits until this replica has applied every entry the group had

@@ -222,6 +222,15 @@ pub struct GroupHistory {
     pub nacks: usize,
     /// The dead-letter stream at the end: (source offset, deliveries).
     pub dead: Vec<(u64, u32)>,
+    /// Failed fetches, acks and nacks by error, for the report.
+    pub errors: BTreeMap<String, usize>,
+}
+
+impl GroupHistory {
+    pub fn error(&mut self, what: &str, e: &ClientError) {
+        let text: String = format!("{what}: {e}").chars().take(160).collect();
+        *self.errors.entry(text).or_default() += 1;
+    }
 }
 
 pub fn check_group(h: &GroupHistory, max_deliveries: u32, a: &mut Anomalies) {

@@ -211,7 +211,7 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     let mut cfg = c.client_config();
     cfg.request_timeout_ms = 3_000;
     cfg.retry.deadline_ms = 10_000;
-    let client = rt.block_on(Client::connect(cfg)).expect("connect");
+    let client = rt.block_on(Client::connect(cfg.clone())).expect("connect");
     rt.block_on(async {
         create_when_ready(&client, StreamConfig::stream(STREAM, 1, "always")).await;
         if work.group {
@@ -296,8 +296,12 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     if work.cache {
         let keys: Vec<String> = (0..4).map(|k| format!("k{k}")).collect();
         for id in 0..4 {
+            // A client each: one client's view of who leads is not every
+            // client's (a stale read needs a reader still talking to a
+            // deposed leader while another writes to the new one).
+            let own = rt.block_on(Client::connect(cfg.clone())).expect("connect");
             tasks.push(rt.spawn(workloads::cache_ops(
-                client.clone(),
+                own,
                 KV.into(),
                 keys.clone(),
                 id,
@@ -479,6 +483,11 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
                 .collect();
         }
         history::check_group(&h, MAX_DELIVERIES, &mut anomalies);
+        let mut errors: Vec<_> = h.errors.iter().collect();
+        errors.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+        for (e, n) in errors.iter().take(5) {
+            eprintln!("group client errors: {n} × {e}");
+        }
         ops.insert("jobs published", h.published.len());
         ops.insert("deliveries", h.deliveries.len());
         ops.insert("acks", h.acks.len());

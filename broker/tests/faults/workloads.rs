@@ -160,7 +160,8 @@ pub async fn consume(
         let invoke_us = ctx.clock.us();
         let leased = match g.fetch(5, lease_ms).await {
             Ok(l) => l.records,
-            Err(_) => {
+            Err(e) => {
+                h.lock().unwrap().error("fetch", &e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -189,13 +190,19 @@ pub async fn consume(
                 }
             }
         }
-        if !nacks.is_empty() && g.nack(&nacks, 0).await.is_ok() {
-            h.lock().unwrap().nacks += nacks.len();
+        if !nacks.is_empty() {
+            match g.nack(&nacks, 0).await {
+                Ok(()) => h.lock().unwrap().nacks += nacks.len(),
+                Err(e) => h.lock().unwrap().error("nack", &e),
+            }
         }
         if !acks.is_empty() {
             let r = g.ack(&acks).await;
             let done_us = ctx.clock.us();
             let mut h = h.lock().unwrap();
+            if let Err(e) = &r {
+                h.error("ack", e);
+            }
             for (_, o) in acks {
                 h.acks.push(AckOp {
                     offset: o,
