@@ -797,3 +797,63 @@ fn cluster_status_reports_leaders_lag_and_a_broker_down() {
     assert_eq!(latest, vec![20, 20], "{d}");
     c.stop_all();
 }
+
+/// A leader whose followers stopped answering does not answer cache gets
+/// from its own state once its read lease has run out: a new leader could
+/// be taking writes it has not seen (the fault suite's partitions caught a
+/// deposed leader serving stale gets). With the followers back, gets are
+/// answered again.
+#[test]
+fn a_leader_cut_off_from_its_followers_stops_answering_cache_gets() {
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let c = LocalCluster::start(dir.path(), 3, "");
+    let name = "dev/default/kv";
+    rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.unwrap();
+        create_config_when_ready(
+            &client,
+            felix_client::wire::StreamConfig {
+                kind: 2,
+                ..stream_config(name, 1)
+            },
+        )
+        .await;
+        client.cache(name).put("k", "v1", None).await.unwrap();
+        let leader = c.index_of(c.leader(&client, name, 0).await);
+        let mut cfg = c.member_config(leader);
+        cfg.retry.attempts_max = 1;
+        let direct = Client::connect(cfg).await.unwrap();
+        let e = direct.cache(name).get("k").await.unwrap().unwrap();
+        assert_eq!(e.value, "v1", "the leader answers while its followers do");
+        let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+        for f in &followers {
+            c.signal(*f, "-STOP");
+        }
+        // Past the read lease (350 ms with the default timing).
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let stale = direct.cache(name).get("k").await;
+        for f in &followers {
+            c.signal(*f, "-CONT");
+        }
+        assert!(
+            stale.is_err(),
+            "a leader without a quorum answered a get from its own state: {stale:?}"
+        );
+        eprintln!("get without a quorum: {}", stale.unwrap_err());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client.cache(name).get("k").await {
+                Ok(Some(e)) => {
+                    assert_eq!(e.value, "v1");
+                    break;
+                }
+                r => assert!(Instant::now() < deadline, "gets did not resume: {r:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        client.close().await;
+        direct.close().await;
+    });
+}

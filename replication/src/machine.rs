@@ -125,7 +125,10 @@ impl StateMachine {
                         Some(log_id(t, last))
                     }
                     (None, None) => {
-                        tracing::warn!(applied = i, "the applied mark names entries of an empty log; applying from the start");
+                        tracing::warn!(
+                            applied = i,
+                            "the applied mark names entries of an empty log; applying from the start"
+                        );
                         None
                     }
                     // The log no longer holds it (a snapshot replaced it): trust the file.

@@ -295,7 +295,7 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     }
     if work.cache {
         let keys: Vec<String> = (0..4).map(|k| format!("k{k}")).collect();
-        for id in 0..4 {
+        for id in 0..5 {
             // A client each: one client's view of who leads is not every
             // client's (a stale read needs a reader still talking to a
             // deposed leader while another writes to the new one).
@@ -305,6 +305,7 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
                 KV.into(),
                 keys.clone(),
                 id,
+                id == 4,
                 seed.wrapping_add(100 + id),
                 ctx.clone(),
                 cache.clone(),
@@ -325,17 +326,18 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
         }
     }
     // The nemesis, on this thread.
-    let mut nemesis = Nemesis::new(
-        seed,
-        if work.stream {
-            STREAM
-        } else if work.group {
-            JOBS
-        } else {
-            STREAM
-        },
-        SKEW_MS_MAX,
-    );
+    // Faults aimed at "the leader" aim at the leader of the workload's
+    // (first) shard.
+    let target = if work.stream {
+        STREAM
+    } else if work.group {
+        JOBS
+    } else if work.cache {
+        KV
+    } else {
+        TTL
+    };
+    let mut nemesis = Nemesis::new(seed, target, SKEW_MS_MAX);
     let deadline = Instant::now() + Duration::from_secs(fault_secs());
     std::thread::sleep(Duration::from_millis(1_000));
     while Instant::now() < deadline {

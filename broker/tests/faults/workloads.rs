@@ -214,12 +214,16 @@ pub async fn consume(
     }
 }
 
-/// Random gets, puts and compare-and-sets on `keys`, with unique values.
+/// Random gets, puts and compare-and-sets on `keys`, with unique values;
+/// with `reader`, gets only (a reader is never held up by a write that
+/// times out, so it keeps asking whichever broker it believes leads).
+#[allow(clippy::too_many_arguments)]
 pub async fn cache_ops(
     client: Client,
     cache: String,
     keys: Vec<String>,
     id: u64,
+    reader: bool,
     seed: u64,
     ctx: Ctx,
     h: Arc<Mutex<CacheHistory>>,
@@ -234,7 +238,7 @@ pub async fn cache_ops(
         let value = format!("c{id}-{n}");
         n += 1;
         let invoke_us = ctx.clock.us();
-        let (call, ret) = match rng.gen_range(0..10) {
+        let (call, ret) = match if reader { 0 } else { rng.gen_range(0..10) } {
             0..4 => {
                 let r = c.get(key.clone()).await;
                 let ret = match r {
