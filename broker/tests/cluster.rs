@@ -557,17 +557,7 @@ fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
     let victim = 2;
     let old = identity_of(&c, victim);
     c.kill(victim);
-    for e in std::fs::read_dir(&c.members[victim].at.data_dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != "broker.toml" {
-            let p = e.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).unwrap();
-            } else {
-                std::fs::remove_file(&p).unwrap();
-            }
-        }
-    }
+    c.wipe(victim);
     c.restart(victim);
     let new = identity_of(&c, victim);
     assert_ne!(old, new, "a rebuilt directory draws a new incarnation");

@@ -43,6 +43,9 @@ const SKEW_MS_MAX: u64 = 3_000;
 /// is not vacuous.
 const TTL_MS: u64 = 15_000;
 const MAX_DELIVERIES: u32 = 3;
+/// Small segments, so runs roll them and disk faults can hit sealed ones.
+const SEGMENT_BYTES: u64 = 2 << 20;
+const BATCH_BYTES_MAX: usize = 256 << 10;
 const LEASE_MS: u32 = 1_500;
 
 const STREAM: &str = "dev/default/log";
@@ -128,8 +131,18 @@ fn stored(data_dir: &Path) -> BTreeMap<String, Vec<Stored>> {
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     for d in dirs.flatten() {
-        let (log, _) =
-            Log::open(d.path(), LogConfig::default(), 0).expect("a replica's log opens after a clean stop");
+        // The brokers' segment size: opening never grows a preallocation.
+        let config = LogConfig {
+            segment_bytes: SEGMENT_BYTES,
+            batch_bytes_max: BATCH_BYTES_MAX,
+            ..LogConfig::default()
+        };
+        let (log, _) = Log::open(d.path(), config, 0).unwrap_or_else(|e| {
+            panic!(
+                "{}: a replica's log opens after a clean stop: {e}",
+                d.path().display()
+            )
+        });
         let mut records = Vec::new();
         for b in log.batches_from(Offset(log.earliest_offset().0)).expect("read") {
             if b.header().flags.control() {
@@ -196,7 +209,7 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     let mut c = LocalCluster::configure(
         dir.path(),
         3,
-        "[log]\nsegment_bytes = 2097152\nbatch_bytes_max = 262144\n",
+        &format!("[log]\nsegment_bytes = {SEGMENT_BYTES}\nbatch_bytes_max = {BATCH_BYTES_MAX}\n"),
         |real| {
             let net = rt.block_on(Net::start(real, seed));
             let routes = net.proxies.clone();
