@@ -250,6 +250,8 @@ impl Nemesis {
                         ));
                         c.wipe(i);
                         c.restart(i);
+                        await_admitted(c, i, rt);
+                        self.note(format!("broker {} admitted again", ids[i]));
                     }
                 }
                 // Lost entries are a replica short of the quorum's copy:
@@ -277,7 +279,13 @@ impl Nemesis {
                 c.restart(i);
                 // It must be a voter again before the next fault may take
                 // another replica away.
-                std::thread::sleep(Duration::from_secs(3));
+                let t = Instant::now();
+                await_admitted(c, i, rt);
+                self.note(format!(
+                    "broker {} admitted again after {:?}",
+                    ids[i],
+                    t.elapsed()
+                ));
             }
         }
     }
@@ -298,6 +306,72 @@ impl Nemesis {
         }
     }
 }
+
+/// Waits until member `i`, rebuilt empty, is a replica of every shard
+/// again (it answers with itself among each shard's replicas once it was
+/// admitted to the shard's group). Until then a second lost disk would be
+/// a majority's: operators wait for under-replication to clear before
+/// taking another replica away, and so does the nemesis.
+fn await_admitted(c: &LocalCluster, i: usize, rt: &tokio::runtime::Runtime) {
+    let id = c.members[i].at.id;
+    let at = c.members[i].at.client.to_string();
+    let deadline = Instant::now() + ADMISSION_WAIT_MAX;
+    let ask = felix_client::wire::Message::Metadata { streams: Vec::new() };
+    // The streams a member that kept its disk knows: a rebuilt broker
+    // that has not caught up with the metadata knows none.
+    let other = (0..c.members.len())
+        .find(|&j| j != i && c.is_running(j))
+        .expect("another member runs");
+    let other_at = c.members[other].at.client.to_string();
+    rt.block_on(async {
+        let expected: Vec<String> = {
+            let client = Client::connect(c.member_config(other)).await.expect("connect");
+            let r = client.call(felix_client::Route::Broker(&other_at), &ask).await;
+            client.close().await;
+            match r {
+                Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => {
+                    streams.into_iter().map(|s| s.name).collect()
+                }
+                r => panic!("no metadata from broker {}: {r:?}", c.members[other].at.id),
+            }
+        };
+        let Ok(client) = Client::connect(c.member_config(i)).await else {
+            panic!("broker {id} does not take connections after its rebuild");
+        };
+        loop {
+            let missing: Vec<String> = match client.call(felix_client::Route::Broker(&at), &ask).await {
+                Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => {
+                    let mut missing: Vec<String> = expected
+                        .iter()
+                        .filter(|n| !streams.iter().any(|s| &s.name == *n))
+                        .cloned()
+                        .collect();
+                    missing.extend(streams.iter().flat_map(|s| {
+                        s.shards
+                            .iter()
+                            .filter(|sh| !sh.replicas.contains(&id))
+                            .map(move |sh| format!("{}/{}", s.name, sh.shard))
+                    }));
+                    missing
+                }
+                r => vec![format!("no metadata: {r:?}")],
+            };
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker {id} was not admitted again within {ADMISSION_WAIT_MAX:?}: {missing:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        client.close().await;
+    });
+}
+
+/// How long a broker rebuilt empty may take to be a replica of every shard
+/// again (it copies every shard from the leaders).
+const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(120);
 
 pub fn set_skew(dir: &Path, id: u64, ms: i64) {
     let tmp = dir.join(format!(".skew-b{id}"));
