@@ -243,6 +243,11 @@ impl Node {
             segment_ms: self.log.segment_ms,
             batch_bytes_max: self.log.batch_bytes_max,
             durability: m.durability(),
+            verify: if self.log.verify_on_start {
+                felix_log::Verify::Full
+            } else {
+                felix_log::Verify::FromCheckpoint
+            },
             ..LogConfig::default()
         };
         let signal = Arc::new(watch::channel(0u64).0);

@@ -365,6 +365,12 @@ pub struct LogSettings {
     pub segment_ms: u64,
     /// The largest batch a publish may carry.
     pub batch_bytes_max: usize,
+    /// Verify every batch of every segment when a shard opens, not only
+    /// what the checkpoint does not vouch for: damage in a sealed segment
+    /// (a flipped bit) then stops the start instead of being found when
+    /// the bytes are read, or shipped to a follower that is catching up.
+    /// Costs one read of all the data at start.
+    pub verify_on_start: bool,
 }
 
 impl Default for BrokerConfig {
@@ -406,6 +412,7 @@ impl Default for LogSettings {
             segment_bytes: 64 << 20,
             segment_ms: 24 * 3600 * 1000,
             batch_bytes_max: 1 << 20,
+            verify_on_start: false,
         }
     }
 }

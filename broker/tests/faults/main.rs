@@ -209,7 +209,9 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     let mut c = LocalCluster::configure(
         dir.path(),
         3,
-        &format!("[log]\nsegment_bytes = {SEGMENT_BYTES}\nbatch_bytes_max = {BATCH_BYTES_MAX}\n"),
+        // Full verification at start: the nemesis flips bits in sealed
+        // segments too (docs/faults.md, "Left").
+        &format!("[log]\nsegment_bytes = {SEGMENT_BYTES}\nbatch_bytes_max = {BATCH_BYTES_MAX}\nverify_on_start = true\n"),
         |real| {
             let net = rt.block_on(Net::start(real, seed));
             let routes = net.proxies.clone();
