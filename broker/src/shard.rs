@@ -274,9 +274,12 @@ impl HostedShard {
     ) -> Result<Appended, BrokerError> {
         let checked = Batch::new(batch)?;
         let h = checked.header();
-        if h.flags.control() || h.producer_count > 0 {
+        if h.flags.control() || h.producer_count > 0 || h.record_count == 0 {
+            // The Raft log takes emptied batches (a compacted leader's
+            // entries); a client's must hold records.
             return Err(BrokerError::Invalid(
-                "clients may not publish control batches or batches with a producer table".into(),
+                "clients may not publish control batches, batches with a producer table or batches without records"
+                    .into(),
             ));
         }
         if producer_id != 0 && (h.producer_id.0 != producer_id || h.producer_seq != sequence) {

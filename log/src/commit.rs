@@ -116,8 +116,9 @@ impl SharedLog {
 
     /// Appends entry `(term, index)` (a Raft follower's or leader's write)
     /// without waiting for durability; see [`SharedLog::wait_durable`].
+    /// Takes emptied batches ([`Log::append_entry`]).
     pub fn append_at(&self, batch: &[u8], term: RaftTerm, index: RaftIndex) -> Result<AppendOutcome> {
-        lock(&self.inner.log).append(batch, term, index, crate::now_ms())
+        lock(&self.inner.log).append_entry(batch, term, index, crate::now_ms())
     }
 
     /// Removes the entries above `index`. What was durable above it no longer

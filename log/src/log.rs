@@ -404,6 +404,31 @@ impl Log {
         index: RaftIndex,
         now_ms: i64,
     ) -> Result<AppendOutcome> {
+        self.append_checked(batch, term, index, now_ms, false)
+    }
+
+    /// [`Log::append`] for an entry a Raft leader replicates, which may be
+    /// a batch the leader's compaction emptied (a header that keeps its
+    /// index and offsets, no records): a follower catching up a compacted
+    /// shard must take it as it is.
+    pub fn append_entry(
+        &mut self,
+        batch: &[u8],
+        term: RaftTerm,
+        index: RaftIndex,
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
+        self.append_checked(batch, term, index, now_ms, true)
+    }
+
+    fn append_checked(
+        &mut self,
+        batch: &[u8],
+        term: RaftTerm,
+        index: RaftIndex,
+        now_ms: i64,
+        emptied_allowed: bool,
+    ) -> Result<AppendOutcome> {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
@@ -420,7 +445,7 @@ impl Log {
             )
             .into());
         }
-        if h.record_count == 0 {
+        if h.record_count == 0 && !emptied_allowed {
             // Emptied batches are compaction's; a producer must send records.
             return Err(crate::batch::BatchError::Inconsistent("batch without records").into());
         }

@@ -79,6 +79,30 @@ fn the_log_refuses_an_emptied_batch_from_a_producer() {
     assert!(log.append(&empty, RaftTerm(1), RaftIndex(0), 0).is_err());
 }
 
+/// A follower catching up a compacted shard receives the leader's emptied
+/// batches as Raft entries: the log takes them, and they keep their offsets
+/// (the fault suite found a rebuilt replica's group stopped on one).
+#[test]
+fn the_log_takes_an_emptied_batch_as_a_replicated_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(dir.path(), small_config(), 0).unwrap();
+    let b = Batch::new(Bytes::from(keyed(&["a", "b"], 0, Compression::None))).unwrap();
+    let empty = compact(&b, |_| false, 1).unwrap().unwrap();
+    let out = log.append_entry(&empty, RaftTerm(1), RaftIndex(0), 0).unwrap();
+    assert_eq!(out.base_offset.0, 0);
+    log.append(&keyed(&["c"], 1, Compression::None), RaftTerm(1), RaftIndex(1), 0)
+        .unwrap();
+    assert_eq!(
+        log.next_offset().0,
+        3,
+        "the emptied batch still occupies its two offsets"
+    );
+    assert_eq!(log.next_raft_index(), RaftIndex(2));
+    drop(log);
+    let (log, _) = Log::open(dir.path(), small_config(), 0).unwrap();
+    assert_eq!(log.next_offset().0, 3, "and recovery agrees");
+}
+
 #[test]
 fn compacting_a_sealed_segment_keeps_offsets_entries_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
