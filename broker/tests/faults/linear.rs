@@ -62,7 +62,8 @@ pub enum Verdict {
     Unknown,
 }
 
-/// States explored at most per key before giving up.
+/// States explored at most per key before giving up (memoised states
+/// hold one bit per operation of their piece, and pieces are short).
 pub const SEARCH_STATES_MAX: usize = 2_000_000;
 
 /// Applies `op` to `state`: the next state if its result is consistent.
@@ -91,12 +92,21 @@ fn step(state: &Entry, op: &Op, resolved: Option<u64>) -> Option<Entry> {
 }
 
 /// Checks one key's history.
+///
+/// An unknown write that some read saw must have taken effect before the
+/// first such read completed, so that completion is its deadline. With
+/// every operation bounded so, the history splits wherever nothing is
+/// pending (every operation before the cut completed before any after it
+/// began), and each piece is searched from the states the previous one
+/// could end in: long histories stay cheap.
 pub fn check(history: &[Op]) -> Verdict {
-    // Versions that reads saw each value with.
-    let mut seen: HashMap<&str, u64> = HashMap::new();
+    // Versions that reads saw each value with, and when the first such
+    // read completed.
+    let mut seen: HashMap<&str, (u64, u64)> = HashMap::new();
     for op in history {
         if let Ret::Read(Some((v, w))) = &op.ret {
-            seen.insert(v.as_str(), *w);
+            let e = seen.entry(v.as_str()).or_insert((*w, op.done_us));
+            e.1 = e.1.min(op.done_us);
         }
     }
     let mut ops: Vec<(Op, Option<u64>)> = history
@@ -104,27 +114,74 @@ pub fn check(history: &[Op]) -> Verdict {
         .filter_map(|op| match (&op.call, &op.ret) {
             (Call::Get, Ret::Unknown) => None,
             (Call::Put(v) | Call::Cas { value: v, .. }, Ret::Unknown) => {
-                seen.get(v.as_str()).map(|w| (op.clone(), Some(*w)))
+                seen.get(v.as_str()).map(|(w, by)| {
+                    let mut bounded = op.clone();
+                    bounded.done_us = *by;
+                    (bounded, Some(*w))
+                })
             }
             _ => Some((op.clone(), None)),
         })
         .collect();
     ops.sort_by_key(|(o, _)| o.invoke_us);
+    let mut states: HashSet<Entry> = HashSet::from([None]);
+    let mut budget = SEARCH_STATES_MAX;
+    let mut at = 0;
+    while at < ops.len() {
+        // The piece: up to the first operation invoked after everything
+        // before it completed.
+        let mut end = at + 1;
+        let mut horizon = ops[at].0.done_us;
+        while end < ops.len() && ops[end].0.invoke_us <= horizon {
+            horizon = horizon.max(ops[end].0.done_us);
+            end += 1;
+        }
+        let piece = &ops[at..end];
+        let mut finals = HashSet::new();
+        let mut why = String::new();
+        for start in &states {
+            match search(piece, start, &mut finals, &mut budget) {
+                Ok(()) => {}
+                Err(None) => return Verdict::Unknown,
+                Err(Some(w)) => why = w,
+            }
+        }
+        if finals.is_empty() {
+            return Verdict::NotLinearizable(format!(
+                "operations {at}..{end} (from states {states:?}): {why}"
+            ));
+        }
+        states = finals;
+        at = end;
+    }
+    Verdict::Linearizable
+}
+
+/// Every state `piece` can end in, from `start`, added to `finals`.
+/// `Err(Some(why))` when there is none, `Err(None)` when the budget ran out.
+fn search(
+    ops: &[(Op, Option<u64>)],
+    start: &Entry,
+    finals: &mut HashSet<Entry>,
+    budget: &mut usize,
+) -> Result<(), Option<String>> {
     let n = ops.len();
-    let required: Vec<bool> = ops.iter().map(|(o, _)| o.ret != Ret::Unknown).collect();
     let words = n.div_ceil(64).max(1);
     let is_done = |d: &[u64], i: usize| d[i / 64] & (1 << (i % 64)) != 0;
     let mut memo: HashSet<(Vec<u64>, Entry)> = HashSet::new();
     // The depth-first search: (linearized set, state, next candidate to
     // try at this level).
-    let mut stack: Vec<(Vec<u64>, Entry, usize)> = vec![(vec![0u64; words], None, 0)];
+    let mut stack: Vec<(Vec<u64>, Entry, usize)> = vec![(vec![0u64; words], start.clone(), 0)];
     let mut deepest = (0usize, String::new());
+    let before = finals.len();
     while let Some((d, state, from)) = stack.pop() {
-        if (0..n).all(|i| !required[i] || is_done(&d, i)) {
-            return Verdict::Linearizable;
+        let count = d.iter().map(|w| w.count_ones() as usize).sum::<usize>();
+        if count == n {
+            finals.insert(state);
+            continue;
         }
-        if memo.len() > SEARCH_STATES_MAX {
-            return Verdict::Unknown;
+        if *budget == 0 {
+            return Err(None);
         }
         // An op may go next if it was invoked before every pending
         // operation's completion.
@@ -140,7 +197,8 @@ pub fn check(history: &[Op]) -> Verdict {
                     let mut nd = d.clone();
                     nd[i / 64] |= 1 << (i % 64);
                     if memo.insert((nd.clone(), next.clone())) {
-                        // Resume this level after `i` once the child fails.
+                        *budget = budget.saturating_sub(1);
+                        // Resume this level after `i` once the child is done.
                         stack.push((d.clone(), state.clone(), i + 1));
                         stack.push((nd, next, 0));
                         break;
@@ -149,10 +207,9 @@ pub fn check(history: &[Op]) -> Verdict {
             }
             i += 1;
         }
-        let count = d.iter().map(|w| w.count_ones() as usize).sum::<usize>();
         if count >= deepest.0 && (i >= n || ops[i].0.invoke_us > horizon) {
             let blocked = (0..n)
-                .find(|&j| !is_done(&d, j) && required[j])
+                .find(|&j| !is_done(&d, j))
                 .map(|j| format!("process {}'s {:?}", ops[j].0.process, ops[j].0))
                 .unwrap_or_default();
             deepest = (
@@ -161,7 +218,11 @@ pub fn check(history: &[Op]) -> Verdict {
             );
         }
     }
-    Verdict::NotLinearizable(deepest.1)
+    if finals.len() > before {
+        Ok(())
+    } else {
+        Err(Some(deepest.1))
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +322,22 @@ mod tests {
             op(1, put("a"), Ret::Unknown, 2, u64::MAX),
         ];
         assert!(matches!(check(&early), Verdict::NotLinearizable(_)));
+    }
+
+    #[test]
+    fn long_histories_are_checked_piece_by_piece() {
+        // 20,000 operations, pairs of overlapping writes and reads: the
+        // search never sees more than a piece at once.
+        let mut h = Vec::new();
+        for k in 0..10_000u64 {
+            let t = k * 10;
+            h.push(op(1, Call::Put(format!("v{k}")), Ret::Written(k + 1), t, t + 5));
+            h.push(op(2, Call::Get, read(&format!("v{k}"), k + 1), t + 4, t + 8));
+        }
+        assert_eq!(check(&h), Verdict::Linearizable);
+        // One stale read late in the history is still found.
+        h[19_999] = op(2, Call::Get, read("v9000", 9001), 99_994, 99_998);
+        assert!(matches!(check(&h), Verdict::NotLinearizable(_)));
     }
 
     #[test]
