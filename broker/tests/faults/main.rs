@@ -187,7 +187,7 @@ impl Report {
             }
         }
         eprintln!(
-            "repeat with: FELIX_SEED={} cargo test --test faults {}",
+            "repeat with: FELIX_SEED={} cargo test -p felix-broker --test faults {}",
             self.seed, self.name
         );
     }
