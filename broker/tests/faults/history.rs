@@ -50,13 +50,8 @@ pub fn definite(e: &ClientError) -> bool {
         | ClientError::Record(_)
         | ClientError::Invalid(_)
         | ClientError::UnknownStream(_) => true,
-        ClientError::RetriesExhausted { last, .. } => {
-            // Every attempt failed the same definite way only if the last
-            // did and no attempt could have been delivered; the client
-            // does not say which attempts were, so this is unknown.
-            let _ = last;
-            false
-        }
+        // Retries exhausted included: the client does not say whether an
+        // earlier attempt was delivered, so the outcome is unknown.
         _ => false,
     }
 }

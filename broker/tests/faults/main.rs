@@ -53,7 +53,7 @@ const JOBS: &str = "dev/default/jobs";
 const KV: &str = "dev/default/kv";
 const TTL: &str = "dev/default/ttl";
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Workloads {
     stream: bool,
     group: bool,
@@ -61,36 +61,20 @@ struct Workloads {
     ttl: bool,
 }
 
-const STREAMS: Workloads = Workloads {
-    stream: true,
-    group: false,
-    cache: false,
-    ttl: false,
-};
-const GROUPS: Workloads = Workloads {
-    stream: false,
-    group: true,
-    cache: false,
-    ttl: false,
-};
-const CACHE: Workloads = Workloads {
-    stream: false,
-    group: false,
-    cache: true,
-    ttl: false,
-};
-const TTLS: Workloads = Workloads {
-    stream: false,
-    group: false,
-    cache: false,
-    ttl: true,
-};
-const ALL: Workloads = Workloads {
-    stream: true,
-    group: true,
-    cache: true,
-    ttl: true,
-};
+const fn only(stream: bool, group: bool, cache: bool, ttl: bool) -> Workloads {
+    Workloads {
+        stream,
+        group,
+        cache,
+        ttl,
+    }
+}
+
+const STREAMS: Workloads = only(true, false, false, false);
+const GROUPS: Workloads = only(false, true, false, false);
+const CACHE: Workloads = only(false, false, true, false);
+const TTLS: Workloads = only(false, false, false, true);
+const ALL: Workloads = only(true, true, true, true);
 
 fn seed() -> u64 {
     std::env::var("FELIX_SEED")
