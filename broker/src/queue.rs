@@ -10,7 +10,7 @@ use bytes::Bytes;
 use felix_client::wire::GroupRecord;
 use felix_index::control::{control_batch, ControlOp, GROUP_OFFSETS_PER_OP_MAX};
 use felix_index::group::{ConsumerId, GroupState, Refusal, GROUP_WINDOW_MAX};
-use felix_log::{Batch, BatchBuilder, BatchHeader, Compression, Offset, Record, RecordInput};
+use felix_log::{Batch, BatchBuilder, BatchHeader, Compression, Offset, ProducerId, Record, RecordInput};
 
 use crate::error::BrokerError;
 use crate::node::{Node, StreamHandle};
@@ -159,7 +159,8 @@ pub async fn fetch(
             });
         }
         if !dead.is_empty() {
-            dead_letter(node, h, number, &dead, meta.max_deliveries).await?;
+            dead_letter(node, h, (group, number), &dead, meta.max_deliveries).await?;
+            felix_log::failpoint::hit("queue.dead_lettered");
             finish.extend(dead.iter().map(|(r, _)| r.offset));
         }
         for offsets in chunks(finish) {
@@ -186,26 +187,36 @@ pub async fn fetch(
     Ok((until, out))
 }
 
-/// Appends dead records to `<stream>.dlq` with why, then they are acked.
+/// Appends dead records to `<stream>.dlq` with why; the caller then acks
+/// them in the source shard. The two writes are in different Raft groups,
+/// so the ack can be lost after the dead letter landed (a leader change in
+/// between), and the next fetch dead-letters the record again. Each dead
+/// letter is therefore its own batch under a producer id derived from the
+/// record it replaces ([`dead_letter_producer`]), sequence 0: the
+/// dead-letter shard's producer windows answer the second attempt with
+/// the first one's offset instead of writing it twice.
 async fn dead_letter(
     node: &Node,
     h: &StreamHandle,
-    shard: u32,
+    (group, shard): (&str, u32),
     dead: &[(Record, u32)],
     max_deliveries: u32,
 ) -> Result<(), BrokerError> {
     let dlq = node.ensure_stream(&h.name.dlq(), &h.meta()).await?;
     let reason = format!("max_deliveries ({max_deliveries}) reached");
     let target = dlq.shard(0)?;
-    let mut b = BatchBuilder::new(target.log().with(|l| l.config().batch_bytes_max));
+    let bytes_max = target.log().with(|l| l.config().batch_bytes_max);
+    let mut writes = Vec::with_capacity(dead.len());
     for (r, deliveries) in dead {
         let source = format!("{}/{shard}/{}", h.name, r.offset.0);
+        let producer = dead_letter_producer(&source, group);
         let deliveries = deliveries.to_string();
         let headers: Vec<(&[u8], &[u8])> = vec![
             (DLQ_REASON_HEADER, reason.as_bytes()),
             (DLQ_SOURCE_HEADER, source.as_bytes()),
             (DLQ_DELIVERIES_HEADER, deliveries.as_bytes()),
         ];
+        let mut b = BatchBuilder::new(bytes_max).producer(ProducerId(producer), 0);
         b.push(RecordInput {
             key: r.key.as_deref(),
             value: Some(r.value.as_deref().unwrap_or_default()),
@@ -213,11 +224,27 @@ async fn dead_letter(
             ttl_ms: None,
             headers: &headers,
         })?;
+        let bytes = Bytes::from(b.build(Compression::None)?);
+        // Concurrent, so a leader's proposer puts them in one entry.
+        writes.push(target.publish_anywhere(bytes, producer, 0));
     }
-    let bytes = b.build(Compression::None)?;
-    target.append_anywhere(Bytes::from(bytes)).await?;
+    for written in futures_util::future::join_all(writes).await {
+        written?;
+    }
     tracing::info!(stream = %h.name, records = dead.len(), "dead-lettered");
     Ok(())
+}
+
+/// The producer id of the dead letter of the record at `source`
+/// (`<stream>/<shard>/<offset>`) for `group`: the same on every broker and
+/// every attempt, never 0 (0 means "no producer").
+fn dead_letter_producer(source: &str, group: &str) -> u64 {
+    let mut key = Vec::with_capacity(source.len() + group.len() + 5);
+    key.extend_from_slice(b"dlq\0");
+    key.extend_from_slice(source.as_bytes());
+    key.push(0);
+    key.extend_from_slice(group.as_bytes());
+    felix_client::policy::fnv1a64(&key).max(1)
 }
 
 /// Groups items by shard number, checking each exists.

@@ -560,10 +560,18 @@ impl HostedShard {
         self.write(group, batch).await
     }
 
-    /// [`HostedShard::append`] that a follower forwards to the leader
-    /// (writes a broker makes on its own behalf, like dead letters).
-    pub async fn append_anywhere(&self, batch: Bytes) -> Result<Appended, BrokerError> {
-        match self.append(batch.clone()).await {
+    /// [`HostedShard::publish`] that a follower forwards to the leader
+    /// (writes a broker makes on its own behalf, like dead letters). The
+    /// leader answers a forwarded retry from its producer windows too
+    /// (`Applier::forwarded`), so a write with a producer id is idempotent
+    /// whichever replica it is handed to.
+    pub async fn publish_anywhere(
+        &self,
+        batch: Bytes,
+        producer_id: u64,
+        sequence: u64,
+    ) -> Result<Appended, BrokerError> {
+        match self.publish(batch.clone(), producer_id, sequence).await {
             Err(BrokerError::NotLeader { .. }) if self.group.get().is_some() => {
                 let g = self.group.get().expect("checked");
                 self.committed(g.replica.write_anywhere(batch)).await
@@ -777,6 +785,25 @@ impl Applier for HostedShard {
                 .collect(),
         };
         serde_json::to_vec(&s).map_err(|e| e.to_string())
+    }
+
+    fn forwarded(self: Arc<Self>, batch: Bytes) -> Option<felix_replication::Forwarded> {
+        // Only a producer's batch has a window to answer a retry from;
+        // anything else is proposed as it came.
+        let h = BatchHeader::decode(&batch).ok()?;
+        if h.producer_id.0 == 0 || h.producer_count > 0 || h.flags.control() {
+            return None;
+        }
+        Some(Box::pin(async move {
+            self.publish(batch, h.producer_id.0, h.producer_seq)
+                .await
+                .map(|a| felix_replication::Response {
+                    base_offset: a.base_offset,
+                    count: a.count,
+                    raft_index: 0,
+                })
+                .map_err(|e| e.to_string())
+        }))
     }
 }
 

@@ -204,6 +204,68 @@ fn nacked_records_come_back_after_the_delay_and_dead_letter_after_max_deliveries
     });
 }
 
+/// The dead letter and the ack that follows it are two writes; a crash
+/// between them (the failpoint SIGKILLs the broker there) leaves the record
+/// unacked, so the next fetch dead-letters it again. That second attempt
+/// must find the first in the dead-letter stream's producer windows, which
+/// the restarted broker rebuilt from its log.
+#[test]
+fn a_dead_letter_whose_ack_was_lost_to_a_crash_is_written_once() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut b = Broker::start_with(dir.path(), &[("FELIX_FAILPOINT", "queue.dead_lettered")]);
+    let g = rt.block_on(async {
+        let c = b.client().await;
+        let mut cfg = stream_config("jobs", 1);
+        cfg.max_deliveries = 1;
+        create(&c, cfg).await;
+        let p = c.producer("jobs", ProducerConfig::default()).await.unwrap();
+        for v in ["poison", "bad"] {
+            p.send_wait(ProducerRecord::keyed("j", v)).await.unwrap();
+        }
+        let g = c.group_consumer("jobs", "g");
+        assert_eq!(g.fetch(2, 10_000).await.unwrap().records.len(), 2);
+        g.nack(&[(0, 0), (0, 1)], 0).await.unwrap();
+        g
+    });
+    // This fetch dead-letters both and dies before acking them (its client
+    // would retry for a long while: it is abandoned).
+    let dying = rt.spawn(async move { g.fetch(2, 10_000).await });
+    let status = b.wait_exit();
+    dying.abort();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the failpoint kills the broker: {status}"
+    );
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let g = c.group_consumer("jobs", "g");
+        let none = g.fetch(2, 10_000).await.unwrap();
+        assert!(
+            none.records.is_empty(),
+            "dead-lettered again, and acked: {none:?}"
+        );
+        let opts = SubscribeOptions {
+            start: Start::Earliest,
+            ..SubscribeOptions::default()
+        };
+        let mut dlq = c.subscribe("jobs.dlq", opts).await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(d) = tokio::time::timeout(Duration::from_millis(700), dlq.next()).await {
+            let d = d.unwrap().unwrap();
+            got.push((d.record.offset.0, d.record.value.unwrap()));
+        }
+        assert_eq!(
+            got,
+            vec![(0, Bytes::from("poison")), (1, Bytes::from("bad"))],
+            "each record dead-lettered once"
+        );
+    });
+}
+
 #[test]
 fn cache_versions_cas_ttl_and_delete() {
     let dir = tempfile::tempdir().unwrap();

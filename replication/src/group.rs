@@ -247,8 +247,8 @@ impl Replica {
         })?;
         let purge_floor = Arc::new(AtomicU64::new(0));
         let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone());
-        let sm =
-            StateMachine::open(log, state_dir.clone(), applier, applied).map_err(ReplicationError::Apply)?;
+        let sm = StateMachine::open(log, state_dir.clone(), applier.clone(), applied)
+            .map_err(ReplicationError::Apply)?;
         let (outvoted, outran) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let net = NetworkFactory {
             transport: transport.clone(),
@@ -260,7 +260,7 @@ impl Replica {
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         let handover = Arc::new(Handover::default());
-        let heard = router.add(group, raft.clone(), state_dir, handover.clone());
+        let heard = router.add(group, raft.clone(), state_dir, handover.clone(), applier);
         let votes = Refusals { outvoted, outran };
         tokio::spawn(elections(raft.clone(), id, cfg, heard, votes, handover.clone()));
         Ok(Replica {

@@ -39,7 +39,20 @@ pub trait Applier: Send + Sync + 'static {
     fn snapshot_state(&self) -> Result<Vec<u8>, String> {
         Ok(Vec::new())
     }
+    /// A write a follower forwarded to this replica (as leader). `None`
+    /// proposes it as it is. An owner that keeps producer windows returns
+    /// its own write path instead, so a forwarded retry of a write that
+    /// already landed is answered from the windows, not written twice.
+    fn forwarded(self: Arc<Self>, _batch: bytes::Bytes) -> Option<Forwarded> {
+        None
+    }
 }
+
+/// An owner's answer to a forwarded write: where it landed (a
+/// `raft_index` of 0 when the owner answered from its windows and does not
+/// know the entry).
+pub type Forwarded =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, String>> + Send + 'static>>;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Applied {

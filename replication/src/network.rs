@@ -69,6 +69,8 @@ struct Hosted {
     /// When a leader's AppendEntries last reached this replica
     /// ([`heard_now`] clock; 0: never).
     heard: Arc<AtomicU64>,
+    /// The group's owner, which may write forwarded batches its own way.
+    owner: Arc<dyn crate::Applier>,
 }
 
 /// Milliseconds on a monotonic clock private to this process, never 0.
@@ -98,6 +100,7 @@ impl Router {
         raft: Raft,
         state_dir: PathBuf,
         handover: Arc<crate::group::Handover>,
+        owner: Arc<dyn crate::Applier>,
     ) -> Arc<AtomicU64> {
         let heard = Arc::new(AtomicU64::new(0));
         self.groups.write().expect("router lock").insert(
@@ -107,6 +110,7 @@ impl Router {
                 handover,
                 state_dir,
                 heard: heard.clone(),
+                owner,
             },
         );
         heard
@@ -508,9 +512,12 @@ async fn serve(
             Err(e) => Err(e),
         },
         KIND_FORWARD => match de::<Request>(&body) {
-            Ok(req) => match raft.client_write(req).await {
-                Ok(r) => ser(&r.data),
-                Err(e) => Err(e.to_string()),
+            Ok(req) => match hosted.owner.clone().forwarded(req.0.clone()) {
+                Some(write) => write.await.and_then(|r| ser(&r)),
+                None => match raft.client_write(req).await {
+                    Ok(r) => ser(&r.data),
+                    Err(e) => Err(e.to_string()),
+                },
             },
             Err(e) => Err(e),
         },

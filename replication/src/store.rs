@@ -86,7 +86,27 @@ impl LogStore {
         });
         batches
             .iter()
-            .map(|b| entry::from_batch(b).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e)))
+            .map(|b| {
+                // The log verifies batches when it appends them and when it
+                // recovers an unsealed tail, not when it opens sealed
+                // segments (unless `verify_on_start`). Checking again here
+                // keeps damage on this replica from being shipped: a
+                // follower would refuse the batch and its group would stop,
+                // where this way the damaged replica's own group stops and
+                // a healthy one takes over.
+                let h = b.header();
+                felix_log::Batch::new(b.bytes().clone()).map_err(|e| {
+                    io_err(
+                        ErrorSubject::Logs,
+                        ErrorVerb::Read,
+                        format!(
+                            "entry {} of this replica's log is damaged (`felix log check --full` finds it): {e}",
+                            h.raft_index.0
+                        ),
+                    )
+                })?;
+                entry::from_batch(b).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+            })
             .collect()
     }
 }

@@ -527,3 +527,74 @@ async fn a_restart_applies_a_backlog_longer_than_one_read() {
     wait_applied(&back, after).await;
     assert_eq!(entries(&back.log), entries(&leader.log));
 }
+
+/// Finds `needle` in the files under `dir` and flips a bit of its first
+/// byte in place (the log's mapping sees it at once); where it was.
+fn flip_in(dir: &std::path::Path, needle: &[u8]) -> (std::path::PathBuf, usize) {
+    let mut found = Vec::new();
+    for e in walk(dir) {
+        let bytes = std::fs::read(&e).unwrap();
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            found.push((e, at));
+        }
+    }
+    assert_eq!(found.len(), 1, "{needle:?} once under {}", dir.display());
+    let (path, at) = found.pop().unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, &[needle[0] ^ 0x20], at as u64).unwrap();
+    (path, at)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A leader whose log was damaged after the entries were written (a bit
+/// flipped on disk) must not ship the damage: the follower that needs
+/// those entries would refuse them and its group would stop for good.
+/// The damaged leader's own group stops instead, the healthy replica takes
+/// over, and the follower catches up from it with the undamaged bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_with_a_damaged_entry_stops_rather_than_ship_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, l) = cluster(tmp.path()).await;
+    let leader = nodes.remove(l);
+    let (id, addr) = stop(nodes.remove(0)).await;
+    let mut last = 0;
+    for i in 0..10 {
+        last = leader
+            .replica
+            .write(batch(&format!("payload-{i}")))
+            .await
+            .unwrap()
+            .raft_index;
+    }
+    let healthy = nodes.remove(0);
+    wait_applied(&healthy, last).await;
+    flip_in(
+        &tmp.path().join(format!("n{}", leader.id)).join("log"),
+        b"payload-5",
+    );
+
+    let behind = start(tmp.path(), id, &addr).await;
+    wait_applied(&behind, last).await;
+    assert!(healthy.replica.is_leader(), "the healthy replica took over");
+    assert_eq!(entries(&behind.log), entries(&healthy.log));
+    assert!(
+        entries(&behind.log)
+            .iter()
+            .any(|e| e.3.windows(9).any(|w| w == b"payload-5")),
+        "the follower holds the undamaged entry"
+    );
+    let after = healthy.replica.write(batch("after")).await.unwrap().raft_index;
+    wait_applied(&behind, after).await;
+}

@@ -111,6 +111,11 @@ impl Broker {
         }
     }
 
+    /// Waits for a process that ends on its own (a failpoint) and says how.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.take().expect("running").wait().expect("wait")
+    }
+
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

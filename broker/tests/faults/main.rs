@@ -165,12 +165,7 @@ impl Report {
             eprintln!("anomalies: none");
         }
         for (class, (n, examples)) in &self.anomalies.by_class {
-            let known = if KNOWN.contains(class) {
-                " (known, not fixed: docs/faults.md)"
-            } else {
-                ""
-            };
-            eprintln!("anomaly {class}: {n}{known}");
+            eprintln!("anomaly {class}: {n}");
             for e in examples {
                 eprintln!("    {e}");
             }
@@ -654,23 +649,12 @@ fn check_replicas(replicas: &[BTreeMap<String, Vec<Stored>>], a: &mut Anomalies)
     }
 }
 
-/// Anomaly classes the suite found that are not fixed yet, each described
-/// in `docs/faults.md` ("Found, not fixed"). They are counted and printed
-/// in every report but do not fail a run; any other class does.
-const KNOWN: &[&str] = &["dead-lettered-twice"];
-
 fn expect_clean(r: Report) {
-    let unknown: Vec<_> = r
-        .anomalies
-        .by_class
-        .iter()
-        .filter(|(class, _)| !KNOWN.contains(class))
-        .collect();
     assert!(
-        unknown.is_empty(),
+        r.anomalies.by_class.is_empty(),
         "{}: anomalies {:?} (seed {})",
         r.name,
-        unknown,
+        r.anomalies.by_class,
         r.seed
     );
 }
