@@ -9,6 +9,12 @@ pub const DEV_TENANT: &str = "dev";
 pub const DEFAULT_NAMESPACE: &str = "default";
 /// Longest part of a name.
 pub const NAME_PART_BYTES_MAX: usize = 64;
+/// What a dead-letter stream's name adds to its stream's.
+pub const DLQ_SUFFIX: &str = ".dlq";
+/// Dead-letter suffixes a name may carry beyond [`NAME_PART_BYTES_MAX`]:
+/// a stream with a name of the longest length still gets its dead-letter
+/// stream, and that one its own, this many deep.
+pub const DLQ_SUFFIXES_MAX: usize = 4;
 
 /// A fully qualified stream (or cache) name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,15 +38,16 @@ impl StreamName {
                 )))
             }
         };
-        for p in [t, n, x] {
+        for (i, p) in [t, n, x].into_iter().enumerate() {
+            let stem = if i == 2 { without_dlq_suffixes(p) } else { p };
             let ok = !p.is_empty()
-                && p.len() <= NAME_PART_BYTES_MAX
+                && stem.len() <= NAME_PART_BYTES_MAX
                 && !p.starts_with('.')
                 && p.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
             if !ok {
                 return Err(BrokerError::InvalidName(format!(
-                    "{s:?}: each part is 1 to {NAME_PART_BYTES_MAX} of A-Z a-z 0-9 . _ - and does not start with a dot"
+                    "{s:?}: each part is 1 to {NAME_PART_BYTES_MAX} of A-Z a-z 0-9 . _ - (the name's, not counting up to {DLQ_SUFFIXES_MAX} trailing {DLQ_SUFFIX:?}) and does not start with a dot"
                 )));
             }
         }
@@ -54,10 +61,29 @@ impl StreamName {
     /// The dead-letter stream of this stream.
     pub fn dlq(&self) -> StreamName {
         StreamName {
-            name: format!("{}.dlq", self.name),
+            name: format!("{}{DLQ_SUFFIX}", self.name),
             ..self.clone()
         }
     }
+}
+
+// A full name with the longest parts and every dead-letter suffix still
+// fits the wire's name field.
+const _: () = assert!(
+    3 * NAME_PART_BYTES_MAX + DLQ_SUFFIXES_MAX * DLQ_SUFFIX.len() + 2
+        <= felix_client::wire::message::NAME_BYTES_MAX
+);
+
+/// `name` without up to [`DLQ_SUFFIXES_MAX`] trailing [`DLQ_SUFFIX`]es.
+fn without_dlq_suffixes(name: &str) -> &str {
+    let mut stem = name;
+    for _ in 0..DLQ_SUFFIXES_MAX {
+        match stem.strip_suffix(DLQ_SUFFIX) {
+            Some(s) if !s.is_empty() => stem = s,
+            _ => break,
+        }
+    }
+    stem
 }
 
 impl fmt::Display for StreamName {
@@ -87,5 +113,25 @@ mod tests {
         for bad in ["", "a/b", "a/b/c/d", "a//c", ".hidden", "sp ace", &"x".repeat(65)] {
             assert!(StreamName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_longest_name_still_has_dead_letter_streams_four_deep() {
+        let mut n = StreamName::parse(&"x".repeat(NAME_PART_BYTES_MAX)).unwrap();
+        for _ in 0..DLQ_SUFFIXES_MAX {
+            n = StreamName::parse(&n.dlq().to_string()).expect("a dead-letter name parses");
+        }
+        assert_eq!(
+            n.name.len(),
+            NAME_PART_BYTES_MAX + DLQ_SUFFIXES_MAX * DLQ_SUFFIX.len()
+        );
+        assert!(
+            StreamName::parse(&n.dlq().to_string()).is_err(),
+            "five deep is too long"
+        );
+        // The suffixes are only allowed beyond the limit on the name part.
+        let long_ns = format!("t/{}.dlq/n", "x".repeat(NAME_PART_BYTES_MAX));
+        assert!(StreamName::parse(&long_ns).is_err());
+        assert!(StreamName::parse(&format!("{}.dlq", "x".repeat(NAME_PART_BYTES_MAX + 1))).is_err());
     }
 }

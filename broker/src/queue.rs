@@ -159,9 +159,21 @@ pub async fn fetch(
             });
         }
         if !dead.is_empty() {
-            dead_letter(node, h, (group, number), &dead, meta.max_deliveries).await?;
-            felix_log::failpoint::hit("queue.dead_lettered");
-            finish.extend(dead.iter().map(|(r, _)| r.offset));
+            match dead_letter(node, h, (group, number), &dead, meta.max_deliveries).await {
+                Ok(()) => {
+                    felix_log::failpoint::hit("queue.dead_lettered");
+                    finish.extend(dead.iter().map(|(r, _)| r.offset));
+                }
+                // Not the fetch's failure: the dead records stay unacked
+                // (past max_deliveries, so never delivered again) and the
+                // next fetch tries again, while the rest of the group moves
+                // on instead of waiting for the dead-letter stream.
+                Err(e) => {
+                    metrics::counter!(crate::observe::metrics::DEAD_LETTER_FAILURES_TOTAL).increment(1);
+                    tracing::warn!(stream = %h.name, shard = number, records = dead.len(), error = %e,
+                        "dead letters not written; tried again at the next fetch");
+                }
+            }
         }
         for offsets in chunks(finish) {
             ops.push(ControlOp::GroupAck {

@@ -266,6 +266,69 @@ fn a_dead_letter_whose_ack_was_lost_to_a_crash_is_written_once() {
     });
 }
 
+/// A stream whose name is as long as names go still gets a dead-letter
+/// stream; and a dead letter that cannot be written (a record so close to
+/// the batch limit that the dead-letter headers push it over) does not
+/// stall the group: the fetch serves the records behind it, and the dead
+/// record is never delivered again.
+#[test]
+fn dead_letters_of_the_longest_name_and_an_unwritable_one_does_not_stall_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let long = "x".repeat(64);
+        let mut cfg = stream_config(&long, 1);
+        cfg.max_deliveries = 1;
+        create(&c, cfg).await;
+        let p = c.producer(&long, ProducerConfig::default()).await.unwrap();
+        p.send_wait(ProducerRecord::keyed("k", "poison")).await.unwrap();
+        let g = c.group_consumer(&long, "g");
+        assert_eq!(g.fetch(1, 10_000).await.unwrap().records.len(), 1);
+        g.nack(&[(0, 0)], 0).await.unwrap();
+        assert!(g.fetch(1, 10_000).await.unwrap().records.is_empty());
+        let opts = SubscribeOptions {
+            start: Start::Earliest,
+            ..SubscribeOptions::default()
+        };
+        let mut dlq = c.subscribe(&format!("{long}.dlq"), opts.clone()).await.unwrap();
+        let d = dlq.next().await.unwrap().unwrap();
+        assert_eq!(d.record.value.as_deref(), Some(&b"poison"[..]));
+
+        let mut cfg = stream_config("big", 1);
+        cfg.max_deliveries = 1;
+        create(&c, cfg).await;
+        let p = c.producer("big", ProducerConfig::default()).await.unwrap();
+        let huge = Bytes::from(vec![b'h'; (1 << 20) - 150]);
+        p.send_wait(ProducerRecord::keyed("k", huge)).await.unwrap();
+        let g = c.group_consumer("big", "g");
+        assert_eq!(g.fetch(1, 10_000).await.unwrap().records.len(), 1);
+        g.nack(&[(0, 0)], 0).await.unwrap();
+        p.send_wait(ProducerRecord::keyed("k", "next")).await.unwrap();
+        // The dead letter of offset 0 does not fit a batch; the fetch
+        // still answers, with the record behind it.
+        let got = g.fetch(5, 10_000).await.unwrap();
+        let offsets: Vec<u64> = got.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![1], "{got:?}");
+        g.ack(&[(0, 1)]).await.unwrap();
+        let again = g.fetch(5, 1_000).await.unwrap();
+        assert!(
+            again.records.is_empty(),
+            "the dead record is not delivered again: {again:?}"
+        );
+        let admin = b
+            .profile
+            .admin
+            .first()
+            .expect("felix dev serves /metrics")
+            .clone();
+        let scrape = metrics_text(&reqwest::Client::new(), &admin).await;
+        let failures = series(&scrape, "felix_dead_letter_failures_total").unwrap_or(0.0);
+        assert!(failures >= 2.0, "each fetch counted its failure: {failures}");
+    });
+}
+
 #[test]
 fn cache_versions_cas_ttl_and_delete() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,6 +20,9 @@ pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seco
 pub const FEED_VERSION: &str = "felix_controlplane_feed_version";
 /// Group-commit fsyncs of segment logs (a histogram, seconds).
 pub const FSYNC_SECONDS: &str = "felix_fsync_duration_seconds";
+/// Fetches whose dead letters could not be written (the records stay
+/// unacked and are tried again at the next fetch).
+pub const DEAD_LETTER_FAILURES_TOTAL: &str = "felix_dead_letter_failures_total";
 /// SIGHUP reloads, by `outcome` (`applied`, `refused`).
 pub const CONFIG_RELOADS_TOTAL: &str = "felix_config_reloads_total";
 /// Named subscriptions and groups per shard whose lag is reported (their
