@@ -35,6 +35,8 @@ pub const SHARD_IN_FLIGHT_BYTES_MAX: usize = 64 << 20;
 pub const SHARD_OVERLOADED_RETRY_MS: u32 = 20;
 /// Producers whose last batch a shard remembers for deduplication.
 pub const PRODUCERS_PER_SHARD_MAX: usize = 100_000;
+/// When the windows are full, one in this many (the oldest) is forgotten.
+pub const PRODUCERS_FORGOTTEN_SHARE: usize = 16;
 /// The term every entry of an unreplicated shard gets.
 pub const SINGLE_NODE_TERM: RaftTerm = RaftTerm(1);
 /// Entries at the end of the log scanned at start-up to rebuild producer
@@ -714,10 +716,7 @@ fn note_producer(p: &mut HashMap<u64, (u64, Appended)>, batch: &Batch) {
     for run in runs {
         let id = run.producer_id.0;
         if p.len() >= PRODUCERS_PER_SHARD_MAX && !p.contains_key(&id) {
-            // Forget an arbitrary producer; it loses only its dedup window.
-            if let Some(k) = p.keys().next().copied() {
-                p.remove(&k);
-            }
+            forget_oldest(p);
         }
         let at = Appended {
             base_offset: base + u64::from(run.offset_delta),
@@ -728,6 +727,24 @@ fn note_producer(p: &mut HashMap<u64, (u64, Appended)>, batch: &Batch) {
             *e = (run.first_seq, at);
         }
     }
+}
+
+/// Forgets the producers whose last batch is oldest in the log,
+/// 1/[`PRODUCERS_FORGOTTEN_SHARE`] of the windows at once, so that a shard
+/// taking many new producers (a dead letter is one each) scans the windows
+/// once per many of them. A forgotten producer loses only its dedup
+/// window, as Kafka expires idle producer ids. The windows are full when
+/// this runs, so the producer written last is never among the forgotten,
+/// and a retry right after its write is still answered.
+fn forget_oldest(p: &mut HashMap<u64, (u64, Appended)>) {
+    let mut at: Vec<u64> = p.values().map(|(_, a)| a.base_offset).collect();
+    if at.is_empty() {
+        return;
+    }
+    let n = (at.len() / PRODUCERS_FORGOTTEN_SHARE).max(1);
+    let (_, cut, _) = at.select_nth_unstable(n - 1);
+    let cut = *cut;
+    p.retain(|_, (_, a)| a.base_offset > cut);
 }
 
 /// Producer windows from the last entries before `unapplied`.
@@ -829,5 +846,33 @@ fn cut_at(chunk: ReadChunk, from: u64, hwm: u64) -> ReadChunk {
     ReadChunk {
         bytes: chunk.bytes.slice(..keep),
         next_offset: Offset(next.unwrap_or(from)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_windows_forget_the_producers_written_longest_ago() {
+        let window = |i: u64| {
+            (
+                7,
+                Appended {
+                    base_offset: i * 3,
+                    count: 1,
+                },
+            )
+        };
+        // Inserted in no particular order of age.
+        let mut p: HashMap<u64, (u64, Appended)> =
+            (0..1600u64).rev().map(|i| (1000 + i, window(i))).collect();
+        forget_oldest(&mut p);
+        assert_eq!(p.len(), 1600 - 1600 / PRODUCERS_FORGOTTEN_SHARE);
+        assert!((0..100u64).all(|i| !p.contains_key(&(1000 + i))), "the oldest go");
+        assert!(
+            (100..1600u64).all(|i| p.contains_key(&(1000 + i))),
+            "the rest stay"
+        );
     }
 }
