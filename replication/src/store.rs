@@ -95,7 +95,7 @@ impl LogStore {
                 // where this way the damaged replica's own group stops and
                 // a healthy one takes over.
                 let h = b.header();
-                felix_log::Batch::new(b.bytes().clone()).map_err(|e| {
+                b.check_checksums().map_err(|e| {
                     io_err(
                         ErrorSubject::Logs,
                         ErrorVerb::Read,

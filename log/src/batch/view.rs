@@ -343,6 +343,14 @@ impl Batch {
         &self.header
     }
 
+    /// Checks both checksums again over the bytes as they are now: a
+    /// batch the log hands out may come from a sealed segment that was not
+    /// re-read when the log opened, and the disk may have changed since.
+    pub fn check_checksums(&self) -> Result<(), BatchError> {
+        let h = BatchHeader::decode(&self.bytes)?;
+        check_records_crc(&self.bytes, &h)
+    }
+
     /// The encoded batch, exactly as stored.
     pub fn bytes(&self) -> &Bytes {
         &self.bytes
