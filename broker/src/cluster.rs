@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,11 +25,10 @@ use tokio::sync::watch;
 use crate::config::ClusterConfig;
 use crate::error::BrokerError;
 use crate::identity::Identity;
-use crate::node::Node;
 
-/// Where a clustered broker keeps the metadata group, under its data
-/// directory.
-pub const META_DIR: &str = "meta";
+// Where a clustered broker keeps the metadata group, under its data
+// directory (defined beside the identity, which checks for it).
+pub use crate::identity::META_DIR;
 /// How often a broker without metadata state asks its peers whether the
 /// cluster exists yet.
 const FORM_POLL: Duration = Duration::from_millis(500);
@@ -37,10 +36,6 @@ const FORM_POLL: Duration = Duration::from_millis(500);
 /// Outcomes of applied metadata entries kept for the writers waiting on
 /// them (the oldest go first).
 const META_OUTCOMES_MAX: usize = 1024;
-/// A metadata entry whose record is older than this when applied is a
-/// replay (a restart, or a broker rebuilt from an empty disk): its shard
-/// groups wait for an existing leader before bootstrapping.
-const FRESH_CREATE_MS: i64 = 30_000;
 
 /// A change to the cluster's stream definitions.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,9 +127,9 @@ pub struct Cluster {
     pub write_timeout: Duration,
     meta: OnceLock<Replica>,
     /// The first metadata entry not applied yet.
-    meta_next: watch::Sender<u64>,
+    pub(crate) meta_next: watch::Sender<u64>,
     outcomes: Mutex<BTreeMap<u64, Result<(), String>>>,
-    meta_log: Arc<SharedLog>,
+    pub(crate) meta_log: Arc<SharedLog>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -201,12 +196,10 @@ impl Cluster {
         })
     }
 
-    /// Starts the metadata group, applying to `node`.
-    pub async fn start_meta(&self, node: &Arc<Node>, data_dir: &Path) -> Result<(), BrokerError> {
+    /// Starts the metadata group, its committed entries applied by
+    /// `applier` (the node's, `metagroup::MetaApplier`).
+    pub async fn start_meta(&self, applier: Arc<dyn Applier>, data_dir: &Path) -> Result<(), BrokerError> {
         let applied = (*self.meta_next.borrow()).checked_sub(1).map(RaftIndex);
-        let applier = Arc::new(MetaApplier {
-            node: Arc::downgrade(node),
-        });
         let replica = Replica::start(
             self.me,
             GroupId::META,
@@ -397,7 +390,7 @@ impl Cluster {
         }
     }
 
-    fn record_outcome(&self, index: u64, outcome: Result<(), String>) {
+    pub(crate) fn record_outcome(&self, index: u64, outcome: Result<(), String>) {
         let mut o = self.outcomes.lock().expect("outcomes lock");
         o.insert(index, outcome);
         while o.len() > META_OUTCOMES_MAX {
@@ -523,85 +516,10 @@ fn refusal(why: String) -> BrokerError {
     }
 }
 
-fn refusal_text(e: &BrokerError) -> String {
-    match e {
-        BrokerError::StreamExists(n) => format!("exists:{n}"),
-        BrokerError::UnknownStream(n) => format!("unknown:{n}"),
-        e => e.to_string(),
-    }
-}
-
 /// Bootstraps `replica`'s group in the background (see
 /// [`Replica::bootstrap`]).
 async fn bootstrap(replica: Replica, members: BTreeMap<NodeId, BrokerNode>, wait: Duration) {
     if let Err(e) = replica.bootstrap(members, wait).await {
         tracing::warn!(group = %replica.group, error = %e, "bootstrapping the group failed");
-    }
-}
-
-/// Applies committed metadata entries to the node.
-struct MetaApplier {
-    node: Weak<Node>,
-}
-
-impl Applier for MetaApplier {
-    fn apply_through(&self, through: RaftIndex) -> Result<(), String> {
-        let Some(node) = self.node.upgrade() else {
-            return Err("the node is gone".into());
-        };
-        let Some(cluster) = node.cluster() else {
-            return Err("not in a cluster".into());
-        };
-        let next = *cluster.meta_next.borrow();
-        if through.0 < next {
-            return Ok(());
-        }
-        let entries: Vec<_> = cluster.meta_log.with(|l| {
-            l.positioned_from_raft_index(RaftIndex(next))
-                .take_while(|p| p.batch.header().raft_index <= through)
-                .map(|p| p.batch)
-                .collect()
-        });
-        let now = node.now_ms();
-        for b in entries {
-            let index = b.header().raft_index.0;
-            if b.header().flags.control() {
-                continue;
-            }
-            let records = b.records().map_err(|e| e.to_string())?;
-            for r in records {
-                let r = r.map_err(|e| e.to_string())?;
-                let fresh = now.saturating_sub(r.timestamp_ms) < FRESH_CREATE_MS;
-                let outcome = match r.value.as_deref().map(serde_json::from_slice::<MetaOp>) {
-                    Some(Ok(op)) => node.apply_meta(&op, index, fresh).map_err(|e| refusal_text(&e)),
-                    Some(Err(e)) => Err(format!("unreadable metadata entry: {e}")),
-                    None => Err("empty metadata entry".into()),
-                };
-                if let Err(why) = &outcome {
-                    tracing::debug!(index, why, "metadata change refused");
-                }
-                cluster.record_outcome(index, outcome);
-            }
-        }
-        cluster.meta_next.send_replace(through.0 + 1);
-        Ok(())
-    }
-
-    fn installed(&self, last: RaftIndex, state: &[u8]) -> Result<(), String> {
-        let Some(node) = self.node.upgrade() else {
-            return Err("the node is gone".into());
-        };
-        node.install_meta(state, last.0).map_err(|e| e.to_string())?;
-        if let Some(c) = node.cluster() {
-            c.meta_next.send_replace(last.0 + 1);
-        }
-        Ok(())
-    }
-
-    fn snapshot_state(&self) -> Result<Vec<u8>, String> {
-        let Some(node) = self.node.upgrade() else {
-            return Err("the node is gone".into());
-        };
-        node.meta_snapshot().map_err(|e| e.to_string())
     }
 }

@@ -19,6 +19,9 @@ use felix_replication::store::write_durably;
 use crate::error::BrokerError;
 
 pub const IDENTITY_FILE: &str = "identity.json";
+/// The metadata group's directory under a broker's data directory: its
+/// presence without an identity file means the identity was lost.
+pub const META_DIR: &str = "meta";
 const FILE_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +87,7 @@ impl Identity {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if data_dir.join(crate::cluster::META_DIR).exists() {
+                if data_dir.join(META_DIR).exists() {
                     return Err(err(
                         "missing, but the directory holds cluster state: move the directory away to rebuild this broker from its peers under a new identity"
                             .into(),
@@ -164,7 +167,7 @@ mod tests {
     #[test]
     fn cluster_state_without_an_identity_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join(crate::cluster::META_DIR)).unwrap();
+        std::fs::create_dir_all(d.path().join(META_DIR)).unwrap();
         let e = Identity::load_or_create(d.path(), 1).unwrap_err().to_string();
         assert!(e.contains("move the directory away"), "{e}");
     }

@@ -20,6 +20,7 @@ use crate::control::ControlLink;
 use crate::error::BrokerError;
 use crate::hot::HotCache;
 use crate::meta::{MetaStore, StreamKind, StreamMeta};
+use crate::metagroup::{MetaApplier, MetaOwner};
 use crate::names::StreamName;
 use crate::shard::HostedShard;
 
@@ -673,7 +674,11 @@ impl Node {
                     .await?;
             }
         }
-        cluster.start_meta(self, &self.data_dir).await
+        let owner: Arc<dyn MetaOwner> = self.clone();
+        let applier = Arc::new(MetaApplier {
+            node: Arc::downgrade(&owner),
+        });
+        cluster.start_meta(applier, &self.data_dir).await
     }
 
     /// Applies metadata entry `index` (cluster only). `fresh`: written just
@@ -971,5 +976,27 @@ fn compaction_config(kind: StreamKind) -> CompactionConfig {
             ..CompactionConfig::default()
         },
         _ => CompactionConfig::default(),
+    }
+}
+
+impl MetaOwner for Node {
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        Node::cluster(self)
+    }
+
+    fn now_ms(&self) -> i64 {
+        Node::now_ms(self)
+    }
+
+    fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
+        Node::apply_meta(self, op, index, fresh)
+    }
+
+    fn install_meta(&self, state: &[u8], index: u64) -> Result<(), BrokerError> {
+        Node::install_meta(self, state, index)
+    }
+
+    fn meta_snapshot(&self) -> Result<Vec<u8>, BrokerError> {
+        Node::meta_snapshot(self)
     }
 }

@@ -238,15 +238,11 @@ impl Node {
         }
         .validate()
         .map_err(|e| CpError::BadRequest(e.to_string()))?;
-        let raft = Raft::new(
-            cfg.id,
-            Arc::new(raft_cfg),
-            Network::new(cfg.cluster_secret.clone()),
-            log,
-            sm.clone(),
-        )
-        .await
-        .map_err(|e| CpError::Store(e.to_string()))?;
+        let network = Network::new(cfg.cluster_secret.clone());
+        let outvoted = network.outvoted.clone();
+        let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone())
+            .await
+            .map_err(|e| CpError::Store(e.to_string()))?;
         let me = cfg.advertise.clone().unwrap_or_else(|| cfg.listen.to_string());
         let members: BTreeMap<NodeId, BasicNode> = if cfg.peers.is_empty() {
             [(cfg.id, BasicNode { addr: me })].into()
@@ -274,6 +270,11 @@ impl Node {
             jwks_cache: Mutex::new(HashMap::new()),
         });
         tokio::spawn(monitor(Arc::downgrade(&node)));
+        tokio::spawn(crate::raft::elections::restand_split_votes(
+            node.raft.clone(),
+            outvoted,
+            node.cfg.election_timeout_max_ms,
+        ));
         Ok(node)
     }
 

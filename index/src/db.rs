@@ -19,7 +19,7 @@ use crate::control::ControlOp;
 use crate::encoding::{self as enc, KeyEntry, Location};
 use crate::error::{IndexError, Result};
 use crate::group::{ConsumerId, Delivery, GroupState, Refusal, Status};
-use crate::meta::{ShardKind, ShardMeta};
+use crate::meta::{ShardKind, ShardMeta, ShardState};
 
 pub const CF_OFFSETS: &str = "offsets";
 pub const CF_TIME: &str = "time";
@@ -70,33 +70,6 @@ pub struct ApplyOutcome {
 
 /// One raw entry of [`Index::dump_shard`]: column family, key, value.
 pub type DumpEntry = (&'static str, Vec<u8>, Vec<u8>);
-
-/// Per-shard progress as the index sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ShardState {
-    pub kind: ShardKind,
-    /// Offset after the last indexed batch.
-    pub next_offset: Offset,
-    /// Raft index after the last indexed entry.
-    pub next_raft_index: RaftIndex,
-    pub earliest_offset: Offset,
-    /// Keyed records indexed and not yet compacted away.
-    pub keyed_records: u64,
-    /// Of those, how many are superseded or expired: compaction's
-    /// estimate of what it can reclaim.
-    pub dead_records: u64,
-}
-
-impl ShardState {
-    /// The fraction of keyed records compaction could drop.
-    pub fn dirty_ratio(&self) -> f64 {
-        if self.keyed_records == 0 {
-            0.0
-        } else {
-            self.dead_records as f64 / self.keyed_records as f64
-        }
-    }
-}
 
 /// The index database.
 pub struct Index {

@@ -28,10 +28,10 @@ mod recover;
 mod ttl;
 
 pub use compact::{CompactionConfig, CompactionReport};
-pub use db::{ApplyOutcome, Index, IndexConfig, Positions, ShardState, COLUMN_FAMILIES};
+pub use db::{ApplyOutcome, Index, IndexConfig, Positions, COLUMN_FAMILIES};
 pub use encoding::{KeyEntry, Location};
 pub use error::{IndexError, Result};
 pub use maintenance::{Maintenance, MaintenanceStats, SWEEPS_PER_ROUND_MAX};
-pub use meta::ShardKind;
+pub use meta::{ShardKind, ShardState};
 pub use recover::{RecoverReport, REINDEX_ENTRIES_PER_BATCH_MAX};
 pub use ttl::{SweepOutcome, SWEEP_KEYS_MAX};

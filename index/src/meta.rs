@@ -4,7 +4,6 @@
 
 use felix_log::{Offset, RaftIndex, SegmentId, ShardId};
 
-use crate::db::ShardState;
 use crate::encoding::{self as enc, SHARD_META_VALUE_BYTES};
 use crate::error::{IndexError, Result};
 
@@ -164,5 +163,32 @@ mod tests {
         bad[1] = 9;
         assert!(ShardMeta::decode(&bad).is_err());
         assert!(ShardMeta::decode(&bad[..10]).is_err());
+    }
+}
+
+/// Per-shard progress as the index sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardState {
+    pub kind: ShardKind,
+    /// Offset after the last indexed batch.
+    pub next_offset: Offset,
+    /// Raft index after the last indexed entry.
+    pub next_raft_index: RaftIndex,
+    pub earliest_offset: Offset,
+    /// Keyed records indexed and not yet compacted away.
+    pub keyed_records: u64,
+    /// Of those, how many are superseded or expired: compaction's
+    /// estimate of what it can reclaim.
+    pub dead_records: u64,
+}
+
+impl ShardState {
+    /// The fraction of keyed records compaction could drop.
+    pub fn dirty_ratio(&self) -> f64 {
+        if self.keyed_records == 0 {
+            0.0
+        } else {
+            self.dead_records as f64 / self.keyed_records as f64
+        }
     }
 }

@@ -7,88 +7,29 @@ use std::sync::Arc;
 
 use felix_log::{RaftIndex, SharedLog};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{Config, SnapshotPolicy};
 
+use crate::clock::heard_now;
+pub use crate::config::{GroupConfig, PAYLOAD_ENTRIES_MAX};
+pub use crate::elections::HANDOVER_MS_MAX;
+use crate::elections::{elections, Handover, Refusals};
 use crate::error::ReplicationError;
 use crate::machine::{Applier, StateMachine};
-use crate::network::{heard_now, NetworkFactory, Router, Transport};
+use crate::membership::admit;
+pub use crate::membership::{Admission, PROMOTE_LAG_MAX};
+use crate::network::{NetworkFactory, Router, Transport};
 use crate::store::LogStore;
-use crate::types::{broker_of, BrokerNode, GroupId, NodeId, Raft, Request, Response};
+use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response};
 
-/// Entries one AppendEntries carries at most (bounds an RPC's bytes, with
-/// the log's batch limit).
-pub const PAYLOAD_ENTRIES_MAX: u64 = 32;
-/// A learner this close to the leader's last entry is promoted: close
-/// enough that it acknowledges new entries at once, far enough that a busy
-/// group does not keep it a learner forever.
-pub const PROMOTE_LAG_MAX: u64 = 64;
 /// How often a joining replica asks to be admitted.
 pub const JOIN_POLL: std::time::Duration = std::time::Duration::from_millis(300);
 /// How long a joining replica waits for one answer (a membership change
 /// on the leader included).
 pub const JOIN_ANSWER_MAX: std::time::Duration = std::time::Duration::from_secs(10);
-/// Longest a leader steps aside for its preferred replica: past it, it
-/// leads on (a few leases: time for the followers' leases to lapse and for
-/// one election).
-pub const HANDOVER_MS_MAX: u64 = 4_000;
 /// How long a stepping-down leader waits for a voter to acknowledge the
 /// successor it chose.
 pub const SUCCESSOR_ASK_MAX: std::time::Duration = std::time::Duration::from_millis(1_000);
 /// How long a retention release waits for the snapshot it asked for.
 pub const SNAPSHOT_BUILD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Raft timing for every group on a broker.
-#[derive(Debug, Clone, Copy)]
-pub struct GroupConfig {
-    pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in this range
-    /// stands for election: failover takes about this long.
-    pub election_timeout_min_ms: u64,
-    pub election_timeout_max_ms: u64,
-}
-
-impl Default for GroupConfig {
-    fn default() -> Self {
-        // Failover takes about the leader lease (openraft makes it
-        // `election_timeout_max`: followers refuse votes that long after
-        // the last heartbeat) plus one follower's election timeout, so
-        // 800 + 500..800 ms: under 2 s on loopback and LAN. Heartbeats stay
-        // rare enough that hundreds of idle groups are cheap.
-        GroupConfig {
-            heartbeat_interval_ms: 150,
-            election_timeout_min_ms: 500,
-            election_timeout_max_ms: 800,
-        }
-    }
-}
-
-impl GroupConfig {
-    /// How long after a confirmation round began a leader answers reads
-    /// without another (see [`Replica::confirm_for_read`]).
-    pub fn read_lease_ms(&self) -> u64 {
-        self.election_timeout_min_ms
-            .saturating_sub(self.heartbeat_interval_ms)
-            .min(self.election_timeout_max_ms / 2)
-    }
-
-    fn raft(&self, group: GroupId) -> Result<Config, ReplicationError> {
-        let c = Config {
-            cluster_name: format!("felix-{group}"),
-            heartbeat_interval: self.heartbeat_interval_ms,
-            election_timeout_min: self.election_timeout_min_ms,
-            election_timeout_max: self.election_timeout_max_ms,
-            max_payload_entries: PAYLOAD_ENTRIES_MAX,
-            // Snapshots are built when retention needs one (and when a
-            // follower does), never on a schedule.
-            snapshot_policy: SnapshotPolicy::Never,
-            // Openraft must never purge on its own: the log is the data.
-            max_in_snapshot_log_to_keep: u64::MAX,
-            install_snapshot_timeout: 60_000,
-            ..Config::default()
-        };
-        c.validate().map_err(|e| ReplicationError::Raft(e.to_string()))
-    }
-}
 
 /// Why a write through a group did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -104,77 +45,6 @@ pub enum WriteError {
     NoQuorum { group: GroupId, why: String },
     #[error(transparent)]
     Other(#[from] ReplicationError),
-}
-
-/// Where a replica that asked to join a group stands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[non_exhaustive]
-pub enum Admission {
-    /// It is a voter, and no other incarnation of its broker is a member.
-    Joined,
-    /// It is a learner receiving the log; ask again.
-    CatchingUp,
-    /// Ask the leader (when known).
-    NotLeader(Option<BrokerNode>),
-}
-
-/// One step of admitting node `id` (at `node`) into the group `raft`
-/// leads: adds it as a learner, promotes it once it is within
-/// [`PROMOTE_LAG_MAX`] entries, and in the same membership change removes
-/// every other incarnation of the same broker (which lost its disk: its
-/// vote and acknowledged entries are gone, so it must never count again).
-/// Each call does at most one membership change; the caller asks again.
-pub(crate) async fn admit(
-    raft: &Raft,
-    group: GroupId,
-    id: NodeId,
-    node: BrokerNode,
-) -> Result<Admission, ReplicationError> {
-    let m = raft.metrics().borrow().clone();
-    if m.current_leader != Some(m.id) {
-        let leader = m
-            .current_leader
-            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-        return Ok(Admission::NotLeader(leader));
-    }
-    let membership = m.membership_config.membership();
-    let mut voters: std::collections::BTreeSet<NodeId> = membership.voter_ids().collect();
-    let stale: Vec<NodeId> = membership
-        .nodes()
-        .map(|(n, _)| *n)
-        .filter(|n| *n != id && broker_of(*n) == broker_of(id))
-        .collect();
-    let err = |e: String| ReplicationError::Raft(format!("admitting {id:#x} to {group}: {e}"));
-    if voters.contains(&id) && stale.is_empty() {
-        return Ok(Admission::Joined);
-    }
-    if !voters.contains(&id) {
-        if membership.get_node(&id).is_none() {
-            raft.add_learner(id, node, false)
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            return Ok(Admission::CatchingUp);
-        }
-        let matched = m
-            .replication
-            .as_ref()
-            .and_then(|r| r.get(&id).copied().flatten())
-            .map(|l| l.index);
-        let last = m.last_log_index.unwrap_or(0);
-        tracing::debug!(%group, id = format!("{id:#x}"), ?matched, last, "learner progress");
-        if matched.is_none_or(|i| i + PROMOTE_LAG_MAX < last) {
-            return Ok(Admission::CatchingUp);
-        }
-        voters.insert(id);
-    }
-    for s in &stale {
-        voters.remove(s);
-    }
-    raft.change_membership(voters, false)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    tracing::info!(%group, id = format!("{id:#x}"), replaced = ?stale, "replica admitted");
-    Ok(Admission::Joined)
 }
 
 /// One group hosted on this broker.
@@ -199,21 +69,6 @@ pub struct Replica {
 struct ReadLease {
     confirmed_at: AtomicU64,
     confirming: tokio::sync::Mutex<()>,
-}
-
-/// What the election loop reads to let a preferred replica take over.
-#[derive(Debug, Default)]
-pub(crate) struct Handover {
-    /// The node the placement prefers as leader (0: none).
-    preferred: AtomicU64,
-    /// The node a leader that is stepping down chose, told by it over
-    /// [`Transport::successor`] (0: none); it wins over `preferred` until
-    /// `successor_until` ([`heard_now`] clock).
-    successor: AtomicU64,
-    successor_until: AtomicU64,
-    /// While this leader steps aside ([`heard_now`] clock; 0: not):
-    /// it takes no writes and sends no heartbeats until then.
-    yielding_until: AtomicU64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -820,148 +675,4 @@ impl Replica {
         router.remove(self.group);
         let _ = self.raft.shutdown().await;
     }
-}
-
-/// Three nudges openraft 0.9's elections need, checked every heartbeat.
-///
-/// - A follower stands when its own random timeout (`election_timeout_min..
-///   max`) runs out, but the other followers refuse any vote until their
-///   leader lease (`election_timeout_max` since they last heard the leader)
-///   has, so the first round of a failover is almost always lost and the
-///   next waits another timeout. A follower that has heard no leader for
-///   the lease plus a random jitter stands at once instead: the others,
-///   who heard the dead leader last at the same moment, are free to grant.
-/// - Openraft checks timeouts only on its tick (1.5 heartbeats), so two
-///   candidates whose ticks line up split every vote forever, and a
-///   replica that is behind and stood first keeps the up-to-date one from
-///   winning that term. A candidate still without a leader after a short
-///   random wait stands again, off the tick: the other grants the higher
-///   term if the candidate's log is at least as long as its own.
-/// - A replica whose log is behind can never win, but openraft does not
-///   make a peer that refuses it for its log adopt its term, so a behind
-///   replica that keeps standing keeps taking every term first and the
-///   up-to-date one is refused for "already voted" in each (seen: no
-///   leader for 30 s after a kill). A replica told by a peer that the
-///   peer's log is longer ([`NetworkFactory::outvoted`]) stops standing,
-///   openraft's own timer included, for two leases; the up-to-date peer
-///   then passes its term within a try or two and wins: a candidate
-///   refused by a peer with a shorter log ([`NetworkFactory::outran`])
-///   stands again at the next heartbeat instead of after the random wait,
-///   since that peer cannot be a rival.
-async fn elections(
-    raft: Raft,
-    me: NodeId,
-    cfg: GroupConfig,
-    heard: Arc<AtomicU64>,
-    votes: Refusals,
-    handover: Arc<Handover>,
-) {
-    use openraft::ServerState;
-    let lease = cfg.election_timeout_max_ms;
-    let mut timer_on = true;
-    let jitter_max = 2 * cfg.heartbeat_interval_ms;
-    let mut jitter = rand_below(jitter_max);
-    let mut stood_at = 0u64;
-    let mut candidate_since: Option<u64> = None;
-    let split_wait_of = || 2 * cfg.heartbeat_interval_ms + rand_below(lease / 2);
-    let mut split_wait = split_wait_of();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(cfg.heartbeat_interval_ms)).await;
-        let state = raft.metrics().borrow().state;
-        if state == ServerState::Shutdown {
-            return;
-        }
-        let now = heard_now();
-        // A hand-over that did not happen in time ends: lead on.
-        let until = handover.yielding_until.load(Ordering::Acquire);
-        if until != 0 && (until <= now || state != ServerState::Leader) {
-            handover.yielding_until.store(0, Ordering::Release);
-            raft.runtime_config().heartbeat(true);
-        }
-        let preferred = handover.preferred_at(now);
-        let leader = raft.metrics().borrow().current_leader;
-        // Preferred: no jitter. Not preferred while a leader that is not
-        // preferred holds office (a hand-over may be on): a lease more.
-        let extra = if preferred == me {
-            0
-        } else if preferred != 0 && leader.is_some_and(|l| l != preferred) {
-            jitter + lease
-        } else {
-            jitter
-        };
-        let last_outvoted = votes.outvoted.load(Ordering::Acquire);
-        let behind = last_outvoted != 0 && now.saturating_sub(last_outvoted) < 2 * lease;
-        // openraft's own timer ignores the preference: off while it could
-        // beat the preferred replica to a hand-over.
-        let defer = preferred != 0 && preferred != me && leader.is_some_and(|l| l != preferred);
-        if (behind || defer) == timer_on {
-            timer_on = !(behind || defer);
-            raft.runtime_config().elect(timer_on);
-        }
-        let stand = !behind
-            && match state {
-                ServerState::Follower => {
-                    candidate_since = None;
-                    let last = heard.load(Ordering::Acquire);
-                    // Never heard a leader since starting: openraft's own timer
-                    // decides (a fresh or restarted replica must not disturb).
-                    last != 0
-                        && now.saturating_sub(last) > lease + extra
-                        && now.saturating_sub(stood_at) > lease
-                }
-                ServerState::Candidate => {
-                    let since = *candidate_since.get_or_insert(now);
-                    now.saturating_sub(since) > split_wait || votes.outran.load(Ordering::Acquire) >= since
-                }
-                _ => {
-                    candidate_since = None;
-                    false
-                }
-            };
-        if stand {
-            stood_at = now;
-            candidate_since = Some(now);
-            jitter = rand_below(jitter_max);
-            split_wait = split_wait_of();
-            if raft.trigger().elect().await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-impl Handover {
-    /// A stepping-down leader named `successor`: favour it for the length
-    /// of a hand-over.
-    pub(crate) fn expect_successor(&self, successor: NodeId) {
-        self.successor.store(successor, Ordering::Release);
-        self.successor_until
-            .store(heard_now() + HANDOVER_MS_MAX, Ordering::Release);
-    }
-
-    /// The replica elections should favour at `now` (0: none).
-    fn preferred_at(&self, now: u64) -> NodeId {
-        if self.successor_until.load(Ordering::Acquire) > now {
-            return self.successor.load(Ordering::Acquire);
-        }
-        self.preferred.load(Ordering::Acquire)
-    }
-}
-
-/// When this replica's vote requests were last refused by a peer whose log
-/// is longer (`outvoted`) or shorter (`outran`) than its own.
-struct Refusals {
-    outvoted: Arc<AtomicU64>,
-    outran: Arc<AtomicU64>,
-}
-
-fn rand_below(n: u64) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish() % n.max(1)
 }

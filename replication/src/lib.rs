@@ -18,10 +18,14 @@
 // unboxing on every call.
 #![allow(clippy::result_large_err)]
 
+mod clock;
+pub mod config;
+pub mod elections;
 pub mod entry;
 pub mod error;
 pub mod group;
 pub mod machine;
+pub mod membership;
 pub mod network;
 pub mod snapshot;
 pub mod store;

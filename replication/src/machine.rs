@@ -17,8 +17,9 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb};
 use serde::{Deserialize, Serialize};
 
-use crate::snapshot::{self, SnapshotFile};
+use crate::snapshot;
 use crate::store::{io_err, log_id};
+use crate::types::SnapshotFile;
 use crate::types::{Entry, LogId, Response, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 pub const APPLIED_FILE: &str = "raft-applied.json";

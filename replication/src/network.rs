@@ -28,16 +28,18 @@ use openraft::Snapshot;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::clock::heard_now;
+use crate::elections::Handover;
 use crate::error::ReplicationError;
-use crate::group::Admission;
-use crate::snapshot::SnapshotFile;
+use crate::membership::{self, Admission};
+use crate::types::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 
 pub const RAFT_ALPN: &[u8] = b"felix-raft/2";
-/// Largest RPC body: an AppendEntries of `group::PAYLOAD_ENTRIES_MAX`
+/// Largest RPC body: an AppendEntries of `config::PAYLOAD_ENTRIES_MAX`
 /// batches at the log's hard batch limit, plus framing.
 pub const RPC_BYTES_MAX: usize =
-    crate::group::PAYLOAD_ENTRIES_MAX as usize * felix_log::batch::layout::BATCH_BYTES_MAX + (1 << 20);
+    crate::config::PAYLOAD_ENTRIES_MAX as usize * felix_log::batch::layout::BATCH_BYTES_MAX + (1 << 20);
 /// Snapshot bytes one transfer may carry.
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
 /// RPC streams one peer connection serves at once.
@@ -64,19 +66,13 @@ const TARGET_ANY: NodeId = 0;
 struct Hosted {
     raft: Raft,
     /// Who the group's leader is handing over to, for the election loop.
-    handover: Arc<crate::group::Handover>,
+    handover: Arc<Handover>,
     state_dir: PathBuf,
     /// When a leader's AppendEntries last reached this replica
     /// ([`heard_now`] clock; 0: never).
     heard: Arc<AtomicU64>,
     /// The group's owner, which may write forwarded batches its own way.
-    owner: Arc<dyn crate::Applier>,
-}
-
-/// Milliseconds on a monotonic clock private to this process, never 0.
-pub(crate) fn heard_now() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+    owner: Arc<dyn crate::machine::Applier>,
 }
 
 /// The groups hosted here, by id.
@@ -99,8 +95,8 @@ impl Router {
         group: GroupId,
         raft: Raft,
         state_dir: PathBuf,
-        handover: Arc<crate::group::Handover>,
-        owner: Arc<dyn crate::Applier>,
+        handover: Arc<Handover>,
+        owner: Arc<dyn crate::machine::Applier>,
     ) -> Arc<AtomicU64> {
         let heard = Arc::new(AtomicU64::new(0));
         self.groups.write().expect("router lock").insert(
@@ -361,7 +357,7 @@ impl Transport {
     }
 
     /// Tells the replica at `addr` that the leader of `group` in `term` is
-    /// handing leadership to `successor` (see [`crate::Replica::step_down`]).
+    /// handing leadership to `successor` (see `Replica::step_down`).
     pub async fn successor(
         &self,
         addr: &str,
@@ -375,7 +371,7 @@ impl Transport {
     }
 
     /// Asks the broker at `addr` to admit node `id` at `node` into `group`
-    /// (see [`crate::Replica::admit`]).
+    /// (see `Replica::admit`).
     pub async fn join(
         &self,
         addr: &str,
@@ -526,7 +522,7 @@ async fn serve(
             Err(e) => Err(e.to_string()),
         },
         KIND_JOIN => match de::<(NodeId, BrokerNode)>(&body) {
-            Ok((id, node)) => match crate::group::admit(&raft, group, id, node).await {
+            Ok((id, node)) => match membership::admit(&raft, group, id, node).await {
                 Ok(a) => ser(&a),
                 Err(e) => Err(e.to_string()),
             },

@@ -16,7 +16,7 @@
 //! at the same offsets, terms and indexes.
 
 use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use felix_log::{Batch, BatchHeader, RaftIndex, RaftTerm, SharedLog};
 use serde::{Deserialize, Serialize};
@@ -36,12 +36,6 @@ pub const STATE_BYTES_MAX: usize = 256 << 20;
 const BUILD_CHUNK_ENTRIES: usize = 512;
 
 const _: () = assert!(HEADER_AT == 16);
-
-/// A snapshot on disk; what openraft passes around as the snapshot data.
-#[derive(Debug, Clone)]
-pub struct SnapshotFile {
-    pub path: PathBuf,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotHeader {

@@ -1,6 +1,7 @@
 //! The openraft type configuration shared by every Felix group.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,13 @@ pub struct Response {
     pub raft_index: u64,
 }
 
+/// A snapshot on disk (`snapshot.rs` writes and reads it); what openraft
+/// passes around as the snapshot data.
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+}
+
 openraft::declare_raft_types!(
     /// Felix's Raft types: entries are record batches in the segment log.
     pub TypeConfig:
@@ -79,7 +87,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = BrokerNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::snapshot::SnapshotFile,
+        SnapshotData = SnapshotFile,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -37,6 +37,18 @@ const NOT_KEYS: &[&str] = &[
     "FELIX_WRITE_GOLDEN",
 ];
 
+/// Prefixes of variables that belong to the benchmarks and their peers
+/// (`FELIX_PEERS_DIR` finds `../shared/peers`): a broker started by a
+/// benchmark inherits them and must not take them for misspelt keys.
+const NOT_KEY_PREFIXES: &[&str] = &["FELIX_BENCH_", "FELIX_PEERS_"];
+
+/// Whether a variable is one of the switches above rather than a key.
+pub fn is_switch(var: &str) -> bool {
+    NOT_KEYS.contains(&var)
+        || NOT_KEY_PREFIXES.iter().any(|p| var.starts_with(p))
+        || var.ends_with("_CHILD_DIR")
+}
+
 /// Variables past this many are refused (each may carry a whole table).
 pub const VARS_MAX: usize = 256;
 
@@ -50,7 +62,7 @@ impl Role {
 
     /// Whether a variable is this role's to read.
     fn owns(self, var: &str) -> bool {
-        if !var.starts_with(self.prefix()) || NOT_KEYS.contains(&var) || var.ends_with("_CHILD_DIR") {
+        if !var.starts_with(self.prefix()) || is_switch(var) {
             return false;
         }
         // The broker leaves the control plane's variables alone.
@@ -178,6 +190,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(doc["replace_after_ms"].as_integer(), Some(1000));
+    }
+
+    #[test]
+    fn benchmark_switches_are_not_taken_for_keys() {
+        // `felix-bench peers` is documented with FELIX_PEERS_DIR set; the
+        // brokers it starts inherit it.
+        let mut doc = toml::Table::new();
+        let set = vars(&[
+            ("FELIX_PEERS_DIR", "/tmp/peers"),
+            ("FELIX_PEERS_HOME", "/tmp/home"),
+            ("FELIX_BENCH_KEEP", "1"),
+            ("FELIX_BROKER_ID", "4"),
+        ]);
+        assert_eq!(
+            apply(&mut doc, set, Role::Broker).unwrap(),
+            vec!["FELIX_BROKER_ID".to_string()]
+        );
+        assert_eq!(doc["broker_id"].as_integer(), Some(4));
+        // A misspelt key is still refused.
+        let e = apply(&mut doc, vars(&[("FELIX_PEER_DIR", "x")]), Role::Broker).unwrap_err();
+        assert!(e.contains("FELIX_PEER_DIR"), "{e}");
     }
 
     #[test]

@@ -41,7 +41,7 @@ async fn metrics(State(node): S) -> Response {
     let Some(h) = super::metrics::handle() else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no metrics recorder").into_response();
     };
-    super::metrics::observe_node(&n);
+    super::gauges::observe_node(&n);
     ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response()
 }
 

@@ -2,6 +2,8 @@
 //! API address (`/raft/append`, `/raft/vote`, `/raft/snapshot`), each
 //! carrying the cluster secret. The server side is in `api`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -24,6 +26,9 @@ pub const SECRET_HEADER: &str = "x-felix-cluster-secret";
 pub struct Network {
     http: reqwest::Client,
     secret: String,
+    /// When (`elections::mono_ms`) a peer last refused this node's vote
+    /// for having a longer log: this node cannot win and must not re-stand.
+    pub outvoted: Arc<AtomicU64>,
 }
 
 impl Network {
@@ -33,7 +38,11 @@ impl Network {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client builds");
-        Network { http, secret }
+        Network {
+            http,
+            secret,
+            outvoted: Arc::default(),
+        }
     }
 }
 
@@ -46,6 +55,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             secret: self.secret.clone(),
             target,
             base: format!("http://{}", node.addr),
+            outvoted: self.outvoted.clone(),
         }
     }
 }
@@ -56,6 +66,7 @@ pub struct Peer {
     secret: String,
     target: NodeId,
     base: String,
+    outvoted: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,7 +129,12 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        self.rpc("/raft/vote", &rpc, &option).await
+        let resp: VoteResponse<NodeId> = self.rpc("/raft/vote", &rpc, &option).await?;
+        if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
+            self.outvoted
+                .store(super::elections::mono_ms(), Ordering::Release);
+        }
+        Ok(resp)
     }
 
     async fn full_snapshot(

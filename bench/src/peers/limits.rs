@@ -23,8 +23,7 @@ pub fn run(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::Result<Table> {
     );
     let dir = tempfile::tempdir_in(".").or_else(|_| tempfile::tempdir())?;
     for block in [256usize, 4096] {
-        let (per_s, mb_s, h) =
-            crate::bench::log::fdatasync_limit(dir.path(), block, plan.secs.as_secs_f64())?;
+        let (per_s, mb_s, h) = crate::log::fdatasync_limit(dir.path(), block, plan.secs.as_secs_f64())?;
         let f = Figure {
             rate: per_s,
             p50_ms: Some(h.value_at_quantile(0.5) as f64 / 1e6),

@@ -22,7 +22,7 @@ use felix_client::wire::{CacheEntry, ErrorReply, Message, Start};
 use felix_log::{BatchBuilder, Compression, RecordInput};
 use hdrhistogram::Histogram;
 
-#[derive(ClapArgs)]
+#[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Seconds per round-trip figure.
     #[arg(long, default_value_t = 3.0)]
@@ -131,7 +131,7 @@ async fn bench(seconds: f64, push_seconds: f64) -> anyhow::Result<()> {
     let conn = Arc::new(Connection::open(&client_ep, server.local_addr(), &opts).await?);
     let (_, rcv, snd) = transport::udp_socket("127.0.0.1:0".parse()?, cfg.udp_buffer_bytes)?;
     println!(
-        "felix bench wire: loopback QUIC + TLS 1.3; UDP buffers as the kernel reports them (twice what it grants): rcv {} KiB snd {} KiB",
+        "felix-bench wire: loopback QUIC + TLS 1.3; UDP buffers as the kernel reports them (twice what it grants): rcv {} KiB snd {} KiB",
         rcv >> 10,
         snd >> 10
     );

@@ -1,4 +1,7 @@
-//! `felix bench`: benchmarks that print figures (never timed tests).
+//! `felix-bench`: benchmarks that print figures (never timed tests). Run
+//! as `cargo run --release -p felix-bench -- <log|index|wire|broker|cluster|peers>`.
+//! Kept out of the `felix` binary so that a user's install carries none of
+//! the peers' clients (async-nats, redis) or the charts (plotters).
 
 mod broker;
 mod cluster;
@@ -7,9 +10,21 @@ mod log;
 mod peers;
 mod wire;
 
-use clap::Subcommand;
+use std::path::PathBuf;
 
-#[derive(Subcommand)]
+use clap::{Parser, Subcommand};
+
+/// The hidden subcommand that runs a broker (`felix broker` in `felix`).
+pub const RUN_BROKER: &str = "run-broker";
+
+#[derive(Parser)]
+#[command(name = "felix-bench", about = "Felix benchmarks that print figures")]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Segment log: append throughput and latency per durability mode beside
     /// the machine's write+fdatasync limit, replay, and reopen times.
@@ -31,15 +46,24 @@ pub enum BenchCommand {
     /// JetStream: publish, fan-out, queue, replay, RF=3; Redis: cache),
     /// with ratios, the machine's limits, a markdown table and PNG charts.
     Peers(peers::Args),
+    /// A broker from a configuration file, as `felix broker` runs it: the
+    /// benchmarks start their broker processes as this executable.
+    #[command(hide = true, name = RUN_BROKER)]
+    RunBroker {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
-pub fn run(c: BenchCommand) -> anyhow::Result<()> {
-    match c {
+fn main() -> anyhow::Result<()> {
+    felix_cli::logs::init();
+    match Cli::parse().command {
         BenchCommand::Log(a) => log::run(a),
         BenchCommand::Index(a) => index::run(a),
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
         BenchCommand::Peers(a) => peers::run(a),
+        BenchCommand::RunBroker { config } => felix_cli::run::broker_from_file(config),
     }
 }

@@ -11,7 +11,7 @@ use felix_client::wire::{BrokerInfo, Message, ShardStats, StreamConfig, StreamIn
 use felix_client::Client;
 use serde_json::json;
 
-use crate::cli::{self, Common, Output};
+use crate::profile::{self, Common, Output};
 
 /// How long one broker may take to answer before it is reported down.
 const BROKER_ANSWER_MAX: Duration = Duration::from_secs(3);
@@ -124,7 +124,7 @@ struct ShardHealth {
 }
 
 pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
-    let client = cli::connect(c).await?;
+    let client = profile::connect(c).await?;
     let (brokers, streams) = metadata(&client, Vec::new()).await?;
     let names: Vec<String> = streams
         .iter()

@@ -253,14 +253,34 @@ fn a_dead_letter_whose_ack_was_lost_to_a_crash_is_written_once() {
             ..SubscribeOptions::default()
         };
         let mut dlq = c.subscribe("jobs.dlq", opts).await.unwrap();
+        // The dead letters of one fetch are proposed concurrently (so that
+        // they share a Raft entry): their order is not a promise, their
+        // number is (each carries its source in `felix-dlq-source`).
         let mut got = Vec::new();
-        while let Ok(d) = tokio::time::timeout(Duration::from_millis(700), dlq.next()).await {
-            let d = d.unwrap().unwrap();
+        while got.len() < 2 {
+            let d = tokio::time::timeout(Duration::from_secs(30), dlq.next())
+                .await
+                .expect("two dead letters within 30 s")
+                .unwrap()
+                .unwrap();
             got.push((d.record.offset.0, d.record.value.unwrap()));
         }
+        assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![0, 1]);
+        let mut values: Vec<Bytes> = got.into_iter().map(|g| g.1).collect();
+        values.sort();
         assert_eq!(
-            got,
-            vec![(0, Bytes::from("poison")), (1, Bytes::from("bad"))],
+            values,
+            vec![Bytes::from("bad"), Bytes::from("poison")],
+            "each record dead-lettered once"
+        );
+        // Nothing beyond them: the dead-letter shard ends at 2.
+        let scrape = metrics_text(&reqwest::Client::new(), &b.profile.admin[0]).await;
+        assert_eq!(
+            series(
+                &scrape,
+                "felix_shard_log_end_offset{stream=\"dev/default/jobs.dlq\",shard=\"0\"}"
+            ),
+            Some(2.0),
             "each record dead-lettered once"
         );
     });

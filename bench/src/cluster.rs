@@ -18,9 +18,9 @@ use felix_client::wire::{Message, StreamConfig};
 use felix_client::{Client, ClientConfig, Route};
 use hdrhistogram::Histogram;
 
-use crate::devcluster::LocalBrokers;
+use felix_cli::devcluster::LocalBrokers;
 
-#[derive(ClapArgs)]
+#[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Seconds per figure.
     #[arg(long, default_value_t = 3.0)]
@@ -223,7 +223,14 @@ async fn bench(
     let mut rows = Vec::new();
     for (rf, replicated) in [(1u32, false), (3, true)] {
         let dir = tempfile::tempdir()?;
-        let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, rf, "", replicated)?;
+        let brokers = LocalBrokers::spawn_as(
+            crate::RUN_BROKER,
+            dir.path(),
+            "127.0.0.1:0".parse()?,
+            rf,
+            "",
+            replicated,
+        )?;
         for durability in ["always", "none"] {
             let stream = format!("bench/rf{rf}/{durability}");
             let client = ready_stream(&brokers, &stream, durability, shards).await?;
@@ -301,7 +308,7 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
             (Some(dir), path)
         }
     };
-    let mut brokers = LocalBrokers::spawn(&dir, "127.0.0.1:0".parse()?, 3, "", true)?;
+    let mut brokers = LocalBrokers::spawn_as(crate::RUN_BROKER, &dir, "127.0.0.1:0".parse()?, 3, "", true)?;
     let stream = "bench/failover/always";
     let client = ready_stream(&brokers, stream, "always", 3).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -431,7 +438,14 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     // Idle shards hold nothing: small segments keep 3 × `shards`
     // preallocated segments from filling a small disk.
     let extra = format!("[log]\nsegment_bytes = {IDLE_SEGMENT_BYTES}\n");
-    let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, 3, &extra, true)?;
+    let brokers = LocalBrokers::spawn_as(
+        crate::RUN_BROKER,
+        dir.path(),
+        "127.0.0.1:0".parse()?,
+        3,
+        &extra,
+        true,
+    )?;
     let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
     client.close().await;
     // Let elections and connections settle before measuring.

@@ -16,7 +16,7 @@ use felix_log::{
 };
 use hdrhistogram::Histogram;
 
-#[derive(ClapArgs)]
+#[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Scratch directory (on the disk to measure); removed afterwards.
     #[arg(long, default_value = "./felix-bench-data")]
@@ -96,7 +96,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .trim()
             .to_string()
     };
-    println!("# felix bench index\n\nload average at start: {}\n", load());
+    println!("# felix-bench index\n\nload average at start: {}\n", load());
     let index = Index::open(root.join("index"), IndexConfig::default())?;
     let now = felix_log::now_ms();
 

@@ -160,7 +160,7 @@ pub fn write(
     load_end: &str,
     quick: bool,
 ) -> anyhow::Result<()> {
-    let mut md = String::from("# felix bench peers\n\n");
+    let mut md = String::from("# felix-bench peers\n\n");
     let _ = writeln!(
         md,
         "machine: {} cores; load average at start {load_start}, at end {load_end}{}\n",

@@ -16,12 +16,16 @@ use felix_client::transport::dev_certificates;
 const RAFT_PORT_OFFSET: u16 = 100;
 
 /// Broker processes of a local cluster, stopped (SIGTERM) when dropped.
+#[derive(Debug)]
 pub struct LocalBrokers {
     pub members: Vec<LocalMember>,
     pub children: Vec<Option<Child>>,
     pub configs: Vec<PathBuf>,
     /// The development CA's certificate, for clients.
     pub ca: PathBuf,
+    /// The subcommand of this executable that runs a broker from a file
+    /// (`broker` for `felix`; the benchmarks' binary has its own).
+    subcommand: &'static str,
 }
 
 impl LocalBrokers {
@@ -30,6 +34,19 @@ impl LocalBrokers {
     /// free ports are picked. `replicated: false` (with `n` = 1) runs a
     /// plain broker without a `[cluster]`: the RF=1 baseline of benchmarks.
     pub fn spawn(
+        data_dir: &Path,
+        listen: SocketAddr,
+        n: u32,
+        extra: &str,
+        replicated: bool,
+    ) -> anyhow::Result<LocalBrokers> {
+        LocalBrokers::spawn_as("broker", data_dir, listen, n, extra, replicated)
+    }
+
+    /// As [`LocalBrokers::spawn`], each broker started as this executable
+    /// with `subcommand --config FILE`.
+    pub fn spawn_as(
+        subcommand: &'static str,
         data_dir: &Path,
         listen: SocketAddr,
         n: u32,
@@ -77,6 +94,7 @@ impl LocalBrokers {
             children: Vec::new(),
             configs: Vec::new(),
             ca: certs.ca.clone(),
+            subcommand,
         };
         for m in &members {
             std::fs::create_dir_all(&m.data_dir)?;
@@ -86,7 +104,7 @@ impl LocalBrokers {
                 false => local_broker_toml(m, extra),
             };
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            b.children.push(Some(spawn(&path)?));
+            b.children.push(Some(spawn(subcommand, &path)?));
             b.configs.push(path);
         }
         b.members = members;
@@ -104,7 +122,7 @@ impl LocalBrokers {
     /// Starts broker `i` again from its configuration and data.
     pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
         self.kill(i);
-        self.children[i] = Some(spawn(&self.configs[i])?);
+        self.children[i] = Some(spawn(self.subcommand, &self.configs[i])?);
         Ok(())
     }
 
@@ -174,14 +192,14 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
     println!("  CA        {}", brokers.ca.display());
     println!("  profile   {}", profile_path.display());
     println!("try: felix stream create orders --shards 3   (Ctrl-C stops)");
-    crate::wait_for_shutdown().await;
+    crate::run::wait_for_shutdown().await;
     eprintln!("stopping the brokers");
     drop(brokers);
     embedded.handle.shutdown().await;
     Ok(())
 }
 
-fn spawn(config: &Path) -> anyhow::Result<Child> {
+fn spawn(subcommand: &str, config: &Path) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the felix executable")?;
     // Each broker logs to a file beside its configuration, which a
@@ -193,7 +211,7 @@ fn spawn(config: &Path) -> anyhow::Result<Child> {
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.args(["broker", "--config"])
+    cmd.args([subcommand, "--config"])
         .arg(config)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -11,8 +11,8 @@ use felix_client::wire::{Message, Start, StreamConfig};
 use felix_client::{Client, Route, SubscribeOptions};
 
 use super::load::{self, closed_loop, CacheOp, Figure};
-use crate::bench::cluster::{client_config, ready_stream};
-use crate::devcluster::LocalBrokers;
+use crate::cluster::{client_config, ready_stream};
+use felix_cli::devcluster::LocalBrokers;
 
 /// Keys the cache workload spreads over.
 pub const KEYS: u64 = 10_000;
@@ -38,7 +38,14 @@ struct Brokers {
 impl Brokers {
     async fn start(n: u32, replicated: bool, durability: &str) -> anyhow::Result<Brokers> {
         let dir = tempfile::tempdir()?;
-        let brokers = LocalBrokers::spawn(dir.path(), "127.0.0.1:0".parse()?, n, "", replicated)?;
+        let brokers = LocalBrokers::spawn_as(
+            crate::RUN_BROKER,
+            dir.path(),
+            "127.0.0.1:0".parse()?,
+            n,
+            "",
+            replicated,
+        )?;
         // Serving (and, in a cluster, with a metadata leader) before any
         // figure's clock starts.
         ready_stream(&brokers, &fresh("ready"), durability, 1)

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use felix_log::{Log, LogConfig, Offset, Verify};
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 pub enum LogCommand {
     /// Open (and so recover) a log directory and report what recovery found.
     /// Cuts a torn tail like any open; refuses interior corruption unless

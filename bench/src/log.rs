@@ -13,7 +13,7 @@ use felix_log::{
 };
 use hdrhistogram::Histogram;
 
-#[derive(ClapArgs)]
+#[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Scratch directory (on the disk to measure); removed afterwards.
     #[arg(long, default_value = "./felix-bench-data")]
@@ -52,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .to_string()
     };
     println!(
-        "# felix bench log\n\nmachine: {} cores; load average at start: {}\n",
+        "# felix-bench log\n\nmachine: {} cores; load average at start: {}\n",
         num_cpus(),
         load()
     );

@@ -1,4 +1,4 @@
-//! `felix bench peers`: the same workloads against Felix and a peer (NATS
+//! `felix-bench peers`: the same workloads against Felix and a peer (NATS
 //! JetStream, Redis) in one invocation, each figure printed beside the
 //! peer's and their ratio, with the machine's own limits measured in the
 //! same run. Peers are started with the scripts of `../shared/peers/`
@@ -20,7 +20,7 @@ use clap::Args as ClapArgs;
 pub use load::Figure;
 use report::{Row, Table};
 
-#[derive(ClapArgs)]
+#[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Seconds per figure.
     #[arg(long, default_value_t = 5.0)]
@@ -121,9 +121,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     report::write(&tables, &a.out, &load_start, &load_end, plan.quick)
 }
 
-/// The peers' start and stop scripts.
+/// The peers' start and stop scripts. A peer started is stopped when this
+/// is dropped if the run did not stop it, so a run that fails or panics
+/// half-way leaves no server behind.
 pub(crate) struct PeerScripts {
     dir: Option<PathBuf>,
+    /// `(script, mode)` of every peer started and not yet stopped.
+    running: std::sync::Mutex<Vec<(String, String)>>,
+}
+
+impl Drop for PeerScripts {
+    fn drop(&mut self) {
+        let left = std::mem::take(&mut *self.running.lock().unwrap_or_else(|e| e.into_inner()));
+        for (script, mode) in left {
+            eprintln!("stopping {script} {mode}, which the run left running");
+            self.run_stop(&script, &mode);
+        }
+    }
 }
 
 impl PeerScripts {
@@ -136,7 +150,10 @@ impl PeerScripts {
                 PathBuf::from("/work/shared/peers"),
             ]);
         let dir = candidates.into_iter().find(|d| d.join("nats.sh").exists());
-        PeerScripts { dir }
+        PeerScripts {
+            dir,
+            running: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Starts `script` (`nats.sh`, `redis.sh`) in `mode`; its address.
@@ -145,6 +162,12 @@ impl PeerScripts {
             .dir
             .as_ref()
             .ok_or("no peers scripts (pass --peers-dir or set FELIX_PEERS_DIR)")?;
+        // Recorded before it runs: a start that fails half-way may still
+        // have left a server.
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((script.to_owned(), mode.to_owned()));
         let mut cmd = std::process::Command::new("bash");
         cmd.arg(dir.join(script)).arg("start");
         if mode != "default" {
@@ -167,6 +190,14 @@ impl PeerScripts {
     }
 
     pub fn stop(&self, script: &str, mode: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(s, m)| !(s == script && m == mode));
+        self.run_stop(script, mode);
+    }
+
+    fn run_stop(&self, script: &str, mode: &str) {
         if let Some(dir) = &self.dir {
             let mut cmd = std::process::Command::new("bash");
             cmd.arg(dir.join(script)).arg("stop");

@@ -19,7 +19,7 @@ use felix_client::{Client, ClientConfig, Route, SubscribeOptions};
 use felix_log::{BatchBuilder, Compression, RecordInput};
 use hdrhistogram::Histogram;
 
-#[derive(ClapArgs)]
+#[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Seconds per figure.
     #[arg(long, default_value_t = 3.0)]

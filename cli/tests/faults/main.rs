@@ -171,7 +171,7 @@ impl Report {
             }
         }
         eprintln!(
-            "repeat with: FELIX_SEED={} cargo test -p felix-broker --test faults {}",
+            "repeat with: FELIX_SEED={} cargo test -p felix --test faults {}",
             self.seed, self.name
         );
     }

@@ -1,0 +1,21 @@
+//! The `felix` command's library: everything the binary does beside
+//! parsing its arguments, so the benchmarks (`felix-bench`) can start
+//! brokers the same way.
+//!
+//! - [`run`]: a broker or control-plane node in this process until a
+//!   signal (`felix broker`, `felix controlplane`, `felix dev`);
+//! - [`devcluster`]: `felix dev --brokers N`, N broker processes;
+//! - [`commands`]: the client commands (stream, cache, publish, subscribe,
+//!   group) over [`profile`] (the client profile, the connection, hints);
+//! - [`status`]: `felix cluster status` and `felix stream describe`;
+//! - [`logtool`]: `felix log`; [`logs`]: the tracing subscriber;
+//!   [`progress`]: bars on a terminal.
+
+pub mod commands;
+pub mod devcluster;
+pub mod logs;
+pub mod logtool;
+pub mod profile;
+pub mod progress;
+pub mod run;
+pub mod status;

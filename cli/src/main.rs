@@ -1,0 +1,249 @@
+//! `felix`: the one command a user runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use felix_broker::config::BrokerConfig;
+use felix_cli::profile::{with_hint, Common};
+use felix_cli::run::{controlplane, runtime, serve};
+use felix_cli::{commands, devcluster, logs, logtool, status};
+
+#[derive(Parser)]
+#[command(
+    name = "felix",
+    version,
+    about = "Felix: a durable, replicated message log and cache"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process on this machine: a broker with embedded
+    /// defaults, development certificates and a client profile.
+    Dev {
+        #[arg(long, default_value = "./felix-data")]
+        data_dir: PathBuf,
+        /// QUIC address to listen on (port 0 picks a free one). With
+        /// --brokers N, brokers listen on N consecutive ports from it and
+        /// replicate on the N ports 100 above.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Run a local cluster of this many broker processes that replicate
+        /// every shard to each other (1: one broker in this process).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=7))]
+        brokers: u32,
+        /// HTTP address of the embedded control plane (default: the port
+        /// after --listen's, 200 after it with --brokers N, or a free one
+        /// when --listen's is 0).
+        #[arg(long)]
+        controlplane_listen: Option<SocketAddr>,
+    },
+    /// A broker configured by a TOML file.
+    Broker {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A control-plane node configured by a TOML file (`docs/controlplane.md`).
+    Controlplane {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Streams: create, list, describe, delete, set-retention.
+    #[command(subcommand)]
+    Stream(commands::StreamCommand),
+    /// Caches: create, put, get, del.
+    #[command(subcommand)]
+    Cache(commands::CacheCommand),
+    /// Publish one record per line of stdin (or --file); prints shard and offset.
+    Publish(commands::PublishArgs),
+    /// Print a stream's records, from a position, then live.
+    Subscribe(commands::SubscribeArgs),
+    /// Consumer groups.
+    #[command(subcommand)]
+    Group(commands::GroupCommand),
+    /// Inspect and recover a shard's segment log directory.
+    #[command(subcommand)]
+    Log(logtool::LogCommand),
+    /// The cluster as its brokers report it.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Configuration files: check one, print the documented schema.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print a shell completion script (e.g. `felix completions bash >
+    /// /etc/bash_completion.d/felix`).
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Brokers (up or down, leaderships), and every shard's leader,
+    /// replicas, end offset and per-replica lag; flags under-replicated
+    /// shards and shards without a leader.
+    Status {
+        /// A replica further behind than this many records counts as out
+        /// of sync.
+        #[arg(long, default_value_t = 1_000)]
+        lag_max: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a broker or control-plane file, with the FELIX_* variables
+    /// set now, without starting anything.
+    Check {
+        file: PathBuf,
+        /// Which kind of file (default: a control-plane node's when it has
+        /// `cluster_secret`, else a broker's).
+        #[arg(long, value_enum)]
+        role: Option<Role>,
+    },
+    /// Print docs/configuration.md: every key, its type and default.
+    Docs,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Role {
+    Broker,
+    Controlplane,
+}
+
+/// An error ends the command with its message and hint (every cause on
+/// one line each) and exit code 1; never a backtrace, whatever
+/// `RUST_BACKTRACE` says: the messages are written for users.
+fn main() -> ExitCode {
+    logs::init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, laid out as `anyhow` prints them, without the
+/// backtrace it would add.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    let causes: Vec<String> = e.chain().skip(1).map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        out.push_str("\n\nCaused by:");
+        for (i, c) in causes.iter().enumerate() {
+            let c = c.replace('\n', "\n       ");
+            match causes.len() {
+                1 => out.push_str(&format!("\n    {c}")),
+                _ => out.push_str(&format!("\n    {i}: {c}")),
+            }
+        }
+    }
+    out
+}
+
+fn run(args: Cli) -> anyhow::Result<()> {
+    let common = args.common;
+    let rt = runtime;
+    match args.command {
+        Command::Dev {
+            data_dir,
+            listen,
+            brokers,
+            controlplane_listen,
+        } if brokers > 1 => {
+            // Past the brokers' client and replication ports.
+            let cp = controlplane_listen.unwrap_or_else(|| {
+                let port = match listen.port() {
+                    0 => 0,
+                    p => p.saturating_add(200),
+                };
+                SocketAddr::new(listen.ip(), port)
+            });
+            rt()?.block_on(devcluster::run(&data_dir, listen, brokers, cp))
+        }
+        Command::Dev {
+            data_dir,
+            listen,
+            controlplane_listen,
+            ..
+        } => {
+            // The control plane on the port after the broker's, the admin
+            // endpoints on the one after that (free ones with port 0).
+            let next = |k: u16| {
+                let port = match listen.port() {
+                    0 => 0,
+                    p => p.wrapping_add(k),
+                };
+                SocketAddr::new(listen.ip(), port)
+            };
+            let config = BrokerConfig {
+                data_dir,
+                listen,
+                admin_listen: Some(next(2)),
+                ..BrokerConfig::default()
+            };
+            let cp = controlplane_listen.unwrap_or_else(|| next(1));
+            rt()?.block_on(serve(config, None, Some(cp)))
+        }
+        Command::Broker { config: path } => felix_cli::run::broker_from_file(path),
+        Command::Controlplane { config: path } => {
+            let c = felix_broker::config::load_controlplane(&path)?;
+            logs::set_level(c.log_level.as_deref());
+            rt()?.block_on(controlplane(c, path))
+        }
+        Command::Cluster(ClusterCommand::Status { lag_max }) => rt()?
+            .block_on(status::cluster_status(&common, lag_max))
+            .map_err(with_hint),
+        Command::Config(ConfigCommand::Docs) => {
+            print!("{}", felix_broker::config::schema::markdown());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check { file, role }) => config_check(&file, role),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "felix", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Stream(c) => rt()?.block_on(commands::stream(&common, c)).map_err(with_hint),
+        Command::Cache(c) => rt()?.block_on(commands::cache(&common, c)).map_err(with_hint),
+        Command::Publish(a) => rt()?.block_on(commands::publish(&common, a)).map_err(with_hint),
+        Command::Subscribe(a) => rt()?.block_on(commands::subscribe(&common, a)).map_err(with_hint),
+        Command::Group(c) => rt()?.block_on(commands::group(&common, c)).map_err(with_hint),
+        Command::Log(c) => logtool::run(c),
+    }
+}
+
+/// `felix config check`: the file with the environment over it, checked as
+/// the process would at start.
+fn config_check(file: &Path, role: Option<Role>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let role = role.unwrap_or(if BrokerConfig::is_controlplane_file(&text) {
+        Role::Controlplane
+    } else {
+        Role::Broker
+    });
+    let verdict = match role {
+        Role::Broker => BrokerConfig::parse(&text, std::env::vars()).map(|_| "broker"),
+        Role::Controlplane => {
+            felix_broker::config::parse_controlplane(&text, std::env::vars()).map(|_| "control-plane")
+        }
+    };
+    match verdict {
+        Ok(kind) => {
+            println!("{}: a valid {kind} configuration", file.display());
+            Ok(())
+        }
+        Err(why) => Err(anyhow::anyhow!(
+            "{}: {why}\n(every key and its default: docs/configuration.md, or `felix config docs`)",
+            file.display()
+        )),
+    }
+}

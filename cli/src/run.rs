@@ -1,0 +1,206 @@
+//! Running a broker or a control-plane node in this process until a
+//! signal stops it: what `felix broker`, `felix controlplane`, `felix dev`
+//! and the benchmarks' broker processes share.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use felix_broker::config::BrokerConfig;
+use felix_broker::node::{skewed_clock, system_clock};
+use felix_broker::server::{self, ClientProfile};
+
+use crate::logs;
+
+/// `felix broker --config FILE`: the file's broker, on a runtime of its
+/// own, until SIGINT or SIGTERM.
+pub fn broker_from_file(path: PathBuf) -> anyhow::Result<()> {
+    let c = BrokerConfig::load(&path)?;
+    logs::set_level(c.log_level.as_deref());
+    runtime()?.block_on(serve(c, Some(path), None))
+}
+
+/// The multi-threaded runtime every command runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Runs a broker until SIGINT or SIGTERM; SIGHUP reads `file` again and
+/// applies its reloadable keys. `dev` (the embedded control plane's
+/// address) also starts the control plane, writes the client profile and
+/// prints how to reach both.
+pub async fn serve(
+    mut config: BrokerConfig,
+    file: Option<PathBuf>,
+    dev: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    config.data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", config.data_dir.display()))?;
+    let embedded = match dev {
+        Some(listen) => {
+            let e = felix_broker::control::embedded::start(&config.data_dir, listen)
+                .await
+                .with_context(|| format!("starting the embedded control plane on {listen}"))?;
+            config.controlplane = Some(e.link.clone());
+            Some(e)
+        }
+        None => None,
+    };
+    // The fault-injection suite skews a broker's clock through a file.
+    let clock =
+        std::env::var_os("FELIX_CLOCK_SKEW_FILE").map_or_else(system_clock, |p| skewed_clock(p.into()));
+    let running = server::start(&config, clock).await.with_context(|| {
+        format!(
+            "starting the broker on {} with data in {}",
+            config.listen,
+            config.data_dir.display()
+        )
+    })?;
+    let profile_path = config.data_dir.join("client.toml");
+    if let Some(ca) = &running.dev_ca {
+        let p = ClientProfile {
+            brokers: vec![running.addr.to_string()],
+            server_name: "localhost".into(),
+            ca: ca.clone(),
+            cert: None,
+            key: None,
+            token: embedded.as_ref().map(|e| e.dev_token.clone()),
+            controlplane: embedded.as_ref().map(|e| format!("http://{}", e.handle.addr)),
+            admin: running.admin_addr.iter().map(|a| format!("http://{a}")).collect(),
+        };
+        p.save(&profile_path)?;
+    }
+    if let Some(e) = &embedded {
+        print_dev_banner(&running, e, &config.data_dir, &profile_path);
+    } else {
+        println!("felix broker {} listening on {}", config.broker_id, running.addr);
+    }
+    let mut hangup = hangups();
+    loop {
+        tokio::select! {
+            _ = wait_for_shutdown() => break,
+            _ = hangup.recv() => match &file {
+                Some(f) => reload(&config, f, &running.node),
+                None => tracing::warn!("SIGHUP: this broker has no configuration file to read again"),
+            },
+        }
+    }
+    eprintln!("shutting down");
+    // A group stuck on a peer that is gone must not keep the process alive
+    // (SIGTERM has to end it, e.g. when `felix dev` stops its brokers);
+    // what is acknowledged is already durable, so a cut-short stop loses
+    // nothing.
+    tokio::select! {
+        _ = running.stop() => {}
+        _ = tokio::time::sleep(SHUTDOWN_WAIT_MAX) => {
+            eprintln!("shutdown took over {SHUTDOWN_WAIT_MAX:?}; exiting without waiting further");
+        }
+        _ = wait_for_shutdown() => eprintln!("second signal: exiting now"),
+    }
+    if let Some(e) = embedded {
+        e.handle.shutdown().await;
+    }
+    Ok(())
+}
+
+/// Applies what SIGHUP may change from `file`, leaving the rest as it runs.
+fn reload(running: &BrokerConfig, file: &Path, node: &felix_broker::node::Node) {
+    let next = match BrokerConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the configuration is refused; the running settings stay");
+            metrics::counter!(felix_broker::observe::metrics::CONFIG_RELOADS_TOTAL, "outcome" => "refused")
+                .increment(1);
+            return;
+        }
+    };
+    let fixed = running.restart_needed(&next);
+    if !fixed.is_empty() {
+        tracing::warn!(keys = ?fixed, "SIGHUP: these keys changed and apply only after a restart");
+    }
+    logs::set_level(next.log_level.as_deref());
+    node.apply_reloadable(&next.reloadable());
+    tracing::info!(file = %file.display(), "SIGHUP: configuration reloaded");
+    metrics::counter!(felix_broker::observe::metrics::CONFIG_RELOADS_TOTAL, "outcome" => "applied")
+        .increment(1);
+}
+
+fn hangups() -> tokio::signal::unix::Signal {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup()).expect("installing a SIGHUP handler")
+}
+
+/// Runs a control-plane node until SIGINT or SIGTERM; SIGHUP applies the
+/// file's `log_level` again.
+pub async fn controlplane(c: felix_controlplane::node::NodeConfig, file: PathBuf) -> anyhow::Result<()> {
+    let id = c.id;
+    let h = felix_controlplane::server::start(c)
+        .await
+        .context("starting the control plane")?;
+    println!("felix controlplane {id} listening on http://{}", h.addr);
+    if let Some(b) = h.bootstrap_addr {
+        println!("  bootstrap endpoint on http://{b}");
+    }
+    let mut hangup = hangups();
+    loop {
+        tokio::select! {
+            _ = wait_for_shutdown() => break,
+            _ = hangup.recv() => match felix_broker::config::load_controlplane(&file) {
+                Ok(next) => {
+                    logs::set_level(next.log_level.as_deref());
+                    tracing::info!("SIGHUP: log level reloaded; other control-plane keys apply after a restart");
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the configuration is refused"),
+            },
+        }
+    }
+    h.shutdown().await;
+    Ok(())
+}
+
+/// Longest a broker spends stopping after SIGTERM.
+const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn print_dev_banner(
+    r: &server::Running,
+    e: &felix_broker::control::embedded::Embedded,
+    dir: &Path,
+    profile: &Path,
+) {
+    println!("felix dev is running");
+    println!("  endpoint  quic://{}", r.addr);
+    println!(
+        "  control   http://{}  (operator secret in {})",
+        e.handle.addr,
+        dir.join(felix_broker::control::embedded::DIR)
+            .join("secret")
+            .display()
+    );
+    println!("  tenant    dev (namespace default; bare names like `orders` are dev/default/orders)");
+    println!("  token     {}", e.dev_token);
+    if let Some(a) = r.admin_addr {
+        println!("  admin     http://{a}/metrics  /live  /ready");
+    }
+    if let Some(ca) = &r.dev_ca {
+        println!("  CA        {}", ca.display());
+    }
+    println!("  profile   {}", profile.display());
+    println!("  data      {}", dir.display());
+    println!("try: felix stream create orders --shards 3   (Ctrl-C stops)");
+}
+
+pub async fn wait_for_shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
