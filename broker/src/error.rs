@@ -87,3 +87,9 @@ impl From<BrokerError> for ErrorReply {
         }
     }
 }
+
+impl From<felix_model::NameError> for BrokerError {
+    fn from(e: felix_model::NameError) -> BrokerError {
+        BrokerError::InvalidName(e.0)
+    }
+}

@@ -19,39 +19,13 @@ pub const STREAMS_MAX: usize = 10_000;
 /// Default `max_deliveries` of a stream's consumer groups.
 pub const MAX_DELIVERIES_DEFAULT: u32 = 5;
 
-/// What kind of log a stream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StreamKind {
-    Stream,
-    Compacted,
-    Cache,
-}
+// What kind of log a stream is: the model's, one enum for the wire, this
+// file and the control plane.
+pub use felix_model::StreamKind;
 
-impl StreamKind {
-    pub fn wire(self) -> u8 {
-        match self {
-            StreamKind::Stream => 0,
-            StreamKind::Compacted => 1,
-            StreamKind::Cache => 2,
-        }
-    }
-
-    pub fn from_wire(k: u8) -> Result<StreamKind, BrokerError> {
-        match k {
-            0 => Ok(StreamKind::Stream),
-            1 => Ok(StreamKind::Compacted),
-            2 => Ok(StreamKind::Cache),
-            _ => Err(BrokerError::Invalid(format!(
-                "stream kind {k}: expected 0, 1 or 2"
-            ))),
-        }
-    }
-
-    /// Whether its shards are keyed (indexed by key, compacted).
-    pub fn keyed(self) -> bool {
-        !matches!(self, StreamKind::Stream)
-    }
+/// The kind a wire code names, refused as an invalid request otherwise.
+pub fn kind_from_wire(k: u8) -> Result<StreamKind, BrokerError> {
+    StreamKind::from_code(k).map_err(|e| BrokerError::Invalid(e.to_string()))
 }
 
 /// One stream as recorded.
@@ -103,7 +77,7 @@ impl StreamMeta {
     pub fn config(&self, name: &StreamName) -> StreamConfig {
         StreamConfig {
             name: name.to_string(),
-            kind: self.kind.wire(),
+            kind: self.kind.code(),
             shards: self.shards.len() as u32,
             durability: self.durability.clone(),
             retention_ms: self.retention_ms,
@@ -239,8 +213,8 @@ impl MetaStore {
         let durability: Durability = c
             .durability
             .parse()
-            .map_err(|e: felix_log::LogError| BrokerError::Invalid(e.to_string()))?;
-        Ok((durability, StreamKind::from_wire(c.kind)?))
+            .map_err(|e: felix_model::durability::DurabilityError| BrokerError::Invalid(e.to_string()))?;
+        Ok((durability, kind_from_wire(c.kind)?))
     }
 
     /// Validates and records a new stream (founded by `replicas`, in a

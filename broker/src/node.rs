@@ -431,7 +431,7 @@ impl Node {
         }
         let c = StreamConfig {
             name: name.to_string(),
-            kind: StreamKind::Stream.wire(),
+            kind: StreamKind::Stream.code(),
             shards: 1,
             durability: like.durability.clone(),
             retention_ms: like.retention_ms,
@@ -836,7 +836,7 @@ impl Node {
             .iter()
             .map(|(name, h)| StreamInfo {
                 name: name.clone(),
-                kind: h.meta().kind.wire(),
+                kind: h.meta().kind.code(),
                 shards: h
                     .shards
                     .iter()
@@ -956,7 +956,7 @@ impl Node {
 /// Whether a stream is the one `c` describes (kind and shard count; what
 /// cannot change in place).
 fn same_shape(m: &StreamMeta, c: &StreamConfig) -> bool {
-    m.kind.wire() == c.kind && m.shards.len() == c.shards as usize
+    m.kind.code() == c.kind && m.shards.len() == c.shards as usize
 }
 
 /// Whether what may change in place already matches.

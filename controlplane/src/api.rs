@@ -24,12 +24,12 @@ use serde_json::{json, Value};
 
 use crate::auth::{self, AuthError, FelixClaims, Verifier};
 use crate::model::*;
-use crate::names::name_problem;
 use crate::node::{fresh_key, now_ms, CpError, Forwarded, Node};
 use crate::raft::network::{SnapshotRpc, SECRET_HEADER};
 use crate::raft::Outcome;
 use crate::rbac::{for_token, Action, Grant, Grouping, Object, Policy};
 use crate::state::{tenant_admin_grants, Command, ErrorKind};
+use felix_model::names::name_problem;
 
 /// Items one list page holds at most.
 pub const PAGE_SIZE_MAX: usize = 1000;

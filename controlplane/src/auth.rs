@@ -31,8 +31,9 @@ pub const FELIX_AUDIENCE: &str = "felix";
 pub const TOKEN_TTL_S_DEFAULT: u64 = 900;
 /// Clock difference tolerated between the token's signer and its reader.
 pub const CLOCK_SKEW_S_MAX: u64 = 30;
-/// Longest token accepted (a JWT with a large permission set is a few KiB).
-pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
+// Longest token accepted (a JWT with a large permission set is a few KiB):
+// the model's, which the wire checks too.
+pub use felix_model::limits::TOKEN_BYTES_MAX;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]

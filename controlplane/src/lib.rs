@@ -1,17 +1,21 @@
 //! The Felix control plane: tenants, namespaces, streams and caches, shard
-//! placement, brokers, tokens and RBAC.
+//! placement, brokers, tokens and RBAC. Brokers follow it; it never calls
+//! them, and it is never on the data path.
 //!
-//! Built so far: the RBAC core ([`rbac`]), sans-IO — the object grammar,
-//! policies and groupings, what a principal may do, the scope an admin
-//! may change, and the permission set a token exchange issues. The
-//! replicated store, the HTTP API, token signing and placement are not
-//! built yet (issue 7); nothing in the broker uses this crate yet.
+//! - [`state`]: the sans-IO core, `Metadata` and its one `apply`;
+//!   [`model`] the specs and their validation (names, kinds and
+//!   durability are `felix-model`'s); [`placement`] decides replicas;
+//! - [`auth`]: Felix tokens (EdDSA JWTs) and upstream IdP tokens;
+//!   [`rbac`]: objects, policies, what a principal may do;
+//! - the edges: [`raft`] (openraft over RocksDB, RPCs over HTTP, split-vote
+//!   re-standing), [`node`] (a running node: forwarding, broker liveness),
+//!   [`api`] (the HTTP routes and their OpenAPI document), [`server`]
+//!   (listeners), [`metrics`] (the process's Prometheus recorder).
 
 pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod model;
-pub mod names;
 pub mod node;
 pub mod placement;
 pub mod raft;

@@ -73,15 +73,9 @@ fn check_text(field: &str, s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A stream's kind: every record kept until retention, or only the latest
-/// per key.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StreamKind {
-    #[default]
-    Stream,
-    Compacted,
-}
+// A stream's kind is the model's (`stream` or `compacted` here; a cache is
+// a resource of its own).
+pub use felix_model::StreamKind;
 
 fn default_shards() -> u32 {
     1
@@ -141,14 +135,12 @@ fn check_shape(shards: u32, rf: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// The broker's durability spellings (`felix_log::Durability`).
+/// The durability spellings (`felix_model::Durability`, the one rule the
+/// brokers apply).
 pub fn durability_problem(d: &str) -> Option<String> {
-    let ok = match d.split_once(':') {
-        None => d == "always" || d == "none",
-        Some(("interval", ms)) => ms.parse::<u64>().is_ok_and(|ms| ms > 0),
-        Some(_) => false,
-    };
-    (!ok).then(|| format!("durability {d:?} is not always, none or interval:<ms> (ms > 0)"))
+    d.parse::<felix_model::Durability>()
+        .is_err()
+        .then(|| format!("durability {d:?} is not always, none or interval:<ms> (ms > 0)"))
 }
 
 impl StreamSpec {
@@ -156,6 +148,9 @@ impl StreamSpec {
         check_shape(self.shards, self.replication_factor)?;
         if let Some(why) = durability_problem(&self.durability) {
             return Err(why);
+        }
+        if self.kind == StreamKind::Cache {
+            return Err("kind \"cache\": a cache is created as a cache, not as a stream".into());
         }
         if self.retention_ms == Some(0) || self.retention_bytes == Some(0) {
             return Err("a retention of 0 would delete every record; omit it to keep all".into());
@@ -424,7 +419,7 @@ impl BrokerRegistration {
             return Err("shards_max must be at least 1".into());
         }
         if let Some(z) = &self.zone {
-            if let Some(why) = crate::names::name_problem(z) {
+            if let Some(why) = felix_model::names::name_problem(z) {
                 return Err(format!("zone {z:?}: {why}"));
             }
         }

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::*;
-use crate::names::name_problem;
 use crate::placement::{Candidate, Cluster};
 use crate::rbac::{Action, Grant, Grouping, Object, Policy, RbacError, Rules};
+use felix_model::names::name_problem;
 
 /// Changes the feed keeps; a broker further behind takes a new snapshot.
 pub const CHANGES_KEPT_MAX: usize = 4096;

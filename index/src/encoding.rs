@@ -10,8 +10,8 @@ use crate::error::IndexError;
 
 /// Bytes of the shard prefix every key starts with.
 pub const SHARD_PREFIX_BYTES: usize = 8;
-/// Longest cursor or group name.
-pub const NAME_BYTES_MAX: usize = 255;
+// Longest cursor or group name: the model's, as on the wire.
+pub use felix_model::limits::NAME_BYTES_MAX;
 
 pub const OFFSETS_KEY_BYTES: usize = SHARD_PREFIX_BYTES + 8;
 pub const OFFSETS_VALUE_BYTES: usize = 8 + 4 + 4;

@@ -1,59 +1,12 @@
 //! What a log is told when it is opened.
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::batch::layout::BATCH_BYTES_MAX;
 use crate::error::LogError;
 use crate::segment::format::SEGMENT_HEADER_BYTES;
 
-/// When appended bytes are forced to stable storage.
-///
-/// | mode | survives a process crash | survives power loss |
-/// |---|---|---|
-/// | `always` | every acknowledged append | every acknowledged append |
-/// | `interval:<ms>` | every acknowledged append | all but the last ≤ `ms` of appends |
-/// | `none` | every acknowledged append | what the kernel happened to write back; sealed segments always |
-///
-/// Appends are copied into a shared file mapping, so they are in the page
-/// cache the moment `append` returns and a killed process loses nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Group commit: an append is acknowledged only after an fsync that
-    /// covers it; concurrent appenders share one fsync.
-    #[default]
-    Always,
-    /// A background flush every `ms` milliseconds.
-    Interval { ms: u64 },
-    /// No fsync on the append path.
-    None,
-}
-
-impl FromStr for Durability {
-    type Err = LogError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "always" => Ok(Durability::Always),
-            "none" => Ok(Durability::None),
-            _ => match s.strip_prefix("interval:").map(str::parse::<u64>) {
-                Some(Ok(ms)) if ms > 0 => Ok(Durability::Interval { ms }),
-                _ => Err(LogError::Config(format!(
-                    "durability '{s}': expected always, none or interval:<ms> with ms > 0"
-                ))),
-            },
-        }
-    }
-}
-
-impl fmt::Display for Durability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Durability::Always => f.write_str("always"),
-            Durability::Interval { ms } => write!(f, "interval:{ms}"),
-            Durability::None => f.write_str("none"),
-        }
-    }
-}
+// The durability modes and their spelling are the model's, shared with the
+// wire, the broker and the control plane.
+pub use felix_model::Durability;
 
 /// How much of the log recovery verifies on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -171,7 +171,7 @@ fn unverified_tenant(token: &str) -> Result<String, BrokerError> {
         .get("tid")
         .and_then(|t| t.as_str())
         .ok_or_else(|| bad("no tenant (tid) claim"))?;
-    if felix_controlplane::names::name_problem(tid).is_some() {
+    if felix_model::names::name_problem(tid).is_some() {
         return Err(bad("invalid tenant name"));
     }
     Ok(tid.to_owned())
@@ -211,7 +211,7 @@ pub fn required(request: &Message) -> Result<Option<(Action, Object)>, BrokerErr
         Message::CachePut { cache: n, .. } | Message::CacheDelete { cache: n, .. } => {
             cache(n, Action::CacheWrite)
         }
-        Message::StreamCreate(c) if c.kind == crate::meta::StreamKind::Cache.wire() => {
+        Message::StreamCreate(c) if c.kind == crate::meta::StreamKind::Cache.code() => {
             cache(&c.name, Action::ResourceManage)
         }
         Message::StreamCreate(c) => stream(&c.name, Action::ResourceManage),

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
-use felix_controlplane::model::{Cache, Quotas, ShardPlacement, Stream, StreamKind as CpKind};
+use felix_controlplane::model::{Cache, Quotas, ShardPlacement, Stream};
 use felix_controlplane::state::{Change, Versioned};
 use serde::Deserialize;
 use serde_json::Value;
@@ -311,11 +311,7 @@ fn followed(config: StreamConfig, placement: &[ShardPlacement]) -> Followed {
 pub fn stream_config(tenant: &str, namespace: &str, name: &str, s: &Stream) -> StreamConfig {
     StreamConfig {
         name: format!("{tenant}/{namespace}/{name}"),
-        kind: match s.spec.kind {
-            CpKind::Stream => StreamKind::Stream,
-            CpKind::Compacted => StreamKind::Compacted,
-        }
-        .wire(),
+        kind: s.spec.kind.code(),
         shards: s.spec.shards,
         durability: s.spec.durability.clone(),
         retention_ms: s.spec.retention_ms,
@@ -329,7 +325,7 @@ pub fn stream_config(tenant: &str, namespace: &str, name: &str, s: &Stream) -> S
 pub fn cache_config(tenant: &str, namespace: &str, name: &str, c: &Cache) -> StreamConfig {
     StreamConfig {
         name: format!("{tenant}/{namespace}/{name}"),
-        kind: StreamKind::Cache.wire(),
+        kind: StreamKind::Cache.code(),
         shards: c.spec.shards,
         durability: CACHE_DURABILITY.into(),
         retention_ms: None,

@@ -170,7 +170,7 @@ impl ControlLink {
         token: Option<&str>,
     ) -> Result<(), BrokerError> {
         let n = StreamName::parse(&c.name)?;
-        let kind = StreamKind::from_wire(c.kind)?;
+        let kind = crate::meta::kind_from_wire(c.kind)?;
         let (path, body) = if kind == StreamKind::Cache {
             (
                 format!("/v1/tenants/{}/namespaces/{}/caches", n.tenant, n.namespace),

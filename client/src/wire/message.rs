@@ -9,10 +9,10 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::error::{code, ErrorReply, WireError, ERROR_MESSAGE_BYTES_MAX};
 use super::frame::{FrameHeader, FRAME_BODY_BYTES_MAX};
 
-/// Longest stream, cache, group, subscription name or broker address.
-pub const NAME_BYTES_MAX: usize = 255;
-/// Longest credential in a handshake.
-pub const TOKEN_BYTES_MAX: usize = 16 << 10;
+// Longest stream, cache, group, subscription name or broker address, and
+// longest credential in a handshake: the model's, shared with the index and
+// the control plane.
+pub use felix_model::limits::{NAME_BYTES_MAX, TOKEN_BYTES_MAX};
 /// Longest key (as in a record batch).
 pub const KEY_BYTES_MAX: usize = felix_log::batch::layout::KEY_BYTES_MAX;
 /// Largest cache value or single record value.

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::RbacError;
 
-use crate::names::name_problem;
+use felix_model::names::name_problem;
 
 /// The last part of an object: one name, or every name (`*`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

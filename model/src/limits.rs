@@ -1,0 +1,16 @@
+//! Bounds that more than one layer checks: a value accepted by one and
+//! refused by the next would be a bug, so there is one copy of each.
+
+use crate::names::{DLQ_SUFFIX, DLQ_SUFFIXES_MAX, NAME_PART_BYTES_MAX};
+
+/// Longest full name on the wire and in the index (its length is one byte
+/// there).
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest Felix token a client may present (an EdDSA JWT with its
+/// permissions); the wire refuses longer before the broker parses it.
+pub const TOKEN_BYTES_MAX: usize = 16 << 10;
+
+// A full name with the longest parts and every dead-letter suffix still
+// fits the wire's and the index's name field.
+const _: () = assert!(3 * NAME_PART_BYTES_MAX + DLQ_SUFFIXES_MAX * DLQ_SUFFIX.len() + 2 <= NAME_BYTES_MAX);
+const _: () = assert!(NAME_BYTES_MAX <= u8::MAX as usize);
