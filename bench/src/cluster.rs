@@ -223,7 +223,7 @@ async fn bench(
     let mut rows = Vec::new();
     for (rf, replicated) in [(1u32, false), (3, true)] {
         let dir = tempfile::tempdir()?;
-        let brokers = LocalBrokers::spawn_as(
+        let brokers = LocalBrokers::spawn(
             crate::RUN_BROKER,
             dir.path(),
             "127.0.0.1:0".parse()?,
@@ -308,7 +308,7 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
             (Some(dir), path)
         }
     };
-    let mut brokers = LocalBrokers::spawn_as(crate::RUN_BROKER, &dir, "127.0.0.1:0".parse()?, 3, "", true)?;
+    let mut brokers = LocalBrokers::spawn(crate::RUN_BROKER, &dir, "127.0.0.1:0".parse()?, 3, "", true)?;
     let stream = "bench/failover/always";
     let client = ready_stream(&brokers, stream, "always", 3).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,7 +438,7 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     // Idle shards hold nothing: small segments keep 3 × `shards`
     // preallocated segments from filling a small disk.
     let extra = format!("[log]\nsegment_bytes = {IDLE_SEGMENT_BYTES}\n");
-    let brokers = LocalBrokers::spawn_as(
+    let brokers = LocalBrokers::spawn(
         crate::RUN_BROKER,
         dir.path(),
         "127.0.0.1:0".parse()?,

@@ -26,5 +26,6 @@ pub mod queue;
 pub mod server;
 pub mod shard;
 pub mod subscribe;
+pub mod windows;
 
 pub use error::BrokerError;

@@ -27,30 +27,20 @@ use tokio::sync::{watch, RwLock, Semaphore};
 
 use crate::coalesce::{self, Coalescer};
 use crate::error::BrokerError;
+use crate::windows::ProducerWindows;
+pub use crate::windows::{
+    Appended, PRODUCERS_FORGOTTEN_SHARE, PRODUCERS_PER_SHARD_MAX, PRODUCER_SCAN_ENTRIES_MAX,
+};
 
 /// Bytes of publishes to one shard being appended at once; beyond it a
 /// publish is answered `Overloaded` at once.
 pub const SHARD_IN_FLIGHT_BYTES_MAX: usize = 64 << 20;
 /// What an overloaded shard tells the client to wait.
 pub const SHARD_OVERLOADED_RETRY_MS: u32 = 20;
-/// Producers whose last batch a shard remembers for deduplication.
-pub const PRODUCERS_PER_SHARD_MAX: usize = 100_000;
-/// When the windows are full, one in this many (the oldest) is forgotten.
-pub const PRODUCERS_FORGOTTEN_SHARE: usize = 16;
 /// The term every entry of an unreplicated shard gets.
 pub const SINGLE_NODE_TERM: RaftTerm = RaftTerm(1);
-/// Entries at the end of the log scanned at start-up to rebuild producer
-/// windows: a retry of a batch older than this many entries is written again.
-pub const PRODUCER_SCAN_ENTRIES_MAX: u64 = 100_000;
 /// How often a retry of a batch still in flight looks for its outcome.
 const IN_FLIGHT_POLL_MS: u64 = 5;
-
-/// Where a publish landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Appended {
-    pub base_offset: u64,
-    pub count: u32,
-}
 
 #[derive(Debug)]
 pub struct HostedShard {
@@ -65,7 +55,7 @@ pub struct HostedShard {
     /// The first Raft index not indexed yet.
     unapplied: Mutex<RaftIndex>,
     /// producer id → (sequence, where that batch landed).
-    producers: Mutex<HashMap<u64, (u64, Appended)>>,
+    producers: Mutex<ProducerWindows>,
     /// Bumped after every append; shared by the shards of one stream so a
     /// subscription over several shards waits on one thing.
     signal: Arc<watch::Sender<u64>>,
@@ -170,7 +160,7 @@ impl HostedShard {
                     ),
                 },
             };
-            let producers = scan_producers(l, unapplied);
+            let producers = ProducerWindows::scan(l, unapplied);
             Ok((hwm, unapplied, producers))
         })?;
         Ok(HostedShard {
@@ -326,13 +316,11 @@ impl HostedShard {
         producer_id: u64,
         sequence: u64,
     ) -> Result<Option<Appended>, BrokerError> {
-        match self.producers.lock().expect("producers lock").get(&producer_id) {
-            Some((seq, at)) if *seq == sequence => Ok(Some(*at)),
-            Some((seq, _)) if sequence < *seq => Err(BrokerError::Invalid(format!(
-                "producer {producer_id}: sequence {sequence} is behind {seq}, already written"
-            ))),
-            _ => Ok(None),
-        }
+        self.producers
+            .lock()
+            .expect("producers lock")
+            .verdict(producer_id, sequence)
+            .map_err(|e| BrokerError::Invalid(e.to_string()))
     }
 
     /// Marks `(producer_id, sequence)` as being written; `None` when it
@@ -629,7 +617,7 @@ impl HostedShard {
         {
             let mut p = self.producers.lock().expect("producers lock");
             for e in &entries {
-                note_producer(&mut p, &e.batch);
+                p.note(&e.batch);
             }
         }
         let next = entries
@@ -707,59 +695,6 @@ fn not_leader(leader: Option<(u64, felix_replication::BrokerNode)>) -> BrokerErr
     }
 }
 
-/// Records in the windows the producer and sequence of every batch a data
-/// batch carries (one, or a merged entry's several).
-fn note_producer(p: &mut HashMap<u64, (u64, Appended)>, batch: &Batch) {
-    // The log checked the table when it stored the batch.
-    let runs = batch.producer_runs().unwrap_or_default();
-    let base = batch.header().base_offset.0;
-    for run in runs {
-        let id = run.producer_id.0;
-        if p.len() >= PRODUCERS_PER_SHARD_MAX && !p.contains_key(&id) {
-            forget_oldest(p);
-        }
-        let at = Appended {
-            base_offset: base + u64::from(run.offset_delta),
-            count: run.offset_count,
-        };
-        let e = p.entry(id).or_insert((run.first_seq, at));
-        if run.first_seq >= e.0 {
-            *e = (run.first_seq, at);
-        }
-    }
-}
-
-/// Forgets the producers whose last batch is oldest in the log,
-/// 1/[`PRODUCERS_FORGOTTEN_SHARE`] of the windows at once, so that a shard
-/// taking many new producers (a dead letter is one each) scans the windows
-/// once per many of them. A forgotten producer loses only its dedup
-/// window, as Kafka expires idle producer ids. The windows are full when
-/// this runs, so the producer written last is never among the forgotten,
-/// and a retry right after its write is still answered.
-fn forget_oldest(p: &mut HashMap<u64, (u64, Appended)>) {
-    let mut at: Vec<u64> = p.values().map(|(_, a)| a.base_offset).collect();
-    if at.is_empty() {
-        return;
-    }
-    let n = (at.len() / PRODUCERS_FORGOTTEN_SHARE).max(1);
-    let (_, cut, _) = at.select_nth_unstable(n - 1);
-    let cut = *cut;
-    p.retain(|_, (_, a)| a.base_offset > cut);
-}
-
-/// Producer windows from the last entries before `unapplied`.
-fn scan_producers(l: &felix_log::Log, unapplied: RaftIndex) -> HashMap<u64, (u64, Appended)> {
-    let mut p = HashMap::new();
-    let from = RaftIndex(unapplied.0.saturating_sub(PRODUCER_SCAN_ENTRIES_MAX));
-    for e in l.positioned_from_raft_index(from) {
-        if e.batch.header().raft_index >= unapplied {
-            break;
-        }
-        note_producer(&mut p, &e.batch);
-    }
-    p
-}
-
 impl Applier for HostedShard {
     fn apply_through(&self, through: RaftIndex) -> Result<(), String> {
         HostedShard::apply_through(self, through).map_err(|e| e.to_string())
@@ -780,11 +715,7 @@ impl Applier for HostedShard {
                 .map_or(l.next_offset().0, |b| b.header().next_offset().0))
         })?;
         *unapplied = last.next();
-        *self.producers.lock().expect("producers lock") = s
-            .producers
-            .into_iter()
-            .map(|(id, seq, at)| (id, (seq, at)))
-            .collect();
+        *self.producers.lock().expect("producers lock") = ProducerWindows::from_state(s.producers);
         drop(unapplied);
         self.hwm.send_replace(next);
         self.signal.send_modify(|n| *n = n.wrapping_add(1));
@@ -793,13 +724,7 @@ impl Applier for HostedShard {
 
     fn snapshot_state(&self) -> Result<Vec<u8>, String> {
         let s = ShardState {
-            producers: self
-                .producers
-                .lock()
-                .expect("producers lock")
-                .iter()
-                .map(|(id, (seq, at))| (*id, *seq, *at))
-                .collect(),
+            producers: self.producers.lock().expect("producers lock").to_state(),
         };
         serde_json::to_vec(&s).map_err(|e| e.to_string())
     }
@@ -846,33 +771,5 @@ fn cut_at(chunk: ReadChunk, from: u64, hwm: u64) -> ReadChunk {
     ReadChunk {
         bytes: chunk.bytes.slice(..keep),
         next_offset: Offset(next.unwrap_or(from)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn full_windows_forget_the_producers_written_longest_ago() {
-        let window = |i: u64| {
-            (
-                7,
-                Appended {
-                    base_offset: i * 3,
-                    count: 1,
-                },
-            )
-        };
-        // Inserted in no particular order of age.
-        let mut p: HashMap<u64, (u64, Appended)> =
-            (0..1600u64).rev().map(|i| (1000 + i, window(i))).collect();
-        forget_oldest(&mut p);
-        assert_eq!(p.len(), 1600 - 1600 / PRODUCERS_FORGOTTEN_SHARE);
-        assert!((0..100u64).all(|i| !p.contains_key(&(1000 + i))), "the oldest go");
-        assert!(
-            (100..1600u64).all(|i| p.contains_key(&(1000 + i))),
-            "the rest stay"
-        );
     }
 }

@@ -11,7 +11,7 @@ use felix_broker::shard::HostedShard;
 use felix_broker::BrokerError;
 use felix_client::transport::dev_certificates;
 use felix_index::{Index, IndexConfig, ShardKind};
-use felix_log::{Batch, BatchBuilder, Compression, Durability, LogConfig, RaftIndex, RecordInput, ShardId};
+use felix_log::{Batch, Durability, LogConfig, RaftIndex, ShardId};
 use felix_replication::{node_id, BrokerNode, GroupConfig, GroupId, Replica, Router, Transport};
 
 const PRODUCERS: u64 = 48;
@@ -19,17 +19,13 @@ const BATCHES_EACH: u64 = 4;
 const RECORDS_EACH: u64 = 2;
 
 fn pbatch(producer: u64, sequence: u64) -> Bytes {
-    let mut b = BatchBuilder::new(1 << 20).producer(felix_log::ProducerId(producer), sequence);
-    for r in 0..RECORDS_EACH {
-        let v = format!("p{producer}-s{}", sequence + r);
-        b.push(RecordInput {
-            value: Some(v.as_bytes()),
-            timestamp_ms: 1_700_000_000_000 + (producer * 7 + sequence) as i64,
-            ..Default::default()
-        })
-        .unwrap();
-    }
-    Bytes::from(b.build(Compression::None).unwrap())
+    let values: Vec<String> = (0..RECORDS_EACH)
+        .map(|r| format!("p{producer}-s{}", sequence + r))
+        .collect();
+    felix_testkit::Batch::of(&values)
+        .ts(1_700_000_000_000 + (producer * 7 + sequence) as i64)
+        .producer(producer, sequence)
+        .bytes()
 }
 
 /// A shard whose writes go through a one-replica Raft group.

@@ -9,7 +9,7 @@ use felix_broker::shard::HostedShard;
 use felix_broker::BrokerError;
 use felix_client::wire::StreamConfig;
 use felix_index::{Index, IndexConfig, ShardKind};
-use felix_log::{Batch, BatchBuilder, Compression, Durability, LogConfig, RecordInput, ShardId};
+use felix_log::{Batch, Durability, LogConfig, ShardId};
 
 fn batch(values: &[&str]) -> Bytes {
     pbatch(values, 0, 0)
@@ -17,16 +17,10 @@ fn batch(values: &[&str]) -> Bytes {
 
 /// A batch stamped with its producer id and sequence, as clients build them.
 fn pbatch(values: &[&str], producer: u64, sequence: u64) -> Bytes {
-    let mut b = BatchBuilder::new(1 << 20).producer(felix_log::ProducerId(producer), sequence);
-    for v in values {
-        b.push(RecordInput {
-            value: Some(v.as_bytes()),
-            timestamp_ms: 1_700_000_000_000,
-            ..Default::default()
-        })
-        .unwrap();
-    }
-    Bytes::from(b.build(Compression::None).unwrap())
+    felix_testkit::Batch::of(values)
+        .ts(1_700_000_000_000)
+        .producer(producer, sequence)
+        .bytes()
 }
 
 fn values(chunk: &Bytes) -> Vec<(u64, String)> {
@@ -248,16 +242,8 @@ async fn the_first_append_of_a_new_shard_is_indexed_at_once() {
         index.clone(),
     )
     .unwrap();
-    let mut b = BatchBuilder::new(1 << 20);
-    b.push(RecordInput {
-        key: Some(b"k"),
-        value: Some(b"v"),
-        timestamp_ms: 1,
-        ..Default::default()
-    })
-    .unwrap();
     shard
-        .append(Bytes::from(b.build(Compression::None).unwrap()))
+        .append(felix_testkit::Batch::keyed(&[("k", Some("v"))]).ts(1).bytes())
         .await
         .unwrap();
     let e = index

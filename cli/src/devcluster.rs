@@ -12,6 +12,8 @@ use felix_broker::config::{local_broker_toml, local_cluster_toml, LocalMember};
 use felix_broker::server::ClientProfile;
 use felix_client::transport::dev_certificates;
 
+/// `felix`'s subcommand that runs a broker from a file.
+pub const BROKER_SUBCOMMAND: &str = "broker";
 /// Ports above a broker's client port where it replicates.
 const RAFT_PORT_OFFSET: u16 = 100;
 
@@ -30,22 +32,12 @@ pub struct LocalBrokers {
 
 impl LocalBrokers {
     /// Writes a configuration for each of `n` brokers under `data_dir`
-    /// (`extra` added to each) and starts them. With port 0 in `listen`,
-    /// free ports are picked. `replicated: false` (with `n` = 1) runs a
-    /// plain broker without a `[cluster]`: the RF=1 baseline of benchmarks.
+    /// (`extra` added to each) and starts them, each as this executable
+    /// with `subcommand --config FILE` ([`BROKER_SUBCOMMAND`] for `felix`).
+    /// With port 0 in `listen`, free ports are picked. `replicated: false`
+    /// (with `n` = 1) runs a plain broker without a `[cluster]`: the RF=1
+    /// baseline of benchmarks.
     pub fn spawn(
-        data_dir: &Path,
-        listen: SocketAddr,
-        n: u32,
-        extra: &str,
-        replicated: bool,
-    ) -> anyhow::Result<LocalBrokers> {
-        LocalBrokers::spawn_as("broker", data_dir, listen, n, extra, replicated)
-    }
-
-    /// As [`LocalBrokers::spawn`], each broker started as this executable
-    /// with `subcommand --config FILE`.
-    pub fn spawn_as(
         subcommand: &'static str,
         data_dir: &Path,
         listen: SocketAddr,
@@ -149,7 +141,7 @@ impl Drop for LocalBrokers {
 pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let embedded = felix_broker::control::embedded::start(&data_dir, cp)
+    let embedded = crate::embedded::start(&data_dir, cp)
         .await
         .with_context(|| format!("starting the embedded control plane on {cp}"))?;
     let link = &embedded.link;
@@ -157,7 +149,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
         "[controlplane]\nurls = {:?}\nsecret = {:?}\n",
         link.urls, link.secret
     );
-    let brokers = LocalBrokers::spawn(&data_dir, listen, n, &extra, true)?;
+    let brokers = LocalBrokers::spawn(BROKER_SUBCOMMAND, &data_dir, listen, n, &extra, true)?;
     let profile_path = data_dir.join("client.toml");
     let cp_url = format!("http://{}", embedded.handle.addr);
     ClientProfile {
@@ -183,10 +175,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
     }
     println!(
         "  control   {cp_url}  (operator secret in {})",
-        data_dir
-            .join(felix_broker::control::embedded::DIR)
-            .join("secret")
-            .display()
+        data_dir.join(crate::embedded::DIR).join("secret").display()
     );
     println!("  token     {}", embedded.dev_token);
     println!("  CA        {}", brokers.ca.display());

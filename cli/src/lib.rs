@@ -5,6 +5,7 @@
 //! - [`run`]: a broker or control-plane node in this process until a
 //!   signal (`felix broker`, `felix controlplane`, `felix dev`);
 //! - [`devcluster`]: `felix dev --brokers N`, N broker processes;
+//!   [`embedded`]: the one-node control plane `felix dev` runs;
 //! - [`commands`]: the client commands (stream, cache, publish, subscribe,
 //!   group) over [`profile`] (the client profile, the connection, hints);
 //! - [`status`]: `felix cluster status` and `felix stream describe`;
@@ -13,6 +14,7 @@
 
 pub mod commands;
 pub mod devcluster;
+pub mod embedded;
 pub mod logs;
 pub mod logtool;
 pub mod profile;

@@ -45,7 +45,7 @@ pub async fn serve(
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
     let embedded = match dev {
         Some(listen) => {
-            let e = felix_broker::control::embedded::start(&config.data_dir, listen)
+            let e = crate::embedded::start(&config.data_dir, listen)
                 .await
                 .with_context(|| format!("starting the embedded control plane on {listen}"))?;
             config.controlplane = Some(e.link.clone());
@@ -168,20 +168,13 @@ pub async fn controlplane(c: felix_controlplane::node::NodeConfig, file: PathBuf
 /// Longest a broker spends stopping after SIGTERM.
 const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn print_dev_banner(
-    r: &server::Running,
-    e: &felix_broker::control::embedded::Embedded,
-    dir: &Path,
-    profile: &Path,
-) {
+fn print_dev_banner(r: &server::Running, e: &crate::embedded::Embedded, dir: &Path, profile: &Path) {
     println!("felix dev is running");
     println!("  endpoint  quic://{}", r.addr);
     println!(
         "  control   http://{}  (operator secret in {})",
         e.handle.addr,
-        dir.join(felix_broker::control::embedded::DIR)
-            .join("secret")
-            .display()
+        dir.join(crate::embedded::DIR).join("secret").display()
     );
     println!("  tenant    dev (namespace default; bare names like `orders` are dev/default/orders)");
     println!("  token     {}", e.dev_token);

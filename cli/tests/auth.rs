@@ -5,10 +5,13 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{publish_one as publish, rt, Broker};
+use felix_client::conn::Connection;
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{Client, ClientError, Route, SubscribeOptions};
 use serde_json::{json, Value};
@@ -283,51 +286,81 @@ fn quotas_retention_and_deletes_from_the_control_plane_reach_the_broker() {
         cp.ok(
             reqwest::Method::PUT,
             "/v1/tenants/dev/namespaces/default",
-            json!({"quotas": {"publish_records_per_s_max": 50}}),
+            json!({"quotas": {"publish_records_per_s_max": QUOTA}}),
         )
         .await;
         let conn = dev.connection(&b.profile.brokers[0]).await.unwrap();
-        let started = Instant::now();
+        // Until the feed brings the quota nothing is refused; from then the
+        // bucket holds a second's worth, so at least that many pass before
+        // the first refusal. (Bursts, not one publish at a time: a quota
+        // refills a record every 20 ms, as long as a slow fsync may take.)
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut admitted = 0;
-        let refused = loop {
-            match conn.request(&publish("events", b"q"), 5_000).await {
-                Ok(Message::PublishAck { .. }) => admitted += 1,
-                Ok(Message::Error(e)) | Err(ClientError::Broker(e)) => break e,
-                r => panic!("{r:?}"),
+        loop {
+            let (a, refused, _) = burst(&conn, BURST).await;
+            admitted += a;
+            if refused > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the quota never refused");
+        }
+        assert!(
+            admitted >= QUOTA,
+            "{admitted} publishes admitted by the first refusal: the bucket starts with {QUOTA}"
+        );
+        // A burst far over the rate admits at most what the quota allows
+        // over the time it took, measured. A run so slow that the quota
+        // would allow all of it proves nothing, and is sent again.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (admitted, refused, elapsed) = burst(&conn, BURST).await;
+            let allowed = quota_allows(QUOTA, elapsed);
+            assert!(
+                admitted <= allowed,
+                "{admitted} of {BURST} admitted in {elapsed:?} at {QUOTA}/s: at most {allowed} may be"
+            );
+            if allowed < BURST {
+                assert!(refused > 0, "{refused}");
+                break;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "the quota never refused"
+                Instant::now() < deadline,
+                "no burst of {BURST} was sent fast enough to meet the quota in 60 s"
             );
-        };
-        let ErrorReply::Overloaded { retry_after_ms } = refused else {
-            panic!("refused with {refused:?}")
-        };
-        assert!(refused.retryable());
-        assert!((1..=1_000).contains(&retry_after_ms), "{retry_after_ms}");
-        assert!(
-            (40..=200).contains(&admitted),
-            "{admitted} publishes admitted before the refusal at 50/s"
-        );
-        // After the wait it asked for, a publish goes through.
-        tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms) + 50)).await;
-        assert!(matches!(
-            conn.request(&publish("events", b"q"), 5_000).await.unwrap(),
-            Message::PublishAck { .. }
-        ));
-        // Lifting the quota lifts the limit.
+        }
+        // After the wait it asks for, a publish goes through.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match conn.request(&publish("events", b"q"), 30_000).await {
+                Ok(Message::PublishAck { .. }) => break,
+                Ok(Message::Error(ErrorReply::Overloaded { retry_after_ms }))
+                | Err(ClientError::Broker(ErrorReply::Overloaded { retry_after_ms })) => {
+                    assert!(Instant::now() < deadline, "still refused after 30 s");
+                    tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms))).await;
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        // Lifting the quota lifts the limit: once the feed brings the
+        // change, a burst is admitted whole, and faster than the quota
+        // would have allowed.
         cp.ok(
             reqwest::Method::PUT,
             "/v1/tenants/dev/namespaces/default",
             json!({"quotas": {}}),
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        for _ in 0..200 {
-            assert!(matches!(
-                conn.request(&publish("events", b"q"), 5_000).await.unwrap(),
-                Message::PublishAck { .. }
-            ));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (admitted, refused, elapsed) = burst(&conn, BURST).await;
+            if refused == 0 && admitted > quota_allows(QUOTA, elapsed) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still limited 60 s after the quota was lifted: {refused} of {BURST} refused in {elapsed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
 
         // A retention change reaches the broker live.
@@ -366,10 +399,20 @@ fn quotas_retention_and_deletes_from_the_control_plane_reach_the_broker() {
             )
             .await
             .unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(5), sub.next()).await;
+        // A record delivered: the broker counts the subscription.
+        tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("a record within 30 s")
+            .expect("subscription open")
+            .expect("a record");
         let path = "/v1/tenants/dev/namespaces/default/streams/events";
-        // Heartbeats come every 5 s; wait for one that carries the count.
-        tokio::time::sleep(Duration::from_millis(6_000)).await;
+        // The delete is judged on the counts of the broker's last heartbeat
+        // (every 5 s), which no read endpoint shows. The first heartbeat
+        // answered after this point may have been sent before the
+        // subscription was counted; the broker sends the next only once
+        // that one is answered, so the second carries the count.
+        let before = heartbeats_answered(&cp).await;
+        wait_for(|| async { (heartbeats_answered(&cp).await >= before + 2.0).then_some(()) }).await;
         let (s, refused) = cp.call(reqwest::Method::DELETE, path, None).await;
         assert_eq!(s, 409, "{refused}");
         assert!(refused.to_string().contains("subscri"), "{refused}");
@@ -396,18 +439,92 @@ fn quotas_retention_and_deletes_from_the_control_plane_reach_the_broker() {
 }
 
 /// Polls `f` until it gives a value (the feed and heartbeats are
-/// asynchronous), for at most 15 s.
+/// asynchronous), for at most 30 s.
 async fn wait_for<T, F, Fut>(f: F) -> T
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(v) = f().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "not reached within 15 s");
+        assert!(Instant::now() < deadline, "not reached within 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The namespace quota the quota test sets, in records a second.
+const QUOTA: u32 = 50;
+/// Publishes in one burst: far more than [`QUOTA`] admits in the second
+/// or so a burst takes.
+const BURST: u32 = 400;
+
+/// The most a quota of `rate` records/s admits in `elapsed`: its bucket
+/// when full (a second's worth), the one record it may go into debt by,
+/// and what refills meanwhile (2 ms more for millisecond rounding).
+fn quota_allows(rate: u32, elapsed: Duration) -> u32 {
+    let refilled = (u128::from(rate) * (elapsed.as_millis() + 2)).div_ceil(1000);
+    u32::try_from(u128::from(rate) + 1 + refilled).unwrap_or(u32::MAX)
+}
+
+/// Sends `n` single-record publishes to `events` over `conn` from 16
+/// concurrent senders: how many were acknowledged, how many refused, and
+/// the time from the first send to the last answer. A refusal must be a
+/// retryable `Overloaded` that says when to come back.
+async fn burst(conn: &Arc<Connection>, n: u32) -> (u32, u32, Duration) {
+    let sent = Arc::new(AtomicU32::new(0));
+    let started = Instant::now();
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (conn, sent) = (conn.clone(), sent.clone());
+        senders.spawn(async move {
+            let (mut admitted, mut refused) = (0u32, 0u32);
+            while sent.fetch_add(1, Ordering::Relaxed) < n {
+                match conn.request(&publish("events", b"q"), 30_000).await {
+                    Ok(Message::PublishAck { .. }) => admitted += 1,
+                    Ok(Message::Error(e)) | Err(ClientError::Broker(e)) => {
+                        let ErrorReply::Overloaded { retry_after_ms } = e else {
+                            panic!("refused with {e:?}")
+                        };
+                        assert!(e.retryable());
+                        assert!((1..=1_000).contains(&retry_after_ms), "{retry_after_ms}");
+                        refused += 1;
+                    }
+                    r => panic!("{r:?}"),
+                }
+            }
+            (admitted, refused)
+        });
+    }
+    let (mut admitted, mut refused) = (0, 0);
+    while let Some(r) = senders.join_next().await {
+        let (a, f) = r.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        admitted += a;
+        refused += f;
+    }
+    (admitted, refused, started.elapsed())
+}
+
+/// Broker heartbeats the control plane has answered, from its request
+/// counter (`felix dev`'s one broker is the only one heartbeating).
+async fn heartbeats_answered(cp: &Cp) -> f64 {
+    let text = cp
+        .http
+        .get(format!("{}/metrics", cp.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with("felix_cp_api_requests_total{")
+                && l.contains("route=\"/v1/brokers/:broker/heartbeat\"")
+                && l.contains("status=\"200\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -11,35 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::LocalCluster;
-use common::{rt, stream_config};
+use common::{create_when_ready, rt, stream_config};
 use felix_client::{Client, ClientError, ProducerConfig, ProducerRecord};
 use felix_log::{Log, LogConfig, Offset};
-
-/// One cluster at a time: three brokers per test already load 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Creates a one-shard stream once the metadata group has elected its
-/// leader.
-async fn create_when_ready(client: &Client, name: &str) {
-    create_config_when_ready(client, stream_config(name, 1)).await
-}
-
-async fn create_config_when_ready(client: &Client, c: felix_client::wire::StreamConfig) {
-    let name = c.name.clone();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let m = felix_client::wire::Message::StreamCreate(c.clone());
-        match client.call(felix_client::Route::Any, &m).await {
-            Ok(felix_client::wire::Message::Done) => return,
-            r => assert!(Instant::now() < deadline, "creating {name}: {r:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use felix_testkit::serial::serial;
 
 /// What a producer saw: acknowledged (offset → value) and how many sends
 /// failed (their outcome unknown).
@@ -164,7 +139,7 @@ fn faults_keep_acknowledged_records_watched(
     let stop = Arc::new(AtomicBool::new(false));
     let client = rt.block_on(async {
         let client = Client::connect(c.client_config()).await.unwrap();
-        create_when_ready(&client, stream).await;
+        create_when_ready(&client, stream_config(stream, 1)).await;
         client
     });
     let worker = rt.spawn(produce(
@@ -299,7 +274,7 @@ fn writes_survive_one_lost_follower_and_fail_clearly_without_a_quorum() {
         let mut cfg = c.client_config();
         cfg.retry.deadline_ms = 10_000;
         let client = Client::connect(cfg).await.unwrap();
-        create_when_ready(&client, stream).await;
+        create_when_ready(&client, stream_config(stream, 1)).await;
         let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
         let send = |v: &'static str| {
             let mut r = ProducerRecord::new(v.as_bytes().to_vec());
@@ -365,7 +340,7 @@ fn a_lease_lost_with_its_leader_is_redelivered_and_acked_records_never_are() {
     let stream = "dev/default/jobs";
     rt.block_on(async {
         let client = Client::connect(c.client_config()).await.unwrap();
-        create_when_ready(&client, stream).await;
+        create_when_ready(&client, stream_config(stream, 1)).await;
         let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
         for i in 0..3 {
             assert_eq!(p.send_wait(record(format!("job{i}"))).await.unwrap().offset, i);
@@ -417,7 +392,7 @@ fn a_follower_behind_the_leaders_retention_catches_up_by_snapshot() {
         let client = Client::connect(c.client_config()).await.unwrap();
         let mut cfg = stream_config(stream, 1);
         cfg.retention_bytes = Some(200_000);
-        create_config_when_ready(&client, cfg).await;
+        create_when_ready(&client, cfg).await;
         // A batch above the log's limit is refused and nothing breaks.
         let big_cfg = ProducerConfig {
             linger_ms: 500,
@@ -547,7 +522,7 @@ fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
         let mut cfg = c.client_config();
         cfg.retry.deadline_ms = 20_000;
         let client = Client::connect(cfg).await.unwrap();
-        create_when_ready(&client, stream).await;
+        create_when_ready(&client, stream_config(stream, 1)).await;
         let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
         for i in 0..100 {
             acked.push(p.send_wait(record(format!("a{i}"))).await.unwrap().offset);
@@ -607,7 +582,7 @@ fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
         for i in 200..250 {
             acked.push(p.send_wait(record(format!("a{i}"))).await.unwrap().offset);
         }
-        create_when_ready(&client, "dev/default/after").await;
+        create_when_ready(&client, stream_config("dev/default/after", 1)).await;
         let q = client
             .producer("dev/default/after", ProducerConfig::default())
             .await
@@ -635,7 +610,7 @@ fn a_group_consumes_shards_led_by_different_brokers() {
     let stream = "dev/default/spread";
     rt.block_on(async {
         let client = Client::connect(c.client_config()).await.unwrap();
-        create_config_when_ready(&client, stream_config(stream, 3)).await;
+        create_when_ready(&client, stream_config(stream, 3)).await;
         let mut leaders = std::collections::BTreeSet::new();
         for shard in 0..3 {
             leaders.insert(c.leader(&client, stream, shard).await);
@@ -698,7 +673,7 @@ fn cluster_status_reports_leaders_lag_and_a_broker_down() {
     let stream = "dev/default/watched";
     rt.block_on(async {
         let client = Client::connect(c.client_config()).await.unwrap();
-        create_config_when_ready(&client, stream_config(stream, 2)).await;
+        create_when_ready(&client, stream_config(stream, 2)).await;
         let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
         for i in 0..40u32 {
             let mut r = ProducerRecord::new(format!("r{i}").into_bytes());
@@ -802,7 +777,7 @@ fn a_leader_cut_off_from_its_followers_stops_answering_cache_gets() {
     let name = "dev/default/kv";
     rt.block_on(async {
         let client = Client::connect(c.client_config()).await.unwrap();
-        create_config_when_ready(
+        create_when_ready(
             &client,
             felix_client::wire::StreamConfig {
                 kind: 2,

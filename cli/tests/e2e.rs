@@ -4,7 +4,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{admin, create, rt, stream_config, Broker};
@@ -35,6 +36,43 @@ async fn read_n(
         out.push((d.record.offset.0, d.record.value.unwrap()));
     }
     out
+}
+
+/// A lease, nack delay or TTL no test step could outlast by accident: the
+/// tests move the broker's clock past it instead of waiting it out.
+const LONG_MS: u32 = 600_000;
+
+/// Moves the clock of a broker started with `FELIX_CLOCK_SKEW_FILE=path`
+/// `offset_ms` ahead of the wall clock (written whole, then renamed, so the
+/// broker never reads half a number). The broker re-reads the file every
+/// 50 ms; callers poll for the effect.
+fn move_clock(path: &Path, offset_ms: i64) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, offset_ms.to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The environment that makes a broker read its clock offset from `path`.
+fn skewed(path: &Path) -> [(&'static str, &str); 1] {
+    [("FELIX_CLOCK_SKEW_FILE", path.to_str().expect("a UTF-8 path"))]
+}
+
+/// Fetches until a fetch leases something (a moved clock reaches the broker
+/// within its re-read interval), for at most 30 s.
+async fn fetch_until_leased(
+    g: &felix_client::GroupConsumer,
+    max_records: u32,
+    lease_ms: u32,
+) -> felix_client::Leased {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = g.fetch(max_records, lease_ms).await.unwrap();
+        if !got.records.is_empty() {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "nothing came back within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]
@@ -95,6 +133,8 @@ fn acknowledged_records_replay_in_order_at_the_same_offsets_after_sigkill() {
 #[test]
 fn leased_but_unacked_records_are_redelivered_after_sigkill_and_acked_ones_are_not() {
     let dir = tempfile::tempdir().unwrap();
+    let clock = tempfile::tempdir().unwrap();
+    let skew = clock.path().join("skew-ms");
     let rt = rt();
     let mut b = Broker::start(dir.path());
     rt.block_on(async {
@@ -107,14 +147,14 @@ fn leased_but_unacked_records_are_redelivered_after_sigkill_and_acked_ones_are_n
                 .unwrap();
         }
         let g = c.group_consumer("jobs", "workers");
-        let got = g.fetch(2, 1500).await.unwrap();
+        let got = g.fetch(2, LONG_MS).await.unwrap();
         let offsets: Vec<u64> = got.records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, vec![0, 1]);
         assert!(got.records.iter().all(|r| r.deliveries == 1));
         g.ack(&[(0, 0)]).await.unwrap();
         // Another consumer of the group cannot take what is leased.
         let other = c.group_consumer("jobs", "workers");
-        let got2 = other.fetch(10, 1500).await.unwrap();
+        let got2 = other.fetch(10, LONG_MS).await.unwrap();
         let o2: Vec<u64> = got2.records.iter().map(|r| r.offset).collect();
         assert_eq!(o2, vec![2, 3], "no two consumers hold the same record");
         other.ack(&[(0, 2), (0, 3)]).await.unwrap();
@@ -123,14 +163,15 @@ fn leased_but_unacked_records_are_redelivered_after_sigkill_and_acked_ones_are_n
         assert!(e.to_string().contains("not leased to this consumer"), "{e}");
     });
     b.kill();
-    let b = Broker::start(dir.path());
+    let b = Broker::start_with(dir.path(), &skewed(&skew));
     rt.block_on(async {
         let c = b.client().await;
         let g = c.group_consumer("jobs", "workers");
         let got = g.fetch(10, 30_000).await.unwrap();
         assert!(got.records.is_empty(), "offset 1's lease has not expired yet");
-        tokio::time::sleep(Duration::from_millis(1600)).await;
-        let got = g.fetch(10, 30_000).await.unwrap();
+        // Past the lease by the broker's clock: offset 1 comes back.
+        move_clock(&skew, i64::from(LONG_MS) + 1_000);
+        let got = fetch_until_leased(&g, 10, 30_000).await;
         let o: Vec<(u64, u32)> = got.records.iter().map(|r| (r.offset, r.deliveries)).collect();
         assert_eq!(
             o,
@@ -145,8 +186,10 @@ fn leased_but_unacked_records_are_redelivered_after_sigkill_and_acked_ones_are_n
 #[test]
 fn nacked_records_come_back_after_the_delay_and_dead_letter_after_max_deliveries() {
     let dir = tempfile::tempdir().unwrap();
+    let clock = tempfile::tempdir().unwrap();
+    let skew = clock.path().join("skew-ms");
     let rt = rt();
-    let b = Broker::start(dir.path());
+    let b = Broker::start_with(dir.path(), &skewed(&skew));
     rt.block_on(async {
         let c = b.client().await;
         let mut cfg = stream_config("tasks", 1);
@@ -158,15 +201,16 @@ fn nacked_records_come_back_after_the_delay_and_dead_letter_after_max_deliveries
         let g = c.group_consumer("tasks", "g");
         let first = g.fetch(1, 10_000).await.unwrap();
         assert_eq!(first.records[0].value, "poison");
-        g.nack(&[(0, 0)], 300).await.unwrap();
+        g.nack(&[(0, 0)], LONG_MS).await.unwrap();
         let got = g.fetch(1, 10_000).await.unwrap();
         assert_eq!(
             got.records[0].value, "fine",
             "a nacked record waits out its delay"
         );
         g.ack(&[(0, 1)]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        let again = g.fetch(1, 10_000).await.unwrap();
+        // Past the delay by the broker's clock: the nacked record is back.
+        move_clock(&skew, i64::from(LONG_MS) + 1_000);
+        let again = fetch_until_leased(&g, 1, 10_000).await;
         assert_eq!((again.records[0].offset, again.records[0].deliveries), (0, 2));
         g.nack(&[(0, 0)], 0).await.unwrap();
         // Third time: past max_deliveries, dead-lettered instead.
@@ -196,11 +240,18 @@ fn nacked_records_come_back_after_the_delay_and_dead_letter_after_max_deliveries
             .find(|(k, _)| k.as_ref() == b"felix-dlq-source")
             .unwrap();
         assert_eq!(&source.1[..], b"dev/default/tasks/0/0");
-        // Dead-lettered exactly once: nothing more arrives.
-        assert!(tokio::time::timeout(Duration::from_millis(500), dlq.next())
-            .await
-            .is_err());
         assert!(g.fetch(5, 1000).await.unwrap().records.is_empty());
+        // Dead-lettered exactly once, even by the fetch after it: the
+        // dead-letter shard ends at 1.
+        let scrape = metrics_text(&reqwest::Client::new(), &b.profile.admin[0]).await;
+        assert_eq!(
+            series(
+                &scrape,
+                "felix_shard_log_end_offset{stream=\"dev/default/tasks.dlq\",shard=\"0\"}"
+            ),
+            Some(1.0),
+            "dead-lettered exactly once"
+        );
     });
 }
 
@@ -352,8 +403,10 @@ fn dead_letters_of_the_longest_name_and_an_unwritable_one_does_not_stall_the_gro
 #[test]
 fn cache_versions_cas_ttl_and_delete() {
     let dir = tempfile::tempdir().unwrap();
+    let clock = tempfile::tempdir().unwrap();
+    let skew = clock.path().join("skew-ms");
     let rt = rt();
-    let mut b = Broker::start(dir.path());
+    let mut b = Broker::start_with(dir.path(), &skewed(&skew));
     rt.block_on(async {
         let c = b.client().await;
         let mut cfg = stream_config("sessions", 2);
@@ -379,11 +432,18 @@ fn cache_versions_cas_ttl_and_delete() {
             cache.put_if_version("u1", "c", None, v1).await.unwrap(),
             CasOutcome::Conflict(_)
         ));
-        // TTL: a miss as soon as it passes.
-        cache.put("short", "lived", Some(400)).await.unwrap();
+        // TTL: a miss once it passes (by the broker's clock, moved past it).
+        cache
+            .put("short", "lived", Some(u64::from(LONG_MS)))
+            .await
+            .unwrap();
         assert!(cache.get("short").await.unwrap().is_some());
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        assert_eq!(cache.get("short").await.unwrap(), None);
+        move_clock(&skew, i64::from(LONG_MS) + 1_000);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cache.get("short").await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "the TTL never passed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // Delete writes a tombstone.
         assert!(matches!(
             cache.delete("u1", None).await.unwrap(),
@@ -396,9 +456,10 @@ fn cache_versions_cas_ttl_and_delete() {
         let e = c.cache("plain").put("k", "v", None).await.unwrap_err();
         assert!(e.to_string().contains("is a stream"), "{e}");
     });
-    // Survives a crash: values come back from the log through the index.
+    // Survives a crash: values come back from the log through the index
+    // (the clock stays moved, so the TTL stays passed).
     b.kill();
-    let b = Broker::start(dir.path());
+    let b = Broker::start_with(dir.path(), &skewed(&skew));
     rt.block_on(async {
         let c = b.client().await;
         let cache = c.cache("sessions");

@@ -28,7 +28,7 @@ use crate::node::{fresh_key, now_ms, CpError, Forwarded, Node};
 use crate::raft::network::{SnapshotRpc, SECRET_HEADER};
 use crate::raft::Outcome;
 use crate::rbac::{for_token, Action, Grant, Grouping, Object, Policy};
-use crate::state::{tenant_admin_grants, Command, ErrorKind};
+use crate::state::{tenant_admin_grants, Command, ErrorKind, Placed};
 use felix_model::names::name_problem;
 
 /// Items one list page holds at most.
@@ -287,19 +287,21 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/streams",
-            get(list_streams).post(create_stream),
+            get(list_placed::<Stream>).post(create_placed::<Stream>),
         )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/streams/:stream",
-            get(get_stream).patch(patch_stream).delete(delete_stream),
+            get(get_placed::<Stream>)
+                .patch(patch_stream)
+                .delete(delete_stream),
         )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/caches",
-            get(list_caches).post(create_cache),
+            get(list_placed::<Cache>).post(create_placed::<Cache>),
         )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/caches/:cache",
-            get(get_cache).delete(delete_cache),
+            get(get_placed::<Cache>).delete(delete_cache),
         )
         .route(
             "/v1/tenants/:tenant/idp-issuers",
@@ -599,15 +601,16 @@ async fn delete_namespace(State(n): S, h: HeaderMap, Path((t, ns)): Path<(String
     ))
 }
 
+/// A stream or cache to create: its name and its spec, in one object.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewStream {
+struct NewPlaced<Spec> {
     name: String,
     #[serde(flatten)]
-    spec: StreamSpec,
+    spec: Spec,
 }
 
-async fn list_streams(
+async fn list_placed<P: Placed>(
     State(n): S,
     h: HeaderMap,
     Path((t, ns)): Path<(String, String)>,
@@ -618,8 +621,7 @@ async fn list_streams(
     n.read_barrier().await;
     n.read(|m| {
         paginate(
-            m.namespace(&t, &ns)?
-                .streams
+            P::of(m.namespace(&t, &ns)?)
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone())),
             &p,
@@ -627,7 +629,7 @@ async fn list_streams(
     })
 }
 
-async fn create_stream(
+async fn create_placed<P: Placed>(
     State(n): S,
     h: HeaderMap,
     Path((t, ns)): Path<(String, String)>,
@@ -635,33 +637,26 @@ async fn create_stream(
 ) -> ApiResult {
     check_name("namespace", &ns)?;
     let c = caller(&n, &h, &t)?;
-    let x: NewStream = body(&b)?;
-    check_name("stream", &x.name)?;
-    c.require(Action::ResourceManage, &Object::stream(&t, &ns, &x.name))?;
-    x.spec.validate().map_err(bad)?;
-    let cmd = Command::CreateStream {
-        tenant: t,
-        namespace: ns,
-        stream: x.name,
-        spec: x.spec,
-    };
+    let x: NewPlaced<P::Spec> = body(&b)?;
+    check_name(P::KIND, &x.name)?;
+    c.require(Action::ResourceManage, &P::object(&t, &ns, &x.name))?;
+    P::validate(&x.spec).map_err(bad)?;
+    let cmd = P::create(t, ns, x.name, x.spec);
     Ok(applied(n.propose(&c.actor(), cmd).await?))
 }
 
-async fn get_stream(
+async fn get_placed<P: Placed>(
     State(n): S,
     h: HeaderMap,
     Path((t, ns, s)): Path<(String, String, String)>,
 ) -> ApiResult {
-    check_name("stream", &s)?;
-    caller(&n, &h, &t)?.require(Action::ResourceManage, &Object::stream(&t, &ns, &s))?;
+    check_name(P::KIND, &s)?;
+    caller(&n, &h, &t)?.require(Action::ResourceManage, &P::object(&t, &ns, &s))?;
     n.read_barrier().await;
     n.read(|m| {
-        let x = m
-            .namespace(&t, &ns)?
-            .streams
+        let x = P::of(m.namespace(&t, &ns)?)
             .get(&s)
-            .ok_or_else(|| crate::state::ApplyError::not_found(format!("no stream {t}/{ns}/{s}")))?;
+            .ok_or_else(|| crate::state::ApplyError::not_found(format!("no {} {t}/{ns}/{s}", P::KIND)))?;
         let mut v = serde_json::to_value(x).unwrap_or_default();
         v["name"] = s.clone().into();
         Ok(Json(v))
@@ -725,71 +720,6 @@ async fn delete_stream(
         stream: s,
     };
     Ok(applied(n.propose(&c.actor(), cmd).await?))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewCache {
-    name: String,
-    #[serde(flatten)]
-    spec: CacheSpec,
-}
-
-async fn list_caches(
-    State(n): S,
-    h: HeaderMap,
-    Path((t, ns)): Path<(String, String)>,
-    Query(p): Query<Page>,
-) -> ApiResult {
-    check_name("namespace", &ns)?;
-    caller(&n, &h, &t)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
-    n.read_barrier().await;
-    n.read(|m| {
-        paginate(
-            m.namespace(&t, &ns)?
-                .caches
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-            &p,
-        )
-    })
-}
-
-async fn create_cache(
-    State(n): S,
-    h: HeaderMap,
-    Path((t, ns)): Path<(String, String)>,
-    b: Bytes,
-) -> ApiResult {
-    check_name("namespace", &ns)?;
-    let c = caller(&n, &h, &t)?;
-    let x: NewCache = body(&b)?;
-    check_name("cache", &x.name)?;
-    c.require(Action::ResourceManage, &Object::cache(&t, &ns, &x.name))?;
-    x.spec.validate().map_err(bad)?;
-    let cmd = Command::CreateCache {
-        tenant: t,
-        namespace: ns,
-        cache: x.name,
-        spec: x.spec,
-    };
-    Ok(applied(n.propose(&c.actor(), cmd).await?))
-}
-
-async fn get_cache(State(n): S, h: HeaderMap, Path((t, ns, s)): Path<(String, String, String)>) -> ApiResult {
-    check_name("cache", &s)?;
-    caller(&n, &h, &t)?.require(Action::ResourceManage, &Object::cache(&t, &ns, &s))?;
-    n.read_barrier().await;
-    n.read(|m| {
-        let x = m
-            .namespace(&t, &ns)?
-            .caches
-            .get(&s)
-            .ok_or_else(|| crate::state::ApplyError::not_found(format!("no cache {t}/{ns}/{s}")))?;
-        let mut v = serde_json::to_value(x).unwrap_or_default();
-        v["name"] = s.clone().into();
-        Ok(Json(v))
-    })
 }
 
 async fn delete_cache(

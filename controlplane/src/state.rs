@@ -327,6 +327,126 @@ pub struct Metadata {
     pub audit: VecDeque<AuditEntry>,
 }
 
+/// What streams and caches share in the metadata: a spec, a placement of
+/// their shards on brokers, a map of them in their namespace, and the
+/// change brokers follow. One create and one delete path serve both.
+pub(crate) trait Placed: Clone + Serialize + Send + Sync + 'static {
+    type Spec: Clone + PartialEq + serde::de::DeserializeOwned + Send;
+    /// What it is called in names and messages, and what the other is.
+    const KIND: &'static str;
+    const OTHER: &'static str;
+    /// Said after "exists with another spec".
+    const EXISTS_HINT: &'static str;
+    fn validate(spec: &Self::Spec) -> Result<(), String>;
+    /// Shards and replication factor.
+    fn shape(spec: &Self::Spec) -> (u32, u32);
+    fn placed(spec: Self::Spec, placement: Vec<ShardPlacement>) -> Self;
+    fn spec(&self) -> &Self::Spec;
+    fn of(n: &Namespace) -> &BTreeMap<String, Self>;
+    fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, Self>;
+    /// Whether the other kind holds `name` in `n`.
+    fn other_holds(n: &Namespace, name: &str) -> bool;
+    fn change(tenant: &str, namespace: &str, name: &str, value: Option<Self>) -> Change;
+    /// The command that creates it, as the API proposes it.
+    fn create(tenant: String, namespace: String, name: String, spec: Self::Spec) -> Command;
+    /// Its RBAC object.
+    fn object(tenant: &str, namespace: &str, name: &str) -> Object;
+}
+
+impl Placed for Stream {
+    type Spec = StreamSpec;
+    const KIND: &'static str = "stream";
+    const OTHER: &'static str = "cache";
+    const EXISTS_HINT: &'static str = "; update its retention with PATCH";
+    fn validate(spec: &StreamSpec) -> Result<(), String> {
+        spec.validate()
+    }
+    fn shape(spec: &StreamSpec) -> (u32, u32) {
+        (spec.shards, spec.replication_factor)
+    }
+    fn placed(spec: StreamSpec, placement: Vec<ShardPlacement>) -> Stream {
+        Stream { spec, placement }
+    }
+    fn spec(&self) -> &StreamSpec {
+        &self.spec
+    }
+    fn of(n: &Namespace) -> &BTreeMap<String, Stream> {
+        &n.streams
+    }
+    fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, Stream> {
+        &mut n.streams
+    }
+    fn other_holds(n: &Namespace, name: &str) -> bool {
+        n.caches.contains_key(name)
+    }
+    fn change(tenant: &str, namespace: &str, name: &str, value: Option<Stream>) -> Change {
+        Change::Stream {
+            tenant: tenant.to_owned(),
+            namespace: namespace.to_owned(),
+            stream: name.to_owned(),
+            value,
+        }
+    }
+    fn create(tenant: String, namespace: String, stream: String, spec: StreamSpec) -> Command {
+        Command::CreateStream {
+            tenant,
+            namespace,
+            stream,
+            spec,
+        }
+    }
+    fn object(tenant: &str, namespace: &str, name: &str) -> Object {
+        Object::stream(tenant, namespace, name)
+    }
+}
+
+impl Placed for Cache {
+    type Spec = CacheSpec;
+    const KIND: &'static str = "cache";
+    const OTHER: &'static str = "stream";
+    const EXISTS_HINT: &'static str = "";
+    fn validate(spec: &CacheSpec) -> Result<(), String> {
+        spec.validate()
+    }
+    fn shape(spec: &CacheSpec) -> (u32, u32) {
+        (spec.shards, spec.replication_factor)
+    }
+    fn placed(spec: CacheSpec, placement: Vec<ShardPlacement>) -> Cache {
+        Cache { spec, placement }
+    }
+    fn spec(&self) -> &CacheSpec {
+        &self.spec
+    }
+    fn of(n: &Namespace) -> &BTreeMap<String, Cache> {
+        &n.caches
+    }
+    fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, Cache> {
+        &mut n.caches
+    }
+    fn other_holds(n: &Namespace, name: &str) -> bool {
+        n.streams.contains_key(name)
+    }
+    fn change(tenant: &str, namespace: &str, name: &str, value: Option<Cache>) -> Change {
+        Change::Cache {
+            tenant: tenant.to_owned(),
+            namespace: namespace.to_owned(),
+            cache: name.to_owned(),
+            value,
+        }
+    }
+    fn create(tenant: String, namespace: String, cache: String, spec: CacheSpec) -> Command {
+        Command::CreateCache {
+            tenant,
+            namespace,
+            cache,
+            spec,
+        }
+    }
+    fn object(tenant: &str, namespace: &str, name: &str) -> Object {
+        Object::cache(tenant, namespace, name)
+    }
+}
+
 fn check_names(names: &[(&str, &str)]) -> Result<(), ApplyError> {
     for (what, n) in names {
         if let Some(why) = name_problem(n) {
@@ -508,6 +628,56 @@ impl Metadata {
         }))
     }
 
+    /// Creates a stream or cache `name` placed on brokers; creating it
+    /// again with the same spec changes nothing, with another is refused,
+    /// and a name is a stream or a cache, never both.
+    fn create_placed<P: Placed>(
+        &mut self,
+        tenant: &str,
+        namespace: &str,
+        name: &str,
+        spec: &P::Spec,
+        moves: &mut Vec<Move>,
+    ) -> Result<Vec<Change>, ApplyError> {
+        check_names(&[(P::KIND, name)])?;
+        P::validate(spec).map_err(ApplyError::invalid)?;
+        let n = self.namespace(tenant, namespace)?;
+        if P::other_holds(n, name) {
+            return Err(ApplyError::conflict(format!(
+                "{tenant}/{namespace}/{name} is a {}",
+                P::OTHER
+            )));
+        }
+        if let Some(x) = P::of(n).get(name) {
+            if x.spec() == spec {
+                return Ok(vec![]);
+            }
+            return Err(ApplyError::conflict(format!(
+                "{} {tenant}/{namespace}/{name} exists with another spec{}",
+                P::KIND,
+                P::EXISTS_HINT
+            )));
+        }
+        let (shards, rf) = P::shape(spec);
+        let placement = self.place(shards, rf, moves)?;
+        let value = P::placed(spec.clone(), placement);
+        P::of_mut(self.namespace_mut(tenant, namespace)?).insert(name.to_owned(), value.clone());
+        Ok(vec![P::change(tenant, namespace, name, Some(value))])
+    }
+
+    fn delete_placed<P: Placed>(
+        &mut self,
+        tenant: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, ApplyError> {
+        let n = self.namespace_mut(tenant, namespace)?;
+        P::of_mut(n)
+            .remove(name)
+            .ok_or_else(|| ApplyError::not_found(format!("no {} {tenant}/{namespace}/{name}", P::KIND)))?;
+        Ok(vec![P::change(tenant, namespace, name, None)])
+    }
+
     fn place(
         &mut self,
         shards: u32,
@@ -632,38 +802,7 @@ impl Metadata {
                 namespace,
                 stream,
                 spec,
-            } => {
-                check_names(&[("stream", stream)])?;
-                spec.validate().map_err(ApplyError::invalid)?;
-                let n = self.namespace(tenant, namespace)?;
-                if n.caches.contains_key(stream) {
-                    return Err(ApplyError::conflict(format!(
-                        "{tenant}/{namespace}/{stream} is a cache"
-                    )));
-                }
-                if let Some(s) = n.streams.get(stream) {
-                    if s.spec == *spec {
-                        return Ok(vec![]);
-                    }
-                    return Err(ApplyError::conflict(format!(
-                        "stream {tenant}/{namespace}/{stream} exists with another spec; update its retention with PATCH"
-                    )));
-                }
-                let placement = self.place(spec.shards, spec.replication_factor, moves)?;
-                let value = Stream {
-                    spec: spec.clone(),
-                    placement,
-                };
-                self.namespace_mut(tenant, namespace)?
-                    .streams
-                    .insert(stream.clone(), value.clone());
-                Ok(vec![Change::Stream {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    stream: stream.clone(),
-                    value: Some(value),
-                }])
-            }
+            } => self.create_placed::<Stream>(tenant, namespace, stream, spec, moves),
             UpdateStream {
                 tenant,
                 namespace,
@@ -690,71 +829,18 @@ impl Metadata {
                 tenant,
                 namespace,
                 stream,
-            } => {
-                let n = self.namespace_mut(tenant, namespace)?;
-                n.streams.remove(stream).ok_or_else(|| {
-                    ApplyError::not_found(format!("no stream {tenant}/{namespace}/{stream}"))
-                })?;
-                Ok(vec![Change::Stream {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    stream: stream.clone(),
-                    value: None,
-                }])
-            }
+            } => self.delete_placed::<Stream>(tenant, namespace, stream),
             CreateCache {
                 tenant,
                 namespace,
                 cache,
                 spec,
-            } => {
-                check_names(&[("cache", cache)])?;
-                spec.validate().map_err(ApplyError::invalid)?;
-                let n = self.namespace(tenant, namespace)?;
-                if n.streams.contains_key(cache) {
-                    return Err(ApplyError::conflict(format!(
-                        "{tenant}/{namespace}/{cache} is a stream"
-                    )));
-                }
-                if let Some(c) = n.caches.get(cache) {
-                    if c.spec == *spec {
-                        return Ok(vec![]);
-                    }
-                    return Err(ApplyError::conflict(format!(
-                        "cache {tenant}/{namespace}/{cache} exists with another spec"
-                    )));
-                }
-                let placement = self.place(spec.shards, spec.replication_factor, moves)?;
-                let value = Cache {
-                    spec: spec.clone(),
-                    placement,
-                };
-                self.namespace_mut(tenant, namespace)?
-                    .caches
-                    .insert(cache.clone(), value.clone());
-                Ok(vec![Change::Cache {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    cache: cache.clone(),
-                    value: Some(value),
-                }])
-            }
+            } => self.create_placed::<Cache>(tenant, namespace, cache, spec, moves),
             DeleteCache {
                 tenant,
                 namespace,
                 cache,
-            } => {
-                let n = self.namespace_mut(tenant, namespace)?;
-                n.caches
-                    .remove(cache)
-                    .ok_or_else(|| ApplyError::not_found(format!("no cache {tenant}/{namespace}/{cache}")))?;
-                Ok(vec![Change::Cache {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    cache: cache.clone(),
-                    value: None,
-                }])
-            }
+            } => self.delete_placed::<Cache>(tenant, namespace, cache),
             RegisterBroker { registration } => {
                 registration.validate().map_err(ApplyError::invalid)?;
                 let id = registration.id;

@@ -35,14 +35,17 @@ impl Cp {
             http: reqwest::Client::new(),
             _dir: dir,
         };
-        // Wait for the one node to lead.
-        for _ in 0..100 {
-            if cp.h.node.is_leader() {
-                return cp;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        cp.wait_leader().await;
+        cp
+    }
+
+    /// Waits for the one node to lead.
+    async fn wait_leader(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.h.node.is_leader() {
+            assert!(std::time::Instant::now() < deadline, "no leader within 30 s");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        panic!("no leader");
     }
 
     async fn call(
@@ -638,7 +641,10 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
         "127.0.0.1:0".parse().unwrap(),
         SECRET.into(),
     );
+    // Down after 3 s of silence: brokers 1-3, which heartbeat every 100 ms
+    // below, stay up even on a slow machine; broker 4, silent, goes down.
     cfg.broker_heartbeat_interval_ms = 200;
+    cfg.broker_heartbeats_missed_max = 15;
     cfg.replace_after_ms = 500;
     let h = server::start(cfg).await.unwrap();
     let cp = Cp {
@@ -646,10 +652,22 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
         http: reqwest::Client::new(),
         _dir: dir,
     };
-    while !cp.h.node.is_leader() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    cp.wait_leader().await;
     with_brokers(&cp, 4).await;
+    // Brokers 1-3 keep heartbeating, whatever the checks below cost.
+    let (http, addr) = (cp.http.clone(), cp.h.addr);
+    let beats = tokio::spawn(async move {
+        loop {
+            for id in 1..=3 {
+                let _ = http
+                    .post(format!("http://{addr}/v1/brokers/{id}/heartbeat"))
+                    .bearer_auth(SECRET)
+                    .send()
+                    .await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
     cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "t"})))
         .await;
     cp.op(
@@ -666,13 +684,9 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    // Brokers 1-3 keep heartbeating; broker 4 goes silent.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // Broker 4 goes silent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        for id in 1..=3 {
-            cp.op(Method::POST, &format!("/v1/brokers/{id}/heartbeat"), None)
-                .await;
-        }
         let (_, st) = cp
             .op(Method::GET, "/v1/tenants/t/namespaces/n/streams/s", None)
             .await;
@@ -719,6 +733,7 @@ async fn a_broker_that_stops_heartbeating_is_marked_down_and_its_replicas_replac
             .any(|x| x["registration"]["id"] == 4 && x["status"] == "active"),
         "{b}"
     );
+    beats.abort();
     cp.h.shutdown().await;
 }
 

@@ -18,6 +18,7 @@ mod fsio;
 #[doc(hidden)]
 pub mod fuzzing;
 mod log;
+mod recovery;
 pub mod scan;
 mod segment;
 mod types;

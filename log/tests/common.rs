@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use felix_log::{BatchBuilder, Compression, LogConfig, RecordInput};
+use felix_log::LogConfig;
 
 /// A small-segment configuration so tests roll often.
 pub fn small_config() -> LogConfig {
@@ -15,18 +15,10 @@ pub fn small_config() -> LogConfig {
 
 /// A data batch of the given values, keyed by their position.
 pub fn batch_of(values: &[Vec<u8>], ts: i64) -> Vec<u8> {
-    let mut b = BatchBuilder::new(usize::MAX);
-    for (i, v) in values.iter().enumerate() {
-        let key = format!("k{i}");
-        b.push(RecordInput {
-            key: Some(key.as_bytes()),
-            value: Some(v),
-            timestamp_ms: ts,
-            ..RecordInput::default()
-        })
-        .expect("record fits");
-    }
-    b.build(Compression::None).expect("non-empty batch")
+    felix_testkit::Batch::of(values)
+        .ts(ts)
+        .keyed_by_position()
+        .build()
 }
 
 /// Deterministic payload for entry `n` (so a checker can recompute it).

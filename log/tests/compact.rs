@@ -6,22 +6,15 @@ mod common;
 use bytes::Bytes;
 use common::small_config;
 use felix_log::batch::compact;
-use felix_log::{
-    Batch, BatchBuilder, Compression, Log, LogConfig, Offset, RaftIndex, RaftTerm, RecordInput, Verify,
-};
+use felix_log::{Batch, Compression, Log, LogConfig, Offset, RaftIndex, RaftTerm, Verify};
 
 fn keyed(keys: &[&str], ts: i64, compression: Compression) -> Vec<u8> {
-    let mut b = BatchBuilder::new(usize::MAX);
-    for (i, k) in keys.iter().enumerate() {
-        b.push(RecordInput {
-            key: Some(k.as_bytes()),
-            value: Some(format!("v-{k}").as_bytes()),
-            timestamp_ms: ts + i as i64,
-            ..RecordInput::default()
-        })
-        .unwrap();
-    }
-    b.build(compression).unwrap()
+    let records: Vec<(&str, Option<String>)> = keys.iter().map(|k| (*k, Some(format!("v-{k}")))).collect();
+    felix_testkit::Batch::keyed(&records)
+        .ts(ts)
+        .ts_step(1)
+        .compression(compression)
+        .build()
 }
 
 #[test]

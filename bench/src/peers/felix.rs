@@ -38,7 +38,7 @@ struct Brokers {
 impl Brokers {
     async fn start(n: u32, replicated: bool, durability: &str) -> anyhow::Result<Brokers> {
         let dir = tempfile::tempdir()?;
-        let brokers = LocalBrokers::spawn_as(
+        let brokers = LocalBrokers::spawn(
             crate::RUN_BROKER,
             dir.path(),
             "127.0.0.1:0".parse()?,

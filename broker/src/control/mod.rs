@@ -8,7 +8,6 @@
 
 pub mod access;
 pub mod admin;
-pub mod embedded;
 pub mod follow;
 pub mod moves;
 pub mod quota;

@@ -185,14 +185,7 @@ pub async fn create(client: &Client, c: StreamConfig) {
 
 /// A batch of one record holding `value`.
 pub fn one_record(value: &[u8]) -> bytes::Bytes {
-    let mut b = felix_log::BatchBuilder::new(1 << 20);
-    b.push(felix_log::RecordInput {
-        value: Some(value),
-        timestamp_ms: felix_log::now_ms(),
-        ..felix_log::RecordInput::default()
-    })
-    .expect("one record fits");
-    bytes::Bytes::from(b.build(felix_log::Compression::None).expect("a batch"))
+    felix_testkit::Batch::of(&[value]).bytes()
 }
 
 /// A single-record publish to shard 0 of `stream`, acknowledged by the
@@ -215,4 +208,17 @@ pub fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
+}
+
+/// Creates a stream once the cluster can: while the metadata group elects,
+/// creation is refused, so it is asked again until a generous deadline.
+pub async fn create_when_ready(client: &Client, c: StreamConfig) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.call(Route::Any, &Message::StreamCreate(c.clone())).await {
+            Ok(Message::Done) => return,
+            r => assert!(Instant::now() < deadline, "creating {}: {r:?}", c.name),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -21,19 +21,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use felix_client::wire::{Message, StreamConfig};
+use felix_client::wire::StreamConfig;
 use felix_client::Client;
 use felix_log::{Log, LogConfig, Offset};
 use rand::{Rng, SeedableRng};
 
 use common::cluster::LocalCluster;
+use common::create_when_ready;
 use history::{Anomalies, CacheHistory, GroupHistory, Outcome, RunClock, StreamHistory, TtlHistory};
 use nemesis::{Fault, Nemesis};
 use net::Net;
 use workloads::Ctx;
-
-/// One cluster at a time: three brokers already load 2 cores.
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Seconds of faults per test unless `FELIX_SOAK_SECS` says otherwise.
 const FAULT_SECS_DEFAULT: u64 = 12;
@@ -88,20 +86,6 @@ fn fault_secs() -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(FAULT_SECS_DEFAULT)
-}
-
-async fn create_when_ready(client: &Client, c: StreamConfig) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match client
-            .call(felix_client::Route::Any, &Message::StreamCreate(c.clone()))
-            .await
-        {
-            Ok(Message::Done) => return,
-            r => assert!(Instant::now() < deadline, "creating {}: {r:?}", c.name),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// One record as stored: offset, key, value, headers.
@@ -179,7 +163,7 @@ impl Report {
 
 /// Runs `work` under `faults` and checks the history.
 fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = felix_testkit::serial::serial();
     let seed = seed();
     eprintln!("faults: {name}: seed {seed} (FELIX_SEED={seed} repeats it)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

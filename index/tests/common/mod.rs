@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use felix_index::{ApplyOutcome, Index, IndexConfig, KeyEntry, RecoverReport, ShardKind};
-use felix_log::{
-    BatchBuilder, Compression, Durability, Log, LogConfig, Offset, Positioned, RaftTerm, RecordInput,
-    ShardId, SharedLog,
-};
+use felix_log::{Compression, Durability, Log, LogConfig, Offset, Positioned, RaftTerm, ShardId, SharedLog};
 
 pub const SHARD: ShardId = ShardId(7);
 
@@ -109,29 +106,17 @@ impl Harness {
 }
 
 pub fn keyed_batch(key: &[u8], value: Option<&[u8]>, ttl_ms: Option<u64>, now: i64) -> Vec<u8> {
-    let mut b = BatchBuilder::new(usize::MAX);
-    b.push(RecordInput {
-        key: Some(key),
-        value,
-        timestamp_ms: now,
-        ttl_ms,
-        headers: &[],
-    })
-    .expect("fits");
-    b.build(Compression::None).expect("build")
+    felix_testkit::Batch::keyed(&[(key, value)])
+        .ttl(ttl_ms)
+        .ts(now)
+        .build()
 }
 
 /// A batch of several keyed puts at once.
 pub fn multi_put(items: &[(Vec<u8>, Vec<u8>)], now: i64, compression: Compression) -> Vec<u8> {
-    let mut b = BatchBuilder::new(usize::MAX);
-    for (k, v) in items {
-        b.push(RecordInput {
-            key: Some(k),
-            value: Some(v),
-            timestamp_ms: now,
-            ..RecordInput::default()
-        })
-        .expect("fits");
-    }
-    b.build(compression).expect("build")
+    let records: Vec<(&[u8], Option<&[u8]>)> = items.iter().map(|(k, v)| (&k[..], Some(&v[..]))).collect();
+    felix_testkit::Batch::keyed(&records)
+        .ts(now)
+        .compression(compression)
+        .build()
 }

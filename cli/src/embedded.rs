@@ -13,9 +13,9 @@ use felix_controlplane::node::{fresh_key, NodeConfig};
 use felix_controlplane::server::Handle;
 use felix_controlplane::state::Command;
 
-use crate::config::ControlPlaneConfig;
-use crate::error::BrokerError;
-use crate::names::{DEFAULT_NAMESPACE, DEV_TENANT};
+use felix_broker::config::ControlPlaneConfig;
+use felix_broker::error::BrokerError;
+use felix_broker::names::{DEFAULT_NAMESPACE, DEV_TENANT};
 
 /// Where under the data directory the embedded control plane lives.
 pub const DIR: &str = "controlplane";

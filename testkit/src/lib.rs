@@ -1,0 +1,15 @@
+//! `felix-testkit`: what the test binaries of every crate share, so each
+//! helper is written once.
+//!
+//! - [`batch`]: record batches as a producer builds them (values, keys,
+//!   timestamps, a producer id and sequence);
+//! - [`wait`]: polling a condition with a generous deadline, never a fixed
+//!   sleep standing in for "it happened by now";
+//! - [`serial`]: one lock for tests that start process clusters and must
+//!   not share the machine's cores with each other.
+
+pub mod batch;
+pub mod serial;
+pub mod wait;
+
+pub use batch::Batch;
