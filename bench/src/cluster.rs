@@ -20,6 +20,8 @@ use hdrhistogram::Histogram;
 
 use felix_cli::devcluster::LocalBrokers;
 
+use crate::measure::{hist, join_workers};
+
 #[derive(Debug, ClapArgs)]
 pub struct Args {
     /// Seconds per figure.
@@ -90,10 +92,6 @@ struct Row {
     msgs_s: f64,
     errors: u64,
     hist: Histogram<u64>,
-}
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
 }
 
 pub(crate) fn client_config(brokers: &LocalBrokers) -> anyhow::Result<ClientConfig> {
@@ -199,13 +197,7 @@ async fn publish(
             (h, errors)
         }));
     }
-    let mut all = hist();
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await?;
-        all.add(h)?;
-        errors += e;
-    }
+    let (all, errors) = join_workers(tasks).await?;
     let took = start.elapsed().as_secs_f64();
     Ok((all.len() as f64 / took, errors, all))
 }

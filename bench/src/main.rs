@@ -7,6 +7,7 @@ mod broker;
 mod cluster;
 mod index;
 mod log;
+mod measure;
 mod peers;
 mod wire;
 

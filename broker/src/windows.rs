@@ -152,37 +152,31 @@ mod tests {
         Batch::new(bytes::Bytes::from(bytes)).unwrap()
     }
 
+    /// One record landed at `base_offset`.
+    fn one_at(base_offset: u64) -> Result<Option<Appended>, Behind> {
+        Ok(Some(Appended {
+            base_offset,
+            count: 1,
+        }))
+    }
+
     #[test]
     fn a_retry_is_answered_where_it_landed_and_an_old_sequence_is_refused() {
         let mut w = ProducerWindows::default();
         assert_eq!(w.verdict(7, 0), Ok(None), "new");
         w.note(&landed(7, 0, 10));
-        assert_eq!(
-            w.verdict(7, 0),
-            Ok(Some(Appended {
-                base_offset: 10,
-                count: 1
-            }))
-        );
+        assert_eq!(w.verdict(7, 0), one_at(10));
         w.note(&landed(7, 1, 11));
         assert_eq!(w.verdict(7, 2), Ok(None), "the next one is new");
-        assert_eq!(
-            w.verdict(7, 0),
-            Err(Behind {
-                producer_id: 7,
-                sequence: 0,
-                last: 1
-            })
-        );
+        let behind = Behind {
+            producer_id: 7,
+            sequence: 0,
+            last: 1,
+        };
+        assert_eq!(w.verdict(7, 0), Err(behind));
         // A late note of an older batch does not move the window back.
         w.note(&landed(7, 0, 10));
-        assert_eq!(
-            w.verdict(7, 1),
-            Ok(Some(Appended {
-                base_offset: 11,
-                count: 1
-            }))
-        );
+        assert_eq!(w.verdict(7, 1), one_at(11));
         // Snapshots carry the windows unchanged.
         let back = ProducerWindows::from_state(w.to_state());
         assert_eq!(back.verdict(7, 1), w.verdict(7, 1));

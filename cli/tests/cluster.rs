@@ -27,16 +27,7 @@ struct History {
 /// Publishes unique values to shard 0 of `stream` in windows of 20 until
 /// `stop`, recording every outcome.
 async fn produce(client: Client, stream: String, stop: Arc<AtomicBool>, h: Arc<Mutex<History>>) {
-    let p = client
-        .producer(
-            &stream,
-            ProducerConfig {
-                linger_ms: 1,
-                ..ProducerConfig::default()
-            },
-        )
-        .await
-        .expect("producer");
+    let p = common::eager_producer(&client, &stream).await.expect("producer");
     let mut n = 0u64;
     while !stop.load(Ordering::Acquire) {
         let mut pending = Vec::new();

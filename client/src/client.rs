@@ -386,18 +386,29 @@ impl Client {
     ) -> Result<(Answer, Arc<Connection>), ClientError> {
         let policy = self.inner.cfg.retry;
         let deadline = Instant::now() + Duration::from_millis(policy.deadline_ms);
-        let mut attempt = 0u32;
+        // Failed attempts (what `attempts_max` bounds), every try, and the
+        // `NotLeader` answers in a row.
+        let (mut attempt, mut tries, mut not_leader_run) = (0u32, 0u32, 0u32);
         loop {
-            attempt += 1;
+            tries += 1;
             let address = self.address_for(route);
             let err = match self.attempt(&address, m).await {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
+            // `NotLeader` is an answer, not a failure: the cluster is
+            // electing or handing a shard over. It spends no attempt; the
+            // deadline bounds it (a leader stepping aside may take seconds).
+            if matches!(err, ClientError::Broker(ErrorReply::NotLeader { .. })) {
+                not_leader_run += 1;
+            } else {
+                attempt += 1;
+                not_leader_run = 0;
+            }
             if !err.retryable() || attempt >= policy.attempts_max.max(1) || Instant::now() >= deadline {
-                return Err(if attempt > 1 && err.retryable() {
+                return Err(if tries > 1 && err.retryable() {
                     ClientError::RetriesExhausted {
-                        attempts: attempt,
+                        attempts: tries,
                         last: Box::new(err),
                     }
                 } else {
@@ -424,21 +435,28 @@ impl Client {
                     self.learn_leader(route, None)
                 }
                 ClientError::Broker(ErrorReply::NotLeader { leader }) => {
-                    // A hint naming a broker that just failed is stale
-                    // (the election is still on): back off and ask again.
-                    let hint = leader.clone().filter(|(_, a)| !self.is_suspect(a));
+                    // A hint naming a broker that just failed is stale (the
+                    // election is still on), and so is one naming the broker
+                    // that answered (a leader stepping aside for a successor):
+                    // back off and ask again. A fresh hint is followed at
+                    // once, but a run of redirects backs off like any retry,
+                    // so a hand-over is waited out, not spun through.
+                    let hint = leader
+                        .clone()
+                        .filter(|(_, a)| !self.is_suspect(a) && *a != address);
                     let hinted = hint.is_some();
                     self.learn_leader(route, hint);
-                    if hinted {
-                        wait = Duration::ZERO;
-                    }
+                    wait = match hinted && not_leader_run == 1 {
+                        true => Duration::ZERO,
+                        false => policy.backoff(not_leader_run, rand::random::<f64>()),
+                    };
                 }
                 ClientError::Broker(ErrorReply::Overloaded { retry_after_ms }) => {
                     wait = wait.max(Duration::from_millis(u64::from(*retry_after_ms)));
                 }
                 _ => {}
             }
-            tracing::debug!(attempt, ?wait, error = %err, "retrying");
+            tracing::debug!(attempt, tries, ?wait, error = %err, "retrying");
             tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
         }
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 /// Full jitter spreads clients that failed together (a leader change).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
+    /// Failed attempts in all, the first included (at least 1). `NotLeader`
+    /// answers do not count (the cluster is electing or handing over):
+    /// `deadline_ms` bounds those.
     pub attempts_max: u32,
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,

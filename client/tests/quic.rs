@@ -321,6 +321,37 @@ async fn not_leader_hints_are_followed() {
     drop(ls);
 }
 
+/// A leader stepping aside for a successor answers `NotLeader` naming
+/// itself until the successor leads. Such answers are waited out (backing
+/// off, bounded by the deadline), not spent as attempts: a client that
+/// retried at once used up its 10 attempts in milliseconds and failed the
+/// publish (seen in a SIGTERM hand-over under load).
+#[tokio::test]
+async fn a_leader_stepping_aside_is_waited_out_not_spent_as_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let broker = MemBroker::new(1, &[("s", 1)]);
+    let server = serve(&broker, &c, false, any_port()).await;
+    let client = connect(&server, &c).await;
+    let producer = client.producer("s", ProducerConfig::default()).await.unwrap();
+    *broker.redirect.lock().unwrap() = Some((1, server.local_addr().to_string()));
+    let stepping_aside = broker.clone();
+    // The hand-over ends after a while (this paces the fault; the verdict
+    // is the publish's outcome).
+    let ends = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        *stepping_aside.redirect.lock().unwrap() = None;
+    });
+    let ack = producer.send_wait(ProducerRecord::new("x")).await;
+    ends.await.unwrap();
+    assert_eq!(
+        ack.unwrap().offset,
+        0,
+        "the publish landed once the hand-over ended"
+    );
+    assert_eq!(broker.records("s", 0).len(), 1);
+}
+
 #[tokio::test]
 async fn a_subscription_resumes_after_the_broker_restarts_without_gaps_or_repeats() {
     let dir = tempfile::tempdir().unwrap();

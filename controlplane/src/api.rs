@@ -27,7 +27,7 @@ use crate::model::*;
 use crate::node::{fresh_key, now_ms, CpError, Forwarded, Node};
 use crate::raft::network::{SnapshotRpc, SECRET_HEADER};
 use crate::raft::Outcome;
-use crate::rbac::{for_token, Action, Grant, Grouping, Object, Policy};
+use crate::rbac::{for_token, Action, Grant, Object};
 use crate::state::{tenant_admin_grants, Command, ErrorKind, Placed};
 use felix_model::names::name_problem;
 
@@ -792,48 +792,57 @@ async fn list_groupings(State(n): S, h: HeaderMap, Path(t): Path<String>) -> Api
     n.read(|m| Ok(Json(json!({"items": m.tenant(&t)?.rules.groupings}))))
 }
 
-async fn add_policy(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
-    let c = caller(&n, &h, &t)?;
-    let policy: Policy = body(&b)?;
-    let cmd = Command::AddPolicy {
-        caller: c.grants(&t),
-        tenant: t,
-        policy,
-    };
+/// An RBAC edit: a body of `T` made into a command that `apply` checks
+/// against the caller's own grants (nobody grants what they lack).
+async fn rbac_edit<T: DeserializeOwned>(
+    n: &Node,
+    h: &HeaderMap,
+    t: String,
+    b: &Bytes,
+    command: impl FnOnce(Vec<Grant>, String, T) -> Command,
+) -> ApiResult {
+    let c = caller(n, h, &t)?;
+    let x: T = body(b)?;
+    let cmd = command(c.grants(&t), t, x);
     Ok(applied(n.propose(&c.actor(), cmd).await?))
+}
+
+async fn add_policy(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
+    rbac_edit(&n, &h, t, &b, |caller, tenant, policy| Command::AddPolicy {
+        caller,
+        tenant,
+        policy,
+    })
+    .await
 }
 
 async fn remove_policy(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
-    let c = caller(&n, &h, &t)?;
-    let policy: Policy = body(&b)?;
-    let cmd = Command::RemovePolicy {
-        caller: c.grants(&t),
-        tenant: t,
+    rbac_edit(&n, &h, t, &b, |caller, tenant, policy| Command::RemovePolicy {
+        caller,
+        tenant,
         policy,
-    };
-    Ok(applied(n.propose(&c.actor(), cmd).await?))
+    })
+    .await
 }
 
 async fn add_grouping(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
-    let c = caller(&n, &h, &t)?;
-    let grouping: Grouping = body(&b)?;
-    let cmd = Command::AddGrouping {
-        caller: c.grants(&t),
-        tenant: t,
+    rbac_edit(&n, &h, t, &b, |caller, tenant, grouping| Command::AddGrouping {
+        caller,
+        tenant,
         grouping,
-    };
-    Ok(applied(n.propose(&c.actor(), cmd).await?))
+    })
+    .await
 }
 
 async fn remove_grouping(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
-    let c = caller(&n, &h, &t)?;
-    let grouping: Grouping = body(&b)?;
-    let cmd = Command::RemoveGrouping {
-        caller: c.grants(&t),
-        tenant: t,
-        grouping,
-    };
-    Ok(applied(n.propose(&c.actor(), cmd).await?))
+    rbac_edit(&n, &h, t, &b, |caller, tenant, grouping| {
+        Command::RemoveGrouping {
+            caller,
+            tenant,
+            grouping,
+        }
+    })
+    .await
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -353,99 +353,84 @@ pub(crate) trait Placed: Clone + Serialize + Send + Sync + 'static {
     fn object(tenant: &str, namespace: &str, name: &str) -> Object;
 }
 
-impl Placed for Stream {
-    type Spec = StreamSpec;
-    const KIND: &'static str = "stream";
-    const OTHER: &'static str = "cache";
-    const EXISTS_HINT: &'static str = "; update its retention with PATCH";
-    fn validate(spec: &StreamSpec) -> Result<(), String> {
-        spec.validate()
-    }
-    fn shape(spec: &StreamSpec) -> (u32, u32) {
-        (spec.shards, spec.replication_factor)
-    }
-    fn placed(spec: StreamSpec, placement: Vec<ShardPlacement>) -> Stream {
-        Stream { spec, placement }
-    }
-    fn spec(&self) -> &StreamSpec {
-        &self.spec
-    }
-    fn of(n: &Namespace) -> &BTreeMap<String, Stream> {
-        &n.streams
-    }
-    fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, Stream> {
-        &mut n.streams
-    }
-    fn other_holds(n: &Namespace, name: &str) -> bool {
-        n.caches.contains_key(name)
-    }
-    fn change(tenant: &str, namespace: &str, name: &str, value: Option<Stream>) -> Change {
-        Change::Stream {
-            tenant: tenant.to_owned(),
-            namespace: namespace.to_owned(),
-            stream: name.to_owned(),
-            value,
+/// The two implementations differ only in names: which map, which change,
+/// which command, which RBAC object.
+macro_rules! placed {
+    ($ty:ident, $spec:ident, $map:ident, $other:ident, $change:ident { $field:ident }, $create:ident,
+     $object:ident, $kind:literal, $other_kind:literal, $hint:literal) => {
+        impl Placed for $ty {
+            type Spec = $spec;
+            const KIND: &'static str = $kind;
+            const OTHER: &'static str = $other_kind;
+            const EXISTS_HINT: &'static str = $hint;
+            fn validate(spec: &$spec) -> Result<(), String> {
+                spec.validate()
+            }
+            fn shape(spec: &$spec) -> (u32, u32) {
+                (spec.shards, spec.replication_factor)
+            }
+            fn placed(spec: $spec, placement: Vec<ShardPlacement>) -> $ty {
+                $ty { spec, placement }
+            }
+            fn spec(&self) -> &$spec {
+                &self.spec
+            }
+            fn of(n: &Namespace) -> &BTreeMap<String, $ty> {
+                &n.$map
+            }
+            fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, $ty> {
+                &mut n.$map
+            }
+            fn other_holds(n: &Namespace, name: &str) -> bool {
+                n.$other.contains_key(name)
+            }
+            fn change(tenant: &str, namespace: &str, name: &str, value: Option<$ty>) -> Change {
+                Change::$change {
+                    tenant: tenant.to_owned(),
+                    namespace: namespace.to_owned(),
+                    $field: name.to_owned(),
+                    value,
+                }
+            }
+            fn create(tenant: String, namespace: String, $field: String, spec: $spec) -> Command {
+                Command::$create {
+                    tenant,
+                    namespace,
+                    $field,
+                    spec,
+                }
+            }
+            fn object(tenant: &str, namespace: &str, name: &str) -> Object {
+                Object::$object(tenant, namespace, name)
+            }
         }
-    }
-    fn create(tenant: String, namespace: String, stream: String, spec: StreamSpec) -> Command {
-        Command::CreateStream {
-            tenant,
-            namespace,
-            stream,
-            spec,
-        }
-    }
-    fn object(tenant: &str, namespace: &str, name: &str) -> Object {
-        Object::stream(tenant, namespace, name)
-    }
+    };
 }
 
-impl Placed for Cache {
-    type Spec = CacheSpec;
-    const KIND: &'static str = "cache";
-    const OTHER: &'static str = "stream";
-    const EXISTS_HINT: &'static str = "";
-    fn validate(spec: &CacheSpec) -> Result<(), String> {
-        spec.validate()
-    }
-    fn shape(spec: &CacheSpec) -> (u32, u32) {
-        (spec.shards, spec.replication_factor)
-    }
-    fn placed(spec: CacheSpec, placement: Vec<ShardPlacement>) -> Cache {
-        Cache { spec, placement }
-    }
-    fn spec(&self) -> &CacheSpec {
-        &self.spec
-    }
-    fn of(n: &Namespace) -> &BTreeMap<String, Cache> {
-        &n.caches
-    }
-    fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, Cache> {
-        &mut n.caches
-    }
-    fn other_holds(n: &Namespace, name: &str) -> bool {
-        n.streams.contains_key(name)
-    }
-    fn change(tenant: &str, namespace: &str, name: &str, value: Option<Cache>) -> Change {
-        Change::Cache {
-            tenant: tenant.to_owned(),
-            namespace: namespace.to_owned(),
-            cache: name.to_owned(),
-            value,
-        }
-    }
-    fn create(tenant: String, namespace: String, cache: String, spec: CacheSpec) -> Command {
-        Command::CreateCache {
-            tenant,
-            namespace,
-            cache,
-            spec,
-        }
-    }
-    fn object(tenant: &str, namespace: &str, name: &str) -> Object {
-        Object::cache(tenant, namespace, name)
-    }
-}
+placed!(
+    Stream,
+    StreamSpec,
+    streams,
+    caches,
+    Stream { stream },
+    CreateStream,
+    stream,
+    "stream",
+    "cache",
+    "; update its retention with PATCH"
+);
+placed!(
+    Cache,
+    CacheSpec,
+    caches,
+    streams,
+    Cache { cache },
+    CreateCache,
+    cache,
+    "cache",
+    "stream",
+    ""
+);
 
 fn check_names(names: &[(&str, &str)]) -> Result<(), ApplyError> {
     for (what, n) in names {

@@ -529,27 +529,19 @@ async fn bootstrap_token_exchange_rbac_and_isolation() {
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Upstream token failures: 401.
-    let mut c = claims("bob");
-    c["exp"] = json!(now_s() - 3600);
-    let (s, v) = cp
-        .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(err(&v).contains("expired"), "{v}");
-    let mut c = claims("bob");
-    c["aud"] = json!("someone-else");
-    let (s, v) = cp
-        .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(err(&v).contains("audience"), "{v}");
-    let mut c = claims("bob");
-    c["iss"] = json!("https://evil.test");
-    let (s, v) = cp
-        .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
-        .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    assert!(err(&v).contains("not trusted"), "{v}");
+    for (claim, value, why) in [
+        ("exp", json!(now_s() - 3600), "expired"),
+        ("aud", json!("someone-else"), "audience"),
+        ("iss", json!("https://evil.test"), "not trusted"),
+    ] {
+        let mut c = claims("bob");
+        c[claim] = value;
+        let (s, v) = cp
+            .call(Method::POST, exchange, Some(&upstream(&idp, c)), None)
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{claim}");
+        assert!(err(&v).contains(why), "{claim}: {v}");
+    }
     let forged = new_signing_key("idp-1", [43; 32]);
     let (s, v) = cp
         .call(

@@ -44,10 +44,7 @@ pub enum CacheOp {
     Get,
 }
 
-/// Latency in nanoseconds, 1 ns to 60 s.
-pub fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds")
-}
+pub use crate::measure::hist;
 
 /// `n` workers for `secs`, each calling `op(worker)` and awaiting it before
 /// the next: the rate is completed operations per second, the latency each
@@ -75,13 +72,7 @@ where
             (h, errors)
         }));
     }
-    let mut all = hist();
-    let mut errors = 0;
-    for t in tasks {
-        let (h, e) = t.await?;
-        all.add(h)?;
-        errors += e;
-    }
+    let (all, errors) = crate::measure::join_workers(tasks).await?;
     let took = start.elapsed().as_secs_f64();
     anyhow::ensure!(!all.is_empty(), "no operation succeeded ({errors} failed)");
     Ok(Figure::from_hist(all.len() as f64 / took, &all, errors))

@@ -222,3 +222,16 @@ pub async fn create_when_ready(client: &Client, c: StreamConfig) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A producer that sends what is queued after 1 ms, as the workloads that
+/// keep a window of records in flight want.
+pub async fn eager_producer(
+    client: &Client,
+    stream: &str,
+) -> Result<felix_client::Producer, felix_client::ClientError> {
+    let cfg = felix_client::ProducerConfig {
+        linger_ms: 1,
+        ..felix_client::ProducerConfig::default()
+    };
+    client.producer(stream, cfg).await
+}

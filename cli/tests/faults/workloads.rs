@@ -36,16 +36,7 @@ fn record(v: &str) -> ProducerRecord {
 /// idempotent producer until stopped.
 pub async fn produce(client: Client, stream: String, id: u64, ctx: Ctx, h: Arc<Mutex<StreamHistory>>) {
     let p = loop {
-        match client
-            .producer(
-                &stream,
-                ProducerConfig {
-                    linger_ms: 1,
-                    ..ProducerConfig::default()
-                },
-            )
-            .await
-        {
+        match crate::common::eager_producer(&client, &stream).await {
             Ok(p) => break p,
             Err(_) if !ctx.stopped() => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(_) => return,
