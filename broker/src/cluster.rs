@@ -1,8 +1,9 @@
 //! A static cluster of brokers: the replication transport, the metadata
 //! group that carries stream definitions, and who bootstraps which group.
 //!
-//! Until the control plane takes placement over, every broker listed in
-//! `[cluster]` replicates every shard. Stream creations, deletions and
+//! Every broker listed in `[cluster]` holds every shard; the control
+//! plane's placement decides which of them are a shard group's voters
+//! (`control/moves.rs`). Stream creations, deletions and
 //! retention changes are entries of the metadata group (`GroupId::META`,
 //! run by every broker): each broker applies them in the same order, so
 //! shard ids (allocated at apply) and shard groups are the same everywhere.

@@ -1,6 +1,8 @@
-//! Stream metadata on one node: until the control plane exists, a JSON file
-//! in the data directory (`meta.json`), rewritten atomically (write a
-//! temporary file, fsync, rename, fsync the directory) on every change.
+//! Stream metadata on one node: the streams it knows (created by following
+//! the control plane's feed, or through the metadata group in a cluster),
+//! with their shard ids and placement, kept in a JSON file in the data
+//! directory (`meta.json`) rewritten atomically (write a temporary file,
+//! fsync, rename, fsync the directory) on every change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

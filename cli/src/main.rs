@@ -51,7 +51,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// A control-plane node configured by a TOML file (`docs/controlplane.md`).
+    /// A control-plane node configured by a TOML file (every key in
+    /// `docs/configuration.md`).
     Controlplane {
         #[arg(long)]
         config: PathBuf,

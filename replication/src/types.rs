@@ -28,8 +28,8 @@ pub const fn broker_of(id: NodeId) -> u64 {
 pub struct GroupId(pub u64);
 
 impl GroupId {
-    /// The cluster metadata group (stream definitions) until the control
-    /// plane takes that over. Shard ids start at 1.
+    /// The brokers' metadata group: stream definitions, in the order every
+    /// broker applies them. Shard ids start at 1.
     pub const META: GroupId = GroupId(0);
 }
 

@@ -82,8 +82,12 @@ pub async fn restand_split_votes(raft: Raft, outvoted: Arc<AtomicU64>, lease_ms:
 }
 
 fn random_u64() -> u64 {
-    let b = crate::node::random32();
-    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the OS random source works");
+    u64::from_le_bytes(b)
 }
 
 #[cfg(test)]
