@@ -14,7 +14,7 @@ use felix_broker::config::BrokerConfig;
 use felix_broker::node::system_clock;
 use felix_broker::server;
 use felix_client::transport::ClientTls;
-use felix_client::wire::{AckLevel, Message, Start, StreamConfig};
+use felix_client::wire::{AckLevel, Message, Start, StreamConfig, StreamKind};
 use felix_client::{Client, ClientConfig, Route, SubscribeOptions};
 use felix_log::{BatchBuilder, Compression, RecordInput};
 use hdrhistogram::Histogram;
@@ -91,18 +91,18 @@ async fn bench(secs: Duration, durability: &str) -> anyhow::Result<()> {
         for fanout in [1usize, 10] {
             n += 1;
             let name = format!("lat{n}");
-            create(&client, &name, 0, durability).await?;
+            create(&client, &name, StreamKind::Stream, durability).await?;
             rows.push(latency(&client, &name, payload, fanout, secs, epoch).await?);
             n += 1;
             let name = format!("tput{n}");
-            create(&client, &name, 0, durability).await?;
+            create(&client, &name, StreamKind::Stream, durability).await?;
             rows.push(throughput(&client, &name, payload, fanout, secs).await?);
         }
     }
     print(&rows);
     println!();
     let mut rows = Vec::new();
-    create(&client, "bench-cache", 2, durability).await?;
+    create(&client, "bench-cache", StreamKind::Cache, durability).await?;
     for value in [0usize, 256, 4096] {
         for conc in [1usize, 32] {
             rows.extend(cache(&client, "bench-cache", value, conc, secs).await?);
@@ -121,11 +121,11 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-async fn create(client: &Client, name: &str, kind: u8, durability: &str) -> anyhow::Result<()> {
+async fn create(client: &Client, name: &str, kind: StreamKind, durability: &str) -> anyhow::Result<()> {
     let c = StreamConfig {
         kind,
         max_deliveries: 5,
-        ..StreamConfig::stream(name, 1, durability)
+        ..StreamConfig::stream(name, 1, durability.parse()?)
     };
     match client.call(Route::Any, &Message::StreamCreate(c)).await? {
         Message::Done => Ok(()),

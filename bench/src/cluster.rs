@@ -123,7 +123,7 @@ pub(crate) async fn ready_stream(
             Err(e) => return Err(e).context("connecting to the benchmark brokers"),
         }
     };
-    let create = Message::StreamCreate(StreamConfig::stream(name, shards, durability));
+    let create = Message::StreamCreate(StreamConfig::stream(name, shards, durability.parse()?));
     loop {
         match client.call(Route::Any, &create).await {
             Ok(Message::Done) => break,

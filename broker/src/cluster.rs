@@ -43,7 +43,7 @@ const META_OUTCOMES_MAX: usize = 1024;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum MetaOp {
     Create {
-        stream: StreamSpec,
+        stream: StreamConfig,
         /// The node ids that found its shard groups: the metadata group's
         /// voters when the creation was written.
         #[serde(default)]
@@ -62,7 +62,7 @@ pub enum MetaOp {
     Follow {
         version: u64,
         name: String,
-        stream: Option<StreamSpec>,
+        stream: Option<StreamConfig>,
         /// Founders, should it be created (as for `Create`).
         #[serde(default)]
         replicas: Vec<NodeId>,
@@ -70,49 +70,6 @@ pub enum MetaOp {
         #[serde(default)]
         placement: Vec<felix_controlplane::model::ShardPlacement>,
     },
-}
-
-/// [`StreamConfig`] as a metadata entry stores it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamSpec {
-    pub name: String,
-    pub kind: u8,
-    pub shards: u32,
-    pub durability: String,
-    pub retention_ms: Option<u64>,
-    pub retention_bytes: Option<u64>,
-    pub max_deliveries: u32,
-    pub default_ttl_ms: Option<u64>,
-}
-
-impl From<&StreamConfig> for StreamSpec {
-    fn from(c: &StreamConfig) -> StreamSpec {
-        StreamSpec {
-            name: c.name.clone(),
-            kind: c.kind,
-            shards: c.shards,
-            durability: c.durability.clone(),
-            retention_ms: c.retention_ms,
-            retention_bytes: c.retention_bytes,
-            max_deliveries: c.max_deliveries,
-            default_ttl_ms: c.default_ttl_ms,
-        }
-    }
-}
-
-impl From<StreamSpec> for StreamConfig {
-    fn from(s: StreamSpec) -> StreamConfig {
-        StreamConfig {
-            name: s.name,
-            kind: s.kind,
-            shards: s.shards,
-            durability: s.durability,
-            retention_ms: s.retention_ms,
-            retention_bytes: s.retention_bytes,
-            max_deliveries: s.max_deliveries,
-            default_ttl_ms: s.default_ttl_ms,
-        }
-    }
 }
 
 /// This broker's part in a cluster.
@@ -522,5 +479,41 @@ fn refusal(why: String) -> BrokerError {
 async fn bootstrap(replica: Replica, members: BTreeMap<NodeId, BrokerNode>, wait: Duration) {
     if let Err(e) = replica.bootstrap(members, wait).await {
         tracing::warn!(group = %replica.group, error = %e, "bootstrapping the group failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use felix_client::wire::{Durability, StreamKind};
+
+    use super::*;
+
+    /// Metadata entries are in every broker's log: the stream in them is
+    /// the wire's `StreamConfig`, stored as entries always stored it.
+    #[test]
+    fn a_metadata_entry_keeps_its_json_shape_and_old_entries_still_read() {
+        let op = MetaOp::Create {
+            stream: StreamConfig {
+                kind: StreamKind::Compacted,
+                ..StreamConfig::stream("t/n/s", 2, Durability::Interval { ms: 5 })
+            },
+            replicas: vec![1, 2],
+        };
+        let json = serde_json::to_value(&op).unwrap();
+        assert_eq!(json["op"], "create");
+        assert_eq!(json["stream"]["kind"], 1, "the kind as its code: {json}");
+        assert_eq!(json["stream"]["durability"], "interval:5");
+        let before_replication_factor = r#"{"op":"create","stream":{"name":"t/n/s","kind":2,"shards":1,
+            "durability":"always","retention_ms":null,"retention_bytes":null,"max_deliveries":5,
+            "default_ttl_ms":60000},"replicas":[1]}"#;
+        let MetaOp::Create { stream, .. } = serde_json::from_str(before_replication_factor).unwrap() else {
+            panic!("a create entry reads back as a create");
+        };
+        assert_eq!(
+            (stream.kind, stream.durability, stream.replication_factor),
+            (StreamKind::Cache, Durability::Always, 0)
+        );
+        let unknown_kind = before_replication_factor.replace(r#""kind":2"#, r#""kind":9"#);
+        assert!(serde_json::from_str::<MetaOp>(&unknown_kind).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! `felix-broker`: hosts shards (segment log + index) and serves them over
-//! the wire protocol. The `felix` binary (`src/main.rs`) is its front end.
+//! the wire protocol. The `felix` binary (the `felix` crate in `cli/`) is
+//! its front end.
 //!
 //! - [`node::Node`]: the streams one node hosts, upkeep, metadata;
 //! - [`handler::NodeHandler`]: the wire protocol's meaning;
@@ -9,6 +10,7 @@
 //!   `felix broker` run.
 
 pub mod cache;
+pub mod clock;
 pub mod cluster;
 pub mod coalesce;
 pub mod config;

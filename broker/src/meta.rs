@@ -25,18 +25,13 @@ pub const MAX_DELIVERIES_DEFAULT: u32 = 5;
 // file and the control plane.
 pub use felix_model::StreamKind;
 
-/// The kind a wire code names, refused as an invalid request otherwise.
-pub fn kind_from_wire(k: u8) -> Result<StreamKind, BrokerError> {
-    StreamKind::from_code(k).map_err(|e| BrokerError::Invalid(e.to_string()))
-}
-
 /// One stream as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamMeta {
     pub kind: StreamKind,
     /// Global shard ids, by shard number.
     pub shards: Vec<u64>,
-    pub durability: String,
+    pub durability: Durability,
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     pub max_deliveries: u32,
@@ -60,10 +55,6 @@ impl StreamMeta {
         !self.placement.is_empty()
     }
 
-    pub fn durability(&self) -> Durability {
-        self.durability.parse().unwrap_or_default()
-    }
-
     /// The broker the control plane prefers as shard `shard`'s leader.
     pub fn preferred_leader(&self, shard: usize) -> Option<u64> {
         self.placement
@@ -79,13 +70,14 @@ impl StreamMeta {
     pub fn config(&self, name: &StreamName) -> StreamConfig {
         StreamConfig {
             name: name.to_string(),
-            kind: self.kind.code(),
+            kind: self.kind,
             shards: self.shards.len() as u32,
-            durability: self.durability.clone(),
+            durability: self.durability,
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
             max_deliveries: self.max_deliveries,
             default_ttl_ms: self.default_ttl_ms,
+            replication_factor: self.placement.first().map_or(0, |p| p.replicas.len() as u32),
         }
     }
 }
@@ -204,7 +196,8 @@ impl MetaStore {
     }
 
     /// What can be checked of a new stream without the metadata.
-    pub fn check(c: &StreamConfig) -> Result<(Durability, StreamKind), BrokerError> {
+    /// (Kind and durability are typed: the codec refused any other.)
+    pub fn check(c: &StreamConfig) -> Result<(), BrokerError> {
         StreamName::parse(&c.name)?;
         if c.shards == 0 || c.shards > SHARDS_PER_STREAM_MAX {
             return Err(BrokerError::Invalid(format!(
@@ -212,11 +205,7 @@ impl MetaStore {
                 c.shards
             )));
         }
-        let durability: Durability = c
-            .durability
-            .parse()
-            .map_err(|e: felix_model::durability::DurabilityError| BrokerError::Invalid(e.to_string()))?;
-        Ok((durability, kind_from_wire(c.kind)?))
+        Ok(())
     }
 
     /// Validates and records a new stream (founded by `replicas`, in a
@@ -236,12 +225,12 @@ impl MetaStore {
                 "this node holds {STREAMS_MAX} streams already"
             )));
         }
-        let (durability, kind) = MetaStore::check(c)?;
+        MetaStore::check(c)?;
         let first = self.file.next_shard_id;
         let meta = StreamMeta {
-            kind,
+            kind: c.kind,
             shards: (first..first + u64::from(c.shards)).collect(),
-            durability: durability.to_string(),
+            durability: c.durability,
             retention_ms: c.retention_ms,
             retention_bytes: c.retention_bytes,
             max_deliveries: if c.max_deliveries == 0 {

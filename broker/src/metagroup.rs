@@ -12,7 +12,7 @@ use felix_replication::Applier;
 use crate::cluster::{Cluster, MetaOp};
 use crate::error::BrokerError;
 
-/// What the metadata group's entries change: the node (`node.rs`
+/// What the metadata group's entries change: the node (`node/`
 /// implements it). A trait so that this module, below the node, can call
 /// up into it.
 pub(crate) trait MetaOwner: Send + Sync {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use base64::Engine;
 use clap::{Args, Subcommand};
-use felix_client::wire::{Message, ShardStats, Start, StreamConfig};
+use felix_client::wire::{Durability, Message, ShardStats, Start, StreamConfig, StreamKind};
 use felix_client::{Client, Route, SubscribeOptions};
 use serde_json::json;
 
@@ -21,7 +21,11 @@ pub struct Layout {
     pub shards: u32,
     /// always | interval:<ms> | none
     #[arg(long, default_value = "always")]
-    pub durability: String,
+    pub durability: Durability,
+    /// Replicas of each shard (1 to 7); default: 3, or one per broker in a
+    /// cluster of fewer. Refused when fewer brokers can hold them.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(felix_client::wire::message::REPLICATION_FACTOR_MAX)))]
+    pub replication_factor: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,12 +214,12 @@ async fn admin(client: &Client, m: Message) -> anyhow::Result<Message> {
     }
 }
 
-fn kind_name(k: u8) -> &'static str {
+/// As the JSON output spells it.
+fn kind_name(k: StreamKind) -> &'static str {
     match k {
-        0 => "stream",
-        1 => "compacted",
-        2 => "cache",
-        _ => "unknown",
+        StreamKind::Stream => "stream",
+        StreamKind::Compacted => "compacted",
+        StreamKind::Cache => "cache",
     }
 }
 
@@ -266,7 +270,12 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
     match cmd {
         StreamCommand::Create {
             name,
-            layout: Layout { shards, durability },
+            layout:
+                Layout {
+                    shards,
+                    durability,
+                    replication_factor,
+                },
             retention,
             retention_bytes,
             max_deliveries,
@@ -274,13 +283,18 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
         } => {
             let cfg = StreamConfig {
                 name: name.clone(),
-                kind: u8::from(compacted),
+                kind: if compacted {
+                    StreamKind::Compacted
+                } else {
+                    StreamKind::Stream
+                },
                 shards,
                 durability,
                 retention_ms: retention,
                 retention_bytes,
                 max_deliveries,
                 default_ttl_ms: None,
+                replication_factor: replication_factor.unwrap_or(0),
             };
             admin(&client, Message::StreamCreate(cfg)).await?;
             report(c, json!({"created": name, "shards": shards}), || {
@@ -296,7 +310,7 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
             for s in streams {
                 report(
                     c,
-                    json!({"name": s.name, "kind": kind_name(s.kind), "shards": s.shards.len()}),
+                    json!({"name": s.name, "kind": s.kind, "shards": s.shards.len()}),
                     || format!("{}\t{}\t{} shard(s)", s.name, kind_name(s.kind), s.shards.len()),
                 );
             }
@@ -362,7 +376,8 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
 fn describe(c: &Common, config: &StreamConfig, shards: &[ShardStats]) {
     if c.output == Output::Json {
         print_json(json!({
-            "name": config.name, "kind": kind_name(config.kind), "durability": config.durability,
+            "name": config.name, "kind": config.kind, "durability": config.durability,
+            "replication_factor": config.replication_factor,
             "retention_ms": config.retention_ms, "retention_bytes": config.retention_bytes,
             "max_deliveries": config.max_deliveries, "default_ttl_ms": config.default_ttl_ms,
             "shards": shards.iter().map(|s| json!({"shard": s.shard, "earliest": s.earliest, "latest": s.next, "bytes": s.bytes, "segments": s.segments})).collect::<Vec<_>>(),
@@ -371,6 +386,9 @@ fn describe(c: &Common, config: &StreamConfig, shards: &[ShardStats]) {
     }
     println!("{} ({})", config.name, kind_name(config.kind));
     println!("  durability      {}", config.durability);
+    if config.replication_factor > 0 {
+        println!("  replication     {}", config.replication_factor);
+    }
     println!("  retention       {}", fmt_opt_ms(config.retention_ms));
     println!(
         "  retention bytes {}",
@@ -403,18 +421,24 @@ pub async fn cache(c: &Common, cmd: CacheCommand) -> anyhow::Result<()> {
     match cmd {
         CacheCommand::Create {
             name,
-            layout: Layout { shards, durability },
+            layout:
+                Layout {
+                    shards,
+                    durability,
+                    replication_factor,
+                },
             ttl,
         } => {
             let cfg = StreamConfig {
                 name: name.clone(),
-                kind: 2,
+                kind: StreamKind::Cache,
                 shards,
                 durability,
                 retention_ms: None,
                 retention_bytes: None,
                 max_deliveries: 5,
                 default_ttl_ms: ttl,
+                replication_factor: replication_factor.unwrap_or(0),
             };
             admin(&client, Message::StreamCreate(cfg)).await?;
             report(c, json!({"created": name, "shards": shards}), || {

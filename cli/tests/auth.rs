@@ -82,7 +82,7 @@ async fn refusal(c: &Client, m: &Message) -> ErrorReply {
 }
 
 fn stream(name: &str) -> felix_client::wire::StreamConfig {
-    felix_client::wire::StreamConfig::stream(name, 1, "always")
+    felix_client::wire::StreamConfig::stream(name, 1, felix_client::wire::Durability::Always)
 }
 
 #[test]
@@ -519,12 +519,9 @@ async fn heartbeats_answered(cp: &Cp) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("felix_cp_api_requests_total{")
-                && l.contains("route=\"/v1/brokers/:broker/heartbeat\"")
-                && l.contains("status=\"200\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    felix_testkit::scrape::sum(
+        &text,
+        "felix_cp_api_requests_total",
+        &["route=\"/v1/brokers/:broker/heartbeat\"", "status=\"200\""],
+    )
 }

@@ -771,7 +771,7 @@ fn a_leader_cut_off_from_its_followers_stops_answering_cache_gets() {
         create_when_ready(
             &client,
             felix_client::wire::StreamConfig {
-                kind: 2,
+                kind: felix_client::wire::StreamKind::Cache,
                 ..stream_config(name, 1)
             },
         )

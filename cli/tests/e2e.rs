@@ -410,7 +410,7 @@ fn cache_versions_cas_ttl_and_delete() {
     rt.block_on(async {
         let c = b.client().await;
         let mut cfg = stream_config("sessions", 2);
-        cfg.kind = 2;
+        cfg.kind = felix_client::wire::StreamKind::Cache;
         create(&c, cfg).await;
         let cache = c.cache("sessions");
         assert_eq!(cache.get("nobody").await.unwrap(), None);
@@ -481,7 +481,7 @@ fn a_retried_cache_write_is_applied_once() {
     rt.block_on(async {
         let c = b.client().await;
         let mut cfg = stream_config("kv", 1);
-        cfg.kind = 2;
+        cfg.kind = felix_client::wire::StreamKind::Cache;
         create(&c, cfg).await;
         let put_as =
             |writer: u64, value: &'static str, if_version: Option<u64>, sequence: u64| Message::CachePut {
@@ -595,12 +595,7 @@ fn named_subscriptions_time_starts_and_unknown_streams() {
 
 /// The value of the series `name{labels}` in a Prometheus text scrape
 /// (labels as they appear, in order), if present.
-fn series(scrape: &str, name_and_labels: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| {
-        let rest = l.strip_prefix(name_and_labels)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
-}
+use felix_testkit::scrape::series;
 
 async fn metrics_text(http: &reqwest::Client, admin: &str) -> String {
     let r = http.get(format!("{admin}/metrics")).send().await.unwrap();
@@ -726,7 +721,7 @@ fn a_scrape_after_a_workload_shows_the_key_series() {
         // A keyed shard reports how much compaction could drop: two of
         // three writes of one key are superseded.
         let cache = felix_client::wire::StreamConfig {
-            kind: 2,
+            kind: felix_client::wire::StreamKind::Cache,
             ..stream_config("sessions", 1)
         };
         create(&c, cache).await;

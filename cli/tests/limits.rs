@@ -29,7 +29,7 @@ fn retention_removes_old_segments_while_a_subscriber_reads() {
     rt.block_on(async {
         let c = b.client().await;
         let mut cfg = stream_config("metrics", 1);
-        cfg.durability = "none".into();
+        cfg.durability = felix_client::wire::Durability::None;
         create(&c, cfg).await;
         let p = c
             .producer(
@@ -134,7 +134,7 @@ fn fifty_connections_publishing_flat_out_with_a_stalled_subscriber_stay_bounded(
     let (acked, peak) = rt.block_on(async {
         let admin_client = b.client().await;
         let mut cfg = stream_config("firehose", 2);
-        cfg.durability = "interval:50".into();
+        cfg.durability = felix_client::wire::Durability::Interval { ms: 50 };
         create(&admin_client, cfg).await;
         // Subscribes, takes one record, then never reads again.
         let mut stalled = admin_client

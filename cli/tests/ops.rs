@@ -355,6 +355,20 @@ fn the_cli_publishes_a_file_replays_to_a_file_and_explains_its_errors() {
         .map(|s| s["latest"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 500);
+    assert_eq!(d["replication_factor"], 1, "the default on one broker: {d}");
+    // A replication factor is asked for per stream; more copies than
+    // brokers is refused with the numbers, and an impossible one by the CLI.
+    let (ok, _, err) = run(&["stream", "create", "wide", "--replication-factor", "2"]);
+    assert!(!ok);
+    assert!(
+        err.contains("replication factor 2 needs 2 active brokers"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&["cache", "create", "wide", "--replication-factor", "9"]);
+    assert!(!ok);
+    assert!(err.contains("1..=7"), "{err}");
+    let (ok, _, err) = run(&["stream", "create", "narrow", "--replication-factor", "1"]);
+    assert!(ok, "{err}");
     let (ok, out, err) = run(&["cluster", "status"]);
     assert!(ok, "{err}");
     assert!(out.contains("0 without a leader, 0 under-replicated"), "{out}");

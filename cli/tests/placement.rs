@@ -413,7 +413,11 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
         Client::connect(cfg.clone()).await.ok()
     })
     .await;
-    let create = Message::StreamCreate(felix_client::wire::StreamConfig::stream("orders", 2, "always"));
+    let create = Message::StreamCreate(felix_client::wire::StreamConfig::stream(
+        "orders",
+        2,
+        felix_client::wire::Durability::Always,
+    ));
     until(30, "the stream created through the control plane", || async {
         // A retry after a slow first answer finds it made.
         match client.call(Route::Any, &create).await {

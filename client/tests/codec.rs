@@ -3,21 +3,22 @@
 
 use bytes::{Bytes, BytesMut};
 use felix_client::wire::{
-    self, kind, AckLevel, BrokerInfo, CacheEntry, Decoded, ErrorReply, GroupRecord, Message, ShardInfo,
-    ShardStats, Start, StreamConfig, StreamInfo, WireError, HEADER_BYTES,
+    self, kind, AckLevel, BrokerInfo, CacheEntry, Decoded, Durability, ErrorReply, GroupRecord, Message,
+    ShardInfo, ShardStats, Start, StreamConfig, StreamInfo, StreamKind, WireError, HEADER_BYTES,
 };
 use proptest::prelude::*;
 
 fn sample_config() -> StreamConfig {
     StreamConfig {
         name: "dev/default/orders".into(),
-        kind: 0,
+        kind: StreamKind::Stream,
         shards: 4,
-        durability: "interval:5".into(),
+        durability: Durability::Interval { ms: 5 },
         retention_ms: Some(86_400_000),
         retention_bytes: Some(1 << 30),
         max_deliveries: 5,
         default_ttl_ms: None,
+        replication_factor: 3,
     }
 }
 
@@ -236,7 +237,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 }],
                 streams: vec![StreamInfo {
                     name: "orders".into(),
-                    kind: 0,
+                    kind: StreamKind::Stream,
                     shards: vec![
                         ShardInfo {
                             shard: 0,
@@ -396,6 +397,44 @@ fn golden_vectors_match() {
     assert_eq!(&done[5..], "4658016000000000080706050403020100000000");
 }
 
+/// Kind and durability are typed, so the codec is where a spelling or a
+/// code no layer knows is refused (the broker never sees one).
+#[test]
+fn a_stream_config_with_an_unknown_kind_durability_or_replication_factor_is_refused_as_it_is_read() {
+    let c = StreamConfig {
+        durability: Durability::None,
+        ..sample_config()
+    };
+    let frame = encode(&Message::StreamCreate(c.clone()), 1);
+    let body = &frame[HEADER_BYTES..];
+    let at = |needle: &[u8]| body.windows(needle.len()).position(|w| w == needle).unwrap();
+    let decode = |body: Vec<u8>| Message::decode(kind::STREAM_CREATE, Bytes::from(body));
+    assert_eq!(
+        decode(body.to_vec()).unwrap(),
+        Message::StreamCreate(c),
+        "the untouched body reads back"
+    );
+
+    let mut bad_kind = body.to_vec();
+    bad_kind[at(b"dev/default/orders") + "dev/default/orders".len()] = 7;
+    assert!(matches!(decode(bad_kind), Err(WireError::Invalid("stream kind"))));
+
+    let mut bad_rf = body.to_vec();
+    *bad_rf.last_mut().unwrap() = 8;
+    assert!(matches!(
+        decode(bad_rf),
+        Err(WireError::Invalid("replication factor"))
+    ));
+
+    let mut bad_durability = body.to_vec();
+    let d = at(b"none");
+    bad_durability[d..d + 4].copy_from_slice(b"some");
+    assert!(matches!(
+        decode(bad_durability),
+        Err(WireError::Invalid("durability"))
+    ));
+}
+
 #[test]
 fn malformed_frames_are_rejected_and_the_stream_carries_on() {
     let good = encode(
@@ -551,13 +590,18 @@ fn blob() -> impl Strategy<Value = Bytes> {
 fn config() -> impl Strategy<Value = StreamConfig> {
     (
         name(),
-        0..3u8,
+        (0..3u8).prop_map(|k| StreamKind::from_code(k).unwrap()),
         any::<u32>(),
-        name(),
+        prop_oneof![
+            Just(Durability::Always),
+            Just(Durability::None),
+            (1..u64::MAX).prop_map(|ms| Durability::Interval { ms }),
+        ],
         any::<Option<u64>>(),
         any::<Option<u64>>(),
         any::<u32>(),
         any::<Option<u64>>(),
+        0..=7u32,
     )
         .prop_map(
             |(
@@ -569,6 +613,7 @@ fn config() -> impl Strategy<Value = StreamConfig> {
                 retention_bytes,
                 max_deliveries,
                 default_ttl_ms,
+                replication_factor,
             )| {
                 StreamConfig {
                     name,
@@ -579,6 +624,7 @@ fn config() -> impl Strategy<Value = StreamConfig> {
                     retention_bytes,
                     max_deliveries,
                     default_ttl_ms,
+                    replication_factor,
                 }
             },
         )
@@ -766,7 +812,7 @@ fn message() -> impl Strategy<Value = Message> {
                         .into_iter()
                         .map(|(name, kind, sh)| StreamInfo {
                             name,
-                            kind,
+                            kind: StreamKind::from_code(kind % 3).unwrap(),
                             shards: sh
                                 .into_iter()
                                 .map(|(shard, leader, replicas)| ShardInfo {

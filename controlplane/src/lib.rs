@@ -10,15 +10,29 @@
 //! - the edges: [`raft`] (openraft over RocksDB, RPCs over HTTP, split-vote
 //!   re-standing), [`node`] (a running node: forwarding, broker liveness),
 //!   [`api`] (the HTTP routes and their OpenAPI document), [`server`]
-//!   (listeners), [`metrics`] (the process's Prometheus recorder).
+//!   (listeners), [`metrics`] (what a node reports).
+//!
+//! The edges are the `server` feature (on by default). Without it the crate
+//! is its model alone: what a resource is ([`model`], [`state`]), who may
+//! do what ([`auth`], [`rbac`]), a node's settings ([`config`]) and the
+//! process's metrics recorder ([`recorder`]), which is what a broker
+//! follows and checks, without linking axum, openraft or RocksDB.
 
-pub mod api;
 pub mod auth;
-pub mod metrics;
+pub mod config;
 pub mod model;
-pub mod node;
 pub mod placement;
-pub mod raft;
 pub mod rbac;
-pub mod server;
+pub mod recorder;
 pub mod state;
+
+#[cfg(feature = "server")]
+pub mod api;
+#[cfg(feature = "server")]
+pub mod metrics;
+#[cfg(feature = "server")]
+pub mod node;
+#[cfg(feature = "server")]
+pub mod raft;
+#[cfg(feature = "server")]
+pub mod server;

@@ -10,8 +10,7 @@ use crate::rbac::{Grant, Rules};
 
 /// Shards one stream or cache may have.
 pub const SHARDS_MAX: u32 = 1024;
-/// Replicas one shard may have.
-pub const REPLICATION_FACTOR_MAX: u32 = 7;
+pub use felix_model::limits::{REPLICATION_FACTOR_DEFAULT, REPLICATION_FACTOR_MAX};
 /// Longest display name or description.
 pub const TEXT_BYTES_MAX: usize = 1024;
 
@@ -75,28 +74,24 @@ fn check_text(field: &str, s: &str) -> Result<(), String> {
 
 // A stream's kind is the model's (`stream` or `compacted` here; a cache is
 // a resource of its own).
-pub use felix_model::StreamKind;
+pub use felix_model::{Durability, StreamKind};
 
 fn default_shards() -> u32 {
     1
 }
-fn default_rf() -> u32 {
-    1
-}
-fn default_durability() -> String {
-    "always".into()
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamSpec {
     #[serde(default = "default_shards")]
     pub shards: u32,
-    #[serde(default = "default_rf")]
+    /// 0 (or absent): `min(REPLICATION_FACTOR_DEFAULT, brokers)`, decided
+    /// when the create is applied and stored as the number it became.
+    #[serde(default)]
     pub replication_factor: u32,
-    /// `always`, `interval:<ms>` or `none`, as the broker reads it.
-    #[serde(default = "default_durability")]
-    pub durability: String,
+    /// `always`, `interval:<ms>` or `none`: the model's one spelling, so a
+    /// body with any other is refused as it is read.
+    #[serde(default)]
+    pub durability: Durability,
     #[serde(default)]
     pub retention_ms: Option<u64>,
     #[serde(default)]
@@ -113,8 +108,8 @@ impl Default for StreamSpec {
     fn default() -> Self {
         StreamSpec {
             shards: default_shards(),
-            replication_factor: default_rf(),
-            durability: default_durability(),
+            replication_factor: 0,
+            durability: Durability::Always,
             retention_ms: None,
             retention_bytes: None,
             kind: StreamKind::Stream,
@@ -127,28 +122,17 @@ fn check_shape(shards: u32, rf: u32) -> Result<(), String> {
     if shards == 0 || shards > SHARDS_MAX {
         return Err(format!("shards must be 1 to {SHARDS_MAX}, not {shards}"));
     }
-    if rf == 0 || rf > REPLICATION_FACTOR_MAX {
+    if rf > REPLICATION_FACTOR_MAX {
         return Err(format!(
-            "replication_factor must be 1 to {REPLICATION_FACTOR_MAX}, not {rf}"
+            "replication_factor must be 1 to {REPLICATION_FACTOR_MAX} (or 0 for the default), not {rf}"
         ));
     }
     Ok(())
 }
 
-/// The durability spellings (`felix_model::Durability`, the one rule the
-/// brokers apply).
-pub fn durability_problem(d: &str) -> Option<String> {
-    d.parse::<felix_model::Durability>()
-        .is_err()
-        .then(|| format!("durability {d:?} is not always, none or interval:<ms> (ms > 0)"))
-}
-
 impl StreamSpec {
     pub fn validate(&self) -> Result<(), String> {
         check_shape(self.shards, self.replication_factor)?;
-        if let Some(why) = durability_problem(&self.durability) {
-            return Err(why);
-        }
         if self.kind == StreamKind::Cache {
             return Err("kind \"cache\": a cache is created as a cache, not as a stream".into());
         }
@@ -208,7 +192,9 @@ impl StreamUpdate {
 pub struct CacheSpec {
     #[serde(default = "default_shards")]
     pub shards: u32,
-    #[serde(default = "default_rf")]
+    /// 0 (or absent): `min(REPLICATION_FACTOR_DEFAULT, brokers)`, decided
+    /// when the create is applied and stored as the number it became.
+    #[serde(default)]
     pub replication_factor: u32,
     /// The TTL of a put that gives none; `None` keeps entries until deleted
     /// or evicted.
@@ -223,7 +209,7 @@ impl Default for CacheSpec {
     fn default() -> Self {
         CacheSpec {
             shards: 1,
-            replication_factor: 1,
+            replication_factor: 0,
             default_ttl_ms: None,
             memory_bytes_max: None,
         }

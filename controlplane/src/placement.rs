@@ -70,7 +70,8 @@ impl Cluster {
             .map(|c| c.id)
     }
 
-    fn usable(&self) -> usize {
+    /// Brokers that may take a new replica (active, with room).
+    pub fn usable(&self) -> usize {
         self.brokers
             .values()
             .filter(|c| c.accepting && c.replicas < c.shards_max)

@@ -764,9 +764,7 @@ async fn a_scrape_shows_api_calls_by_route_and_the_nodes_state() {
         .await
         .unwrap();
     let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        felix_testkit::scrape::series(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
     };
     // Labels by the matched route, never the raw path.
     assert!(value("felix_cp_api_requests_total{route=\"/v1/tenants\",status=\"200\"}") >= 1.0);

@@ -46,6 +46,23 @@ impl StreamKind {
     }
 }
 
+/// Serde as the code (`#[serde(with = "felix_model::spec::as_code")]`),
+/// for the broker's metadata log, whose entries have stored the kind as
+/// its wire code since before the kind had a name.
+pub mod as_code {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::StreamKind;
+
+    pub fn serialize<S: Serializer>(k: &StreamKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(k.code())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StreamKind, D::Error> {
+        StreamKind::from_code(u8::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +80,26 @@ mod tests {
         );
         assert_eq!(StreamKind::from_code(3), Err(SpecError::UnknownKind(3)));
         assert!(!StreamKind::Stream.keyed() && StreamKind::Cache.keyed());
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Coded {
+        #[serde(with = "as_code")]
+        kind: StreamKind,
+    }
+
+    #[test]
+    fn a_kind_stored_as_its_code_reads_back_and_an_unknown_code_is_refused() {
+        let json = serde_json::to_string(&Coded {
+            kind: StreamKind::Cache,
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"kind":2}"#);
+        assert_eq!(
+            serde_json::from_str::<Coded>(&json).unwrap().kind,
+            StreamKind::Cache
+        );
+        let e = serde_json::from_str::<Coded>(r#"{"kind":7}"#).unwrap_err();
+        assert!(e.to_string().contains("stream kind 7"), "{e}");
     }
 }

@@ -5,10 +5,12 @@
 //!   timestamps, a producer id and sequence);
 //! - [`wait`]: polling a condition with a generous deadline, never a fixed
 //!   sleep standing in for "it happened by now";
+//! - [`scrape`]: reading a `/metrics` scrape (one series, a family's sum);
 //! - [`serial`]: one lock for tests that start process clusters and must
 //!   not share the machine's cores with each other.
 
 pub mod batch;
+pub mod scrape;
 pub mod serial;
 pub mod wait;
 

@@ -216,8 +216,8 @@ impl Single {
 
     pub async fn cache(&self, op: CacheOp, n: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
         let name = format!("bench/peers/cache-{}-{size}", self.0.durability.replace(':', "-"));
-        let mut cfg = StreamConfig::stream(&name, 1, &self.0.durability);
-        cfg.kind = 2;
+        let mut cfg = StreamConfig::stream(&name, 1, self.0.durability.parse()?);
+        cfg.kind = felix_client::wire::StreamKind::Cache;
         let mut c = client_config(&self.0.brokers)?;
         c.connections_per_broker = n.clamp(1, felix_client::client::CONNECTIONS_PER_BROKER_MAX);
         let client = Client::connect(c).await?;

@@ -259,7 +259,7 @@ impl ClusterConfig {
 
 /// Reads a control-plane node's file with the process's `FELIX_CP_*`
 /// variables over it, and checks it.
-pub fn load_controlplane(path: &Path) -> Result<felix_controlplane::node::NodeConfig, BrokerError> {
+pub fn load_controlplane(path: &Path) -> Result<felix_controlplane::config::NodeConfig, BrokerError> {
     let bad = |why: String| BrokerError::Config {
         path: path.to_path_buf(),
         why,
@@ -271,10 +271,10 @@ pub fn load_controlplane(path: &Path) -> Result<felix_controlplane::node::NodeCo
 pub fn parse_controlplane(
     text: &str,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> Result<felix_controlplane::node::NodeConfig, String> {
+) -> Result<felix_controlplane::config::NodeConfig, String> {
     let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
     env::apply(&mut doc, vars, env::Role::ControlPlane)?;
-    let c = felix_controlplane::node::NodeConfig::deserialize(doc).map_err(|e| e.to_string())?;
+    let c = felix_controlplane::config::NodeConfig::deserialize(doc).map_err(|e| e.to_string())?;
     c.validate()?;
     if let Some(l) = &c.log_level {
         tracing_subscriber::EnvFilter::try_new(l).map_err(|e| format!("log_level = {l:?}: {e}"))?;

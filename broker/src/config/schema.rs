@@ -22,7 +22,7 @@ pub fn broker() -> Vec<KeyDoc> {
 }
 
 pub fn controlplane() -> Vec<KeyDoc> {
-    keys::<felix_controlplane::node::NodeConfig>()
+    keys::<felix_controlplane::config::NodeConfig>()
 }
 
 fn keys<T: JsonSchema>() -> Vec<KeyDoc> {

@@ -211,7 +211,7 @@ pub fn required(request: &Message) -> Result<Option<(Action, Object)>, BrokerErr
         Message::CachePut { cache: n, .. } | Message::CacheDelete { cache: n, .. } => {
             cache(n, Action::CacheWrite)
         }
-        Message::StreamCreate(c) if c.kind == crate::meta::StreamKind::Cache.code() => {
+        Message::StreamCreate(c) if c.kind == crate::meta::StreamKind::Cache => {
             cache(&c.name, Action::ResourceManage)
         }
         Message::StreamCreate(c) => stream(&c.name, Action::ResourceManage),

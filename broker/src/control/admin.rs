@@ -17,14 +17,6 @@ use crate::node::Node;
 pub const FOLLOW_WAIT_MS_MAX: u64 = 10_000;
 const FOLLOW_POLL_MS: u64 = 20;
 
-/// The replication factor a stream created over the wire gets: every
-/// broker of the cluster (what the brokers' metadata group replicates).
-fn replication_factor(node: &Node) -> u32 {
-    node.cluster()
-        .map_or(1, |c| u32::try_from(c.peers.len()).unwrap_or(1))
-        .clamp(1, felix_controlplane::model::REPLICATION_FACTOR_MAX)
-}
-
 pub async fn create(
     node: &Node,
     link: &ControlLink,
@@ -36,7 +28,7 @@ pub async fn create(
         return Err(BrokerError::StreamExists(name.to_string()));
     }
     crate::meta::MetaStore::check(c)?;
-    link.create(c, replication_factor(node), token).await?;
+    link.create(c, token).await?;
     arrives(node, &name, |m| m.is_some()).await
 }
 

@@ -28,7 +28,7 @@ use crate::node::{Followed, Node};
 
 /// The durability of a cache's shards (the control plane's cache spec has
 /// none: a cache put is acknowledged once durable, as a stream's default).
-pub const CACHE_DURABILITY: &str = "always";
+pub const CACHE_DURABILITY: felix_model::Durability = felix_model::Durability::Always;
 
 /// What the broker registers as.
 #[derive(Debug, Clone)]
@@ -311,13 +311,14 @@ fn followed(config: StreamConfig, placement: &[ShardPlacement]) -> Followed {
 pub fn stream_config(tenant: &str, namespace: &str, name: &str, s: &Stream) -> StreamConfig {
     StreamConfig {
         name: format!("{tenant}/{namespace}/{name}"),
-        kind: s.spec.kind.code(),
+        kind: s.spec.kind,
         shards: s.spec.shards,
-        durability: s.spec.durability.clone(),
+        durability: s.spec.durability,
         retention_ms: s.spec.retention_ms,
         retention_bytes: s.spec.retention_bytes,
         max_deliveries: s.spec.max_deliveries,
         default_ttl_ms: None,
+        replication_factor: s.spec.replication_factor,
     }
 }
 
@@ -325,12 +326,13 @@ pub fn stream_config(tenant: &str, namespace: &str, name: &str, s: &Stream) -> S
 pub fn cache_config(tenant: &str, namespace: &str, name: &str, c: &Cache) -> StreamConfig {
     StreamConfig {
         name: format!("{tenant}/{namespace}/{name}"),
-        kind: StreamKind::Cache.code(),
+        kind: StreamKind::Cache,
         shards: c.spec.shards,
-        durability: CACHE_DURABILITY.into(),
+        durability: CACHE_DURABILITY,
         retention_ms: None,
         retention_bytes: None,
         max_deliveries: 0,
         default_ttl_ms: c.spec.default_ttl_ms,
+        replication_factor: c.spec.replication_factor,
     }
 }

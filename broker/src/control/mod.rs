@@ -161,28 +161,23 @@ impl ControlLink {
     }
 
     /// Passes a stream or cache creation on to the control plane, as the
-    /// client (its token) or, without tokens, as the operator.
-    pub async fn create(
-        &self,
-        c: &StreamConfig,
-        replication_factor: u32,
-        token: Option<&str>,
-    ) -> Result<(), BrokerError> {
+    /// client (its token) or, without tokens, as the operator. A
+    /// replication factor of 0 is the control plane's default.
+    pub async fn create(&self, c: &StreamConfig, token: Option<&str>) -> Result<(), BrokerError> {
         let n = StreamName::parse(&c.name)?;
-        let kind = crate::meta::kind_from_wire(c.kind)?;
-        let (path, body) = if kind == StreamKind::Cache {
+        let (path, body) = if c.kind == StreamKind::Cache {
             (
                 format!("/v1/tenants/{}/namespaces/{}/caches", n.tenant, n.namespace),
-                json!({"name": n.name, "shards": c.shards, "replication_factor": replication_factor,
+                json!({"name": n.name, "shards": c.shards, "replication_factor": c.replication_factor,
                        "default_ttl_ms": c.default_ttl_ms}),
             )
         } else {
             (
                 format!("/v1/tenants/{}/namespaces/{}/streams", n.tenant, n.namespace),
-                json!({"name": n.name, "shards": c.shards, "replication_factor": replication_factor,
+                json!({"name": n.name, "shards": c.shards, "replication_factor": c.replication_factor,
                        "durability": c.durability, "retention_ms": c.retention_ms,
                        "retention_bytes": c.retention_bytes, "max_deliveries": c.max_deliveries,
-                       "kind": if kind == StreamKind::Compacted { "compacted" } else { "stream" }}),
+                       "kind": c.kind}),
             )
         };
         let r = self

@@ -31,7 +31,7 @@ pub const POSITIONS_PER_SHARD_MAX: usize = 100;
 /// The process's recorder (installed by the control-plane crate, which
 /// `felix dev` also runs in this process: one recorder serves both).
 pub fn handle() -> Option<&'static PrometheusHandle> {
-    felix_controlplane::metrics::handle()
+    felix_controlplane::recorder::handle()
 }
 
 /// Routes the segment logs' fsync timings into [`FSYNC_SECONDS`].

@@ -168,7 +168,7 @@ fn unsafe_free_sigterm(pid: u32) {
 pub fn stream_config(name: &str, shards: u32) -> StreamConfig {
     StreamConfig {
         max_deliveries: 5,
-        ..StreamConfig::stream(name, shards, "always")
+        ..StreamConfig::stream(name, shards, felix_client::wire::Durability::Always)
     }
 }
 

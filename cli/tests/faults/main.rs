@@ -196,13 +196,17 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     cfg.retry.deadline_ms = 10_000;
     let client = rt.block_on(Client::connect(cfg.clone())).expect("connect");
     rt.block_on(async {
-        create_when_ready(&client, StreamConfig::stream(STREAM, 1, "always")).await;
+        create_when_ready(
+            &client,
+            StreamConfig::stream(STREAM, 1, felix_client::wire::Durability::Always),
+        )
+        .await;
         if work.group {
             create_when_ready(
                 &client,
                 StreamConfig {
                     max_deliveries: MAX_DELIVERIES,
-                    ..StreamConfig::stream(JOBS, 1, "always")
+                    ..StreamConfig::stream(JOBS, 1, felix_client::wire::Durability::Always)
                 },
             )
             .await;
@@ -212,8 +216,8 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
                 create_when_ready(
                     &client,
                     StreamConfig {
-                        kind: 2,
-                        ..StreamConfig::stream(name, 2, "always")
+                        kind: felix_client::wire::StreamKind::Cache,
+                        ..StreamConfig::stream(name, 2, felix_client::wire::Durability::Always)
                     },
                 )
                 .await;

@@ -5,6 +5,7 @@
 //! allocated.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
 
 use super::error::{code, ErrorReply, WireError, ERROR_MESSAGE_BYTES_MAX};
 use super::frame::{FrameHeader, FRAME_BODY_BYTES_MAX};
@@ -12,7 +13,8 @@ use super::frame::{FrameHeader, FRAME_BODY_BYTES_MAX};
 // Longest stream, cache, group, subscription name or broker address, and
 // longest credential in a handshake: the model's, shared with the index and
 // the control plane.
-pub use felix_model::limits::{NAME_BYTES_MAX, TOKEN_BYTES_MAX};
+pub use felix_model::limits::{NAME_BYTES_MAX, REPLICATION_FACTOR_MAX, TOKEN_BYTES_MAX};
+use felix_model::{Durability, StreamKind};
 /// Longest key (as in a record batch).
 pub const KEY_BYTES_MAX: usize = felix_log::batch::layout::KEY_BYTES_MAX;
 /// Largest cache value or single record value.
@@ -155,42 +157,51 @@ pub struct ShardInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamInfo {
     pub name: String,
-    /// 0 stream, 1 compacted stream, 2 cache.
-    pub kind: u8,
+    /// On the wire as its code (0 stream, 1 compacted stream, 2 cache).
+    pub kind: StreamKind,
     pub shards: Vec<ShardInfo>,
 }
 
-/// A stream's (or cache's) settings, as created and described.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stream's (or cache's) settings, as created and described: on the
+/// wire, and as the brokers' metadata entries store it (JSON, the kind as
+/// its code there too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamConfig {
     /// `tenant/namespace/name`.
     pub name: String,
-    /// 0 stream, 1 compacted stream, 2 cache.
-    pub kind: u8,
+    /// On the wire as its code (0 stream, 1 compacted stream, 2 cache).
+    #[serde(with = "felix_model::spec::as_code")]
+    pub kind: StreamKind,
     pub shards: u32,
-    /// `always`, `interval:<ms>` or `none`.
-    pub durability: String,
+    /// On the wire as its spelling (`always`, `interval:<ms>`, `none`).
+    pub durability: Durability,
     pub retention_ms: Option<u64>,
     pub retention_bytes: Option<u64>,
     /// Deliveries after which a group's record is dead-lettered.
     pub max_deliveries: u32,
     /// Caches: the TTL of a put that gives none.
     pub default_ttl_ms: Option<u64>,
+    /// Replicas of each shard; 0 asks for the default,
+    /// `min(REPLICATION_FACTOR_DEFAULT, brokers)`. A description gives the
+    /// number the stream has (0 for one no control plane placed).
+    #[serde(default)]
+    pub replication_factor: u32,
 }
 
 impl StreamConfig {
-    /// A plain stream (kind 0) with no retention limit, the broker's
-    /// default `max_deliveries` (0) and no TTL.
-    pub fn stream(name: &str, shards: u32, durability: &str) -> StreamConfig {
+    /// A plain stream with no retention limit, the broker's default
+    /// `max_deliveries` (0) and no TTL.
+    pub fn stream(name: &str, shards: u32, durability: Durability) -> StreamConfig {
         StreamConfig {
             name: name.into(),
-            kind: 0,
+            kind: StreamKind::Stream,
             shards,
-            durability: durability.into(),
+            durability,
             retention_ms: None,
             retention_bytes: None,
             max_deliveries: 0,
             default_ttl_ms: None,
+            replication_factor: 0,
         }
     }
 }
@@ -392,13 +403,19 @@ impl W<'_> {
     }
     fn config(&mut self, c: &StreamConfig) -> Result<(), WireError> {
         self.name("stream", &c.name)?;
-        self.0.put_u8(c.kind);
+        self.0.put_u8(c.kind.code());
         self.0.put_u32_le(c.shards);
-        self.name("durability", &c.durability)?;
+        self.name("durability", &c.durability.to_string())?;
         self.opt_u64(c.retention_ms);
         self.opt_u64(c.retention_bytes);
         self.0.put_u32_le(c.max_deliveries);
         self.opt_u64(c.default_ttl_ms);
+        check(
+            "replication factor",
+            c.replication_factor as usize,
+            REPLICATION_FACTOR_MAX as usize,
+        )?;
+        self.0.put_u8(c.replication_factor as u8);
         Ok(())
     }
     fn items(&mut self, items: &[(u32, u64)]) -> Result<(), WireError> {
@@ -480,16 +497,26 @@ impl R {
         }
         Ok(n)
     }
+    fn stream_kind(&mut self) -> Result<StreamKind, WireError> {
+        StreamKind::from_code(self.u8("stream kind")?).map_err(|_| WireError::Invalid("stream kind"))
+    }
     fn config(&mut self) -> Result<StreamConfig, WireError> {
         Ok(StreamConfig {
             name: self.name("stream")?,
-            kind: self.u8("stream kind")?,
+            kind: self.stream_kind()?,
             shards: self.u32("shards")?,
-            durability: self.name("durability")?,
+            durability: self
+                .name("durability")?
+                .parse()
+                .map_err(|_| WireError::Invalid("durability"))?,
             retention_ms: self.opt_u64("retention ms")?,
             retention_bytes: self.opt_u64("retention bytes")?,
             max_deliveries: self.u32("max deliveries")?,
             default_ttl_ms: self.opt_u64("default ttl")?,
+            replication_factor: match u32::from(self.u8("replication factor")?) {
+                rf if rf <= REPLICATION_FACTOR_MAX => rf,
+                _ => return Err(WireError::Invalid("replication factor")),
+            },
         })
     }
     fn items(&mut self) -> Result<Vec<(u32, u64)>, WireError> {
@@ -789,7 +816,7 @@ impl Message {
                 w.count("streams", streams.len(), METADATA_ENTRIES_MAX)?;
                 for s in streams {
                     w.name("stream", &s.name)?;
-                    w.0.put_u8(s.kind);
+                    w.0.put_u8(s.kind.code());
                     w.count("shards", s.shards.len(), SHARDS_PER_REQUEST_MAX)?;
                     for sh in &s.shards {
                         w.0.put_u32_le(sh.shard);
@@ -1058,7 +1085,7 @@ impl Message {
                 let mut streams = Vec::with_capacity(n);
                 for _ in 0..n {
                     let name = r.name("stream")?;
-                    let kind = r.u8("stream kind")?;
+                    let kind = r.stream_kind()?;
                     let m = r.count("shards", SHARDS_PER_REQUEST_MAX, 6)?;
                     let mut shards = Vec::with_capacity(m);
                     for _ in 0..m {

@@ -210,7 +210,7 @@ impl Handler for Mem {
                         .iter()
                         .map(|(name, shards)| StreamInfo {
                             name: name.clone(),
-                            kind: 0,
+                            kind: felix_client::wire::StreamKind::Stream,
                             shards: (0..shards.len() as u32)
                                 .map(|s| ShardInfo {
                                     shard: s,

@@ -15,6 +15,12 @@ use crate::placement::{Candidate, Cluster};
 use crate::rbac::{Action, Grant, Grouping, Object, Policy, RbacError, Rules};
 use felix_model::names::name_problem;
 
+// `run` routes each command to the file of its family.
+mod access;
+mod brokers;
+mod resources;
+mod tenancy;
+
 /// Changes the feed keeps; a broker further behind takes a new snapshot.
 pub const CHANGES_KEPT_MAX: usize = 4096;
 /// Audit entries kept in the replicated state (oldest dropped first).
@@ -340,6 +346,9 @@ pub(crate) trait Placed: Clone + Serialize + Send + Sync + 'static {
     fn validate(spec: &Self::Spec) -> Result<(), String>;
     /// Shards and replication factor.
     fn shape(spec: &Self::Spec) -> (u32, u32);
+    /// `spec` with its replication factor set (a create that asked for the
+    /// default is stored with the number it became).
+    fn with_rf(spec: &Self::Spec, rf: u32) -> Self::Spec;
     fn placed(spec: Self::Spec, placement: Vec<ShardPlacement>) -> Self;
     fn spec(&self) -> &Self::Spec;
     fn of(n: &Namespace) -> &BTreeMap<String, Self>;
@@ -347,9 +356,12 @@ pub(crate) trait Placed: Clone + Serialize + Send + Sync + 'static {
     /// Whether the other kind holds `name` in `n`.
     fn other_holds(n: &Namespace, name: &str) -> bool;
     fn change(tenant: &str, namespace: &str, name: &str, value: Option<Self>) -> Change;
-    /// The command that creates it, as the API proposes it.
+    /// The command that creates it, as the API proposes it (the API is
+    /// the `server` feature's, so without it nothing calls these two).
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     fn create(tenant: String, namespace: String, name: String, spec: Self::Spec) -> Command;
     /// Its RBAC object.
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     fn object(tenant: &str, namespace: &str, name: &str) -> Object;
 }
 
@@ -368,6 +380,12 @@ macro_rules! placed {
             }
             fn shape(spec: &$spec) -> (u32, u32) {
                 (spec.shards, spec.replication_factor)
+            }
+            fn with_rf(spec: &$spec, rf: u32) -> $spec {
+                $spec {
+                    replication_factor: rf,
+                    ..spec.clone()
+                }
             }
             fn placed(spec: $spec, placement: Vec<ShardPlacement>) -> $ty {
                 $ty { spec, placement }
@@ -613,591 +631,32 @@ impl Metadata {
         }))
     }
 
-    /// Creates a stream or cache `name` placed on brokers; creating it
-    /// again with the same spec changes nothing, with another is refused,
-    /// and a name is a stream or a cache, never both.
-    fn create_placed<P: Placed>(
-        &mut self,
-        tenant: &str,
-        namespace: &str,
-        name: &str,
-        spec: &P::Spec,
-        moves: &mut Vec<Move>,
-    ) -> Result<Vec<Change>, ApplyError> {
-        check_names(&[(P::KIND, name)])?;
-        P::validate(spec).map_err(ApplyError::invalid)?;
-        let n = self.namespace(tenant, namespace)?;
-        if P::other_holds(n, name) {
-            return Err(ApplyError::conflict(format!(
-                "{tenant}/{namespace}/{name} is a {}",
-                P::OTHER
-            )));
-        }
-        if let Some(x) = P::of(n).get(name) {
-            if x.spec() == spec {
-                return Ok(vec![]);
-            }
-            return Err(ApplyError::conflict(format!(
-                "{} {tenant}/{namespace}/{name} exists with another spec{}",
-                P::KIND,
-                P::EXISTS_HINT
-            )));
-        }
-        let (shards, rf) = P::shape(spec);
-        let placement = self.place(shards, rf, moves)?;
-        let value = P::placed(spec.clone(), placement);
-        P::of_mut(self.namespace_mut(tenant, namespace)?).insert(name.to_owned(), value.clone());
-        Ok(vec![P::change(tenant, namespace, name, Some(value))])
-    }
-
-    fn delete_placed<P: Placed>(
-        &mut self,
-        tenant: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Vec<Change>, ApplyError> {
-        let n = self.namespace_mut(tenant, namespace)?;
-        P::of_mut(n)
-            .remove(name)
-            .ok_or_else(|| ApplyError::not_found(format!("no {} {tenant}/{namespace}/{name}", P::KIND)))?;
-        Ok(vec![P::change(tenant, namespace, name, None)])
-    }
-
-    fn place(
-        &mut self,
-        shards: u32,
-        rf: u32,
-        moves: &mut Vec<Move>,
-    ) -> Result<Vec<ShardPlacement>, ApplyError> {
-        let mut cluster = self.cluster();
-        let mut out = Vec::with_capacity(shards as usize);
-        for _ in 0..shards {
-            let replicas = cluster
-                .place(rf)
-                .map_err(|e| ApplyError::conflict(e.to_string()))?;
-            let group = self.next_group;
-            self.next_group += 1;
-            moves.extend(replicas.iter().map(|to| Move {
-                group,
-                from: None,
-                to: *to,
-            }));
-            out.push(ShardPlacement {
-                group,
-                replicas,
-                leaving: Vec::new(),
-            });
-        }
-        Ok(out)
-    }
-
     fn run(&mut self, env: &Envelope, moves: &mut Vec<Move>) -> Result<Vec<Change>, ApplyError> {
         use Command::*;
-        let now = env.now_ms;
         match &env.command {
-            PutTenant { tenant, spec, key } => {
-                check_names(&[("tenant", tenant)])?;
-                spec.validate().map_err(ApplyError::invalid)?;
-                if let Some(t) = self.tenants.get_mut(tenant) {
-                    if t.spec == *spec {
-                        return Ok(vec![]);
-                    }
-                    t.spec = spec.clone();
-                    return Ok(vec![Change::Tenant {
-                        tenant: tenant.clone(),
-                        quotas: Some(spec.quotas),
-                    }]);
-                }
-                let key = key
-                    .as_ref()
-                    .ok_or_else(|| ApplyError::invalid("a new tenant needs its first signing key"))?;
-                let mut t = Tenant {
-                    spec: spec.clone(),
-                    rules: Rules::new(tenant),
-                    ..Tenant::default()
-                };
-                rotate(&mut t, key, now, 0)?;
-                self.tenants.insert(tenant.clone(), t);
-                Ok(vec![
-                    Change::Tenant {
-                        tenant: tenant.clone(),
-                        quotas: Some(spec.quotas),
-                    },
-                    Change::Keys {
-                        tenant: tenant.clone(),
-                    },
-                ])
+            PutTenant { .. } | DeleteTenant { .. } | PutNamespace { .. } | DeleteNamespace { .. } => {
+                self.run_tenancy(env)
             }
-            DeleteTenant { tenant } => {
-                let t = self.tenant(tenant)?;
-                if let Some(n) = t.namespaces.keys().next() {
-                    return Err(ApplyError::conflict(format!(
-                        "tenant {tenant:?} still has namespaces ({n:?} …); delete them first"
-                    )));
-                }
-                self.tenants.remove(tenant);
-                Ok(vec![Change::Tenant {
-                    tenant: tenant.clone(),
-                    quotas: None,
-                }])
-            }
-            PutNamespace {
-                tenant,
-                namespace,
-                spec,
-            } => {
-                check_names(&[("namespace", namespace)])?;
-                spec.validate().map_err(ApplyError::invalid)?;
-                let t = self.tenant_mut(tenant)?;
-                match t.namespaces.get_mut(namespace) {
-                    Some(n) if n.spec == *spec => return Ok(vec![]),
-                    Some(n) => n.spec = spec.clone(),
-                    None => {
-                        t.namespaces.insert(
-                            namespace.clone(),
-                            Namespace {
-                                spec: spec.clone(),
-                                ..Namespace::default()
-                            },
-                        );
-                    }
-                }
-                Ok(vec![Change::Namespace {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    quotas: Some(spec.quotas),
-                }])
-            }
-            DeleteNamespace { tenant, namespace } => {
-                let n = self.namespace(tenant, namespace)?;
-                if let Some(s) = n.streams.keys().chain(n.caches.keys()).next() {
-                    return Err(ApplyError::conflict(format!(
-                        "namespace {tenant}/{namespace} still has streams or caches ({s:?} …); delete them first"
-                    )));
-                }
-                self.tenant_mut(tenant)?.namespaces.remove(namespace);
-                Ok(vec![Change::Namespace {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    quotas: None,
-                }])
-            }
-            CreateStream {
-                tenant,
-                namespace,
-                stream,
-                spec,
-            } => self.create_placed::<Stream>(tenant, namespace, stream, spec, moves),
-            UpdateStream {
-                tenant,
-                namespace,
-                stream,
-                update,
-            } => {
-                let n = self.namespace_mut(tenant, namespace)?;
-                let s = n.streams.get_mut(stream).ok_or_else(|| {
-                    ApplyError::not_found(format!("no stream {tenant}/{namespace}/{stream}"))
-                })?;
-                let spec = update.apply_to(&s.spec).map_err(ApplyError::invalid)?;
-                if spec == s.spec {
-                    return Ok(vec![]);
-                }
-                s.spec = spec;
-                Ok(vec![Change::Stream {
-                    tenant: tenant.clone(),
-                    namespace: namespace.clone(),
-                    stream: stream.clone(),
-                    value: Some(s.clone()),
-                }])
-            }
-            DeleteStream {
-                tenant,
-                namespace,
-                stream,
-            } => self.delete_placed::<Stream>(tenant, namespace, stream),
-            CreateCache {
-                tenant,
-                namespace,
-                cache,
-                spec,
-            } => self.create_placed::<Cache>(tenant, namespace, cache, spec, moves),
-            DeleteCache {
-                tenant,
-                namespace,
-                cache,
-            } => self.delete_placed::<Cache>(tenant, namespace, cache),
-            RegisterBroker { registration } => {
-                registration.validate().map_err(ApplyError::invalid)?;
-                let id = registration.id;
-                let value = match self.brokers.get(&id) {
-                    Some(b) if b.registration == *registration && b.status == BrokerStatus::Active => {
-                        return Ok(vec![]);
-                    }
-                    // A registration brings a down broker back; a draining
-                    // one stays draining until told otherwise.
-                    Some(b) => Broker {
-                        registration: registration.clone(),
-                        status: match b.status {
-                            BrokerStatus::Draining => BrokerStatus::Draining,
-                            _ => BrokerStatus::Active,
-                        },
-                        since_ms: if b.status == BrokerStatus::Down {
-                            now
-                        } else {
-                            b.since_ms
-                        },
-                    },
-                    None => Broker {
-                        registration: registration.clone(),
-                        status: BrokerStatus::Active,
-                        since_ms: now,
-                    },
-                };
-                if self.brokers.get(&id) == Some(&value) {
-                    return Ok(vec![]);
-                }
-                self.brokers.insert(id, value.clone());
-                Ok(vec![Change::Broker {
-                    broker: id,
-                    value: Some(value),
-                }])
-            }
-            SetBrokerStatus { broker, status } => {
-                let b = self
-                    .brokers
-                    .get_mut(broker)
-                    .ok_or_else(|| ApplyError::not_found(format!("no broker {broker}")))?;
-                if b.status == *status {
-                    return Ok(vec![]);
-                }
-                b.status = *status;
-                b.since_ms = now;
-                let value = b.clone();
-                let mut changes = vec![Change::Broker {
-                    broker: *broker,
-                    value: Some(value),
-                }];
-                if *status == BrokerStatus::Draining {
-                    // Leaderships move at once; replicas move in Reconcile.
-                    changes.extend(self.balance_leaders());
-                }
-                Ok(changes)
-            }
-            MoveDone { group, broker } => Ok(self.for_each_placement(|p| {
-                let before = p.leaving.len();
-                if p.group == *group {
-                    p.leaving.retain(|b| b != broker);
-                }
-                p.leaving.len() != before
-            })),
-            Reconcile { grace_ms } => {
-                let mut changes = self.replace_replicas(now, *grace_ms, moves);
-                for t in self.tenants.values_mut() {
-                    let before = t.keys.len();
-                    t.keys.retain(|k| k.retire_at_ms.is_none_or(|r| r > now));
-                    if t.keys.len() != before {
-                        changes.push(Change::Keys {
-                            tenant: t.rules.tenant.clone(),
-                        });
-                    }
-                }
-                changes.extend(self.balance_leaders());
-                Ok(changes)
-            }
-            Rebalance => Ok(self.balance_leaders()),
-            PutIdpIssuer { tenant, issuer } => {
-                issuer.validate().map_err(ApplyError::invalid)?;
-                let t = self.tenant_mut(tenant)?;
-                if t.idp_issuers.get(&issuer.issuer) == Some(issuer) {
-                    return Ok(vec![]);
-                }
-                t.idp_issuers.insert(issuer.issuer.clone(), issuer.clone());
-                // Issuers are not in the brokers' view; the version still
-                // moves so the change is ordered and audited.
-                Ok(vec![Change::Tenant {
-                    tenant: tenant.clone(),
-                    quotas: Some(t.spec.quotas),
-                }])
-            }
-            DeleteIdpIssuer { tenant, issuer } => {
-                let t = self.tenant_mut(tenant)?;
-                t.idp_issuers.remove(issuer).ok_or_else(|| {
-                    ApplyError::not_found(format!("tenant {tenant:?} has no issuer {issuer:?}"))
-                })?;
-                Ok(vec![Change::Tenant {
-                    tenant: tenant.clone(),
-                    quotas: Some(t.spec.quotas),
-                }])
-            }
-            RotateKey {
-                tenant,
-                key,
-                overlap_ms,
-            } => {
-                let t = self.tenant_mut(tenant)?;
-                rotate(t, key, now, *overlap_ms)?;
-                Ok(vec![Change::Keys {
-                    tenant: tenant.clone(),
-                }])
-            }
-            AddPolicy {
-                tenant,
-                caller,
-                policy,
-            } => {
-                let t = self.tenant_mut(tenant)?;
-                check_in_tenant(tenant, &policy.object)?;
-                let added = t.rules.add_policy(caller, policy.clone())?;
-                Ok(rbac_change(tenant, added))
-            }
-            RemovePolicy {
-                tenant,
-                caller,
-                policy,
-            } => {
-                let t = self.tenant_mut(tenant)?;
-                let removed = t.rules.remove_policy(caller, policy)?;
-                if !removed {
-                    return Err(ApplyError::not_found("no such policy"));
-                }
-                Ok(rbac_change(tenant, true))
-            }
-            AddGrouping {
-                tenant,
-                caller,
-                grouping,
-            } => {
-                let t = self.tenant_mut(tenant)?;
-                let added = t.rules.add_grouping(caller, grouping.clone())?;
-                Ok(rbac_change(tenant, added))
-            }
-            RemoveGrouping {
-                tenant,
-                caller,
-                grouping,
-            } => {
-                let t = self.tenant_mut(tenant)?;
-                let removed = t.rules.remove_grouping(caller, grouping)?;
-                if !removed {
-                    return Err(ApplyError::not_found("no such grouping"));
-                }
-                Ok(rbac_change(tenant, true))
-            }
-            Bootstrap {
-                tenant,
-                spec,
-                issuers,
-                admins,
-                key,
-            } => {
-                check_names(&[("tenant", tenant)])?;
-                spec.validate().map_err(ApplyError::invalid)?;
-                if self.tenants.contains_key(tenant) {
-                    return Err(ApplyError::conflict(format!(
-                        "tenant {tenant:?} exists; bootstrap runs once per tenant"
-                    )));
-                }
-                if admins.is_empty() {
-                    return Err(ApplyError::invalid(
-                        "initial_admin_principals must name at least one principal",
-                    ));
-                }
-                let mut t = Tenant {
-                    spec: spec.clone(),
-                    rules: Rules::new(tenant),
-                    ..Tenant::default()
-                };
-                for i in issuers {
-                    i.validate().map_err(ApplyError::invalid)?;
-                    t.idp_issuers.insert(i.issuer.clone(), i.clone());
-                }
-                let all = tenant_admin_grants(tenant);
-                for admin in admins {
-                    for g in &all {
-                        t.rules.add_policy(
-                            &all,
-                            Policy {
-                                subject: admin.clone(),
-                                object: g.object.clone(),
-                                action: g.action,
-                            },
-                        )?;
-                    }
-                }
-                rotate(&mut t, key, now, 0)?;
-                self.tenants.insert(tenant.clone(), t);
-                Ok(vec![
-                    Change::Tenant {
-                        tenant: tenant.clone(),
-                        quotas: Some(spec.quotas),
-                    },
-                    Change::Keys {
-                        tenant: tenant.clone(),
-                    },
-                ])
-            }
+            CreateStream { .. }
+            | UpdateStream { .. }
+            | DeleteStream { .. }
+            | CreateCache { .. }
+            | DeleteCache { .. } => self.run_resources(env, moves),
+            RegisterBroker { .. }
+            | SetBrokerStatus { .. }
+            | MoveDone { .. }
+            | Reconcile { .. }
+            | Rebalance => self.run_brokers(env, moves),
+            PutIdpIssuer { .. }
+            | DeleteIdpIssuer { .. }
+            | RotateKey { .. }
+            | AddPolicy { .. }
+            | RemovePolicy { .. }
+            | AddGrouping { .. }
+            | RemoveGrouping { .. }
+            | Bootstrap { .. } => self.run_access(env),
         }
     }
-
-    /// Every stream and cache whose placement `f` changed, as changes.
-    fn for_each_placement(&mut self, mut f: impl FnMut(&mut ShardPlacement) -> bool) -> Vec<Change> {
-        let mut out = Vec::new();
-        for (tn, t) in self.tenants.iter_mut() {
-            for (nn, n) in t.namespaces.iter_mut() {
-                for (sn, s) in n.streams.iter_mut() {
-                    let mut any = false;
-                    for p in s.placement.iter_mut() {
-                        any |= f(p);
-                    }
-                    if any {
-                        out.push(Change::Stream {
-                            tenant: tn.clone(),
-                            namespace: nn.clone(),
-                            stream: sn.clone(),
-                            value: Some(s.clone()),
-                        });
-                    }
-                }
-                for (cn, c) in n.caches.iter_mut() {
-                    let mut any = false;
-                    for p in c.placement.iter_mut() {
-                        any |= f(p);
-                    }
-                    if any {
-                        out.push(Change::Cache {
-                            tenant: tn.clone(),
-                            namespace: nn.clone(),
-                            cache: cn.clone(),
-                            value: Some(c.clone()),
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn balance_leaders(&mut self) -> Vec<Change> {
-        let mut cluster = self.cluster();
-        self.for_each_placement(|p| cluster.balance_leader(&mut p.replicas))
-    }
-
-    /// Replicas on brokers down past the grace period, or draining, get a
-    /// replacement; the old replica is listed as leaving until the shard's
-    /// leader reports the move done.
-    fn replace_replicas(&mut self, now: u64, grace_ms: u64, moves: &mut Vec<Move>) -> Vec<Change> {
-        let evicted: Vec<u32> = self
-            .brokers
-            .values()
-            .filter(|b| match b.status {
-                BrokerStatus::Draining => true,
-                BrokerStatus::Down => now.saturating_sub(b.since_ms) >= grace_ms,
-                BrokerStatus::Active => false,
-            })
-            .map(|b| b.registration.id)
-            .collect();
-        if evicted.is_empty() {
-            return Vec::new();
-        }
-        let mut cluster = self.cluster();
-        self.for_each_placement(|p| {
-            let mut any = false;
-            for gone in evicted.iter().copied() {
-                let Some(i) = p.replicas.iter().position(|r| *r == gone) else {
-                    continue;
-                };
-                let Some(new) = cluster.replace(&p.replicas, gone) else {
-                    continue;
-                };
-                p.replicas[i] = new;
-                if !p.leaving.contains(&gone) {
-                    p.leaving.push(gone);
-                }
-                moves.push(Move {
-                    group: p.group,
-                    from: Some(gone),
-                    to: new,
-                });
-                any = true;
-            }
-            any
-        })
-    }
-
-    /// Brokers down or draining that still hold replicas, and shards with
-    /// fewer live replicas than their replication factor: what `cluster
-    /// status` reports.
-    pub fn under_replicated(&self) -> Vec<u64> {
-        let live = |b: &u32| {
-            self.brokers
-                .get(b)
-                .is_some_and(|x| x.status != BrokerStatus::Down)
-        };
-        self.placements()
-            .filter(|p| p.replicas.iter().any(|r| !live(r)) || !p.leaving.is_empty())
-            .map(|p| p.group)
-            .collect()
-    }
-
-    /// The public keys a tenant's tokens verify with, as a JWKS document.
-    pub fn jwks(&self, tenant: &str) -> Result<serde_json::Value, ApplyError> {
-        let t = self.tenant(tenant)?;
-        let keys: Vec<serde_json::Value> = t
-            .keys
-            .iter()
-            .map(|k| {
-                serde_json::json!({
-                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
-                    "kid": k.kid, "x": k.public,
-                })
-            })
-            .collect();
-        Ok(serde_json::json!({ "keys": keys }))
-    }
-}
-
-fn rbac_change(tenant: &str, changed: bool) -> Vec<Change> {
-    if !changed {
-        return vec![];
-    }
-    // Rules are not in the brokers' view (tokens carry permissions); the
-    // version moves so the change is ordered and audited.
-    vec![Change::Keys {
-        tenant: tenant.to_owned(),
-    }]
-}
-
-fn check_in_tenant(tenant: &str, object: &Object) -> Result<(), ApplyError> {
-    if object.tenant() != tenant {
-        return Err(ApplyError {
-            kind: ErrorKind::Forbidden,
-            message: format!("{object} is not inside tenant {tenant:?}"),
-        });
-    }
-    Ok(())
-}
-
-fn rotate(t: &mut Tenant, key: &SigningKey, now: u64, overlap_ms: u64) -> Result<(), ApplyError> {
-    if key.kid.is_empty() || t.keys.iter().any(|k| k.kid == key.kid) {
-        return Err(ApplyError::conflict(format!(
-            "key id {:?} is empty or taken",
-            key.kid
-        )));
-    }
-    if t.keys.len() >= KEYS_PER_TENANT_MAX {
-        return Err(ApplyError::conflict(format!(
-            "the tenant has {KEYS_PER_TENANT_MAX} keys; wait for the oldest to retire"
-        )));
-    }
-    if let Some(signer) = t.keys.last_mut() {
-        signer.retire_at_ms.get_or_insert(now + overlap_ms);
-    }
-    t.keys.push(SigningKey {
-        created_ms: now,
-        retire_at_ms: None,
-        ..key.clone()
-    });
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1266,6 +725,58 @@ mod tests {
                 },
             },
         ))
+    }
+
+    #[test]
+    fn a_create_without_a_replication_factor_gets_three_or_one_per_broker() {
+        let rf_of = |m: &Metadata, name: &str| {
+            let s = &m.namespace("t", "ns").unwrap().streams[name];
+            assert!(s
+                .placement
+                .iter()
+                .all(|p| p.replicas.len() as u32 == s.spec.replication_factor));
+            s.spec.replication_factor
+        };
+        let mut m = cluster();
+        create(&mut m, "three", 2, 0).unwrap();
+        assert_eq!(rf_of(&m, "three"), 3, "three brokers: three copies");
+        // Asking for the default again is the same create, not a conflict.
+        assert!(!create(&mut m, "three", 2, 0).unwrap().changed);
+        assert!(!create(&mut m, "three", 2, 3).unwrap().changed);
+        for (id, z) in [(4, "a"), (5, "b")] {
+            m.apply(&env(0, broker(id, z))).unwrap();
+        }
+        create(&mut m, "five", 1, 0).unwrap();
+        assert_eq!(rf_of(&m, "five"), 3, "five brokers: still three");
+        create(&mut m, "wide", 1, 5).unwrap();
+        assert_eq!(rf_of(&m, "wide"), 5, "an explicit factor is kept");
+        let e = create(&mut m, "six", 1, 6).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(e.message.contains("needs 6 active brokers"), "{}", e.message);
+        let e = create(&mut m, "eight", 1, 8).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(
+            e.message.contains("replication_factor must be 1 to 7"),
+            "{}",
+            e.message
+        );
+        for b in [2, 3, 4, 5] {
+            m.apply(&env(
+                0,
+                Command::SetBrokerStatus {
+                    broker: b,
+                    status: BrokerStatus::Down,
+                },
+            ))
+            .unwrap();
+        }
+        create(&mut m, "one", 1, 0).unwrap();
+        assert_eq!(rf_of(&m, "one"), 1, "one broker up: one copy");
+        assert_eq!(
+            super::resources::default_rf(0),
+            1,
+            "no broker: a create of 1 is refused as too few"
+        );
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! Following the control plane: making the node's streams match the feed
+//! (create, change in place, delete), each change applied once.
+
+use felix_client::wire::StreamConfig;
+
+use super::{Followed, Node};
+use crate::cluster::MetaOp;
+use crate::error::BrokerError;
+use crate::meta::StreamMeta;
+use crate::names::StreamName;
+
+impl Node {
+    /// The streams created by following the control plane.
+    pub fn managed_streams(&self) -> Vec<String> {
+        self.meta
+            .lock()
+            .expect("meta lock")
+            .streams()
+            .filter(|(_, m)| m.managed())
+            .map(|(n, _)| n.to_string())
+            .collect()
+    }
+
+    /// Makes stream `name` match the control plane's view of it at feed
+    /// version `version` (`want` absent: deleted); in a cluster, through
+    /// the metadata group. Nothing is written when it matches already.
+    pub async fn follow(
+        &self,
+        version: u64,
+        name: &StreamName,
+        want: Option<Followed>,
+    ) -> Result<(), BrokerError> {
+        if !self.follow_changes(version, name, want.as_ref()) {
+            return Ok(());
+        }
+        match self.cluster() {
+            Some(c) => {
+                let op = MetaOp::Follow {
+                    version,
+                    name: name.to_string(),
+                    stream: want.as_ref().map(|w| w.config.clone()),
+                    replicas: c.meta_voters()?,
+                    placement: want.map(|w| w.placement).unwrap_or_default(),
+                };
+                c.write_meta(&op, self.now_ms()).await
+            }
+            None => self.apply_follow(version, name, want, None, Vec::new(), true),
+        }
+    }
+
+    /// Whether following `want` at `version` would change anything here.
+    pub(super) fn follow_changes(&self, version: u64, name: &StreamName, want: Option<&Followed>) -> bool {
+        let meta = self.meta.lock().expect("meta lock");
+        if version < meta.cp_version() {
+            return false;
+        }
+        match (meta.get(name), want) {
+            (None, None) => false,
+            (Some(m), Some(w)) => {
+                !same_shape(m, &w.config) || !same_settings(m, &w.config) || m.placement != w.placement
+            }
+            _ => true,
+        }
+    }
+
+    /// Applies a followed change (metadata entry `raft_index` in a
+    /// cluster). A stream of another shape than wanted was deleted and
+    /// made again while this broker did not follow: it is replaced.
+    pub(super) fn apply_follow(
+        &self,
+        version: u64,
+        name: &StreamName,
+        want: Option<Followed>,
+        raft_index: Option<u64>,
+        replicas: Vec<u64>,
+        fresh: bool,
+    ) -> Result<(), BrokerError> {
+        let current = {
+            let mut meta = self.meta.lock().expect("meta lock");
+            if !meta.note_follow(version, raft_index)? {
+                return Ok(());
+            }
+            meta.get(name).cloned()
+        };
+        match (current, want) {
+            (None, None) => Ok(()),
+            (Some(_), None) => self.delete_local(name, raft_index),
+            (Some(m), Some(Followed { config: c, placement })) if same_shape(&m, &c) => {
+                let h = self.stream_by_name(name)?;
+                let m = self.meta.lock().expect("meta lock").update(name, |m| {
+                    m.placement = placement;
+                    m.retention_ms = c.retention_ms;
+                    m.retention_bytes = c.retention_bytes;
+                    m.default_ttl_ms = c.default_ttl_ms;
+                    if c.max_deliveries > 0 {
+                        m.max_deliveries = c.max_deliveries;
+                    }
+                })?;
+                *h.meta.lock().expect("stream meta lock") = m;
+                Ok(())
+            }
+            (current, Some(Followed { config: c, placement })) => {
+                if current.is_some() {
+                    tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
+                    self.delete_local(name, raft_index)?;
+                }
+                let h = self.create_local(&c, raft_index, replicas, placement)?;
+                self.start_groups(&h, fresh);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Whether a stream is the one `c` describes (kind and shard count; what
+/// cannot change in place).
+fn same_shape(m: &StreamMeta, c: &StreamConfig) -> bool {
+    m.kind == c.kind && m.shards.len() == c.shards as usize
+}
+
+/// Whether what may change in place already matches.
+fn same_settings(m: &StreamMeta, c: &StreamConfig) -> bool {
+    m.managed()
+        && m.retention_ms == c.retention_ms
+        && m.retention_bytes == c.retention_bytes
+        && m.default_ttl_ms == c.default_ttl_ms
+        && (c.max_deliveries == 0 || m.max_deliveries == c.max_deliveries)
+}

@@ -1,0 +1,146 @@
+//! Joining the cluster: the metadata group, and each hosted shard's Raft
+//! group started as founder or joiner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{Followed, Node, StreamHandle};
+use crate::cluster::{Cluster, MetaOp};
+use crate::error::BrokerError;
+use crate::meta::StreamMeta;
+use crate::metagroup::{MetaApplier, MetaOwner};
+use crate::names::StreamName;
+use crate::shard::HostedShard;
+
+impl Node {
+    /// Joins the cluster: starts the replication transport, the metadata
+    /// group and a group for every shard this broker hosts.
+    pub async fn start_cluster(
+        self: &Arc<Self>,
+        c: &crate::config::ClusterConfig,
+    ) -> Result<(), BrokerError> {
+        let applied = self.meta.lock().expect("meta lock").raft_applied();
+        let identity = crate::identity::Identity::load_or_create(&self.data_dir, self.broker_id)?;
+        let cluster = Arc::new(Cluster::open(&identity, c, &self.data_dir, applied)?);
+        let _ = self.cluster.set(cluster.clone());
+        for h in self.streams() {
+            let m = h.meta();
+            for (i, s) in h.shards.iter().enumerate() {
+                let dir = HostedShard::raft_dir(&self.shard_dir(s.id));
+                cluster
+                    .start_shard(s, dir, false, &m.replicas, m.preferred_leader(i))
+                    .await?;
+            }
+        }
+        let owner: Arc<dyn MetaOwner> = self.clone();
+        let applier = Arc::new(MetaApplier {
+            node: Arc::downgrade(&owner),
+        });
+        cluster.start_meta(applier, &self.data_dir).await
+    }
+
+    /// Applies metadata entry `index` (cluster only). `fresh`: written just
+    /// now, so new shard groups need not wait for an existing leader.
+    pub(crate) fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
+        match op {
+            MetaOp::Create { stream, replicas } => {
+                let h = self.create_local(stream, Some(index), replicas.clone(), Vec::new())?;
+                self.start_groups(&h, fresh);
+                Ok(())
+            }
+            MetaOp::Follow {
+                version,
+                name,
+                stream,
+                replicas,
+                placement,
+            } => self.apply_follow(
+                *version,
+                &StreamName::parse(name)?,
+                stream.clone().map(|s| Followed {
+                    config: s,
+                    placement: placement.clone(),
+                }),
+                Some(index),
+                replicas.clone(),
+                fresh,
+            ),
+            MetaOp::Delete { name } => self.delete_local(&StreamName::parse(name)?, Some(index)),
+            MetaOp::SetRetention {
+                name,
+                retention_ms,
+                retention_bytes,
+            } => self.set_retention_local(
+                &StreamName::parse(name)?,
+                *retention_ms,
+                *retention_bytes,
+                Some(index),
+            ),
+        }
+    }
+
+    /// Starts the shard groups of a stream just opened, in the background.
+    pub(super) fn start_groups(&self, h: &Arc<StreamHandle>, fresh: bool) {
+        let Some(cluster) = self.cluster().cloned() else {
+            return;
+        };
+        let m = h.meta();
+        let replicas = Arc::new(m.replicas.clone());
+        for (i, s) in h.shards.iter().enumerate() {
+            let (s, c, dir, replicas, preferred) = (
+                s.clone(),
+                cluster.clone(),
+                HostedShard::raft_dir(&self.shard_dir(s.id)),
+                replicas.clone(),
+                m.preferred_leader(i),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = c.start_shard(&s, dir, fresh, &replicas, preferred).await {
+                    tracing::error!(shard = s.id.0, error = %e, "starting the shard's group failed");
+                }
+            });
+        }
+    }
+
+    /// The metadata group's state, for its snapshot.
+    pub(crate) fn meta_snapshot(&self) -> Result<Vec<u8>, BrokerError> {
+        self.meta.lock().expect("meta lock").to_bytes()
+    }
+
+    /// Replaces the stream definitions with a metadata snapshot's: streams
+    /// it lacks are closed and removed, new ones opened.
+    pub(crate) fn install_meta(&self, state: &[u8], index: u64) -> Result<(), BrokerError> {
+        let mut meta = self.meta.lock().expect("meta lock");
+        meta.replace(state)?;
+        meta.set_raft_applied(index);
+        let wanted: HashMap<String, StreamMeta> =
+            meta.streams().map(|(n, m)| (n.to_string(), m.clone())).collect();
+        drop(meta);
+        for h in self.streams() {
+            if !wanted.contains_key(&h.name.to_string()) {
+                self.streams
+                    .write()
+                    .expect("streams lock")
+                    .remove(&h.name.to_string());
+                for s in &h.shards {
+                    s.close();
+                    self.maintenance.unregister(s.id);
+                    self.hot.forget_shard(s.id);
+                }
+            }
+        }
+        for (name, m) in wanted {
+            if self.stream(&name).is_ok() {
+                continue;
+            }
+            let n = StreamName::parse(&name)?;
+            let h = Arc::new(self.open_stream(&n, m)?);
+            self.streams
+                .write()
+                .expect("streams lock")
+                .insert(name, h.clone());
+            self.start_groups(&h, false);
+        }
+        Ok(())
+    }
+}

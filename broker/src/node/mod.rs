@@ -1,0 +1,400 @@
+//! One broker node: the streams it hosts (each a set of shards), the shared
+//! index, the metadata file, the hot cache, and the upkeep that runs in the
+//! background (retention, segment rolling, TTL sweeps and compaction).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use felix_client::wire::StreamConfig;
+use felix_controlplane::model::ShardPlacement;
+use felix_index::{CompactionConfig, Index, IndexConfig, Maintenance, ShardKind};
+use felix_log::{LogConfig, ShardId};
+use tokio::sync::watch;
+
+use crate::cluster::{Cluster, MetaOp};
+use crate::config::{BrokerConfig, LogSettings};
+use crate::control::ControlLink;
+use crate::error::BrokerError;
+use crate::hot::HotCache;
+use crate::meta::{MetaStore, StreamKind, StreamMeta};
+use crate::metagroup::MetaOwner;
+use crate::names::StreamName;
+use crate::shard::HostedShard;
+
+pub use crate::clock::{skewed_clock, system_clock, Clock};
+
+mod describe;
+mod follow;
+mod groups;
+mod streams;
+mod upkeep;
+
+/// A stream as the control plane has it: its settings, and where each
+/// shard's replicas belong.
+#[derive(Debug, Clone)]
+pub struct Followed {
+    pub config: StreamConfig,
+    pub placement: Vec<ShardPlacement>,
+}
+
+/// A stream this node hosts.
+#[derive(Debug)]
+pub struct StreamHandle {
+    pub name: StreamName,
+    meta: Mutex<StreamMeta>,
+    pub shards: Vec<Arc<HostedShard>>,
+    /// Live subscriptions (a delete refuses while any is open, unless forced).
+    pub subscribers: Arc<AtomicUsize>,
+}
+
+impl StreamHandle {
+    pub fn meta(&self) -> StreamMeta {
+        self.meta.lock().expect("stream meta lock").clone()
+    }
+
+    /// Shard number `n`, or a clear error.
+    pub fn shard(&self, n: u32) -> Result<&Arc<HostedShard>, BrokerError> {
+        self.shards.get(n as usize).ok_or_else(|| {
+            BrokerError::Invalid(format!(
+                "stream {} has {} shards; there is no shard {n}",
+                self.name,
+                self.shards.len()
+            ))
+        })
+    }
+}
+
+/// A broker node.
+pub struct Node {
+    broker_id: u64,
+    address: Mutex<String>,
+    data_dir: PathBuf,
+    log: LogSettings,
+    meta: Mutex<MetaStore>,
+    index: Arc<Index>,
+    streams: RwLock<HashMap<String, Arc<StreamHandle>>>,
+    pub(crate) hot: HotCache,
+    maintenance: Maintenance,
+    clock: Clock,
+    /// Round robin for publishes without a shard or key.
+    pub(crate) spread: AtomicU64,
+    /// Whether shards are replicated (a `[cluster]` is configured).
+    replicated: bool,
+    cluster: OnceLock<Arc<Cluster>>,
+    control: OnceLock<Arc<ControlLink>>,
+    /// Publish quotas: the control plane's per tenant and namespace, and
+    /// the file's `[quotas]` for the rest.
+    pub(crate) quotas: Mutex<crate::control::quota::QuotaTable>,
+    /// The file's `[defaults]` (replaced on SIGHUP).
+    defaults: RwLock<crate::config::StreamDefaults>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("broker_id", &self.broker_id)
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl Node {
+    /// Opens the node's data directory: metadata, index and every shard
+    /// (recovering logs and bringing the index in line with them).
+    pub fn open(config: &BrokerConfig, clock: Clock) -> Result<Arc<Node>, BrokerError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir.join("shards"))?;
+        let (index, reset) = Index::open_or_reset(
+            dir.join("index"),
+            IndexConfig {
+                block_cache_bytes: config.index_cache_bytes,
+                ..IndexConfig::default()
+            },
+            clock(),
+        )?;
+        if reset {
+            tracing::warn!("the index was unreadable and is being rebuilt from the segments");
+        }
+        let index = Arc::new(index);
+        let c = clock.clone();
+        let maintenance = Maintenance::start(
+            index.clone(),
+            Duration::from_millis(config.maintenance_interval_ms),
+            move || c(),
+        )?;
+        let meta = MetaStore::open(dir)?;
+        let node = Node {
+            broker_id: config.broker_id,
+            address: Mutex::new(config.listen.to_string()),
+            data_dir: dir.clone(),
+            log: config.log.clone(),
+            meta: Mutex::new(meta),
+            index,
+            streams: RwLock::new(HashMap::new()),
+            hot: HotCache::new(config.hot_cache_bytes_max),
+            maintenance,
+            clock,
+            spread: AtomicU64::new(0),
+            replicated: config.cluster.is_some(),
+            cluster: OnceLock::new(),
+            control: OnceLock::new(),
+            quotas: Mutex::new(crate::control::quota::QuotaTable::default()),
+            defaults: RwLock::new(config.defaults.clone()),
+        };
+        node.apply_reloadable(&config.reloadable());
+        let all: Vec<(StreamName, StreamMeta)> = node
+            .meta
+            .lock()
+            .expect("meta lock")
+            .streams()
+            .map(|(n, m)| (n, m.clone()))
+            .collect();
+        for (name, m) in all {
+            let h = node.open_stream(&name, m)?;
+            node.streams
+                .write()
+                .expect("streams lock")
+                .insert(name.to_string(), Arc::new(h));
+        }
+        Ok(Arc::new(node))
+    }
+
+    /// Applies the settings SIGHUP may change (`log_level` is the
+    /// process's, not the node's).
+    pub fn apply_reloadable(&self, r: &crate::config::Reloadable) {
+        self.quotas
+            .lock()
+            .expect("quota lock")
+            .set_fallback(Some(r.quotas.quotas()));
+        *self.defaults.write().expect("defaults lock") = r.defaults.clone();
+    }
+
+    /// `c` with the file's defaults for what it leaves unset.
+    pub fn with_defaults(&self, mut c: StreamConfig) -> StreamConfig {
+        let d = self.defaults.read().expect("defaults lock");
+        c.retention_ms = c.retention_ms.or(d.retention_ms);
+        c.retention_bytes = c.retention_bytes.or(d.retention_bytes);
+        c
+    }
+
+    pub fn broker_id(&self) -> u64 {
+        self.broker_id
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
+    pub fn index(&self) -> &Arc<Index> {
+        &self.index
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The address clients are told to use.
+    pub fn set_address(&self, a: String) {
+        *self.address.lock().expect("address lock") = a;
+    }
+
+    fn shard_dir(&self, id: ShardId) -> PathBuf {
+        self.data_dir.join("shards").join(id.0.to_string())
+    }
+
+    fn open_stream(&self, name: &StreamName, m: StreamMeta) -> Result<StreamHandle, BrokerError> {
+        let kind = if m.kind.keyed() {
+            ShardKind::Keyed
+        } else {
+            ShardKind::Stream
+        };
+        let cfg = LogConfig {
+            segment_bytes: self.log.segment_bytes,
+            segment_ms: self.log.segment_ms,
+            batch_bytes_max: self.log.batch_bytes_max,
+            durability: m.durability,
+            verify: if self.log.verify_on_start {
+                felix_log::Verify::Full
+            } else {
+                felix_log::Verify::FromCheckpoint
+            },
+            ..LogConfig::default()
+        };
+        let signal = Arc::new(watch::channel(0u64).0);
+        let mut shards = Vec::with_capacity(m.shards.len());
+        for id in &m.shards {
+            let id = ShardId(*id);
+            let dir = self.shard_dir(id);
+            let s = if self.replicated {
+                HostedShard::open_replicated(&dir, id, kind, cfg.clone(), self.index.clone())?
+            } else {
+                HostedShard::open(&dir, id, kind, cfg.clone(), self.index.clone())?
+            }
+            .with_signal(signal.clone());
+            if kind == ShardKind::Keyed {
+                self.maintenance
+                    .register(id, s.log().clone(), compaction_config(m.kind));
+            }
+            shards.push(Arc::new(s));
+        }
+        Ok(StreamHandle {
+            name: name.clone(),
+            meta: Mutex::new(m),
+            shards,
+            subscribers: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// The stream called `name` (either form), or `UnknownStream`.
+    pub fn stream(&self, name: &str) -> Result<Arc<StreamHandle>, BrokerError> {
+        let n = StreamName::parse(name)?;
+        self.stream_by_name(&n)
+    }
+
+    /// [`Node::stream`], except that in a cluster an unknown name is
+    /// looked up again after catching up with the metadata group: a
+    /// stream created through another broker a moment ago is found.
+    pub async fn find_stream(&self, name: &str) -> Result<Arc<StreamHandle>, BrokerError> {
+        match (self.stream(name), self.cluster()) {
+            (Err(BrokerError::UnknownStream(_)), Some(c)) => {
+                c.meta_barrier().await?;
+                self.stream(name)
+            }
+            (r, _) => r,
+        }
+    }
+
+    pub fn stream_by_name(&self, n: &StreamName) -> Result<Arc<StreamHandle>, BrokerError> {
+        self.streams
+            .read()
+            .expect("streams lock")
+            .get(&n.to_string())
+            .cloned()
+            .ok_or_else(|| BrokerError::UnknownStream(n.to_string()))
+    }
+
+    /// Every stream, by name.
+    /// What background maintenance (TTL sweeps, compaction) has done.
+    pub fn maintenance_stats(&self) -> felix_index::MaintenanceStats {
+        self.maintenance.stats()
+    }
+
+    /// Hands every leadership this broker holds (shards and cluster
+    /// metadata) to another replica, all at once, each within `wait`
+    /// (`Replica::step_down`). Returns (groups led, groups handed over).
+    pub async fn step_down_all(&self, wait: Duration) -> (usize, usize) {
+        let Some(c) = self.cluster() else {
+            return (0, 0);
+        };
+        let mut led: Vec<felix_replication::Replica> = self
+            .streams()
+            .iter()
+            .flat_map(|h| h.shards.iter().filter_map(|s| s.replica().cloned()))
+            .chain(c.meta_replica())
+            .filter(felix_replication::Replica::is_leader)
+            .collect();
+        let n = led.len();
+        let mut steps = tokio::task::JoinSet::new();
+        for r in led.drain(..) {
+            steps.spawn(async move { r.step_down(wait).await });
+        }
+        let mut moved = 0;
+        while let Some(r) = steps.join_next().await {
+            moved += usize::from(r.unwrap_or(false));
+        }
+        (n, moved)
+    }
+
+    /// Waits until no publish is in flight on any shard (their acks are
+    /// being sent), at most `wait`. Returns whether none is.
+    pub async fn drain_in_flight(&self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let busy = self
+                .streams()
+                .iter()
+                .any(|h| h.shards.iter().any(|s| s.in_flight_bytes() > 0));
+            if !busy {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub fn streams(&self) -> Vec<Arc<StreamHandle>> {
+        let mut v: Vec<_> = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The control plane this broker follows, if it has one.
+    pub fn control(&self) -> Option<&Arc<ControlLink>> {
+        self.control.get()
+    }
+
+    pub(crate) fn set_control(&self, link: Arc<ControlLink>) {
+        let _ = self.control.set(link);
+    }
+
+    /// Live subscriptions per stream with any, for heartbeats (the control
+    /// plane refuses to delete a stream that has some unless forced).
+    pub fn subscriber_counts(&self) -> std::collections::BTreeMap<String, u32> {
+        self.streams()
+            .into_iter()
+            .filter_map(|h| {
+                let n = h.subscribers.load(Ordering::Acquire);
+                (n > 0).then(|| (h.name.to_string(), u32::try_from(n).unwrap_or(u32::MAX)))
+            })
+            .collect()
+    }
+
+    /// The cluster this broker is part of, once started.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+}
+
+fn compaction_config(kind: StreamKind) -> CompactionConfig {
+    match kind {
+        // A cache keeps no history worth reading: compact as soon as half is dead.
+        StreamKind::Cache => CompactionConfig {
+            delete_retention_ms: 60_000,
+            ..CompactionConfig::default()
+        },
+        _ => CompactionConfig::default(),
+    }
+}
+
+impl MetaOwner for Node {
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        Node::cluster(self)
+    }
+
+    fn now_ms(&self) -> i64 {
+        Node::now_ms(self)
+    }
+
+    fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
+        Node::apply_meta(self, op, index, fresh)
+    }
+
+    fn install_meta(&self, state: &[u8], index: u64) -> Result<(), BrokerError> {
+        Node::install_meta(self, state, index)
+    }
+
+    fn meta_snapshot(&self) -> Result<Vec<u8>, BrokerError> {
+        Node::meta_snapshot(self)
+    }
+}

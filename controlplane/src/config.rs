@@ -1,0 +1,131 @@
+//! A control-plane node's settings (its configuration file), apart from
+//! the running node so that whoever reads the file (the `felix` command,
+//! the broker's schema documentation) does not link the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: its key in `peers`.
+    pub id: u64,
+    /// Where the API (and Raft RPCs) listen.
+    pub listen: SocketAddr,
+    /// The address peers and brokers use; `listen` when absent.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Where the node's Raft log, metadata and snapshots live.
+    pub data_dir: PathBuf,
+    /// Every node of the first membership (this one included). Empty: a
+    /// single node.
+    #[serde(default)]
+    pub peers: Vec<PeerAddr>,
+    /// Shared by control-plane nodes, brokers and operators; the bearer
+    /// token of cluster-wide operations.
+    pub cluster_secret: String,
+    /// The day-0 bootstrap endpoint: off unless both are set.
+    #[serde(default)]
+    pub bootstrap_listen: Option<SocketAddr>,
+    /// The bearer token of the bootstrap endpoint (16 bytes or more).
+    #[serde(default)]
+    pub bootstrap_secret: Option<String>,
+    /// How often brokers are told to heartbeat.
+    #[serde(default = "default_heartbeat")]
+    pub broker_heartbeat_interval_ms: u64,
+    /// Heartbeats a broker may miss before it is marked down.
+    #[serde(default = "default_missed")]
+    pub broker_heartbeats_missed_max: u32,
+    /// How long a broker stays down before its replicas are re-placed.
+    #[serde(default = "default_replace")]
+    pub replace_after_ms: u64,
+    /// Lifetime of a token the control plane issues.
+    #[serde(default = "default_ttl")]
+    pub token_ttl_s: u64,
+    /// Raft election timeout range of the control plane's own group.
+    #[serde(default = "default_election_min")]
+    pub election_timeout_min_ms: u64,
+    /// (The range's upper end.)
+    #[serde(default = "default_election_max")]
+    pub election_timeout_max_ms: u64,
+    /// Log levels, per module if wanted (`info,felix_controlplane=debug`).
+    /// Absent: `$FELIX_LOG`, else `warn`. Reloaded on SIGHUP.
+    #[serde(default)]
+    pub log_level: Option<String>,
+}
+
+/// A control-plane node and the address its API listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PeerAddr {
+    /// The node's `id`.
+    pub id: u64,
+    /// Its API address (`host:port`) as the other nodes reach it.
+    pub addr: String,
+}
+
+fn default_heartbeat() -> u64 {
+    5_000
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_replace() -> u64 {
+    60_000
+}
+fn default_ttl() -> u64 {
+    crate::auth::TOKEN_TTL_S_DEFAULT
+}
+fn default_election_min() -> u64 {
+    500
+}
+fn default_election_max() -> u64 {
+    1_000
+}
+
+impl NodeConfig {
+    /// A single node with the defaults, for `felix dev` and tests.
+    pub fn single(data_dir: PathBuf, listen: SocketAddr, cluster_secret: String) -> NodeConfig {
+        NodeConfig {
+            id: 1,
+            listen,
+            advertise: None,
+            data_dir,
+            peers: Vec::new(),
+            cluster_secret,
+            bootstrap_listen: None,
+            bootstrap_secret: None,
+            broker_heartbeat_interval_ms: default_heartbeat(),
+            broker_heartbeats_missed_max: default_missed(),
+            replace_after_ms: default_replace(),
+            token_ttl_s: default_ttl(),
+            election_timeout_min_ms: default_election_min(),
+            election_timeout_max_ms: default_election_max(),
+            log_level: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster_secret.len() < 16 {
+            return Err("cluster_secret must be at least 16 bytes".into());
+        }
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.id) {
+            return Err(format!("peers does not list this node's id {}", self.id));
+        }
+        if self.bootstrap_listen.is_some() != self.bootstrap_secret.is_some() {
+            return Err("bootstrap_listen and bootstrap_secret go together".into());
+        }
+        if self.bootstrap_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err("bootstrap_secret must be at least 16 bytes".into());
+        }
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return Err("election_timeout_min_ms must be below election_timeout_max_ms".into());
+        }
+        if self.broker_heartbeat_interval_ms == 0 || self.broker_heartbeats_missed_max == 0 {
+            return Err("broker heartbeat interval and missed count must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! Streams and caches: one create and one delete path for both (the
+//! `Placed` resources), and where their shards' replicas go.
+
+use super::*;
+
+impl Metadata {
+    pub(super) fn run_resources(
+        &mut self,
+        env: &Envelope,
+        moves: &mut Vec<Move>,
+    ) -> Result<Vec<Change>, ApplyError> {
+        use Command::*;
+        match &env.command {
+            CreateStream {
+                tenant,
+                namespace,
+                stream,
+                spec,
+            } => self.create_placed::<Stream>(tenant, namespace, stream, spec, moves),
+            UpdateStream {
+                tenant,
+                namespace,
+                stream,
+                update,
+            } => {
+                let n = self.namespace_mut(tenant, namespace)?;
+                let s = n.streams.get_mut(stream).ok_or_else(|| {
+                    ApplyError::not_found(format!("no stream {tenant}/{namespace}/{stream}"))
+                })?;
+                let spec = update.apply_to(&s.spec).map_err(ApplyError::invalid)?;
+                if spec == s.spec {
+                    return Ok(vec![]);
+                }
+                s.spec = spec;
+                Ok(vec![Change::Stream {
+                    tenant: tenant.clone(),
+                    namespace: namespace.clone(),
+                    stream: stream.clone(),
+                    value: Some(s.clone()),
+                }])
+            }
+            DeleteStream {
+                tenant,
+                namespace,
+                stream,
+            } => self.delete_placed::<Stream>(tenant, namespace, stream),
+            CreateCache {
+                tenant,
+                namespace,
+                cache,
+                spec,
+            } => self.create_placed::<Cache>(tenant, namespace, cache, spec, moves),
+            DeleteCache {
+                tenant,
+                namespace,
+                cache,
+            } => self.delete_placed::<Cache>(tenant, namespace, cache),
+            _ => unreachable!("run routes only stream and cache commands here"),
+        }
+    }
+
+    /// Creates a stream or cache `name` placed on brokers; creating it
+    /// again with the same spec changes nothing, with another is refused,
+    /// and a name is a stream or a cache, never both.
+    pub(super) fn create_placed<P: Placed>(
+        &mut self,
+        tenant: &str,
+        namespace: &str,
+        name: &str,
+        spec: &P::Spec,
+        moves: &mut Vec<Move>,
+    ) -> Result<Vec<Change>, ApplyError> {
+        check_names(&[(P::KIND, name)])?;
+        P::validate(spec).map_err(ApplyError::invalid)?;
+        let n = self.namespace(tenant, namespace)?;
+        if P::other_holds(n, name) {
+            return Err(ApplyError::conflict(format!(
+                "{tenant}/{namespace}/{name} is a {}",
+                P::OTHER
+            )));
+        }
+        let (shards, asked_rf) = P::shape(spec);
+        if let Some(x) = P::of(n).get(name) {
+            // Asking again for the default matches what the default became.
+            let rf = if asked_rf == 0 {
+                P::shape(x.spec()).1
+            } else {
+                asked_rf
+            };
+            if *x.spec() == P::with_rf(spec, rf) {
+                return Ok(vec![]);
+            }
+            return Err(ApplyError::conflict(format!(
+                "{} {tenant}/{namespace}/{name} exists with another spec{}",
+                P::KIND,
+                P::EXISTS_HINT
+            )));
+        }
+        let rf = if asked_rf == 0 {
+            default_rf(self.cluster().usable())
+        } else {
+            asked_rf
+        };
+        let placement = self.place(shards, rf, moves)?;
+        let value = P::placed(P::with_rf(spec, rf), placement);
+        P::of_mut(self.namespace_mut(tenant, namespace)?).insert(name.to_owned(), value.clone());
+        Ok(vec![P::change(tenant, namespace, name, Some(value))])
+    }
+
+    pub(super) fn delete_placed<P: Placed>(
+        &mut self,
+        tenant: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, ApplyError> {
+        let n = self.namespace_mut(tenant, namespace)?;
+        P::of_mut(n)
+            .remove(name)
+            .ok_or_else(|| ApplyError::not_found(format!("no {} {tenant}/{namespace}/{name}", P::KIND)))?;
+        Ok(vec![P::change(tenant, namespace, name, None)])
+    }
+
+    pub(super) fn place(
+        &mut self,
+        shards: u32,
+        rf: u32,
+        moves: &mut Vec<Move>,
+    ) -> Result<Vec<ShardPlacement>, ApplyError> {
+        let mut cluster = self.cluster();
+        let mut out = Vec::with_capacity(shards as usize);
+        for _ in 0..shards {
+            let replicas = cluster
+                .place(rf)
+                .map_err(|e| ApplyError::conflict(e.to_string()))?;
+            let group = self.next_group;
+            self.next_group += 1;
+            moves.extend(replicas.iter().map(|to| Move {
+                group,
+                from: None,
+                to: *to,
+            }));
+            out.push(ShardPlacement {
+                group,
+                replicas,
+                leaving: Vec::new(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The replication factor of a create that gave none: three copies where
+/// there are three brokers to hold them, else one per broker (and at least
+/// one, so a cluster with no broker refuses the create as too small).
+pub(super) fn default_rf(usable_brokers: usize) -> u32 {
+    u32::try_from(usable_brokers)
+        .unwrap_or(u32::MAX)
+        .clamp(1, REPLICATION_FACTOR_DEFAULT)
+}

@@ -1,0 +1,113 @@
+//! Tenants and namespaces: creating, changing and deleting them.
+
+use super::access::rotate;
+use super::*;
+
+impl Metadata {
+    pub(super) fn run_tenancy(&mut self, env: &Envelope) -> Result<Vec<Change>, ApplyError> {
+        use Command::*;
+        let now = env.now_ms;
+        match &env.command {
+            PutTenant { tenant, spec, key } => {
+                check_names(&[("tenant", tenant)])?;
+                spec.validate().map_err(ApplyError::invalid)?;
+                if let Some(t) = self.tenants.get_mut(tenant) {
+                    if t.spec == *spec {
+                        return Ok(vec![]);
+                    }
+                    t.spec = spec.clone();
+                    return Ok(vec![Change::Tenant {
+                        tenant: tenant.clone(),
+                        quotas: Some(spec.quotas),
+                    }]);
+                }
+                let key = key
+                    .as_ref()
+                    .ok_or_else(|| ApplyError::invalid("a new tenant needs its first signing key"))?;
+                let t = Tenant {
+                    spec: spec.clone(),
+                    rules: Rules::new(tenant),
+                    ..Tenant::default()
+                };
+                self.found_tenant(tenant, t, key, now)
+            }
+            DeleteTenant { tenant } => {
+                let t = self.tenant(tenant)?;
+                if let Some(n) = t.namespaces.keys().next() {
+                    return Err(ApplyError::conflict(format!(
+                        "tenant {tenant:?} still has namespaces ({n:?} …); delete them first"
+                    )));
+                }
+                self.tenants.remove(tenant);
+                Ok(vec![Change::Tenant {
+                    tenant: tenant.clone(),
+                    quotas: None,
+                }])
+            }
+            PutNamespace {
+                tenant,
+                namespace,
+                spec,
+            } => {
+                check_names(&[("namespace", namespace)])?;
+                spec.validate().map_err(ApplyError::invalid)?;
+                let t = self.tenant_mut(tenant)?;
+                match t.namespaces.get_mut(namespace) {
+                    Some(n) if n.spec == *spec => return Ok(vec![]),
+                    Some(n) => n.spec = spec.clone(),
+                    None => {
+                        t.namespaces.insert(
+                            namespace.clone(),
+                            Namespace {
+                                spec: spec.clone(),
+                                ..Namespace::default()
+                            },
+                        );
+                    }
+                }
+                Ok(vec![Change::Namespace {
+                    tenant: tenant.clone(),
+                    namespace: namespace.clone(),
+                    quotas: Some(spec.quotas),
+                }])
+            }
+            DeleteNamespace { tenant, namespace } => {
+                let n = self.namespace(tenant, namespace)?;
+                if let Some(s) = n.streams.keys().chain(n.caches.keys()).next() {
+                    return Err(ApplyError::conflict(format!(
+                        "namespace {tenant}/{namespace} still has streams or caches ({s:?} …); delete them first"
+                    )));
+                }
+                self.tenant_mut(tenant)?.namespaces.remove(namespace);
+                Ok(vec![Change::Namespace {
+                    tenant: tenant.clone(),
+                    namespace: namespace.clone(),
+                    quotas: None,
+                }])
+            }
+            _ => unreachable!("run routes only tenant and namespace commands here"),
+        }
+    }
+
+    /// Records a new tenant `t` with its first signing key.
+    pub(super) fn found_tenant(
+        &mut self,
+        tenant: &str,
+        mut t: Tenant,
+        key: &SigningKey,
+        now: u64,
+    ) -> Result<Vec<Change>, ApplyError> {
+        rotate(&mut t, key, now, 0)?;
+        let quotas = t.spec.quotas;
+        self.tenants.insert(tenant.to_owned(), t);
+        Ok(vec![
+            Change::Tenant {
+                tenant: tenant.to_owned(),
+                quotas: Some(quotas),
+            },
+            Change::Keys {
+                tenant: tenant.to_owned(),
+            },
+        ])
+    }
+}
