@@ -1,0 +1,145 @@
+//! What brokers call: registration, heartbeats, drain and moves, and
+//! the feed they follow (a snapshot, then long-polled changes).
+
+use super::*;
+
+pub(super) async fn list_brokers(State(n): S, h: HeaderMap) -> ApiResult {
+    operator(&n, &h)?;
+    n.read_barrier().await;
+    Ok(Json(n.read(
+        |m| json!({ "items": m.brokers.values().collect::<Vec<_>>() }),
+    )))
+}
+
+pub(super) async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
+    operator(&n, &h)?;
+    let registration: BrokerRegistration = body(&b)?;
+    registration.validate().map_err(bad)?;
+    let actor = format!("broker:{}", registration.id);
+    Ok(applied(
+        n.propose(&actor, Command::RegisterBroker { registration })
+            .await?,
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Heartbeat {
+    #[serde(default)]
+    subscribers: BTreeMap<String, u32>,
+}
+
+pub(super) async fn heartbeat(
+    State(n): S,
+    h: HeaderMap,
+    Path(id): Path<u32>,
+    b: Bytes,
+) -> Result<Response, ApiError> {
+    operator(&n, &h)?;
+    let hb: Heartbeat = if b.is_empty() {
+        Heartbeat::default()
+    } else {
+        body(&b)?
+    };
+    if !n.is_leader() {
+        // Liveness is the leader's to judge: pass it on.
+        let Some((_, leader)) = n.leader_addr() else {
+            return Err(CpError::NoLeader.into());
+        };
+        let r = n
+            .http
+            .post(format!("http://{leader}/v1/brokers/{id}/heartbeat"))
+            .header("authorization", format!("Bearer {}", n.cfg.cluster_secret))
+            .timeout(Duration::from_secs(2))
+            .json(&json!({ "subscribers": hb.subscribers }))
+            .send()
+            .await
+            .map_err(|e| CpError::Unavailable(e.to_string()))?;
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        return Ok((status, Json(v)).into_response());
+    }
+    n.heartbeat(id, hb.subscribers).await?;
+    Ok(Json(json!({ "interval_ms": n.cfg.broker_heartbeat_interval_ms })).into_response())
+}
+
+pub(super) async fn set_status(n: &Node, h: &HeaderMap, broker: u32, status: BrokerStatus) -> ApiResult {
+    let c = operator(n, h)?;
+    Ok(applied(
+        n.propose(&c.actor(), Command::SetBrokerStatus { broker, status })
+            .await?,
+    ))
+}
+
+pub(super) async fn drain(State(n): S, h: HeaderMap, Path(id): Path<u32>) -> ApiResult {
+    set_status(&n, &h, id, BrokerStatus::Draining).await
+}
+
+pub(super) async fn undrain(State(n): S, h: HeaderMap, Path(id): Path<u32>) -> ApiResult {
+    set_status(&n, &h, id, BrokerStatus::Active).await
+}
+
+pub(super) async fn move_done(
+    State(n): S,
+    h: HeaderMap,
+    Path((broker, group)): Path<(u32, u64)>,
+) -> ApiResult {
+    let c = operator(&n, &h)?;
+    Ok(applied(
+        n.propose(&c.actor(), Command::MoveDone { group, broker }).await?,
+    ))
+}
+
+pub(super) async fn rebalance(State(n): S, h: HeaderMap) -> ApiResult {
+    let c = operator(&n, &h)?;
+    Ok(applied(n.propose(&c.actor(), Command::Rebalance).await?))
+}
+
+/// What brokers see: no issuers, rules or private keys.
+pub(super) fn broker_view(m: &crate::state::Metadata) -> Value {
+    let tenants: BTreeMap<&String, Value> = m
+        .tenants
+        .iter()
+        .map(|(name, t)| {
+            let namespaces: BTreeMap<&String, Value> = t
+                .namespaces
+                .iter()
+                .map(|(nn, ns)| (nn, json!({"quotas": ns.spec.quotas, "streams": ns.streams, "caches": ns.caches})))
+                .collect();
+            (name, json!({"quotas": t.spec.quotas, "namespaces": namespaces, "jwks": m.jwks(name).unwrap_or_default()}))
+        })
+        .collect();
+    json!({"version": m.version, "brokers": m.brokers.values().collect::<Vec<_>>(), "tenants": tenants})
+}
+
+pub(super) async fn feed_snapshot(State(n): S, h: HeaderMap) -> ApiResult {
+    operator(&n, &h)?;
+    Ok(Json(n.read(broker_view)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Since {
+    since: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+pub(super) async fn feed_changes(State(n): S, h: HeaderMap, Query(q): Query<Since>) -> ApiResult {
+    operator(&n, &h)?;
+    let wait = Duration::from_millis(q.wait_ms.min(FEED_WAIT_MS_MAX));
+    let mut rx = n.sm.subscribe();
+    // Served by any node from its applied state: brokers keep following a
+    // minority partition's stale view rather than nothing.
+    let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > q.since)).await;
+    n.read(|m| match m.changes_since(q.since) {
+        Some(changes) => Ok(Json(json!({"version": m.version, "changes": changes}))),
+        None => Err(ApiError(
+            StatusCode::GONE,
+            format!(
+                "version {} is older than the feed keeps; take /v1/feed/snapshot",
+                q.since
+            ),
+        )),
+    })
+}

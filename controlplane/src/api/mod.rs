@@ -1,0 +1,450 @@
+//! The HTTP JSON API (axum): the admin and auth endpoints, the brokers'
+//! endpoints and feed, the Raft RPCs, and the day-0 bootstrap listener.
+//! [`ROUTES`] lists every endpoint; `/openapi.json` is generated from it
+//! and a test checks that the router answers each one.
+//!
+//! Status codes: 400 bad input (the message says what), 401 no or bad
+//! token, 403 token fine but not allowed, 404 unknown, 409 conflict (also
+//! "delete while subscribers are active"), 410 feed too far behind, 503
+//! no leader yet (retry).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::auth::{self, AuthError, FelixClaims, Verifier};
+use crate::model::*;
+use crate::node::{fresh_key, now_ms, CpError, Forwarded, Node};
+use crate::raft::network::{SnapshotRpc, SECRET_HEADER};
+use crate::raft::Outcome;
+use crate::rbac::{for_token, Action, Grant, Object};
+use crate::state::{tenant_admin_grants, Command, ErrorKind, Placed};
+use felix_model::names::name_problem;
+
+// The handlers, by family; the router below names them all.
+mod access;
+mod brokers;
+mod raft;
+mod resources;
+mod tenancy;
+
+use access::*;
+use brokers::*;
+use raft::*;
+use resources::*;
+use tenancy::*;
+
+/// Items one list page holds at most.
+pub const PAGE_SIZE_MAX: usize = 1000;
+/// Longest a feed long-poll waits.
+pub const FEED_WAIT_MS_MAX: u64 = 30_000;
+/// Largest request body accepted.
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+/// How long a key that stopped signing still verifies: a token's life plus
+/// the clock skew allowed.
+fn key_overlap_ms(node: &Node) -> u64 {
+    (node.cfg.token_ttl_s + auth::CLOCK_SKEW_S_MAX) * 1000
+}
+
+/// (method, path, who may call it, what it does): the API's table of
+/// contents, rendered as `/openapi.json`.
+pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+    ("get", "/openapi.json", "anyone", "This document."),
+    ("get", "/metrics", "anyone", "Prometheus metrics of this node."),
+    ("get", "/live", "anyone", "200 while the process answers."),
+    ("get", "/ready", "anyone", "200 once this node knows a leader (it can take writes, forwarded), else 503."),
+    ("get", "/v1/cluster", "anyone", "Control-plane nodes, leader, metadata version, under-replicated shards."),
+    ("get", "/v1/tenants", "operator", "List tenants (paginated)."),
+    ("post", "/v1/tenants", "operator", "Create a tenant {name, display_name?, quotas?}."),
+    ("get", "/v1/tenants/{tenant}", "tenant.manage", "A tenant's spec."),
+    ("put", "/v1/tenants/{tenant}", "tenant.manage", "Update a tenant's display name and quotas."),
+    ("delete", "/v1/tenants/{tenant}", "operator", "Delete an empty tenant."),
+    ("get", "/v1/tenants/{tenant}/namespaces", "resource.manage", "List namespaces (paginated)."),
+    ("post", "/v1/tenants/{tenant}/namespaces", "resource.manage", "Create a namespace {name, description?, quotas?}."),
+    ("get", "/v1/tenants/{tenant}/namespaces/{namespace}", "resource.manage", "A namespace's spec."),
+    ("put", "/v1/tenants/{tenant}/namespaces/{namespace}", "resource.manage", "Update a namespace's quotas."),
+    ("delete", "/v1/tenants/{tenant}/namespaces/{namespace}", "resource.manage", "Delete an empty namespace."),
+    ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/streams", "resource.manage", "List streams (paginated)."),
+    ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/streams", "resource.manage", "Create a stream {name, shards, replication_factor, durability, retention_ms, retention_bytes, kind}."),
+    ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "A stream's spec and placement."),
+    ("patch", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "Change retention or max_deliveries; reaches brokers through the feed."),
+    ("delete", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "Delete a stream; 409 while subscribers are active unless ?force=true."),
+    ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "List caches (paginated)."),
+    ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "Create a cache {name, shards, replication_factor, default_ttl_ms, memory_bytes_max}."),
+    ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/caches/{cache}", "resource.manage", "A cache's spec and placement."),
+    ("delete", "/v1/tenants/{tenant}/namespaces/{namespace}/caches/{cache}", "resource.manage", "Delete a cache."),
+    ("get", "/v1/tenants/{tenant}/idp-issuers", "tenant.manage", "List the tenant's identity providers."),
+    ("post", "/v1/tenants/{tenant}/idp-issuers", "tenant.manage", "Create or update an identity provider."),
+    ("delete", "/v1/tenants/{tenant}/idp-issuers", "tenant.manage", "Delete an identity provider (?issuer=)."),
+    ("get", "/v1/tenants/{tenant}/rbac/policies", "rbac.view", "List policies."),
+    ("post", "/v1/tenants/{tenant}/rbac/policies", "rbac.policy.manage", "Add a policy {subject, object, action}, inside the caller's scope."),
+    ("delete", "/v1/tenants/{tenant}/rbac/policies", "rbac.policy.manage", "Remove a policy (same body)."),
+    ("get", "/v1/tenants/{tenant}/rbac/groupings", "rbac.view", "List groupings."),
+    ("post", "/v1/tenants/{tenant}/rbac/groupings", "rbac.assignment.manage", "Add a grouping {member, group}, inside the caller's scope."),
+    ("delete", "/v1/tenants/{tenant}/rbac/groupings", "rbac.assignment.manage", "Remove a grouping (same body)."),
+    ("post", "/v1/tenants/{tenant}/token/exchange", "upstream IdP token", "Exchange an upstream JWT for a Felix token {requested?, resources?}; 403 when nothing remains."),
+    ("post", "/v1/tenants/{tenant}/token/issue", "operator", "Issue a Felix token for {principal, groups?, requested?, resources?} from RBAC, without an IdP."),
+    ("get", "/v1/tenants/{tenant}/.well-known/jwks.json", "anyone", "The tenant's token verification keys."),
+    ("post", "/v1/tenants/{tenant}/keys/rotate", "tenant.manage", "A new signing key; the old one verifies until its tokens expire."),
+    ("get", "/v1/tenants/{tenant}/audit", "tenant.manage", "The tenant's audit log (newest last)."),
+    ("get", "/v1/audit", "operator", "The whole audit log."),
+    ("get", "/v1/brokers", "operator", "Brokers and their status."),
+    ("post", "/v1/brokers", "operator", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?}."),
+    ("post", "/v1/brokers/{broker}/heartbeat", "operator", "A broker is alive {subscribers: {\"t/ns/s\": n}}."),
+    ("post", "/v1/brokers/{broker}/drain", "operator", "Move a broker's leaderships and replicas away."),
+    ("post", "/v1/brokers/{broker}/undrain", "operator", "Let a drained broker take shards again."),
+    ("post", "/v1/brokers/{broker}/moves/{group}/done", "operator", "A move off this broker finished: it left the group."),
+    ("post", "/v1/rebalance", "operator", "Even out preferred leaders."),
+    ("get", "/v1/feed/snapshot", "operator", "The brokers' view (no secrets) at version V."),
+    ("get", "/v1/feed/changes", "operator", "Changes since ?since=V, long-polled up to ?wait_ms=; 410 when V is too old."),
+];
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<CpError> for ApiError {
+    fn from(e: CpError) -> Self {
+        let status = match &e {
+            CpError::Apply(a) => match a.kind {
+                ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+                ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                ErrorKind::Conflict => StatusCode::CONFLICT,
+                ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            },
+            CpError::Auth(a) if a.is_forbidden() => StatusCode::FORBIDDEN,
+            CpError::Auth(_) => StatusCode::UNAUTHORIZED,
+            CpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CpError::NoLeader | CpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        CpError::Auth(e).into()
+    }
+}
+
+impl From<crate::state::ApplyError> for ApiError {
+    fn from(e: crate::state::ApplyError) -> Self {
+        CpError::Apply(e).into()
+    }
+}
+
+type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, m.into())
+}
+
+/// A JSON body, refused with 400 and serde's message (which names an
+/// unknown or missing field) rather than axum's 422.
+fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
+    if b.len() > BODY_BYTES_MAX {
+        return Err(bad(format!("body larger than {BODY_BYTES_MAX} bytes")));
+    }
+    serde_json::from_slice(b).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+fn check_name(what: &str, n: &str) -> ApiResult<()> {
+    match name_problem(n) {
+        Some(why) => Err(bad(format!("{what} {n:?}: {why}"))),
+        None => Ok(()),
+    }
+}
+
+/// Who is calling.
+enum Caller {
+    /// The cluster secret: every operation.
+    Operator,
+    Token(FelixClaims),
+}
+
+impl Caller {
+    fn actor(&self) -> String {
+        match self {
+            Caller::Operator => "operator".into(),
+            Caller::Token(c) => c.sub.clone(),
+        }
+    }
+
+    fn require(&self, action: Action, object: &Object) -> ApiResult<()> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Token(c) => Ok(c.check(action, object)?),
+        }
+    }
+
+    fn grants(&self, tenant: &str) -> Vec<Grant> {
+        match self {
+            Caller::Operator => tenant_admin_grants(tenant),
+            Caller::Token(c) => c.perms.clone(),
+        }
+    }
+}
+
+fn bearer(h: &HeaderMap) -> Result<&str, AuthError> {
+    h.get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(AuthError::Missing)
+}
+
+fn same(a: &str, b: &str) -> bool {
+    // Constant time in the secret's length.
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn operator(node: &Node, h: &HeaderMap) -> ApiResult<Caller> {
+    let t = bearer(h)?;
+    if same(t, &node.cfg.cluster_secret) {
+        return Ok(Caller::Operator);
+    }
+    Err(ApiError(
+        StatusCode::FORBIDDEN,
+        "this operation needs the cluster operator's credential".into(),
+    ))
+}
+
+/// The operator, or a Felix token of `tenant` verified against its keys.
+fn caller(node: &Node, h: &HeaderMap, tenant: &str) -> ApiResult<Caller> {
+    let t = bearer(h)?;
+    if same(t, &node.cfg.cluster_secret) {
+        return Ok(Caller::Operator);
+    }
+    let keys = node.read(|m| m.tenants.get(tenant).map(|t| t.keys.clone()));
+    let Some(keys) = keys else {
+        // Not 404: a caller without access learns nothing about which
+        // tenants exist.
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("no access to tenant {tenant:?}"),
+        ));
+    };
+    let claims = Verifier::from_keys(&keys).verify(t, tenant, now_ms() / 1000)?;
+    Ok(Caller::Token(claims))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    #[serde(default)]
+    page_size: Option<usize>,
+    #[serde(default)]
+    page_token: Option<String>,
+}
+
+fn paginate<T: Serialize>(items: impl Iterator<Item = (String, T)>, p: &Page) -> ApiResult {
+    let size = p.page_size.unwrap_or(100);
+    if size == 0 || size > PAGE_SIZE_MAX {
+        return Err(bad(format!("page_size must be 1 to {PAGE_SIZE_MAX}")));
+    }
+    let mut out = Vec::new();
+    let mut next = None;
+    for (name, item) in items.filter(|(n, _)| p.page_token.as_ref().is_none_or(|t| n > t)) {
+        if out.len() == size {
+            next = out.last().map(|(n, _): &(String, Value)| n.clone());
+            break;
+        }
+        let mut v = serde_json::to_value(item).map_err(|e| bad(e.to_string()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("name".into(), name.clone().into());
+        }
+        out.push((name, v));
+    }
+    Ok(Json(json!({
+        "items": out.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "next_page_token": next,
+    })))
+}
+
+fn applied(a: crate::state::Applied) -> Json<Value> {
+    Json(serde_json::to_value(a).unwrap_or_default())
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route(
+            "/v1/tenants/:tenant",
+            get(get_tenant).put(put_tenant).delete(delete_tenant),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces",
+            get(list_namespaces).post(create_namespace),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace",
+            get(get_namespace).put(put_namespace).delete(delete_namespace),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/streams",
+            get(list_placed::<Stream>).post(create_placed::<Stream>),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/streams/:stream",
+            get(get_placed::<Stream>)
+                .patch(patch_stream)
+                .delete(delete_stream),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/caches",
+            get(list_placed::<Cache>).post(create_placed::<Cache>),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/caches/:cache",
+            get(get_placed::<Cache>).delete(delete_cache),
+        )
+        .route(
+            "/v1/tenants/:tenant/idp-issuers",
+            get(list_issuers).post(put_issuer).delete(delete_issuer),
+        )
+        .route(
+            "/v1/tenants/:tenant/rbac/policies",
+            get(list_policies).post(add_policy).delete(remove_policy),
+        )
+        .route(
+            "/v1/tenants/:tenant/rbac/groupings",
+            get(list_groupings).post(add_grouping).delete(remove_grouping),
+        )
+        .route("/v1/tenants/:tenant/token/exchange", post(exchange))
+        .route("/v1/tenants/:tenant/token/issue", post(issue))
+        .route("/v1/tenants/:tenant/.well-known/jwks.json", get(jwks))
+        .route("/v1/tenants/:tenant/keys/rotate", post(rotate))
+        .route("/v1/tenants/:tenant/audit", get(tenant_audit))
+        .route("/v1/audit", get(audit))
+        .route("/v1/brokers", get(list_brokers).post(register_broker))
+        .route("/v1/brokers/:broker/heartbeat", post(heartbeat))
+        .route("/v1/brokers/:broker/drain", post(drain))
+        .route("/v1/brokers/:broker/undrain", post(undrain))
+        .route("/v1/brokers/:broker/moves/:group/done", post(move_done))
+        .route("/v1/rebalance", post(rebalance))
+        .route("/v1/feed/snapshot", get(feed_snapshot))
+        .route("/v1/feed/changes", get(feed_changes))
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .route("/raft/propose", post(raft_propose))
+        .route("/metrics", get(metrics_text))
+        .route("/live", get(|| async { "live\n" }))
+        .route("/ready", get(ready))
+        .fallback(|| async {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /openapi.json".into(),
+            )
+        })
+        .layer(axum::middleware::from_fn(measure))
+        .with_state(node)
+}
+
+/// Counts and times every call by its route (the matched pattern, never
+/// the raw path) and status.
+async fn measure(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let r = next.run(req).await;
+    let status = r.status().as_u16().to_string();
+    metrics::counter!(crate::metrics::API_REQUESTS_TOTAL, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!(crate::metrics::API_REQUEST_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    r
+}
+
+async fn metrics_text(State(n): S) -> Response {
+    let Some(h) = crate::metrics::handle() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no metrics recorder").into_response();
+    };
+    crate::metrics::observe_node(&n);
+    ([("content-type", "text/plain; version=0.0.4")], h.render()).into_response()
+}
+
+async fn ready(State(n): S) -> Response {
+    if n.leader_addr().is_some() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader known\n").into_response()
+    }
+}
+
+/// The bootstrap listener's router: one endpoint, behind its own secret.
+pub fn bootstrap_router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/internal/bootstrap/tenants/:tenant/initialize", post(bootstrap))
+        .with_state(node)
+}
+
+type S = State<Arc<Node>>;
+
+async fn openapi() -> Json<Value> {
+    let mut paths: BTreeMap<&str, serde_json::Map<String, Value>> = BTreeMap::new();
+    for (method, path, who, what) in ROUTES {
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|p| p.strip_prefix('{').and_then(|p| p.strip_suffix('}')))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        paths.entry(path).or_default().insert(
+            method.to_string(),
+            json!({
+                "summary": what,
+                "description": format!("Caller: {who}."),
+                "parameters": params,
+                "responses": {
+                    "200": {"description": "OK (JSON)"},
+                    "400": {"description": "Bad input; the error says what is wrong"},
+                    "401": {"description": "No or invalid token"},
+                    "403": {"description": "Not allowed"},
+                    "404": {"description": "Not found"},
+                    "409": {"description": "Conflict"},
+                    "503": {"description": "No control-plane leader yet; retry"},
+                },
+            }),
+        );
+    }
+    Json(json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Felix control plane", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }))
+}
+
+async fn cluster(State(n): S) -> Json<Value> {
+    let m = n.raft.metrics().borrow().clone();
+    let (version, under) = n.read(|md| (md.version, md.under_replicated()));
+    Json(json!({
+        "node": n.id,
+        "leader": m.current_leader,
+        "term": m.current_term,
+        "members": m.membership_config.membership().nodes().map(|(id, node)| json!({"id": id, "addr": node.addr})).collect::<Vec<_>>(),
+        "version": version,
+        "under_replicated_groups": under,
+    }))
+}

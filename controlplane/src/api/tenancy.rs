@@ -1,0 +1,181 @@
+//! Tenants and namespaces.
+
+use super::*;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewTenant {
+    name: String,
+    #[serde(flatten)]
+    spec: TenantSpec,
+}
+
+pub(super) async fn list_tenants(State(n): S, h: HeaderMap, Query(p): Query<Page>) -> ApiResult {
+    operator(&n, &h)?;
+    n.read_barrier().await;
+    n.read(|m| paginate(m.tenants.iter().map(|(k, t)| (k.clone(), t.spec.clone())), &p))
+}
+
+pub(super) async fn create_tenant(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
+    let c = operator(&n, &h)?;
+    let t: NewTenant = body(&b)?;
+    check_name("tenant", &t.name)?;
+    t.spec.validate().map_err(bad)?;
+    let a = n
+        .propose(
+            &c.actor(),
+            Command::PutTenant {
+                tenant: t.name,
+                spec: t.spec,
+                key: Some(fresh_key()),
+            },
+        )
+        .await?;
+    Ok(applied(a))
+}
+
+pub(super) async fn get_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {
+    caller(&n, &h, &t)?.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
+    n.read_barrier().await;
+    n.read(|m| {
+        let x = m.tenant(&t)?;
+        Ok(Json(
+            json!({"name": t, "spec": x.spec, "namespaces": x.namespaces.len()}),
+        ))
+    })
+}
+
+pub(super) async fn put_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>, b: Bytes) -> ApiResult {
+    let c = caller(&n, &h, &t)?;
+    c.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
+    let spec: TenantSpec = body(&b)?;
+    spec.validate().map_err(bad)?;
+    Ok(applied(
+        n.propose(
+            &c.actor(),
+            Command::PutTenant {
+                tenant: t,
+                spec,
+                key: None,
+            },
+        )
+        .await?,
+    ))
+}
+
+pub(super) async fn delete_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {
+    let c = operator(&n, &h)?;
+    Ok(applied(
+        n.propose(&c.actor(), Command::DeleteTenant { tenant: t }).await?,
+    ))
+}
+
+pub(super) fn ns_object(t: &str, ns: &str) -> Object {
+    Object::Namespace {
+        tenant: t.into(),
+        namespace: crate::rbac::Scope::Named(ns.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewNamespace {
+    name: String,
+    #[serde(flatten)]
+    spec: NamespaceSpec,
+}
+
+pub(super) async fn list_namespaces(
+    State(n): S,
+    h: HeaderMap,
+    Path(t): Path<String>,
+    Query(p): Query<Page>,
+) -> ApiResult {
+    let c = caller(&n, &h, &t)?;
+    n.read_barrier().await;
+    n.read(|m| {
+        let x = m.tenant(&t)?;
+        // A namespace-scoped admin sees the namespaces it manages.
+        let visible = x
+            .namespaces
+            .iter()
+            .filter(|(k, _)| c.require(Action::ResourceManage, &ns_object(&t, k)).is_ok())
+            .map(|(k, v)| (k.clone(), v.spec.clone()));
+        paginate(visible, &p)
+    })
+}
+
+pub(super) async fn create_namespace(
+    State(n): S,
+    h: HeaderMap,
+    Path(t): Path<String>,
+    b: Bytes,
+) -> ApiResult {
+    let c = caller(&n, &h, &t)?;
+    let x: NewNamespace = body(&b)?;
+    check_name("namespace", &x.name)?;
+    c.require(Action::ResourceManage, &ns_object(&t, &x.name))?;
+    x.spec.validate().map_err(bad)?;
+    let cmd = Command::PutNamespace {
+        tenant: t,
+        namespace: x.name,
+        spec: x.spec,
+    };
+    Ok(applied(n.propose(&c.actor(), cmd).await?))
+}
+
+pub(super) async fn get_namespace(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+) -> ApiResult {
+    check_name("namespace", &ns)?;
+    caller(&n, &h, &t)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
+    n.read_barrier().await;
+    n.read(|m| {
+        let x = m.namespace(&t, &ns)?;
+        Ok(Json(
+            json!({"name": ns, "spec": x.spec, "streams": x.streams.len(), "caches": x.caches.len()}),
+        ))
+    })
+}
+
+pub(super) async fn put_namespace(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+    b: Bytes,
+) -> ApiResult {
+    check_name("namespace", &ns)?;
+    let c = caller(&n, &h, &t)?;
+    c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
+    let spec: NamespaceSpec = body(&b)?;
+    spec.validate().map_err(bad)?;
+    n.read(|m| m.namespace(&t, &ns).map(|_| ()))?;
+    let cmd = Command::PutNamespace {
+        tenant: t,
+        namespace: ns,
+        spec,
+    };
+    Ok(applied(n.propose(&c.actor(), cmd).await?))
+}
+
+pub(super) async fn delete_namespace(
+    State(n): S,
+    h: HeaderMap,
+    Path((t, ns)): Path<(String, String)>,
+) -> ApiResult {
+    check_name("namespace", &ns)?;
+    let c = caller(&n, &h, &t)?;
+    c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
+    Ok(applied(
+        n.propose(
+            &c.actor(),
+            Command::DeleteNamespace {
+                tenant: t,
+                namespace: ns,
+            },
+        )
+        .await?,
+    ))
+}
