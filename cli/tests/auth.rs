@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{publish_one as publish, rt, Broker};
+use common::{dev_broker, publish_one as publish, Broker};
 use felix_client::conn::Connection;
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{Client, ClientError, Route, SubscribeOptions};
@@ -87,9 +87,7 @@ fn stream(name: &str) -> felix_client::wire::StreamConfig {
 
 #[test]
 fn tokens_are_checked_at_the_handshake_and_tenants_cannot_see_or_touch_each_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let b = Broker::start(dir.path());
+    let (_dir, rt, b) = dev_broker();
     rt.block_on(async {
         let cp = Cp::of(&b);
         // Tenant acme: alice manages namespace prod, bob may only read one stream.
@@ -167,13 +165,7 @@ fn tokens_are_checked_at_the_handshake_and_tenants_cannot_see_or_touch_each_othe
             .await;
             assert!(matches!(e, ErrorReply::Forbidden(_)), "{e:?}");
             let sub = c
-                .subscribe(
-                    other,
-                    SubscribeOptions {
-                        start: Start::Earliest,
-                        ..SubscribeOptions::default()
-                    },
-                )
+                .subscribe(other, SubscribeOptions::starting(Start::Earliest))
                 .await;
             assert!(sub.is_err(), "subscribing to another tenant's stream was allowed");
         }
@@ -199,13 +191,7 @@ fn tokens_are_checked_at_the_handshake_and_tenants_cannot_see_or_touch_each_othe
         let e = refusal(&bob, &Message::StreamCreate(stream("acme/prod/other"))).await;
         assert!(matches!(e, ErrorReply::Forbidden(_)), "{e:?}");
         let mut sub = bob
-            .subscribe(
-                "acme/prod/orders",
-                SubscribeOptions {
-                    start: Start::Earliest,
-                    ..SubscribeOptions::default()
-                },
-            )
+            .subscribe("acme/prod/orders", SubscribeOptions::starting(Start::Earliest))
             .await
             .expect("bob may subscribe");
         let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
@@ -265,9 +251,7 @@ fn tokens_are_checked_at_the_handshake_and_tenants_cannot_see_or_touch_each_othe
 
 #[test]
 fn quotas_retention_and_deletes_from_the_control_plane_reach_the_broker() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let b = Broker::start(dir.path());
+    let (_dir, rt, b) = dev_broker();
     rt.block_on(async {
         let cp = Cp::of(&b);
         let dev = b.client().await;
@@ -390,13 +374,7 @@ fn quotas_retention_and_deletes_from_the_control_plane_reach_the_broker() {
         // A delete is refused while a subscriber is attached (the broker's
         // heartbeat says so), and goes through with force.
         let mut sub = dev
-            .subscribe(
-                "events",
-                SubscribeOptions {
-                    start: Start::Earliest,
-                    ..SubscribeOptions::default()
-                },
-            )
+            .subscribe("events", SubscribeOptions::starting(Start::Earliest))
             .await
             .unwrap();
         // A record delivered: the broker counts the subscription.
@@ -510,15 +488,7 @@ async fn burst(conn: &Arc<Connection>, n: u32) -> (u32, u32, Duration) {
 /// Broker heartbeats the control plane has answered, from its request
 /// counter (`felix dev`'s one broker is the only one heartbeating).
 async fn heartbeats_answered(cp: &Cp) -> f64 {
-    let text = cp
-        .http
-        .get(format!("{}/metrics", cp.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = felix_testkit::scrape::fetch(&cp.http, &cp.url).await;
     felix_testkit::scrape::sum(
         &text,
         "felix_cp_api_requests_total",

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{admin, create, rt, stream_config, Broker};
+use common::{admin, create, dev_broker, rt, stream_config, Broker};
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{CasOutcome, ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
 
@@ -216,10 +216,7 @@ fn nacked_records_come_back_after_the_delay_and_dead_letter_after_max_deliveries
         // Third time: past max_deliveries, dead-lettered instead.
         let none = g.fetch(5, 10_000).await.unwrap();
         assert!(none.records.is_empty(), "{none:?}");
-        let opts = SubscribeOptions {
-            start: Start::Earliest,
-            ..SubscribeOptions::default()
-        };
+        let opts = SubscribeOptions::starting(Start::Earliest);
         let mut dlq = c.subscribe("tasks.dlq", opts).await.unwrap();
         let d = dlq.next().await.unwrap().unwrap();
         assert_eq!(d.record.value.as_deref(), Some(&b"poison"[..]));
@@ -299,10 +296,7 @@ fn a_dead_letter_whose_ack_was_lost_to_a_crash_is_written_once() {
             none.records.is_empty(),
             "dead-lettered again, and acked: {none:?}"
         );
-        let opts = SubscribeOptions {
-            start: Start::Earliest,
-            ..SubscribeOptions::default()
-        };
+        let opts = SubscribeOptions::starting(Start::Earliest);
         let mut dlq = c.subscribe("jobs.dlq", opts).await.unwrap();
         // The dead letters of one fetch are proposed concurrently (so that
         // they share a Raft entry): their order is not a promise, their
@@ -344,9 +338,7 @@ fn a_dead_letter_whose_ack_was_lost_to_a_crash_is_written_once() {
 /// record is never delivered again.
 #[test]
 fn dead_letters_of_the_longest_name_and_an_unwritable_one_does_not_stall_the_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let b = Broker::start(dir.path());
+    let (_dir, rt, b) = dev_broker();
     rt.block_on(async {
         let c = b.client().await;
         let long = "x".repeat(64);
@@ -359,10 +351,7 @@ fn dead_letters_of_the_longest_name_and_an_unwritable_one_does_not_stall_the_gro
         assert_eq!(g.fetch(1, 10_000).await.unwrap().records.len(), 1);
         g.nack(&[(0, 0)], 0).await.unwrap();
         assert!(g.fetch(1, 10_000).await.unwrap().records.is_empty());
-        let opts = SubscribeOptions {
-            start: Start::Earliest,
-            ..SubscribeOptions::default()
-        };
+        let opts = SubscribeOptions::starting(Start::Earliest);
         let mut dlq = c.subscribe(&format!("{long}.dlq"), opts.clone()).await.unwrap();
         let d = dlq.next().await.unwrap().unwrap();
         assert_eq!(d.record.value.as_deref(), Some(&b"poison"[..]));
@@ -475,9 +464,7 @@ fn cache_versions_cas_ttl_and_delete() {
 /// as a conflict with itself. The fault suite found both without this.
 #[test]
 fn a_retried_cache_write_is_applied_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let b = Broker::start(dir.path());
+    let (_dir, rt, b) = dev_broker();
     rt.block_on(async {
         let c = b.client().await;
         let mut cfg = stream_config("kv", 1);
@@ -598,15 +585,12 @@ fn named_subscriptions_time_starts_and_unknown_streams() {
 use felix_testkit::scrape::series;
 
 async fn metrics_text(http: &reqwest::Client, admin: &str) -> String {
-    let r = http.get(format!("{admin}/metrics")).send().await.unwrap();
-    r.text().await.unwrap()
+    felix_testkit::scrape::fetch(http, admin).await
 }
 
 #[test]
 fn a_scrape_after_a_workload_shows_the_key_series() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let b = Broker::start(dir.path());
+    let (_dir, rt, b) = dev_broker();
     let admin = b
         .profile
         .admin

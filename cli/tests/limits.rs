@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{admin, create, rt, stream_config, Broker};
+use common::{admin, create, dev_broker, rt, stream_config, Broker};
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
 
@@ -128,9 +128,7 @@ fn fifty_connections_publishing_flat_out_with_a_stalled_subscriber_stay_bounded(
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    let dir = tempfile::tempdir().unwrap();
-    let rt = rt();
-    let b = Broker::start(dir.path());
+    let (_dir, rt, b) = dev_broker();
     let (acked, peak) = rt.block_on(async {
         let admin_client = b.client().await;
         let mut cfg = stream_config("firehose", 2);

@@ -29,6 +29,16 @@ pub struct SubscribeOptions {
     pub buffer_records: usize,
 }
 
+impl SubscribeOptions {
+    /// The defaults, reading from `start`.
+    pub fn starting(start: Start) -> SubscribeOptions {
+        SubscribeOptions {
+            start,
+            ..SubscribeOptions::default()
+        }
+    }
+}
+
 impl Default for SubscribeOptions {
     fn default() -> Self {
         SubscribeOptions {

@@ -754,15 +754,7 @@ async fn a_scrape_shows_api_calls_by_route_and_the_nodes_state() {
         cp.http.get(url("/ready")).send().await.unwrap().status(),
         StatusCode::OK
     );
-    let text = cp
-        .http
-        .get(url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = felix_testkit::scrape::fetch(&cp.http, &url("")).await;
     let value = |series: &str| -> f64 {
         felix_testkit::scrape::series(&text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
     };

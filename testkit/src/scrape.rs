@@ -1,5 +1,15 @@
 //! Reading a Prometheus text scrape (`/metrics` of a broker or a
-//! control-plane node): the value of one series, or the sum over a family.
+//! control-plane node): fetching it, the value of one series, or the sum
+//! over a family.
+
+/// The scrape at `base` (`http://host:port`, without `/metrics`).
+pub async fn fetch(http: &reqwest::Client, base: &str) -> String {
+    let r = http.get(format!("{base}/metrics")).send().await;
+    let r = r.unwrap_or_else(|e| panic!("GET {base}/metrics: {e}"));
+    r.text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {base}/metrics: {e}"))
+}
 
 /// The value of the series written exactly as `name_and_labels` (e.g.
 /// `felix_cp_leader` or `name{a="1",b="2"}` in the exporter's label order).

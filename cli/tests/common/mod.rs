@@ -202,6 +202,14 @@ pub fn publish_one(stream: &str, value: &[u8]) -> Message {
 }
 
 /// The runtime every end-to-end test drives its clients on.
+/// A `felix dev` in a fresh directory (kept until the directory is
+/// dropped) and a runtime to drive clients with.
+pub fn dev_broker() -> (tempfile::TempDir, tokio::runtime::Runtime, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path());
+    (dir, rt(), b)
+}
+
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

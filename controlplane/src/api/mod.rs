@@ -225,6 +225,13 @@ fn operator(node: &Node, h: &HeaderMap) -> ApiResult<Caller> {
     ))
 }
 
+/// The caller of a request on namespace `ns` of tenant `t`: the name is
+/// checked first, so a bad one is a 400 before any token is looked at.
+fn ns_caller(n: &Node, h: &HeaderMap, t: &str, ns: &str) -> ApiResult<Caller> {
+    check_name("namespace", ns)?;
+    caller(n, h, t)
+}
+
 /// The operator, or a Felix token of `tenant` verified against its keys.
 fn caller(node: &Node, h: &HeaderMap, tenant: &str) -> ApiResult<Caller> {
     let t = bearer(h)?;

@@ -18,8 +18,7 @@ pub(super) async fn list_placed<P: Placed>(
     Path((t, ns)): Path<(String, String)>,
     Query(p): Query<Page>,
 ) -> ApiResult {
-    check_name("namespace", &ns)?;
-    caller(&n, &h, &t)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
+    ns_caller(&n, &h, &t, &ns)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     n.read_barrier().await;
     n.read(|m| {
         paginate(
@@ -37,8 +36,7 @@ pub(super) async fn create_placed<P: Placed>(
     Path((t, ns)): Path<(String, String)>,
     b: Bytes,
 ) -> ApiResult {
-    check_name("namespace", &ns)?;
-    let c = caller(&n, &h, &t)?;
+    let c = ns_caller(&n, &h, &t, &ns)?;
     let x: NewPlaced<P::Spec> = body(&b)?;
     check_name(P::KIND, &x.name)?;
     c.require(Action::ResourceManage, &P::object(&t, &ns, &x.name))?;

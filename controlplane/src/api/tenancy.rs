@@ -129,8 +129,7 @@ pub(super) async fn get_namespace(
     h: HeaderMap,
     Path((t, ns)): Path<(String, String)>,
 ) -> ApiResult {
-    check_name("namespace", &ns)?;
-    caller(&n, &h, &t)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
+    ns_caller(&n, &h, &t, &ns)?.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     n.read_barrier().await;
     n.read(|m| {
         let x = m.namespace(&t, &ns)?;
@@ -146,8 +145,7 @@ pub(super) async fn put_namespace(
     Path((t, ns)): Path<(String, String)>,
     b: Bytes,
 ) -> ApiResult {
-    check_name("namespace", &ns)?;
-    let c = caller(&n, &h, &t)?;
+    let c = ns_caller(&n, &h, &t, &ns)?;
     c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     let spec: NamespaceSpec = body(&b)?;
     spec.validate().map_err(bad)?;
@@ -165,8 +163,7 @@ pub(super) async fn delete_namespace(
     h: HeaderMap,
     Path((t, ns)): Path<(String, String)>,
 ) -> ApiResult {
-    check_name("namespace", &ns)?;
-    let c = caller(&n, &h, &t)?;
+    let c = ns_caller(&n, &h, &t, &ns)?;
     c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     Ok(applied(
         n.propose(
