@@ -31,7 +31,7 @@ fn shard_of<'a>(h: &'a StreamHandle, key: &[u8]) -> Result<&'a HostedShard, Brok
             "a cache key is 1 to {KEY_BYTES_MAX} bytes"
         )));
     }
-    Ok(h.shard(shard_for_key(key, h.shards.len() as u32))?)
+    Ok(h.shard(shard_for_key(key, h.count()))?)
 }
 
 /// Confirms this replica leads the shard; the hot map forgets the shard

@@ -88,6 +88,8 @@ pub struct Cluster {
     pub(crate) meta_next: watch::Sender<u64>,
     outcomes: Mutex<BTreeMap<u64, Result<(), String>>>,
     pub(crate) meta_log: Arc<SharedLog>,
+    /// Leaders and voters of groups held elsewhere, as learned.
+    pub views: crate::views::GroupViews,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -151,6 +153,7 @@ impl Cluster {
             meta_next: watch::channel(meta_applied.map_or(0, |a| a + 1)).0,
             outcomes: Mutex::new(BTreeMap::new()),
             meta_log: Arc::new(meta_log),
+            views: crate::views::GroupViews::default(),
         })
     }
 
@@ -209,9 +212,13 @@ impl Cluster {
     /// broker rebuilt from an empty disk is listed again once it is
     /// admitted to the group; until then the shard is under-replicated.
     pub fn live_replicas(&self, replica: &Replica) -> Vec<u64> {
+        self.live_brokers(replica.voters())
+    }
+
+    /// The brokers of `voters` (see [`Cluster::live_replicas`]).
+    pub fn live_brokers(&self, voters: Vec<NodeId>) -> Vec<u64> {
         let meta: Vec<NodeId> = self.meta.get().map(Replica::voters).unwrap_or_default();
-        let mut v: Vec<u64> = replica
-            .voters()
+        let mut v: Vec<u64> = voters
             .into_iter()
             .filter(|id| meta.contains(id) && (broker_of(*id) != self.broker || *id == self.me))
             .map(broker_of)

@@ -169,7 +169,7 @@ fn done() -> Result<Reply, BrokerError> {
 
 /// Which shard a publish without one goes to: the key's, else round robin.
 fn route(node: &Node, h: &StreamHandle, batch: &Batch) -> Result<u32, BrokerError> {
-    let n = h.shards.len() as u32;
+    let n = h.count();
     let first_key = batch.records()?.next().transpose()?.and_then(|r| r.key);
     Ok(match first_key {
         Some(k) => shard_for_key(&k, n),
@@ -284,7 +284,7 @@ impl NodeHandler {
             } => {
                 let h = node.find_stream(&stream).await?;
                 let numbers: Vec<u32> = if shards.is_empty() {
-                    (0..h.shards.len() as u32).collect()
+                    (0..h.count()).collect()
                 } else {
                     shards
                 };

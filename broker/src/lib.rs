@@ -28,6 +28,7 @@ pub mod queue;
 pub mod server;
 pub mod shard;
 pub mod subscribe;
+pub mod views;
 pub mod windows;
 
 pub use error::BrokerError;

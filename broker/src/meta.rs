@@ -45,6 +45,12 @@ pub struct StreamMeta {
     /// which brokers its group's voters should be, and its group id there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placement: Vec<felix_controlplane::model::ShardPlacement>,
+    /// Per shard, the node ids that founded its group: of `replicas`, those
+    /// on the brokers the placement named at creation. Empty (streams
+    /// without placement, and those made before hosting followed
+    /// placement): `replicas` founded every shard.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub founders: Vec<Vec<u64>>,
 }
 
 impl StreamMeta {
@@ -61,6 +67,34 @@ impl StreamMeta {
             .get(shard)
             .and_then(|p| p.replicas.first())
             .map(|b| u64::from(*b))
+    }
+
+    /// Whether broker `broker` holds a replica of shard `shard`: one the
+    /// placement names, or one it is moving away from (which serves until
+    /// the move is done). Without a placement every broker holds every
+    /// shard.
+    pub fn hosts(&self, shard: usize, broker: u64) -> bool {
+        match self.placement.get(shard) {
+            None => self.placement.is_empty(),
+            Some(p) => p
+                .replicas
+                .iter()
+                .chain(&p.leaving)
+                .any(|b| u64::from(*b) == broker),
+        }
+    }
+
+    /// The node ids that founded shard `shard`'s group.
+    pub fn founders_of(&self, shard: usize) -> &[u64] {
+        self.founders.get(shard).map_or(&self.replicas[..], |f| &f[..])
+    }
+
+    /// The brokers placed on shard `shard`, preferred first.
+    pub fn placed(&self, shard: usize) -> impl Iterator<Item = u64> + '_ {
+        self.placement
+            .get(shard)
+            .into_iter()
+            .flat_map(|p| p.replicas.iter().map(|b| u64::from(*b)))
     }
 
     pub fn shard_id(&self, shard: u32) -> Option<ShardId> {
@@ -227,6 +261,20 @@ impl MetaStore {
         }
         MetaStore::check(c)?;
         let first = self.file.next_shard_id;
+        let founders = placement
+            .iter()
+            .map(|p| {
+                replicas
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        p.replicas
+                            .iter()
+                            .any(|b| u64::from(*b) == felix_replication::broker_of(*id))
+                    })
+                    .collect()
+            })
+            .collect();
         let meta = StreamMeta {
             kind: c.kind,
             shards: (first..first + u64::from(c.shards)).collect(),
@@ -241,6 +289,7 @@ impl MetaStore {
             default_ttl_ms: c.default_ttl_ms,
             replicas,
             placement,
+            founders,
         };
         self.file.next_shard_id += u64::from(c.shards);
         self.file.streams.insert(name.to_string(), meta.clone());

@@ -90,7 +90,7 @@ pub async fn fetch(
     let meta = h.meta();
     let mut out: Vec<GroupRecord> = Vec::new();
     let mut until = node.now_ms() + i64::from(lease_ms);
-    let n = h.shards.len();
+    let n = h.count() as usize;
     let mut not_here = None;
     let mut served = false;
     let first = (node.spread.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as usize) % n;
@@ -99,7 +99,14 @@ pub async fn fetch(
             break;
         }
         let number = ((first + i) % n) as u32;
-        let shard = &h.shards[number as usize];
+        // A shard held on other brokers only: their leader serves it.
+        let shard = match h.shard(number) {
+            Ok(s) => s,
+            Err(e) => {
+                not_here = Some(e);
+                continue;
+            }
+        };
         let _g = shard.groups.lock().await;
         // In a cluster each shard is served by its leader; others are
         // skipped (the client is pointed at a leader if none is here).

@@ -17,6 +17,7 @@ pub mod devcluster;
 pub mod embedded;
 pub mod logs;
 pub mod logtool;
+pub mod operator;
 pub mod profile;
 pub mod progress;
 pub mod run;

@@ -95,6 +95,30 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 1_000)]
         lag_max: u64,
     },
+    /// Move every replica and leadership off a broker, then drop it from
+    /// the registry (its id is never reused); stop it after. Talks to the
+    /// control plane.
+    Decommission {
+        broker: u32,
+        /// Report progress until it is over.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Move replicas until every broker carries an even share (replica
+    /// and leader counts within one), a few moves at a time; a broker
+    /// that joins starts one by itself. Talks to the control plane.
+    Rebalance {
+        /// `balanced` spreads each stream evenly, then the totals;
+        /// `minimize-movement` evens the totals with the fewest moves.
+        #[arg(long, value_parser = ["balanced", "minimize-movement"], default_value = "balanced")]
+        strategy: String,
+        /// Only this stream or cache (`tenant/namespace/name`).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Report progress until it is over.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +227,19 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Status { lag_max }) => rt()?
             .block_on(status::cluster_status(&common, lag_max))
             .map_err(with_hint),
+        Command::Cluster(ClusterCommand::Decommission { broker, wait }) => {
+            rt()?.block_on(felix_cli::operator::decommission(&common, broker, wait))
+        }
+        Command::Cluster(ClusterCommand::Rebalance {
+            strategy,
+            stream,
+            wait,
+        }) => rt()?.block_on(felix_cli::operator::rebalance(
+            &common,
+            &strategy.replace('-', "_"),
+            stream,
+            wait,
+        )),
         Command::Config(ConfigCommand::Docs) => {
             print!("{}", felix_broker::config::schema::markdown());
             Ok(())

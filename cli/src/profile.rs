@@ -32,7 +32,7 @@ pub struct Common {
 }
 
 /// The profile to use and where it came from.
-fn profile_path(c: &Common) -> (PathBuf, &'static str) {
+pub fn profile_path(c: &Common) -> (PathBuf, &'static str) {
     if let Some(p) = &c.profile {
         return (p.clone(), "--profile");
     }

@@ -97,17 +97,20 @@ pub async fn describe_from_leaders(
         return Ok(any);
     }
     let v = views(client, &asked, &[name.to_string()]).await;
-    let (config, mut shards) = any;
-    for (i, s) in info.shards.iter().enumerate() {
+    // A broker reports the shards it holds a replica of, each under its
+    // number: the leader's figures win, the answering broker's fill in.
+    let (config, answered) = any;
+    let mut shards: BTreeMap<u32, ShardStats> = answered.into_iter().map(|st| (st.shard, st)).collect();
+    for s in &info.shards {
         let from_leader = s
             .leader
             .and_then(|l| v.get(&l)?.as_ref().ok()?.get(name))
-            .and_then(|(_, st)| st.get(i).cloned());
-        if let (Some(st), Some(slot)) = (from_leader, shards.get_mut(i)) {
-            *slot = st;
+            .and_then(|(_, st)| st.iter().find(|x| x.shard == s.shard).cloned());
+        if let Some(st) = from_leader {
+            shards.insert(s.shard, st);
         }
     }
-    Ok((config, shards))
+    Ok((config, shards.into_values().collect()))
 }
 
 /// One shard's health as the brokers report it.
@@ -137,7 +140,7 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
         for sh in &s.shards {
             let next_on = |b: u64| -> Option<u64> {
                 let (_, st) = v.get(&b)?.as_ref().ok()?.get(&s.name)?;
-                Some(st.get(sh.shard as usize)?.next)
+                Some(st.iter().find(|x| x.shard == sh.shard)?.next)
             };
             let end = sh.leader.and_then(next_on);
             let lag: Vec<(u64, Option<u64>)> = sh
@@ -161,6 +164,11 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
     }
     let leaderless = shards.iter().filter(|s| s.leader.is_none()).count();
     let under = shards.iter().filter(|s| s.under_replicated).count();
+    // Moves in progress, when the profile reaches the control plane.
+    let moves = match crate::operator::Operator::from_profile(c) {
+        Ok(op) => op.moves().await.ok(),
+        Err(_) => None,
+    };
     if c.output == Output::Json {
         println!(
             "{}",
@@ -178,6 +186,8 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
                 })).collect::<Vec<_>>(),
                 "shards_total": shards.len(), "without_leader": leaderless, "under_replicated": under,
                 "streams_listed": names.len(), "streams_total": streams.len(),
+                "rebalance": moves.as_ref().map(|m| &m["rebalance"]),
+                "moves_in_progress": moves.as_ref().map(|m| &m["moves_in_progress"]),
             })
         );
     } else {
@@ -223,6 +233,19 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
             "{} shard(s): {leaderless} without a leader, {under} under-replicated (a replica down, missing, or more than {lag_max} records behind)",
             shards.len()
         );
+        if let Some(m) = &moves {
+            let list = m["moves_in_progress"].as_array().cloned().unwrap_or_default();
+            if !m["rebalance"].is_null() {
+                println!("rebalancing ({})", m["rebalance"]["strategy"]);
+            }
+            println!("{} move(s) in progress", list.len());
+            for mv in list {
+                println!(
+                    "  group {}: replicas {} leaving {}",
+                    mv["group"], mv["replicas"], mv["leaving"]
+                );
+            }
+        }
         if streams.len() > names.len() {
             println!(
                 "(only the first {} of {} streams are listed)",

@@ -1,6 +1,6 @@
 //! Brokers following a control plane, as real processes: streams made
 //! through it on every broker, its tokens enforced, serving on without it;
-//! its placement carried out (a broker killed for good re-placed, a drained
+//! its placement carried out (a broker killed for good re-placed, a decommissioned
 //! broker emptied, leadership back on the preferred replica after a
 //! failover); `felix dev --brokers 3` with its embedded control plane.
 
@@ -184,6 +184,17 @@ struct Placed {
 
 impl Placed {
     async fn start(dir: &Path, n: u64, cp_extra: &str, require_tokens: bool) -> Placed {
+        Placed::start_with_shards(dir, n, cp_extra, require_tokens, 2).await
+    }
+
+    /// [`Placed::start`] with orders made of `shards` shards.
+    async fn start_with_shards(
+        dir: &Path,
+        n: u64,
+        cp_extra: &str,
+        require_tokens: bool,
+        shards: u32,
+    ) -> Placed {
         use reqwest::Method;
         let http = reqwest::Client::new();
         let port = free_port();
@@ -210,7 +221,7 @@ impl Placed {
             ("/v1/tenants/acme/namespaces", json!({"name": "prod"})),
             (
                 "/v1/tenants/acme/namespaces/prod/streams",
-                json!({"name": "orders", "shards": 2, "replication_factor": 3}),
+                json!({"name": "orders", "shards": shards, "replication_factor": 3}),
             ),
         ] {
             let (s, v) = call(&http, port, Method::POST, path, Some(body)).await.unwrap();
@@ -303,6 +314,105 @@ impl Placed {
     }
 }
 
+/// Hosting follows placement: 5 brokers and a stream of 10 shards at RF 3
+/// hold exactly the 30 placed replicas (6 per broker, each where the
+/// placement puts it, none elsewhere), and every broker's metadata names
+/// each shard's leader and its 3 voters, held there or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_brokers_hold_exactly_their_placed_replicas_and_each_names_every_leader() {
+    use felix_client::wire::Message;
+    use felix_client::{Client, Route};
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = Placed::start_with_shards(dir.path(), 5, "", false, 10).await;
+    let created = Instant::now();
+    let client = p.client_without(None).await;
+    let placed = until(
+        90,
+        "every shard led by its preferred broker with its 3 placed voters",
+        || p.settled(&client),
+    )
+    .await;
+    println!(
+        "10 shards on 5 brokers: led and fully placed {:.1} s after the create",
+        created.elapsed().as_secs_f64()
+    );
+    assert_eq!(placed.len(), 10);
+    assert!(placed.iter().all(|s| s.replicas.len() == 3), "{placed:?}");
+
+    // Each broker's shard directories are exactly its placed replicas.
+    let mut total = 0;
+    for m in &p.cluster.members {
+        let b = m.at.id;
+        let meta: Value =
+            serde_json::from_slice(&std::fs::read(m.at.data_dir.join("meta.json")).unwrap()).unwrap();
+        let ids: Vec<u64> = meta["streams"]["acme/prod/orders"]["shards"]
+            .as_array()
+            .expect("the stream is known to every broker")
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 10, "broker {b}: {meta}");
+        let want: std::collections::BTreeSet<String> = ids
+            .iter()
+            .zip(&placed)
+            .filter(|(_, s)| s.replicas.contains(&b))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let have: std::collections::BTreeSet<String> = std::fs::read_dir(m.at.data_dir.join("shards"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(have, want, "broker {b} holds what is placed on it");
+        assert_eq!(have.len(), 6, "broker {b}: 30 replicas over 5 brokers");
+        total += have.len();
+    }
+    assert_eq!(total, 30);
+
+    // Whichever broker answers, it names the real leader and voters.
+    let want: Vec<(Option<u64>, Vec<u64>)> = placed
+        .iter()
+        .map(|s| (Some(s.preferred), s.replicas.clone()))
+        .collect();
+    for (i, m) in p.cluster.members.iter().enumerate() {
+        let c = Client::connect(p.cluster.member_config(i)).await.unwrap();
+        let ask = Message::Metadata {
+            streams: vec!["acme/prod/orders".into()],
+        };
+        let got = until(10, "the broker's metadata agrees with the placement", || async {
+            let Ok(Message::MetadataReply { streams, .. }) = c.call(Route::Any, &ask).await else {
+                return None;
+            };
+            let got: Vec<(Option<u64>, Vec<u64>)> = streams
+                .first()?
+                .shards
+                .iter()
+                .map(|s| {
+                    let mut r = s.replicas.clone();
+                    r.sort_unstable();
+                    (s.leader, r)
+                })
+                .collect();
+            (got == want).then_some(got)
+        })
+        .await;
+        assert_eq!(got.len(), 10, "broker {}", m.at.id);
+    }
+    // And `felix cluster status` finds every shard led and fully replicated.
+    let out = Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args(["cluster", "status", "--output", "json", "--profile"])
+        .arg(p.cluster.members[0].at.data_dir.join("client.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&s["shards_total"], &s["without_leader"], &s["under_replicated"]),
+        (&json!(10), &json!(0), &json!(0)),
+        "{s}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_fully_replicated_again() {
     let dir = tempfile::tempdir().unwrap();
@@ -347,7 +457,7 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
+async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_id_is_retired() {
     let dir = tempfile::tempdir().unwrap();
     let p = Placed::start(dir.path(), 4, "", false).await;
     let client = p.client_without(None).await;
@@ -355,7 +465,7 @@ async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
     let mut acked = publish_keyed(&client, 0..30, "acknowledged").await;
     // The preferred leader of shard 0: it holds a replica and leads.
     let drained = before[0].preferred;
-    let (s, v) = p.post(&format!("/v1/brokers/{drained}/drain")).await;
+    let (s, v) = p.post(&format!("/v1/brokers/{drained}/decommission")).await;
     assert_eq!(s, 200, "{v}");
     let started = Instant::now();
     let after = until(60, "the drained broker out of every group", || {
@@ -363,7 +473,7 @@ async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
     })
     .await;
     println!(
-        "drained in {:.1} s (replicas moved, leaders handed over)",
+        "decommissioned in {:.1} s (replicas moved, leaders handed over)",
         started.elapsed().as_secs_f64()
     );
     assert!(
@@ -372,8 +482,35 @@ async fn a_drained_broker_gives_up_its_replicas_and_leaderships() {
             .all(|s| s.replicas.len() == 3 && s.preferred != drained),
         "{after:?}"
     );
-    // It still runs, it just holds nothing: the data is all on the others.
-    acked.extend(publish_keyed(&client, 30..60, "acknowledged after the drain").await);
+    // It still runs, it just holds nothing: its replicas were deleted once
+    // each move was done, and the data is all on the others.
+    let shards_dir = p.cluster.members[p.cluster.index_of(drained)]
+        .at
+        .data_dir
+        .join("shards");
+    until(30, "the drained broker's replicas deleted", || async {
+        (std::fs::read_dir(&shards_dir).ok()?.count() == 0).then_some(())
+    })
+    .await;
+    // It left the registry, and its id cannot come back.
+    let gone = until(30, "the broker out of the registry", || async {
+        let (_, v) = call(&p.http, p.port, reqwest::Method::GET, "/v1/brokers", None)
+            .await
+            .ok()?;
+        let listed = v["items"]
+            .as_array()?
+            .iter()
+            .any(|b| b["registration"]["id"] == json!(drained));
+        (!listed).then_some(v)
+    })
+    .await;
+    assert_eq!(gone["retired"], json!([drained]), "{gone}");
+    let again = json!({"id": drained, "client_addr": "127.0.0.1:1", "raft_addr": "127.0.0.1:2"});
+    let (s, v) = call(&p.http, p.port, reqwest::Method::POST, "/v1/brokers", Some(again))
+        .await
+        .unwrap();
+    assert_eq!(s, 400, "a retired id is refused: {v}");
+    acked.extend(publish_keyed(&client, 30..60, "acknowledged after the decommission").await);
     let others = p.client_without(Some(drained)).await;
     read_back(&others, &acked).await;
 }

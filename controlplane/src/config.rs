@@ -41,6 +41,11 @@ pub struct NodeConfig {
     /// How long a broker stays down before its replicas are re-placed.
     #[serde(default = "default_replace")]
     pub replace_after_ms: u64,
+    /// Replica moves (re-placements and rebalancing) one broker takes part
+    /// in at once: the throttle that keeps catch-up traffic from crowding
+    /// out clients.
+    #[serde(default = "default_moves_per_broker")]
+    pub moves_per_broker_max: u32,
     /// Lifetime of a token the control plane issues.
     #[serde(default = "default_ttl")]
     pub token_ttl_s: u64,
@@ -72,6 +77,10 @@ fn default_heartbeat() -> u64 {
 fn default_missed() -> u32 {
     3
 }
+fn default_moves_per_broker() -> u32 {
+    crate::rebalance::MOVES_PER_BROKER_DEFAULT
+}
+
 fn default_replace() -> u64 {
     60_000
 }
@@ -100,6 +109,7 @@ impl NodeConfig {
             broker_heartbeat_interval_ms: default_heartbeat(),
             broker_heartbeats_missed_max: default_missed(),
             replace_after_ms: default_replace(),
+            moves_per_broker_max: default_moves_per_broker(),
             token_ttl_s: default_ttl(),
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
@@ -122,6 +132,12 @@ impl NodeConfig {
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return Err("election_timeout_min_ms must be below election_timeout_max_ms".into());
+        }
+        if !(1..=crate::rebalance::MOVES_PER_BROKER_MAX).contains(&self.moves_per_broker_max) {
+            return Err(format!(
+                "moves_per_broker_max must be 1 to {}",
+                crate::rebalance::MOVES_PER_BROKER_MAX
+            ));
         }
         if self.broker_heartbeat_interval_ms == 0 || self.broker_heartbeats_missed_max == 0 {
             return Err("broker heartbeat interval and missed count must be positive".into());

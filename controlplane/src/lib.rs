@@ -23,6 +23,7 @@ pub mod config;
 pub mod model;
 pub mod placement;
 pub mod rbac;
+pub mod rebalance;
 pub mod recorder;
 pub mod state;
 

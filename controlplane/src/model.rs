@@ -420,6 +420,10 @@ pub struct Broker {
     /// When it last changed status (the grace period before re-placement
     /// counts from here).
     pub since_ms: u64,
+    /// Being decommissioned: draining, and removed from the registry for
+    /// good (its id never reused) once no replica is left on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub decommissioning: bool,
 }
 
 /// The permissions a Felix token carries, as brokers read them.

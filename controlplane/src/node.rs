@@ -332,6 +332,7 @@ impl Node {
         }
         let reconcile = Command::Reconcile {
             grace_ms: self.cfg.replace_after_ms,
+            moves_per_broker_max: self.cfg.moves_per_broker_max,
         };
         let due = self.read(|m| {
             let mut trial = m.clone();

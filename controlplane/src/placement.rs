@@ -47,6 +47,11 @@ impl Cluster {
         }
     }
 
+    /// Every broker, by id.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.brokers.values().cloned().collect()
+    }
+
     pub fn get(&self, id: u32) -> Option<&Candidate> {
         self.brokers.get(&id)
     }

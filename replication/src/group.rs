@@ -191,6 +191,19 @@ impl Replica {
             .collect()
     }
 
+    /// Whether the membership this replica acts on is committed (applied
+    /// here): a removal seen before that could still be undone by a new
+    /// leader, so nothing may be deleted on the strength of it.
+    pub fn membership_committed(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match (m.membership_config.log_id(), m.last_applied) {
+            (None, _) => true,
+            (Some(at), Some(applied)) => at.index <= applied.index,
+            (Some(_), None) => false,
+        }
+    }
+
     pub fn is_shut_down(&self) -> bool {
         self.raft.metrics().borrow().state == openraft::ServerState::Shutdown
     }

@@ -34,5 +34,5 @@ pub mod types;
 pub use error::ReplicationError;
 pub use group::{Admission, GroupConfig, Replica, WriteError, HANDOVER_MS_MAX};
 pub use machine::{Applier, Forwarded};
-pub use network::{Router, Transport};
+pub use network::{GroupView, Router, Transport, GROUPS_ASKED_MAX};
 pub use types::{broker_of, node_id, BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};

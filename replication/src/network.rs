@@ -53,6 +53,10 @@ const KIND_READ_INDEX: u8 = 5;
 const KIND_WHO: u8 = 6;
 const KIND_JOIN: u8 = 7;
 const KIND_SUCCESSOR: u8 = 8;
+const KIND_GROUPS: u8 = 9;
+/// Groups one [`Transport::groups`] call may ask about: bounds the answer
+/// (about 60 bytes a group with 5 voters) well under `RPC_BYTES_MAX`.
+pub const GROUPS_ASKED_MAX: usize = 4096;
 /// Kinds addressed to one Raft identity: a broker refuses them when the
 /// target is not its own node id (an old incarnation's peers must not reach
 /// the new one).
@@ -114,6 +118,25 @@ impl Router {
 
     pub fn remove(&self, group: GroupId) {
         self.groups.write().expect("router lock").remove(&group);
+    }
+
+    /// What this broker knows of each of `groups` it hosts (at most
+    /// [`GROUPS_ASKED_MAX`] looked at).
+    fn views(&self, groups: &[GroupId]) -> Vec<GroupView> {
+        let hosted = self.groups.read().expect("router lock");
+        groups
+            .iter()
+            .take(GROUPS_ASKED_MAX)
+            .filter_map(|g| {
+                let m = hosted.get(g)?.raft.metrics();
+                let m = m.borrow();
+                Some(GroupView {
+                    group: *g,
+                    leader: m.current_leader,
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                })
+            })
+            .collect()
     }
 
     fn get(&self, group: GroupId) -> Option<Hosted> {
@@ -370,6 +393,27 @@ impl Transport {
             .await
     }
 
+    /// Asks the broker at `addr` what it knows of `groups` (at most
+    /// [`GROUPS_ASKED_MAX`]): the leader and voters of each it hosts. How a
+    /// broker that holds no replica of a shard learns who leads it.
+    pub async fn groups(&self, addr: &str, groups: &[GroupId]) -> Result<Vec<GroupView>, ReplicationError> {
+        if groups.len() > GROUPS_ASKED_MAX {
+            return Err(ReplicationError::Transport(format!(
+                "{} groups asked at once; at most {GROUPS_ASKED_MAX}",
+                groups.len()
+            )));
+        }
+        let body = bincode::serialize(groups).map_err(terr)?;
+        self.ask(
+            addr,
+            KIND_GROUPS,
+            GroupId::META,
+            &body,
+            ReplicationError::Transport,
+        )
+        .await
+    }
+
     /// Asks the broker at `addr` to admit node `id` at `node` into `group`
     /// (see `Replica::admit`).
     pub async fn join(
@@ -383,6 +427,14 @@ impl Transport {
         self.ask(addr, KIND_JOIN, group, &body, ReplicationError::Transport)
             .await
     }
+}
+
+/// One group as a broker hosting it sees it ([`Transport::groups`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupView {
+    pub group: GroupId,
+    pub leader: Option<NodeId>,
+    pub voters: Vec<NodeId>,
 }
 
 /// A broker's answer to [`Transport::who`].
@@ -466,6 +518,13 @@ async fn serve(
             m.membership_config.membership().voter_ids().next().is_some()
         });
         return reply(&mut send, ser(&Who { id: me, meta_formed })).await;
+    }
+    if kind == KIND_GROUPS {
+        return reply(
+            &mut send,
+            de::<Vec<GroupId>>(&body).and_then(|g| ser(&router.views(&g))),
+        )
+        .await;
     }
     let Some(hosted) = router.get(group) else {
         return reply(&mut send, Err(format!("group {group} is not hosted here"))).await;

@@ -4,7 +4,9 @@
 //! it has caught up); only once every placed broker votes are voters the
 //! placement does not name removed, so the group never shrinks below its
 //! target while a replacement catches up. A removal of a broker the
-//! placement lists as `leaving` is reported done, which ends the move.
+//! placement lists as `leaving` is reported done once that membership is
+//! committed, which ends the move (and lets the leaving broker delete its
+//! replica, `node/hosting.rs`).
 //! Once a group matches its placement, a leader that is not the preferred
 //! one (`replicas[0]`, which the control plane balances, and moves off a
 //! draining broker) hands leadership over to it.
@@ -118,13 +120,21 @@ async fn round(
         if !m.managed() {
             continue;
         }
-        for (s, p) in h.shards.iter().zip(&m.placement) {
+        for (i, s) in h.hosted() {
+            let Some(p) = m.placement.get(i as usize) else {
+                continue;
+            };
             let Some(r) = s.replica().cloned() else { continue };
             r.set_preferred(p.replicas.first().and_then(|b| nodes.get(b)).copied());
             if !r.is_leader() {
                 continue;
             }
-            let steps = plan(&r.voters(), p, &nodes);
+            let mut steps = plan(&r.voters(), p, &nodes);
+            // The old replica is deleted once its move is reported done:
+            // only on a removal no new leader could undo.
+            if !r.membership_committed() {
+                steps.retain(|s| !matches!(s, Step::Done(_)));
+            }
             if steps.is_empty() {
                 // Settled: lead from the preferred replica (balance, and a
                 // drained broker's leaderships), at most once per

@@ -12,13 +12,12 @@ impl Node {
     /// A stream's settings and per-shard figures.
     pub fn describe(&self, name: &str) -> Result<(StreamConfig, Vec<ShardStats>), BrokerError> {
         let h = self.stream(name)?;
+        // Figures of the replicas held here, each under its shard number.
         let stats = h
-            .shards
-            .iter()
-            .enumerate()
+            .hosted()
             .map(|(i, s)| {
                 s.log().with(|l| ShardStats {
-                    shard: i as u32,
+                    shard: i,
                     earliest: l.earliest_offset().0,
                     next: s.high_watermark(),
                     bytes: l.size_bytes(),
@@ -50,29 +49,71 @@ impl Node {
         };
         let me = self.broker_id;
         let cluster = self.cluster();
+        // Shards held elsewhere: asked of brokers placed on them.
+        let views = match cluster {
+            Some(c) => {
+                let wanted: Vec<(felix_replication::GroupId, Vec<u64>)> = handles
+                    .iter()
+                    .flat_map(|(_, h)| {
+                        let m = h.meta();
+                        (0..h.count())
+                            .filter(|n| h.held(*n).is_none())
+                            .filter_map(|n| {
+                                let id = m.shard_id(n)?;
+                                Some((crate::cluster::group_of(id), m.placed(n as usize).collect()))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                if wanted.is_empty() {
+                    Default::default()
+                } else {
+                    c.views.learn(c, &wanted).await
+                }
+            }
+            None => Default::default(),
+        };
         let streams = handles
             .iter()
-            .map(|(name, h)| StreamInfo {
-                name: name.clone(),
-                kind: h.meta().kind,
-                shards: h
-                    .shards
-                    .iter()
-                    .enumerate()
-                    .map(|(shard, s)| ShardInfo {
-                        shard: shard as u32,
-                        leader: match s.replica() {
-                            Some(r) => r.leader().map(|(id, _)| felix_replication::broker_of(id)),
-                            None if s.is_replicated() => None,
-                            None => Some(me),
-                        },
-                        replicas: match (s.replica(), cluster) {
-                            (Some(r), Some(c)) => c.live_replicas(r),
-                            _ if s.is_replicated() => Vec::new(),
-                            _ => vec![me],
-                        },
-                    })
-                    .collect(),
+            .map(|(name, h)| {
+                let m = h.meta();
+                StreamInfo {
+                    name: name.clone(),
+                    kind: m.kind,
+                    shards: (0..h.count())
+                        .map(|shard| {
+                            let (leader, replicas) = match (h.held(shard), cluster) {
+                                (Some(s), _) => match (s.replica(), cluster) {
+                                    (Some(r), Some(c)) => (
+                                        r.leader().map(|(id, _)| felix_replication::broker_of(id)),
+                                        c.live_replicas(r),
+                                    ),
+                                    _ if s.is_replicated() => (None, Vec::new()),
+                                    _ => (Some(me), vec![me]),
+                                },
+                                (None, Some(c)) => {
+                                    let view = m
+                                        .shard_id(shard)
+                                        .and_then(|id| views.get(&crate::cluster::group_of(id)));
+                                    match view {
+                                        Some(v) => (
+                                            v.leader.map(felix_replication::broker_of),
+                                            c.live_brokers(v.voters.clone()),
+                                        ),
+                                        // No placed broker answered: the placement.
+                                        None => (None, m.placed(shard as usize).collect()),
+                                    }
+                                }
+                                (None, None) => (None, Vec::new()),
+                            };
+                            ShardInfo {
+                                shard,
+                                leader,
+                                replicas,
+                            }
+                        })
+                        .collect(),
+                }
             })
             .collect();
         let brokers = match cluster {

@@ -86,7 +86,6 @@ impl Node {
             (None, None) => Ok(()),
             (Some(_), None) => self.delete_local(name, raft_index),
             (Some(m), Some(Followed { config: c, placement })) if same_shape(&m, &c) => {
-                let h = self.stream_by_name(name)?;
                 let m = self.meta.lock().expect("meta lock").update(name, |m| {
                     m.placement = placement;
                     m.retention_ms = c.retention_ms;
@@ -96,7 +95,7 @@ impl Node {
                         m.max_deliveries = c.max_deliveries;
                     }
                 })?;
-                *h.meta.lock().expect("stream meta lock") = m;
+                self.rehost(name, m, false)?;
                 Ok(())
             }
             (current, Some(Followed { config: c, placement })) => {
@@ -104,8 +103,7 @@ impl Node {
                     tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
                     self.delete_local(name, raft_index)?;
                 }
-                let h = self.create_local(&c, raft_index, replicas, placement)?;
-                self.start_groups(&h, fresh);
+                self.create_local(&c, raft_index, replicas, placement, fresh)?;
                 Ok(())
             }
         }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Followed, Node, StreamHandle};
+use super::{Followed, Node};
 use crate::cluster::{Cluster, MetaOp};
 use crate::error::BrokerError;
 use crate::meta::StreamMeta;
@@ -25,10 +25,13 @@ impl Node {
         let _ = self.cluster.set(cluster.clone());
         for h in self.streams() {
             let m = h.meta();
-            for (i, s) in h.shards.iter().enumerate() {
+            // Rebuilt with the cluster's addresses for the shards held elsewhere.
+            let h = self.rehost(&h.name, m.clone(), false)?;
+            for (i, s) in h.hosted() {
+                let i = i as usize;
                 let dir = HostedShard::raft_dir(&self.shard_dir(s.id));
                 cluster
-                    .start_shard(s, dir, false, &m.replicas, m.preferred_leader(i))
+                    .start_shard(s, dir, false, m.founders_of(i), m.preferred_leader(i))
                     .await?;
             }
         }
@@ -44,8 +47,7 @@ impl Node {
     pub(crate) fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
         match op {
             MetaOp::Create { stream, replicas } => {
-                let h = self.create_local(stream, Some(index), replicas.clone(), Vec::new())?;
-                self.start_groups(&h, fresh);
+                self.create_local(stream, Some(index), replicas.clone(), Vec::new(), fresh)?;
                 Ok(())
             }
             MetaOp::Follow {
@@ -79,29 +81,6 @@ impl Node {
         }
     }
 
-    /// Starts the shard groups of a stream just opened, in the background.
-    pub(super) fn start_groups(&self, h: &Arc<StreamHandle>, fresh: bool) {
-        let Some(cluster) = self.cluster().cloned() else {
-            return;
-        };
-        let m = h.meta();
-        let replicas = Arc::new(m.replicas.clone());
-        for (i, s) in h.shards.iter().enumerate() {
-            let (s, c, dir, replicas, preferred) = (
-                s.clone(),
-                cluster.clone(),
-                HostedShard::raft_dir(&self.shard_dir(s.id)),
-                replicas.clone(),
-                m.preferred_leader(i),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = c.start_shard(&s, dir, fresh, &replicas, preferred).await {
-                    tracing::error!(shard = s.id.0, error = %e, "starting the shard's group failed");
-                }
-            });
-        }
-    }
-
     /// The metadata group's state, for its snapshot.
     pub(crate) fn meta_snapshot(&self) -> Result<Vec<u8>, BrokerError> {
         self.meta.lock().expect("meta lock").to_bytes()
@@ -122,24 +101,14 @@ impl Node {
                     .write()
                     .expect("streams lock")
                     .remove(&h.name.to_string());
-                for s in &h.shards {
-                    s.close();
-                    self.maintenance.unregister(s.id);
-                    self.hot.forget_shard(s.id);
+                for (_, s) in h.hosted() {
+                    self.retire(s)?;
                 }
             }
         }
+        // Streams kept may have moved: their replicas here follow.
         for (name, m) in wanted {
-            if self.stream(&name).is_ok() {
-                continue;
-            }
-            let n = StreamName::parse(&name)?;
-            let h = Arc::new(self.open_stream(&n, m)?);
-            self.streams
-                .write()
-                .expect("streams lock")
-                .insert(name, h.clone());
-            self.start_groups(&h, false);
+            self.rehost(&StreamName::parse(&name)?, m, false)?;
         }
         Ok(())
     }

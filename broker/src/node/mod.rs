@@ -29,6 +29,7 @@ pub use crate::clock::{skewed_clock, system_clock, Clock};
 mod describe;
 mod follow;
 mod groups;
+mod hosting;
 mod streams;
 mod upkeep;
 
@@ -40,12 +41,20 @@ pub struct Followed {
     pub placement: Vec<ShardPlacement>,
 }
 
-/// A stream this node hosts.
+/// A stream this node knows: every broker knows every stream, and holds
+/// the replicas of the shards placed on it.
 #[derive(Debug)]
 pub struct StreamHandle {
     pub name: StreamName,
     meta: Mutex<StreamMeta>,
-    pub shards: Vec<Arc<HostedShard>>,
+    /// By shard number: the replica held here, or `None` for a shard
+    /// placed on other brokers only.
+    shards: Vec<Option<Arc<HostedShard>>>,
+    /// By shard number, for a shard not held here: a broker placed on it
+    /// (id, client address), which a request is sent on to.
+    elsewhere: Vec<Option<(u64, String)>>,
+    /// Wakes the stream's subscriptions (shared by its replicas here).
+    signal: Arc<watch::Sender<u64>>,
     /// Live subscriptions (a delete refuses while any is open, unless forced).
     pub subscribers: Arc<AtomicUsize>,
 }
@@ -55,15 +64,38 @@ impl StreamHandle {
         self.meta.lock().expect("stream meta lock").clone()
     }
 
-    /// Shard number `n`, or a clear error.
+    /// How many shards the stream has (held here or not).
+    pub fn count(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// The replicas held here, with their shard numbers.
+    pub fn hosted(&self) -> impl Iterator<Item = (u32, &Arc<HostedShard>)> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i as u32, s.as_ref()?)))
+    }
+
+    /// Shard `n`'s replica here, if this broker holds one.
+    pub fn held(&self, n: u32) -> Option<&Arc<HostedShard>> {
+        self.shards.get(n as usize)?.as_ref()
+    }
+
+    /// Shard number `n`, or a clear error: `NotLeader` naming a broker
+    /// that holds it when this one does not.
     pub fn shard(&self, n: u32) -> Result<&Arc<HostedShard>, BrokerError> {
-        self.shards.get(n as usize).ok_or_else(|| {
-            BrokerError::Invalid(format!(
+        match self.shards.get(n as usize) {
+            Some(Some(s)) => Ok(s),
+            Some(None) => Err(BrokerError::NotLeader {
+                leader: self.elsewhere.get(n as usize).cloned().flatten(),
+            }),
+            None => Err(BrokerError::Invalid(format!(
                 "stream {} has {} shards; there is no shard {n}",
                 self.name,
                 self.shards.len()
-            ))
-        })
+            ))),
+        }
     }
 }
 
@@ -153,11 +185,7 @@ impl Node {
             .map(|(n, m)| (n, m.clone()))
             .collect();
         for (name, m) in all {
-            let h = node.open_stream(&name, m)?;
-            node.streams
-                .write()
-                .expect("streams lock")
-                .insert(name.to_string(), Arc::new(h));
+            node.rehost(&name, m, false)?;
         }
         Ok(Arc::new(node))
     }
@@ -205,7 +233,13 @@ impl Node {
         self.data_dir.join("shards").join(id.0.to_string())
     }
 
-    fn open_stream(&self, name: &StreamName, m: StreamMeta) -> Result<StreamHandle, BrokerError> {
+    /// Opens (recovers) shard `id` of a stream like `m` from its directory.
+    fn open_shard(
+        &self,
+        id: ShardId,
+        m: &StreamMeta,
+        signal: &Arc<watch::Sender<u64>>,
+    ) -> Result<Arc<HostedShard>, BrokerError> {
         let kind = if m.kind.keyed() {
             ShardKind::Keyed
         } else {
@@ -223,29 +257,18 @@ impl Node {
             },
             ..LogConfig::default()
         };
-        let signal = Arc::new(watch::channel(0u64).0);
-        let mut shards = Vec::with_capacity(m.shards.len());
-        for id in &m.shards {
-            let id = ShardId(*id);
-            let dir = self.shard_dir(id);
-            let s = if self.replicated {
-                HostedShard::open_replicated(&dir, id, kind, cfg.clone(), self.index.clone())?
-            } else {
-                HostedShard::open(&dir, id, kind, cfg.clone(), self.index.clone())?
-            }
-            .with_signal(signal.clone());
-            if kind == ShardKind::Keyed {
-                self.maintenance
-                    .register(id, s.log().clone(), compaction_config(m.kind));
-            }
-            shards.push(Arc::new(s));
+        let dir = self.shard_dir(id);
+        let s = if self.replicated {
+            HostedShard::open_replicated(&dir, id, kind, cfg, self.index.clone())?
+        } else {
+            HostedShard::open(&dir, id, kind, cfg, self.index.clone())?
         }
-        Ok(StreamHandle {
-            name: name.clone(),
-            meta: Mutex::new(m),
-            shards,
-            subscribers: Arc::new(AtomicUsize::new(0)),
-        })
+        .with_signal(signal.clone());
+        if kind == ShardKind::Keyed {
+            self.maintenance
+                .register(id, s.log().clone(), compaction_config(m.kind));
+        }
+        Ok(Arc::new(s))
     }
 
     /// The stream called `name` (either form), or `UnknownStream`.
@@ -292,7 +315,11 @@ impl Node {
         let mut led: Vec<felix_replication::Replica> = self
             .streams()
             .iter()
-            .flat_map(|h| h.shards.iter().filter_map(|s| s.replica().cloned()))
+            .flat_map(|h| {
+                h.hosted()
+                    .filter_map(|(_, s)| s.replica().cloned())
+                    .collect::<Vec<_>>()
+            })
             .chain(c.meta_replica())
             .filter(felix_replication::Replica::is_leader)
             .collect();
@@ -316,7 +343,7 @@ impl Node {
             let busy = self
                 .streams()
                 .iter()
-                .any(|h| h.shards.iter().any(|s| s.in_flight_bytes() > 0));
+                .any(|h| h.hosted().any(|(_, s)| s.in_flight_bytes() > 0));
             if !busy {
                 return true;
             }

@@ -29,7 +29,7 @@ impl Node {
             )));
         }
         let Some(cluster) = self.cluster() else {
-            return self.create_local(c, None, Vec::new(), Vec::new());
+            return self.create_local(c, None, Vec::new(), Vec::new(), true);
         };
         // Refuse what is plainly wrong before it reaches the log.
         MetaStore::check(c)?;
@@ -52,6 +52,7 @@ impl Node {
         raft_index: Option<u64>,
         replicas: Vec<u64>,
         placement: Vec<ShardPlacement>,
+        fresh: bool,
     ) -> Result<Arc<StreamHandle>, BrokerError> {
         // One creation at a time: the metadata file and the shard map change together.
         let mut meta = self.meta.lock().expect("meta lock");
@@ -59,8 +60,8 @@ impl Node {
             meta.set_raft_applied(i);
         }
         let (name, m) = meta.create(c, replicas, placement)?;
-        let h = match self.open_stream(&name, m) {
-            Ok(h) => Arc::new(h),
+        let h = match self.rehost(&name, m, fresh) {
+            Ok(h) => h,
             // A replicated stream stays defined (every broker recorded it);
             // this broker serves it once it can open it.
             Err(e) if raft_index.is_some() => return Err(e),
@@ -69,10 +70,6 @@ impl Node {
                 return Err(e);
             }
         };
-        self.streams
-            .write()
-            .expect("streams lock")
-            .insert(name.to_string(), h.clone());
         tracing::info!(stream = %name, shards = c.shards, "stream created");
         Ok(h)
     }
@@ -131,18 +128,8 @@ impl Node {
         }
         meta.delete(n)?;
         self.streams.write().expect("streams lock").remove(&n.to_string());
-        for s in &h.shards {
-            s.close();
-            self.maintenance.unregister(s.id);
-            self.hot.forget_shard(s.id);
-            self.index.clear_shard(s.id)?;
-            if let (Some(r), Some(c)) = (s.replica().cloned(), self.cluster().cloned()) {
-                tokio::spawn(async move { r.shutdown(&c.router).await });
-            }
-            let dir = self.shard_dir(s.id);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(dir = %dir.display(), error = %e, "could not remove a deleted shard's files");
-            }
+        for (_, s) in h.hosted() {
+            self.retire(s)?;
         }
         tracing::info!(stream = %n, "stream deleted");
         Ok(())

@@ -23,7 +23,7 @@ impl Node {
                 retention_ms: m.retention_ms,
                 retention_bytes: m.retention_bytes,
             };
-            for s in &h.shards {
+            for (_, s) in h.hosted() {
                 // Read before the log lock: applying takes the shard's
                 // applied-index lock and then the log's, so taking them the
                 // other way round here deadlocked a broker under load.

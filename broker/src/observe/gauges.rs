@@ -11,7 +11,7 @@ use crate::observe::metrics::{FEED_VERSION, POSITIONS_PER_SHARD_MAX};
 pub fn observe_node(node: &Node) {
     for h in node.streams() {
         let stream = h.name.to_string();
-        for (i, s) in h.shards.iter().enumerate() {
+        for (i, s) in h.hosted() {
             let labels = [("stream", stream.clone()), ("shard", i.to_string())];
             let (end, segments, bytes) = s
                 .log()

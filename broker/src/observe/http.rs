@@ -54,7 +54,7 @@ pub fn not_ready(n: &Node) -> Vec<String> {
         }
     }
     for h in n.streams() {
-        for (i, s) in h.shards.iter().enumerate() {
+        for (i, s) in h.hosted() {
             if let Some(r) = s.replica() {
                 if r.is_voter() && r.leader().is_none() {
                     why.push(format!("{} shard {i} has no leader", h.name));

@@ -6,9 +6,26 @@ use super::*;
 pub(super) async fn list_brokers(State(n): S, h: HeaderMap) -> ApiResult {
     operator(&n, &h)?;
     n.read_barrier().await;
-    Ok(Json(n.read(
-        |m| json!({ "items": m.brokers.values().collect::<Vec<_>>() }),
-    )))
+    Ok(Json(n.read(|m| {
+        // Each with the replicas placed on it (leaving ones included): a
+        // decommission's progress.
+        let mut held: BTreeMap<u32, usize> = BTreeMap::new();
+        for p in m.placements() {
+            for b in p.replicas.iter().chain(&p.leaving) {
+                *held.entry(*b).or_default() += 1;
+            }
+        }
+        let items: Vec<Value> = m
+            .brokers
+            .values()
+            .map(|b| {
+                let mut v = json!(b);
+                v["replicas"] = json!(held.get(&b.registration.id).copied().unwrap_or(0));
+                v
+            })
+            .collect();
+        json!({ "items": items, "retired": m.retired_brokers })
+    })))
 }
 
 pub(super) async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
@@ -79,6 +96,14 @@ pub(super) async fn undrain(State(n): S, h: HeaderMap, Path(id): Path<u32>) -> A
     set_status(&n, &h, id, BrokerStatus::Active).await
 }
 
+pub(super) async fn decommission(State(n): S, h: HeaderMap, Path(id): Path<u32>) -> ApiResult {
+    let c = operator(&n, &h)?;
+    Ok(applied(
+        n.propose(&c.actor(), Command::Decommission { broker: id })
+            .await?,
+    ))
+}
+
 pub(super) async fn move_done(
     State(n): S,
     h: HeaderMap,
@@ -90,9 +115,30 @@ pub(super) async fn move_done(
     ))
 }
 
-pub(super) async fn rebalance(State(n): S, h: HeaderMap) -> ApiResult {
+/// `POST /v1/rebalance`: leaders evened out now; with a body (`{}` for
+/// the defaults), replicas too, moved by the following reconciliations.
+pub(super) async fn rebalance(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
     let c = operator(&n, &h)?;
-    Ok(applied(n.propose(&c.actor(), Command::Rebalance).await?))
+    let goal: Option<crate::rebalance::Goal> = if b.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(body(&b)?)
+    };
+    Ok(applied(n.propose(&c.actor(), Command::Rebalance { goal }).await?))
+}
+
+/// `GET /v1/rebalance`: the rebalance in progress, if any, and every move
+/// in progress (a shard with a replica leaving).
+pub(super) async fn rebalance_status(State(n): S, h: HeaderMap) -> ApiResult {
+    operator(&n, &h)?;
+    Ok(Json(n.read(|m| {
+        let moving: Vec<Value> = m
+            .placements()
+            .filter(|p| !p.leaving.is_empty())
+            .map(|p| json!({"group": p.group, "replicas": p.replicas, "leaving": p.leaving}))
+            .collect();
+        json!({"rebalance": m.rebalance, "moves_in_progress": moving})
+    })))
 }
 
 /// What brokers see: no issuers, rules or private keys.

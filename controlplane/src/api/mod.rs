@@ -98,13 +98,15 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/keys/rotate", "tenant.manage", "A new signing key; the old one verifies until its tokens expire."),
     ("get", "/v1/tenants/{tenant}/audit", "tenant.manage", "The tenant's audit log (newest last)."),
     ("get", "/v1/audit", "operator", "The whole audit log."),
-    ("get", "/v1/brokers", "operator", "Brokers and their status."),
+    ("get", "/v1/brokers", "operator", "Brokers, their status and the replicas on each; retired ids."),
     ("post", "/v1/brokers", "operator", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?}."),
     ("post", "/v1/brokers/{broker}/heartbeat", "operator", "A broker is alive {subscribers: {\"t/ns/s\": n}}."),
     ("post", "/v1/brokers/{broker}/drain", "operator", "Move a broker's leaderships and replicas away."),
-    ("post", "/v1/brokers/{broker}/undrain", "operator", "Let a drained broker take shards again."),
+    ("post", "/v1/brokers/{broker}/undrain", "operator", "Let a drained broker take shards again (ends a decommission)."),
+    ("post", "/v1/brokers/{broker}/decommission", "operator", "Move every replica and leadership off a broker, then remove it from the registry; its id is never reused."),
     ("post", "/v1/brokers/{broker}/moves/{group}/done", "operator", "A move off this broker finished: it left the group."),
-    ("post", "/v1/rebalance", "operator", "Even out preferred leaders."),
+    ("post", "/v1/rebalance", "operator", "Even out preferred leaders; with a body {strategy?: balanced|minimize_movement, stream?: \"t/ns/name\"}, replicas too."),
+    ("get", "/v1/rebalance", "operator", "The rebalance in progress and the replica moves in progress."),
     ("get", "/v1/feed/snapshot", "operator", "The brokers' view (no secrets) at version V."),
     ("get", "/v1/feed/changes", "operator", "Changes since ?since=V, long-polled up to ?wait_ms=; 410 when V is too old."),
 ];
@@ -345,8 +347,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/brokers/:broker/heartbeat", post(heartbeat))
         .route("/v1/brokers/:broker/drain", post(drain))
         .route("/v1/brokers/:broker/undrain", post(undrain))
+        .route("/v1/brokers/:broker/decommission", post(decommission))
         .route("/v1/brokers/:broker/moves/:group/done", post(move_done))
-        .route("/v1/rebalance", post(rebalance))
+        .route("/v1/rebalance", post(rebalance).get(rebalance_status))
         .route("/v1/feed/snapshot", get(feed_snapshot))
         .route("/v1/feed/changes", get(feed_changes))
         .route("/raft/append", post(raft_append))

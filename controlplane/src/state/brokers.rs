@@ -15,6 +15,11 @@ impl Metadata {
             RegisterBroker { registration } => {
                 registration.validate().map_err(ApplyError::invalid)?;
                 let id = registration.id;
+                if self.retired_brokers.contains(&id) {
+                    return Err(ApplyError::invalid(format!(
+                        "broker id {id} was decommissioned; a broker id is never used twice"
+                    )));
+                }
                 let value = match self.brokers.get(&id) {
                     Some(b) if b.registration == *registration && b.status == BrokerStatus::Active => {
                         return Ok(vec![]);
@@ -32,12 +37,22 @@ impl Metadata {
                         } else {
                             b.since_ms
                         },
+                        decommissioning: b.decommissioning,
                     },
-                    None => Broker {
-                        registration: registration.clone(),
-                        status: BrokerStatus::Active,
-                        since_ms: now,
-                    },
+                    None => {
+                        // A new broker takes its share of what exists.
+                        self.rebalance.get_or_insert(crate::rebalance::Goal {
+                            strategy: crate::rebalance::Strategy::Balanced,
+                            stream: None,
+                            since_ms: now,
+                        });
+                        Broker {
+                            registration: registration.clone(),
+                            status: BrokerStatus::Active,
+                            since_ms: now,
+                            decommissioning: false,
+                        }
+                    }
                 };
                 if self.brokers.get(&id) == Some(&value) {
                     return Ok(vec![]);
@@ -53,20 +68,50 @@ impl Metadata {
                     .brokers
                     .get_mut(broker)
                     .ok_or_else(|| ApplyError::not_found(format!("no broker {broker}")))?;
-                if b.status == *status {
+                // A decommissioning broker back from down resumes draining;
+                // one told to take shards again (undrain) is kept after all.
+                let status = match (*status, b.status) {
+                    (BrokerStatus::Active, BrokerStatus::Down) if b.decommissioning => BrokerStatus::Draining,
+                    (s, _) => s,
+                };
+                let kept = status == BrokerStatus::Active && b.decommissioning;
+                if b.status == status && !kept {
                     return Ok(vec![]);
                 }
-                b.status = *status;
+                b.decommissioning &= !kept;
+                b.status = status;
                 b.since_ms = now;
                 let value = b.clone();
                 let mut changes = vec![Change::Broker {
                     broker: *broker,
                     value: Some(value),
                 }];
-                if *status == BrokerStatus::Draining {
+                if status == BrokerStatus::Draining {
                     // Leaderships move at once; replicas move in Reconcile.
                     changes.extend(self.balance_leaders());
                 }
+                Ok(changes)
+            }
+            Decommission { broker } => {
+                let b = self
+                    .brokers
+                    .get_mut(broker)
+                    .ok_or_else(|| ApplyError::not_found(format!("no broker {broker}")))?;
+                if b.decommissioning {
+                    return Ok(vec![]);
+                }
+                b.decommissioning = true;
+                if b.status != BrokerStatus::Down {
+                    b.status = BrokerStatus::Draining;
+                }
+                b.since_ms = now;
+                let value = b.clone();
+                let mut changes = vec![Change::Broker {
+                    broker: *broker,
+                    value: Some(value),
+                }];
+                changes.extend(self.balance_leaders());
+                changes.extend(self.retire_decommissioned());
                 Ok(changes)
             }
             MoveDone { group, broker } => Ok(self.for_each_placement(|p| {
@@ -76,8 +121,16 @@ impl Metadata {
                 }
                 p.leaving.len() != before
             })),
-            Reconcile { grace_ms } => {
+            Reconcile {
+                grace_ms,
+                moves_per_broker_max,
+            } => {
                 let mut changes = self.replace_replicas(now, *grace_ms, moves);
+                let most = match *moves_per_broker_max {
+                    0 => crate::rebalance::MOVES_PER_BROKER_DEFAULT,
+                    n => n,
+                };
+                changes.extend(self.rebalance_replicas(most, moves));
                 for t in self.tenants.values_mut() {
                     let before = t.keys.len();
                     t.keys.retain(|k| k.retire_at_ms.is_none_or(|r| r > now));
@@ -88,9 +141,23 @@ impl Metadata {
                     }
                 }
                 changes.extend(self.balance_leaders());
+                changes.extend(self.retire_decommissioned());
                 Ok(changes)
             }
-            Rebalance => Ok(self.balance_leaders()),
+            Rebalance { goal } => {
+                if let Some(g) = goal {
+                    if let Some(s) = &g.stream {
+                        if !self.holds_resource(s) {
+                            return Err(ApplyError::not_found(format!("no stream or cache {s}")));
+                        }
+                    }
+                    self.rebalance = Some(crate::rebalance::Goal {
+                        since_ms: now,
+                        ..g.clone()
+                    });
+                }
+                Ok(self.balance_leaders())
+            }
             _ => unreachable!("run routes only broker commands here"),
         }
     }
@@ -180,6 +247,118 @@ impl Metadata {
                 any = true;
             }
             any
+        })
+    }
+
+    /// Decommissioning brokers no replica is left on (none placed, none
+    /// leaving) leave the registry, their ids retired for good.
+    pub(super) fn retire_decommissioned(&mut self) -> Vec<Change> {
+        let gone: Vec<u32> = self
+            .brokers
+            .values()
+            .filter(|b| b.decommissioning)
+            .map(|b| b.registration.id)
+            .filter(|id| {
+                !self
+                    .placements()
+                    .any(|p| p.replicas.contains(id) || p.leaving.contains(id))
+            })
+            .collect();
+        gone.into_iter()
+            .map(|id| {
+                self.brokers.remove(&id);
+                self.retired_brokers.insert(id);
+                Change::Broker {
+                    broker: id,
+                    value: None,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `tenant/namespace/name` is a stream or cache.
+    fn holds_resource(&self, path: &str) -> bool {
+        let mut parts = path.splitn(3, '/');
+        let (Some(t), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        self.tenants
+            .get(t)
+            .and_then(|t| t.namespaces.get(ns))
+            .is_some_and(|n| n.streams.contains_key(name) || n.caches.contains_key(name))
+    }
+
+    /// The next replica moves of the rebalance in progress (see
+    /// `rebalance::plan`), each listed as leaving until its shard's leader
+    /// reports it done; the rebalance ends once nothing is left to move
+    /// and no move it made is in progress.
+    pub(super) fn rebalance_replicas(
+        &mut self,
+        moves_per_broker_max: u32,
+        moves: &mut Vec<Move>,
+    ) -> Vec<Change> {
+        use crate::rebalance::{plan, Slot};
+        let Some(goal) = self.rebalance.clone() else {
+            return Vec::new();
+        };
+        // In `for_each_placement`'s order, so a slot's index finds it there.
+        let mut slots = Vec::new();
+        let mut stream = 0;
+        for (tn, t) in &self.tenants {
+            for (nn, n) in &t.namespaces {
+                let resources = n
+                    .streams
+                    .iter()
+                    .map(|(sn, s)| (sn, &s.placement))
+                    .chain(n.caches.iter().map(|(cn, c)| (cn, &c.placement)));
+                for (name, placement) in resources {
+                    let in_scope = goal
+                        .stream
+                        .as_ref()
+                        .is_none_or(|s| *s == format!("{tn}/{nn}/{name}"));
+                    slots.extend(placement.iter().map(|p| Slot {
+                        stream,
+                        replicas: p.replicas.clone(),
+                        leaving: p.leaving.clone(),
+                        in_scope,
+                    }));
+                    stream += 1;
+                }
+            }
+        }
+        let shifts = plan(
+            &self.cluster().candidates(),
+            &slots,
+            goal.strategy,
+            moves_per_broker_max,
+        );
+        if shifts.is_empty() {
+            if !slots.iter().any(|s| s.in_scope && !s.leaving.is_empty()) {
+                self.rebalance = None;
+            }
+            return Vec::new();
+        }
+        let by_slot: BTreeMap<usize, (u32, u32)> = shifts.iter().map(|s| (s.slot, (s.from, s.to))).collect();
+        let mut at = 0;
+        self.for_each_placement(|p| {
+            let shift = by_slot.get(&at).copied();
+            at += 1;
+            let Some((from, to)) = shift else {
+                return false;
+            };
+            let Some(i) = p.replicas.iter().position(|r| *r == from) else {
+                return false;
+            };
+            p.replicas[i] = to;
+            if !p.leaving.contains(&from) {
+                p.leaving.push(from);
+            }
+            moves.push(Move {
+                group: p.group,
+                from: Some(from),
+                to,
+            });
+            true
         })
     }
 

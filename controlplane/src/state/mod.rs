@@ -93,18 +93,31 @@ pub enum Command {
         broker: u32,
         status: BrokerStatus,
     },
+    /// Moves every replica and leadership off `broker`, then removes it
+    /// from the registry; its id is never registered again.
+    Decommission {
+        broker: u32,
+    },
     /// A broker has finished a move: `leaving` replicas of `group` are out.
     MoveDone {
         group: u64,
         broker: u32,
     },
-    /// Re-place replicas of brokers down for `grace_ms` or draining, move
-    /// leaderships off draining brokers, drop retired keys.
+    /// Re-place replicas of brokers down for `grace_ms` or draining, make
+    /// the next moves of a rebalance in progress (each broker in at most
+    /// `moves_per_broker_max` at once; 0: the default), move leaderships
+    /// off draining brokers, drop retired keys.
     Reconcile {
         grace_ms: u64,
+        #[serde(default)]
+        moves_per_broker_max: u32,
     },
-    /// Even out preferred leaders across active brokers.
-    Rebalance,
+    /// Even out preferred leaders across active brokers now, and with a
+    /// `goal`, replicas too (moved by the following reconciliations).
+    Rebalance {
+        #[serde(default)]
+        goal: Option<crate::rebalance::Goal>,
+    },
     PutIdpIssuer {
         tenant: String,
         issuer: IdpIssuer,
@@ -175,9 +188,10 @@ impl Command {
             | Bootstrap { tenant, .. } => Some(tenant),
             RegisterBroker { .. }
             | SetBrokerStatus { .. }
+            | Decommission { .. }
             | MoveDone { .. }
             | Reconcile { .. }
-            | Rebalance => None,
+            | Rebalance { .. } => None,
         }
     }
 
@@ -331,6 +345,12 @@ pub struct Metadata {
     pub next_group: u64,
     pub changes: VecDeque<Versioned>,
     pub audit: VecDeque<AuditEntry>,
+    /// A replica rebalance in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<crate::rebalance::Goal>,
+    /// Ids of decommissioned brokers: never registered again.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub retired_brokers: std::collections::BTreeSet<u32>,
 }
 
 /// What streams and caches share in the metadata: a spec, a placement of
@@ -496,6 +516,10 @@ impl Metadata {
                 self.tenants = scratch.tenants;
                 self.brokers = scratch.brokers;
                 self.next_group = scratch.next_group;
+                // A rebalance begun or ended changes no resource.
+                let goal_changed = self.rebalance != scratch.rebalance;
+                self.rebalance = scratch.rebalance;
+                self.retired_brokers = scratch.retired_brokers;
                 if changed {
                     self.version += 1;
                     for change in changes {
@@ -513,7 +537,7 @@ impl Metadata {
                 }
                 Ok(Applied {
                     version: self.version,
-                    changed: self.version != before,
+                    changed: self.version != before || goal_changed,
                     moves,
                 })
             }
@@ -549,6 +573,8 @@ impl Metadata {
             next_group: self.next_group,
             changes: VecDeque::new(),
             audit: VecDeque::new(),
+            rebalance: self.rebalance.clone(),
+            retired_brokers: self.retired_brokers.clone(),
         }
     }
 
@@ -597,7 +623,7 @@ impl Metadata {
             .ok_or_else(|| ApplyError::not_found(format!("no namespace {t}/{n}")))
     }
 
-    fn placements(&self) -> impl Iterator<Item = &ShardPlacement> {
+    pub fn placements(&self) -> impl Iterator<Item = &ShardPlacement> {
         self.tenants.values().flat_map(|t| {
             t.namespaces.values().flat_map(|n| {
                 n.streams
@@ -646,7 +672,8 @@ impl Metadata {
             | SetBrokerStatus { .. }
             | MoveDone { .. }
             | Reconcile { .. }
-            | Rebalance => self.run_brokers(env, moves),
+            | Decommission { .. }
+            | Rebalance { .. } => self.run_brokers(env, moves),
             PutIdpIssuer { .. }
             | DeleteIdpIssuer { .. }
             | RotateKey { .. }
@@ -889,11 +916,23 @@ mod tests {
         .unwrap();
         // Within the grace period nothing moves.
         let a = m
-            .apply(&env(5_000, Command::Reconcile { grace_ms: 10_000 }))
+            .apply(&env(
+                5_000,
+                Command::Reconcile {
+                    grace_ms: 10_000,
+                    moves_per_broker_max: 0,
+                },
+            ))
             .unwrap();
         assert!(a.moves.is_empty());
         let a = m
-            .apply(&env(11_000, Command::Reconcile { grace_ms: 10_000 }))
+            .apply(&env(
+                11_000,
+                Command::Reconcile {
+                    grace_ms: 10_000,
+                    moves_per_broker_max: 0,
+                },
+            ))
             .unwrap();
         assert_eq!(a.moves.len(), hosted);
         assert_eq!(on(&m, victim), 0);
@@ -916,6 +955,126 @@ mod tests {
             .unwrap();
         }
         assert!(m.under_replicated().is_empty());
+    }
+
+    #[test]
+    fn a_new_broker_gets_its_share_a_move_at_a_time_and_zones_stay_spread() {
+        // Three brokers in zones a, b, c; 6 shards at RF 3: 6 replicas each.
+        let mut m = cluster();
+        create(&mut m, "s", 6, 3).unwrap();
+        let reconcile = |m: &mut Metadata, now: u64| {
+            m.apply(&env(
+                now,
+                Command::Reconcile {
+                    grace_ms: 60_000,
+                    moves_per_broker_max: 1,
+                },
+            ))
+            .unwrap()
+        };
+        reconcile(&mut m, 1);
+        assert_eq!(m.rebalance, None, "nothing to move among the first three");
+        // A fourth broker joins, in zone a.
+        m.apply(&env(10, broker(4, "a"))).unwrap();
+        assert!(m.rebalance.is_some(), "a new broker starts a rebalance");
+        let mut rounds = 0;
+        while m.rebalance.is_some() {
+            let a = reconcile(&mut m, 20 + rounds);
+            // Broker 4 takes part in every move: one at a time.
+            assert!(a.moves.len() <= 1, "{:?}", a.moves);
+            for mv in &a.moves {
+                assert_eq!(mv.to, 4);
+                let done = Command::MoveDone {
+                    group: mv.group,
+                    broker: mv.from.unwrap(),
+                };
+                m.apply(&env(30 + rounds, done)).unwrap();
+            }
+            rounds += 1;
+            assert!(rounds < 20, "the rebalance ends");
+        }
+        let on = |b: u32| m.placements().filter(|p| p.replicas.contains(&b)).count();
+        // Zones first: only broker 1 (also zone a) could give replicas up
+        // without a shard losing a zone, so it and 4 share zone a's six.
+        assert_eq!((on(1), on(2), on(3), on(4)), (3, 6, 6, 3));
+        for p in m.placements() {
+            let zones: std::collections::BTreeSet<_> = p
+                .replicas
+                .iter()
+                .map(|b| m.brokers[b].registration.zone.clone())
+                .collect();
+            assert_eq!(zones.len(), 3, "{p:?}");
+        }
+        // A rebalance of a stream that does not exist is refused.
+        let goal = crate::rebalance::Goal {
+            strategy: crate::rebalance::Strategy::MinimizeMovement,
+            stream: Some("t/ns/nope".into()),
+            since_ms: 0,
+        };
+        let e = m
+            .apply(&env(99, Command::Rebalance { goal: Some(goal) }))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(m.rebalance, None);
+    }
+
+    #[test]
+    fn a_decommissioned_broker_leaves_the_registry_once_empty_and_its_id_is_never_reused() {
+        let mut m = cluster();
+        m.apply(&env(0, broker(4, "a"))).unwrap();
+        create(&mut m, "s", 4, 3).unwrap();
+        let on = |m: &Metadata, b: u32| {
+            m.placements()
+                .filter(|p| p.replicas.contains(&b) || p.leaving.contains(&b))
+                .count()
+        };
+        assert!(on(&m, 4) > 0);
+        m.apply(&env(1, Command::Decommission { broker: 4 })).unwrap();
+        assert_eq!(m.brokers[&4].status, BrokerStatus::Draining);
+        assert!(
+            m.placements().all(|p| p.replicas[0] != 4),
+            "leaderships move at once"
+        );
+        let a = m
+            .apply(&env(
+                2,
+                Command::Reconcile {
+                    grace_ms: 60_000,
+                    moves_per_broker_max: 0,
+                },
+            ))
+            .unwrap();
+        assert!(!a.moves.is_empty() && a.moves.iter().all(|mv| mv.from == Some(4)));
+        // Still registered while its replicas are leaving.
+        assert!(m.brokers.contains_key(&4));
+        for mv in &a.moves {
+            let done = Command::MoveDone {
+                group: mv.group,
+                broker: 4,
+            };
+            m.apply(&env(3, done)).unwrap();
+        }
+        assert_eq!(on(&m, 4), 0);
+        m.apply(&env(
+            4,
+            Command::Reconcile {
+                grace_ms: 60_000,
+                moves_per_broker_max: 0,
+            },
+        ))
+        .unwrap();
+        assert!(!m.brokers.contains_key(&4), "gone from the registry");
+        assert!(m.retired_brokers.contains(&4));
+        let e = m.apply(&env(5, broker(4, "a"))).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+        // An undrain ends a decommission before it is over.
+        m.apply(&env(6, Command::Decommission { broker: 3 })).unwrap();
+        let undrain = Command::SetBrokerStatus {
+            broker: 3,
+            status: BrokerStatus::Active,
+        };
+        m.apply(&env(7, undrain)).unwrap();
+        assert!(!m.brokers[&3].decommissioning && m.brokers[&3].status == BrokerStatus::Active);
     }
 
     #[test]
@@ -959,9 +1118,23 @@ mod tests {
         };
         assert_eq!(kids(&m), vec!["k1", "k2"]);
         assert_eq!(m.jwks("t").unwrap()["keys"].as_array().unwrap().len(), 2);
-        m.apply(&env(5_999, Command::Reconcile { grace_ms: 0 })).unwrap();
+        m.apply(&env(
+            5_999,
+            Command::Reconcile {
+                grace_ms: 0,
+                moves_per_broker_max: 0,
+            },
+        ))
+        .unwrap();
         assert_eq!(kids(&m), vec!["k1", "k2"]);
-        m.apply(&env(6_000, Command::Reconcile { grace_ms: 0 })).unwrap();
+        m.apply(&env(
+            6_000,
+            Command::Reconcile {
+                grace_ms: 0,
+                moves_per_broker_max: 0,
+            },
+        ))
+        .unwrap();
         assert_eq!(kids(&m), vec!["k2"]);
         let dup = m.apply(&env(
             7_000,

@@ -1,0 +1,151 @@
+//! Which replicas this broker holds: exactly the shards the placement puts
+//! on it (`StreamMeta::hosts`). A shard newly placed here is opened and its
+//! group joined (it catches up as a learner); one placed away is retired
+//! (its group shut down, its files and index entries deleted) only once
+//! the placement no longer lists it at all, which the control plane does
+//! after the leader reported the move done on a committed membership
+//! (`control/moves.rs`). A move that fails halfway leaves the old replica
+//! serving.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::{Node, StreamHandle};
+use crate::error::BrokerError;
+use crate::meta::StreamMeta;
+use crate::names::StreamName;
+use crate::shard::HostedShard;
+
+impl Node {
+    /// Makes the replicas held of stream `name` those `m` places here, and
+    /// installs its handle: newly placed shards are opened (and, in a
+    /// running cluster, their groups founded or joined; `fresh`: the
+    /// stream was just created), shards placed away are retired.
+    pub(super) fn rehost(
+        &self,
+        name: &StreamName,
+        m: StreamMeta,
+        fresh: bool,
+    ) -> Result<Arc<StreamHandle>, BrokerError> {
+        let old = self.stream_by_name(name).ok();
+        let me = self.broker_id;
+        let mut shards = Vec::with_capacity(m.shards.len());
+        let mut opened = Vec::new();
+        let signal = old
+            .as_ref()
+            .map_or_else(|| Arc::new(watch::channel(0u64).0), |h| h.signal.clone());
+        for (i, id) in m.shards.iter().enumerate() {
+            let id = felix_log::ShardId(*id);
+            let have = old
+                .as_ref()
+                .and_then(|h| h.held(i as u32))
+                .filter(|s| s.id == id)
+                .cloned();
+            match (m.hosts(i, me), have) {
+                (true, Some(s)) => shards.push(Some(s)),
+                (true, None) => {
+                    let s = self.open_shard(id, &m, &signal)?;
+                    opened.push(i);
+                    shards.push(Some(s));
+                }
+                (false, Some(s)) => {
+                    tracing::info!(stream = %name, shard = i, "the placement moved this replica away: retiring it");
+                    self.retire(&s)?;
+                    shards.push(None);
+                }
+                (false, None) => {
+                    // Left by a retirement a crash interrupted.
+                    let dir = self.shard_dir(id);
+                    if dir.exists() {
+                        remove_shard_dir(&dir);
+                    }
+                    shards.push(None);
+                }
+            }
+        }
+        // A stream made again under the same name has other shard ids.
+        for (_, s) in old.iter().flat_map(|h| h.hosted()) {
+            if !m.shards.contains(&s.id.0) {
+                self.retire(s)?;
+            }
+        }
+        let elsewhere = (0..m.shards.len())
+            .map(|i| self.placed_elsewhere(&m, i))
+            .collect();
+        let h = Arc::new(StreamHandle {
+            name: name.clone(),
+            meta: Mutex::new(m),
+            shards,
+            elsewhere,
+            signal,
+            subscribers: old.map_or_else(|| Arc::new(AtomicUsize::new(0)), |h| h.subscribers.clone()),
+        });
+        self.streams
+            .write()
+            .expect("streams lock")
+            .insert(name.to_string(), h.clone());
+        for i in opened {
+            self.start_group(&h, i, fresh);
+        }
+        Ok(h)
+    }
+
+    /// A broker other than this one placed on shard `shard` of `m` (the
+    /// preferred first), with its client address.
+    fn placed_elsewhere(&self, m: &StreamMeta, shard: usize) -> Option<(u64, String)> {
+        let c = self.cluster()?;
+        m.placed(shard)
+            .filter(|b| *b != self.broker_id)
+            .find_map(|b| Some((b, c.peers.get(&b)?.client_addr.clone())))
+    }
+
+    /// Stops serving replica `s` and deletes it: its readers end, its
+    /// index entries go, and its files are removed once its group (if
+    /// any) has shut down, so no RPC writes into a deleted directory.
+    pub(super) fn retire(&self, s: &Arc<HostedShard>) -> Result<(), BrokerError> {
+        s.close();
+        self.maintenance.unregister(s.id);
+        self.hot.forget_shard(s.id);
+        self.index.clear_shard(s.id)?;
+        let dir = self.shard_dir(s.id);
+        match (s.replica().cloned(), self.cluster().cloned()) {
+            (Some(r), Some(c)) => {
+                tokio::spawn(async move {
+                    r.shutdown(&c.router).await;
+                    remove_shard_dir(&dir);
+                });
+            }
+            _ => remove_shard_dir(&dir),
+        }
+        Ok(())
+    }
+
+    /// Starts the group of stream `h`'s shard `shard` in the background:
+    /// founded by the brokers that founded it, joined by any other.
+    pub(super) fn start_group(&self, h: &Arc<StreamHandle>, shard: usize, fresh: bool) {
+        let (Some(cluster), Some(s)) = (self.cluster().cloned(), h.held(shard as u32).cloned()) else {
+            return;
+        };
+        let m = h.meta();
+        let founders = m.founders_of(shard).to_vec();
+        let preferred = m.preferred_leader(shard);
+        let dir = HostedShard::raft_dir(&self.shard_dir(s.id));
+        tokio::spawn(async move {
+            if let Err(e) = cluster.start_shard(&s, dir, fresh, &founders, preferred).await {
+                tracing::error!(shard = s.id.0, error = %e, "starting the shard's group failed");
+            }
+        });
+    }
+}
+
+fn remove_shard_dir(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => tracing::info!(dir = %dir.display(), "a retired replica's files were removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a retired replica's files")
+        }
+    }
+}
