@@ -408,7 +408,7 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
 }
 
 /// CPU time of process `pid` so far (user + system), from /proc.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the parenthesised command name; utime and stime are
     // the 14th and 15th of the whole line.

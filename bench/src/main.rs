@@ -9,6 +9,7 @@ mod index;
 mod log;
 mod measure;
 mod peers;
+mod scale;
 mod wire;
 
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ pub enum BenchCommand {
     /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
     /// then the failover time after a leader's SIGKILL.
     Cluster(cluster::Args),
+    /// Scale-out: one write workload (RF=3, many shards) on 3 and on 6
+    /// brokers placed by a control plane; bytes written and CPU seconds
+    /// per broker, and their ratio.
+    Scale(scale::Args),
     /// The same workloads against Felix and a peer in one run (NATS
     /// JetStream: publish, fan-out, queue, replay, RF=3; Redis: cache),
     /// with ratios, the machine's limits, a markdown table and PNG charts.
@@ -64,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
+        BenchCommand::Scale(a) => scale::run(a),
         BenchCommand::Peers(a) => peers::run(a),
         BenchCommand::RunBroker { config } => felix_cli::run::broker_from_file(config),
     }

@@ -419,13 +419,13 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
     // Down after 3 missed 500 ms heartbeats; re-placed 2 s after that.
     let mut p = Placed::start(
         dir.path(),
-        4,
+        5,
         "broker_heartbeat_interval_ms = 500\nreplace_after_ms = 2000\n",
         false,
     )
     .await;
-    // Every shard's voters become exactly its three placed brokers (the
-    // groups were founded on all four), led by the preferred one.
+    // Every shard's voters are exactly its three placed brokers (of five),
+    // led by the preferred one.
     let client = p.client_without(None).await;
     let before = until(60, "groups matching the placement", || p.settled(&client)).await;
     assert!(before.iter().all(|s| s.replicas.len() == 3), "{before:?}");
@@ -463,6 +463,21 @@ async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_i
     let client = p.client_without(None).await;
     let before = until(60, "groups matching the placement", || p.settled(&client)).await;
     let mut acked = publish_keyed(&client, 0..30, "acknowledged").await;
+    // A producer writes on through the whole decommission.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (p.client_without(None).await, stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut next = 1_000u32;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let what = "acknowledged during the decommission";
+                acked.extend(publish_keyed(&client, next..next + 10, what).await);
+                next += 10;
+            }
+            acked
+        })
+    };
     // The preferred leader of shard 0: it holds a replica and leads.
     let drained = before[0].preferred;
     let (s, v) = p.post(&format!("/v1/brokers/{drained}/decommission")).await;
@@ -510,6 +525,10 @@ async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_i
         .await
         .unwrap();
     assert_eq!(s, 400, "a retired id is refused: {v}");
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let during = load.await.expect("no publish failed during the decommission");
+    assert!(!during.is_empty());
+    acked.extend(during);
     acked.extend(publish_keyed(&client, 30..60, "acknowledged after the decommission").await);
     let others = p.client_without(Some(drained)).await;
     read_back(&others, &acked).await;
