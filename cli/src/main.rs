@@ -76,6 +76,9 @@ enum Command {
     /// The cluster as its brokers report it.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// One shard of a stream or cache.
+    #[command(subcommand)]
+    Shard(ShardCommand),
     /// Configuration files: check one, print the documented schema.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -118,6 +121,20 @@ enum ClusterCommand {
         /// Report progress until it is over.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShardCommand {
+    /// Move a shard's leadership to another of its replicas (kept there
+    /// against leader balancing). Talks to the control plane.
+    Transfer {
+        /// tenant/namespace/name
+        stream: String,
+        shard: u32,
+        /// The broker to lead it (one holding a replica).
+        #[arg(long)]
+        to: u32,
     },
 }
 
@@ -227,6 +244,9 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Command::Cluster(ClusterCommand::Status { lag_max }) => rt()?
             .block_on(status::cluster_status(&common, lag_max))
             .map_err(with_hint),
+        Command::Shard(ShardCommand::Transfer { stream, shard, to }) => {
+            rt()?.block_on(felix_cli::operator::transfer(&common, &stream, shard, to))
+        }
         Command::Cluster(ClusterCommand::Decommission { broker, wait }) => {
             rt()?.block_on(felix_cli::operator::decommission(&common, broker, wait))
         }

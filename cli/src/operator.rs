@@ -95,6 +95,28 @@ impl Operator {
     }
 }
 
+/// `felix shard transfer`: makes `broker` shard `shard`'s preferred (and
+/// pinned) leader; its group's leader hands over to it.
+pub async fn transfer(c: &Common, stream: &str, shard: u32, broker: u32) -> anyhow::Result<()> {
+    let parts: Vec<&str> = stream.split('/').collect();
+    let [tenant, namespace, name] = parts[..] else {
+        bail!("give the stream or cache as tenant/namespace/name, not {stream:?}");
+    };
+    let op = Operator::from_profile(c)?;
+    let path = format!("/v1/tenants/{tenant}/namespaces/{namespace}/shards/{name}/{shard}/leader");
+    op.call(reqwest::Method::POST, &path, Some(json!({ "broker": broker })))
+        .await?;
+    if c.output == Output::Json {
+        println!(
+            "{}",
+            json!({"stream": stream, "shard": shard, "preferred_leader": broker})
+        );
+    } else {
+        println!("{stream} shard {shard}: broker {broker} is the preferred leader; the group's leader hands over to it");
+    }
+    Ok(())
+}
+
 /// `felix cluster decommission`: moves everything off `broker`; with
 /// `wait`, reports the replicas left on it until the registry drops it.
 pub async fn decommission(c: &Common, broker: u32, wait: bool) -> anyhow::Result<()> {

@@ -411,6 +411,44 @@ async fn five_brokers_hold_exactly_their_placed_replicas_and_each_names_every_le
         (&json!(10), &json!(0), &json!(0)),
         "{s}"
     );
+
+    // An operator moves shard 0's leadership to another of its replicas.
+    let to = *placed[0]
+        .replicas
+        .iter()
+        .find(|b| **b != placed[0].preferred)
+        .unwrap();
+    let path = "/v1/tenants/acme/namespaces/prod/shards/orders/0/leader";
+    let (status, v) = call(
+        &p.http,
+        p.port,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"broker": to})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{v}");
+    let moved = Instant::now();
+    let after = until(30, "shard 0 led by the broker it was transferred to", || async {
+        let s = p.settled(&client).await?;
+        (s[0].preferred == to).then_some(s)
+    })
+    .await;
+    println!("leadership transferred in {:.1} s", moved.elapsed().as_secs_f64());
+    assert_eq!(after[0].replicas, placed[0].replicas, "only the leader changed");
+    // A broker that holds no replica cannot be made its leader.
+    let outsider = (1..=5u64).find(|b| !placed[0].replicas.contains(b)).unwrap();
+    let (status, v) = call(
+        &p.http,
+        p.port,
+        reqwest::Method::POST,
+        path,
+        Some(json!({"broker": outsider})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -239,6 +239,10 @@ pub struct ShardPlacement {
     pub replicas: Vec<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub leaving: Vec<u32>,
+    /// The preferred leader (`replicas[0]`) was chosen by an operator
+    /// (`TransferLeader`): leader balancing leaves it where it is.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leader_pinned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -205,6 +205,7 @@ mod tests {
             group: 7,
             replicas: replicas.to_vec(),
             leaving: leaving.to_vec(),
+            leader_pinned: false,
         }
     }
 

@@ -104,6 +104,33 @@ pub(super) async fn decommission(State(n): S, h: HeaderMap, Path(id): Path<u32>)
     ))
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Transfer {
+    broker: u32,
+}
+
+/// The reference API's TransferShardLeadership: the placement's preferred
+/// leader becomes `broker`, whose replica the group's leader then hands
+/// leadership to (`broker/src/control/moves.rs`).
+pub(super) async fn transfer_leader(
+    State(n): S,
+    h: HeaderMap,
+    Path((tenant, namespace, name, shard)): Path<(String, String, String, u32)>,
+    b: Bytes,
+) -> ApiResult {
+    let c = operator(&n, &h)?;
+    let t: Transfer = body(&b)?;
+    let cmd = Command::TransferLeader {
+        tenant,
+        namespace,
+        name,
+        shard,
+        broker: t.broker,
+    };
+    Ok(applied(n.propose(&c.actor(), cmd).await?))
+}
+
 pub(super) async fn move_done(
     State(n): S,
     h: HeaderMap,

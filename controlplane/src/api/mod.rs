@@ -79,6 +79,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "A stream's spec and placement."),
     ("patch", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "Change retention or max_deliveries; reaches brokers through the feed."),
     ("delete", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "Delete a stream; 409 while subscribers are active unless ?force=true."),
+    ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/shards/{name}/{shard}/leader", "operator", "Move a shard's leadership (stream or cache `name`) to one of its replicas {broker}; pinned there against leader balancing."),
     ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "List caches (paginated)."),
     ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "Create a cache {name, shards, replication_factor, default_ttl_ms, memory_bytes_max}."),
     ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/caches/{cache}", "resource.manage", "A cache's spec and placement."),
@@ -316,6 +317,10 @@ pub fn router(node: Arc<Node>) -> Router {
             get(get_placed::<Stream>)
                 .patch(patch_stream)
                 .delete(delete_stream),
+        )
+        .route(
+            "/v1/tenants/:tenant/namespaces/:namespace/shards/:name/:shard/leader",
+            post(transfer_leader),
         )
         .route(
             "/v1/tenants/:tenant/namespaces/:namespace/caches",

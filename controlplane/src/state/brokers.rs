@@ -205,7 +205,14 @@ impl Metadata {
 
     pub(super) fn balance_leaders(&mut self) -> Vec<Change> {
         let mut cluster = self.cluster();
-        self.for_each_placement(|p| cluster.balance_leader(&mut p.replicas))
+        self.for_each_placement(|p| {
+            // An operator's choice stays, unless its broker is leaving.
+            let chosen = p.leader_pinned
+                && p.replicas
+                    .first()
+                    .is_some_and(|b| cluster.get(*b).is_some_and(|c| c.accepting));
+            !chosen && cluster.balance_leader(&mut p.replicas)
+        })
     }
 
     /// Replicas on brokers down past the grace period, or draining, get a
@@ -236,6 +243,8 @@ impl Metadata {
                     continue;
                 };
                 p.replicas[i] = new;
+                // A pinned leader that leaves takes its pin with it.
+                p.leader_pinned &= i != 0;
                 if !p.leaving.contains(&gone) {
                     p.leaving.push(gone);
                 }
@@ -350,6 +359,7 @@ impl Metadata {
                 return false;
             };
             p.replicas[i] = to;
+            p.leader_pinned &= i != 0;
             if !p.leaving.contains(&from) {
                 p.leaving.push(from);
             }

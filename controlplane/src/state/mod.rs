@@ -86,6 +86,15 @@ pub enum Command {
         namespace: String,
         cache: String,
     },
+    /// Makes `broker` (one of its replicas) shard `shard`'s preferred
+    /// leader, pinned there: the stream's or cache's (named `name`).
+    TransferLeader {
+        tenant: String,
+        namespace: String,
+        name: String,
+        shard: u32,
+        broker: u32,
+    },
     RegisterBroker {
         registration: BrokerRegistration,
     },
@@ -178,6 +187,7 @@ impl Command {
             | DeleteStream { tenant, .. }
             | CreateCache { tenant, .. }
             | DeleteCache { tenant, .. }
+            | TransferLeader { tenant, .. }
             | PutIdpIssuer { tenant, .. }
             | DeleteIdpIssuer { tenant, .. }
             | RotateKey { tenant, .. }
@@ -666,6 +676,7 @@ impl Metadata {
             CreateStream { .. }
             | UpdateStream { .. }
             | DeleteStream { .. }
+            | TransferLeader { .. }
             | CreateCache { .. }
             | DeleteCache { .. } => self.run_resources(env, moves),
             RegisterBroker { .. }
@@ -1075,6 +1086,49 @@ mod tests {
         };
         m.apply(&env(7, undrain)).unwrap();
         assert!(!m.brokers[&3].decommissioning && m.brokers[&3].status == BrokerStatus::Active);
+    }
+
+    #[test]
+    fn a_transferred_leadership_is_pinned_against_balancing_until_its_broker_leaves() {
+        let mut m = cluster();
+        create(&mut m, "s", 3, 3).unwrap();
+        let first = |m: &Metadata| m.namespace("t", "ns").unwrap().streams["s"].placement[0].clone();
+        let p = first(&m);
+        let to = p.replicas[1];
+        let transfer = |broker| Command::TransferLeader {
+            tenant: "t".into(),
+            namespace: "ns".into(),
+            name: "s".into(),
+            shard: 0,
+            broker,
+        };
+        m.apply(&env(1, transfer(to))).unwrap();
+        assert_eq!(first(&m).replicas[0], to);
+        assert!(first(&m).leader_pinned);
+        // Three shards, three brokers: `to` now leads two; balancing keeps it.
+        m.apply(&env(2, Command::Rebalance { goal: None })).unwrap();
+        assert_eq!(first(&m).replicas[0], to, "pinned");
+        // Not a replica, or no such shard: refused.
+        m.apply(&env(3, broker(4, "a"))).unwrap();
+        assert_eq!(
+            m.apply(&env(4, transfer(4))).unwrap_err().kind,
+            ErrorKind::Invalid
+        );
+        let beyond = Command::TransferLeader {
+            tenant: "t".into(),
+            namespace: "ns".into(),
+            name: "s".into(),
+            shard: 3,
+            broker: to,
+        };
+        assert_eq!(m.apply(&env(5, beyond)).unwrap_err().kind, ErrorKind::Invalid);
+        // Its broker drains: the leadership moves on, pin or not.
+        let drain = Command::SetBrokerStatus {
+            broker: to,
+            status: BrokerStatus::Draining,
+        };
+        m.apply(&env(6, drain)).unwrap();
+        assert_ne!(first(&m).replicas[0], to);
     }
 
     #[test]

@@ -55,6 +55,51 @@ impl Metadata {
                 namespace,
                 cache,
             } => self.delete_placed::<Cache>(tenant, namespace, cache),
+            TransferLeader {
+                tenant,
+                namespace,
+                name,
+                shard,
+                broker,
+            } => {
+                let n = self.namespace_mut(tenant, namespace)?;
+                let path = format!("{tenant}/{namespace}/{name}");
+                let placement = match (n.streams.get_mut(name), n.caches.get_mut(name)) {
+                    (Some(s), _) => &mut s.placement,
+                    (None, Some(c)) => &mut c.placement,
+                    (None, None) => return Err(ApplyError::not_found(format!("no stream or cache {path}"))),
+                };
+                let shards = placement.len();
+                let p = placement.get_mut(*shard as usize).ok_or_else(|| {
+                    ApplyError::invalid(format!("{path} has {shards} shard(s); there is no shard {shard}"))
+                })?;
+                let Some(at) = p.replicas.iter().position(|b| b == broker) else {
+                    return Err(ApplyError::invalid(format!(
+                        "broker {broker} holds no replica of {path} shard {shard} (its replicas: {:?})",
+                        p.replicas
+                    )));
+                };
+                if at == 0 && p.leader_pinned {
+                    return Ok(vec![]);
+                }
+                p.replicas.swap(0, at);
+                p.leader_pinned = true;
+                let value_stream = n.streams.get(name).cloned();
+                Ok(vec![match value_stream {
+                    Some(s) => Change::Stream {
+                        tenant: tenant.clone(),
+                        namespace: namespace.clone(),
+                        stream: name.clone(),
+                        value: Some(s),
+                    },
+                    None => Change::Cache {
+                        tenant: tenant.clone(),
+                        namespace: namespace.clone(),
+                        cache: name.clone(),
+                        value: n.caches.get(name).cloned(),
+                    },
+                }])
+            }
             _ => unreachable!("run routes only stream and cache commands here"),
         }
     }
@@ -143,6 +188,7 @@ impl Metadata {
                 group,
                 replicas,
                 leaving: Vec::new(),
+                leader_pinned: false,
             });
         }
         Ok(out)
