@@ -666,6 +666,89 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
     child.kill();
 }
 
+/// A rebalance fills an empty broker: 5 brokers, 10 shards at RF 3; one is
+/// drained empty (its replicas and their files go), taken back, and a
+/// rebalance moves replicas onto it until every broker holds 6 again, with
+/// a producer writing throughout and every acknowledged record read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_moves_replicas_onto_an_empty_broker_until_every_broker_holds_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Placed::start_with_shards(dir.path(), 5, "", false, 10).await;
+    let client = p.client_without(None).await;
+    let before = until(90, "groups matching the placement", || p.settled(&client)).await;
+    let mut acked = publish_keyed(&client, 0..40, "acknowledged").await;
+    let empty = before[0].preferred;
+    let shards_dir = p.cluster.members[p.cluster.index_of(empty)]
+        .at
+        .data_dir
+        .join("shards");
+    let (s, v) = p.post(&format!("/v1/brokers/{empty}/drain")).await;
+    assert_eq!(s, 200, "{v}");
+    until(60, "the drained broker empty", || async {
+        p.settled_without(&client, empty).await?;
+        (std::fs::read_dir(&shards_dir).ok()?.count() == 0).then_some(())
+    })
+    .await;
+    let (s, v) = p.post(&format!("/v1/brokers/{empty}/undrain")).await;
+    assert_eq!(s, 200, "{v}");
+    // A producer writes through the rebalance.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (p.client_without(None).await, stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut next = 1_000u32;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                acked.extend(
+                    publish_keyed(&client, next..next + 10, "acknowledged during the rebalance").await,
+                );
+                next += 10;
+            }
+            acked
+        })
+    };
+    let started = Instant::now();
+    let (s, v) = call(
+        &p.http,
+        p.port,
+        reqwest::Method::POST,
+        "/v1/rebalance",
+        Some(json!({"strategy": "minimize_movement"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let after = until(90, "every broker holding 6 replicas, nothing moving", || async {
+        let (_, r) = call(&p.http, p.port, reqwest::Method::GET, "/v1/rebalance", None)
+            .await
+            .ok()?;
+        if !r["rebalance"].is_null() {
+            return None;
+        }
+        let placed = p.settled(&client).await?;
+        let mut per: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+        for s in &placed {
+            for b in &s.replicas {
+                *per.entry(*b).or_default() += 1;
+            }
+        }
+        (per.len() == 5 && per.values().all(|n| *n == 6)).then_some(placed)
+    })
+    .await;
+    println!(
+        "rebalanced onto the empty broker in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Its directories are its placed replicas, caught up from the others.
+    let held = after.iter().filter(|s| s.replicas.contains(&empty)).count();
+    assert_eq!(std::fs::read_dir(&shards_dir).unwrap().count(), held);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let during = load.await.expect("no publish failed during the rebalance");
+    assert!(!during.is_empty());
+    acked.extend(during);
+    read_back(&client, &acked).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_returns_to_the_preferred_replica_after_a_failover() {
     let dir = tempfile::tempdir().unwrap();
