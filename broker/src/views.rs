@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use felix_replication::{GroupId, GroupView, GROUPS_ASKED_MAX};
-
-use crate::cluster::Cluster;
+use felix_replication::{BrokerNode, GroupId, GroupView, Transport, GROUPS_ASKED_MAX};
 
 /// How long a learned view is used before it is asked for again.
 pub const GROUP_VIEW_TTL_MS: u64 = 1_000;
@@ -27,12 +25,14 @@ pub struct GroupViews {
 
 impl GroupViews {
     /// The view of each group of `wanted` (group, brokers placed on it,
-    /// preferred first) that a placed broker could give within
-    /// [`GROUP_VIEW_ASK_MS`] per round; a group none answered for is
-    /// left out.
+    /// preferred first) that a placed broker other than `me` (asked at its
+    /// address in `peers`) could give within [`GROUP_VIEW_ASK_MS`] per
+    /// round; a group none answered for is left out.
     pub async fn learn(
         &self,
-        cluster: &Cluster,
+        transport: &std::sync::Arc<Transport>,
+        me: u64,
+        peers: &BTreeMap<u64, BrokerNode>,
         wanted: &[(GroupId, Vec<u64>)],
     ) -> HashMap<GroupId, GroupView> {
         let ttl = Duration::from_millis(GROUP_VIEW_TTL_MS);
@@ -56,7 +56,7 @@ impl GroupViews {
                 if out.contains_key(g) {
                     continue;
                 }
-                let mut others = placed.iter().filter(|b| **b != cluster.broker);
+                let mut others = placed.iter().filter(|b| **b != me);
                 if let Some(b) = others.nth(rank) {
                     asks.entry(*b).or_default().push(*g);
                 }
@@ -65,8 +65,8 @@ impl GroupViews {
                 break;
             }
             let calls = asks.into_iter().filter_map(|(b, groups)| {
-                let addr = cluster.peers.get(&b)?.raft_addr.clone();
-                let t = cluster.transport.clone();
+                let addr = peers.get(&b)?.raft_addr.clone();
+                let t = transport.clone();
                 Some(async move {
                     let mut got = Vec::new();
                     for chunk in groups.chunks(GROUPS_ASKED_MAX) {

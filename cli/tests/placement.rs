@@ -314,6 +314,38 @@ impl Placed {
     }
 }
 
+/// A producer writing keyed records through whatever happens meanwhile,
+/// each batch of ten awaited (a failed publish panics its task).
+struct Writing {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(u32, u64)>>,
+}
+
+impl Writing {
+    async fn start(p: &Placed, what: &'static str) -> Writing {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (client, flag) = (p.client_without(None).await, stop.clone());
+        let task = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut next = 1_000u32;
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                acked.extend(publish_keyed(&client, next..next + 10, what).await);
+                next += 10;
+            }
+            acked
+        });
+        Writing { stop, task }
+    }
+
+    /// Every (shard, offset) acknowledged; panics if a publish failed.
+    async fn finish(self) -> Vec<(u32, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let acked = self.task.await.expect("no publish failed");
+        assert!(!acked.is_empty());
+        acked
+    }
+}
+
 /// Hosting follows placement: 5 brokers and a stream of 10 shards at RF 3
 /// hold exactly the 30 placed replicas (6 per broker, each where the
 /// placement puts it, none elsewhere), and every broker's metadata names
@@ -418,16 +450,17 @@ async fn five_brokers_hold_exactly_their_placed_replicas_and_each_names_every_le
         .iter()
         .find(|b| **b != placed[0].preferred)
         .unwrap();
-    let path = "/v1/tenants/acme/namespaces/prod/shards/orders/0/leader";
-    let (status, v) = call(
-        &p.http,
-        p.port,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"broker": to})),
-    )
-    .await
-    .unwrap();
+    let transfer = |broker: u64| {
+        let path = "/v1/tenants/acme/namespaces/prod/shards/orders/0/leader";
+        call(
+            &p.http,
+            p.port,
+            reqwest::Method::POST,
+            path,
+            Some(json!({"broker": broker})),
+        )
+    };
+    let (status, v) = transfer(to).await.unwrap();
     assert_eq!(status, 200, "{v}");
     let moved = Instant::now();
     let after = until(30, "shard 0 led by the broker it was transferred to", || async {
@@ -439,15 +472,7 @@ async fn five_brokers_hold_exactly_their_placed_replicas_and_each_names_every_le
     assert_eq!(after[0].replicas, placed[0].replicas, "only the leader changed");
     // A broker that holds no replica cannot be made its leader.
     let outsider = (1..=5u64).find(|b| !placed[0].replicas.contains(b)).unwrap();
-    let (status, v) = call(
-        &p.http,
-        p.port,
-        reqwest::Method::POST,
-        path,
-        Some(json!({"broker": outsider})),
-    )
-    .await
-    .unwrap();
+    let (status, v) = transfer(outsider).await.unwrap();
     assert_eq!(status, 400, "{v}");
 }
 
@@ -502,20 +527,7 @@ async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_i
     let before = until(60, "groups matching the placement", || p.settled(&client)).await;
     let mut acked = publish_keyed(&client, 0..30, "acknowledged").await;
     // A producer writes on through the whole decommission.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (client, stop) = (p.client_without(None).await, stop.clone());
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut next = 1_000u32;
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                let what = "acknowledged during the decommission";
-                acked.extend(publish_keyed(&client, next..next + 10, what).await);
-                next += 10;
-            }
-            acked
-        })
-    };
+    let load = Writing::start(&p, "acknowledged during the decommission").await;
     // The preferred leader of shard 0: it holds a replica and leads.
     let drained = before[0].preferred;
     let (s, v) = p.post(&format!("/v1/brokers/{drained}/decommission")).await;
@@ -563,10 +575,7 @@ async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_i
         .await
         .unwrap();
     assert_eq!(s, 400, "a retired id is refused: {v}");
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let during = load.await.expect("no publish failed during the decommission");
-    assert!(!during.is_empty());
-    acked.extend(during);
+    acked.extend(load.finish().await);
     acked.extend(publish_keyed(&client, 30..60, "acknowledged after the decommission").await);
     let others = p.client_without(Some(drained)).await;
     read_back(&others, &acked).await;
@@ -692,21 +701,7 @@ async fn a_rebalance_moves_replicas_onto_an_empty_broker_until_every_broker_hold
     let (s, v) = p.post(&format!("/v1/brokers/{empty}/undrain")).await;
     assert_eq!(s, 200, "{v}");
     // A producer writes through the rebalance.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (client, stop) = (p.client_without(None).await, stop.clone());
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            let mut next = 1_000u32;
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                acked.extend(
-                    publish_keyed(&client, next..next + 10, "acknowledged during the rebalance").await,
-                );
-                next += 10;
-            }
-            acked
-        })
-    };
+    let load = Writing::start(&p, "acknowledged during the rebalance").await;
     let started = Instant::now();
     let (s, v) = call(
         &p.http,
@@ -742,10 +737,7 @@ async fn a_rebalance_moves_replicas_onto_an_empty_broker_until_every_broker_hold
     // Its directories are its placed replicas, caught up from the others.
     let held = after.iter().filter(|s| s.replicas.contains(&empty)).count();
     assert_eq!(std::fs::read_dir(&shards_dir).unwrap().count(), held);
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let during = load.await.expect("no publish failed during the rebalance");
-    assert!(!during.is_empty());
-    acked.extend(during);
+    acked.extend(load.finish().await);
     read_back(&client, &acked).await;
 }
 

@@ -33,6 +33,21 @@ pub struct Candidate {
     pub leaders: u32,
 }
 
+impl Candidate {
+    /// An active broker with room and nothing on it yet (tests).
+    #[cfg(test)]
+    pub(crate) fn idle(id: u32, zone: Option<&str>) -> Candidate {
+        Candidate {
+            id,
+            zone: zone.map(String::from),
+            accepting: true,
+            shards_max: 100,
+            replicas: 0,
+            leaders: 0,
+        }
+    }
+}
+
 /// The brokers, updated as placement decides so later shards see earlier
 /// ones' choices.
 #[derive(Debug, Clone, Default)]
@@ -182,15 +197,10 @@ impl Cluster {
 mod tests {
     use super::*;
 
+    use Candidate as C;
+
     fn broker(id: u32, zone: Option<&str>) -> Candidate {
-        Candidate {
-            id,
-            zone: zone.map(String::from),
-            accepting: true,
-            shards_max: 100,
-            replicas: 0,
-            leaders: 0,
-        }
+        C::idle(id, zone)
     }
 
     #[test]

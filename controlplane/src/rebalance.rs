@@ -209,14 +209,7 @@ mod tests {
     use super::*;
 
     fn broker(id: u32, zone: Option<&str>) -> Candidate {
-        Candidate {
-            id,
-            zone: zone.map(String::from),
-            accepting: true,
-            shards_max: 100,
-            replicas: 0,
-            leaders: 0,
-        }
+        Candidate::idle(id, zone)
     }
 
     /// 10 shards of one stream at RF 3 placed evenly on brokers 1-5.

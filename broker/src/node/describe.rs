@@ -68,7 +68,7 @@ impl Node {
                 if wanted.is_empty() {
                     Default::default()
                 } else {
-                    c.views.learn(c, &wanted).await
+                    c.views.learn(&c.transport, c.broker, &c.peers, &wanted).await
                 }
             }
             None => Default::default(),

@@ -242,17 +242,7 @@ impl Metadata {
                 let Some(new) = cluster.replace(&p.replicas, gone) else {
                     continue;
                 };
-                p.replicas[i] = new;
-                // A pinned leader that leaves takes its pin with it.
-                p.leader_pinned &= i != 0;
-                if !p.leaving.contains(&gone) {
-                    p.leaving.push(gone);
-                }
-                moves.push(Move {
-                    group: p.group,
-                    from: Some(gone),
-                    to: new,
-                });
+                move_replica(p, i, new, moves);
                 any = true;
             }
             any
@@ -358,16 +348,7 @@ impl Metadata {
             let Some(i) = p.replicas.iter().position(|r| *r == from) else {
                 return false;
             };
-            p.replicas[i] = to;
-            p.leader_pinned &= i != 0;
-            if !p.leaving.contains(&from) {
-                p.leaving.push(from);
-            }
-            moves.push(Move {
-                group: p.group,
-                from: Some(from),
-                to,
-            });
+            move_replica(p, i, to, moves);
             true
         })
     }
@@ -386,4 +367,20 @@ impl Metadata {
             .map(|p| p.group)
             .collect()
     }
+}
+
+/// Starts moving `p`'s replica `i` to broker `to`: the old one is listed as
+/// leaving until the shard's leader reports the move done.
+fn move_replica(p: &mut ShardPlacement, i: usize, to: u32, moves: &mut Vec<Move>) {
+    let from = std::mem::replace(&mut p.replicas[i], to);
+    // A pinned leader that leaves takes its pin with it.
+    p.leader_pinned &= i != 0;
+    if !p.leaving.contains(&from) {
+        p.leaving.push(from);
+    }
+    moves.push(Move {
+        group: p.group,
+        from: Some(from),
+        to,
+    });
 }
