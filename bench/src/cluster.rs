@@ -407,6 +407,16 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` broker processes of one cluster on loopback ports, `extra` in each
+/// broker's file.
+pub(crate) fn cluster_on_loopback(
+    dir: &std::path::Path,
+    n: u32,
+    extra: &str,
+) -> anyhow::Result<LocalBrokers> {
+    LocalBrokers::spawn(crate::RUN_BROKER, dir, "127.0.0.1:0".parse()?, n, extra, true)
+}
+
 /// CPU time of process `pid` so far (user + system), from /proc.
 pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -430,14 +440,7 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     // Idle shards hold nothing: small segments keep 3 × `shards`
     // preallocated segments from filling a small disk.
     let extra = format!("[log]\nsegment_bytes = {IDLE_SEGMENT_BYTES}\n");
-    let brokers = LocalBrokers::spawn(
-        crate::RUN_BROKER,
-        dir.path(),
-        "127.0.0.1:0".parse()?,
-        3,
-        &extra,
-        true,
-    )?;
+    let brokers = cluster_on_loopback(dir.path(), 3, &extra)?;
     let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
     client.close().await;
     // Let elections and connections settle before measuring.

@@ -13,9 +13,7 @@ use clap::Args as ClapArgs;
 use felix_client::producer::{ProducerConfig, ProducerRecord};
 use felix_client::Client;
 
-use felix_cli::devcluster::LocalBrokers;
-
-use crate::cluster::{client_config, cpu_time};
+use crate::cluster::{client_config, cluster_on_loopback, cpu_time};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -101,14 +99,7 @@ async fn one(n: u32, records: u64, shards: u32, producers: u64) -> anyhow::Resul
         "[controlplane]\nurls = {:?}\nsecret = {:?}\n",
         link.urls, link.secret
     );
-    let brokers = LocalBrokers::spawn(
-        crate::RUN_BROKER,
-        dir.path(),
-        "127.0.0.1:0".parse()?,
-        n,
-        &extra,
-        true,
-    )?;
+    let brokers = cluster_on_loopback(dir.path(), n, &extra)?;
     let mut cfg = client_config(&brokers)?;
     cfg.token = Bytes::from(cp.dev_token.clone());
     let stream = "dev/default/scale";
