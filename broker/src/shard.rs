@@ -435,6 +435,9 @@ impl HostedShard {
         self.ready_term.store(0, Ordering::Release);
         match e {
             WriteError::NotLeader { leader, .. } => not_leader(leader.clone()),
+            // This replica is gone: the client asks where the shard leads
+            // now and sends again (a producer id makes that idempotent).
+            WriteError::Stopped { .. } => not_leader(None),
             WriteError::NoQuorum { why, .. } => {
                 BrokerError::Timeout(format!("shard {}: no quorum: {why}", self.id.0))
             }
@@ -497,9 +500,7 @@ impl HostedShard {
             coalesce::Refused::Full => BrokerError::Overloaded {
                 retry_after_ms: SHARD_OVERLOADED_RETRY_MS,
             },
-            coalesce::Refused::Stopped => {
-                BrokerError::Replication(format!("shard {}: proposer stopped", self.id.0))
-            }
+            coalesce::Refused::Stopped => not_leader(None),
         })?;
         match tokio::time::timeout(g.write_timeout, answer).await {
             Ok(Ok(Ok(r))) => Ok(Appended {
@@ -507,10 +508,7 @@ impl HostedShard {
                 count: r.count,
             }),
             Ok(Ok(Err(e))) => Err(self.write_error(&e)),
-            Ok(Err(_)) => Err(BrokerError::Replication(format!(
-                "shard {}: proposer stopped before answering",
-                self.id.0
-            ))),
+            Ok(Err(_)) => Err(not_leader(None)),
             Err(_) => Err(self.commit_timeout()),
         }
     }

@@ -43,6 +43,11 @@ pub enum WriteError {
     /// The leader cannot reach a quorum of its group.
     #[error("{group} has no quorum: {why}")]
     NoQuorum { group: GroupId, why: String },
+    /// The group here stopped (its replica was placed elsewhere or the
+    /// broker is shutting down) before the write was answered; the entry
+    /// may still be committed by the others.
+    #[error("{group} stopped here before answering the write; it may still be committed")]
+    Stopped { group: GroupId },
     #[error(transparent)]
     Other(#[from] ReplicationError),
 }
@@ -582,9 +587,7 @@ impl Replica {
                     leader: f.leader_id.zip(f.leader_node),
                 }),
                 Ok(Err(e)) => Err(WriteError::Other(ReplicationError::Raft(e.to_string()))),
-                Err(_) => Err(WriteError::Other(ReplicationError::Raft(format!(
-                    "{group} shut down before answering a write"
-                )))),
+                Err(_) => Err(WriteError::Stopped { group }),
             }
         })
     }
