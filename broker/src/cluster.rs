@@ -1,12 +1,17 @@
-//! A static cluster of brokers: the replication transport, the metadata
-//! group that carries stream definitions, and who bootstraps which group.
+//! This broker's part in a cluster: the replication transport, its peers,
+//! and who bootstraps which shard group.
 //!
-//! Every broker listed in `[cluster]` holds every shard; the control
-//! plane's placement decides which of them are a shard group's voters
-//! (`control/moves.rs`). Stream creations, deletions and
-//! retention changes are entries of the metadata group (`GroupId::META`,
-//! run by every broker): each broker applies them in the same order, so
-//! shard ids (allocated at apply) and shard groups are the same everywhere.
+//! With a control plane (the way to run a cluster), stream definitions,
+//! placement and the broker registry all come from its feed: shard ids are
+//! the placement's group ids, founders the node ids it recorded, and peers'
+//! addresses its registry (`peers.rs`). Nothing about metadata is agreed
+//! among brokers themselves.
+//!
+//! Without one, a static `[cluster]` list of brokers each holds every
+//! shard, and stream creations, deletions and retention changes are
+//! entries of a metadata group (`GroupId::META`, run by every listed
+//! broker): each applies them in the same order, so shard ids (allocated at
+//! apply) are the same everywhere.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,19 +62,6 @@ pub enum MetaOp {
         retention_ms: Option<u64>,
         retention_bytes: Option<u64>,
     },
-    /// A stream's (or cache's) state at control-plane feed version
-    /// `version`: created, changed or (`stream` absent) deleted to match.
-    Follow {
-        version: u64,
-        name: String,
-        stream: Option<StreamConfig>,
-        /// Founders, should it be created (as for `Create`).
-        #[serde(default)]
-        replicas: Vec<NodeId>,
-        /// Where the control plane wants each shard's replicas (brokers).
-        #[serde(default)]
-        placement: Vec<felix_controlplane::model::ShardPlacement>,
-    },
 }
 
 /// This broker's part in a cluster.
@@ -78,7 +70,7 @@ pub struct Cluster {
     pub me: NodeId,
     pub broker: u64,
     /// Every broker, this one included, by broker id.
-    pub peers: BTreeMap<u64, BrokerNode>,
+    pub peers: Arc<crate::peers::Peers>,
     pub transport: Arc<Transport>,
     pub router: Router,
     pub group: GroupConfig,
@@ -87,7 +79,8 @@ pub struct Cluster {
     /// The first metadata entry not applied yet.
     pub(crate) meta_next: watch::Sender<u64>,
     outcomes: Mutex<BTreeMap<u64, Result<(), String>>>,
-    pub(crate) meta_log: Arc<SharedLog>,
+    /// The metadata group's log (a static cluster only).
+    pub(crate) meta_log: Option<Arc<SharedLog>>,
     /// Leaders and voters of groups held elsewhere, as learned.
     pub views: crate::views::GroupViews,
 }
@@ -104,11 +97,15 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// Starts the replication transport and the metadata log (not its
     /// group yet: see [`Cluster::start_meta`]).
+    /// `registry`: this broker's client address when a control plane's
+    /// registry names the peers (else the static list does).
     pub fn open(
         identity: &Identity,
         c: &ClusterConfig,
         data_dir: &Path,
         meta_applied: Option<u64>,
+        registry: Option<String>,
+        saved: BTreeMap<u64, crate::peers::Peer>,
     ) -> Result<Cluster, BrokerError> {
         let me = identity.node_id();
         let certs = dev_certificates(&c.tls_dir, &[])?;
@@ -120,31 +117,49 @@ impl Cluster {
             &certs.client_tls(true)?,
             router.clone(),
         )?;
-        let peers = c
-            .peers
-            .iter()
-            .map(|p| {
-                (
-                    p.id,
-                    BrokerNode {
-                        raft_addr: p.raft.clone(),
-                        client_addr: p.client.clone(),
+        let peers = match registry {
+            Some(client_addr) => crate::peers::Peers::from_registry(
+                u64::from(identity.broker_id),
+                BrokerNode {
+                    raft_addr: c.raft_listen.to_string(),
+                    client_addr,
+                },
+                me,
+                saved,
+            ),
+            None => crate::peers::Peers::fixed(
+                c.peers
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.id,
+                            BrokerNode {
+                                raft_addr: p.raft.clone(),
+                                client_addr: p.client.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+        };
+        let meta_log = match peers.follows_registry() {
+            true => None,
+            false => Some(Arc::new(
+                SharedLog::open(
+                    meta_dir(data_dir).join("log"),
+                    LogConfig {
+                        durability: Durability::Always,
+                        segment_bytes: 8 << 20,
+                        ..LogConfig::default()
                     },
-                )
-            })
-            .collect();
-        let (meta_log, _) = SharedLog::open(
-            meta_dir(data_dir).join("log"),
-            LogConfig {
-                durability: Durability::Always,
-                segment_bytes: 8 << 20,
-                ..LogConfig::default()
-            },
-        )?;
+                )?
+                .0,
+            )),
+        };
         Ok(Cluster {
             me,
             broker: u64::from(identity.broker_id),
-            peers,
+            peers: Arc::new(peers),
             transport,
             router,
             group: c.group_config(),
@@ -152,7 +167,7 @@ impl Cluster {
             meta: OnceLock::new(),
             meta_next: watch::channel(meta_applied.map_or(0, |a| a + 1)).0,
             outcomes: Mutex::new(BTreeMap::new()),
-            meta_log: Arc::new(meta_log),
+            meta_log,
             views: crate::views::GroupViews::default(),
         })
     }
@@ -160,11 +175,16 @@ impl Cluster {
     /// Starts the metadata group, its committed entries applied by
     /// `applier` (the node's, `metagroup::MetaApplier`).
     pub async fn start_meta(&self, applier: Arc<dyn Applier>, data_dir: &Path) -> Result<(), BrokerError> {
+        let Some(log) = self.meta_log.clone() else {
+            return Err(BrokerError::Invalid(
+                "a cluster with a control plane runs no metadata group".into(),
+            ));
+        };
         let applied = (*self.meta_next.borrow()).checked_sub(1).map(RaftIndex);
         let replica = Replica::start(
             self.me,
             GroupId::META,
-            self.meta_log.clone(),
+            log,
             meta_dir(data_dir).join("raft"),
             applier,
             applied,
@@ -177,7 +197,7 @@ impl Cluster {
             replica.clone(),
             self.transport.clone(),
             self.broker,
-            self.peers.clone(),
+            self.peers.all(),
         ));
         let _ = self.meta.set(replica);
         Ok(())
@@ -185,20 +205,25 @@ impl Cluster {
 
     /// This broker's addresses.
     pub fn my_node(&self) -> BrokerNode {
-        self.peers.get(&self.broker).cloned().unwrap_or_default()
+        self.peers.get(self.broker).unwrap_or_default()
     }
 
     /// The other brokers' addresses.
     fn others(&self) -> Vec<BrokerNode> {
         self.peers
-            .iter()
-            .filter(|(b, _)| **b != self.broker)
-            .map(|(_, n)| n.clone())
+            .all()
+            .into_iter()
+            .filter(|(b, _)| *b != self.broker)
+            .map(|(_, n)| n)
             .collect()
     }
 
-    /// The metadata group's voters: who founds a stream created now.
+    /// The brokers' current node ids: who founds a stream created now
+    /// (the registry's, or the metadata group's voters without one).
     pub fn meta_voters(&self) -> Result<Vec<NodeId>, BrokerError> {
+        if self.peers.follows_registry() {
+            return Ok(self.peers.node_ids());
+        }
         let voters = self.meta.get().map(Replica::voters).unwrap_or_default();
         if voters.is_empty() {
             return Err(BrokerError::Timeout("the metadata group is forming".into()));
@@ -207,8 +232,9 @@ impl Cluster {
     }
 
     /// The brokers that replicate `replica`'s group as far as this broker
-    /// knows: its voters, less incarnations that are gone (not voters of
-    /// the metadata group, or an earlier incarnation of this broker). A
+    /// knows: its voters, less incarnations that are gone (not the one the
+    /// registry names, or not voters of the metadata group without a
+    /// control plane, or an earlier incarnation of this broker). A
     /// broker rebuilt from an empty disk is listed again once it is
     /// admitted to the group; until then the shard is under-replicated.
     pub fn live_replicas(&self, replica: &Replica) -> Vec<u64> {
@@ -218,23 +244,18 @@ impl Cluster {
     /// The brokers of `voters` (see [`Cluster::live_replicas`]).
     pub fn live_brokers(&self, voters: Vec<NodeId>) -> Vec<u64> {
         let meta: Vec<NodeId> = self.meta.get().map(Replica::voters).unwrap_or_default();
+        let current = |id: NodeId| match self.peers.follows_registry() {
+            true => self.peers.is_current(broker_of(id), id),
+            false => meta.contains(&id),
+        };
         let mut v: Vec<u64> = voters
             .into_iter()
-            .filter(|id| meta.contains(id) && (broker_of(*id) != self.broker || *id == self.me))
+            .filter(|id| current(*id) && (broker_of(*id) != self.broker || *id == self.me))
             .map(broker_of)
             .collect();
         v.sort_unstable();
         v.dedup();
         v
-    }
-
-    /// `replicas` with their addresses (a broker no longer configured is
-    /// left out: nothing could reach it).
-    fn members(&self, replicas: &[NodeId]) -> BTreeMap<NodeId, BrokerNode> {
-        replicas
-            .iter()
-            .filter_map(|id| Some((*id, self.peers.get(&broker_of(*id))?.clone())))
-            .collect()
     }
 
     /// How long a replayed group waits for an existing leader before it
@@ -278,7 +299,12 @@ impl Cluster {
             } else {
                 self.bootstrap_wait()
             };
-            tokio::spawn(bootstrap(replica.clone(), self.members(replicas), wait));
+            tokio::spawn(bootstrap(
+                replica.clone(),
+                self.peers.clone(),
+                replicas.to_vec(),
+                wait,
+            ));
         } else {
             // The designated founder may be an incarnation that is gone: a
             // stream created while a rebuilt broker was still being
@@ -291,7 +317,12 @@ impl Cluster {
             ids.sort_unstable();
             let rank = ids.iter().position(|id| *id == self.me).unwrap_or(0) as u32;
             let wait = self.bootstrap_wait() * (rank + 1);
-            tokio::spawn(bootstrap(replica.clone(), self.members(replicas), wait));
+            tokio::spawn(bootstrap(
+                replica.clone(),
+                self.peers.clone(),
+                replicas.to_vec(),
+                wait,
+            ));
         }
         shard.attach(replica, self.write_timeout);
         Ok(())
@@ -300,6 +331,11 @@ impl Cluster {
     /// Writes a metadata change through the metadata group (forwarded to
     /// its leader) and waits until this broker has applied it.
     pub async fn write_meta(&self, op: &MetaOp, now_ms: i64) -> Result<(), BrokerError> {
+        if self.peers.follows_registry() {
+            return Err(BrokerError::Invalid(
+                "this cluster's streams are defined through its control plane".into(),
+            ));
+        }
         let Some(replica) = self.meta.get() else {
             return Err(BrokerError::Timeout("the metadata group is starting".into()));
         };
@@ -481,9 +517,29 @@ fn refusal(why: String) -> BrokerError {
     }
 }
 
+/// `founders` with their addresses, once every one is known: a group
+/// founded with fewer members than the others found it with would be a
+/// second group.
+fn members(peers: &crate::peers::Peers, founders: &[NodeId]) -> Option<BTreeMap<NodeId, BrokerNode>> {
+    founders
+        .iter()
+        .map(|id| Some((*id, peers.get(broker_of(*id))?)))
+        .collect()
+}
+
 /// Bootstraps `replica`'s group in the background (see
-/// [`Replica::bootstrap`]).
-async fn bootstrap(replica: Replica, members: BTreeMap<NodeId, BrokerNode>, wait: Duration) {
+/// [`Replica::bootstrap`]), once the founders' addresses are known (a
+/// broker restarted before the control plane answers may not know them).
+async fn bootstrap(replica: Replica, peers: Arc<crate::peers::Peers>, founders: Vec<NodeId>, wait: Duration) {
+    let members = loop {
+        if let Some(m) = members(&peers, &founders) {
+            break m;
+        }
+        if replica.is_shut_down() || replica.has_state() {
+            return;
+        }
+        tokio::time::sleep(FORM_POLL).await;
+    };
     if let Err(e) = replica.bootstrap(members, wait).await {
         tracing::warn!(group = %replica.group, error = %e, "bootstrapping the group failed");
     }

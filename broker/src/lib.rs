@@ -24,6 +24,7 @@ mod metagroup;
 pub mod names;
 pub mod node;
 pub mod observe;
+pub mod peers;
 pub mod queue;
 pub mod server;
 pub mod shard;

@@ -126,9 +126,13 @@ struct File {
     #[serde(default)]
     raft_applied: Option<u64>,
     /// The newest control-plane feed version applied: an older change
-    /// arriving later (another broker's copy, written late) is skipped.
+    /// arriving later (a repeat after a retry) is skipped.
     #[serde(default)]
     cp_version: u64,
+    /// The control plane's broker registry as last heard (a cluster's
+    /// peers, known on restart before the control plane answers).
+    #[serde(default)]
+    peers: BTreeMap<u64, crate::peers::Peer>,
 }
 
 const FILE_VERSION: u32 = 1;
@@ -165,6 +169,7 @@ impl MetaStore {
                 streams: BTreeMap::new(),
                 raft_applied: None,
                 cp_version: 0,
+                peers: BTreeMap::new(),
             },
             Err(e) => return Err(err(e.to_string())),
         };
@@ -187,17 +192,27 @@ impl MetaStore {
         self.file.cp_version
     }
 
-    /// Records that feed version `version` is being applied (as metadata
-    /// entry `raft_index`, in a cluster). `false`, and nothing changes but
-    /// the applied entry, when a newer version was applied already.
-    pub fn note_follow(&mut self, version: u64, raft_index: Option<u64>) -> Result<bool, BrokerError> {
-        if let Some(i) = raft_index {
-            self.file.raft_applied = Some(i);
-        }
+    /// Records that feed version `version` is being applied. `false`, and
+    /// nothing changes, when a newer version was applied already.
+    pub fn note_follow(&mut self, version: u64) -> Result<bool, BrokerError> {
         let fresh = version >= self.file.cp_version;
         self.file.cp_version = self.file.cp_version.max(version);
         self.save()?;
         Ok(fresh)
+    }
+
+    /// The registry as last heard.
+    pub fn peers(&self) -> BTreeMap<u64, crate::peers::Peer> {
+        self.file.peers.clone()
+    }
+
+    /// Keeps the registry as heard now; saved only when it changed.
+    pub fn set_peers(&mut self, peers: BTreeMap<u64, crate::peers::Peer>) -> Result<(), BrokerError> {
+        if self.file.peers == peers {
+            return Ok(());
+        }
+        self.file.peers = peers;
+        self.save()
     }
 
     /// The whole file, for a metadata snapshot.
@@ -260,10 +275,13 @@ impl MetaStore {
             )));
         }
         MetaStore::check(c)?;
-        let first = self.file.next_shard_id;
+        let ids = self.shard_ids(c, &placement)?;
         let founders = placement
             .iter()
             .map(|p| {
+                if !p.founders.is_empty() {
+                    return p.founders.clone();
+                }
                 replicas
                     .iter()
                     .copied()
@@ -277,7 +295,7 @@ impl MetaStore {
             .collect();
         let meta = StreamMeta {
             kind: c.kind,
-            shards: (first..first + u64::from(c.shards)).collect(),
+            shards: ids,
             durability: c.durability,
             retention_ms: c.retention_ms,
             retention_bytes: c.retention_bytes,
@@ -291,10 +309,47 @@ impl MetaStore {
             placement,
             founders,
         };
-        self.file.next_shard_id += u64::from(c.shards);
         self.file.streams.insert(name.to_string(), meta.clone());
         self.save()?;
         Ok((name, meta))
+    }
+
+    /// The shard ids of a new stream: the control plane's group ids when it
+    /// placed every shard (every broker must use the same), else the next
+    /// ones this broker (or the metadata group) allocates. Local ids start
+    /// past every id in use, so the two never meet.
+    fn shard_ids(
+        &mut self,
+        c: &StreamConfig,
+        placement: &[felix_controlplane::model::ShardPlacement],
+    ) -> Result<Vec<u64>, BrokerError> {
+        if placement.is_empty() {
+            let first = self.file.next_shard_id;
+            self.file.next_shard_id += u64::from(c.shards);
+            return Ok((first..first + u64::from(c.shards)).collect());
+        }
+        if placement.len() != c.shards as usize {
+            return Err(BrokerError::Invalid(format!(
+                "{}: {} shards but {} placed",
+                c.name,
+                c.shards,
+                placement.len()
+            )));
+        }
+        let ids: Vec<u64> = placement.iter().map(|p| p.group).collect();
+        for id in &ids {
+            let taken = self.file.streams.iter().find(|(_, m)| m.shards.contains(id));
+            if *id == 0 || taken.is_some() {
+                return Err(BrokerError::Invalid(format!(
+                    "{}: shard id {id} is {} here; this data directory holds shards made before the control plane numbered them, so move it away and let the broker rebuild from its peers",
+                    c.name,
+                    taken.map_or("reserved".to_string(), |(n, _)| format!("taken by {n}"))
+                )));
+            }
+        }
+        let past = ids.iter().max().copied().unwrap_or(0) + 1;
+        self.file.next_shard_id = self.file.next_shard_id.max(past);
+        Ok(ids)
     }
 
     pub fn delete(&mut self, name: &StreamName) -> Result<StreamMeta, BrokerError> {
@@ -346,5 +401,69 @@ impl MetaStore {
             path: self.path.clone(),
             why: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use felix_controlplane::model::ShardPlacement;
+
+    use super::*;
+
+    fn placed(group: u64, replicas: &[u32], founders: &[u64]) -> ShardPlacement {
+        ShardPlacement {
+            group,
+            replicas: replicas.to_vec(),
+            leaving: Vec::new(),
+            leader_pinned: false,
+            founders: founders.to_vec(),
+        }
+    }
+
+    fn config(name: &str, shards: u32) -> StreamConfig {
+        StreamConfig::stream(name, shards, Durability::Always)
+    }
+
+    /// Brokers applying the feed in any order (a snapshot lists streams by
+    /// name, not by creation) agree on shard ids and founders because the
+    /// control plane's placement carries them.
+    #[test]
+    fn a_placed_stream_takes_the_control_planes_group_ids_and_founders() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = MetaStore::open(d.path()).unwrap();
+        let p = vec![
+            placed(41, &[1, 2, 3], &[0x1_01, 0x2_01, 0x3_01]),
+            placed(42, &[2, 3, 4], &[]),
+        ];
+        // Founders not recorded (an older control plane): the current node
+        // ids of the placed brokers.
+        let id = felix_replication::node_id;
+        let current = vec![id(1, 1), id(2, 7), id(3, 1), id(4, 1)];
+        let (_, s) = m.create(&config("t/n/a", 2), current, p).unwrap();
+        assert_eq!(s.shards, vec![41, 42]);
+        assert_eq!(s.founders_of(0), &[0x1_01, 0x2_01, 0x3_01]);
+        let mut f = s.founders_of(1).to_vec();
+        f.sort_unstable();
+        assert_eq!(f, vec![id(2, 7), id(3, 1), id(4, 1)]);
+        // A stream without placement (no control plane) gets ids past
+        // every id in use, never one the control plane gave.
+        let (_, local) = m.create(&config("t/n/b", 1), Vec::new(), Vec::new()).unwrap();
+        assert_eq!(local.shards, vec![43]);
+        // An id already held here (data from before the control plane
+        // numbered shards) is refused with what to do, not reused.
+        let e = m
+            .create(&config("t/n/c", 1), Vec::new(), vec![placed(43, &[1], &[])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("taken by t/n/b") && e.contains("move it away"), "{e}");
+        let e = m
+            .create(&config("t/n/d", 2), Vec::new(), vec![placed(50, &[1], &[])])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("2 shards but 1 placed"), "{e}");
+        // Nothing was recorded for the refused ones, and it all reloads.
+        let again = MetaStore::open(d.path()).unwrap();
+        let names: Vec<String> = again.streams().map(|(n, _)| n.to_string()).collect();
+        assert_eq!(names, vec!["t/n/a", "t/n/b"]);
     }
 }

@@ -56,7 +56,10 @@ impl Applier for MetaApplier {
         if through.0 < next {
             return Ok(());
         }
-        let entries: Vec<_> = cluster.meta_log.with(|l| {
+        let Some(log) = &cluster.meta_log else {
+            return Err("no metadata group in a cluster with a control plane".into());
+        };
+        let entries: Vec<_> = log.with(|l| {
             l.positioned_from_raft_index(RaftIndex(next))
                 .take_while(|p| p.batch.header().raft_index <= through)
                 .map(|p| p.batch)

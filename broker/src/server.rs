@@ -137,7 +137,9 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
     node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     if let Some(c) = &config.cluster {
-        node.start_cluster(c).await?;
+        // With a control plane, its registry names the peers.
+        let registry = config.controlplane.as_ref().map(|_| advertise.clone());
+        node.start_cluster(c, registry).await?;
     }
     if let Some(cp) = &config.controlplane {
         let link = Arc::new(ControlLink::new(cp.clone())?);
@@ -158,6 +160,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                 id,
                 client_addr: advertise.clone(),
                 raft_addr,
+                node_id: node.cluster().map_or(0, |c| c.me),
             },
         );
     }

@@ -50,6 +50,11 @@ enum Command {
     Broker {
         #[arg(long)]
         config: PathBuf,
+        /// Also run a control-plane node from this file in the same
+        /// process (combined mode: three machines, three processes). The
+        /// broker's `[controlplane].urls` lists every node, this one too.
+        #[arg(long)]
+        controlplane_config: Option<PathBuf>,
     },
     /// A control-plane node configured by a TOML file (every key in
     /// `docs/configuration.md`).
@@ -235,7 +240,14 @@ fn run(args: Cli) -> anyhow::Result<()> {
             let cp = controlplane_listen.unwrap_or_else(|| next(1));
             rt()?.block_on(serve(config, None, Some(cp)))
         }
-        Command::Broker { config: path } => felix_cli::run::broker_from_file(path),
+        Command::Broker {
+            config: path,
+            controlplane_config: None,
+        } => felix_cli::run::broker_from_file(path),
+        Command::Broker {
+            config: path,
+            controlplane_config: Some(cp),
+        } => felix_cli::run::combined_from_files(path, cp),
         Command::Controlplane { config: path } => {
             let c = felix_broker::config::load_controlplane(&path)?;
             logs::set_level(c.log_level.as_deref());

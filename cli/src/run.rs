@@ -20,6 +20,34 @@ pub fn broker_from_file(path: PathBuf) -> anyhow::Result<()> {
     runtime()?.block_on(serve(c, Some(path), None))
 }
 
+/// `felix broker --config FILE --controlplane-config CP_FILE`: a broker and
+/// a control-plane node in one process (as KRaft's combined mode), so a
+/// small cluster needs no machines of its own for its control plane. The
+/// node starts first, so the broker's registration finds it; it stops
+/// after the broker has handed its leaderships over.
+pub fn combined_from_files(broker: PathBuf, cp: PathBuf) -> anyhow::Result<()> {
+    let c = BrokerConfig::load(&broker)?;
+    let node = felix_broker::config::load_controlplane(&cp)
+        .with_context(|| format!("reading the control-plane node's {}", cp.display()))?;
+    if c.controlplane.is_none() {
+        anyhow::bail!(
+            "{}: a combined broker needs [controlplane] naming the control-plane nodes (this one too)",
+            broker.display()
+        );
+    }
+    logs::set_level(c.log_level.as_deref());
+    runtime()?.block_on(async move {
+        let id = node.id;
+        let h = felix_controlplane::server::start(node)
+            .await
+            .context("starting the control-plane node")?;
+        println!("felix controlplane {id} listening on http://{}", h.addr);
+        let served = serve(c, Some(broker), None).await;
+        h.shutdown().await;
+        served
+    })
+}
+
 /// The multi-threaded runtime every command runs on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()

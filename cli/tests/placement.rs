@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -180,6 +181,8 @@ struct Placed {
     cluster: common::cluster::LocalCluster,
     port: u16,
     http: reqwest::Client,
+    /// The brokers' control-plane settings (for one added later).
+    extra: String,
 }
 
 impl Placed {
@@ -232,6 +235,7 @@ impl Placed {
             cluster,
             port,
             http,
+            extra,
         }
     }
 
@@ -739,6 +743,232 @@ async fn a_rebalance_moves_replicas_onto_an_empty_broker_until_every_broker_hold
     assert_eq!(std::fs::read_dir(&shards_dir).unwrap().count(), held);
     acked.extend(load.finish().await);
     read_back(&client, &acked).await;
+}
+
+/// Replicas per broker, and preferred leaderships per broker.
+fn shares(placed: &[Placement]) -> (BTreeMap<u64, usize>, BTreeMap<u64, usize>) {
+    let (mut replicas, mut leaders) = (BTreeMap::new(), BTreeMap::new());
+    for s in placed {
+        *leaders.entry(s.preferred).or_default() += 1;
+        for b in &s.replicas {
+            *replicas.entry(*b).or_default() += 1;
+        }
+    }
+    (replicas, leaders)
+}
+
+/// After the cluster stopped: on every broker placed on a shard of
+/// `acme/prod/orders`, the shard's log holds the same records, no value
+/// twice (an idempotent producer's retries left no duplicate), and every
+/// acknowledged offset.
+fn replicas_agree(c: &common::cluster::LocalCluster, placed: &[Placement], acked: &[(u32, u64)]) {
+    use felix_log::{Log, LogConfig, Offset};
+    for (shard, s) in placed.iter().enumerate() {
+        let mut copies = Vec::new();
+        for b in &s.replicas {
+            let dir = &c.members[c.index_of(*b)].at.data_dir;
+            let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+            let id = meta["streams"]["acme/prod/orders"]["shards"][shard]
+                .as_u64()
+                .unwrap();
+            let (log, _) = Log::open(dir.join(format!("shards/{id}")), LogConfig::default(), 0)
+                .unwrap_or_else(|e| panic!("broker {b} shard {shard}: {e}"));
+            let mut records = Vec::new();
+            for batch in log.batches_from(Offset(log.earliest_offset().0)).unwrap() {
+                if batch.header().flags.control() {
+                    continue;
+                }
+                for r in batch.records().unwrap() {
+                    let r = r.unwrap();
+                    records.push((r.offset.0, r.value.unwrap()));
+                }
+            }
+            copies.push((*b, records));
+        }
+        for (b, have) in &copies {
+            let values: std::collections::BTreeSet<_> = have.iter().map(|(_, v)| v.clone()).collect();
+            assert_eq!(
+                values.len(),
+                have.len(),
+                "shard {shard} on broker {b}: a value twice"
+            );
+            let offsets: std::collections::BTreeSet<u64> = have.iter().map(|(o, _)| *o).collect();
+            for (_, o) in acked.iter().filter(|(s, _)| *s as usize == shard) {
+                assert!(
+                    offsets.contains(o),
+                    "shard {shard} on broker {b}: acknowledged offset {o} missing"
+                );
+            }
+        }
+        // What one replica got past the last acknowledgement before the
+        // stop, another may not have: the common part is the same.
+        let (first, want) = &copies[0];
+        for (b, have) in &copies[1..] {
+            let n = have.len().min(want.len());
+            assert!(
+                have[..n] == want[..n],
+                "shard {shard}: broker {b} differs from broker {first}"
+            );
+        }
+    }
+}
+
+/// A sixth broker started against the control plane (no peer list
+/// anywhere changes) joins while a producer and a reader run: the
+/// replicas rebalance to 5 per broker and the leaderships to within one,
+/// and every replica of every shard holds every acknowledged record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sixth_broker_joins_a_running_cluster_and_takes_its_share_under_load() {
+    use felix_client::wire::Start;
+    use felix_client::SubscribeOptions;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = Placed::start_with_shards(dir.path(), 5, "", false, 10).await;
+    let client = p.client_without(None).await;
+    until(90, "groups matching the placement", || p.settled(&client)).await;
+    let mut acked = publish_keyed(&client, 0..40, "acknowledged").await;
+    let load = Writing::start(&p, "acknowledged while a broker joins").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (client, stop) = (p.client_without(None).await, stop.clone());
+        tokio::spawn(async move {
+            let opts = SubscribeOptions {
+                shards: vec![0],
+                start: Start::Earliest,
+                ..SubscribeOptions::default()
+            };
+            let mut sub = client.subscribe("acme/prod/orders", opts).await.unwrap();
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                if let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), sub.next()).await {
+                    seen.push(d.expect("the reader reads on through the move").record.offset.0);
+                }
+            }
+            seen
+        })
+    };
+    let extra = p.extra.clone();
+    let started = Instant::now();
+    let new = tokio::task::block_in_place(|| p.cluster.add(&extra));
+    assert_eq!(new, 6);
+    let after = until(
+        120,
+        "6 brokers holding 5 replicas each, leaders within one",
+        || async {
+            let (_, r) = call(&p.http, p.port, reqwest::Method::GET, "/v1/rebalance", None)
+                .await
+                .ok()?;
+            if !r["rebalance"].is_null() {
+                return None;
+            }
+            let placed = p.settled(&client).await?;
+            let (replicas, leaders) = shares(&placed);
+            let spread = leaders.values().max()?
+                - (0..6)
+                    .map(|i| leaders.get(&(i + 1)).copied().unwrap_or(0))
+                    .min()?;
+            (replicas.len() == 6 && replicas.values().all(|n| *n == 5) && spread <= 1).then_some(placed)
+        },
+    )
+    .await;
+    println!(
+        "a sixth broker took its share in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let shards_dir = p.cluster.members[p.cluster.index_of(new)]
+        .at
+        .data_dir
+        .join("shards");
+    assert_eq!(std::fs::read_dir(&shards_dir).unwrap().count(), 5);
+    acked.extend(load.finish().await);
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let seen = reader.await.unwrap();
+    assert!(!seen.is_empty(), "the reader saw records");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "the reader saw each offset once, in order"
+    );
+    read_back(&client, &acked).await;
+    drop(client);
+    tokio::task::block_in_place(|| p.cluster.stop_all());
+    replicas_agree(&p.cluster, &after, &acked);
+}
+
+/// Three processes, each a broker and a control-plane node (combined
+/// mode, no other process): they form both quorums among themselves,
+/// serve a stream at replication factor 3, and go on when one process is
+/// SIGKILLed, broker and control-plane node together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_combined_processes_run_the_cluster_and_its_control_plane_and_survive_losing_one() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let ports = [free_port(), free_port(), free_port()];
+    let urls: Vec<String> = ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    let extra = format!(
+        "[controlplane]\nurls = {urls:?}\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 500\nrequire_tokens = false\n"
+    );
+    let root = dir.path().join("brokers");
+    let mut c = common::cluster::LocalCluster::configure(&root, 3, &extra, |_| None);
+    for (i, m) in c.members.iter_mut().enumerate() {
+        m.controlplane = Some(Proc::configure(dir.path(), i as u64 + 1, &ports, ""));
+    }
+    tokio::task::block_in_place(|| c.launch());
+    until(30, "a control-plane leader among the brokers' processes", || {
+        leader(&http, &ports)
+    })
+    .await;
+    let port = ports[0];
+    until(30, "three brokers registered and active", || async {
+        let (_, v) = call(&http, port, Method::GET, "/v1/brokers", None).await.ok()?;
+        let items = v["items"].as_array()?;
+        (items.iter().filter(|b| b["status"] == "active").count() == 3).then_some(())
+    })
+    .await;
+    for (path, body) in [
+        ("/v1/tenants", json!({"name": "acme"})),
+        ("/v1/tenants/acme/namespaces", json!({"name": "prod"})),
+        (
+            "/v1/tenants/acme/namespaces/prod/streams",
+            json!({"name": "orders", "shards": 3, "replication_factor": 3}),
+        ),
+    ] {
+        let (s, v) = call(&http, port, Method::POST, path, Some(body)).await.unwrap();
+        assert_eq!(s, 200, "{path}: {v}");
+    }
+    let client = felix_client::Client::connect(c.client_config()).await.unwrap();
+    let mut acked = until(30, "the stream serving", || async {
+        let p = client
+            .producer("acme/prod/orders", felix_client::ProducerConfig::default())
+            .await
+            .ok()?;
+        let a = p
+            .send(felix_client::ProducerRecord::keyed(
+                "k",
+                bytes::Bytes::from_static(b"v"),
+            ))
+            .await
+            .ok()?;
+        let a = a.wait().await.ok()?;
+        Some(vec![(a.shard, a.offset)])
+    })
+    .await;
+    acked.extend(publish_keyed(&client, 0..30, "acknowledged by three").await);
+    // One machine lost: its broker and its control-plane node at once.
+    tokio::task::block_in_place(|| c.kill(0));
+    let mut cfg = c.client_config();
+    cfg.brokers.remove(0);
+    let client = felix_client::Client::connect(cfg).await.unwrap();
+    acked.extend(publish_keyed(&client, 30..60, "acknowledged by the two left").await);
+    read_back(&client, &acked).await;
+    // The two control-plane nodes left elect a leader and take changes.
+    until(30, "a stream created through the two nodes left", || async {
+        let body = json!({"name": "later", "shards": 1, "replication_factor": 2});
+        let path = "/v1/tenants/acme/namespaces/prod/streams";
+        let (s, _) = call(&http, ports[1], Method::POST, path, Some(body)).await.ok()?;
+        (s == 200).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

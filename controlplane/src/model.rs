@@ -10,6 +10,12 @@ use crate::rbac::{Grant, Rules};
 
 /// Shards one stream or cache may have.
 pub const SHARDS_MAX: u32 = 1024;
+/// Brokers one registry holds. Brokers learn each other from it (there is
+/// no static peer list), each keeps one replication connection per peer it
+/// shares a group with, and placement scans the registry per shard placed:
+/// a thousand keeps those linear costs small while leaving room far past
+/// the hundred brokers the reference design plans for.
+pub const BROKERS_MAX: usize = 1024;
 pub use felix_model::limits::{REPLICATION_FACTOR_DEFAULT, REPLICATION_FACTOR_MAX};
 /// Longest display name or description.
 pub const TEXT_BYTES_MAX: usize = 1024;
@@ -243,6 +249,12 @@ pub struct ShardPlacement {
     /// (`TransferLeader`): leader balancing leaves it where it is.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub leader_pinned: bool,
+    /// The Raft node ids that found the group: its first replicas as
+    /// registered when it was placed. Every broker reads the same list,
+    /// so they agree on who bootstraps it; a replica added later (or a
+    /// founder rebuilt under a new node id) joins instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub founders: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,6 +401,15 @@ pub struct BrokerRegistration {
     /// Shard replicas it may host.
     #[serde(default = "default_capacity")]
     pub shards_max: u32,
+    /// Its Raft node id (broker id and incarnation): a broker rebuilt from
+    /// an empty disk registers a new one, so its peers tell it from the
+    /// replica it replaces. 0 when the broker did not say.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub node_id: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_capacity() -> u32 {

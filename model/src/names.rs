@@ -28,6 +28,16 @@ pub fn name_problem(part: &str) -> Option<&'static str> {
         .then_some("each name is 1 to 64 of A-Z a-z 0-9 . _ - and does not start with a dot")
 }
 
+/// [`name_problem`] for a stream's or cache's own name, which may carry up
+/// to [`DLQ_SUFFIXES_MAX`] dead-letter suffixes beyond the length limit
+/// (as [`StreamName::parse`] allows), so a dead-letter stream can be
+/// defined where its stream is.
+pub fn stream_name_problem(part: &str) -> Option<&'static str> {
+    (!part_ok(part, without_dlq_suffixes(part))).then_some(
+        "a stream's name is 1 to 64 of A-Z a-z 0-9 . _ - (not counting up to 4 trailing \".dlq\") and does not start with a dot",
+    )
+}
+
 /// The rule, with the length checked on `stem` (a stream's name without
 /// its dead-letter suffixes).
 fn part_ok(part: &str, stem: &str) -> bool {
@@ -155,5 +165,9 @@ mod tests {
         let long_ns = format!("t/{}.dlq/n", "x".repeat(NAME_PART_BYTES_MAX));
         assert!(StreamName::parse(&long_ns).is_err());
         assert!(StreamName::parse(&format!("{}.dlq", "x".repeat(NAME_PART_BYTES_MAX + 1))).is_err());
+        // The control plane's rule for a stream's own name agrees.
+        assert_eq!(stream_name_problem(&n.name), None);
+        assert!(stream_name_problem(&n.dlq().name).is_some());
+        assert!(name_problem(&n.name).is_some(), "not as a tenant or namespace");
     }
 }

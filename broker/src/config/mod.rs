@@ -173,7 +173,9 @@ impl ControlPlaneConfig {
 pub struct ClusterConfig {
     /// UDP address for replication traffic between brokers.
     pub raft_listen: SocketAddr,
-    /// Every broker of the cluster, this one included.
+    /// Every broker of the cluster, this one included: only without a
+    /// control plane, whose broker registry names them otherwise.
+    #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// A directory of development certificates shared by every broker
     /// (one CA): created if missing. Replication requires mutual TLS, and
@@ -229,14 +231,24 @@ impl ClusterConfig {
         }
     }
 
-    fn check(&self, me: u64) -> Result<(), String> {
+    /// `registry`: a control plane names the peers.
+    fn check(&self, me: u64, registry: bool) -> Result<(), String> {
+        match (registry, self.peers.is_empty()) {
+            (true, false) => {
+                return Err("cluster.peers: with a control plane its broker registry names the peers; remove the list".into())
+            }
+            (false, true) => {
+                return Err("cluster.peers: without a control plane, list every broker (this one included), or configure [controlplane]".into())
+            }
+            _ => {}
+        }
         let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.len() != self.peers.len() {
             return Err("cluster.peers: two peers share an id".into());
         }
-        if !ids.contains(&me) {
+        if !registry && !ids.contains(&me) {
             return Err(format!("cluster.peers must list this broker (broker_id = {me})"));
         }
         if self.peers.len() > CLUSTER_PEERS_MAX {
@@ -319,7 +331,14 @@ pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
 
 /// The configuration file of `me` in a local cluster of `all`, sharing the
 /// development CA under `tls_dir`; `extra` is appended (more settings).
+/// When `extra` configures a control plane the file lists no peers: its
+/// registry names them.
 pub fn local_cluster_toml(me: &LocalMember, all: &[LocalMember], tls_dir: &Path, extra: &str) -> String {
+    let all = if extra.contains("[controlplane]") {
+        &[]
+    } else {
+        all
+    };
     let mut t = format!(
         "data_dir = {:?}\nbroker_id = {}\nlisten = \"{}\"\n{extra}\n[cluster]\nraft_listen = \"{}\"\ntls_dir = {:?}\n",
         me.data_dir.display().to_string(),
@@ -475,7 +494,7 @@ impl BrokerConfig {
             return Err("maintenance_interval_ms must be above 0".into());
         }
         if let Some(c) = &self.cluster {
-            c.check(self.broker_id)?;
+            c.check(self.broker_id, self.controlplane.is_some())?;
         }
         if let Some(c) = &self.controlplane {
             c.check(self.broker_id)?;
@@ -538,5 +557,18 @@ mod tests {
         let c: BrokerConfig =
             toml::from_str(&t.replace("[cluster]", "[cluster]\nelection_timeout_max_ms = 100")).unwrap();
         assert!(c.check().unwrap_err().contains("election_timeout_max_ms"));
+        // With a control plane the registry names the peers: no list.
+        let cp = "[controlplane]\nurls = [\"http://127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n";
+        let t = local_cluster_toml(&all[1], &all, Path::new("/tmp/ca"), cp);
+        let c: BrokerConfig = toml::from_str(&t).unwrap();
+        assert!(c.check().is_ok(), "{t}");
+        assert!(c.cluster.as_ref().unwrap().peers.is_empty());
+        let listed = local_cluster_toml(&all[1], &all, Path::new("/tmp/ca"), "")
+            .replace("[cluster]", &format!("{cp}[cluster]"));
+        let c: BrokerConfig = toml::from_str(&listed).unwrap();
+        assert!(c.check().unwrap_err().contains("registry names the peers"));
+        let bare = t.replace(cp, "");
+        let c: BrokerConfig = toml::from_str(&bare).unwrap();
+        assert!(c.check().unwrap_err().contains("list every broker"));
     }
 }

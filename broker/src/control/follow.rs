@@ -4,10 +4,10 @@
 //! feed version, quotas reach the [`QuotaTable`](super::quota::QuotaTable)
 //! and token keys reach [`Keys`](super::access::Keys).
 //!
-//! Every broker follows the feed on its own. In a cluster each writes what
-//! it saw to the metadata group; the version tag makes the copies
-//! harmless (a change older than one already applied is skipped), so a
-//! broker that lags cannot undo a newer change with an older one.
+//! Every broker follows the feed on its own and applies it in the feed's
+//! order; the version tag makes a repeat harmless (a change older than one
+//! already applied is skipped). The broker registry in the feed names the
+//! peers a cluster's brokers replicate with.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
-use felix_controlplane::model::{Cache, Quotas, ShardPlacement, Stream};
+use felix_controlplane::model::{Broker, Cache, Quotas, ShardPlacement, Stream};
 use felix_controlplane::state::{Change, Versioned};
 use serde::Deserialize;
 use serde_json::Value;
@@ -36,6 +36,8 @@ pub struct Registration {
     pub id: u32,
     pub client_addr: String,
     pub raft_addr: String,
+    /// Its Raft node id, in a cluster (0 alone).
+    pub node_id: u64,
 }
 
 /// Starts registering, heartbeating and following in the background; the
@@ -55,7 +57,7 @@ async fn heartbeats(link: Arc<ControlLink>, node: Weak<Node>, me: Registration) 
         let step = if registered {
             link.heartbeat(me.id, &n.subscriber_counts()).await
         } else {
-            link.register(me.id, &me.client_addr, &me.raft_addr).await
+            link.register(&me).await
         };
         drop(n);
         match step {
@@ -99,6 +101,8 @@ impl Backoff {
 #[derive(Debug, Deserialize)]
 struct Snapshot {
     version: u64,
+    #[serde(default)]
+    brokers: Vec<Broker>,
     tenants: BTreeMap<String, TenantView>,
 }
 
@@ -161,6 +165,15 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
         return Ok(s.version);
     };
     let now = n.now_ms();
+    if let Some(c) = n.cluster() {
+        let all = s
+            .brokers
+            .iter()
+            .map(|b| (u64::from(b.registration.id), peer(b)))
+            .collect();
+        c.peers.replace(c.broker, all);
+        n.keep_peers().map_err(|e| e.to_string())?;
+    }
     let mut wanted = BTreeSet::new();
     {
         let mut q = n.quotas.lock().expect("quota lock");
@@ -177,13 +190,13 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
             for (name, st) in &nv.streams {
                 let c = stream_config(t, ns, name, st);
                 let name = c.name.clone();
-                apply(&n, s.version, &name, Some(followed(c, &st.placement))).await?;
+                apply(&n, s.version, &name, Some(followed(c, &st.placement)), false)?;
                 wanted.insert(name);
             }
             for (name, ca) in &nv.caches {
                 let c = cache_config(t, ns, name, ca);
                 let name = c.name.clone();
-                apply(&n, s.version, &name, Some(followed(c, &ca.placement))).await?;
+                apply(&n, s.version, &name, Some(followed(c, &ca.placement)), false)?;
                 wanted.insert(name);
             }
         }
@@ -192,7 +205,7 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
     // this broker was not following.
     for name in n.managed_streams() {
         if !wanted.contains(&name) {
-            apply(&n, s.version, &name, None).await?;
+            apply(&n, s.version, &name, None, false)?;
         }
     }
     link.version.store(s.version, Ordering::Release);
@@ -252,7 +265,7 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                 let name = format!("{tenant}/{namespace}/{stream}");
                 let c =
                     value.map(|s| followed(stream_config(&tenant, &namespace, &stream, &s), &s.placement));
-                apply(&n, v.version, &name, c).await?;
+                apply(&n, v.version, &name, c, true)?;
             }
             Change::Cache {
                 tenant,
@@ -262,27 +275,45 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
             } => {
                 let name = format!("{tenant}/{namespace}/{cache}");
                 let c = value.map(|s| followed(cache_config(&tenant, &namespace, &cache, &s), &s.placement));
-                apply(&n, v.version, &name, c).await?;
+                apply(&n, v.version, &name, c, true)?;
             }
             Change::Keys { tenant } => {
                 if let Err(e) = link.fetch_keys(&tenant, now).await {
                     tracing::warn!(tenant, error = %e, "fetching rotated keys failed; tokens signed with the new key are refused until they are fetched");
                 }
             }
-            // Placement of other brokers' replicas is the control plane's
-            // to track; this broker learns its own shards from streams.
-            Change::Broker { .. } => {}
+            // Where a peer listens, and which incarnation of it is current;
+            // placement reaches this broker with each stream.
+            Change::Broker { broker, value } => {
+                if let Some(c) = n.cluster() {
+                    c.peers
+                        .learn(c.broker, u64::from(broker), value.as_ref().map(peer));
+                    n.keep_peers().map_err(|e| e.to_string())?;
+                }
+            }
         }
     }
     link.version.store(c.version, Ordering::Release);
     Ok(Some(c.version))
 }
 
-/// One stream's state at `version`, made the node's. A change this broker
-/// can never apply (a name it cannot hold) is logged and skipped; any
-/// other failure (the metadata group electing, say) is returned, and the
-/// feed is read again from the same version, so no change is lost.
-async fn apply(n: &Node, version: u64, name: &str, want: Option<Followed>) -> Result<(), String> {
+/// A registered broker as a peer.
+fn peer(b: &Broker) -> crate::peers::Peer {
+    crate::peers::Peer {
+        node: felix_replication::BrokerNode {
+            raft_addr: b.registration.raft_addr.clone(),
+            client_addr: b.registration.client_addr.clone(),
+        },
+        node_id: (b.registration.node_id != 0).then_some(b.registration.node_id),
+    }
+}
+
+/// One stream's state at `version`, made the node's (`fresh`: see
+/// [`Node::follow`]). A change this broker can never apply (a name it
+/// cannot hold) is logged and skipped; any other failure (a full disk,
+/// say) is returned, and the feed is read again from the same version, so
+/// no change is lost.
+fn apply(n: &Node, version: u64, name: &str, want: Option<Followed>, fresh: bool) -> Result<(), String> {
     let parsed = match StreamName::parse(name) {
         Ok(p) => p,
         Err(e) => {
@@ -290,7 +321,7 @@ async fn apply(n: &Node, version: u64, name: &str, want: Option<Followed>) -> Re
             return Ok(());
         }
     };
-    match n.follow(version, &parsed, want).await {
+    match n.follow(version, &parsed, want, fresh) {
         Ok(()) => Ok(()),
         Err(e @ (BrokerError::Invalid(_) | BrokerError::InvalidName(_))) => {
             tracing::warn!(stream = name, version, error = %e, "a control-plane change this broker cannot apply");

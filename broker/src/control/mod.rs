@@ -44,7 +44,15 @@ pub struct ControlLink {
     pub version: AtomicU64,
     /// Whether a feed snapshot has been applied since start.
     synced: std::sync::atomic::AtomicBool,
+    /// The control plane's version as last asked, and when: lookups of
+    /// unknown streams share one answer for [`VERSION_ASKED_MS`].
+    asked: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long one answer to "which version is the control plane at" serves
+/// every lookup of an unknown stream (so unknown names cannot turn client
+/// requests into as many control-plane requests).
+pub const VERSION_ASKED_MS: u64 = 100;
 
 /// A control-plane answer that was not a success.
 #[derive(Debug)]
@@ -66,6 +74,7 @@ impl ControlLink {
             keys: access::Keys::default(),
             version: AtomicU64::new(0),
             synced: std::sync::atomic::AtomicBool::new(false),
+            asked: std::sync::Mutex::new(None),
         })
     }
 
@@ -77,6 +86,37 @@ impl ControlLink {
 
     pub(crate) fn set_synced(&self) {
         self.synced.store(true, Ordering::Release);
+    }
+
+    /// The control plane's current metadata version (asked at most once
+    /// per [`VERSION_ASKED_MS`]).
+    pub async fn latest_version(&self) -> Result<u64, BrokerError> {
+        let fresh = Duration::from_millis(VERSION_ASKED_MS);
+        if let Some((at, v)) = *self.asked.lock().expect("asked lock") {
+            if at.elapsed() < fresh {
+                return Ok(v);
+            }
+        }
+        let since = self.version.load(Ordering::Acquire);
+        let path = format!("/v1/feed/changes?since={since}&wait_ms=0");
+        let v = match self.call(reqwest::Method::GET, &path, None, None, 0).await? {
+            Ok(v) => v["version"].as_u64().unwrap_or(since),
+            // Further behind than the feed keeps: the follow loop's next
+            // snapshot brings everything; the client asks again.
+            Err(r) if r.status == 410 => {
+                return Err(BrokerError::Timeout(
+                    "this broker is catching up with the control plane (taking its snapshot)".into(),
+                ))
+            }
+            Err(r) => {
+                return Err(BrokerError::ControlPlane(format!(
+                    "asking the control plane's version ({}): {}",
+                    r.status, r.message
+                )))
+            }
+        };
+        *self.asked.lock().expect("asked lock") = Some((std::time::Instant::now(), v));
+        Ok(v)
     }
 
     pub fn requires_tokens(&self) -> bool {
@@ -227,9 +267,11 @@ impl ControlLink {
 
     /// Registers this broker (again, after a restart: the registration
     /// may have changed addresses).
-    pub async fn register(&self, id: u32, client_addr: &str, raft_addr: &str) -> Result<(), BrokerError> {
-        let body = json!({"id": id, "client_addr": client_addr, "raft_addr": raft_addr,
-                          "zone": self.config.zone, "shards_max": self.config.shards_max});
+    pub async fn register(&self, me: &follow::Registration) -> Result<(), BrokerError> {
+        let id = me.id;
+        let body = json!({"id": id, "client_addr": me.client_addr, "raft_addr": me.raft_addr,
+                          "zone": self.config.zone, "shards_max": self.config.shards_max,
+                          "node_id": me.node_id});
         match self
             .call(reqwest::Method::POST, "/v1/brokers", Some(&body), None, 0)
             .await?

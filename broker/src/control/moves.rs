@@ -108,7 +108,7 @@ async fn round(
     let Some(cluster) = n.cluster().cloned() else {
         return false;
     };
-    // The current incarnation of each broker: the metadata group's voters.
+    // The current incarnation of each broker, as the registry names it.
     let nodes: BTreeMap<u32, NodeId> = cluster
         .meta_voters()
         .unwrap_or_default()
@@ -151,7 +151,7 @@ async fn round(
             for step in steps {
                 match step {
                     Step::Add(id) => {
-                        let Some(addr) = cluster.peers.get(&broker_of(id)).cloned() else {
+                        let Some(addr) = cluster.peers.get(broker_of(id)) else {
                             continue;
                         };
                         if !adding.lock().expect("adding lock").insert((p.group, id)) {
@@ -206,6 +206,7 @@ mod tests {
             replicas: replicas.to_vec(),
             leaving: leaving.to_vec(),
             leader_pinned: false,
+            founders: Vec::new(),
         }
     }
 

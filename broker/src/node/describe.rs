@@ -68,7 +68,9 @@ impl Node {
                 if wanted.is_empty() {
                     Default::default()
                 } else {
-                    c.views.learn(&c.transport, c.broker, &c.peers, &wanted).await
+                    c.views
+                        .learn(&c.transport, c.broker, &c.peers.all(), &wanted)
+                        .await
                 }
             }
             None => Default::default(),
@@ -119,10 +121,11 @@ impl Node {
         let brokers = match cluster {
             Some(c) => c
                 .peers
-                .iter()
+                .all()
+                .into_iter()
                 .map(|(id, n)| BrokerInfo {
-                    id: *id,
-                    address: n.client_addr.clone(),
+                    id,
+                    address: n.client_addr,
                 })
                 .collect(),
             None => vec![BrokerInfo {

@@ -4,7 +4,6 @@
 use felix_client::wire::StreamConfig;
 
 use super::{Followed, Node};
-use crate::cluster::MetaOp;
 use crate::error::BrokerError;
 use crate::meta::StreamMeta;
 use crate::names::StreamName;
@@ -22,29 +21,34 @@ impl Node {
     }
 
     /// Makes stream `name` match the control plane's view of it at feed
-    /// version `version` (`want` absent: deleted); in a cluster, through
-    /// the metadata group. Nothing is written when it matches already.
-    pub async fn follow(
+    /// version `version` (`want` absent: deleted). Every broker applies
+    /// the feed itself, in the feed's order; what they must agree on (shard
+    /// ids, founders) the feed carries. Nothing is written when it
+    /// matches already. `fresh`: learned from the changes as they happened
+    /// (not a snapshot), so a new shard group need not wait for a leader
+    /// that might exist already.
+    pub fn follow(
         &self,
         version: u64,
         name: &StreamName,
         want: Option<Followed>,
+        fresh: bool,
     ) -> Result<(), BrokerError> {
         if !self.follow_changes(version, name, want.as_ref()) {
             return Ok(());
         }
+        // Placements that name no founders (made before brokers
+        // registered their node ids) are founded by the current ones.
+        let current = self.cluster().map(|c| c.peers.node_ids()).unwrap_or_default();
+        self.apply_follow(version, name, want, current, fresh)
+    }
+
+    /// Records the cluster's peers as the registry names them now, so a
+    /// restart knows them before the control plane answers.
+    pub fn keep_peers(&self) -> Result<(), BrokerError> {
         match self.cluster() {
-            Some(c) => {
-                let op = MetaOp::Follow {
-                    version,
-                    name: name.to_string(),
-                    stream: want.as_ref().map(|w| w.config.clone()),
-                    replicas: c.meta_voters()?,
-                    placement: want.map(|w| w.placement).unwrap_or_default(),
-                };
-                c.write_meta(&op, self.now_ms()).await
-            }
-            None => self.apply_follow(version, name, want, None, Vec::new(), true),
+            Some(c) => self.meta.lock().expect("meta lock").set_peers(c.peers.records()),
+            None => Ok(()),
         }
     }
 
@@ -63,28 +67,27 @@ impl Node {
         }
     }
 
-    /// Applies a followed change (metadata entry `raft_index` in a
-    /// cluster). A stream of another shape than wanted was deleted and
-    /// made again while this broker did not follow: it is replaced.
+    /// Applies a followed change. A stream of another shape than wanted was
+    /// deleted and made again while this broker did not follow: it is
+    /// replaced.
     pub(super) fn apply_follow(
         &self,
         version: u64,
         name: &StreamName,
         want: Option<Followed>,
-        raft_index: Option<u64>,
         replicas: Vec<u64>,
         fresh: bool,
     ) -> Result<(), BrokerError> {
         let current = {
             let mut meta = self.meta.lock().expect("meta lock");
-            if !meta.note_follow(version, raft_index)? {
+            if !meta.note_follow(version)? {
                 return Ok(());
             }
             meta.get(name).cloned()
         };
         match (current, want) {
             (None, None) => Ok(()),
-            (Some(_), None) => self.delete_local(name, raft_index),
+            (Some(_), None) => self.delete_local(name, None),
             (Some(m), Some(Followed { config: c, placement })) if same_shape(&m, &c) => {
                 let m = self.meta.lock().expect("meta lock").update(name, |m| {
                     m.placement = placement;
@@ -101,9 +104,9 @@ impl Node {
             (current, Some(Followed { config: c, placement })) => {
                 if current.is_some() {
                     tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
-                    self.delete_local(name, raft_index)?;
+                    self.delete_local(name, None)?;
                 }
-                self.create_local(&c, raft_index, replicas, placement, fresh)?;
+                self.create_local(&c, None, replicas, placement, fresh)?;
                 Ok(())
             }
         }

@@ -1,10 +1,11 @@
-//! Joining the cluster: the metadata group, and each hosted shard's Raft
-//! group started as founder or joiner.
+//! Joining the cluster: each hosted shard's Raft group started as founder
+//! or joiner, and, in a static cluster without a control plane, the
+//! metadata group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Followed, Node};
+use super::Node;
 use crate::cluster::{Cluster, MetaOp};
 use crate::error::BrokerError;
 use crate::meta::StreamMeta;
@@ -13,15 +14,29 @@ use crate::names::StreamName;
 use crate::shard::HostedShard;
 
 impl Node {
-    /// Joins the cluster: starts the replication transport, the metadata
-    /// group and a group for every shard this broker hosts.
+    /// Joins the cluster: starts the replication transport, a group for
+    /// every shard this broker hosts and, without a control plane
+    /// (`registry` absent), the metadata group. `registry`: this broker's
+    /// client address, when the control plane's registry names the peers.
     pub async fn start_cluster(
         self: &Arc<Self>,
         c: &crate::config::ClusterConfig,
+        registry: Option<String>,
     ) -> Result<(), BrokerError> {
-        let applied = self.meta.lock().expect("meta lock").raft_applied();
+        let (applied, saved) = {
+            let meta = self.meta.lock().expect("meta lock");
+            (meta.raft_applied(), meta.peers())
+        };
         let identity = crate::identity::Identity::load_or_create(&self.data_dir, self.broker_id)?;
-        let cluster = Arc::new(Cluster::open(&identity, c, &self.data_dir, applied)?);
+        let follows = registry.is_some();
+        let cluster = Arc::new(Cluster::open(
+            &identity,
+            c,
+            &self.data_dir,
+            applied,
+            registry,
+            saved,
+        )?);
         let _ = self.cluster.set(cluster.clone());
         for h in self.streams() {
             let m = h.meta();
@@ -34,6 +49,9 @@ impl Node {
                     .start_shard(s, dir, false, m.founders_of(i), m.preferred_leader(i))
                     .await?;
             }
+        }
+        if follows {
+            return Ok(());
         }
         let owner: Arc<dyn MetaOwner> = self.clone();
         let applier = Arc::new(MetaApplier {
@@ -50,23 +68,6 @@ impl Node {
                 self.create_local(stream, Some(index), replicas.clone(), Vec::new(), fresh)?;
                 Ok(())
             }
-            MetaOp::Follow {
-                version,
-                name,
-                stream,
-                replicas,
-                placement,
-            } => self.apply_follow(
-                *version,
-                &StreamName::parse(name)?,
-                stream.clone().map(|s| Followed {
-                    config: s,
-                    placement: placement.clone(),
-                }),
-                Some(index),
-                replicas.clone(),
-                fresh,
-            ),
             MetaOp::Delete { name } => self.delete_local(&StreamName::parse(name)?, Some(index)),
             MetaOp::SetRetention {
                 name,

@@ -98,7 +98,7 @@ impl Node {
         let c = self.cluster()?;
         m.placed(shard)
             .filter(|b| *b != self.broker_id)
-            .find_map(|b| Some((b, c.peers.get(&b)?.client_addr.clone())))
+            .find_map(|b| Some((b, c.peers.get(b)?.client_addr)))
     }
 
     /// Stops serving replica `s` and deletes it: its readers end, its

@@ -277,16 +277,21 @@ impl Node {
         self.stream_by_name(&n)
     }
 
-    /// [`Node::stream`], except that in a cluster an unknown name is
-    /// looked up again after catching up with the metadata group: a
-    /// stream created through another broker a moment ago is found.
+    /// [`Node::stream`], except that an unknown name is looked up again
+    /// after catching up with the control plane's feed (or, in a static
+    /// cluster, the metadata group): a stream created through another
+    /// broker a moment ago is found.
     pub async fn find_stream(&self, name: &str) -> Result<Arc<StreamHandle>, BrokerError> {
-        match (self.stream(name), self.cluster()) {
-            (Err(BrokerError::UnknownStream(_)), Some(c)) => {
-                c.meta_barrier().await?;
+        match self.stream(name) {
+            Err(BrokerError::UnknownStream(_)) => {
+                if let Some(link) = self.control() {
+                    crate::control::admin::caught_up(link).await?;
+                } else if let Some(c) = self.cluster() {
+                    c.meta_barrier().await?;
+                }
                 self.stream(name)
             }
-            (r, _) => r,
+            r => r,
         }
     }
 

@@ -95,6 +95,10 @@ impl Node {
             default_ttl_ms: None,
             replication_factor: 0,
         };
+        if let Some(link) = self.control() {
+            crate::control::admin::ensure(self, link, &c).await?;
+            return self.stream_by_name(name);
+        }
         match self.create_stream(&c).await {
             Err(BrokerError::StreamExists(_)) => self.stream_by_name(name),
             r => r,

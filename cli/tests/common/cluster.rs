@@ -13,11 +13,16 @@ use felix_client::{Client, ClientConfig, Route};
 pub struct Member {
     pub at: LocalMember,
     config: PathBuf,
+    /// A control-plane node's configuration: the process runs it too
+    /// (combined mode).
+    pub controlplane: Option<PathBuf>,
     child: Option<Child>,
 }
 
 pub struct LocalCluster {
     pub members: Vec<Member>,
+    /// Where members' directories and the shared CA live.
+    root: PathBuf,
     pub ca: PathBuf,
     /// When set, each broker's stderr goes to `b<id>.log` here.
     pub stderr_dir: Option<PathBuf>,
@@ -90,12 +95,14 @@ impl LocalCluster {
                 Member {
                     at: m.clone(),
                     config,
+                    controlplane: None,
                     child: None,
                 }
             })
             .collect();
         LocalCluster {
             members,
+            root: root.to_path_buf(),
             ca,
             stderr_dir: None,
             skew_dir: None,
@@ -110,6 +117,41 @@ impl LocalCluster {
         for i in 0..self.members.len() {
             self.wait_ready(i);
         }
+    }
+
+    /// Configures broker `max id + 1` with `extra` (which must name a
+    /// control plane: the new broker learns its peers from its registry,
+    /// and they learn it) and starts it; returns its id.
+    pub fn add(&mut self, extra: &str) -> u64 {
+        assert!(
+            extra.contains("[controlplane]"),
+            "a broker joins through a control plane"
+        );
+        let id = self.members.iter().map(|m| m.at.id).max().unwrap_or(0) + 1;
+        let ports = free_ports(2);
+        let at = LocalMember {
+            id,
+            client: format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
+            raft: format!("127.0.0.1:{}", ports[1]).parse().unwrap(),
+            data_dir: self.root.join(format!("b{id}")),
+        };
+        std::fs::create_dir_all(&at.data_dir).unwrap();
+        let config = at.data_dir.join("broker.toml");
+        std::fs::write(
+            &config,
+            local_cluster_toml(&at, &[], &self.root.join("ca"), extra),
+        )
+        .unwrap();
+        self.members.push(Member {
+            at,
+            config,
+            controlplane: None,
+            child: None,
+        });
+        let i = self.members.len() - 1;
+        self.spawn(i);
+        self.wait_ready(i);
+        id
     }
 
     pub fn is_running(&self, i: usize) -> bool {
@@ -134,15 +176,14 @@ impl LocalCluster {
             None => Stdio::inherit(),
         };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_felix"));
-        cmd.args(["broker", "--config"])
-            .arg(&m.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .env(
-                "FELIX_LOG",
-                std::env::var("FELIX_TEST_LOG").unwrap_or_else(|_| "error,openraft=off".into()),
-            );
+        cmd.args(["broker", "--config"]).arg(&m.config);
+        if let Some(cp) = &m.controlplane {
+            cmd.arg("--controlplane-config").arg(cp);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).env(
+            "FELIX_LOG",
+            std::env::var("FELIX_TEST_LOG").unwrap_or_else(|_| "error,openraft=off".into()),
+        );
         if let Some(d) = &self.skew_dir {
             cmd.env("FELIX_CLOCK_SKEW_FILE", d.join(format!("skew-b{}", m.at.id)));
         }

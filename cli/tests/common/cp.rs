@@ -28,6 +28,22 @@ impl Proc {
 
     /// With `extra` settings (top-level keys) in the configuration.
     pub fn start_with(dir: &Path, id: u64, ports: &[u16], extra: &str) -> Proc {
+        let path = Proc::configure(dir, id, ports, extra);
+        let log = std::fs::File::create(dir.join(format!("cp{id}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_felix"))
+            .args(["controlplane", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc(Some(child))
+    }
+
+    /// Writes node `id`'s configuration (of nodes on `ports`) under `dir`
+    /// and returns its path.
+    pub fn configure(dir: &Path, id: u64, ports: &[u16], extra: &str) -> std::path::PathBuf {
         let peers: Vec<String> = ports
             .iter()
             .enumerate()
@@ -41,16 +57,7 @@ impl Proc {
         );
         let path = dir.join(format!("cp{id}.toml"));
         std::fs::write(&path, cfg).unwrap();
-        let log = std::fs::File::create(dir.join(format!("cp{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_felix"))
-            .args(["controlplane", "--config"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Proc(Some(child))
+        path
     }
 
     pub fn kill(&mut self) {

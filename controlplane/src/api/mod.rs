@@ -166,6 +166,15 @@ fn body<T: DeserializeOwned>(b: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(b).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
+/// [`check_name`] for a stream or cache, whose name may end in dead-letter
+/// suffixes beyond the length limit.
+fn check_stream_name(what: &str, n: &str) -> ApiResult<()> {
+    match felix_model::names::stream_name_problem(n) {
+        Some(why) => Err(bad(format!("{what} {n:?}: {why}"))),
+        None => Ok(()),
+    }
+}
+
 fn check_name(what: &str, n: &str) -> ApiResult<()> {
     match name_problem(n) {
         Some(why) => Err(bad(format!("{what} {n:?}: {why}"))),

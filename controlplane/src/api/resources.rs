@@ -38,7 +38,7 @@ pub(super) async fn create_placed<P: Placed>(
 ) -> ApiResult {
     let c = ns_caller(&n, &h, &t, &ns)?;
     let x: NewPlaced<P::Spec> = body(&b)?;
-    check_name(P::KIND, &x.name)?;
+    check_stream_name(P::KIND, &x.name)?;
     c.require(Action::ResourceManage, &P::object(&t, &ns, &x.name))?;
     P::validate(&x.spec).map_err(bad)?;
     let cmd = P::create(t, ns, x.name, x.spec);
@@ -50,7 +50,7 @@ pub(super) async fn get_placed<P: Placed>(
     h: HeaderMap,
     Path((t, ns, s)): Path<(String, String, String)>,
 ) -> ApiResult {
-    check_name(P::KIND, &s)?;
+    check_stream_name(P::KIND, &s)?;
     caller(&n, &h, &t)?.require(Action::ResourceManage, &P::object(&t, &ns, &s))?;
     n.read_barrier().await;
     n.read(|m| {
@@ -69,7 +69,7 @@ pub(super) async fn patch_stream(
     Path((t, ns, s)): Path<(String, String, String)>,
     b: Bytes,
 ) -> ApiResult {
-    check_name("stream", &s)?;
+    check_stream_name("stream", &s)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &Object::stream(&t, &ns, &s))?;
     let update: StreamUpdate = body(&b)?;
@@ -95,7 +95,7 @@ pub(super) async fn delete_stream(
     Path((t, ns, s)): Path<(String, String, String)>,
     Query(f): Query<Force>,
 ) -> ApiResult {
-    check_name("stream", &s)?;
+    check_stream_name("stream", &s)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &Object::stream(&t, &ns, &s))?;
     if !f.force {
@@ -127,7 +127,7 @@ pub(super) async fn delete_cache(
     h: HeaderMap,
     Path((t, ns, s)): Path<(String, String, String)>,
 ) -> ApiResult {
-    check_name("cache", &s)?;
+    check_stream_name("cache", &s)?;
     let c = caller(&n, &h, &t)?;
     c.require(Action::ResourceManage, &Object::cache(&t, &ns, &s))?;
     let cmd = Command::DeleteCache {

@@ -39,6 +39,12 @@ impl Metadata {
                         },
                         decommissioning: b.decommissioning,
                     },
+                    None if self.brokers.len() >= crate::model::BROKERS_MAX => {
+                        return Err(ApplyError::invalid(format!(
+                            "the registry holds {} brokers already (BROKERS_MAX); decommission one first",
+                            crate::model::BROKERS_MAX
+                        )));
+                    }
                     None => {
                         // A new broker takes its share of what exists.
                         self.rebalance.get_or_insert(crate::rebalance::Goal {

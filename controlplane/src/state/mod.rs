@@ -718,6 +718,7 @@ mod tests {
                 raft_addr: format!("127.0.0.1:{}", 8000 + id),
                 zone: Some(zone.into()),
                 shards_max: 100,
+                node_id: u64::from(id) * 1000 + 1,
             },
         }
     }
@@ -763,6 +764,48 @@ mod tests {
                 },
             },
         ))
+    }
+
+    #[test]
+    fn a_placed_shard_names_its_founders_by_the_node_ids_its_brokers_registered() {
+        let mut m = cluster();
+        create(&mut m, "s", 2, 3).unwrap();
+        for p in &m.namespace("t", "ns").unwrap().streams["s"].placement {
+            let want: Vec<u64> = p.replicas.iter().map(|b| u64::from(*b) * 1000 + 1).collect();
+            assert_eq!(p.founders, want, "founders follow the replicas' order");
+        }
+        // A broker rebuilt under a new node id re-registers: later
+        // placements name the new id, the founders already recorded stay.
+        let Command::RegisterBroker { mut registration } = broker(1, "a") else {
+            unreachable!()
+        };
+        registration.node_id = 1002;
+        m.apply(&env(0, Command::RegisterBroker { registration }))
+            .unwrap();
+        let before = m.namespace("t", "ns").unwrap().streams["s"].placement.clone();
+        assert!(before.iter().all(|p| !p.founders.contains(&1002)));
+        create(&mut m, "later", 1, 3).unwrap();
+        let later = &m.namespace("t", "ns").unwrap().streams["later"].placement[0];
+        assert!(later.founders.contains(&1002) && !later.founders.contains(&1001));
+    }
+
+    #[test]
+    fn the_registry_refuses_a_broker_past_brokers_max_and_still_re_registers_one_it_holds() {
+        let mut m = Metadata::new();
+        for id in 1..=crate::model::BROKERS_MAX as u32 {
+            m.apply(&env(0, broker(id, "a"))).unwrap();
+        }
+        let e = m.apply(&env(0, broker(crate::model::BROKERS_MAX as u32 + 1, "a")));
+        assert!(e.unwrap_err().to_string().contains("BROKERS_MAX"));
+        let Command::RegisterBroker { mut registration } = broker(7, "a") else {
+            unreachable!()
+        };
+        registration.node_id = 7777;
+        assert!(
+            m.apply(&env(0, Command::RegisterBroker { registration }))
+                .unwrap()
+                .changed
+        );
     }
 
     #[test]

@@ -115,7 +115,9 @@ impl Metadata {
         spec: &P::Spec,
         moves: &mut Vec<Move>,
     ) -> Result<Vec<Change>, ApplyError> {
-        check_names(&[(P::KIND, name)])?;
+        if let Some(why) = felix_model::names::stream_name_problem(name) {
+            return Err(ApplyError::invalid(format!("{} {name:?}: {why}", P::KIND)));
+        }
         P::validate(spec).map_err(ApplyError::invalid)?;
         let n = self.namespace(tenant, namespace)?;
         if P::other_holds(n, name) {
@@ -184,11 +186,17 @@ impl Metadata {
                 from: None,
                 to: *to,
             }));
+            let founders = replicas
+                .iter()
+                .filter_map(|b| Some(self.brokers.get(b)?.registration.node_id))
+                .filter(|id| *id != 0)
+                .collect();
             out.push(ShardPlacement {
                 group,
                 replicas,
                 leaving: Vec::new(),
                 leader_pinned: false,
+                founders,
             });
         }
         Ok(out)

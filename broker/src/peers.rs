@@ -1,0 +1,170 @@
+//! Who the other brokers are and where they listen: the control plane's
+//! broker registry as the feed brings it, or, in a cluster without a
+//! control plane, the static `[cluster]` list.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use felix_replication::{BrokerNode, NodeId};
+
+/// One broker as this broker knows it (kept in the metadata file, so a
+/// broker restarted while the control plane is away still knows where its
+/// peers are).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Peer {
+    pub node: BrokerNode,
+    /// Its current Raft node id, when the registry says (a static list
+    /// does not: any incarnation of a listed broker is current).
+    pub node_id: Option<NodeId>,
+}
+
+/// The brokers of the cluster, this one included.
+#[derive(Debug)]
+pub struct Peers {
+    by_broker: RwLock<BTreeMap<u64, Peer>>,
+    /// Learned from the control plane's registry (else fixed at start).
+    registry: bool,
+}
+
+impl Peers {
+    /// A static list (no control plane).
+    pub fn fixed(list: BTreeMap<u64, BrokerNode>) -> Peers {
+        let by_broker = list
+            .into_iter()
+            .map(|(b, node)| (b, Peer { node, node_id: None }))
+            .collect();
+        Peers {
+            by_broker: RwLock::new(by_broker),
+            registry: false,
+        }
+    }
+
+    /// Filled by the control plane's feed, starting from what it said
+    /// last (`saved`); `me` is known from the start.
+    pub fn from_registry(me: u64, node: BrokerNode, node_id: NodeId, saved: BTreeMap<u64, Peer>) -> Peers {
+        let mut by_broker = saved;
+        by_broker.insert(
+            me,
+            Peer {
+                node,
+                node_id: Some(node_id),
+            },
+        );
+        Peers {
+            by_broker: RwLock::new(by_broker),
+            registry: true,
+        }
+    }
+
+    /// Every entry, as saved.
+    pub fn records(&self) -> BTreeMap<u64, Peer> {
+        self.read().clone()
+    }
+
+    /// Whether the registry names the brokers (rather than a static list).
+    pub fn follows_registry(&self) -> bool {
+        self.registry
+    }
+
+    pub fn get(&self, broker: u64) -> Option<BrokerNode> {
+        self.read().get(&broker).map(|p| p.node.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.read().is_empty()
+    }
+
+    /// Every broker's addresses.
+    pub fn all(&self) -> BTreeMap<u64, BrokerNode> {
+        self.read().iter().map(|(b, p)| (*b, p.node.clone())).collect()
+    }
+
+    /// The current node ids the registry names (none with a static list).
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.read().values().filter_map(|p| p.node_id).collect()
+    }
+
+    /// Whether `id` is the current incarnation of its broker: the one the
+    /// registry names, or any of a broker a static list holds.
+    pub fn is_current(&self, broker: u64, id: NodeId) -> bool {
+        match self.read().get(&broker) {
+            Some(p) => p.node_id.is_none_or(|n| n == id),
+            None => false,
+        }
+    }
+
+    /// What the registry says of `broker` now (`None`: it left for good).
+    /// This broker's own entry keeps the node id it runs as.
+    pub fn learn(&self, me: u64, broker: u64, peer: Option<Peer>) {
+        let mut map = self.by_broker.write().expect("peers lock");
+        match peer {
+            Some(_) | None if broker == me => {}
+            Some(p) => {
+                map.insert(broker, p);
+            }
+            None => {
+                map.remove(&broker);
+            }
+        }
+    }
+
+    /// Replaces every entry but this broker's with a registry snapshot.
+    pub fn replace(&self, me: u64, all: BTreeMap<u64, Peer>) {
+        let mut map = self.by_broker.write().expect("peers lock");
+        map.retain(|b, _| *b == me);
+        for (b, p) in all {
+            if b != me {
+                map.insert(b, p);
+            }
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Peer>> {
+        self.by_broker.read().expect("peers lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(port: u16) -> BrokerNode {
+        BrokerNode {
+            raft_addr: format!("127.0.0.1:{port}"),
+            client_addr: format!("127.0.0.1:{}", port + 1),
+        }
+    }
+
+    #[test]
+    fn the_registry_replaces_peers_but_never_this_brokers_own_entry() {
+        let p = Peers::from_registry(1, node(10), 0x1_0001, BTreeMap::new());
+        let theirs = |id: u64| Peer {
+            node: node(20),
+            node_id: Some(id),
+        };
+        p.replace(1, BTreeMap::from([(1, theirs(0x1_0009)), (2, theirs(0x2_0001))]));
+        assert!(p.is_current(1, 0x1_0001) && !p.is_current(1, 0x1_0009));
+        assert_eq!(p.get(1), Some(node(10)));
+        // Broker 2 rebuilt under a new node id: its old replica is not current.
+        p.learn(1, 2, Some(theirs(0x2_0002)));
+        assert!(!p.is_current(2, 0x2_0001) && p.is_current(2, 0x2_0002));
+        let mut ids = p.node_ids();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![0x1_0001, 0x2_0002]);
+        p.learn(1, 2, None);
+        p.learn(1, 1, None);
+        assert_eq!(p.all().keys().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_static_list_takes_any_incarnation_of_a_listed_broker() {
+        let p = Peers::fixed(BTreeMap::from([(1, node(10)), (2, node(20))]));
+        assert!(!p.follows_registry());
+        assert!(p.is_current(2, 0xdead) && !p.is_current(3, 1));
+        assert!(p.node_ids().is_empty());
+    }
+}
