@@ -121,7 +121,7 @@ impl Cluster {
             Some(client_addr) => crate::peers::Peers::from_registry(
                 u64::from(identity.broker_id),
                 BrokerNode {
-                    raft_addr: c.raft_listen.to_string(),
+                    raft_addr: c.raft_address(),
                     client_addr,
                 },
                 me,

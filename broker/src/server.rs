@@ -149,7 +149,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         let raft_addr = config
             .cluster
             .as_ref()
-            .map_or_else(|| advertise.clone(), |c| c.raft_listen.to_string());
+            .map_or_else(|| advertise.clone(), |c| c.raft_address());
         if config.cluster.is_some() {
             crate::control::moves::start(link.clone(), &node);
         }

@@ -92,7 +92,7 @@ impl LocalBrokers {
             std::fs::create_dir_all(&m.data_dir)?;
             let path = m.data_dir.join("broker.toml");
             let text = match replicated {
-                true => local_cluster_toml(m, &members, &tls_dir, extra),
+                true => local_cluster_toml(m, &members, None, &tls_dir, extra),
                 false => local_broker_toml(m, extra),
             };
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -101,6 +101,39 @@ impl LocalBrokers {
         }
         b.members = members;
         Ok(b)
+    }
+
+    /// Starts one more broker on free loopback ports, configured with
+    /// `extra`, which must name the control plane the others follow: its
+    /// registry introduces the new broker to them, and no other broker's
+    /// file changes. Returns its index in `members`.
+    pub fn add(&mut self, extra: &str) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            extra.contains("[controlplane]"),
+            "a broker joins a running cluster through its control plane"
+        );
+        let first = self.members.first().context("a cluster to join")?;
+        let root = first
+            .data_dir
+            .parent()
+            .context("the cluster's directory")?
+            .to_path_buf();
+        let id = self.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
+        let free = free_ports(SocketAddr::new(first.client.ip(), 0), 2)?;
+        let m = LocalMember {
+            id,
+            client: SocketAddr::new(first.client.ip(), free[0]),
+            raft: SocketAddr::new(first.client.ip(), free[1]),
+            data_dir: root.join(format!("broker{id}")),
+        };
+        std::fs::create_dir_all(&m.data_dir)?;
+        let path = m.data_dir.join("broker.toml");
+        let text = local_cluster_toml(&m, &[], None, &root.join("cluster"), extra);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        self.children.push(Some(spawn(self.subcommand, &path)?));
+        self.configs.push(path);
+        self.members.push(m);
+        Ok(self.members.len() - 1)
     }
 
     /// SIGKILLs broker `i` (an index into `members`) and reaps it.

@@ -181,8 +181,6 @@ struct Placed {
     cluster: common::cluster::LocalCluster,
     port: u16,
     http: reqwest::Client,
-    /// The brokers' control-plane settings (for one added later).
-    extra: String,
 }
 
 impl Placed {
@@ -235,7 +233,6 @@ impl Placed {
             cluster,
             port,
             http,
-            extra,
         }
     }
 
@@ -847,9 +844,8 @@ async fn a_sixth_broker_joins_a_running_cluster_and_takes_its_share_under_load()
             seen
         })
     };
-    let extra = p.extra.clone();
     let started = Instant::now();
-    let new = tokio::task::block_in_place(|| p.cluster.add(&extra));
+    let new = tokio::task::block_in_place(|| p.cluster.add());
     assert_eq!(new, 6);
     let after = until(
         120,

@@ -173,6 +173,11 @@ impl ControlPlaneConfig {
 pub struct ClusterConfig {
     /// UDP address for replication traffic between brokers.
     pub raft_listen: SocketAddr,
+    /// The replication address the other brokers are told (registered
+    /// with the control plane), when they reach this broker at another
+    /// address than `raft_listen` (a proxy, NAT); `raft_listen` if unset.
+    #[serde(default)]
+    pub advertise_raft: Option<String>,
     /// Every broker of the cluster, this one included: only without a
     /// control plane, whose broker registry names them otherwise.
     #[serde(default)]
@@ -223,6 +228,13 @@ pub struct PeerConfig {
 }
 
 impl ClusterConfig {
+    /// The replication address peers use.
+    pub fn raft_address(&self) -> String {
+        self.advertise_raft
+            .clone()
+            .unwrap_or_else(|| self.raft_listen.to_string())
+    }
+
     pub fn group_config(&self) -> felix_replication::GroupConfig {
         felix_replication::GroupConfig {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
@@ -332,8 +344,15 @@ pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
 /// The configuration file of `me` in a local cluster of `all`, sharing the
 /// development CA under `tls_dir`; `extra` is appended (more settings).
 /// When `extra` configures a control plane the file lists no peers: its
-/// registry names them.
-pub fn local_cluster_toml(me: &LocalMember, all: &[LocalMember], tls_dir: &Path, extra: &str) -> String {
+/// registry names them. `advertise_raft`: where the others reach this
+/// broker's replication, when not at `me.raft` (through a proxy).
+pub fn local_cluster_toml(
+    me: &LocalMember,
+    all: &[LocalMember],
+    advertise_raft: Option<SocketAddr>,
+    tls_dir: &Path,
+    extra: &str,
+) -> String {
     let all = if extra.contains("[controlplane]") {
         &[]
     } else {
@@ -347,6 +366,9 @@ pub fn local_cluster_toml(me: &LocalMember, all: &[LocalMember], tls_dir: &Path,
         me.raft,
         tls_dir.display().to_string()
     );
+    if let Some(a) = advertise_raft {
+        t.push_str(&format!("advertise_raft = \"{a}\"\n"));
+    }
     for p in all {
         t.push_str(&format!(
             "\n[[cluster.peers]]\nid = {}\nraft = \"{}\"\nclient = \"{}\"\n",
@@ -544,7 +566,7 @@ mod tests {
                 data_dir: PathBuf::from(format!("/tmp/b{id}")),
             })
             .collect();
-        let t = local_cluster_toml(&all[1], &all, Path::new("/tmp/ca"), "");
+        let t = local_cluster_toml(&all[1], &all, None, Path::new("/tmp/ca"), "");
         let c: BrokerConfig = toml::from_str(&t).unwrap();
         assert!(c.check().is_ok());
         let cl = c.cluster.as_ref().unwrap();
@@ -559,11 +581,11 @@ mod tests {
         assert!(c.check().unwrap_err().contains("election_timeout_max_ms"));
         // With a control plane the registry names the peers: no list.
         let cp = "[controlplane]\nurls = [\"http://127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n";
-        let t = local_cluster_toml(&all[1], &all, Path::new("/tmp/ca"), cp);
+        let t = local_cluster_toml(&all[1], &all, None, Path::new("/tmp/ca"), cp);
         let c: BrokerConfig = toml::from_str(&t).unwrap();
         assert!(c.check().is_ok(), "{t}");
         assert!(c.cluster.as_ref().unwrap().peers.is_empty());
-        let listed = local_cluster_toml(&all[1], &all, Path::new("/tmp/ca"), "")
+        let listed = local_cluster_toml(&all[1], &all, None, Path::new("/tmp/ca"), "")
             .replace("[cluster]", &format!("{cp}[cluster]"));
         let c: BrokerConfig = toml::from_str(&listed).unwrap();
         assert!(c.check().unwrap_err().contains("registry names the peers"));

@@ -1,5 +1,9 @@
 //! A local cluster of real broker processes (`felix broker --config`) on
-//! 127.0.0.1, each killable, pausable and restartable on its own data.
+//! 127.0.0.1, each killable, pausable and restartable on its own data,
+//! following a control plane: the caller's, or one `felix controlplane`
+//! process of the cluster's own (with the development tenant `dev` and
+//! its namespace `default`, where bare stream names live, and tokens not
+//! required).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,6 +25,11 @@ pub struct Member {
 
 pub struct LocalCluster {
     pub members: Vec<Member>,
+    /// The control-plane process this cluster started for itself, and its
+    /// API port.
+    pub controlplane: Option<(super::cp::Proc, u16)>,
+    /// Every broker's settings beyond its own (the control plane's too).
+    extra: String,
     /// Where members' directories and the shared CA live.
     root: PathBuf,
     pub ca: PathBuf,
@@ -28,6 +37,42 @@ pub struct LocalCluster {
     pub stderr_dir: Option<PathBuf>,
     /// Each broker reads its clock offset from `skew-b<id>` here.
     pub skew_dir: Option<PathBuf>,
+}
+
+/// Makes the development tenant and namespace on the control plane at
+/// `port` (once it has a leader), on a thread of its own so that any
+/// caller, inside a runtime or not, may wait for it.
+fn dev_tenant(port: u16) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use reqwest::Method;
+            let http = reqwest::Client::new();
+            let ports = [port];
+            super::cp::until(30, "a control-plane leader", || super::cp::leader(&http, &ports)).await;
+            for (path, body) in [
+                ("/v1/tenants", serde_json::json!({"name": "dev"})),
+                (
+                    "/v1/tenants/dev/namespaces",
+                    serde_json::json!({"name": "default"}),
+                ),
+            ] {
+                super::cp::until(30, path, || async {
+                    let (s, _) = super::cp::call(&http, port, Method::POST, path, Some(body.clone()))
+                        .await
+                        .ok()?;
+                    // 409: made by an earlier launch.
+                    (s == 200 || s == 409).then_some(())
+                })
+                .await;
+            }
+        })
+    })
+    .join()
+    .expect("the development tenant");
 }
 
 /// `n` distinct ports free now (all held at once, so none repeats).
@@ -58,6 +103,19 @@ impl LocalCluster {
     ) -> LocalCluster {
         let tls_dir = root.join("ca");
         let ca = dev_certificates(&tls_dir, &[]).unwrap().ca;
+        // Brokers follow a control plane: the caller's, or one of our own.
+        let (controlplane, extra) = match extra.contains("[controlplane]") {
+            true => (None, extra.to_string()),
+            false => {
+                let port = super::cp::free_port();
+                let cp = super::cp::Proc::start(root, 1, &[port]);
+                let follow = format!(
+                    "[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{}\"\nheartbeat_interval_ms = 500\nrequire_tokens = false\n",
+                    super::cp::SECRET
+                );
+                (Some((cp, port)), format!("{extra}\n{follow}"))
+            }
+        };
         let ports = free_ports(2 * n as usize);
         let all: Vec<LocalMember> = (1..=n)
             .map(|id| LocalMember {
@@ -91,7 +149,13 @@ impl LocalCluster {
             .map(|m| {
                 std::fs::create_dir_all(&m.data_dir).unwrap();
                 let config = m.data_dir.join("broker.toml");
-                std::fs::write(&config, local_cluster_toml(m, &seen_by_peers, &tls_dir, extra)).unwrap();
+                let seen = seen_by_peers
+                    .iter()
+                    .find(|s| s.id == m.id)
+                    .expect("every member")
+                    .raft;
+                let advertise = (seen != m.raft).then_some(seen);
+                std::fs::write(&config, local_cluster_toml(m, &[], advertise, &tls_dir, &extra)).unwrap();
                 Member {
                     at: m.clone(),
                     config,
@@ -102,6 +166,8 @@ impl LocalCluster {
             .collect();
         LocalCluster {
             members,
+            controlplane,
+            extra,
             root: root.to_path_buf(),
             ca,
             stderr_dir: None,
@@ -109,8 +175,12 @@ impl LocalCluster {
         }
     }
 
-    /// Starts every member and waits until each serves.
+    /// Starts every member and waits until each serves (and, with the
+    /// cluster's own control plane, until it takes bare stream names).
     pub fn launch(&mut self) {
+        if let Some((_, port)) = &self.controlplane {
+            dev_tenant(*port);
+        }
         for i in 0..self.members.len() {
             self.spawn(i);
         }
@@ -119,14 +189,10 @@ impl LocalCluster {
         }
     }
 
-    /// Configures broker `max id + 1` with `extra` (which must name a
-    /// control plane: the new broker learns its peers from its registry,
-    /// and they learn it) and starts it; returns its id.
-    pub fn add(&mut self, extra: &str) -> u64 {
-        assert!(
-            extra.contains("[controlplane]"),
-            "a broker joins through a control plane"
-        );
+    /// Configures broker `max id + 1` as the others (it learns its peers
+    /// from the control plane's registry, and they learn it) and starts
+    /// it; returns its id.
+    pub fn add(&mut self) -> u64 {
         let id = self.members.iter().map(|m| m.at.id).max().unwrap_or(0) + 1;
         let ports = free_ports(2);
         let at = LocalMember {
@@ -139,7 +205,7 @@ impl LocalCluster {
         let config = at.data_dir.join("broker.toml");
         std::fs::write(
             &config,
-            local_cluster_toml(&at, &[], &self.root.join("ca"), extra),
+            local_cluster_toml(&at, &[], None, &self.root.join("ca"), &self.extra),
         )
         .unwrap();
         self.members.push(Member {
