@@ -215,14 +215,25 @@ async fn bench(
     let mut rows = Vec::new();
     for (rf, replicated) in [(1u32, false), (3, true)] {
         let dir = tempfile::tempdir()?;
-        let brokers = LocalBrokers::spawn(
-            crate::RUN_BROKER,
-            dir.path(),
-            "127.0.0.1:0".parse()?,
-            rf,
-            "",
-            replicated,
-        )?;
+        // A cluster follows a control plane; the RF=1 baseline is one
+        // plain broker.
+        let (brokers, _cp) = match replicated {
+            true => {
+                let c = cluster_on_loopback(dir.path(), rf, "", &[&format!("rf{rf}")]).await?;
+                (c.brokers, Some(c.cp))
+            }
+            false => (
+                LocalBrokers::spawn(
+                    crate::RUN_BROKER,
+                    dir.path(),
+                    "127.0.0.1:0".parse()?,
+                    rf,
+                    "",
+                    false,
+                )?,
+                None,
+            ),
+        };
         for durability in ["always", "none"] {
             let stream = format!("bench/rf{rf}/{durability}");
             let client = ready_stream(&brokers, &stream, durability, shards).await?;
@@ -300,7 +311,9 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
             (Some(dir), path)
         }
     };
-    let mut brokers = LocalBrokers::spawn(crate::RUN_BROKER, &dir, "127.0.0.1:0".parse()?, 3, "", true)?;
+    let OnLoopback {
+        mut brokers, cp: _cp, ..
+    } = cluster_on_loopback(&dir, 3, "", &["failover"]).await?;
     let stream = "bench/failover/always";
     let client = ready_stream(&brokers, stream, "always", 3).await?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -407,14 +420,57 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `n` broker processes of one cluster on loopback ports, `extra` in each
-/// broker's file.
-pub(crate) fn cluster_on_loopback(
+/// Broker processes of one cluster and the control plane they follow.
+pub(crate) struct OnLoopback {
+    pub brokers: LocalBrokers,
+    pub cp: felix_cli::embedded::Embedded,
+    /// What each broker's file says of the control plane (for one added).
+    pub follow: String,
+}
+
+/// `n` broker processes of one cluster on loopback ports (`extra` in each
+/// broker's file) following a control plane in this process, which holds
+/// the tenant `bench` with `namespaces` (streams `bench/NAMESPACE/…`) and
+/// requires no tokens of clients.
+pub(crate) async fn cluster_on_loopback(
     dir: &std::path::Path,
     n: u32,
     extra: &str,
-) -> anyhow::Result<LocalBrokers> {
-    LocalBrokers::spawn(crate::RUN_BROKER, dir, "127.0.0.1:0".parse()?, n, extra, true)
+    namespaces: &[&str],
+) -> anyhow::Result<OnLoopback> {
+    let cp = felix_cli::embedded::start(dir, "127.0.0.1:0".parse()?).await?;
+    let api = format!("http://{}", cp.handle.addr);
+    let http = reqwest::Client::new();
+    let bodies = std::iter::once(("/v1/tenants".to_owned(), serde_json::json!({"name": "bench"}))).chain(
+        namespaces.iter().map(|ns| {
+            (
+                "/v1/tenants/bench/namespaces".to_owned(),
+                serde_json::json!({"name": ns}),
+            )
+        }),
+    );
+    for (path, body) in bodies {
+        let r = http
+            .post(format!("{api}{path}"))
+            .bearer_auth(&cp.link.secret)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "{path}: {}", r.text().await?);
+    }
+    let follow = format!(
+        "[controlplane]\nurls = {:?}\nsecret = {:?}\nrequire_tokens = false\n",
+        cp.link.urls, cp.link.secret
+    );
+    let brokers = LocalBrokers::spawn(
+        crate::RUN_BROKER,
+        dir,
+        "127.0.0.1:0".parse()?,
+        n,
+        &format!("{extra}\n{follow}"),
+        true,
+    )?;
+    Ok(OnLoopback { brokers, cp, follow })
 }
 
 /// CPU time of process `pid` so far (user + system), from /proc.
@@ -440,7 +496,7 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     // Idle shards hold nothing: small segments keep 3 × `shards`
     // preallocated segments from filling a small disk.
     let extra = format!("[log]\nsegment_bytes = {IDLE_SEGMENT_BYTES}\n");
-    let brokers = cluster_on_loopback(dir.path(), 3, &extra)?;
+    let OnLoopback { brokers, cp: _cp, .. } = cluster_on_loopback(dir.path(), 3, &extra, &["idle"]).await?;
     let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
     client.close().await;
     // Let elections and connections settle before measuring.

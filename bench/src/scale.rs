@@ -21,7 +21,7 @@ use clap::Args as ClapArgs;
 use felix_client::producer::{ProducerConfig, ProducerRecord};
 use felix_client::Client;
 
-use crate::cluster::{client_config, cluster_on_loopback, cpu_time};
+use crate::cluster::{client_config, cluster_on_loopback, cpu_time, OnLoopback};
 
 #[derive(Debug, ClapArgs)]
 pub struct Args {
@@ -201,13 +201,8 @@ struct Placed {
 
 impl Placed {
     async fn start(dir: &std::path::Path, n: u32, shards: u32) -> anyhow::Result<Placed> {
-        let cp = felix_cli::embedded::start(dir, "127.0.0.1:0".parse()?).await?;
+        let OnLoopback { brokers, cp, follow } = cluster_on_loopback(dir, n, "", &[]).await?;
         let link = &cp.link;
-        let extra = format!(
-            "[controlplane]\nurls = {:?}\nsecret = {:?}\n",
-            link.urls, link.secret
-        );
-        let brokers = cluster_on_loopback(dir, n, &extra)?;
         let mut cfg = client_config(&brokers)?;
         cfg.token = Bytes::from(cp.dev_token.clone());
         let http = reqwest::Client::new();
@@ -258,7 +253,7 @@ impl Placed {
             cp,
             brokers,
             client,
-            extra,
+            extra: follow,
         })
     }
 }

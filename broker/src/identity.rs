@@ -19,9 +19,10 @@ use felix_replication::store::write_durably;
 use crate::error::BrokerError;
 
 pub const IDENTITY_FILE: &str = "identity.json";
-/// The metadata group's directory under a broker's data directory: its
-/// presence without an identity file means the identity was lost.
-pub const META_DIR: &str = "meta";
+/// Where a broker keeps its shard replicas, each with its Raft state in
+/// `raft/`: that state without an identity file means the identity was
+/// lost (its votes cannot be honoured under another node id).
+pub const SHARDS_DIR: &str = "shards";
 const FILE_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +88,7 @@ impl Identity {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if data_dir.join(META_DIR).exists() {
+                if holds_raft_state(data_dir) {
                     return Err(err(
                         "missing, but the directory holds cluster state: move the directory away to rebuild this broker from its peers under a new identity"
                             .into(),
@@ -138,6 +139,13 @@ fn draw_incarnation() -> u32 {
     }
 }
 
+/// Whether any shard replica under `data_dir` has Raft state.
+fn holds_raft_state(data_dir: &Path) -> bool {
+    std::fs::read_dir(data_dir.join(SHARDS_DIR))
+        .map(|dirs| dirs.flatten().any(|d| d.path().join("raft").exists()))
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +175,7 @@ mod tests {
     #[test]
     fn cluster_state_without_an_identity_is_refused() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(d.path().join(META_DIR)).unwrap();
+        std::fs::create_dir_all(d.path().join(SHARDS_DIR).join("7/raft")).unwrap();
         let e = Identity::load_or_create(d.path(), 1).unwrap_err().to_string();
         assert!(e.contains("move the directory away"), "{e}");
     }

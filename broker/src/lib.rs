@@ -20,7 +20,6 @@ pub mod handler;
 pub mod hot;
 pub mod identity;
 pub mod meta;
-mod metagroup;
 pub mod names;
 pub mod node;
 pub mod observe;

@@ -1,5 +1,5 @@
 //! Stream metadata on one node: the streams it knows (created by following
-//! the control plane's feed, or through the metadata group in a cluster),
+//! the control plane's feed, or by its clients on a broker alone),
 //! with their shard ids and placement, kept in a JSON file in the data
 //! directory (`meta.json`) rewritten atomically (write a temporary file,
 //! fsync, rename, fsync the directory) on every change.
@@ -36,9 +36,8 @@ pub struct StreamMeta {
     pub retention_bytes: Option<u64>,
     pub max_deliveries: u32,
     pub default_ttl_ms: Option<u64>,
-    /// In a cluster: the Raft node ids that founded its shard groups (the
-    /// metadata group's voters when it was created). A broker not among
-    /// them joins the groups instead of founding them.
+    /// In a cluster: the brokers' current Raft node ids when it was
+    /// created (the founders of shards whose placement names none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<u64>,
     /// The control plane's placement of each shard (managed streams):
@@ -122,9 +121,6 @@ struct File {
     version: u32,
     next_shard_id: u64,
     streams: BTreeMap<String, StreamMeta>,
-    /// In a cluster: the last metadata-group entry this file reflects.
-    #[serde(default)]
-    raft_applied: Option<u64>,
     /// The newest control-plane feed version applied: an older change
     /// arriving later (a repeat after a retry) is skipped.
     #[serde(default)]
@@ -167,24 +163,12 @@ impl MetaStore {
                 version: FILE_VERSION,
                 next_shard_id: 1,
                 streams: BTreeMap::new(),
-                raft_applied: None,
                 cp_version: 0,
                 peers: BTreeMap::new(),
             },
             Err(e) => return Err(err(e.to_string())),
         };
         Ok(MetaStore { path, file })
-    }
-
-    /// The last metadata-group entry applied (cluster only).
-    pub fn raft_applied(&self) -> Option<u64> {
-        self.file.raft_applied
-    }
-
-    /// Notes that the change about to be made is metadata entry `index`;
-    /// the change's save records it with it.
-    pub fn set_raft_applied(&mut self, index: u64) {
-        self.file.raft_applied = Some(index);
     }
 
     /// The newest control-plane feed version applied.
@@ -212,24 +196,6 @@ impl MetaStore {
             return Ok(());
         }
         self.file.peers = peers;
-        self.save()
-    }
-
-    /// The whole file, for a metadata snapshot.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, BrokerError> {
-        serde_json::to_vec(&self.file).map_err(|e| BrokerError::Metadata {
-            path: self.path.clone(),
-            why: e.to_string(),
-        })
-    }
-
-    /// Replaces everything with a snapshot's file.
-    pub fn replace(&mut self, bytes: &[u8]) -> Result<(), BrokerError> {
-        let f: File = serde_json::from_slice(bytes).map_err(|e| BrokerError::Metadata {
-            path: self.path.clone(),
-            why: format!("snapshot: {e}"),
-        })?;
-        self.file = f;
         self.save()
     }
 
@@ -316,7 +282,7 @@ impl MetaStore {
 
     /// The shard ids of a new stream: the control plane's group ids when it
     /// placed every shard (every broker must use the same), else the next
-    /// ones this broker (or the metadata group) allocates. Local ids start
+    /// ones this broker allocates. Local ids start
     /// past every id in use, so the two never meet.
     fn shard_ids(
         &mut self,

@@ -1,6 +1,5 @@
 //! Who the other brokers are and where they listen: the control plane's
-//! broker registry as the feed brings it, or, in a cluster without a
-//! control plane, the static `[cluster]` list.
+//! broker registry as the feed brings it (there is no static list).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -13,8 +12,8 @@ use felix_replication::{BrokerNode, NodeId};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
     pub node: BrokerNode,
-    /// Its current Raft node id, when the registry says (a static list
-    /// does not: any incarnation of a listed broker is current).
+    /// Its current Raft node id, when the registry says (a broker that
+    /// registered without one: any incarnation of it is current).
     pub node_id: Option<NodeId>,
 }
 
@@ -22,23 +21,9 @@ pub struct Peer {
 #[derive(Debug)]
 pub struct Peers {
     by_broker: RwLock<BTreeMap<u64, Peer>>,
-    /// Learned from the control plane's registry (else fixed at start).
-    registry: bool,
 }
 
 impl Peers {
-    /// A static list (no control plane).
-    pub fn fixed(list: BTreeMap<u64, BrokerNode>) -> Peers {
-        let by_broker = list
-            .into_iter()
-            .map(|(b, node)| (b, Peer { node, node_id: None }))
-            .collect();
-        Peers {
-            by_broker: RwLock::new(by_broker),
-            registry: false,
-        }
-    }
-
     /// Filled by the control plane's feed, starting from what it said
     /// last (`saved`); `me` is known from the start.
     pub fn from_registry(me: u64, node: BrokerNode, node_id: NodeId, saved: BTreeMap<u64, Peer>) -> Peers {
@@ -52,18 +37,12 @@ impl Peers {
         );
         Peers {
             by_broker: RwLock::new(by_broker),
-            registry: true,
         }
     }
 
     /// Every entry, as saved.
     pub fn records(&self) -> BTreeMap<u64, Peer> {
         self.read().clone()
-    }
-
-    /// Whether the registry names the brokers (rather than a static list).
-    pub fn follows_registry(&self) -> bool {
-        self.registry
     }
 
     pub fn get(&self, broker: u64) -> Option<BrokerNode> {
@@ -89,7 +68,7 @@ impl Peers {
     }
 
     /// Whether `id` is the current incarnation of its broker: the one the
-    /// registry names, or any of a broker a static list holds.
+    /// registry names (any, if it names none).
     pub fn is_current(&self, broker: u64, id: NodeId) -> bool {
         match self.read().get(&broker) {
             Some(p) => p.node_id.is_none_or(|n| n == id),
@@ -161,10 +140,17 @@ mod tests {
     }
 
     #[test]
-    fn a_static_list_takes_any_incarnation_of_a_listed_broker() {
-        let p = Peers::fixed(BTreeMap::from([(1, node(10)), (2, node(20))]));
-        assert!(!p.follows_registry());
+    fn a_broker_registered_without_a_node_id_takes_any_incarnation() {
+        let p = Peers::from_registry(1, node(10), 0x1_0001, BTreeMap::new());
+        p.learn(
+            1,
+            2,
+            Some(Peer {
+                node: node(20),
+                node_id: None,
+            }),
+        );
         assert!(p.is_current(2, 0xdead) && !p.is_current(3, 1));
-        assert!(p.node_ids().is_empty());
+        assert_eq!(p.node_ids(), vec![0x1_0001]);
     }
 }

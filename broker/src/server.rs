@@ -137,9 +137,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
     node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
     if let Some(c) = &config.cluster {
-        // With a control plane, its registry names the peers.
-        let registry = config.controlplane.as_ref().map(|_| advertise.clone());
-        node.start_cluster(c, registry).await?;
+        node.start_cluster(c, advertise.clone()).await?;
     }
     if let Some(cp) = &config.controlplane {
         let link = Arc::new(ControlLink::new(cp.clone())?);

@@ -36,7 +36,8 @@ impl LocalBrokers {
     /// with `subcommand --config FILE` ([`BROKER_SUBCOMMAND`] for `felix`).
     /// With port 0 in `listen`, free ports are picked. `replicated: false`
     /// (with `n` = 1) runs a plain broker without a `[cluster]`: the RF=1
-    /// baseline of benchmarks.
+    /// baseline of benchmarks; a cluster's `extra` names the control plane
+    /// its brokers follow.
     pub fn spawn(
         subcommand: &'static str,
         data_dir: &Path,
@@ -46,6 +47,10 @@ impl LocalBrokers {
         replicated: bool,
     ) -> anyhow::Result<LocalBrokers> {
         anyhow::ensure!(replicated || n == 1, "only one broker runs without a cluster");
+        anyhow::ensure!(
+            !replicated || extra.contains("[controlplane]"),
+            "a cluster's brokers follow a control plane: `extra` must name it"
+        );
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir.canonicalize()?;
         // A plain broker keeps its development CA under its data directory.
@@ -92,7 +97,7 @@ impl LocalBrokers {
             std::fs::create_dir_all(&m.data_dir)?;
             let path = m.data_dir.join("broker.toml");
             let text = match replicated {
-                true => local_cluster_toml(m, &members, None, &tls_dir, extra),
+                true => local_cluster_toml(m, None, &tls_dir, extra),
                 false => local_broker_toml(m, extra),
             };
             std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -128,7 +133,7 @@ impl LocalBrokers {
         };
         std::fs::create_dir_all(&m.data_dir)?;
         let path = m.data_dir.join("broker.toml");
-        let text = local_cluster_toml(&m, &[], None, &root.join("cluster"), extra);
+        let text = local_cluster_toml(&m, None, &root.join("cluster"), extra);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         self.children.push(Some(spawn(self.subcommand, &path)?));
         self.configs.push(path);

@@ -498,8 +498,8 @@ fn identity_of(c: &LocalCluster, i: usize) -> String {
 }
 
 /// A broker whose data directory is lost comes back under a new identity:
-/// it is admitted to the metadata group and to the shard's group in place
-/// of its lost incarnation, catches up, and then carries quorums, for old
+/// it registers its new node id with the control plane and is admitted to
+/// the shard's group in place of its lost incarnation, catches up, and then carries quorums, for old
 /// shards and for a stream created afterwards. Nothing acknowledged is lost.
 #[test]
 fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
@@ -530,7 +530,7 @@ fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
     let rebuilt_id = c.members[victim].at.id;
     rt.block_on(async {
         // The rebuilt broker lists itself among the shard's replicas once
-        // it is admitted to the metadata group and the shard's group.
+        // it is admitted to the shard's group.
         let mine = Client::connect(c.member_config(victim)).await.unwrap();
         let t = Instant::now();
         loop {
@@ -566,7 +566,7 @@ fn a_broker_rebuilt_from_an_empty_disk_joins_under_a_new_identity() {
     let view = rt.block_on(c.converged(stream));
     assert_eq!(view[0].1, 200, "the rebuilt broker holds every record");
     // Without one of the original brokers, quorums need the rebuilt one:
-    // the shard's group, and the metadata group for a new stream.
+    // the shard's group, and a new stream's groups.
     c.kill(0);
     rt.block_on(async {
         let p = client.producer(stream, ProducerConfig::default()).await.unwrap();

@@ -523,7 +523,7 @@ async fn a_broker_killed_for_good_has_its_replicas_re_placed_and_its_shards_full
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_id_is_retired() {
     let dir = tempfile::tempdir().unwrap();
-    let p = Placed::start(dir.path(), 4, "", false).await;
+    let mut p = Placed::start(dir.path(), 5, "", false).await;
     let client = p.client_without(None).await;
     let before = until(60, "groups matching the placement", || p.settled(&client)).await;
     let mut acked = publish_keyed(&client, 0..30, "acknowledged").await;
@@ -580,6 +580,9 @@ async fn a_decommissioned_broker_gives_up_its_replicas_and_leaderships_and_its_i
     acked.extend(publish_keyed(&client, 30..60, "acknowledged after the decommission").await);
     let others = p.client_without(Some(drained)).await;
     read_back(&others, &acked).await;
+    drop((client, others));
+    tokio::task::block_in_place(|| p.cluster.stop_all());
+    replicas_agree(&p.cluster, &after, &acked);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,7 +50,8 @@ const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_FORWARD: u8 = 4;
 const KIND_READ_INDEX: u8 = 5;
-const KIND_WHO: u8 = 6;
+// Kind 6 (who) was retired with the brokers' metadata group: answered
+// "unknown rpc kind".
 const KIND_JOIN: u8 = 7;
 const KIND_SUCCESSOR: u8 = 8;
 const KIND_GROUPS: u8 = 9;
@@ -371,14 +372,6 @@ impl Transport {
         .await
     }
 
-    /// Asks the broker at `addr` who it is: its node id, and whether it
-    /// holds cluster metadata (so the cluster exists and a broker with an
-    /// empty disk must join it rather than found it).
-    pub async fn who(&self, addr: &str) -> Result<Who, ReplicationError> {
-        self.ask(addr, KIND_WHO, GroupId::META, &[], ReplicationError::Transport)
-            .await
-    }
-
     /// Tells the replica at `addr` that the leader of `group` in `term` is
     /// handing leadership to `successor` (see `Replica::step_down`).
     pub async fn successor(
@@ -407,7 +400,7 @@ impl Transport {
         self.ask(
             addr,
             KIND_GROUPS,
-            GroupId::META,
+            GroupId::NONE,
             &body,
             ReplicationError::Transport,
         )
@@ -435,14 +428,6 @@ pub struct GroupView {
     pub group: GroupId,
     pub leader: Option<NodeId>,
     pub voters: Vec<NodeId>,
-}
-
-/// A broker's answer to [`Transport::who`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Who {
-    pub id: NodeId,
-    /// It hosts the metadata group and that group has a membership.
-    pub meta_formed: bool,
 }
 
 async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId) {
@@ -511,14 +496,6 @@ async fn serve(
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(terr)?;
-    if kind == KIND_WHO {
-        let meta_formed = router.get(GroupId::META).is_some_and(|h| {
-            let m = h.raft.metrics();
-            let m = m.borrow();
-            m.membership_config.membership().voter_ids().next().is_some()
-        });
-        return reply(&mut send, ser(&Who { id: me, meta_formed })).await;
-    }
     if kind == KIND_GROUPS {
         return reply(
             &mut send,

@@ -23,14 +23,14 @@ pub const fn broker_of(id: NodeId) -> u64 {
     id >> 32
 }
 
-/// Which Raft group a message is for: a shard id, or [`GroupId::META`].
+/// Which Raft group a message is for: a shard id, or [`GroupId::NONE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct GroupId(pub u64);
 
 impl GroupId {
-    /// The brokers' metadata group: stream definitions, in the order every
-    /// broker applies them. Shard ids start at 1.
-    pub const META: GroupId = GroupId(0);
+    /// No shard's group (shard ids start at 1): the header of an RPC about
+    /// the receiving broker rather than one group.
+    pub const NONE: GroupId = GroupId(0);
 }
 
 impl fmt::Display for GroupId {

@@ -32,20 +32,31 @@ fn fresh(what: &str) -> String {
 struct Brokers {
     brokers: LocalBrokers,
     durability: String,
+    /// The control plane a cluster follows.
+    _cp: Option<felix_cli::embedded::Embedded>,
     _dir: tempfile::TempDir,
 }
 
 impl Brokers {
     async fn start(n: u32, replicated: bool, durability: &str) -> anyhow::Result<Brokers> {
         let dir = tempfile::tempdir()?;
-        let brokers = LocalBrokers::spawn(
-            crate::RUN_BROKER,
-            dir.path(),
-            "127.0.0.1:0".parse()?,
-            n,
-            "",
-            replicated,
-        )?;
+        let (brokers, cp) = match replicated {
+            true => {
+                let c = crate::cluster::cluster_on_loopback(dir.path(), n, "", &["peers"]).await?;
+                (c.brokers, Some(c.cp))
+            }
+            false => (
+                LocalBrokers::spawn(
+                    crate::RUN_BROKER,
+                    dir.path(),
+                    "127.0.0.1:0".parse()?,
+                    n,
+                    "",
+                    false,
+                )?,
+                None,
+            ),
+        };
         // Serving (and, in a cluster, with a metadata leader) before any
         // figure's clock starts.
         ready_stream(&brokers, &fresh("ready"), durability, 1)
@@ -55,6 +66,7 @@ impl Brokers {
         Ok(Brokers {
             brokers,
             durability: durability.into(),
+            _cp: cp,
             _dir: dir,
         })
     }

@@ -165,9 +165,9 @@ impl ControlPlaneConfig {
     }
 }
 
-/// A static cluster: every listed broker replicates every shard (placement
-/// on a subset arrives with the control plane), stream definitions travel
-/// through a metadata group that all of them run.
+/// This broker's part in a cluster: its replication listener and Raft
+/// timing. The control plane (`[controlplane]`, required with this) names
+/// the other brokers and places every shard's replicas.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
@@ -178,10 +178,6 @@ pub struct ClusterConfig {
     /// address than `raft_listen` (a proxy, NAT); `raft_listen` if unset.
     #[serde(default)]
     pub advertise_raft: Option<String>,
-    /// Every broker of the cluster, this one included: only without a
-    /// control plane, whose broker registry names them otherwise.
-    #[serde(default)]
-    pub peers: Vec<PeerConfig>,
     /// A directory of development certificates shared by every broker
     /// (one CA): created if missing. Replication requires mutual TLS, and
     /// clients are served with the same certificate.
@@ -215,18 +211,6 @@ fn write_timeout_default() -> u64 {
     5_000
 }
 
-/// One broker of a cluster.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// Its `broker_id`.
-    pub id: u64,
-    /// Its `cluster.raft_listen` as the others reach it.
-    pub raft: String,
-    /// The address clients are sent to.
-    pub client: String,
-}
-
 impl ClusterConfig {
     /// The replication address peers use.
     pub fn raft_address(&self) -> String {
@@ -243,28 +227,16 @@ impl ClusterConfig {
         }
     }
 
-    /// `registry`: a control plane names the peers.
-    fn check(&self, me: u64, registry: bool) -> Result<(), String> {
-        match (registry, self.peers.is_empty()) {
-            (true, false) => {
-                return Err("cluster.peers: with a control plane its broker registry names the peers; remove the list".into())
+    /// `controlplane`: one is configured (a cluster's brokers learn each
+    /// other, and every stream, from it).
+    fn check(&self, controlplane: bool) -> Result<(), String> {
+        if !controlplane {
+            return Err("[cluster] needs [controlplane]: its broker registry names the peers and its feed the streams (`felix dev --brokers N` runs one; `felix broker --controlplane-config FILE` runs a node in the broker's process)".into());
+        }
+        if let Some(a) = &self.advertise_raft {
+            if !a.contains(':') {
+                return Err(format!("cluster.advertise_raft {a:?} is not host:port"));
             }
-            (false, true) => {
-                return Err("cluster.peers: without a control plane, list every broker (this one included), or configure [controlplane]".into())
-            }
-            _ => {}
-        }
-        let mut ids: Vec<u64> = self.peers.iter().map(|p| p.id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.len() != self.peers.len() {
-            return Err("cluster.peers: two peers share an id".into());
-        }
-        if !registry && !ids.contains(&me) {
-            return Err(format!("cluster.peers must list this broker (broker_id = {me})"));
-        }
-        if self.peers.len() > CLUSTER_PEERS_MAX {
-            return Err(format!("cluster.peers: at most {CLUSTER_PEERS_MAX} brokers"));
         }
         if self.heartbeat_interval_ms == 0 || self.election_timeout_min_ms <= self.heartbeat_interval_ms {
             return Err(
@@ -341,23 +313,17 @@ pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
     )
 }
 
-/// The configuration file of `me` in a local cluster of `all`, sharing the
-/// development CA under `tls_dir`; `extra` is appended (more settings).
-/// When `extra` configures a control plane the file lists no peers: its
-/// registry names them. `advertise_raft`: where the others reach this
-/// broker's replication, when not at `me.raft` (through a proxy).
+/// The configuration file of `me` in a local cluster, sharing the
+/// development CA under `tls_dir`; `extra` is appended (more settings,
+/// among them the `[controlplane]` every broker of a cluster follows: its
+/// registry names the peers). `advertise_raft`: where the others reach
+/// this broker's replication, when not at `me.raft` (through a proxy).
 pub fn local_cluster_toml(
     me: &LocalMember,
-    all: &[LocalMember],
     advertise_raft: Option<SocketAddr>,
     tls_dir: &Path,
     extra: &str,
 ) -> String {
-    let all = if extra.contains("[controlplane]") {
-        &[]
-    } else {
-        all
-    };
     let mut t = format!(
         "data_dir = {:?}\nbroker_id = {}\nlisten = \"{}\"\n{extra}\n[cluster]\nraft_listen = \"{}\"\ntls_dir = {:?}\n",
         me.data_dir.display().to_string(),
@@ -369,17 +335,8 @@ pub fn local_cluster_toml(
     if let Some(a) = advertise_raft {
         t.push_str(&format!("advertise_raft = \"{a}\"\n"));
     }
-    for p in all {
-        t.push_str(&format!(
-            "\n[[cluster.peers]]\nid = {}\nraft = \"{}\"\nclient = \"{}\"\n",
-            p.id, p.raft, p.client
-        ));
-    }
     t
 }
-
-/// Brokers one static cluster lists at most (each replicates every shard).
-pub const CLUSTER_PEERS_MAX: usize = 7;
 
 /// Certificates. With `dev = true` (the default) a development CA and
 /// server certificate are generated under `data_dir/tls/` and reused.
@@ -516,7 +473,7 @@ impl BrokerConfig {
             return Err("maintenance_interval_ms must be above 0".into());
         }
         if let Some(c) = &self.cluster {
-            c.check(self.broker_id, self.controlplane.is_some())?;
+            c.check(self.controlplane.is_some())?;
         }
         if let Some(c) = &self.controlplane {
             c.check(self.broker_id)?;
@@ -566,31 +523,28 @@ mod tests {
                 data_dir: PathBuf::from(format!("/tmp/b{id}")),
             })
             .collect();
-        let t = local_cluster_toml(&all[1], &all, None, Path::new("/tmp/ca"), "");
+        let cp = "[controlplane]\nurls = [\"http://127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n";
+        let t = local_cluster_toml(&all[1], Some(all[0].raft), Path::new("/tmp/ca"), cp);
         let c: BrokerConfig = toml::from_str(&t).unwrap();
-        assert!(c.check().is_ok());
+        assert!(c.check().is_ok(), "{t}");
         let cl = c.cluster.as_ref().unwrap();
         assert_eq!(c.broker_id, 2);
-        assert_eq!(cl.peers.len(), 3);
-        assert_eq!(cl.peers[2].client, "127.0.0.1:7003");
-        // A broker missing from its own peer list is refused.
-        let c: BrokerConfig = toml::from_str(&t.replace("broker_id = 2", "broker_id = 9")).unwrap();
-        assert!(c.check().unwrap_err().contains("broker_id = 9"));
+        assert_eq!(
+            cl.raft_address(),
+            "127.0.0.1:7101",
+            "peers are told the advertised address"
+        );
         let c: BrokerConfig =
             toml::from_str(&t.replace("[cluster]", "[cluster]\nelection_timeout_max_ms = 100")).unwrap();
         assert!(c.check().unwrap_err().contains("election_timeout_max_ms"));
-        // With a control plane the registry names the peers: no list.
-        let cp = "[controlplane]\nurls = [\"http://127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n";
-        let t = local_cluster_toml(&all[1], &all, None, Path::new("/tmp/ca"), cp);
-        let c: BrokerConfig = toml::from_str(&t).unwrap();
-        assert!(c.check().is_ok(), "{t}");
-        assert!(c.cluster.as_ref().unwrap().peers.is_empty());
-        let listed = local_cluster_toml(&all[1], &all, None, Path::new("/tmp/ca"), "")
-            .replace("[cluster]", &format!("{cp}[cluster]"));
-        let c: BrokerConfig = toml::from_str(&listed).unwrap();
-        assert!(c.check().unwrap_err().contains("registry names the peers"));
+        // A cluster without a control plane has nobody to name its peers.
         let bare = t.replace(cp, "");
         let c: BrokerConfig = toml::from_str(&bare).unwrap();
-        assert!(c.check().unwrap_err().contains("list every broker"));
+        assert!(c.check().unwrap_err().contains("[cluster] needs [controlplane]"));
+        // The static peer list is gone: a file that still has one is told.
+        let listed = format!(
+            "{t}\n[[cluster.peers]]\nid = 1\nraft = \"127.0.0.1:7101\"\nclient = \"127.0.0.1:7001\"\n"
+        );
+        assert!(toml::from_str::<BrokerConfig>(&listed).is_err());
     }
 }

@@ -227,7 +227,8 @@ mod tests {
         };
         assert_eq!(find("log.segment_bytes").default.as_deref(), Some("67108864"));
         assert_eq!(find("cluster.write_timeout_ms").default.as_deref(), Some("5000"));
-        assert_eq!(find("cluster.peers[].raft").default, None);
+        assert_eq!(find("cluster.raft_listen").default, None, "required");
+        assert_eq!(find("cluster.advertise_raft").default.as_deref(), Some("(unset)"));
         assert_eq!(
             find("controlplane.require_tokens").default.as_deref(),
             Some("true")
@@ -253,12 +254,6 @@ mod tests {
                 raft: "127.0.0.1:2".parse().unwrap(),
                 data_dir: "/tmp/x".into(),
             },
-            &[crate::config::LocalMember {
-                id: 1,
-                client: "127.0.0.1:1".parse().unwrap(),
-                raft: "127.0.0.1:2".parse().unwrap(),
-                data_dir: "/tmp/x".into(),
-            }],
             Some("127.0.0.1:9".parse().unwrap()),
             std::path::Path::new("/tmp/ca"),
             "admin_listen = \"127.0.0.1:0\"\nadvertise = \"h:1\"\nlog_level = \"info\"\n[controlplane]\nurls = [\"http://a:1\"]\nsecret = \"0123456789abcdef\"\nzone = \"z\"\n[defaults]\nretention_ms = 5\nretention_bytes = 5\n[quotas]\npublish_records_per_s_max = 1\npublish_bytes_per_s_max = 1\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n",

@@ -72,36 +72,6 @@ pub async fn set_retention(
     .await
 }
 
-/// Defines a stream the broker makes on its own behalf (a dead-letter
-/// stream) through the control plane, with the broker's credential, and
-/// waits until the feed brings it here. Several brokers may ask at once:
-/// the one the control plane already holds is waited for the same way.
-pub async fn ensure(node: &Node, link: &ControlLink, c: &StreamConfig) -> Result<(), BrokerError> {
-    let name = StreamName::parse(&c.name)?;
-    match link.create(c, None).await {
-        Ok(()) | Err(BrokerError::StreamExists(_)) => arrives(node, &name, |m| m.is_some()).await,
-        Err(e) => Err(e),
-    }
-}
-
-/// Waits until this broker has applied the feed through the control
-/// plane's current version: a stream created a moment ago (through
-/// another broker) is then known here, and one still unknown does not
-/// exist.
-pub async fn caught_up(link: &ControlLink) -> Result<(), BrokerError> {
-    let latest = link.latest_version().await?;
-    let deadline = Instant::now() + Duration::from_millis(FOLLOW_WAIT_MS_MAX);
-    while link.version.load(std::sync::atomic::Ordering::Acquire) < latest {
-        if Instant::now() > deadline {
-            return Err(BrokerError::Timeout(format!(
-                "this broker has not caught up with the control plane's version {latest} within {FOLLOW_WAIT_MS_MAX} ms"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(FOLLOW_POLL_MS)).await;
-    }
-    Ok(())
-}
-
 /// Waits until this broker's view of `name` satisfies `done`.
 async fn arrives(
     node: &Node,

@@ -88,12 +88,34 @@ impl ControlLink {
         self.synced.store(true, Ordering::Release);
     }
 
-    /// The control plane's current metadata version (asked at most once
-    /// per [`VERSION_ASKED_MS`]).
-    pub async fn latest_version(&self) -> Result<u64, BrokerError> {
+    /// Waits until this broker has applied the feed through the control
+    /// plane's current version: a stream created a moment ago (through
+    /// another broker, or by this one just now) is then known here, and
+    /// one still unknown does not exist. `shared`: an answer up to
+    /// [`VERSION_ASKED_MS`] old will do (lookups of unknown names);
+    /// otherwise the control plane is asked now (after a change of ours).
+    pub async fn caught_up(&self, shared: bool) -> Result<(), BrokerError> {
+        const POLL_MS: u64 = 20;
+        let latest = self.latest_version(shared).await?;
+        let deadline = std::time::Instant::now() + Duration::from_millis(admin::FOLLOW_WAIT_MS_MAX);
+        while self.version.load(Ordering::Acquire) < latest {
+            if std::time::Instant::now() > deadline {
+                return Err(BrokerError::Timeout(format!(
+                    "this broker has not caught up with the control plane's version {latest} within {} ms",
+                    admin::FOLLOW_WAIT_MS_MAX
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_MS)).await;
+        }
+        Ok(())
+    }
+
+    /// The control plane's current metadata version (`shared`: as asked at
+    /// most [`VERSION_ASKED_MS`] ago).
+    async fn latest_version(&self, shared: bool) -> Result<u64, BrokerError> {
         let fresh = Duration::from_millis(VERSION_ASKED_MS);
         if let Some((at, v)) = *self.asked.lock().expect("asked lock") {
-            if at.elapsed() < fresh {
+            if shared && at.elapsed() < fresh {
                 return Ok(v);
             }
         }

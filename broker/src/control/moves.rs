@@ -110,8 +110,7 @@ async fn round(
     };
     // The current incarnation of each broker, as the registry names it.
     let nodes: BTreeMap<u32, NodeId> = cluster
-        .meta_voters()
-        .unwrap_or_default()
+        .node_ids()
         .into_iter()
         .filter_map(|id| Some((u32::try_from(broker_of(id)).ok()?, id)))
         .collect();

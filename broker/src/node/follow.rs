@@ -87,7 +87,7 @@ impl Node {
         };
         match (current, want) {
             (None, None) => Ok(()),
-            (Some(_), None) => self.delete_local(name, None),
+            (Some(_), None) => self.delete_local(name),
             (Some(m), Some(Followed { config: c, placement })) if same_shape(&m, &c) => {
                 let m = self.meta.lock().expect("meta lock").update(name, |m| {
                     m.placement = placement;
@@ -104,9 +104,9 @@ impl Node {
             (current, Some(Followed { config: c, placement })) => {
                 if current.is_some() {
                     tracing::warn!(stream = %name, "replacing a stream the control plane deleted and made again with another shape");
-                    self.delete_local(name, None)?;
+                    self.delete_local(name)?;
                 }
-                self.create_local(&c, None, replicas, placement, fresh)?;
+                self.create_local(&c, replicas, placement, fresh)?;
                 Ok(())
             }
         }

@@ -14,13 +14,12 @@ use felix_index::{CompactionConfig, Index, IndexConfig, Maintenance, ShardKind};
 use felix_log::{LogConfig, ShardId};
 use tokio::sync::watch;
 
-use crate::cluster::{Cluster, MetaOp};
+use crate::cluster::Cluster;
 use crate::config::{BrokerConfig, LogSettings};
 use crate::control::ControlLink;
 use crate::error::BrokerError;
 use crate::hot::HotCache;
 use crate::meta::{MetaStore, StreamKind, StreamMeta};
-use crate::metagroup::MetaOwner;
 use crate::names::StreamName;
 use crate::shard::HostedShard;
 
@@ -138,7 +137,7 @@ impl Node {
     /// (recovering logs and bringing the index in line with them).
     pub fn open(config: &BrokerConfig, clock: Clock) -> Result<Arc<Node>, BrokerError> {
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir.join("shards"))?;
+        std::fs::create_dir_all(dir.join(crate::identity::SHARDS_DIR))?;
         let (index, reset) = Index::open_or_reset(
             dir.join("index"),
             IndexConfig {
@@ -230,7 +229,9 @@ impl Node {
     }
 
     fn shard_dir(&self, id: ShardId) -> PathBuf {
-        self.data_dir.join("shards").join(id.0.to_string())
+        self.data_dir
+            .join(crate::identity::SHARDS_DIR)
+            .join(id.0.to_string())
     }
 
     /// Opens (recovers) shard `id` of a stream like `m` from its directory.
@@ -278,20 +279,15 @@ impl Node {
     }
 
     /// [`Node::stream`], except that an unknown name is looked up again
-    /// after catching up with the control plane's feed (or, in a static
-    /// cluster, the metadata group): a stream created through another
-    /// broker a moment ago is found.
+    /// after catching up with the control plane's feed: a stream created
+    /// through another broker a moment ago is found.
     pub async fn find_stream(&self, name: &str) -> Result<Arc<StreamHandle>, BrokerError> {
-        match self.stream(name) {
-            Err(BrokerError::UnknownStream(_)) => {
-                if let Some(link) = self.control() {
-                    crate::control::admin::caught_up(link).await?;
-                } else if let Some(c) = self.cluster() {
-                    c.meta_barrier().await?;
-                }
+        match (self.stream(name), self.control()) {
+            (Err(BrokerError::UnknownStream(_)), Some(link)) => {
+                link.caught_up(true).await?;
                 self.stream(name)
             }
-            r => r,
+            (r, _) => r,
         }
     }
 
@@ -310,13 +306,12 @@ impl Node {
         self.maintenance.stats()
     }
 
-    /// Hands every leadership this broker holds (shards and cluster
-    /// metadata) to another replica, all at once, each within `wait`
+    /// Hands every leadership this broker holds to another replica, all at once, each within `wait`
     /// (`Replica::step_down`). Returns (groups led, groups handed over).
     pub async fn step_down_all(&self, wait: Duration) -> (usize, usize) {
-        let Some(c) = self.cluster() else {
+        if self.cluster().is_none() {
             return (0, 0);
-        };
+        }
         let mut led: Vec<felix_replication::Replica> = self
             .streams()
             .iter()
@@ -325,7 +320,6 @@ impl Node {
                     .filter_map(|(_, s)| s.replica().cloned())
                     .collect::<Vec<_>>()
             })
-            .chain(c.meta_replica())
             .filter(felix_replication::Replica::is_leader)
             .collect();
         let n = led.len();
@@ -406,27 +400,5 @@ fn compaction_config(kind: StreamKind) -> CompactionConfig {
             ..CompactionConfig::default()
         },
         _ => CompactionConfig::default(),
-    }
-}
-
-impl MetaOwner for Node {
-    fn cluster(&self) -> Option<&Arc<Cluster>> {
-        Node::cluster(self)
-    }
-
-    fn now_ms(&self) -> i64 {
-        Node::now_ms(self)
-    }
-
-    fn apply_meta(&self, op: &MetaOp, index: u64, fresh: bool) -> Result<(), BrokerError> {
-        Node::apply_meta(self, op, index, fresh)
-    }
-
-    fn install_meta(&self, state: &[u8], index: u64) -> Result<(), BrokerError> {
-        Node::install_meta(self, state, index)
-    }
-
-    fn meta_snapshot(&self) -> Result<Vec<u8>, BrokerError> {
-        Node::meta_snapshot(self)
     }
 }

@@ -1,5 +1,6 @@
-//! Creating, deleting and changing a stream on this node: through the
-//! metadata group in a cluster, in the local metadata file otherwise.
+//! Creating, deleting and changing a stream on this node, in its metadata
+//! file: as the control plane's feed says, or, on a broker without a
+//! control plane, as its clients ask.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,63 +9,42 @@ use felix_client::wire::StreamConfig;
 use felix_controlplane::model::ShardPlacement;
 
 use super::{Node, StreamHandle};
-use crate::cluster::MetaOp;
 use crate::error::BrokerError;
-use crate::meta::{MetaStore, StreamKind, StreamMeta};
+use crate::meta::{StreamKind, StreamMeta};
 use crate::names::StreamName;
 
 impl Node {
-    /// Creates a stream (or cache) and opens its shards; in a cluster,
-    /// on every broker through the metadata group.
-    ///
-    /// Without a control plane there is nothing to place replicas: a
-    /// shard has one on every broker, and a create that asks for another
-    /// number is refused rather than silently given this one.
+    /// Creates a stream (or cache) on a broker without a control plane
+    /// (one broker alone: a cluster's streams are the control plane's).
+    /// With nothing to place replicas, a shard has its one replica here,
+    /// and a create that asks for another number is refused rather than
+    /// silently given this one.
     pub async fn create_stream(&self, c: &StreamConfig) -> Result<Arc<StreamHandle>, BrokerError> {
-        let copies = self.cluster().map_or(1, |c| c.peers.len() as u32);
-        if c.replication_factor != 0 && c.replication_factor != copies {
+        alone(self)?;
+        if c.replication_factor > 1 {
             return Err(BrokerError::Invalid(format!(
-                "replication_factor {}: without a control plane every shard has one replica per broker ({copies})",
+                "replication_factor {}: a broker without a control plane holds the only replica",
                 c.replication_factor
             )));
         }
-        let Some(cluster) = self.cluster() else {
-            return self.create_local(c, None, Vec::new(), Vec::new(), true);
-        };
-        // Refuse what is plainly wrong before it reaches the log.
-        MetaStore::check(c)?;
-        let name = StreamName::parse(&c.name)?;
-        cluster
-            .write_meta(
-                &MetaOp::Create {
-                    stream: c.clone(),
-                    replicas: cluster.meta_voters()?,
-                },
-                self.now_ms(),
-            )
-            .await?;
-        self.stream_by_name(&name)
+        self.create_local(c, Vec::new(), Vec::new(), true)
     }
 
+    /// Records and opens a new stream. Nothing stays recorded when its
+    /// shards cannot be opened (a followed creation is tried again from the
+    /// same feed version).
     pub(super) fn create_local(
         &self,
         c: &StreamConfig,
-        raft_index: Option<u64>,
         replicas: Vec<u64>,
         placement: Vec<ShardPlacement>,
         fresh: bool,
     ) -> Result<Arc<StreamHandle>, BrokerError> {
         // One creation at a time: the metadata file and the shard map change together.
         let mut meta = self.meta.lock().expect("meta lock");
-        if let Some(i) = raft_index {
-            meta.set_raft_applied(i);
-        }
         let (name, m) = meta.create(c, replicas, placement)?;
         let h = match self.rehost(&name, m, fresh) {
             Ok(h) => h,
-            // A replicated stream stays defined (every broker recorded it);
-            // this broker serves it once it can open it.
-            Err(e) if raft_index.is_some() => return Err(e),
             Err(e) => {
                 let _ = meta.delete(&name);
                 return Err(e);
@@ -95,8 +75,13 @@ impl Node {
             default_ttl_ms: None,
             replication_factor: 0,
         };
+        // With a control plane it defines the stream, as any other; the
+        // brokers that ask at once find the one it made.
         if let Some(link) = self.control() {
-            crate::control::admin::ensure(self, link, &c).await?;
+            match link.create(&c, None).await {
+                Ok(()) | Err(BrokerError::StreamExists(_)) => link.caught_up(false).await?,
+                Err(e) => return Err(e),
+            }
             return self.stream_by_name(name);
         }
         match self.create_stream(&c).await {
@@ -115,21 +100,13 @@ impl Node {
                 "stream {n} has {subs} active subscription(s); delete with force to end them"
             )));
         }
-        match self.cluster() {
-            Some(c) => {
-                c.write_meta(&MetaOp::Delete { name: n.to_string() }, self.now_ms())
-                    .await
-            }
-            None => self.delete_local(&n, None),
-        }
+        alone(self)?;
+        self.delete_local(&n)
     }
 
-    pub(super) fn delete_local(&self, n: &StreamName, raft_index: Option<u64>) -> Result<(), BrokerError> {
+    pub(super) fn delete_local(&self, n: &StreamName) -> Result<(), BrokerError> {
         let mut meta = self.meta.lock().expect("meta lock");
         let h = self.stream_by_name(n)?;
-        if let Some(i) = raft_index {
-            meta.set_raft_applied(i);
-        }
         meta.delete(n)?;
         self.streams.write().expect("streams lock").remove(&n.to_string());
         for (_, s) in h.hosted() {
@@ -147,34 +124,22 @@ impl Node {
         retention_bytes: Option<u64>,
     ) -> Result<(), BrokerError> {
         let n = StreamName::parse(name)?;
-        self.stream_by_name(&n)?;
-        match self.cluster() {
-            Some(c) => {
-                let op = MetaOp::SetRetention {
-                    name: n.to_string(),
-                    retention_ms,
-                    retention_bytes,
-                };
-                c.write_meta(&op, self.now_ms()).await
-            }
-            None => self.set_retention_local(&n, retention_ms, retention_bytes, None),
-        }
-    }
-
-    pub(super) fn set_retention_local(
-        &self,
-        n: &StreamName,
-        retention_ms: Option<u64>,
-        retention_bytes: Option<u64>,
-        raft_index: Option<u64>,
-    ) -> Result<(), BrokerError> {
-        let h = self.stream_by_name(n)?;
+        let h = self.stream_by_name(&n)?;
+        alone(self)?;
         let mut meta = self.meta.lock().expect("meta lock");
-        if let Some(i) = raft_index {
-            meta.set_raft_applied(i);
-        }
-        let m = meta.set_retention(n, retention_ms, retention_bytes)?;
+        let m = meta.set_retention(&n, retention_ms, retention_bytes)?;
         *h.meta.lock().expect("stream meta lock") = m;
         Ok(())
+    }
+}
+
+/// Changes a client asks of a broker's streams directly are for a broker
+/// alone; a cluster's streams change through its control plane.
+fn alone(n: &Node) -> Result<(), BrokerError> {
+    match n.cluster() {
+        Some(_) => Err(BrokerError::Invalid(
+            "this broker is in a cluster: its streams change through the control plane".into(),
+        )),
+        None => Ok(()),
     }
 }

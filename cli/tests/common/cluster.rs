@@ -155,7 +155,7 @@ impl LocalCluster {
                     .expect("every member")
                     .raft;
                 let advertise = (seen != m.raft).then_some(seen);
-                std::fs::write(&config, local_cluster_toml(m, &[], advertise, &tls_dir, &extra)).unwrap();
+                std::fs::write(&config, local_cluster_toml(m, advertise, &tls_dir, &extra)).unwrap();
                 Member {
                     at: m.clone(),
                     config,
@@ -205,7 +205,7 @@ impl LocalCluster {
         let config = at.data_dir.join("broker.toml");
         std::fs::write(
             &config,
-            local_cluster_toml(&at, &[], None, &self.root.join("ca"), &self.extra),
+            local_cluster_toml(&at, None, &self.root.join("ca"), &self.extra),
         )
         .unwrap();
         self.members.push(Member {

@@ -218,7 +218,7 @@ pub fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Creates a stream once the cluster can: while the metadata group elects,
+/// Creates a stream once the cluster can: while the brokers register,
 /// creation is refused, so it is asked again until a generous deadline.
 pub async fn create_when_ready(client: &Client, c: StreamConfig) {
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -351,7 +351,7 @@ pub struct Metadata {
     pub version: u64,
     pub tenants: BTreeMap<String, Tenant>,
     pub brokers: BTreeMap<u32, Broker>,
-    /// The next shard group id (0 is the brokers' own metadata group).
+    /// The next shard group id (0 is no group: shard ids start at 1).
     pub next_group: u64,
     pub changes: VecDeque<Versioned>,
     pub audit: VecDeque<AuditEntry>,
