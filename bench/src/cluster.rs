@@ -215,25 +215,7 @@ async fn bench(
     let mut rows = Vec::new();
     for (rf, replicated) in [(1u32, false), (3, true)] {
         let dir = tempfile::tempdir()?;
-        // A cluster follows a control plane; the RF=1 baseline is one
-        // plain broker.
-        let (brokers, _cp) = match replicated {
-            true => {
-                let c = cluster_on_loopback(dir.path(), rf, "", &[&format!("rf{rf}")]).await?;
-                (c.brokers, Some(c.cp))
-            }
-            false => (
-                LocalBrokers::spawn(
-                    crate::RUN_BROKER,
-                    dir.path(),
-                    "127.0.0.1:0".parse()?,
-                    rf,
-                    "",
-                    false,
-                )?,
-                None,
-            ),
-        };
+        let (brokers, _cp) = brokers_on_loopback(dir.path(), rf, replicated, &format!("rf{rf}")).await?;
         for durability in ["always", "none"] {
             let stream = format!("bench/rf{rf}/{durability}");
             let client = ready_stream(&brokers, &stream, durability, shards).await?;
@@ -418,6 +400,24 @@ async fn failover(rounds: u32) -> anyhow::Result<()> {
         println!("| max | {:.0} | {:.0} |", ms(&e), ms(&g));
     }
     Ok(())
+}
+
+/// `n` brokers on loopback: a cluster following a control plane in this
+/// process (returned, to be kept as long as the brokers) whose tenant
+/// `bench` has `namespace`, or (`replicated: false`, `n` = 1) one plain
+/// broker, the RF=1 baseline.
+pub(crate) async fn brokers_on_loopback(
+    dir: &std::path::Path,
+    n: u32,
+    replicated: bool,
+    namespace: &str,
+) -> anyhow::Result<(LocalBrokers, Option<felix_cli::embedded::Embedded>)> {
+    if replicated {
+        let c = cluster_on_loopback(dir, n, "", &[namespace]).await?;
+        return Ok((c.brokers, Some(c.cp)));
+    }
+    let b = LocalBrokers::spawn(crate::RUN_BROKER, dir, "127.0.0.1:0".parse()?, n, "", false)?;
+    Ok((b, None))
 }
 
 /// Broker processes of one cluster and the control plane they follow.

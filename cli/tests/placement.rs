@@ -295,6 +295,17 @@ impl Placed {
         ok.then_some(want)
     }
 
+    /// [`Placed::settled`], once no rebalance is in progress.
+    async fn rebalanced(&self, client: &felix_client::Client) -> Option<Vec<Placement>> {
+        let (_, r) = call(&self.http, self.port, reqwest::Method::GET, "/v1/rebalance", None)
+            .await
+            .ok()?;
+        if !r["rebalance"].is_null() {
+            return None;
+        }
+        self.settled(client).await
+    }
+
     /// [`Placed::settled`], with broker `gone` in no group.
     async fn settled_without(&self, client: &felix_client::Client, gone: u64) -> Option<Vec<Placement>> {
         let r = self.settled(client).await?;
@@ -718,19 +729,8 @@ async fn a_rebalance_moves_replicas_onto_an_empty_broker_until_every_broker_hold
     .unwrap();
     assert_eq!(s, 200, "{v}");
     let after = until(90, "every broker holding 6 replicas, nothing moving", || async {
-        let (_, r) = call(&p.http, p.port, reqwest::Method::GET, "/v1/rebalance", None)
-            .await
-            .ok()?;
-        if !r["rebalance"].is_null() {
-            return None;
-        }
-        let placed = p.settled(&client).await?;
-        let mut per: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
-        for s in &placed {
-            for b in &s.replicas {
-                *per.entry(*b).or_default() += 1;
-            }
-        }
+        let placed = p.rebalanced(&client).await?;
+        let (per, _) = shares(&placed);
         (per.len() == 5 && per.values().all(|n| *n == 6)).then_some(placed)
     })
     .await;
@@ -854,13 +854,7 @@ async fn a_sixth_broker_joins_a_running_cluster_and_takes_its_share_under_load()
         120,
         "6 brokers holding 5 replicas each, leaders within one",
         || async {
-            let (_, r) = call(&p.http, p.port, reqwest::Method::GET, "/v1/rebalance", None)
-                .await
-                .ok()?;
-            if !r["rebalance"].is_null() {
-                return None;
-            }
-            let placed = p.settled(&client).await?;
+            let placed = p.rebalanced(&client).await?;
             let (replicas, leaders) = shares(&placed);
             let spread = leaders.values().max()?
                 - (0..6)

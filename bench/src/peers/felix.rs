@@ -40,23 +40,7 @@ struct Brokers {
 impl Brokers {
     async fn start(n: u32, replicated: bool, durability: &str) -> anyhow::Result<Brokers> {
         let dir = tempfile::tempdir()?;
-        let (brokers, cp) = match replicated {
-            true => {
-                let c = crate::cluster::cluster_on_loopback(dir.path(), n, "", &["peers"]).await?;
-                (c.brokers, Some(c.cp))
-            }
-            false => (
-                LocalBrokers::spawn(
-                    crate::RUN_BROKER,
-                    dir.path(),
-                    "127.0.0.1:0".parse()?,
-                    n,
-                    "",
-                    false,
-                )?,
-                None,
-            ),
-        };
+        let (brokers, cp) = crate::cluster::brokers_on_loopback(dir.path(), n, replicated, "peers").await?;
         // Serving (and, in a cluster, with a metadata leader) before any
         // figure's clock starts.
         ready_stream(&brokers, &fresh("ready"), durability, 1)
