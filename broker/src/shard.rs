@@ -686,7 +686,7 @@ impl Drop for InFlightSeq<'_> {
     }
 }
 
-fn not_leader(leader: Option<(u64, felix_replication::BrokerNode)>) -> BrokerError {
+pub(crate) fn not_leader(leader: Option<(u64, felix_replication::BrokerNode)>) -> BrokerError {
     BrokerError::NotLeader {
         // Clients know brokers, not Raft incarnations.
         leader: leader.map(|(id, n)| (felix_replication::broker_of(id), n.client_addr)),

@@ -31,6 +31,12 @@ pub fn start_offset(
         Start::Earliest => earliest,
         Start::Latest => hwm,
         Start::Offset(o) => {
+            // A follower cannot tell an offset past the end from one it has
+            // not caught up with yet (a subscription resuming after its
+            // leader changed): the leader can, so the client asks it.
+            if let Some(r) = shard.replica().filter(|r| o > hwm && !r.is_leader()) {
+                return Err(crate::shard::not_leader(r.leader()));
+            }
             if o < earliest || o > hwm {
                 return Err(BrokerError::OffsetOutOfRange {
                     requested: o,
