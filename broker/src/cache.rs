@@ -54,10 +54,15 @@ pub async fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<Ca
     // A leader cut off from a quorum must not answer from its own state.
     shard.lead_for_read().await?;
     let now = node.now_ms();
-    if let Some(known) = node.hot.get(shard.id, key, now) {
-        return Ok(known);
+    let found = match node.hot.get(shard.id, key, now) {
+        Some(known) => known,
+        None => read_through(node, shard, key, now)?,
+    };
+    // Retired meanwhile: its index may have been half removed.
+    if let Some(e) = shard.closed_error() {
+        return Err(e);
     }
-    read_through(node, shard, key, now)
+    Ok(found)
 }
 
 fn read_through(
@@ -132,6 +137,10 @@ pub async fn write(
         }
         if !node.index().version_matches(shard.id, &key, expected, now)? {
             let entry = read_through(node, shard, &key, now)?;
+            // Retired meanwhile: the mismatch may be its index going.
+            if let Some(e) = shard.closed_error() {
+                return Err(e);
+            }
             return Ok(Message::CacheValue { entry });
         }
     } else {

@@ -69,6 +69,7 @@ impl Cluster {
             &certs.client_tls(true)?,
             router.clone(),
         )?;
+        transport.set_catchup_bytes_per_s(c.catchup_bytes_per_s);
         let peers = crate::peers::Peers::from_registry(
             u64::from(identity.broker_id),
             BrokerNode {

@@ -223,8 +223,15 @@ async fn dead_letter(
 ) -> Result<(), BrokerError> {
     let dlq = node.ensure_stream(&h.name.dlq(), &h.meta()).await?;
     let reason = format!("max_deliveries ({max_deliveries}) reached");
-    let target = dlq.shard(0)?;
-    let bytes_max = target.log().with(|l| l.config().batch_bytes_max);
+    // Not held here when the dead-letter stream is placed on other brokers.
+    let target = match dlq.shard(0) {
+        Ok(t) => Some(t),
+        Err(BrokerError::NotLeader { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let bytes_max = target.map_or(node.batch_bytes_max(), |t| {
+        t.log().with(|l| l.config().batch_bytes_max)
+    });
     let mut writes = Vec::with_capacity(dead.len());
     for (r, deliveries) in dead {
         let source = format!("{}/{shard}/{}", h.name, r.offset.0);
@@ -245,7 +252,13 @@ async fn dead_letter(
         })?;
         let bytes = Bytes::from(b.build(Compression::None)?);
         // Concurrent, so a leader's proposer puts them in one entry.
-        writes.push(target.publish_anywhere(bytes, producer, 0));
+        let dlq = &dlq;
+        writes.push(async move {
+            match target {
+                Some(t) => t.publish_anywhere(bytes, producer, 0).await,
+                None => node.publish_elsewhere(dlq, 0, bytes).await,
+            }
+        });
     }
     for written in futures_util::future::join_all(writes).await {
         written?;
@@ -314,6 +327,10 @@ pub async fn change(
             if let Err(why) = r {
                 refused.push((*o, why));
             }
+        }
+        if let Some(e) = shard.closed_error() {
+            // Retired meanwhile: the refusals may come of its index going.
+            return Err(e);
         }
         if let Some((o, why)) = refused.first() {
             return Err(BrokerError::Invalid(format!(

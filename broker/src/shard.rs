@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -31,6 +31,10 @@ use crate::windows::ProducerWindows;
 pub use crate::windows::{
     Appended, PRODUCERS_FORGOTTEN_SHARE, PRODUCERS_PER_SHARD_MAX, PRODUCER_SCAN_ENTRIES_MAX,
 };
+
+const OPEN: u8 = 0;
+const CLOSED_DELETED: u8 = 1;
+const CLOSED_MOVED: u8 = 2;
 
 /// Bytes of publishes to one shard being appended at once; beyond it a
 /// publish is answered `Overloaded` at once.
@@ -59,8 +63,11 @@ pub struct HostedShard {
     /// Bumped after every append; shared by the shards of one stream so a
     /// subscription over several shards waits on one thing.
     signal: Arc<watch::Sender<u64>>,
-    /// Set when the stream is deleted: readers and writers stop.
-    closed: AtomicBool,
+    /// Set when the stream is deleted or this replica is moved away
+    /// ([`CLOSED_DELETED`], [`CLOSED_MOVED`]): readers and writers stop,
+    /// and nothing answered from its state after that counts (its index
+    /// entries are being removed).
+    closed: AtomicU8,
     /// Keyed writes: plain writes share it, a compare-and-set holds it alone
     /// so that nothing lands between its check and its append.
     pub(crate) writes: RwLock<()>,
@@ -173,7 +180,7 @@ impl HostedShard {
             unapplied: Mutex::new(unapplied),
             producers: Mutex::new(producers),
             signal: Arc::new(watch::channel(0).0),
-            closed: AtomicBool::new(false),
+            closed: AtomicU8::new(OPEN),
             writes: RwLock::new(()),
             applied_count: AtomicU64::new(0),
             groups: tokio::sync::Mutex::new(()),
@@ -222,13 +229,28 @@ impl HostedShard {
     }
 
     /// Marks the shard gone (its stream was deleted) and wakes its readers.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Stops the shard for good: its stream was deleted (`moved`: false)
+    /// or the placement moved this replica away (`moved`: true).
+    pub fn close(&self, moved: bool) {
+        let why = if moved { CLOSED_MOVED } else { CLOSED_DELETED };
+        self.closed.store(why, Ordering::Release);
         self.signal.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.closed.load(Ordering::Acquire) != OPEN
+    }
+
+    /// Why the shard no longer serves, if it does not: the stream is gone,
+    /// or the replica moved (the client asks where the shard is now).
+    /// Checked after reading state, too: a replica retired meanwhile may
+    /// have read its index half removed.
+    pub fn closed_error(&self) -> Option<BrokerError> {
+        match self.closed.load(Ordering::Acquire) {
+            OPEN => None,
+            CLOSED_MOVED => Some(BrokerError::NotLeader { leader: None }),
+            _ => Some(BrokerError::Invalid("the stream was deleted".into())),
+        }
     }
 
     pub fn log(&self) -> &Arc<SharedLog> {
@@ -448,8 +470,8 @@ impl HostedShard {
     /// Writes a checked batch through the group (or the log) and returns
     /// once it is committed and applied here.
     async fn write(&self, group: Option<&Replica>, batch: Bytes) -> Result<Appended, BrokerError> {
-        if self.is_closed() {
-            return Err(BrokerError::Invalid("the stream was deleted".into()));
+        if let Some(e) = self.closed_error() {
+            return Err(e);
         }
         let Some(replica) = group else {
             return self.append_local(batch).await;
@@ -486,8 +508,8 @@ impl HostedShard {
     /// put it in one entry with other publishes; returns once that entry
     /// is committed and applied here.
     async fn propose(&self, batch: Batch) -> Result<Appended, BrokerError> {
-        if self.is_closed() {
-            return Err(BrokerError::Invalid("the stream was deleted".into()));
+        if let Some(e) = self.closed_error() {
+            return Err(e);
         }
         let Some(g) = self.group.get() else {
             return Err(BrokerError::NotLeader { leader: None });

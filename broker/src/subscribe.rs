@@ -113,8 +113,11 @@ impl StreamPush {
         for i in 0..n {
             let at = (self.turn + i) % n;
             let (shard, number, next) = &mut self.shards[at];
-            if shard.is_closed() {
-                return Err(ErrorReply::UnknownStream(format!("{} was deleted", self.stream)));
+            match shard.closed_error() {
+                None => {}
+                // The replica moved: the client resumes where it is now.
+                Some(e @ crate::error::BrokerError::NotLeader { .. }) => return Err(ErrorReply::from(e)),
+                Some(_) => return Err(ErrorReply::UnknownStream(format!("{} was deleted", self.stream))),
             }
             let chunk = shard
                 .read(*next, credit.clamp(1, PUSH_BYTES_MAX) as usize)

@@ -10,6 +10,7 @@
 //! - [`snapshot`]: what a follower behind the leader's first entry receives.
 //! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/2`,
 //!   mutual TLS), one connection per peer shared by every group.
+//! - [`throttle`]: how fast catch-up traffic to a learner may go.
 //! - [`group`]: starting a group with Felix's timing defaults, and
 //!   membership: admitting a replica, replacing a lost incarnation.
 
@@ -29,10 +30,11 @@ pub mod membership;
 pub mod network;
 pub mod snapshot;
 pub mod store;
+pub mod throttle;
 pub mod types;
 
 pub use error::ReplicationError;
 pub use group::{Admission, GroupConfig, Replica, WriteError, HANDOVER_MS_MAX};
 pub use machine::{Applier, Forwarded};
-pub use network::{GroupView, Router, Transport, GROUPS_ASKED_MAX};
+pub use network::{CatchupStats, GroupView, Router, Transport, GROUPS_ASKED_MAX};
 pub use types::{broker_of, node_id, BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};

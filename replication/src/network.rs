@@ -32,6 +32,7 @@ use crate::clock::heard_now;
 use crate::elections::Handover;
 use crate::error::ReplicationError;
 use crate::membership::{self, Admission};
+use crate::throttle::{Bucket, CATCHUP_BYTES_PER_S_DEFAULT};
 use crate::types::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 
@@ -94,6 +95,19 @@ impl std::fmt::Debug for Router {
 }
 
 impl Router {
+    /// Whether `target` is a learner of `group` (hosted here): a replica
+    /// still catching up, whose traffic is throttled.
+    fn is_learner(&self, group: GroupId, target: NodeId) -> bool {
+        let hosted = self.groups.read().expect("router lock");
+        let Some(h) = hosted.get(&group) else {
+            return false;
+        };
+        let m = h.raft.metrics();
+        let m = m.borrow();
+        let members = m.membership_config.membership();
+        members.get_node(&target).is_some() && !members.voter_ids().any(|v| v == target)
+    }
+
     /// Hosts `group`; returns when its replica last heard a leader.
     pub(crate) fn add(
         &self,
@@ -152,7 +166,25 @@ pub struct Transport {
     endpoint: quinn::Endpoint,
     conns: Mutex<HashMap<String, Peer>>,
     connect_timeout: Duration,
+    router: Router,
+    /// Paces what this broker sends to learners (see `throttle`).
+    catchup: Mutex<Bucket>,
+    catchup_bytes: AtomicU64,
+    catchup_held: AtomicU64,
 }
+
+/// What this broker has sent to catching-up replicas, and how often the
+/// catch-up rate held it back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatchupStats {
+    pub bytes: u64,
+    /// Sends that waited, or were refused, because the bytes before them
+    /// were not paid for yet.
+    pub held: u64,
+}
+
+/// Snapshot bytes read and paced at a time.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 
 /// A connection to a peer, and when a reply last came over it.
 #[derive(Clone)]
@@ -208,6 +240,10 @@ impl Transport {
             endpoint: endpoint.clone(),
             conns: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(2),
+            router: router.clone(),
+            catchup: Mutex::new(Bucket::new(CATCHUP_BYTES_PER_S_DEFAULT, heard_now())),
+            catchup_bytes: AtomicU64::new(0),
+            catchup_held: AtomicU64::new(0),
         });
         tokio::spawn(accept_loop(endpoint, router, me));
         Ok(t)
@@ -216,6 +252,41 @@ impl Transport {
     /// This broker's Raft node id.
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// Sets the rate at which this broker sends catch-up traffic (clamped
+    /// to `throttle`'s bounds).
+    pub fn set_catchup_bytes_per_s(&self, rate: u64) {
+        *self.catchup.lock().expect("catchup lock") = Bucket::new(rate, heard_now());
+    }
+
+    pub fn catchup_stats(&self) -> CatchupStats {
+        CatchupStats {
+            bytes: self.catchup_bytes.load(Ordering::Relaxed),
+            held: self.catchup_held.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends `bytes` of catch-up traffic once what went before is paid
+    /// for: waits for that, unless it would take longer than `wait_max`
+    /// (then nothing is charged, and `Err` says how long it is owed).
+    async fn pace(&self, bytes: usize, wait_max: Duration) -> Result<(), u64> {
+        let owed_ms = {
+            let mut b = self.catchup.lock().expect("catchup lock");
+            let owed_ms = b.debt_ms(heard_now());
+            if owed_ms > wait_max.as_millis() as u64 {
+                self.catchup_held.fetch_add(1, Ordering::Relaxed);
+                return Err(owed_ms);
+            }
+            b.charge(bytes as u64);
+            owed_ms
+        };
+        self.catchup_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if owed_ms > 0 {
+            self.catchup_held.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(owed_ms)).await;
+        }
+        Ok(())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, ReplicationError> {
@@ -275,7 +346,7 @@ impl Transport {
         group: GroupId,
         target: NodeId,
         body: &[u8],
-        tail: Option<&std::path::Path>,
+        tail: Option<(&std::path::Path, bool)>,
     ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
         let r = self.call_once(addr, kind, group, target, body, tail).await;
         if r.is_err() {
@@ -291,7 +362,7 @@ impl Transport {
         group: GroupId,
         target: NodeId,
         body: &[u8],
-        tail: Option<&std::path::Path>,
+        tail: Option<(&std::path::Path, bool)>,
     ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
         let peer = self.connection(addr).await?;
         let (mut send, mut recv) = peer.conn.open_bi().await.map_err(terr)?;
@@ -302,9 +373,24 @@ impl Transport {
         head.extend_from_slice(&(body.len() as u32).to_le_bytes());
         head.extend_from_slice(body);
         send.write_all(&head).await.map_err(terr)?;
-        if let Some(path) = tail {
+        if let Some((path, paced)) = tail {
             let mut f = tokio::fs::File::open(path).await.map_err(terr)?;
-            tokio::io::copy(&mut f, &mut send).await.map_err(terr)?;
+            if paced {
+                let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                loop {
+                    let n = tokio::io::AsyncReadExt::read(&mut f, &mut chunk)
+                        .await
+                        .map_err(terr)?;
+                    if n == 0 {
+                        break;
+                    }
+                    // A snapshot has no deadline: it waits as long as it owes.
+                    let _ = self.pace(n, Duration::MAX).await;
+                    send.write_all(&chunk[..n]).await.map_err(terr)?;
+                }
+            } else {
+                tokio::io::copy(&mut f, &mut send).await.map_err(terr)?;
+            }
         }
         send.finish().map_err(terr)?;
         let mut h = [0u8; 5];
@@ -642,8 +728,17 @@ impl PeerClient {
         kind: u8,
         req: &Req,
         option: &RPCOption,
+        paced: bool,
     ) -> Result<Resp, RpcErr<E>> {
         let body = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The wait must leave the RPC most of its deadline.
+        if paced {
+            if let Err(owed_ms) = self.transport.pace(body.len(), option.hard_ttl() / 2).await {
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &ReplicationError::Transport(format!("catch-up throttled for {owed_ms} ms")),
+                )));
+            }
+        }
         let call = self
             .transport
             .call(&self.addr, kind, self.group, self.target, &body, None);
@@ -676,7 +771,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.rpc(KIND_APPEND, &rpc, &option).await
+        // Heartbeats (no entries) to a learner are not catch-up traffic.
+        let paced = !rpc.entries.is_empty() && self.transport.router.is_learner(self.group, self.target);
+        self.rpc(KIND_APPEND, &rpc, &option, paced).await
     }
 
     async fn vote(
@@ -684,7 +781,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
-        let resp: VoteResponse<NodeId> = self.rpc(KIND_VOTE, &rpc, &option).await?;
+        let resp: VoteResponse<NodeId> = self.rpc(KIND_VOTE, &rpc, &option, false).await?;
         if !resp.vote_granted && resp.last_log_id > rpc.last_log_id {
             self.outvoted.store(heard_now(), Ordering::Release);
         } else if !resp.vote_granted && resp.last_log_id < rpc.last_log_id {
@@ -716,13 +813,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let body = bincode::serialize(&(vote, snapshot.meta.clone()))
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         let path = snapshot.snapshot.path.clone();
+        let paced = self.transport.router.is_learner(self.group, self.target);
         let call = self.transport.call(
             &self.addr,
             KIND_SNAPSHOT,
             self.group,
             self.target,
             &body,
-            Some(&path),
+            Some((&path, paced)),
         );
         let r = tokio::select! {
             closed = cancel => {

@@ -485,6 +485,64 @@ async fn add_and_remove_replicas() {
     new.replica.write(batch("without the old leader")).await.unwrap();
 }
 
+/// A learner (a move's new replica) is sent the log no faster than the
+/// leader's catch-up rate, while the voters' own replication is never
+/// held back by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_catches_up_no_faster_than_the_catchup_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, l) = cluster(tmp.path()).await;
+    let rate: u64 = 1 << 20;
+    nodes[l].transport.set_catchup_bytes_per_s(rate);
+    let value_bytes: u64 = 32 << 10;
+    let writes = 96;
+    let value = "x".repeat(value_bytes as usize);
+    let mut last = 0;
+    for _ in 0..writes {
+        last = nodes[l].replica.write(batch(&value)).await.unwrap().raft_index;
+    }
+    for n in &nodes {
+        wait_applied(n, last).await;
+    }
+    assert_eq!(
+        nodes[l].transport.catchup_stats().bytes,
+        0,
+        "replication to voters is not catch-up traffic"
+    );
+
+    let fourth = start(tmp.path(), 4, "127.0.0.1:0").await;
+    let started = Instant::now();
+    nodes[l]
+        .replica
+        .add_replica(
+            4,
+            BrokerNode {
+                raft_addr: fourth.addr.clone(),
+                client_addr: String::new(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    wait_applied(&fourth, last).await;
+    let took = started.elapsed();
+    let sent = nodes[l].transport.catchup_stats();
+    let logged = writes * value_bytes;
+    assert!(sent.bytes >= logged, "{sent:?}: the learner's entries were paced");
+    assert!(sent.held > 0, "{sent:?}");
+    // Everything past the bucket's burst and the last RPC waits for the rate.
+    let burst = (rate * felix_replication::throttle::BURST_MS / 1000)
+        .max(felix_replication::throttle::BURST_BYTES_MIN);
+    let rpc_max = felix_replication::group::PAYLOAD_ENTRIES_MAX * (value_bytes + 1024);
+    let least = Duration::from_millis((logged - burst - rpc_max) * 1000 / rate);
+    println!("caught up {logged} bytes in {took:?} at {rate} B/s (at least {least:?}); {sent:?}");
+    assert!(
+        took >= least,
+        "caught up {logged} bytes in {took:?}, under {least:?} at {rate} B/s"
+    );
+    assert_eq!(entries(&fourth.log), entries(&nodes[l].log));
+}
+
 /// A replica restarted with more committed-but-unapplied entries than one
 /// log read returns (its applied index is saved only now and then, and a
 /// crash can come before the first save) applies them all and stays in the

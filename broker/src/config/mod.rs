@@ -196,6 +196,11 @@ pub struct ClusterConfig {
     /// retry safely).
     #[serde(default = "write_timeout_default")]
     pub write_timeout_ms: u64,
+    /// How fast this broker sends a catching-up replica (a move's or a
+    /// joining broker's new replica, still a learner) the log, in bytes a
+    /// second over all of them. Voters are never held back by it.
+    #[serde(default = "catchup_default")]
+    pub catchup_bytes_per_s: u64,
 }
 
 fn heartbeat_default() -> u64 {
@@ -209,6 +214,9 @@ fn election_max_default() -> u64 {
 }
 fn write_timeout_default() -> u64 {
     5_000
+}
+fn catchup_default() -> u64 {
+    felix_replication::throttle::CATCHUP_BYTES_PER_S_DEFAULT
 }
 
 impl ClusterConfig {
@@ -242,6 +250,12 @@ impl ClusterConfig {
             return Err(
                 "cluster.election_timeout_min_ms must exceed cluster.heartbeat_interval_ms (> 0)".into(),
             );
+        }
+        use felix_replication::throttle::{CATCHUP_BYTES_PER_S_MAX, CATCHUP_BYTES_PER_S_MIN};
+        if !(CATCHUP_BYTES_PER_S_MIN..=CATCHUP_BYTES_PER_S_MAX).contains(&self.catchup_bytes_per_s) {
+            return Err(format!(
+                "cluster.catchup_bytes_per_s must be {CATCHUP_BYTES_PER_S_MIN} to {CATCHUP_BYTES_PER_S_MAX}"
+            ));
         }
         if self.election_timeout_max_ms <= self.election_timeout_min_ms {
             return Err("cluster.election_timeout_max_ms must exceed cluster.election_timeout_min_ms".into());

@@ -52,7 +52,7 @@ impl Node {
                 }
                 (false, Some(s)) => {
                     tracing::info!(stream = %name, shard = i, "the placement moved this replica away: retiring it");
-                    self.retire(&s)?;
+                    self.retire(&s, true)?;
                     shards.push(None);
                 }
                 (false, None) => {
@@ -68,7 +68,7 @@ impl Node {
         // A stream made again under the same name has other shard ids.
         for (_, s) in old.iter().flat_map(|h| h.hosted()) {
             if !m.shards.contains(&s.id.0) {
-                self.retire(s)?;
+                self.retire(s, false)?;
             }
         }
         let elsewhere = (0..m.shards.len())
@@ -104,8 +104,8 @@ impl Node {
     /// Stops serving replica `s` and deletes it: its readers end, its
     /// index entries go, and its files are removed once its group (if
     /// any) has shut down, so no RPC writes into a deleted directory.
-    pub(super) fn retire(&self, s: &Arc<HostedShard>) -> Result<(), BrokerError> {
-        s.close();
+    pub(super) fn retire(&self, s: &Arc<HostedShard>, moved: bool) -> Result<(), BrokerError> {
+        s.close(moved);
         self.maintenance.unregister(s.id);
         self.hot.forget_shard(s.id);
         self.index.clear_shard(s.id)?;

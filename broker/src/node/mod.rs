@@ -27,6 +27,7 @@ pub use crate::clock::{skewed_clock, system_clock, Clock};
 
 mod describe;
 mod follow;
+mod forward;
 mod groups;
 mod hosting;
 mod streams;

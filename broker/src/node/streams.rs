@@ -110,7 +110,7 @@ impl Node {
         meta.delete(n)?;
         self.streams.write().expect("streams lock").remove(&n.to_string());
         for (_, s) in h.hosted() {
-            self.retire(s)?;
+            self.retire(s, false)?;
         }
         tracing::info!(stream = %n, "stream deleted");
         Ok(())

@@ -5,6 +5,7 @@
 //! its namespace `default`, where bare stream names live, and tokens not
 //! required).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +22,9 @@ pub struct Member {
     /// (combined mode).
     pub controlplane: Option<PathBuf>,
     child: Option<Child>,
+    /// Decommissioned and stopped for good: never restarted, and not
+    /// asked to agree with the others.
+    pub retired: bool,
 }
 
 pub struct LocalCluster {
@@ -161,6 +165,7 @@ impl LocalCluster {
                     config,
                     controlplane: None,
                     child: None,
+                    retired: false,
                 }
             })
             .collect();
@@ -193,6 +198,15 @@ impl LocalCluster {
     /// from the control plane's registry, and they learn it) and starts
     /// it; returns its id.
     pub fn add(&mut self) -> u64 {
+        self.add_routed(|_, _| None)
+    }
+
+    /// [`LocalCluster::add`], its peers told to reach it at what `route`
+    /// gives for its (id, real replication address), if anything.
+    pub fn add_routed(
+        &mut self,
+        route: impl FnOnce(u64, std::net::SocketAddr) -> Option<std::net::SocketAddr>,
+    ) -> u64 {
         let id = self.members.iter().map(|m| m.at.id).max().unwrap_or(0) + 1;
         let ports = free_ports(2);
         let at = LocalMember {
@@ -203,9 +217,10 @@ impl LocalCluster {
         };
         std::fs::create_dir_all(&at.data_dir).unwrap();
         let config = at.data_dir.join("broker.toml");
+        let advertise = route(id, at.raft);
         std::fs::write(
             &config,
-            local_cluster_toml(&at, None, &self.root.join("ca"), &self.extra),
+            local_cluster_toml(&at, advertise, &self.root.join("ca"), &self.extra),
         )
         .unwrap();
         self.members.push(Member {
@@ -213,6 +228,7 @@ impl LocalCluster {
             config,
             controlplane: None,
             child: None,
+            retired: false,
         });
         let i = self.members.len() - 1;
         self.spawn(i);
@@ -422,17 +438,42 @@ impl LocalCluster {
         }
     }
 
-    /// Waits until every member reports the same shard figures, and
-    /// returns them.
+    /// Member `i`'s figures of the shards of `stream` it holds, by shard.
+    pub async fn hosted_view(&self, i: usize, stream: &str) -> Option<BTreeMap<u32, (u64, u64)>> {
+        let client = Client::connect(self.member_config(i)).await.ok()?;
+        let m = Message::StreamDescribe { name: stream.into() };
+        let r = client
+            .call(Route::Broker(&self.members[i].at.client.to_string()), &m)
+            .await;
+        client.close().await;
+        match r.ok()? {
+            Message::StreamDescription { shards, .. } => {
+                Some(shards.iter().map(|s| (s.shard, (s.earliest, s.next))).collect())
+            }
+            _ => None,
+        }
+    }
+
+    /// Waits until, for every shard of `stream`, every running member that
+    /// holds a replica of it reports the same figures (and some member
+    /// holds each), and returns them by shard.
     pub async fn converged(&self, stream: &str) -> Vec<(u64, u64)> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let mut views = Vec::new();
-            for i in 0..self.members.len() {
-                views.push(self.shard_view(i, stream).await);
+            for i in (0..self.members.len()).filter(|&i| self.is_running(i)) {
+                views.push(self.hosted_view(i, stream).await);
             }
-            if views.iter().all(|v| v.is_some() && *v == views[0]) {
-                return views[0].clone().unwrap();
+            let mut agreed: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            let mut ok = views.iter().all(Option::is_some);
+            for (shard, fig) in views.iter().flatten().flatten() {
+                if *agreed.entry(*shard).or_insert(*fig) != *fig {
+                    ok = false;
+                }
+            }
+            let every = agreed.keys().copied().eq(0..agreed.len() as u32);
+            if ok && every && !agreed.is_empty() {
+                return agreed.into_values().collect();
             }
             assert!(Instant::now() < deadline, "replicas did not converge: {views:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;

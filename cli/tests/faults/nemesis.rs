@@ -36,7 +36,22 @@ pub enum Fault {
     /// Replace a follower with an empty one (a new identity joins, the old
     /// one is gone for good).
     Membership,
+    /// A new broker joins (through a proxy of its own); the control plane
+    /// rebalances replicas onto it.
+    Join,
+    /// A running broker is decommissioned: its replicas move away, it
+    /// leaves the registry, and it is stopped for good.
+    Decommission,
 }
+
+/// The most brokers the nemesis grows the cluster to, and the fewest it
+/// shrinks it to (each a replication factor of 3 and a spare or more).
+pub const ACTIVE_MAX: usize = 6;
+pub const ACTIVE_MIN: usize = 4;
+/// The replication factor the suite's streams get on 4 to 6 brokers.
+pub const REPLICATION_FACTOR: usize = 3;
+/// How long a join's rebalance, or a decommission, may take.
+const RESHAPE_WAIT_MAX: Duration = Duration::from_secs(120);
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -50,6 +65,8 @@ impl Fault {
             Fault::Disk => "disk",
             Fault::Drain => "drain",
             Fault::Membership => "membership",
+            Fault::Join => "join",
+            Fault::Decommission => "decommission",
         }
     }
 }
@@ -101,13 +118,34 @@ impl Nemesis {
         *self.injected.entry(what.to_owned()).or_default() += 1;
     }
 
-    /// The member index of the stream's shard-0 leader, if one is known.
-    async fn leader(&self, c: &LocalCluster, client: &Client) -> Option<usize> {
+    /// The member indexes of the stream's shard-0 leader (if one is known)
+    /// and of its other replicas.
+    async fn shard0(&self, c: &LocalCluster, client: &Client) -> (Option<usize>, Vec<usize>) {
         let _ = client.refresh_metadata(std::slice::from_ref(&self.stream)).await;
-        let info = client.stream_info(&self.stream).await.ok()?;
-        let l = info.shards.iter().find(|s| s.shard == 0)?.leader?;
-        let i = c.members.iter().position(|m| m.at.id == l)?;
-        c.is_running(i).then_some(i)
+        let Ok(info) = client.stream_info(&self.stream).await else {
+            return (None, Vec::new());
+        };
+        let Some(s) = info.shards.iter().find(|s| s.shard == 0) else {
+            return (None, Vec::new());
+        };
+        let index = |id: u64| {
+            c.members
+                .iter()
+                .position(|m| m.at.id == id)
+                .filter(|&i| c.is_running(i))
+        };
+        let leader = s.leader.and_then(index);
+        let others = s
+            .replicas
+            .iter()
+            .filter_map(|&r| index(r))
+            .filter(|&i| Some(i) != leader)
+            .collect();
+        (leader, others)
+    }
+
+    fn active(c: &LocalCluster) -> usize {
+        c.members.iter().filter(|m| !m.retired).count()
     }
 
     /// Half the time the leader, else any running member.
@@ -121,7 +159,13 @@ impl Nemesis {
         *up.choose(&mut self.rng).expect("a running member")
     }
 
-    fn follower(&mut self, c: &LocalCluster, leader: Option<usize>) -> usize {
+    /// A follower of the stream's shard 0 when one runs (a broker holding
+    /// no replica of it would make a disk fault a no-op), else any running
+    /// member but the leader.
+    fn follower(&mut self, c: &LocalCluster, leader: Option<usize>, followers: &[usize]) -> usize {
+        if let Some(f) = followers.choose(&mut self.rng) {
+            return *f;
+        }
         let up: Vec<usize> = (0..c.members.len())
             .filter(|&i| c.is_running(i) && Some(i) != leader)
             .collect();
@@ -141,8 +185,14 @@ impl Nemesis {
         client: &Client,
         rt: &tokio::runtime::Runtime,
     ) {
-        let leader = rt.block_on(self.leader(c, client));
+        let (leader, followers) = rt.block_on(self.shard0(c, client));
         let ids: Vec<u64> = c.members.iter().map(|m| m.at.id).collect();
+        // The cluster stays within ACTIVE_MIN..=ACTIVE_MAX brokers.
+        let f = match f {
+            Fault::Join if Self::active(c) >= ACTIVE_MAX => Fault::Decommission,
+            Fault::Decommission if Self::active(c) <= ACTIVE_MIN => Fault::Join,
+            f => f,
+        };
         self.count(f.name());
         match f {
             Fault::Kill => {
@@ -226,7 +276,7 @@ impl Nemesis {
                 self.hold(1_000, 4_000);
             }
             Fault::Disk => {
-                let i = self.follower(c, leader);
+                let i = self.follower(c, leader, &followers);
                 let damage = *[
                     Damage::BitFlip,
                     Damage::TornTail,
@@ -250,7 +300,7 @@ impl Nemesis {
                         ));
                         c.wipe(i);
                         c.restart(i);
-                        await_admitted(c, i, rt);
+                        await_healthy(c, rt, RESHAPE_WAIT_MAX);
                         self.note(format!("broker {} admitted again", ids[i]));
                     }
                 }
@@ -272,7 +322,7 @@ impl Nemesis {
                 c.restart(i);
             }
             Fault::Membership => {
-                let i = self.follower(c, leader);
+                let i = self.follower(c, leader, &followers);
                 self.note(format!("replacing broker {} with an empty one", ids[i]));
                 c.kill(i);
                 c.wipe(i);
@@ -280,11 +330,104 @@ impl Nemesis {
                 // It must be a voter again before the next fault may take
                 // another replica away.
                 let t = Instant::now();
-                await_admitted(c, i, rt);
+                await_healthy(c, rt, RESHAPE_WAIT_MAX);
                 self.note(format!(
                     "broker {} admitted again after {:?}",
                     ids[i],
                     t.elapsed()
+                ));
+            }
+            Fault::Join => {
+                let t = Instant::now();
+                let id = c.add_routed(|id, real| Some(rt.block_on(net.add(id, real))));
+                self.note(format!("broker {id} joined ({} active)", Self::active(c)));
+                let port = cp_port(c);
+                rt.block_on(async {
+                    let http = reqwest::Client::new();
+                    // Registering starts the rebalance (in the same change).
+                    crate::common::cp::until(RESHAPE_WAIT_MAX.as_secs(), "the broker registered", || async {
+                        let (_, v) =
+                            crate::common::cp::call(&http, port, reqwest::Method::GET, "/v1/brokers", None)
+                                .await
+                                .ok()?;
+                        v["items"]
+                            .as_array()?
+                            .iter()
+                            .any(|b| {
+                                b["registration"]["id"] == serde_json::json!(id) && b["status"] == "active"
+                            })
+                            .then_some(())
+                    })
+                    .await;
+                    crate::common::cp::until(RESHAPE_WAIT_MAX.as_secs(), "the join's rebalance", || async {
+                        let (_, r) =
+                            crate::common::cp::call(&http, port, reqwest::Method::GET, "/v1/rebalance", None)
+                                .await
+                                .ok()?;
+                        r["rebalance"].is_null().then_some(())
+                    })
+                    .await;
+                });
+                await_healthy(c, rt, RESHAPE_WAIT_MAX);
+                let held = shard_dirs(&c.members[c.index_of(id)].at.data_dir);
+                self.note(format!(
+                    "broker {id} holds {held} replicas; rebalanced after {:?}",
+                    t.elapsed()
+                ));
+            }
+            Fault::Decommission => {
+                let i = self.target(c, leader);
+                let id = ids[i];
+                self.note(format!(
+                    "decommissioning broker {id} (leader: {})",
+                    Some(i) == leader
+                ));
+                let t = Instant::now();
+                let port = cp_port(c);
+                let shards = c.members[i].at.data_dir.join("shards");
+                rt.block_on(async {
+                    use crate::common::cp::{call, until};
+                    let http = reqwest::Client::new();
+                    let path = format!("/v1/brokers/{id}/decommission");
+                    let (s, v) = call(
+                        &http,
+                        port,
+                        reqwest::Method::POST,
+                        &path,
+                        Some(serde_json::json!({})),
+                    )
+                    .await
+                    .expect("the control plane answers");
+                    assert_eq!(s, 200, "decommission {id}: {v}");
+                    until(
+                        RESHAPE_WAIT_MAX.as_secs(),
+                        "the broker out of the registry",
+                        || async {
+                            let (_, v) = call(&http, port, reqwest::Method::GET, "/v1/brokers", None)
+                                .await
+                                .ok()?;
+                            let listed = v["items"]
+                                .as_array()?
+                                .iter()
+                                .any(|b| b["registration"]["id"] == serde_json::json!(id));
+                            (!listed).then_some(())
+                        },
+                    )
+                    .await;
+                    // Each replica is deleted once its move is done.
+                    until(RESHAPE_WAIT_MAX.as_secs(), "its replicas deleted", || async {
+                        (shard_dirs(&shards) == 0).then_some(())
+                    })
+                    .await;
+                });
+                let (clean, _) = c.terminate(i);
+                assert!(clean, "decommissioned broker {id} did not exit cleanly");
+                c.members[i].retired = true;
+                await_healthy(c, rt, RESHAPE_WAIT_MAX);
+                self.note(format!(
+                    "broker {id} decommissioned and stopped after {:?} ({} active)",
+                    t.elapsed(),
+                    Self::active(c)
                 ));
             }
         }
@@ -300,78 +443,91 @@ impl Nemesis {
             }
         }
         for i in 0..c.members.len() {
-            if !c.is_running(i) {
+            if !c.is_running(i) && !c.members[i].retired {
                 c.restart(i);
             }
         }
     }
 }
 
-/// Waits until member `i`, rebuilt empty, is a replica of every shard
-/// again (it answers with itself among each shard's replicas once it was
-/// admitted to the shard's group). Until then a second lost disk would be
-/// a majority's: operators wait for under-replication to clear before
-/// taking another replica away, and so does the nemesis.
-fn await_admitted(c: &LocalCluster, i: usize, rt: &tokio::runtime::Runtime) {
-    let id = c.members[i].at.id;
-    let at = c.members[i].at.client.to_string();
-    let deadline = Instant::now() + ADMISSION_WAIT_MAX;
+/// The API port of the cluster's own control plane.
+fn cp_port(c: &LocalCluster) -> u16 {
+    c.controlplane.as_ref().expect("the cluster's control plane").1
+}
+
+/// How many shard replicas a broker's data directory holds.
+fn shard_dirs(data_dir: &Path) -> usize {
+    let dir = if data_dir.ends_with("shards") {
+        data_dir.to_path_buf()
+    } else {
+        data_dir.join("shards")
+    };
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// Waits until every running member knows the same streams and, in each,
+/// every shard has a leader and [`REPLICATION_FACTOR`] live replicas (a
+/// broker rebuilt empty counts once it was admitted to the shard's group
+/// again). Until then a second lost replica could be a majority's:
+/// operators wait for under-replication to clear before taking another
+/// replica away, and so does the nemesis.
+pub fn await_healthy(c: &LocalCluster, rt: &tokio::runtime::Runtime, within: Duration) {
+    let deadline = Instant::now() + within;
     let ask = felix_client::wire::Message::Metadata { streams: Vec::new() };
-    // The streams a member that kept its disk knows: a rebuilt broker
-    // that has not caught up with the metadata knows none.
-    let other = (0..c.members.len())
-        .find(|&j| j != i && c.is_running(j))
-        .expect("another member runs");
-    let other_at = c.members[other].at.client.to_string();
+    let up: Vec<usize> = (0..c.members.len()).filter(|&i| c.is_running(i)).collect();
     rt.block_on(async {
-        let expected: Vec<String> = {
-            let client = Client::connect(c.member_config(other)).await.expect("connect");
-            let r = client.call(felix_client::Route::Broker(&other_at), &ask).await;
-            client.close().await;
-            match r {
-                Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => {
-                    streams.into_iter().map(|s| s.name).collect()
-                }
-                r => panic!("no metadata from broker {}: {r:?}", c.members[other].at.id),
-            }
-        };
-        let Ok(client) = Client::connect(c.member_config(i)).await else {
-            panic!("broker {id} does not take connections after its rebuild");
-        };
-        loop {
-            let missing: Vec<String> = match client.call(felix_client::Route::Broker(&at), &ask).await {
-                Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => {
-                    let mut missing: Vec<String> = expected
-                        .iter()
-                        .filter(|n| !streams.iter().any(|s| &s.name == *n))
-                        .cloned()
-                        .collect();
-                    missing.extend(streams.iter().flat_map(|s| {
-                        s.shards
-                            .iter()
-                            .filter(|sh| !sh.replicas.contains(&id))
-                            .map(move |sh| format!("{}/{}", s.name, sh.shard))
-                    }));
-                    missing
-                }
-                r => vec![format!("no metadata: {r:?}")],
+        let mut clients = Vec::new();
+        for &i in &up {
+            let Ok(client) = Client::connect(c.member_config(i)).await else {
+                panic!("broker {} does not take connections", c.members[i].at.id);
             };
-            if missing.is_empty() {
+            clients.push((i, client));
+        }
+        loop {
+            let mut problems = Vec::new();
+            let mut names: Option<Vec<String>> = None;
+            for (i, client) in &clients {
+                let at = c.members[*i].at.client.to_string();
+                let id = c.members[*i].at.id;
+                match client.call(felix_client::Route::Broker(&at), &ask).await {
+                    Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => {
+                        let mut these: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
+                        these.sort();
+                        match &names {
+                            None => names = Some(these),
+                            Some(n) if *n != these => {
+                                problems.push(format!("broker {id} knows {these:?}, another {n:?}"))
+                            }
+                            Some(_) => {}
+                        }
+                        for s in &streams {
+                            for sh in &s.shards {
+                                if sh.leader.is_none() || sh.replicas.len() < REPLICATION_FACTOR {
+                                    problems.push(format!(
+                                        "broker {id} sees {}/{}: leader {:?}, replicas {:?}",
+                                        s.name, sh.shard, sh.leader, sh.replicas
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    r => problems.push(format!("no metadata from broker {id}: {r:?}")),
+                }
+            }
+            if problems.is_empty() {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "broker {id} was not admitted again within {ADMISSION_WAIT_MAX:?}: {missing:?}"
+                "the cluster was not healthy within {within:?}: {problems:?}"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        client.close().await;
+        for (_, client) in clients {
+            client.close().await;
+        }
     });
 }
-
-/// How long a broker rebuilt empty may take to be a replica of every shard
-/// again (it copies every shard from the leaders).
-const ADMISSION_WAIT_MAX: Duration = Duration::from_secs(120);
 
 pub fn set_skew(dir: &Path, id: u64, ms: i64) {
     let tmp = dir.join(format!(".skew-b{id}"));

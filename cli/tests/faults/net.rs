@@ -56,8 +56,8 @@ struct Shared {
     rules: Mutex<Rules>,
     rng: Mutex<rand::rngs::StdRng>,
     counters: Mutex<Counters>,
-    /// Real replication address → broker id.
-    ids: HashMap<SocketAddr, u64>,
+    /// Real replication address → broker id (a joining broker adds itself).
+    ids: Mutex<HashMap<SocketAddr, u64>>,
 }
 
 /// Datagrams the proxy carries are at most this big (QUIC's are ~1.5 KB).
@@ -67,7 +67,7 @@ pub struct Net {
     shared: Arc<Shared>,
     /// Per broker id: the proxy address its peers are given.
     pub proxies: Vec<(u64, SocketAddr)>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// What to do with one datagram from `from` to `to`.
@@ -127,7 +127,7 @@ impl Net {
             rules: Mutex::new(Rules::default()),
             rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
             counters: Mutex::new(Counters::default()),
-            ids: brokers.iter().map(|(id, a)| (*a, *id)).collect(),
+            ids: Mutex::new(brokers.iter().map(|(id, a)| (*a, *id)).collect()),
         });
         let mut proxies = Vec::new();
         let mut tasks = Vec::new();
@@ -139,8 +139,19 @@ impl Net {
         Net {
             shared,
             proxies,
-            tasks,
+            tasks: Mutex::new(tasks),
         }
+    }
+
+    /// Puts a proxy in front of a broker that joins later (`real`: its
+    /// replication address); returns the address its peers are given.
+    pub async fn add(&self, id: u64, real: SocketAddr) -> SocketAddr {
+        self.shared.ids.lock().unwrap().insert(real, id);
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let at = front.local_addr().unwrap();
+        let task = tokio::spawn(serve(front, id, real, self.shared.clone()));
+        self.tasks.lock().unwrap().push(task);
+        at
     }
 
     pub fn set(&self, rules: Rules) {
@@ -159,7 +170,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.lock().unwrap().iter() {
             t.abort();
         }
     }
@@ -175,7 +186,7 @@ async fn serve(front: Arc<UdpSocket>, to: u64, real: SocketAddr, shared: Arc<Sha
         let Ok((n, from_addr)) = front.recv_from(&mut buf).await else {
             continue;
         };
-        let from = shared.ids.get(&from_addr).copied().unwrap_or(0);
+        let from = shared.ids.lock().unwrap().get(&from_addr).copied().unwrap_or(0);
         let up = match upstreams.get(&from_addr) {
             Some(u) => u.clone(),
             None => {
