@@ -2,7 +2,8 @@
 //! through it on every broker, its tokens enforced, serving on without it;
 //! its placement carried out (a broker killed for good re-placed, a decommissioned
 //! broker emptied, leadership back on the preferred replica after a
-//! failover); `felix dev --brokers 3` with its embedded control plane.
+//! failover; dead letters forwarded to a dead-letter stream placed on
+//! other brokers); `felix dev --brokers 3` with its embedded control plane.
 
 mod common;
 
@@ -997,4 +998,74 @@ async fn leadership_returns_to_the_preferred_replica_after_a_failover() {
     );
     acked.extend(publish_keyed(&client, 20..40, "acknowledged after the hand-over").await);
     read_back(&client, &acked).await;
+}
+
+/// With fewer replicas than brokers, a stream's dead-letter stream is
+/// placed on its own, here (replication factor 1 of 5 brokers) on another
+/// broker than the stream's only replica: the stream's leader forwards
+/// each dead letter to the dead-letter shard's leader, and each lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_reach_a_dead_letter_stream_placed_on_other_brokers() {
+    use felix_client::wire::Start;
+    use felix_client::{ProducerConfig, ProducerRecord, SubscribeOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = Placed::start(dir.path(), 5, "", false).await;
+    let streams = "/v1/tenants/acme/namespaces/prod/streams";
+    let spec = json!({"name": "jobs", "shards": 1, "replication_factor": 1, "max_deliveries": 1});
+    let (s, v) = call(&p.http, p.port, reqwest::Method::POST, streams, Some(spec))
+        .await
+        .unwrap();
+    assert_eq!(s, 200, "{v}");
+    let placed_on = |name: &'static str| {
+        let http = p.http.clone();
+        let port = p.port;
+        async move {
+            let path = format!("{streams}/{name}");
+            let (s, v) = call(&http, port, reqwest::Method::GET, &path, None).await.ok()?;
+            if s != 200 {
+                return None;
+            }
+            let on: Vec<u64> = v["placement"][0]["replicas"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_u64)
+                .collect();
+            (!on.is_empty()).then_some(on)
+        }
+    };
+    let client = p.client_without(None).await;
+    let producer = client
+        .producer("acme/prod/jobs", ProducerConfig::default())
+        .await
+        .unwrap();
+    for v in ["poison", "bad"] {
+        producer.send_wait(ProducerRecord::keyed("j", v)).await.unwrap();
+    }
+    let g = client.group_consumer("acme/prod/jobs", "g");
+    assert_eq!(g.fetch(2, 10_000).await.unwrap().records.len(), 2);
+    g.nack(&[(0, 0), (0, 1)], 0).await.unwrap();
+    // Delivered once already: this fetch dead-letters both.
+    assert!(g.fetch(2, 10_000).await.unwrap().records.is_empty());
+    let jobs_on = until(30, "the stream's placement", || placed_on("jobs")).await;
+    let dlq_on = until(30, "the dead-letter stream's placement", || placed_on("jobs.dlq")).await;
+    assert!(
+        jobs_on.iter().all(|b| !dlq_on.contains(b)),
+        "the case under test: jobs on {jobs_on:?}, jobs.dlq on {dlq_on:?}"
+    );
+    let opts = SubscribeOptions::starting(Start::Earliest);
+    let mut dlq = client.subscribe("acme/prod/jobs.dlq", opts).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let d = tokio::time::timeout(Duration::from_secs(30), dlq.next())
+            .await
+            .expect("both dead letters within 30 s")
+            .unwrap()
+            .unwrap();
+        got.push(d.record.value.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, vec![bytes::Bytes::from("bad"), bytes::Bytes::from("poison")]);
+    // Acked in the source once written: nothing comes back.
+    assert!(g.fetch(2, 1_000).await.unwrap().records.is_empty());
 }
