@@ -11,11 +11,15 @@
 //! so that one fsync covers more appends: on a disk shared by several logs
 //! (and, on one machine, by several brokers) the number of fsyncs, not
 //! their size, is what runs out.
+//!
+//! `interval` durability: one flusher thread for the whole process fsyncs
+//! each such log when its interval is due and it has new entries
+//! ([`Flusher`]), so thousands of shards cost one thread.
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use crate::config::{Durability, LogConfig};
 use crate::error::{LogError, Result};
@@ -62,7 +66,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct SharedLog {
     inner: Arc<Inner>,
-    flusher: Option<JoinHandle<()>>,
+    /// Its place in the process's flusher (`interval` durability).
+    flushed_as: Option<u64>,
 }
 
 impl SharedLog {
@@ -84,16 +89,11 @@ impl SharedLog {
             synced: Condvar::new(),
             durability,
         });
-        let flusher = match durability {
-            Durability::Interval { ms } => {
-                let inner = inner.clone();
-                Some(std::thread::spawn(move || {
-                    flush_every(&inner, Duration::from_millis(ms))
-                }))
-            }
+        let flushed_as = match durability {
+            Durability::Interval { ms } => Some(flusher().add(&inner, Duration::from_millis(ms))),
             _ => None,
         };
-        SharedLog { inner, flusher }
+        SharedLog { inner, flushed_as }
     }
 
     /// Runs `f` with the log locked (reads, retention, truncation).
@@ -180,10 +180,9 @@ impl SharedLog {
     }
 
     fn stop_flusher(&mut self) {
-        if let Some(h) = self.flusher.take() {
+        if let Some(id) = self.flushed_as.take() {
             lock(&self.inner.sync).closing = true;
-            self.inner.synced.notify_all();
-            let _ = h.join();
+            flusher().remove(id);
         }
     }
 }
@@ -236,25 +235,101 @@ fn sync_once(inner: &Inner) {
     inner.synced.notify_all();
 }
 
-fn flush_every(inner: &Inner, every: Duration) {
-    let mut st = lock(&inner.sync);
-    loop {
-        st = inner
-            .synced
-            .wait_timeout(st, every)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-        if st.closing || st.failed {
+/// The logs in `interval` mode, flushed by one thread for the whole
+/// process: a broker with thousands of shards runs one flusher, not a
+/// thread per shard. A log with nothing appended since its last fsync is
+/// skipped, so idle shards cost a lock and a comparison per interval.
+struct Flusher {
+    set: Mutex<FlushSet>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct FlushSet {
+    /// id → (the log, its interval, when it is due).
+    logs: BTreeMap<u64, (Weak<Inner>, Duration, Instant)>,
+    next_id: u64,
+    running: bool,
+}
+
+fn flusher() -> &'static Flusher {
+    static FLUSHER: OnceLock<Flusher> = OnceLock::new();
+    FLUSHER.get_or_init(|| Flusher {
+        set: Mutex::new(FlushSet::default()),
+        wake: Condvar::new(),
+    })
+}
+
+impl Flusher {
+    fn add(&'static self, inner: &Arc<Inner>, every: Duration) -> u64 {
+        let mut set = lock(&self.set);
+        let id = set.next_id;
+        set.next_id += 1;
+        set.logs
+            .insert(id, (Arc::downgrade(inner), every, Instant::now() + every));
+        if !set.running {
+            set.running = true;
+            std::thread::Builder::new()
+                .name("felix-log-flusher".into())
+                .spawn(move || self.run())
+                .expect("spawn the log flusher thread");
+        }
+        self.wake.notify_all();
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        lock(&self.set).logs.remove(&id);
+    }
+
+    fn run(&self) {
+        let mut set = lock(&self.set);
+        loop {
+            let now = Instant::now();
+            let Some(due) = set.logs.values().map(|(_, _, due)| *due).min() else {
+                set = self.wake.wait(set).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            if due > now {
+                set = self
+                    .wake
+                    .wait_timeout(set, due - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            let mut now_due = Vec::new();
+            set.logs.retain(|_, (log, every, due)| {
+                let Some(inner) = log.upgrade() else {
+                    return false;
+                };
+                if *due <= now {
+                    *due = now + *every;
+                    now_due.push(inner);
+                }
+                true
+            });
+            drop(set);
+            for inner in now_due {
+                flush_if_behind(&inner);
+            }
+            set = lock(&self.set);
+        }
+    }
+}
+
+/// One fsync of `inner` if entries were appended since the last, and no
+/// other fsync of it is under way.
+fn flush_if_behind(inner: &Inner) {
+    let last = lock(&inner.log).last_raft().map(|(_, i)| i);
+    {
+        let mut st = lock(&inner.sync);
+        if st.closing || st.failed || st.syncing || st.durable >= last {
             return;
         }
-        if st.syncing {
-            continue;
-        }
         st.syncing = true;
-        drop(st);
-        sync_once(inner);
-        st = lock(&inner.sync);
     }
+    sync_once(inner);
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

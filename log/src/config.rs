@@ -21,8 +21,8 @@ pub enum Verify {
 /// Configuration of one log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
-    /// Size a segment is preallocated to; it is sealed when the next batch
-    /// would not fit.
+    /// A segment's capacity (its file is allocated in growing steps up to
+    /// it); it is sealed when the next batch would not fit.
     pub segment_bytes: u64,
     /// A segment whose first append is older than this is sealed at the next
     /// append or `roll_if_due`.

@@ -33,6 +33,7 @@ pub use crate::log::{
     AppendOutcome, Batches, CompactOutcome, Log, OpenReport, Positioned, PositionedBatches, Quarantined,
     ReadChunk, ReadHint, Retention, RetentionOutcome, SealedSegment, SegmentInfo, StagedCompaction,
 };
+pub use crate::segment::allocation::ALLOCATION_BYTES_FIRST;
 pub use crate::segment::format::SEGMENT_HEADER_BYTES;
 pub use crate::types::{Offset, ProducerId, RaftIndex, RaftTerm, SegmentId, ShardId};
 

@@ -453,6 +453,7 @@ impl Log {
         }
         let base = self.next_offset();
         let seg = self.active_mut();
+        seg.reserve(batch.len() as u64)?;
         let position = seg.append(batch, &h, base, term, index);
         Ok(AppendOutcome {
             base_offset: base,

@@ -55,13 +55,15 @@ fn interval_mode_flushes_in_the_background_and_none_never_does() {
         ..LogConfig::default()
     };
     let (log, _) = SharedLog::open(dir.path(), cfg).unwrap();
-    log.append(&common::batch_of(&[b"a".to_vec()], 1), RaftTerm(1))
-        .unwrap();
-    // Every 20 ms: two flushes come well within the deadline.
+    // Every 20 ms, each append is flushed well within the deadline.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while log.sync_count() < 2 {
-        assert!(Instant::now() < deadline, "interval flusher did not run");
-        std::thread::sleep(Duration::from_millis(10));
+    for n in 1..=2 {
+        log.append(&common::batch_of(&[b"a".to_vec()], 1), RaftTerm(1))
+            .unwrap();
+        while log.sync_count() < n {
+            assert!(Instant::now() < deadline, "interval flusher did not run");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     drop(log);
 
@@ -91,11 +93,55 @@ fn durability_parses() {
     }
 }
 
-/// A full disk is a typed error when a segment is created, and the log keeps
-/// serving what it has. Needs a small tmpfs, so it runs where the test may
-/// mount one (root, as in CI) and says so otherwise.
+/// Logs in `interval` mode share one flusher thread for the process, each
+/// is flushed once its interval is due after an append, and an idle one is
+/// not fsynced at all.
 #[test]
-fn full_disk_is_a_typed_error_at_segment_creation() {
+fn interval_logs_share_one_flusher_thread_and_idle_ones_are_not_fsynced() {
+    let dirs: Vec<tempfile::TempDir> = (0..200).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfg = LogConfig {
+        durability: Durability::Interval { ms: 20 },
+        segment_bytes: 1 << 20,
+        batch_bytes_max: 64 << 10,
+        ..LogConfig::default()
+    };
+    let logs: Vec<SharedLog> = dirs
+        .iter()
+        .map(|d| SharedLog::open(d.path(), cfg.clone()).unwrap().0)
+        .collect();
+    for (i, l) in logs.iter().enumerate() {
+        l.append(
+            &common::batch_of(&[common::payload(i as u64, 64)], 1),
+            RaftTerm(1),
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs.iter().all(|l| l.sync_count() >= 1) {
+        assert!(Instant::now() < deadline, "not every log was flushed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let flushers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("felix-log-flush"))
+        })
+        .count();
+    assert_eq!(flushers, 1, "one flusher thread for every log");
+    // Ten intervals with nothing appended: no fsync.
+    let before: Vec<u64> = logs.iter().map(SharedLog::sync_count).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let after: Vec<u64> = logs.iter().map(SharedLog::sync_count).collect();
+    assert_eq!(before, after, "idle logs are not fsynced");
+}
+
+/// A full disk is a typed error when a segment file grows by a step and
+/// when a segment is created, and the log keeps serving what it has. Needs
+/// a small tmpfs, so it runs where the test may mount one (root, as in CI)
+/// and says so otherwise.
+#[test]
+fn full_disk_is_a_typed_error_when_a_segment_grows_or_is_created() {
     let dir = tempfile::tempdir().unwrap();
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
@@ -113,36 +159,106 @@ fn full_disk_is_a_typed_error_at_segment_creation() {
         }
     }
     let _guard = Unmount(dir.path());
-    let path = dir.path().join("log");
-    let too_big = LogConfig {
+    let fill = |log: &mut felix_log::Log| {
+        let mut appended = 0u64;
+        let err = loop {
+            let b = common::batch_of(&[common::payload(appended, 30 << 10)], 1);
+            match log.append(&b, RaftTerm(1), log.next_raft_index(), 1) {
+                Ok(_) => appended += 1,
+                Err(e) => break e,
+            }
+            assert!(appended < 1000, "never ran out of space");
+        };
+        assert!(matches!(err, LogError::DiskFull { .. }), "{err}");
+        assert!(appended > 0);
+        // Everything appended before is still there and readable.
+        assert_eq!(log.batches_from(Offset(0)).unwrap().count() as u64, appended);
+        assert_eq!(log.next_offset(), Offset(appended));
+        appended
+    };
+
+    // A segment of 4 MiB on a 1 MiB disk opens (only its first step is
+    // allocated) and fails when it would grow past the disk.
+    let growing = dir.path().join("growing");
+    let cfg = LogConfig {
         segment_bytes: 4 << 20,
+        batch_bytes_max: 64 << 10,
         ..LogConfig::default()
     };
-    assert!(matches!(
-        felix_log::Log::open(&path, too_big, 1),
-        Err(LogError::DiskFull { .. })
-    ));
+    let (mut log, _) = felix_log::Log::open(&growing, cfg.clone(), 1).unwrap();
+    let appended = fill(&mut log);
+    assert_eq!(
+        log.segments().len(),
+        1,
+        "the disk filled inside the first segment"
+    );
+    // The log is not poisoned: a small append that fits what is allocated
+    // goes through (the refused one wrote nothing).
+    let small = common::batch_of(&[common::payload(appended, 16)], 1);
+    let room = log.append(&small, RaftTerm(1), log.next_raft_index(), 1);
+    assert!(matches!(room, Ok(_) | Err(LogError::DiskFull { .. })), "{room:?}");
+    drop(log);
+    // Reopened, it holds what was acknowledged.
+    let (log, _) = felix_log::Log::open(&growing, cfg, 1).unwrap();
+    assert!(log.batches_from(Offset(0)).unwrap().count() as u64 >= appended);
+    drop(log);
+    std::fs::remove_dir_all(&growing).unwrap();
 
+    // Segments smaller than the first step: the disk fills at a roll, when
+    // the next segment is created.
+    let path = dir.path().join("log");
     let cfg = LogConfig {
         segment_bytes: 400 << 10,
         batch_bytes_max: 64 << 10,
         ..LogConfig::default()
     };
     let (mut log, _) = felix_log::Log::open(&path, cfg, 1).unwrap();
-    let mut appended = 0u64;
-    let err = loop {
-        let b = common::batch_of(&[common::payload(appended, 30 << 10)], 1);
-        match log.append(&b, RaftTerm(1), log.next_raft_index(), 1) {
-            Ok(_) => appended += 1,
-            Err(e) => break e,
-        }
-        assert!(appended < 1000, "never ran out of space");
+    fill(&mut log);
+    assert!(log.segments().len() > 1, "it rolled before the disk filled");
+}
+
+/// An idle log holds one small allocation step, not a whole segment; a
+/// busy one grows its file in steps and loses nothing across a reopen.
+#[test]
+fn segment_files_grow_in_steps_from_a_small_first_one() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_bytes: 64 << 20,
+        batch_bytes_max: 256 << 10,
+        ..LogConfig::default()
     };
-    assert!(matches!(err, LogError::DiskFull { .. }), "{err}");
-    assert!(appended > 0);
-    // Everything appended before is still there and readable.
-    assert_eq!(log.batches_from(Offset(0)).unwrap().count() as u64, appended);
-    assert_eq!(log.next_offset(), Offset(appended));
+    let (mut log, _) = felix_log::Log::open(dir.path(), cfg.clone(), 1).unwrap();
+    let seg_file = |dir: &std::path::Path| {
+        let mut segs: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        assert_eq!(segs.len(), 1, "{segs:?}");
+        segs.pop().unwrap()
+    };
+    let first = felix_log::ALLOCATION_BYTES_FIRST;
+    let m = std::fs::metadata(seg_file(dir.path())).unwrap();
+    assert_eq!(m.len(), first, "an empty segment is its first step long");
+    assert!(
+        m.blocks() * 512 <= first,
+        "and holds no more blocks: {}",
+        m.blocks() * 512
+    );
+    // 3 MiB of batches: the file doubles to 4 MiB, not 64.
+    let n = 24u64;
+    for i in 0..n {
+        let b = common::batch_of(&[common::payload(i, 128 << 10)], 1);
+        log.append(&b, RaftTerm(1), log.next_raft_index(), 1).unwrap();
+    }
+    log.flush().unwrap();
+    assert_eq!(std::fs::metadata(seg_file(dir.path())).unwrap().len(), 4 << 20);
+    drop(log);
+    let (log, _) = felix_log::Log::open(dir.path(), cfg, 1).unwrap();
+    assert_eq!(log.next_offset(), Offset(n));
+    assert_eq!(log.batches_from(Offset(0)).unwrap().count() as u64, n);
 }
 
 /// A Raft follower's path: entries at given indexes, a truncated suffix

@@ -371,7 +371,8 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
-    /// A segment is rolled at this size (preallocated up front).
+    /// A segment is rolled at this size (its file is allocated in steps
+    /// from 512 KiB up to it, so an idle shard holds one small step).
     pub segment_bytes: u64,
     /// A segment is rolled at this age, so retention can delete it.
     pub segment_ms: u64,

@@ -7,6 +7,9 @@
 use bytes::Bytes;
 
 use super::{Node, StreamHandle};
+
+/// How often a write to a shard held elsewhere asks again for its leader.
+const LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 use crate::error::BrokerError;
 use crate::shard::Appended;
 
@@ -27,11 +30,23 @@ impl Node {
             .ok_or_else(|| BrokerError::Invalid(format!("{} has no shard {n}", h.name)))?;
         let group = crate::cluster::group_of(id);
         let placed: Vec<u64> = m.placed(n as usize).collect();
-        let views = c
-            .views
-            .learn(&c.transport, c.broker, &c.peers.all(), &[(group, placed)])
-            .await;
-        let leader = views.get(&group).and_then(|v| v.leader).ok_or_else(no_leader)?;
+        // A shard just created (a first dead letter makes its stream) may
+        // not have elected its leader yet: wait for one as a local write
+        // would, within the write timeout.
+        let until = tokio::time::Instant::now() + c.write_timeout;
+        let leader = loop {
+            let views = c
+                .views
+                .learn(&c.transport, c.broker, &c.peers.all(), &[(group, placed.clone())])
+                .await;
+            if let Some(l) = views.get(&group).and_then(|v| v.leader) {
+                break l;
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(no_leader());
+            }
+            tokio::time::sleep(LEADER_POLL).await;
+        };
         let node = c
             .peers
             .get(felix_replication::broker_of(leader))

@@ -1,7 +1,14 @@
-//! One segment file: created preallocated, appended through a shared writable
-//! mapping while active, sealed (trimmed, fsynced, remapped read-only) when
-//! full or old. Reads hand out `Bytes` over the mapping without copying.
+//! One segment file: mapped at its full capacity but allocated in growing
+//! steps (`allocation.rs`), appended through a shared writable mapping while
+//! active, sealed (trimmed, fsynced, remapped read-only) when full or old.
+//! Reads hand out `Bytes` over the mapping without copying.
+//!
+//! Blocks are reserved with `fallocate` before any write reaches them, so a
+//! full disk is a typed error at append and never a SIGBUS on a mapped page
+//! past the file's end; an idle shard holds one small step, not a whole
+//! segment.
 
+pub mod allocation;
 pub mod format;
 
 use std::fs::{self, File, OpenOptions};
@@ -57,8 +64,15 @@ impl AsRef<[u8]> for PublishedPrefix {
 }
 
 enum Map {
-    Active { file: Arc<File>, raw: Arc<MmapRaw> },
-    Sealed { bytes: Bytes },
+    Active {
+        file: Arc<File>,
+        raw: Arc<MmapRaw>,
+        /// Bytes of the file reserved so far: writes stay below it.
+        allocated: u64,
+    },
+    Sealed {
+        bytes: Bytes,
+    },
 }
 
 pub(crate) struct Segment {
@@ -116,7 +130,8 @@ impl Segment {
             .truncate(true)
             .open(&path)
             .map_err(LogError::io("create segment", &path))?;
-        if let Err(e) = fsio::preallocate(&file, segment_bytes) {
+        let first = allocation::next(0, SEGMENT_HEADER_BYTES as u64, segment_bytes);
+        if let Err(e) = fsio::preallocate(&file, first) {
             drop(file);
             let _ = fs::remove_file(&path);
             return Err(if fsio::is_no_space(&e) {
@@ -158,7 +173,8 @@ impl Segment {
     }
 
     /// Opens an existing file as the active segment with `len` bytes in use,
-    /// extending its preallocation to `segment_bytes`.
+    /// mapped at `segment_bytes` and allocated at least through `len` (a
+    /// file allocated further, as an older version made them, stays so).
     #[allow(clippy::too_many_arguments)]
     pub fn map_active(
         path: PathBuf,
@@ -171,7 +187,12 @@ impl Segment {
         index_interval_bytes: u32,
     ) -> Result<Segment> {
         let size = segment_bytes.max(len);
-        fsio::preallocate(&file, size).map_err(|e| {
+        let file_len = file
+            .metadata()
+            .map_err(LogError::io("stat segment", &path))?
+            .len();
+        let allocated = file_len.max(allocation::next(0, len, size)).min(size);
+        fsio::preallocate(&file, allocated).map_err(|e| {
             if fsio::is_no_space(&e) {
                 LogError::DiskFull { path: path.clone() }
             } else {
@@ -194,6 +215,7 @@ impl Segment {
             map: Map::Active {
                 file: Arc::new(file),
                 raw: Arc::new(raw),
+                allocated,
             },
             index: index.map_or_else(OnceLock::new, OnceLock::from),
             index_interval_bytes,
@@ -237,6 +259,36 @@ impl Segment {
         }
     }
 
+    /// Reserves blocks for `n` more bytes past the data, growing the file
+    /// by the next step if they are not reserved yet. The caller checked
+    /// that they fit the segment. `DiskFull` when the disk has no room:
+    /// nothing was written, and the log stays usable.
+    pub fn reserve(&mut self, n: u64) -> Result<()> {
+        let Map::Active { file, raw, allocated } = &mut self.map else {
+            panic!("reserve in sealed segment {}", self.path.display());
+        };
+        let needed = self.len + n;
+        if needed <= *allocated {
+            return Ok(());
+        }
+        let to = allocation::next(*allocated, needed, raw.len() as u64);
+        fsio::preallocate(file, to).map_err(|e| {
+            if fsio::is_no_space(&e) {
+                LogError::DiskFull {
+                    path: self.path.clone(),
+                }
+            } else {
+                LogError::Io {
+                    op: "grow segment",
+                    path: self.path.clone(),
+                    source: e,
+                }
+            }
+        })?;
+        *allocated = to;
+        Ok(())
+    }
+
     /// Copies a checked batch to the end of the active segment and stamps the
     /// fields the log owns in place. The caller checked that it fits.
     pub fn append(
@@ -247,11 +299,16 @@ impl Segment {
         term: RaftTerm,
         index: RaftIndex,
     ) -> u64 {
-        let Map::Active { raw, .. } = &self.map else {
+        let Map::Active { raw, allocated, .. } = &self.map else {
             panic!("append to sealed segment {}", self.path.display());
         };
         let pos = self.len as usize;
         assert!(pos + src.len() <= raw.len(), "append past the segment's end");
+        // A write past the reserved blocks would be a SIGBUS, not an error.
+        assert!(
+            (pos + src.len()) as u64 <= *allocated,
+            "append past the segment's reserved bytes"
+        );
         // SAFETY: [pos, pos + len) lies inside the mapping (asserted) and past
         // the published prefix, so no reader holds a view of it; `&mut self`
         // excludes other writers.
