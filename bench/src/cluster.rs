@@ -46,6 +46,10 @@ pub struct Args {
     /// A short run: 0.5 s per figure, producers 1 and 16, one failover.
     #[arg(long)]
     quick: bool,
+    /// Only the idle figure (CPU, memory, threads and disk of brokers
+    /// hosting `--idle-shards` shards with no traffic).
+    #[arg(long)]
+    idle_only: bool,
 }
 
 /// Bytes per record, the shape.
@@ -73,6 +77,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let failovers = if a.quick { a.failovers.min(1) } else { a.failovers };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if a.idle_only {
+        return rt.block_on(idle(a.idle_shards, if a.quick { 2.0 } else { 10.0 }));
+    }
     rt.block_on(bench(
         a.idle_shards,
         if a.quick { 2.0 } else { 10.0 },
@@ -486,17 +493,12 @@ pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / hz))
 }
 
-/// Segment size of the idle figure's shards.
-const IDLE_SEGMENT_BYTES: u64 = 4 << 20;
-
-/// CPU of three brokers hosting `shards` idle shards (one stream), each
-/// broker leading about a third: what heartbeats cost.
+/// CPU, memory, threads and disk of three brokers hosting `shards` idle
+/// shards (one stream, default segment size), each broker leading about a
+/// third: what an idle replica costs.
 async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    // Idle shards hold nothing: small segments keep 3 × `shards`
-    // preallocated segments from filling a small disk.
-    let extra = format!("[log]\nsegment_bytes = {IDLE_SEGMENT_BYTES}\n");
-    let OnLoopback { brokers, cp: _cp, .. } = cluster_on_loopback(dir.path(), 3, &extra, &["idle"]).await?;
+    let OnLoopback { brokers, cp: _cp, .. } = cluster_on_loopback(dir.path(), 3, "", &["idle"]).await?;
     let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
     client.close().await;
     // Let elections and connections settle before measuring.
@@ -514,12 +516,51 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
         .map(|p| cpu_time(*p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     println!("\n## Idle: {shards} shards (RF=3) on 3 brokers, no traffic, {secs:.0} s\n");
-    println!("| broker | CPU % of one core |");
-    println!("|---:|---:|");
+    println!("| broker | CPU % of one core | RSS MiB | RSS KiB per replica | threads | disk KiB per replica |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        println!("| {} | {:.1} |", i + 1, (*a - *b).as_secs_f64() / wall * 100.0);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", pids[i]))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let rss_kib = field("VmRSS:");
+        let shards_dir = dir.path().join(format!("broker{}", i + 1)).join("shards");
+        let (replicas, disk) = disk_per_replica(&shards_dir);
+        let per = |v: u64| if replicas == 0 { 0 } else { v / replicas };
+        println!(
+            "| {} | {:.1} | {} | {} | {} | {} |",
+            i + 1,
+            (*a - *b).as_secs_f64() / wall * 100.0,
+            rss_kib / 1024,
+            per(rss_kib),
+            field("Threads:"),
+            per(disk / 1024),
+        );
     }
     Ok(())
+}
+
+/// The replicas under a broker's `shards` directory, and the bytes their
+/// files hold on disk (allocated blocks, not lengths).
+fn disk_per_replica(shards: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(p: &std::path::Path) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if !m.is_dir() {
+            return m.blocks() * 512;
+        }
+        std::fs::read_dir(p)
+            .map(|d| d.flatten().map(|e| walk(&e.path())).sum())
+            .unwrap_or(0)
+    }
+    let replicas = std::fs::read_dir(shards).map_or(0, |d| d.count() as u64);
+    (replicas, walk(shards))
 }
 
 /// The leader of `stream`'s shard 0 as the broker at `address` sees it
