@@ -516,7 +516,9 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
         .map(|p| cpu_time(*p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     println!("\n## Idle: {shards} shards (RF=3) on 3 brokers, no traffic, {secs:.0} s\n");
-    println!("| broker | CPU % of one core | RSS MiB | RSS KiB per replica | threads | disk KiB per replica |");
+    println!(
+        "| broker | CPU % of one core | RSS MiB | RSS KiB per replica | threads | disk KiB per replica |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|");
     for (i, (b, a)) in before.iter().zip(&after).enumerate() {
         let status = std::fs::read_to_string(format!("/proc/{}/status", pids[i]))?;
@@ -631,7 +633,7 @@ async fn shard0_leader(client: &Client, stream: &str) -> anyhow::Result<u64> {
     }
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())

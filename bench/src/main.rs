@@ -1,10 +1,11 @@
 //! `felix-bench`: benchmarks that print figures (never timed tests). Run
-//! as `cargo run --release -p felix-bench -- <log|index|wire|broker|cluster|peers>`.
+//! as `cargo run --release -p felix-bench -- <log|index|wire|broker|cluster|scale|controlplane|peers>`.
 //! Kept out of the `felix` binary so that a user's install carries none of
 //! the peers' clients (async-nats, redis) or the charts (plotters).
 
 mod broker;
 mod cluster;
+mod controlplane;
 mod index;
 mod log;
 mod measure;
@@ -44,6 +45,10 @@ pub enum BenchCommand {
     /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
     /// then the failover time after a leader's SIGKILL.
     Cluster(cluster::Args),
+    /// The control plane at scale: simulated brokers heartbeating,
+    /// thousands of streams created through the API, a feed follower;
+    /// create latency as the count grows, feed lag, memory, snapshot size.
+    Controlplane(controlplane::Args),
     /// Scale-out: one write workload (RF=3, many shards) on 3 and on 6
     /// brokers placed by a control plane; bytes written and CPU seconds
     /// per broker, and their ratio.
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         BenchCommand::Broker(a) => broker::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
         BenchCommand::Scale(a) => scale::run(a),
+        BenchCommand::Controlplane(a) => controlplane::run(a),
         BenchCommand::Peers(a) => peers::run(a),
         BenchCommand::RunBroker { config } => felix_cli::run::broker_from_file(config),
     }
