@@ -532,7 +532,7 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
         let rss_kib = field("VmRSS:");
         let shards_dir = dir.path().join(format!("broker{}", i + 1)).join("shards");
         let (replicas, disk) = disk_per_replica(&shards_dir);
-        let per = |v: u64| if replicas == 0 { 0 } else { v / replicas };
+        let per = |v: u64| v.checked_div(replicas).unwrap_or(0);
         println!(
             "| {} | {:.1} | {} | {} | {} | {} |",
             i + 1,
