@@ -79,12 +79,17 @@ fn dev_tenant(port: u16) {
     .expect("the development tenant");
 }
 
-/// `n` distinct ports free now (all held at once, so none repeats).
-fn free_ports(n: usize) -> Vec<u16> {
+/// `n` distinct UDP ports, held until the sockets are dropped: a caller
+/// that binds more sockets on port 0 meanwhile (the fault suite's proxies)
+/// must not be given one of them.
+fn hold_ports(n: usize) -> (Vec<u16>, Vec<std::net::UdpSocket>) {
     let held: Vec<std::net::UdpSocket> = (0..n)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
-    held.iter().map(|s| s.local_addr().unwrap().port()).collect()
+    (
+        held.iter().map(|s| s.local_addr().unwrap().port()).collect(),
+        held,
+    )
 }
 
 impl LocalCluster {
@@ -120,7 +125,7 @@ impl LocalCluster {
                 (Some((cp, port)), format!("{extra}\n{follow}"))
             }
         };
-        let ports = free_ports(2 * n as usize);
+        let (ports, held) = hold_ports(2 * n as usize);
         let all: Vec<LocalMember> = (1..=n)
             .map(|id| LocalMember {
                 id,
@@ -148,6 +153,8 @@ impl LocalCluster {
                 .collect(),
             None => all.clone(),
         };
+        // The brokers bind these when they start, after this.
+        drop(held);
         let members = all
             .iter()
             .map(|m| {
@@ -208,7 +215,7 @@ impl LocalCluster {
         route: impl FnOnce(u64, std::net::SocketAddr) -> Option<std::net::SocketAddr>,
     ) -> u64 {
         let id = self.members.iter().map(|m| m.at.id).max().unwrap_or(0) + 1;
-        let ports = free_ports(2);
+        let (ports, held) = hold_ports(2);
         let at = LocalMember {
             id,
             client: format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
@@ -218,6 +225,7 @@ impl LocalCluster {
         std::fs::create_dir_all(&at.data_dir).unwrap();
         let config = at.data_dir.join("broker.toml");
         let advertise = route(id, at.raft);
+        drop(held);
         std::fs::write(
             &config,
             local_cluster_toml(&at, advertise, &self.root.join("ca"), &self.extra),
