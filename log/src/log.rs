@@ -205,6 +205,30 @@ pub struct Positioned {
     pub batch: Batch,
 }
 
+/// How long [`Log::open`] retries a held directory lock before answering
+/// [`LogError::Locked`]. A `flock` belongs to the open file description, and
+/// a child forked by any thread of this process (a test's `mount`, a hook)
+/// holds a copy of every descriptor until its `exec` closes them: a log
+/// closed and reopened in that window would otherwise be refused.
+pub const LOCK_WAIT_MS_MAX: u64 = 500;
+const LOCK_RETRY_MS: u64 = 5;
+const _: () = assert!(LOCK_RETRY_MS > 0 && LOCK_RETRY_MS < LOCK_WAIT_MS_MAX);
+
+fn lock_within(lock: &File, lock_path: &Path, dir: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS_MAX);
+    loop {
+        if fsio::lock_exclusive(lock).map_err(LogError::io("lock", lock_path))? {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(LogError::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+    }
+}
+
 /// The segment log of one shard replica.
 #[derive(Debug)]
 pub struct Log {
@@ -230,9 +254,7 @@ impl Log {
             .write(true)
             .open(&lock_path)
             .map_err(LogError::io("open", &lock_path))?;
-        if !fsio::lock_exclusive(&lock).map_err(LogError::io("lock", &lock_path))? {
-            return Err(LogError::Locked { path: dir });
-        }
+        lock_within(&lock, &lock_path, &dir)?;
         let mut report = OpenReport::default();
         let mut repairs = 0;
         let segments = loop {

@@ -203,6 +203,30 @@ fn damaged_segment_header_is_refused() {
 }
 
 #[test]
+fn a_lock_held_a_moment_by_a_forked_child_does_not_refuse_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), LogConfig::default(), 1).unwrap();
+    // The child shares the lock's open file description until it exits, as a
+    // `Command` child does until its exec.
+    // SAFETY: the child only sleeps and exits, both async-signal-safe.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: async-signal-safe calls only, in the forked child.
+        unsafe {
+            libc::usleep(100_000);
+            libc::_exit(0);
+        }
+    }
+    drop(log);
+    let reopened = Log::open(dir.path(), LogConfig::default(), 1);
+    let mut status = 0;
+    // SAFETY: reaps the child forked above; `status` outlives the call.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(reopened.is_ok(), "{:?}", reopened.err());
+}
+
+#[test]
 fn second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _log = Log::open(dir.path(), LogConfig::default(), 1).unwrap();
