@@ -501,8 +501,12 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     let OnLoopback { brokers, cp: _cp, .. } = cluster_on_loopback(dir.path(), 3, "", &["idle"]).await?;
     let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
     client.close().await;
-    // Let elections and connections settle before measuring.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let elections and connections settle, and idle groups go quiet,
+    // before measuring.
+    tokio::time::sleep(Duration::from_millis(
+        3_000 + felix_replication::quiesce::QUIESCE_AFTER_MS,
+    ))
+    .await;
     let pids: Vec<u32> = brokers.children.iter().flatten().map(|c| c.id()).collect();
     let before = pids
         .iter()
@@ -543,6 +547,60 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
             per(disk / 1024),
         );
     }
+    restart_figures(brokers, shards).await
+}
+
+/// SIGTERMs broker 3 of an idle cluster (it hands every leadership over
+/// first) and starts it again: how long each takes, the second until the
+/// broker names a leader for every shard of the stream.
+async fn restart_figures(mut brokers: LocalBrokers, shards: u32) -> anyhow::Result<()> {
+    let i = 2;
+    let child = brokers.children[i].as_mut().context("broker 3 runs")?;
+    // SAFETY: kill(2) with a child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    while child.try_wait()?.is_none() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "broker 3 did not stop within 120 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopped = t.elapsed();
+    brokers.restart(i)?;
+    let t = Instant::now();
+    let address = brokers.members[i].client.to_string();
+    let client = Client::connect(client_config(&brokers)?).await?;
+    let ask = Message::Metadata {
+        streams: vec!["bench/idle/shards".to_owned()],
+    };
+    let deadline = t + Duration::from_secs(300);
+    loop {
+        let led = match client.call(Route::Broker(&address), &ask).await {
+            Ok(Message::MetadataReply { streams, .. }) => streams
+                .iter()
+                .flat_map(|s| &s.shards)
+                .filter(|s| s.leader.is_some())
+                .count(),
+            _ => 0,
+        };
+        if led == shards as usize {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the restarted broker named leaders for {led} of {shards} shards after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let serving = t.elapsed();
+    client.close().await;
+    println!(
+        "\nBroker 3: SIGTERM to exit (leaderships handed over) {:.1} s; restart to naming a leader for all {shards} shards {:.1} s.",
+        stopped.as_secs_f64(),
+        serving.as_secs_f64()
+    );
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! `felix-bench`: benchmarks that print figures (never timed tests). Run
-//! as `cargo run --release -p felix-bench -- <log|index|wire|broker|cluster|scale|controlplane|peers>`.
+//! as `cargo run --release -p felix-bench -- <log|index|wire|broker|cluster|groups|scale|controlplane|peers>`.
 //! Kept out of the `felix` binary so that a user's install carries none of
 //! the peers' clients (async-nats, redis) or the charts (plotters).
 
 mod broker;
 mod cluster;
 mod controlplane;
+mod groups;
 mod index;
 mod log;
 mod measure;
@@ -45,6 +46,11 @@ pub enum BenchCommand {
     /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
     /// then the failover time after a leader's SIGKILL.
     Cluster(cluster::Args),
+    /// Many Raft groups on three brokers' replication layers in one
+    /// process: idle CPU and messages between brokers with groups quiet
+    /// and kept awake, the first write to a quiet group, and the failover
+    /// of every group a vanished broker led.
+    Groups(groups::Args),
     /// The control plane at scale: simulated brokers heartbeating,
     /// thousands of streams created through the API, a feed follower;
     /// create latency as the count grows, feed lag, memory, snapshot size.
@@ -74,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
+        BenchCommand::Groups(a) => groups::run(a),
         BenchCommand::Scale(a) => scale::run(a),
         BenchCommand::Controlplane(a) => controlplane::run(a),
         BenchCommand::Peers(a) => peers::run(a),

@@ -17,6 +17,9 @@ pub struct GroupConfig {
     /// stands for election: failover takes about this long.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
+    /// How long a leader sees its group settled before it quiesces
+    /// (`quiesce`; `u64::MAX`: never, every group heartbeats).
+    pub quiesce_after_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -30,6 +33,7 @@ impl Default for GroupConfig {
             heartbeat_interval_ms: 150,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 800,
+            quiesce_after_ms: crate::quiesce::QUIESCE_AFTER_MS,
         }
     }
 }

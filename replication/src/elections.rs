@@ -1,7 +1,7 @@
 //! Who stands for election and when: Felix's loop beside openraft's own
 //! timer, and the hand-over state it reads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::{heard_now, rand_below};
@@ -25,6 +25,9 @@ pub(crate) struct Handover {
     /// While this leader steps aside (`heard_now` clock; 0: not):
     /// it takes no writes and sends no heartbeats until then.
     pub(crate) yielding_until: AtomicU64,
+    /// Whether the group is quiescent on this replica (see `quiesce`):
+    /// openraft's tick, heartbeats and election timer are off.
+    pub(crate) quiet: AtomicBool,
 }
 
 /// Three nudges openraft 0.9's elections need, checked every heartbeat.
@@ -53,85 +56,132 @@ pub(crate) struct Handover {
 ///   refused by a peer with a shorter log (`NetworkFactory::outran`)
 ///   stands again at the next heartbeat instead of after the random wait,
 ///   since that peer cannot be a rival.
-pub(crate) async fn elections(
-    raft: Raft,
-    me: NodeId,
-    cfg: GroupConfig,
-    heard: Arc<AtomicU64>,
-    votes: Refusals,
-    handover: Arc<Handover>,
-) {
-    use openraft::ServerState;
-    let lease = cfg.election_timeout_max_ms;
-    let mut timer_on = true;
-    let jitter_max = 2 * cfg.heartbeat_interval_ms;
-    let mut jitter = rand_below(jitter_max);
-    let mut stood_at = 0u64;
-    let mut candidate_since: Option<u64> = None;
-    let split_wait_of = || 2 * cfg.heartbeat_interval_ms + rand_below(lease / 2);
-    let mut split_wait = split_wait_of();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(cfg.heartbeat_interval_ms)).await;
-        let state = raft.metrics().borrow().state;
-        if state == ServerState::Shutdown {
-            return;
+///
+/// One [`Candidacy`] per hosted group, stepped by the broker's one driver
+/// (`driver`) every heartbeat interval: no task or timer per group.
+#[derive(Debug)]
+pub(crate) struct Candidacy {
+    /// Whether openraft's own election timer is on (what was last set).
+    timer_on: Option<bool>,
+    jitter: u64,
+    stood_at: u64,
+    candidate_since: Option<u64>,
+    split_wait: u64,
+    /// When the driver first saw the group ([`heard_now`] clock).
+    born: u64,
+}
+
+/// What one group looks like to the driver at one pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Turn {
+    /// This replica's node id.
+    pub(crate) me: NodeId,
+    pub(crate) state: openraft::ServerState,
+    pub(crate) leader: Option<NodeId>,
+    /// When a leader was last heard ([`heard_now`] clock; 0: never).
+    pub(crate) heard: u64,
+    /// Whether this replica and the peers it heard from lately make a
+    /// majority of the group's voters (see `quiesce::reachable`).
+    pub(crate) quorum_reachable: bool,
+    /// Whether the group is quiescent here (openraft's timer stays off).
+    pub(crate) quiet: bool,
+}
+
+impl Candidacy {
+    pub(crate) fn new(cfg: &GroupConfig) -> Candidacy {
+        Candidacy {
+            // `Replica::start` turned it off.
+            timer_on: Some(false),
+            jitter: rand_below(2 * cfg.heartbeat_interval_ms),
+            stood_at: 0,
+            candidate_since: None,
+            split_wait: Self::split_wait_of(cfg),
+            born: heard_now(),
         }
-        let now = heard_now();
+    }
+
+    fn split_wait_of(cfg: &GroupConfig) -> u64 {
+        2 * cfg.heartbeat_interval_ms + rand_below(cfg.election_timeout_max_ms / 2)
+    }
+
+    /// One pass at `now`: sets openraft's timer and ends a lapsed hand-over
+    /// (through `raft`'s runtime switches), and returns whether this
+    /// replica should stand now.
+    pub(crate) fn step(
+        &mut self,
+        raft: &Raft,
+        cfg: &GroupConfig,
+        t: Turn,
+        votes: &Refusals,
+        handover: &Handover,
+        now: u64,
+    ) -> bool {
+        use openraft::ServerState;
+        let me = t.me;
+        let lease = cfg.election_timeout_max_ms;
         // A hand-over that did not happen in time ends: lead on.
         let until = handover.yielding_until.load(Ordering::Acquire);
-        if until != 0 && (until <= now || state != ServerState::Leader) {
+        if until != 0 && (until <= now || t.state != ServerState::Leader) {
             handover.yielding_until.store(0, Ordering::Release);
             raft.runtime_config().heartbeat(true);
         }
         let preferred = handover.preferred_at(now);
-        let leader = raft.metrics().borrow().current_leader;
         // Preferred: no jitter. Not preferred while a leader that is not
         // preferred holds office (a hand-over may be on): a lease more.
         let extra = if preferred == me {
             0
-        } else if preferred != 0 && leader.is_some_and(|l| l != preferred) {
-            jitter + lease
+        } else if preferred != 0 && t.leader.is_some_and(|l| l != preferred) {
+            self.jitter + lease
         } else {
-            jitter
+            self.jitter
         };
         let last_outvoted = votes.outvoted.load(Ordering::Acquire);
         let behind = last_outvoted != 0 && now.saturating_sub(last_outvoted) < 2 * lease;
         // openraft's own timer ignores the preference: off while it could
-        // beat the preferred replica to a hand-over.
-        let defer = preferred != 0 && preferred != me && leader.is_some_and(|l| l != preferred);
-        if (behind || defer) == timer_on {
-            timer_on = !(behind || defer);
-            raft.runtime_config().elect(timer_on);
+        // beat the preferred replica to a hand-over, and off while the
+        // group is quiescent (its leader sends no heartbeats to keep it
+        // quiet; the pair beats do, through `heard`).
+        let defer = preferred != 0 && preferred != me && t.leader.is_some_and(|l| l != preferred);
+        // A replica that has heard no leader since it started waits a
+        // lease and two beats before openraft's timer may stand it: the
+        // leader of a quiet group sends no heartbeat, only its broker's
+        // beat, which takes a connection to arrive after a restart.
+        let settling = t.heard == 0 && now.saturating_sub(self.born) < lease + 2 * cfg.heartbeat_interval_ms;
+        let want = !(behind || defer || t.quiet || settling);
+        if self.timer_on != Some(want) {
+            self.timer_on = Some(want);
+            raft.runtime_config().elect(want);
         }
         let stand = !behind
-            && match state {
+            && match t.state {
                 ServerState::Follower => {
-                    candidate_since = None;
-                    let last = heard.load(Ordering::Acquire);
-                    // Never heard a leader since starting: openraft's own timer
-                    // decides (a fresh or restarted replica must not disturb).
-                    last != 0
-                        && now.saturating_sub(last) > lease + extra
-                        && now.saturating_sub(stood_at) > lease
+                    self.candidate_since = None;
+                    // Never heard a leader since starting: openraft's own
+                    // timer decides (a fresh or restarted replica must not
+                    // disturb). Cut off from most of the group: standing
+                    // would only raise the term it returns with.
+                    t.heard != 0
+                        && t.quorum_reachable
+                        && now.saturating_sub(t.heard) > lease + extra
+                        && now.saturating_sub(self.stood_at) > lease
                 }
                 ServerState::Candidate => {
-                    let since = *candidate_since.get_or_insert(now);
-                    now.saturating_sub(since) > split_wait || votes.outran.load(Ordering::Acquire) >= since
+                    let since = *self.candidate_since.get_or_insert(now);
+                    now.saturating_sub(since) > self.split_wait
+                        || votes.outran.load(Ordering::Acquire) >= since
                 }
                 _ => {
-                    candidate_since = None;
+                    self.candidate_since = None;
                     false
                 }
             };
         if stand {
-            stood_at = now;
-            candidate_since = Some(now);
-            jitter = rand_below(jitter_max);
-            split_wait = split_wait_of();
-            if raft.trigger().elect().await.is_err() {
-                return;
-            }
+            self.stood_at = now;
+            self.candidate_since = Some(now);
+            self.jitter = rand_below(2 * cfg.heartbeat_interval_ms);
+            self.split_wait = Self::split_wait_of(cfg);
         }
+        stand
     }
 }
 
@@ -155,6 +205,7 @@ impl Handover {
 
 /// When this replica's vote requests were last refused by a peer whose log
 /// is longer (`outvoted`) or shorter (`outran`) than its own.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Refusals {
     pub(crate) outvoted: Arc<AtomicU64>,
     pub(crate) outran: Arc<AtomicU64>,

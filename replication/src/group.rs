@@ -11,7 +11,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use crate::clock::heard_now;
 pub use crate::config::{GroupConfig, PAYLOAD_ENTRIES_MAX};
 pub use crate::elections::HANDOVER_MS_MAX;
-use crate::elections::{elections, Handover, Refusals};
+use crate::elections::{Handover, Refusals};
 use crate::error::ReplicationError;
 use crate::machine::{Applier, StateMachine};
 use crate::membership::admit;
@@ -119,10 +119,18 @@ impl Replica {
         let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
             .await
             .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        // The driver turns openraft's election timer on (see `Candidacy`).
+        raft.runtime_config().elect(false);
         let handover = Arc::new(Handover::default());
-        let heard = router.add(group, raft.clone(), state_dir, handover.clone(), applier);
         let votes = Refusals { outvoted, outran };
-        tokio::spawn(elections(raft.clone(), id, cfg, heard, votes, handover.clone()));
+        router.add(group, raft.clone(), state_dir, handover.clone(), votes, applier);
+        router.drive_once(|| {
+            tokio::spawn(crate::driver::drive(
+                router.clone(),
+                Arc::downgrade(&transport),
+                cfg,
+            ));
+        });
         Ok(Replica {
             group,
             id,
@@ -271,6 +279,11 @@ impl Replica {
         tracing::info!(group = %self.group, id = format!("{:#x}", self.id), "joined as a voter");
     }
 
+    /// Whether the group is quiescent on this replica (see `quiesce`).
+    pub fn is_quiet(&self) -> bool {
+        self.handover.quiet.load(Ordering::Acquire)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
@@ -320,7 +333,7 @@ impl Replica {
         self.handover
             .yielding_until
             .store(now + HANDOVER_MS_MAX, Ordering::Release);
-        self.raft.runtime_config().heartbeat(false);
+        self.stop_heartbeats();
         true
     }
 
@@ -406,7 +419,7 @@ impl Replica {
             return false;
         }
         tracing::info!(group = %self.group, to = format!("{successor:#x}"), term, "stepping down");
-        self.raft.runtime_config().heartbeat(false);
+        self.stop_heartbeats();
         loop {
             let leader = metrics.borrow().current_leader;
             if leader.is_some_and(|l| l != self.id) {
@@ -458,6 +471,17 @@ impl Replica {
                 };
             }
         }
+    }
+
+    /// Stops heartbeating so that the followers' leases lapse (a
+    /// hand-over): a quiet group wakes first, or its broker's beats would
+    /// keep the followers from standing.
+    fn stop_heartbeats(&self) {
+        let rc = self.raft.runtime_config();
+        if self.handover.quiet.swap(false, Ordering::AcqRel) {
+            rc.tick(true);
+        }
+        rc.heartbeat(false);
     }
 
     fn stop_yielding(&self) {

@@ -8,9 +8,13 @@
 //!   commit, so applying one means telling the owner (an [`Applier`]: the
 //!   broker's shard, or its metadata) how far it may index and serve.
 //! - [`snapshot`]: what a follower behind the leader's first entry receives.
-//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/2`,
+//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/3`,
 //!   mutual TLS), one connection per peer shared by every group.
 //! - [`throttle`]: how fast catch-up traffic to a learner may go.
+//! - [`quiesce`]: when an idle group stops ticking and heartbeating, and
+//!   the beat between two brokers that stands in for its heartbeats;
+//!   `driver` is the broker's one timer that applies it and runs every
+//!   group's elections.
 //! - [`group`]: starting a group with Felix's timing defaults, and
 //!   membership: admitting a replica, replacing a lost incarnation.
 
@@ -21,6 +25,7 @@
 
 mod clock;
 pub mod config;
+mod driver;
 pub mod elections;
 pub mod entry;
 pub mod error;
@@ -28,6 +33,7 @@ pub mod group;
 pub mod machine;
 pub mod membership;
 pub mod network;
+pub mod quiesce;
 pub mod snapshot;
 pub mod store;
 pub mod throttle;
@@ -36,5 +42,5 @@ pub mod types;
 pub use error::ReplicationError;
 pub use group::{Admission, GroupConfig, Replica, WriteError, HANDOVER_MS_MAX};
 pub use machine::{Applier, Forwarded};
-pub use network::{CatchupStats, GroupView, Router, Transport, GROUPS_ASKED_MAX};
+pub use network::{CatchupStats, GroupView, Router, Traffic, Transport, GROUPS_ASKED_MAX};
 pub use types::{broker_of, node_id, BrokerNode, GroupId, NodeId, Request, Response, TypeConfig};

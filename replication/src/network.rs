@@ -1,4 +1,4 @@
-//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/2`, mutual TLS
+//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/3`, mutual TLS
 //! (both sides present certificates from the cluster CA), one connection per
 //! peer shared by every group. Each RPC is one bidirectional stream
 //! (`docs/format/raft-rpc.md`):
@@ -11,8 +11,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use felix_client::transport::{self, ClientTls, ServerTls, TransportConfig};
@@ -29,14 +29,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::clock::heard_now;
-use crate::elections::Handover;
+use crate::elections::{Handover, Refusals};
 use crate::error::ReplicationError;
 use crate::membership::{self, Admission};
+use crate::quiesce::{self, Beat, BeatReply, Following};
 use crate::throttle::{Bucket, CATCHUP_BYTES_PER_S_DEFAULT};
 use crate::types::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 
-pub const RAFT_ALPN: &[u8] = b"felix-raft/2";
+pub const RAFT_ALPN: &[u8] = b"felix-raft/3";
 /// Largest RPC body: an AppendEntries of `config::PAYLOAD_ENTRIES_MAX`
 /// batches at the log's hard batch limit, plus framing.
 pub const RPC_BYTES_MAX: usize =
@@ -56,6 +57,7 @@ const KIND_READ_INDEX: u8 = 5;
 const KIND_JOIN: u8 = 7;
 const KIND_SUCCESSOR: u8 = 8;
 const KIND_GROUPS: u8 = 9;
+const KIND_BEAT: u8 = 10;
 /// Groups one [`Transport::groups`] call may ask about: bounds the answer
 /// (about 60 bytes a group with 5 voters) well under `RPC_BYTES_MAX`.
 pub const GROUPS_ASKED_MAX: usize = 4096;
@@ -69,22 +71,65 @@ const TARGET_ANY: NodeId = 0;
 
 /// A group this broker hosts: what incoming RPCs for it are handed to.
 #[derive(Clone)]
-struct Hosted {
-    raft: Raft,
+pub(crate) struct Hosted {
+    pub(crate) raft: Raft,
+    /// This replica's node id in the group.
+    pub(crate) me: NodeId,
     /// Who the group's leader is handing over to, for the election loop.
-    handover: Arc<Handover>,
+    pub(crate) handover: Arc<Handover>,
     state_dir: PathBuf,
-    /// When a leader's AppendEntries last reached this replica
-    /// ([`heard_now`] clock; 0: never).
-    heard: Arc<AtomicU64>,
+    /// When a leader's AppendEntries, or a beat naming the group quiet,
+    /// last reached this replica ([`heard_now`] clock; 0: never).
+    pub(crate) heard: Arc<AtomicU64>,
+    /// When peers refused this replica's votes, for the election driver.
+    pub(crate) votes: Refusals,
     /// The group's owner, which may write forwarded batches its own way.
     owner: Arc<dyn crate::machine::Applier>,
 }
 
-/// The groups hosted here, by id.
+impl Hosted {
+    /// Quiets the group here: openraft's tick, heartbeats and election
+    /// timer off. Returns whether it was awake.
+    pub(crate) fn quiesce(&self) -> bool {
+        if self.handover.quiet.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let rc = self.raft.runtime_config();
+        rc.elect(false);
+        rc.heartbeat(false);
+        rc.tick(false);
+        true
+    }
+
+    /// Wakes the group here (the election driver sets openraft's timer on
+    /// its next pass). Returns whether it was quiet.
+    pub(crate) fn wake(&self) -> bool {
+        if !self.handover.quiet.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        let rc = self.raft.runtime_config();
+        rc.tick(true);
+        // A leader stepping aside keeps its heartbeats off.
+        if self.handover.yielding_until.load(Ordering::Acquire) == 0 {
+            rc.heartbeat(true);
+        }
+        true
+    }
+
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.handover.quiet.load(Ordering::Acquire)
+    }
+}
+
+/// The groups hosted here, by id, and when each peer broker was last heard.
 #[derive(Clone, Default)]
 pub struct Router {
     groups: Arc<RwLock<HashMap<GroupId, Hosted>>>,
+    /// Peer node id → when its last beat, or reply to ours, arrived
+    /// ([`heard_now`] clock).
+    seen: Arc<Mutex<HashMap<NodeId, u64>>>,
+    /// Set once the broker's election driver runs.
+    driving: Arc<OnceLock<()>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -108,27 +153,89 @@ impl Router {
         members.get_node(&target).is_some() && !members.voter_ids().any(|v| v == target)
     }
 
-    /// Hosts `group`; returns when its replica last heard a leader.
+    /// Hosts `group`.
     pub(crate) fn add(
         &self,
         group: GroupId,
         raft: Raft,
         state_dir: PathBuf,
         handover: Arc<Handover>,
+        votes: Refusals,
         owner: Arc<dyn crate::machine::Applier>,
-    ) -> Arc<AtomicU64> {
-        let heard = Arc::new(AtomicU64::new(0));
+    ) {
+        let me = raft.metrics().borrow().id;
         self.groups.write().expect("router lock").insert(
             group,
             Hosted {
                 raft,
+                me,
                 handover,
                 state_dir,
-                heard: heard.clone(),
+                heard: Arc::new(AtomicU64::new(0)),
+                votes,
                 owner,
             },
         );
-        heard
+    }
+
+    /// Runs `start` (which starts the broker's election driver) the first
+    /// time it is called on this router.
+    pub(crate) fn drive_once(&self, start: impl FnOnce()) {
+        self.driving.get_or_init(start);
+    }
+
+    /// Every hosted group (the election driver's pass).
+    pub(crate) fn hosted(&self) -> Vec<(GroupId, Hosted)> {
+        let g = self.groups.read().expect("router lock");
+        g.iter().map(|(id, h)| (*id, h.clone())).collect()
+    }
+
+    /// Notes that `peer` was heard from now.
+    pub(crate) fn saw(&self, peer: NodeId) {
+        self.seen.lock().expect("seen lock").insert(peer, heard_now());
+    }
+
+    /// When each peer was last heard from.
+    pub(crate) fn seen(&self) -> HashMap<NodeId, u64> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    /// A peer's beat: counts each quiet group it names that this replica
+    /// follows it in, as it stands, as a heartbeat (and quiets it here);
+    /// answers the others, to be woken.
+    fn beat_in(&self, beat: Beat) -> Result<BeatReply, String> {
+        if beat.quiet.len() > quiesce::BEAT_GROUPS_MAX {
+            return Err(format!(
+                "a beat naming {} groups; at most {}",
+                beat.quiet.len(),
+                quiesce::BEAT_GROUPS_MAX
+            ));
+        }
+        self.saw(beat.from);
+        let now = heard_now();
+        let hosted = self.groups.read().expect("router lock");
+        let mut reply = BeatReply::default();
+        for q in &beat.quiet {
+            let h = hosted.get(&q.group);
+            let here = h.map(|h| {
+                let m = h.raft.metrics();
+                let m = m.borrow();
+                Following {
+                    follower: m.state == openraft::ServerState::Follower,
+                    term: m.current_term,
+                    leader: m.current_leader,
+                    last_index: m.last_log_index,
+                }
+            });
+            match h {
+                Some(h) if quiesce::agrees(q, beat.from, here) => {
+                    h.heard.store(now, Ordering::Release);
+                    h.quiesce();
+                }
+                _ => reply.wake.push(q.group),
+            }
+        }
+        Ok(reply)
     }
 
     pub fn remove(&self, group: GroupId) {
@@ -154,7 +261,7 @@ impl Router {
             .collect()
     }
 
-    fn get(&self, group: GroupId) -> Option<Hosted> {
+    pub(crate) fn get(&self, group: GroupId) -> Option<Hosted> {
         self.groups.read().expect("router lock").get(&group).cloned()
     }
 }
@@ -167,10 +274,28 @@ pub struct Transport {
     conns: Mutex<HashMap<String, Peer>>,
     connect_timeout: Duration,
     router: Router,
+    closed: AtomicBool,
+    traffic: TrafficCounters,
     /// Paces what this broker sends to learners (see `throttle`).
     catchup: Mutex<Bucket>,
     catchup_bytes: AtomicU64,
     catchup_held: AtomicU64,
+}
+
+/// Messages this broker has sent to keep groups alive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Beats to peer brokers (one per peer per heartbeat interval).
+    pub beats: u64,
+    /// openraft heartbeats: AppendEntries without entries, one per group
+    /// and follower, sent by groups that are awake.
+    pub heartbeats: u64,
+}
+
+#[derive(Debug, Default)]
+struct TrafficCounters {
+    beats: AtomicU64,
+    heartbeats: AtomicU64,
 }
 
 /// What this broker has sent to catching-up replicas, and how often the
@@ -244,6 +369,8 @@ impl Transport {
             catchup: Mutex::new(Bucket::new(CATCHUP_BYTES_PER_S_DEFAULT, heard_now())),
             catchup_bytes: AtomicU64::new(0),
             catchup_held: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            traffic: TrafficCounters::default(),
         });
         tokio::spawn(accept_loop(endpoint, router, me));
         Ok(t)
@@ -294,7 +421,28 @@ impl Transport {
     }
 
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.endpoint.close(0u32.into(), b"shutting down");
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        Traffic {
+            beats: self.traffic.beats.load(Ordering::Relaxed),
+            heartbeats: self.traffic.heartbeats.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends `beat` to the broker at `addr`; returns the groups it asks to
+    /// have woken.
+    pub(crate) async fn beat(&self, addr: &str, beat: &Beat) -> Result<BeatReply, ReplicationError> {
+        self.traffic.beats.fetch_add(1, Ordering::Relaxed);
+        let body = bincode::serialize(beat).map_err(terr)?;
+        self.ask(addr, KIND_BEAT, GroupId::NONE, &body, ReplicationError::Transport)
+            .await
     }
 
     async fn connection(&self, addr: &str) -> Result<Peer, ReplicationError> {
@@ -582,6 +730,13 @@ async fn serve(
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(terr)?;
+    if kind == KIND_BEAT {
+        return reply(
+            &mut send,
+            de::<Beat>(&body).and_then(|b| ser(&router.beat_in(b)?)),
+        )
+        .await;
+    }
     if kind == KIND_GROUPS {
         return reply(
             &mut send,
@@ -596,6 +751,8 @@ async fn serve(
     let out: Result<Vec<u8>, String> = match kind {
         KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body) {
             Ok(req) => {
+                // The leader is awake (it writes, or heartbeats): so is this.
+                hosted.wake();
                 let r = raft.append_entries(req).await;
                 // Only a leader this replica still follows refreshes it.
                 if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
@@ -606,7 +763,10 @@ async fn serve(
             Err(e) => Err(e),
         },
         KIND_VOTE => match de::<VoteRequest<NodeId>>(&body) {
-            Ok(req) => ser(&raft.vote(req).await),
+            Ok(req) => {
+                hosted.wake();
+                ser(&raft.vote(req).await)
+            }
             Err(e) => Err(e),
         },
         KIND_SNAPSHOT => match de::<(Vote, SnapshotMeta)>(&body) {
@@ -772,6 +932,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         // Heartbeats (no entries) to a learner are not catch-up traffic.
+        if rpc.entries.is_empty() {
+            self.transport.traffic.heartbeats.fetch_add(1, Ordering::Relaxed);
+        }
         let paced = !rpc.entries.is_empty() && self.transport.router.is_learner(self.group, self.target);
         self.rpc(KIND_APPEND, &rpc, &option, paced).await
     }

@@ -651,3 +651,132 @@ async fn a_leader_with_a_damaged_entry_stops_rather_than_ship_it() {
     let after = healthy.replica.write(batch("after")).await.unwrap().raft_index;
     wait_applied(&behind, after).await;
 }
+
+/// Waits until the group is quiet on every one of `nodes`.
+async fn all_quiet(nodes: &[&Node]) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|n| n.replica.is_quiet()) {
+        let quiet: Vec<bool> = nodes.iter().map(|n| n.replica.is_quiet()).collect();
+        assert!(Instant::now() < until, "the group did not go quiet: {quiet:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn terms(nodes: &[&Node]) -> Vec<u64> {
+    nodes.iter().map(|n| n.replica.term()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_group_goes_quiet_and_a_write_wakes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, l) = cluster(tmp.path()).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    for i in 0..5 {
+        nodes[l].replica.write(batch(&format!("v{i}"))).await.unwrap();
+    }
+    all_quiet(&all).await;
+    let term = terms(&all);
+    // Quiet: beats between the brokers go on, openraft's heartbeats stop.
+    let before = nodes[l].transport.traffic();
+    let window = Duration::from_millis(1_500);
+    tokio::time::sleep(window).await;
+    let after = nodes[l].transport.traffic();
+    assert!(
+        after.heartbeats - before.heartbeats <= 2,
+        "a quiet leader sent {} heartbeats in {window:?}",
+        after.heartbeats - before.heartbeats
+    );
+    assert!(
+        after.beats - before.beats >= 4,
+        "a quiet leader's broker sent {} beats in {window:?}",
+        after.beats - before.beats
+    );
+    assert_eq!(terms(&all), term, "no election while quiet");
+    assert!(nodes[l].replica.is_leader());
+
+    // A write wakes it, commits on a quorum, and reaches every replica.
+    let began = Instant::now();
+    let r = nodes[l].replica.write(batch("after quiet")).await.unwrap();
+    eprintln!("first write to a quiet group: {:?}", began.elapsed());
+    assert_eq!(r.base_offset, 5);
+    for n in &nodes {
+        wait_applied(n, r.raft_index).await;
+    }
+    // Idle again, it goes quiet again at the new last entry.
+    all_quiet(&all).await;
+    assert_eq!(terms(&all), term);
+    for n in nodes {
+        stop(n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_group_elects_a_new_leader_when_its_leader_stops() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, l) = cluster(tmp.path()).await;
+    let w = nodes[l].replica.write(batch("before")).await.unwrap();
+    all_quiet(&nodes.iter().collect::<Vec<_>>()).await;
+    let old = nodes.remove(l);
+    let stopped = Instant::now();
+    stop(old).await;
+    let rest: Vec<&Node> = nodes.iter().collect();
+    let nl = leader_of(&rest).await;
+    eprintln!("failover of a quiet group: {:?}", stopped.elapsed());
+    let r = nodes[nl].replica.write(batch("after")).await.unwrap();
+    assert_eq!(r.base_offset, w.base_offset + 1, "nothing acknowledged was lost");
+    for n in nodes {
+        stop(n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_from_a_quiet_group_does_not_raise_the_term() {
+    use felix_testkit::net::{Net, Rules};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
+    }
+    // Every replica reaches the others through their proxies.
+    let real: Vec<(u64, std::net::SocketAddr)> =
+        nodes.iter().map(|n| (n.id, n.addr.parse().unwrap())).collect();
+    let net = Net::start(&real, 7).await;
+    for (n, (_, proxy)) in nodes.iter_mut().zip(&net.proxies) {
+        n.addr = proxy.to_string();
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    nodes[l].replica.write(batch("v")).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    all_quiet(&all).await;
+    let term = terms(&all);
+
+    let f = (l + 1) % 3;
+    let others: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.id != nodes[f].id)
+        .map(|n| n.id)
+        .collect();
+    net.set(Rules::partition(&[vec![nodes[f].id], others]));
+    // Several election timeouts: a follower that stood would have by now.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let m = nodes[f].replica.raft.metrics().borrow().clone();
+        assert_eq!(
+            m.current_term, term[f],
+            "the cut-off follower stood: {:?}",
+            m.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    net.heal();
+    let r = nodes[l].replica.write(batch("healed")).await.unwrap();
+    for n in &nodes {
+        wait_applied(n, r.raft_index).await;
+    }
+    assert_eq!(terms(&all), term, "the partition cost an election");
+    assert!(nodes[l].replica.is_leader(), "the leader kept its office");
+    for n in nodes {
+        stop(n).await;
+    }
+}

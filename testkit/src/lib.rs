@@ -7,9 +7,12 @@
 //!   sleep standing in for "it happened by now";
 //! - [`scrape`]: reading a `/metrics` scrape (one series, a family's sum);
 //! - [`serial`]: one lock for tests that start process clusters and must
-//!   not share the machine's cores with each other.
+//!   not share the machine's cores with each other;
+//! - [`net`]: UDP proxies in front of brokers' replication ports, to cut,
+//!   lose or delay Raft traffic between them.
 
 pub mod batch;
+pub mod net;
 pub mod scrape;
 pub mod serial;
 pub mod wait;

@@ -232,6 +232,7 @@ impl ClusterConfig {
             heartbeat_interval_ms: self.heartbeat_interval_ms,
             election_timeout_min_ms: self.election_timeout_min_ms,
             election_timeout_max_ms: self.election_timeout_max_ms,
+            ..felix_replication::GroupConfig::default()
         }
     }
 

@@ -48,6 +48,7 @@ pub fn observe_node(node: &Node) {
                 let m = r.raft.metrics().borrow().clone();
                 metrics::gauge!("felix_shard_raft_term", &labels).set(m.current_term as f64);
                 metrics::gauge!("felix_shard_leader", &labels).set(if r.is_leader() { 1.0 } else { 0.0 });
+                metrics::gauge!("felix_shard_quiet", &labels).set(if r.is_quiet() { 1.0 } else { 0.0 });
                 metrics::gauge!("felix_shard_has_leader", &labels).set(if m.current_leader.is_some() {
                     1.0
                 } else {
@@ -77,6 +78,13 @@ pub fn observe_node(node: &Node) {
     metrics::counter!("felix_compaction_records_dropped_total").absolute(m.records_dropped);
     metrics::counter!("felix_maintenance_errors_total").absolute(m.errors);
     metrics::counter!("felix_ttl_keys_swept_total").absolute(m.keys_swept);
+    if let Some(c) = node.cluster() {
+        // Messages that keep groups alive: beats per peer broker, and
+        // openraft heartbeats of the groups that are awake.
+        let t = c.transport.traffic();
+        metrics::counter!("felix_replication_beats_sent_total").absolute(t.beats);
+        metrics::counter!("felix_replication_heartbeats_sent_total").absolute(t.heartbeats);
+    }
     if let Some(link) = node.control() {
         metrics::gauge!(FEED_VERSION).set(link.version.load(std::sync::atomic::Ordering::Acquire) as f64);
     }

@@ -12,7 +12,6 @@ mod common;
 mod history;
 mod linear;
 mod nemesis;
-mod net;
 mod workloads;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,9 +27,9 @@ use rand::{Rng, SeedableRng};
 
 use common::cluster::LocalCluster;
 use common::create_when_ready;
+use felix_testkit::net::Net;
 use history::{Anomalies, CacheHistory, GroupHistory, Outcome, RunClock, StreamHistory, TtlHistory};
 use nemesis::{Fault, Nemesis};
-use net::Net;
 use workloads::Ctx;
 
 /// Seconds of faults per test unless `FELIX_SOAK_SECS` says otherwise.

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::common::cluster::LocalCluster;
-use crate::net::{Net, Rules};
+use felix_testkit::net::{Net, Rules};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {

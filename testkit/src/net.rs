@@ -1,7 +1,7 @@
-//! The network between brokers, under the harness's control: one UDP
+//! The network between brokers, under a test's control: one UDP
 //! proxy in front of each broker's replication port. Every broker is told
 //! that its peers live at their proxies, so all Raft traffic (QUIC over
-//! UDP) passes through them, and the harness can drop it (partitions,
+//! UDP) passes through them, and the test can drop it (partitions,
 //! loss) or hold it back (delay) per direction.
 //!
 //! A broker's QUIC endpoint connects from the port it listens on, so the
@@ -45,7 +45,7 @@ impl Rules {
     }
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Counters {
     pub forwarded: u64,
     pub dropped: u64,
@@ -116,6 +116,14 @@ async fn send(socket: Arc<UdpSocket>, data: Vec<u8>, to: SocketAddr, fate: Fate)
                 let _ = socket.send_to(&data, to).await;
             });
         }
+    }
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("proxies", &self.proxies)
+            .finish_non_exhaustive()
     }
 }
 

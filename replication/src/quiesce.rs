@@ -1,0 +1,222 @@
+//! When an idle group goes quiet, and what keeps a quiet group's followers
+//! from standing. Decisions only: the driver (`driver`) reads the group
+//! and flips openraft's switches.
+//!
+//! A leader whose group has had nothing to replicate for
+//! [`QUIESCE_AFTER_MS`], every replica holding and applying every entry,
+//! stops openraft's tick and heartbeats for it. Its broker then names the
+//! group, with its term and last entry, in the one beat it sends each peer
+//! broker per heartbeat interval ([`Beat`]); a follower that agrees on
+//! both counts the beat as its leader's heartbeat and turns its own timer
+//! off too. A follower that disagrees (it restarted behind, or moved on to
+//! another term) asks for the group to be woken in its reply, and the
+//! leader's heartbeats start again. A write, a vote request or an
+//! AppendEntries wakes a group on the replica that sees it; a leader whose
+//! broker stops beating is mourned like one whose heartbeats stopped.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{GroupId, NodeId};
+
+/// How long a leader sees its group settled before it quiesces.
+pub const QUIESCE_AFTER_MS: u64 = 2_000;
+/// Quiet groups one beat names at most: past it, the rest stay awake
+/// (bounds a beat to about 400 KiB).
+pub const BEAT_GROUPS_MAX: usize = 16_384;
+
+/// A quiet group the sending broker leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quiet {
+    pub group: GroupId,
+    pub term: u64,
+    /// The group's last entry (every replica holds it).
+    pub last_index: Option<u64>,
+}
+
+/// One broker's beat to one peer broker, once per heartbeat interval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beat {
+    /// The sender's Raft node id.
+    pub from: NodeId,
+    pub quiet: Vec<Quiet>,
+}
+
+/// The groups of a beat the receiver cannot keep quiet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeatReply {
+    pub wake: Vec<GroupId>,
+}
+
+/// What a leader sees of its group at one pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Settled {
+    pub(crate) last_index: Option<u64>,
+    /// Every other member has matched `last_index`, and this one applied it.
+    pub(crate) all_hold_it: bool,
+    /// One configuration (not joint), committed.
+    pub(crate) membership_settled: bool,
+    /// A hand-over is under way (it needs the followers' leases to lapse).
+    pub(crate) yielding: bool,
+}
+
+/// How long a leader's group has looked settled.
+#[derive(Debug, Default)]
+pub(crate) struct Idle {
+    seen: Option<Option<u64>>,
+    since_ms: u64,
+}
+
+impl Idle {
+    /// Whether the group may be quiet at `now_ms`, settled `after_ms`.
+    pub(crate) fn may_quiesce(&mut self, s: Settled, now_ms: u64, after_ms: u64) -> bool {
+        let settled = s.all_hold_it && s.membership_settled && !s.yielding;
+        if !settled || self.seen != Some(s.last_index) {
+            self.restart(s.last_index, now_ms);
+            return false;
+        }
+        now_ms.saturating_sub(self.since_ms) >= after_ms
+    }
+
+    /// Counts the settled time afresh (a peer asked for the group awake).
+    pub(crate) fn restart(&mut self, last_index: Option<u64>, now_ms: u64) {
+        self.seen = Some(last_index);
+        self.since_ms = now_ms;
+    }
+}
+
+/// What a follower sees of a group a beat names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Following {
+    pub(crate) follower: bool,
+    pub(crate) term: u64,
+    pub(crate) leader: Option<NodeId>,
+    pub(crate) last_index: Option<u64>,
+}
+
+/// Whether a follower may count `q`, from `from`, as its leader's
+/// heartbeat and stay quiet: only when it follows `from` in the same term
+/// and holds the same last entry.
+pub(crate) fn agrees(q: &Quiet, from: NodeId, here: Option<Following>) -> bool {
+    here.is_some_and(|f| {
+        f.follower && f.term == q.term && f.leader == Some(from) && f.last_index == q.last_index
+    })
+}
+
+/// Whether this replica and the voters heard from within `lease_ms`
+/// (`seen`: peer → when, [`crate::clock::heard_now`] clock) make a
+/// majority: a replica cut off from most of its group must not stand (it
+/// cannot win, and its raised term would unseat the leader on its return).
+pub(crate) fn reachable(
+    voters: &[NodeId],
+    me: NodeId,
+    seen: &HashMap<NodeId, u64>,
+    now: u64,
+    lease_ms: u64,
+) -> bool {
+    let up = voters
+        .iter()
+        .filter(|v| **v == me || seen.get(v).is_some_and(|at| now.saturating_sub(*at) <= lease_ms))
+        .count();
+    2 * up > voters.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settled(last: u64) -> Settled {
+        Settled {
+            last_index: Some(last),
+            all_hold_it: true,
+            membership_settled: true,
+            yielding: false,
+        }
+    }
+
+    #[test]
+    fn a_group_quiesces_only_after_staying_settled_long_enough() {
+        let mut idle = Idle::default();
+        assert!(!idle.may_quiesce(settled(5), 1_000, QUIESCE_AFTER_MS));
+        assert!(!idle.may_quiesce(settled(5), 1_000 + QUIESCE_AFTER_MS - 1, QUIESCE_AFTER_MS));
+        assert!(idle.may_quiesce(settled(5), 1_000 + QUIESCE_AFTER_MS, QUIESCE_AFTER_MS));
+        // A write restarts the count.
+        assert!(!idle.may_quiesce(settled(6), 1_000 + QUIESCE_AFTER_MS + 1, QUIESCE_AFTER_MS));
+        assert!(!idle.may_quiesce(settled(6), 2_000 + QUIESCE_AFTER_MS, QUIESCE_AFTER_MS));
+        assert!(idle.may_quiesce(settled(6), 1_001 + 2 * QUIESCE_AFTER_MS, QUIESCE_AFTER_MS));
+    }
+
+    #[test]
+    fn a_follower_behind_a_joint_membership_or_a_hand_over_keeps_it_awake() {
+        for s in [
+            Settled {
+                all_hold_it: false,
+                ..settled(5)
+            },
+            Settled {
+                membership_settled: false,
+                ..settled(5)
+            },
+            Settled {
+                yielding: true,
+                ..settled(5)
+            },
+        ] {
+            let mut idle = Idle::default();
+            for t in 0..10 {
+                assert!(
+                    !idle.may_quiesce(s, t * QUIESCE_AFTER_MS, QUIESCE_AFTER_MS),
+                    "{s:?}"
+                );
+            }
+        }
+        let mut idle = Idle::default();
+        assert!(!idle.may_quiesce(settled(5), 0, QUIESCE_AFTER_MS));
+        idle.restart(Some(5), QUIESCE_AFTER_MS);
+        assert!(!idle.may_quiesce(settled(5), QUIESCE_AFTER_MS + 1, QUIESCE_AFTER_MS));
+    }
+
+    #[test]
+    fn a_beat_keeps_a_follower_quiet_only_if_it_agrees_on_leader_term_and_last_entry() {
+        let q = Quiet {
+            group: GroupId(3),
+            term: 4,
+            last_index: Some(9),
+        };
+        let f = Following {
+            follower: true,
+            term: 4,
+            leader: Some(1),
+            last_index: Some(9),
+        };
+        assert!(agrees(&q, 1, Some(f)));
+        assert!(!agrees(&q, 2, Some(f)), "another broker's beat");
+        assert!(!agrees(&q, 1, None), "not hosted here");
+        for other in [
+            Following { term: 5, ..f },
+            Following { leader: None, ..f },
+            Following {
+                last_index: Some(8),
+                ..f
+            },
+            Following { follower: false, ..f },
+        ] {
+            assert!(!agrees(&q, 1, Some(other)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_replica_that_hears_a_majority_may_stand() {
+        let voters = [1, 2, 3];
+        let mut seen = HashMap::new();
+        assert!(!reachable(&voters, 1, &seen, 10_000, 800), "alone");
+        seen.insert(2, 9_500);
+        assert!(reachable(&voters, 1, &seen, 10_000, 800));
+        assert!(!reachable(&voters, 1, &seen, 10_301, 800), "heard too long ago");
+        let five = [1, 2, 3, 4, 5];
+        assert!(!reachable(&five, 1, &seen, 10_000, 800));
+        seen.insert(4, 10_000);
+        assert!(reachable(&five, 1, &seen, 10_000, 800));
+    }
+}
