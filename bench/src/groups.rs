@@ -243,10 +243,22 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
         .iter()
         .all(|g| brokers.iter().any(|b| b.replicas[*g].is_leader()))
     {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not every group of the vanished broker elected a leader in 120 s"
-        );
+        if Instant::now() >= deadline {
+            let mut states: BTreeMap<String, usize> = BTreeMap::new();
+            for g in &led {
+                for b in &brokers {
+                    let m = b.replicas[*g].raft.metrics().borrow().clone();
+                    let k = format!(
+                        "{:?} quiet={} leader={:?}",
+                        m.state,
+                        b.replicas[*g].is_quiet(),
+                        m.current_leader.map(felix_replication::broker_of)
+                    );
+                    *states.entry(k).or_default() += 1;
+                }
+            }
+            anyhow::bail!("not every group of the vanished broker elected a leader in 120 s: {states:?}");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let failover = vanished.elapsed();

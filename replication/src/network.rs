@@ -272,6 +272,8 @@ pub struct Transport {
     me: NodeId,
     endpoint: quinn::Endpoint,
     conns: Mutex<HashMap<String, Peer>>,
+    /// Per peer address: one dial at a time, and when the last one failed.
+    dialing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
     connect_timeout: Duration,
     router: Router,
     closed: AtomicBool,
@@ -324,6 +326,8 @@ struct Peer {
 /// connection (its new endpoint cannot even reset it), and waiting for the
 /// idle timeout would keep a restarted replica out of its groups that long.
 pub const SILENT_CONNECTION_MAX: Duration = Duration::from_millis(1000);
+/// How long after a failed dial an RPC to the same address fails at once.
+pub const REDIAL_AFTER_MS: u64 = 250;
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -364,6 +368,7 @@ impl Transport {
             me,
             endpoint: endpoint.clone(),
             conns: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashMap::new()),
             connect_timeout: Duration::from_secs(2),
             router: router.clone(),
             catchup: Mutex::new(Bucket::new(CATCHUP_BYTES_PER_S_DEFAULT, heard_now())),
@@ -445,12 +450,46 @@ impl Transport {
             .await
     }
 
+    fn live(&self, addr: &str) -> Option<Peer> {
+        let conns = self.conns.lock().expect("conns lock");
+        conns
+            .get(addr)
+            .filter(|p| p.conn.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The connection to `addr`, dialled if there is none. One dial per
+    /// address at a time, and none for [`REDIAL_AFTER_MS`] after one
+    /// failed: every group's RPCs to a dead broker would otherwise each
+    /// start a handshake (seen: hundreds a second, the CPU they took
+    /// stalling the elections that replace the dead broker's leaders).
     async fn connection(&self, addr: &str) -> Result<Peer, ReplicationError> {
-        if let Some(p) = self.conns.lock().expect("conns lock").get(addr) {
-            if p.conn.close_reason().is_none() {
-                return Ok(p.clone());
+        if let Some(p) = self.live(addr) {
+            return Ok(p);
+        }
+        let dial = self
+            .dialing
+            .lock()
+            .expect("dialing lock")
+            .entry(addr.to_owned())
+            .or_default()
+            .clone();
+        let mut failed_at = dial.lock().await;
+        if let Some(p) = self.live(addr) {
+            return Ok(p);
+        }
+        if let Some(at) = *failed_at {
+            let ago = heard_now().saturating_sub(at);
+            if ago < REDIAL_AFTER_MS {
+                return Err(terr(format!("{addr} could not be reached {ago} ms ago")));
             }
         }
+        let r = self.dial(addr).await;
+        *failed_at = r.is_err().then(heard_now);
+        r
+    }
+
+    async fn dial(&self, addr: &str) -> Result<Peer, ReplicationError> {
         let sa: SocketAddr = addr
             .parse()
             .map_err(|e| terr(format!("peer address {addr}: {e}")))?;

@@ -3,10 +3,15 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+
 use super::Node;
 use crate::cluster::Cluster;
 use crate::error::BrokerError;
 use crate::shard::HostedShard;
+
+/// Shard groups a broker starts at once when it joins the cluster.
+pub const GROUP_STARTS_PARALLEL_MAX: usize = 16;
 
 impl Node {
     /// Joins the cluster: starts the replication transport and a group for
@@ -21,6 +26,7 @@ impl Node {
         let identity = crate::identity::Identity::load_or_create(&self.data_dir, self.broker_id)?;
         let cluster = Arc::new(Cluster::open(&identity, c, client_addr, saved)?);
         let _ = self.cluster.set(cluster.clone());
+        let mut starts = Vec::new();
         for h in self.streams() {
             let m = h.meta();
             // Rebuilt with the cluster's addresses for the shards held elsewhere.
@@ -28,10 +34,18 @@ impl Node {
             for (i, s) in h.hosted() {
                 let i = i as usize;
                 let dir = HostedShard::raft_dir(&self.shard_dir(s.id));
-                cluster
-                    .start_shard(s, dir, false, m.founders_of(i), m.preferred_leader(i))
-                    .await?;
+                starts.push((s.clone(), dir, m.founders_of(i).to_vec(), m.preferred_leader(i)));
             }
+        }
+        // Several at once: a group's start is mostly waiting on its files.
+        let mut started =
+            futures_util::stream::iter(starts.into_iter().map(|(s, dir, founders, preferred)| {
+                let cluster = cluster.clone();
+                async move { cluster.start_shard(&s, dir, false, &founders, preferred).await }
+            }))
+            .buffer_unordered(GROUP_STARTS_PARALLEL_MAX);
+        while let Some(r) = started.next().await {
+            r?;
         }
         Ok(())
     }

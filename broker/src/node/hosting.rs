@@ -18,6 +18,9 @@ use crate::meta::StreamMeta;
 use crate::names::StreamName;
 use crate::shard::HostedShard;
 
+/// Threads a broker opens a stream's replicas on at once.
+pub const SHARD_OPENS_PARALLEL_MAX: usize = 8;
+
 impl Node {
     /// Makes the replicas held of stream `name` those `m` places here, and
     /// installs its handle: newly placed shards are opened (and, in a
@@ -36,17 +39,27 @@ impl Node {
         let signal = old
             .as_ref()
             .map_or_else(|| Arc::new(watch::channel(0u64).0), |h| h.signal.clone());
-        for (i, id) in m.shards.iter().enumerate() {
-            let id = felix_log::ShardId(*id);
-            let have = old
-                .as_ref()
+        let held = |i: usize, id: felix_log::ShardId| {
+            old.as_ref()
                 .and_then(|h| h.held(i as u32))
                 .filter(|s| s.id == id)
-                .cloned();
+                .cloned()
+        };
+        let to_open: Vec<(usize, felix_log::ShardId)> = m
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i, felix_log::ShardId(*id)))
+            .filter(|(i, id)| m.hosts(*i, me) && held(*i, *id).is_none())
+            .collect();
+        let mut ready = self.open_shards(&to_open, &m, &signal);
+        for (i, id) in m.shards.iter().enumerate() {
+            let id = felix_log::ShardId(*id);
+            let have = held(i, id);
             match (m.hosts(i, me), have) {
                 (true, Some(s)) => shards.push(Some(s)),
                 (true, None) => {
-                    let s = self.open_shard(id, &m, &signal)?;
+                    let s = ready.remove(&i).expect("opened above")?;
                     opened.push(i);
                     shards.push(Some(s));
                 }
@@ -90,6 +103,36 @@ impl Node {
             self.start_group(&h, i, fresh);
         }
         Ok(h)
+    }
+
+    /// Opens the replicas `to_open` (shard number, id) of `m`, on up to
+    /// [`SHARD_OPENS_PARALLEL_MAX`] threads: a broker restarting with
+    /// thousands of replicas recovers their logs side by side.
+    fn open_shards(
+        &self,
+        to_open: &[(usize, felix_log::ShardId)],
+        m: &StreamMeta,
+        signal: &Arc<watch::Sender<u64>>,
+    ) -> std::collections::HashMap<usize, Result<Arc<HostedShard>, BrokerError>> {
+        let open = |part: &[(usize, felix_log::ShardId)]| {
+            part.iter()
+                .map(|(i, id)| (*i, self.open_shard(*id, m, signal)))
+                .collect::<Vec<_>>()
+        };
+        if to_open.len() < 2 {
+            return open(to_open).into_iter().collect();
+        }
+        let per = to_open.len().div_ceil(SHARD_OPENS_PARALLEL_MAX);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = to_open
+                .chunks(per)
+                .map(|part| scope.spawn(move || open(part)))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|p| p.join().expect("a shard open panicked"))
+                .collect()
+        })
     }
 
     /// A broker other than this one placed on shard `shard` of `m` (the

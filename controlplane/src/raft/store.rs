@@ -291,26 +291,25 @@ impl StateMachine {
         self.unsaved.store(0, std::sync::atomic::Ordering::Release);
         Ok(())
     }
-
-    fn read(&self) -> Machine {
-        self.shared.read().expect("machine lock").clone()
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let m = self.read();
-        let data =
-            serde_json::to_vec(&m).map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        let (data, applied, membership) = {
+            let m = self.shared.read().expect("machine lock");
+            let data = serde_json::to_vec(&*m)
+                .map_err(|e| err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+            (data, m.applied, m.membership.clone())
+        };
         // The saved state is never behind a snapshot, so the log entries
         // it still needs at start are never purged.
         self.save_bytes(&data)?;
-        let id = m.applied.map_or("empty".to_owned(), |l| {
+        let id = applied.map_or("empty".to_owned(), |l| {
             format!("{}-{}", l.leader_id.term, l.index)
         });
         let meta = SnapshotMeta {
-            last_log_id: m.applied,
-            last_membership: m.membership.clone(),
+            last_log_id: applied,
+            last_membership: membership,
             snapshot_id: id,
         };
         let stored = serde_json::to_vec(&StoredSnapshot {
@@ -342,9 +341,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut next = self.read();
+        // Applied in place under the write lock, so readers see whole
+        // batches without a copy of all the metadata per batch.
         let mut out = Vec::new();
         let mut applied = 0u64;
+        let mut next = self.shared.write().expect("machine lock");
         for e in entries {
             applied += 1;
             next.applied = Some(e.log_id);
@@ -358,16 +359,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             out.push(Outcome(r));
         }
+        let version = next.metadata.version;
+        drop(next);
+        self.version.send_replace(version);
         let unsaved = self
             .unsaved
             .fetch_add(applied, std::sync::atomic::Ordering::AcqRel)
             + applied;
         if unsaved >= SAVE_EVERY_ENTRIES {
-            self.save(&next)?;
+            // Only openraft's state-machine task writes the machine, so it
+            // does not change while it is serialized under the read lock.
+            let m = self.shared.read().expect("machine lock");
+            self.save(&m)?;
         }
-        let version = next.metadata.version;
-        *self.shared.write().expect("machine lock") = next;
-        self.version.send_replace(version);
         Ok(out)
     }
 
