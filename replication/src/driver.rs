@@ -25,6 +25,12 @@ struct Driven {
     idle: Idle,
     /// This replica quieted the group as its leader.
     quiet_as_leader: bool,
+    /// The membership the two lists below were read from (its log id):
+    /// read again only when it changes, not on every pass.
+    members_at: Option<Option<openraft::LogId<NodeId>>>,
+    voters: Vec<NodeId>,
+    /// The other voters and their replication addresses.
+    peers: Vec<(NodeId, String)>,
 }
 
 /// What one pass reads of a group, taken under its metrics' borrow.
@@ -32,9 +38,6 @@ struct View {
     state: ServerState,
     leader: Option<NodeId>,
     term: u64,
-    voters: Vec<NodeId>,
-    /// The other voters and their replication addresses.
-    peers: Vec<(NodeId, String)>,
     settled: Settled,
 }
 
@@ -57,19 +60,25 @@ pub(crate) async fn drive(router: Router, transport: Weak<Transport>, cfg: Group
     }
 }
 
-fn view(h: &Hosted) -> Option<View> {
+/// What one pass reads of group `h` (and, when its membership changed,
+/// its voters into `d`).
+fn view(h: &Hosted, d: &mut Driven) -> Option<View> {
     let m = h.raft.metrics();
     let m = m.borrow();
     if m.state == ServerState::Shutdown {
         return None;
     }
     let membership = m.membership_config.membership();
-    let voters: Vec<NodeId> = membership.voter_ids().collect();
-    let peers = membership
-        .nodes()
-        .filter(|(id, _)| **id != h.me && voters.contains(id))
-        .map(|(id, n)| (*id, n.raft_addr.clone()))
-        .collect();
+    let at = *m.membership_config.log_id();
+    if d.members_at != Some(at) {
+        d.members_at = Some(at);
+        d.voters = membership.voter_ids().collect();
+        d.peers = membership
+            .nodes()
+            .filter(|(id, _)| **id != h.me && d.voters.contains(id))
+            .map(|(id, n)| (*id, n.raft_addr.clone()))
+            .collect();
+    }
     let last_index = m.last_log_index;
     let applied = m.last_applied.map(|l| l.index);
     let all_hold_it = applied == last_index
@@ -84,8 +93,6 @@ fn view(h: &Hosted) -> Option<View> {
         state: m.state,
         leader: m.current_leader,
         term: m.current_term,
-        voters,
-        peers,
         settled: Settled {
             last_index,
             all_hold_it,
@@ -114,17 +121,22 @@ fn pass(
     let lease = cfg.election_timeout_max_ms;
     let mut beats: BTreeMap<NodeId, (String, Vec<Quiet>)> = BTreeMap::new();
     for (g, h) in &hosted {
-        let Some(v) = view(h) else {
-            groups.remove(g);
-            continue;
-        };
         let d = groups.entry(*g).or_insert_with(|| Driven {
             candidacy: Candidacy::new(cfg),
             idle: Idle::default(),
             quiet_as_leader: false,
+            members_at: None,
+            voters: Vec::new(),
+            peers: Vec::new(),
         });
-        for (id, addr) in &v.peers {
-            beats.entry(*id).or_insert_with(|| (addr.clone(), Vec::new()));
+        let Some(v) = view(h, d) else {
+            groups.remove(g);
+            continue;
+        };
+        for (id, addr) in &d.peers {
+            if !beats.contains_key(id) {
+                beats.insert(*id, (addr.clone(), Vec::new()));
+            }
         }
         let leading = v.state == ServerState::Leader;
         if leading {
@@ -136,7 +148,7 @@ fn pass(
                 // Quieted as a follower before it was elected.
                 h.wake();
             }
-            let room = v
+            let room = d
                 .peers
                 .iter()
                 .all(|(id, _)| beats.get(id).is_some_and(|b| b.1.len() < BEAT_GROUPS_MAX));
@@ -154,7 +166,7 @@ fn pass(
                     term: v.term,
                     last_index: v.settled.last_index,
                 };
-                for (id, _) in &v.peers {
+                for (id, _) in &d.peers {
                     if let Some(b) = beats.get_mut(id) {
                         b.1.push(q);
                     }
@@ -169,7 +181,7 @@ fn pass(
             state: v.state,
             leader: v.leader,
             heard: h.heard.load(std::sync::atomic::Ordering::Acquire),
-            quorum_reachable: quiesce::reachable(&v.voters, h.me, &seen, now, lease),
+            quorum_reachable: quiesce::reachable(&d.voters, h.me, &seen, now, lease),
             quiet: !leading && h.is_quiet(),
         };
         if d.candidacy.step(&h.raft, cfg, turn, &h.votes, &h.handover, now) {

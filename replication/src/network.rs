@@ -124,7 +124,7 @@ impl Hosted {
 /// The groups hosted here, by id, and when each peer broker was last heard.
 #[derive(Clone, Default)]
 pub struct Router {
-    groups: Arc<RwLock<HashMap<GroupId, Hosted>>>,
+    groups: Arc<RwLock<HashMap<GroupId, Arc<Hosted>>>>,
     /// Peer node id → when its last beat, or reply to ours, arrived
     /// ([`heard_now`] clock).
     seen: Arc<Mutex<HashMap<NodeId, u64>>>,
@@ -166,7 +166,7 @@ impl Router {
         let me = raft.metrics().borrow().id;
         self.groups.write().expect("router lock").insert(
             group,
-            Hosted {
+            Arc::new(Hosted {
                 raft,
                 me,
                 handover,
@@ -174,7 +174,7 @@ impl Router {
                 heard: Arc::new(AtomicU64::new(0)),
                 votes,
                 owner,
-            },
+            }),
         );
     }
 
@@ -185,7 +185,7 @@ impl Router {
     }
 
     /// Every hosted group (the election driver's pass).
-    pub(crate) fn hosted(&self) -> Vec<(GroupId, Hosted)> {
+    pub(crate) fn hosted(&self) -> Vec<(GroupId, Arc<Hosted>)> {
         let g = self.groups.read().expect("router lock");
         g.iter().map(|(id, h)| (*id, h.clone())).collect()
     }
@@ -261,7 +261,7 @@ impl Router {
             .collect()
     }
 
-    pub(crate) fn get(&self, group: GroupId) -> Option<Hosted> {
+    pub(crate) fn get(&self, group: GroupId) -> Option<Arc<Hosted>> {
         self.groups.read().expect("router lock").get(&group).cloned()
     }
 }
@@ -810,6 +810,7 @@ async fn serve(
         },
         KIND_SNAPSHOT => match de::<(Vote, SnapshotMeta)>(&body) {
             Ok((vote, meta)) => {
+                hosted.wake();
                 let path = hosted
                     .state_dir
                     .join(format!("incoming-{}.snap", felix_log::now_ms()));
