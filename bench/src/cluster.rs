@@ -499,8 +499,12 @@ pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let OnLoopback { brokers, cp: _cp, .. } = cluster_on_loopback(dir.path(), 3, "", &["idle"]).await?;
-    let client = ready_stream(&brokers, "bench/idle/shards", "always", shards).await?;
-    client.close().await;
+    // A stream has at most 1,024 shards: more are spread over streams.
+    let names = idle_streams(shards);
+    for (name, n) in &names {
+        let client = ready_stream(&brokers, name, "always", *n).await?;
+        client.close().await;
+    }
     // Let elections and connections settle, and idle groups go quiet,
     // before measuring.
     tokio::time::sleep(Duration::from_millis(
@@ -547,13 +551,30 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
             per(disk / 1024),
         );
     }
-    restart_figures(brokers, shards).await
+    restart_figures(brokers, &names).await
+}
+
+/// The streams (name, shards) that hold `shards` idle shards.
+fn idle_streams(shards: u32) -> Vec<(String, u32)> {
+    const PER_STREAM_MAX: u32 = 1024;
+    (0..shards.div_ceil(PER_STREAM_MAX))
+        .map(|i| {
+            let n = (shards - i * PER_STREAM_MAX).min(PER_STREAM_MAX);
+            let name = if i == 0 {
+                "bench/idle/shards".to_owned()
+            } else {
+                format!("bench/idle/shards-{i}")
+            };
+            (name, n)
+        })
+        .collect()
 }
 
 /// SIGTERMs broker 3 of an idle cluster (it hands every leadership over
 /// first) and starts it again: how long each takes, the second until the
 /// broker names a leader for every shard of the stream.
-async fn restart_figures(mut brokers: LocalBrokers, shards: u32) -> anyhow::Result<()> {
+async fn restart_figures(mut brokers: LocalBrokers, streams: &[(String, u32)]) -> anyhow::Result<()> {
+    let shards: u32 = streams.iter().map(|(_, n)| n).sum();
     let i = 2;
     let child = brokers.children[i].as_mut().context("broker 3 runs")?;
     // SAFETY: kill(2) with a child's pid.
@@ -573,7 +594,7 @@ async fn restart_figures(mut brokers: LocalBrokers, shards: u32) -> anyhow::Resu
     let address = brokers.members[i].client.to_string();
     let client = Client::connect(client_config(&brokers)?).await?;
     let ask = Message::Metadata {
-        streams: vec!["bench/idle/shards".to_owned()],
+        streams: streams.iter().map(|(name, _)| name.clone()).collect(),
     };
     let deadline = t + Duration::from_secs(300);
     loop {
