@@ -502,7 +502,12 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     // A stream has at most 1,024 shards: more are spread over streams.
     let names = idle_streams(shards);
     for (name, n) in &names {
+        let t = Instant::now();
         let client = ready_stream(&brokers, name, "always", *n).await?;
+        println!(
+            "{name}: {n} shards created, each with a leader, in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
         client.close().await;
     }
     // Let elections and connections settle, and idle groups go quiet,

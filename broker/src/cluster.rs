@@ -26,6 +26,18 @@ use crate::identity::Identity;
 /// looks again (the feed brings them).
 const PEERS_POLL: Duration = Duration::from_millis(500);
 
+/// Groups a broker founds at once. Founding a group is an election and
+/// its first entries, each fsynced on every replica; a stream of 1,024
+/// shards founded all at once queued thousands of fsyncs behind one
+/// another, AppendEntries outwaited openraft's heartbeat-long timeout,
+/// followers stood again, and after 60 s some shards still had no leader.
+/// A few dozen at a time, each held until its first entry commits, found
+/// them all in a few seconds.
+pub const FOUNDINGS_PARALLEL_MAX: usize = 32;
+/// Longest a founding holds its slot waiting for its first leader and
+/// entry (a group that takes longer elects on without it).
+pub const FOUNDING_HOLD_MS_MAX: u64 = 5_000;
+
 /// This broker's part in a cluster.
 pub struct Cluster {
     /// This broker's Raft node id (broker id and incarnation).
@@ -39,6 +51,8 @@ pub struct Cluster {
     pub write_timeout: Duration,
     /// Leaders and voters of groups held elsewhere, as learned.
     pub views: crate::views::GroupViews,
+    /// Slots for founding groups ([`FOUNDINGS_PARALLEL_MAX`]).
+    foundings: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -88,6 +102,7 @@ impl Cluster {
             group: c.group_config(),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
             views: crate::views::GroupViews::default(),
+            foundings: Arc::new(tokio::sync::Semaphore::new(FOUNDINGS_PARALLEL_MAX)),
         })
     }
 
@@ -181,6 +196,7 @@ impl Cluster {
                 self.peers.clone(),
                 replicas.to_vec(),
                 wait,
+                self.foundings.clone(),
             ));
         } else {
             // The designated founder may be an incarnation that is gone: a
@@ -199,6 +215,7 @@ impl Cluster {
                 self.peers.clone(),
                 replicas.to_vec(),
                 wait,
+                self.foundings.clone(),
             ));
         }
         shard.attach(replica, self.write_timeout);
@@ -239,9 +256,15 @@ fn members(peers: &crate::peers::Peers, founders: &[NodeId]) -> Option<BTreeMap<
 }
 
 /// Bootstraps `replica`'s group in the background (see
-/// [`Replica::bootstrap`]), once the founders' addresses are known (a
+/// [`Replica::founded_within`]), once the founders' addresses are known (a
 /// broker restarted before the control plane answers may not know them).
-async fn bootstrap(replica: Replica, peers: Arc<crate::peers::Peers>, founders: Vec<NodeId>, wait: Duration) {
+async fn bootstrap(
+    replica: Replica,
+    peers: Arc<crate::peers::Peers>,
+    founders: Vec<NodeId>,
+    wait: Duration,
+    foundings: Arc<tokio::sync::Semaphore>,
+) {
     let members = loop {
         if let Some(m) = members(&peers, &founders) {
             break m;
@@ -251,7 +274,24 @@ async fn bootstrap(replica: Replica, peers: Arc<crate::peers::Peers>, founders: 
         }
         tokio::time::sleep(PEERS_POLL).await;
     };
-    if let Err(e) = replica.bootstrap(members, wait).await {
-        tracing::warn!(group = %replica.group, error = %e, "bootstrapping the group failed");
+    if !wait.is_zero() {
+        // A stand-in founder's wait starts when this broker's foundings
+        // reach the group, as the designated founder's do on its broker:
+        // a long queue of them is not a founder gone.
+        drop(foundings.acquire().await.expect("never closed"));
+        if replica.founded_within(wait).await {
+            return;
+        }
     }
+    let _slot = foundings.acquire().await.expect("never closed");
+    if replica.is_shut_down() || replica.has_state() {
+        return;
+    }
+    if let Err(e) = replica.initialize(members).await {
+        tracing::warn!(group = %replica.group, error = %e, "bootstrapping the group failed");
+        return;
+    }
+    replica
+        .led_within(Duration::from_millis(FOUNDING_HOLD_MS_MAX))
+        .await;
 }

@@ -106,7 +106,7 @@ impl Replica {
             source,
         })?;
         let purge_floor = Arc::new(AtomicU64::new(0));
-        let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone());
+        let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone(), router.disk());
         let sm = StateMachine::open(log, state_dir.clone(), applier.clone(), applied)
             .map_err(ReplicationError::Apply)?;
         let (outvoted, outran) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -154,34 +154,33 @@ impl Replica {
         }
     }
 
-    /// Initializes the group with `members` unless this replica already
-    /// has state or hears from a leader within `wait`: a broker rebuilt
-    /// from an empty disk joins the group that exists instead of founding
-    /// a second one. Founders other than the designated one call it with
-    /// a longer wait, in case the designated one is gone; every caller
-    /// passes the same members, which openraft's initialize allows.
-    pub async fn bootstrap(
-        &self,
-        members: BTreeMap<NodeId, BrokerNode>,
-        wait: std::time::Duration,
-    ) -> Result<(), ReplicationError> {
+    /// Waits up to `wait` for the group to show state on this replica
+    /// (another founder founded it, or a leader reached it). Returns
+    /// whether it did.
+    pub async fn founded_within(&self, wait: std::time::Duration) -> bool {
         let has_state = |m: &openraft::RaftMetrics<NodeId, BrokerNode>| {
             m.current_leader.is_some()
                 || m.last_log_index.is_some()
                 || m.membership_config.membership().voter_ids().next().is_some()
         };
         if self.has_state() {
-            return Ok(());
+            return true;
         }
         let mut metrics = self.raft.metrics();
-        if !wait.is_zero()
-            && tokio::time::timeout(wait, metrics.wait_for(has_state))
-                .await
-                .is_ok()
-        {
-            return Ok(());
-        }
-        self.initialize(members).await
+        let r = tokio::time::timeout(wait, metrics.wait_for(has_state)).await;
+        matches!(r, Ok(Ok(_)))
+    }
+
+    /// Waits up to `wait` until the group has a leader and this replica
+    /// has applied an entry of the leader's term: an election over and its
+    /// first entry held by a quorum. Returns whether that happened.
+    pub async fn led_within(&self, wait: std::time::Duration) -> bool {
+        let led = |m: &openraft::RaftMetrics<NodeId, BrokerNode>| {
+            m.current_leader.is_some() && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+        };
+        let mut metrics = self.raft.metrics();
+        let r = tokio::time::timeout(wait, metrics.wait_for(led)).await;
+        matches!(r, Ok(Ok(_)))
     }
 
     /// The leader as this replica knows it.

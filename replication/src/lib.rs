@@ -3,13 +3,14 @@
 //!
 //! - [`store`]: the segment log *is* the Raft log (`RaftLogStorage`): a Raft
 //!   entry is one record batch, stamped with its term and index; the vote is
-//!   a small fsynced file beside the segments.
+//!   a small file beside the segments ([`vote`]), overwritten in place.
 //! - [`machine`]: the state machine. Entries are already in the log when they
 //!   commit, so applying one means telling the owner (an [`Applier`]: the
 //!   broker's shard, or its metadata) how far it may index and serve.
 //! - [`snapshot`]: what a follower behind the leader's first entry receives.
 //! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/3`,
 //!   mutual TLS), one connection per peer shared by every group.
+//! - [`disk`]: how many groups wait on an fsync at once.
 //! - [`throttle`]: how fast catch-up traffic to a learner may go.
 //! - [`quiesce`]: when an idle group stops ticking and heartbeating, and
 //!   the beat between two brokers that stands in for its heartbeats;
@@ -25,6 +26,7 @@
 
 mod clock;
 pub mod config;
+pub mod disk;
 mod driver;
 pub mod elections;
 pub mod entry;
@@ -38,6 +40,7 @@ pub mod snapshot;
 pub mod store;
 pub mod throttle;
 pub mod types;
+pub mod vote;
 
 pub use error::ReplicationError;
 pub use group::{Admission, GroupConfig, Replica, WriteError, HANDOVER_MS_MAX};

@@ -130,6 +130,8 @@ pub struct Router {
     seen: Arc<Mutex<HashMap<NodeId, u64>>>,
     /// Set once the broker's election driver runs.
     driving: Arc<OnceLock<()>>,
+    /// The groups' fsyncs, bounded per broker.
+    disk: crate::disk::DiskWaits,
 }
 
 impl std::fmt::Debug for Router {
@@ -176,6 +178,11 @@ impl Router {
                 owner,
             }),
         );
+    }
+
+    /// The slots every hosted group's fsyncs take.
+    pub(crate) fn disk(&self) -> crate::disk::DiskWaits {
+        self.disk.clone()
     }
 
     /// Runs `start` (which starts the broker's election driver) the first

@@ -2,8 +2,8 @@
 //!
 //! - Entry `(term, index)` is the batch stamped with that term and index
 //!   (openraft's first index, 0, is the log's first index too).
-//! - The vote is `raft-vote.json` in the group's state directory, written to
-//!   a temporary file, fsynced and renamed before `save_vote` returns.
+//! - The vote is `raft-vote` in the group's state directory (`vote`),
+//!   overwritten in place and synced before `save_vote` returns.
 //! - `purge` deletes whole segments, and never past the *purge floor*: the
 //!   log is also the stream's data, so only retention (which raises the
 //!   floor) decides what goes. Openraft may believe more is purged than is;
@@ -14,18 +14,19 @@ use std::io::Write;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use felix_log::{Durability, RaftIndex, RaftTerm, SharedLog};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, StorageIOError};
 
+use crate::disk::DiskWaits;
 use crate::entry;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::vote::{self, VoteFile};
 
 /// Entries one read hands openraft at most (it asks again for the rest).
 pub const READ_ENTRIES_MAX: usize = 256;
-pub const VOTE_FILE: &str = "raft-vote.json";
 
 pub(crate) fn log_id(term: RaftTerm, index: RaftIndex) -> LogId {
     LogId::new(openraft::CommittedLeaderId::new(term.0, 0), index.0)
@@ -64,14 +65,24 @@ pub struct LogStore {
     state_dir: PathBuf,
     /// Purges may delete entries below this index only.
     purge_floor: Arc<AtomicU64>,
+    disk: DiskWaits,
+    /// Opened at the first save.
+    vote: Arc<Mutex<Option<VoteFile>>>,
 }
 
 impl LogStore {
-    pub fn new(log: Arc<SharedLog>, state_dir: PathBuf, purge_floor: Arc<AtomicU64>) -> LogStore {
+    pub fn new(
+        log: Arc<SharedLog>,
+        state_dir: PathBuf,
+        purge_floor: Arc<AtomicU64>,
+        disk: DiskWaits,
+    ) -> LogStore {
         LogStore {
             log,
             state_dir,
             purge_floor,
+            disk,
+            vote: Arc::default(),
         }
     }
 
@@ -154,37 +165,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        let data = serde_json::to_vec(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        let path = self.state_dir.join(VOTE_FILE);
-        tokio::task::spawn_blocking(move || write_durably(&path, &data))
+        let err = |e: String| io_err(ErrorSubject::Vote, ErrorVerb::Write, e);
+        let data = serde_json::to_vec(vote).map_err(|e| err(e.to_string()))?;
+        let (dir, file) = (self.state_dir.clone(), self.vote.clone());
+        self.disk
+            .run(move || {
+                let mut file = file.lock().expect("vote lock");
+                if file.is_none() {
+                    *file = Some(VoteFile::open(&dir)?);
+                }
+                file.as_mut().expect("opened above").save(&data)
+            })
             .await
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?
-            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(format!("{}: {e}", self.state_dir.display())))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let path = self.state_dir.join(VOTE_FILE);
-        match std::fs::read(&path) {
-            Ok(b) => {
-                let mut v: Vote = serde_json::from_slice(&b).map_err(|e| {
-                    io_err(
-                        ErrorSubject::Vote,
-                        ErrorVerb::Read,
-                        format!("{}: {e}", path.display()),
-                    )
-                })?;
-                // Openraft restarts a node whose committed vote names itself
-                // as leader of that term at once. But a crash can cost a
-                // leader the unflushed tail it had already sent to followers,
-                // and leading the same term with a shorter log would reuse
-                // those (term, index) ids for other entries. Restarting as a
-                // candidate of a later term lets the longer logs win.
-                v.committed = false;
-                Ok(Some(v))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(ErrorSubject::Vote, ErrorVerb::Read, e)),
-        }
+        let err = |e: String| {
+            io_err(
+                ErrorSubject::Vote,
+                ErrorVerb::Read,
+                format!("{}: {e}", self.state_dir.display()),
+            )
+        };
+        let Some(b) = vote::read(&self.state_dir).map_err(|e| err(e.to_string()))? else {
+            return Ok(None);
+        };
+        let mut v: Vote = serde_json::from_slice(&b).map_err(|e| err(e.to_string()))?;
+        // Openraft restarts a node whose committed vote names itself as
+        // leader of that term at once. But a crash can cost a leader the
+        // unflushed tail it had already sent to followers, and leading the
+        // same term with a shorter log would reuse those (term, index) ids
+        // for other entries. Restarting as a candidate of a later term lets
+        // the longer logs win.
+        v.committed = false;
+        Ok(Some(v))
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -204,11 +220,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             (Some(i), Durability::Always) => {
                 // The fsync runs off the Raft core; group commit shares it
                 // with every append waiting meanwhile.
-                let log = self.log.clone();
-                tokio::task::spawn_blocking(move || {
-                    let r = log
-                        .wait_durable(i)
-                        .map_err(|e| std::io::Error::other(e.to_string()));
+                let (log, disk) = (self.log.clone(), self.disk.clone());
+                tokio::spawn(async move {
+                    let r = disk
+                        .run(move || log.wait_durable(i))
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
                     callback.log_io_completed(r);
                 });
             }
