@@ -144,12 +144,19 @@ pub(crate) async fn ready_stream(
     // Every shard has a leader before the clock starts.
     loop {
         client.refresh_metadata(&[name.to_owned()]).await.ok();
+        let mut leaderless = None;
         if let Ok(info) = client.stream_info(name).await {
-            if info.shards.iter().all(|s| s.leader.is_some()) {
+            let n = info.shards.iter().filter(|s| s.leader.is_none()).count();
+            if n == 0 {
                 return Ok(client);
             }
+            leaderless = Some(n);
         }
-        anyhow::ensure!(Instant::now() < deadline, "{name} has shards without a leader");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{name}: {} of {shards} shards without a leader after {READY_WAIT_MAX:?}",
+            leaderless.map_or("all".to_owned(), |n| n.to_string())
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -497,7 +504,12 @@ pub(crate) fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
 /// shards (one stream, default segment size), each broker leading about a
 /// third: what an idle replica costs.
 async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let mut dir = tempfile::tempdir()?;
+    // The brokers' logs and data, kept to look into a failed run.
+    if std::env::var_os("FELIX_BENCH_KEEP_DIR").is_some() {
+        dir.disable_cleanup(true);
+        println!("keeping {}", dir.path().display());
+    }
     let OnLoopback { brokers, cp: _cp, .. } = cluster_on_loopback(dir.path(), 3, "", &["idle"]).await?;
     // A stream has at most 1,024 shards: more are spread over streams.
     let names = idle_streams(shards);
@@ -509,6 +521,14 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
             t.elapsed().as_secs_f64()
         );
         client.close().await;
+        if names.len() > 1 {
+            // A new group heartbeats until it goes quiet; the next
+            // thousand are created once these are.
+            tokio::time::sleep(Duration::from_millis(
+                1_000 + felix_replication::quiesce::QUIESCE_AFTER_MS,
+            ))
+            .await;
+        }
     }
     // Let elections and connections settle, and idle groups go quiet,
     // before measuring.

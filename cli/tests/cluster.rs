@@ -813,3 +813,111 @@ fn a_leader_cut_off_from_its_followers_stops_answering_cache_gets() {
         direct.close().await;
     });
 }
+
+/// Every value in the non-control records of every shard log under member
+/// `i`'s data directory (read after the cluster stopped).
+fn all_values(c: &LocalCluster, i: usize) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for dir in std::fs::read_dir(c.members[i].at.data_dir.join("shards")).expect("shards dir") {
+        let dir = dir.expect("entry").path();
+        let (log, _) = Log::open(&dir, LogConfig::default(), 0).expect("open log");
+        for b in log.batches_from(Offset(log.earliest_offset().0)).expect("read") {
+            if b.header().flags.control() {
+                continue;
+            }
+            for r in b.records().expect("records") {
+                let r = r.expect("record");
+                out.insert(String::from_utf8(r.value.unwrap().to_vec()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Issue 25's restart test at CI size: a broker holding a replica of each
+/// of 1,024 shards is SIGKILLed and restarted; it names a leader for every
+/// shard again, every shard takes writes, and its own logs hold every
+/// record acknowledged before and after.
+#[test]
+fn a_broker_with_a_thousand_shards_restarts_serves_every_shard_and_loses_nothing() {
+    const SHARDS: u32 = 1024;
+    let _one = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let mut c = LocalCluster::start(dir.path(), 3, "");
+    let stream = "dev/default/thousand";
+    let victim = 2;
+    let acked = rt.block_on(async {
+        let client = Client::connect(c.client_config()).await.unwrap();
+        create_when_ready(&client, stream_config(stream, SHARDS)).await;
+        let mut acked = BTreeMap::new();
+        write_every_shard(&client, stream, "before", &mut acked).await;
+        client.close().await;
+        acked
+    });
+    c.kill(victim);
+    let t = Instant::now();
+    c.restart(victim);
+    let acked = rt.block_on(async {
+        // The restarted broker's own answer: a leader for every shard.
+        let address = c.members[victim].at.client.to_string();
+        let own = Client::connect(c.member_config(victim)).await.unwrap();
+        let ask = felix_client::wire::Message::Metadata {
+            streams: vec![stream.to_owned()],
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let led = match own.call(felix_client::Route::Broker(&address), &ask).await {
+                Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => streams
+                    .iter()
+                    .flat_map(|s| &s.shards)
+                    .filter(|s| s.leader.is_some())
+                    .count(),
+                _ => 0,
+            };
+            if led == SHARDS as usize {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the restarted broker names a leader for {led} of {SHARDS} shards"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("restart to a leader named for every shard: {:?}", t.elapsed());
+        own.close().await;
+        let client = Client::connect(c.client_config()).await.unwrap();
+        let mut acked = acked;
+        write_every_shard(&client, stream, "after", &mut acked).await;
+        client.close().await;
+        c.converged(stream).await;
+        acked
+    });
+    c.stop_all();
+    let held = all_values(&c, victim);
+    let missing: Vec<_> = acked.values().filter(|v| !held.contains(*v)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged records missing on the restarted broker, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+}
+
+/// Sends one record to every shard of `stream` and waits for all the
+/// acknowledgements, recording (shard, offset) → value.
+async fn write_every_shard(client: &Client, stream: &str, tag: &str, acked: &mut BTreeMap<(u32, u64), String>) {
+    let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
+    let mut pending = Vec::new();
+    for shard in 0..p.shards() {
+        let v = format!("{tag}-{shard}");
+        let mut r = ProducerRecord::new(v.clone().into_bytes());
+        r.shard = Some(shard);
+        pending.push((v, p.send(r).await.unwrap()));
+    }
+    for (v, ack) in pending {
+        let a = ack.wait().await.unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert!(acked.insert((a.shard, a.offset), v).is_none());
+    }
+    p.close().await.unwrap();
+}

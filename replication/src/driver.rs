@@ -19,6 +19,10 @@ use crate::network::{Hosted, Router, Transport};
 use crate::quiesce::{self, Beat, Idle, Quiet, Settled, BEAT_GROUPS_MAX};
 use crate::types::{GroupId, NodeId};
 
+/// Groups one beat reply wakes at most (a beat goes every heartbeat
+/// interval, so about 850 groups a second per peer at 150 ms).
+pub const WAKES_PER_BEAT_MAX: usize = 128;
+
 /// The driver's memory of one group.
 struct Driven {
     candidacy: Candidacy,
@@ -62,7 +66,7 @@ pub(crate) async fn drive(router: Router, transport: Weak<Transport>, cfg: Group
 
 /// What one pass reads of group `h` (and, when its membership changed,
 /// its voters into `d`).
-fn view(h: &Hosted, d: &mut Driven) -> Option<View> {
+fn view(h: &Hosted, d: &mut Driven, up: impl Fn(&NodeId) -> bool) -> Option<View> {
     let m = h.raft.metrics();
     let m = m.borrow();
     if m.state == ServerState::Shutdown {
@@ -81,11 +85,18 @@ fn view(h: &Hosted, d: &mut Driven) -> Option<View> {
     }
     let last_index = m.last_log_index;
     let applied = m.last_applied.map(|l| l.index);
+    // A follower whose broker is down cannot hear heartbeats anyway: the
+    // group may quiet without it if a majority holds the last entry, and
+    // it wakes the group when it returns behind (its beat reply).
     let all_hold_it = applied == last_index
         && m.replication.as_ref().is_some_and(|r| {
-            r.iter()
-                .filter(|(id, _)| **id != h.me)
-                .all(|(_, matched)| matched.map(|l| l.index) == last_index)
+            let mut holding = 1;
+            let all = r.iter().filter(|(id, _)| **id != h.me).all(|(id, matched)| {
+                let holds = matched.map(|l| l.index) == last_index;
+                holding += usize::from(holds && d.voters.contains(id));
+                holds || !up(id)
+            });
+            all && 2 * holding > d.voters.len()
         });
     let membership_settled =
         membership.get_joint_config().len() == 1 && m.membership_config.log_id().map(|l| l.index) <= applied;
@@ -129,7 +140,8 @@ fn pass(
             voters: Vec::new(),
             peers: Vec::new(),
         });
-        let Some(v) = view(h, d) else {
+        let up = |id: &NodeId| seen.get(id).is_some_and(|at| now.saturating_sub(*at) <= lease);
+        let Some(v) = view(h, d, up) else {
             groups.remove(g);
             continue;
         };
@@ -214,7 +226,10 @@ fn send_beats(
             let beat = Beat { from: t.me(), quiet };
             if let Ok(Ok(reply)) = tokio::time::timeout(wait, t.beat(&addr, &beat)).await {
                 router.saw(peer);
-                for g in reply.wake {
+                // The rest are named again in the next reply: a broker
+                // back from a restart behind in thousands of groups must
+                // not wake them all into one storm of catch-ups.
+                for g in reply.wake.into_iter().take(WAKES_PER_BEAT_MAX) {
                     if let Some(h) = router.get(g) {
                         h.wake();
                     }

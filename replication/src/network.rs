@@ -239,7 +239,11 @@ impl Router {
                     h.heard.store(now, Ordering::Release);
                     h.quiesce();
                 }
-                _ => reply.wake.push(q.group),
+                Some(_) => reply.wake.push(q.group),
+                // Not started here yet (a broker starting thousands of
+                // groups): waking the leader now would only send RPCs that
+                // fail; the next beat after the start asks.
+                None => {}
             }
         }
         Ok(reply)
@@ -367,6 +371,11 @@ impl Transport {
             // Raft has its own heartbeats; keep connections through quiet groups.
             idle_timeout_ms: 10_000,
             keep_alive_ms: Some(2_000),
+            // Every group's RPCs to a peer share its one connection: an
+            // election in a thousand groups at once must not wait for
+            // stream credit past its RPCs' timeouts. Serving is bounded
+            // by the same number.
+            bidi_streams_max: RPC_STREAMS_MAX as u32,
             ..TransportConfig::default()
         };
         let mut endpoint = transport::server_endpoint(listen, server, RAFT_ALPN, &cfg).map_err(terr)?;

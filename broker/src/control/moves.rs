@@ -28,6 +28,11 @@ use crate::node::Node;
 pub const RECONCILE_INTERVAL_MS: u64 = 1_000;
 /// Shortest time between two hand-overs of one group's leadership.
 pub const HANDOVER_RETRY_MS: u64 = 10_000;
+/// Hand-overs one broker begins per round. Each is an election; after a
+/// restart the preferred broker of a thousand groups is back at once, and
+/// handing them all back in one round began a storm of elections that
+/// outwaited their own RPC timeouts.
+pub const HANDOVERS_PER_ROUND_MAX: usize = 32;
 /// How long adding one replica (its catch-up included) may take before
 /// the next round tries again.
 pub const ADD_TIMEOUT_MS: u64 = 120_000;
@@ -114,6 +119,7 @@ async fn round(
         .into_iter()
         .filter_map(|id| Some((u32::try_from(broker_of(id)).ok()?, id)))
         .collect();
+    let mut handovers = 0;
     for h in n.streams() {
         let m = h.meta();
         if !m.managed() {
@@ -142,8 +148,9 @@ async fn round(
                 let due = last.get(&p.group).is_none_or(|t: &std::time::Instant| {
                     t.elapsed() >= Duration::from_millis(HANDOVER_RETRY_MS)
                 });
-                if due && r.hand_over() {
+                if due && handovers < HANDOVERS_PER_ROUND_MAX && r.hand_over() {
                     last.insert(p.group, std::time::Instant::now());
+                    handovers += 1;
                 }
                 continue;
             }

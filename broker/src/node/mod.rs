@@ -99,6 +99,15 @@ impl StreamHandle {
     }
 }
 
+/// Leaderships a stopping broker hands over at once. Each hand-over is an
+/// election; a broker leading a thousand groups that handed them all over
+/// at once saturated the CPU, RPCs outwaited their timeouts and the
+/// elections began again.
+pub const STEP_DOWNS_PARALLEL_MAX: usize = 64;
+/// Longest a stopping broker spends handing leaderships over (within a
+/// usual termination grace period of 30 s).
+pub const STEP_DOWNS_MS_MAX: u64 = 20_000;
+
 /// A broker node.
 pub struct Node {
     broker_id: u64,
@@ -301,19 +310,22 @@ impl Node {
             .ok_or_else(|| BrokerError::UnknownStream(n.to_string()))
     }
 
-    /// Every stream, by name.
     /// What background maintenance (TTL sweeps, compaction) has done.
     pub fn maintenance_stats(&self) -> felix_index::MaintenanceStats {
         self.maintenance.stats()
     }
 
-    /// Hands every leadership this broker holds to another replica, all at once, each within `wait`
-    /// (`Replica::step_down`). Returns (groups led, groups handed over).
+    /// Hands every leadership this broker holds to another replica,
+    /// [`STEP_DOWNS_PARALLEL_MAX`] at a time, each within `wait`
+    /// (`Replica::step_down`), all within [`STEP_DOWNS_MS_MAX`]; groups not
+    /// reached by then are left to their followers' elections. Returns
+    /// (groups led, groups handed over).
     pub async fn step_down_all(&self, wait: Duration) -> (usize, usize) {
+        use futures_util::StreamExt;
         if self.cluster().is_none() {
             return (0, 0);
         }
-        let mut led: Vec<felix_replication::Replica> = self
+        let led: Vec<felix_replication::Replica> = self
             .streams()
             .iter()
             .flat_map(|h| {
@@ -324,13 +336,13 @@ impl Node {
             .filter(felix_replication::Replica::is_leader)
             .collect();
         let n = led.len();
-        let mut steps = tokio::task::JoinSet::new();
-        for r in led.drain(..) {
-            steps.spawn(async move { r.step_down(wait).await });
-        }
+        let mut steps = futures_util::stream::iter(led)
+            .map(|r| async move { r.step_down(wait).await })
+            .buffer_unordered(STEP_DOWNS_PARALLEL_MAX);
         let mut moved = 0;
-        while let Some(r) = steps.join_next().await {
-            moved += usize::from(r.unwrap_or(false));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(STEP_DOWNS_MS_MAX);
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, steps.next()).await {
+            moved += usize::from(done);
         }
         (n, moved)
     }

@@ -21,7 +21,8 @@ pub const ALPN: &[u8] = b"felix/1";
 /// `net.core.{r,w}mem_max`; the default 208 KiB drops packets under load.
 pub const UDP_BUFFER_BYTES_DEFAULT: usize = 8 << 20;
 
-/// Most bidirectional streams a peer may open at once on one connection.
+/// Most bidirectional streams a client may open at once on one connection
+/// (the default of `TransportConfig::bidi_streams_max`).
 pub const BIDI_STREAMS_MAX: u32 = 256;
 /// Most unidirectional streams (one per subscription) open at once.
 pub const UNI_STREAMS_MAX: u32 = 1024;
@@ -62,6 +63,8 @@ pub struct TransportConfig {
     pub send_window_bytes: u64,
     /// Requested SO_RCVBUF / SO_SNDBUF.
     pub udp_buffer_bytes: usize,
+    /// Bidirectional streams the peer may open at once on one connection.
+    pub bidi_streams_max: u32,
 }
 
 impl Default for TransportConfig {
@@ -81,6 +84,7 @@ impl Default for TransportConfig {
             connection_window_bytes: 64 << 20,
             send_window_bytes: 64 << 20,
             udp_buffer_bytes: UDP_BUFFER_BYTES_DEFAULT,
+            bidi_streams_max: BIDI_STREAMS_MAX,
         }
     }
 }
@@ -99,7 +103,7 @@ impl TransportConfig {
         t.stream_receive_window(varint("stream_window_bytes", self.stream_window_bytes)?);
         t.receive_window(varint("connection_window_bytes", self.connection_window_bytes)?);
         t.send_window(self.send_window_bytes);
-        t.max_concurrent_bidi_streams(BIDI_STREAMS_MAX.into());
+        t.max_concurrent_bidi_streams(self.bidi_streams_max.into());
         t.max_concurrent_uni_streams(UNI_STREAMS_MAX.into());
         Ok(t)
     }
