@@ -906,7 +906,12 @@ fn a_broker_with_a_thousand_shards_restarts_serves_every_shard_and_loses_nothing
 
 /// Sends one record to every shard of `stream` and waits for all the
 /// acknowledgements, recording (shard, offset) → value.
-async fn write_every_shard(client: &Client, stream: &str, tag: &str, acked: &mut BTreeMap<(u32, u64), String>) {
+async fn write_every_shard(
+    client: &Client,
+    stream: &str,
+    tag: &str,
+    acked: &mut BTreeMap<(u32, u64), String>,
+) {
     let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
     let mut pending = Vec::new();
     for shard in 0..p.shards() {

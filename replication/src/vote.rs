@@ -77,43 +77,33 @@ pub fn newest(file: &[u8]) -> Option<(u64, &[u8])> {
         .max_by_key(|(seq, _)| *seq)
 }
 
-/// A group's vote file, open for saves.
+/// A group's vote file, ready for saves. It holds no descriptor between
+/// saves: a broker with 10,000 groups would otherwise hold 10,000 more.
 #[derive(Debug)]
 pub struct VoteFile {
-    file: File,
+    dir: std::path::PathBuf,
     /// The last save's number (0: none yet).
     seq: u64,
+    /// Whether the file's full size and name are on disk: the first save
+    /// syncs them too.
+    made: bool,
 }
 
 impl VoteFile {
-    /// Opens the vote file in `dir` for saves, making it (at its full
-    /// size, durably) if the group has none yet.
+    /// Reads where the vote file in `dir` stands; the group's first save
+    /// makes it.
     pub fn open(dir: &Path) -> io::Result<VoteFile> {
         let path = dir.join(VOTE_FILE);
-        match File::options().read(true).write(true).open(&path) {
-            Ok(file) => {
-                let seq = slots(&file, &path)?.map_or(0, |(seq, _)| seq);
-                Ok(VoteFile { file, seq })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => VoteFile::create(dir),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Makes the file with two empty slots: written whole under a
-    /// temporary name and renamed, so a crash never leaves a short one.
-    fn create(dir: &Path) -> io::Result<VoteFile> {
-        let tmp = dir.join(format!("{VOTE_FILE}.tmp"));
-        {
-            let f = File::create(&tmp)?;
-            f.write_all_at(&[0u8; FILE_BYTES], 0)?;
-            f.sync_all()?;
-        }
-        let path = dir.join(VOTE_FILE);
-        std::fs::rename(&tmp, &path)?;
-        File::open(dir)?.sync_all()?;
-        let file = File::options().read(true).write(true).open(&path)?;
-        Ok(VoteFile { file, seq: 0 })
+        let (seq, made) = match File::open(&path) {
+            Ok(file) => (slots(&file, &path)?.map_or(0, |(seq, _)| seq), true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (0, false),
+            Err(e) => return Err(e),
+        };
+        Ok(VoteFile {
+            dir: dir.to_path_buf(),
+            seq,
+            made,
+        })
     }
 
     /// Saves `body` durably over the older slot.
@@ -121,10 +111,22 @@ impl VoteFile {
         let seq = self.seq + 1;
         let slot = encode(seq, body)?;
         let at = (seq % 2) * SLOT_BYTES as u64;
-        self.file.write_all_at(&slot, at)?;
-        // The file's size never changes, so its data is all a save needs
-        // on disk.
-        self.file.sync_data()?;
+        let file = File::options()
+            .write(true)
+            .create(!self.made)
+            .open(self.dir.join(VOTE_FILE))?;
+        file.write_all_at(&slot, at)?;
+        if self.made {
+            // The file's size never changes after the first save, so its
+            // data is all a save needs on disk.
+            file.sync_data()?;
+        } else {
+            // The first save (slot 1) gives the file its full size: that
+            // and its name must reach the disk with it.
+            file.sync_all()?;
+            File::open(&self.dir)?.sync_all()?;
+            self.made = true;
+        }
         self.seq = seq;
         Ok(())
     }
@@ -154,9 +156,10 @@ fn slots(file: &File, path: &Path) -> io::Result<Option<(u64, Vec<u8>)>> {
     let n = read_up_to(file, &mut b)?;
     match newest(&b[..n]) {
         Some((seq, vote)) => Ok(Some((seq, vote.to_vec()))),
-        // No save finished yet: a torn first save never returned, so it
+        // No save finished yet: a torn first save (the only one that can
+        // leave the file short, or a slot of zeros) never returned, so it
         // promised nothing.
-        None if b[..n].chunks(SLOT_BYTES).any(|s| s.iter().all(|x| *x == 0)) => Ok(None),
+        None if n < FILE_BYTES || b.chunks(SLOT_BYTES).any(|s| s.iter().all(|x| *x == 0)) => Ok(None),
         None => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{}: neither vote slot is whole", path.display()),
@@ -231,10 +234,13 @@ mod tests {
     #[test]
     fn a_file_whose_first_save_tore_holds_no_vote() {
         let dir = tempfile::tempdir().unwrap();
-        drop(VoteFile::open(dir.path()).unwrap());
+        // Made, and torn before any of the first save reached it.
         let path = dir.path().join(VOTE_FILE);
-        let mut b = std::fs::read(&path).unwrap();
-        b[SLOT_BYTES..SLOT_BYTES + 40].copy_from_slice(&encode(1, b"half").unwrap()[..40]);
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(read(dir.path()).unwrap(), None);
+        // Torn with part of the first save (slot 1) written.
+        let mut b = vec![0u8; SLOT_BYTES + 40];
+        b[SLOT_BYTES..].copy_from_slice(&encode(1, b"half").unwrap()[..40]);
         std::fs::write(&path, &b).unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
         let mut vf = VoteFile::open(dir.path()).unwrap();
