@@ -296,6 +296,14 @@ impl HostedShard {
                     .into(),
             ));
         }
+        if h.offset_count != h.record_count {
+            // Gaps are what compaction leaves; a client's batch with one
+            // would skip offsets no consumer group's fetch gets past.
+            return Err(BrokerError::Invalid(format!(
+                "a batch of {} records declares {} offsets: a client's batch takes one offset per record",
+                h.record_count, h.offset_count
+            )));
+        }
         if producer_id != 0 && (h.producer_id.0 != producer_id || h.producer_seq != sequence) {
             return Err(BrokerError::Invalid(format!(
                 "producer {producer_id} sequence {sequence} differs from the batch header's ({} {})",

@@ -266,3 +266,30 @@ async fn a_publish_beyond_the_shards_in_flight_bytes_is_overloaded_at_once_and_w
     drop(held);
     assert_eq!(shard.publish(batch(&["x"]), 0, 0).await.unwrap().base_offset, 0);
 }
+
+/// Issue 26: a client batch declaring more offsets than records would open
+/// a gap no consumer group's fetch gets past (it stops 2^20 offsets past
+/// its floor); it is refused and writes nothing.
+#[tokio::test]
+async fn a_batch_declaring_more_offsets_than_records_is_refused() {
+    use felix_log::batch::layout as l;
+    let dir = tempfile::tempdir().unwrap();
+    let index = Arc::new(Index::open(dir.path().join("index"), IndexConfig::default()).unwrap());
+    let shard = open(dir.path(), &index);
+    let mut b = felix_testkit::Batch::of(&["a", "b"])
+        .ts(1_700_000_000_000)
+        .build();
+    b[l::OFFSET_COUNT_AT..l::OFFSET_COUNT_AT + 4].copy_from_slice(&(2u32 + (1 << 21)).to_le_bytes());
+    let crc = crc32fast::hash(&b[l::HEADER_CRC_FROM..l::HEADER_BYTES]);
+    b[l::HEADER_CRC_AT..l::HEADER_CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    assert!(
+        Batch::new(Bytes::from(b.clone())).is_ok(),
+        "a well-formed batch, checksums right"
+    );
+    match shard.publish(Bytes::from(b), 0, 0).await {
+        Err(BrokerError::Invalid(why)) => assert!(why.contains("offsets"), "{why}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(shard.high_watermark(), 0, "the refused publish wrote nothing");
+    assert_eq!(shard.publish(batch(&["x"]), 0, 0).await.unwrap().base_offset, 0);
+}

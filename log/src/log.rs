@@ -866,7 +866,11 @@ impl Log {
 
     /// How many of the oldest segments retention removes.
     fn retention_count(&self, now_ms: i64, r: Retention) -> usize {
-        let cutoff = r.retention_ms.map(|ms| now_ms.saturating_sub(ms as i64));
+        // A retention past i64::MAX milliseconds keeps everything (cast,
+        // it would turn negative and expire every segment).
+        let cutoff = r
+            .retention_ms
+            .map(|ms| now_ms.saturating_sub(i64::try_from(ms).unwrap_or(i64::MAX)));
         let mut size = self.size_bytes();
         let sealed = self.segments.len().saturating_sub(1);
         self.segments[..sealed]

@@ -69,3 +69,38 @@ fn segments_roll_by_age_and_age_out_by_retention() {
     assert!(report.clean);
     assert_eq!((log.earliest_offset(), log.next_offset()), (Offset(3), Offset(5)));
 }
+
+/// Issue 26: a `retention_ms` past `i64::MAX` was cast to a negative
+/// number, so every sealed segment counted as expired and was deleted.
+#[test]
+fn a_retention_longer_than_any_clock_keeps_every_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        segment_ms: 1_000,
+        ..LogConfig::default()
+    };
+    let (mut log, _) = Log::open(dir.path(), cfg, 0).unwrap();
+    for (i, now) in [0i64, 1_000, 2_000, 3_000].into_iter().enumerate() {
+        log.append(
+            &common::batch_of(&[b"v".to_vec()], now),
+            RaftTerm(1),
+            RaftIndex(i as u64),
+            now,
+        )
+        .unwrap();
+    }
+    assert_eq!(log.segments().len(), 4);
+    for retention_ms in [1u64 << 63, u64::MAX, i64::MAX as u64] {
+        let r = Retention {
+            retention_ms: Some(retention_ms),
+            retention_bytes: None,
+        };
+        assert_eq!(log.retention_through(10_000, r), None, "{retention_ms}");
+        let out = log.apply_retention(10_000, r).unwrap();
+        assert_eq!(
+            out.segments_deleted, 0,
+            "retention_ms {retention_ms} deleted segments"
+        );
+    }
+    assert_eq!(log.earliest_offset(), Offset(0));
+}
