@@ -59,7 +59,19 @@ impl ClientProfile {
             path: path.to_path_buf(),
             why: e.to_string(),
         })?;
-        std::fs::write(path, text)?;
+        // It may carry a token (`felix dev`'s lasts 30 days and may do
+        // anything in the development tenant): only its owner reads it.
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        // A file made earlier keeps its mode through `open`.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(text.as_bytes())?;
         Ok(())
     }
 }
@@ -180,4 +192,36 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         server,
         upkeep,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Issue 26: the profile carries a token and was written readable by
+    /// every user of the machine.
+    #[test]
+    fn a_saved_profile_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        // A profile written before, world-readable, is narrowed too.
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let p = ClientProfile {
+            brokers: vec!["127.0.0.1:7070".into()],
+            server_name: "localhost".into(),
+            ca: "ca.pem".into(),
+            cert: None,
+            key: None,
+            token: Some("secret-token".into()),
+            controlplane: None,
+            admin: Vec::new(),
+        };
+        p.save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        assert_eq!(ClientProfile::load(&path).unwrap(), p);
+    }
 }
