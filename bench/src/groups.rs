@@ -111,7 +111,7 @@ struct Figures {
 
 async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let certs = dev_certificates(dir.path(), &[])?;
+    let ca = dev_certificates(dir.path(), &[])?;
     let cfg = GroupConfig {
         quiesce_after_ms: if quiesce {
             GroupConfig::default().quiesce_after_ms
@@ -123,11 +123,13 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
     let mut brokers = Vec::new();
     for id in 1..=3u64 {
         let router = Router::default();
+        let broker = felix_replication::broker_of(id);
+        let certs = ca.issue_broker(broker, &dir.path().join(format!("b{id}")))?;
         let transport = Transport::start(
             id,
             "127.0.0.1:0".parse()?,
-            &certs.server_tls(true)?,
-            &certs.client_tls(true)?,
+            &certs.server_tls()?,
+            &certs.client_tls()?,
             router.clone(),
         )?;
         brokers.push(Broker {

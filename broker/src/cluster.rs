@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use felix_client::transport::dev_certificates;
 use felix_log::RaftIndex;
 use felix_replication::{
     broker_of, Applier, BrokerNode, GroupConfig, GroupId, NodeId, Replica, Router, Transport,
@@ -74,13 +73,13 @@ impl Cluster {
         saved: BTreeMap<u64, crate::peers::Peer>,
     ) -> Result<Cluster, BrokerError> {
         let me = identity.node_id();
-        let certs = dev_certificates(&c.tls_dir, &[])?;
+        let certs = c.certificate();
         let router = Router::default();
         let transport = Transport::start(
             me,
             c.raft_listen,
-            &certs.server_tls(true)?,
-            &certs.client_tls(true)?,
+            &certs.server_tls()?,
+            &certs.client_tls()?,
             router.clone(),
         )?;
         transport.set_catchup_bytes_per_s(c.catchup_bytes_per_s);

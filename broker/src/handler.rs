@@ -216,7 +216,8 @@ impl NodeHandler {
     /// handled.
     fn admit(&self, session: &Session, request: &Message) -> Result<(), BrokerError> {
         if let Some(p) = &session.principal {
-            if let Some((action, object)) = access::required(request)? {
+            let kind_of = |n: &str| self.node.stream(n).ok().map(|s| s.kind());
+            if let Some((action, object)) = access::required(request, kind_of)? {
                 let now_s = u64::try_from(self.node.now_ms() / 1000).unwrap_or(0);
                 p.check(action, &object, now_s)?;
             }

@@ -61,17 +61,7 @@ impl ClientProfile {
         })?;
         // It may carry a token (`felix dev`'s lasts 30 days and may do
         // anything in the development tenant): only its owner reads it.
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)?;
-        // A file made earlier keeps its mode through `open`.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(text.as_bytes())?;
+        crate::config::write_private(path, text.as_bytes())?;
         Ok(())
     }
 }
@@ -123,10 +113,16 @@ impl Running {
 
 /// Opens the node and serves it. Must run inside a tokio runtime.
 pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, BrokerError> {
-    let (tls, dev_ca) = if config.tls.dev {
-        // A cluster's brokers share one development CA.
-        let dir = config.cluster.as_ref().map_or(&config.data_dir, |c| &c.tls_dir);
-        let d = transport::dev_certificates(dir, &[])?;
+    let (tls, dev_ca) = if let (true, Some(c)) = (config.tls.dev, &config.cluster) {
+        // A cluster's broker has no CA key to make certificates with:
+        // clients get its replication certificate, which its CA signed.
+        let cert = c.certificate();
+        (
+            ServerTls::from_pem_files(&cert.cert, &cert.key, None)?,
+            Some(cert.ca),
+        )
+    } else if config.tls.dev {
+        let d = transport::dev_certificates(&config.data_dir, &[])?;
         (d.server_tls(false)?, Some(d.ca))
     } else {
         let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {

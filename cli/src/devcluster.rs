@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
-use felix_broker::config::{local_broker_toml, local_cluster_toml, LocalMember};
+use felix_broker::config::{local_broker_toml, local_cluster_toml, write_private, LocalMember};
 use felix_broker::server::ClientProfile;
 use felix_client::transport::dev_certificates;
 
@@ -53,7 +53,9 @@ impl LocalBrokers {
         );
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let data_dir = data_dir.canonicalize()?;
-        // A plain broker keeps its development CA under its data directory.
+        // A plain broker keeps its development CA under its data directory;
+        // a cluster's stays with this process, which issues each broker its
+        // own certificate (no broker holds the CA's key).
         let tls_dir = match replicated {
             true => data_dir.join("cluster"),
             false => data_dir.join("broker1"),
@@ -97,10 +99,16 @@ impl LocalBrokers {
             std::fs::create_dir_all(&m.data_dir)?;
             let path = m.data_dir.join("broker.toml");
             let text = match replicated {
-                true => local_cluster_toml(m, None, &tls_dir, extra),
+                true => {
+                    let cert = certs
+                        .issue_broker(m.id, &m.data_dir.join("tls"))
+                        .with_context(|| format!("issuing broker {}'s certificate", m.id))?;
+                    local_cluster_toml(m, None, &cert, extra)
+                }
                 false => local_broker_toml(m, extra),
             };
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            // It names the control plane's secret.
+            write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
             b.children.push(Some(spawn(subcommand, &path)?));
             b.configs.push(path);
         }
@@ -133,8 +141,11 @@ impl LocalBrokers {
         };
         std::fs::create_dir_all(&m.data_dir)?;
         let path = m.data_dir.join("broker.toml");
-        let text = local_cluster_toml(&m, None, &root.join("cluster"), extra);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        let cert = dev_certificates(&root.join("cluster"), &[])
+            .and_then(|ca| ca.issue_broker(id, &m.data_dir.join("tls")))
+            .with_context(|| format!("issuing broker {id}'s certificate"))?;
+        let text = local_cluster_toml(&m, None, &cert, extra);
+        write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         self.children.push(Some(spawn(self.subcommand, &path)?));
         self.configs.push(path);
         self.members.push(m);

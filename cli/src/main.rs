@@ -87,9 +87,28 @@ enum Command {
     /// Configuration files: check one, print the documented schema.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Development certificates: a CA, and one replication certificate
+    /// per broker signed by it.
+    #[command(subcommand)]
+    Certs(CertsCommand),
     /// Print a shell completion script (e.g. `felix completions bash >
     /// /etc/bash_completion.d/felix`).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Issue broker BROKER its replication certificate (`broker.pem`,
+    /// `broker.key`) under --out, signed by the development CA under
+    /// --ca-dir (made there if missing). Hand the broker the two files and
+    /// `<ca-dir>/tls/ca.pem`, never `ca.key`.
+    Broker {
+        broker: u64,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -288,6 +307,17 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Command::Subscribe(a) => rt()?.block_on(commands::subscribe(&common, a)).map_err(with_hint),
         Command::Group(c) => rt()?.block_on(commands::group(&common, c)).map_err(with_hint),
         Command::Log(c) => logtool::run(c),
+        Command::Certs(CertsCommand::Broker { broker, ca_dir, out }) => {
+            let ca = felix_client::transport::dev_certificates(&ca_dir, &[])?;
+            let c = ca.issue_broker(broker, &out)?;
+            println!(
+                "[cluster]\ncert = {:?}\nkey = {:?}\nca = {:?}",
+                c.cert.display().to_string(),
+                c.key.display().to_string(),
+                c.ca.display().to_string()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -81,9 +81,7 @@ pub async fn serve(
         }
         None => None,
     };
-    // The fault-injection suite skews a broker's clock through a file.
-    let clock =
-        std::env::var_os("FELIX_CLOCK_SKEW_FILE").map_or_else(system_clock, |p| skewed_clock(p.into()));
+    let clock = clock()?;
     let running = server::start(&config, clock).await.with_context(|| {
         format!(
             "starting the broker on {} with data in {}",
@@ -224,4 +222,19 @@ pub async fn wait_for_shutdown() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The broker's clock. The fault-injection suite skews a broker's clock
+/// through a file; that hook exists in debug builds only, so a release
+/// binary's clock cannot be moved by an environment variable.
+fn clock() -> anyhow::Result<felix_broker::node::Clock> {
+    let skew = std::env::var_os("FELIX_CLOCK_SKEW_FILE");
+    if cfg!(debug_assertions) {
+        return Ok(skew.map_or_else(system_clock, |p| skewed_clock(p.into())));
+    }
+    anyhow::ensure!(
+        skew.is_none(),
+        "FELIX_CLOCK_SKEW_FILE is a test hook of debug builds; this is a release build"
+    );
+    Ok(system_clock())
 }

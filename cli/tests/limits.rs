@@ -251,3 +251,130 @@ fn fifty_connections_publishing_flat_out_with_a_stalled_subscriber_stay_bounded(
     assert!(acked >= SOAK_ACKS_MIN, "publishers made progress: {acked}");
     assert!(peak < SOAK_RSS_BYTES_MAX, "peak RSS {peak} above the bound");
 }
+
+/// Opens a raw QUIC connection to the broker as its clients do.
+async fn raw_connection(b: &Broker) -> (quinn::Endpoint, quinn::Connection) {
+    use felix_client::transport::{self, ClientTls, TransportConfig};
+    let tls = ClientTls::from_pem_files(&b.profile.ca, None).unwrap();
+    let ep = transport::client_endpoint(&tls, transport::ALPN, &TransportConfig::default()).unwrap();
+    let addr: std::net::SocketAddr = b.profile.brokers[0].parse().unwrap();
+    let conn = ep.connect(addr, &b.profile.server_name).unwrap().await.unwrap();
+    (ep, conn)
+}
+
+/// On `streams` new streams of `conn`, the header of a publish declaring
+/// the largest body, then `sent` bytes of it, never the rest. Returns the
+/// streams, kept open.
+async fn unfinished_frames(
+    conn: &quinn::Connection,
+    streams: usize,
+    sent: usize,
+) -> Vec<(quinn::SendStream, quinn::RecvStream)> {
+    use felix_client::wire::{kind, FrameHeader, FRAME_BODY_BYTES_MAX};
+    let mut out = Vec::new();
+    let filler = vec![0xabu8; sent];
+    for i in 0..streams {
+        // Streams are credited back only as they close: past the
+        // broker's limit of open streams, opening waits.
+        let Ok(Ok((mut send, recv))) = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await
+        else {
+            break;
+        };
+        let mut head = bytes::BytesMut::new();
+        FrameHeader {
+            kind: kind::PUBLISH,
+            flags: 0,
+            request_id: i as u64 + 1,
+            body_len: FRAME_BODY_BYTES_MAX as u32,
+        }
+        .encode(&mut head);
+        // A stream the broker stopped (over budget) refuses the rest.
+        if send.write_all(&head).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), send.write_all(&filler)).await;
+        }
+        out.push((send, recv));
+    }
+    out
+}
+
+/// Memory before authentication, and partial frames after it: 4
+/// connections that never say Hello, each starting 256 publishes of the
+/// largest body and sending 256 KiB of each, and one that does, starting
+/// 255 and sending 1 MiB of each, would have the broker buffer 511 MiB
+/// (and reserve 16 MiB a stream). It refuses the large frames before Hello
+/// without buffering them, and after Hello answers streams past 32 MiB of
+/// unfinished frames with `Overloaded`: its resident memory grows less
+/// than 160 MiB, the bound of one connection (64 MiB of QUIC window,
+/// 32 MiB of unfinished frames, 64 MiB of decoded requests), and it goes
+/// on serving.
+#[test]
+fn unfinished_frames_cannot_pin_the_brokers_memory_before_or_after_hello() {
+    use felix_client::transport::framed::{encode, FrameReader, Incoming};
+    let (_dir, rt, b) = dev_broker();
+    rt.block_on(async {
+        let c = b.client().await;
+        create(&c, stream_config("pinned", 1)).await;
+        let before = b.rss_bytes();
+
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (ep, conn) = raw_connection(&b).await;
+            let streams = unfinished_frames(&conn, 256, 256 << 10).await;
+            held.push((ep, conn, streams));
+        }
+        let pre_hello = b.rss_bytes();
+
+        let (ep, conn) = raw_connection(&b).await;
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        let hello = Message::Hello {
+            version: 1,
+            capabilities: 0,
+            token: bytes::Bytes::from(b.profile.token.clone().unwrap_or_default()),
+        };
+        send.write_all(&encode(1, &hello).unwrap()).await.unwrap();
+        send.finish().unwrap();
+        match FrameReader::new(recv).next().await.unwrap() {
+            Some(Incoming::Message(1, Message::Welcome { .. })) => {}
+            m => panic!("no Welcome: {m:?}"),
+        }
+        let mut streams = unfinished_frames(&conn, 255, 1 << 20).await;
+        let after = b.rss_bytes();
+        let grown = after.saturating_sub(before).max(pre_hello.saturating_sub(before));
+        eprintln!(
+            "RSS grew {} MiB before Hello, {} MiB in all",
+            pre_hello.saturating_sub(before) >> 20,
+            grown >> 20
+        );
+        assert!(
+            grown < 160 << 20,
+            "the broker grew {} MiB (before Hello: {} MiB) holding unfinished frames",
+            grown >> 20,
+            pre_hello.saturating_sub(before) >> 20
+        );
+        // The last stream came past the budget: it was answered Overloaded.
+        let (_s, last) = streams.pop().expect("streams");
+        let answer = tokio::time::timeout(Duration::from_secs(10), FrameReader::new(last).next()).await;
+        assert!(
+            matches!(
+                answer,
+                Ok(Ok(Some(Incoming::Message(
+                    _,
+                    Message::Error(ErrorReply::Overloaded { .. })
+                ))))
+            ),
+            "{answer:?}"
+        );
+        held.push((ep, conn, streams));
+
+        // It still serves: a publish on a fresh client.
+        let c2 = b.client().await;
+        match c2
+            .call(felix_client::Route::Any, &common::publish_one("pinned", b"after"))
+            .await
+        {
+            Ok(Message::PublishAck { .. }) => {}
+            r => panic!("{r:?}"),
+        }
+        drop(held);
+    });
+}

@@ -44,7 +44,7 @@ fn config_check_accepts_good_files_and_names_the_bad_key() {
     for (text, named) in [
         ("segmnet_bytes = 5\n", "segmnet_bytes"),
         (
-            "[cluster]\nraft_listen = \"127.0.0.1:1\"\ntls_dir = \"/tmp\"\npeers = []\nheartbeat_ms = 3\n",
+            "[cluster]\nraft_listen = \"127.0.0.1:1\"\ncert = \"/tmp/c\"\nkey = \"/tmp/k\"\nca = \"/tmp/a\"\npeers = []\nheartbeat_ms = 3\n",
             "heartbeat_ms",
         ),
         ("broker_id = \"one\"\n", "broker_id"),

@@ -688,6 +688,29 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
         Err(e) => Err(e),
     };
     assert!(r.is_err_and(|e| e.to_string().contains("unauthorized")));
+    // Each broker's file names the control plane's secret, and its own
+    // replication key: only their owner reads them. No broker holds the
+    // CA's key, and each certificate names its own broker only.
+    use std::os::unix::fs::PermissionsExt;
+    for n in 1..=3u64 {
+        let b = dir.path().join(format!("broker{n}"));
+        for secret in [b.join("broker.toml"), b.join("tls/broker.key")] {
+            let mode = std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}: mode {mode:o}", secret.display());
+        }
+        let toml = std::fs::read_to_string(b.join("broker.toml")).unwrap();
+        assert!(!toml.contains("ca.key"), "{toml}");
+        assert!(!b.join("tls/ca.key").exists());
+        let pem = std::fs::read(b.join("tls/broker.pem")).unwrap();
+        let cert = felix_client::transport::identity::first_certificate(&pem).unwrap();
+        for other in 1..=3u64 {
+            assert_eq!(
+                felix_client::transport::identity::names_broker(&cert, other),
+                other == n,
+                "broker {n}'s certificate and broker {other}"
+            );
+        }
+    }
     child.kill();
 }
 

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::transport::framed::{encode, FrameReader, Incoming, ReadError};
-use crate::wire::{ErrorReply, Message, WireError};
+use crate::transport::framed::{encode, FrameReader, Incoming, PartialBudget, ReadError};
+use crate::wire::{ErrorReply, Message, WireError, FRAME_BODY_BYTES_MAX};
 
 /// Connections one server accepts at once; more are refused.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -32,6 +32,18 @@ pub const CONNECTION_IN_FLIGHT_BYTES_MAX: usize = 64 << 20;
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1024;
 /// Credit a subscription may accumulate.
 pub const CREDIT_BYTES_MAX: u64 = 256 << 20;
+/// Largest frame body taken before the connection's `Hello` succeeded:
+/// a Hello with the largest token, and room to spare. A bigger frame is
+/// refused and its bytes skipped, never buffered.
+pub const HELLO_BODY_BYTES_MAX: usize = felix_model::limits::TOKEN_BYTES_MAX + (4 << 10);
+/// Bytes of unfinished frames one connection may have buffered over all
+/// its streams before `Hello` succeeded ...
+pub const PRE_HELLO_PARTIAL_BYTES_MAX: usize = 256 << 10;
+/// ... and after: two of the largest frames. A stream whose bytes would
+/// pass it is answered `Overloaded` and stopped. With the in-flight limit
+/// and QUIC's connection window this bounds what one connection holds:
+/// 64 MiB of decoded requests, 32 MiB of partial frames, 64 MiB unread.
+pub const CONNECTION_PARTIAL_BYTES_MAX: usize = 2 * FRAME_BODY_BYTES_MAX;
 /// A connection that has not sent `Hello` by then is closed.
 pub const HELLO_TIMEOUT_MS: u64 = 10_000;
 /// How long [`Server::close`] waits for connections to wind down.
@@ -195,6 +207,9 @@ struct Conn<H: Handler> {
     session: tokio::sync::OnceCell<Arc<H::Session>>,
     requests: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
+    /// Unfinished frames of every stream ([`PRE_HELLO_PARTIAL_BYTES_MAX`],
+    /// then [`CONNECTION_PARTIAL_BYTES_MAX`]).
+    partial: Arc<PartialBudget>,
     subs: Mutex<HashMap<u64, Sub>>,
     next_sub: AtomicU64,
 }
@@ -223,6 +238,7 @@ async fn serve_connection<H: Handler>(quic: quinn::Connection, handler: Arc<H>) 
         session: tokio::sync::OnceCell::new(),
         requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         bytes: Arc::new(Semaphore::new(CONNECTION_IN_FLIGHT_BYTES_MAX)),
+        partial: Arc::new(PartialBudget::new(PRE_HELLO_PARTIAL_BYTES_MAX)),
         subs: Mutex::new(HashMap::new()),
         next_sub: AtomicU64::new(1),
     });
@@ -262,8 +278,13 @@ async fn write(w: &Writer, id: u64, m: &Message) {
 
 async fn serve_stream<H: Handler>(c: Arc<Conn<H>>, send: quinn::SendStream, recv: quinn::RecvStream) {
     let w: Writer = Arc::new(StreamWriter(tokio::sync::Mutex::new(send)));
-    let mut reader = FrameReader::new(recv);
+    let mut reader = FrameReader::bounded(recv, c.partial.clone(), HELLO_BODY_BYTES_MAX);
+    let mut authenticated = false;
     loop {
+        if !authenticated && c.session.get().is_some() {
+            reader.set_body_max(FRAME_BODY_BYTES_MAX);
+            authenticated = true;
+        }
         match reader.next().await {
             Ok(Some(Incoming::Message(id, m))) => c.clone().dispatch(&w, id, m).await,
             Ok(Some(Incoming::Refused(id, e))) => write(&w, id, &Message::Error(e.into())).await,
@@ -276,6 +297,15 @@ async fn serve_stream<H: Handler>(c: Arc<Conn<H>>, send: quinn::SendStream, recv
             Err(ReadError::Wire(e)) => {
                 // Framing is lost on this stream; say why and stop reading it.
                 write(&w, 0, &Message::Error(e.into())).await;
+                reader.stop();
+                break;
+            }
+            Err(ReadError::Overloaded { max }) => {
+                tracing::debug!(peer = %c.peer.address, max, "partial frames over the connection's budget");
+                let e = ErrorReply::Overloaded {
+                    retry_after_ms: OVERLOADED_RETRY_AFTER_MS,
+                };
+                write(&w, 0, &Message::Error(e)).await;
                 reader.stop();
                 break;
             }
@@ -380,6 +410,7 @@ impl<H: Handler> Conn<H> {
                 if self.session.set(Arc::new(session)).is_err() {
                     return Message::Error(ErrorReply::InvalidRequest("Hello sent twice".into()));
                 }
+                self.partial.set_max(CONNECTION_PARTIAL_BYTES_MAX);
                 Message::Welcome {
                     version: u16::from(crate::wire::frame::VERSION),
                     capabilities: 0,

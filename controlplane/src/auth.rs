@@ -60,6 +60,8 @@ pub enum AuthError {
     Forbidden { action: Action, object: String },
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("the identity provider names group {0:?}, which is a principal's name (p:…): it would inherit that principal's grants")]
+    GroupPosesAsPrincipal(String),
 }
 
 impl AuthError {
@@ -69,6 +71,9 @@ impl AuthError {
         matches!(self, AuthError::WrongTenant { .. } | AuthError::Forbidden { .. })
     }
 }
+
+/// How a principal's name begins (`p:alice`); group names never do.
+pub const PRINCIPAL_PREFIX: &str = "p:";
 
 /// A new Ed25519 signing key. `seed` is 32 random bytes from the caller
 /// (the state machine holds no randomness of its own).
@@ -315,9 +320,14 @@ pub fn verify_upstream(
             Some(_) => return Err(AuthError::MissingClaim(g.clone())),
         },
     };
-    // Principals are namespaced so an IdP subject cannot pose as a group.
+    // Principals are namespaced so an IdP subject cannot pose as a group,
+    // and a group cannot pose as a principal: policies of `p:admin` must
+    // not reach whoever the IdP puts in a group it calls `p:admin`.
+    if let Some(g) = groups.iter().find(|g| g.starts_with(PRINCIPAL_PREFIX)) {
+        return Err(AuthError::GroupPosesAsPrincipal(g.clone()));
+    }
     Ok(Identity {
-        subject: format!("p:{subject}"),
+        subject: format!("{PRINCIPAL_PREFIX}{subject}"),
         groups,
     })
 }
@@ -448,6 +458,14 @@ mod tests {
         assert_eq!(
             unverified_issuer(&upstream(&k, good.clone())).unwrap(),
             "https://idp.example"
+        );
+
+        // A group named as a principal is refused, not mapped.
+        let mut c = good.clone();
+        c["groups"] = serde_json::json!(["ops", "p:admin"]);
+        assert_eq!(
+            verify_upstream(&upstream(&k, c), &iss, &set, 1000),
+            Err(AuthError::GroupPosesAsPrincipal("p:admin".into()))
         );
 
         let mut c = good.clone();

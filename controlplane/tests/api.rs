@@ -768,3 +768,55 @@ async fn a_scrape_shows_api_calls_by_route_and_the_nodes_state() {
     assert!(text.contains("felix_cp_api_request_duration_seconds_bucket{route=\"/v1/tenants\""));
     cp.h.shutdown().await;
 }
+
+/// A token without `rbac.policy.manage` asking, again and again, for
+/// policies it may not write is refused before anything is proposed: the
+/// audit log (capped, shared by every tenant) does not fill with its
+/// refusals, and nothing it asked for is granted.
+#[tokio::test]
+async fn refused_rbac_edits_are_not_proposed_and_do_not_fill_the_audit_log() {
+    let cp = Cp::start().await;
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let reader = json!({"subject": "p:reader", "object": "stream:acme/pay/*", "action": "stream.subscribe"});
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants/acme/rbac/policies", Some(reader))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/acme/token/issue",
+            Some(json!({"principal": "p:reader"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    let audited = |v: &Value| v["items"].as_array().map_or(0, Vec::len);
+    let (_, before) = cp.op(Method::GET, "/v1/audit", None).await;
+    for i in 0..50 {
+        let (s, v) = cp
+            .call(
+                Method::POST,
+                "/v1/tenants/acme/rbac/policies",
+                Some(&token),
+                Some(json!({"subject": "p:reader", "object": format!("stream:acme/ns{i}/*"), "action": "stream.publish"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    }
+    let (_, after) = cp.op(Method::GET, "/v1/audit", None).await;
+    assert_eq!(
+        audited(&after),
+        audited(&before),
+        "refusals were audited: {after}"
+    );
+    let (_, policies) = cp.op(Method::GET, "/v1/tenants/acme/rbac/policies", None).await;
+    assert!(
+        !policies.to_string().contains("stream.publish"),
+        "a refused policy was written: {policies}"
+    );
+    cp.h.shutdown().await;
+}

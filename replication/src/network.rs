@@ -1,12 +1,20 @@
-//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/3`, mutual TLS
-//! (both sides present certificates from the cluster CA), one connection per
-//! peer shared by every group. Each RPC is one bidirectional stream
+//! Raft RPCs between brokers over QUIC: ALPN `felix-raft/4`, mutual TLS
+//! (both sides present certificates from the cluster CA, each naming its
+//! broker: `felix_client::transport::identity`), one connection per peer
+//! shared by every group. Each RPC is one bidirectional stream
 //! (`docs/format/raft-rpc.md`):
 //!
 //! ```text
-//! request:  kind u8 | group u64 LE | target u64 LE | length u32 LE | bincode body   [| snapshot bytes to FIN]
+//! request:  kind u8 | group u64 LE | target u64 LE | from u64 LE | length u32 LE | bincode body   [| snapshot bytes to FIN]
 //! response: status u8 (0 ok, 1 error) | length u32 LE | bincode body (or UTF-8 error)
 //! ```
+//!
+//! `from` is the sender's Raft node id. The receiver serves an RPC only
+//! when the certificate its connection presented names `from`'s broker,
+//! and only when what the body claims agrees with `from` (the leader of
+//! an AppendEntries, the candidate of a vote, the node a join admits):
+//! holding one broker's certificate does not let a process speak for
+//! another.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use felix_client::transport::identity::{self, CertificateDer, BROKER_NAME_SHARED};
 use felix_client::transport::{self, ClientTls, ServerTls, TransportConfig};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
@@ -37,7 +46,7 @@ use crate::throttle::{Bucket, CATCHUP_BYTES_PER_S_DEFAULT};
 use crate::types::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 
-pub const RAFT_ALPN: &[u8] = b"felix-raft/3";
+pub const RAFT_ALPN: &[u8] = b"felix-raft/4";
 /// Largest RPC body: an AppendEntries of `config::PAYLOAD_ENTRIES_MAX`
 /// batches at the log's hard batch limit, plus framing.
 pub const RPC_BYTES_MAX: usize =
@@ -65,7 +74,7 @@ pub const GROUPS_ASKED_MAX: usize = 4096;
 /// target is not its own node id (an old incarnation's peers must not reach
 /// the new one).
 const KINDS_TARGETED: [u8; 3] = [KIND_APPEND, KIND_VOTE, KIND_SNAPSHOT];
-const HEAD_BYTES: usize = 1 + 8 + 8 + 4;
+const HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 /// `target` of the kinds not addressed to a Raft identity.
 const TARGET_ANY: NodeId = 0;
 
@@ -329,6 +338,41 @@ const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 struct Peer {
     conn: quinn::Connection,
     replied: Arc<AtomicU64>,
+    cert: Arc<PeerCert>,
+}
+
+/// The certificate a peer connection presented, and the broker it was
+/// last found to name: a connection's steady stream of RPCs parses it
+/// once, not per RPC.
+struct PeerCert {
+    cert: Option<CertificateDer<'static>>,
+    named: AtomicU64,
+}
+
+const NAMED_NONE: u64 = u64::MAX;
+
+impl PeerCert {
+    fn of(conn: &quinn::Connection) -> PeerCert {
+        PeerCert {
+            cert: identity::peer_certificates(conn).into_iter().next(),
+            named: AtomicU64::new(NAMED_NONE),
+        }
+    }
+
+    /// Whether the certificate names broker `broker`.
+    fn names(&self, broker: u64) -> bool {
+        if broker != NAMED_NONE && self.named.load(Ordering::Acquire) == broker {
+            return true;
+        }
+        let ok = self
+            .cert
+            .as_ref()
+            .is_some_and(|c| identity::names_broker(c, broker));
+        if ok {
+            self.named.store(broker, Ordering::Release);
+        }
+        ok
+    }
 }
 
 /// A connection that has carried no reply for this long when an RPC on it
@@ -366,6 +410,22 @@ impl Transport {
             return Err(terr(
                 "replication requires mutual TLS: a client CA and a certificate to present",
             ));
+        }
+        let broker = crate::types::broker_of(me);
+        let presented = [
+            server.chain.first(),
+            client.identity.as_ref().and_then(|(c, _)| c.first()),
+        ];
+        for cert in presented {
+            let Some(cert) = cert else {
+                return Err(terr("the replication certificate file holds no certificate"));
+            };
+            if !identity::names_broker(cert, broker) || !identity::names(cert, BROKER_NAME_SHARED) {
+                return Err(terr(format!(
+                    "the replication certificate must name this broker: DNS names {} and {BROKER_NAME_SHARED} (issue one per broker; `felix dev` does)",
+                    identity::broker_name(broker)
+                )));
+            }
         }
         let cfg = TransportConfig {
             // Raft has its own heartbeats; keep connections through quiet groups.
@@ -509,12 +569,15 @@ impl Transport {
         let sa: SocketAddr = addr
             .parse()
             .map_err(|e| terr(format!("peer address {addr}: {e}")))?;
-        let connecting = self.endpoint.connect(sa, "localhost").map_err(terr)?;
+        // Any broker of the cluster answers under the shared name; which
+        // one it is matters per RPC (`call_once`).
+        let connecting = self.endpoint.connect(sa, BROKER_NAME_SHARED).map_err(terr)?;
         let c = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| terr(format!("connecting to {addr} timed out")))?
             .map_err(terr)?;
         let p = Peer {
+            cert: Arc::new(PeerCert::of(&c)),
             conn: c,
             replied: Arc::new(AtomicU64::new(heard_now())),
         };
@@ -568,11 +631,18 @@ impl Transport {
         tail: Option<(&std::path::Path, bool)>,
     ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
         let peer = self.connection(addr).await?;
+        if target != TARGET_ANY && !peer.cert.names(crate::types::broker_of(target)) {
+            return Err(terr(format!(
+                "the broker at {addr} presented a certificate that does not name broker {}, the RPC's addressee",
+                crate::types::broker_of(target)
+            )));
+        }
         let (mut send, mut recv) = peer.conn.open_bi().await.map_err(terr)?;
         let mut head = Vec::with_capacity(HEAD_BYTES + body.len());
         head.push(kind);
         head.extend_from_slice(&group.0.to_le_bytes());
         head.extend_from_slice(&target.to_le_bytes());
+        head.extend_from_slice(&self.me.to_le_bytes());
         head.extend_from_slice(&(body.len() as u32).to_le_bytes());
         head.extend_from_slice(body);
         send.write_all(&head).await.map_err(terr)?;
@@ -730,14 +800,15 @@ async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId) {
                     return;
                 }
             };
+            let cert = Arc::new(PeerCert::of(&conn));
             let limit = Arc::new(tokio::sync::Semaphore::new(RPC_STREAMS_MAX));
             while let Ok((send, recv)) = conn.accept_bi().await {
                 let Ok(permit) = limit.clone().acquire_owned().await else {
                     return;
                 };
-                let router = router.clone();
+                let (router, cert) = (router.clone(), cert.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve(router, me, send, recv).await {
+                    if let Err(e) = serve(router, me, &cert, send, recv).await {
                         tracing::debug!(error = %e, "replication rpc failed");
                     }
                     drop(permit);
@@ -755,9 +826,21 @@ fn ser<T: Serialize>(v: &T) -> Result<Vec<u8>, String> {
     bincode::serialize(v).map_err(|e| e.to_string())
 }
 
+/// Whether a body's claim of who sent it (`claimed`, when it names a
+/// node) agrees with the head's `from`.
+fn claims(from: NodeId, claimed: Option<NodeId>, what: &str) -> Result<(), String> {
+    match claimed {
+        Some(c) if c != from => Err(format!(
+            "the {what} names node {c:#x}, but the sender is node {from:#x}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn serve(
     router: Router,
     me: NodeId,
+    cert: &PeerCert,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), ReplicationError> {
@@ -766,7 +849,19 @@ async fn serve(
     let kind = head[0];
     let group = GroupId(u64::from_le_bytes(head[1..9].try_into().expect("8 bytes")));
     let target = u64::from_le_bytes(head[9..17].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(head[17..21].try_into().expect("4 bytes")) as usize;
+    let from = u64::from_le_bytes(head[17..25].try_into().expect("8 bytes"));
+    let len = u32::from_le_bytes(head[25..29].try_into().expect("4 bytes")) as usize;
+    let sender = crate::types::broker_of(from);
+    if !cert.names(sender) {
+        return reply(
+            &mut send,
+            Err(format!(
+                "refused: the sender claims broker {sender}, but its certificate does not name {}",
+                identity::broker_name(sender)
+            )),
+        )
+        .await;
+    }
     if len > RPC_BYTES_MAX {
         return reply(
             &mut send,
@@ -788,7 +883,9 @@ async fn serve(
     if kind == KIND_BEAT {
         return reply(
             &mut send,
-            de::<Beat>(&body).and_then(|b| ser(&router.beat_in(b)?)),
+            de::<Beat>(&body)
+                .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
+                .and_then(|b| ser(&router.beat_in(b)?)),
         )
         .await;
     }
@@ -804,7 +901,9 @@ async fn serve(
     };
     let raft = hosted.raft.clone();
     let out: Result<Vec<u8>, String> = match kind {
-        KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body) {
+        KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body)
+            .and_then(|r| claims(from, r.vote.leader_id().voted_for(), "AppendEntries' leader").map(|()| r))
+        {
             Ok(req) => {
                 // The leader is awake (it writes, or heartbeats): so is this.
                 hosted.wake();
@@ -817,14 +916,18 @@ async fn serve(
             }
             Err(e) => Err(e),
         },
-        KIND_VOTE => match de::<VoteRequest<NodeId>>(&body) {
+        KIND_VOTE => match de::<VoteRequest<NodeId>>(&body)
+            .and_then(|r| claims(from, r.vote.leader_id().voted_for(), "vote's candidate").map(|()| r))
+        {
             Ok(req) => {
                 hosted.wake();
                 ser(&raft.vote(req).await)
             }
             Err(e) => Err(e),
         },
-        KIND_SNAPSHOT => match de::<(Vote, SnapshotMeta)>(&body) {
+        KIND_SNAPSHOT => match de::<(Vote, SnapshotMeta)>(&body)
+            .and_then(|r| claims(from, r.0.leader_id().voted_for(), "snapshot's leader").map(|()| r))
+        {
             Ok((vote, meta)) => {
                 hosted.wake();
                 let path = hosted
@@ -860,6 +963,11 @@ async fn serve(
             Err(e) => Err(e.to_string()),
         },
         KIND_JOIN => match de::<(NodeId, BrokerNode)>(&body) {
+            // A broker joins groups as itself only.
+            Ok((id, _)) if crate::types::broker_of(id) != sender => Err(format!(
+                "refused: broker {sender} asked to admit node {id:#x}, of broker {}",
+                crate::types::broker_of(id)
+            )),
             Ok((id, node)) => match membership::admit(&raft, group, id, node).await {
                 Ok(a) => ser(&a),
                 Err(e) => Err(e.to_string()),
@@ -869,6 +977,10 @@ async fn serve(
         KIND_SUCCESSOR => match de::<(NodeId, u64)>(&body) {
             // Only from the leader of this replica's term: a late message
             // from an earlier term must not steer a later election.
+            // ... and only from that leader.
+            Ok((_, _)) if raft.metrics().borrow().current_leader != Some(from) => Err(format!(
+                "a hand-over from node {from:#x}, which does not lead this group here"
+            )),
             Ok((successor, term)) if term == raft.metrics().borrow().current_term => {
                 hosted.handover.expect_successor(successor);
                 ser(&())

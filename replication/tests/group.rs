@@ -55,7 +55,11 @@ fn log_config() -> LogConfig {
 }
 
 async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
-    let certs = dev_certificates(root, &[]).unwrap();
+    let broker = felix_replication::broker_of(id);
+    let certs = dev_certificates(root, &[])
+        .unwrap()
+        .issue_broker(broker, &root.join(format!("certs-b{broker}")))
+        .unwrap();
     let router = Router::default();
     let until = Instant::now() + Duration::from_secs(10);
     let transport = loop {
@@ -64,8 +68,8 @@ async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
         match Transport::start(
             id,
             listen.parse().unwrap(),
-            &certs.server_tls(true).unwrap(),
-            &certs.client_tls(true).unwrap(),
+            &certs.server_tls().unwrap(),
+            &certs.client_tls().unwrap(),
             router.clone(),
         ) {
             Ok(t) => break t,

@@ -178,10 +178,17 @@ pub struct ClusterConfig {
     /// address than `raft_listen` (a proxy, NAT); `raft_listen` if unset.
     #[serde(default)]
     pub advertise_raft: Option<String>,
-    /// A directory of development certificates shared by every broker
-    /// (one CA): created if missing. Replication requires mutual TLS, and
-    /// clients are served with the same certificate.
-    pub tls_dir: PathBuf,
+    /// This broker's replication certificate (PEM). It must carry the DNS
+    /// names `broker-<broker_id>.felix` and `broker.felix` (see
+    /// `docs/security.md`): peers check that the broker an RPC claims to
+    /// come from is the one the certificate names. With `tls.dev = true`
+    /// clients are served this certificate too.
+    pub cert: PathBuf,
+    /// The replication certificate's private key (PEM; keep it 0600).
+    pub key: PathBuf,
+    /// The CA that signed every broker's replication certificate (PEM).
+    /// Only its certificate: a broker never holds a CA's private key.
+    pub ca: PathBuf,
     /// How often a shard's leader heartbeats its followers.
     #[serde(default = "heartbeat_default")]
     pub heartbeat_interval_ms: u64,
@@ -225,6 +232,15 @@ impl ClusterConfig {
         self.advertise_raft
             .clone()
             .unwrap_or_else(|| self.raft_listen.to_string())
+    }
+
+    /// This broker's replication certificate, key and the peers' CA.
+    pub fn certificate(&self) -> felix_client::transport::BrokerCertificate {
+        felix_client::transport::BrokerCertificate {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        }
     }
 
     pub fn group_config(&self) -> felix_replication::GroupConfig {
@@ -317,6 +333,23 @@ pub struct LocalMember {
     pub data_dir: PathBuf,
 }
 
+/// Writes `data` to `path` readable and writable by its owner only (0600),
+/// also over an older file with a wider mode: for files holding a secret
+/// (a broker's file names the control plane's secret; a profile, a token).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // A file made earlier keeps its mode through `open`.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
+}
+
 /// The configuration file of `me` as a broker of its own (no cluster);
 /// `extra` is appended.
 pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
@@ -328,24 +361,26 @@ pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
     )
 }
 
-/// The configuration file of `me` in a local cluster, sharing the
-/// development CA under `tls_dir`; `extra` is appended (more settings,
+/// The configuration file of `me` in a local cluster, with the replication
+/// certificate `cert` (issued to `me.id`); `extra` is appended (more settings,
 /// among them the `[controlplane]` every broker of a cluster follows: its
 /// registry names the peers). `advertise_raft`: where the others reach
 /// this broker's replication, when not at `me.raft` (through a proxy).
 pub fn local_cluster_toml(
     me: &LocalMember,
     advertise_raft: Option<SocketAddr>,
-    tls_dir: &Path,
+    cert: &felix_client::transport::BrokerCertificate,
     extra: &str,
 ) -> String {
     let mut t = format!(
-        "data_dir = {:?}\nbroker_id = {}\nlisten = \"{}\"\n{extra}\n[cluster]\nraft_listen = \"{}\"\ntls_dir = {:?}\n",
+        "data_dir = {:?}\nbroker_id = {}\nlisten = \"{}\"\n{extra}\n[cluster]\nraft_listen = \"{}\"\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
         me.data_dir.display().to_string(),
         me.id,
         me.client,
         me.raft,
-        tls_dir.display().to_string()
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+        cert.ca.display().to_string(),
     );
     if let Some(a) = advertise_raft {
         t.push_str(&format!("advertise_raft = \"{a}\"\n"));
@@ -540,7 +575,12 @@ mod tests {
             })
             .collect();
         let cp = "[controlplane]\nurls = [\"http://127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n";
-        let t = local_cluster_toml(&all[1], Some(all[0].raft), Path::new("/tmp/ca"), cp);
+        let cert = felix_client::transport::BrokerCertificate {
+            cert: "/tmp/b.pem".into(),
+            key: "/tmp/b.key".into(),
+            ca: "/tmp/ca.pem".into(),
+        };
+        let t = local_cluster_toml(&all[1], Some(all[0].raft), &cert, cp);
         let c: BrokerConfig = toml::from_str(&t).unwrap();
         assert!(c.check().is_ok(), "{t}");
         let cl = c.cluster.as_ref().unwrap();

@@ -255,7 +255,11 @@ mod tests {
                 data_dir: "/tmp/x".into(),
             },
             Some("127.0.0.1:9".parse().unwrap()),
-            std::path::Path::new("/tmp/ca"),
+            &felix_client::transport::BrokerCertificate {
+                cert: "/tmp/b.pem".into(),
+                key: "/tmp/b.key".into(),
+                ca: "/tmp/ca.pem".into(),
+            },
             "admin_listen = \"127.0.0.1:0\"\nadvertise = \"h:1\"\nlog_level = \"info\"\n[controlplane]\nurls = [\"http://a:1\"]\nsecret = \"0123456789abcdef\"\nzone = \"z\"\n[defaults]\nretention_ms = 5\nretention_bytes = 5\n[quotas]\npublish_records_per_s_max = 1\npublish_bytes_per_s_max = 1\n[tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"a\"\n",
         );
         let c: crate::config::BrokerConfig = toml::from_str(&t).unwrap();

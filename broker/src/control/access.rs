@@ -188,40 +188,64 @@ fn refusal(e: AuthError) -> BrokerError {
 /// The permission a request needs and the object it is needed on; `None`
 /// for requests any authenticated connection may make (metadata, whose
 /// answer is filtered to the caller's tenant instead).
-pub fn required(request: &Message) -> Result<Option<(Action, Object)>, BrokerError> {
-    let stream = |n: &str, a: Action| -> Result<Option<(Action, Object)>, BrokerError> {
-        let s = StreamName::parse(n)?;
-        Ok(Some((a, Object::stream(&s.tenant, &s.namespace, &s.name))))
-    };
-    let cache = |n: &str, a: Action| -> Result<Option<(Action, Object)>, BrokerError> {
-        let s = StreamName::parse(n)?;
-        Ok(Some((a, Object::cache(&s.tenant, &s.namespace, &s.name))))
-    };
-    match request {
-        Message::Publish { stream: n, .. } => stream(n, Action::StreamPublish),
-        Message::Subscribe { stream: n, .. } | Message::CommitCursor { stream: n, .. } => {
-            stream(n, Action::StreamSubscribe)
-        }
-        Message::StreamDescribe { name } => stream(name, Action::StreamSubscribe),
+///
+/// The resource's own kind (`kind_of`, from this broker's metadata)
+/// decides which permissions guard it, whichever operation names it: a
+/// publish to a cache needs `cache.write` on the cache, a cache put on a
+/// compacted stream `stream.publish` on the stream. Otherwise a grant on
+/// streams would read and write caches of the same name pattern, and the
+/// reverse.
+pub fn required(
+    request: &Message,
+    kind_of: impl Fn(&str) -> Option<crate::meta::StreamKind>,
+) -> Result<Option<(Action, Object)>, BrokerError> {
+    use crate::meta::StreamKind;
+    /// What a request does to its resource, whatever the resource is.
+    enum Use {
+        Write,
+        Read,
+        Consume,
+        Manage,
+    }
+    let (name, used, names_cache) = match request {
+        Message::Publish { stream: n, .. } => (n, Use::Write, false),
+        Message::Subscribe { stream: n, .. }
+        | Message::CommitCursor { stream: n, .. }
+        | Message::StreamDescribe { name: n } => (n, Use::Read, false),
         Message::GroupFetch { stream: n, .. }
         | Message::GroupAck { stream: n, .. }
         | Message::GroupNack { stream: n, .. }
-        | Message::GroupExtend { stream: n, .. } => stream(n, Action::StreamConsume),
-        Message::CacheGet { cache: n, .. } => cache(n, Action::CacheRead),
-        Message::CachePut { cache: n, .. } | Message::CacheDelete { cache: n, .. } => {
-            cache(n, Action::CacheWrite)
-        }
-        Message::StreamCreate(c) if c.kind == crate::meta::StreamKind::Cache => {
-            cache(&c.name, Action::ResourceManage)
-        }
-        Message::StreamCreate(c) => stream(&c.name, Action::ResourceManage),
+        | Message::GroupExtend { stream: n, .. } => (n, Use::Consume, false),
+        Message::CacheGet { cache: n, .. } => (n, Use::Read, true),
+        Message::CachePut { cache: n, .. } | Message::CacheDelete { cache: n, .. } => (n, Use::Write, true),
+        Message::StreamCreate(c) => (&c.name, Use::Manage, c.kind == StreamKind::Cache),
         Message::StreamDelete { name, .. } | Message::StreamSetRetention { name, .. } => {
-            stream(name, Action::ResourceManage)
+            (name, Use::Manage, false)
         }
-        Message::Metadata { .. } => Ok(None),
+        Message::Metadata { .. } => return Ok(None),
         // Anything else is refused by the handler as not a request.
-        _ => Ok(None),
-    }
+        _ => return Ok(None),
+    };
+    let s = StreamName::parse(name)?;
+    // A resource being created has no kind yet but the one asked for; an
+    // unknown one is refused later as unknown, after this check.
+    let is_cache = match request {
+        Message::StreamCreate(_) => names_cache,
+        _ => kind_of(name).map_or(names_cache, |k| k == StreamKind::Cache),
+    };
+    let action = match (used, is_cache) {
+        (Use::Write, true) => Action::CacheWrite,
+        (Use::Write, false) => Action::StreamPublish,
+        (Use::Read | Use::Consume, true) => Action::CacheRead,
+        (Use::Read, false) => Action::StreamSubscribe,
+        (Use::Consume, false) => Action::StreamConsume,
+        (Use::Manage, _) => Action::ResourceManage,
+    };
+    let object = match is_cache {
+        true => Object::cache(&s.tenant, &s.namespace, &s.name),
+        false => Object::stream(&s.tenant, &s.namespace, &s.name),
+    };
+    Ok(Some((action, object)))
 }
 
 #[cfg(test)]
@@ -358,23 +382,107 @@ mod tests {
             sequence: 0,
             batch: Bytes::new(),
         };
-        let (a, o) = required(&publish).unwrap().unwrap();
+        let none = |_: &str| None;
+        let (a, o) = required(&publish, none).unwrap().unwrap();
         assert_eq!(a, Action::StreamPublish);
         assert_eq!(o, Object::stream("acme", "prod", "orders"));
         let get = Message::CacheGet {
             cache: "sessions".into(),
             key: Bytes::from_static(b"k"),
         };
-        let (a, o) = required(&get).unwrap().unwrap();
+        let (a, o) = required(&get, none).unwrap().unwrap();
         assert_eq!(a, Action::CacheRead);
         assert_eq!(o, Object::cache("dev", "default", "sessions"));
-        assert!(required(&Message::Metadata { streams: vec![] })
+        assert!(required(&Message::Metadata { streams: vec![] }, none)
             .unwrap()
             .is_none());
-        assert!(required(&Message::StreamDelete {
-            name: "a/b".into(),
-            force: false
-        })
+        assert!(required(
+            &Message::StreamDelete {
+                name: "a/b".into(),
+                force: false
+            },
+            none
+        )
         .is_err());
+    }
+
+    #[test]
+    fn the_resources_kind_decides_its_permissions_whichever_operation_names_it() {
+        use crate::meta::StreamKind;
+        use bytes::Bytes;
+        let kinds = |n: &str| match n {
+            "acme/prod/sessions" => Some(StreamKind::Cache),
+            "acme/prod/table" => Some(StreamKind::Compacted),
+            _ => None,
+        };
+        let publish = |n: &str| Message::Publish {
+            stream: n.into(),
+            shard: None,
+            ack: felix_client::wire::AckLevel::Leader,
+            producer_id: 0,
+            sequence: 0,
+            batch: Bytes::new(),
+        };
+        let subscribe_to_cache = Message::Subscribe {
+            stream: "acme/prod/sessions".into(),
+            shards: vec![],
+            start: felix_client::wire::Start::Earliest,
+            durable: None,
+            credit_bytes: 0,
+        };
+        let put_to_stream = Message::CachePut {
+            cache: "acme/prod/table".into(),
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            ttl_ms: None,
+            if_version: None,
+            writer: 0,
+            sequence: 0,
+        };
+        let cache = Object::cache("acme", "prod", "sessions");
+        let table = Object::stream("acme", "prod", "table");
+        for (m, want) in [
+            (publish("acme/prod/sessions"), (Action::CacheWrite, cache.clone())),
+            (subscribe_to_cache, (Action::CacheRead, cache.clone())),
+            (put_to_stream, (Action::StreamPublish, table.clone())),
+            (publish("acme/prod/table"), (Action::StreamPublish, table.clone())),
+        ] {
+            assert_eq!(required(&m, kinds).unwrap().unwrap(), want, "{m:?}");
+        }
+        // So a token allowed to publish and subscribe to every stream of
+        // the namespace, and nothing else, neither writes nor reads the
+        // cache, and a cache writer does not write the compacted stream.
+        let key = new_signing_key("a1", [1; 32]);
+        let keys = Keys::default();
+        let jwks =
+            serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": key.kid, "x": key.public}]});
+        keys.set("acme", &jwks, 0);
+        let now_s = 1_000_000;
+        let perms = vec![
+            grant("stream.publish", "stream:acme/prod/*"),
+            grant("stream.subscribe", "stream:acme/prod/*"),
+        ];
+        let t = sign(&key, "acme", "p:streams", perms, now_s, 900).unwrap();
+        let Checked::Valid(c) = keys.check(&t, now_s as i64 * 1000).unwrap() else {
+            panic!("valid token not accepted")
+        };
+        let p = Principal { claims: c, token: t };
+        let (a, o) = required(&publish("acme/prod/sessions"), kinds).unwrap().unwrap();
+        assert!(p.check(a, &o, now_s).is_err());
+        let (a, o) = required(
+            &Message::CacheGet {
+                cache: "acme/prod/sessions".into(),
+                key: Bytes::new(),
+            },
+            kinds,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(p.check(a, &o, now_s).is_err());
+        let (a, o) = required(&publish("acme/prod/orders"), kinds).unwrap().unwrap();
+        assert!(
+            p.check(a, &o, now_s).is_ok(),
+            "the control: a stream is still written"
+        );
     }
 }

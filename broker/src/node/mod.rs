@@ -64,6 +64,10 @@ impl StreamHandle {
         self.meta.lock().expect("stream meta lock").clone()
     }
 
+    pub fn kind(&self) -> crate::meta::StreamKind {
+        self.meta.lock().expect("stream meta lock").kind
+    }
+
     /// How many shards the stream has (held here or not).
     pub fn count(&self) -> u32 {
         self.shards.len() as u32

@@ -11,7 +11,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use felix_broker::config::{local_cluster_toml, LocalMember};
-use felix_client::transport::{dev_certificates, ClientTls};
+use felix_client::transport::{dev_certificates, BrokerCertificate, ClientTls};
+
+/// Broker `m`'s replication certificate, issued by the test CA under
+/// `ca_dir` into the broker's own directory.
+fn issue(ca_dir: &Path, m: &LocalMember) -> BrokerCertificate {
+    dev_certificates(ca_dir, &[])
+        .unwrap()
+        .issue_broker(m.id, &m.data_dir.join("tls"))
+        .unwrap()
+}
 use felix_client::wire::Message;
 use felix_client::{Client, ClientConfig, Route};
 
@@ -166,7 +175,8 @@ impl LocalCluster {
                     .expect("every member")
                     .raft;
                 let advertise = (seen != m.raft).then_some(seen);
-                std::fs::write(&config, local_cluster_toml(m, advertise, &tls_dir, &extra)).unwrap();
+                let cert = issue(&tls_dir, m);
+                std::fs::write(&config, local_cluster_toml(m, advertise, &cert, &extra)).unwrap();
                 Member {
                     at: m.clone(),
                     config,
@@ -228,7 +238,7 @@ impl LocalCluster {
         drop(held);
         std::fs::write(
             &config,
-            local_cluster_toml(&at, advertise, &self.root.join("ca"), &self.extra),
+            local_cluster_toml(&at, advertise, &issue(&self.root.join("ca"), &at), &self.extra),
         )
         .unwrap();
         self.members.push(Member {

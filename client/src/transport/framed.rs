@@ -1,6 +1,9 @@
 //! Frames over one QUIC stream: reading with the sans-IO decoder, writing
 //! encoded messages.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
 use crate::wire::{self, Decoded, FrameDecoder, Message, WireError};
@@ -20,6 +23,51 @@ pub enum ReadError {
     Truncated,
     #[error("stream: {0}")]
     Stream(#[from] quinn::ReadError),
+    /// The connection's unfinished frames hold more than its budget.
+    #[error("frames still arriving on this connection hold more than {max} bytes")]
+    Overloaded { max: usize },
+}
+
+/// Bytes of unfinished frames buffered across all streams of one
+/// connection, and how many it may hold: the memory a peer can pin by
+/// starting frames and not finishing them. Decoded requests are counted
+/// apart (the server's in-flight limit).
+#[derive(Debug)]
+pub struct PartialBudget {
+    used: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl PartialBudget {
+    pub fn new(max: usize) -> PartialBudget {
+        PartialBudget {
+            used: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` more bytes, unless that would pass the budget.
+    fn take(&self, n: usize) -> Result<(), usize> {
+        let max = self.max.load(Ordering::Acquire);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(n).filter(|t| *t <= max)
+            })
+            .map(|_| ())
+            .map_err(|_| max)
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 /// What the next read produced.
@@ -35,6 +83,8 @@ pub enum Incoming {
 pub struct FrameReader {
     recv: quinn::RecvStream,
     decoder: FrameDecoder,
+    /// The connection's budget, and what this stream holds of it.
+    budget: Option<(Arc<PartialBudget>, usize)>,
 }
 
 impl FrameReader {
@@ -42,13 +92,49 @@ impl FrameReader {
         FrameReader {
             recv,
             decoder: wire::decoder(),
+            budget: None,
         }
+    }
+
+    /// A reader whose unfinished frames count against `budget`, taking
+    /// bodies of at most `body_max` bytes until [`FrameReader::set_body_max`].
+    pub fn bounded(recv: quinn::RecvStream, budget: Arc<PartialBudget>, body_max: usize) -> FrameReader {
+        let mut decoder = wire::decoder();
+        decoder.set_body_max(body_max);
+        FrameReader {
+            recv,
+            decoder,
+            budget: Some((budget, 0)),
+        }
+    }
+
+    pub fn set_body_max(&mut self, body_max: usize) {
+        self.decoder.set_body_max(body_max);
+    }
+
+    /// Charges (or refunds) the budget for what the decoder holds now.
+    fn settle(&mut self) -> Result<(), ReadError> {
+        let Some((budget, held)) = &mut self.budget else {
+            return Ok(());
+        };
+        let now = self.decoder.buffered();
+        if now > *held {
+            budget
+                .take(now - *held)
+                .map_err(|max| ReadError::Overloaded { max })?;
+        } else {
+            budget.give(*held - now);
+        }
+        *held = now;
+        Ok(())
     }
 
     /// The next message or refusal; `Ok(None)` at a clean end of stream.
     pub async fn next(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
-            match self.decoder.next_frame().map_err(ReadError::Wire)? {
+            let next = self.decoder.next_frame().map_err(ReadError::Wire)?;
+            self.settle()?;
+            match next {
                 Some(Decoded::Frame(f)) => {
                     return Ok(Some(match wire::decode(f) {
                         Ok((id, m)) => Incoming::Message(id, m),
@@ -61,7 +147,10 @@ impl FrameReader {
                 None => {}
             }
             match self.recv.read_chunk(READ_CHUNK_BYTES_MAX, true).await? {
-                Some(chunk) => self.decoder.feed(&chunk.bytes),
+                Some(chunk) => {
+                    self.decoder.feed(&chunk.bytes);
+                    self.settle()?;
+                }
                 None => {
                     return match self.decoder.finish() {
                         Ok(()) => Ok(None),
@@ -75,6 +164,14 @@ impl FrameReader {
     /// Tells the peer to stop sending on this stream.
     pub fn stop(&mut self) {
         let _ = self.recv.stop(0u32.into());
+    }
+}
+
+impl Drop for FrameReader {
+    fn drop(&mut self) {
+        if let Some((budget, held)) = &self.budget {
+            budget.give(*held);
+        }
     }
 }
 

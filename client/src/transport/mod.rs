@@ -3,6 +3,7 @@
 //! [`crate::conn`] run the protocol over them.
 
 pub mod framed;
+pub mod identity;
 pub mod tls;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use quinn::{EndpointConfig, IdleTimeout, TokioRuntime, VarInt};
 use thiserror::Error;
 
-pub use tls::{dev_certificates, ClientTls, DevCertificates, ServerTls};
+pub use tls::{dev_certificates, BrokerCertificate, ClientTls, DevCertificates, ServerTls};
 
 /// ALPN protocol id of client↔broker connections, protocol version 1.
 pub const ALPN: &[u8] = b"felix/1";

@@ -194,14 +194,9 @@ pub fn dev_certificates(dir: &Path, extra_names: &[String]) -> Result<DevCertifi
         move |source| TransportError::File { path, source }
     };
     std::fs::create_dir_all(&tls).map_err(io(&tls))?;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rcgen::{CertificateParams, DnType, KeyPair};
     let ca_key = KeyPair::generate().map_err(tls_err)?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "Felix development CA");
-    let ca = ca_params.self_signed(&ca_key).map_err(tls_err)?;
+    let ca = dev_ca_params()?.self_signed(&ca_key).map_err(tls_err)?;
 
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     names.extend(extra_names.iter().cloned());
@@ -224,6 +219,87 @@ pub fn dev_certificates(dir: &Path, extra_names: &[String]) -> Result<DevCertifi
     // The CA last: its presence with the rest marks a complete set.
     write(&d.ca, ca.pem().as_bytes(), false)?;
     Ok(d)
+}
+
+/// The development CA's certificate parameters. A child is matched to its
+/// issuer by the issuer's name and verified with its key, so the CA
+/// rebuilt from these and `ca.key` signs certificates that chain to the
+/// `ca.pem` written once.
+fn dev_ca_params() -> Result<rcgen::CertificateParams, TransportError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa};
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "Felix development CA");
+    Ok(p)
+}
+
+/// One broker's replication certificate and key, and the CA its peers'
+/// certificates must chain to. The certificate names the broker
+/// ([`super::identity`]); it is presented both ways, to the peers it
+/// dials and to the peers that dial it. Holds no CA key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl BrokerCertificate {
+    /// Serving peers: this broker's certificate, and peers' certificates
+    /// required from `ca`.
+    pub fn server_tls(&self) -> Result<ServerTls, TransportError> {
+        ServerTls::from_pem_files(&self.cert, &self.key, Some(&self.ca))
+    }
+
+    /// Dialling peers: `ca` trusted, this broker's certificate presented.
+    pub fn client_tls(&self) -> Result<ClientTls, TransportError> {
+        ClientTls::from_pem_files(&self.ca, Some((&self.cert, &self.key)))
+    }
+}
+
+impl DevCertificates {
+    /// Issues broker `broker` a replication certificate under `dir`
+    /// (`broker.pem`, `broker.key` with mode 0600), signed by this CA,
+    /// naming the broker and `localhost`, so it also serves the broker's
+    /// clients. Reuses one already there that names `broker`. The broker
+    /// is given the certificate, its key and `ca.pem`, never `ca.key`.
+    pub fn issue_broker(&self, broker: u64, dir: &Path) -> Result<BrokerCertificate, TransportError> {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let out = BrokerCertificate {
+            cert: dir.join("broker.pem"),
+            key: dir.join("broker.key"),
+            ca: self.ca.clone(),
+        };
+        if out.key.exists() && out.cert.exists() {
+            let chain = certs_pem(&read(&out.cert)?, &out.cert)?;
+            if super::identity::names_broker(&chain[0], broker) {
+                return Ok(out);
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(|source| TransportError::File {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let ca_key_path = self.dir.join("ca.key");
+        let ca_key_pem = String::from_utf8(read(&ca_key_path)?).map_err(tls_err)?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(tls_err)?;
+        let ca = dev_ca_params()?.self_signed(&ca_key).map_err(tls_err)?;
+        let mut names = super::identity::broker_names(broker);
+        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]);
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let mut p = CertificateParams::new(names).map_err(tls_err)?;
+        p.distinguished_name
+            .push(DnType::CommonName, format!("felix broker {broker} (dev)"));
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &ca, &ca_key).map_err(tls_err)?;
+        write(&out.key, key.serialize_pem().as_bytes(), true)?;
+        write(&out.cert, cert.pem().as_bytes(), false)?;
+        Ok(out)
+    }
 }
 
 fn write(path: &Path, data: &[u8], secret: bool) -> Result<(), TransportError> {

@@ -125,6 +125,13 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the largest body accepted from the next frame on (capped at
+    /// [`FRAME_BODY_BYTES_MAX`]): a server takes small frames until the
+    /// peer has authenticated.
+    pub fn set_body_max(&mut self, body_max: usize) {
+        self.body_max = body_max.min(FRAME_BODY_BYTES_MAX);
+    }
+
     /// Adds bytes read from the stream.
     pub fn feed(&mut self, mut data: &[u8]) {
         if self.skip > 0 {
@@ -174,8 +181,9 @@ impl FrameDecoder {
         }
         let total = HEADER_BYTES + h.body_len as usize;
         if self.buf.len() < total {
-            // Reserve once for the whole frame rather than growing by reads.
-            self.buf.reserve(total - self.buf.len());
+            // Nothing is reserved on the header's word: 24 bytes declaring
+            // a 16 MiB body would otherwise cost 16 MiB per stream before
+            // the body exists. The buffer grows with the bytes that came.
             return Ok(None);
         }
         self.buf.advance(HEADER_BYTES);

@@ -70,6 +70,7 @@ pub(super) async fn rbac_edit<T: DeserializeOwned>(
     let c = caller(n, h, &t)?;
     let x: T = body(b)?;
     let cmd = command(c.grants(&t), t, x);
+    n.read(|m| m.refuses(&cmd)).map_err(CpError::Apply)?;
     Ok(applied(n.propose(&c.actor(), cmd).await?))
 }
 

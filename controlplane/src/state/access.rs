@@ -4,6 +4,37 @@
 use super::*;
 
 impl Metadata {
+    /// Refuses an RBAC edit its caller's grants do not cover, against the
+    /// current state and without proposing it: a token without the right
+    /// must not be able to fill the capped audit log with its refusals.
+    /// `apply` checks again (the rules may change in between).
+    pub fn refuses(&self, command: &Command) -> Result<(), ApplyError> {
+        use Command::*;
+        let tenant = match command {
+            AddPolicy { tenant, .. }
+            | RemovePolicy { tenant, .. }
+            | AddGrouping { tenant, .. }
+            | RemoveGrouping { tenant, .. } => tenant,
+            _ => return Ok(()),
+        };
+        let mut rules = self.tenant(tenant)?.rules.clone();
+        let checked = match command {
+            AddPolicy { caller, policy, .. } => {
+                check_in_tenant(tenant, &policy.object)?;
+                rules.add_policy(caller, policy.clone())
+            }
+            RemovePolicy { caller, policy, .. } => rules.remove_policy(caller, policy),
+            AddGrouping { caller, grouping, .. } => rules.add_grouping(caller, grouping.clone()),
+            RemoveGrouping { caller, grouping, .. } => rules.remove_grouping(caller, grouping),
+            _ => return Ok(()),
+        };
+        match checked.map_err(ApplyError::from) {
+            // Bad input is refused by apply, and audited.
+            Err(e) if e.kind == ErrorKind::Forbidden => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn run_access(&mut self, env: &Envelope) -> Result<Vec<Change>, ApplyError> {
         use Command::*;
         let now = env.now_ms;

@@ -1,0 +1,187 @@
+//! Broker identities on the replication transport: a process holding one
+//! broker's certificate cannot speak for another broker, and a certificate
+//! from another CA is not let in at all. The attacker here is a raw QUIC
+//! client writing RPC heads by hand (`docs/format/raft-rpc.md`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use felix_client::transport::{self, dev_certificates, BrokerCertificate, TransportConfig};
+use felix_log::{Durability, LogConfig, RaftIndex, SharedLog};
+use felix_replication::network::RAFT_ALPN;
+use felix_replication::{node_id, Applier, BrokerNode, GroupConfig, GroupId, Replica, Router, Transport};
+
+const KIND_JOIN: u8 = 7;
+const KIND_GROUPS: u8 = 9;
+const GROUP: GroupId = GroupId(11);
+
+struct Nothing;
+impl Applier for Nothing {
+    fn apply_through(&self, _: RaftIndex) -> Result<(), String> {
+        Ok(())
+    }
+    fn installed(&self, _: RaftIndex, _: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Broker 3, leading a one-replica group.
+async fn broker3(root: &std::path::Path, cert: &BrokerCertificate) -> (Arc<Transport>, Replica) {
+    let me = node_id(3, 1);
+    let router = Router::default();
+    let t = Transport::start(
+        me,
+        "127.0.0.1:0".parse().unwrap(),
+        &cert.server_tls().unwrap(),
+        &cert.client_tls().unwrap(),
+        router.clone(),
+    )
+    .unwrap();
+    let cfg = LogConfig {
+        durability: Durability::Always,
+        segment_bytes: 2 << 20,
+        batch_bytes_max: 1 << 20,
+        ..LogConfig::default()
+    };
+    let (log, _) = SharedLog::open(root.join("b3/log"), cfg).unwrap();
+    let replica = Replica::start(
+        me,
+        GROUP,
+        Arc::new(log),
+        root.join("b3/raft"),
+        Arc::new(Nothing),
+        None,
+        t.clone(),
+        &router,
+        GroupConfig::default(),
+    )
+    .await
+    .unwrap();
+    let node = BrokerNode {
+        raft_addr: t.local_addr().unwrap().to_string(),
+        client_addr: String::new(),
+    };
+    replica.initialize(BTreeMap::from([(me, node)])).await.unwrap();
+    assert!(
+        replica.led_within(Duration::from_secs(20)).await,
+        "broker 3 never led its group"
+    );
+    (t, replica)
+}
+
+/// One RPC over a fresh connection presenting `cert`: the reply's status
+/// and text, or the connection's error.
+async fn rpc(
+    to: std::net::SocketAddr,
+    cert: &BrokerCertificate,
+    kind: u8,
+    from: u64,
+    body: &[u8],
+) -> Result<(u8, String), String> {
+    let ep = transport::client_endpoint(
+        &cert.client_tls().unwrap(),
+        RAFT_ALPN,
+        &TransportConfig::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let conn = ep
+        .connect(to, "broker.felix")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let mut head = vec![kind];
+    head.extend_from_slice(&GROUP.0.to_le_bytes());
+    head.extend_from_slice(&0u64.to_le_bytes());
+    head.extend_from_slice(&from.to_le_bytes());
+    head.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    head.extend_from_slice(body);
+    send.write_all(&head).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let reply = recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
+    if reply.len() < 5 {
+        return Err(format!("a reply of {} bytes", reply.len()));
+    }
+    Ok((reply[0], String::from_utf8_lossy(&reply[5..]).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_speaks_only_for_the_broker_it_names_and_another_ca_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = dev_certificates(&tmp.path().join("ca"), &[]).unwrap();
+    let c2 = ca.issue_broker(2, &tmp.path().join("c2")).unwrap();
+    let c3 = ca.issue_broker(3, &tmp.path().join("c3")).unwrap();
+    let (t3, replica) = broker3(tmp.path(), &c3).await;
+    let addr = t3.local_addr().unwrap();
+    let voters_before = replica.voters();
+
+    // Broker 2's certificate, used by another process, asks to join broker
+    // 3's group as broker 3 (a new incarnation of it): refused, by the
+    // certificate check.
+    let impostor = node_id(3, 9);
+    let node = BrokerNode {
+        raft_addr: "127.0.0.1:9".into(),
+        client_addr: String::new(),
+    };
+    let join = bincode::serialize(&(impostor, &node)).unwrap();
+    let (status, text) = rpc(addr, &c2, KIND_JOIN, impostor, &join).await.unwrap();
+    assert_eq!(status, 1, "{text}");
+    assert!(text.contains("does not name broker-3.felix"), "{text}");
+
+    // ... and as itself, asking to admit broker 3's node: refused, by the
+    // body's claim.
+    let (status, text) = rpc(addr, &c2, KIND_JOIN, node_id(2, 1), &join).await.unwrap();
+    assert_eq!(status, 1, "{text}");
+    assert!(text.contains("asked to admit node"), "{text}");
+
+    // The same certificate speaking for its own broker is served: the
+    // refusals above are about identity, not about broker 2.
+    let ask = bincode::serialize(&vec![GROUP]).unwrap();
+    let (status, text) = rpc(addr, &c2, KIND_GROUPS, node_id(2, 1), &ask).await.unwrap();
+    assert_eq!(status, 0, "{text}");
+
+    // Nothing of the group changed.
+    assert_eq!(replica.voters(), voters_before);
+    let learners = replica
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .learner_ids()
+        .count();
+    assert_eq!(learners, 0, "a refused join left a learner behind");
+
+    // A certificate from another CA, even one naming broker 3, never gets
+    // past the handshake.
+    let other = dev_certificates(&tmp.path().join("other-ca"), &[]).unwrap();
+    let rogue = other.issue_broker(3, &tmp.path().join("rogue")).unwrap();
+    let r = rpc(addr, &rogue, KIND_GROUPS, node_id(3, 1), &ask).await;
+    assert!(r.is_err(), "a certificate of another CA was served: {r:?}");
+
+    // A broker cannot even start as broker 3 with broker 2's certificate.
+    let e = Transport::start(
+        node_id(3, 2),
+        "127.0.0.1:0".parse().unwrap(),
+        &c2.server_tls().unwrap(),
+        &c2.client_tls().unwrap(),
+        Router::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("broker-3.felix"), "{e}");
+
+    // The generic development certificate (`client.pem`), which names no
+    // broker, is refused for every broker id.
+    let generic = BrokerCertificate {
+        cert: ca.client_cert.clone(),
+        key: ca.client_key.clone(),
+        ca: ca.ca.clone(),
+    };
+    for from in [node_id(1, 1), node_id(2, 1), node_id(3, 1)] {
+        let (status, text) = rpc(addr, &generic, KIND_GROUPS, from, &ask).await.unwrap();
+        assert_eq!(status, 1, "{text}");
+        assert!(text.contains("does not name"), "{text}");
+    }
+    t3.close();
+}
