@@ -222,6 +222,9 @@ impl NodeHandler {
                 p.check(action, &object, now_s)?;
             }
         }
+        if let Message::Publish { batch, .. } = request {
+            crate::shard::check_timestamps(batch, self.node.now_ms())?;
+        }
         if let Message::Publish { stream, batch, .. } = request {
             let mut quotas = self.node.quotas.lock().expect("quota lock");
             if quotas.is_empty() {

@@ -801,3 +801,52 @@ fn cut_at(chunk: ReadChunk, from: u64, hwm: u64) -> ReadChunk {
         next_offset: Offset(next.unwrap_or(from)),
     }
 }
+
+/// How far ahead of the broker's clock a published record's timestamp may
+/// be (Kafka's `message.timestamp.after.max.ms` is the same idea). Time
+/// retention deletes a segment once its newest record is old enough, and
+/// a lookup by time finds the first record at or after a time: one record
+/// dated years ahead would keep its segment, and every later one, from
+/// ever expiring.
+pub const RECORD_TIMESTAMP_AHEAD_MS_MAX: i64 = 3_600_000;
+
+/// Refuses a client batch dated more than [`RECORD_TIMESTAMP_AHEAD_MS_MAX`]
+/// ahead of `now_ms`. A batch whose header does not decode is left to the
+/// publish path, which says what is wrong with it.
+pub fn check_timestamps(batch: &[u8], now_ms: i64) -> Result<(), BrokerError> {
+    let Ok(h) = felix_log::batch::BatchHeader::decode(batch) else {
+        return Ok(());
+    };
+    let ahead = h.max_timestamp_ms.saturating_sub(now_ms);
+    if ahead > RECORD_TIMESTAMP_AHEAD_MS_MAX {
+        return Err(BrokerError::Invalid(format!(
+            "a record is timestamped {} ms, {ahead} ms ahead of this broker's clock ({now_ms} ms); at most {RECORD_TIMESTAMP_AHEAD_MS_MAX} ms ahead is taken",
+            h.max_timestamp_ms
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_dated_past_the_limit_ahead_of_the_clock_is_refused() {
+        let now = 1_700_000_000_000i64;
+        let at = |ts: i64| felix_testkit::Batch::of(&["v"]).ts(ts).bytes();
+        assert!(check_timestamps(&at(now), now).is_ok());
+        assert!(
+            check_timestamps(&at(now - 10 * 365 * 86_400_000), now).is_ok(),
+            "the past is fine"
+        );
+        assert!(check_timestamps(&at(now + RECORD_TIMESTAMP_AHEAD_MS_MAX), now).is_ok());
+        let e = check_timestamps(&at(now + RECORD_TIMESTAMP_AHEAD_MS_MAX + 1), now).unwrap_err();
+        assert!(matches!(e, BrokerError::Invalid(_)), "{e}");
+        assert!(check_timestamps(&at(i64::MAX), now).is_err());
+        assert!(
+            check_timestamps(b"not a batch", now).is_ok(),
+            "left to the publish path"
+        );
+    }
+}

@@ -101,7 +101,7 @@ impl LocalBrokers {
             let text = match replicated {
                 true => {
                     let cert = certs
-                        .issue_broker(m.id, &m.data_dir.join("tls"))
+                        .issue_broker(m.id, &cert_dir(&data_dir, m.id))
                         .with_context(|| format!("issuing broker {}'s certificate", m.id))?;
                     local_cluster_toml(m, None, &cert, extra)
                 }
@@ -142,7 +142,7 @@ impl LocalBrokers {
         std::fs::create_dir_all(&m.data_dir)?;
         let path = m.data_dir.join("broker.toml");
         let cert = dev_certificates(&root.join("cluster"), &[])
-            .and_then(|ca| ca.issue_broker(id, &m.data_dir.join("tls")))
+            .and_then(|ca| ca.issue_broker(id, &cert_dir(&root, id)))
             .with_context(|| format!("issuing broker {id}'s certificate"))?;
         let text = local_cluster_toml(&m, None, &cert, extra);
         write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
@@ -183,6 +183,14 @@ impl Drop for LocalBrokers {
             let _ = c.wait();
         }
     }
+}
+
+/// Where broker `id`'s certificate and key are kept: beside its data
+/// directory, not in it, so a broker whose disk is lost (its directory
+/// emptied) comes back with the same identity certificate, as one whose
+/// certificate an operator provisions apart from its data would.
+fn cert_dir(root: &Path, id: u64) -> std::path::PathBuf {
+    root.join("certs").join(format!("broker{id}"))
 }
 
 /// Runs the cluster with a control plane in this process (at `cp`) that

@@ -42,7 +42,11 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Embedded, Brok
     let dir = data_dir.join(DIR);
     std::fs::create_dir_all(&dir)?;
     let secret = secret(&dir.join("secret"))?;
+    // The brokers get a credential of their own, which can neither mint
+    // tokens nor change metadata; the operator's stays in `secret`.
+    let broker_secret = self::secret(&dir.join("broker-secret"))?;
     let mut cfg = NodeConfig::single(dir.join("raft"), listen, secret.clone());
+    cfg.broker_secret = Some(broker_secret.clone());
     cfg.token_ttl_s = DEV_TOKEN_TTL_S;
     let handle = felix_controlplane::server::start(cfg)
         .await
@@ -88,7 +92,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Embedded, Brok
     let url = format!("http://{}", handle.addr);
     let link = ControlPlaneConfig {
         urls: vec![url.clone()],
-        secret: secret.clone(),
+        secret: broker_secret,
         zone: None,
         shards_max: 10_000,
         heartbeat_interval_ms: 5_000,

@@ -23,9 +23,22 @@ pub struct NodeConfig {
     /// single node.
     #[serde(default)]
     pub peers: Vec<PeerAddr>,
-    /// Shared by control-plane nodes, brokers and operators; the bearer
-    /// token of cluster-wide operations.
+    /// The operator's bearer token: every operation of the API. Also the
+    /// brokers' and the control-plane peers' credential where
+    /// `broker_secret` or `peer_secret` is not set.
     pub cluster_secret: String,
+    /// The brokers' bearer token (16 bytes or more): register, heartbeat,
+    /// report a move done and read the feed, nothing else. A stolen one
+    /// cannot mint tokens or change metadata. Brokers configured with it
+    /// cannot create streams for clients that bring no token
+    /// (`require_tokens = false`).
+    #[serde(default)]
+    pub broker_secret: Option<String>,
+    /// The control-plane nodes' bearer token among themselves (Raft RPCs,
+    /// forwarded proposals; 16 bytes or more). When set, `cluster_secret`
+    /// no longer opens those routes.
+    #[serde(default)]
+    pub peer_secret: Option<String>,
     /// The day-0 bootstrap endpoint: off unless both are set.
     #[serde(default)]
     pub bootstrap_listen: Option<SocketAddr>,
@@ -95,6 +108,11 @@ fn default_election_max() -> u64 {
 }
 
 impl NodeConfig {
+    /// What control-plane nodes present to each other.
+    pub fn peer_credential(&self) -> &str {
+        self.peer_secret.as_deref().unwrap_or(&self.cluster_secret)
+    }
+
     /// A single node with the defaults, for `felix dev` and tests.
     pub fn single(data_dir: PathBuf, listen: SocketAddr, cluster_secret: String) -> NodeConfig {
         NodeConfig {
@@ -104,6 +122,8 @@ impl NodeConfig {
             data_dir,
             peers: Vec::new(),
             cluster_secret,
+            broker_secret: None,
+            peer_secret: None,
             bootstrap_listen: None,
             bootstrap_secret: None,
             broker_heartbeat_interval_ms: default_heartbeat(),
@@ -120,6 +140,21 @@ impl NodeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.cluster_secret.len() < 16 {
             return Err("cluster_secret must be at least 16 bytes".into());
+        }
+        for (key, s) in [
+            ("broker_secret", &self.broker_secret),
+            ("peer_secret", &self.peer_secret),
+        ] {
+            match s {
+                Some(s) if s.len() < 16 => return Err(format!("{key} must be at least 16 bytes")),
+                Some(s) if *s == self.cluster_secret => {
+                    return Err(format!("{key} must differ from cluster_secret"))
+                }
+                _ => {}
+            }
+        }
+        if self.broker_secret.is_some() && self.broker_secret == self.peer_secret {
+            return Err("broker_secret and peer_secret must differ".into());
         }
         if !self.peers.is_empty() && !self.peers.iter().any(|p| p.id == self.id) {
             return Err(format!("peers does not list this node's id {}", self.id));

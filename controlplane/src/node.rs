@@ -115,7 +115,7 @@ impl Node {
         }
         .validate()
         .map_err(|e| CpError::BadRequest(e.to_string()))?;
-        let network = Network::new(cfg.cluster_secret.clone());
+        let network = Network::new(cfg.peer_credential().to_owned());
         let outvoted = network.outvoted.clone();
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone())
             .await
@@ -224,7 +224,7 @@ impl Node {
         let r = self
             .http
             .post(format!("http://{leader}/raft/propose"))
-            .header(SECRET_HEADER, &self.cfg.cluster_secret)
+            .header(SECRET_HEADER, self.cfg.peer_credential())
             .timeout(Duration::from_millis(WRITE_TIMEOUT_MS))
             .json(&Forwarded {
                 actor: actor.to_owned(),

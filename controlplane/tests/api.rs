@@ -20,12 +20,17 @@ struct Cp {
 
 impl Cp {
     async fn start() -> Cp {
+        Cp::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut NodeConfig)) -> Cp {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = NodeConfig::single(
             dir.path().join("cp"),
             "127.0.0.1:0".parse().unwrap(),
             SECRET.into(),
         );
+        configure(&mut cfg);
         cfg.bootstrap_listen = Some("127.0.0.1:0".parse().unwrap());
         cfg.bootstrap_secret = Some(BOOT.into());
         cfg.token_ttl_s = 60;
@@ -818,5 +823,131 @@ async fn refused_rbac_edits_are_not_proposed_and_do_not_fill_the_audit_log() {
         !policies.to_string().contains("stream.publish"),
         "a refused policy was written: {policies}"
     );
+    cp.h.shutdown().await;
+}
+
+const BROKERS: &str = "test-brokers-secret-0123456789";
+const PEERS: &str = "test-peers-secret-0123456789";
+
+/// Three credentials: the brokers' one registers, heartbeats, reports
+/// moves and reads the feed, and is refused everything else (it cannot
+/// mint a token, create a tenant or a stream, drain a broker or speak
+/// Raft); the peers' one opens the Raft routes, which the operator's no
+/// longer does.
+#[tokio::test]
+async fn the_brokers_and_the_peers_credentials_open_only_their_own_routes() {
+    let cp = Cp::start_with(|c| {
+        c.broker_secret = Some(BROKERS.into());
+        c.peer_secret = Some(PEERS.into());
+    })
+    .await;
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let mut brokers_routes = 0;
+    for (method, path, who, _) in ROUTES {
+        let concrete = path
+            .replace("{tenant}", "acme")
+            .replace("{namespace}", "n")
+            .replace("{stream}", "s")
+            .replace("{cache}", "c")
+            .replace("{name}", "s")
+            .replace("{shard}", "0")
+            .replace("{broker}", "1")
+            .replace("{group}", "1");
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (s, v) = cp.call(m, &concrete, Some(BROKERS), Some(json!({}))).await;
+        let refused = s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN;
+        match *who {
+            "anyone" | "upstream IdP token" => {}
+            "operator or broker" => {
+                brokers_routes += 1;
+                assert!(
+                    !refused,
+                    "{method} {path}: the brokers' credential was refused: {s} {v}"
+                );
+            }
+            // Refused, not understood, or a list filtered to nothing:
+            // never done, nothing shown.
+            _ => assert!(
+                refused
+                    || s == StatusCode::BAD_REQUEST
+                    || s == StatusCode::NOT_FOUND
+                    || (s == StatusCode::OK && v["items"] == json!([])),
+                "{method} {path} ({who}) served the brokers' credential: {s} {v}"
+            ),
+        }
+    }
+    assert_eq!(brokers_routes, 5);
+    with_brokers(&cp, 1).await;
+    // A stream: the operator may create it, the brokers' credential only
+    // its dead-letter stream.
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants/acme/namespaces",
+            Some(json!({"name": "pay"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let stream = |name: &str| json!({"name": name, "shards": 1, "replication_factor": 1});
+    let streams = "/v1/tenants/acme/namespaces/pay/streams";
+    let (s, v) = cp.op(Method::POST, streams, Some(stream("orders"))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for name in ["other", "nothing.dlq"] {
+        let (s, v) = cp
+            .call(Method::POST, streams, Some(BROKERS), Some(stream(name)))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{name}: {v}");
+    }
+    let (s, v) = cp
+        .call(Method::POST, streams, Some(BROKERS), Some(stream("orders.dlq")))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = cp
+        .call(
+            Method::POST,
+            "/v1/tenants/acme/token/issue",
+            Some(BROKERS),
+            Some(json!({"principal": "p:x"})),
+        )
+        .await;
+    assert!(
+        s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED,
+        "{s} {v}"
+    );
+    // What a broker does, done with its credential.
+    let (s, v) = cp
+        .call(
+            Method::POST,
+            "/v1/brokers",
+            Some(BROKERS),
+            Some(json!({"id": 1, "client_addr": "127.0.0.1:1", "raft_addr": "127.0.0.1:2"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = cp
+        .call(Method::GET, "/v1/feed/snapshot", Some(BROKERS), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Raft: the peers' credential only.
+    let raft = |secret: &'static str| {
+        cp.http
+            .post(format!("http://{}/raft/vote", cp.h.addr))
+            .header(felix_controlplane::raft::network::SECRET_HEADER, secret)
+            .body("{}")
+            .send()
+    };
+    for wrong in [SECRET, BROKERS] {
+        assert_eq!(raft(wrong).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    }
+    assert_ne!(raft(PEERS).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    // A one-node control plane proposes to itself; a write through it still
+    // works with the operator's credential.
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants", Some(json!({"name": "beta"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
     cp.h.shutdown().await;
 }

@@ -29,6 +29,8 @@ pub struct MaintenanceStats {
     pub segments_rewritten: u64,
     pub records_dropped: u64,
     pub errors: u64,
+    /// Shards whose work panicked (each dropped from the rounds).
+    pub panics: u64,
     pub last_report: Option<CompactionReport>,
 }
 
@@ -104,6 +106,37 @@ fn round(index: &Index, shards: &Shards, stats: &Mutex<MaintenanceStats>, now_ms
         .map(|(s, (l, c))| (*s, l.clone(), *c))
         .collect();
     for (shard, log, config) in work {
+        // One thread serves every shard of the broker: a panic in one
+        // shard's work (a broken invariant) must not end compaction and
+        // TTL sweeps for all of them. That shard is dropped from the
+        // rounds, loudly; the others go on.
+        let one = std::panic::AssertUnwindSafe(|| maintain(index, stats, shard, &log, &config, now_ms));
+        if let Err(panic) = std::panic::catch_unwind(one) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            tracing::error!(%shard, why, "maintenance of the shard panicked: its compaction and TTL sweeps stop until it is registered again");
+            lock(shards).remove(&shard);
+            let mut st = lock(stats);
+            st.errors += 1;
+            st.panics += 1;
+        }
+    }
+    lock(stats).rounds += 1;
+}
+
+/// One round's work on one shard: TTL sweeps, then compaction.
+fn maintain(
+    index: &Index,
+    stats: &Mutex<MaintenanceStats>,
+    shard: ShardId,
+    log: &SharedLog,
+    config: &CompactionConfig,
+    now_ms: i64,
+) {
+    {
         for _ in 0..SWEEPS_PER_ROUND_MAX {
             match index.sweep_expired(shard, now_ms, SWEEP_KEYS_MAX) {
                 Ok(s) => {
@@ -119,7 +152,7 @@ fn round(index: &Index, shards: &Shards, stats: &Mutex<MaintenanceStats>, now_ms
                 }
             }
         }
-        match index.compact_shard(shard, &log, &config, now_ms, false) {
+        match index.compact_shard(shard, log, config, now_ms, false) {
             Ok(r) => {
                 let mut st = lock(stats);
                 if r.skipped.is_none() {
@@ -137,5 +170,4 @@ fn round(index: &Index, shards: &Shards, stats: &Mutex<MaintenanceStats>, now_ms
             }
         }
     }
-    lock(stats).rounds += 1;
 }

@@ -126,17 +126,43 @@ impl SealedSegment {
         self.header.generation
     }
 
-    /// The segment's batches, in order.
-    pub fn batches(&self) -> impl Iterator<Item = Batch> + '_ {
+    /// The segment's batches, in order, each checked (header and
+    /// checksums): the file may have been damaged since it was opened, and
+    /// a rewrite must not carry damage into a new generation. Ends after
+    /// the first error.
+    pub fn batches(&self) -> impl Iterator<Item = Result<Batch>> + '_ {
         let mut pos = SEGMENT_HEADER_BYTES;
+        let mut failed = false;
         std::iter::from_fn(move || {
-            if pos >= self.bytes.len() {
+            if failed || pos >= self.bytes.len() {
                 return None;
             }
-            let h = BatchHeader::decode(&self.bytes[pos..]).expect("sealed segment batches were verified");
-            let b = Batch::trusted(h, self.bytes.slice(pos..pos + h.batch_len as usize));
-            pos += h.batch_len as usize;
-            Some(b)
+            let next = BatchHeader::decode(&self.bytes[pos..])
+                .map_err(|e| e.to_string())
+                .and_then(|h| {
+                    let end = pos
+                        .checked_add(h.batch_len as usize)
+                        .filter(|end| *end <= self.bytes.len())
+                        .ok_or_else(|| {
+                            format!("a batch of {} bytes runs past the segment's end", h.batch_len)
+                        })?;
+                    Batch::new(self.bytes.slice(pos..end)).map_err(|e| e.to_string())
+                });
+            match next {
+                Ok(b) => {
+                    pos += b.bytes().len();
+                    Some(Ok(b))
+                }
+                Err(reason) => {
+                    failed = true;
+                    Some(Err(LogError::Corrupt {
+                        path: self.path.clone(),
+                        position: pos as u64,
+                        end: self.bytes.len() as u64,
+                        reason,
+                    }))
+                }
+            }
         })
     }
 
@@ -159,6 +185,7 @@ impl SealedSegment {
         out.extend_from_slice(&header.encode());
         let mut dropped = 0u64;
         for b in self.batches() {
+            let b = b?;
             let before = b.header().record_count;
             match crate::batch::compact(&b, &mut keep, COMPACTION_ZSTD_LEVEL)? {
                 Some(new) => {

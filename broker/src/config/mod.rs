@@ -105,7 +105,11 @@ pub struct ControlPlaneConfig {
     /// Base URLs of the control-plane nodes (`http://host:port`); any one
     /// answers, and the next is tried when one does not.
     pub urls: Vec<String>,
-    /// The control plane's operator credential (its `cluster_secret`).
+    /// The brokers' credential: the control plane's `broker_secret`, which
+    /// lets a broker register, heartbeat and follow the feed and nothing
+    /// more. Its `cluster_secret` (the operator's) works too, and is needed
+    /// only for brokers that create streams for clients without tokens
+    /// (`require_tokens = false`).
     pub secret: String,
     /// This broker's zone, for spreading replicas.
     #[serde(default)]

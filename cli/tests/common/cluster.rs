@@ -14,11 +14,12 @@ use felix_broker::config::{local_cluster_toml, LocalMember};
 use felix_client::transport::{dev_certificates, BrokerCertificate, ClientTls};
 
 /// Broker `m`'s replication certificate, issued by the test CA under
-/// `ca_dir` into the broker's own directory.
+/// `ca_dir` into a directory beside the CA's (not the broker's data
+/// directory, which a test may empty to rebuild the broker).
 fn issue(ca_dir: &Path, m: &LocalMember) -> BrokerCertificate {
     dev_certificates(ca_dir, &[])
         .unwrap()
-        .issue_broker(m.id, &m.data_dir.join("tls"))
+        .issue_broker(m.id, &ca_dir.join(format!("b{}", m.id)))
         .unwrap()
 }
 use felix_client::wire::Message;

@@ -29,7 +29,7 @@ pub(super) async fn list_brokers(State(n): S, h: HeaderMap) -> ApiResult {
 }
 
 pub(super) async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiResult {
-    operator(&n, &h)?;
+    broker_or_operator(&n, &h)?;
     let registration: BrokerRegistration = body(&b)?;
     registration.validate().map_err(bad)?;
     let actor = format!("broker:{}", registration.id);
@@ -52,7 +52,7 @@ pub(super) async fn heartbeat(
     Path(id): Path<u32>,
     b: Bytes,
 ) -> Result<Response, ApiError> {
-    operator(&n, &h)?;
+    broker_or_operator(&n, &h)?;
     let hb: Heartbeat = if b.is_empty() {
         Heartbeat::default()
     } else {
@@ -136,7 +136,7 @@ pub(super) async fn move_done(
     h: HeaderMap,
     Path((broker, group)): Path<(u32, u64)>,
 ) -> ApiResult {
-    let c = operator(&n, &h)?;
+    let c = broker_or_operator(&n, &h)?;
     Ok(applied(
         n.propose(&c.actor(), Command::MoveDone { group, broker }).await?,
     ))
@@ -186,7 +186,7 @@ pub(super) fn broker_view(m: &crate::state::Metadata) -> Value {
 }
 
 pub(super) async fn feed_snapshot(State(n): S, h: HeaderMap) -> ApiResult {
-    operator(&n, &h)?;
+    broker_or_operator(&n, &h)?;
     Ok(Json(n.read(broker_view)))
 }
 
@@ -199,7 +199,7 @@ pub(super) struct Since {
 }
 
 pub(super) async fn feed_changes(State(n): S, h: HeaderMap, Query(q): Query<Since>) -> ApiResult {
-    operator(&n, &h)?;
+    broker_or_operator(&n, &h)?;
     let wait = Duration::from_millis(q.wait_ms.min(FEED_WAIT_MS_MAX));
     let mut rx = n.sm.subscribe();
     // Served by any node from its applied state: brokers keep following a

@@ -100,16 +100,16 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/audit", "tenant.manage", "The tenant's audit log (newest last)."),
     ("get", "/v1/audit", "operator", "The whole audit log."),
     ("get", "/v1/brokers", "operator", "Brokers, their status and the replicas on each; retired ids."),
-    ("post", "/v1/brokers", "operator", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?}."),
-    ("post", "/v1/brokers/{broker}/heartbeat", "operator", "A broker is alive {subscribers: {\"t/ns/s\": n}}."),
+    ("post", "/v1/brokers", "operator or broker", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?}."),
+    ("post", "/v1/brokers/{broker}/heartbeat", "operator or broker", "A broker is alive {subscribers: {\"t/ns/s\": n}}."),
     ("post", "/v1/brokers/{broker}/drain", "operator", "Move a broker's leaderships and replicas away."),
     ("post", "/v1/brokers/{broker}/undrain", "operator", "Let a drained broker take shards again (ends a decommission)."),
     ("post", "/v1/brokers/{broker}/decommission", "operator", "Move every replica and leadership off a broker, then remove it from the registry; its id is never reused."),
-    ("post", "/v1/brokers/{broker}/moves/{group}/done", "operator", "A move off this broker finished: it left the group."),
+    ("post", "/v1/brokers/{broker}/moves/{group}/done", "operator or broker", "A move off this broker finished: it left the group."),
     ("post", "/v1/rebalance", "operator", "Even out preferred leaders; with a body {strategy?: balanced|minimize_movement, stream?: \"t/ns/name\"}, replicas too."),
     ("get", "/v1/rebalance", "operator", "The rebalance in progress and the replica moves in progress."),
-    ("get", "/v1/feed/snapshot", "operator", "The brokers' view (no secrets) at version V."),
-    ("get", "/v1/feed/changes", "operator", "Changes since ?since=V, long-polled up to ?wait_ms=; 410 when V is too old."),
+    ("get", "/v1/feed/snapshot", "operator or broker", "The brokers' view (no secrets) at version V."),
+    ("get", "/v1/feed/changes", "operator or broker", "Changes since ?since=V, long-polled up to ?wait_ms=; 410 when V is too old."),
 ];
 
 struct ApiError(StatusCode, String);
@@ -186,6 +186,8 @@ fn check_name(what: &str, n: &str) -> ApiResult<()> {
 enum Caller {
     /// The cluster secret: every operation.
     Operator,
+    /// The brokers' secret: registration, heartbeats, moves done, the feed.
+    Broker,
     Token(FelixClaims),
 }
 
@@ -193,6 +195,7 @@ impl Caller {
     fn actor(&self) -> String {
         match self {
             Caller::Operator => "operator".into(),
+            Caller::Broker => "broker".into(),
             Caller::Token(c) => c.sub.clone(),
         }
     }
@@ -200,6 +203,10 @@ impl Caller {
     fn require(&self, action: Action, object: &Object) -> ApiResult<()> {
         match self {
             Caller::Operator => Ok(()),
+            Caller::Broker => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("the brokers' credential does not allow {action} on {object}"),
+            )),
             Caller::Token(c) => Ok(c.check(action, object)?),
         }
     }
@@ -207,6 +214,7 @@ impl Caller {
     fn grants(&self, tenant: &str) -> Vec<Grant> {
         match self {
             Caller::Operator => tenant_admin_grants(tenant),
+            Caller::Broker => Vec::new(),
             Caller::Token(c) => c.perms.clone(),
         }
     }
@@ -237,6 +245,22 @@ fn operator(node: &Node, h: &HeaderMap) -> ApiResult<Caller> {
     ))
 }
 
+/// The operator, or a broker with the brokers' credential (when the
+/// control plane has one): for what brokers do, and nothing else.
+fn broker_or_operator(node: &Node, h: &HeaderMap) -> ApiResult<Caller> {
+    let t = bearer(h)?;
+    if same(t, &node.cfg.cluster_secret) {
+        return Ok(Caller::Operator);
+    }
+    if node.cfg.broker_secret.as_deref().is_some_and(|b| same(t, b)) {
+        return Ok(Caller::Broker);
+    }
+    Err(ApiError(
+        StatusCode::FORBIDDEN,
+        "this operation needs the operator's or the brokers' credential".into(),
+    ))
+}
+
 /// The caller of a request on namespace `ns` of tenant `t`: the name is
 /// checked first, so a bad one is a 400 before any token is looked at.
 fn ns_caller(n: &Node, h: &HeaderMap, t: &str, ns: &str) -> ApiResult<Caller> {
@@ -249,6 +273,11 @@ fn caller(node: &Node, h: &HeaderMap, tenant: &str) -> ApiResult<Caller> {
     let t = bearer(h)?;
     if same(t, &node.cfg.cluster_secret) {
         return Ok(Caller::Operator);
+    }
+    if node.cfg.broker_secret.as_deref().is_some_and(|b| same(t, b)) {
+        // Refused by `require`; allowed only what brokers define
+        // themselves (a stream's dead-letter stream).
+        return Ok(Caller::Broker);
     }
     let keys = node.read(|m| m.tenants.get(tenant).map(|t| t.keys.clone()));
     let Some(keys) = keys else {

@@ -7,7 +7,7 @@ pub(super) fn internal(n: &Node, h: &HeaderMap) -> ApiResult<()> {
     let ok = h
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|s| same(s, &n.cfg.cluster_secret));
+        .is_some_and(|s| same(s, n.cfg.peer_credential()));
     if ok {
         Ok(())
     } else {

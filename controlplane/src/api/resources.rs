@@ -39,7 +39,28 @@ pub(super) async fn create_placed<P: Placed>(
     let c = ns_caller(&n, &h, &t, &ns)?;
     let x: NewPlaced<P::Spec> = body(&b)?;
     check_stream_name(P::KIND, &x.name)?;
-    c.require(Action::ResourceManage, &P::object(&t, &ns, &x.name))?;
+    match c {
+        // A broker defines the dead-letter stream of a stream it serves
+        // (`<name>.dlq`) and nothing else.
+        Caller::Broker => {
+            let source = x.name.strip_suffix(felix_model::names::DLQ_SUFFIX);
+            let exists = P::KIND == "stream"
+                && source.is_some_and(|s| {
+                    n.read(|m| m.namespace(&t, &ns).is_ok_and(|x| x.streams.contains_key(s)))
+                });
+            if !exists {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the brokers' credential creates only a stream's dead-letter stream ({}), not {:?}",
+                        felix_model::names::DLQ_SUFFIX,
+                        x.name
+                    ),
+                ));
+            }
+        }
+        _ => c.require(Action::ResourceManage, &P::object(&t, &ns, &x.name))?,
+    }
     P::validate(&x.spec).map_err(bad)?;
     let cmd = P::create(t, ns, x.name, x.spec);
     Ok(applied(n.propose(&c.actor(), cmd).await?))
