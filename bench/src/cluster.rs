@@ -466,15 +466,17 @@ pub(crate) async fn cluster_on_loopback(
     for (path, body) in bodies {
         let r = http
             .post(format!("{api}{path}"))
-            .bearer_auth(&cp.link.secret)
+            .bearer_auth(&cp.operator_secret)
             .json(&body)
             .send()
             .await?;
         anyhow::ensure!(r.status().is_success(), "{path}: {}", r.text().await?);
     }
+    // Clients bring no tokens here, so brokers create streams for them
+    // as the operator: they get the operator's credential.
     let follow = format!(
         "[controlplane]\nurls = {:?}\nsecret = {:?}\nrequire_tokens = false\n",
-        cp.link.urls, cp.link.secret
+        cp.link.urls, cp.operator_secret
     );
     let brokers = LocalBrokers::spawn(
         crate::RUN_BROKER,

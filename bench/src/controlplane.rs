@@ -89,7 +89,7 @@ async fn bench(brokers: u32, streams: u32, shards: u32, heartbeat_ms: u64) -> an
     let api = Arc::new(Api {
         http: reqwest::Client::new(),
         base: format!("http://{}", cp.handle.addr),
-        secret: cp.link.secret.clone(),
+        secret: cp.operator_secret.clone(),
     });
     let post = reqwest::Method::POST;
     api.ok(post.clone(), "/v1/tenants", Some(json!({"name": "bench"})))

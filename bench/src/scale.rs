@@ -115,7 +115,7 @@ async fn onto_new_broker(preload: u64, shards: u32, producers: u64) -> anyhow::R
     let http = reqwest::Client::new();
     let cp = format!("http://{}", c.cp.handle.addr);
     let get = |path: &'static str| {
-        let (http, cp, secret) = (http.clone(), cp.clone(), c.cp.link.secret.clone());
+        let (http, cp, secret) = (http.clone(), cp.clone(), c.cp.operator_secret.clone());
         async move {
             let v: serde_json::Value = http
                 .get(format!("{cp}{path}"))
@@ -202,7 +202,6 @@ struct Placed {
 impl Placed {
     async fn start(dir: &std::path::Path, n: u32, shards: u32) -> anyhow::Result<Placed> {
         let OnLoopback { brokers, cp, follow } = cluster_on_loopback(dir, n, "", &[]).await?;
-        let link = &cp.link;
         let mut cfg = client_config(&brokers)?;
         cfg.token = Bytes::from(cp.dev_token.clone());
         let http = reqwest::Client::new();
@@ -211,7 +210,7 @@ impl Placed {
         loop {
             let v: serde_json::Value = http
                 .get(format!("http://{}/v1/brokers", cp.handle.addr))
-                .bearer_auth(&link.secret)
+                .bearer_auth(&cp.operator_secret)
                 .send()
                 .await?
                 .json()
@@ -227,7 +226,7 @@ impl Placed {
                 "http://{}/v1/tenants/dev/namespaces/default/streams",
                 cp.handle.addr
             ))
-            .bearer_auth(&link.secret)
+            .bearer_auth(&cp.operator_secret)
             .json(&serde_json::json!({"name": "scale", "shards": shards, "replication_factor": 3}))
             .send()
             .await?;

@@ -31,7 +31,12 @@ const READY_WAIT_MS: u64 = 15_000;
 #[derive(Debug)]
 pub struct Embedded {
     pub handle: Handle,
+    /// What the brokers follow it with (their credential, not the
+    /// operator's).
     pub link: ControlPlaneConfig,
+    /// The operator's credential (`cluster_secret`), for what only the
+    /// operator may do.
+    pub operator_secret: String,
     /// A token of the development tenant's administrator.
     pub dev_token: String,
 }
@@ -102,6 +107,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Embedded, Brok
     Ok(Embedded {
         handle,
         link,
+        operator_secret: secret,
         dev_token,
     })
 }
