@@ -95,6 +95,24 @@ async fn with_brokers(cp: &Cp, n: u32) {
     }
 }
 
+/// A documented route (`ROUTES`) as a request: its method, and its path
+/// with every parameter filled in, the tenant as `tenant`.
+fn concrete(method: &str, path: &str, tenant: &str) -> (Method, String) {
+    let path = path
+        .replace("{tenant}", tenant)
+        .replace("{namespace}", "n")
+        .replace("{stream}", "s")
+        .replace("{cache}", "c")
+        .replace("{name}", "s")
+        .replace("{shard}", "0")
+        .replace("{broker}", "1")
+        .replace("{group}", "1");
+    (
+        Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+        path,
+    )
+}
+
 #[tokio::test]
 async fn every_documented_route_is_served_and_the_openapi_document_lists_it() {
     let cp = Cp::start().await;
@@ -105,14 +123,7 @@ async fn every_documented_route_is_served_and_the_openapi_document_lists_it() {
             doc["paths"][path][method].is_object(),
             "{method} {path} missing from the document"
         );
-        let concrete = path
-            .replace("{tenant}", "t")
-            .replace("{namespace}", "n")
-            .replace("{stream}", "s")
-            .replace("{cache}", "c")
-            .replace("{broker}", "1")
-            .replace("{group}", "1");
-        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (m, concrete) = concrete(method, path, "t");
         let (s, v) = cp.call(m, &concrete, Some("x"), Some(json!({}))).await;
         assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert!(!err(&v).contains("no such endpoint"), "{method} {path}: {v}");
@@ -847,16 +858,7 @@ async fn the_brokers_and_the_peers_credentials_open_only_their_own_routes() {
     assert_eq!(s, StatusCode::OK, "{v}");
     let mut brokers_routes = 0;
     for (method, path, who, _) in ROUTES {
-        let concrete = path
-            .replace("{tenant}", "acme")
-            .replace("{namespace}", "n")
-            .replace("{stream}", "s")
-            .replace("{cache}", "c")
-            .replace("{name}", "s")
-            .replace("{shard}", "0")
-            .replace("{broker}", "1")
-            .replace("{group}", "1");
-        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let (m, concrete) = concrete(method, path, "acme");
         let (s, v) = cp.call(m, &concrete, Some(BROKERS), Some(json!({}))).await;
         let refused = s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN;
         match *who {
