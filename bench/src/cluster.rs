@@ -452,9 +452,11 @@ pub(crate) async fn cluster_on_loopback(
     extra: &str,
     namespaces: &[&str],
 ) -> anyhow::Result<OnLoopback> {
-    let cp = felix_cli::embedded::start(dir, "127.0.0.1:0".parse()?).await?;
-    let api = format!("http://{}", cp.handle.addr);
-    let http = reqwest::Client::new();
+    // The brokers' development CA (under `cluster/`) issues the control
+    // plane's certificate too.
+    let cp = felix_cli::embedded::start(dir, "127.0.0.1:0".parse()?, &dir.join("cluster")).await?;
+    let api = cp.handle.url();
+    let http = cp.api_client()?;
     let bodies = std::iter::once(("/v1/tenants".to_owned(), serde_json::json!({"name": "bench"}))).chain(
         namespaces.iter().map(|ns| {
             (
@@ -475,8 +477,10 @@ pub(crate) async fn cluster_on_loopback(
     // Clients bring no tokens here, so brokers create streams for them
     // as the operator: they get the operator's credential.
     let follow = format!(
-        "[controlplane]\nurls = {:?}\nsecret = {:?}\nrequire_tokens = false\n",
-        cp.link.urls, cp.operator_secret
+        "[controlplane]\nurls = {:?}\nsecret = {:?}\nrequire_tokens = false\n{}",
+        cp.link.urls,
+        cp.operator_secret,
+        felix_cli::devcluster::ca_line(cp.link.ca.as_deref())
     );
     let brokers = LocalBrokers::spawn(
         crate::RUN_BROKER,

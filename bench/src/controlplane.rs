@@ -85,10 +85,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 
 async fn bench(brokers: u32, streams: u32, shards: u32, heartbeat_ms: u64) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let cp = felix_cli::embedded::start(dir.path(), "127.0.0.1:0".parse()?).await?;
+    let cp = felix_cli::embedded::start(dir.path(), "127.0.0.1:0".parse()?, dir.path()).await?;
     let api = Arc::new(Api {
-        http: reqwest::Client::new(),
-        base: format!("http://{}", cp.handle.addr),
+        http: cp.api_client()?,
+        base: cp.handle.url(),
         secret: cp.operator_secret.clone(),
     });
     let post = reqwest::Method::POST;

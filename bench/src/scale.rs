@@ -112,8 +112,8 @@ async fn onto_new_broker(preload: u64, shards: u32, producers: u64) -> anyhow::R
     let added = Instant::now();
     let i = brokers.add(&c.extra)?;
     let pid = brokers.children[i].as_ref().context("the new broker")?.id();
-    let http = reqwest::Client::new();
-    let cp = format!("http://{}", c.cp.handle.addr);
+    let http = c.cp.api_client()?;
+    let cp = c.cp.handle.url();
     let get = |path: &'static str| {
         let (http, cp, secret) = (http.clone(), cp.clone(), c.cp.operator_secret.clone());
         async move {
@@ -204,12 +204,13 @@ impl Placed {
         let OnLoopback { brokers, cp, follow } = cluster_on_loopback(dir, n, "", &[]).await?;
         let mut cfg = client_config(&brokers)?;
         cfg.token = Bytes::from(cp.dev_token.clone());
-        let http = reqwest::Client::new();
+        let http = cp.api_client()?;
+        let api = cp.handle.url();
         let deadline = Instant::now() + READY_WAIT_MAX;
         // Every broker registered, so placement spreads over all of them.
         loop {
             let v: serde_json::Value = http
-                .get(format!("http://{}/v1/brokers", cp.handle.addr))
+                .get(format!("{api}/v1/brokers"))
                 .bearer_auth(&cp.operator_secret)
                 .send()
                 .await?
@@ -222,10 +223,7 @@ impl Placed {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let made = http
-            .post(format!(
-                "http://{}/v1/tenants/dev/namespaces/default/streams",
-                cp.handle.addr
-            ))
+            .post(format!("{api}/v1/tenants/dev/namespaces/default/streams"))
             .bearer_auth(&cp.operator_secret)
             .json(&serde_json::json!({"name": "scale", "shards": shards, "replication_factor": 3}))
             .send()

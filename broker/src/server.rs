@@ -37,6 +37,10 @@ pub struct ClientProfile {
     /// The control plane's API, for `felix` commands that talk to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controlplane: Option<String>,
+    /// PEM file of the CA that issued the control plane's certificate
+    /// (`https://`); absent: `ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controlplane_ca: Option<PathBuf>,
     /// The brokers' admin HTTP addresses (`/metrics`, `/live`, `/ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admin: Vec<String>,
@@ -213,6 +217,7 @@ mod tests {
             key: None,
             token: Some("secret-token".into()),
             controlplane: None,
+            controlplane_ca: None,
             admin: Vec::new(),
         };
         p.save(&path).unwrap();

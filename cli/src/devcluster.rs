@@ -193,22 +193,30 @@ fn cert_dir(root: &Path, id: u64) -> std::path::PathBuf {
     root.join("certs").join(format!("broker{id}"))
 }
 
+/// The `[controlplane]` line naming the CA its certificate comes from.
+pub fn ca_line(ca: Option<&Path>) -> String {
+    ca.map(|c| format!("ca = {:?}\n", c.display().to_string()))
+        .unwrap_or_default()
+}
+
 /// Runs the cluster with a control plane in this process (at `cp`) that
 /// every broker follows, until SIGINT or SIGTERM.
 pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
-    let embedded = crate::embedded::start(&data_dir, cp)
+    let embedded = crate::embedded::start(&data_dir, cp, &data_dir.join("cluster"))
         .await
         .with_context(|| format!("starting the embedded control plane on {cp}"))?;
     let link = &embedded.link;
     let extra = format!(
-        "[controlplane]\nurls = {:?}\nsecret = {:?}\n",
-        link.urls, link.secret
+        "[controlplane]\nurls = {:?}\nsecret = {:?}\n{}",
+        link.urls,
+        link.secret,
+        ca_line(link.ca.as_deref())
     );
     let brokers = LocalBrokers::spawn(BROKER_SUBCOMMAND, &data_dir, listen, n, &extra, true)?;
     let profile_path = data_dir.join("client.toml");
-    let cp_url = format!("http://{}", embedded.handle.addr);
+    let cp_url = embedded.handle.url();
     ClientProfile {
         brokers: brokers.client_addresses(),
         server_name: "localhost".into(),
@@ -217,6 +225,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
         key: None,
         token: Some(embedded.dev_token.clone()),
         controlplane: Some(cp_url.clone()),
+        controlplane_ca: link.ca.clone(),
         admin: Vec::new(),
     }
     .save(&profile_path)?;

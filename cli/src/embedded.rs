@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use felix_controlplane::config::ApiTls;
 use felix_controlplane::model::{NamespaceSpec, TenantSpec};
 use felix_controlplane::node::{fresh_key, NodeConfig};
 use felix_controlplane::server::Handle;
@@ -42,10 +43,15 @@ pub struct Embedded {
 }
 
 /// Starts (or restarts, on the same data) the embedded control plane and
-/// makes sure the development tenant exists.
-pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Embedded, BrokerError> {
+/// makes sure the development tenant exists. It serves HTTPS with a
+/// certificate from the development CA under `ca_dir` (made there if
+/// missing: the one the brokers' certificates come from).
+pub async fn start(data_dir: &Path, listen: SocketAddr, ca_dir: &Path) -> Result<Embedded, BrokerError> {
     let dir = data_dir.join(DIR);
     std::fs::create_dir_all(&dir)?;
+    let issued = felix_client::transport::dev_certificates(ca_dir, &[])
+        .and_then(|ca| ca.issue_controlplane(&dir.join("tls"), &[]))
+        .map_err(|e| BrokerError::ControlPlane(format!("issuing the control plane's certificate: {e}")))?;
     let secret = secret(&dir.join("secret"))?;
     // The brokers get a credential of their own, which can neither mint
     // tokens nor change metadata; the operator's stays in `secret`.
@@ -53,6 +59,11 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Embedded, Brok
     let mut cfg = NodeConfig::single(dir.join("raft"), listen, secret.clone());
     cfg.broker_secret = Some(broker_secret.clone());
     cfg.token_ttl_s = DEV_TOKEN_TTL_S;
+    cfg.tls = Some(ApiTls {
+        cert: issued.cert,
+        key: issued.key,
+        ca: issued.ca.clone(),
+    });
     let handle = felix_controlplane::server::start(cfg)
         .await
         .map_err(|e| BrokerError::ControlPlane(format!("starting the embedded control plane: {e}")))?;
@@ -94,22 +105,32 @@ pub async fn start(data_dir: &Path, listen: SocketAddr) -> Result<Embedded, Brok
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let url = format!("http://{}", handle.addr);
+    let url = handle.url();
     let link = ControlPlaneConfig {
         urls: vec![url.clone()],
+        ca: Some(issued.ca),
         secret: broker_secret,
         zone: None,
         shards_max: 10_000,
         heartbeat_interval_ms: 5_000,
         require_tokens: true,
     };
-    let dev_token = issue(&url, &secret).await?;
+    let dev_token = issue(&url, link.ca.as_deref(), &secret).await?;
     Ok(Embedded {
         handle,
         link,
         operator_secret: secret,
         dev_token,
     })
+}
+
+impl Embedded {
+    /// A client of its API that trusts its certificate.
+    pub fn api_client(&self) -> Result<reqwest::Client, BrokerError> {
+        felix_broker::control::http_client(self.link.ca.as_deref())?
+            .build()
+            .map_err(|e| BrokerError::ControlPlane(e.to_string()))
+    }
 }
 
 /// The operator secret, made on first start and kept (mode 0600).
@@ -131,8 +152,11 @@ fn secret(path: &Path) -> Result<String, BrokerError> {
 
 /// A token for the development administrator, through the API as any
 /// operator would get one.
-async fn issue(url: &str, secret: &str) -> Result<String, BrokerError> {
-    let r = reqwest::Client::new()
+async fn issue(url: &str, ca: Option<&Path>, secret: &str) -> Result<String, BrokerError> {
+    let http = felix_broker::control::http_client(ca)?
+        .build()
+        .map_err(|e| BrokerError::ControlPlane(e.to_string()))?;
+    let r = http
         .post(format!("{url}/v1/tenants/{DEV_TENANT}/token/issue"))
         .bearer_auth(secret)
         .json(&serde_json::json!({ "principal": DEV_PRINCIPAL }))

@@ -87,8 +87,9 @@ enum Command {
     /// Configuration files: check one, print the documented schema.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Development certificates: a CA, and one replication certificate
-    /// per broker signed by it.
+    /// Development certificates: a CA, one replication certificate per
+    /// broker and serving certificates for control-plane nodes, signed by
+    /// it.
     #[command(subcommand)]
     Certs(CertsCommand),
     /// Print a shell completion script (e.g. `felix completions bash >
@@ -108,6 +109,20 @@ enum CertsCommand {
         ca_dir: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Issue a control-plane node its serving certificate
+    /// (`controlplane.pem`, `controlplane.key`) under --out for
+    /// `localhost`, `127.0.0.1` and every --name (the hosts its peers and
+    /// brokers reach it under), signed by the development CA under
+    /// --ca-dir. Prints the node's [tls] table.
+    Controlplane {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// A host name or IP address the node is reached under.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -312,6 +327,17 @@ fn run(args: Cli) -> anyhow::Result<()> {
             let c = ca.issue_broker(broker, &out)?;
             println!(
                 "[cluster]\ncert = {:?}\nkey = {:?}\nca = {:?}",
+                c.cert.display().to_string(),
+                c.key.display().to_string(),
+                c.ca.display().to_string()
+            );
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Controlplane { ca_dir, out, names }) => {
+            let ca = felix_client::transport::dev_certificates(&ca_dir, &[])?;
+            let c = ca.issue_controlplane(&out, &names)?;
+            println!(
+                "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}",
                 c.cert.display().to_string(),
                 c.key.display().to_string(),
                 c.ca.display().to_string()

@@ -60,7 +60,10 @@ impl Operator {
             })?
             .trim()
             .to_owned();
-        let http = reqwest::Client::builder()
+        // The control plane's own CA when the profile names one, else the
+        // brokers' (`felix dev` issues both from one).
+        let ca = p.controlplane_ca.as_ref().unwrap_or(&p.ca);
+        let http = felix_broker::control::http_client(url.starts_with("https://").then_some(ca.as_path()))?
             .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
             .build()?;
         Ok(Operator { url, secret, http })

@@ -41,7 +41,7 @@ pub fn combined_from_files(broker: PathBuf, cp: PathBuf) -> anyhow::Result<()> {
         let h = felix_controlplane::server::start(node)
             .await
             .context("starting the control-plane node")?;
-        println!("felix controlplane {id} listening on http://{}", h.addr);
+        println!("felix controlplane {id} listening on {}", h.url());
         let served = serve(c, Some(broker), None).await;
         h.shutdown().await;
         served
@@ -73,7 +73,9 @@ pub async fn serve(
         .with_context(|| format!("resolving {}", config.data_dir.display()))?;
     let embedded = match dev {
         Some(listen) => {
-            let e = crate::embedded::start(&config.data_dir, listen)
+            // The broker's development CA is made (or found) under its
+            // data directory; the control plane's certificate comes from it.
+            let e = crate::embedded::start(&config.data_dir, listen, &config.data_dir)
                 .await
                 .with_context(|| format!("starting the embedded control plane on {listen}"))?;
             config.controlplane = Some(e.link.clone());
@@ -98,7 +100,8 @@ pub async fn serve(
             cert: None,
             key: None,
             token: embedded.as_ref().map(|e| e.dev_token.clone()),
-            controlplane: embedded.as_ref().map(|e| format!("http://{}", e.handle.addr)),
+            controlplane: embedded.as_ref().map(|e| e.handle.url()),
+            controlplane_ca: embedded.as_ref().and_then(|e| e.link.ca.clone()),
             admin: running.admin_addr.iter().map(|a| format!("http://{a}")).collect(),
         };
         p.save(&profile_path)?;
@@ -170,7 +173,7 @@ pub async fn controlplane(c: felix_controlplane::node::NodeConfig, file: PathBuf
     let h = felix_controlplane::server::start(c)
         .await
         .context("starting the control plane")?;
-    println!("felix controlplane {id} listening on http://{}", h.addr);
+    println!("felix controlplane {id} listening on {}", h.url());
     if let Some(b) = h.bootstrap_addr {
         println!("  bootstrap endpoint on http://{b}");
     }

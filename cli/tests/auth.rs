@@ -31,7 +31,7 @@ impl Cp {
                 .clone()
                 .expect("felix dev names its control plane"),
             secret: std::fs::read_to_string(b.dir.join("controlplane/secret")).unwrap(),
-            http: reqwest::Client::new(),
+            http: common::controlplane_client(&b.profile),
         }
     }
 

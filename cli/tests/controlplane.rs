@@ -202,3 +202,112 @@ async fn a_lone_node_killed_between_state_saves_loses_no_change() {
     let missing: Vec<&String> = acked.iter().filter(|a| !have.contains(a)).collect();
     assert!(missing.is_empty(), "lost after the restart: {missing:?}");
 }
+
+/// Three `felix controlplane` processes serving HTTPS with certificates
+/// from `felix certs controlplane`: Raft and forwarded writes go over TLS
+/// (a write through a follower reaches every node), the API refuses plain
+/// HTTP, a client trusting another CA, and a caller without the secret,
+/// and a connection that never starts its handshake is closed.
+#[tokio::test]
+async fn three_nodes_over_tls_elect_and_replicate_and_refuse_plain_http_and_other_cas() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let issue = |ca: &str, node: u64| -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_felix"))
+            .args(["certs", "controlplane", "--ca-dir"])
+            .arg(dir.path().join(ca))
+            .arg("--out")
+            .arg(dir.path().join(format!("certs/n{node}")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _procs: Vec<Proc> = (1..=3)
+        .map(|id| {
+            let tls = issue("ca", id);
+            assert!(tls.starts_with("[tls]"), "{tls}");
+            Proc::start_with(dir.path(), id, &ports, &tls)
+        })
+        .collect();
+    let ca = dir.path().join("ca/tls/ca.pem");
+    let http = felix_broker::control::http_client(Some(&ca))
+        .unwrap()
+        .build()
+        .unwrap();
+    let get = |http: reqwest::Client, port: u16, path: &'static str, secret: Option<&'static str>| async move {
+        let mut r = http
+            .get(format!("https://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(2));
+        if let Some(s) = secret {
+            r = r.bearer_auth(s);
+        }
+        let r = r.send().await.map_err(|e| format!("{e:?}"))?;
+        let s = r.status().as_u16();
+        Ok::<_, String>((s, r.json::<serde_json::Value>().await.unwrap_or_default()))
+    };
+    let secret = Some(common::cp::SECRET);
+    let leader = until(30, "a leader elected over TLS", || async {
+        for p in &ports {
+            if let Ok((200, v)) = get(http.clone(), *p, "/v1/cluster", secret).await {
+                if let Some(l) = v["leader"].as_u64() {
+                    return Some(l);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    // Through a follower: the proposal is forwarded to the leader over TLS.
+    let follower = ports[(leader as usize) % 3];
+    let r = http
+        .post(format!("https://127.0.0.1:{follower}/v1/tenants"))
+        .bearer_auth(common::cp::SECRET)
+        .json(&json!({"name": "acme"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    for p in &ports {
+        until(30, "the tenant on every node", || async {
+            let (s, _) = get(http.clone(), *p, "/v1/tenants/acme", secret).await.ok()?;
+            (s == 200).then_some(())
+        })
+        .await;
+    }
+    // Without the secret: still refused, TLS or not.
+    let (s, _) = get(http.clone(), ports[0], "/v1/tenants/acme", None)
+        .await
+        .unwrap();
+    assert_eq!(s, 401);
+    // Plain HTTP to a TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/v1/cluster", ports[0]))
+        .bearer_auth(common::cp::SECRET)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // A client trusting another CA (one that also issued a certificate for
+    // 127.0.0.1) does not accept the node's.
+    issue("other-ca", 9);
+    let other = felix_broker::control::http_client(Some(&dir.path().join("other-ca/tls/ca.pem")))
+        .unwrap()
+        .build()
+        .unwrap();
+    let e = get(other, ports[0], "/v1/cluster", secret).await.unwrap_err();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A connection that never sends its ClientHello is closed by the
+    // handshake deadline, not held.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let opened = Instant::now();
+    let n = idle.read(&mut [0u8; 64]).unwrap_or(0);
+    assert_eq!(n, 0, "the server sent bytes to a silent client");
+    assert!(
+        opened.elapsed() < Duration::from_secs(25),
+        "closed after {:?}",
+        opened.elapsed()
+    );
+}

@@ -662,7 +662,11 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
     // Every broker has it, and the control plane lists it.
     let secret = std::fs::read_to_string(dir.path().join("controlplane/secret")).unwrap();
     let cp = profile.controlplane.clone().unwrap();
-    let v: Value = reqwest::Client::new()
+    assert!(
+        cp.starts_with("https://"),
+        "felix dev's control plane serves TLS: {cp}"
+    );
+    let v: Value = common::controlplane_client(&profile)
         .get(format!("{cp}/v1/tenants/dev/namespaces/default/streams/orders"))
         .bearer_auth(secret.trim())
         .send()

@@ -68,10 +68,37 @@ pub struct NodeConfig {
     /// (The range's upper end.)
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ms: u64,
+    /// TLS for the API, the bootstrap endpoint and Raft among the nodes:
+    /// this node's certificate and key, and the CA the other nodes'
+    /// certificates chain to (peers are dialled over HTTPS under the host
+    /// of their `addr`, so their certificates must name it). Absent: plain
+    /// HTTP, which a node serves only on loopback addresses unless
+    /// `plain_http` says otherwise.
+    #[serde(default)]
+    pub tls: Option<ApiTls>,
+    /// Serve plain HTTP on an address that is not loopback (behind a
+    /// TLS-terminating proxy, say). Every bearer secret then crosses that
+    /// network in the clear.
+    #[serde(default)]
+    pub plain_http: bool,
     /// Log levels, per module if wanted (`info,felix_controlplane=debug`).
     /// Absent: `$FELIX_LOG`, else `warn`. Reloaded on SIGHUP.
     #[serde(default)]
     pub log_level: Option<String>,
+}
+
+/// A control-plane node's TLS material (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTls {
+    /// This node's certificate chain: it names every host the node is
+    /// reached under (its peers' `addr`, the brokers' `urls`).
+    pub cert: PathBuf,
+    /// Its private key (keep it mode 0600).
+    pub key: PathBuf,
+    /// The CA the other nodes' certificates chain to: the only one trusted
+    /// when dialling them.
+    pub ca: PathBuf,
 }
 
 /// A control-plane node and the address its API listens on.
@@ -133,11 +160,34 @@ impl NodeConfig {
             token_ttl_s: default_ttl(),
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
+            tls: None,
+            plain_http: false,
             log_level: None,
         }
     }
 
+    /// The scheme of this node's API and of its peers' (they share one
+    /// configuration of TLS).
+    pub fn scheme(&self) -> &'static str {
+        match self.tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if self.tls.is_none() && !self.plain_http {
+            let open = [Some(self.listen), self.bootstrap_listen]
+                .into_iter()
+                .flatten()
+                .find(|a| !a.ip().is_loopback());
+            if let Some(a) = open {
+                return Err(format!(
+                    "{a} is not a loopback address and the node has no `tls`: configure [tls] \
+                     (cert, key, ca), or set `plain_http = true` to send its secrets in the clear"
+                ));
+            }
+        }
         if self.cluster_secret.len() < 16 {
             return Err("cluster_secret must be at least 16 bytes".into());
         }
@@ -178,5 +228,36 @@ impl NodeConfig {
             return Err("broker heartbeat interval and missed count must be positive".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_asked_for() {
+        let on = |addr: &str| NodeConfig::single("d".into(), addr.parse().unwrap(), "s".repeat(16));
+        assert_eq!(on("127.0.0.1:9090").validate(), Ok(()));
+        assert_eq!(on("[::1]:9090").validate(), Ok(()));
+        let open = on("0.0.0.0:9090");
+        let e = open.validate().unwrap_err();
+        assert!(e.contains("tls") && e.contains("0.0.0.0:9090"), "{e}");
+        let mut bootstrap = on("127.0.0.1:9090");
+        bootstrap.bootstrap_listen = Some("10.0.0.1:9099".parse().unwrap());
+        bootstrap.bootstrap_secret = Some("b".repeat(16));
+        assert!(bootstrap.validate().unwrap_err().contains("10.0.0.1:9099"));
+        let mut asked = on("0.0.0.0:9090");
+        asked.plain_http = true;
+        assert_eq!(asked.validate(), Ok(()));
+        let mut tls = on("0.0.0.0:9090");
+        tls.tls = Some(ApiTls {
+            cert: "c.pem".into(),
+            key: "c.key".into(),
+            ca: "ca.pem".into(),
+        });
+        assert_eq!(tls.validate(), Ok(()));
+        assert_eq!(tls.scheme(), "https");
+        assert_eq!(asked.scheme(), "http");
     }
 }

@@ -10,7 +10,7 @@
 //! - the edges: [`raft`] (openraft over RocksDB, RPCs over HTTP, split-vote
 //!   re-standing), [`node`] (a running node: forwarding, broker liveness),
 //!   [`api`] (the HTTP routes and their OpenAPI document), [`server`]
-//!   (listeners), [`metrics`] (what a node reports).
+//!   (starting a node), [`https`] (listeners, TLS, connection limits), [`metrics`] (what a node reports).
 //!
 //! The edges are the `server` feature (on by default). Without it the crate
 //! is its model alone: what a resource is ([`model`], [`state`]), who may
@@ -29,6 +29,8 @@ pub mod state;
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod https;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]

@@ -28,6 +28,9 @@ pub use crate::config::{NodeConfig, PeerAddr};
 /// How long a forwarded or local write may take before the caller is told
 /// to retry.
 pub const WRITE_TIMEOUT_MS: u64 = 5_000;
+/// How long dialling another control-plane node may take: an election
+/// must not wait on a dead peer longer than its own timeout.
+pub const PEER_CONNECT_MS: u64 = 500;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -90,7 +93,10 @@ pub struct Node {
     pub cfg: NodeConfig,
     pub raft: Raft,
     pub sm: StateMachine,
+    /// Upstream identity providers (JWKS, discovery): the public roots.
     pub http: reqwest::Client,
+    /// The other control-plane nodes (forwarded proposals): their CA only.
+    pub peers: reqwest::Client,
     pub liveness: Mutex<Liveness>,
     /// Upstream JWKS documents fetched, by URL, with when.
     pub jwks_cache: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
@@ -115,7 +121,12 @@ impl Node {
         }
         .validate()
         .map_err(|e| CpError::BadRequest(e.to_string()))?;
-        let network = Network::new(cfg.peer_credential().to_owned());
+        let peers = crate::https::peer_client(
+            cfg.tls.as_ref().map(|t| t.ca.as_path()),
+            Duration::from_millis(PEER_CONNECT_MS),
+        )
+        .map_err(|e| CpError::Unavailable(e.to_string()))?;
+        let network = Network::new(peers.clone(), cfg.peer_credential().to_owned(), cfg.scheme());
         let outvoted = network.outvoted.clone();
         let raft = Raft::new(cfg.id, Arc::new(raft_cfg), network, log, sm.clone())
             .await
@@ -139,6 +150,7 @@ impl Node {
             cfg,
             raft,
             sm,
+            peers,
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(2))
                 .build()
@@ -222,8 +234,8 @@ impl Node {
 
     async fn forward(&self, leader: &str, actor: &str, command: &Command) -> Result<Applied, CpError> {
         let r = self
-            .http
-            .post(format!("http://{leader}/raft/propose"))
+            .peers
+            .post(format!("{}://{leader}/raft/propose", self.cfg.scheme()))
             .header(SECRET_HEADER, self.cfg.peer_credential())
             .timeout(Duration::from_millis(WRITE_TIMEOUT_MS))
             .json(&Forwarded {

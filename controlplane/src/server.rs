@@ -1,5 +1,5 @@
 //! Starting and stopping a control-plane node: its Raft member plus the
-//! HTTP listeners (the API, and the bootstrap endpoint when configured).
+//! HTTP(S) listeners (the API, and the bootstrap endpoint when configured).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::api;
+use crate::https;
 use crate::node::{CpError, Node, NodeConfig};
 
 /// A running node. Dropping it does not stop it; call [`Handle::shutdown`].
@@ -39,13 +40,21 @@ pub async fn start(mut cfg: NodeConfig) -> Result<Handle, CpError> {
         None => None,
     };
     let bootstrap_addr = boot.as_ref().and_then(|l| l.local_addr().ok());
+    // Before Raft starts: a certificate that cannot be read stops the node
+    // here, not after it has joined its peers.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(https::server_config)
+        .transpose()
+        .map_err(|e| CpError::Unavailable(e.to_string()))?;
     let node = Node::start(cfg).await?;
     let (stop, rx) = watch::channel(false);
-    spawn_server(listener, api::router(node.clone()), rx.clone());
+    https::spawn(listener, api::router(node.clone()), tls.clone(), rx.clone());
     if let Some(l) = boot {
-        spawn_server(l, api::bootstrap_router(node.clone()), rx);
+        https::spawn(l, api::bootstrap_router(node.clone()), tls, rx);
     }
-    tracing::info!(%addr, ?bootstrap_addr, id = node.id, "control plane listening");
+    tracing::info!(%addr, ?bootstrap_addr, id = node.id, scheme = node.cfg.scheme(), "control plane listening");
     Ok(Handle {
         node,
         addr,
@@ -54,20 +63,12 @@ pub async fn start(mut cfg: NodeConfig) -> Result<Handle, CpError> {
     })
 }
 
-fn spawn_server(l: tokio::net::TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let r = axum::serve(l, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "control-plane listener failed");
-        }
-    });
-}
-
 impl Handle {
+    /// The API's base URL (`https://` when the node serves TLS).
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.node.cfg.scheme(), self.addr)
+    }
+
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.node.raft.shutdown().await;

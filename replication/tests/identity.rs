@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use felix_client::transport::{self, dev_certificates, BrokerCertificate, TransportConfig};
+use felix_client::transport::{self, dev_certificates, IssuedCertificate, TransportConfig};
 use felix_log::{Durability, LogConfig, RaftIndex, SharedLog};
 use felix_replication::network::RAFT_ALPN;
 use felix_replication::{node_id, Applier, BrokerNode, GroupConfig, GroupId, Replica, Router, Transport};
@@ -27,7 +27,7 @@ impl Applier for Nothing {
 }
 
 /// Broker 3, leading a one-replica group.
-async fn broker3(root: &std::path::Path, cert: &BrokerCertificate) -> (Arc<Transport>, Replica) {
+async fn broker3(root: &std::path::Path, cert: &IssuedCertificate) -> (Arc<Transport>, Replica) {
     let me = node_id(3, 1);
     let router = Router::default();
     let t = Transport::start(
@@ -74,7 +74,7 @@ async fn broker3(root: &std::path::Path, cert: &BrokerCertificate) -> (Arc<Trans
 /// and text, or the connection's error.
 async fn rpc(
     to: std::net::SocketAddr,
-    cert: &BrokerCertificate,
+    cert: &IssuedCertificate,
     kind: u8,
     from: u64,
     body: &[u8],
@@ -173,7 +173,7 @@ async fn a_certificate_speaks_only_for_the_broker_it_names_and_another_ca_is_ref
 
     // The generic development certificate (`client.pem`), which names no
     // broker, is refused for every broker id.
-    let generic = BrokerCertificate {
+    let generic = IssuedCertificate {
         cert: ca.client_cert.clone(),
         key: ca.client_key.clone(),
         ca: ca.ca.clone(),

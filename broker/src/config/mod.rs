@@ -102,9 +102,14 @@ pub struct Reloadable {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlPlaneConfig {
-    /// Base URLs of the control-plane nodes (`http://host:port`); any one
+    /// Base URLs of the control-plane nodes (`https://host:port`, or
+    /// `http://` for one that serves plain HTTP on loopback); any one
     /// answers, and the next is tried when one does not.
     pub urls: Vec<String>,
+    /// PEM file of the CA that issued the control plane's certificate, for
+    /// `https://` URLs: the only CA then trusted. Absent: the public roots.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
     /// The brokers' credential: the control plane's `broker_secret`, which
     /// lets a broker register, heartbeat and follow the feed and nothing
     /// more. Its `cluster_secret` (the operator's) works too, and is needed
@@ -239,8 +244,8 @@ impl ClusterConfig {
     }
 
     /// This broker's replication certificate, key and the peers' CA.
-    pub fn certificate(&self) -> felix_client::transport::BrokerCertificate {
-        felix_client::transport::BrokerCertificate {
+    pub fn certificate(&self) -> felix_client::transport::IssuedCertificate {
+        felix_client::transport::IssuedCertificate {
             cert: self.cert.clone(),
             key: self.key.clone(),
             ca: self.ca.clone(),
@@ -373,7 +378,7 @@ pub fn local_broker_toml(me: &LocalMember, extra: &str) -> String {
 pub fn local_cluster_toml(
     me: &LocalMember,
     advertise_raft: Option<SocketAddr>,
-    cert: &felix_client::transport::BrokerCertificate,
+    cert: &felix_client::transport::IssuedCertificate,
     extra: &str,
 ) -> String {
     let mut t = format!(
@@ -579,7 +584,7 @@ mod tests {
             })
             .collect();
         let cp = "[controlplane]\nurls = [\"http://127.0.0.1:1\"]\nsecret = \"0123456789abcdef\"\n";
-        let cert = felix_client::transport::BrokerCertificate {
+        let cert = felix_client::transport::IssuedCertificate {
             cert: "/tmp/b.pem".into(),
             key: "/tmp/b.key".into(),
             ca: "/tmp/ca.pem".into(),

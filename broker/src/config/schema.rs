@@ -255,7 +255,7 @@ mod tests {
                 data_dir: "/tmp/x".into(),
             },
             Some("127.0.0.1:9".parse().unwrap()),
-            &felix_client::transport::BrokerCertificate {
+            &felix_client::transport::IssuedCertificate {
                 cert: "/tmp/b.pem".into(),
                 key: "/tmp/b.key".into(),
                 ca: "/tmp/ca.pem".into(),

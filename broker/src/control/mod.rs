@@ -54,6 +54,35 @@ pub struct ControlLink {
 /// requests into as many control-plane requests).
 pub const VERSION_ASKED_MS: u64 = 100;
 
+/// A client for the control plane's API: with `ca`, that CA and no other
+/// is trusted; redirects are not followed (they would carry the bearer
+/// secret to wherever they point). Also what `felix` commands and the
+/// benchmarks call the API with.
+pub fn http_client(ca: Option<&std::path::Path>) -> Result<reqwest::ClientBuilder, BrokerError> {
+    let mut b = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| BrokerError::Config {
+            path: ca.to_owned(),
+            why: e.to_string(),
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| BrokerError::Config {
+            path: ca.to_owned(),
+            why: e.to_string(),
+        })?;
+        if certs.is_empty() {
+            return Err(BrokerError::Config {
+                path: ca.to_owned(),
+                why: "no certificate in it".into(),
+            });
+        }
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    Ok(b)
+}
+
 /// A control-plane answer that was not a success.
 #[derive(Debug)]
 pub struct Refused {
@@ -63,7 +92,7 @@ pub struct Refused {
 
 impl ControlLink {
     pub fn new(config: ControlPlaneConfig) -> Result<ControlLink, BrokerError> {
-        let http = reqwest::Client::builder()
+        let http = http_client(config.ca.as_deref())?
             .connect_timeout(Duration::from_millis(REQUEST_TIMEOUT_MS))
             .build()
             .map_err(|e| BrokerError::ControlPlane(e.to_string()))?;

@@ -11,12 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use felix_broker::config::{local_cluster_toml, LocalMember};
-use felix_client::transport::{dev_certificates, BrokerCertificate, ClientTls};
+use felix_client::transport::{dev_certificates, ClientTls, IssuedCertificate};
 
 /// Broker `m`'s replication certificate, issued by the test CA under
 /// `ca_dir` into a directory beside the CA's (not the broker's data
 /// directory, which a test may empty to rebuild the broker).
-fn issue(ca_dir: &Path, m: &LocalMember) -> BrokerCertificate {
+fn issue(ca_dir: &Path, m: &LocalMember) -> IssuedCertificate {
     dev_certificates(ca_dir, &[])
         .unwrap()
         .issue_broker(m.id, &ca_dir.join(format!("b{}", m.id)))

@@ -16,6 +16,16 @@ use felix_client::transport::ClientTls;
 use felix_client::wire::{Message, StreamConfig};
 use felix_client::{Client, ClientConfig, Route};
 
+/// A client of the control plane a profile names (`felix dev`'s serves
+/// HTTPS with a certificate from its development CA).
+pub fn controlplane_client(profile: &ClientProfile) -> reqwest::Client {
+    let ca = profile.controlplane_ca.as_ref().unwrap_or(&profile.ca);
+    felix_broker::control::http_client(Some(ca))
+        .unwrap()
+        .build()
+        .unwrap()
+}
+
 pub struct Broker {
     pub dir: PathBuf,
     child: Option<Child>,

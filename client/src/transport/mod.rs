@@ -13,7 +13,7 @@ use std::time::Duration;
 use quinn::{EndpointConfig, IdleTimeout, TokioRuntime, VarInt};
 use thiserror::Error;
 
-pub use tls::{dev_certificates, BrokerCertificate, ClientTls, DevCertificates, ServerTls};
+pub use tls::{dev_certificates, ClientTls, DevCertificates, IssuedCertificate, ServerTls};
 
 /// ALPN protocol id of client↔broker connections, protocol version 1.
 pub const ALPN: &[u8] = b"felix/1";

@@ -234,18 +234,19 @@ fn dev_ca_params() -> Result<rcgen::CertificateParams, TransportError> {
     Ok(p)
 }
 
-/// One broker's replication certificate and key, and the CA its peers'
-/// certificates must chain to. The certificate names the broker
-/// ([`super::identity`]); it is presented both ways, to the peers it
-/// dials and to the peers that dial it. Holds no CA key.
+/// A certificate and key issued by a CA, and that CA's certificate (never
+/// its key). A broker's names the broker ([`super::identity`]) and is
+/// presented both ways, to the peers it dials and to the peers that dial
+/// it, with the peers' certificates required to chain to `ca`; a
+/// control-plane node's names the hosts it is reached under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerCertificate {
+pub struct IssuedCertificate {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
 }
 
-impl BrokerCertificate {
+impl IssuedCertificate {
     /// Serving peers: this broker's certificate, and peers' certificates
     /// required from `ca`.
     pub fn server_tls(&self) -> Result<ServerTls, TransportError> {
@@ -264,18 +265,57 @@ impl DevCertificates {
     /// naming the broker and `localhost`, so it also serves the broker's
     /// clients. Reuses one already there that names `broker`. The broker
     /// is given the certificate, its key and `ca.pem`, never `ca.key`.
-    pub fn issue_broker(&self, broker: u64, dir: &Path) -> Result<BrokerCertificate, TransportError> {
+    pub fn issue_broker(&self, broker: u64, dir: &Path) -> Result<IssuedCertificate, TransportError> {
+        let mut names = super::identity::broker_names(broker);
+        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]);
+        self.issue(
+            dir,
+            "broker",
+            names,
+            &format!("felix broker {broker} (dev)"),
+            |chain| super::identity::names_broker(&chain[0], broker),
+        )
+    }
+
+    /// Issues a control-plane node a serving certificate under `dir`
+    /// (`controlplane.pem`, `controlplane.key` with mode 0600) for
+    /// `localhost`, `127.0.0.1` and `::1` plus `names` (the hosts its
+    /// peers and brokers reach it under). Reuses one already there.
+    pub fn issue_controlplane(
+        &self,
+        dir: &Path,
+        names: &[String],
+    ) -> Result<IssuedCertificate, TransportError> {
+        let mut all = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        all.extend(names.iter().cloned());
+        let wanted = all.clone();
+        self.issue(
+            dir,
+            "controlplane",
+            all,
+            "felix control plane (dev)",
+            move |chain| wanted.iter().all(|n| super::identity::names(&chain[0], n)),
+        )
+    }
+
+    /// Signs a certificate for `names` with this CA into `dir/{stem}.pem`
+    /// and `dir/{stem}.key`, unless one there already passes `fits`.
+    fn issue(
+        &self,
+        dir: &Path,
+        stem: &str,
+        names: Vec<String>,
+        common_name: &str,
+        fits: impl FnOnce(&[CertificateDer<'static>]) -> bool,
+    ) -> Result<IssuedCertificate, TransportError> {
         use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
-        let out = BrokerCertificate {
-            cert: dir.join("broker.pem"),
-            key: dir.join("broker.key"),
+        let out = IssuedCertificate {
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
             ca: self.ca.clone(),
         };
-        if out.key.exists() && out.cert.exists() {
-            let chain = certs_pem(&read(&out.cert)?, &out.cert)?;
-            if super::identity::names_broker(&chain[0], broker) {
-                return Ok(out);
-            }
+        if out.key.exists() && out.cert.exists() && fits(&certs_pem(&read(&out.cert)?, &out.cert)?) {
+            return Ok(out);
         }
         std::fs::create_dir_all(dir).map_err(|source| TransportError::File {
             path: dir.to_owned(),
@@ -285,12 +325,9 @@ impl DevCertificates {
         let ca_key_pem = String::from_utf8(read(&ca_key_path)?).map_err(tls_err)?;
         let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(tls_err)?;
         let ca = dev_ca_params()?.self_signed(&ca_key).map_err(tls_err)?;
-        let mut names = super::identity::broker_names(broker);
-        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]);
         let key = KeyPair::generate().map_err(tls_err)?;
         let mut p = CertificateParams::new(names).map_err(tls_err)?;
-        p.distinguished_name
-            .push(DnType::CommonName, format!("felix broker {broker} (dev)"));
+        p.distinguished_name.push(DnType::CommonName, common_name);
         p.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

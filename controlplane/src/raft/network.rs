@@ -1,6 +1,7 @@
-//! Raft RPCs between control-plane nodes: JSON over HTTP to the peer's
+//! Raft RPCs between control-plane nodes: JSON over HTTP(S) to the peer's
 //! API address (`/raft/append`, `/raft/vote`, `/raft/snapshot`), each
-//! carrying the cluster secret. The server side is in `api`.
+//! carrying the peers' secret; over TLS, only the configured CA is
+//! trusted. The server side is in `api`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,21 +27,19 @@ pub const SECRET_HEADER: &str = "x-felix-cluster-secret";
 pub struct Network {
     http: reqwest::Client,
     secret: String,
+    /// `http` or `https`: the peers share this node's TLS setting.
+    scheme: &'static str,
     /// When (`elections::mono_ms`) a peer last refused this node's vote
     /// for having a longer log: this node cannot win and must not re-stand.
     pub outvoted: Arc<AtomicU64>,
 }
 
 impl Network {
-    pub fn new(secret: String) -> Network {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("a plain HTTP client builds");
+    pub fn new(http: reqwest::Client, secret: String, scheme: &'static str) -> Network {
         Network {
             http,
             secret,
+            scheme,
             outvoted: Arc::default(),
         }
     }
@@ -54,7 +53,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             http: self.http.clone(),
             secret: self.secret.clone(),
             target,
-            base: format!("http://{}", node.addr),
+            base: format!("{}://{}", self.scheme, node.addr),
             outvoted: self.outvoted.clone(),
         }
     }
