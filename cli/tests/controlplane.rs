@@ -276,6 +276,26 @@ async fn three_nodes_over_tls_elect_and_replicate_and_refuse_plain_http_and_othe
         })
         .await;
     }
+    // A broker's heartbeat taken by a follower is passed to the leader
+    // over TLS too.
+    let post = |port: u16, path: String, body: serde_json::Value| {
+        http.post(format!("https://127.0.0.1:{port}{path}"))
+            .bearer_auth(common::cp::SECRET)
+            .json(&body)
+            .send()
+    };
+    let r = post(
+        follower,
+        "/v1/brokers".into(),
+        json!({"id": 1, "client_addr": "127.0.0.1:1", "raft_addr": "127.0.0.1:2"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let r = post(follower, "/v1/brokers/1/heartbeat".into(), json!({}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     // Without the secret: still refused, TLS or not.
     let (s, _) = get(http.clone(), ports[0], "/v1/tenants/acme", None)
         .await

@@ -81,6 +81,12 @@ pub struct NodeConfig {
     /// network in the clear.
     #[serde(default)]
     pub plain_http: bool,
+    /// Development only: let the token exchange fetch identity providers'
+    /// documents over `http://` and from loopback, private and link-local
+    /// addresses (an IdP on the same machine). Off, a tenant administrator
+    /// cannot point the control plane at its own networks.
+    #[serde(default)]
+    pub idp_fetch_insecure: bool,
     /// Log levels, per module if wanted (`info,felix_controlplane=debug`).
     /// Absent: `$FELIX_LOG`, else `warn`. Reloaded on SIGHUP.
     #[serde(default)]
@@ -162,6 +168,7 @@ impl NodeConfig {
             election_timeout_max_ms: default_election_max(),
             tls: None,
             plain_http: false,
+            idp_fetch_insecure: false,
             log_level: None,
         }
     }

@@ -10,7 +10,8 @@
 //! - the edges: [`raft`] (openraft over RocksDB, RPCs over HTTP, split-vote
 //!   re-standing), [`node`] (a running node: forwarding, broker liveness),
 //!   [`api`] (the HTTP routes and their OpenAPI document), [`server`]
-//!   (starting a node), [`https`] (listeners, TLS, connection limits), [`metrics`] (what a node reports).
+//!   (starting a node), [`https`] (listeners, TLS, connection limits),
+//!   [`upstream`] (fetching identity providers' keys as hostile input), [`metrics`] (what a node reports).
 //!
 //! The edges are the `server` feature (on by default). Without it the crate
 //! is its model alone: what a resource is ([`model`], [`state`]), who may
@@ -39,3 +40,5 @@ pub mod node;
 pub mod raft;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod upstream;

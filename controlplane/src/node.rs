@@ -22,6 +22,7 @@ use crate::raft::network::{Network, SECRET_HEADER};
 use crate::raft::store::{self, LogStore, StateMachine};
 use crate::raft::{NodeId, Outcome, Raft};
 use crate::state::{Applied, ApplyError, Command, Envelope, Metadata};
+use crate::upstream;
 
 pub use crate::config::{NodeConfig, PeerAddr};
 
@@ -93,13 +94,12 @@ pub struct Node {
     pub cfg: NodeConfig,
     pub raft: Raft,
     pub sm: StateMachine,
-    /// Upstream identity providers (JWKS, discovery): the public roots.
-    pub http: reqwest::Client,
-    /// The other control-plane nodes (forwarded proposals): their CA only.
+    /// The other control-plane nodes (forwarded proposals and heartbeats):
+    /// their CA only. Identity providers are fetched apart (`upstream`).
     pub peers: reqwest::Client,
     pub liveness: Mutex<Liveness>,
-    /// Upstream JWKS documents fetched, by URL, with when.
-    pub jwks_cache: Mutex<HashMap<String, (Instant, serde_json::Value)>>,
+    /// Upstream identity providers' documents fetched, by URL.
+    pub documents: Mutex<upstream::Documents>,
 }
 
 impl Node {
@@ -151,12 +151,8 @@ impl Node {
             raft,
             sm,
             peers,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(2))
-                .build()
-                .map_err(|e| CpError::Unavailable(e.to_string()))?,
             liveness: Mutex::new(Liveness::default()),
-            jwks_cache: Mutex::new(HashMap::new()),
+            documents: Mutex::new(upstream::Documents::default()),
         });
         tokio::spawn(monitor(Arc::downgrade(&node)));
         tokio::spawn(crate::raft::elections::restand_split_votes(
@@ -364,8 +360,10 @@ impl Node {
         }
     }
 
-    /// The JWKS of an upstream issuer: inline, or fetched (and cached for
-    /// five minutes; `refresh` forces a fetch, for a key not seen yet).
+    /// The JWKS of an upstream issuer: inline, or fetched (directly or
+    /// through its discovery document) under `upstream`'s rules. `refresh`
+    /// asks for a newer one (a token names a key not seen yet), which is
+    /// fetched only if the last fetch is old enough.
     pub async fn upstream_jwks(
         &self,
         issuer: &crate::model::IdpIssuer,
@@ -377,43 +375,47 @@ impl Node {
         let url = match (&issuer.jwks_url, &issuer.discovery_url) {
             (Some(u), _) => u.clone(),
             (None, Some(d)) => {
-                let doc: serde_json::Value = self.fetch_json(d).await?;
-                doc.get("jwks_uri")
-                    .and_then(|u| u.as_str())
-                    .map(String::from)
-                    .ok_or_else(|| CpError::Unavailable(format!("{d}: no jwks_uri")))?
+                let doc = self.upstream_document(d, false).await?;
+                match doc.get("jwks_uri").and_then(|u| u.as_str()) {
+                    Some(u) => u.to_owned(),
+                    None => {
+                        tracing::warn!(issuer = %issuer.issuer, url = %d, "the discovery document has no jwks_uri");
+                        return Err(CpError::Unavailable(upstream::FetchError::PUBLIC.into()));
+                    }
+                }
             }
             (None, None) => return Err(CpError::Unavailable("issuer has no key source".into())),
         };
-        if !refresh {
-            if let Some((at, j)) = self.jwks_cache.lock().expect("jwks lock").get(&url) {
-                if at.elapsed() < Duration::from_secs(300) {
-                    return Ok(j.clone());
-                }
-            }
-        }
-        let j = self.fetch_json(&url).await?;
-        self.jwks_cache
-            .lock()
-            .expect("jwks lock")
-            .insert(url, (Instant::now(), j.clone()));
-        Ok(j)
+        self.upstream_document(&url, refresh).await
     }
 
-    async fn fetch_json(&self, url: &str) -> Result<serde_json::Value, CpError> {
-        let r = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| CpError::Unavailable(format!("{url}: {e}")))?;
-        if !r.status().is_success() {
-            return Err(CpError::Unavailable(format!("{url}: HTTP {}", r.status())));
-        }
-        r.json()
-            .await
-            .map_err(|e| CpError::Unavailable(format!("{url}: {e}")))
+    async fn upstream_document(&self, url: &str, refresh: bool) -> Result<serde_json::Value, CpError> {
+        let decision = self
+            .documents
+            .lock()
+            .expect("documents lock")
+            .decide(url, Instant::now(), refresh);
+        let outcome = match decision {
+            upstream::Decision::Use(doc) => return Ok(doc),
+            upstream::Decision::Fail(e) => Err(e),
+            upstream::Decision::Fetch => {
+                let outcome = upstream::fetch(url, self.cfg.idp_fetch_insecure).await;
+                let mut docs = self.documents.lock().expect("documents lock");
+                docs.record(url, Instant::now(), &outcome);
+                // A failed refetch may still leave a document to use.
+                match (&outcome, docs.decide(url, Instant::now(), false)) {
+                    (Err(_), upstream::Decision::Use(doc)) => {
+                        tracing::warn!(url, error = %outcome.as_ref().unwrap_err(), "refetching an identity provider's document failed; using the one fetched before");
+                        return Ok(doc);
+                    }
+                    _ => outcome,
+                }
+            }
+        };
+        outcome.map_err(|e| {
+            tracing::warn!(url, error = %e, "an identity provider's document was not used");
+            CpError::Unavailable(upstream::FetchError::PUBLIC.into())
+        })
     }
 }
 

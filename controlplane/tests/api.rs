@@ -953,3 +953,141 @@ async fn the_brokers_and_the_peers_credentials_open_only_their_own_routes() {
     assert_eq!(s, StatusCode::OK, "{v}");
     cp.h.shutdown().await;
 }
+
+/// An HTTP server on 127.0.0.1 that answers every request with `reply`
+/// (status line, headers and body) and counts the requests it saw.
+async fn idp_server(reply: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn http_reply(status: &str, extra_headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+}
+
+/// Finding 6: a tenant administrator's `jwks_url` is fetched only over
+/// https from a public address (a development override allows loopback
+/// and http), without following redirects, within a body cap, at most
+/// once per interval whatever tokens arrive, and a refusal tells the
+/// caller nothing about the network.
+#[tokio::test]
+async fn token_exchange_fetches_only_public_https_keys_without_redirects_within_limits() {
+    use std::sync::atomic::Ordering;
+    let idp = new_signing_key("idp-1", [42; 32]);
+    let jwks =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "kid": "idp-1", "x": idp.public}]});
+    let (good, good_seen) = idp_server(http_reply("200 OK", "", &jwks.to_string())).await;
+    let bootstrap = |cp: &Cp, tenant: &str, url: String| {
+        let issuer = json!({
+            "issuer": format!("https://{tenant}.idp.test"), "audiences": ["felix"], "jwks_url": url,
+            "claim_mappings": {"subject_claim": "sub"}
+        });
+        let body =
+            json!({"display_name": tenant, "idp_issuers": [issuer], "initial_admin_principals": ["p:alice"]});
+        let boot = format!(
+            "http://{}/internal/bootstrap/tenants/{tenant}/initialize",
+            cp.h.bootstrap_addr.unwrap()
+        );
+        let req = cp
+            .http
+            .post(boot)
+            .header("x-felix-bootstrap-token", BOOT)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+        }
+    };
+    async fn exchange(
+        cp: &Cp,
+        tenant: &str,
+        key: &felix_controlplane::model::SigningKey,
+    ) -> (StatusCode, Value) {
+        let claims = json!({"iss": format!("https://{tenant}.idp.test"), "aud": "felix", "sub": "alice", "exp": now_s() + 300});
+        let token = upstream(key, claims);
+        let path = format!("/v1/tenants/{tenant}/token/exchange");
+        cp.call(Method::POST, &path, Some(&token), None).await
+    }
+
+    // The default: neither http nor a loopback address is fetched, and the
+    // caller is not told what was tried.
+    let cp = Cp::start().await;
+    bootstrap(&cp, "plain", format!("http://127.0.0.1:{good}/jwks")).await;
+    bootstrap(&cp, "inward", format!("https://127.0.0.1:{good}/jwks")).await;
+    bootstrap(&cp, "named", format!("https://localhost:{good}/jwks")).await;
+    for tenant in ["plain", "inward", "named"] {
+        let (s, v) = exchange(&cp, tenant, &idp).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{tenant}: {v}");
+        let text = v.to_string();
+        assert!(
+            text.contains("could not be fetched") && !text.contains("127.0.0.1"),
+            "{tenant}: {text}"
+        );
+    }
+    assert_eq!(good_seen.load(Ordering::SeqCst), 0, "nothing was fetched");
+    cp.h.shutdown().await;
+
+    // With the development override, a loopback IdP serves; a redirect is
+    // not followed, an oversized body is refused, and unknown keys do not
+    // make the control plane fetch again and again.
+    let cp = Cp::start_with(|c| c.idp_fetch_insecure = true).await;
+    bootstrap(&cp, "good", format!("http://127.0.0.1:{good}/jwks")).await;
+    let (s, v) = exchange(&cp, "good", &idp).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let stranger = new_signing_key("idp-2", [7; 32]);
+    for _ in 0..5 {
+        let (s, v) = exchange(&cp, "good", &stranger).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    }
+    assert_eq!(good_seen.load(Ordering::SeqCst), 1, "one fetch for six exchanges");
+
+    let (target, target_seen) = idp_server(http_reply("200 OK", "", &jwks.to_string())).await;
+    let (moved, _) = idp_server(http_reply(
+        "302 Found",
+        &format!("location: http://127.0.0.1:{target}/jwks\r\n"),
+        "",
+    ))
+    .await;
+    bootstrap(&cp, "redirected", format!("http://127.0.0.1:{moved}/jwks")).await;
+    let (s, v) = exchange(&cp, "redirected", &idp).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(
+        target_seen.load(Ordering::SeqCst),
+        0,
+        "the redirect was not followed"
+    );
+
+    let padding = "x".repeat(felix_controlplane::upstream::DOCUMENT_BYTES_MAX);
+    let big = json!({"keys": jwks["keys"], "padding": padding}).to_string();
+    let (huge, _) = idp_server(http_reply("200 OK", "", &big)).await;
+    bootstrap(&cp, "huge", format!("http://127.0.0.1:{huge}/jwks")).await;
+    let (s, v) = exchange(&cp, "huge", &idp).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    cp.h.shutdown().await;
+}

@@ -64,8 +64,8 @@ pub(super) async fn heartbeat(
             return Err(CpError::NoLeader.into());
         };
         let r = n
-            .http
-            .post(format!("http://{leader}/v1/brokers/{id}/heartbeat"))
+            .peers
+            .post(format!("{}://{leader}/v1/brokers/{id}/heartbeat", n.cfg.scheme()))
             .header("authorization", format!("Bearer {}", n.cfg.cluster_secret))
             .timeout(Duration::from_secs(2))
             .json(&json!({ "subscribers": hb.subscribers }))
