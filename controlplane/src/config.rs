@@ -68,6 +68,11 @@ pub struct NodeConfig {
     /// (The range's upper end.)
     #[serde(default = "default_election_max")]
     pub election_timeout_max_ms: u64,
+    /// Raft entries between two snapshots of the metadata; also how many
+    /// are kept after one, for a follower briefly behind (one further
+    /// behind is sent the snapshot).
+    #[serde(default = "default_snapshot_entries")]
+    pub raft_snapshot_entries: u64,
     /// TLS for the API, the bootstrap endpoint and Raft among the nodes:
     /// this node's certificate and key, and the CA the other nodes'
     /// certificates chain to (peers are dialled over HTTPS under the host
@@ -133,6 +138,9 @@ fn default_replace() -> u64 {
 fn default_ttl() -> u64 {
     crate::auth::TOKEN_TTL_S_DEFAULT
 }
+fn default_snapshot_entries() -> u64 {
+    1_000
+}
 fn default_election_min() -> u64 {
     500
 }
@@ -166,6 +174,7 @@ impl NodeConfig {
             token_ttl_s: default_ttl(),
             election_timeout_min_ms: default_election_min(),
             election_timeout_max_ms: default_election_max(),
+            raft_snapshot_entries: default_snapshot_entries(),
             tls: None,
             plain_http: false,
             idp_fetch_insecure: false,
@@ -221,6 +230,9 @@ impl NodeConfig {
         }
         if self.bootstrap_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err("bootstrap_secret must be at least 16 bytes".into());
+        }
+        if !(10..=1_000_000).contains(&self.raft_snapshot_entries) {
+            return Err("raft_snapshot_entries must be 10 to 1000000".into());
         }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return Err("election_timeout_min_ms must be below election_timeout_max_ms".into());

@@ -18,7 +18,7 @@ use thiserror::Error;
 
 use crate::auth::{self, AuthError};
 use crate::model::{BrokerStatus, SigningKey};
-use crate::raft::network::{Network, SECRET_HEADER};
+use crate::raft::network::{Network, APPEND_ENTRIES_MAX, ENTRY_BYTES_MAX, SECRET_HEADER};
 use crate::raft::store::{self, LogStore, StateMachine};
 use crate::raft::{NodeId, Outcome, Raft};
 use crate::state::{Applied, ApplyError, Command, Envelope, Metadata};
@@ -115,8 +115,9 @@ impl Node {
             heartbeat_interval: 100,
             election_timeout_min: cfg.election_timeout_min_ms,
             election_timeout_max: cfg.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(1_000),
-            max_in_snapshot_log_to_keep: 1_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.raft_snapshot_entries),
+            max_in_snapshot_log_to_keep: cfg.raft_snapshot_entries,
+            max_payload_entries: APPEND_ENTRIES_MAX,
             ..Config::default()
         }
         .validate()
@@ -221,6 +222,14 @@ impl Node {
             now_ms: now_ms(),
             command,
         };
+        // Refused here, before the log: an entry the followers' limit
+        // could not take would stop replication for good.
+        let bytes = serde_json::to_vec(&env).map_or(usize::MAX, |v| v.len());
+        if bytes > ENTRY_BYTES_MAX {
+            return Err(CpError::BadRequest(format!(
+                "a change of {bytes} bytes is over the largest Raft entry ({ENTRY_BYTES_MAX})"
+            )));
+        }
         match self.raft.client_write(env).await {
             Ok(r) => Ok(r.data.0?),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(CpError::NoLeader),

@@ -1091,3 +1091,56 @@ async fn token_exchange_fetches_only_public_https_keys_without_redirects_within_
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     cp.h.shutdown().await;
 }
+
+/// Finding 7's limits: the Raft routes refuse a caller without the peers'
+/// secret before reading its body, and a change too large for one Raft
+/// entry is refused before it enters the log.
+#[tokio::test]
+async fn raft_routes_check_the_peer_before_the_body_and_cap_an_entry() {
+    use felix_controlplane::raft::network::{ENTRY_BYTES_MAX, SECRET_HEADER, SMALL_RPC_BYTES_MAX};
+    let cp = Cp::start_with(|c| c.peer_secret = Some(PEERS.into())).await;
+    let url = |path: &str| format!("http://{}{path}", cp.h.addr);
+    let big = vec![0u8; 8 << 20];
+    for wrong in [None, Some(SECRET)] {
+        let mut r = cp.http.post(url("/raft/snapshot")).body(big.clone());
+        if let Some(s) = wrong {
+            r = r.header(SECRET_HEADER, s);
+        }
+        // The server may answer before the whole body is sent and close.
+        if let Ok(r) = r.send().await {
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    // A forwarded change just over one entry (and under the route's limit)
+    // is refused, and nothing is proposed.
+    let name = "t".repeat(ENTRY_BYTES_MAX + 1024);
+    let body = json!({"actor": "x", "command": {"op": "delete_tenant", "tenant": name}}).to_string();
+    assert!(body.len() < SMALL_RPC_BYTES_MAX);
+    let before = cp.h.node.raft.metrics().borrow().last_log_index;
+    let r = cp
+        .http
+        .post(url("/raft/propose"))
+        .header(SECRET_HEADER, PEERS)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("largest Raft entry"), "{text}");
+    assert_eq!(cp.h.node.raft.metrics().borrow().last_log_index, before);
+    // Over the route's own limit: refused without being read whole.
+    let over = vec![b' '; SMALL_RPC_BYTES_MAX + 1];
+    let r = cp
+        .http
+        .post(url("/raft/vote"))
+        .header(SECRET_HEADER, PEERS)
+        .body(over)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    cp.h.shutdown().await;
+}

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::auth::{self, AuthError, FelixClaims, Verifier};
 use crate::model::*;
 use crate::node::{fresh_key, now_ms, CpError, Forwarded, Node};
-use crate::raft::network::{SnapshotRpc, SECRET_HEADER};
+use crate::raft::network::SECRET_HEADER;
 use crate::raft::Outcome;
 use crate::rbac::{for_token, Action, Grant, Object};
 use crate::state::{tenant_admin_grants, Command, ErrorKind, Placed};
@@ -40,7 +40,6 @@ mod tenancy;
 
 use access::*;
 use brokers::*;
-use raft::*;
 use resources::*;
 use tenancy::*;
 
@@ -48,8 +47,10 @@ use tenancy::*;
 pub const PAGE_SIZE_MAX: usize = 1000;
 /// Longest a feed long-poll waits.
 pub const FEED_WAIT_MS_MAX: u64 = 30_000;
-/// Largest request body accepted.
+/// Largest request body accepted (the Raft routes have their own).
 pub const BODY_BYTES_MAX: usize = 1 << 20;
+// A command an API body carries becomes one Raft entry: it must fit.
+const _: () = assert!(BODY_BYTES_MAX + 64 * 1024 <= crate::raft::network::ENTRY_BYTES_MAX);
 /// How long a key that stopped signing still verifies: a token's life plus
 /// the clock skew allowed.
 fn key_overlap_ms(node: &Node) -> u64 {
@@ -395,10 +396,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/rebalance", post(rebalance).get(rebalance_status))
         .route("/v1/feed/snapshot", get(feed_snapshot))
         .route("/v1/feed/changes", get(feed_changes))
-        .route("/raft/append", post(raft_append))
-        .route("/raft/vote", post(raft_vote))
-        .route("/raft/snapshot", post(raft_snapshot))
-        .route("/raft/propose", post(raft_propose))
+        .merge(raft::router(node.clone()))
         .route("/metrics", get(metrics_text))
         .route("/live", get(|| async { "live\n" }))
         .route("/ready", get(ready))

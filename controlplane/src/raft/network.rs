@@ -68,11 +68,70 @@ pub struct Peer {
     outvoted: Arc<AtomicU64>,
 }
 
+/// One Raft entry's envelope, as JSON, at most: a proposal past it is
+/// refused before it enters the log, so an AppendEntries of
+/// `APPEND_ENTRIES_MAX` entries always fits `APPEND_BYTES_MAX`.
+pub const ENTRY_BYTES_MAX: usize = 2 << 20;
+/// Entries one AppendEntries carries at most (openraft's
+/// `max_payload_entries`).
+pub const APPEND_ENTRIES_MAX: u64 = 16;
+/// Room in an AppendEntries body for everything but the entries.
+const APPEND_OVERHEAD_BYTES_MAX: usize = 64 * 1024;
+/// An AppendEntries body at most (the route's limit).
+pub const APPEND_BYTES_MAX: usize = APPEND_ENTRIES_MAX as usize * ENTRY_BYTES_MAX + APPEND_OVERHEAD_BYTES_MAX;
+/// A snapshot's body at most: the whole metadata, as bytes.
+pub const SNAPSHOT_BYTES_MAX: usize = 256 << 20;
+/// A snapshot's head (vote and meta, JSON) at most.
+pub const SNAPSHOT_HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Votes and forwarded proposals: one envelope and a little more.
+pub const SMALL_RPC_BYTES_MAX: usize = ENTRY_BYTES_MAX + APPEND_OVERHEAD_BYTES_MAX;
+
+const _: () = assert!(APPEND_BYTES_MAX < SNAPSHOT_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_HEAD_BYTES_MAX <= u32::MAX as usize);
+
+/// What a snapshot's body starts with, before the snapshot's own bytes
+/// (`docs/format/controlplane-raft.md`).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotRpc {
+pub struct SnapshotHead {
     pub vote: Vote,
     pub meta: SnapshotMeta,
-    pub data: Vec<u8>,
+}
+
+/// A snapshot RPC's body: the head's length (u32, big-endian), the head
+/// as JSON, then the snapshot's bytes as they are.
+pub fn encode_snapshot(head: &SnapshotHead, data: &[u8]) -> Result<Vec<u8>, String> {
+    let h = serde_json::to_vec(head).map_err(|e| e.to_string())?;
+    if h.len() > SNAPSHOT_HEAD_BYTES_MAX {
+        return Err(format!("a snapshot head of {} bytes", h.len()));
+    }
+    if 4 + h.len() + data.len() > SNAPSHOT_BYTES_MAX {
+        return Err(format!(
+            "a snapshot of {} bytes is over SNAPSHOT_BYTES_MAX ({SNAPSHOT_BYTES_MAX})",
+            data.len()
+        ));
+    }
+    let mut body = Vec::with_capacity(4 + h.len() + data.len());
+    body.extend_from_slice(&(h.len() as u32).to_be_bytes());
+    body.extend_from_slice(&h);
+    body.extend_from_slice(data);
+    Ok(body)
+}
+
+/// The head and the snapshot's bytes of a body [`encode_snapshot`] made.
+pub fn decode_snapshot(body: &[u8]) -> Result<(SnapshotHead, &[u8]), String> {
+    let (len, rest) = body
+        .split_first_chunk::<4>()
+        .ok_or("a snapshot body shorter than its head's length")?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if len > SNAPSHOT_HEAD_BYTES_MAX || len > rest.len() {
+        return Err(format!(
+            "a snapshot head of {len} bytes in a body of {}",
+            body.len()
+        ));
+    }
+    let (head, data) = rest.split_at(len);
+    let head = serde_json::from_slice(head).map_err(|e| format!("the snapshot head: {e}"))?;
+    Ok((head, data))
 }
 
 impl Peer {
@@ -82,12 +141,23 @@ impl Peer {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, NetworkError> {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
+        self.send(
+            path,
+            self.http.post(format!("{}{path}", self.base)).json(req),
+            timeout,
+        )
+        .await
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        path: &str,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Resp, NetworkError> {
+        let r = request
             .header(SECRET_HEADER, &self.secret)
             .timeout(timeout)
-            .json(req)
             .send()
             .await
             .map_err(|e| NetworkError::new(&e))?;
@@ -143,14 +213,20 @@ impl RaftNetwork<TypeConfig> for Peer {
         cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let req = SnapshotRpc {
+        let head = SnapshotHead {
             vote,
             meta: snapshot.meta.clone(),
-            data: snapshot.snapshot.into_inner(),
         };
-        let call = self.post::<_, Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>(
+        let body = encode_snapshot(&head, &snapshot.snapshot.into_inner()).map_err(|e| {
+            tracing::error!(error = %e, "a snapshot cannot be sent");
+            StreamingError::Unreachable(Unreachable::new(&std::io::Error::other(e)))
+        })?;
+        let call = self.send::<Result<SnapshotResponse<NodeId>, Fatal<NodeId>>>(
             "/raft/snapshot",
-            &req,
+            self.http
+                .post(format!("{}/raft/snapshot", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body),
             option.hard_ttl(),
         );
         let r = tokio::select! {
