@@ -131,6 +131,10 @@ pub async fn fetch(
             }
         }
         let mut from = state.next.0.max(shard.earliest());
+        // The window counts from the lowest open offset, as the index's
+        // `can_lease` does (so a gap never stalls the group); with nothing
+        // open, from the first record leased here.
+        let mut base = state.window_base();
         'read: while lease.len() < max - out.len() {
             let chunk = shard.read(from, FETCH_READ_BYTES)?;
             if chunk.bytes.is_empty() {
@@ -148,7 +152,8 @@ pub async fn fetch(
                     if r.offset.0 < from {
                         continue;
                     }
-                    if r.offset.0 - state.floor.0 >= GROUP_WINDOW_MAX || lease.len() >= max - out.len() {
+                    let b = *base.get_or_insert(r.offset);
+                    if r.offset.0 - b.0 >= GROUP_WINDOW_MAX || lease.len() >= max - out.len() {
                         break 'read;
                     }
                     lease.push((r, 1));

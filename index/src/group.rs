@@ -14,9 +14,12 @@ use std::collections::BTreeMap;
 
 use felix_log::Offset;
 
-/// Offsets a group may have between its floor and its next offset; a lease
-/// beyond is refused, which is the broker's cue to stop handing out more
-/// while old ones stay unacked.
+/// Offsets a lease may lie beyond the group's lowest open offset (leased,
+/// or waiting for redelivery); a lease further is refused, which is the
+/// broker's cue to stop handing out more while old ones stay unacked. It
+/// bounds the entries a group holds. Offsets that hold no record (gaps
+/// left by compaction or retention) count only while something below them
+/// is open: with nothing open, a lease starts a new window wherever it is.
 pub const GROUP_WINDOW_MAX: u64 = 1 << 20;
 
 /// A consumer of a group, numbered by the broker.
@@ -56,7 +59,7 @@ pub enum Refusal {
     LeasedToOther,
     /// Not leased to this consumer (extend, nack).
     NotHolder,
-    /// Beyond [`GROUP_WINDOW_MAX`] from the floor.
+    /// Beyond [`GROUP_WINDOW_MAX`] from the lowest open offset.
     WindowFull,
 }
 
@@ -83,7 +86,8 @@ impl GroupState {
         if offset < self.floor {
             return Err(Refusal::Finished);
         }
-        if offset.0 - self.floor.0 >= GROUP_WINDOW_MAX {
+        let base = self.window_base().unwrap_or(offset);
+        if offset.0.saturating_sub(base.0) >= GROUP_WINDOW_MAX {
             return Err(Refusal::WindowFull);
         }
         match self.entries.get(&offset) {
@@ -169,20 +173,32 @@ impl GroupState {
         Ok(())
     }
 
-    /// Moves the floor over finished offsets (acked or skipped). Returns the
-    /// old floor.
+    /// The lowest open offset (leased, or waiting for redelivery), from
+    /// which [`GROUP_WINDOW_MAX`] counts; `None` when nothing is open.
+    pub fn window_base(&self) -> Option<Offset> {
+        self.entries
+            .iter()
+            .find(|(_, d)| d.status != Status::Acked)
+            .map(|(o, _)| *o)
+    }
+
+    /// Moves the floor over finished offsets (acked or skipped) to the
+    /// lowest open one, or to `next` when none is open: in one step
+    /// whatever the gap, so offsets that never held a record cost nothing.
+    /// Returns the old floor.
     pub fn advance_floor(&mut self) -> Offset {
         let old = self.floor;
-        while self.floor < self.next {
-            match self.entries.get(&self.floor) {
-                Some(d) if d.status != Status::Acked => break,
-                Some(_) => {
-                    self.entries.remove(&self.floor);
-                }
-                None => {}
+        while let Some((&o, d)) = self.entries.first_key_value() {
+            if d.status != Status::Acked {
+                break;
             }
-            self.floor = self.floor.add(1);
+            self.entries.remove(&o);
         }
+        self.floor = match self.entries.first_key_value() {
+            Some((&open, _)) => open.min(self.next),
+            None => self.next,
+        }
+        .max(old);
         old
     }
 
@@ -246,6 +262,39 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_wider_than_the_window_neither_stalls_the_group_nor_costs_a_step_per_offset() {
+        let c = ConsumerId(1);
+        let mut g = GroupState::starting_at(Offset(0));
+        g.lease(Offset(0), c, 10, 0).unwrap();
+        // Offset 0 open: a lease past the window from it is refused.
+        assert_eq!(
+            g.lease(Offset(GROUP_WINDOW_MAX), c, 10, 0),
+            Err(Refusal::WindowFull)
+        );
+        g.ack(Offset(0)).unwrap();
+        g.advance_floor();
+        // Nothing open: the next record, however far past (retention took
+        // the offsets between, or they never held a record), is leased.
+        let far = Offset(1 << 40);
+        g.lease(far, c, 10, 0).unwrap();
+        assert_eq!(g.window_base(), Some(far));
+        // And the window counts from it now.
+        assert_eq!(
+            g.lease(far.add(GROUP_WINDOW_MAX), c, 10, 0),
+            Err(Refusal::WindowFull)
+        );
+        g.lease(far.add(GROUP_WINDOW_MAX - 1), c, 10, 0).unwrap();
+        g.ack(far).unwrap();
+        // One step, not 2^40: the floor goes to the lowest open offset.
+        g.advance_floor();
+        assert_eq!(g.floor, far.add(GROUP_WINDOW_MAX - 1));
+        g.ack(far.add(GROUP_WINDOW_MAX - 1)).unwrap();
+        g.advance_floor();
+        assert_eq!(g.floor, g.next);
+        assert!(g.entries.is_empty());
+    }
+
+    #[test]
     fn skipped_offsets_do_not_hold_the_floor() {
         let mut g = GroupState::starting_at(Offset(0));
         g.lease(Offset(0), A, 10, 0).unwrap();
@@ -261,12 +310,19 @@ mod tests {
     }
 
     #[test]
-    fn the_window_is_bounded() {
+    fn the_window_is_bounded_from_the_lowest_open_offset() {
         let mut g = GroupState::starting_at(Offset(0));
+        g.lease(Offset(7), A, 10, 0).unwrap();
         assert_eq!(
-            g.lease(Offset(GROUP_WINDOW_MAX), A, 10, 0),
+            g.lease(Offset(7 + GROUP_WINDOW_MAX), A, 10, 0),
             Err(Refusal::WindowFull)
         );
-        g.lease(Offset(GROUP_WINDOW_MAX - 1), A, 10, 0).unwrap();
+        g.lease(Offset(6 + GROUP_WINDOW_MAX), A, 10, 0).unwrap();
+        // An expired lease is still open: it holds the window.
+        assert_eq!(g.window_base(), Some(Offset(7)));
+        assert_eq!(
+            g.lease(Offset(8 + GROUP_WINDOW_MAX), B, 10, 20),
+            Err(Refusal::WindowFull)
+        );
     }
 }
