@@ -206,8 +206,10 @@ pub struct CacheSpec {
     /// or evicted.
     #[serde(default)]
     pub default_ttl_ms: Option<u64>,
-    /// Bytes of values a shard keeps before evicting; `None` is unbounded.
-    #[serde(default)]
+    /// Refused when set: brokers bound cache memory per broker
+    /// (`hot_cache_bytes_max`). Kept so a document that names it gets that
+    /// answer rather than "unknown field".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes_max: Option<u64>,
 }
 
@@ -228,8 +230,14 @@ impl CacheSpec {
         if self.default_ttl_ms == Some(0) {
             return Err("default_ttl_ms of 0 would expire every put at once; omit it for no TTL".into());
         }
-        if self.memory_bytes_max == Some(0) {
-            return Err("memory_bytes_max of 0 would keep nothing; omit it for no bound".into());
+        // Refused rather than accepted and ignored: brokers bound a
+        // cache's memory per broker (`hot_cache_bytes_max`), not per cache.
+        if self.memory_bytes_max.is_some() {
+            return Err(
+                "memory_bytes_max is not enforced per cache (a broker bounds the memory of all \
+                        its caches with hot_cache_bytes_max; values beyond it are read from disk): omit it"
+                    .into(),
+            );
         }
         Ok(())
     }

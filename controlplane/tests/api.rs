@@ -356,7 +356,17 @@ async fn tenants_namespaces_streams_and_caches_with_bad_input() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A memory bound brokers would not enforce is refused, not ignored.
     let (s, v) = cp.op(Method::POST, caches, Some(json!({"name": "sessions", "shards": 2, "default_ttl_ms": 60000, "memory_bytes_max": 1048576}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("memory_bytes_max"), "{v}");
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            caches,
+            Some(json!({"name": "sessions", "shards": 2, "default_ttl_ms": 60000})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (_, l) = cp.op(Method::GET, caches, None).await;
     assert_eq!(l["items"][0]["name"], "sessions");

@@ -224,10 +224,9 @@ pub(super) async fn rotate(State(n): S, h: HeaderMap, Path(t): Path<String>) -> 
 
 pub(super) async fn tenant_audit(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {
     caller(&n, &h, &t)?.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
-    let needle = format!("tenant=\"{t}\"");
     n.read(|m| {
         m.tenant(&t)?;
-        let items: Vec<_> = m.audit.iter().filter(|a| a.operation.contains(&needle)).collect();
+        let items: Vec<_> = m.tenant_audit.get(&t).into_iter().flatten().collect();
         Ok(Json(json!({ "items": items })))
     })
 }

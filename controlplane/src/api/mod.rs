@@ -82,7 +82,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("delete", "/v1/tenants/{tenant}/namespaces/{namespace}/streams/{stream}", "resource.manage", "Delete a stream; 409 while subscribers are active unless ?force=true."),
     ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/shards/{name}/{shard}/leader", "operator", "Move a shard's leadership (stream or cache `name`) to one of its replicas {broker}; pinned there against leader balancing."),
     ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "List caches (paginated)."),
-    ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "Create a cache {name, shards, replication_factor, default_ttl_ms, memory_bytes_max}."),
+    ("post", "/v1/tenants/{tenant}/namespaces/{namespace}/caches", "resource.manage", "Create a cache {name, shards, replication_factor, default_ttl_ms}."),
     ("get", "/v1/tenants/{tenant}/namespaces/{namespace}/caches/{cache}", "resource.manage", "A cache's spec and placement."),
     ("delete", "/v1/tenants/{tenant}/namespaces/{namespace}/caches/{cache}", "resource.manage", "Delete a cache."),
     ("get", "/v1/tenants/{tenant}/idp-issuers", "tenant.manage", "List the tenant's identity providers."),

@@ -25,6 +25,9 @@ mod tenancy;
 pub const CHANGES_KEPT_MAX: usize = 4096;
 /// Audit entries kept in the replicated state (oldest dropped first).
 pub const AUDIT_KEPT_MAX: usize = 10_000;
+/// Audit entries kept per tenant, apart from the global log: one tenant's
+/// refused requests cannot push another tenant's history out.
+pub const TENANT_AUDIT_KEPT_MAX: usize = 1_000;
 /// Signing keys one tenant may have at once (the signer plus retiring ones).
 pub const KEYS_PER_TENANT_MAX: usize = 4;
 
@@ -355,6 +358,10 @@ pub struct Metadata {
     pub next_group: u64,
     pub changes: VecDeque<Versioned>,
     pub audit: VecDeque<AuditEntry>,
+    /// Each tenant's own audit log (what `/v1/tenants/{t}/audit` shows),
+    /// kept apart from `tenants` so applying a change does not copy it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tenant_audit: BTreeMap<String, VecDeque<AuditEntry>>,
     /// A replica rebalance in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebalance: Option<crate::rebalance::Goal>,
@@ -561,13 +568,28 @@ impl Metadata {
     }
 
     fn audit(&mut self, env: &Envelope, outcome: String) {
-        self.audit.push_back(AuditEntry {
+        let entry = AuditEntry {
             version: self.version,
             at_ms: env.now_ms,
             actor: env.actor.clone(),
             operation: env.command.summary(),
             outcome,
-        });
+        };
+        // Only a tenant that exists (after this change) keeps a log: a
+        // request naming an unknown tenant cannot make one.
+        if let Some(t) = env.command.tenant().filter(|t| self.tenants.contains_key(*t)) {
+            let log = self.tenant_audit.entry(t.to_owned()).or_default();
+            log.push_back(entry.clone());
+            while log.len() > TENANT_AUDIT_KEPT_MAX {
+                log.pop_front();
+            }
+        }
+        if let Command::DeleteTenant { tenant } = &env.command {
+            if !self.tenants.contains_key(tenant) {
+                self.tenant_audit.remove(tenant);
+            }
+        }
+        self.audit.push_back(entry);
         while self.audit.len() > AUDIT_KEPT_MAX {
             self.audit.pop_front();
         }
@@ -583,6 +605,7 @@ impl Metadata {
             next_group: self.next_group,
             changes: VecDeque::new(),
             audit: VecDeque::new(),
+            tenant_audit: BTreeMap::new(),
             rebalance: self.rebalance.clone(),
             retired_brokers: self.retired_brokers.clone(),
         }
@@ -887,6 +910,46 @@ mod tests {
             }]
         ));
         assert_eq!(m.changes_since(m.version).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn one_tenants_refusals_do_not_push_another_tenants_audit_out() {
+        let mut m = cluster();
+        m.apply(&env(
+            0,
+            Command::PutTenant {
+                tenant: "u".into(),
+                spec: TenantSpec::default(),
+                key: Some(new_signing_key("k2", [2; 32])),
+            },
+        ))
+        .unwrap();
+        let u_before = m.tenant_audit["u"].clone();
+        assert_eq!(u_before.len(), 1, "u's creation");
+        // Tenant t floods the global log with refusals.
+        for _ in 0..AUDIT_KEPT_MAX + 10 {
+            create(&mut m, "bad name", 1, 1).unwrap_err();
+        }
+        assert_eq!(m.audit.len(), AUDIT_KEPT_MAX);
+        assert!(
+            !m.audit.iter().any(|a| a.operation.contains("\"u\"")),
+            "u's entry left the global log"
+        );
+        assert_eq!(m.tenant_audit["u"], u_before, "but not u's own");
+        assert_eq!(m.tenant_audit["t"].len(), TENANT_AUDIT_KEPT_MAX);
+        // A request naming a tenant that does not exist keeps no log.
+        let _ = m.apply(&env(
+            0,
+            Command::DeleteNamespace {
+                tenant: "ghost".into(),
+                namespace: "x".into(),
+            },
+        ));
+        assert!(!m.tenant_audit.contains_key("ghost"));
+        // A deleted tenant's log goes with it (the global log keeps it).
+        m.apply(&env(0, Command::DeleteTenant { tenant: "u".into() }))
+            .unwrap();
+        assert!(!m.tenant_audit.contains_key("u"));
     }
 
     #[test]
