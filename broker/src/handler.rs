@@ -21,6 +21,7 @@ use crate::error::BrokerError;
 use crate::names::StreamName;
 use crate::node::{Node, StreamHandle};
 use crate::observe;
+use crate::owned_ids::{self, Kind};
 use crate::queue::{self, Change};
 use crate::subscribe::{check_commit, start_offset, StreamPush};
 
@@ -265,11 +266,13 @@ impl NodeHandler {
                 batch,
             } => {
                 let h = node.find_stream(&stream).await?;
+                let bound = owned_ids::bind(session.principal.as_ref(), Kind::Producer, producer_id);
+                let batch = owned_ids::rebind_batch(batch, producer_id, bound)?;
                 let number = match shard {
                     Some(n) => n,
                     None => route(node, &h, &Batch::new(batch.clone())?)?,
                 };
-                let at = h.shard(number)?.publish(batch, producer_id, sequence).await?;
+                let at = h.shard(number)?.publish(batch, bound, sequence).await?;
                 if ack == AckLevel::None {
                     return Ok(Reply::Nothing);
                 }
@@ -323,6 +326,7 @@ impl NodeHandler {
                 lease_ms,
             } => {
                 let h = node.find_stream(&stream).await?;
+                let consumer = owned_ids::bind(session.principal.as_ref(), Kind::Consumer, consumer);
                 let (lease_until_ms, records) =
                     queue::fetch(node, &h, &group, consumer, max_records, lease_ms).await?;
                 Ok(Reply::Message(Message::GroupRecords {
@@ -343,6 +347,7 @@ impl NodeHandler {
                 items,
             } => {
                 let h = node.find_stream(&stream).await?;
+                let consumer = owned_ids::bind(session.principal.as_ref(), Kind::Consumer, consumer);
                 queue::change(node, &h, &group, consumer, &items, Change::Nack { delay_ms }).await?;
                 done()
             }
@@ -354,6 +359,7 @@ impl NodeHandler {
                 items,
             } => {
                 let h = node.find_stream(&stream).await?;
+                let consumer = owned_ids::bind(session.principal.as_ref(), Kind::Consumer, consumer);
                 queue::change(node, &h, &group, consumer, &items, Change::Extend { lease_ms }).await?;
                 done()
             }
@@ -372,6 +378,7 @@ impl NodeHandler {
                 sequence,
             } => {
                 let h = node.find_stream(&name).await?;
+                let writer = owned_ids::bind(session.principal.as_ref(), Kind::Writer, writer);
                 let m =
                     cache::write(node, &h, key, Some(value), ttl_ms, if_version, (writer, sequence)).await?;
                 Ok(Reply::Message(m))
@@ -384,6 +391,7 @@ impl NodeHandler {
                 sequence,
             } => {
                 let h = node.find_stream(&name).await?;
+                let writer = owned_ids::bind(session.principal.as_ref(), Kind::Writer, writer);
                 let m = cache::write(node, &h, key, None, None, if_version, (writer, sequence)).await?;
                 Ok(Reply::Message(m))
             }

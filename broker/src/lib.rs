@@ -23,6 +23,7 @@ pub mod meta;
 pub mod names;
 pub mod node;
 pub mod observe;
+pub mod owned_ids;
 pub mod peers;
 pub mod queue;
 pub mod server;

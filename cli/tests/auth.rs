@@ -495,3 +495,63 @@ async fn heartbeats_answered(cp: &Cp) -> f64 {
         &["route=\"/v1/brokers/:broker/heartbeat\"", "status=\"200\""],
     )
 }
+
+/// Issue 26 finding 8: a producer id is bound to the principal that sends
+/// it. Another principal who saw it (every reader sees batches' producer
+/// ids) cannot claim its next sequence and have the owner's write answered
+/// as a duplicate and dropped; the owner's own retry, from a new
+/// connection too, is still recognised.
+#[test]
+fn a_producer_id_is_bound_to_its_principal_so_another_cannot_claim_its_sequence() {
+    let (_dir, rt, b) = dev_broker();
+    rt.block_on(async {
+        let cp = Cp::of(&b);
+        cp.ok(reqwest::Method::POST, "/v1/tenants", json!({"name": "acme"}))
+            .await;
+        cp.ok(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/namespaces",
+            json!({"name": "prod"}),
+        )
+        .await;
+        for (who, action) in [
+            ("p:alice", "stream.publish"),
+            ("p:alice", "resource.manage"),
+            ("p:bob", "stream.publish"),
+        ] {
+            cp.ok(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/rbac/policies",
+                json!({"subject": who, "object": "namespace:acme/prod", "action": action}),
+            )
+            .await;
+        }
+        let alice_token = cp.token("acme", "p:alice").await;
+        let bob_token = cp.token("acme", "p:bob").await;
+        let alice = client_with(&b, &alice_token).await.unwrap();
+        common::create(&alice, stream("acme/prod/orders")).await;
+        const P: u64 = 0x1234_5678_9abc;
+        let publish = |value: &[u8]| Message::Publish {
+            stream: "acme/prod/orders".into(),
+            shard: Some(0),
+            ack: felix_client::wire::AckLevel::Leader,
+            producer_id: P,
+            sequence: 0,
+            batch: felix_testkit::Batch::of(&[value]).producer(P, 0).bytes(),
+        };
+        let offset = |r: Result<Message, ClientError>| match r {
+            Ok(Message::PublishAck { base_offset, .. }) => base_offset,
+            other => panic!("{other:?}"),
+        };
+        let bob = client_with(&b, &bob_token).await.unwrap();
+        let squatted = offset(bob.call(Route::Any, &publish(b"bob")).await);
+        let first = offset(alice.call(Route::Any, &publish(b"alice")).await);
+        assert_ne!(first, squatted, "alice's write was taken for bob's and dropped");
+        let again = client_with(&b, &alice_token).await.unwrap();
+        assert_eq!(
+            offset(again.call(Route::Any, &publish(b"alice")).await),
+            first,
+            "alice's retry is her own duplicate"
+        );
+    });
+}

@@ -13,7 +13,7 @@ pub use builder::{BatchBuilder, Compression, RecordInput};
 pub use compact::compact;
 pub use merge::BatchMerger;
 pub use record::{Record, RecordIter};
-pub use view::{stamp, Batch, BatchFlags, BatchHeader, ProducerRun};
+pub use view::{stamp, stamp_producer, Batch, BatchFlags, BatchHeader, ProducerRun};
 
 use thiserror::Error;
 

@@ -311,6 +311,20 @@ pub fn stamp(buf: &mut [u8], base_offset: Offset, term: RaftTerm, index: RaftInd
     le::put_u32(buf, l::HEADER_CRC_AT, crc);
 }
 
+/// Rewrites a single-producer batch's producer id in place and re-seals
+/// the header's checksum (the broker binds a client's id to its principal
+/// before the batch is appended; the records and their checksum are
+/// untouched).
+pub fn stamp_producer(buf: &mut [u8], id: ProducerId) {
+    assert!(
+        buf.len() >= l::HEADER_BYTES,
+        "stamp_producer on a buffer shorter than a batch header"
+    );
+    le::put_u64(buf, l::PRODUCER_ID_AT, id.0);
+    let crc = crc32fast::hash(&buf[l::HEADER_CRC_FROM..l::HEADER_BYTES]);
+    le::put_u32(buf, l::HEADER_CRC_AT, crc);
+}
+
 /// A whole, checked batch over shared bytes (a slice of a segment map, or a
 /// buffer from the network).
 #[derive(Clone, Debug)]
