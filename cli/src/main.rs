@@ -324,27 +324,26 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Command::Log(c) => logtool::run(c),
         Command::Certs(CertsCommand::Broker { broker, ca_dir, out }) => {
             let ca = felix_client::transport::dev_certificates(&ca_dir, &[])?;
-            let c = ca.issue_broker(broker, &out)?;
-            println!(
-                "[cluster]\ncert = {:?}\nkey = {:?}\nca = {:?}",
-                c.cert.display().to_string(),
-                c.key.display().to_string(),
-                c.ca.display().to_string()
-            );
+            print_issued("cluster", &ca.issue_broker(broker, &out)?);
             Ok(())
         }
         Command::Certs(CertsCommand::Controlplane { ca_dir, out, names }) => {
             let ca = felix_client::transport::dev_certificates(&ca_dir, &[])?;
-            let c = ca.issue_controlplane(&out, &names)?;
-            println!(
-                "[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}",
-                c.cert.display().to_string(),
-                c.key.display().to_string(),
-                c.ca.display().to_string()
-            );
+            print_issued("tls", &ca.issue_controlplane(&out, &names)?);
             Ok(())
         }
     }
+}
+
+/// An issued certificate as the TOML table (`[cluster]`, `[tls]`) that
+/// names its files.
+fn print_issued(table: &str, c: &felix_client::transport::IssuedCertificate) {
+    println!(
+        "[{table}]\ncert = {:?}\nkey = {:?}\nca = {:?}",
+        c.cert.display().to_string(),
+        c.key.display().to_string(),
+        c.ca.display().to_string()
+    );
 }
 
 /// `felix config check`: the file with the environment over it, checked as

@@ -54,6 +54,18 @@ impl Cp {
         v
     }
 
+    /// Tenant `acme` with namespace `prod`.
+    async fn acme_prod(&self) {
+        self.ok(reqwest::Method::POST, "/v1/tenants", json!({"name": "acme"}))
+            .await;
+        self.ok(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/namespaces",
+            json!({"name": "prod"}),
+        )
+        .await;
+    }
+
     async fn token(&self, tenant: &str, principal: &str) -> String {
         let v = self
             .ok(
@@ -91,14 +103,7 @@ fn tokens_are_checked_at_the_handshake_and_tenants_cannot_see_or_touch_each_othe
     rt.block_on(async {
         let cp = Cp::of(&b);
         // Tenant acme: alice manages namespace prod, bob may only read one stream.
-        cp.ok(reqwest::Method::POST, "/v1/tenants", json!({"name": "acme"}))
-            .await;
-        cp.ok(
-            reqwest::Method::POST,
-            "/v1/tenants/acme/namespaces",
-            json!({"name": "prod"}),
-        )
-        .await;
+        cp.acme_prod().await;
         for action in [
             "stream.publish",
             "stream.subscribe",
@@ -506,14 +511,7 @@ fn a_producer_id_is_bound_to_its_principal_so_another_cannot_claim_its_sequence(
     let (_dir, rt, b) = dev_broker();
     rt.block_on(async {
         let cp = Cp::of(&b);
-        cp.ok(reqwest::Method::POST, "/v1/tenants", json!({"name": "acme"}))
-            .await;
-        cp.ok(
-            reqwest::Method::POST,
-            "/v1/tenants/acme/namespaces",
-            json!({"name": "prod"}),
-        )
-        .await;
+        cp.acme_prod().await;
         for (who, action) in [
             ("p:alice", "stream.publish"),
             ("p:alice", "resource.manage"),
