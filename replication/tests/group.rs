@@ -661,7 +661,14 @@ async fn a_leader_with_a_damaged_entry_stops_rather_than_ship_it() {
 
     let behind = start(tmp.path(), id, &addr).await;
     wait_applied(&behind, last).await;
-    assert!(healthy.replica.is_leader(), "the healthy replica took over");
+    // An undamaged replica leads (the healthy one, or the caught-up one
+    // if it won a later election): leadership may still be settling the
+    // moment the follower has applied, so it is polled to a deadline.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(healthy.replica.is_leader() || behind.replica.is_leader()) {
+        assert!(Instant::now() < until, "no undamaged replica took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(entries(&behind.log), entries(&healthy.log));
     assert!(
         entries(&behind.log)
