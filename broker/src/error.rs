@@ -16,6 +16,8 @@ pub enum BrokerError {
     Invalid(String),
     #[error("overloaded; retry after {retry_after_ms} ms")]
     Overloaded { retry_after_ms: u32 },
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     #[error("offset {requested} is outside [{earliest}, {latest}]")]
     OffsetOutOfRange {
         requested: u64,
@@ -68,6 +70,7 @@ impl From<BrokerError> for ErrorReply {
             BrokerError::Forbidden(why) => ErrorReply::Forbidden(why),
             e @ BrokerError::ControlPlane(_) => ErrorReply::Timeout(e.to_string()),
             BrokerError::Overloaded { retry_after_ms } => ErrorReply::Overloaded { retry_after_ms },
+            BrokerError::QuotaExceeded(why) => ErrorReply::QuotaExceeded(why),
             BrokerError::OffsetOutOfRange { earliest, latest, .. } => {
                 ErrorReply::OffsetOutOfRange { earliest, latest }
             }

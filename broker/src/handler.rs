@@ -9,6 +9,7 @@ use felix_client::policy::shard_for_key;
 use felix_client::server::{Handler, HelloRequest, Peer, Reply};
 use felix_client::wire::frame::VERSION;
 use felix_client::wire::{AckLevel, ErrorReply, Message};
+use felix_controlplane::model::Adding;
 use felix_index::control::{control_batch, ControlOp};
 use felix_log::Batch;
 
@@ -226,6 +227,7 @@ impl NodeHandler {
         if let Message::Publish { batch, .. } = request {
             crate::shard::check_timestamps(batch, self.node.now_ms())?;
         }
+        self.admit_usage(request)?;
         if let Message::Publish { stream, batch, .. } = request {
             let mut quotas = self.node.quotas.lock().expect("quota lock");
             if quotas.is_empty() {
@@ -249,6 +251,31 @@ impl NodeHandler {
                     retry_after_ms: q.retry_after_ms,
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// Whether a publish, cache write or subscription still fits its
+    /// tenant's and namespace's usage quotas. Deletes and reads always
+    /// pass, so a tenant at its quota can free space.
+    fn admit_usage(&self, request: &Message) -> Result<(), BrokerError> {
+        let (name, adding) = match request {
+            Message::Publish { stream, .. } => (stream, Adding::StreamBytes),
+            Message::CachePut { cache, .. } => (cache, Adding::CacheBytes),
+            Message::Subscribe { stream, .. } => (stream, Adding::Subscription),
+            _ => return Ok(()),
+        };
+        if self.node.quotas.lock().expect("quota lock").usage.is_empty() {
+            return Ok(());
+        }
+        let n = StreamName::parse(name)?;
+        // Counted outside the quota lock: it reads every stream's count.
+        let live =
+            (adding == Adding::Subscription).then(|| self.node.live_subscriptions(&n.tenant, &n.namespace));
+        let quotas = self.node.quotas.lock().expect("quota lock");
+        if let Err(refusal) = quotas.usage.admit(&n.tenant, &n.namespace, adding, live) {
+            metrics::counter!(observe::metrics::QUOTA_REFUSALS_TOTAL, "quota" => refusal.quota).increment(1);
+            return Err(BrokerError::QuotaExceeded(refusal.to_string()));
         }
         Ok(())
     }

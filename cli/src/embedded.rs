@@ -83,6 +83,7 @@ pub async fn start(data_dir: &Path, listen: SocketAddr, ca_dir: &Path) -> Result
                 tenant: DEV_TENANT.into(),
                 namespace: DEFAULT_NAMESPACE.into(),
                 spec: NamespaceSpec::default(),
+                keep_quotas: false,
             }
         } else {
             Command::Bootstrap {

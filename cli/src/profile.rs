@@ -70,6 +70,9 @@ pub fn with_hint(e: anyhow::Error) -> anyhow::Error {
         (Some(R::Overloaded { .. }), _) => {
             "over a quota or a limit: retry after the time given, or ask for a higher quota"
         }
+        (Some(R::QuotaExceeded(_)), _) => {
+            "the tenant or namespace holds all its quota allows: delete what it no longer needs (or shorten its retention), or ask the cluster operator for a higher quota"
+        }
         (Some(R::NotLeader { .. } | R::Timeout(_)), _) | (_, Some(C::Timeout(_) | C::RetriesExhausted { .. })) => {
             "the cluster may be electing a leader or missing a majority: `felix cluster status` shows brokers down and shards without a leader"
         }

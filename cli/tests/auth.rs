@@ -553,3 +553,158 @@ fn a_producer_id_is_bound_to_its_principal_so_another_cannot_claim_its_sequence(
         );
     });
 }
+
+/// Issue 26 finding 5: a namespace's quotas on streams, shards, storage and
+/// subscriptions, set by the operator, are enforced: creates past a count
+/// are refused by the control plane, and brokers refuse a publish once the
+/// namespace holds its storage quota and a subscription past its count,
+/// each as `QuotaExceeded`, while what was written stays readable, other
+/// namespaces go on, and a delete frees room.
+#[test]
+fn usage_quotas_refuse_what_would_pass_them_and_keep_what_was_written() {
+    const STORAGE_BYTES_MAX: u64 = 64 * 1024;
+    const RECORD_BYTES: usize = 4096;
+    let (_dir, rt, b) = dev_broker();
+    rt.block_on(async {
+        let cp = Cp::of(&b);
+        let dev = b.client().await;
+        cp.ok(
+            reqwest::Method::POST,
+            "/v1/tenants/dev/namespaces",
+            json!({"name": "small", "quotas": {"streams_max": 2, "shards_max": 2,
+                   "storage_bytes_max": STORAGE_BYTES_MAX, "subscribe_connections_max": 1}}),
+        )
+        .await;
+        let quota_refusal = |e: ErrorReply, says: &str| match e {
+            ErrorReply::QuotaExceeded(m) => assert!(m.contains(says), "{m}"),
+            e => panic!("refused with {e:?}, not QuotaExceeded ({says})"),
+        };
+        // Counts: two shards and two streams at most.
+        common::create(&dev, common::stream_config("dev/small/a", 1)).await;
+        let e = refusal(
+            &dev,
+            &Message::StreamCreate(common::stream_config("dev/small/b", 2)),
+        )
+        .await;
+        quota_refusal(e, "shards_max");
+        common::create(&dev, common::stream_config("dev/small/b", 1)).await;
+        let e = refusal(
+            &dev,
+            &Message::StreamCreate(common::stream_config("dev/small/c", 1)),
+        )
+        .await;
+        quota_refusal(e, "streams_max");
+
+        // Storage: publishes are acknowledged until the brokers see the
+        // namespace hold its quota, then refused. Paced so that the
+        // overshoot (what is written before the broker's next look at
+        // itself, every second) stays measurable.
+        let conn = dev.connection(&b.profile.brokers[0]).await.unwrap();
+        let value = vec![7u8; RECORD_BYTES];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut acked = 0u64;
+        let refused = loop {
+            match conn.request(&publish("dev/small/a", &value), 30_000).await {
+                Ok(Message::PublishAck { .. }) => acked += 1,
+                Ok(Message::Error(e)) | Err(ClientError::Broker(e)) => break e,
+                r => panic!("{r:?}"),
+            }
+            assert!(Instant::now() < deadline, "{acked} publishes and no refusal");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        quota_refusal(refused, "storage_bytes_max");
+        let acked_bytes = acked * RECORD_BYTES as u64;
+        assert!(
+            acked_bytes >= STORAGE_BYTES_MAX - RECORD_BYTES as u64,
+            "refused after {acked_bytes} bytes"
+        );
+        // At most about two seconds of these publishes past the quota.
+        let overshoot_max = 100 * RECORD_BYTES as u64;
+        assert!(
+            acked_bytes <= STORAGE_BYTES_MAX + overshoot_max,
+            "{acked_bytes} bytes acknowledged against a quota of {STORAGE_BYTES_MAX}"
+        );
+        // The other stream of the namespace is refused too; another
+        // namespace is not.
+        let e = refusal(&dev, &publish("dev/small/b", b"x")).await;
+        quota_refusal(e, "storage_bytes_max");
+        common::create(&dev, common::stream_config("other", 1)).await;
+        assert!(matches!(
+            conn.request(&publish("other", b"x"), 30_000).await,
+            Ok(Message::PublishAck { .. })
+        ));
+
+        // Everything acknowledged is readable, through the namespace's one
+        // subscription; a second is refused while it is open.
+        let mut sub = dev
+            .subscribe("dev/small/a", SubscribeOptions::starting(Start::Earliest))
+            .await
+            .unwrap();
+        for i in 0..acked {
+            let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .unwrap_or_else(|_| panic!("record {i} of {acked} within 30 s"))
+                .expect("subscription open")
+                .expect("a record");
+            assert_eq!(d.record.offset.0, i);
+            assert_eq!(d.record.value.map(|v| v.len()), Some(RECORD_BYTES));
+        }
+        // (A subscription is opened by its first request: the refusal is
+        // its first delivery.)
+        let first = |stream: &'static str| {
+            let dev = dev.clone();
+            async move {
+                let mut sub = dev
+                    .subscribe(stream, SubscribeOptions::starting(Start::Earliest))
+                    .await
+                    .unwrap();
+                tokio::time::timeout(Duration::from_secs(30), sub.next())
+                    .await
+                    .expect("a delivery or a refusal within 30 s")
+                    .expect("a delivery or a refusal")
+            }
+        };
+        match first("dev/small/a").await {
+            Err(ClientError::Broker(e)) => quota_refusal(e, "subscribe_connections_max"),
+            r => panic!("a second subscription: {r:?}"),
+        }
+        // The control plane shows the usage the brokers reported.
+        wait_for(|| async {
+            let text = felix_testkit::scrape::fetch(&cp.http, &cp.url).await;
+            let used = felix_testkit::scrape::sum(
+                &text,
+                "felix_cp_quota_used",
+                &["scope=\"dev/small\"", "quota=\"storage_bytes_max\""],
+            );
+            let limit = felix_testkit::scrape::sum(
+                &text,
+                "felix_cp_quota_limit",
+                &["scope=\"dev/small\"", "quota=\"storage_bytes_max\""],
+            );
+            (used >= (STORAGE_BYTES_MAX - RECORD_BYTES as u64) as f64 && limit == STORAGE_BYTES_MAX as f64)
+                .then_some(())
+        })
+        .await;
+
+        // Once the subscription closes, another may open; deleting the
+        // full stream makes room for publishes again.
+        drop(sub);
+        wait_for(|| async { first("dev/small/a").await.ok() }).await;
+        common::admin(
+            &dev,
+            Message::StreamDelete {
+                name: "dev/small/a".into(),
+                force: true,
+            },
+        )
+        .await;
+        wait_for(|| async {
+            matches!(
+                conn.request(&publish("dev/small/b", b"x"), 30_000).await,
+                Ok(Message::PublishAck { .. })
+            )
+            .then_some(())
+        })
+        .await;
+    });
+}

@@ -445,17 +445,30 @@ impl<H: Handler> Conn<H> {
         // Spawned under the lock so that the task's own removal at its end
         // cannot run before its insertion.
         let mut subs = self.subs.lock().expect("subs lock");
+        // A client that drops its subscription stops the stream; the push
+        // ends then, not at its next write, which may never come on a quiet
+        // stream (and would hold the subscription's place in the quotas
+        // and the counts meanwhile).
+        let stopped = uni.stopped();
         let task = tokio::spawn(async move {
+            tokio::pin!(stopped);
             loop {
-                let have = loop {
-                    let notified = c.more.notified();
-                    let n = c.bytes.load(Ordering::Acquire);
-                    if n > 0 {
-                        break n;
-                    }
-                    notified.await;
+                let credit_and_push = async {
+                    let have = loop {
+                        let notified = c.more.notified();
+                        let n = c.bytes.load(Ordering::Acquire);
+                        if n > 0 {
+                            break n;
+                        }
+                        notified.await;
+                    };
+                    source.next_push(have).await
                 };
-                let (m, end) = match source.next_push(have).await {
+                let next = tokio::select! {
+                    next = credit_and_push => next,
+                    _ = &mut stopped => break,
+                };
+                let (m, end) = match next {
                     None => break,
                     Some(Ok(p)) => {
                         let n = p.batches.len() as u64;

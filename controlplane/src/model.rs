@@ -20,7 +20,12 @@ pub use felix_model::limits::{REPLICATION_FACTOR_DEFAULT, REPLICATION_FACTOR_MAX
 /// Longest display name or description.
 pub const TEXT_BYTES_MAX: usize = 1024;
 
-/// Publish limits; `None` is unlimited.
+/// A tenant's or namespace's limits; `None` is unlimited. Only an
+/// operator sets them (a tenant admin must not raise its own). The rates
+/// hold per broker, as Kafka's client quotas; the counts are checked by
+/// the control plane when a stream or cache is created; the usage limits
+/// are checked by brokers against the cluster's total, which brokers
+/// report in their heartbeats (see `docs/security.md`, quotas).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Quotas {
@@ -28,14 +33,123 @@ pub struct Quotas {
     pub publish_records_per_s_max: Option<u64>,
     #[serde(default)]
     pub publish_bytes_per_s_max: Option<u64>,
+    /// Streams and caches, together.
+    #[serde(default)]
+    pub streams_max: Option<u32>,
+    /// Shards of its streams and caches (each counted once, whatever its
+    /// replication factor).
+    #[serde(default)]
+    pub shards_max: Option<u32>,
+    /// Bytes in its streams' and caches' logs, one replica's worth (what
+    /// the shards' leaders hold).
+    #[serde(default)]
+    pub storage_bytes_max: Option<u64>,
+    /// Subscriptions open at once across the cluster.
+    #[serde(default)]
+    pub subscribe_connections_max: Option<u32>,
+    /// Bytes in its caches' logs: a Felix cache lives in its compacted
+    /// log, so that is what it occupies (the brokers' hot maps are a
+    /// bounded per-broker copy and not counted).
+    #[serde(default)]
+    pub cache_memory_bytes_max: Option<u64>,
 }
 
 impl Quotas {
     pub fn validate(&self) -> Result<(), String> {
-        if self.publish_records_per_s_max == Some(0) || self.publish_bytes_per_s_max == Some(0) {
-            return Err("a quota of 0 would refuse every publish; omit it for no limit".into());
+        let zero = [
+            (
+                "publish_records_per_s_max",
+                self.publish_records_per_s_max == Some(0),
+            ),
+            ("publish_bytes_per_s_max", self.publish_bytes_per_s_max == Some(0)),
+            ("streams_max", self.streams_max == Some(0)),
+            ("shards_max", self.shards_max == Some(0)),
+            ("storage_bytes_max", self.storage_bytes_max == Some(0)),
+            (
+                "subscribe_connections_max",
+                self.subscribe_connections_max == Some(0),
+            ),
+            ("cache_memory_bytes_max", self.cache_memory_bytes_max == Some(0)),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, z)| *z) {
+            return Err(format!(
+                "a quota of 0 ({name}) would refuse everything it limits; omit it for no limit"
+            ));
         }
         Ok(())
+    }
+
+    /// Whether a publish rate is limited.
+    pub fn limits_rate(&self) -> bool {
+        self.publish_records_per_s_max.is_some() || self.publish_bytes_per_s_max.is_some()
+    }
+
+    /// Whether a limit needs the cluster's usage (which brokers report).
+    pub fn limits_usage(&self) -> bool {
+        self.storage_bytes_max.is_some()
+            || self.subscribe_connections_max.is_some()
+            || self.cache_memory_bytes_max.is_some()
+    }
+}
+
+/// What a request would add to a tenant's usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adding {
+    /// Records to a stream.
+    StreamBytes,
+    /// Entries to a cache (counted in storage too).
+    CacheBytes,
+    Subscription,
+}
+
+/// What a tenant or namespace uses of the limits brokers check: summed
+/// over brokers by the control plane, reported per namespace by each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Usage {
+    #[serde(default)]
+    pub storage_bytes: u64,
+    #[serde(default)]
+    pub cache_bytes: u64,
+    #[serde(default)]
+    pub subscriptions: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, o: &Usage) {
+        self.storage_bytes = self.storage_bytes.saturating_add(o.storage_bytes);
+        self.cache_bytes = self.cache_bytes.saturating_add(o.cache_bytes);
+        self.subscriptions = self.subscriptions.saturating_add(o.subscriptions);
+    }
+
+    /// The first limit of `q` that this usage has reached and that
+    /// `adding` would pass, as `(quota, used, limit)`.
+    pub fn reached(&self, q: &Quotas, adding: Adding) -> Option<(&'static str, u64, u64)> {
+        let bytes = matches!(adding, Adding::StreamBytes | Adding::CacheBytes);
+        let checks = [
+            (
+                bytes,
+                "storage_bytes_max",
+                self.storage_bytes,
+                q.storage_bytes_max,
+            ),
+            (
+                adding == Adding::CacheBytes,
+                "cache_memory_bytes_max",
+                self.cache_bytes,
+                q.cache_memory_bytes_max,
+            ),
+            (
+                adding == Adding::Subscription,
+                "subscribe_connections_max",
+                self.subscriptions,
+                q.subscribe_connections_max.map(u64::from),
+            ),
+        ];
+        checks.into_iter().find_map(|(on, name, used, max)| match max {
+            Some(max) if on && used >= max => Some((name, used, max)),
+            _ => None,
+        })
     }
 }
 

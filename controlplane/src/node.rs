@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::{self, AuthError};
-use crate::model::{BrokerStatus, SigningKey};
+use crate::model::{BrokerStatus, SigningKey, Usage};
 use crate::raft::network::{Network, APPEND_ENTRIES_MAX, ENTRY_BYTES_MAX, SECRET_HEADER};
 use crate::raft::store::{self, LogStore, StateMachine};
 use crate::raft::{NodeId, Outcome, Raft};
@@ -86,6 +86,9 @@ pub struct Liveness {
     pub seen: HashMap<u32, Instant>,
     /// Active subscribers per `tenant/namespace/stream`, per broker.
     pub subscribers: HashMap<u32, BTreeMap<String, u32>>,
+    /// Per broker, what it last reported using per `tenant/namespace`
+    /// that has a usage quota (or whose tenant has).
+    pub usage: HashMap<u32, BTreeMap<String, Usage>>,
     led_since: Option<Instant>,
 }
 
@@ -271,7 +274,12 @@ impl Node {
 
     /// A broker's heartbeat, on the leader: it is alive, and these are its
     /// active subscribers. A broker marked down comes back up.
-    pub async fn heartbeat(&self, broker: u32, subscribers: BTreeMap<String, u32>) -> Result<(), CpError> {
+    pub async fn heartbeat(
+        &self,
+        broker: u32,
+        subscribers: BTreeMap<String, u32>,
+        usage: BTreeMap<String, Usage>,
+    ) -> Result<(), CpError> {
         let status = self.read(|m| m.brokers.get(&broker).map(|b| b.status));
         let Some(status) = status else {
             return Err(ApplyError::not_found(format!("broker {broker} is not registered")).into());
@@ -280,6 +288,7 @@ impl Node {
             let mut l = self.liveness.lock().expect("liveness lock");
             l.seen.insert(broker, Instant::now());
             l.subscribers.insert(broker, subscribers);
+            l.usage.insert(broker, usage);
         }
         if status == BrokerStatus::Down {
             self.propose(
@@ -299,6 +308,50 @@ impl Node {
     pub fn subscribers_of(&self, key: &str) -> u32 {
         let l = self.liveness.lock().expect("liveness lock");
         l.subscribers.values().filter_map(|m| m.get(key)).sum()
+    }
+
+    /// The cluster's usage of every tenant (`acme`) and namespace
+    /// (`acme/prod`) with a usage quota: the sum of what brokers heard
+    /// from within the silence limit last reported (leader only; empty
+    /// elsewhere). Brokers check their quotas against it.
+    pub fn usage_totals(&self) -> BTreeMap<String, Usage> {
+        let silent_after = Duration::from_millis(
+            self.cfg.broker_heartbeat_interval_ms * u64::from(self.cfg.broker_heartbeats_missed_max),
+        );
+        let mut per_ns: BTreeMap<String, Usage> = BTreeMap::new();
+        {
+            let l = self.liveness.lock().expect("liveness lock");
+            let now = Instant::now();
+            for (broker, report) in &l.usage {
+                if l.seen
+                    .get(broker)
+                    .is_none_or(|t| now.duration_since(*t) >= silent_after)
+                {
+                    continue;
+                }
+                for (scope, u) in report {
+                    per_ns.entry(scope.clone()).or_default().add(u);
+                }
+            }
+        }
+        self.read(|m| {
+            let mut out = BTreeMap::new();
+            for (tn, t) in &m.tenants {
+                let mut tenant_total = Usage::default();
+                for (nn, n) in &t.namespaces {
+                    let key = format!("{tn}/{nn}");
+                    let u = per_ns.get(&key).copied().unwrap_or_default();
+                    tenant_total.add(&u);
+                    if n.spec.quotas.limits_usage() {
+                        out.insert(key, u);
+                    }
+                }
+                if t.spec.quotas.limits_usage() {
+                    out.insert(tn.clone(), tenant_total);
+                }
+            }
+            out
+        })
     }
 
     /// One pass of the leader's duties: brokers silent for too long are

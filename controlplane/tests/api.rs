@@ -483,6 +483,58 @@ async fn bootstrap_token_exchange_rbac_and_isolation() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+    // Quotas are the operator's: alice cannot raise her own, and an edit
+    // of the rest that leaves them out keeps them.
+    let limited = json!({"quotas": {"storage_bytes_max": 1000, "streams_max": 3}});
+    let (s, v) = cp
+        .op(
+            Method::PUT,
+            "/v1/tenants/acme/namespaces/pay",
+            Some(limited.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    for body in [
+        json!({"quotas": {"storage_bytes_max": 1_000_000_000, "streams_max": 3}}),
+        json!({"quotas": {"streams_max": 3}}),
+    ] {
+        let (s, v) = cp
+            .call(
+                Method::PUT,
+                "/v1/tenants/acme/namespaces/pay",
+                Some(&alice),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(err(&v).contains("operator"), "{v}");
+    }
+    let (s, v) = cp
+        .call(
+            Method::PUT,
+            "/v1/tenants/acme",
+            Some(&alice),
+            Some(json!({"display_name": "ACME", "quotas": {"shards_max": 1_000_000}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    for body in [limited.clone(), json!({"description": "payments"})] {
+        let (s, v) = cp
+            .call(
+                Method::PUT,
+                "/v1/tenants/acme/namespaces/pay",
+                Some(&alice),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, v) = cp
+        .call(Method::GET, "/v1/tenants/acme/namespaces/pay", Some(&alice), None)
+        .await;
+    assert_eq!(v["spec"]["description"], "payments", "{v}");
+    assert_eq!(v["spec"]["quotas"]["storage_bytes_max"], 1000, "{v}");
+    assert_eq!(v["spec"]["quotas"]["streams_max"], 3, "{v}");
     // Malformed RBAC objects are refused with what is wrong.
     for (object, says) in [
         ("tenant:*", "wildcard"),

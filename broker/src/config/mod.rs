@@ -85,6 +85,7 @@ impl QuotaDefaults {
         felix_controlplane::model::Quotas {
             publish_records_per_s_max: self.publish_records_per_s_max,
             publish_bytes_per_s_max: self.publish_bytes_per_s_max,
+            ..Default::default()
         }
     }
 }

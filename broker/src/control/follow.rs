@@ -15,11 +15,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
-use felix_controlplane::model::{Broker, Cache, Quotas, ShardPlacement, Stream};
+use felix_controlplane::model::{Broker, Cache, Quotas, ShardPlacement, Stream, Usage};
 use felix_controlplane::state::{Change, Versioned};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::usage::LOCAL_REFRESH_MS;
 use super::{ControlLink, FEED_WAIT_MS, RETRY_BACKOFF_MS_MAX};
 use crate::error::BrokerError;
 use crate::meta::StreamKind;
@@ -45,7 +46,29 @@ pub struct Registration {
 pub fn start(link: Arc<ControlLink>, node: &Arc<Node>, me: Registration) {
     let weak = Arc::downgrade(node);
     tokio::spawn(heartbeats(link.clone(), weak.clone(), me));
+    tokio::spawn(usage_looks(weak.clone()));
     tokio::spawn(feed(link, weak));
+}
+
+/// What this broker holds of the scopes with a usage quota, per
+/// `tenant/namespace`.
+fn local_usage(n: &Node) -> BTreeMap<String, Usage> {
+    n.local_usage(|t, ns| n.quotas.lock().expect("quota lock").usage.watches(t, ns))
+}
+
+/// Looks at what this broker holds every [`LOCAL_REFRESH_MS`], while some
+/// usage quota is set, so its own growth counts before the next heartbeat.
+async fn usage_looks(node: Weak<Node>) {
+    let every = Duration::from_millis(LOCAL_REFRESH_MS);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(n) = node.upgrade() else { return };
+        if n.quotas.lock().expect("quota lock").usage.is_empty() {
+            continue;
+        }
+        let local = local_usage(&n);
+        n.quotas.lock().expect("quota lock").usage.set_local(local);
+    }
 }
 
 async fn heartbeats(link: Arc<ControlLink>, node: Weak<Node>, me: Registration) {
@@ -55,7 +78,16 @@ async fn heartbeats(link: Arc<ControlLink>, node: Weak<Node>, me: Registration) 
     loop {
         let Some(n) = node.upgrade() else { return };
         let step = if registered {
-            link.heartbeat(me.id, &n.subscriber_counts()).await
+            let usage = local_usage(&n);
+            match link.heartbeat(me.id, &n.subscriber_counts(), &usage).await {
+                Ok(cluster) => {
+                    let mut q = n.quotas.lock().expect("quota lock");
+                    q.usage.set_local(usage.clone());
+                    q.usage.answered(usage, cluster);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         } else {
             link.register(&me).await
         };

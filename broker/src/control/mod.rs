@@ -11,12 +11,14 @@ pub mod admin;
 pub mod follow;
 pub mod moves;
 pub mod quota;
+pub mod usage;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
+use felix_controlplane::model::Usage;
 use serde_json::{json, Value};
 
 use crate::config::ControlPlaneConfig;
@@ -347,15 +349,28 @@ impl ControlLink {
         }
     }
 
-    /// Says this broker is alive, with its streams' live subscriptions.
-    pub async fn heartbeat(&self, id: u32, subscribers: &BTreeMap<String, u32>) -> Result<(), BrokerError> {
-        let body = json!({ "subscribers": subscribers });
+    /// Says this broker is alive, with its streams' live subscriptions and
+    /// what it holds of scopes with a usage quota; answers the cluster's
+    /// usage of those scopes.
+    pub async fn heartbeat(
+        &self,
+        id: u32,
+        subscribers: &BTreeMap<String, u32>,
+        usage: &BTreeMap<String, Usage>,
+    ) -> Result<HashMap<String, Usage>, BrokerError> {
+        let body = json!({ "subscribers": subscribers, "usage": usage });
         let path = format!("/v1/brokers/{id}/heartbeat");
         match self
             .call(reqwest::Method::POST, &path, Some(&body), None, 0)
             .await?
         {
-            Ok(_) => Ok(()),
+            // An older control plane answers no usage: nothing is known
+            // of other brokers then.
+            Ok(v) => Ok(v
+                .get("usage")
+                .cloned()
+                .and_then(|u| serde_json::from_value(u).ok())
+                .unwrap_or_default()),
             Err(r) => Err(BrokerError::ControlPlane(format!(
                 "heartbeat refused ({}): {}",
                 r.status, r.message
@@ -383,7 +398,10 @@ fn refused_to_error(r: Result<Value, Refused>, name: &StreamName) -> Result<Valu
         Ok(v) => Ok(v),
         Err(Refused { status, message }) => Err(match status {
             401 => BrokerError::Unauthorized(message),
-            403 => BrokerError::Forbidden(message),
+            403 => match message.strip_prefix("quota exceeded: ") {
+                Some(why) => BrokerError::QuotaExceeded(why.to_owned()),
+                None => BrokerError::Forbidden(message),
+            },
             404 if message.contains("no stream") || message.contains("no cache") => {
                 BrokerError::UnknownStream(name.to_string())
             }

@@ -91,6 +91,8 @@ pub struct QuotaTable {
     fallback: Option<Quotas>,
     /// The fallback's buckets, one per tenant, made on first publish.
     fallback_buckets: HashMap<String, Limit>,
+    /// The quotas on what is held rather than on a rate.
+    pub usage: super::usage::UsageTable,
 }
 
 /// Why a publish was refused.
@@ -107,10 +109,12 @@ impl QuotaTable {
     /// Sets (or with no limits, clears) a tenant's quotas. Unchanged quotas
     /// keep their buckets, so a repeated feed snapshot does not refill them.
     pub fn set_tenant(&mut self, tenant: &str, q: Option<Quotas>, now_ms: i64) {
+        self.usage.set(tenant, q);
         set(&mut self.tenants, tenant.to_owned(), q, now_ms);
     }
 
     pub fn set_namespace(&mut self, tenant: &str, namespace: &str, q: Option<Quotas>, now_ms: i64) {
+        self.usage.set(&format!("{tenant}/{namespace}"), q);
         set(
             &mut self.namespaces,
             (tenant.to_owned(), namespace.to_owned()),
@@ -119,7 +123,7 @@ impl QuotaTable {
         );
     }
 
-    /// Whether no publish is limited (the common case, checked first).
+    /// Whether no publish rate is limited (the common case, checked first).
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty() && self.namespaces.is_empty() && self.fallback.is_none()
     }
@@ -127,7 +131,7 @@ impl QuotaTable {
     /// Sets the quotas of tenants the control plane gives none (`None`:
     /// those are not limited). A change starts their buckets afresh.
     pub fn set_fallback(&mut self, q: Option<Quotas>) {
-        let q = q.filter(|q| q.publish_records_per_s_max.is_some() || q.publish_bytes_per_s_max.is_some());
+        let q = q.filter(Quotas::limits_rate);
         if q != self.fallback {
             self.fallback = q;
             self.fallback_buckets.clear();
@@ -190,7 +194,7 @@ impl QuotaTable {
 }
 
 fn set<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Limit>, key: K, q: Option<Quotas>, now_ms: i64) {
-    let q = q.filter(|q| q.publish_records_per_s_max.is_some() || q.publish_bytes_per_s_max.is_some());
+    let q = q.filter(Quotas::limits_rate);
     match q {
         None => {
             map.remove(&key);
@@ -216,6 +220,7 @@ mod tests {
         Some(Quotas {
             publish_records_per_s_max: records,
             publish_bytes_per_s_max: bytes,
+            ..Quotas::default()
         })
     }
 

@@ -403,6 +403,61 @@ impl Node {
             .collect()
     }
 
+    /// What this broker holds per `tenant/namespace` that `watched` names:
+    /// the log bytes of the shards it leads (so each shard is counted
+    /// once in the cluster), of caches apart too, and its live
+    /// subscriptions.
+    pub fn local_usage(
+        &self,
+        watched: impl Fn(&str, &str) -> bool,
+    ) -> std::collections::BTreeMap<String, felix_controlplane::model::Usage> {
+        let mut out: std::collections::BTreeMap<String, felix_controlplane::model::Usage> =
+            Default::default();
+        let handles: Vec<Arc<StreamHandle>> = self
+            .streams
+            .read()
+            .expect("streams lock")
+            .values()
+            .cloned()
+            .collect();
+        for h in handles {
+            if !watched(&h.name.tenant, &h.name.namespace) {
+                continue;
+            }
+            let is_cache = h.kind() == StreamKind::Cache;
+            let u = out
+                .entry(format!("{}/{}", h.name.tenant, h.name.namespace))
+                .or_default();
+            u.subscriptions += h.subscribers.load(Ordering::Acquire) as u64;
+            for (_, s) in h.hosted() {
+                if s.is_closed() || !s.replica().is_none_or(|r| r.is_leader()) {
+                    continue;
+                }
+                let bytes = s.log().with(|l| l.size_bytes());
+                u.storage_bytes += bytes;
+                if is_cache {
+                    u.cache_bytes += bytes;
+                }
+            }
+        }
+        out
+    }
+
+    /// Live subscriptions on this broker to streams of `tenant`, and of
+    /// `tenant/namespace`.
+    pub fn live_subscriptions(&self, tenant: &str, namespace: &str) -> (u64, u64) {
+        let streams = self.streams.read().expect("streams lock");
+        let mut n = (0, 0);
+        for h in streams.values().filter(|h| h.name.tenant == tenant) {
+            let subs = h.subscribers.load(Ordering::Acquire) as u64;
+            n.0 += subs;
+            if h.name.namespace == namespace {
+                n.1 += subs;
+            }
+        }
+        n
+    }
+
     /// The cluster this broker is part of, once started.
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()

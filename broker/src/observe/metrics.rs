@@ -13,6 +13,7 @@ pub const PUBLISH_RECORDS_TOTAL: &str = "felix_publish_records_total";
 pub const PUBLISH_BYTES_TOTAL: &str = "felix_publish_bytes_total";
 pub const PUSH_BYTES_TOTAL: &str = "felix_push_bytes_total";
 pub const OVERLOADED_TOTAL: &str = "felix_overloaded_total";
+pub const QUOTA_REFUSALS_TOTAL: &str = "felix_quota_refusals_total";
 pub const CONNECTIONS: &str = "felix_connections";
 pub const CONTROLPLANE_SECONDS: &str = "felix_controlplane_request_duration_seconds";
 pub const FEED_VERSION: &str = "felix_controlplane_feed_version";

@@ -47,6 +47,7 @@ pub mod code {
     pub const OFFSET_OUT_OF_RANGE: u16 = 7;
     pub const TIMEOUT: u16 = 8;
     pub const INTERNAL: u16 = 9;
+    pub const QUOTA_EXCEEDED: u16 = 10;
 }
 
 /// Longest error message carried in an `Error` frame.
@@ -77,6 +78,11 @@ pub enum ErrorReply {
     Timeout(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A tenant's or namespace's quota on what it holds (storage, cache
+    /// bytes, subscriptions, streams, shards) is reached: retrying does not
+    /// help until something is freed or the operator raises it.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl ErrorReply {
@@ -91,6 +97,7 @@ impl ErrorReply {
             ErrorReply::OffsetOutOfRange { .. } => code::OFFSET_OUT_OF_RANGE,
             ErrorReply::Timeout(_) => code::TIMEOUT,
             ErrorReply::Internal(_) => code::INTERNAL,
+            ErrorReply::QuotaExceeded(_) => code::QUOTA_EXCEEDED,
         }
     }
 

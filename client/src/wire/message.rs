@@ -884,7 +884,8 @@ impl Message {
                     | ErrorReply::Forbidden(m)
                     | ErrorReply::InvalidRequest(m)
                     | ErrorReply::Timeout(m)
-                    | ErrorReply::Internal(m) => m,
+                    | ErrorReply::Internal(m)
+                    | ErrorReply::QuotaExceeded(m) => m,
                 };
                 // Messages are cut, never refused: an error must always be sendable.
                 let mut end = text.len().min(ERROR_MESSAGE_BYTES_MAX);
@@ -1176,6 +1177,7 @@ impl Message {
                     (code::INVALID_REQUEST, None) => ErrorReply::InvalidRequest(text),
                     (code::TIMEOUT, None) => ErrorReply::Timeout(text),
                     (code::INTERNAL, None) => ErrorReply::Internal(text),
+                    (code::QUOTA_EXCEEDED, None) => ErrorReply::QuotaExceeded(text),
                     _ => return Err(WireError::Invalid("error code")),
                 })
             }

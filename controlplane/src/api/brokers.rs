@@ -44,7 +44,16 @@ pub(super) async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiR
 pub(super) struct Heartbeat {
     #[serde(default)]
     subscribers: BTreeMap<String, u32>,
+    /// Per `tenant/namespace` with a usage quota: what the shards this
+    /// broker leads hold and the subscriptions open on it.
+    #[serde(default)]
+    usage: BTreeMap<String, Usage>,
 }
+
+/// Entries one heartbeat may carry in each of its maps: a broker reports
+/// a stream only while it has subscribers and a namespace only while it
+/// has a usage quota, so this is far above what a broker sends.
+pub const HEARTBEAT_ENTRIES_MAX: usize = 100_000;
 
 pub(super) async fn heartbeat(
     State(n): S,
@@ -58,6 +67,11 @@ pub(super) async fn heartbeat(
     } else {
         body(&b)?
     };
+    if hb.subscribers.len() > HEARTBEAT_ENTRIES_MAX || hb.usage.len() > HEARTBEAT_ENTRIES_MAX {
+        return Err(bad(format!(
+            "a heartbeat carries at most {HEARTBEAT_ENTRIES_MAX} streams and namespaces"
+        )));
+    }
     if !n.is_leader() {
         // Liveness is the leader's to judge: pass it on.
         let Some((_, leader)) = n.leader_addr() else {
@@ -68,7 +82,7 @@ pub(super) async fn heartbeat(
             .post(format!("{}://{leader}/v1/brokers/{id}/heartbeat", n.cfg.scheme()))
             .header("authorization", format!("Bearer {}", n.cfg.cluster_secret))
             .timeout(Duration::from_secs(2))
-            .json(&json!({ "subscribers": hb.subscribers }))
+            .json(&json!({ "subscribers": hb.subscribers, "usage": hb.usage }))
             .send()
             .await
             .map_err(|e| CpError::Unavailable(e.to_string()))?;
@@ -76,8 +90,12 @@ pub(super) async fn heartbeat(
         let v: Value = r.json().await.unwrap_or(Value::Null);
         return Ok((status, Json(v)).into_response());
     }
-    n.heartbeat(id, hb.subscribers).await?;
-    Ok(Json(json!({ "interval_ms": n.cfg.broker_heartbeat_interval_ms })).into_response())
+    n.heartbeat(id, hb.subscribers, hb.usage).await?;
+    Ok(Json(json!({
+        "interval_ms": n.cfg.broker_heartbeat_interval_ms,
+        "usage": n.usage_totals(),
+    }))
+    .into_response())
 }
 
 pub(super) async fn set_status(n: &Node, h: &HeaderMap, broker: u32, status: BrokerStatus) -> ApiResult {

@@ -28,6 +28,7 @@ pub(super) async fn create_tenant(State(n): S, h: HeaderMap, b: Bytes) -> ApiRes
                 tenant: t.name,
                 spec: t.spec,
                 key: Some(fresh_key()),
+                keep_quotas: false,
             },
         )
         .await?;
@@ -50,6 +51,8 @@ pub(super) async fn put_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>,
     c.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
     let spec: TenantSpec = body(&b)?;
     spec.validate().map_err(bad)?;
+    let current = n.read(|m| m.tenant(&t).map(|x| x.spec.quotas))?;
+    let keep_quotas = quotas_kept(&c, &spec.quotas, &current)?;
     Ok(applied(
         n.propose(
             &c.actor(),
@@ -57,6 +60,7 @@ pub(super) async fn put_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>,
                 tenant: t,
                 spec,
                 key: None,
+                keep_quotas,
             },
         )
         .await?,
@@ -68,6 +72,23 @@ pub(super) async fn delete_tenant(State(n): S, h: HeaderMap, Path(t): Path<Strin
     Ok(applied(
         n.propose(&c.actor(), Command::DeleteTenant { tenant: t }).await?,
     ))
+}
+
+/// Quotas are the operator's to set: anyone else may leave them out or
+/// send them back as they are (a read-modify-write of the rest), and the
+/// command then keeps whatever they are when it is applied, so it cannot
+/// undo an operator's change made meanwhile.
+fn quotas_kept(c: &Caller, asked: &Quotas, current: &Quotas) -> ApiResult<bool> {
+    if matches!(c, Caller::Operator) {
+        return Ok(false);
+    }
+    if asked != current && *asked != Quotas::default() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "quotas are set by the cluster operator; send them unchanged or leave them out".into(),
+        ));
+    }
+    Ok(true)
 }
 
 pub(super) fn ns_object(t: &str, ns: &str) -> Object {
@@ -116,10 +137,17 @@ pub(super) async fn create_namespace(
     check_name("namespace", &x.name)?;
     c.require(Action::ResourceManage, &ns_object(&t, &x.name))?;
     x.spec.validate().map_err(bad)?;
+    let current = n.read(|m| {
+        m.namespace(&t, &x.name)
+            .map(|n| n.spec.quotas)
+            .unwrap_or_default()
+    });
+    let keep_quotas = quotas_kept(&c, &x.spec.quotas, &current)?;
     let cmd = Command::PutNamespace {
         tenant: t,
         namespace: x.name,
         spec: x.spec,
+        keep_quotas,
     };
     Ok(applied(n.propose(&c.actor(), cmd).await?))
 }
@@ -149,11 +177,13 @@ pub(super) async fn put_namespace(
     c.require(Action::ResourceManage, &ns_object(&t, &ns))?;
     let spec: NamespaceSpec = body(&b)?;
     spec.validate().map_err(bad)?;
-    n.read(|m| m.namespace(&t, &ns).map(|_| ()))?;
+    let current = n.read(|m| m.namespace(&t, &ns).map(|n| n.spec.quotas))?;
+    let keep_quotas = quotas_kept(&c, &spec.quotas, &current)?;
     let cmd = Command::PutNamespace {
         tenant: t,
         namespace: ns,
         spec,
+        keep_quotas,
     };
     Ok(applied(n.propose(&c.actor(), cmd).await?))
 }

@@ -48,6 +48,10 @@ pub enum Command {
         tenant: String,
         spec: TenantSpec,
         key: Option<SigningKey>,
+        /// Keep the quotas the tenant has (a change by someone other than
+        /// the operator, who alone sets quotas).
+        #[serde(default)]
+        keep_quotas: bool,
     },
     DeleteTenant {
         tenant: String,
@@ -56,6 +60,9 @@ pub enum Command {
         tenant: String,
         namespace: String,
         spec: NamespaceSpec,
+        /// As for `PutTenant` (a new namespace then has none).
+        #[serde(default)]
+        keep_quotas: bool,
     },
     DeleteNamespace {
         tenant: String,
@@ -238,6 +245,8 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     Forbidden,
+    /// A tenant's or namespace's quota would be passed.
+    QuotaExceeded,
 }
 
 impl ApplyError {
@@ -257,6 +266,12 @@ impl ApplyError {
         ApplyError {
             kind: ErrorKind::Conflict,
             message: m.into(),
+        }
+    }
+    pub fn quota(m: impl Into<String>) -> ApplyError {
+        ApplyError {
+            kind: ErrorKind::QuotaExceeded,
+            message: format!("quota exceeded: {}", m.into()),
         }
     }
 }
@@ -758,6 +773,7 @@ mod tests {
                 tenant: "t".into(),
                 spec: TenantSpec::default(),
                 key: Some(new_signing_key("k1", [1; 32])),
+                keep_quotas: false,
             },
         ))
         .unwrap();
@@ -767,10 +783,84 @@ mod tests {
                 tenant: "t".into(),
                 namespace: "ns".into(),
                 spec: NamespaceSpec::default(),
+                keep_quotas: false,
             },
         ))
         .unwrap();
         m
+    }
+
+    #[test]
+    fn stream_and_shard_quotas_refuse_a_create_that_would_pass_them_and_keep_what_exists() {
+        let mut m = cluster();
+        let put_tenant = |quotas: Quotas, keep_quotas: bool| {
+            env(
+                0,
+                Command::PutTenant {
+                    tenant: "t".into(),
+                    spec: TenantSpec {
+                        quotas,
+                        ..TenantSpec::default()
+                    },
+                    key: None,
+                    keep_quotas,
+                },
+            )
+        };
+        m.apply(&put_tenant(
+            Quotas {
+                streams_max: Some(2),
+                shards_max: Some(4),
+                ..Quotas::default()
+            },
+            false,
+        ))
+        .unwrap();
+        create(&mut m, "a", 3, 1).unwrap();
+        let e = create(&mut m, "b", 2, 1).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::QuotaExceeded, "{e}");
+        assert!(e.message.contains("shards_max of 4"), "{e}");
+        create(&mut m, "b", 1, 1).unwrap();
+        let e = create(&mut m, "c", 1, 1).unwrap_err();
+        assert!(e.message.contains("streams_max is 2"), "{e}");
+        // Re-creating an existing stream is not a new one.
+        create(&mut m, "a", 3, 1).unwrap();
+        // A namespace's own quota holds beside the tenant's.
+        m.apply(&put_tenant(Quotas::default(), false)).unwrap();
+        m.apply(&env(
+            0,
+            Command::PutNamespace {
+                tenant: "t".into(),
+                namespace: "ns".into(),
+                spec: NamespaceSpec {
+                    quotas: Quotas {
+                        streams_max: Some(1),
+                        ..Quotas::default()
+                    },
+                    ..NamespaceSpec::default()
+                },
+                keep_quotas: false,
+            },
+        ))
+        .unwrap();
+        let e = create(&mut m, "c", 1, 1).unwrap_err();
+        assert!(e.message.contains("namespace t/ns has 2"), "{e}");
+        assert_eq!(
+            m.namespace("t", "ns").unwrap().streams.len(),
+            2,
+            "what exists is kept"
+        );
+        // A change that keeps quotas cannot raise them, whatever it carries.
+        m.apply(&put_tenant(
+            Quotas {
+                streams_max: Some(9),
+                ..Quotas::default()
+            },
+            false,
+        ))
+        .unwrap();
+        m.apply(&put_tenant(Quotas::default(), true)).unwrap();
+        assert_eq!(m.tenant("t").unwrap().spec.quotas.streams_max, Some(9));
     }
 
     fn create(m: &mut Metadata, name: &str, shards: u32, rf: u32) -> Result<Applied, ApplyError> {
@@ -921,6 +1011,7 @@ mod tests {
                 tenant: "u".into(),
                 spec: TenantSpec::default(),
                 key: Some(new_signing_key("k2", [2; 32])),
+                keep_quotas: false,
             },
         ))
         .unwrap();
@@ -1372,6 +1463,7 @@ mod tests {
                         ..TenantSpec::default()
                     },
                     key: None,
+                    keep_quotas: false,
                 },
             ))
             .unwrap();

@@ -143,6 +143,7 @@ impl Metadata {
                 P::EXISTS_HINT
             )));
         }
+        self.check_counts(tenant, namespace, shards)?;
         let rf = if asked_rf == 0 {
             default_rf(self.cluster().usable())
         } else {
@@ -152,6 +153,53 @@ impl Metadata {
         let value = P::placed(P::with_rf(spec, rf), placement);
         P::of_mut(self.namespace_mut(tenant, namespace)?).insert(name.to_owned(), value.clone());
         Ok(vec![P::change(tenant, namespace, name, Some(value))])
+    }
+
+    /// Refuses a new stream or cache of `shards` shards that would pass
+    /// the tenant's or the namespace's `streams_max` or `shards_max`. A
+    /// quota lowered below what exists keeps what exists and refuses
+    /// more, as Kubernetes' resource quotas do.
+    fn check_counts(&self, tenant: &str, namespace: &str, shards: u32) -> Result<(), ApplyError> {
+        let t = self.tenant(tenant)?;
+        let n = self.namespace(tenant, namespace)?;
+        // (streams and caches, their shards)
+        let count = |n: &Namespace| {
+            let shards: usize = n.streams.values().map(|s| s.placement.len()).sum::<usize>()
+                + n.caches.values().map(|c| c.placement.len()).sum::<usize>();
+            (n.streams.len() + n.caches.len(), shards)
+        };
+        let (t_streams, t_shards) = t
+            .namespaces
+            .values()
+            .map(count)
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+        let (n_streams, n_shards) = count(n);
+        let scopes = [
+            (format!("tenant {tenant}"), &t.spec.quotas, t_streams, t_shards),
+            (
+                format!("namespace {tenant}/{namespace}"),
+                &n.spec.quotas,
+                n_streams,
+                n_shards,
+            ),
+        ];
+        for (whose, q, streams, used_shards) in scopes {
+            if let Some(max) = q.streams_max {
+                if streams as u64 >= u64::from(max) {
+                    return Err(ApplyError::quota(format!(
+                        "{whose} has {streams} streams and caches; its streams_max is {max}"
+                    )));
+                }
+            }
+            if let Some(max) = q.shards_max {
+                if used_shards as u64 + u64::from(shards) > u64::from(max) {
+                    return Err(ApplyError::quota(format!(
+                        "{whose} has {used_shards} shards and {shards} more would pass its shards_max of {max}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn delete_placed<P: Placed>(

@@ -8,9 +8,23 @@ impl Metadata {
         use Command::*;
         let now = env.now_ms;
         match &env.command {
-            PutTenant { tenant, spec, key } => {
+            PutTenant {
+                tenant,
+                spec,
+                key,
+                keep_quotas,
+            } => {
                 check_names(&[("tenant", tenant)])?;
                 spec.validate().map_err(ApplyError::invalid)?;
+                let mut spec = spec.clone();
+                if *keep_quotas {
+                    spec.quotas = self
+                        .tenants
+                        .get(tenant)
+                        .map(|t| t.spec.quotas)
+                        .unwrap_or_default();
+                }
+                let spec = &spec;
                 if let Some(t) = self.tenants.get_mut(tenant) {
                     if t.spec == *spec {
                         return Ok(vec![]);
@@ -48,10 +62,20 @@ impl Metadata {
                 tenant,
                 namespace,
                 spec,
+                keep_quotas,
             } => {
                 check_names(&[("namespace", namespace)])?;
                 spec.validate().map_err(ApplyError::invalid)?;
                 let t = self.tenant_mut(tenant)?;
+                let mut spec = spec.clone();
+                if *keep_quotas {
+                    spec.quotas = t
+                        .namespaces
+                        .get(namespace)
+                        .map(|n| n.spec.quotas)
+                        .unwrap_or_default();
+                }
+                let spec = &spec;
                 match t.namespaces.get_mut(namespace) {
                     Some(n) if n.spec == *spec => return Ok(vec![]),
                     Some(n) => n.spec = spec.clone(),
