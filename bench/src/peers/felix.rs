@@ -55,6 +55,11 @@ impl Brokers {
         })
     }
 
+    /// The broker processes.
+    fn pids(&self) -> Vec<u32> {
+        self.brokers.children.iter().flatten().map(|c| c.id()).collect()
+    }
+
     async fn stream(&self, what: &str, shards: u32) -> anyhow::Result<(Client, String)> {
         let name = fresh(what);
         let client = ready_stream(&self.brokers, &name, &self.durability, shards).await?;
@@ -98,6 +103,10 @@ impl Single {
 
     pub async fn stop(self) {
         drop(self);
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.pids()
     }
 
     pub async fn publish(&self, n: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
@@ -146,10 +155,10 @@ impl Single {
             ..ProducerConfig::default()
         };
         let p = client.producer(&name, cfg).await?;
-        let start = Instant::now();
+        let window = load::Window::open();
         let mut pending = std::collections::VecDeque::with_capacity(FANOUT_WINDOW);
         let mut published = 0u64;
-        while start.elapsed() < secs {
+        while window.elapsed() < secs {
             if pending.len() == FANOUT_WINDOW {
                 let a: felix_client::PendingAck = pending.pop_front().expect("full");
                 a.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -162,8 +171,8 @@ impl Single {
         }
         let want = published * k as u64;
         load::await_count(&delivered, want, DRAIN_MAX).await;
-        let took = start.elapsed().as_secs_f64();
         let got = delivered.load(Ordering::Relaxed);
+        let figure = |all: &hdrhistogram::Histogram<u64>| window.figure(got, Some(all), 0);
         stop.store(true, Ordering::Relaxed);
         let mut all = load::hist();
         for r in readers {
@@ -171,7 +180,7 @@ impl Single {
         }
         client.close().await;
         anyhow::ensure!(got >= want, "subscribers got {got} of {want} deliveries");
-        Ok(Figure::from_hist(got as f64 / took, &all, 0))
+        Ok(figure(&all))
     }
 
     /// `records` published, then drained by `consumers` of one group.
@@ -179,7 +188,7 @@ impl Single {
         let (client, name) = self.0.stream("queue", 1).await?;
         prefill(&client, &name, records, size).await?;
         let done = Arc::new(AtomicU64::new(0));
-        let start = Instant::now();
+        let window = load::Window::open();
         let mut tasks = Vec::new();
         for _ in 0..consumers {
             let g = client.group_consumer(&name, "bench");
@@ -204,10 +213,10 @@ impl Single {
         for t in tasks {
             all.add(t.await??)?;
         }
-        let took = start.elapsed().as_secs_f64();
+        let figure = window.figure(records, Some(&all), 0);
         client.close().await;
         // Latency is per fetch-and-ack round of up to 100 records.
-        Ok(Figure::from_hist(records as f64 / took, &all, 0))
+        Ok(figure)
     }
 
     pub async fn cache(&self, op: CacheOp, n: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
@@ -263,7 +272,7 @@ impl Single {
     pub async fn replay(&self, records: u64, size: usize) -> anyhow::Result<Figure> {
         let (client, name) = self.0.stream("replay", 1).await?;
         prefill(&client, &name, records, size).await?;
-        let start = Instant::now();
+        let window = load::Window::open();
         let opts = SubscribeOptions {
             shards: vec![0],
             start: Start::Earliest,
@@ -277,10 +286,10 @@ impl Single {
                 other => anyhow::bail!("replay stopped after {got} records: {other:?}"),
             }
         }
-        let took = start.elapsed().as_secs_f64();
+        let figure = window.figure(records, None, 0);
         drop(s);
         client.close().await;
-        Ok(Figure::rate_only(records as f64 / took))
+        Ok(figure)
     }
 }
 
@@ -313,6 +322,10 @@ impl Replicated {
 
     pub async fn publish(&self, n: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
         self.0.publish(n, size, secs).await
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.0.pids()
     }
 
     pub async fn stop(self) {

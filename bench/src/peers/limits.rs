@@ -29,6 +29,7 @@ pub fn run(plan: &Plan, rt: &tokio::runtime::Runtime) -> anyhow::Result<Table> {
             p50_ms: Some(h.value_at_quantile(0.5) as f64 / 1e6),
             p99_ms: Some(h.value_at_quantile(0.99) as f64 / 1e6),
             errors: 0,
+            server_cpu_us_per_op: None,
         };
         t.push(Row::alone(
             format!("write+fdatasync {block} B ({mb_s:.1} MB/s)"),

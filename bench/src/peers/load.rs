@@ -2,7 +2,7 @@
 //! one operation at a time, and a clock for publish→deliver latency.
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -15,25 +15,81 @@ pub struct Figure {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub errors: u64,
+    /// CPU time (user + system) of the server processes per operation,
+    /// in microseconds: the broker's or the peer's, not the load
+    /// generator's.
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 impl Figure {
-    pub fn from_hist(rate: f64, h: &Histogram<u64>, errors: u64) -> Figure {
-        let q = |p: f64| (!h.is_empty()).then(|| h.value_at_quantile(p) as f64 / 1e6);
-        Figure {
-            rate,
-            p50_ms: q(0.5),
-            p99_ms: q(0.99),
-            errors,
-        }
-    }
-
     pub fn rate_only(rate: f64) -> Figure {
         Figure {
             rate,
             p50_ms: None,
             p99_ms: None,
             errors: 0,
+            server_cpu_us_per_op: None,
+        }
+    }
+}
+
+/// The server processes (a Felix broker, or a peer) whose CPU the next
+/// figures count; set before each side of a row runs.
+static WATCHED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+pub fn watch(pids: Vec<u32>) {
+    *WATCHED.lock().unwrap_or_else(|e| e.into_inner()) = pids;
+}
+
+/// The watched processes' CPU time so far; `None` when nothing is watched
+/// or one of them cannot be read.
+fn watched_cpu() -> Option<Duration> {
+    let pids = WATCHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|p| crate::cluster::cpu_time(*p).ok())
+        .sum::<Option<Duration>>()
+}
+
+/// The measured part of a workload: its wall time and the servers' CPU
+/// over it.
+pub struct Window {
+    start: Instant,
+    cpu: Option<Duration>,
+}
+
+impl Window {
+    pub fn open() -> Window {
+        Window {
+            cpu: watched_cpu(),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// The figure for `ops` operations done since the window opened, with
+    /// latencies from `h`.
+    pub fn figure(&self, ops: u64, h: Option<&Histogram<u64>>, errors: u64) -> Figure {
+        let took = self.start.elapsed().as_secs_f64();
+        let cpu = match (self.cpu, watched_cpu()) {
+            (Some(a), Some(b)) if ops > 0 => Some(b.saturating_sub(a).as_secs_f64() * 1e6 / ops as f64),
+            _ => None,
+        };
+        let q = |p: f64| {
+            h.filter(|h| !h.is_empty())
+                .map(|h| h.value_at_quantile(p) as f64 / 1e6)
+        };
+        Figure {
+            rate: ops as f64 / took,
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            errors,
+            server_cpu_us_per_op: cpu,
         }
     }
 }
@@ -54,8 +110,8 @@ where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    let start = Instant::now();
-    let end = start + secs;
+    let window = Window::open();
+    let end = Instant::now() + secs;
     let mut tasks = Vec::with_capacity(n);
     for w in 0..n {
         let op = op.clone();
@@ -73,9 +129,8 @@ where
         }));
     }
     let (all, errors) = crate::measure::join_workers(tasks).await?;
-    let took = start.elapsed().as_secs_f64();
     anyhow::ensure!(!all.is_empty(), "no operation succeeded ({errors} failed)");
-    Ok(Figure::from_hist(all.len() as f64 / took, &all, errors))
+    Ok(window.figure(all.len(), Some(&all), errors))
 }
 
 /// Nanoseconds on a clock private to this process (publisher and
@@ -151,5 +206,34 @@ pub async fn await_count(count: &std::sync::atomic::AtomicU64, want: u64, max: D
     let deadline = Instant::now() + max;
     while count.load(std::sync::atomic::Ordering::Relaxed) < want && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_divides_the_watched_processes_cpu_by_the_operations() {
+        watch(vec![std::process::id()]);
+        let w = Window::open();
+        let before = watched_cpu().expect("our own CPU is readable");
+        // Busy until the process has spent 200 ms more CPU.
+        let mut x = 1u64;
+        while watched_cpu().expect("readable") < before + Duration::from_millis(200) {
+            for _ in 0..10_000 {
+                x = next_rand(&mut x).max(1);
+            }
+        }
+        assert_ne!(x, 0);
+        let f = w.figure(1000, None, 0);
+        let us = f.server_cpu_us_per_op.expect("our own CPU is readable");
+        // At least 200 ms over 1000 operations; at most what every core
+        // could have spent meanwhile (other tests run in this process).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let most = (w.elapsed().as_secs_f64() * cores + 0.02) * 1e3;
+        assert!((200.0..=most).contains(&us), "{us} µs per op, at most {most}");
+        watch(Vec::new());
+        assert_eq!(w.figure(1000, None, 0).server_cpu_us_per_op, None);
     }
 }

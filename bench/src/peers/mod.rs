@@ -208,6 +208,19 @@ impl PeerScripts {
         }
     }
 
+    /// The server process `script` started in `mode` (its pid file), for
+    /// its CPU per operation.
+    pub fn pids(&self, script: &str, mode: &str) -> Vec<u32> {
+        let home = std::env::var_os("FELIX_PEERS_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/felix-peers")));
+        let name = script.trim_end_matches(".sh");
+        home.and_then(|h| std::fs::read_to_string(h.join(format!("{name}-{mode}/pid"))).ok())
+            .and_then(|p| p.trim().parse().ok())
+            .into_iter()
+            .collect()
+    }
+
     /// The nats-server binary the script installed, for a cluster.
     pub fn nats_server(&self) -> Option<PathBuf> {
         let home = std::env::var_os("FELIX_PEERS_HOME")
@@ -221,10 +234,13 @@ impl PeerScripts {
 /// A peer's figure, or why there is none.
 type PeerFigure = Result<Figure, String>;
 
+/// A peer's figure from `f`, counting the CPU of the processes `pids`.
 async fn peer_or<F: std::future::Future<Output = anyhow::Result<Figure>>>(
     addr: &Result<String, String>,
+    pids: Vec<u32>,
     f: impl FnOnce(String) -> F,
 ) -> PeerFigure {
+    load::watch(pids);
     match addr {
         Ok(a) => f(a.clone()).await.map_err(|e| format!("{e:#}")),
         Err(e) => Err(e.clone()),
@@ -243,8 +259,12 @@ async fn publish(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
         for &size in &plan.sizes {
             for &n in &plan.producers {
                 eprintln!("publish {felix_mode} {size} B x{n}");
+                load::watch(felix.pids());
                 let f = felix.publish(n, size, plan.secs).await?;
-                let p = peer_or(&addr, |a| nats::publish(a, n, size, plan.secs)).await;
+                let p = peer_or(&addr, peers.pids("nats.sh", nats_mode), |a| {
+                    nats::publish(a, n, size, plan.secs)
+                })
+                .await;
                 let target = match (felix_mode, size, n) {
                     ("always", 256, 64) => Some(10.0),
                     ("interval:10", 256, _) => Some(1.5),
@@ -283,8 +303,12 @@ async fn fanout(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
     let felix = felix::Single::start("interval:10").await?;
     for &k in &plan.subscribers {
         eprintln!("fanout x{k}");
+        load::watch(felix.pids());
         let f = felix.fanout(k, 256, plan.secs).await?;
-        let p = peer_or(&addr, |a| nats::fanout(a, k, 256, plan.secs)).await;
+        let p = peer_or(&addr, peers.pids("nats.sh", "default"), |a| {
+            nats::fanout(a, k, 256, plan.secs)
+        })
+        .await;
         t.push(Row::new(
             format!("256 B, {k} subscribers"),
             "Felix `interval:10`".into(),
@@ -309,8 +333,12 @@ async fn queue(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
     let felix = felix::Single::start("interval:10").await?;
     for &c in &plan.consumers {
         eprintln!("queue x{c}");
+        load::watch(felix.pids());
         let f = felix.queue(c, 256, plan.queue_records).await?;
-        let p = peer_or(&addr, |a| nats::queue(a, c, 256, plan.queue_records)).await;
+        let p = peer_or(&addr, peers.pids("nats.sh", "default"), |a| {
+            nats::queue(a, c, 256, plan.queue_records)
+        })
+        .await;
         t.push(Row::new(
             format!("{} records of 256 B, {c} consumers", plan.queue_records),
             "Felix `interval:10`".into(),
@@ -341,8 +369,12 @@ async fn cache(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
             for op in [load::CacheOp::Put, load::CacheOp::Get] {
                 let n = plan.cache_clients;
                 eprintln!("cache {felix_mode} {op:?} {size} B x{n}");
+                load::watch(felix.pids());
                 let f = felix.cache(op, n, size, plan.secs).await?;
-                let p = peer_or(&addr, |a| redis::cache(a, op, n, size, plan.secs)).await;
+                let p = peer_or(&addr, peers.pids("redis.sh", redis_mode), |a| {
+                    redis::cache(a, op, n, size, plan.secs)
+                })
+                .await;
                 t.push(Row::new(
                     format!("{op:?} {size} B, {n} clients"),
                     format!("Felix `{felix_mode}`"),
@@ -369,8 +401,12 @@ async fn replay(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
     let felix = felix::Single::start("interval:10").await?;
     let n = plan.replay_records;
     eprintln!("replay {n}");
+    load::watch(felix.pids());
     let f = felix.replay(n, 256).await?;
-    let p = peer_or(&addr, |a| nats::replay(a, n, 256)).await;
+    let p = peer_or(&addr, peers.pids("nats.sh", "default"), |a| {
+        nats::replay(a, n, 256)
+    })
+    .await;
     t.push(Row::new(
         format!("{n} records of 256 B"),
         "Felix".into(),
@@ -404,11 +440,15 @@ async fn replicated(plan: &Plan, peers: &PeerScripts) -> anyhow::Result<Table> {
         let felix = felix::Replicated::start(mode).await?;
         for &n in &plan.producers {
             eprintln!("replicated {mode} x{n}");
+            load::watch(felix.pids());
             let f = felix.publish(n, 256, plan.secs).await?;
             let p = match &cluster {
-                Ok(c) => nats::publish_r3(c, n, 256, plan.secs)
-                    .await
-                    .map_err(|e| format!("{e:#}")),
+                Ok(c) => {
+                    load::watch(c.pids());
+                    nats::publish_r3(c, n, 256, plan.secs)
+                        .await
+                        .map_err(|e| format!("{e:#}"))
+                }
                 Err(e) => Err(e.clone()),
             };
             t.push(Row::new(

@@ -120,10 +120,10 @@ pub async fn fanout(addr: String, k: usize, size: usize, secs: Duration) -> anyh
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let start = Instant::now();
+    let window = load::Window::open();
     let mut pending = std::collections::VecDeque::with_capacity(super::felix::FANOUT_WINDOW);
     let mut published = 0u64;
-    while start.elapsed() < secs {
+    while window.elapsed() < secs {
         if pending.len() == super::felix::FANOUT_WINDOW {
             let a: jetstream::context::PublishAckFuture = pending.pop_front().expect("full");
             a.await?;
@@ -139,8 +139,8 @@ pub async fn fanout(addr: String, k: usize, size: usize, secs: Duration) -> anyh
     }
     let want = published * k as u64;
     load::await_count(&delivered, want, DRAIN_MAX).await;
-    let took = start.elapsed().as_secs_f64();
     let got = delivered.load(Ordering::Relaxed);
+    let figure = |all: &hdrhistogram::Histogram<u64>| window.figure(got, Some(all), 0);
     stop.store(true, Ordering::Relaxed);
     let mut all = load::hist();
     for r in readers {
@@ -148,7 +148,7 @@ pub async fn fanout(addr: String, k: usize, size: usize, secs: Duration) -> anyh
     }
     let _ = js.delete_stream(&s.cached_info().config.name).await;
     anyhow::ensure!(got >= want, "consumers got {got} of {want} deliveries");
-    Ok(Figure::from_hist(got as f64 / took, &all, 0))
+    Ok(figure(&all))
 }
 
 async fn prefill(js: &jetstream::Context, subject: &str, records: u64, size: usize) -> anyhow::Result<()> {
@@ -182,7 +182,7 @@ pub async fn queue(addr: String, consumers: usize, size: usize, records: u64) ->
         })
         .await?;
     let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
+    let window = load::Window::open();
     let mut tasks = Vec::new();
     for _ in 0..consumers {
         let (c, done) = (c.clone(), done.clone());
@@ -214,9 +214,9 @@ pub async fn queue(addr: String, consumers: usize, size: usize, records: u64) ->
     for t in tasks {
         all.add(t.await??)?;
     }
-    let took = start.elapsed().as_secs_f64();
+    let figure = window.figure(records, Some(&all), 0);
     let _ = js.delete_stream(&s.cached_info().config.name).await;
-    Ok(Figure::from_hist(records as f64 / took, &all, 0))
+    Ok(figure)
 }
 
 /// `records` published, then read from the start by an ordered consumer.
@@ -224,7 +224,7 @@ pub async fn replay(addr: String, records: u64, size: usize) -> anyhow::Result<F
     let js = context(&addr).await?;
     let (s, subject) = fresh(&js, "replay", 1, stream::RetentionPolicy::Limits).await?;
     prefill(&js, &subject, records, size).await?;
-    let start = Instant::now();
+    let window = load::Window::open();
     let c = s
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::All,
@@ -242,10 +242,10 @@ pub async fn replay(addr: String, records: u64, size: usize) -> anyhow::Result<F
             ),
         }
     }
-    let took = start.elapsed().as_secs_f64();
+    let figure = window.figure(records, None, 0);
     drop(msgs);
     let _ = js.delete_stream(&s.cached_info().config.name).await;
-    Ok(Figure::rate_only(records as f64 / took))
+    Ok(figure)
 }
 
 /// Three nats-server processes clustered on loopback, JetStream on each.
@@ -318,6 +318,10 @@ impl Cluster {
             }
         }
         Ok(c)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
     }
 
     pub fn stop(mut self) {

@@ -109,18 +109,25 @@ impl Table {
         }
         let _ = writeln!(
             out,
-            "| case | Felix | {u} | p50 ms | p99 ms | peer | {u} | p50 ms | p99 ms | Felix / peer | target |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+            "| case | Felix | {u} | p50 ms | p99 ms | server CPU µs/op | peer | {u} | p50 ms | p99 ms | server CPU µs/op | Felix / peer | target |\n|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
             u = self.unit
         );
+        let cpu = |v: Option<f64>| v.map_or("".into(), |v| format!("{v:.1}"));
         for r in &self.rows {
-            let (peer_rate, p50, p99) = match &r.peer {
-                Some(Ok(p)) => (format!("{:.0}", p.rate), ms(p.p50_ms), ms(p.p99_ms)),
+            let (peer_rate, p50, p99, peer_cpu) = match &r.peer {
+                Some(Ok(p)) => (
+                    format!("{:.0}", p.rate),
+                    ms(p.p50_ms),
+                    ms(p.p99_ms),
+                    cpu(p.server_cpu_us_per_op),
+                ),
                 Some(Err(why)) => (
                     format!("unavailable: {}", why.replace('|', "/")),
                     String::new(),
                     String::new(),
+                    String::new(),
                 ),
-                None => (String::new(), String::new(), String::new()),
+                None => (String::new(), String::new(), String::new(), String::new()),
             };
             let ratio = r.ratio().map_or("".into(), |x| format!("{x:.2}×"));
             let target = match (r.target, r.ratio()) {
@@ -135,16 +142,18 @@ impl Table {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0}{errors} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.0}{errors} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.case,
                 r.felix_label,
                 r.felix.rate,
                 ms(r.felix.p50_ms),
                 ms(r.felix.p99_ms),
+                cpu(r.felix.server_cpu_us_per_op),
                 r.peer_label,
                 peer_rate,
                 p50,
                 p99,
+                peer_cpu,
                 ratio,
                 target
             );
@@ -322,7 +331,10 @@ mod tests {
             "a".into(),
             "F".into(),
             "P".into(),
-            fig(300.0),
+            Figure {
+                server_cpu_us_per_op: Some(12.34),
+                ..fig(300.0)
+            },
             Ok(fig(100.0)),
             Some(2.0),
         ));
@@ -349,7 +361,7 @@ mod tests {
             .filter(|l| ["| a |", "| b |", "| c |"].iter().any(|p| l.starts_with(p)))
             .collect();
         assert!(
-            lines[0].contains("3.00×") && lines[0].contains("met"),
+            lines[0].contains("3.00×") && lines[0].contains("met") && lines[0].contains("| 12.3 |"),
             "{}",
             lines[0]
         );
