@@ -349,6 +349,12 @@ fn retention_removes_index_entries_by_range() {
             .unwrap();
         assert_eq!(r.offset, Offset(o));
     }
+    // The next write starts from retention's meta, not from the copy the
+    // index kept of its own last apply.
+    h.append(&multi_put(&[(vec![9], vec![9; 10])], 5_000, Compression::None));
+    let state = h.index.shard_state(SHARD).unwrap().unwrap();
+    assert_eq!(state.earliest_offset, earliest);
+    assert_eq!(state.next_offset, Offset(801));
 }
 
 #[test]
