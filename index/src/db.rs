@@ -68,6 +68,47 @@ pub struct ApplyOutcome {
     pub bad_control: Vec<RaftIndex>,
 }
 
+/// Bytes of keys whose latest entry the index keeps in memory, so that
+/// the apply of a write to a key written recently needs no RocksDB read
+/// (a memtable search that was a tenth of a cache put's CPU). Past it,
+/// everything kept is dropped and kept afresh.
+pub const KEYS_KEPT_BYTES_MAX: usize = 8 << 20;
+/// What one kept key costs beside its bytes: its map slot and entry.
+const KEY_KEPT_OVERHEAD_BYTES: usize = 64;
+
+/// The latest key entries `apply` wrote, by shard: exactly what the `keys`
+/// column family holds for them, as every other writer of a shard's keys
+/// drops the shard's part (through [`Index::put_meta`] or
+/// [`Index::clear_shard`]) while holding the shard's lock.
+#[derive(Default)]
+struct KeptKeys {
+    shards: HashMap<ShardId, HashMap<Vec<u8>, KeyEntry>>,
+    bytes: usize,
+}
+
+impl KeptKeys {
+    fn forget(&mut self, shard: ShardId) {
+        if let Some(m) = self.shards.remove(&shard) {
+            let gone: usize = m.keys().map(|k| k.len() + KEY_KEPT_OVERHEAD_BYTES).sum();
+            self.bytes = self.bytes.saturating_sub(gone);
+        }
+    }
+
+    fn keep(&mut self, shard: ShardId, written: HashMap<Vec<u8>, Option<KeyEntry>>) {
+        let m = self.shards.entry(shard).or_default();
+        for (k, e) in written {
+            let Some(e) = e else { continue };
+            let len = k.len();
+            if m.insert(k, e).is_none() {
+                self.bytes += len + KEY_KEPT_OVERHEAD_BYTES;
+            }
+        }
+        if self.bytes > KEYS_KEPT_BYTES_MAX {
+            *self = KeptKeys::default();
+        }
+    }
+}
+
 /// One raw entry of [`Index::dump_shard`]: column family, key, value.
 pub type DumpEntry = (&'static str, Vec<u8>, Vec<u8>);
 
@@ -82,6 +123,7 @@ pub struct Index {
     /// was a tenth of a cache put's CPU). Every other writer of a shard's
     /// meta drops its entry; one entry per shard this broker indexes.
     metas: Mutex<HashMap<ShardId, ShardMeta>>,
+    kept: Mutex<KeptKeys>,
 }
 
 impl std::fmt::Debug for Index {
@@ -132,6 +174,7 @@ impl Index {
             config,
             locks: Mutex::new(HashMap::new()),
             metas: Mutex::new(HashMap::new()),
+            kept: Mutex::new(KeptKeys::default()),
         })
     }
 
@@ -214,17 +257,19 @@ impl Index {
     }
 
     /// Writes a shard's meta into `wb` for any writer but `apply`, which
-    /// keeps its own copy: the copy is dropped, as `wb` may or may not land.
+    /// keeps its own copy: the copy is dropped, as `wb` may or may not land,
+    /// and so are the shard's kept keys, which every such writer may change.
     pub(crate) fn put_meta(&self, wb: &mut WriteBatch, shard: ShardId, m: &ShardMeta) {
-        self.forget_meta(shard);
+        self.forget_kept(shard);
         wb.put_cf(self.cf(CF_META), enc::shard_meta_key(shard), m.encode());
     }
 
-    pub(crate) fn forget_meta(&self, shard: ShardId) {
+    pub(crate) fn forget_kept(&self, shard: ShardId) {
         self.metas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&shard);
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).forget(shard);
     }
 
     // ----- reads -----
@@ -490,26 +535,32 @@ impl Index {
         };
         meta.check_kind(shard, kind)?;
         let mut wb = WriteBatch::default();
-        let out = self.apply_into(&mut wb, shard, &mut meta, entries)?;
+        let mut keys = HashMap::new();
+        let out = self.apply_into(&mut wb, shard, &mut meta, entries, &mut keys)?;
         wb.put_cf(self.cf(CF_META), enc::shard_meta_key(shard), meta.encode());
         self.write(wb)?;
         self.metas
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(shard, meta);
+        self.kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep(shard, keys);
         Ok(out)
     }
 
-    /// [`Index::apply`] into a caller's batch and meta (recovery uses it).
-    pub(crate) fn apply_into(
+    /// [`Index::apply`] into its batch and meta; `keys` ends holding the
+    /// latest entry of every key written.
+    fn apply_into(
         &self,
         wb: &mut WriteBatch,
         shard: ShardId,
         meta: &mut ShardMeta,
         entries: &[Positioned],
+        keys: &mut HashMap<Vec<u8>, Option<KeyEntry>>,
     ) -> Result<ApplyOutcome> {
         let mut out = ApplyOutcome::default();
-        let mut keys: HashMap<Vec<u8>, Option<KeyEntry>> = HashMap::new();
         let mut groups: HashMap<Bytes, GroupWork> = HashMap::new();
         for e in entries {
             let h = *e.batch.header();
@@ -568,7 +619,7 @@ impl Index {
                 for r in e.batch.records()? {
                     let r = r?;
                     let Some(key) = &r.key else { continue };
-                    self.apply_keyed(wb, shard, meta, &mut keys, key, &r)?;
+                    self.apply_keyed(wb, shard, meta, keys, key, &r)?;
                 }
             }
         }
@@ -587,7 +638,17 @@ impl Index {
         if let Some(e) = keys.get(key) {
             return Ok(*e);
         }
-        let e = self.key_entry(shard, key)?;
+        let kept = self
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .shards
+            .get(&shard)
+            .and_then(|m| m.get(key).copied());
+        let e = match kept {
+            Some(e) => Some(e),
+            None => self.key_entry(shard, key)?,
+        };
         keys.insert(key.to_vec(), e);
         Ok(e)
     }

@@ -120,7 +120,7 @@ impl Index {
     pub fn clear_shard(&self, shard: ShardId) -> Result<()> {
         let lock = self.shard_lock(shard);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.forget_meta(shard);
+        self.forget_kept(shard);
         let mut wb = WriteBatch::default();
         for cf in COLUMN_FAMILIES {
             // Only where the shard has entries: a range tombstone costs

@@ -183,3 +183,35 @@ fn expired_keys_read_as_absent_before_and_after_the_sweeper() {
     assert_eq!(s.keys_removed, 0);
     assert_eq!(h.get(b"c", 2_500).unwrap().0.as_ref(), b"4");
 }
+
+#[test]
+fn a_key_written_again_after_the_sweeper_took_it_is_new_to_every_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::open(dir.path(), ShardKind::Keyed, log_config());
+    h.put(b"a", b"1", Some(100), 1_000);
+    assert_eq!(
+        h.index
+            .sweep_expired(common::SHARD, 1_100, 100)
+            .unwrap()
+            .keys_removed,
+        1
+    );
+    let dead = |h: &Harness| h.index.shard_state(common::SHARD).unwrap().unwrap().dead_records;
+    assert_eq!(dead(&h), 1, "the swept write is dead");
+    // What the index kept of its applies must not still hold the swept
+    // entry: this write supersedes nothing.
+    h.put(b"a", b"2", Some(100), 2_000);
+    assert_eq!(dead(&h), 1);
+    h.put(b"a", b"3", None, 2_001);
+    assert_eq!(dead(&h), 2);
+    assert_eq!(h.get(b"a", 5_000).unwrap().0.as_ref(), b"3");
+    // The second write's expiry entry went with it: nothing is left to sweep.
+    assert_eq!(
+        h.index
+            .sweep_expired(common::SHARD, 9_000, 100)
+            .unwrap()
+            .keys_removed,
+        0
+    );
+    assert!(h.get(b"a", 9_000).is_some());
+}
