@@ -259,6 +259,10 @@ impl Single {
                     CacheOp::Get => {
                         anyhow::ensure!(c.get(k).await?.is_some(), "a filled key is missing");
                     }
+                    CacheOp::GetMiss => {
+                        let k = load::missing_key(load::next_rand(&mut x) % KEYS);
+                        anyhow::ensure!(c.get(k).await?.is_none(), "a key never written was found");
+                    }
                 }
                 Ok(())
             }

@@ -97,7 +97,15 @@ impl Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOp {
     Put,
+    /// Gets of a filled key space: every key is found.
     Get,
+    /// Gets of keys never written: every one is answered absent.
+    GetMiss,
+}
+
+/// A key the cache workloads never write, for [`CacheOp::GetMiss`].
+pub fn missing_key(i: u64) -> String {
+    format!("miss-{i:08}")
 }
 
 pub use crate::measure::hist;

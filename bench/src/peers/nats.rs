@@ -256,7 +256,9 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start(bin: &Path) -> anyhow::Result<Cluster> {
+    /// `sync_always`: every node fsyncs a message before acknowledging it
+    /// (`sync_interval: always`), the like of Felix's `always`.
+    pub async fn start(bin: &Path, sync_always: bool) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let ports: Vec<u16> = {
             let held: Vec<std::net::TcpListener> = (0..9)
@@ -274,8 +276,13 @@ impl Cluster {
                 .map(|j| format!("nats-route://127.0.0.1:{}", route[j]))
                 .collect();
             let store = dir.path().join(format!("n{i}"));
+            let sync = if sync_always {
+                ", sync_interval: always"
+            } else {
+                ""
+            };
             let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ncluster {{ name: bench, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?}{sync} }}\ncluster {{ name: bench, listen: 127.0.0.1:{}, routes: [{}] }}\n",
                 client[i],
                 http[i],
                 store.display().to_string(),

@@ -59,6 +59,11 @@ pub async fn cache(
                     let got: Option<Vec<u8>> = redis::cmd("GET").arg(k).query_async(&mut c).await?;
                     anyhow::ensure!(got.is_some(), "a filled key is missing");
                 }
+                CacheOp::GetMiss => {
+                    let k = load::missing_key(load::next_rand(&mut x) % KEYS);
+                    let got: Option<Vec<u8>> = redis::cmd("GET").arg(k).query_async(&mut c).await?;
+                    anyhow::ensure!(got.is_none(), "a key never written was found");
+                }
             }
             Ok(())
         }
