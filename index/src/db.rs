@@ -76,26 +76,34 @@ pub const KEYS_KEPT_BYTES_MAX: usize = 8 << 20;
 /// What one kept key costs beside its bytes: its map slot and entry.
 const KEY_KEPT_OVERHEAD_BYTES: usize = 64;
 
-/// The latest key entries `apply` wrote, by shard: exactly what the `keys`
-/// column family holds for them, as every other writer of a shard's keys
-/// drops the shard's part (through [`Index::put_meta`] or
-/// [`Index::clear_shard`]) while holding the shard's lock.
+/// What `apply` wrote of each shard, so the apply of every write does not
+/// read it back from RocksDB: the shard's meta (a skip-list search that was
+/// a tenth of a cache put's CPU) and the latest entries of the keys it
+/// wrote. Exactly what RocksDB holds for them, as every other writer of a
+/// shard's meta or keys drops the shard's part (through
+/// [`Index::put_meta`] or [`Index::clear_shard`]) while holding the
+/// shard's lock.
 #[derive(Default)]
-struct KeptKeys {
-    shards: HashMap<ShardId, HashMap<Vec<u8>, KeyEntry>>,
+struct Kept {
+    /// One entry per shard this broker indexes.
+    metas: HashMap<ShardId, ShardMeta>,
+    keys: HashMap<ShardId, HashMap<Vec<u8>, KeyEntry>>,
+    /// Of `keys`, bounded by [`KEYS_KEPT_BYTES_MAX`].
     bytes: usize,
 }
 
-impl KeptKeys {
+impl Kept {
     fn forget(&mut self, shard: ShardId) {
-        if let Some(m) = self.shards.remove(&shard) {
+        self.metas.remove(&shard);
+        if let Some(m) = self.keys.remove(&shard) {
             let gone: usize = m.keys().map(|k| k.len() + KEY_KEPT_OVERHEAD_BYTES).sum();
             self.bytes = self.bytes.saturating_sub(gone);
         }
     }
 
-    fn keep(&mut self, shard: ShardId, written: HashMap<Vec<u8>, Option<KeyEntry>>) {
-        let m = self.shards.entry(shard).or_default();
+    fn keep(&mut self, shard: ShardId, meta: ShardMeta, written: HashMap<Vec<u8>, Option<KeyEntry>>) {
+        self.metas.insert(shard, meta);
+        let m = self.keys.entry(shard).or_default();
         for (k, e) in written {
             let Some(e) = e else { continue };
             let len = k.len();
@@ -104,7 +112,8 @@ impl KeptKeys {
             }
         }
         if self.bytes > KEYS_KEPT_BYTES_MAX {
-            *self = KeptKeys::default();
+            self.keys.clear();
+            self.bytes = 0;
         }
     }
 }
@@ -118,12 +127,7 @@ pub struct Index {
     path: PathBuf,
     config: IndexConfig,
     locks: Mutex<HashMap<ShardId, Arc<Mutex<()>>>>,
-    /// Each shard's meta as `apply` last wrote it, so the apply of every
-    /// write does not read it back from RocksDB (a skip-list search that
-    /// was a tenth of a cache put's CPU). Every other writer of a shard's
-    /// meta drops its entry; one entry per shard this broker indexes.
-    metas: Mutex<HashMap<ShardId, ShardMeta>>,
-    kept: Mutex<KeptKeys>,
+    kept: Mutex<Kept>,
 }
 
 impl std::fmt::Debug for Index {
@@ -173,8 +177,7 @@ impl Index {
             path,
             config,
             locks: Mutex::new(HashMap::new()),
-            metas: Mutex::new(HashMap::new()),
-            kept: Mutex::new(KeptKeys::default()),
+            kept: Mutex::new(Kept::default()),
         })
     }
 
@@ -265,11 +268,11 @@ impl Index {
     }
 
     pub(crate) fn forget_kept(&self, shard: ShardId) {
-        self.metas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&shard);
-        self.kept.lock().unwrap_or_else(|p| p.into_inner()).forget(shard);
+        self.kept().forget(shard);
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     // ----- reads -----
@@ -518,12 +521,7 @@ impl Index {
     pub fn apply(&self, shard: ShardId, kind: ShardKind, entries: &[Positioned]) -> Result<ApplyOutcome> {
         let lock = self.shard_lock(shard);
         let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let known = self
-            .metas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&shard)
-            .copied();
+        let known = self.kept().metas.get(&shard).copied();
         let mut meta = match known.map_or_else(|| self.load_meta(shard), |m| Ok(Some(m)))? {
             Some(m) => m,
             None => ShardMeta::new(
@@ -539,14 +537,7 @@ impl Index {
         let out = self.apply_into(&mut wb, shard, &mut meta, entries, &mut keys)?;
         wb.put_cf(self.cf(CF_META), enc::shard_meta_key(shard), meta.encode());
         self.write(wb)?;
-        self.metas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(shard, meta);
-        self.kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keep(shard, keys);
+        self.kept().keep(shard, meta, keys);
         Ok(out)
     }
 
@@ -638,13 +629,7 @@ impl Index {
         if let Some(e) = keys.get(key) {
             return Ok(*e);
         }
-        let kept = self
-            .kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .shards
-            .get(&shard)
-            .and_then(|m| m.get(key).copied());
+        let kept = self.kept().keys.get(&shard).and_then(|m| m.get(key).copied());
         let e = match kept {
             Some(e) => Some(e),
             None => self.key_entry(shard, key)?,
