@@ -215,11 +215,9 @@ impl PeerScripts {
     /// The server process `script` started in `mode` (its pid file), for
     /// its CPU per operation.
     pub fn pids(&self, script: &str, mode: &str) -> Vec<u32> {
-        let home = std::env::var_os("FELIX_PEERS_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/felix-peers")));
         let name = script.trim_end_matches(".sh");
-        home.and_then(|h| std::fs::read_to_string(h.join(format!("{name}-{mode}/pid"))).ok())
+        peers_home()
+            .and_then(|h| std::fs::read_to_string(h.join(format!("{name}-{mode}/pid"))).ok())
             .and_then(|p| p.trim().parse().ok())
             .into_iter()
             .collect()
@@ -227,12 +225,16 @@ impl PeerScripts {
 
     /// The nats-server binary the script installed, for a cluster.
     pub fn nats_server(&self) -> Option<PathBuf> {
-        let home = std::env::var_os("FELIX_PEERS_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/felix-peers")))?;
-        let bin = home.join("venv/bin/nats-server");
+        let bin = peers_home()?.join("venv/bin/nats-server");
         bin.exists().then_some(bin)
     }
+}
+
+/// Where the peers' scripts install servers and keep their pid files.
+fn peers_home() -> Option<PathBuf> {
+    std::env::var_os("FELIX_PEERS_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/felix-peers")))
 }
 
 /// A peer's figure, or why there is none.
