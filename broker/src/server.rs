@@ -44,6 +44,9 @@ pub struct ClientProfile {
     /// The brokers' admin HTTP addresses (`/metrics`, `/live`, `/ready`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admin: Vec<String>,
+    /// `host:port` of a broker's Redis door, if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
 }
 
 impl ClientProfile {
@@ -84,6 +87,9 @@ pub struct Running {
     pub dev_ca: Option<PathBuf>,
     /// Where `/metrics`, `/live` and `/ready` are served, if they are.
     pub admin_addr: Option<SocketAddr>,
+    /// Where the Redis front door listens, if it does.
+    pub redis_addr: Option<SocketAddr>,
+    redis: Option<felix_resp::RespServer>,
     server: Server,
     upkeep: tokio::task::JoinHandle<()>,
 }
@@ -106,6 +112,9 @@ impl Running {
                 ms = started.elapsed().as_millis() as u64,
                 "leaderships handed over"
             );
+        }
+        if let Some(r) = self.redis {
+            r.close().await;
         }
         self.server.close().await;
         self.upkeep.abort();
@@ -182,13 +191,39 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         }
         None => None,
     };
-    let server = Server::start(endpoint, Arc::new(NodeHandler { node: node.clone() }));
+    let handler = Arc::new(NodeHandler { node: node.clone() });
+    let redis = match &config.redis {
+        Some(r) => {
+            r.check()?;
+            let listener = tokio::net::TcpListener::bind(r.listen).await?;
+            let settings = felix_resp::Settings {
+                cache: r.cache.clone(),
+                tls: if r.tls {
+                    Some(Arc::new(tls.rustls_tcp()?))
+                } else {
+                    None
+                },
+                connections_max: r.connections_max,
+            };
+            let n = node.clone();
+            Some(felix_resp::serve(
+                listener,
+                handler.clone(),
+                settings,
+                Arc::new(move || n.now_ms()),
+            )?)
+        }
+        None => None,
+    };
+    let server = Server::start(endpoint, handler);
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));
     Ok(Running {
         node,
         addr,
         dev_ca,
         admin_addr,
+        redis_addr: redis.as_ref().map(|r| r.addr),
+        redis,
         server,
         upkeep,
     })
@@ -219,6 +254,7 @@ mod tests {
             controlplane: None,
             controlplane_ca: None,
             admin: Vec::new(),
+            redis: None,
         };
         p.save(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

@@ -269,6 +269,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
                 data_dir,
                 listen,
                 admin_listen: Some(next(2)),
+                redis: Some(felix_broker::config::RedisConfig::on(next(3))),
                 ..BrokerConfig::default()
             };
             let cp = controlplane_listen.unwrap_or_else(|| next(1));

@@ -91,6 +91,13 @@ pub async fn serve(
             config.data_dir.display()
         )
     })?;
+    // Before the profile is written: a test (or script) that waits for
+    // the profile finds the cache there.
+    if let (Some(e), Some(r)) = (&embedded, &config.redis) {
+        dev_cache(&running.node, &e.dev_token, &r.cache)
+            .await
+            .with_context(|| format!("creating the Redis door's cache {}", r.cache))?;
+    }
     let profile_path = config.data_dir.join("client.toml");
     if let Some(ca) = &running.dev_ca {
         let p = ClientProfile {
@@ -103,6 +110,7 @@ pub async fn serve(
             controlplane: embedded.as_ref().map(|e| e.handle.url()),
             controlplane_ca: embedded.as_ref().and_then(|e| e.link.ca.clone()),
             admin: running.admin_addr.iter().map(|a| format!("http://{a}")).collect(),
+            redis: running.redis_addr.map(|a| a.to_string()),
         };
         p.save(&profile_path)?;
     }
@@ -137,6 +145,53 @@ pub async fn serve(
         e.handle.shutdown().await;
     }
     Ok(())
+}
+
+/// Longest `felix dev` waits for the Redis door's cache to be served.
+const DEV_CACHE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// `felix dev`: the Redis door's cache, made (4 shards, `always`) when the
+/// development tenant has none, so `redis-cli` works at once.
+async fn dev_cache(
+    node: &std::sync::Arc<felix_broker::node::Node>,
+    token: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    use felix_client::server::{Handler, HelloRequest, Peer, Reply};
+    use felix_client::wire::{Message, StreamConfig, StreamKind};
+    let h = felix_broker::handler::NodeHandler { node: node.clone() };
+    let peer = Peer {
+        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        has_certificate: false,
+    };
+    let hello = HelloRequest {
+        version: u16::from(felix_client::wire::frame::VERSION),
+        capabilities: 0,
+        token: token.as_bytes().to_vec().into(),
+    };
+    let (session, _) = h.hello(&peer, hello).await?;
+    let describe = || Message::StreamDescribe {
+        name: name.to_owned(),
+    };
+    let deadline = std::time::Instant::now() + DEV_CACHE_WAIT;
+    let mut created = false;
+    loop {
+        match h.request(&session, describe()).await {
+            Reply::Message(Message::StreamDescription { .. }) => return Ok(()),
+            Reply::Message(Message::Error(felix_client::wire::ErrorReply::UnknownStream(_))) if !created => {
+                let mut c = StreamConfig::stream(name, 4, felix_client::wire::Durability::Always);
+                c.kind = StreamKind::Cache;
+                match h.request(&session, Message::StreamCreate(c)).await {
+                    Reply::Message(Message::Done) => created = true,
+                    other => anyhow::bail!("{other:?}"),
+                }
+            }
+            other if std::time::Instant::now() > deadline => {
+                anyhow::bail!("not served within {DEV_CACHE_WAIT:?}: {other:?}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// Applies what SIGHUP may change from `file`, leaving the rest as it runs.
@@ -209,6 +264,12 @@ fn print_dev_banner(r: &server::Running, e: &crate::embedded::Embedded, dir: &Pa
     println!("  token     {}", e.dev_token);
     if let Some(a) = r.admin_addr {
         println!("  admin     http://{a}/metrics  /live  /ready");
+    }
+    if let Some(a) = r.redis_addr {
+        println!(
+            "  redis     redis-cli -p {} --user dev --pass <token>   (cache `redis`; docs/redis.md)",
+            a.port()
+        );
     }
     if let Some(ca) = &r.dev_ca {
         println!("  CA        {}", ca.display());

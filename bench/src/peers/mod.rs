@@ -11,6 +11,7 @@ mod load;
 mod nats;
 mod redis;
 mod report;
+mod resp;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -39,7 +40,7 @@ pub struct Args {
     #[arg(long)]
     peers_dir: Option<PathBuf>,
     /// Workloads to run, comma separated: publish, fanout, queue, cache,
-    /// replay, replicated, limits (default: all).
+    /// redis, replay, replicated, limits (default: all).
     #[arg(long)]
     only: Option<String>,
     /// A short run (0.5 s per figure, fewer cases, 20,000-record replay):
@@ -114,6 +115,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if wants("cache") {
         tables.push(rt.block_on(cache(&plan, &peers))?);
+    }
+    if wants("redis") {
+        tables.push(rt.block_on(resp::run(&plan, &peers))?);
     }
     if wants("replay") {
         tables.push(rt.block_on(replay(&plan, &peers))?);

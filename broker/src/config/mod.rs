@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     pub admin_listen: Option<SocketAddr>,
     /// The certificate clients are served.
     pub tls: TlsConfig,
+    /// The Redis front door (RESP over TCP, `docs/redis.md`): served only
+    /// when this table is given.
+    pub redis: Option<RedisConfig>,
     /// Segment log settings of the shards this broker creates.
     pub log: LogSettings,
     /// RocksDB block cache shared by every shard's index.
@@ -413,6 +416,69 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The Redis front door: redis-cli and Redis client libraries reach the
+/// broker's caches through it, with the same tokens and permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// TCP address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The cache a new connection uses, named as clients name it (a bare
+    /// name is in the token's tenant's `default` namespace); `FELIX.USE`
+    /// picks another.
+    #[serde(default = "RedisConfig::default_cache")]
+    pub cache: String,
+    /// Serve TLS with the broker's certificate (`redis-cli --tls`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve plain TCP on an address that is not loopback (tokens then
+    /// cross the network in the clear). Off: such a listener needs `tls`.
+    #[serde(default)]
+    pub plain_tcp: bool,
+    /// Connections served at once; past it a new one is told so and
+    /// closed.
+    #[serde(default = "RedisConfig::default_connections_max")]
+    pub connections_max: usize,
+}
+
+impl RedisConfig {
+    fn default_cache() -> String {
+        "redis".into()
+    }
+
+    fn default_connections_max() -> usize {
+        felix_resp::server::CONNECTIONS_MAX
+    }
+
+    /// A listener on `listen` with every other key at its default.
+    pub fn on(listen: SocketAddr) -> RedisConfig {
+        RedisConfig {
+            listen,
+            cache: Self::default_cache(),
+            tls: false,
+            plain_tcp: false,
+            connections_max: Self::default_connections_max(),
+        }
+    }
+
+    /// Refuses what would serve tokens in the clear or without limit.
+    pub fn check(&self) -> Result<(), BrokerError> {
+        if !self.tls && !self.plain_tcp && !self.listen.ip().is_loopback() {
+            return Err(BrokerError::Invalid(format!(
+                "redis.listen {} is not loopback: set redis.tls = true (or redis.plain_tcp = true to send tokens in the clear)",
+                self.listen
+            )));
+        }
+        if self.connections_max == 0 || self.connections_max > felix_resp::server::CONNECTIONS_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "redis.connections_max is 1 to {}",
+                felix_resp::server::CONNECTIONS_MAX
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Segment log settings applied to every shard this broker creates.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -441,6 +507,7 @@ impl Default for BrokerConfig {
             advertise: None,
             admin_listen: None,
             tls: TlsConfig::default(),
+            redis: None,
             log: LogSettings::default(),
             index_cache_bytes: 64 << 20,
             hot_cache_bytes_max: 64 << 20,

@@ -96,6 +96,14 @@ impl ServerTls {
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(cfg)
     }
+
+    /// The same certificate (and client CA) for a TCP listener whose
+    /// clients name no ALPN protocol (the Redis door: `redis-cli --tls`).
+    pub fn rustls_tcp(&self) -> Result<rustls::ServerConfig, TransportError> {
+        let mut cfg = self.rustls(b"")?;
+        cfg.alpn_protocols.clear();
+        Ok(cfg)
+    }
 }
 
 /// The CA a client trusts and, for mTLS, its own certificate and key.

@@ -1,0 +1,331 @@
+//! The Redis door end to end: `felix dev` as a real process, spoken to by
+//! `redis-cli` (Debian's `redis-tools`, installed by `.ci/run`) and by a
+//! plain RESP client over TCP, as any Redis library would.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Broker;
+
+/// A reply as the test reads it.
+#[derive(Debug, Clone, PartialEq)]
+enum R {
+    Status(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Nil,
+    Array(Vec<R>),
+    Map(Vec<(R, R)>),
+}
+
+fn bulk(s: &str) -> R {
+    R::Bulk(s.as_bytes().to_vec())
+}
+
+/// A blocking RESP client: what a Redis library does, without one.
+struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Conn {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    fn authed(addr: &str, token: &str) -> Conn {
+        let mut c = Conn::open(addr);
+        assert_eq!(c.call(&["AUTH", token]), R::Status("OK".into()));
+        c
+    }
+
+    fn encode(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
+    fn call(&mut self, args: &[&str]) -> R {
+        self.send_raw(&Self::encode(args));
+        self.read()
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        assert!(l.ends_with("\r\n"), "a reply line without CRLF: {l:?}");
+        l.truncate(l.len() - 2);
+        l
+    }
+
+    fn read(&mut self) -> R {
+        let l = self.line();
+        let (kind, rest) = l.split_at(1);
+        match kind {
+            "+" => R::Status(rest.into()),
+            "-" => R::Error(rest.into()),
+            ":" => R::Int(rest.parse().unwrap()),
+            "_" => R::Nil,
+            "," => R::Bulk(rest.as_bytes().to_vec()),
+            "$" if rest == "-1" => R::Nil,
+            "$" => {
+                let mut b = vec![0; rest.parse::<usize>().unwrap() + 2];
+                self.r.read_exact(&mut b).unwrap();
+                b.truncate(b.len() - 2);
+                R::Bulk(b)
+            }
+            "*" if rest == "-1" => R::Nil,
+            "*" => R::Array((0..rest.parse::<usize>().unwrap()).map(|_| self.read()).collect()),
+            "%" => R::Map(
+                (0..rest.parse::<usize>().unwrap())
+                    .map(|_| (self.read(), self.read()))
+                    .collect(),
+            ),
+            _ => panic!("not a reply: {l:?}"),
+        }
+    }
+
+    /// Whether the server closed the connection.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.r.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+fn redis_addr(b: &Broker) -> String {
+    b.profile.redis.clone().expect("felix dev serves the Redis door")
+}
+
+fn token_of(b: &Broker) -> String {
+    b.profile.token.clone().expect("felix dev issues a token")
+}
+
+/// `redis-cli` with `args`, its stdout.
+fn cli(addr: &str, token: &str, stdin: Option<&str>, args: &[&str]) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", host, "-p", port, "--no-auth-warning", "-a", token])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    let mut child = cmd
+        .spawn()
+        .expect("redis-cli is not installed: install Debian's redis-tools (.ci/run does)");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "redis-cli {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn redis_cli_sessions_against_felix_dev() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path());
+    let (addr, token) = (redis_addr(&b), token_of(&b));
+    assert_eq!(cli(&addr, &token, None, &["PING"]), "PONG\n");
+    assert_eq!(
+        cli(
+            &addr,
+            &token,
+            None,
+            &["SET", "greeting", "hello world", "EX", "100"]
+        ),
+        "OK\n"
+    );
+    assert_eq!(cli(&addr, &token, None, &["GET", "greeting"]), "hello world\n");
+    assert_eq!(cli(&addr, &token, None, &["TTL", "greeting"]), "100\n");
+    // A script on stdin, as `redis-cli < script` runs one: replies in order.
+    let script = "SET n 10\nINCRBY n 5\nDECR n\nGET n\nSET n x NX\nEXISTS n missing\nDEL n missing\nGET n\nTTL n\nMSET a 1 b 2\nMGET a nothere b\nAPPEND a 23\nSTRLEN a\nTYPE a\nTYPE nothere\nGETDEL a\nFOO bar\n";
+    let out = cli(&addr, &token, Some(script), &[]);
+    let want = "OK\n15\n14\n14\n\n1\n1\n\n-2\nOK\n1\n\n2\n3\n3\nstring\nnone\n123\nERR unknown command 'FOO', with args beginning with: 'bar' \n\n";
+    assert_eq!(out, want, "got:\n{out}");
+    // The same token with a Redis user name (`--user`), and a wrong one.
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let out = Command::new("redis-cli")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "--no-auth-warning",
+            "--user",
+            "dev",
+            "--pass",
+            "not-a-token",
+            "GET",
+            "greeting",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("WRONGPASS") || text.contains("NOAUTH"), "{text}");
+}
+
+#[test]
+fn resp_protocol_auth_pipelines_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path());
+    let (addr, token) = (redis_addr(&b), token_of(&b));
+
+    // Without AUTH: refused, as Redis refuses with requirepass.
+    let mut c = Conn::open(&addr);
+    assert_eq!(
+        c.call(&["GET", "k"]),
+        R::Error("NOAUTH Authentication required.".into())
+    );
+    assert_eq!(
+        c.call(&["AUTH", "wrong"]),
+        R::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+    assert_eq!(c.call(&["AUTH", "default", &token]), R::Status("OK".into()));
+    assert_eq!(c.call(&["SET", "k", "v"]), R::Status("OK".into()));
+
+    // Inline commands, case-insensitive names, RESP3 through HELLO.
+    c.send_raw(b"ping\r\n");
+    assert_eq!(c.read(), R::Status("PONG".into()));
+    let R::Map(hello) = c.call(&["HELLO", "3"]) else {
+        panic!("HELLO 3 answers a map")
+    };
+    assert!(hello.contains(&(bulk("proto"), R::Int(3))), "{hello:?}");
+    assert_eq!(c.call(&["GET", "missing"]), R::Nil);
+    assert_eq!(
+        c.call(&["HELLO", "4"]),
+        R::Error("NOPROTO unsupported protocol version".into())
+    );
+    assert!(
+        matches!(c.call(&["HELLO", "2"]), R::Array(_)),
+        "RESP2 sends a map as an array"
+    );
+    assert_eq!(c.call(&["GET", "missing"]), R::Nil);
+
+    // A pipeline of 1,000 commands: one write, replies in order.
+    let mut batch = Vec::new();
+    for i in 0..1000 {
+        batch.extend_from_slice(&Conn::encode(&["INCR", "counter"]));
+        if i % 100 == 0 {
+            batch.extend_from_slice(&Conn::encode(&["GET", "counter"]));
+        }
+    }
+    c.send_raw(&batch);
+    let mut n = 0;
+    for i in 0..1000 {
+        n += 1;
+        assert_eq!(c.read(), R::Int(n), "INCR {i}");
+        if i % 100 == 0 {
+            assert_eq!(c.read(), bulk(&n.to_string()));
+        }
+    }
+
+    // Refusals that keep the connection.
+    assert!(matches!(c.call(&["NOSUCH"]), R::Error(e) if e.starts_with("ERR unknown command 'NOSUCH'")));
+    assert_eq!(
+        c.call(&["SET", "k", "v", "NX", "XX"]),
+        R::Error("ERR syntax error".into())
+    );
+    assert_eq!(c.call(&["SELECT", "0"]), R::Status("OK".into()));
+    assert_eq!(c.call(&["FELIX.USE", "nosuchcache"]), R::Status("OK".into()));
+    assert!(matches!(c.call(&["GET", "k"]), R::Error(e) if e.contains("unknown cache")));
+    assert_eq!(c.call(&["FELIX.USE", "redis"]), R::Status("OK".into()));
+    assert_eq!(c.call(&["GET", "k"]), bulk("v"));
+
+    // Malformed and oversized requests: an error, then the connection
+    // closes; the broker keeps serving others and nothing is lost.
+    for bad in [
+        &b"*abc\r\n"[..],
+        b"*1\r\n$99999999999\r\n",
+        b"*1\r\n:5\r\n",
+        b"*99999999\r\n",
+    ] {
+        let mut m = Conn::authed(&addr, &token);
+        m.send_raw(bad);
+        assert!(
+            matches!(m.read(), R::Error(e) if e.starts_with("ERR Protocol error")),
+            "{bad:?}"
+        );
+        assert!(m.closed(), "{bad:?}: the connection stays open");
+    }
+    let mut m = Conn::open(&addr);
+    m.send_raw(&vec![b'x'; 70 << 10]);
+    assert!(matches!(m.read(), R::Error(e) if e.contains("too big inline")));
+    assert_eq!(c.call(&["GET", "counter"]), bulk("1000"));
+    assert_eq!(c.call(&["QUIT"]), R::Status("OK".into()));
+    assert!(c.closed());
+}
+
+#[test]
+fn concurrent_increments_lose_none_and_survive_a_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Broker::start(dir.path());
+    let (addr, token) = (redis_addr(&b), token_of(&b));
+    const CONNECTIONS: usize = 16;
+    const EACH: i64 = 50;
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let (addr, token) = (addr.clone(), token.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::authed(&addr, &token);
+                for j in 0..EACH {
+                    let r = c.call(&["INCR", "hits"]);
+                    assert!(matches!(r, R::Int(n) if n >= 1), "{r:?}");
+                    assert_eq!(
+                        c.call(&["SET", &format!("k{i}-{j}"), &j.to_string()]),
+                        R::Status("OK".into())
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = CONNECTIONS as i64 * EACH;
+    let mut c = Conn::authed(&addr, &token);
+    assert_eq!(c.call(&["GET", "hits"]), bulk(&total.to_string()));
+    drop(c);
+
+    // The dev cache is `always`: every acknowledged write is on disk.
+    b.kill();
+    let b = Broker::start(dir.path());
+    let (addr, token) = (redis_addr(&b), token_of(&b));
+    let mut c = Conn::authed(&addr, &token);
+    assert_eq!(c.call(&["GET", "hits"]), bulk(&total.to_string()));
+    for i in 0..CONNECTIONS {
+        let keys: Vec<String> = (0..EACH).map(|j| format!("k{i}-{j}")).collect();
+        let mut args = vec!["MGET"];
+        args.extend(keys.iter().map(String::as_str));
+        let R::Array(got) = c.call(&args) else {
+            panic!("MGET answers an array")
+        };
+        let want: Vec<R> = (0..EACH).map(|j| bulk(&j.to_string())).collect();
+        assert_eq!(got, want, "connection {i}'s writes");
+    }
+}
