@@ -193,11 +193,7 @@ fn pass(
             state: v.state,
             leader: v.leader,
             heard: h.heard.load(std::sync::atomic::Ordering::Acquire),
-            // Heard within the shortest election timeout, not the lease: a
-            // replica cut off stops counting its peers before the time since
-            // its leader's last word (no older than its last beat) reaches
-            // the lease it waits before standing.
-            quorum_reachable: quiesce::reachable(&d.voters, h.me, &seen, now, cfg.election_timeout_min_ms),
+            quorum_reachable: quiesce::reachable(&d.voters, h.me, &seen, now, lease),
             quiet: !leading && h.is_quiet(),
         };
         if d.candidacy.step(&h.raft, cfg, turn, &h.votes, &h.handover, now) {

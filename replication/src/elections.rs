@@ -69,10 +69,6 @@ pub(crate) struct Candidacy {
     split_wait: u64,
     /// When the driver first saw the group ([`heard_now`] clock).
     born: u64,
-    /// When this replica last heard no majority (0: never): back from a
-    /// partition, it waits a lease for its leader's word before standing,
-    /// since the first beat to arrive may be another follower's.
-    cut_off_at: u64,
 }
 
 /// What one group looks like to the driver at one pass.
@@ -101,7 +97,6 @@ impl Candidacy {
             candidate_since: None,
             split_wait: Self::split_wait_of(cfg),
             born: heard_now(),
-            cut_off_at: 0,
         }
     }
 
@@ -152,19 +147,10 @@ impl Candidacy {
         // leader of a quiet group sends no heartbeat, only its broker's
         // beat, which takes a connection to arrive after a restart.
         let settling = t.heard == 0 && now.saturating_sub(self.born) < lease + 2 * cfg.heartbeat_interval_ms;
-        // Once a leader was heard, this loop alone stands the replica, and
-        // only while it hears a majority (a pre-vote of sorts): openraft's
-        // timer would stand a follower cut off from the rest at every
-        // timeout, and the term it raised would unseat the leader on its
-        // return. Before, openraft's timer does, as long as a majority is
-        // heard.
-        let want = !(behind || defer || t.quiet || settling || t.heard != 0 || !t.quorum_reachable);
+        let want = !(behind || defer || t.quiet || settling);
         if self.timer_on != Some(want) {
             self.timer_on = Some(want);
             raft.runtime_config().elect(want);
-        }
-        if !t.quorum_reachable {
-            self.cut_off_at = now;
         }
         let stand = !behind
             && match t.state {
@@ -176,14 +162,13 @@ impl Candidacy {
                     // would only raise the term it returns with.
                     t.heard != 0
                         && t.quorum_reachable
-                        && now.saturating_sub(t.heard.max(self.cut_off_at)) > lease + extra
+                        && now.saturating_sub(t.heard) > lease + extra
                         && now.saturating_sub(self.stood_at) > lease
                 }
                 ServerState::Candidate => {
                     let since = *self.candidate_since.get_or_insert(now);
-                    t.quorum_reachable
-                        && (now.saturating_sub(since) > self.split_wait
-                            || votes.outran.load(Ordering::Acquire) >= since)
+                    now.saturating_sub(since) > self.split_wait
+                        || votes.outran.load(Ordering::Acquire) >= since
                 }
                 _ => {
                     self.candidate_since = None;
