@@ -204,6 +204,22 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                     None
                 },
                 connections_max: r.connections_max,
+                advertise: r.advertise.clone(),
+                forward: match &config.cluster {
+                    Some(c) => {
+                        let ca = r.forward_ca.clone().unwrap_or_else(|| c.ca.clone());
+                        // The broker's own certificate, for brokers that
+                        // require one of their clients (`tls.client_ca`).
+                        let tls = transport::ClientTls::from_pem_files(&ca, Some((&c.cert, &c.key)))?;
+                        let mut cfg = felix_client::ClientConfig::new(advertise.clone(), tls);
+                        cfg.server_name = r.forward_server_name.clone();
+                        // The Redis client retries on TRYAGAIN: fail fast.
+                        cfg.connect_timeout_ms = 1_000;
+                        cfg.retry.attempts_max = 1;
+                        Some(Arc::new(felix_resp::Forwarder::new(cfg)))
+                    }
+                    None => None,
+                },
             };
             let n = node.clone();
             Some(felix_resp::serve(

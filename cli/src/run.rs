@@ -183,7 +183,14 @@ async fn dev_cache(
                 c.kind = StreamKind::Cache;
                 match h.request(&session, Message::StreamCreate(c)).await {
                     Reply::Message(Message::Done) => created = true,
-                    other => anyhow::bail!("{other:?}"),
+                    // Just restarted, the embedded control plane may not
+                    // have replayed its log nor seen this broker's
+                    // heartbeat: it answers "unknown" and refuses to
+                    // place. Ask again until the deadline.
+                    other if std::time::Instant::now() > deadline => {
+                        anyhow::bail!("not created within {DEV_CACHE_WAIT:?}: {other:?}")
+                    }
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
                 }
             }
             other if std::time::Instant::now() > deadline => {

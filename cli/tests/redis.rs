@@ -146,6 +146,42 @@ fn cli(addr: &str, token: &str, stdin: Option<&str>, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The Python that has redis-py: `FELIX_PYTHON`, else the venv `.ci/run`
+/// makes.
+fn redis_py() -> String {
+    if let Ok(p) = std::env::var("FELIX_PYTHON") {
+        return p;
+    }
+    let p = format!("{}/.cache/felix-venv/bin/python3", std::env::var("HOME").unwrap());
+    assert!(
+        std::path::Path::new(&p).exists(),
+        "redis-py is not installed: `bash .ci/run` makes {p} (or set FELIX_PYTHON to a Python that has redis-py)"
+    );
+    p
+}
+
+/// Runs `tests/redis_py/check.py` with `args`; it exits non-zero on the
+/// first answer that differs from Redis's.
+fn redis_py_check(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/redis_py/check.py");
+    let out = Command::new(redis_py()).arg(script).args(args).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "redis-py {args:?}:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.trim(), "ok");
+}
+
+#[test]
+fn redis_py_speaks_to_felix_dev_in_resp2_and_resp3() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start(dir.path());
+    let addr = redis_addr(&b);
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    redis_py_check(&["single", host, port, &token_of(&b)]);
+}
+
 #[test]
 fn redis_cli_sessions_against_felix_dev() {
     let dir = tempfile::tempdir().unwrap();
@@ -327,5 +363,132 @@ fn concurrent_increments_lose_none_and_survive_a_sigkill() {
         };
         let want: Vec<R> = (0..EACH).map(|j| bulk(&j.to_string())).collect();
         assert_eq!(got, want, "connection {i}'s writes");
+    }
+}
+
+/// Issue 28: in a cluster any broker's door answers any key (forwarding
+/// to the key's shard leader under the connection's token), cluster
+/// clients are given a slot table naming the door they asked, and a shard
+/// leader killed mid-run loses no acknowledged write.
+#[test]
+fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_loses_no_write() {
+    use felix_client::wire::{Durability, StreamConfig, StreamKind};
+    use felix_client::Client;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = common::cluster::LocalCluster::configure(dir.path(), 3, "", |_| None);
+    let doors: Vec<String> = (0..3)
+        .map(|i| {
+            let port = common::cp::free_port();
+            c.append_config(i, &format!("[redis]\nlisten = \"127.0.0.1:{port}\"\n"));
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    c.launch();
+    let rt = common::rt();
+    let client = rt.block_on(Client::connect(c.client_config())).unwrap();
+    let mut cfg = StreamConfig::stream("redis", 4, Durability::Always);
+    cfg.kind = StreamKind::Cache;
+    rt.block_on(common::create_when_ready(&client, cfg));
+    let leaders: Vec<u64> = (0..4)
+        .map(|s| rt.block_on(c.leader(&client, "redis", s)))
+        .collect();
+    assert!(
+        leaders.iter().any(|l| *l != leaders[0]) || leaders.len() == 1,
+        "four shards on three brokers: {leaders:?}"
+    );
+
+    // Every door writes keys of every shard, and reads every door's keys.
+    let mut conns: Vec<Conn> = doors.iter().map(|d| Conn::open(d)).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        for j in 0..40 {
+            let r = conn.call(&["SET", &format!("d{i}-{j}"), &format!("v{j}")]);
+            assert_eq!(r, R::Status("OK".into()), "door {i}, key {j}");
+        }
+    }
+    for (k, conn) in conns.iter_mut().enumerate() {
+        for i in 0..3 {
+            for j in 0..40 {
+                let r = conn.call(&["GET", &format!("d{i}-{j}")]);
+                assert_eq!(r, bulk(&format!("v{j}")), "door {k} reading door {i}'s key {j}");
+            }
+        }
+        assert!(matches!(conn.call(&["INCR", "shared"]), R::Int(_)));
+    }
+    assert_eq!(conns[2].call(&["GET", "shared"]), bulk("3"));
+
+    // A cluster client's view: one node, the door asked, every slot.
+    let port: i64 = doors[1].rsplit_once(':').unwrap().1.parse().unwrap();
+    let R::Array(ranges) = conns[1].call(&["CLUSTER", "SLOTS"]) else {
+        panic!("CLUSTER SLOTS answers an array")
+    };
+    let [R::Array(range)] = &ranges[..] else {
+        panic!("one range: {ranges:?}")
+    };
+    assert_eq!(range[..2], [R::Int(0), R::Int(16383)]);
+    let R::Array(node) = &range[2] else {
+        panic!("a node: {range:?}")
+    };
+    assert_eq!(node[..2], [bulk("127.0.0.1"), R::Int(port)]);
+    // The slots Redis's documentation gives for these keys.
+    assert_eq!(conns[0].call(&["CLUSTER", "KEYSLOT", "somekey"]), R::Int(11058));
+    assert_eq!(
+        conns[0].call(&["CLUSTER", "KEYSLOT", "foo{hash_tag}"]),
+        R::Int(2515)
+    );
+    drop(conns);
+    // redis-py's RedisCluster, given every door as a start-up node.
+    let mut args = vec!["cluster"];
+    args.extend(doors.iter().map(String::as_str));
+    redis_py_check(&args);
+
+    // Kill shard 0's leader while another broker's door writes.
+    let victim = c.index_of(leaders[0]);
+    let door = doors[(victim + 1) % 3].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, acked, door) = (stop.clone(), acked.clone(), door.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(&door);
+            let mut refused = 0;
+            let mut j = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                match conn.call(&["SET", &format!("w-{j}"), &j.to_string()]) {
+                    R::Status(s) if s == "OK" => acked.lock().unwrap().push(j),
+                    R::Error(e) if e.starts_with("TRYAGAIN") => {
+                        refused += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    other => panic!("SET w-{j}: {other:?}"),
+                }
+                j += 1;
+            }
+            refused
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_500));
+    c.kill(victim);
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, Ordering::Release);
+    let refused = writer.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 20,
+        "{} writes acknowledged, {refused} refused",
+        acked.len()
+    );
+    c.restart(victim);
+    for d in [&door, &doors[victim]] {
+        let mut conn = Conn::open(d);
+        for j in &acked {
+            assert_eq!(
+                conn.call(&["GET", &format!("w-{j}")]),
+                bulk(&j.to_string()),
+                "at {d}"
+            );
+        }
     }
 }

@@ -115,62 +115,113 @@ pub enum Command {
     },
     /// `FELIX.VERSION key`: the key's version (nil when absent).
     Version(Bytes),
+    Cluster(Cluster),
+    /// `READONLY`/`READWRITE`: every read is the leader's here, so both
+    /// only say OK.
+    ReadMode,
 }
 
-/// The names this front door answers, for `COMMAND COUNT`/`COMMAND`.
-pub const NAMES: [&str; 49] = [
-    "ping",
-    "echo",
-    "quit",
-    "hello",
-    "auth",
-    "select",
-    "client",
-    "info",
-    "command",
-    "config",
-    "get",
-    "set",
-    "setnx",
-    "setex",
-    "psetex",
-    "getdel",
-    "getex",
-    "getset",
-    "del",
-    "unlink",
-    "exists",
-    "mget",
-    "mset",
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "ttl",
-    "pttl",
-    "persist",
-    "incr",
-    "incrby",
-    "decr",
-    "decrby",
-    "incrbyfloat",
-    "append",
-    "strlen",
-    "type",
-    "felix.use",
-    "felix.cas",
-    "felix.version",
-    "dbsize",
-    "scan",
-    "flushdb",
-    "keys",
-    "flushall",
-    "multi",
-    "exec",
-    "watch",
+/// `CLUSTER` subcommands that cluster clients send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cluster {
+    Slots,
+    Shards,
+    Info,
+    MyId,
+    Nodes,
+    KeySlot(Bytes),
+}
+
+/// A command this front door answers, as `COMMAND` describes it: cluster
+/// clients (redis-py's `RedisCluster`) find a command's keys by these
+/// positions (1-based; `last_key` -1: to the end), as in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spec {
+    pub name: &'static str,
+    /// The argument count with the name; negative: at least that many.
+    pub arity: i64,
+    /// `write`, `readonly` or `fast` (empty: none).
+    pub flag: &'static str,
+    pub first_key: i64,
+    pub last_key: i64,
+    pub step: i64,
+}
+
+const fn spec(
+    name: &'static str,
+    arity: i64,
+    flag: &'static str,
+    first_key: i64,
+    last_key: i64,
+    step: i64,
+) -> Spec {
+    Spec {
+        name,
+        arity,
+        flag,
+        first_key,
+        last_key,
+        step,
+    }
+}
+
+/// The commands this front door answers, for `COMMAND COUNT`/`COMMAND`.
+pub const SPECS: [Spec; 52] = [
+    spec("ping", -1, "fast", 0, 0, 0),
+    spec("echo", 2, "fast", 0, 0, 0),
+    spec("quit", -1, "fast", 0, 0, 0),
+    spec("hello", -1, "fast", 0, 0, 0),
+    spec("auth", -2, "fast", 0, 0, 0),
+    spec("select", 2, "fast", 0, 0, 0),
+    spec("client", -2, "fast", 0, 0, 0),
+    spec("info", -1, "", 0, 0, 0),
+    spec("command", -1, "", 0, 0, 0),
+    spec("config", -2, "", 0, 0, 0),
+    spec("cluster", -2, "", 0, 0, 0),
+    spec("readonly", 1, "fast", 0, 0, 0),
+    spec("readwrite", 1, "fast", 0, 0, 0),
+    spec("get", 2, "readonly", 1, 1, 1),
+    spec("set", -3, "write", 1, 1, 1),
+    spec("setnx", 3, "write", 1, 1, 1),
+    spec("setex", 4, "write", 1, 1, 1),
+    spec("psetex", 4, "write", 1, 1, 1),
+    spec("getdel", 2, "write", 1, 1, 1),
+    spec("getex", -2, "write", 1, 1, 1),
+    spec("getset", 3, "write", 1, 1, 1),
+    spec("del", -2, "write", 1, -1, 1),
+    spec("unlink", -2, "write", 1, -1, 1),
+    spec("exists", -2, "readonly", 1, -1, 1),
+    spec("mget", -2, "readonly", 1, -1, 1),
+    spec("mset", -3, "write", 1, -1, 2),
+    spec("expire", -3, "write", 1, 1, 1),
+    spec("pexpire", -3, "write", 1, 1, 1),
+    spec("expireat", -3, "write", 1, 1, 1),
+    spec("pexpireat", -3, "write", 1, 1, 1),
+    spec("ttl", 2, "readonly", 1, 1, 1),
+    spec("pttl", 2, "readonly", 1, 1, 1),
+    spec("persist", 2, "write", 1, 1, 1),
+    spec("incr", 2, "write", 1, 1, 1),
+    spec("incrby", 3, "write", 1, 1, 1),
+    spec("decr", 2, "write", 1, 1, 1),
+    spec("decrby", 3, "write", 1, 1, 1),
+    spec("incrbyfloat", 3, "write", 1, 1, 1),
+    spec("append", 3, "write", 1, 1, 1),
+    spec("strlen", 2, "readonly", 1, 1, 1),
+    spec("type", 2, "readonly", 1, 1, 1),
+    spec("felix.use", 2, "fast", 0, 0, 0),
+    spec("felix.cas", -4, "write", 1, 1, 1),
+    spec("felix.version", 2, "readonly", 1, 1, 1),
+    spec("dbsize", 1, "readonly", 0, 0, 0),
+    spec("scan", -2, "readonly", 0, 0, 0),
+    spec("flushdb", -1, "write", 0, 0, 0),
+    spec("keys", 2, "readonly", 0, 0, 0),
+    spec("flushall", -1, "write", 0, 0, 0),
+    spec("multi", 1, "fast", 0, 0, 0),
+    spec("exec", 1, "", 0, 0, 0),
+    spec("watch", -2, "fast", 1, -1, 1),
 ];
 
-/// Commands named in [`NAMES`] that this front door refuses with a reason
+/// Commands named in [`SPECS`] that this front door refuses with a reason
 /// rather than as unknown.
 fn refused(name: &str) -> Option<&'static str> {
     match name {
@@ -347,6 +398,30 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Reply> {
                 ));
             }
             Command::ConfigGet(a[1..].to_vec())
+        }
+        "cluster" => {
+            want(n >= 1)?;
+            let sub = String::from_utf8_lossy(&a[0]).to_ascii_lowercase();
+            Command::Cluster(match (sub.as_str(), n) {
+                ("slots", 1) => Cluster::Slots,
+                ("shards", 1) => Cluster::Shards,
+                ("info", 1) => Cluster::Info,
+                ("myid", 1) => Cluster::MyId,
+                ("nodes", 1) => Cluster::Nodes,
+                ("keyslot", 2) => Cluster::KeySlot(a[1].clone()),
+                ("slots" | "shards" | "info" | "myid" | "nodes" | "keyslot", _) => {
+                    return Err(arity(&format!("cluster|{sub}")))
+                }
+                _ => {
+                    return Err(Reply::err(format!(
+                        "ERR unknown subcommand '{sub}'. Try CLUSTER HELP."
+                    )))
+                }
+            })
+        }
+        "readonly" | "readwrite" => {
+            want(n == 0)?;
+            Command::ReadMode
         }
         "felix.use" => {
             want(n == 1)?;

@@ -6,6 +6,9 @@
 //! - [`command`]: what a command's arguments mean, with Redis's error texts.
 //! - [`exec`]: Redis's semantics of the data commands over a [`exec::Store`]
 //!   (read, then compare-and-set), with time as an argument (sans-IO).
+//! - [`slot`]: Redis Cluster's hash slots (`CLUSTER KEYSLOT`).
+//! - [`forward`]: a key another broker leads, asked of it through Felix's
+//!   client under the connection's token.
 //! - [`server`]: the TCP/TLS listener over the broker's
 //!   `felix_client::server::Handler`, the same one the QUIC door uses.
 //!
@@ -15,6 +18,9 @@
 pub mod codec;
 pub mod command;
 pub mod exec;
+pub mod forward;
 pub mod server;
+pub mod slot;
 
+pub use forward::Forwarder;
 pub use server::{serve, RespServer, Settings};

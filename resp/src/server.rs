@@ -17,8 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::codec::{next_command, Protocol, Reply};
-use crate::command::{self, Command, NAMES};
+use crate::command::{self, Cluster, Command, SPECS};
 use crate::exec::{exec, Store, Written};
+use crate::forward::Forwarder;
+use crate::slot::{key_slot, SLOTS};
 
 /// Connections one listener serves at once (Redis's `maxclients`
 /// default); past it a new one is told so and closed.
@@ -46,6 +48,12 @@ pub struct Settings {
     /// Serve TLS with this configuration; `None`: plain TCP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub connections_max: usize,
+    /// `host:port` cluster clients are told to reach this door at
+    /// (`CLUSTER SLOTS`); `None`: the listener's own address.
+    pub advertise: Option<String>,
+    /// Asks a key of its shard's leader when this broker does not lead
+    /// it; `None` (one broker): answer `TRYAGAIN` naming the leader.
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 /// A running listener.
@@ -90,6 +98,10 @@ async fn accept_loop<H: Handler>(
 ) {
     let slots = Arc::new(Semaphore::new(settings.connections_max));
     let ids = Arc::new(AtomicU64::new(1));
+    let mut settings = settings;
+    if settings.advertise.is_none() {
+        settings.advertise = listener.local_addr().ok().map(|a| a.to_string());
+    }
     let settings = Arc::new(settings);
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -127,6 +139,7 @@ async fn accept_loop<H: Handler>(
             name: None,
             cache: settings.cache.clone(),
             session: None,
+            token: Bytes::new(),
             port: listener.local_addr().map_or(0, |a| a.port()),
         };
         let mut stop = stopped.clone();
@@ -154,6 +167,8 @@ struct Conn<H: Handler> {
     /// The broker's session once authenticated (or at once when tokens
     /// are not required).
     session: Option<Arc<H::Session>>,
+    /// The token the session was opened with, for forwarding.
+    token: Bytes,
     port: u16,
 }
 
@@ -258,9 +273,10 @@ impl<H: Handler> Conn<H> {
                 "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
             ));
         }
-        match self.hello(token).await {
+        match self.hello(token.clone()).await {
             Ok(s) => {
                 self.session = Some(Arc::new(s));
+                self.token = token;
                 Ok(())
             }
             Err(ErrorReply::Unauthorized(_) | ErrorReply::Forbidden(_)) => Err(Reply::err(
@@ -325,22 +341,29 @@ impl<H: Handler> Conn<H> {
             Command::ClientId => Reply::Int(self.id as i64),
             Command::ClientSetInfo => Reply::ok(),
             Command::Info(_) => Reply::Bulk(Bytes::from(self.info())),
-            Command::CommandCount => Reply::Int(NAMES.len() as i64),
+            Command::CommandCount => Reply::Int(SPECS.len() as i64),
             Command::CommandList => Reply::Array(
-                NAMES
+                SPECS
                     .iter()
-                    .map(|n| {
+                    .map(|s| {
+                        let flags = if s.flag.is_empty() {
+                            Vec::new()
+                        } else {
+                            vec![Reply::Status(s.flag)]
+                        };
                         Reply::Array(vec![
-                            Reply::text(n),
-                            Reply::Int(-1),
-                            Reply::Array(Vec::new()),
-                            Reply::Int(0),
-                            Reply::Int(0),
-                            Reply::Int(0),
+                            Reply::text(s.name),
+                            Reply::Int(s.arity),
+                            Reply::Array(flags),
+                            Reply::Int(s.first_key),
+                            Reply::Int(s.last_key),
+                            Reply::Int(s.step),
                         ])
                     })
                     .collect(),
             ),
+            Command::Cluster(c) => self.cluster(c),
+            Command::ReadMode => Reply::ok(),
             Command::CommandDocs => Reply::Map(Vec::new()),
             Command::ConfigGet(patterns) => config_get(&patterns),
             Command::Use(name) => match std::str::from_utf8(&name) {
@@ -358,6 +381,8 @@ impl<H: Handler> Conn<H> {
                     handler: &*self.handler,
                     session: &session,
                     cache: &self.cache,
+                    forward: self.settings.forward.as_deref(),
+                    token: &self.token,
                 };
                 let now = (self.clock)();
                 exec(&store, data, now)
@@ -366,6 +391,53 @@ impl<H: Handler> Conn<H> {
             }
         };
         go(reply)
+    }
+
+    /// The cluster as cluster clients see it: one node, this door, holding
+    /// every slot, since any broker's door answers any key (forwarding to
+    /// the key's shard leader). A client that lists every broker's door as
+    /// a start-up node moves to another when this one fails.
+    fn cluster(&self, c: Cluster) -> Reply {
+        let at = self.settings.advertise.clone().unwrap_or_default();
+        let (host, port) = match at.rsplit_once(':') {
+            Some((h, p)) => (
+                h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                p.parse().unwrap_or(0),
+            ),
+            None => (at.clone(), 0),
+        };
+        let id = node_id(&at);
+        let last = i64::from(SLOTS - 1);
+        match c {
+            Cluster::Slots => Reply::Array(vec![Reply::Array(vec![
+                Reply::Int(0),
+                Reply::Int(last),
+                Reply::Array(vec![Reply::text(&host), Reply::Int(port), Reply::text(&id)]),
+            ])]),
+            Cluster::Shards => {
+                let node = Reply::Map(vec![
+                    (Reply::text("id"), Reply::text(&id)),
+                    (Reply::text("port"), Reply::Int(port)),
+                    (Reply::text("ip"), Reply::text(&host)),
+                    (Reply::text("endpoint"), Reply::text(&host)),
+                    (Reply::text("role"), Reply::text("master")),
+                    (Reply::text("replication-offset"), Reply::Int(0)),
+                    (Reply::text("health"), Reply::text("online")),
+                ]);
+                Reply::Array(vec![Reply::Map(vec![
+                    (Reply::text("slots"), Reply::Array(vec![Reply::Int(0), Reply::Int(last)])),
+                    (Reply::text("nodes"), Reply::Array(vec![node])),
+                ])])
+            }
+            Cluster::Info => Reply::Bulk(Bytes::from(format!(
+                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOTS}\r\ncluster_slots_ok:{SLOTS}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\n"
+            ))),
+            Cluster::MyId => Reply::text(&id),
+            Cluster::Nodes => Reply::Bulk(Bytes::from(format!(
+                "{id} {host}:{port}@0 myself,master - 0 0 1 connected 0-{last}\n"
+            ))),
+            Cluster::KeySlot(k) => Reply::Int(i64::from(key_slot(&k))),
+        }
     }
 
     fn hello_reply(&self) -> Reply {
@@ -412,6 +484,14 @@ async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
             _ => return,
         }
     }
+}
+
+/// A cluster node id (40 hex digits), stable for one advertised address.
+fn node_id(advertise: &str) -> String {
+    use felix_client::policy::fnv1a64;
+    let a = fnv1a64(advertise.as_bytes());
+    let b = fnv1a64(format!("{advertise}#node").as_bytes());
+    format!("{a:016x}{b:016x}{:08x}", (a ^ b) as u32)
 }
 
 fn noauth() -> Reply {
@@ -476,11 +556,23 @@ struct HandlerStore<'a, H: Handler> {
     handler: &'a H,
     session: &'a H::Session,
     cache: &'a str,
+    forward: Option<&'a Forwarder>,
+    token: &'a Bytes,
 }
 
 impl<H: Handler> HandlerStore<'_, H> {
     async fn ask(&self, m: Message) -> Result<Message, Reply> {
-        match self.handler.request(self.session, m).await {
+        let local = self.handler.request(self.session, m.clone()).await;
+        if let (
+            HandlerReply::Message(Message::Error(ErrorReply::NotLeader {
+                leader: Some((_, leader)),
+            })),
+            Some(f),
+        ) = (&local, self.forward)
+        {
+            return f.ask(self.token, leader, &m).await.map_err(error_reply);
+        }
+        match local {
             HandlerReply::Message(Message::Error(e)) => Err(error_reply(e)),
             HandlerReply::Message(m) => Ok(m),
             other => Err(Reply::err(format!(

@@ -439,6 +439,22 @@ pub struct RedisConfig {
     /// closed.
     #[serde(default = "RedisConfig::default_connections_max")]
     pub connections_max: usize,
+    /// `host:port` cluster clients are told to reach this door at
+    /// (`CLUSTER SLOTS`), when it is not `listen` (a wildcard address, a
+    /// proxy); `listen` if unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// In a cluster, a key whose shard another broker leads is asked of
+    /// that broker's client address through Felix's client, under the
+    /// connection's token: this CA checks the other brokers'
+    /// certificates. Unset: `cluster.ca` (right with `tls.dev`, where the
+    /// brokers serve clients their replication certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_ca: Option<PathBuf>,
+    /// The name the other brokers' certificates are checked against when
+    /// forwarding (every replication certificate carries `broker.felix`).
+    #[serde(default = "RedisConfig::default_forward_server_name")]
+    pub forward_server_name: String,
 }
 
 impl RedisConfig {
@@ -450,6 +466,10 @@ impl RedisConfig {
         felix_resp::server::CONNECTIONS_MAX
     }
 
+    fn default_forward_server_name() -> String {
+        "broker.felix".into()
+    }
+
     /// A listener on `listen` with every other key at its default.
     pub fn on(listen: SocketAddr) -> RedisConfig {
         RedisConfig {
@@ -458,6 +478,9 @@ impl RedisConfig {
             tls: false,
             plain_tcp: false,
             connections_max: Self::default_connections_max(),
+            advertise: None,
+            forward_ca: None,
+            forward_server_name: Self::default_forward_server_name(),
         }
     }
 

@@ -255,6 +255,17 @@ impl LocalCluster {
         id
     }
 
+    /// Appends `toml` (a table of its own) to member `i`'s configuration,
+    /// before it starts.
+    pub fn append_config(&self, i: usize, toml: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.members[i].config)
+            .unwrap();
+        writeln!(f, "\n{toml}").unwrap();
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }
