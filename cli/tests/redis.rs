@@ -146,16 +146,16 @@ fn cli(addr: &str, token: &str, stdin: Option<&str>, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The Python that has redis-py: `FELIX_PYTHON`, else the venv `.ci/run`
+/// The Python that has redis-py: `FELIX_TEST_PYTHON`, else the venv `.ci/run`
 /// makes.
 fn redis_py() -> String {
-    if let Ok(p) = std::env::var("FELIX_PYTHON") {
+    if let Ok(p) = std::env::var("FELIX_TEST_PYTHON") {
         return p;
     }
     let p = format!("{}/.cache/felix-venv/bin/python3", std::env::var("HOME").unwrap());
     assert!(
         std::path::Path::new(&p).exists(),
-        "redis-py is not installed: `bash .ci/run` makes {p} (or set FELIX_PYTHON to a Python that has redis-py)"
+        "redis-py is not installed: `bash .ci/run` makes {p} (or set FELIX_TEST_PYTHON to a Python that has redis-py)"
     );
     p
 }

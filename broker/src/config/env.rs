@@ -37,10 +37,11 @@ const NOT_KEYS: &[&str] = &[
     "FELIX_WRITE_GOLDEN",
 ];
 
-/// Prefixes of variables that belong to the benchmarks and their peers
-/// (`FELIX_PEERS_DIR` finds `../shared/peers`): a broker started by a
-/// benchmark inherits them and must not take them for misspelt keys.
-const NOT_KEY_PREFIXES: &[&str] = &["FELIX_BENCH_", "FELIX_PEERS_"];
+/// Prefixes of variables that belong to the benchmarks, their peers and the
+/// tests (`FELIX_PEERS_DIR` finds `../shared/peers`, `FELIX_TEST_PYTHON` the
+/// redis-py venv): a broker started under them inherits them and must not
+/// take them for misspelt keys.
+const NOT_KEY_PREFIXES: &[&str] = &["FELIX_BENCH_", "FELIX_PEERS_", "FELIX_TEST_"];
 
 /// Whether a variable is one of the switches above rather than a key.
 pub fn is_switch(var: &str) -> bool {
@@ -193,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn benchmark_switches_are_not_taken_for_keys() {
+    fn benchmark_and_test_switches_are_not_taken_for_keys() {
         // `felix-bench peers` is documented with FELIX_PEERS_DIR set; the
         // brokers it starts inherit it.
         let mut doc = toml::Table::new();
@@ -201,6 +202,9 @@ mod tests {
             ("FELIX_PEERS_DIR", "/tmp/peers"),
             ("FELIX_PEERS_HOME", "/tmp/home"),
             ("FELIX_BENCH_KEEP", "1"),
+            // `.ci/run` exports the redis-py venv's Python to the tests,
+            // whose brokers inherit it.
+            ("FELIX_TEST_PYTHON", "/root/.cache/felix-venv/bin/python3"),
             ("FELIX_BROKER_ID", "4"),
         ]);
         assert_eq!(
