@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use felix_client::policy::shard_for_key;
-use felix_client::wire::message::KEY_BYTES_MAX;
+use felix_client::wire::message::{KEY_BYTES_MAX, SCAN_KEYS_MAX, SCAN_REPLY_KEY_BYTES_MAX};
 use felix_client::wire::{CacheEntry, Message};
 use felix_log::{BatchBuilder, Compression, RecordInput};
 
@@ -63,6 +63,54 @@ pub async fn get(node: &Node, h: &StreamHandle, key: &Bytes) -> Result<Option<Ca
         return Err(e);
     }
     Ok(found)
+}
+
+/// Entries of a shard one scan page looks at, at most: a shard full of
+/// tombstones or expired keys costs each page a bounded time.
+pub const SCAN_EXAMINED_MAX: usize = 10_000;
+
+/// A page of shard `shard`'s live keys after `after`, and where the next
+/// page starts. As a get, only the shard's leader answers, within its read
+/// lease, so a page holds every key written before it was asked (and not
+/// deleted since).
+pub async fn scan(
+    node: &Node,
+    h: &StreamHandle,
+    shard: u32,
+    after: Option<Bytes>,
+    count: usize,
+) -> Result<(Vec<Bytes>, Option<Bytes>), BrokerError> {
+    if !h.meta().kind.keyed() {
+        return Err(BrokerError::Invalid(format!(
+            "{} is a stream; cache operations need a cache or compacted stream",
+            h.name
+        )));
+    }
+    let shard = h.shard(shard)?;
+    lead(node, shard).await?;
+    shard.lead_for_read().await?;
+    let now = node.now_ms();
+    let (mut keys, mut next) = node.index().live_keys(
+        shard.id,
+        after.as_deref(),
+        count.clamp(1, SCAN_KEYS_MAX),
+        SCAN_EXAMINED_MAX,
+        now,
+    )?;
+    // A page of long keys ends early: the reply stays within its bound, and
+    // the next page starts after the last key kept.
+    let mut bytes = 0;
+    if let Some(cut) = keys.iter().position(|k| {
+        bytes += k.len();
+        bytes > SCAN_REPLY_KEY_BYTES_MAX
+    }) {
+        keys.truncate(cut.max(1));
+        next = keys.last().cloned();
+    }
+    if let Some(e) = shard.closed_error() {
+        return Err(e);
+    }
+    Ok((keys, next))
 }
 
 fn read_through(

@@ -107,6 +107,7 @@ fn stream_of(m: &Message) -> Option<&str> {
         | Message::GroupNack { stream, .. }
         | Message::GroupExtend { stream, .. } => Some(stream),
         Message::CacheGet { cache, .. }
+        | Message::CacheScan { cache, .. }
         | Message::CachePut { cache, .. }
         | Message::CacheDelete { cache, .. } => Some(cache),
         Message::StreamCreate(c) => Some(&c.name),
@@ -394,6 +395,16 @@ impl NodeHandler {
                 let h = node.find_stream(&name).await?;
                 let entry = cache::get(node, &h, &key).await?;
                 Ok(Reply::Message(Message::CacheValue { entry }))
+            }
+            Message::CacheScan {
+                cache: name,
+                shard,
+                after,
+                count,
+            } => {
+                let h = node.find_stream(&name).await?;
+                let (keys, next) = cache::scan(node, &h, shard, after, count as usize).await?;
+                Ok(Reply::Message(Message::CacheKeys { keys, next }))
             }
             Message::CachePut {
                 cache: name,

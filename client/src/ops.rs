@@ -328,6 +328,38 @@ impl Cache {
         }
     }
 
+    /// How many shards the cache has (its keys are spread over them by
+    /// [`shard_for_key`]).
+    pub async fn shards(&self) -> Result<u32, ClientError> {
+        let info = self.client.stream_info(&self.name).await?;
+        Ok(info.shards.len() as u32)
+    }
+
+    /// A page of shard `shard`'s live keys after `after` (from the first
+    /// when `None`), `count` wanted (a hint, clamped to
+    /// [`SCAN_KEYS_MAX`](crate::wire::message::SCAN_KEYS_MAX)), and where
+    /// the next page starts (`None`: the shard has no more). A page may
+    /// hold fewer keys than asked, even none, and still not be the last.
+    /// Keys written or deleted while a walk goes on may or may not be
+    /// seen; a key there throughout is seen once.
+    pub async fn scan(
+        &self,
+        shard: u32,
+        after: Option<Bytes>,
+        count: usize,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>), ClientError> {
+        let m = Message::CacheScan {
+            cache: self.name.clone(),
+            shard,
+            after,
+            count: count.clamp(1, crate::wire::message::SCAN_KEYS_MAX) as u32,
+        };
+        match self.client.call(Route::Shard(&self.name, shard), &m).await? {
+            Message::CacheKeys { keys, next } => Ok((keys, next)),
+            other => Err(ClientError::unexpected(&other)),
+        }
+    }
+
     async fn write(&self, key: Bytes, mut m: Message) -> Result<CasOutcome, ClientError> {
         let me = self.writers.borrow();
         if let Message::CachePut { writer, sequence, .. } | Message::CacheDelete { writer, sequence, .. } =

@@ -223,6 +223,38 @@ fn samples() -> Vec<(&'static str, Message)> {
         ("cache_miss", Message::CacheValue { entry: None }),
         ("cache_written", Message::CacheWritten { version: 42 }),
         (
+            "cache_scan",
+            Message::CacheScan {
+                cache: "sessions".into(),
+                shard: 3,
+                after: Some(b(b"user:1")),
+                count: 10,
+            },
+        ),
+        (
+            "cache_scan_first",
+            Message::CacheScan {
+                cache: "sessions".into(),
+                shard: 0,
+                after: None,
+                count: 1_000,
+            },
+        ),
+        (
+            "cache_keys",
+            Message::CacheKeys {
+                keys: vec![b(b"user:2"), b(b"user:3")],
+                next: Some(b(b"user:4")),
+            },
+        ),
+        (
+            "cache_keys_last",
+            Message::CacheKeys {
+                keys: vec![],
+                next: None,
+            },
+        ),
+        (
             "metadata",
             Message::Metadata {
                 streams: vec!["orders".into()],

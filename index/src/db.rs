@@ -358,6 +358,43 @@ impl Index {
         Ok(out)
     }
 
+    /// A page of a shard's keys a read at `now_ms` sees, in key order,
+    /// strictly after `after` (from the first when `None`): at most
+    /// `keys_max` keys, from at most `examined_max` entries looked at
+    /// (tombstones and expired ones count, so a page costs a bounded time
+    /// however much of the shard is dead). Also where the next page starts:
+    /// the last entry looked at, or `None` when the shard has no more.
+    pub fn live_keys(
+        &self,
+        shard: ShardId,
+        after: Option<&[u8]>,
+        keys_max: usize,
+        examined_max: usize,
+        now_ms: i64,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>)> {
+        let from = match after {
+            Some(a) => enc::keys_key(shard, a),
+            None => enc::shard_prefix(shard).to_vec(),
+        };
+        let mut it = self.range(CF_KEYS, &from, &enc::shard_end(shard));
+        if after.is_some() && it.valid() && it.key() == Some(&from[..]) {
+            it.next();
+        }
+        let (mut keys, mut examined, mut last) = (Vec::new(), 0usize, None);
+        while it.valid() && keys.len() < keys_max.max(1) && examined < examined_max.max(1) {
+            let k = Bytes::copy_from_slice(&it.key().expect("valid")[enc::SHARD_PREFIX_BYTES..]);
+            if enc::decode_keys_value(it.value().expect("valid"))?.visible(now_ms) {
+                keys.push(k.clone());
+            }
+            last = Some(k);
+            examined += 1;
+            it.next();
+        }
+        let more = it.valid();
+        self.iter_status(&it)?;
+        Ok((keys, if more { last } else { None }))
+    }
+
     /// A named subscription's committed offset and when it was committed.
     pub fn cursor(&self, shard: ShardId, name: &[u8]) -> Result<Option<(Offset, i64)>> {
         self.get(CF_CURSORS, &enc::cursor_key(shard, name))?

@@ -119,6 +119,17 @@ pub enum Command {
     /// `READONLY`/`READWRITE`: every read is the leader's here, so both
     /// only say OK.
     ReadMode,
+    DbSize,
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`.
+    Scan {
+        cursor: u64,
+        pattern: Option<Bytes>,
+        count: usize,
+        kind: Option<Bytes>,
+    },
+    Keys(Bytes),
+    /// `FLUSHDB [ASYNC|SYNC]`: both run to the end before the reply.
+    FlushDb,
 }
 
 /// `CLUSTER` subcommands that cluster clients send.
@@ -225,8 +236,7 @@ pub const SPECS: [Spec; 52] = [
 /// rather than as unknown.
 fn refused(name: &str) -> Option<&'static str> {
     match name {
-        "dbsize" | "scan" | "keys" => Some("ERR iterating a cache's keys is not supported by Felix yet"),
-        "flushdb" | "flushall" => Some("ERR emptying a cache is not supported by Felix yet"),
+        "flushall" => Some("ERR FLUSHALL would empty every cache the token reaches; use FLUSHDB in each (FELIX.USE picks it)"),
         "multi" | "exec" | "watch" => Some("ERR transactions are not supported; use FELIX.CAS"),
         _ => None,
     }
@@ -589,6 +599,25 @@ pub fn parse(args: &[Bytes]) -> Result<Command, Reply> {
             want(n == 1)?;
             Command::Version(a[0].clone())
         }
+        "dbsize" => {
+            want(n == 0)?;
+            Command::DbSize
+        }
+        "keys" => {
+            want(n == 1)?;
+            Command::Keys(a[0].clone())
+        }
+        "flushdb" => {
+            want(n <= 1)?;
+            if a.first().is_some_and(|o| !is(o, "async") && !is(o, "sync")) {
+                return Err(syntax());
+            }
+            Command::FlushDb
+        }
+        "scan" => {
+            want(n >= 1)?;
+            parse_scan(a)?
+        }
         _ => {
             let shown: Vec<String> = a
                 .iter()
@@ -617,6 +646,44 @@ fn expiry_option(opt: &[u8], v: &[u8], cmd: &str) -> Result<Option<Expiry>, Repl
     } else {
         return Ok(None);
     }))
+}
+
+/// Keys a `SCAN` asks for when it names no `COUNT` (Redis's default).
+pub const SCAN_COUNT_DEFAULT: usize = 10;
+
+fn parse_scan(a: &[Bytes]) -> Result<Command, Reply> {
+    let cursor = std::str::from_utf8(&a[0])
+        .ok()
+        .filter(|s| !s.starts_with('+'))
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| Reply::err("ERR invalid cursor"))?;
+    let (mut pattern, mut count, mut kind) = (None, SCAN_COUNT_DEFAULT, None);
+    let mut i = 1;
+    while i < a.len() {
+        let Some(v) = a.get(i + 1) else {
+            return Err(syntax());
+        };
+        if is(&a[i], "match") {
+            pattern = Some(v.clone());
+        } else if is(&a[i], "count") {
+            count = match int(v) {
+                Some(c) if c >= 1 => c as usize,
+                Some(_) => return Err(syntax()),
+                None => return Err(not_int()),
+            };
+        } else if is(&a[i], "type") {
+            kind = Some(v.clone());
+        } else {
+            return Err(syntax());
+        }
+        i += 2;
+    }
+    Ok(Command::Scan {
+        cursor,
+        pattern,
+        count,
+        kind,
+    })
 }
 
 fn parse_set(a: &[Bytes]) -> Result<Command, Reply> {
@@ -744,11 +811,70 @@ mod tests {
             panic!("FOO parsed")
         };
         assert_eq!(e, "ERR unknown command 'FOO', with args beginning with: 'a' 'b' ");
-        let Err(Reply::Error(e)) = p(&["scan", "0"]) else {
-            panic!("SCAN parsed")
+        let Err(Reply::Error(e)) = p(&["flushall"]) else {
+            panic!("FLUSHALL parsed")
+        };
+        assert!(e.contains("FLUSHDB"), "{e}");
+        let Err(Reply::Error(e)) = p(&["multi"]) else {
+            panic!("MULTI parsed")
         };
         assert!(e.contains("not supported"), "{e}");
         assert_eq!(parse(&[]), Err(Reply::err("ERR empty command")));
+    }
+
+    #[test]
+    fn key_iteration_commands_and_their_options() {
+        assert_eq!(
+            p(&["SCAN", "0"]),
+            Ok(Command::Scan {
+                cursor: 0,
+                pattern: None,
+                count: SCAN_COUNT_DEFAULT,
+                kind: None
+            })
+        );
+        assert_eq!(
+            p(&[
+                "scan",
+                "18446744073709551615",
+                "match",
+                "user:*",
+                "COUNT",
+                "100",
+                "type",
+                "string"
+            ]),
+            Ok(Command::Scan {
+                cursor: u64::MAX,
+                pattern: Some(b("user:*")),
+                count: 100,
+                kind: Some(b("string"))
+            })
+        );
+        assert_eq!(p(&["scan", "-1"]), Err(Reply::err("ERR invalid cursor")));
+        assert_eq!(p(&["scan", "x"]), Err(Reply::err("ERR invalid cursor")));
+        assert_eq!(
+            p(&["scan", "0", "count", "0"]),
+            Err(Reply::err("ERR syntax error"))
+        );
+        assert_eq!(
+            p(&["scan", "0", "count", "many"]),
+            Err(Reply::err("ERR value is not an integer or out of range"))
+        );
+        assert_eq!(p(&["scan", "0", "match"]), Err(Reply::err("ERR syntax error")));
+        assert_eq!(
+            p(&["scan", "0", "limit", "3"]),
+            Err(Reply::err("ERR syntax error"))
+        );
+        assert_eq!(p(&["dbsize"]), Ok(Command::DbSize));
+        assert_eq!(
+            p(&["dbsize", "x"]),
+            Err(Reply::err("ERR wrong number of arguments for 'dbsize' command"))
+        );
+        assert_eq!(p(&["KEYS", "*"]), Ok(Command::Keys(b("*"))));
+        assert_eq!(p(&["flushdb"]), Ok(Command::FlushDb));
+        assert_eq!(p(&["flushdb", "ASYNC"]), Ok(Command::FlushDb));
+        assert_eq!(p(&["flushdb", "later"]), Err(Reply::err("ERR syntax error")));
     }
 
     #[test]

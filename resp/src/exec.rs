@@ -51,6 +51,18 @@ pub trait Store: Send + Sync {
         key: Bytes,
         if_version: Option<u64>,
     ) -> impl Future<Output = Result<Written, Reply>> + Send;
+    /// How many shards the cache has (pages of keys come one shard at a
+    /// time).
+    fn shards(&self) -> impl Future<Output = Result<u32, Reply>> + Send;
+    /// A page of shard `shard`'s live keys after `after` (from the first
+    /// when `None`), about `count` of them, and where the next page starts
+    /// (`None`: the shard has no more).
+    fn scan(
+        &self,
+        shard: u32,
+        after: Option<Bytes>,
+        count: usize,
+    ) -> impl Future<Output = Result<(Vec<Bytes>, Option<Bytes>), Reply>> + Send;
     /// Waits before try `attempt` (from 1) of a compare-and-set that lost
     /// to another writer: writers contending for one key spread out
     /// instead of colliding again at once.
@@ -481,6 +493,32 @@ mod tests {
             }
             self.map.lock().unwrap().remove(&key);
             Ok(Written::Done(self.version()))
+        }
+
+        async fn shards(&self) -> Result<u32, Reply> {
+            Ok(1)
+        }
+
+        async fn scan(
+            &self,
+            _shard: u32,
+            after: Option<Bytes>,
+            count: usize,
+        ) -> Result<(Vec<Bytes>, Option<Bytes>), Reply> {
+            let mut keys: Vec<Bytes> = self
+                .map
+                .lock()
+                .unwrap()
+                .keys()
+                .filter(|k| after.as_ref().is_none_or(|a| *k > a))
+                .cloned()
+                .collect();
+            keys.sort();
+            keys.retain(|k| self.live(k).is_some());
+            let more = keys.len() > count;
+            keys.truncate(count);
+            let next = if more { keys.last().cloned() } else { None };
+            Ok((keys, next))
         }
 
         async fn backoff(&self, _attempt: usize) {}

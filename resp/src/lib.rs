@@ -6,6 +6,8 @@
 //! - [`command`]: what a command's arguments mean, with Redis's error texts.
 //! - [`exec`]: Redis's semantics of the data commands over a [`exec::Store`]
 //!   (read, then compare-and-set), with time as an argument (sans-IO).
+//! - [`keys`]: `SCAN`, `KEYS`, `DBSIZE`, `FLUSHDB` as walks over pages of
+//!   one shard at a time, and the door's table of parked cursors.
 //! - [`slot`]: Redis Cluster's hash slots (`CLUSTER KEYSLOT`).
 //! - [`forward`]: a key another broker leads, asked of it through Felix's
 //!   client under the connection's token.
@@ -19,6 +21,7 @@ pub mod codec;
 pub mod command;
 pub mod exec;
 pub mod forward;
+pub mod keys;
 pub mod server;
 pub mod slot;
 

@@ -20,6 +20,7 @@ use crate::codec::{next_command, Protocol, Reply};
 use crate::command::{self, Cluster, Command, SPECS};
 use crate::exec::{exec, Store, Written};
 use crate::forward::Forwarder;
+use crate::keys::{self, Cursors};
 use crate::slot::{key_slot, SLOTS};
 
 /// Connections one listener serves at once (Redis's `maxclients`
@@ -98,6 +99,7 @@ async fn accept_loop<H: Handler>(
 ) {
     let slots = Arc::new(Semaphore::new(settings.connections_max));
     let ids = Arc::new(AtomicU64::new(1));
+    let cursors = Arc::new(Cursors::default());
     let mut settings = settings;
     if settings.advertise.is_none() {
         settings.advertise = listener.local_addr().ok().map(|a| a.to_string());
@@ -141,6 +143,7 @@ async fn accept_loop<H: Handler>(
             session: None,
             token: Bytes::new(),
             port: listener.local_addr().map_or(0, |a| a.port()),
+            cursors: cursors.clone(),
         };
         let mut stop = stopped.clone();
         tasks.spawn(async move {
@@ -170,6 +173,9 @@ struct Conn<H: Handler> {
     /// The token the session was opened with, for forwarding.
     token: Bytes,
     port: u16,
+    /// The listener's `SCAN` positions (shared by its connections, as a
+    /// client's pool may go on with a walk on another connection).
+    cursors: Arc<Cursors>,
 }
 
 /// After a reply: go on, or close the connection.
@@ -384,10 +390,38 @@ impl<H: Handler> Conn<H> {
                     forward: self.settings.forward.as_deref(),
                     token: &self.token,
                 };
-                let now = (self.clock)();
-                exec(&store, data, now)
-                    .await
-                    .unwrap_or_else(|| Reply::err("ERR this command is not supported here"))
+                // A cursor is the walk's of one token: another cannot go on
+                // with it (nor learn where it stands).
+                let owner = felix_client::policy::fnv1a64(&self.token);
+                match data {
+                    Command::Scan {
+                        cursor,
+                        pattern,
+                        count,
+                        kind,
+                    } => {
+                        keys::scan(
+                            &store,
+                            &self.cursors,
+                            &self.cache,
+                            owner,
+                            cursor,
+                            pattern.as_deref(),
+                            count,
+                            kind.as_deref(),
+                        )
+                        .await
+                    }
+                    Command::Keys(p) => keys::keys(&store, &p).await,
+                    Command::DbSize => keys::dbsize(&store).await,
+                    Command::FlushDb => keys::flushdb(&store).await,
+                    data => {
+                        let now = (self.clock)();
+                        exec(&store, data, now)
+                            .await
+                            .unwrap_or_else(|| Reply::err("ERR this command is not supported here"))
+                    }
+                }
             }
         };
         go(reply)
@@ -637,6 +671,47 @@ impl<H: Handler> Store for HandlerStore<'_, H> {
             })
             .await?,
         )
+    }
+
+    async fn shards(&self) -> Result<u32, Reply> {
+        let m = self
+            .ask(Message::Metadata {
+                streams: vec![self.cache.to_owned()],
+            })
+            .await?;
+        match m {
+            Message::MetadataReply { streams, .. } => streams
+                .into_iter()
+                .find(|s| s.name == self.cache)
+                .map(|s| s.shards.len() as u32)
+                .filter(|n| *n > 0)
+                .ok_or_else(|| error_reply(ErrorReply::UnknownStream(self.cache.to_owned()))),
+            other => Err(Reply::err(format!(
+                "ERR unexpected answer from the broker: {other:?}"
+            ))),
+        }
+    }
+
+    async fn scan(
+        &self,
+        shard: u32,
+        after: Option<Bytes>,
+        count: usize,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>), Reply> {
+        let m = self
+            .ask(Message::CacheScan {
+                cache: self.cache.to_owned(),
+                shard,
+                after,
+                count: count.clamp(1, felix_client::wire::message::SCAN_KEYS_MAX) as u32,
+            })
+            .await?;
+        match m {
+            Message::CacheKeys { keys, next } => Ok((keys, next)),
+            other => Err(Reply::err(format!(
+                "ERR unexpected answer from the broker: {other:?}"
+            ))),
+        }
     }
 
     async fn delete(&self, key: Bytes, if_version: Option<u64>) -> Result<Written, Reply> {

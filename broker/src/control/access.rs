@@ -216,7 +216,7 @@ pub fn required(
         | Message::GroupAck { stream: n, .. }
         | Message::GroupNack { stream: n, .. }
         | Message::GroupExtend { stream: n, .. } => (n, Use::Consume, false),
-        Message::CacheGet { cache: n, .. } => (n, Use::Read, true),
+        Message::CacheGet { cache: n, .. } | Message::CacheScan { cache: n, .. } => (n, Use::Read, true),
         Message::CachePut { cache: n, .. } | Message::CacheDelete { cache: n, .. } => (n, Use::Write, true),
         Message::StreamCreate(c) => (&c.name, Use::Manage, c.kind == StreamKind::Cache),
         Message::StreamDelete { name, .. } | Message::StreamSetRetention { name, .. } => {
@@ -391,6 +391,16 @@ mod tests {
             key: Bytes::from_static(b"k"),
         };
         let (a, o) = required(&get, none).unwrap().unwrap();
+        assert_eq!(a, Action::CacheRead);
+        assert_eq!(o, Object::cache("dev", "default", "sessions"));
+        // Walking the keys reads the cache.
+        let scan = Message::CacheScan {
+            cache: "sessions".into(),
+            shard: 0,
+            after: None,
+            count: 10,
+        };
+        let (a, o) = required(&scan, none).unwrap().unwrap();
         assert_eq!(a, Action::CacheRead);
         assert_eq!(o, Object::cache("dev", "default", "sessions"));
         assert!(required(&Message::Metadata { streams: vec![] }, none)

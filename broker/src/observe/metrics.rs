@@ -55,6 +55,7 @@ pub fn op_name(m: &felix_client::wire::Message) -> &'static str {
         M::CacheGet { .. } => "cache_get",
         M::CachePut { .. } => "cache_put",
         M::CacheDelete { .. } => "cache_delete",
+        M::CacheScan { .. } => "cache_scan",
         M::Metadata { .. } => "metadata",
         M::StreamCreate(_)
         | M::StreamDelete { .. }

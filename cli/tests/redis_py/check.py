@@ -107,12 +107,34 @@ def server(r):
     assert r.echo("hi") == b"hi"
     expect_error(lambda: r.execute_command("NOSUCHCOMMAND", "a"), "unknown command")
     expect_error(lambda: r.execute_command("GET"), "wrong number of arguments")
-    expect_error(lambda: r.dbsize(), "not supported")
+    expect_error(lambda: r.flushall(), "FLUSHDB")
+
+
+def keyspace(r):
+    """SCAN, KEYS, DBSIZE and FLUSHDB over a cache spread over shards."""
+    assert r.flushdb() is True and r.dbsize() == 0
+    p = r.pipeline(transaction=False)
+    for i in range(250):
+        p.set(f"k:{i}", "v")
+    p.set("gone", "v")
+    p.delete("gone")
+    p.execute()
+    assert r.dbsize() == 250
+    # redis-py reads the cursor as an integer and sends it back.
+    assert sorted(r.scan_iter(count=20)) == sorted(f"k:{i}".encode() for i in range(250))
+    assert set(r.scan_iter(match="k:1*", count=7)) == {f"k:{i}".encode() for i in range(250) if str(i).startswith("1")}
+    assert list(r.scan_iter(_type="hash")) == []
+    assert sorted(r.keys("k:2?")) == sorted(f"k:{i}".encode() for i in range(20, 30))
+    cursor, page = r.scan(0, count=5)
+    assert cursor != 0 and len(page) <= 5
+    expect_error(lambda: r.scan(123456789), "invalid cursor")
+    assert r.flushdb() is True and r.dbsize() == 0 and r.get("k:1") is None
 
 
 def single(host, port, token):
     for proto in (2, 3):
         r = redis.Redis(host=host, port=port, username="dev", password=token, protocol=proto)
+        keyspace(r)
         strings(r)
         counters(r)
         expiry(r)
@@ -139,6 +161,9 @@ def cluster(nodes):
         p.incr(f"rc:p{i}")
     assert p.execute() == [1] * 100
     assert rc.keyslot("somekey") == 11058
+    # A walk through one door covers every shard, each led by any broker.
+    assert set(rc.scan_iter(match="rc:[0-9]*", count=50)) == {f"rc:{i}".encode() for i in range(300)}
+    assert rc.dbsize() >= 401
     rc.close()
 
 

@@ -29,6 +29,13 @@ pub const GROUP_RECORDS_MAX: usize = 4096;
 pub const METADATA_ENTRIES_MAX: usize = 65_536;
 /// Replicas listed per shard.
 pub const REPLICAS_MAX: usize = 16;
+/// Keys one `CacheScan` may ask for (and one `CacheKeys` hold).
+pub const SCAN_KEYS_MAX: usize = 1_000;
+/// The bytes of keys one `CacheKeys` holds at most: the broker ends a page
+/// early rather than pass it.
+pub const SCAN_REPLY_KEY_BYTES_MAX: usize = 1 << 20;
+const _: () =
+    assert!(SCAN_REPLY_KEY_BYTES_MAX + 4 * SCAN_KEYS_MAX + 2 * KEY_BYTES_MAX < FRAME_BODY_BYTES_MAX);
 
 /// Message type codes (the frame header's `kind`).
 pub mod kind {
@@ -52,6 +59,8 @@ pub mod kind {
     pub const CACHE_DELETE: u8 = 0x42;
     pub const CACHE_VALUE: u8 = 0x43;
     pub const CACHE_WRITTEN: u8 = 0x44;
+    pub const CACHE_SCAN: u8 = 0x45;
+    pub const CACHE_KEYS: u8 = 0x46;
     pub const METADATA: u8 = 0x50;
     pub const METADATA_REPLY: u8 = 0x51;
     pub const DONE: u8 = 0x60;
@@ -86,6 +95,8 @@ pub mod kind {
                 | CACHE_DELETE
                 | CACHE_VALUE
                 | CACHE_WRITTEN
+                | CACHE_SCAN
+                | CACHE_KEYS
                 | METADATA
                 | METADATA_REPLY
                 | DONE
@@ -339,6 +350,21 @@ pub enum Message {
     CacheWritten {
         version: u64,
     },
+    /// A page of one shard's live keys, in key order, after `after` (from
+    /// the first when `None`); asked of the shard's leader.
+    CacheScan {
+        cache: String,
+        shard: u32,
+        after: Option<Bytes>,
+        /// Keys wanted, 1 to [`SCAN_KEYS_MAX`] (a hint: a page may hold
+        /// fewer, even none, and still not be the last).
+        count: u32,
+    },
+    /// `next`: where the next page starts (`None`: the shard has no more).
+    CacheKeys {
+        keys: Vec<Bytes>,
+        next: Option<Bytes>,
+    },
     /// `streams` empty = all.
     Metadata {
         streams: Vec<String>,
@@ -386,6 +412,18 @@ impl W<'_> {
         self.0.put_u32_le(b.len() as u32);
         self.0.put_slice(b);
         Ok(())
+    }
+    fn opt_blob(&mut self, what: &'static str, b: Option<&[u8]>, max: usize) -> Result<(), WireError> {
+        match b {
+            Some(b) => {
+                self.0.put_u8(1);
+                self.blob(what, b, max)
+            }
+            None => {
+                self.0.put_u8(0);
+                Ok(())
+            }
+        }
     }
     fn opt_u64(&mut self, v: Option<u64>) {
         match v {
@@ -481,6 +519,13 @@ impl R {
         self.need(n, what)?;
         Ok(self.b.split_to(n))
     }
+    fn opt_blob(&mut self, what: &'static str, max: usize) -> Result<Option<Bytes>, WireError> {
+        match self.u8(what)? {
+            0 => Ok(None),
+            1 => self.blob(what, max).map(Some),
+            _ => Err(WireError::Invalid(what)),
+        }
+    }
     fn opt_u64(&mut self, what: &'static str) -> Result<Option<u64>, WireError> {
         match self.u8(what)? {
             0 => Ok(None),
@@ -558,6 +603,8 @@ impl Message {
             Message::CacheDelete { .. } => CACHE_DELETE,
             Message::CacheValue { .. } => CACHE_VALUE,
             Message::CacheWritten { .. } => CACHE_WRITTEN,
+            Message::CacheScan { .. } => CACHE_SCAN,
+            Message::CacheKeys { .. } => CACHE_KEYS,
             Message::Metadata { .. } => METADATA,
             Message::MetadataReply { .. } => METADATA_REPLY,
             Message::Done => DONE,
@@ -801,6 +848,25 @@ impl Message {
                 None => w.0.put_u8(0),
             },
             Message::CacheWritten { version } => w.0.put_u64_le(*version),
+            Message::CacheScan {
+                cache,
+                shard,
+                after,
+                count,
+            } => {
+                w.name("cache", cache)?;
+                w.0.put_u32_le(*shard);
+                w.opt_blob("after", after.as_deref(), KEY_BYTES_MAX)?;
+                check("scan count", *count as usize, SCAN_KEYS_MAX)?;
+                w.0.put_u32_le(*count);
+            }
+            Message::CacheKeys { keys, next } => {
+                w.count("keys", keys.len(), SCAN_KEYS_MAX)?;
+                for k in keys {
+                    w.blob("key", k, KEY_BYTES_MAX)?;
+                }
+                w.opt_blob("next", next.as_deref(), KEY_BYTES_MAX)?;
+            }
             Message::Metadata { streams } => {
                 w.count("streams", streams.len(), METADATA_ENTRIES_MAX)?;
                 for s in streams {
@@ -1066,6 +1132,25 @@ impl Message {
             k::CACHE_WRITTEN => Message::CacheWritten {
                 version: r.u64("version")?,
             },
+            k::CACHE_SCAN => Message::CacheScan {
+                cache: r.name("cache")?,
+                shard: r.u32("shard")?,
+                after: r.opt_blob("after", KEY_BYTES_MAX)?,
+                count: {
+                    let n = r.u32("scan count")?;
+                    check("scan count", n as usize, SCAN_KEYS_MAX)?;
+                    n
+                },
+            },
+            k::CACHE_KEYS => {
+                let n = r.count("keys", SCAN_KEYS_MAX, 4)?;
+                Message::CacheKeys {
+                    keys: (0..n)
+                        .map(|_| r.blob("key", KEY_BYTES_MAX))
+                        .collect::<Result<_, _>>()?,
+                    next: r.opt_blob("next", KEY_BYTES_MAX)?,
+                }
+            }
             k::METADATA => {
                 let n = r.count("streams", METADATA_ENTRIES_MAX, 1)?;
                 Message::Metadata {
