@@ -194,6 +194,7 @@ fn pass(
             leader: v.leader,
             heard: h.heard.load(std::sync::atomic::Ordering::Acquire),
             quorum_reachable: quiesce::reachable(&d.voters, h.me, &seen, now, lease),
+            cut_off_ms: now.saturating_sub(quiesce::majority_heard_at(&d.voters, h.me, &seen, now)),
             quiet: !leading && h.is_quiet(),
         };
         if d.candidacy.step(&h.raft, cfg, turn, &h.votes, &h.handover, now) {

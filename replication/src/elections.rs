@@ -69,6 +69,11 @@ pub(crate) struct Candidacy {
     split_wait: u64,
     /// When the driver first saw the group ([`heard_now`] clock).
     born: u64,
+    /// The last pass at which this replica had been cut off from most of
+    /// its group for an election timeout or more (0: never): back from
+    /// such a cut-off, it waits a lease for its leader's word before it
+    /// may stand (see [`Candidacy::step`]).
+    cut_off_at: u64,
 }
 
 /// What one group looks like to the driver at one pass.
@@ -83,6 +88,9 @@ pub(crate) struct Turn {
     /// Whether this replica and the peers it heard from lately make a
     /// majority of the group's voters (see `quiesce::reachable`).
     pub(crate) quorum_reachable: bool,
+    /// How long since a majority of the voters was last heard from, this
+    /// replica included (see `quiesce::majority_heard_at`).
+    pub(crate) cut_off_ms: u64,
     /// Whether the group is quiescent here (openraft's timer stays off).
     pub(crate) quiet: bool,
 }
@@ -97,6 +105,7 @@ impl Candidacy {
             candidate_since: None,
             split_wait: Self::split_wait_of(cfg),
             born: heard_now(),
+            cut_off_at: 0,
         }
     }
 
@@ -147,7 +156,21 @@ impl Candidacy {
         // leader of a quiet group sends no heartbeat, only its broker's
         // beat, which takes a connection to arrive after a restart.
         let settling = t.heard == 0 && now.saturating_sub(self.born) < lease + 2 * cfg.heartbeat_interval_ms;
-        let want = !(behind || defer || t.quiet || settling);
+        // Raft without pre-vote: a follower cut off from most of its group
+        // would stand at every timeout, and the term it raised would unseat
+        // the leader on its return. So once it has missed most peers' beats
+        // for a little under the shortest election timeout (a late beat or
+        // two do not count), openraft's timer is off and it does not stand.
+        let cut_off = t.heard != 0 && t.cut_off_ms > cut_off_after_ms(cfg);
+        // Back from a cut-off long enough for its timer to have run out, it
+        // waits a lease: the first beat to reach it may be another
+        // follower's, before the leader's (or its wake-up of a quiet group)
+        // brings it up to date.
+        if t.heard != 0 && t.cut_off_ms >= cfg.election_timeout_min_ms {
+            self.cut_off_at = now;
+        }
+        let back = self.cut_off_at != 0 && now.saturating_sub(self.cut_off_at) <= lease;
+        let want = !(behind || defer || t.quiet || settling || cut_off || back);
         if self.timer_on != Some(want) {
             self.timer_on = Some(want);
             raft.runtime_config().elect(want);
@@ -162,13 +185,16 @@ impl Candidacy {
                     // would only raise the term it returns with.
                     t.heard != 0
                         && t.quorum_reachable
+                        && !cut_off
+                        && !back
                         && now.saturating_sub(t.heard) > lease + extra
                         && now.saturating_sub(self.stood_at) > lease
                 }
                 ServerState::Candidate => {
                     let since = *self.candidate_since.get_or_insert(now);
-                    now.saturating_sub(since) > self.split_wait
-                        || votes.outran.load(Ordering::Acquire) >= since
+                    !cut_off
+                        && (now.saturating_sub(since) > self.split_wait
+                            || votes.outran.load(Ordering::Acquire) >= since)
                 }
                 _ => {
                     self.candidate_since = None;
@@ -183,6 +209,15 @@ impl Candidacy {
         }
         stand
     }
+}
+
+/// How long without most of the group's beats counts as cut off from it:
+/// more than two beat intervals, less than openraft's shortest election
+/// timeout (so its timer is off before it could fire).
+fn cut_off_after_ms(cfg: &GroupConfig) -> u64 {
+    cfg.election_timeout_min_ms
+        .saturating_sub(cfg.heartbeat_interval_ms)
+        .max(2 * cfg.heartbeat_interval_ms)
 }
 
 impl Handover {

@@ -248,7 +248,15 @@ impl Router {
                     h.heard.store(now, Ordering::Release);
                     h.quiesce();
                 }
-                Some(_) => reply.wake.push(q.group),
+                Some(h) => {
+                    // The leader of a term not older than this replica's
+                    // is alive: standing would only unseat it. Woken, its
+                    // AppendEntries bring this replica up to date.
+                    if here.is_some_and(|f| q.term >= f.term) {
+                        h.heard.store(now, Ordering::Release);
+                    }
+                    reply.wake.push(q.group)
+                }
                 // Not started here yet (a broker starting thousands of
                 // groups): waking the leader now would only send RPCs that
                 // fail; the next beat after the start asks.

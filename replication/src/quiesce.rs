@@ -122,6 +122,27 @@ pub(crate) fn reachable(
     2 * up > voters.len()
 }
 
+/// The instant by which a majority of the group's voters had been heard
+/// from (`seen`, [`crate::clock::heard_now`] clock), this replica counting
+/// as heard at `now`; 0 if no majority ever was. `now` minus it is how
+/// long this replica has been cut off from most of its group, measured by
+/// the peers' own beats, so a pass that came late (a loaded or paused
+/// process) still sees the whole gap.
+pub(crate) fn majority_heard_at(voters: &[NodeId], me: NodeId, seen: &HashMap<NodeId, u64>, now: u64) -> u64 {
+    let mut at: Vec<u64> = voters
+        .iter()
+        .map(|v| {
+            if *v == me {
+                now
+            } else {
+                seen.get(v).copied().unwrap_or(0)
+            }
+        })
+        .collect();
+    at.sort_unstable_by(|a, b| b.cmp(a));
+    at.get(voters.len() / 2).copied().unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +239,29 @@ mod tests {
         assert!(!reachable(&five, 1, &seen, 10_000, 800));
         seen.insert(4, 10_000);
         assert!(reachable(&five, 1, &seen, 10_000, 800));
+        // How long since a majority was heard: this replica, and the
+        // majority's least recently heard peer.
+        assert_eq!(
+            majority_heard_at(&voters, 1, &seen, 10_000),
+            9_500,
+            "this one and 2"
+        );
+        assert_eq!(
+            majority_heard_at(&five, 1, &seen, 10_000),
+            9_500,
+            "this one, 4 and 2"
+        );
+        seen.insert(3, 9_900);
+        assert_eq!(
+            majority_heard_at(&voters, 1, &seen, 10_000),
+            9_900,
+            "3 came later than 2"
+        );
+        assert_eq!(majority_heard_at(&five, 1, &HashMap::new(), 10_000), 0);
+        assert_eq!(
+            majority_heard_at(&[1], 1, &HashMap::new(), 10_000),
+            10_000,
+            "alone is a majority"
+        );
     }
 }

@@ -808,3 +808,61 @@ async fn a_follower_cut_off_from_a_quiet_group_does_not_raise_the_term() {
         stop(n).await;
     }
 }
+
+/// A follower cut off while its group is busy misses entries, and the
+/// leader and the other follower go quiet without it. Back, it must be
+/// caught up by the beat alone (nothing more is written), and it must not
+/// stand: the first beat to reach it may be the other follower's, before
+/// its leader's names the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_behind_a_group_that_went_quiet_without_it_catches_up() {
+    use felix_testkit::net::{Net, Rules};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
+    }
+    let real: Vec<(u64, std::net::SocketAddr)> =
+        nodes.iter().map(|n| (n.id, n.addr.parse().unwrap())).collect();
+    let net = Net::start(&real, 11).await;
+    for (n, (_, proxy)) in nodes.iter_mut().zip(&net.proxies) {
+        n.addr = proxy.to_string();
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    nodes[l].replica.write(batch("v")).await.unwrap();
+    all_quiet(&nodes.iter().collect::<Vec<_>>()).await;
+    let term = terms(&nodes.iter().collect::<Vec<_>>());
+    let f = (l + 1) % 3;
+    let others: Vec<u64> = nodes
+        .iter()
+        .filter(|n| n.id != nodes[f].id)
+        .map(|n| n.id)
+        .collect();
+    for round in 0..3 {
+        net.set(Rules::partition(&[vec![nodes[f].id], others.clone()]));
+        let mut last = 0;
+        for i in 0..100 {
+            last = nodes[l]
+                .replica
+                .write(batch(&format!("r{round} v{i}")))
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, write {i}: {e}"))
+                .raft_index;
+        }
+        let rest: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != f)
+            .map(|(_, n)| n)
+            .collect();
+        all_quiet(&rest).await;
+        net.heal();
+        wait_applied(&nodes[f], last).await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        assert_eq!(terms(&all), term, "round {round}: the partition cost an election");
+    }
+    for n in nodes {
+        stop(n).await;
+    }
+}
