@@ -396,6 +396,15 @@ impl Client {
                 Ok(a) => return Ok(a),
                 Err(e) => e,
             };
+            // Asked of one broker and no other, `NotLeader` is the answer:
+            // asking it again would only get the same one until the
+            // deadline, and the caller (the Redis door's forwarder) follows
+            // the hint itself.
+            if matches!(route, Route::Broker(_))
+                && matches!(err, ClientError::Broker(ErrorReply::NotLeader { .. }))
+            {
+                return Err(err);
+            }
             // `NotLeader` is an answer, not a failure: the cluster is
             // electing or handing a shard over. It spends no attempt; the
             // deadline bounds it (a leader stepping aside may take seconds).

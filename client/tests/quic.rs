@@ -352,6 +352,41 @@ async fn a_leader_stepping_aside_is_waited_out_not_spent_as_attempts() {
     assert_eq!(broker.records("s", 0).len(), 1);
 }
 
+/// A request for one broker and no other is answered with that broker's
+/// `NotLeader` at once, hint included, not retried against it until the
+/// deadline (the Redis door's forwarder follows the hint itself).
+#[tokio::test]
+async fn not_leader_from_a_broker_asked_by_name_is_returned_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = certs(dir.path());
+    let broker = MemBroker::new(1, &[("s", 1)]);
+    let server = serve(&broker, &c, false, any_port()).await;
+    let client = connect(&server, &c).await;
+    *broker.redirect.lock().unwrap() = Some((2, "127.0.0.1:9".into()));
+    let at = server.local_addr().to_string();
+    let started = std::time::Instant::now();
+    let r = client
+        .call(
+            felix_client::Route::Broker(&at),
+            &Message::CacheGet {
+                cache: "s".into(),
+                key: Bytes::from_static(b"k"),
+            },
+        )
+        .await;
+    match r {
+        Err(ClientError::Broker(ErrorReply::NotLeader { leader })) => {
+            assert_eq!(leader, Some((2, "127.0.0.1:9".into())))
+        }
+        other => panic!("wanted NotLeader naming broker 2, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after {:?}: retried instead",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_subscription_resumes_after_the_broker_restarts_without_gaps_or_repeats() {
     let dir = tempfile::tempdir().unwrap();
