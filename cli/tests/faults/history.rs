@@ -219,6 +219,10 @@ pub struct GroupHistory {
     pub dead: Vec<(u64, u32)>,
     /// Failed fetches, acks and nacks by error, for the report.
     pub errors: BTreeMap<String, usize>,
+    /// Consumer calls under way: consumer → when the call began (run µs).
+    /// A call the client is still retrying (a shard between leaders) is not
+    /// an idle group, so the drain waits for it.
+    pub in_flight: BTreeMap<u64, u64>,
 }
 
 impl GroupHistory {
@@ -279,9 +283,20 @@ pub fn check_group(h: &GroupHistory, max_deliveries: u32, a: &mut Anomalies) {
     }
     for o in h.published.keys() {
         if !acked_at.contains_key(o) && !dead.contains_key(o) {
+            // Where it got to, for the report: each delivery (consumer,
+            // count, ms into the run) and the acks tried.
+            let got: Vec<String> = h
+                .deliveries
+                .iter()
+                .filter(|d| d.offset == *o)
+                .map(|d| format!("c{}#{}@{}ms", d.consumer % 1000, d.deliveries, d.invoke_us / 1000))
+                .collect();
+            let tried = h.acks.iter().filter(|k| k.offset == *o).count();
             a.add(
                 "never-completed",
-                format!("offset {o} was neither acked nor dead-lettered by the end"),
+                format!(
+                    "offset {o} was neither acked nor dead-lettered by the end (deliveries {got:?}, acks tried {tried})"
+                ),
             );
         }
     }

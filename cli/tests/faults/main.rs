@@ -355,12 +355,22 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
     if work.group {
         drain.store(true, Ordering::Release);
         // Until deliveries stop (an expired lease redelivers within
-        // LEASE_MS), at most 60 s.
+        // LEASE_MS), at most 60 s. A consumer call the client is still
+        // retrying (its shard between leaders after the last kill) is not a
+        // stop: it counts as activity, and how long the longest took is
+        // reported.
         let t = Instant::now();
         let mut last = (usize::MAX, Instant::now());
+        let mut stalled_ms = 0;
         loop {
-            let n = groups.lock().unwrap().deliveries.len();
-            if n != last.0 {
+            let (n, stalled) = {
+                let g = groups.lock().unwrap();
+                let now_us = ctx.clock.us();
+                let oldest = g.in_flight.values().map(|at| now_us.saturating_sub(*at)).max();
+                (g.deliveries.len(), oldest.unwrap_or(0) / 1000)
+            };
+            stalled_ms = stalled_ms.max(stalled);
+            if n != last.0 || stalled > u64::from(LEASE_MS) {
                 last = (n, Instant::now());
             }
             if last.1.elapsed() > Duration::from_millis(3 * u64::from(LEASE_MS))
@@ -370,6 +380,11 @@ fn run(name: &str, work: Workloads, faults: &[Fault]) -> Report {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        eprintln!(
+            "group drain: from {} ms into the run, {} ms long, the longest consumer call in it {stalled_ms} ms",
+            (ctx.clock.us() / 1000).saturating_sub(t.elapsed().as_millis() as u64),
+            t.elapsed().as_millis(),
+        );
     }
     consumers.stop.store(true, Ordering::Release);
     for t in consumer_tasks {

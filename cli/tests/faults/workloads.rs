@@ -149,7 +149,10 @@ pub async fn consume(
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     while !ctx.stopped() {
         let invoke_us = ctx.clock.us();
-        let leased = match g.fetch(5, lease_ms).await {
+        h.lock().unwrap().in_flight.insert(g.consumer_id(), invoke_us);
+        let fetched = g.fetch(5, lease_ms).await;
+        h.lock().unwrap().in_flight.remove(&g.consumer_id());
+        let leased = match fetched {
             Ok(l) => l.records,
             Err(e) => {
                 h.lock().unwrap().error("fetch", &e);
@@ -181,6 +184,10 @@ pub async fn consume(
                 }
             }
         }
+        h.lock()
+            .unwrap()
+            .in_flight
+            .insert(g.consumer_id(), ctx.clock.us());
         if !nacks.is_empty() {
             match g.nack(&nacks, 0).await {
                 Ok(()) => h.lock().unwrap().nacks += nacks.len(),
@@ -202,6 +209,7 @@ pub async fn consume(
                 });
             }
         }
+        h.lock().unwrap().in_flight.remove(&g.consumer_id());
     }
 }
 
