@@ -606,19 +606,20 @@ impl HostedShard {
     }
 
     async fn append_local(&self, batch: Bytes) -> Result<Appended, BrokerError> {
-        // Without an fsync to wait for, an append is a copy into the mapped
-        // segment under the log lock: cheaper here than a round trip
-        // through the blocking pool, whose two thread wake-ups per publish
-        // were most of the broker's CPU (docs/benchmarks.md, "Where the
-        // time goes"). Only a wait for an fsync goes to the pool.
-        let out = if self.log.durability() == felix_log::Durability::Always {
-            let log = self.log.clone();
-            tokio::task::spawn_blocking(move || log.append(&batch, SINGLE_NODE_TERM))
-                .await
-                .map_err(|e| BrokerError::Invalid(format!("append task: {e}")))??
-        } else {
-            self.log.append(&batch, SINGLE_NODE_TERM)?
-        };
+        // An append is a copy into the mapped segment under the log lock,
+        // done here: a round trip through the blocking pool per publish (two
+        // thread wake-ups) was most of the broker's CPU (docs/benchmarks.md,
+        // "Where the time goes"). With `always` the task then waits for the
+        // group commit's fsync without a thread; only the fsync itself runs
+        // on the pool, one thread for every append it covers.
+        let out = self.log.append_unwaited(&batch, SINGLE_NODE_TERM)?;
+        if self.log.durability() == felix_log::Durability::Always {
+            self.log
+                .durable(out.raft_index, |duty| {
+                    tokio::task::spawn_blocking(move || duty.run());
+                })
+                .await?;
+        }
         self.applied_locally(out.raft_index).await?;
         Ok(Appended {
             base_offset: out.base_offset.0,

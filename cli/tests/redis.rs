@@ -600,3 +600,55 @@ fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_lo
         }
     }
 }
+
+#[test]
+fn the_tls_door_serves_clients_that_trust_the_brokers_ca_and_no_others() {
+    use felix_client::wire::{Durability, StreamConfig, StreamKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let b = Broker::start_configured(
+        dir.path(),
+        "[redis]\nlisten = \"127.0.0.1:0\"\ntls = true\ncache = \"secure\"\n",
+    );
+    let rt = common::rt();
+    rt.block_on(async {
+        let c = b.client().await;
+        let mut cfg = StreamConfig::stream("secure", 2, Durability::Always);
+        cfg.kind = StreamKind::Cache;
+        common::create(&c, cfg).await;
+    });
+    let addr = redis_addr(&b);
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let ca = b.profile.ca.to_str().unwrap().to_owned();
+
+    let tls_cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["--tls", "--cacert", &ca, "-h", host, "-p", port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(tls_cli(&["SET", "over-tls", "sealed"]), "OK\n");
+    assert_eq!(tls_cli(&["GET", "over-tls"]), "sealed\n");
+    assert_eq!(tls_cli(&["INCR", "counted"]), "1\n");
+
+    // Plain RESP on the TLS port is a failed handshake: no reply, the
+    // connection closed, and the door goes on serving TLS clients.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    plain.write_all(&Conn::encode(&["GET", "over-tls"])).unwrap();
+    let mut answered = Vec::new();
+    let _ = plain.read_to_end(&mut answered);
+    assert!(
+        !answered.windows(6).any(|w| w == b"sealed") && !answered.starts_with(b"$"),
+        "a plain client was answered: {answered:?}"
+    );
+    assert_eq!(tls_cli(&["GET", "over-tls"]), "sealed\n");
+
+    // redis-py: both protocols with the chain and the address checked; a
+    // client without the CA and a plain one refused.
+    redis_py_check(&["tls", host, port, &ca]);
+    assert_eq!(tls_cli(&["GET", "counted"]), "1\n");
+}

@@ -12,13 +12,23 @@
 //! (and, on one machine, by several brokers) the number of fsyncs, not
 //! their size, is what runs out.
 //!
+//! A caller on an async runtime waits without a thread of its own
+//! ([`SharedLog::durable`]): it parks a waker, and only the one that finds
+//! no fsync running is handed the [`SyncDuty`] to run on a blocking thread.
+//! That thread keeps fsyncing while wakers wait beyond what is durable, so
+//! under load one thread hand-off serves many appends instead of two per
+//! append (a blocking-pool round trip each).
+//!
 //! `interval` durability: one flusher thread for the whole process fsyncs
 //! each such log when its interval is due and it has new entries
 //! ([`Flusher`]), so thousands of shards cost one thread.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::config::{Durability, LogConfig};
@@ -38,6 +48,10 @@ struct SyncState {
     /// Entries the previous fsync covered, and how long it took.
     last_covered: u64,
     last_took: Duration,
+    /// Async waiters: the index each waits for and its waker. One per
+    /// pending [`Durable`] future, so bounded by the appends in flight,
+    /// which the caller bounds (the broker's in-flight bytes per shard).
+    wakers: Vec<(RaftIndex, Waker)>,
 }
 
 /// The longest a syncer lingers for more appends.
@@ -112,6 +126,27 @@ impl SharedLog {
             self.wait_durable(out.raft_index)?;
         }
         Ok(out)
+    }
+
+    /// Appends at the next index and returns without waiting for an fsync,
+    /// whatever the mode; wait with [`SharedLog::durable`].
+    pub fn append_unwaited(&self, batch: &[u8], term: RaftTerm) -> Result<AppendOutcome> {
+        let mut log = lock(&self.inner.log);
+        let index = log.next_raft_index();
+        log.append(batch, term, index, crate::now_ms())
+    }
+
+    /// Resolves once entry `index` is durable, without holding a thread
+    /// while it waits. When no fsync is running, the future hands a
+    /// [`SyncDuty`] to `run`, which must run it on a thread that may block
+    /// (or drop it, after which the next poll asks again).
+    pub fn durable<R: FnMut(SyncDuty) + Unpin>(&self, index: RaftIndex, run: R) -> Durable<R> {
+        Durable {
+            inner: self.inner.clone(),
+            index,
+            run,
+            registered: false,
+        }
     }
 
     /// Appends entry `(term, index)` (a Raft follower's or leader's write)
@@ -202,6 +237,96 @@ pub fn observe_syncs(f: fn(Duration)) {
     let _ = SYNC_OBSERVER.set(f);
 }
 
+/// The future of [`SharedLog::durable`].
+#[derive(Debug)]
+pub struct Durable<R> {
+    inner: Arc<Inner>,
+    index: RaftIndex,
+    run: R,
+    registered: bool,
+}
+
+impl<R: FnMut(SyncDuty) + Unpin> Future for Durable<R> {
+    type Output = Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let this = self.get_mut();
+        let mut st = lock(&this.inner.sync);
+        if st.failed {
+            return Poll::Ready(Err(LogError::Poisoned));
+        }
+        if st.durable.is_some_and(|d| d >= this.index) {
+            return Poll::Ready(Ok(()));
+        }
+        let index = this.index;
+        let known = this.registered
+            && st
+                .wakers
+                .iter_mut()
+                .find(|(i, w)| *i == index && w.will_wake(cx.waker()))
+                .map(|(_, w)| w.clone_from(cx.waker()))
+                .is_some();
+        if !known {
+            st.wakers.push((index, cx.waker().clone()));
+            this.registered = true;
+        }
+        if st.syncing {
+            return Poll::Pending;
+        }
+        st.syncing = true;
+        drop(st);
+        (this.run)(SyncDuty {
+            inner: Some(this.inner.clone()),
+        });
+        Poll::Pending
+    }
+}
+
+/// The duty to fsync a log for its async waiters; run it on a thread that
+/// may block. Dropped unrun (a runtime shutting down refuses blocking
+/// work), it gives the duty back so that a waiter's next poll takes it.
+#[derive(Debug)]
+pub struct SyncDuty {
+    inner: Option<Arc<Inner>>,
+}
+
+impl SyncDuty {
+    /// fsyncs until no async waiter waits beyond what is durable.
+    pub fn run(mut self) {
+        let inner = self.inner.take().expect("a duty runs once");
+        loop {
+            let linger = {
+                let st = lock(&inner.sync);
+                linger_before_sync(st.last_covered, st.last_took)
+            };
+            if !linger.is_zero() {
+                std::thread::sleep(linger);
+            }
+            sync_once(&inner);
+            let mut st = lock(&inner.sync);
+            let durable = st.durable;
+            if st.failed || st.syncing || st.wakers.iter().all(|(i, _)| Some(*i) <= durable) {
+                return;
+            }
+            st.syncing = true;
+        }
+    }
+}
+
+impl Drop for SyncDuty {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let wakers = {
+                let mut st = lock(&inner.sync);
+                st.syncing = false;
+                std::mem::take(&mut st.wakers)
+            };
+            inner.synced.notify_all();
+            wakers.into_iter().for_each(|(_, w)| w.wake());
+        }
+    }
+}
+
 /// One fsync covering everything appended before it started.
 fn sync_once(inner: &Inner) {
     let (file, target) = lock(&inner.log).sync_point();
@@ -232,7 +357,18 @@ fn sync_once(inner: &Inner) {
     } else {
         st.failed = true;
     }
+    let (failed, durable) = (st.failed, st.durable);
+    let mut woken = Vec::new();
+    st.wakers.retain(|(i, w)| {
+        let done = failed || Some(*i) <= durable;
+        if done {
+            woken.push(w.clone());
+        }
+        !done
+    });
+    drop(st);
     inner.synced.notify_all();
+    woken.into_iter().for_each(Waker::wake);
 }
 
 /// The logs in `interval` mode, flushed by one thread for the whole

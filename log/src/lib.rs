@@ -26,7 +26,7 @@ mod types;
 pub use crate::batch::{
     Batch, BatchBuilder, BatchError, BatchHeader, BatchMerger, Compression, ProducerRun, Record, RecordInput,
 };
-pub use crate::commit::{observe_syncs, SharedLog};
+pub use crate::commit::{observe_syncs, Durable, SharedLog, SyncDuty};
 pub use crate::config::{Durability, LogConfig, Verify};
 pub use crate::error::{LogError, Result};
 pub use crate::log::{

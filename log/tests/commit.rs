@@ -313,3 +313,79 @@ fn raft_appends_truncation_and_reset() {
         assert_eq!(l.earliest_offset(), Offset(1000));
     });
 }
+
+/// Counts its wakes.
+struct CountingWaker(AtomicU64);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn async_waiters_share_one_fsync_run_by_one_duty_and_a_dropped_duty_is_taken_again() {
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    use felix_log::SyncDuty;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+    let woken = Arc::new(CountingWaker(AtomicU64::new(0)));
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let duties: Arc<Mutex<Vec<SyncDuty>>> = Arc::default();
+    let waiting = 64;
+    let before = log.sync_count();
+    let mut futures: Vec<_> = (0..waiting)
+        .map(|i| {
+            let out = log
+                .append_unwaited(&common::batch_of(&[common::payload(i, 256)], 1), RaftTerm(1))
+                .unwrap();
+            let duties = duties.clone();
+            Box::pin(log.durable(out.raft_index, move |d| duties.lock().unwrap().push(d)))
+        })
+        .collect();
+    for f in &mut futures {
+        assert!(f.as_mut().poll(&mut cx).is_pending(), "durable before any fsync");
+    }
+    // A second poll registers nothing twice and asks for no second fsync.
+    assert!(futures[0].as_mut().poll(&mut cx).is_pending());
+    let duty = {
+        let mut d = duties.lock().unwrap();
+        assert_eq!(d.len(), 1, "one waiter runs the fsync for all");
+        d.pop().unwrap()
+    };
+    std::thread::spawn(move || duty.run()).join().unwrap();
+    assert_eq!(log.sync_count() - before, 1, "one fsync covered every waiter");
+    assert_eq!(woken.0.load(Ordering::SeqCst), waiting, "each waiter woken once");
+    for f in &mut futures {
+        assert!(matches!(f.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    // A duty dropped unrun wakes its waiters, and the next poll takes it.
+    let out = log
+        .append_unwaited(&common::batch_of(&[common::payload(999, 8)], 1), RaftTerm(1))
+        .unwrap();
+    let d2 = duties.clone();
+    let mut f = Box::pin(log.durable(out.raft_index, move |d| d2.lock().unwrap().push(d)));
+    assert!(f.as_mut().poll(&mut cx).is_pending());
+    let seen = woken.0.load(Ordering::SeqCst);
+    drop(duties.lock().unwrap().pop().expect("a duty"));
+    assert_eq!(
+        woken.0.load(Ordering::SeqCst),
+        seen + 1,
+        "the dropped duty woke its waiter"
+    );
+    assert!(f.as_mut().poll(&mut cx).is_pending());
+    let duty = duties.lock().unwrap().pop().expect("the duty taken again");
+    duty.run();
+    assert!(matches!(f.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    // The futures share the log; they go before it closes.
+    drop((futures, f));
+    log.close().unwrap();
+    let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.with(|l| l.next_offset()), Offset(waiting + 1));
+}

@@ -220,13 +220,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             (Some(i), Durability::Always) => {
                 // The fsync runs off the Raft core; group commit shares it
                 // with every append waiting meanwhile.
-                let (log, disk) = (self.log.clone(), self.disk.clone());
+                // The wait holds no thread: the fsync itself runs on a slot
+                // of the broker's disk waits, once for every group append
+                // it covers.
+                let disk = self.disk.clone();
+                let durable = self.log.durable(i, move |duty| {
+                    let disk = disk.clone();
+                    tokio::spawn(async move { disk.run(move || duty.run()).await });
+                });
                 tokio::spawn(async move {
-                    let r = disk
-                        .run(move || log.wait_durable(i))
-                        .await
-                        .map_err(std::io::Error::other)
-                        .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+                    let r = durable.await.map_err(|e| std::io::Error::other(e.to_string()));
                     callback.log_io_completed(r);
                 });
             }

@@ -3,6 +3,7 @@ Redis library user calls it. Run by cli/tests/redis.rs with the venv that
 .ci/run makes; exits non-zero (an AssertionError) on the first difference.
 
 usage: check.py single HOST PORT TOKEN
+       check.py tls HOST PORT CA_PEM
        check.py cluster HOST:PORT [HOST:PORT ...]
 """
 import sys
@@ -167,9 +168,36 @@ def cluster(nodes):
     rc.close()
 
 
+def tls(host, port, ca):
+    # The chain and the name (an IP address in the certificate) are both
+    # checked, as a client of a real deployment would.
+    for protocol in (2, 3):
+        r = redis.Redis(host=host, port=port, protocol=protocol, ssl=True,
+                        ssl_ca_certs=ca, ssl_check_hostname=True)
+        strings(r)
+        pipelines(r)
+        r.delete("p:n")
+        r.close()
+    # A client that does not trust the broker's CA is not served.
+    untrusting = redis.Redis(host=host, port=port, ssl=True,
+                             socket_timeout=10, socket_connect_timeout=10)
+    expect_error(untrusting.ping, "certificate")
+    # Nor is one that does not speak TLS.
+    plain = redis.Redis(host=host, port=port, socket_timeout=10,
+                        socket_connect_timeout=10, retry_on_timeout=False)
+    try:
+        plain.ping()
+    except redis.RedisError:
+        pass
+    else:
+        raise AssertionError("a plain TCP client was answered by the TLS door")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "single":
         single(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif sys.argv[1] == "tls":
+        tls(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:
         cluster(sys.argv[2:])
     print("ok")
