@@ -114,7 +114,17 @@ impl Single {
     }
 
     /// One publisher, `k` subscribers from the tail.
-    pub async fn fanout(&self, k: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
+    /// `k` subscribers from the tail of one shard; the publisher keeps up
+    /// to [`FANOUT_WINDOW`] records awaiting acks, and with `pace` sends
+    /// that many records a second, each as soon as it is due (so one
+    /// record per request while the broker keeps up).
+    pub async fn fanout(
+        &self,
+        k: usize,
+        size: usize,
+        secs: Duration,
+        pace: Option<u32>,
+    ) -> anyhow::Result<Figure> {
         let (client, name) = self.0.stream("fanout", 1).await?;
         let delivered = Arc::new(AtomicU64::new(0));
         let mut subs = Vec::new();
@@ -156,19 +166,43 @@ impl Single {
         };
         let p = client.producer(&name, cfg).await?;
         let window = load::Window::open();
-        let mut pending = std::collections::VecDeque::with_capacity(FANOUT_WINDOW);
-        let mut published = 0u64;
-        while window.elapsed() < secs {
-            if pending.len() == FANOUT_WINDOW {
-                let a: felix_client::PendingAck = pending.pop_front().expect("full");
-                a.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let published = match pace {
+            None => {
+                let mut pending = std::collections::VecDeque::with_capacity(FANOUT_WINDOW);
+                let mut published = 0u64;
+                while window.elapsed() < secs {
+                    if pending.len() == FANOUT_WINDOW {
+                        let a: felix_client::PendingAck = pending.pop_front().expect("full");
+                        a.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    pending.push_back(p.send(ProducerRecord::new(load::stamped(size))).await?);
+                    published += 1;
+                }
+                for a in pending {
+                    a.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                }
+                published
             }
-            pending.push_back(p.send(ProducerRecord::new(load::stamped(size))).await?);
-            published += 1;
-        }
-        for a in pending {
-            a.wait().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
+            Some(rate) => {
+                tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                    let rt = tokio::runtime::Handle::current();
+                    let mut pending = std::collections::VecDeque::with_capacity(FANOUT_WINDOW);
+                    let sent = load::paced(rate, secs, || {
+                        if pending.len() == FANOUT_WINDOW {
+                            let a: felix_client::PendingAck = pending.pop_front().expect("full");
+                            rt.block_on(a.wait()).map_err(|e| anyhow::anyhow!("{e}"))?;
+                        }
+                        pending.push_back(rt.block_on(p.send(ProducerRecord::new(load::stamped(size))))?);
+                        Ok(())
+                    })?;
+                    for a in pending {
+                        rt.block_on(a.wait()).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    Ok(sent)
+                })
+                .await??
+            }
+        };
         let want = published * k as u64;
         load::await_count(&delivered, want, DRAIN_MAX).await;
         let got = delivered.load(Ordering::Relaxed);

@@ -141,6 +141,29 @@ where
     Ok(window.figure(all.len(), Some(&all), errors))
 }
 
+/// Calls `send` `rate` times a second for `secs` on the calling thread,
+/// which must be one that may block: tokio's timers tick in whole
+/// milliseconds, too coarse to space 10,000 sends a second. Send `n` is
+/// due at `n / rate` seconds; one that is late goes at once, so the rate
+/// holds. Returns the sends made.
+pub fn paced(rate: u32, secs: Duration, mut send: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<u64> {
+    anyhow::ensure!(rate > 0, "a pace of 0 a second");
+    let gap_ns = 1_000_000_000 / u64::from(rate);
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        let due = Duration::from_nanos(gap_ns * n);
+        if due >= secs {
+            return Ok(n);
+        }
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        send()?;
+        n += 1;
+    }
+}
+
 /// Nanoseconds on a clock private to this process (publisher and
 /// subscribers run in it, so their stamps compare).
 pub fn now_ns() -> u64 {
@@ -243,5 +266,24 @@ mod tests {
         assert!((200.0..=most).contains(&us), "{us} µs per op, at most {most}");
         watch(Vec::new());
         assert_eq!(w.figure(1000, None, 0).server_cpu_us_per_op, None);
+    }
+
+    #[test]
+    fn a_pace_makes_the_sends_due_in_the_window_each_no_earlier_than_due() {
+        let start = Instant::now();
+        let mut at = Vec::new();
+        let n = paced(1_000, Duration::from_millis(30), || {
+            at.push(start.elapsed());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 30);
+        assert_eq!(at.len(), 30);
+        for (i, t) in at.iter().enumerate() {
+            assert!(*t >= Duration::from_millis(i as u64), "send {i} at {t:?}");
+        }
+        assert!(paced(0, Duration::from_millis(1), || Ok(())).is_err());
+        let failing = paced(1_000, Duration::from_millis(5), || anyhow::bail!("refused"));
+        assert!(failing.is_err(), "a failed send ends the pace");
     }
 }

@@ -89,7 +89,13 @@ async fn acked_publishes(
 }
 
 /// One publisher (64 awaiting acks), `k` ordered consumers from the tail.
-pub async fn fanout(addr: String, k: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
+pub async fn fanout(
+    addr: String,
+    k: usize,
+    size: usize,
+    secs: Duration,
+    pace: Option<u32>,
+) -> anyhow::Result<Figure> {
     let js = context(&addr).await?;
     let (s, subject) = fresh(&js, "fanout", 1, stream::RetentionPolicy::Limits).await?;
     let delivered = Arc::new(AtomicU64::new(0));
@@ -121,22 +127,49 @@ pub async fn fanout(addr: String, k: usize, size: usize, secs: Duration) -> anyh
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let window = load::Window::open();
-    let mut pending = std::collections::VecDeque::with_capacity(super::felix::FANOUT_WINDOW);
-    let mut published = 0u64;
-    while window.elapsed() < secs {
-        if pending.len() == super::felix::FANOUT_WINDOW {
-            let a: jetstream::context::PublishAckFuture = pending.pop_front().expect("full");
-            a.await?;
+    let published = match pace {
+        None => {
+            let mut pending = std::collections::VecDeque::with_capacity(super::felix::FANOUT_WINDOW);
+            let mut published = 0u64;
+            while window.elapsed() < secs {
+                if pending.len() == super::felix::FANOUT_WINDOW {
+                    let a: jetstream::context::PublishAckFuture = pending.pop_front().expect("full");
+                    a.await?;
+                }
+                pending.push_back(
+                    js.publish(subject.clone(), Bytes::from(load::stamped(size)))
+                        .await?,
+                );
+                published += 1;
+            }
+            for a in pending {
+                a.await?;
+            }
+            published
         }
-        pending.push_back(
-            js.publish(subject.clone(), Bytes::from(load::stamped(size)))
-                .await?,
-        );
-        published += 1;
-    }
-    for a in pending {
-        a.await?;
-    }
+        Some(rate) => {
+            let (js, subject) = (js.clone(), subject.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+                let rt = tokio::runtime::Handle::current();
+                let mut pending = std::collections::VecDeque::with_capacity(super::felix::FANOUT_WINDOW);
+                let sent = load::paced(rate, secs, || {
+                    if pending.len() == super::felix::FANOUT_WINDOW {
+                        let a: jetstream::context::PublishAckFuture = pending.pop_front().expect("full");
+                        rt.block_on(std::future::IntoFuture::into_future(a))?;
+                    }
+                    pending.push_back(
+                        rt.block_on(js.publish(subject.clone(), Bytes::from(load::stamped(size))))?,
+                    );
+                    Ok(())
+                })?;
+                for a in pending {
+                    rt.block_on(std::future::IntoFuture::into_future(a))?;
+                }
+                Ok(sent)
+            })
+            .await??
+        }
+    };
     let want = published * k as u64;
     load::await_count(&delivered, want, DRAIN_MAX).await;
     let got = delivered.load(Ordering::Relaxed);
