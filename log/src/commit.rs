@@ -199,6 +199,7 @@ impl SharedLog {
                 std::thread::sleep(linger);
             }
             sync_once(&self.inner);
+            wake_stranded(&self.inner);
             st = lock(&self.inner.sync);
         }
     }
@@ -316,13 +317,9 @@ impl SyncDuty {
 impl Drop for SyncDuty {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            let wakers = {
-                let mut st = lock(&inner.sync);
-                st.syncing = false;
-                std::mem::take(&mut st.wakers)
-            };
+            lock(&inner.sync).syncing = false;
             inner.synced.notify_all();
-            wakers.into_iter().for_each(|(_, w)| w.wake());
+            wake_stranded(&inner);
         }
     }
 }
@@ -466,6 +463,21 @@ fn flush_if_behind(inner: &Inner) {
         st.syncing = true;
     }
     sync_once(inner);
+    wake_stranded(inner);
+}
+
+/// After an fsync run by a caller that will not run another: async
+/// waiters that parked during it, for entries it did not cover, would wait
+/// for a sync no one runs. Woken, each polls again and one takes the duty.
+fn wake_stranded(inner: &Inner) {
+    let stranded = {
+        let mut st = lock(&inner.sync);
+        if st.syncing || st.wakers.is_empty() {
+            return;
+        }
+        std::mem::take(&mut st.wakers)
+    };
+    stranded.into_iter().for_each(|(_, w)| w.wake());
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -490,5 +502,54 @@ mod linger_tests {
             linger_before_sync(50, Duration::from_millis(40)),
             COMMIT_LINGER_MAX
         );
+    }
+}
+
+#[cfg(test)]
+mod stranded_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Wake, Waker};
+
+    use super::*;
+    use crate::config::LogConfig;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiter_parked_during_a_blocking_callers_fsync_that_missed_its_entry_is_woken_to_take_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+        let batch = felix_testkit::Batch::of(&[b"v".to_vec()]).build();
+        let a = log.append_unwaited(&batch, RaftTerm(1)).unwrap().raft_index;
+        let b = log.append_unwaited(&batch, RaftTerm(1)).unwrap().raft_index;
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut duties = Vec::new();
+        let mut f = Box::pin(log.durable(b, |d| duties.push(d)));
+        // A blocking caller's fsync is under way: the waiter parks and is
+        // handed no duty.
+        lock(&log.inner.sync).syncing = true;
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        // That fsync ends having covered `a` only (`b` landed after its
+        // sync point); its caller runs no other.
+        {
+            let mut st = lock(&log.inner.sync);
+            st.syncing = false;
+            st.durable = Some(a);
+        }
+        wake_stranded(&log.inner);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the stranded waiter was woken");
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        drop(f);
+        assert_eq!(duties.len(), 1, "woken, it took the duty");
+        duties.pop().unwrap().run();
+        assert!(lock(&log.inner.sync).durable >= Some(b));
     }
 }

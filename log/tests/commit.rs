@@ -389,3 +389,79 @@ fn async_waiters_share_one_fsync_run_by_one_duty_and_a_dropped_duty_is_taken_aga
     let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
     assert_eq!(log.with(|l| l.next_offset()), Offset(waiting + 1));
 }
+
+/// Wakes a parked thread, and says it did.
+struct ThreadWaker(std::thread::Thread, std::sync::atomic::AtomicBool);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.1.store(true, Ordering::SeqCst);
+        self.0.unpark();
+    }
+}
+
+#[test]
+fn async_and_blocking_waiters_mixed_all_become_durable() {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+    let log = Arc::new(log);
+    let per = 150u64;
+    std::thread::scope(|s| {
+        // Blocking appenders fsync as they find none running; async ones
+        // park between those fsyncs, and must still be woken to take the
+        // next (a waiter parked during a blocking caller's fsync, for an
+        // entry it did not cover, used to be left waiting).
+        for t in 0..3u64 {
+            let log = log.clone();
+            s.spawn(move || {
+                for i in 0..per {
+                    log.append(
+                        &common::batch_of(&[common::payload(t * 10_000 + i, 64)], 1),
+                        RaftTerm(1),
+                    )
+                    .unwrap();
+                }
+            });
+        }
+        for t in 3..6u64 {
+            let log = log.clone();
+            s.spawn(move || {
+                let woken = Arc::new(ThreadWaker(std::thread::current(), false.into()));
+                let waker = Waker::from(woken.clone());
+                let mut cx = Context::from_waker(&waker);
+                for i in 0..per {
+                    let out = log
+                        .append_unwaited(
+                            &common::batch_of(&[common::payload(t * 10_000 + i, 64)], 1),
+                            RaftTerm(1),
+                        )
+                        .unwrap();
+                    let mut f = Box::pin(log.durable(out.raft_index, |duty| {
+                        std::thread::spawn(move || duty.run());
+                    }));
+                    loop {
+                        if let Poll::Ready(r) = f.as_mut().poll(&mut cx) {
+                            break r.unwrap();
+                        }
+                        // Polled again only when woken, as an executor
+                        // would. A wake is due within an fsync or two; a
+                        // minute without one is a lost waiter.
+                        let since = Instant::now();
+                        while !woken.1.swap(false, Ordering::SeqCst) {
+                            assert!(
+                                since.elapsed() < Duration::from_secs(60),
+                                "waiter {t}/{i} never woken"
+                            );
+                            std::thread::park_timeout(Duration::from_millis(100));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(log.with(|l| l.next_offset()), Offset(6 * per));
+}
