@@ -9,7 +9,6 @@
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use felix_client::policy::shard_for_key;
 use felix_client::wire::message::{KEY_BYTES_MAX, SCAN_KEYS_MAX, SCAN_REPLY_KEY_BYTES_MAX};
 use felix_client::wire::{CacheEntry, Message};
 use felix_log::{BatchBuilder, Compression, RecordInput};
@@ -20,7 +19,7 @@ use crate::node::{Node, StreamHandle};
 use crate::shard::HostedShard;
 
 fn shard_of<'a>(h: &'a StreamHandle, key: &[u8]) -> Result<&'a HostedShard, BrokerError> {
-    if !h.meta().kind.keyed() {
+    if !h.kind().keyed() {
         return Err(BrokerError::Invalid(format!(
             "{} is a stream; cache operations need a cache or compacted stream",
             h.name
@@ -31,7 +30,7 @@ fn shard_of<'a>(h: &'a StreamHandle, key: &[u8]) -> Result<&'a HostedShard, Brok
             "a cache key is 1 to {KEY_BYTES_MAX} bytes"
         )));
     }
-    Ok(h.shard(shard_for_key(key, h.count()))?)
+    Ok(h.shard(h.shard_of(key))?)
 }
 
 /// Confirms this replica leads the shard; the hot map forgets the shard

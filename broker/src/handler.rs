@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use felix_client::policy::shard_for_key;
 use felix_client::server::{Handler, HelloRequest, Peer, Reply};
 use felix_client::wire::frame::VERSION;
 use felix_client::wire::{AckLevel, ErrorReply, Message};
@@ -175,7 +174,7 @@ fn route(node: &Node, h: &StreamHandle, batch: &Batch) -> Result<u32, BrokerErro
     let n = h.count();
     let first_key = batch.records()?.next().transpose()?.and_then(|r| r.key);
     Ok(match first_key {
-        Some(k) => shard_for_key(&k, n),
+        Some(k) => h.shard_of(&k),
         None => (node.spread.fetch_add(1, Ordering::Relaxed) % u64::from(n)) as u32,
     })
 }

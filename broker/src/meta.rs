@@ -36,6 +36,10 @@ pub struct StreamMeta {
     pub retention_bytes: Option<u64>,
     pub max_deliveries: u32,
     pub default_ttl_ms: Option<u64>,
+    /// How keys map to shards; absent in entries made before routings had
+    /// a name, which route by FNV-1a (the default).
+    #[serde(default)]
+    pub key_routing: felix_model::KeyRouting,
     /// In a cluster: the brokers' current Raft node ids when it was
     /// created (the founders of shards whose placement names none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -111,6 +115,7 @@ impl StreamMeta {
             max_deliveries: self.max_deliveries,
             default_ttl_ms: self.default_ttl_ms,
             replication_factor: self.placement.first().map_or(0, |p| p.replicas.len() as u32),
+            key_routing: self.key_routing,
         }
     }
 }
@@ -271,6 +276,7 @@ impl MetaStore {
                 c.max_deliveries
             },
             default_ttl_ms: c.default_ttl_ms,
+            key_routing: c.key_routing,
             replicas,
             placement,
             founders,

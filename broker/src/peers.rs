@@ -15,6 +15,9 @@ pub struct Peer {
     /// Its current Raft node id, when the registry says (a broker that
     /// registered without one: any incarnation of it is current).
     pub node_id: Option<NodeId>,
+    /// Where its Redis door listens, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_addr: Option<String>,
 }
 
 /// The brokers of the cluster, this one included.
@@ -33,6 +36,7 @@ impl Peers {
             Peer {
                 node,
                 node_id: Some(node_id),
+                redis_addr: None,
             },
         );
         Peers {
@@ -47,6 +51,11 @@ impl Peers {
 
     pub fn get(&self, broker: u64) -> Option<BrokerNode> {
         self.read().get(&broker).map(|p| p.node.clone())
+    }
+
+    /// Where `broker`'s Redis door listens, as it registered.
+    pub fn redis_addr(&self, broker: u64) -> Option<String> {
+        self.read().get(&broker)?.redis_addr.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -77,11 +86,17 @@ impl Peers {
     }
 
     /// What the registry says of `broker` now (`None`: it left for good).
-    /// This broker's own entry keeps the node id it runs as.
+    /// This broker's own entry keeps the addresses and node id it runs
+    /// with, and takes only its door's address from the registry.
     pub fn learn(&self, me: u64, broker: u64, peer: Option<Peer>) {
         let mut map = self.by_broker.write().expect("peers lock");
         match peer {
-            Some(_) | None if broker == me => {}
+            Some(p) if broker == me => {
+                if let Some(mine) = map.get_mut(&me) {
+                    mine.redis_addr = p.redis_addr;
+                }
+            }
+            None if broker == me => {}
             Some(p) => {
                 map.insert(broker, p);
             }
@@ -98,6 +113,8 @@ impl Peers {
         for (b, p) in all {
             if b != me {
                 map.insert(b, p);
+            } else if let Some(mine) = map.get_mut(&me) {
+                mine.redis_addr = p.redis_addr;
             }
         }
     }
@@ -124,10 +141,14 @@ mod tests {
         let theirs = |id: u64| Peer {
             node: node(20),
             node_id: Some(id),
+            redis_addr: Some(format!("door-{id:x}:6379")),
         };
         p.replace(1, BTreeMap::from([(1, theirs(0x1_0009)), (2, theirs(0x2_0001))]));
         assert!(p.is_current(1, 0x1_0001) && !p.is_current(1, 0x1_0009));
         assert_eq!(p.get(1), Some(node(10)));
+        // Its own door's address is the one thing it takes of its own entry.
+        assert_eq!(p.redis_addr(1).as_deref(), Some("door-10009:6379"));
+        assert_eq!(p.redis_addr(2).as_deref(), Some("door-20001:6379"));
         // Broker 2 rebuilt under a new node id: its old replica is not current.
         p.learn(1, 2, Some(theirs(0x2_0002)));
         assert!(!p.is_current(2, 0x2_0001) && p.is_current(2, 0x2_0002));
@@ -148,6 +169,7 @@ mod tests {
             Some(Peer {
                 node: node(20),
                 node_id: None,
+                redis_addr: None,
             }),
         );
         assert!(p.is_current(2, 0xdead) && !p.is_current(3, 1));

@@ -157,6 +157,17 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
     let addr = endpoint.local_addr()?;
     node.set_address(config.advertise.clone().unwrap_or_else(|| addr.to_string()));
     let advertise = config.advertise.clone().unwrap_or_else(|| addr.to_string());
+    // Bound before registering, so the registration names the door's
+    // address (other brokers' doors send cluster clients to it).
+    let redis_listener = match &config.redis {
+        Some(r) => {
+            r.check()?;
+            let l = tokio::net::TcpListener::bind(r.listen).await?;
+            let at = r.advertise.clone().unwrap_or(l.local_addr()?.to_string());
+            Some((l, at))
+        }
+        None => None,
+    };
     if let Some(c) = &config.cluster {
         node.start_cluster(c, advertise.clone()).await?;
     }
@@ -179,6 +190,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                 id,
                 client_addr: advertise.clone(),
                 raft_addr,
+                redis_addr: redis_listener.as_ref().map(|(_, at)| at.clone()),
                 node_id: node.cluster().map_or(0, |c| c.me),
             },
         );
@@ -192,10 +204,12 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         None => None,
     };
     let handler = Arc::new(NodeHandler { node: node.clone() });
-    let redis = match &config.redis {
-        Some(r) => {
-            r.check()?;
-            let listener = tokio::net::TcpListener::bind(r.listen).await?;
+    let redis = match (&config.redis, redis_listener) {
+        (Some(r), Some((listener, at))) => {
+            let doors = node.cluster().map(|c| {
+                let peers = c.peers.clone();
+                felix_resp::server::Doors(Arc::new(move |broker| peers.redis_addr(broker)))
+            });
             let settings = felix_resp::Settings {
                 cache: r.cache.clone(),
                 tls: if r.tls {
@@ -204,7 +218,9 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                     None
                 },
                 connections_max: r.connections_max,
-                advertise: r.advertise.clone(),
+                advertise: Some(at),
+                doors,
+                redirect: r.moved,
                 forward: match &config.cluster {
                     Some(c) => {
                         let ca = r.forward_ca.clone().unwrap_or_else(|| c.ca.clone());
@@ -229,7 +245,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                 Arc::new(move || n.now_ms()),
             )?)
         }
-        None => None,
+        _ => None,
     };
     let server = Server::start(endpoint, handler);
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));

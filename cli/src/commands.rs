@@ -295,6 +295,7 @@ pub async fn stream(c: &Common, cmd: StreamCommand) -> anyhow::Result<()> {
                 max_deliveries,
                 default_ttl_ms: None,
                 replication_factor: replication_factor.unwrap_or(0),
+                key_routing: felix_client::wire::KeyRouting::FOR_NEW,
             };
             admin(&client, Message::StreamCreate(cfg)).await?;
             report(c, json!({"created": name, "shards": shards}), || {
@@ -377,7 +378,7 @@ fn describe(c: &Common, config: &StreamConfig, shards: &[ShardStats]) {
     if c.output == Output::Json {
         print_json(json!({
             "name": config.name, "kind": config.kind, "durability": config.durability,
-            "replication_factor": config.replication_factor,
+            "replication_factor": config.replication_factor, "key_routing": config.key_routing,
             "retention_ms": config.retention_ms, "retention_bytes": config.retention_bytes,
             "max_deliveries": config.max_deliveries, "default_ttl_ms": config.default_ttl_ms,
             "shards": shards.iter().map(|s| json!({"shard": s.shard, "earliest": s.earliest, "latest": s.next, "bytes": s.bytes, "segments": s.segments})).collect::<Vec<_>>(),
@@ -386,6 +387,13 @@ fn describe(c: &Common, config: &StreamConfig, shards: &[ShardStats]) {
     }
     println!("{} ({})", config.name, kind_name(config.kind));
     println!("  durability      {}", config.durability);
+    println!(
+        "  key routing     {}",
+        match config.key_routing {
+            felix_client::wire::KeyRouting::Slots => "slots (Redis Cluster hash slots)",
+            felix_client::wire::KeyRouting::Fnv1a => "fnv1a",
+        }
+    );
     if config.replication_factor > 0 {
         println!("  replication     {}", config.replication_factor);
     }
@@ -439,6 +447,7 @@ pub async fn cache(c: &Common, cmd: CacheCommand) -> anyhow::Result<()> {
                 max_deliveries: 5,
                 default_ttl_ms: ttl,
                 replication_factor: replication_factor.unwrap_or(0),
+                key_routing: felix_client::wire::KeyRouting::FOR_NEW,
             };
             admin(&client, Message::StreamCreate(cfg)).await?;
             report(c, json!({"created": name, "shards": shards}), || {

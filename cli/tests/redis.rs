@@ -468,11 +468,12 @@ fn concurrent_increments_lose_none_and_survive_a_sigkill() {
 
 /// Issue 28: in a cluster any broker's door answers any key (forwarding
 /// to the key's shard leader under the connection's token), cluster
-/// clients are given a slot table naming the door they asked, and a shard
-/// leader killed mid-run loses no acknowledged write.
+/// clients are given a slot table naming each shard's leader's door, a
+/// door with `moved` redirects as Redis Cluster does, and a shard leader
+/// killed mid-run loses no acknowledged write.
 #[test]
 fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_loses_no_write() {
-    use felix_client::wire::{Durability, StreamConfig, StreamKind};
+    use felix_client::wire::{Durability, KeyRouting, StreamConfig, StreamKind};
     use felix_client::Client;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -482,7 +483,12 @@ fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_lo
     let doors: Vec<String> = (0..3)
         .map(|i| {
             let port = common::cp::free_port();
-            c.append_config(i, &format!("[redis]\nlisten = \"127.0.0.1:{port}\"\n"));
+            // The third door redirects; the others forward.
+            let moved = i == 2;
+            c.append_config(
+                i,
+                &format!("[redis]\nlisten = \"127.0.0.1:{port}\"\nmoved = {moved}\n"),
+            );
             format!("127.0.0.1:{port}")
         })
         .collect();
@@ -500,16 +506,18 @@ fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_lo
         "four shards on three brokers: {leaders:?}"
     );
 
-    // Every door writes keys of every shard, and reads every door's keys.
+    // The two forwarding doors write keys of every shard, and read each
+    // other's keys.
+    let door_of = |leader: u64| doors[c.index_of(leader)].clone();
     let mut conns: Vec<Conn> = doors.iter().map(|d| Conn::open(d)).collect();
-    for (i, conn) in conns.iter_mut().enumerate() {
+    for (i, conn) in conns.iter_mut().enumerate().take(2) {
         for j in 0..40 {
             let r = conn.call(&["SET", &format!("d{i}-{j}"), &format!("v{j}")]);
             assert_eq!(r, R::Status("OK".into()), "door {i}, key {j}");
         }
     }
-    for (k, conn) in conns.iter_mut().enumerate() {
-        for i in 0..3 {
+    for (k, conn) in conns.iter_mut().enumerate().take(2) {
+        for i in 0..2 {
             for j in 0..40 {
                 let r = conn.call(&["GET", &format!("d{i}-{j}")]);
                 assert_eq!(r, bulk(&format!("v{j}")), "door {k} reading door {i}'s key {j}");
@@ -517,21 +525,91 @@ fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_lo
         }
         assert!(matches!(conn.call(&["INCR", "shared"]), R::Int(_)));
     }
-    assert_eq!(conns[2].call(&["GET", "shared"]), bulk("3"));
+    assert_eq!(conns[0].call(&["GET", "shared"]), bulk("2"));
 
-    // A cluster client's view: one node, the door asked, every slot.
-    let port: i64 = doors[1].rsplit_once(':').unwrap().1.parse().unwrap();
+    // The redirecting door answers the keys its broker leads and sends
+    // the others to their leader's door, naming the key's slot.
+    let mut redirected = 0;
+    for j in 0..40 {
+        let key = format!("d0-{j}");
+        let shard = KeyRouting::Slots.shard(key.as_bytes(), 4);
+        let slot = match conns[0].call(&["CLUSTER", "KEYSLOT", &key]) {
+            R::Int(s) => s,
+            other => panic!("KEYSLOT {key}: {other:?}"),
+        };
+        match conns[2].call(&["GET", &key]) {
+            R::Error(e) => {
+                assert_eq!(
+                    e,
+                    format!("MOVED {slot} {}", door_of(leaders[shard as usize])),
+                    "{key}"
+                );
+                redirected += 1;
+            }
+            got => {
+                assert_eq!(got, bulk(&format!("v{j}")), "{key}");
+                assert_eq!(
+                    c.index_of(leaders[shard as usize]),
+                    2,
+                    "{key} answered by a non-leader"
+                );
+            }
+        }
+    }
+    assert!(redirected > 0, "some of 40 keys are led by the other two brokers");
+    // redis-cli -c follows the redirect.
+    let port2 = doors[2].rsplit_once(':').unwrap().1;
+    for j in 0..40 {
+        let key = format!("d1-{j}");
+        let out = std::process::Command::new("redis-cli")
+            .args(["-c", "-h", "127.0.0.1", "-p", port2, "GET", &key])
+            .output()
+            .expect("redis-cli runs");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("v{j}"),
+            "{key}"
+        );
+    }
+
+    // A cluster client's view: each shard's range of slots at its
+    // leader's door.
     let R::Array(ranges) = conns[1].call(&["CLUSTER", "SLOTS"]) else {
         panic!("CLUSTER SLOTS answers an array")
     };
-    let [R::Array(range)] = &ranges[..] else {
-        panic!("one range: {ranges:?}")
+    let mut next = 0;
+    for range in &ranges {
+        let R::Array(range) = range else {
+            panic!("{ranges:?}")
+        };
+        let (R::Int(a), R::Int(b), R::Array(node)) = (&range[0], &range[1], &range[2]) else {
+            panic!("{range:?}")
+        };
+        assert_eq!(*a, next, "ranges in order, covering every slot: {ranges:?}");
+        next = b + 1;
+        for slot in [*a, *b] {
+            let shard = (slot * 4 / 16384) as usize;
+            let (host, port) = door_of(leaders[shard])
+                .rsplit_once(':')
+                .map(|(h, p)| (h.to_owned(), p.parse::<i64>().unwrap()))
+                .unwrap();
+            assert_eq!(
+                node[..2],
+                [bulk(&host), R::Int(port)],
+                "slot {slot}, shard {shard}"
+            );
+        }
+    }
+    assert_eq!(next, 16384);
+    let distinct: std::collections::BTreeSet<u64> = leaders.iter().copied().collect();
+    let R::Bulk(nodes) = conns[1].call(&["CLUSTER", "NODES"]) else {
+        panic!()
     };
-    assert_eq!(range[..2], [R::Int(0), R::Int(16383)]);
-    let R::Array(node) = &range[2] else {
-        panic!("a node: {range:?}")
-    };
-    assert_eq!(node[..2], [bulk("127.0.0.1"), R::Int(port)]);
+    assert_eq!(
+        String::from_utf8_lossy(&nodes).lines().count(),
+        distinct.len(),
+        "one node per leading door"
+    );
     // The slots Redis's documentation gives for these keys.
     assert_eq!(conns[0].call(&["CLUSTER", "KEYSLOT", "somekey"]), R::Int(11058));
     assert_eq!(
@@ -546,7 +624,8 @@ fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_lo
 
     // Kill shard 0's leader while another broker's door writes.
     let victim = c.index_of(leaders[0]);
-    let door = doors[(victim + 1) % 3].clone();
+    // A forwarding door of another broker writes.
+    let door = doors[if victim == 0 { 1 } else { 0 }].clone();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
     let writer = {
@@ -583,7 +662,7 @@ fn every_door_of_a_three_broker_cluster_answers_every_key_and_a_killed_leader_lo
     c.restart(victim);
     // The restarted broker may stand for election and unseat the leader for
     // a moment: TRYAGAIN is retried, as Redis clients retry it.
-    for d in [&door, &doors[victim]] {
+    for d in [&doors[0], &doors[1]] {
         let mut conn = Conn::open(d);
         for j in &acked {
             let key = format!("w-{j}");

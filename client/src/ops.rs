@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use crate::client::{Client, Route};
 use crate::error::ClientError;
-use crate::policy::shard_for_key;
 use crate::wire::{CacheEntry, GroupRecord, Message};
 
 /// Records leased by one fetch.
@@ -303,11 +302,8 @@ impl Drop for Borrowed<'_> {
 impl Cache {
     async fn shard(&self, key: &[u8]) -> Result<u32, ClientError> {
         let info = self.client.stream_info(&self.name).await?;
-        let n = info.shards.len() as u32;
-        if n == 0 {
-            return Err(ClientError::UnknownStream(self.name.clone()));
-        }
-        Ok(shard_for_key(key, n))
+        info.shard_of(key)
+            .ok_or_else(|| ClientError::UnknownStream(self.name.clone()))
     }
 
     async fn call(&self, key: &[u8], m: Message) -> Result<Message, ClientError> {
@@ -328,8 +324,8 @@ impl Cache {
         }
     }
 
-    /// How many shards the cache has (its keys are spread over them by
-    /// [`shard_for_key`]).
+    /// How many shards the cache has (its keys are spread over them by its
+    /// [`KeyRouting`](felix_model::KeyRouting)).
     pub async fn shards(&self) -> Result<u32, ClientError> {
         let info = self.client.stream_info(&self.name).await?;
         Ok(info.shards.len() as u32)

@@ -142,36 +142,13 @@ impl Breaker {
     }
 }
 
-/// The shard a keyed record goes to: 64-bit FNV-1a of the key bytes, modulo
-/// the shard count (`docs/format/wire.md`, "Key routing"). Brokers route a
-/// keyed request without a shard the same way.
-pub fn shard_for_key(key: &[u8], shards: u32) -> u32 {
-    assert!(shards > 0, "a stream has at least one shard");
-    (fnv1a64(key) % u64::from(shards)) as u32
-}
-
-/// FNV-1a, 64-bit: offset basis 0xcbf29ce484222325, prime 0x100000001b3.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+// FNV-1a is the model's (`felix_model::routing`); kept here for callers
+// that hash names with it.
+pub use felix_model::routing::fnv1a64;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fnv_matches_published_vectors() {
-        // From the FNV reference test suite.
-        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
-        assert_eq!(shard_for_key(b"foobar", 7), (0x85944171f73967e8u64 % 7) as u32);
-    }
 
     #[test]
     fn backoff_grows_to_its_ceiling_and_jitters_below_it() {

@@ -17,7 +17,6 @@ use tokio::time::Instant;
 
 use crate::client::{Client, Route};
 use crate::error::ClientError;
-use crate::policy::shard_for_key;
 use crate::wire::{AckLevel, Message};
 
 /// Bytes of records a producer buffers before `send` waits for room.
@@ -147,6 +146,7 @@ impl Client {
             cfg,
             producer_id,
             shards,
+            key_routing: info.key_routing,
             open: HashMap::new(),
             workers: HashMap::new(),
             next_sticky: rand::random::<u32>() % shards,
@@ -262,6 +262,7 @@ struct Accumulator {
     cfg: ProducerConfig,
     producer_id: u64,
     shards: u32,
+    key_routing: felix_model::KeyRouting,
     open: HashMap<u32, Open>,
     workers: HashMap<u32, Worker>,
     /// Keyless records stick to one shard per batch (fewer, fuller batches).
@@ -316,7 +317,7 @@ impl Accumulator {
     fn route(&mut self, r: &ProducerRecord) -> u32 {
         match (r.shard, &r.key) {
             (Some(s), _) => s,
-            (None, Some(k)) => shard_for_key(k, self.shards),
+            (None, Some(k)) => self.key_routing.shard(k, self.shards),
             (None, None) => self.next_sticky,
         }
     }

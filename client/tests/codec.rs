@@ -3,8 +3,8 @@
 
 use bytes::{Bytes, BytesMut};
 use felix_client::wire::{
-    self, kind, AckLevel, BrokerInfo, CacheEntry, Decoded, Durability, ErrorReply, GroupRecord, Message,
-    ShardInfo, ShardStats, Start, StreamConfig, StreamInfo, StreamKind, WireError, HEADER_BYTES,
+    self, kind, AckLevel, BrokerInfo, CacheEntry, Decoded, Durability, ErrorReply, GroupRecord, KeyRouting,
+    Message, ShardInfo, ShardStats, Start, StreamConfig, StreamInfo, StreamKind, WireError, HEADER_BYTES,
 };
 use proptest::prelude::*;
 
@@ -19,6 +19,7 @@ fn sample_config() -> StreamConfig {
         max_deliveries: 5,
         default_ttl_ms: None,
         replication_factor: 3,
+        key_routing: KeyRouting::Slots,
     }
 }
 
@@ -270,6 +271,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 streams: vec![StreamInfo {
                     name: "orders".into(),
                     kind: StreamKind::Stream,
+                    key_routing: KeyRouting::Slots,
                     shards: vec![
                         ShardInfo {
                             shard: 0,
@@ -432,7 +434,7 @@ fn golden_vectors_match() {
 /// Kind and durability are typed, so the codec is where a spelling or a
 /// code no layer knows is refused (the broker never sees one).
 #[test]
-fn a_stream_config_with_an_unknown_kind_durability_or_replication_factor_is_refused_as_it_is_read() {
+fn a_stream_config_with_an_unknown_kind_durability_replication_factor_or_routing_is_refused_as_it_is_read() {
     let c = StreamConfig {
         durability: Durability::None,
         ..sample_config()
@@ -452,10 +454,18 @@ fn a_stream_config_with_an_unknown_kind_durability_or_replication_factor_is_refu
     assert!(matches!(decode(bad_kind), Err(WireError::Invalid("stream kind"))));
 
     let mut bad_rf = body.to_vec();
-    *bad_rf.last_mut().unwrap() = 8;
+    let n = bad_rf.len();
+    bad_rf[n - 2] = 8;
     assert!(matches!(
         decode(bad_rf),
         Err(WireError::Invalid("replication factor"))
+    ));
+
+    let mut bad_routing = body.to_vec();
+    *bad_routing.last_mut().unwrap() = 2;
+    assert!(matches!(
+        decode(bad_routing),
+        Err(WireError::Invalid("key routing"))
     ));
 
     let mut bad_durability = body.to_vec();
@@ -634,6 +644,7 @@ fn config() -> impl Strategy<Value = StreamConfig> {
         any::<u32>(),
         any::<Option<u64>>(),
         0..=7u32,
+        (0..2u8).prop_map(|c| KeyRouting::from_code(c).unwrap()),
     )
         .prop_map(
             |(
@@ -646,6 +657,7 @@ fn config() -> impl Strategy<Value = StreamConfig> {
                 max_deliveries,
                 default_ttl_ms,
                 replication_factor,
+                key_routing,
             )| {
                 StreamConfig {
                     name,
@@ -657,6 +669,7 @@ fn config() -> impl Strategy<Value = StreamConfig> {
                     max_deliveries,
                     default_ttl_ms,
                     replication_factor,
+                    key_routing,
                 }
             },
         )
@@ -845,6 +858,7 @@ fn message() -> impl Strategy<Value = Message> {
                         .map(|(name, kind, sh)| StreamInfo {
                             name,
                             kind: StreamKind::from_code(kind % 3).unwrap(),
+                            key_routing: KeyRouting::from_code(kind % 2).unwrap(),
                             shards: sh
                                 .into_iter()
                                 .map(|(shard, leader, replicas)| ShardInfo {

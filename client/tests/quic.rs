@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use felix_client::policy::shard_for_key;
 use felix_client::transport::framed::{FrameReader, Incoming};
 use felix_client::transport::{self, TransportConfig};
+use felix_client::wire::KeyRouting;
 use felix_client::wire::{kind, ErrorReply, FrameHeader, Message, Start, FRAME_BODY_BYTES_MAX};
 use felix_client::{CasOutcome, Client, ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
 
@@ -240,7 +240,7 @@ async fn keyed_records_land_on_their_hash_shard_in_order_with_offsets() {
     let mut acks = HashMap::new();
     for (key, value, p) in pending {
         let ack = p.wait().await.unwrap();
-        assert_eq!(ack.shard, shard_for_key(key.as_bytes(), 4), "{key}");
+        assert_eq!(ack.shard, KeyRouting::FOR_NEW.shard(key.as_bytes(), 4), "{key}");
         acks.insert(value, ack);
     }
     producer.close().await.unwrap();

@@ -10,6 +10,9 @@ use crate::rbac::{Grant, Rules};
 
 /// Shards one stream or cache may have.
 pub const SHARDS_MAX: u32 = 1024;
+// Under `slots` routing each shard holds a range of Redis's hash slots, so
+// there may be no more shards than slots.
+const _: () = assert!(SHARDS_MAX <= felix_model::routing::SLOTS as u32);
 /// Brokers one registry holds. Brokers learn each other from it (there is
 /// no static peer list), each keeps one replication connection per peer it
 /// shares a group with, and placement scans the registry per shard placed:
@@ -222,6 +225,11 @@ pub struct StreamSpec {
     /// dead-lettered; 0 is the broker's default.
     #[serde(default)]
     pub max_deliveries: u32,
+    /// How keys map to shards (`fnv1a` or `slots`, `docs/format/wire.md`
+    /// "Key routing"). Absent in a create: `slots`, stored as such. Absent
+    /// in a stored record: made before routings had a name, so `fnv1a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_routing: Option<felix_model::KeyRouting>,
 }
 
 impl Default for StreamSpec {
@@ -234,6 +242,7 @@ impl Default for StreamSpec {
             retention_bytes: None,
             kind: StreamKind::Stream,
             max_deliveries: 0,
+            key_routing: None,
         }
     }
 }
@@ -325,6 +334,11 @@ pub struct CacheSpec {
     /// answer rather than "unknown field".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes_max: Option<u64>,
+    /// How keys map to shards (`fnv1a` or `slots`, `docs/format/wire.md`
+    /// "Key routing"). Absent in a create: `slots`, stored as such. Absent
+    /// in a stored record: made before routings had a name, so `fnv1a`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_routing: Option<felix_model::KeyRouting>,
 }
 
 impl Default for CacheSpec {
@@ -334,6 +348,7 @@ impl Default for CacheSpec {
             replication_factor: 0,
             default_ttl_ms: None,
             memory_bytes_max: None,
+            key_routing: None,
         }
     }
 }
@@ -528,6 +543,10 @@ pub struct BrokerRegistration {
     /// replica it replaces. 0 when the broker did not say.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub node_id: u64,
+    /// Where its Redis door listens (`host:port`), when it has one: the
+    /// other brokers' doors name it to Redis cluster clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_addr: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -543,8 +562,12 @@ impl BrokerRegistration {
         if self.id == 0 {
             return Err("broker id 0 is reserved".into());
         }
-        for (k, a) in [("client_addr", &self.client_addr), ("raft_addr", &self.raft_addr)] {
-            if a.is_empty() || !a.contains(':') {
+        let redis = self.redis_addr.iter().map(|a| ("redis_addr", a));
+        for (k, a) in [("client_addr", &self.client_addr), ("raft_addr", &self.raft_addr)]
+            .into_iter()
+            .chain(redis)
+        {
+            if a.is_empty() || !a.contains(':') || a.len() > felix_model::limits::NAME_BYTES_MAX {
                 return Err(format!("{k} {a:?} is not host:port"));
             }
         }

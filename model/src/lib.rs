@@ -6,6 +6,7 @@
 //!   1–64 of `A-Z a-z 0-9 . _ -`) and the dead-letter suffix;
 //! - [`durability`]: what an acknowledgement promises about the disk;
 //! - [`spec`]: what kind of log a stream is ([`StreamKind`]);
+//! - [`routing`]: which shard a key belongs to ([`KeyRouting`]);
 //! - [`limits`]: the bounds two layers check and must agree on.
 //!
 //! Pure data and rules: no I/O, no clock.
@@ -13,8 +14,10 @@
 pub mod durability;
 pub mod limits;
 pub mod names;
+pub mod routing;
 pub mod spec;
 
 pub use durability::Durability;
 pub use names::{NameError, StreamName};
+pub use routing::KeyRouting;
 pub use spec::{SpecError, StreamKind};

@@ -8,7 +8,8 @@
 //!   (read, then compare-and-set), with time as an argument (sans-IO).
 //! - [`keys`]: `SCAN`, `KEYS`, `DBSIZE`, `FLUSHDB` as walks over pages of
 //!   one shard at a time, and the door's table of parked cursors.
-//! - [`slot`]: Redis Cluster's hash slots (`CLUSTER KEYSLOT`).
+//! - [`cluster`]: the slot table cluster clients are given: per hash-slot
+//!   range, the door of the shard's leader (sans-IO).
 //! - [`forward`]: a key another broker leads, asked of it through Felix's
 //!   client under the connection's token.
 //! - [`server`]: the TCP/TLS listener over the broker's
@@ -17,13 +18,13 @@
 //! What is supported, the limits and the mapping to caches:
 //! `docs/redis.md`.
 
+pub mod cluster;
 pub mod codec;
 pub mod command;
 pub mod exec;
 pub mod forward;
 pub mod keys;
 pub mod server;
-pub mod slot;
 
 pub use forward::Forwarder;
 pub use server::{serve, RespServer, Settings};

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -16,12 +16,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::cluster::SlotTable;
 use crate::codec::{next_command, Protocol, Reply};
 use crate::command::{self, Cluster, Command, SPECS};
 use crate::exec::{exec, Store, Written};
 use crate::forward::Forwarder;
 use crate::keys::{self, Cursors};
-use crate::slot::{key_slot, SLOTS};
+use felix_model::routing::key_slot;
+use felix_model::KeyRouting;
 
 /// Connections one listener serves at once (Redis's `maxclients`
 /// default); past it a new one is told so and closed.
@@ -55,6 +57,21 @@ pub struct Settings {
     /// Asks a key of its shard's leader when this broker does not lead
     /// it; `None` (one broker): answer `TRYAGAIN` naming the leader.
     pub forward: Option<Arc<Forwarder>>,
+    /// The other brokers' doors, by broker id (`None`: one broker).
+    pub doors: Option<Doors>,
+    /// Answer a key another broker's door should serve with `-MOVED`
+    /// rather than forwarding it.
+    pub redirect: bool,
+}
+
+/// Where broker `id`'s door listens (`host:port`), if it has one.
+#[derive(Clone)]
+pub struct Doors(pub Arc<dyn Fn(u64) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for Doors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Doors(..)")
+    }
 }
 
 /// A running listener.
@@ -140,6 +157,7 @@ async fn accept_loop<H: Handler>(
             proto: Protocol::Resp2,
             name: None,
             cache: settings.cache.clone(),
+            routing: OnceLock::new(),
             session: None,
             token: Bytes::new(),
             port: listener.local_addr().map_or(0, |a| a.port()),
@@ -167,6 +185,8 @@ struct Conn<H: Handler> {
     proto: Protocol,
     name: Option<Bytes>,
     cache: String,
+    /// The cache's key routing, once a redirect needed it.
+    routing: OnceLock<KeyRouting>,
     /// The broker's session once authenticated (or at once when tokens
     /// are not required).
     session: Option<Arc<H::Session>>,
@@ -368,13 +388,14 @@ impl<H: Handler> Conn<H> {
                     })
                     .collect(),
             ),
-            Command::Cluster(c) => self.cluster(c),
+            Command::Cluster(c) => self.cluster(c).await,
             Command::ReadMode => Reply::ok(),
             Command::CommandDocs => Reply::Map(Vec::new()),
             Command::ConfigGet(patterns) => config_get(&patterns),
             Command::Use(name) => match std::str::from_utf8(&name) {
                 Ok(n) if !n.is_empty() && n.len() <= CACHE_NAME_BYTES_MAX => {
                     self.cache = n.to_owned();
+                    self.routing = OnceLock::new();
                     Reply::ok()
                 }
                 _ => Reply::err(format!(
@@ -389,6 +410,12 @@ impl<H: Handler> Conn<H> {
                     cache: &self.cache,
                     forward: self.settings.forward.as_deref(),
                     token: &self.token,
+                    redirect: if self.settings.redirect {
+                        self.settings.doors.as_ref()
+                    } else {
+                        None
+                    },
+                    routing: &self.routing,
                 };
                 // A cursor is the walk's of one token: another cannot go on
                 // with it (nor learn where it stands).
@@ -427,51 +454,36 @@ impl<H: Handler> Conn<H> {
         go(reply)
     }
 
-    /// The cluster as cluster clients see it: one node, this door, holding
-    /// every slot, since any broker's door answers any key (forwarding to
-    /// the key's shard leader). A client that lists every broker's door as
-    /// a start-up node moves to another when this one fails.
-    fn cluster(&self, c: Cluster) -> Reply {
-        let at = self.settings.advertise.clone().unwrap_or_default();
-        let (host, port) = match at.rsplit_once(':') {
-            Some((h, p)) => (
-                h.trim_start_matches('[').trim_end_matches(']').to_owned(),
-                p.parse().unwrap_or(0),
-            ),
-            None => (at.clone(), 0),
-        };
-        let id = node_id(&at);
-        let last = i64::from(SLOTS - 1);
+    /// The cluster as cluster clients see it (`crate::cluster`): for a
+    /// cache routed by slots, each range at its shard leader's door.
+    async fn cluster(&self, c: Cluster) -> Reply {
+        let me = self.settings.advertise.clone().unwrap_or_default();
         match c {
-            Cluster::Slots => Reply::Array(vec![Reply::Array(vec![
-                Reply::Int(0),
-                Reply::Int(last),
-                Reply::Array(vec![Reply::text(&host), Reply::Int(port), Reply::text(&id)]),
-            ])]),
-            Cluster::Shards => {
-                let node = Reply::Map(vec![
-                    (Reply::text("id"), Reply::text(&id)),
-                    (Reply::text("port"), Reply::Int(port)),
-                    (Reply::text("ip"), Reply::text(&host)),
-                    (Reply::text("endpoint"), Reply::text(&host)),
-                    (Reply::text("role"), Reply::text("master")),
-                    (Reply::text("replication-offset"), Reply::Int(0)),
-                    (Reply::text("health"), Reply::text("online")),
-                ]);
-                Reply::Array(vec![Reply::Map(vec![
-                    (Reply::text("slots"), Reply::Array(vec![Reply::Int(0), Reply::Int(last)])),
-                    (Reply::text("nodes"), Reply::Array(vec![node])),
-                ])])
-            }
-            Cluster::Info => Reply::Bulk(Bytes::from(format!(
-                "cluster_enabled:1\r\ncluster_state:ok\r\ncluster_slots_assigned:{SLOTS}\r\ncluster_slots_ok:{SLOTS}\r\ncluster_slots_pfail:0\r\ncluster_slots_fail:0\r\ncluster_known_nodes:1\r\ncluster_size:1\r\ncluster_current_epoch:1\r\ncluster_my_epoch:1\r\n"
-            ))),
-            Cluster::MyId => Reply::text(&id),
-            Cluster::Nodes => Reply::Bulk(Bytes::from(format!(
-                "{id} {host}:{port}@0 myself,master - 0 0 1 connected 0-{last}\n"
-            ))),
             Cluster::KeySlot(k) => Reply::Int(i64::from(key_slot(&k))),
+            Cluster::MyId => Reply::text(&crate::cluster::node_id(&me)),
+            Cluster::Slots => self.slot_table(&me).await.slots(),
+            Cluster::Shards => self.slot_table(&me).await.shards(),
+            Cluster::Nodes => self.slot_table(&me).await.nodes(),
+            Cluster::Info => self.slot_table(&me).await.info(),
         }
+    }
+
+    /// The connection's cache's slot table; the door alone holding every
+    /// slot when the cache or its leaders cannot be told (it forwards).
+    async fn slot_table(&self, me: &str) -> SlotTable {
+        let (Some(doors), Some(session)) = (&self.settings.doors, &self.session) else {
+            return SlotTable::single(me);
+        };
+        let Some(info) = describe(&*self.handler, session, &self.cache).await else {
+            return SlotTable::single(me);
+        };
+        let mut leaders = vec![None; info.shards.len()];
+        for s in &info.shards {
+            if let (Some(slot), Some(b)) = (leaders.get_mut(s.shard as usize), s.leader) {
+                *slot = (doors.0)(b);
+            }
+        }
+        SlotTable::of_cache(me, info.key_routing, &leaders)
     }
 
     fn hello_reply(&self) -> Reply {
@@ -520,12 +532,22 @@ async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     }
 }
 
-/// A cluster node id (40 hex digits), stable for one advertised address.
-fn node_id(advertise: &str) -> String {
-    use felix_client::policy::fnv1a64;
-    let a = fnv1a64(advertise.as_bytes());
-    let b = fnv1a64(format!("{advertise}#node").as_bytes());
-    format!("{a:016x}{b:016x}{:08x}", (a ^ b) as u32)
+/// What the broker says of `cache` (its routing, its shards' leaders), as
+/// the session may see it.
+async fn describe<H: Handler>(
+    handler: &H,
+    session: &H::Session,
+    cache: &str,
+) -> Option<felix_client::wire::StreamInfo> {
+    let m = Message::Metadata {
+        streams: vec![cache.to_owned()],
+    };
+    match handler.request(session, m).await {
+        HandlerReply::Message(Message::MetadataReply { streams, .. }) => streams
+            .into_iter()
+            .find(|s| s.name == cache && !s.shards.is_empty()),
+        _ => None,
+    }
 }
 
 fn noauth() -> Reply {
@@ -592,11 +614,22 @@ struct HandlerStore<'a, H: Handler> {
     cache: &'a str,
     forward: Option<&'a Forwarder>,
     token: &'a Bytes,
+    /// Set when keys led elsewhere are answered `MOVED` to these doors.
+    redirect: Option<&'a Doors>,
+    routing: &'a OnceLock<KeyRouting>,
 }
 
 impl<H: Handler> HandlerStore<'_, H> {
     async fn ask(&self, m: Message) -> Result<Message, Reply> {
         let local = self.handler.request(self.session, m.clone()).await;
+        if let HandlerReply::Message(Message::Error(ErrorReply::NotLeader {
+            leader: Some((broker, _)),
+        })) = &local
+        {
+            if let Some(moved) = self.moved(&m, *broker).await {
+                return Err(moved);
+            }
+        }
         if let (
             HandlerReply::Message(Message::Error(ErrorReply::NotLeader {
                 leader: Some((_, leader)),
@@ -613,6 +646,31 @@ impl<H: Handler> HandlerStore<'_, H> {
                 "ERR unexpected answer from the broker: {other:?}"
             ))),
         }
+    }
+
+    /// `-MOVED <slot> <door>` for a key `broker` leads, when redirects are
+    /// on, the cache routes by slot (else the slot would not name the
+    /// shard) and that broker has a door.
+    async fn moved(&self, m: &Message, broker: u64) -> Option<Reply> {
+        let doors = self.redirect?;
+        let key = match m {
+            Message::CacheGet { key, .. }
+            | Message::CachePut { key, .. }
+            | Message::CacheDelete { key, .. } => key,
+            _ => return None,
+        };
+        let routing = match self.routing.get() {
+            Some(r) => *r,
+            None => {
+                let info = describe(self.handler, self.session, self.cache).await?;
+                *self.routing.get_or_init(|| info.key_routing)
+            }
+        };
+        if routing != KeyRouting::Slots {
+            return None;
+        }
+        let door = (doors.0)(broker)?;
+        Some(Reply::err(format!("MOVED {} {door}", key_slot(key))))
     }
 
     fn written(m: Message) -> Result<Written, Reply> {

@@ -440,10 +440,17 @@ pub struct RedisConfig {
     #[serde(default = "RedisConfig::default_connections_max")]
     pub connections_max: usize,
     /// `host:port` cluster clients are told to reach this door at
-    /// (`CLUSTER SLOTS`), when it is not `listen` (a wildcard address, a
-    /// proxy); `listen` if unset.
+    /// (`CLUSTER SLOTS`, `MOVED`; registered with the control plane so the
+    /// other brokers' doors name it too), when it is not `listen` (a
+    /// wildcard address, a proxy); `listen` if unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// In a cluster, answer a key whose shard another broker leads with
+    /// `-MOVED <slot> <door>`, Redis Cluster's redirect, as cluster clients
+    /// (`redis-cli -c`, redis-py's `RedisCluster`) expect. Off: the door
+    /// asks the leader itself, so plain Redis clients work with any door.
+    #[serde(default)]
+    pub moved: bool,
     /// In a cluster, a key whose shard another broker leads is asked of
     /// that broker's client address through Felix's client, under the
     /// connection's token: this CA checks the other brokers'
@@ -479,6 +486,7 @@ impl RedisConfig {
             plain_tcp: false,
             connections_max: Self::default_connections_max(),
             advertise: None,
+            moved: false,
             forward_ca: None,
             forward_server_name: Self::default_forward_server_name(),
         }

@@ -37,6 +37,8 @@ pub struct Registration {
     pub id: u32,
     pub client_addr: String,
     pub raft_addr: String,
+    /// Where its Redis door listens, when it has one.
+    pub redis_addr: Option<String>,
     /// Its Raft node id, in a cluster (0 alone).
     pub node_id: u64,
 }
@@ -337,6 +339,7 @@ fn peer(b: &Broker) -> crate::peers::Peer {
             client_addr: b.registration.client_addr.clone(),
         },
         node_id: (b.registration.node_id != 0).then_some(b.registration.node_id),
+        redis_addr: b.registration.redis_addr.clone(),
     }
 }
 
@@ -382,6 +385,7 @@ pub fn stream_config(tenant: &str, namespace: &str, name: &str, s: &Stream) -> S
         max_deliveries: s.spec.max_deliveries,
         default_ttl_ms: None,
         replication_factor: s.spec.replication_factor,
+        key_routing: s.spec.key_routing.unwrap_or_default(),
     }
 }
 
@@ -397,5 +401,6 @@ pub fn cache_config(tenant: &str, namespace: &str, name: &str, c: &Cache) -> Str
         max_deliveries: 0,
         default_ttl_ms: c.spec.default_ttl_ms,
         replication_factor: c.spec.replication_factor,
+        key_routing: c.spec.key_routing.unwrap_or_default(),
     }
 }

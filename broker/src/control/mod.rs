@@ -262,7 +262,7 @@ impl ControlLink {
             (
                 format!("/v1/tenants/{}/namespaces/{}/caches", n.tenant, n.namespace),
                 json!({"name": n.name, "shards": c.shards, "replication_factor": c.replication_factor,
-                       "default_ttl_ms": c.default_ttl_ms}),
+                       "default_ttl_ms": c.default_ttl_ms, "key_routing": c.key_routing}),
             )
         } else {
             (
@@ -270,7 +270,7 @@ impl ControlLink {
                 json!({"name": n.name, "shards": c.shards, "replication_factor": c.replication_factor,
                        "durability": c.durability, "retention_ms": c.retention_ms,
                        "retention_bytes": c.retention_bytes, "max_deliveries": c.max_deliveries,
-                       "kind": c.kind}),
+                       "kind": c.kind, "key_routing": c.key_routing}),
             )
         };
         let r = self
@@ -324,7 +324,7 @@ impl ControlLink {
         let id = me.id;
         let body = json!({"id": id, "client_addr": me.client_addr, "raft_addr": me.raft_addr,
                           "zone": self.config.zone, "shards_max": self.config.shards_max,
-                          "node_id": me.node_id});
+                          "node_id": me.node_id, "redis_addr": me.redis_addr});
         match self
             .call(reqwest::Method::POST, "/v1/brokers", Some(&body), None, 0)
             .await?

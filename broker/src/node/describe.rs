@@ -82,6 +82,7 @@ impl Node {
                 StreamInfo {
                     name: name.clone(),
                     kind: m.kind,
+                    key_routing: m.key_routing,
                     shards: (0..h.count())
                         .map(|shard| {
                             let (leader, replicas) = match (h.held(shard), cluster) {

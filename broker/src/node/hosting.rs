@@ -89,6 +89,7 @@ impl Node {
             .collect();
         let h = Arc::new(StreamHandle {
             name: name.clone(),
+            key_routing: m.key_routing,
             meta: Mutex::new(m),
             shards,
             elsewhere,

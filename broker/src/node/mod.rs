@@ -46,6 +46,8 @@ pub struct Followed {
 #[derive(Debug)]
 pub struct StreamHandle {
     pub name: StreamName,
+    /// Fixed at creation, so read without the lock on every keyed request.
+    key_routing: felix_model::KeyRouting,
     meta: Mutex<StreamMeta>,
     /// By shard number: the replica held here, or `None` for a shard
     /// placed on other brokers only.
@@ -66,6 +68,11 @@ impl StreamHandle {
 
     pub fn kind(&self) -> crate::meta::StreamKind {
         self.meta.lock().expect("stream meta lock").kind
+    }
+
+    /// The shard number `key` belongs to.
+    pub fn shard_of(&self, key: &[u8]) -> u32 {
+        self.key_routing.shard(key, self.count())
     }
 
     /// How many shards the stream has (held here or not).

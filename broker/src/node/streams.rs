@@ -74,6 +74,7 @@ impl Node {
             max_deliveries: like.max_deliveries,
             default_ttl_ms: None,
             replication_factor: 0,
+            key_routing: felix_model::KeyRouting::FOR_NEW,
         };
         // With a control plane it defines the stream, as any other; the
         // brokers that ask at once find the one it made.

@@ -14,7 +14,7 @@ use super::frame::{FrameHeader, FRAME_BODY_BYTES_MAX};
 // longest credential in a handshake: the model's, shared with the index and
 // the control plane.
 pub use felix_model::limits::{NAME_BYTES_MAX, REPLICATION_FACTOR_MAX, TOKEN_BYTES_MAX};
-use felix_model::{Durability, StreamKind};
+use felix_model::{Durability, KeyRouting, StreamKind};
 /// Longest key (as in a record batch).
 pub const KEY_BYTES_MAX: usize = felix_log::batch::layout::KEY_BYTES_MAX;
 /// Largest cache value or single record value.
@@ -170,7 +170,17 @@ pub struct StreamInfo {
     pub name: String,
     /// On the wire as its code (0 stream, 1 compacted stream, 2 cache).
     pub kind: StreamKind,
+    /// How its keys map to its shards; on the wire as its code.
+    pub key_routing: KeyRouting,
     pub shards: Vec<ShardInfo>,
+}
+
+impl StreamInfo {
+    /// The shard `key` belongs to, or `None` for a stream without shards.
+    pub fn shard_of(&self, key: &[u8]) -> Option<u32> {
+        let n = self.shards.len() as u32;
+        (n > 0).then(|| self.key_routing.shard(key, n))
+    }
 }
 
 /// A stream's (or cache's) settings, as created and described: on the
@@ -197,6 +207,12 @@ pub struct StreamConfig {
     /// number the stream has (0 for one no control plane placed).
     #[serde(default)]
     pub replication_factor: u32,
+    /// How keys map to shards. A create names the new stream's
+    /// ([`KeyRouting::FOR_NEW`] unless it has a reason); a broker's
+    /// metadata entry without it is a stream made before routings had a
+    /// name, which routes by FNV-1a.
+    #[serde(default)]
+    pub key_routing: KeyRouting,
 }
 
 impl StreamConfig {
@@ -213,6 +229,7 @@ impl StreamConfig {
             max_deliveries: 0,
             default_ttl_ms: None,
             replication_factor: 0,
+            key_routing: KeyRouting::FOR_NEW,
         }
     }
 }
@@ -454,6 +471,7 @@ impl W<'_> {
             REPLICATION_FACTOR_MAX as usize,
         )?;
         self.0.put_u8(c.replication_factor as u8);
+        self.0.put_u8(c.key_routing.code());
         Ok(())
     }
     fn items(&mut self, items: &[(u32, u64)]) -> Result<(), WireError> {
@@ -545,6 +563,9 @@ impl R {
     fn stream_kind(&mut self) -> Result<StreamKind, WireError> {
         StreamKind::from_code(self.u8("stream kind")?).map_err(|_| WireError::Invalid("stream kind"))
     }
+    fn key_routing(&mut self) -> Result<KeyRouting, WireError> {
+        KeyRouting::from_code(self.u8("key routing")?).map_err(|_| WireError::Invalid("key routing"))
+    }
     fn config(&mut self) -> Result<StreamConfig, WireError> {
         Ok(StreamConfig {
             name: self.name("stream")?,
@@ -562,6 +583,7 @@ impl R {
                 rf if rf <= REPLICATION_FACTOR_MAX => rf,
                 _ => return Err(WireError::Invalid("replication factor")),
             },
+            key_routing: self.key_routing()?,
         })
     }
     fn items(&mut self) -> Result<Vec<(u32, u64)>, WireError> {
@@ -883,6 +905,7 @@ impl Message {
                 for s in streams {
                     w.name("stream", &s.name)?;
                     w.0.put_u8(s.kind.code());
+                    w.0.put_u8(s.key_routing.code());
                     w.count("shards", s.shards.len(), SHARDS_PER_REQUEST_MAX)?;
                     for sh in &s.shards {
                         w.0.put_u32_le(sh.shard);
@@ -1172,6 +1195,7 @@ impl Message {
                 for _ in 0..n {
                     let name = r.name("stream")?;
                     let kind = r.stream_kind()?;
+                    let key_routing = r.key_routing()?;
                     let m = r.count("shards", SHARDS_PER_REQUEST_MAX, 6)?;
                     let mut shards = Vec::with_capacity(m);
                     for _ in 0..m {
@@ -1186,7 +1210,12 @@ impl Message {
                             replicas,
                         });
                     }
-                    streams.push(StreamInfo { name, kind, shards });
+                    streams.push(StreamInfo {
+                        name,
+                        kind,
+                        key_routing,
+                        shards,
+                    });
                 }
                 Message::MetadataReply { brokers, streams }
             }

@@ -10,7 +10,7 @@ pub mod message;
 use bytes::BytesMut;
 
 pub use error::{ErrorReply, WireError};
-pub use felix_model::{Durability, StreamKind};
+pub use felix_model::{Durability, KeyRouting, StreamKind};
 pub use frame::{Decoded, Frame, FrameDecoder, FrameHeader, FRAME_BODY_BYTES_MAX, HEADER_BYTES};
 pub use message::{
     kind, AckLevel, BrokerInfo, CacheEntry, GroupRecord, Message, ShardInfo, ShardStats, Start, StreamConfig,

@@ -211,6 +211,7 @@ impl Handler for Mem {
                         .map(|(name, shards)| StreamInfo {
                             name: name.clone(),
                             kind: felix_client::wire::StreamKind::Stream,
+                            key_routing: felix_client::wire::KeyRouting::FOR_NEW,
                             shards: (0..shards.len() as u32)
                                 .map(|s| ShardInfo {
                                     shard: s,

@@ -398,9 +398,12 @@ pub(crate) trait Placed: Clone + Serialize + Send + Sync + 'static {
     fn validate(spec: &Self::Spec) -> Result<(), String>;
     /// Shards and replication factor.
     fn shape(spec: &Self::Spec) -> (u32, u32);
-    /// `spec` with its replication factor set (a create that asked for the
-    /// default is stored with the number it became).
-    fn with_rf(spec: &Self::Spec, rf: u32) -> Self::Spec;
+    /// How it routes keys, as asked (`None`: the default) or as stored
+    /// (`None`: made before routings had a name, so FNV-1a).
+    fn routing(spec: &Self::Spec) -> Option<felix_model::KeyRouting>;
+    /// `spec` with its replication factor and key routing set (a create
+    /// that asked for the defaults is stored with what they became).
+    fn settled(spec: &Self::Spec, rf: u32, routing: Option<felix_model::KeyRouting>) -> Self::Spec;
     fn placed(spec: Self::Spec, placement: Vec<ShardPlacement>) -> Self;
     fn spec(&self) -> &Self::Spec;
     fn of(n: &Namespace) -> &BTreeMap<String, Self>;
@@ -433,9 +436,13 @@ macro_rules! placed {
             fn shape(spec: &$spec) -> (u32, u32) {
                 (spec.shards, spec.replication_factor)
             }
-            fn with_rf(spec: &$spec, rf: u32) -> $spec {
+            fn routing(spec: &$spec) -> Option<felix_model::KeyRouting> {
+                spec.key_routing
+            }
+            fn settled(spec: &$spec, rf: u32, key_routing: Option<felix_model::KeyRouting>) -> $spec {
                 $spec {
                     replication_factor: rf,
+                    key_routing,
                     ..spec.clone()
                 }
             }
@@ -757,6 +764,7 @@ mod tests {
                 zone: Some(zone.into()),
                 shards_max: 100,
                 node_id: u64::from(id) * 1000 + 1,
+                redis_addr: None,
             },
         }
     }
@@ -971,6 +979,52 @@ mod tests {
             1,
             "no broker: a create of 1 is refused as too few"
         );
+    }
+
+    #[test]
+    fn a_create_without_a_key_routing_routes_by_slot_and_an_old_record_keeps_fnv() {
+        use felix_model::KeyRouting;
+        let routed =
+            |m: &Metadata, name: &str| m.namespace("t", "ns").unwrap().streams[name].spec.key_routing;
+        let with = |routing: Option<KeyRouting>| Command::CreateStream {
+            tenant: "t".into(),
+            namespace: "ns".into(),
+            stream: "old".into(),
+            spec: StreamSpec {
+                shards: 2,
+                replication_factor: 3,
+                key_routing: routing,
+                ..StreamSpec::default()
+            },
+        };
+        let mut m = cluster();
+        create(&mut m, "new", 2, 3).unwrap();
+        assert_eq!(
+            routed(&m, "new"),
+            Some(KeyRouting::Slots),
+            "stored as what the default became"
+        );
+        assert!(
+            !create(&mut m, "new", 2, 3).unwrap().changed,
+            "asking again is the same create"
+        );
+        // A record stored before routings had a name: no field, so FNV-1a.
+        m.apply(&env(0, with(Some(KeyRouting::Slots)))).unwrap();
+        let json = serde_json::to_string(&m.namespace("t", "ns").unwrap().streams["old"].spec).unwrap();
+        let old: StreamSpec = serde_json::from_str(&json.replace(r#","key_routing":"slots""#, "")).unwrap();
+        assert_eq!(old.key_routing, None);
+        m.namespace_mut("t", "ns")
+            .unwrap()
+            .streams
+            .get_mut("old")
+            .unwrap()
+            .spec = old;
+        // Asked again without a routing it is the same stream; asked with
+        // another, a conflict (a routing never changes: keys would move).
+        assert!(!m.apply(&env(0, with(None))).unwrap().changed);
+        let e = m.apply(&env(0, with(Some(KeyRouting::Slots)))).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        assert!(!m.apply(&env(0, with(Some(KeyRouting::Fnv1a)))).unwrap().changed);
     }
 
     #[test]

@@ -134,7 +134,11 @@ impl Metadata {
             } else {
                 asked_rf
             };
-            if *x.spec() == P::with_rf(spec, rf) {
+            // A stored record without a routing routes by FNV-1a.
+            let stored = P::routing(x.spec()).unwrap_or_default();
+            let asked = P::routing(spec).unwrap_or(stored);
+            let (_, stored_rf) = P::shape(x.spec());
+            if P::settled(x.spec(), stored_rf, Some(stored)) == P::settled(spec, rf, Some(asked)) {
                 return Ok(vec![]);
             }
             return Err(ApplyError::conflict(format!(
@@ -150,7 +154,8 @@ impl Metadata {
             asked_rf
         };
         let placement = self.place(shards, rf, moves)?;
-        let value = P::placed(P::with_rf(spec, rf), placement);
+        let routing = P::routing(spec).unwrap_or(felix_model::KeyRouting::FOR_NEW);
+        let value = P::placed(P::settled(spec, rf, Some(routing)), placement);
         P::of_mut(self.namespace_mut(tenant, namespace)?).insert(name.to_owned(), value.clone());
         Ok(vec![P::change(tenant, namespace, name, Some(value))])
     }
