@@ -281,7 +281,7 @@ fn dead_letter_producer(source: &str, group: &str) -> u64 {
     key.extend_from_slice(source.as_bytes());
     key.push(0);
     key.extend_from_slice(group.as_bytes());
-    felix_client::policy::fnv1a64(&key).max(1)
+    felix_model::routing::fnv1a64(&key).max(1)
 }
 
 /// Groups items by shard number, checking each exists.

@@ -241,8 +241,8 @@ pub enum CasOutcome {
     Conflict(Option<CacheEntry>),
 }
 
-/// A cache: keys routed to `fnv1a64(key) mod shards`, each shard's leader
-/// answering for its keys.
+/// A cache: keys routed to shards by the cache's `KeyRouting`, each
+/// shard's leader answering for its keys.
 #[derive(Debug, Clone)]
 pub struct Cache {
     client: Client,

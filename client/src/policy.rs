@@ -142,10 +142,6 @@ impl Breaker {
     }
 }
 
-// FNV-1a is the model's (`felix_model::routing`); kept here for callers
-// that hash names with it.
-pub use felix_model::routing::fnv1a64;
-
 #[cfg(test)]
 mod tests {
     use super::*;

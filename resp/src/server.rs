@@ -419,7 +419,7 @@ impl<H: Handler> Conn<H> {
                 };
                 // A cursor is the walk's of one token: another cannot go on
                 // with it (nor learn where it stands).
-                let owner = felix_client::policy::fnv1a64(&self.token);
+                let owner = felix_model::routing::fnv1a64(&self.token);
                 match data {
                     Command::Scan {
                         cursor,
