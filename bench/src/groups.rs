@@ -124,9 +124,14 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
     for id in 1..=3u64 {
         let router = Router::default();
         let broker = felix_replication::broker_of(id);
-        let certs = ca.issue_broker(broker, &dir.path().join(format!("b{id}")))?;
+        let certs = ca.issue_broker(
+            broker,
+            felix_client::transport::identity::REGION_DEFAULT,
+            &dir.path().join(format!("b{id}")),
+        )?;
         let transport = Transport::start(
             id,
+            "local",
             "127.0.0.1:0".parse()?,
             &certs.server_tls()?,
             &certs.client_tls()?,

@@ -69,6 +69,7 @@ impl Cluster {
     pub fn open(
         identity: &Identity,
         c: &ClusterConfig,
+        region: &str,
         client_addr: String,
         saved: BTreeMap<u64, crate::peers::Peer>,
     ) -> Result<Cluster, BrokerError> {
@@ -77,6 +78,7 @@ impl Cluster {
         let router = Router::default();
         let transport = Transport::start(
             me,
+            region,
             c.raft_listen,
             &certs.server_tls()?,
             &certs.client_tls()?,

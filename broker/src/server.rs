@@ -169,7 +169,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         None => None,
     };
     if let Some(c) = &config.cluster {
-        node.start_cluster(c, advertise.clone()).await?;
+        node.start_cluster(c, &config.region, advertise.clone()).await?;
     }
     if let Some(cp) = &config.controlplane {
         let link = Arc::new(ControlLink::new(cp.clone())?);
@@ -192,6 +192,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                 raft_addr,
                 redis_addr: redis_listener.as_ref().map(|(_, at)| at.clone()),
                 node_id: node.cluster().map_or(0, |c| c.me),
+                region: config.region.clone(),
             },
         );
     }

@@ -41,12 +41,13 @@ async fn replicated_shard(root: &std::path::Path) -> (Arc<HostedShard>, Router) 
         Arc::new(HostedShard::open_replicated(&dir, ShardId(3), ShardKind::Stream, cfg, index).unwrap());
     let certs = dev_certificates(root, &[])
         .unwrap()
-        .issue_broker(1, &root.join("b1"))
+        .issue_broker(1, felix_model::names::REGION_DEFAULT, &root.join("b1"))
         .unwrap();
     let router = Router::default();
     let id = node_id(1, 1);
     let transport = Transport::start(
         id,
+        "local",
         "127.0.0.1:0".parse().unwrap(),
         &certs.server_tls().unwrap(),
         &certs.client_tls().unwrap(),

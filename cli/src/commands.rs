@@ -138,6 +138,11 @@ pub struct PublishArgs {
     /// Print one summary at the end instead of a line per record.
     #[arg(long)]
     pub quiet: bool,
+    /// Seal every value under this key file's newest key before it leaves
+    /// (end-to-end encryption; `felix value-key new FILE` makes one). The
+    /// brokers never see the value.
+    #[arg(long)]
+    pub value_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +163,11 @@ pub struct SubscribeArgs {
     /// progress bar on a terminal).
     #[arg(long)]
     pub to: Option<PathBuf>,
+    /// Open every value with this key file's keys (values sealed by
+    /// `felix publish --value-keys`); a value that does not open stops the
+    /// command, saying why (wrong key, another stream, altered bytes).
+    #[arg(long)]
+    pub value_keys: Option<PathBuf>,
 }
 
 /// `500ms`, `30s`, `5m`, `7d`, or a number of milliseconds.
@@ -518,8 +528,20 @@ fn written(c: &Common, key: &str, out: felix_client::CasOutcome) -> anyhow::Resu
 
 pub async fn publish(c: &Common, a: PublishArgs) -> anyhow::Result<()> {
     let client = connect(c).await?;
+    let seal = a
+        .value_keys
+        .as_deref()
+        .map(felix_client::ValueKeys::load)
+        .transpose()?
+        .map(std::sync::Arc::new);
     let producer = client
-        .producer(&a.stream, felix_client::ProducerConfig::default())
+        .producer(
+            &a.stream,
+            felix_client::ProducerConfig {
+                seal,
+                ..felix_client::ProducerConfig::default()
+            },
+        )
         .await?;
     let (input, size): (Box<dyn BufRead>, Option<u64>) = match &a.file {
         Some(f) => {
@@ -620,10 +642,17 @@ pub async fn subscribe(c: &Common, a: SubscribeArgs) -> anyhow::Result<()> {
         // A named subscription resumes where it left off unless told otherwise.
         start = Start::Committed;
     }
+    let open = a
+        .value_keys
+        .as_deref()
+        .map(felix_client::ValueKeys::load)
+        .transpose()?
+        .map(std::sync::Arc::new);
     let opts = SubscribeOptions {
         shards: a.shard.into_iter().collect(),
         start,
         durable: a.name.clone(),
+        open,
         ..SubscribeOptions::default()
     };
     let mut sub = client.subscribe(&a.stream, opts).await?;

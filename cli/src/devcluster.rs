@@ -101,7 +101,11 @@ impl LocalBrokers {
             let text = match replicated {
                 true => {
                     let cert = certs
-                        .issue_broker(m.id, &cert_dir(&data_dir, m.id))
+                        .issue_broker(
+                            m.id,
+                            felix_client::transport::identity::REGION_DEFAULT,
+                            &cert_dir(&data_dir, m.id),
+                        )
                         .with_context(|| format!("issuing broker {}'s certificate", m.id))?;
                     local_cluster_toml(m, None, &cert, extra)
                 }
@@ -142,7 +146,13 @@ impl LocalBrokers {
         std::fs::create_dir_all(&m.data_dir)?;
         let path = m.data_dir.join("broker.toml");
         let cert = dev_certificates(&root.join("cluster"), &[])
-            .and_then(|ca| ca.issue_broker(id, &cert_dir(&root, id)))
+            .and_then(|ca| {
+                ca.issue_broker(
+                    id,
+                    felix_client::transport::identity::REGION_DEFAULT,
+                    &cert_dir(&root, id),
+                )
+            })
             .with_context(|| format!("issuing broker {id}'s certificate"))?;
         let text = local_cluster_toml(&m, None, &cert, extra);
         write_private(&path, text.as_bytes()).with_context(|| format!("writing {}", path.display()))?;

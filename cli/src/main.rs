@@ -92,9 +92,21 @@ enum Command {
     /// it.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// End-to-end value encryption keys (`docs/format/sealed.md`).
+    #[command(subcommand, name = "value-key")]
+    ValueKey(ValueKeyCommand),
     /// Print a shell completion script (e.g. `felix completions bash >
     /// /etc/bash_completion.d/felix`).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum ValueKeyCommand {
+    /// Adds a fresh key to FILE (made with mode 0600 if missing): it seals
+    /// from now on; the older keys in FILE still open what they sealed.
+    /// Give FILE to producers (`felix publish --value-keys`) and readers
+    /// (`felix subscribe --value-keys`), never to a broker.
+    New { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -102,13 +114,16 @@ enum CertsCommand {
     /// Issue broker BROKER its replication certificate (`broker.pem`,
     /// `broker.key`) under --out, signed by the development CA under
     /// --ca-dir (made there if missing). Hand the broker the two files and
-    /// `<ca-dir>/tls/ca.pem`, never `ca.key`.
+    /// `<ca-dir>/tls/ca.pem`, never `ca.key`. The certificate names the
+    /// broker's region (--region, the broker's `region`).
     Broker {
         broker: u64,
         #[arg(long)]
         ca_dir: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long, default_value = felix_client::transport::identity::REGION_DEFAULT)]
+        region: String,
     },
     /// Issue a control-plane node its serving certificate
     /// (`controlplane.pem`, `controlplane.key`) under --out for
@@ -323,9 +338,35 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Command::Subscribe(a) => rt()?.block_on(commands::subscribe(&common, a)).map_err(with_hint),
         Command::Group(c) => rt()?.block_on(commands::group(&common, c)).map_err(with_hint),
         Command::Log(c) => logtool::run(c),
-        Command::Certs(CertsCommand::Broker { broker, ca_dir, out }) => {
+        Command::Certs(CertsCommand::Broker {
+            broker,
+            ca_dir,
+            out,
+            region,
+        }) => {
+            if let Some(why) = felix_client::transport::identity::region_problem(&region) {
+                anyhow::bail!("--region {region:?}: {why}");
+            }
             let ca = felix_client::transport::dev_certificates(&ca_dir, &[])?;
-            print_issued("cluster", &ca.issue_broker(broker, &out)?);
+            print_issued("cluster", &ca.issue_broker(broker, &region, &out)?);
+            Ok(())
+        }
+        Command::ValueKey(ValueKeyCommand::New { file }) => {
+            let existing = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(anyhow::anyhow!("{}: {e}", file.display())),
+            };
+            let text = felix_client::ValueKeys::rotate(&existing)?;
+            // Beside it, then renamed over it: a crash mid-write must not
+            // lose the keys that open what was sealed before.
+            let tmp = file.with_extension("tmp");
+            felix_broker::config::write_private(&tmp, text.as_bytes())
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &file))
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let keys = felix_client::ValueKeys::parse(&text)?;
+            println!("{}: key {} seals from now on", file.display(), keys.sealing_id());
             Ok(())
         }
         Command::Certs(CertsCommand::Controlplane { ca_dir, out, names }) => {

@@ -96,6 +96,16 @@ impl Operator {
     pub async fn moves(&self) -> anyhow::Result<Value> {
         self.call(reqwest::Method::GET, "/v1/rebalance", None).await
     }
+
+    /// The control plane's own view: its region, leader and members.
+    pub async fn cluster(&self) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, "/v1/cluster", None).await
+    }
+
+    /// The registered brokers (with each one's region and zone).
+    pub async fn brokers(&self) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::GET, "/v1/brokers", None).await
+    }
 }
 
 /// `felix shard transfer`: makes `broker` shard `shard`'s preferred (and

@@ -165,16 +165,31 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
     let leaderless = shards.iter().filter(|s| s.leader.is_none()).count();
     let under = shards.iter().filter(|s| s.under_replicated).count();
     // Moves in progress, when the profile reaches the control plane.
-    let moves = match crate::operator::Operator::from_profile(c) {
-        Ok(op) => op.moves().await.ok(),
-        Err(_) => None,
+    let (moves, region, registered) = match crate::operator::Operator::from_profile(c) {
+        Ok(op) => (
+            op.moves().await.ok(),
+            op.cluster().await.ok().map(|v| v["region"].clone()),
+            op.brokers().await.ok(),
+        ),
+        Err(_) => (None, None, None),
+    };
+    // Each broker's region as it registered (what the control plane
+    // admitted), when the profile reaches the control plane.
+    let region_of = |id: u64| -> Option<String> {
+        registered.as_ref()?["items"]
+            .as_array()?
+            .iter()
+            .find(|b| b["registration"]["id"].as_u64() == Some(id))
+            .and_then(|b| b["registration"]["region"].as_str())
+            .map(String::from)
     };
     if c.output == Output::Json {
         println!(
             "{}",
             json!({
+                "region": region,
                 "brokers": brokers.iter().map(|b| json!({
-                    "id": b.id, "address": b.address,
+                    "id": b.id, "address": b.address, "region": region_of(b.id),
                     "up": v.get(&b.id).is_some_and(|r| r.is_ok()),
                     "error": v.get(&b.id).and_then(|r| r.as_ref().err()),
                     "leads": shards.iter().filter(|s| s.leader == Some(b.id)).count(),
@@ -191,8 +206,14 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
             })
         );
     } else {
+        if let Some(r) = region.as_ref().and_then(|r| r.as_str()) {
+            println!("region {r}");
+        }
         println!("brokers");
-        println!("  {:>4}  {:<22}  {:<6}  leads", "id", "address", "status");
+        println!(
+            "  {:>4}  {:<22}  {:<8}  {:<6}  leads",
+            "id", "address", "region", "status"
+        );
         for b in &brokers {
             let status = match v.get(&b.id) {
                 Some(Ok(_)) => "up".to_string(),
@@ -200,7 +221,11 @@ pub async fn cluster_status(c: &Common, lag_max: u64) -> anyhow::Result<()> {
                 None => "unknown".into(),
             };
             let leads = shards.iter().filter(|s| s.leader == Some(b.id)).count();
-            println!("  {:>4}  {:<22}  {:<6}  {leads}", b.id, b.address, status);
+            let region = region_of(b.id).unwrap_or_else(|| "?".into());
+            println!(
+                "  {:>4}  {:<22}  {:<8}  {:<6}  {leads}",
+                b.id, b.address, region, status
+            );
         }
         println!("shards");
         println!(

@@ -384,3 +384,178 @@ fn the_cli_publishes_a_file_replays_to_a_file_and_explains_its_errors() {
     assert!(!ok);
     assert!(err.contains("felix dev") && err.contains("--profile"), "{err}");
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// Issue 29's end-to-end encryption: values sealed by the producer (the
+/// library and `felix publish --value-keys`) never reach the broker's
+/// files in the clear; a reader with the key file opens them, one without
+/// sees sealed bytes only, one with another key file is told so.
+#[test]
+fn sealed_values_reach_no_broker_file_in_the_clear_and_open_only_with_their_key() {
+    use bytes::Bytes;
+    use felix_client::wire::Start;
+    use felix_client::{ProducerConfig, ProducerRecord, SubscribeOptions, ValueKeys};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let b = Broker::start(&data);
+    let profile = b.dir.join("client.toml").display().to_string();
+    let keys_path = dir.path().join("orders.keys");
+    let other_path = dir.path().join("other.keys");
+    for p in [&keys_path, &other_path] {
+        let (ok, out, err) = felix(&["value-key", "new", &p.display().to_string()], &[]);
+        assert!(ok && out.contains("key 1 seals"), "{out} {err}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&keys_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Rotated: key 2 seals what follows, key 1 still opens.
+    let (ok, out, err) = felix(&["value-key", "new", &keys_path.display().to_string()], &[]);
+    assert!(ok && out.contains("key 2 seals"), "{out} {err}");
+    let keys = Arc::new(ValueKeys::load(&keys_path).unwrap());
+    let other = Arc::new(ValueKeys::load(&other_path).unwrap());
+    const MARK: &str = "plaintext-mark-5c1e";
+
+    let rt = rt();
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, stream_config("sealed", 2)).await;
+        let p = c
+            .producer(
+                "sealed",
+                ProducerConfig {
+                    seal: Some(keys.clone()),
+                    ..ProducerConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+        for i in 0..40 {
+            let r = ProducerRecord::keyed(format!("k{i}"), Bytes::from(format!("{MARK}-{i}")));
+            p.send_wait(r).await.unwrap();
+        }
+        let read = |open: Option<Arc<ValueKeys>>| {
+            let c = c.clone();
+            async move {
+                let opts = SubscribeOptions {
+                    start: Start::Earliest,
+                    open,
+                    ..SubscribeOptions::default()
+                };
+                let mut sub = c.subscribe("sealed", opts).await.unwrap();
+                let mut got = Vec::new();
+                while got.len() < 40 {
+                    let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                        .await
+                        .expect("records within 20 s")
+                        .expect("subscription open");
+                    got.push(d.map(|d| d.record.value.unwrap()));
+                }
+                got
+            }
+        };
+        let mut opened: Vec<String> = read(Some(keys.clone()))
+            .await
+            .into_iter()
+            .map(|v| String::from_utf8(v.unwrap().to_vec()).unwrap())
+            .collect();
+        opened.sort();
+        let mut want: Vec<String> = (0..40).map(|i| format!("{MARK}-{i}")).collect();
+        want.sort();
+        assert_eq!(opened, want);
+        for v in read(None).await {
+            let v = v.unwrap();
+            assert_eq!(v[0], felix_client::sealed::SEALED_MARKER);
+            assert!(!v.windows(MARK.len()).any(|w| w == MARK.as_bytes()));
+        }
+        for v in read(Some(other.clone())).await {
+            let e = v.expect_err("another file's key opened a value");
+            assert!(matches!(e, ClientError::Sealed(_)), "{e}");
+        }
+    });
+
+    // The CLI seals and opens the same way.
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, format!("{MARK}-cli\n")).unwrap();
+    let keys_arg = keys_path.display().to_string();
+    let (ok, _, err) = felix(
+        &[
+            "publish",
+            "sealed",
+            "--key",
+            "cli",
+            "--file",
+            &input.display().to_string(),
+            "--quiet",
+            "--value-keys",
+            &keys_arg,
+            "--profile",
+            &profile,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = felix(
+        &[
+            "subscribe",
+            "sealed",
+            "--from",
+            "earliest",
+            "--count",
+            "41",
+            "--value-keys",
+            &keys_arg,
+            "--profile",
+            &profile,
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("{MARK}-cli")) && out.contains(&format!("{MARK}-39")),
+        "{out}"
+    );
+    let (ok, _, err) = felix(
+        &[
+            "subscribe",
+            "sealed",
+            "--from",
+            "earliest",
+            "--count",
+            "41",
+            "--value-keys",
+            &other_path.display().to_string(),
+            "--profile",
+            &profile,
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("sealed value: "), "{err}");
+
+    // Nothing the broker wrote holds a value in the clear: not the
+    // segments, not the index, not a log.
+    drop(b);
+    assert_eq!(
+        files_holding(&data, MARK.as_bytes()),
+        Vec::<std::path::PathBuf>::new()
+    );
+}

@@ -1115,3 +1115,121 @@ async fn dead_letters_reach_a_dead_letter_stream_placed_on_other_brokers() {
     // Acked in the source once written: nothing comes back.
     assert!(g.fetch(2, 1_000).await.unwrap().records.is_empty());
 }
+
+/// Sovereignty: a control plane of region eu admits the brokers of eu and
+/// refuses one of us (which says why in its log), so nothing is ever
+/// placed outside eu; `felix cluster status` names the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_admits_only_brokers_of_its_region() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let _cp = Proc::start_with(dir.path(), 1, &[port], "region = \"eu\"");
+    let ports = [port];
+    until(20, "a control-plane leader", || leader(&http, &ports)).await;
+    let follow = |region: &str| {
+        format!(
+            "region = \"{region}\"\n[controlplane]\nurls = [\"http://127.0.0.1:{port}\"]\nsecret = \"{SECRET}\"\nheartbeat_interval_ms = 500\nrequire_tokens = false\n"
+        )
+    };
+    let eu = tokio::task::block_in_place(|| {
+        common::cluster::LocalCluster::start(&dir.path().join("eu"), 3, &follow("eu"))
+    });
+    // Broker 4 of region us, given the eu control plane's address and
+    // broker secret all the same.
+    let mut us = common::cluster::LocalCluster::configure(&dir.path().join("us"), 4, &follow("us"), |_| None);
+    let logs = dir.path().join("us-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    us.stderr_dir = Some(logs.clone());
+    tokio::task::block_in_place(|| us.try_restart(3)).unwrap();
+    until(30, "the us broker told it is refused", || async {
+        let log = std::fs::read_to_string(logs.join("b4.log")).unwrap_or_default();
+        log.contains("region \"us\"").then_some(())
+    })
+    .await;
+    let registered = until(30, "the three eu brokers active", || async {
+        let (_, v) = call(&http, port, Method::GET, "/v1/brokers", None).await.ok()?;
+        let items = v["items"].as_array()?.clone();
+        (items.iter().filter(|b| b["status"] == "active").count() == 3).then_some(items)
+    })
+    .await;
+    let ids: Vec<(u64, &str)> = registered
+        .iter()
+        .map(|b| {
+            let r = &b["registration"];
+            (r["id"].as_u64().unwrap(), r["region"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(ids, vec![(1, "eu"), (2, "eu"), (3, "eu")]);
+
+    // Every replica of a stream made now is in eu.
+    for (path, body) in [
+        ("/v1/tenants", json!({"name": "acme"})),
+        ("/v1/tenants/acme/namespaces", json!({"name": "prod"})),
+        (
+            "/v1/tenants/acme/namespaces/prod/streams",
+            json!({"name": "orders", "shards": 4, "replication_factor": 3}),
+        ),
+    ] {
+        let (s, v) = call(&http, port, Method::POST, path, Some(body)).await.unwrap();
+        assert_eq!(s, 200, "{path}: {v}");
+    }
+    let (_, v) = call(
+        &http,
+        port,
+        Method::GET,
+        "/v1/tenants/acme/namespaces/prod/streams/orders",
+        None,
+    )
+    .await
+    .unwrap();
+    let placed: Vec<u64> = v["placement"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no placement in {v}"))
+        .iter()
+        .flat_map(|p| {
+            p["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(placed.len(), 12, "{v}");
+    assert!(placed.iter().all(|b| (1..=3).contains(b)), "{v}");
+
+    let secret = dir.path().join("operator-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    // The broker's profile, told where the control plane is (an operator's
+    // profile names it; a broker writes only its own address).
+    let profile = dir.path().join("operator.toml");
+    let text = std::fs::read_to_string(eu.members[0].at.data_dir.join("client.toml")).unwrap();
+    std::fs::write(
+        &profile,
+        format!("controlplane = \"http://127.0.0.1:{port}\"\n{text}"),
+    )
+    .unwrap();
+    let status = until(30, "cluster status naming the region", || async {
+        let out = Command::new(env!("CARGO_BIN_EXE_felix"))
+            .args(["cluster", "status", "--output", "json", "--profile"])
+            .arg(&profile)
+            .env("FELIX_CONTROLPLANE_SECRET_FILE", &secret)
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["region"] != "eu" {
+            eprintln!("status: {v} {}", String::from_utf8_lossy(&out.stderr));
+        }
+        (v["region"] == "eu").then_some(v)
+    })
+    .await;
+    let regions: Vec<&Value> = status["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["region"])
+        .collect();
+    assert_eq!(regions, vec!["eu", "eu", "eu"], "{status}");
+    drop(us);
+}

@@ -38,6 +38,9 @@ pub enum ClientError {
     /// The producer or subscription was closed.
     #[error("closed")]
     Closed,
+    /// A value could not be sealed or opened (end-to-end encryption).
+    #[error("sealed value: {0}")]
+    Sealed(#[from] crate::sealed::SealError),
 }
 
 impl ClientError {

@@ -36,6 +36,10 @@ pub struct ProducerConfig {
     /// Records buffered (bytes) before `send` waits; capped at
     /// [`PRODUCER_BUFFER_BYTES_MAX`].
     pub buffer_bytes_max: usize,
+    /// End-to-end encryption: every value is sealed under the last of
+    /// these keys before it leaves this process (`crate::sealed`); the
+    /// brokers store and replicate only the sealed bytes.
+    pub seal: Option<std::sync::Arc<crate::sealed::ValueKeys>>,
 }
 
 impl Default for ProducerConfig {
@@ -46,6 +50,7 @@ impl Default for ProducerConfig {
             ack: AckLevel::Quorum,
             compression: Compression::None,
             buffer_bytes_max: 64 << 20,
+            seal: None,
         }
     }
 }
@@ -113,6 +118,8 @@ pub struct Producer {
     buffer_bytes_max: usize,
     shards: u32,
     task: JoinHandle<()>,
+    stream: Arc<str>,
+    seal: Option<Arc<crate::sealed::ValueKeys>>,
 }
 
 impl Client {
@@ -140,6 +147,7 @@ impl Client {
         // Producer ids are random 63-bit numbers: collisions need ~3·10^9
         // producers on one shard. 0 means "not idempotent" to the broker.
         let producer_id = rand::random::<u64>() >> 1 | 1;
+        let seal = cfg.seal.clone();
         let accumulator = Accumulator {
             client: self.clone(),
             stream: Arc::from(stream),
@@ -158,6 +166,8 @@ impl Client {
             buffer_bytes_max,
             shards,
             task,
+            stream: Arc::from(stream),
+            seal,
         })
     }
 }
@@ -170,7 +180,10 @@ impl Producer {
 
     /// Buffers a record, waiting while the buffer is full; the returned
     /// [`PendingAck`] resolves once the broker acknowledges it.
-    pub async fn send(&self, record: ProducerRecord) -> Result<PendingAck, ClientError> {
+    pub async fn send(&self, mut record: ProducerRecord) -> Result<PendingAck, ClientError> {
+        if let Some(keys) = &self.seal {
+            record.value = keys.seal(&self.stream, record.key.as_deref(), &record.value)?;
+        }
         if let Some(s) = record.shard {
             if s >= self.shards {
                 return Err(ClientError::Invalid(format!(

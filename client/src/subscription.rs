@@ -27,6 +27,10 @@ pub struct SubscribeOptions {
     pub credit_bytes: u32,
     /// Records decoded ahead of `next`, in all.
     pub buffer_records: usize,
+    /// End-to-end encryption: every value is opened with these keys
+    /// (`crate::sealed`); a value that does not open is given as
+    /// [`ClientError::Sealed`] in its place, and the subscription goes on.
+    pub open: Option<std::sync::Arc<crate::sealed::ValueKeys>>,
 }
 
 impl SubscribeOptions {
@@ -45,6 +49,7 @@ impl Default for SubscribeOptions {
             shards: Vec::new(),
             start: Start::Latest,
             durable: None,
+            open: None,
             credit_bytes: 4 << 20,
             buffer_records: 4096,
         }
@@ -66,6 +71,7 @@ pub struct Subscription {
     client: Client,
     stream: String,
     durable: Option<String>,
+    open: Option<Arc<crate::sealed::ValueKeys>>,
 }
 
 impl Client {
@@ -110,15 +116,30 @@ impl Client {
             client: self.clone(),
             stream: stream.to_owned(),
             durable: opts.durable.clone(),
+            open: opts.open.clone(),
         })
     }
 }
 
 impl Subscription {
     /// The next record; `None` once every shard's subscription has ended.
-    /// An error ends that shard's subscription (others carry on).
+    /// An error ends that shard's subscription (others carry on), except
+    /// [`ClientError::Sealed`]: a value that did not open, in place of its
+    /// record, after which the shard goes on.
     pub async fn next(&mut self) -> Option<Result<Delivery, ClientError>> {
-        self.rx.recv().await
+        let next = self.rx.recv().await;
+        match (&self.open, next) {
+            (Some(keys), Some(Ok(mut d))) => {
+                if let Some(v) = &d.record.value {
+                    match keys.open(&self.stream, d.record.key.as_deref(), v) {
+                        Ok(plain) => d.record.value = Some(plain),
+                        Err(e) => return Some(Err(e.into())),
+                    }
+                }
+                Some(Ok(d))
+            }
+            (_, next) => next,
+        }
     }
 
     /// Commits the named subscription's cursor: the next offset to read.

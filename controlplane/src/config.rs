@@ -17,6 +17,12 @@ pub struct NodeConfig {
     /// The address peers and brokers use; `listen` when absent.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// The region this control plane's cluster is in: brokers that
+    /// declare another are refused at registration, so no replica is ever
+    /// placed outside it. Every node of one control plane names the same
+    /// region. 1 to 32 of a-z 0-9 -.
+    #[serde(default = "default_region")]
+    pub region: String,
     /// Where the node's Raft log, metadata and snapshots live.
     pub data_dir: PathBuf,
     /// Every node of the first membership (this one included). Empty: a
@@ -122,6 +128,9 @@ pub struct PeerAddr {
     pub addr: String,
 }
 
+fn default_region() -> String {
+    felix_model::names::REGION_DEFAULT.to_owned()
+}
 fn default_heartbeat() -> u64 {
     5_000
 }
@@ -160,6 +169,7 @@ impl NodeConfig {
             id: 1,
             listen,
             advertise: None,
+            region: default_region(),
             data_dir,
             peers: Vec::new(),
             cluster_secret,
@@ -192,6 +202,9 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(why) = felix_model::names::region_problem(&self.region) {
+            return Err(format!("region = {:?}: {why}", self.region));
+        }
         if self.tls.is_none() && !self.plain_http {
             let open = [Some(self.listen), self.bootstrap_listen]
                 .into_iter()

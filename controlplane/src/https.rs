@@ -63,8 +63,23 @@ pub fn server_config(tls: &ApiTls) -> Result<Arc<rustls::ServerConfig>, HttpsErr
 /// A client for the other nodes: with `ca`, that CA and no other is
 /// trusted (a certificate from a public CA naming the peer's host is not
 /// enough).
-pub fn peer_client(ca: Option<&Path>, connect_timeout: Duration) -> Result<reqwest::Client, HttpsError> {
+///
+/// Every request names `region`, this node's, in
+/// [`crate::raft::network::REGION_HEADER`]: a peer of another region
+/// refuses it, so two control planes of different regions never merge.
+pub fn peer_client(
+    ca: Option<&Path>,
+    connect_timeout: Duration,
+    region: &str,
+) -> Result<reqwest::Client, HttpsError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        crate::raft::network::REGION_HEADER,
+        reqwest::header::HeaderValue::from_str(region)
+            .map_err(|e| HttpsError(format!("region {region:?}: {e}")))?,
+    );
     let mut b = reqwest::Client::builder()
+        .default_headers(headers)
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(30))
         // A peer never redirects; following one could carry the secret

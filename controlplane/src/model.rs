@@ -547,6 +547,14 @@ pub struct BrokerRegistration {
     /// other brokers' doors name it to Redis cluster clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_addr: Option<String>,
+    /// The region it is in; a broker that does not say is in the default
+    /// one. The control plane refuses a region other than its own.
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+fn default_region() -> String {
+    felix_model::names::REGION_DEFAULT.to_owned()
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -578,6 +586,9 @@ impl BrokerRegistration {
             if let Some(why) = felix_model::names::name_problem(z) {
                 return Err(format!("zone {z:?}: {why}"));
             }
+        }
+        if let Some(why) = felix_model::names::region_problem(&self.region) {
+            return Err(format!("region {:?}: {why}", self.region));
         }
         Ok(())
     }

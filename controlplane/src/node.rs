@@ -128,6 +128,7 @@ impl Node {
         let peers = crate::https::peer_client(
             cfg.tls.as_ref().map(|t| t.ca.as_path()),
             Duration::from_millis(PEER_CONNECT_MS),
+            &cfg.region,
         )
         .map_err(|e| CpError::Unavailable(e.to_string()))?;
         let network = Network::new(peers.clone(), cfg.peer_credential().to_owned(), cfg.scheme());

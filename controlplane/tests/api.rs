@@ -1159,7 +1159,9 @@ async fn token_exchange_fetches_only_public_https_keys_without_redirects_within_
 /// entry is refused before it enters the log.
 #[tokio::test]
 async fn raft_routes_check_the_peer_before_the_body_and_cap_an_entry() {
-    use felix_controlplane::raft::network::{ENTRY_BYTES_MAX, SECRET_HEADER, SMALL_RPC_BYTES_MAX};
+    use felix_controlplane::raft::network::{
+        ENTRY_BYTES_MAX, REGION_HEADER, SECRET_HEADER, SMALL_RPC_BYTES_MAX,
+    };
     let cp = Cp::start_with(|c| c.peer_secret = Some(PEERS.into())).await;
     let url = |path: &str| format!("http://{}{path}", cp.h.addr);
     let big = vec![0u8; 8 << 20];
@@ -1183,6 +1185,7 @@ async fn raft_routes_check_the_peer_before_the_body_and_cap_an_entry() {
         .http
         .post(url("/raft/propose"))
         .header(SECRET_HEADER, PEERS)
+        .header(REGION_HEADER, "local")
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -1199,10 +1202,73 @@ async fn raft_routes_check_the_peer_before_the_body_and_cap_an_entry() {
         .http
         .post(url("/raft/vote"))
         .header(SECRET_HEADER, PEERS)
+        .header(REGION_HEADER, "local")
         .body(over)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     cp.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broker_of_another_region_is_refused_and_never_placed_a_replica() {
+    let cp = Cp::start_with(|c| c.region = "eu".into()).await;
+    let (s, v) = cp.call(Method::GET, "/v1/cluster", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["region"], "eu", "{v}");
+    let register = |id: u32, region: Option<&str>| {
+        let mut b = json!({"id": id, "client_addr": format!("127.0.0.1:{}", 7000 + id),
+                           "raft_addr": format!("127.0.0.1:{}", 7100 + id)});
+        if let Some(r) = region {
+            b["region"] = json!(r);
+        }
+        cp.op(Method::POST, "/v1/brokers", Some(b))
+    };
+    // A us broker, and one that names no region (the default one).
+    let (s, v) = register(4, Some("us")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        err(&v).contains("region \"us\"") && err(&v).contains("\"eu\""),
+        "{v}"
+    );
+    let (s, v) = register(5, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    // A region that is no region is a bad request, not a refusal.
+    let (s, v) = register(6, Some("EU")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    for id in 1..=3 {
+        let (s, v) = register(id, Some("eu")).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (_, b) = cp.op(Method::GET, "/v1/brokers", None).await;
+    let ids: Vec<u64> = b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["registration"]["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3], "{b}");
+    assert!(b["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|x| x["registration"]["region"] == "eu"));
+
+    // A control-plane peer of another region (or of none) is refused even
+    // with the right credential: two regions' nodes never form one group.
+    use felix_controlplane::raft::network::{REGION_HEADER, SECRET_HEADER};
+    for region in [Some("us"), None] {
+        let mut r = cp
+            .http
+            .post(format!("http://{}/raft/vote", cp.h.addr))
+            .header(SECRET_HEADER, SECRET)
+            .body("{}");
+        if let Some(region) = region {
+            r = r.header(REGION_HEADER, region);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{region:?}");
+        assert!(r.text().await.unwrap().contains("same region"));
+    }
 }

@@ -16,6 +16,27 @@ pub const DLQ_SUFFIX: &str = ".dlq";
 /// stream, and that one its own, this many deep.
 pub const DLQ_SUFFIXES_MAX: usize = 4;
 
+/// The region a cluster and its brokers are in when none is configured.
+pub const REGION_DEFAULT: &str = "local";
+/// Longest region name: it is a DNS label in every broker's replication
+/// certificate (`<region>.region.felix`), so it stays well under 63.
+pub const REGION_BYTES_MAX: usize = 32;
+
+/// Why `region` cannot name a region, if it cannot: 1 to
+/// [`REGION_BYTES_MAX`] of `a-z 0-9 -`, not starting or ending with `-`.
+/// Lower case only: certificates compare DNS names without case, and two
+/// regions must never share a certificate name.
+pub fn region_problem(region: &str) -> Option<&'static str> {
+    let ok = !region.is_empty()
+        && region.len() <= REGION_BYTES_MAX
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (!ok).then_some("a region is 1 to 32 of a-z 0-9 - and does not start or end with -")
+}
+
 /// A name that breaks the rule, with why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -117,6 +138,16 @@ impl fmt::Display for StreamName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regions_are_lower_case_dns_labels() {
+        for good in ["eu", "us-east-1", REGION_DEFAULT, &"r".repeat(32)] {
+            assert_eq!(region_problem(good), None, "{good}");
+        }
+        for bad in ["", "EU", "-eu", "eu-", "eu.west", "eu_west", &"r".repeat(33)] {
+            assert!(region_problem(bad).is_some(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn names_follow_the_stream_name_rule() {

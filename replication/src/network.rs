@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use felix_client::transport::identity::{self, CertificateDer, BROKER_NAME_SHARED};
+use felix_client::transport::identity::{self, CertificateDer};
 use felix_client::transport::{self, ClientTls, ServerTls, TransportConfig};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
@@ -298,6 +298,9 @@ impl Router {
 pub struct Transport {
     /// This broker's Raft node id (every group it hosts uses it).
     me: NodeId,
+    /// The name peers are dialled under: a broker of another region
+    /// fails the handshake.
+    region_name: String,
     endpoint: quinn::Endpoint,
     conns: Mutex<HashMap<String, Peer>>,
     /// Per peer address: one dial at a time, and when the last one failed.
@@ -406,9 +409,11 @@ fn terr(e: impl ToString) -> ReplicationError {
 
 impl Transport {
     /// Binds `listen` and serves RPCs for the groups in `router` as node
-    /// `me`.
+    /// `me` of region `region`: only brokers whose certificates name the
+    /// same region complete a handshake, dialling or dialled.
     pub fn start(
         me: NodeId,
+        region: &str,
         listen: SocketAddr,
         server: &ServerTls,
         client: &ClientTls,
@@ -428,13 +433,15 @@ impl Transport {
             let Some(cert) = cert else {
                 return Err(terr("the replication certificate file holds no certificate"));
             };
-            if !identity::names_broker(cert, broker) || !identity::names(cert, BROKER_NAME_SHARED) {
+            if !identity::names_broker_in(cert, broker, region) {
                 return Err(terr(format!(
-                    "the replication certificate must name this broker: DNS names {} and {BROKER_NAME_SHARED} (issue one per broker; `felix dev` does)",
-                    identity::broker_name(broker)
+                    "the replication certificate must name this broker in region {region:?}: DNS names {} (issue one per broker; `felix dev` does)",
+                    identity::broker_names(broker, region).join(", ")
                 )));
             }
         }
+        let region_name = identity::region_name(region);
+        let server = server.clone().with_client_name(region_name.clone());
         let cfg = TransportConfig {
             // Raft has its own heartbeats; keep connections through quiet groups.
             idle_timeout_ms: 10_000,
@@ -446,10 +453,11 @@ impl Transport {
             bidi_streams_max: RPC_STREAMS_MAX as u32,
             ..TransportConfig::default()
         };
-        let mut endpoint = transport::server_endpoint(listen, server, RAFT_ALPN, &cfg).map_err(terr)?;
+        let mut endpoint = transport::server_endpoint(listen, &server, RAFT_ALPN, &cfg).map_err(terr)?;
         endpoint.set_default_client_config(transport::client_config(client, RAFT_ALPN, &cfg).map_err(terr)?);
         let t = Arc::new(Transport {
             me,
+            region_name,
             endpoint: endpoint.clone(),
             conns: Mutex::new(HashMap::new()),
             dialing: Mutex::new(HashMap::new()),
@@ -577,9 +585,9 @@ impl Transport {
         let sa: SocketAddr = addr
             .parse()
             .map_err(|e| terr(format!("peer address {addr}: {e}")))?;
-        // Any broker of the cluster answers under the shared name; which
+        // Any broker of the region answers under the region's name; which
         // one it is matters per RPC (`call_once`).
-        let connecting = self.endpoint.connect(sa, BROKER_NAME_SHARED).map_err(terr)?;
+        let connecting = self.endpoint.connect(sa, &self.region_name).map_err(terr)?;
         let c = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| terr(format!("connecting to {addr} timed out")))?

@@ -58,7 +58,7 @@ async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
     let broker = felix_replication::broker_of(id);
     let certs = dev_certificates(root, &[])
         .unwrap()
-        .issue_broker(broker, &root.join(format!("certs-b{broker}")))
+        .issue_broker(broker, "local", &root.join(format!("certs-b{broker}")))
         .unwrap();
     let router = Router::default();
     let until = Instant::now() + Duration::from_secs(10);
@@ -67,6 +67,7 @@ async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
         // may hold a moment longer.
         match Transport::start(
             id,
+            "local",
             listen.parse().unwrap(),
             &certs.server_tls().unwrap(),
             &certs.client_tls().unwrap(),

@@ -1,7 +1,8 @@
 //! Broker identities on the replication transport: a process holding one
 //! broker's certificate cannot speak for another broker, and a certificate
-//! from another CA is not let in at all. The attacker here is a raw QUIC
-//! client writing RPC heads by hand (`docs/format/raft-rpc.md`).
+//! from another CA is not let in at all, nor one of another region. The
+//! attacker here is a raw QUIC client writing RPC heads by hand
+//! (`docs/format/raft-rpc.md`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use felix_replication::{node_id, Applier, BrokerNode, GroupConfig, GroupId, Repl
 const KIND_JOIN: u8 = 7;
 const KIND_GROUPS: u8 = 9;
 const GROUP: GroupId = GroupId(11);
+/// Broker 3's region.
+const REGION: &str = "eu";
 
 struct Nothing;
 impl Applier for Nothing {
@@ -32,6 +35,7 @@ async fn broker3(root: &std::path::Path, cert: &IssuedCertificate) -> (Arc<Trans
     let router = Router::default();
     let t = Transport::start(
         me,
+        REGION,
         "127.0.0.1:0".parse().unwrap(),
         &cert.server_tls().unwrap(),
         &cert.client_tls().unwrap(),
@@ -70,9 +74,21 @@ async fn broker3(root: &std::path::Path, cert: &IssuedCertificate) -> (Arc<Trans
     (t, replica)
 }
 
-/// One RPC over a fresh connection presenting `cert`: the reply's status
-/// and text, or the connection's error.
+/// One RPC over a fresh connection presenting `cert`, dialling the server
+/// as a broker of [`REGION`] does: the reply's status and text, or the
+/// connection's error.
 async fn rpc(
+    to: std::net::SocketAddr,
+    cert: &IssuedCertificate,
+    kind: u8,
+    from: u64,
+    body: &[u8],
+) -> Result<(u8, String), String> {
+    rpc_in(REGION, to, cert, kind, from, body).await
+}
+
+async fn rpc_in(
+    region: &str,
     to: std::net::SocketAddr,
     cert: &IssuedCertificate,
     kind: u8,
@@ -86,7 +102,7 @@ async fn rpc(
     )
     .map_err(|e| e.to_string())?;
     let conn = ep
-        .connect(to, "broker.felix")
+        .connect(to, &transport::identity::region_name(region))
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
@@ -110,8 +126,8 @@ async fn rpc(
 async fn a_certificate_speaks_only_for_the_broker_it_names_and_another_ca_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = dev_certificates(&tmp.path().join("ca"), &[]).unwrap();
-    let c2 = ca.issue_broker(2, &tmp.path().join("c2")).unwrap();
-    let c3 = ca.issue_broker(3, &tmp.path().join("c3")).unwrap();
+    let c2 = ca.issue_broker(2, REGION, &tmp.path().join("c2")).unwrap();
+    let c3 = ca.issue_broker(3, REGION, &tmp.path().join("c3")).unwrap();
     let (t3, replica) = broker3(tmp.path(), &c3).await;
     let addr = t3.local_addr().unwrap();
     let voters_before = replica.voters();
@@ -156,13 +172,14 @@ async fn a_certificate_speaks_only_for_the_broker_it_names_and_another_ca_is_ref
     // A certificate from another CA, even one naming broker 3, never gets
     // past the handshake.
     let other = dev_certificates(&tmp.path().join("other-ca"), &[]).unwrap();
-    let rogue = other.issue_broker(3, &tmp.path().join("rogue")).unwrap();
+    let rogue = other.issue_broker(3, REGION, &tmp.path().join("rogue")).unwrap();
     let r = rpc(addr, &rogue, KIND_GROUPS, node_id(3, 1), &ask).await;
     assert!(r.is_err(), "a certificate of another CA was served: {r:?}");
 
     // A broker cannot even start as broker 3 with broker 2's certificate.
     let e = Transport::start(
         node_id(3, 2),
+        REGION,
         "127.0.0.1:0".parse().unwrap(),
         &c2.server_tls().unwrap(),
         &c2.client_tls().unwrap(),
@@ -172,16 +189,78 @@ async fn a_certificate_speaks_only_for_the_broker_it_names_and_another_ca_is_ref
     assert!(e.to_string().contains("broker-3.felix"), "{e}");
 
     // The generic development certificate (`client.pem`), which names no
-    // broker, is refused for every broker id.
+    // broker and no region, never gets past the handshake either.
     let generic = IssuedCertificate {
         cert: ca.client_cert.clone(),
         key: ca.client_key.clone(),
         ca: ca.ca.clone(),
     };
     for from in [node_id(1, 1), node_id(2, 1), node_id(3, 1)] {
-        let (status, text) = rpc(addr, &generic, KIND_GROUPS, from, &ask).await.unwrap();
-        assert_eq!(status, 1, "{text}");
-        assert!(text.contains("does not name"), "{text}");
+        let r = rpc(addr, &generic, KIND_GROUPS, from, &ask).await;
+        assert!(r.is_err(), "a certificate of no region was served: {r:?}");
     }
+    t3.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_of_another_region_is_refused_in_the_handshake_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    // One CA signs both regions' brokers: the region name alone keeps
+    // them apart.
+    let ca = dev_certificates(&tmp.path().join("ca"), &[]).unwrap();
+    let c3 = ca.issue_broker(3, REGION, &tmp.path().join("c3")).unwrap();
+    let us2 = ca.issue_broker(2, "us", &tmp.path().join("us2")).unwrap();
+    let eu2 = ca.issue_broker(2, REGION, &tmp.path().join("eu2")).unwrap();
+    let (t3, _replica) = broker3(tmp.path(), &c3).await;
+    let addr = t3.local_addr().unwrap();
+    let ask = bincode::serialize(&vec![GROUP]).unwrap();
+
+    // The same broker id and CA in region eu is served: what follows is
+    // about the region alone.
+    let (status, text) = rpc(addr, &eu2, KIND_GROUPS, node_id(2, 1), &ask).await.unwrap();
+    assert_eq!(status, 0, "{text}");
+
+    // A us broker dialling the eu broker: its certificate does not name
+    // eu.region.felix, so the eu side refuses it, whatever name it dials.
+    for dialled in [REGION, "us"] {
+        let r = rpc_in(dialled, addr, &us2, KIND_GROUPS, node_id(2, 1), &ask).await;
+        assert!(r.is_err(), "a us certificate was served by an eu broker: {r:?}");
+    }
+
+    // An eu broker dialling a us broker: the us server's certificate does
+    // not carry the name the eu broker dials, so the eu side refuses it
+    // and sends nothing.
+    let us_server = Transport::start(
+        node_id(2, 1),
+        "us",
+        "127.0.0.1:0".parse().unwrap(),
+        &us2.server_tls().unwrap(),
+        &us2.client_tls().unwrap(),
+        Router::default(),
+    )
+    .unwrap();
+    let r = rpc(
+        us_server.local_addr().unwrap(),
+        &eu2,
+        KIND_GROUPS,
+        node_id(2, 1),
+        &ask,
+    )
+    .await;
+    let e = r.expect_err("an eu broker completed a handshake with a us broker");
+    assert!(e.to_string().contains("certificate"), "{e}");
+
+    // A broker configured for eu cannot start with a us certificate.
+    let e = Transport::start(
+        node_id(2, 1),
+        REGION,
+        "127.0.0.1:0".parse().unwrap(),
+        &us2.server_tls().unwrap(),
+        &us2.client_tls().unwrap(),
+        Router::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("eu.region.felix"), "{e}");
+    us_server.close();
     t3.close();
 }

@@ -23,6 +23,11 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// This broker's id in metadata replies.
     pub broker_id: u64,
+    /// The region this broker is in (`docs/security.md`, "Regions"). The
+    /// control plane refuses a broker of another region, and peers refuse
+    /// a replication certificate that does not name this region
+    /// (`<region>.region.felix`). 1 to 32 of a-z 0-9 -.
+    pub region: String,
     /// QUIC address to listen on (port 0 picks a free one).
     pub listen: SocketAddr,
     /// Address clients are told to use; defaults to the bound address.
@@ -534,6 +539,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./felix-data"),
             broker_id: 1,
+            region: felix_model::names::REGION_DEFAULT.to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             advertise: None,
             admin_listen: None,
@@ -630,6 +636,9 @@ impl BrokerConfig {
         }
         if self.maintenance_interval_ms == 0 {
             return Err("maintenance_interval_ms must be above 0".into());
+        }
+        if let Some(why) = felix_model::names::region_problem(&self.region) {
+            return Err(format!("region = {:?}: {why}", self.region));
         }
         if let Some(c) = &self.cluster {
             c.check(self.controlplane.is_some())?;

@@ -41,6 +41,8 @@ pub struct Registration {
     pub redis_addr: Option<String>,
     /// Its Raft node id, in a cluster (0 alone).
     pub node_id: u64,
+    /// The region it is in: the control plane refuses another region's.
+    pub region: String,
 }
 
 /// Starts registering, heartbeating and following in the background; the

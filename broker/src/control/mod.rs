@@ -324,16 +324,25 @@ impl ControlLink {
         let id = me.id;
         let body = json!({"id": id, "client_addr": me.client_addr, "raft_addr": me.raft_addr,
                           "zone": self.config.zone, "shards_max": self.config.shards_max,
-                          "node_id": me.node_id, "redis_addr": me.redis_addr});
+                          "node_id": me.node_id, "redis_addr": me.redis_addr,
+                          "region": me.region});
         match self
             .call(reqwest::Method::POST, "/v1/brokers", Some(&body), None, 0)
             .await?
         {
             Ok(_) => Ok(()),
-            Err(r) => Err(BrokerError::ControlPlane(format!(
-                "registering broker {id} was refused ({}): {}",
-                r.status, r.message
-            ))),
+            Err(r) => {
+                let e = format!(
+                    "registering broker {id} was refused ({}): {}",
+                    r.status, r.message
+                );
+                if r.status == 403 {
+                    // Not a passing state (another region, a wrong
+                    // secret): an operator has to act, so say it loudly.
+                    tracing::error!("{e}; this broker serves no replicated shard until it is admitted");
+                }
+                Err(BrokerError::ControlPlane(e))
+            }
         }
     }
 

@@ -16,15 +16,17 @@ pub const GROUP_STARTS_PARALLEL_MAX: usize = 16;
 impl Node {
     /// Joins the cluster: starts the replication transport and a group for
     /// every shard this broker hosts. `client_addr`: this broker's, as it
-    /// registers with the control plane, whose registry names the peers.
+    /// registers with the control plane, whose registry names the peers;
+    /// `region`: this broker's, which its peers' certificates must name.
     pub async fn start_cluster(
         self: &Arc<Self>,
         c: &crate::config::ClusterConfig,
+        region: &str,
         client_addr: String,
     ) -> Result<(), BrokerError> {
         let saved = self.meta.lock().expect("meta lock").peers();
         let identity = crate::identity::Identity::load_or_create(&self.data_dir, self.broker_id)?;
-        let cluster = Arc::new(Cluster::open(&identity, c, client_addr, saved)?);
+        let cluster = Arc::new(Cluster::open(&identity, c, region, client_addr, saved)?);
         let _ = self.cluster.set(cluster.clone());
         let mut starts = Vec::new();
         for h in self.streams() {

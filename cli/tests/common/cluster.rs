@@ -13,13 +13,18 @@ use std::time::{Duration, Instant};
 use felix_broker::config::{local_cluster_toml, LocalMember};
 use felix_client::transport::{dev_certificates, ClientTls, IssuedCertificate};
 
-/// Broker `m`'s replication certificate, issued by the test CA under
-/// `ca_dir` into a directory beside the CA's (not the broker's data
-/// directory, which a test may empty to rebuild the broker).
-fn issue(ca_dir: &Path, m: &LocalMember) -> IssuedCertificate {
+/// Broker `m`'s replication certificate for the region its settings
+/// (`extra`) name, issued by the test CA under `ca_dir` into a directory
+/// beside the CA's (not the broker's data directory, which a test may
+/// empty to rebuild the broker).
+fn issue(ca_dir: &Path, m: &LocalMember, extra: &str) -> IssuedCertificate {
+    let region = extra
+        .lines()
+        .find_map(|l| l.strip_prefix("region = \"")?.strip_suffix('"'))
+        .unwrap_or(felix_client::transport::identity::REGION_DEFAULT);
     dev_certificates(ca_dir, &[])
         .unwrap()
-        .issue_broker(m.id, &ca_dir.join(format!("b{}", m.id)))
+        .issue_broker(m.id, region, &ca_dir.join(format!("b{}", m.id)))
         .unwrap()
 }
 use felix_client::wire::Message;
@@ -176,7 +181,7 @@ impl LocalCluster {
                     .expect("every member")
                     .raft;
                 let advertise = (seen != m.raft).then_some(seen);
-                let cert = issue(&tls_dir, m);
+                let cert = issue(&tls_dir, m, &extra);
                 std::fs::write(&config, local_cluster_toml(m, advertise, &cert, &extra)).unwrap();
                 Member {
                     at: m.clone(),
@@ -239,7 +244,12 @@ impl LocalCluster {
         drop(held);
         std::fs::write(
             &config,
-            local_cluster_toml(&at, advertise, &issue(&self.root.join("ca"), &at), &self.extra),
+            local_cluster_toml(
+                &at,
+                advertise,
+                &issue(&self.root.join("ca"), &at, &self.extra),
+                &self.extra,
+            ),
         )
         .unwrap();
         self.members.push(Member {

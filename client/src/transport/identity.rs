@@ -8,7 +8,13 @@
 //! Raft RPC claims, and against the node an RPC is addressed to. The
 //! names live in the certificate's subject alternative names, so an
 //! operator's own CA can issue them with any tool.
+//!
+//! A third name, `<region>.region.felix`, puts the broker in a region.
+//! Peers are dialled under it and a dialling peer's certificate must carry
+//! it, so the TLS handshake itself refuses a broker of another region even
+//! when one CA signed both.
 
+pub use felix_model::names::{region_problem, REGION_DEFAULT};
 pub use rustls::pki_types::CertificateDer;
 use rustls::pki_types::ServerName;
 
@@ -21,9 +27,25 @@ pub fn broker_name(broker: u64) -> String {
     format!("broker-{broker}.felix")
 }
 
-/// Both names a certificate for `broker` must carry.
-pub fn broker_names(broker: u64) -> Vec<String> {
-    vec![broker_name(broker), BROKER_NAME_SHARED.to_owned()]
+/// The name every broker of region `region` carries in its replication
+/// certificate; peers are dialled under it.
+pub fn region_name(region: &str) -> String {
+    format!("{region}.region.felix")
+}
+
+/// The names a certificate for `broker` in `region` must carry.
+pub fn broker_names(broker: u64, region: &str) -> Vec<String> {
+    vec![
+        broker_name(broker),
+        BROKER_NAME_SHARED.to_owned(),
+        region_name(region),
+    ]
+}
+
+/// Whether `cert` names `broker` in `region`: every name of
+/// [`broker_names`].
+pub fn names_broker_in(cert: &CertificateDer<'_>, broker: u64, region: &str) -> bool {
+    broker_names(broker, region).iter().all(|n| names(cert, n))
 }
 
 /// Whether the end-entity certificate `cert` names `broker`. Checks the
@@ -66,10 +88,13 @@ mod tests {
     fn a_broker_certificate_names_its_broker_and_the_shared_name_only() {
         let dir = tempfile::tempdir().unwrap();
         let dev = crate::transport::dev_certificates(dir.path(), &[]).unwrap();
-        let b2 = dev.issue_broker(2, &dir.path().join("b2")).unwrap();
+        let b2 = dev.issue_broker(2, "eu", &dir.path().join("b2")).unwrap();
         let cert = first_certificate(&std::fs::read(&b2.cert).unwrap()).unwrap();
         assert!(names_broker(&cert, 2));
         assert!(names(&cert, BROKER_NAME_SHARED));
+        assert!(names_broker_in(&cert, 2, "eu"));
+        assert!(!names_broker_in(&cert, 2, "us"));
+        assert!(!names(&cert, &region_name("local")));
         assert!(!names_broker(&cert, 3));
         assert!(!names_broker(&cert, 22));
         // The generic development server certificate speaks for no broker.
@@ -83,13 +108,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = crate::transport::dev_certificates(dir.path(), &[]).unwrap();
         let out = dir.path().join("b");
-        let first = dev.issue_broker(4, &out).unwrap();
+        let first = dev.issue_broker(4, "eu", &out).unwrap();
         let before = std::fs::read(&first.cert).unwrap();
-        dev.issue_broker(4, &out).unwrap();
+        dev.issue_broker(4, "eu", &out).unwrap();
         assert_eq!(std::fs::read(&first.cert).unwrap(), before);
-        dev.issue_broker(5, &out).unwrap();
+        dev.issue_broker(5, "eu", &out).unwrap();
         let cert = first_certificate(&std::fs::read(&first.cert).unwrap()).unwrap();
         assert!(names_broker(&cert, 5) && !names_broker(&cert, 4));
+        // A broker moved to another region gets a certificate for it.
+        dev.issue_broker(5, "us", &out).unwrap();
+        let cert = first_certificate(&std::fs::read(&first.cert).unwrap()).unwrap();
+        assert!(names_broker_in(&cert, 5, "us") && !names_broker_in(&cert, 5, "eu"));
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&first.key).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

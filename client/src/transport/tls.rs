@@ -58,6 +58,10 @@ pub struct ServerTls {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Arc<PrivateKeyDer<'static>>,
     pub client_ca: Option<Vec<CertificateDer<'static>>>,
+    /// A DNS name every client certificate must carry besides chaining to
+    /// `client_ca` (the replication listener's region name): checked in
+    /// the handshake, so a peer without it never gets a stream.
+    pub client_name: Option<String>,
 }
 
 impl ServerTls {
@@ -71,7 +75,14 @@ impl ServerTls {
             chain: certs_pem(&read(cert)?, cert)?,
             key: Arc::new(key_pem(&read(key)?, key)?),
             client_ca: client_ca.map(|p| certs_pem(&read(p)?, p)).transpose()?,
+            client_name: None,
         })
+    }
+
+    /// Requires every client certificate to carry DNS name `name` too.
+    pub fn with_client_name(mut self, name: String) -> ServerTls {
+        self.client_name = Some(name);
+        self
     }
 
     pub(crate) fn rustls(&self, alpn: &[u8]) -> Result<rustls::ServerConfig, TransportError> {
@@ -87,7 +98,14 @@ impl ServerTls {
                 )
                 .build()
                 .map_err(tls_err)?;
-                builder.with_client_cert_verifier(verifier)
+                match &self.client_name {
+                    None => builder.with_client_cert_verifier(verifier),
+                    Some(name) => builder.with_client_cert_verifier(Arc::new(NamedClients {
+                        inner: verifier,
+                        name: rustls::pki_types::ServerName::try_from(name.clone())
+                            .map_err(|e| TransportError::Tls(format!("{name:?}: {e}")))?,
+                    })),
+                }
             }
         };
         let mut cfg = builder
@@ -103,6 +121,54 @@ impl ServerTls {
         let mut cfg = self.rustls(b"")?;
         cfg.alpn_protocols.clear();
         Ok(cfg)
+    }
+}
+
+/// Client certificates verified by `inner` (the chain) and then required
+/// to carry DNS name `name`.
+#[derive(Debug)]
+struct NamedClients {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    name: rustls::pki_types::ServerName<'static>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for NamedClients {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_name(&parsed, &self.name)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -268,20 +334,29 @@ impl IssuedCertificate {
 }
 
 impl DevCertificates {
-    /// Issues broker `broker` a replication certificate under `dir`
-    /// (`broker.pem`, `broker.key` with mode 0600), signed by this CA,
-    /// naming the broker and `localhost`, so it also serves the broker's
-    /// clients. Reuses one already there that names `broker`. The broker
-    /// is given the certificate, its key and `ca.pem`, never `ca.key`.
-    pub fn issue_broker(&self, broker: u64, dir: &Path) -> Result<IssuedCertificate, TransportError> {
-        let mut names = super::identity::broker_names(broker);
+    /// Issues broker `broker` of region `region` a replication
+    /// certificate under `dir` (`broker.pem`, `broker.key` with mode
+    /// 0600), signed by this CA, naming the broker, its region and
+    /// `localhost`, so it also serves the broker's clients. Reuses one
+    /// already there that names `broker` in `region`. The broker is given
+    /// the certificate, its key and `ca.pem`, never `ca.key`.
+    pub fn issue_broker(
+        &self,
+        broker: u64,
+        region: &str,
+        dir: &Path,
+    ) -> Result<IssuedCertificate, TransportError> {
+        let mut names = super::identity::broker_names(broker, region);
         names.extend(["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()]);
+        // The region stays out of the certificate's common name: the
+        // subject alternative name alone decides, so an operator's CA
+        // states it one way.
         self.issue(
             dir,
             "broker",
             names,
             &format!("felix broker {broker} (dev)"),
-            |chain| super::identity::names_broker(&chain[0], broker),
+            |chain| super::identity::names_broker_in(&chain[0], broker, region),
         )
     }
 

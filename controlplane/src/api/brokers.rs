@@ -32,6 +32,17 @@ pub(super) async fn register_broker(State(n): S, h: HeaderMap, b: Bytes) -> ApiR
     broker_or_operator(&n, &h)?;
     let registration: BrokerRegistration = body(&b)?;
     registration.validate().map_err(bad)?;
+    // Sovereignty: a broker of another region would be placed replicas of
+    // this region's streams. Refused before anything is proposed.
+    if registration.region != n.cfg.region {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "broker {} is in region {:?}; this control plane's region is {:?}",
+                registration.id, registration.region, n.cfg.region
+            ),
+        ));
+    }
     let actor = format!("broker:{}", registration.id);
     Ok(applied(
         n.propose(&actor, Command::RegisterBroker { registration })

@@ -101,7 +101,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/tenants/{tenant}/audit", "tenant.manage", "The tenant's audit log (newest last)."),
     ("get", "/v1/audit", "operator", "The whole audit log."),
     ("get", "/v1/brokers", "operator", "Brokers, their status and the replicas on each; retired ids."),
-    ("post", "/v1/brokers", "operator or broker", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?}."),
+    ("post", "/v1/brokers", "operator or broker", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?, region?}; 403 when its region is not the control plane's."),
     ("post", "/v1/brokers/{broker}/heartbeat", "operator or broker", "A broker is alive {subscribers: {\"t/ns/s\": n}, usage: {\"t/ns\": {storage_bytes, cache_bytes, subscriptions}}}; answered with the cluster's usage of every scope with a usage quota."),
     ("post", "/v1/brokers/{broker}/drain", "operator", "Move a broker's leaderships and replicas away."),
     ("post", "/v1/brokers/{broker}/undrain", "operator", "Let a drained broker take shards again (ends a decommission)."),
@@ -492,6 +492,7 @@ async fn cluster(State(n): S) -> Json<Value> {
     let (version, under) = n.read(|md| (md.version, md.under_replicated()));
     Json(json!({
         "node": n.id,
+        "region": n.cfg.region,
         "leader": m.current_leader,
         "term": m.current_term,
         "members": m.membership_config.membership().nodes().map(|(id, node)| json!({"id": id, "addr": node.addr})).collect::<Vec<_>>(),

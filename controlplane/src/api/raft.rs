@@ -5,7 +5,9 @@
 use axum::extract::DefaultBodyLimit;
 
 use super::*;
-use crate::raft::network::{decode_snapshot, APPEND_BYTES_MAX, SMALL_RPC_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+use crate::raft::network::{
+    decode_snapshot, APPEND_BYTES_MAX, REGION_HEADER, SMALL_RPC_BYTES_MAX, SNAPSHOT_BYTES_MAX,
+};
 
 /// The Raft routes, each with its body limit, behind [`peers_only`].
 pub(super) fn router(node: Arc<Node>) -> Router<Arc<Node>> {
@@ -47,11 +49,20 @@ pub(super) fn internal(n: &Node, h: &HeaderMap) -> ApiResult<()> {
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|s| same(s, n.cfg.peer_credential()));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "internal endpoint".into()))
+    if !ok {
+        return Err(ApiError(StatusCode::UNAUTHORIZED, "internal endpoint".into()));
     }
+    let region = h.get(REGION_HEADER).and_then(|v| v.to_str().ok());
+    if region != Some(n.cfg.region.as_str()) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a control-plane peer of region {region:?} called this node of region {:?}: every node of one control plane names the same region",
+                n.cfg.region
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) async fn raft_append(State(n): S, b: Bytes) -> ApiResult {

@@ -22,6 +22,9 @@ use super::types::*;
 
 /// The header every internal request carries.
 pub const SECRET_HEADER: &str = "x-felix-cluster-secret";
+/// The sending node's region, which every internal request carries too:
+/// nodes of different regions are never one control plane.
+pub const REGION_HEADER: &str = "x-felix-region";
 
 #[derive(Debug, Clone)]
 pub struct Network {
