@@ -526,14 +526,19 @@ fn written(c: &Common, key: &str, out: felix_client::CasOutcome) -> anyhow::Resu
     }
 }
 
-pub async fn publish(c: &Common, a: PublishArgs) -> anyhow::Result<()> {
-    let client = connect(c).await?;
-    let seal = a
-        .value_keys
-        .as_deref()
+/// The key file `--value-keys` names, if any.
+fn value_keys(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<Option<std::sync::Arc<felix_client::ValueKeys>>> {
+    Ok(path
         .map(felix_client::ValueKeys::load)
         .transpose()?
-        .map(std::sync::Arc::new);
+        .map(std::sync::Arc::new))
+}
+
+pub async fn publish(c: &Common, a: PublishArgs) -> anyhow::Result<()> {
+    let client = connect(c).await?;
+    let seal = value_keys(a.value_keys.as_deref())?;
     let producer = client
         .producer(
             &a.stream,
@@ -642,12 +647,7 @@ pub async fn subscribe(c: &Common, a: SubscribeArgs) -> anyhow::Result<()> {
         // A named subscription resumes where it left off unless told otherwise.
         start = Start::Committed;
     }
-    let open = a
-        .value_keys
-        .as_deref()
-        .map(felix_client::ValueKeys::load)
-        .transpose()?
-        .map(std::sync::Arc::new);
+    let open = value_keys(a.value_keys.as_deref())?;
     let opts = SubscribeOptions {
         shards: a.shard.into_iter().collect(),
         start,
