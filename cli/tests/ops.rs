@@ -514,41 +514,31 @@ fn sealed_values_reach_no_broker_file_in_the_clear_and_open_only_with_their_key(
         &[],
     );
     assert!(ok, "{err}");
-    let (ok, out, err) = felix(
-        &[
-            "subscribe",
-            "sealed",
-            "--from",
-            "earliest",
-            "--count",
-            "41",
-            "--value-keys",
-            &keys_arg,
-            "--profile",
-            &profile,
-        ],
-        &[],
-    );
+    // Every record from the start, opened with the key file `keys`.
+    let replay = |keys: &str| {
+        felix(
+            &[
+                "subscribe",
+                "sealed",
+                "--from",
+                "earliest",
+                "--count",
+                "41",
+                "--value-keys",
+                keys,
+                "--profile",
+                &profile,
+            ],
+            &[],
+        )
+    };
+    let (ok, out, err) = replay(&keys_arg);
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("{MARK}-cli")) && out.contains(&format!("{MARK}-39")),
         "{out}"
     );
-    let (ok, _, err) = felix(
-        &[
-            "subscribe",
-            "sealed",
-            "--from",
-            "earliest",
-            "--count",
-            "41",
-            "--value-keys",
-            &other_path.display().to_string(),
-            "--profile",
-            &profile,
-        ],
-        &[],
-    );
+    let (ok, _, err) = replay(&other_path.display().to_string());
     assert!(!ok && err.contains("sealed value: "), "{err}");
 
     // Nothing the broker wrote holds a value in the clear: not the
