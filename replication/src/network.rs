@@ -227,7 +227,12 @@ impl Router {
                 quiesce::BEAT_GROUPS_MAX
             ));
         }
-        self.saw(beat.from);
+        // The sender is not counted as heard here: only its answer to this
+        // broker's own beat is (`driver::send_beats`). A broker whose
+        // outgoing packets are lost still receives its peers' beats, and
+        // counting those would let it think itself connected and stand,
+        // again and again, raising a term that unseats the leaders on its
+        // return (seen: writes stalled for 19 s after such a partition).
         let now = heard_now();
         let hosted = self.groups.read().expect("router lock");
         let mut reply = BeatReply::default();
@@ -241,6 +246,7 @@ impl Router {
                     term: m.current_term,
                     leader: m.current_leader,
                     last_index: m.last_log_index,
+                    applied: m.last_applied.map(|l| l.index),
                 }
             });
             match h {
@@ -394,6 +400,21 @@ impl PeerCert {
 pub const SILENT_CONNECTION_MAX: Duration = Duration::from_millis(1000);
 /// How long after a failed dial an RPC to the same address fails at once.
 pub const REDIAL_AFTER_MS: u64 = 250;
+
+/// Runs [`Transport::suspect`] when dropped armed.
+struct SuspectOnDrop<'a> {
+    transport: &'a Transport,
+    addr: &'a str,
+    armed: bool,
+}
+
+impl Drop for SuspectOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.transport.suspect(self.addr);
+        }
+    }
+}
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -630,10 +651,16 @@ impl Transport {
         body: &[u8],
         tail: Option<(&std::path::Path, bool)>,
     ) -> Result<Result<Vec<u8>, String>, ReplicationError> {
+        // Armed until the call has an answer: a call dropped mid-way (an
+        // outer timeout, openraft's own among them, usually fires first)
+        // is a failure too, and a silent connection must still be let go.
+        let mut failed = SuspectOnDrop {
+            transport: self,
+            addr,
+            armed: true,
+        };
         let r = self.call_once(addr, kind, group, target, body, tail).await;
-        if r.is_err() {
-            self.suspect(addr);
-        }
+        failed.armed = r.is_err();
         r
     }
 

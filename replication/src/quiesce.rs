@@ -93,14 +93,22 @@ pub(crate) struct Following {
     pub(crate) term: u64,
     pub(crate) leader: Option<NodeId>,
     pub(crate) last_index: Option<u64>,
+    pub(crate) applied: Option<u64>,
 }
 
 /// Whether a follower may count `q`, from `from`, as its leader's
-/// heartbeat and stay quiet: only when it follows `from` in the same term
-/// and holds the same last entry.
+/// heartbeat and stay quiet: only when it follows `from` in the same term,
+/// holds the same last entry and has applied it. A follower that holds
+/// the entry but never heard it committed (the commit rides on the
+/// leader's next AppendEntries) would otherwise stay quiet, and behind,
+/// for as long as the group is idle.
 pub(crate) fn agrees(q: &Quiet, from: NodeId, here: Option<Following>) -> bool {
     here.is_some_and(|f| {
-        f.follower && f.term == q.term && f.leader == Some(from) && f.last_index == q.last_index
+        f.follower
+            && f.term == q.term
+            && f.leader == Some(from)
+            && f.last_index == q.last_index
+            && f.applied == q.last_index
     })
 }
 
@@ -199,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn a_beat_keeps_a_follower_quiet_only_if_it_agrees_on_leader_term_and_last_entry() {
+    fn a_beat_keeps_a_follower_quiet_only_if_it_agrees_on_leader_term_and_last_entry_and_applied_it() {
         let q = Quiet {
             group: GroupId(3),
             term: 4,
@@ -210,6 +218,7 @@ mod tests {
             term: 4,
             leader: Some(1),
             last_index: Some(9),
+            applied: Some(9),
         };
         assert!(agrees(&q, 1, Some(f)));
         assert!(!agrees(&q, 2, Some(f)), "another broker's beat");
@@ -222,6 +231,10 @@ mod tests {
                 ..f
             },
             Following { follower: false, ..f },
+            Following {
+                applied: Some(8),
+                ..f
+            },
         ] {
             assert!(!agrees(&q, 1, Some(other)), "{other:?}");
         }
