@@ -90,6 +90,10 @@ impl Handler for NodeHandler {
         }
         self.request_in_span(session, request, op).instrument(span).await
     }
+
+    fn tenant(&self, session: &Session) -> Option<String> {
+        session.principal.as_ref().map(|p| p.tenant().to_owned())
+    }
 }
 
 /// Requests slower than this are logged (long polls excepted).

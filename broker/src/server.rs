@@ -47,6 +47,9 @@ pub struct ClientProfile {
     /// `host:port` of a broker's Redis door, if it serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<String>,
+    /// `host:port` of a broker's Kafka door, if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<String>,
 }
 
 impl ClientProfile {
@@ -90,6 +93,9 @@ pub struct Running {
     /// Where the Redis front door listens, if it does.
     pub redis_addr: Option<SocketAddr>,
     redis: Option<felix_resp::RespServer>,
+    /// Where the Kafka front door listens, if it does.
+    pub kafka_addr: Option<SocketAddr>,
+    kafka: Option<felix_kafka::KafkaServer>,
     server: Server,
     upkeep: tokio::task::JoinHandle<()>,
 }
@@ -115,6 +121,9 @@ impl Running {
         }
         if let Some(r) = self.redis {
             r.close().await;
+        }
+        if let Some(k) = self.kafka {
+            k.close().await;
         }
         self.server.close().await;
         self.upkeep.abort();
@@ -248,6 +257,34 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         }
         _ => None,
     };
+    let kafka = match &config.kafka {
+        Some(k) => {
+            k.check()?;
+            let listener = tokio::net::TcpListener::bind(k.listen).await?;
+            let settings = felix_kafka::Settings {
+                namespace: k.namespace.clone(),
+                tls: if k.tls {
+                    Some(Arc::new(tls.rustls_tcp()?))
+                } else {
+                    None
+                },
+                connections_max: k.connections_max,
+                advertise: k.advertise.clone(),
+                broker_id: i32::try_from(config.broker_id).map_err(|_| {
+                    BrokerError::Invalid("broker_id must fit in 31 bits with a Kafka door".into())
+                })?,
+                auto_create_partitions: k.auto_create_partitions,
+            };
+            let n = node.clone();
+            Some(felix_kafka::serve(
+                listener,
+                handler.clone(),
+                settings,
+                Arc::new(move || n.now_ms()),
+            )?)
+        }
+        None => None,
+    };
     let server = Server::start(endpoint, handler);
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));
     Ok(Running {
@@ -257,6 +294,8 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         admin_addr,
         redis_addr: redis.as_ref().map(|r| r.addr),
         redis,
+        kafka_addr: kafka.as_ref().map(|k| k.addr),
+        kafka,
         server,
         upkeep,
     })
@@ -288,6 +327,7 @@ mod tests {
             controlplane_ca: None,
             admin: Vec::new(),
             redis: None,
+            kafka: None,
         };
         p.save(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

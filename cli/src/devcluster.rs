@@ -238,6 +238,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
         controlplane_ca: link.ca.clone(),
         admin: Vec::new(),
         redis: None,
+        kafka: None,
     }
     .save(&profile_path)?;
     println!("felix dev is running a cluster of {n} brokers");

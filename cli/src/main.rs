@@ -285,6 +285,12 @@ fn run(args: Cli) -> anyhow::Result<()> {
                 listen,
                 admin_listen: Some(next(2)),
                 redis: Some(felix_broker::config::RedisConfig::on(next(3))),
+                // Topics a client names come into being, as with Kafka's
+                // own defaults (one partition).
+                kafka: Some(felix_broker::config::KafkaConfig {
+                    auto_create_partitions: 1,
+                    ..felix_broker::config::KafkaConfig::on(next(4))
+                }),
                 ..BrokerConfig::default()
             };
             let cp = controlplane_listen.unwrap_or_else(|| next(1));

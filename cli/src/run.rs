@@ -111,6 +111,7 @@ pub async fn serve(
             controlplane_ca: embedded.as_ref().and_then(|e| e.link.ca.clone()),
             admin: running.admin_addr.iter().map(|a| format!("http://{a}")).collect(),
             redis: running.redis_addr.map(|a| a.to_string()),
+            kafka: running.kafka_addr.map(|a| a.to_string()),
         };
         p.save(&profile_path)?;
     }
@@ -276,6 +277,11 @@ fn print_dev_banner(r: &server::Running, e: &crate::embedded::Embedded, dir: &Pa
         println!(
             "  redis     redis-cli -p {} --user dev --pass <token>   (cache `redis`; docs/redis.md)",
             a.port()
+        );
+    }
+    if let Some(a) = r.kafka_addr {
+        println!(
+            "  kafka     kcat -b {a} -X security.protocol=SASL_PLAINTEXT -X sasl.mechanism=PLAIN -X sasl.username=dev -X sasl.password=<token> -L   (docs/kafka.md)"
         );
     }
     if let Some(ca) = &r.dev_ca {

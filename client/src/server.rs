@@ -134,6 +134,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Handles one request.
     fn request(&self, session: &Self::Session, request: Message) -> impl Future<Output = Reply> + Send;
+
+    /// The tenant a session's token is for; `None` when tokens are not
+    /// required (a front door then serves the development tenant).
+    fn tenant(&self, _session: &Self::Session) -> Option<String> {
+        None
+    }
 }
 
 /// A running server.

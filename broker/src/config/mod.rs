@@ -40,6 +40,9 @@ pub struct BrokerConfig {
     /// The Redis front door (RESP over TCP, `docs/redis.md`): served only
     /// when this table is given.
     pub redis: Option<RedisConfig>,
+    /// The Kafka front door (Kafka's wire protocol over TCP,
+    /// `docs/kafka.md`): served only when this table is given.
+    pub kafka: Option<KafkaConfig>,
     /// Segment log settings of the shards this broker creates.
     pub log: LogSettings,
     /// RocksDB block cache shared by every shard's index.
@@ -515,6 +518,87 @@ impl RedisConfig {
     }
 }
 
+/// The Kafka front door: Kafka clients reach the broker's streams through
+/// it, with the same tokens (SASL PLAIN or OAUTHBEARER) and permissions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// TCP address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The namespace, in the connection's tenant, whose streams are the
+    /// door's topics: topic `orders` is `<tenant>/<namespace>/orders`.
+    #[serde(default = "KafkaConfig::default_namespace")]
+    pub namespace: String,
+    /// Serve TLS with the broker's certificate (`security.protocol=SASL_SSL`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Serve plain TCP on an address that is not loopback (tokens then
+    /// cross the network in the clear). Off: such a listener needs `tls`.
+    #[serde(default)]
+    pub plain_tcp: bool,
+    /// Connections served at once; past it a new one is closed.
+    #[serde(default = "KafkaConfig::default_connections_max")]
+    pub connections_max: usize,
+    /// `host:port` clients are told to reach this broker at (Metadata),
+    /// when it is not `listen` (a wildcard address, a proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Partitions of a topic a client's Metadata names that does not
+    /// exist yet, created then (Kafka's `auto.create.topics.enable` with
+    /// `num.partitions`); 0 never creates one.
+    #[serde(default)]
+    pub auto_create_partitions: u32,
+}
+
+impl KafkaConfig {
+    fn default_namespace() -> String {
+        felix_model::names::DEFAULT_NAMESPACE.into()
+    }
+
+    fn default_connections_max() -> usize {
+        felix_kafka::server::CONNECTIONS_MAX
+    }
+
+    /// A listener on `listen` with every other key at its default.
+    pub fn on(listen: SocketAddr) -> KafkaConfig {
+        KafkaConfig {
+            listen,
+            namespace: Self::default_namespace(),
+            tls: false,
+            plain_tcp: false,
+            connections_max: Self::default_connections_max(),
+            advertise: None,
+            auto_create_partitions: 0,
+        }
+    }
+
+    /// Refuses what would serve tokens in the clear or without limit.
+    pub fn check(&self) -> Result<(), BrokerError> {
+        if !self.tls && !self.plain_tcp && !self.listen.ip().is_loopback() {
+            return Err(BrokerError::Invalid(format!(
+                "kafka.listen {} is not loopback: set kafka.tls = true (or kafka.plain_tcp = true to send tokens in the clear)",
+                self.listen
+            )));
+        }
+        if self.connections_max == 0 || self.connections_max > felix_kafka::server::CONNECTIONS_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "kafka.connections_max is 1 to {}",
+                felix_kafka::server::CONNECTIONS_MAX
+            )));
+        }
+        if let Some(why) = felix_model::names::name_problem(&self.namespace) {
+            return Err(BrokerError::Invalid(format!("kafka.namespace: {why}")));
+        }
+        if self.auto_create_partitions > crate::meta::SHARDS_PER_STREAM_MAX {
+            return Err(BrokerError::Invalid(format!(
+                "kafka.auto_create_partitions is at most {}",
+                crate::meta::SHARDS_PER_STREAM_MAX
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Segment log settings applied to every shard this broker creates.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -545,6 +629,7 @@ impl Default for BrokerConfig {
             admin_listen: None,
             tls: TlsConfig::default(),
             redis: None,
+            kafka: None,
             log: LogSettings::default(),
             index_cache_bytes: 64 << 20,
             hot_cache_bytes_max: 64 << 20,

@@ -1,0 +1,309 @@
+//! The Kafka door end to end: `felix dev` as a real process, spoken to by
+//! kcat (Debian's, an older librdkafka; installed by `.ci/run`) and by
+//! raw Kafka requests over TCP for what a client library would never send.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Broker;
+use felix_client::subscription::SubscribeOptions;
+use felix_client::wire::Start;
+
+/// Runs kcat against `b`'s door with `args`, feeding `stdin`; gives its
+/// exit success, stdout and stderr. Killed after 60 s.
+fn kcat(b: &Broker, password: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let addr = b.profile.kafka.clone().expect("felix dev serves a Kafka door");
+    let mut cmd = Command::new("kcat");
+    cmd.args([
+        "-b",
+        &addr,
+        "-X",
+        "security.protocol=SASL_PLAINTEXT",
+        "-X",
+        "sasl.mechanism=PLAIN",
+    ])
+    .args([
+        "-X",
+        "sasl.username=dev",
+        "-X",
+        &format!("sasl.password={password}"),
+    ])
+    .args(args)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kcat (apt install kcat; .ci/run does)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn token(b: &Broker) -> String {
+    b.profile.token.clone().expect("felix dev's token")
+}
+
+/// One raw request: size, header v1 (key, version, correlation id 7,
+/// client id "raw"), body. Gives the response's body after its
+/// correlation id, or `None` if the connection was closed instead.
+fn raw(s: &mut TcpStream, key: i16, version: i16, body: &[u8]) -> Option<Vec<u8>> {
+    let mut req = Vec::new();
+    req.extend_from_slice(&key.to_be_bytes());
+    req.extend_from_slice(&version.to_be_bytes());
+    req.extend_from_slice(&7i32.to_be_bytes());
+    req.extend_from_slice(&3i16.to_be_bytes());
+    req.extend_from_slice(b"raw");
+    req.extend_from_slice(body);
+    let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&req);
+    s.write_all(&framed).ok()?;
+    let mut size = [0u8; 4];
+    s.read_exact(&mut size).ok()?;
+    let mut resp = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut resp).ok()?;
+    assert_eq!(&resp[..4], &7i32.to_be_bytes(), "the correlation id comes back");
+    Some(resp[4..].to_vec())
+}
+
+fn connect(b: &Broker) -> TcpStream {
+    let s = TcpStream::connect(b.profile.kafka.as_deref().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+#[test]
+fn kcat_produces_and_consumes_with_keys_headers_and_every_codec() {
+    let (_dir, rt, b) = common::dev_broker();
+    let t = token(&b);
+    // A record written through Felix's own protocol first: the doors share
+    // the stream.
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, common::stream_config("orders", 2)).await;
+        common::admin(&c, common::publish_one("orders", b"from-quic")).await;
+    });
+    let (ok, out, err) = kcat(&b, &t, &["-L"], "");
+    assert!(ok, "kcat -L: {err}");
+    assert!(out.contains("topic \"orders\" with 2 partitions"), "{out}");
+    assert!(out.contains("broker 1 at 127.0.0.1:"), "{out}");
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    for (i, codec) in codecs.iter().enumerate() {
+        let lines: String = (0..3).map(|j| format!("k{i}-{j}:{codec}-{j}\n")).collect();
+        let (ok, _, err) = kcat(
+            &b,
+            &t,
+            &[
+                "-P", "-t", "orders", "-p", "0", "-K", ":", "-H", "trace=t1", "-z", codec, "-X", "acks=all",
+            ],
+            &lines,
+        );
+        assert!(ok, "kcat -P -z {codec}: {err}");
+    }
+    let (ok, out, err) = kcat(
+        &b,
+        &t,
+        &[
+            "-C",
+            "-t",
+            "orders",
+            "-p",
+            "0",
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%o|%k|%s|%h\n",
+        ],
+        "",
+    );
+    assert!(ok, "kcat -C: {err}");
+    let got: Vec<&str> = out.lines().collect();
+    assert_eq!(got.len(), 1 + 3 * codecs.len(), "{out}");
+    assert_eq!(got[0], "0||from-quic|", "the QUIC door's record, at offset 0");
+    for (i, codec) in codecs.iter().enumerate() {
+        for j in 0..3 {
+            let o = 1 + 3 * i + j;
+            assert_eq!(got[o], format!("{o}|k{i}-{j}|{codec}-{j}|trace=t1"));
+        }
+    }
+    // From an offset in the middle of a batch: earlier records of it are
+    // skipped by the client.
+    let (ok, out, _) = kcat(
+        &b,
+        &t,
+        &["-C", "-t", "orders", "-p", "0", "-o", "5", "-e", "-f", "%o\n"],
+        "",
+    );
+    assert!(ok);
+    assert_eq!(out.lines().next(), Some("5"));
+    assert_eq!(out.lines().count(), 11);
+    // And what kcat wrote reads back through Felix's client, key and all.
+    rt.block_on(async {
+        let c = b.client().await;
+        let opts = SubscribeOptions {
+            shards: vec![0],
+            start: Start::Offset(1),
+            ..SubscribeOptions::default()
+        };
+        let mut sub = c.subscribe("orders", opts).await.unwrap();
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.record.key.as_deref(), Some(&b"k0-0"[..]));
+        assert_eq!(d.record.value.as_deref(), Some(&b"none-0"[..]));
+        assert_eq!(
+            d.record.headers,
+            vec![(
+                bytes::Bytes::from_static(b"trace"),
+                bytes::Bytes::from_static(b"t1")
+            )]
+        );
+    });
+    // By time: every record was written after the test began.
+    let (ok, out, _) = kcat(
+        &b,
+        &t,
+        &["-C", "-t", "orders", "-p", "0", "-o", "s@1", "-e", "-f", "%o\n"],
+        "",
+    );
+    assert!(ok);
+    assert_eq!(out.lines().next(), Some("0"));
+    let far = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 3_600_000)
+        .to_string();
+    let (ok, out, _) = kcat(
+        &b,
+        &t,
+        &[
+            "-C",
+            "-t",
+            "orders",
+            "-p",
+            "0",
+            "-o",
+            &format!("s@{far}"),
+            "-e",
+            "-f",
+            "%o\n",
+        ],
+        "",
+    );
+    assert!(ok);
+    assert_eq!(out.lines().count(), 0, "nothing is an hour ahead: {out}");
+    // A topic kcat names that does not exist is made (felix dev's
+    // auto_create_partitions = 1), and produced to.
+    let (ok, _, err) = kcat(&b, &t, &["-P", "-t", "fresh", "-X", "acks=1"], "hello\n");
+    assert!(ok, "{err}");
+    let (ok, out, _) = kcat(
+        &b,
+        &t,
+        &["-C", "-t", "fresh", "-o", "beginning", "-e", "-f", "%s\n"],
+        "",
+    );
+    assert!(ok);
+    assert_eq!(out, "hello\n");
+}
+
+#[test]
+fn a_wrong_token_and_bad_requests_get_errors_and_the_door_keeps_serving() {
+    let (_dir, _rt, b) = common::dev_broker();
+    let t = token(&b);
+    let (ok, _, err) = kcat(&b, "not-a-token", &["-L", "-m", "10"], "");
+    assert!(!ok);
+    assert!(
+        err.contains("Authentication failed") || err.contains("SASL"),
+        "{err}"
+    );
+
+    // ApiVersions above the highest served: v0 answer, UNSUPPORTED_VERSION
+    // (35), and the table (KIP-511).
+    let mut s = connect(&b);
+    let r = raw(&mut s, 18, 9, &[]).expect("an answer");
+    assert_eq!(i16::from_be_bytes([r[0], r[1]]), 35);
+    let n = i32::from_be_bytes(r[2..6].try_into().unwrap());
+    assert!(n >= 7, "{n} APIs listed");
+    // On the same connection, a served version works.
+    let r = raw(&mut s, 18, 2, &[]).expect("an answer");
+    assert_eq!(i16::from_be_bytes([r[0], r[1]]), 0);
+
+    // A request before SASL closes the connection (as Kafka's does).
+    let mut s = connect(&b);
+    assert_eq!(raw(&mut s, 3, 1, &(-1i32).to_be_bytes()), None);
+
+    // An oversized declared size is refused before its bytes come.
+    let mut s = connect(&b);
+    s.write_all(&(512i32 << 20).to_be_bytes()).unwrap();
+    let mut buf = [0u8; 1];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)), "closed");
+
+    // Authenticated, a Metadata declaring 2^31 - 1 topics in 4 bytes and
+    // an unknown API key each close only their own connection.
+    let authed = |b: &Broker| {
+        let mut s = connect(b);
+        let mech = [&5i16.to_be_bytes()[..], b"PLAIN"].concat();
+        let r = raw(&mut s, 17, 1, &mech).unwrap();
+        assert_eq!(i16::from_be_bytes([r[0], r[1]]), 0);
+        let auth = [b"\0dev\0", t.as_bytes()].concat();
+        let body = [&(auth.len() as i32).to_be_bytes()[..], &auth].concat();
+        let r = raw(&mut s, 36, 1, &body).unwrap();
+        assert_eq!(i16::from_be_bytes([r[0], r[1]]), 0, "authenticated");
+        s
+    };
+    let mut s = authed(&b);
+    assert_eq!(raw(&mut s, 3, 1, &i32::MAX.to_be_bytes()), None);
+    let mut s = authed(&b);
+    assert_eq!(raw(&mut s, 999, 0, &[]), None);
+    // A wrong password over raw SASL: error 58 with the reason.
+    let mut s = connect(&b);
+    let mech = [&5i16.to_be_bytes()[..], b"PLAIN"].concat();
+    raw(&mut s, 17, 1, &mech).unwrap();
+    let auth = b"\0dev\0wrong";
+    let body = [&(auth.len() as i32).to_be_bytes()[..], &auth[..]].concat();
+    let r = raw(&mut s, 36, 1, &body).unwrap();
+    assert_eq!(i16::from_be_bytes([r[0], r[1]]), 58);
+
+    // A produce of a corrupt batch is answered per partition with
+    // CORRUPT_MESSAGE, and the door still serves kcat afterwards.
+    let mut s = authed(&b);
+    let mut batch = vec![0u8; 61];
+    batch[8..12].copy_from_slice(&49i32.to_be_bytes());
+    batch[16] = 2;
+    let mut body = Vec::new();
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional_id
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // acks=all
+    body.extend_from_slice(&5_000i32.to_be_bytes());
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&3i16.to_be_bytes());
+    body.extend_from_slice(b"bad");
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&0i32.to_be_bytes());
+    body.extend_from_slice(&(batch.len() as i32).to_be_bytes());
+    body.extend_from_slice(&batch);
+    let r = raw(&mut s, 0, 3, &body).expect("a produce response");
+    // responses[1] { name "bad", partitions[1] { index 0, error_code } }
+    let at = 4 + 2 + 3 + 4 + 4;
+    assert_eq!(i16::from_be_bytes([r[at], r[at + 1]]), 2, "CORRUPT_MESSAGE");
+    let (ok, out, err) = kcat(&b, &t, &["-L"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("broker 1"));
+}
