@@ -18,6 +18,9 @@ pub struct Peer {
     /// Where its Redis door listens, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_addr: Option<String>,
+    /// Where its Kafka door listens, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_addr: Option<String>,
 }
 
 /// The brokers of the cluster, this one included.
@@ -37,6 +40,7 @@ impl Peers {
                 node,
                 node_id: Some(node_id),
                 redis_addr: None,
+                kafka_addr: None,
             },
         );
         Peers {
@@ -56,6 +60,11 @@ impl Peers {
     /// Where `broker`'s Redis door listens, as it registered.
     pub fn redis_addr(&self, broker: u64) -> Option<String> {
         self.read().get(&broker)?.redis_addr.clone()
+    }
+
+    /// Where `broker`'s Kafka door listens, as it registered.
+    pub fn kafka_addr(&self, broker: u64) -> Option<String> {
+        self.read().get(&broker)?.kafka_addr.clone()
     }
 
     pub fn len(&self) -> usize {
@@ -94,6 +103,7 @@ impl Peers {
             Some(p) if broker == me => {
                 if let Some(mine) = map.get_mut(&me) {
                     mine.redis_addr = p.redis_addr;
+                    mine.kafka_addr = p.kafka_addr;
                 }
             }
             None if broker == me => {}
@@ -115,6 +125,7 @@ impl Peers {
                 map.insert(b, p);
             } else if let Some(mine) = map.get_mut(&me) {
                 mine.redis_addr = p.redis_addr;
+                mine.kafka_addr = p.kafka_addr;
             }
         }
     }
@@ -142,13 +153,16 @@ mod tests {
             node: node(20),
             node_id: Some(id),
             redis_addr: Some(format!("door-{id:x}:6379")),
+            kafka_addr: Some(format!("door-{id:x}:9092")),
         };
         p.replace(1, BTreeMap::from([(1, theirs(0x1_0009)), (2, theirs(0x2_0001))]));
         assert!(p.is_current(1, 0x1_0001) && !p.is_current(1, 0x1_0009));
         assert_eq!(p.get(1), Some(node(10)));
-        // Its own door's address is the one thing it takes of its own entry.
+        // Its own doors' addresses are the one thing it takes of its own entry.
         assert_eq!(p.redis_addr(1).as_deref(), Some("door-10009:6379"));
         assert_eq!(p.redis_addr(2).as_deref(), Some("door-20001:6379"));
+        assert_eq!(p.kafka_addr(1).as_deref(), Some("door-10009:9092"));
+        assert_eq!(p.kafka_addr(2).as_deref(), Some("door-20001:9092"));
         // Broker 2 rebuilt under a new node id: its old replica is not current.
         p.learn(1, 2, Some(theirs(0x2_0002)));
         assert!(!p.is_current(2, 0x2_0001) && p.is_current(2, 0x2_0002));
@@ -170,6 +184,7 @@ mod tests {
                 node: node(20),
                 node_id: None,
                 redis_addr: None,
+                kafka_addr: None,
             }),
         );
         assert!(p.is_current(2, 0xdead) && !p.is_current(3, 1));

@@ -177,6 +177,15 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         }
         None => None,
     };
+    let kafka_listener = match &config.kafka {
+        Some(k) => {
+            k.check()?;
+            let l = tokio::net::TcpListener::bind(k.listen).await?;
+            let at = k.advertise.clone().unwrap_or(l.local_addr()?.to_string());
+            Some((l, at))
+        }
+        None => None,
+    };
     if let Some(c) = &config.cluster {
         node.start_cluster(c, &config.region, advertise.clone()).await?;
     }
@@ -200,6 +209,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                 client_addr: advertise.clone(),
                 raft_addr,
                 redis_addr: redis_listener.as_ref().map(|(_, at)| at.clone()),
+                kafka_addr: kafka_listener.as_ref().map(|(_, at)| at.clone()),
                 node_id: node.cluster().map_or(0, |c| c.me),
                 region: config.region.clone(),
             },
@@ -257,10 +267,8 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
         }
         _ => None,
     };
-    let kafka = match &config.kafka {
-        Some(k) => {
-            k.check()?;
-            let listener = tokio::net::TcpListener::bind(k.listen).await?;
+    let kafka = match (&config.kafka, kafka_listener) {
+        (Some(k), Some((listener, at))) => {
             let settings = felix_kafka::Settings {
                 namespace: k.namespace.clone(),
                 tls: if k.tls {
@@ -269,7 +277,11 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                     None
                 },
                 connections_max: k.connections_max,
-                advertise: k.advertise.clone(),
+                advertise: Some(at),
+                doors: node.cluster().map(|c| {
+                    let peers = c.peers.clone();
+                    felix_kafka::exec::Doors(Arc::new(move |broker| peers.kafka_addr(broker)))
+                }),
                 broker_id: i32::try_from(config.broker_id).map_err(|_| {
                     BrokerError::Invalid("broker_id must fit in 31 bits with a Kafka door".into())
                 })?,
@@ -283,7 +295,7 @@ pub async fn start(config: &BrokerConfig, clock: Clock) -> Result<Running, Broke
                 Arc::new(move || n.now_ms()),
             )?)
         }
-        None => None,
+        _ => None,
     };
     let server = Server::start(endpoint, handler);
     let upkeep = node.start_upkeep(Duration::from_millis(config.maintenance_interval_ms));

@@ -17,25 +17,32 @@ use felix_client::wire::Start;
 /// exit success, stdout and stderr. Killed after 60 s.
 fn kcat(b: &Broker, password: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     let addr = b.profile.kafka.clone().expect("felix dev serves a Kafka door");
+    kcat_at(&addr, Some(password), args, stdin)
+}
+
+/// [`kcat`] against the door at `addr`, with SASL PLAIN when a password
+/// is given.
+fn kcat_at(addr: &str, password: Option<&str>, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut cmd = Command::new("kcat");
-    cmd.args([
-        "-b",
-        &addr,
-        "-X",
-        "security.protocol=SASL_PLAINTEXT",
-        "-X",
-        "sasl.mechanism=PLAIN",
-    ])
-    .args([
-        "-X",
-        "sasl.username=dev",
-        "-X",
-        &format!("sasl.password={password}"),
-    ])
-    .args(args)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(["-b", addr]);
+    if let Some(password) = password {
+        cmd.args([
+            "-X",
+            "security.protocol=SASL_PLAINTEXT",
+            "-X",
+            "sasl.mechanism=PLAIN",
+        ])
+        .args([
+            "-X",
+            "sasl.username=dev",
+            "-X",
+            &format!("sasl.password={password}"),
+        ]);
+    }
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("kcat (apt install kcat; .ci/run does)");
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -306,4 +313,91 @@ fn a_wrong_token_and_bad_requests_get_errors_and_the_door_keeps_serving() {
     let (ok, out, err) = kcat(&b, &t, &["-L"], "");
     assert!(ok, "{err}");
     assert!(out.contains("broker 1"));
+}
+
+/// In a cluster each door registers its address, and Metadata from any
+/// door names each partition's shard leader with that broker's door, so
+/// kcat sends each produce and fetch to the leader, as with Kafka.
+#[test]
+fn every_door_of_a_three_broker_cluster_names_each_partitions_leader() {
+    use felix_client::wire::{Durability, StreamConfig};
+    use felix_client::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = common::cluster::LocalCluster::configure(dir.path(), 3, "", |_| None);
+    let doors: Vec<String> = (0..3)
+        .map(|i| {
+            let port = common::cp::free_port();
+            c.append_config(i, &format!("[kafka]\nlisten = \"127.0.0.1:{port}\"\n"));
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    c.launch();
+    let rt = common::rt();
+    let client = rt.block_on(Client::connect(c.client_config())).unwrap();
+    rt.block_on(common::create_when_ready(
+        &client,
+        StreamConfig::stream("dev/default/orders", 3, Durability::Always),
+    ));
+    // Until every door's registration has reached every broker, a leader
+    // may be named "not available"; leaders may also move meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leaders: Vec<u64> = (0..3)
+            .map(|s| rt.block_on(c.leader(&client, "orders", s)))
+            .collect();
+        let mut all = true;
+        for door in &doors {
+            let (ok, out, _) = kcat_at(door, None, &["-L", "-t", "orders", "-m", "10"], "");
+            all &= ok
+                && out.contains(" 3 brokers:")
+                && doors.iter().all(|d| out.contains(&format!(" at {d}")))
+                && (0..3).all(|s| out.contains(&format!("partition {s}, leader {},", leaders[s as usize])));
+            if !all {
+                break;
+            }
+        }
+        if all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the doors never named every shard's leader"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Bootstrapped from one door, each partition's records go to, and
+    // come from, its leader's.
+    for s in 0..3 {
+        let p = s.to_string();
+        let (ok, _, err) = kcat_at(
+            &doors[0],
+            None,
+            &["-P", "-t", "orders", "-p", &p, "-X", "acks=all"],
+            &format!("m{s}\n"),
+        );
+        assert!(ok, "produce to partition {s}: {err}");
+    }
+    for s in 0..3 {
+        let p = s.to_string();
+        let (ok, out, err) = kcat_at(
+            &doors[1],
+            None,
+            &[
+                "-C",
+                "-t",
+                "orders",
+                "-p",
+                &p,
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%s\n",
+            ],
+            "",
+        );
+        assert!(ok, "consume partition {s}: {err}");
+        assert_eq!(out, format!("m{s}\n"));
+    }
 }

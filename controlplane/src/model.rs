@@ -547,6 +547,10 @@ pub struct BrokerRegistration {
     /// other brokers' doors name it to Redis cluster clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_addr: Option<String>,
+    /// Where its Kafka door listens (`host:port`), when it has one: every
+    /// door's Metadata names each partition's leader's door.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_addr: Option<String>,
     /// The region it is in; a broker that does not say is in the default
     /// one. The control plane refuses a region other than its own.
     #[serde(default = "default_region")]
@@ -571,9 +575,11 @@ impl BrokerRegistration {
             return Err("broker id 0 is reserved".into());
         }
         let redis = self.redis_addr.iter().map(|a| ("redis_addr", a));
+        let kafka = self.kafka_addr.iter().map(|a| ("kafka_addr", a));
         for (k, a) in [("client_addr", &self.client_addr), ("raft_addr", &self.raft_addr)]
             .into_iter()
             .chain(redis)
+            .chain(kafka)
         {
             if a.is_empty() || !a.contains(':') || a.len() > felix_model::limits::NAME_BYTES_MAX {
                 return Err(format!("{k} {a:?} is not host:port"));

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use felix_client::server::{Handler, PushSource, Reply};
-use felix_client::wire::{AckLevel, ErrorReply, Message, ShardStats, Start, StreamConfig, StreamInfo};
+use felix_client::wire::{
+    AckLevel, ErrorReply, Message, ShardInfo, ShardStats, Start, StreamConfig, StreamInfo,
+};
 use felix_model::{Durability, StreamKind};
 use kafka_protocol::messages::{
     fetch_response, list_offsets_response, metadata_response, produce_response, ApiKey, BrokerId,
@@ -56,6 +58,45 @@ pub struct Settings {
     /// Partitions of a topic Metadata creates when a client names one
     /// that does not exist (0: never create).
     pub auto_create_partitions: u32,
+    /// The brokers' doors, by broker id, in a cluster (`None`: one broker).
+    pub doors: Option<Doors>,
+}
+
+/// Where broker `id`'s Kafka door listens (`host:port`), if it has one.
+#[derive(Clone)]
+pub struct Doors(pub Arc<dyn Fn(u64) -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for Doors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Doors(..)")
+    }
+}
+
+/// What Metadata says of one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// `None`: no leader a client can reach now (LEADER_NOT_AVAILABLE,
+    /// which clients answer by asking again).
+    pub leader: Option<u64>,
+    pub replicas: Vec<u64>,
+}
+
+/// The partition view of a shard in a cluster: its leader if that
+/// broker's door is known (this broker's always is), and the replicas
+/// whose doors are. Sans-IO.
+pub fn partition_view(me: u64, shard: &ShardInfo, door: &dyn Fn(u64) -> Option<String>) -> PartitionView {
+    let reachable = |b: u64| b == me || door(b).is_some();
+    let replicas: Vec<u64> = shard.replicas.iter().copied().filter(|&b| reachable(b)).collect();
+    match shard.leader {
+        Some(l) if reachable(l) => PartitionView {
+            leader: Some(l),
+            replicas: if replicas.is_empty() { vec![l] } else { replicas },
+        },
+        _ => PartitionView {
+            leader: None,
+            replicas,
+        },
+    }
 }
 
 /// The broker's clock (ms since the epoch), for records without a time.
@@ -147,11 +188,23 @@ impl<H: Handler> Door<H> {
         })
     }
 
-    fn broker(&self) -> metadata_response::MetadataResponseBroker {
-        let at = self.settings.advertise.as_deref().unwrap_or("127.0.0.1:9092");
+    /// Broker `id`'s door, as Metadata lists it (`None`: not known).
+    fn door(&self, id: u64) -> Option<String> {
+        if id == self.settings.broker_id as u64 {
+            return Some(
+                self.settings
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1:9092".into()),
+            );
+        }
+        self.settings.doors.as_ref().and_then(|d| (d.0)(id))
+    }
+
+    fn broker(&self, id: u64, at: &str) -> metadata_response::MetadataResponseBroker {
         let (host, port) = at.rsplit_once(':').unwrap_or((at, "9092"));
         let mut b = metadata_response::MetadataResponseBroker::default();
-        b.node_id = BrokerId(self.settings.broker_id);
+        b.node_id = BrokerId(id as i32);
         b.host = StrBytes::from_string(host.trim_start_matches('[').trim_end_matches(']').to_owned());
         b.port = port.parse().unwrap_or(9092);
         b
@@ -159,12 +212,13 @@ impl<H: Handler> Door<H> {
 
     async fn metadata(&self, cx: &Cx<'_, H::Session>, m: MetadataRequest) -> MetadataResponse {
         let mut r = MetadataResponse::default();
-        r.brokers.push(self.broker());
+        // Every broker a partition names, this one first.
+        let mut named = std::collections::BTreeSet::from([self.settings.broker_id as u64]);
         r.cluster_id = Some(StrBytes::from_static_str("felix"));
         r.controller_id = BrokerId(self.settings.broker_id);
         let ns = &self.settings.namespace;
         // v0: an empty list is every topic; later, null is.
-        let named: Option<Vec<String>> = match m.topics {
+        let asked: Option<Vec<String>> = match m.topics {
             None => None,
             Some(t) if t.is_empty() && cx.version == 0 => None,
             Some(t) => Some(
@@ -179,7 +233,7 @@ impl<H: Handler> Door<H> {
                 .filter(|s| s.kind != StreamKind::Cache)
                 .collect()
         };
-        match named {
+        match asked {
             None => {
                 let all = match self
                     .ask(cx.session, Message::Metadata { streams: Vec::new() })
@@ -190,7 +244,7 @@ impl<H: Handler> Door<H> {
                 };
                 for s in &all {
                     if let Some(t) = names::topic_of(cx.tenant, ns, &s.name) {
-                        r.topics.push(self.topic_metadata(t, Some(s)));
+                        r.topics.push(self.topic_metadata(t, Some(s), &mut named));
                     }
                 }
             }
@@ -201,7 +255,7 @@ impl<H: Handler> Door<H> {
                     let stream = match self.stream(cx.tenant, &t) {
                         Ok(s) => s,
                         Err(why) => {
-                            let mut mt = self.topic_metadata(&t, None);
+                            let mut mt = self.topic_metadata(&t, None, &mut named);
                             mt.error_code = INVALID_TOPIC_EXCEPTION;
                             tracing::debug!(topic = t, why, "kafka: metadata for a name Felix cannot hold");
                             r.topics.push(mt);
@@ -221,14 +275,19 @@ impl<H: Handler> Door<H> {
                         }
                     }
                     match found {
-                        Ok(info) => r.topics.push(self.topic_metadata(&t, Some(&info))),
+                        Ok(info) => r.topics.push(self.topic_metadata(&t, Some(&info), &mut named)),
                         Err(code) => {
-                            let mut mt = self.topic_metadata(&t, None);
+                            let mut mt = self.topic_metadata(&t, None, &mut named);
                             mt.error_code = code;
                             r.topics.push(mt);
                         }
                     }
                 }
+            }
+        }
+        for id in named {
+            if let Some(at) = self.door(id) {
+                r.brokers.push(self.broker(id, &at));
             }
         }
         r
@@ -257,25 +316,41 @@ impl<H: Handler> Door<H> {
         &self,
         topic: &str,
         info: Option<&StreamInfo>,
+        named: &mut std::collections::BTreeSet<u64>,
     ) -> metadata_response::MetadataResponseTopic {
         let mut mt = metadata_response::MetadataResponseTopic::default();
         mt.name = Some(topic_name(topic));
-        let me = BrokerId(self.settings.broker_id);
-        if let Some(info) = info {
-            for s in &info.shards {
-                let mut p = metadata_response::MetadataResponsePartition::default();
-                p.partition_index = s.shard as i32;
-                // This door answers for every partition (see docs/kafka.md,
-                // "Clusters"): it is the one broker its clients know.
-                p.leader_id = me;
-                p.leader_epoch = -1;
-                p.replica_nodes = vec![me];
-                p.isr_nodes = vec![me];
-                if s.leader.is_none() {
+        let me = self.settings.broker_id as u64;
+        let Some(info) = info else {
+            return mt;
+        };
+        for s in &info.shards {
+            let mut p = metadata_response::MetadataResponsePartition::default();
+            p.partition_index = s.shard as i32;
+            p.leader_epoch = -1;
+            let view = match &self.settings.doors {
+                Some(_) => partition_view(me, s, &|b| self.door(b)),
+                // One broker: it leads everything it holds.
+                None => PartitionView {
+                    leader: Some(me),
+                    replicas: vec![me],
+                },
+            };
+            let ids: Vec<BrokerId> = view.replicas.iter().map(|&b| BrokerId(b as i32)).collect();
+            named.extend(view.replicas.iter().copied());
+            match view.leader {
+                Some(l) => {
+                    named.insert(l);
+                    p.leader_id = BrokerId(l as i32);
+                }
+                None => {
+                    p.leader_id = BrokerId(-1);
                     p.error_code = 5; // LEADER_NOT_AVAILABLE
                 }
-                mt.partitions.push(p);
             }
+            p.replica_nodes = ids.clone();
+            p.isr_nodes = ids;
+            mt.partitions.push(p);
         }
         mt
     }
@@ -625,5 +700,38 @@ impl<H: Handler> Door<H> {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(leader: Option<u64>, replicas: &[u64]) -> ShardInfo {
+        ShardInfo {
+            shard: 0,
+            leader,
+            replicas: replicas.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_partition_is_led_by_its_shards_leader_when_its_door_is_known() {
+        let doors = |b: u64| (b != 4).then(|| format!("door-{b}:9092"));
+        let v = partition_view(1, &shard(Some(3), &[1, 3, 4]), &doors);
+        assert_eq!(
+            v,
+            PartitionView {
+                leader: Some(3),
+                replicas: vec![1, 3]
+            }
+        );
+        // A leader whose door no registry entry names yet: clients are told
+        // to ask again rather than sent to a broker they cannot reach.
+        let v = partition_view(1, &shard(Some(4), &[1, 3, 4]), &doors);
+        assert_eq!(v.leader, None);
+        let v = partition_view(1, &shard(None, &[1, 3]), &doors);
+        assert_eq!(v.leader, None);
+        assert_eq!(v.replicas, vec![1, 3]);
     }
 }

@@ -39,6 +39,8 @@ pub struct Registration {
     pub raft_addr: String,
     /// Where its Redis door listens, when it has one.
     pub redis_addr: Option<String>,
+    /// Where its Kafka door listens, when it has one.
+    pub kafka_addr: Option<String>,
     /// Its Raft node id, in a cluster (0 alone).
     pub node_id: u64,
     /// The region it is in: the control plane refuses another region's.
@@ -342,6 +344,7 @@ fn peer(b: &Broker) -> crate::peers::Peer {
         },
         node_id: (b.registration.node_id != 0).then_some(b.registration.node_id),
         redis_addr: b.registration.redis_addr.clone(),
+        kafka_addr: b.registration.kafka_addr.clone(),
     }
 }
 

@@ -324,7 +324,7 @@ impl ControlLink {
         let id = me.id;
         let body = json!({"id": id, "client_addr": me.client_addr, "raft_addr": me.raft_addr,
                           "zone": self.config.zone, "shards_max": self.config.shards_max,
-                          "node_id": me.node_id, "redis_addr": me.redis_addr,
+                          "node_id": me.node_id, "redis_addr": me.redis_addr, "kafka_addr": me.kafka_addr,
                           "region": me.region});
         match self
             .call(reqwest::Method::POST, "/v1/brokers", Some(&body), None, 0)

@@ -765,6 +765,7 @@ mod tests {
                 shards_max: 100,
                 node_id: u64::from(id) * 1000 + 1,
                 redis_addr: None,
+                kafka_addr: None,
                 region: "local".into(),
             },
         }
