@@ -130,6 +130,17 @@ pub(crate) struct Cx<'a, S> {
     pub(crate) version: i16,
 }
 
+/// One partition's figures among its topic's.
+fn partition_stats(stats: &Result<Vec<ShardStats>, i16>, partition: i32) -> Result<&ShardStats, i16> {
+    match stats {
+        Err(code) => Err(*code),
+        Ok(shards) => shards
+            .iter()
+            .find(|s| i64::from(s.shard) == i64::from(partition))
+            .ok_or(UNKNOWN_TOPIC_OR_PARTITION),
+    }
+}
+
 /// A data request's response.
 pub(crate) enum Response {
     Metadata(MetadataResponse),
@@ -450,6 +461,21 @@ impl<H: Handler> Door<H> {
         }
     }
 
+    /// A topic's stream and its shards' figures (or the error for the
+    /// whole topic), as Fetch and ListOffsets start from.
+    async fn topic_stats(
+        &self,
+        cx: &Cx<'_, H::Session>,
+        topic: &str,
+    ) -> (Result<String, &'static str>, Result<Vec<ShardStats>, i16>) {
+        let stream = self.stream(cx.tenant, topic);
+        let stats = match &stream {
+            Ok(s) => self.shard_stats(cx.session, s).await,
+            Err(_) => Err(INVALID_TOPIC_EXCEPTION),
+        };
+        (stream, stats)
+    }
+
     async fn subscribe(
         &self,
         session: &H::Session,
@@ -483,24 +509,13 @@ impl<H: Handler> Door<H> {
         let mut total = 0usize;
         for t in f.topics {
             let mut tr = fetch_response::FetchableTopicResponse::default();
-            let stream = self.stream(cx.tenant, t.topic.0.as_str());
-            let stats = match &stream {
-                Ok(s) => self.shard_stats(cx.session, s).await,
-                Err(_) => Err(INVALID_TOPIC_EXCEPTION),
-            };
+            let (stream, stats) = self.topic_stats(cx, t.topic.0.as_str()).await;
             for p in t.partitions {
                 let mut pd = fetch_response::PartitionData::default();
                 pd.partition_index = p.partition;
                 // Empty, not null: librdkafka refuses a null record set.
                 pd.records = Some(Bytes::new());
-                let st = match &stats {
-                    Err(code) => Err(*code),
-                    Ok(shards) => shards
-                        .iter()
-                        .find(|s| i64::from(s.shard) == i64::from(p.partition))
-                        .ok_or(UNKNOWN_TOPIC_OR_PARTITION),
-                };
-                let st = match st {
+                let st = match partition_stats(&stats, p.partition) {
                     Ok(st) => st,
                     Err(code) => {
                         pd.error_code = code;
@@ -615,25 +630,14 @@ impl<H: Handler> Door<H> {
         let mut r = ListOffsetsResponse::default();
         for t in l.topics {
             let mut tr = list_offsets_response::ListOffsetsTopicResponse::default();
-            let stream = self.stream(cx.tenant, t.name.0.as_str());
-            let stats = match &stream {
-                Ok(s) => self.shard_stats(cx.session, s).await,
-                Err(_) => Err(INVALID_TOPIC_EXCEPTION),
-            };
+            let (stream, stats) = self.topic_stats(cx, t.name.0.as_str()).await;
             for p in t.partitions {
                 let mut pr = list_offsets_response::ListOffsetsPartitionResponse::default();
                 pr.partition_index = p.partition_index;
                 pr.timestamp = -1;
                 pr.offset = -1;
                 pr.leader_epoch = -1;
-                let st = match &stats {
-                    Err(code) => Err(*code),
-                    Ok(shards) => shards
-                        .iter()
-                        .find(|s| i64::from(s.shard) == i64::from(p.partition_index))
-                        .ok_or(UNKNOWN_TOPIC_OR_PARTITION),
-                };
-                match (st, p.timestamp) {
+                match (partition_stats(&stats, p.partition_index), p.timestamp) {
                     (Err(code), _) => pr.error_code = code,
                     (Ok(st), -2) => pr.offset = st.earliest as i64,
                     (Ok(st), -1) => pr.offset = st.next as i64,
