@@ -401,3 +401,143 @@ fn every_door_of_a_three_broker_cluster_names_each_partitions_leader() {
         assert_eq!(out, format!("m{s}\n"));
     }
 }
+
+/// Runs `tests/kafka_py/<script>` with `args` under the Python that has
+/// confluent-kafka and kafka-python (`FELIX_TEST_PYTHON`, else the venv
+/// `.ci/run` makes); gives its stdout, failing with its stderr if it
+/// failed.
+fn kafka_py(script: &str, args: &[&str]) -> String {
+    let python = std::env::var("FELIX_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/felix-venv/bin/python3", std::env::var("HOME").unwrap()));
+    let script = format!("{}/tests/kafka_py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&python)
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("a Python with confluent-kafka (`bash .ci/run` makes one)");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "{script} {:?}:\n{stdout}\n{stderr}",
+        &args[..1]
+    );
+    stdout
+}
+
+#[test]
+fn a_confluent_kafka_group_rebalances_when_a_member_is_killed_or_leaves_and_its_offsets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Broker::start(dir.path());
+    let rt = common::rt();
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, common::stream_config("clicks", 3)).await;
+    });
+    let addr = b.profile.kafka.clone().unwrap();
+    // Three members (one its own process, SIGKILLed; one leaving): every
+    // record is read exactly once by the group, each committed as read.
+    let committed = kafka_py("groups.py", &["group", &addr, &token(&b), "clicks", "billing"]);
+    assert_eq!(committed.trim(), "100,100,100");
+    // The offsets are in the replicated offsets cache: a restarted broker
+    // still has them, and a new member resumes where the group stopped.
+    b.stop();
+    let b = Broker::start(dir.path());
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py(
+        "groups.py",
+        &["resume", &addr, &token(&b), "clicks", "billing", committed.trim()],
+    );
+    assert_eq!(out.trim(), "ok");
+    // Kafka clients do not see the offsets cache as a topic.
+    let (ok, out, err) = kcat(&b, &token(&b), &["-L"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("topic \"clicks\""), "{out}");
+    assert!(!out.contains("__consumer_offsets"), "{out}");
+}
+
+#[test]
+fn kafka_python_creates_describes_produces_consumes_in_a_group_and_deletes() {
+    let (_dir, _rt, b) = common::dev_broker();
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py("clients.py", &["admin", &addr, &token(&b)]);
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn an_idempotent_confluent_kafka_producer_writes_each_record_once() {
+    let (_dir, rt, b) = common::dev_broker();
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, common::stream_config("ledger", 2)).await;
+    });
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py("clients.py", &["idempotent", &addr, &token(&b), "ledger", "2000"]);
+    assert_eq!(out.trim(), "2000");
+    // What the shards hold is exactly what was acknowledged.
+    let (ok, out, err) = kcat(
+        &b,
+        &token(&b),
+        &["-C", "-t", "ledger", "-o", "beginning", "-e", "-f", "%s\n"],
+        "",
+    );
+    assert!(ok, "{err}");
+    let mut got: Vec<u32> = out.lines().map(|l| l.parse().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..2000).collect::<Vec<u32>>());
+}
+
+#[test]
+fn a_shard_leader_killed_under_an_idempotent_producer_and_a_group_loses_and_repeats_nothing() {
+    use std::io::BufRead;
+
+    use felix_client::wire::{Durability, StreamConfig};
+    use felix_client::Client;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = common::cluster::LocalCluster::configure(dir.path(), 3, "", |_| None);
+    let doors: Vec<String> = (0..3)
+        .map(|i| {
+            let port = common::cp::free_port();
+            c.append_config(i, &format!("[kafka]\nlisten = \"127.0.0.1:{port}\"\n"));
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    c.launch();
+    let rt = common::rt();
+    let client = rt.block_on(Client::connect(c.client_config())).unwrap();
+    rt.block_on(common::create_when_ready(
+        &client,
+        StreamConfig::stream("dev/default/payments", 3, Durability::Always),
+    ));
+    let leader = rt.block_on(c.leader(&client, "payments", 0));
+    let python = std::env::var("FELIX_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.cache/felix-venv/bin/python3", std::env::var("HOME").unwrap()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_py/failover.py");
+    let mut py = Command::new(python)
+        .args([script, "run", &doors.join(","), "-", "payments", "settle", "3000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(py.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("failover.py says when to kill").unwrap();
+    assert_eq!(first, "killing-time");
+    // SIGKILL partition 0's leader while records are in flight.
+    c.kill(c.index_of(leader));
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = py.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "failover.py: {rest:?}\n{stderr}");
+    let last = rest.last().cloned().unwrap_or_default();
+    let figures: Vec<usize> = last
+        .strip_prefix("ok ")
+        .unwrap_or_else(|| panic!("failover.py: {rest:?}\n{stderr}"))
+        .split(' ')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(figures[0], 3000, "every record acknowledged");
+    assert_eq!(figures[1], 3000, "each consumed once: {stderr}");
+}

@@ -8,8 +8,11 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, ProduceRequest,
-    SaslAuthenticateRequest, SaslHandshakeRequest,
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
+    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
+    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::Decodable;
 
@@ -19,6 +22,22 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 11),
     (ApiKey::ListOffsets, 1, 5),
     (ApiKey::Metadata, 0, 8),
+    // The classic group protocol and topic administration, each up to
+    // its last version before the flexible encoding and from the first
+    // version `kafka-protocol` decodes.
+    (ApiKey::OffsetCommit, 2, 7),
+    (ApiKey::OffsetFetch, 1, 5),
+    (ApiKey::FindCoordinator, 0, 2),
+    (ApiKey::JoinGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 3),
+    (ApiKey::LeaveGroup, 0, 3),
+    (ApiKey::SyncGroup, 0, 3),
+    (ApiKey::DescribeGroups, 0, 4),
+    (ApiKey::ListGroups, 0, 2),
+    (ApiKey::InitProducerId, 0, 1),
+    (ApiKey::CreateTopics, 2, 4),
+    (ApiKey::DeleteTopics, 1, 3),
+    (ApiKey::DescribeConfigs, 1, 3),
     // librdkafka counts SASL as supported only if v0 is; after a v0
     // handshake the exchange is bare size-prefixed frames (`server`).
     (ApiKey::SaslHandshake, 0, 1),
@@ -48,32 +67,49 @@ pub enum Request {
     ListOffsets(ListOffsetsRequest),
     SaslHandshake(SaslHandshakeRequest),
     SaslAuthenticate(SaslAuthenticateRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    InitProducerId(InitProducerIdRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    DescribeConfigs(DescribeConfigsRequest),
 }
 
 /// Decodes `body`, which [`crate::walk::check`] has passed for `key` at
 /// `version`. Errors are the crate's (text that is not UTF-8, say).
 pub fn decode(key: ApiKey, version: i16, body: Bytes) -> Result<Request, String> {
-    let mut b = body;
+    fn d<T: Decodable>(mut b: Bytes, version: i16) -> Result<T, String> {
+        T::decode(&mut b, version).map_err(|e| e.to_string())
+    }
+    let v = version;
     Ok(match key {
-        ApiKey::ApiVersions => {
-            Request::ApiVersions(ApiVersionsRequest::decode(&mut b, version).map_err(|e| e.to_string())?)
-        }
-        ApiKey::Metadata => {
-            Request::Metadata(MetadataRequest::decode(&mut b, version).map_err(|e| e.to_string())?)
-        }
-        ApiKey::Produce => {
-            Request::Produce(ProduceRequest::decode(&mut b, version).map_err(|e| e.to_string())?)
-        }
-        ApiKey::Fetch => Request::Fetch(FetchRequest::decode(&mut b, version).map_err(|e| e.to_string())?),
-        ApiKey::ListOffsets => {
-            Request::ListOffsets(ListOffsetsRequest::decode(&mut b, version).map_err(|e| e.to_string())?)
-        }
-        ApiKey::SaslHandshake => {
-            Request::SaslHandshake(SaslHandshakeRequest::decode(&mut b, version).map_err(|e| e.to_string())?)
-        }
-        ApiKey::SaslAuthenticate => Request::SaslAuthenticate(
-            SaslAuthenticateRequest::decode(&mut b, version).map_err(|e| e.to_string())?,
-        ),
+        ApiKey::ApiVersions => Request::ApiVersions(d(body, v)?),
+        ApiKey::Metadata => Request::Metadata(d(body, v)?),
+        ApiKey::Produce => Request::Produce(d(body, v)?),
+        ApiKey::Fetch => Request::Fetch(d(body, v)?),
+        ApiKey::ListOffsets => Request::ListOffsets(d(body, v)?),
+        ApiKey::SaslHandshake => Request::SaslHandshake(d(body, v)?),
+        ApiKey::SaslAuthenticate => Request::SaslAuthenticate(d(body, v)?),
+        ApiKey::FindCoordinator => Request::FindCoordinator(d(body, v)?),
+        ApiKey::JoinGroup => Request::JoinGroup(d(body, v)?),
+        ApiKey::SyncGroup => Request::SyncGroup(d(body, v)?),
+        ApiKey::Heartbeat => Request::Heartbeat(d(body, v)?),
+        ApiKey::LeaveGroup => Request::LeaveGroup(d(body, v)?),
+        ApiKey::OffsetCommit => Request::OffsetCommit(d(body, v)?),
+        ApiKey::OffsetFetch => Request::OffsetFetch(d(body, v)?),
+        ApiKey::ListGroups => Request::ListGroups(d(body, v)?),
+        ApiKey::DescribeGroups => Request::DescribeGroups(d(body, v)?),
+        ApiKey::InitProducerId => Request::InitProducerId(d(body, v)?),
+        ApiKey::CreateTopics => Request::CreateTopics(d(body, v)?),
+        ApiKey::DeleteTopics => Request::DeleteTopics(d(body, v)?),
+        ApiKey::DescribeConfigs => Request::DescribeConfigs(d(body, v)?),
         other => return Err(format!("{other:?} is not served")),
     })
 }

@@ -28,6 +28,9 @@ pub const FETCH_WAIT_MS_MAX: u64 = 30_000;
 /// Most record bytes one fetch response carries (`max_bytes` above it is
 /// cut; a first batch larger than it still goes, alone, as KIP-74 asks).
 pub const FETCH_BYTES_MAX: usize = 32 << 20;
+/// What the broker's refusal of a batch its producer is past says
+/// (`felix_broker::windows::Behind`, which reaches a door as text).
+const BEHIND: &str = "already written";
 /// Longest ListOffsets by timestamp waits on a shard's time index.
 pub const LIST_OFFSETS_WAIT_MS: u64 = 200;
 
@@ -40,7 +43,7 @@ const INVALID_REQUIRED_ACKS: i16 = 21;
 const TOPIC_AUTHORIZATION_FAILED: i16 = 29;
 const INVALID_REQUEST: i16 = 42;
 const POLICY_VIOLATION: i16 = 44;
-const UNKNOWN_SERVER_ERROR: i16 = -1;
+pub(crate) const UNKNOWN_SERVER_ERROR: i16 = -1;
 
 /// How a listener serves.
 #[derive(Debug, Clone)]
@@ -121,6 +124,8 @@ pub(crate) struct Door<H: Handler> {
     pub(crate) handler: Arc<H>,
     pub(crate) settings: Settings,
     pub(crate) clock: Clock,
+    pub(crate) coordinator: Arc<crate::coordinator::Coordinator>,
+    pub(crate) sequences: crate::idem::Sequences,
 }
 
 /// One request's context.
@@ -128,6 +133,9 @@ pub(crate) struct Cx<'a, S> {
     pub(crate) session: &'a Arc<S>,
     pub(crate) tenant: &'a str,
     pub(crate) version: i16,
+    /// The request header's client id.
+    pub(crate) client_id: &'a str,
+    pub(crate) peer: std::net::SocketAddr,
 }
 
 /// One partition's figures among its topic's.
@@ -147,6 +155,19 @@ pub(crate) enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    FindCoordinator(kafka_protocol::messages::FindCoordinatorResponse),
+    JoinGroup(kafka_protocol::messages::JoinGroupResponse),
+    SyncGroup(kafka_protocol::messages::SyncGroupResponse),
+    Heartbeat(kafka_protocol::messages::HeartbeatResponse),
+    LeaveGroup(kafka_protocol::messages::LeaveGroupResponse),
+    OffsetCommit(kafka_protocol::messages::OffsetCommitResponse),
+    OffsetFetch(kafka_protocol::messages::OffsetFetchResponse),
+    ListGroups(kafka_protocol::messages::ListGroupsResponse),
+    DescribeGroups(kafka_protocol::messages::DescribeGroupsResponse),
+    InitProducerId(kafka_protocol::messages::InitProducerIdResponse),
+    CreateTopics(kafka_protocol::messages::CreateTopicsResponse),
+    DeleteTopics(kafka_protocol::messages::DeleteTopicsResponse),
+    DescribeConfigs(kafka_protocol::messages::DescribeConfigsResponse),
 }
 
 impl Response {
@@ -162,8 +183,38 @@ impl Response {
             Response::Produce(r) => frame::respond(out, key, version, correlation_id, r),
             Response::Fetch(r) => frame::respond(out, key, version, correlation_id, r),
             Response::ListOffsets(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::FindCoordinator(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::JoinGroup(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::SyncGroup(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::Heartbeat(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::LeaveGroup(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::OffsetCommit(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::OffsetFetch(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::ListGroups(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::DescribeGroups(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::InitProducerId(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::CreateTopics(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::DeleteTopics(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::DescribeConfigs(r) => frame::respond(out, key, version, correlation_id, r),
         }
     }
+}
+
+/// A new idempotent producer: an id no other is given (random, 47 bits)
+/// at epoch 0. Transactional producers are refused.
+fn init_producer_id(
+    r: &kafka_protocol::messages::InitProducerIdRequest,
+) -> kafka_protocol::messages::InitProducerIdResponse {
+    let mut resp = kafka_protocol::messages::InitProducerIdResponse::default();
+    if r.transactional_id.is_some() {
+        resp.error_code = INVALID_REQUEST;
+        resp.producer_id = kafka_protocol::messages::ProducerId(-1);
+        resp.producer_epoch = -1;
+        return resp;
+    }
+    resp.producer_id = kafka_protocol::messages::ProducerId(crate::idem::new_producer_id());
+    resp.producer_epoch = 0;
+    resp
 }
 
 fn topic_name(s: &str) -> TopicName {
@@ -171,7 +222,7 @@ fn topic_name(s: &str) -> TopicName {
 }
 
 impl<H: Handler> Door<H> {
-    async fn ask(&self, session: &H::Session, m: Message) -> Result<Message, ErrorReply> {
+    pub(crate) async fn ask(&self, session: &H::Session, m: Message) -> Result<Message, ErrorReply> {
         match self.handler.request(session, m).await {
             Reply::Message(Message::Error(e)) => Err(e),
             Reply::Message(m) => Ok(m),
@@ -184,7 +235,7 @@ impl<H: Handler> Door<H> {
         }
     }
 
-    fn stream(&self, tenant: &str, topic: &str) -> Result<String, &'static str> {
+    pub(crate) fn stream(&self, tenant: &str, topic: &str) -> Result<String, &'static str> {
         names::stream_of(tenant, &self.settings.namespace, topic)
     }
 
@@ -195,12 +246,29 @@ impl<H: Handler> Door<H> {
             Request::Produce(p) => self.produce(cx, p).await.map(Response::Produce),
             Request::Fetch(f) => Some(Response::Fetch(self.fetch(cx, f).await)),
             Request::ListOffsets(l) => Some(Response::ListOffsets(self.list_offsets(cx, l).await)),
+            Request::FindCoordinator(f) => {
+                Some(Response::FindCoordinator(self.find_coordinator(cx, f).await))
+            }
+            Request::JoinGroup(j) => Some(Response::JoinGroup(self.join_group(cx, j).await)),
+            Request::SyncGroup(x) => Some(Response::SyncGroup(self.sync_group(cx, x).await)),
+            Request::Heartbeat(h) => Some(Response::Heartbeat(self.heartbeat(cx, h).await)),
+            Request::LeaveGroup(l) => Some(Response::LeaveGroup(self.leave_group(cx, l).await)),
+            Request::OffsetCommit(o) => Some(Response::OffsetCommit(self.offset_commit(cx, o).await)),
+            Request::OffsetFetch(o) => Some(Response::OffsetFetch(self.offset_fetch(cx, o).await)),
+            Request::ListGroups(_) => Some(Response::ListGroups(self.list_groups(cx).await)),
+            Request::DescribeGroups(d) => Some(Response::DescribeGroups(self.describe_groups(cx, d).await)),
+            Request::InitProducerId(r) => Some(Response::InitProducerId(init_producer_id(&r))),
+            Request::CreateTopics(c) => Some(Response::CreateTopics(self.create_topics(cx, c).await)),
+            Request::DeleteTopics(d) => Some(Response::DeleteTopics(self.delete_topics(cx, d).await)),
+            Request::DescribeConfigs(d) => {
+                Some(Response::DescribeConfigs(self.describe_configs(cx, d).await))
+            }
             other => return Err(format!("{other:?} is not a data request")),
         })
     }
 
     /// Broker `id`'s door, as Metadata lists it (`None`: not known).
-    fn door(&self, id: u64) -> Option<String> {
+    pub(crate) fn door(&self, id: u64) -> Option<String> {
         if id == self.settings.broker_id as u64 {
             return Some(
                 self.settings
@@ -212,7 +280,7 @@ impl<H: Handler> Door<H> {
         self.settings.doors.as_ref().and_then(|d| (d.0)(id))
     }
 
-    fn broker(&self, id: u64, at: &str) -> metadata_response::MetadataResponseBroker {
+    pub(crate) fn broker(&self, id: u64, at: &str) -> metadata_response::MetadataResponseBroker {
         let (host, port) = at.rsplit_once(':').unwrap_or((at, "9092"));
         let mut b = metadata_response::MetadataResponseBroker::default();
         b.node_id = BrokerId(id as i32);
@@ -425,19 +493,55 @@ impl<H: Handler> Door<H> {
             "no records".to_owned(),
         ))?;
         let parsed = records::parse(records, now_ms).map_err(|e| (e.code(), e.to_string()))?;
-        let batch = records::to_felix(&parsed).map_err(|e| (e.code(), e.to_string()))?;
+        let idem = crate::idem::of(&parsed).map_err(|e| (e.code(), e.to_string()))?;
+        if let Some((producer, base, _)) = idem {
+            let code = self.sequences.check(producer, stream, shard, base);
+            if code != 0 {
+                return Err((
+                    code,
+                    format!("sequence {base} leaves a gap after this producer's last batch"),
+                ));
+            }
+        }
+        let felix_producer = idem.map(|(p, base, _)| (p, base as u64));
+        let batch = records::to_felix(&parsed, felix_producer).map_err(|e| (e.code(), e.to_string()))?;
+        let (producer_id, sequence) = felix_producer.unwrap_or((0, 0));
         let m = Message::Publish {
             stream: stream.to_owned(),
             shard: Some(shard),
             ack,
-            producer_id: 0,
-            sequence: 0,
+            producer_id,
+            sequence,
             batch: Bytes::from(batch),
         };
+        let written = |next_seq: Option<i32>| {
+            if let (Some((p, _, _)), Some(next)) = (idem, next_seq) {
+                self.sequences.written(p, stream, shard, next);
+            }
+        };
+        let next_seq = idem.map(|(_, base, count)| crate::idem::seq_add(base, i64::from(count)));
         match self.ask(session, m).await {
-            Ok(Message::PublishAck { base_offset, .. }) => Ok(base_offset as i64),
-            Ok(Message::Done) => Ok(-1),
+            Ok(Message::PublishAck { base_offset, .. }) => {
+                written(next_seq);
+                Ok(base_offset as i64)
+            }
+            Ok(Message::Done) => {
+                written(next_seq);
+                Ok(-1)
+            }
             Ok(other) => Err((UNKNOWN_SERVER_ERROR, format!("unexpected reply {other:?}"))),
+            // The shard's windows hold a later batch of this producer: this
+            // one was written before (Kafka's answer for an old retry),
+            // unless it is the very batch this door expects next, which
+            // means the sequence wrapped: the producer must start afresh.
+            Err(ErrorReply::InvalidRequest(why)) if idem.is_some() && why.contains(BEHIND) => {
+                let (p, base, _) = idem.expect("checked");
+                if self.sequences.is_due(p, stream, shard, base) {
+                    Err((crate::idem::UNKNOWN_PRODUCER_ID, why))
+                } else {
+                    Err((crate::idem::DUPLICATE_SEQUENCE_NUMBER, why))
+                }
+            }
             Err(e) => Err((code_of(&e), e.to_string())),
         }
     }

@@ -13,14 +13,29 @@
 //! - [`sasl`]: the token in a PLAIN or OAUTHBEARER exchange (sans-IO).
 //! - [`exec`]: Metadata, Produce, Fetch and ListOffsets over the broker's
 //!   `felix_client::server::Handler`.
+//! - [`group`]: the classic consumer-group protocol's state machine
+//!   (sans-IO).
+//! - [`offsets`]: committed offsets as entries of an offsets cache
+//!   (sans-IO).
+//! - `coordinator`: the group state machine at run time (waiting
+//!   requests, the sweeper).
+//! - `group_apis`: FindCoordinator, the group APIs and committed offsets.
+//! - [`idem`]: idempotent produce onto Felix's producer windows.
+//! - [`admin`]: CreateTopics, DeleteTopics and DescribeConfigs.
 //! - [`server`]: the TCP/TLS listener.
 //!
 //! What is served, the limits and what is not: `docs/kafka.md`.
 
+pub mod admin;
 pub mod apis;
+mod coordinator;
 pub mod exec;
 pub mod frame;
+pub mod group;
+mod group_apis;
+pub mod idem;
 pub mod names;
+pub mod offsets;
 pub mod records;
 pub mod sasl;
 pub mod server;

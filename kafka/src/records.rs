@@ -328,8 +328,11 @@ fn unsnappy(stored: &[u8], max: usize) -> Result<Vec<u8>, RecordsError> {
 
 /// One Felix batch holding a produce's records, zstd-compressed when the
 /// producer compressed its own.
-pub fn to_felix(batches: &[ProducedBatch]) -> Result<Vec<u8>, RecordsError> {
+pub fn to_felix(batches: &[ProducedBatch], producer: Option<(u64, u64)>) -> Result<Vec<u8>, RecordsError> {
     let mut b = BatchBuilder::new(fl::BATCH_BYTES_MAX);
+    if let Some((id, first_seq)) = producer {
+        b = b.producer(felix_log::ProducerId(id), first_seq);
+    }
     let mut compressed = false;
     for batch in batches {
         compressed |= batch.compressed;
@@ -542,7 +545,7 @@ mod tests {
                 assert_eq!(r.headers[1], (Bytes::from_static(b"empty"), None));
             }
             // Into a Felix batch, stamped as the log would, and out as Kafka.
-            let mut felix = to_felix(&parsed).unwrap();
+            let mut felix = to_felix(&parsed, None).unwrap();
             felix_log::batch::stamp(
                 &mut felix,
                 felix_log::Offset(1_000),

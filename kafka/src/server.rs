@@ -69,12 +69,19 @@ pub fn serve<H: Handler>(
     if settings.advertise.is_none() {
         settings.advertise = Some(addr.to_string());
     }
+    // Member ids of this listener's life start with the time it began,
+    // unlike any an earlier life handed out.
+    let incarnation = clock() as u64;
+    let coordinator = Arc::new(crate::coordinator::Coordinator::new(incarnation));
     let door = Arc::new(Door {
         handler,
         settings,
-        clock,
+        clock: clock.clone(),
+        coordinator: coordinator.clone(),
+        sequences: crate::idem::Sequences::default(),
     });
     let (stop, stopped) = watch::channel(false);
+    tokio::spawn(coordinator.sweep_until(clock, stopped.clone()));
     let task = tokio::spawn(accept_loop(listener, door, stopped));
     Ok(KafkaServer { addr, stop, task })
 }
@@ -261,7 +268,7 @@ impl<H: Handler> Conn<H> {
             key,
             version,
             correlation_id,
-            ..
+            client_id,
         } = head;
         let key = match key {
             Ok(k) => k,
@@ -350,6 +357,8 @@ impl<H: Handler> Conn<H> {
                     session: &session,
                     tenant: &self.tenant,
                     version,
+                    client_id: client_id.as_deref().unwrap_or(""),
+                    peer: self.peer.address,
                 };
                 match self.door.exec(&cx, other).await {
                     Ok(Some(resp)) => {

@@ -1,0 +1,204 @@
+"""Consumer groups through the Kafka door with confluent-kafka (a recent
+librdkafka), driven by cli/tests/kafka.rs. Exits non-zero, with the reason
+on stderr, on the first thing that is not as Kafka would have it; prints
+what the Rust side checks next on stdout.
+
+  group  BOOTSTRAP TOKEN TOPIC GROUP   three members, one killed, one leaving
+  member BOOTSTRAP TOKEN TOPIC GROUP   (a member run as its own process)
+  resume BOOTSTRAP TOKEN TOPIC GROUP COMMITTED   after a broker restart
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+PARTITIONS = 3
+RECORDS = 300
+# Short enough that a killed member is noticed within the test's time.
+SESSION_MS = 6000
+
+
+def conf(bootstrap, token, **more):
+    """Client settings; token "-" is a door without tokens (no SASL)."""
+    c = {"bootstrap.servers": bootstrap}
+    if token != "-":
+        c.update(
+            {
+                "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN",
+                "sasl.username": "dev",
+                "sasl.password": token,
+            }
+        )
+    c.update(more)
+    return c
+
+
+def fail(why):
+    print(why, file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+def consumer(bootstrap, token, group):
+    return Consumer(
+        conf(
+            bootstrap,
+            token,
+            **{
+                "group.id": group,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": SESSION_MS,
+                "heartbeat.interval.ms": 500,
+                "max.poll.interval.ms": 30000,
+            },
+        )
+    )
+
+
+def produce(bootstrap, token, topic, start, n):
+    p = Producer(conf(bootstrap, token, **{"acks": "all", "linger.ms": 5}))
+    errors = []
+    for i in range(start, start + n):
+        p.produce(
+            topic,
+            key=b"k%d" % i,
+            value=b"v%d" % i,
+            partition=i % PARTITIONS,
+            on_delivery=lambda err, msg: err and errors.append(err),
+        )
+    if p.flush(30) != 0 or errors:
+        fail("produce: %s" % errors)
+
+
+def take(c):
+    """One record from `c` after committing it, or None."""
+    m = c.poll(0.1)
+    if m is None:
+        return None
+    if m.error():
+        fail("consume: %s" % m.error())
+    c.commit(message=m, asynchronous=False)
+    return (m.partition(), m.offset(), m.value())
+
+
+def until(what, secs, f):
+    end = time.time() + secs
+    while time.time() < end:
+        if f():
+            return
+    fail("timed out: " + what)
+
+
+def group(bootstrap, token, topic, grp):
+    produce(bootstrap, token, topic, 0, RECORDS)
+    got = {}  # (partition, offset) -> value, over every member
+
+    def note(rec, who):
+        if rec is None:
+            return
+        p, o, v = rec
+        if (p, o) in got:
+            fail("(%d, %d) consumed twice (again by %s)" % (p, o, who))
+        got[(p, o)] = v
+
+    # The third member is its own process, to be SIGKILLed.
+    child = subprocess.Popen(
+        [sys.executable, __file__, "member", bootstrap, token, topic, grp],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    os.set_blocking(child.stdout.fileno(), False)
+    a, b = consumer(bootstrap, token, grp), consumer(bootstrap, token, grp)
+    a.subscribe([topic])
+    b.subscribe([topic])
+    child_lines = []
+
+    def child_records():
+        chunk = child.stdout.read() or ""
+        child_lines.append(chunk)
+        lines = "".join(child_lines).split("\n")
+        child_lines[:] = [lines[-1]]
+        for line in lines[:-1]:
+            p, o, v = line.split(" ")
+            note((int(p), int(o), v.encode()), "the killed member")
+
+    from_child = []
+
+    def all_three_read():
+        note(take(a), "a")
+        note(take(b), "b")
+        before = len(got)
+        child_records()
+        if len(got) > before:
+            from_child.append(len(got) - before)
+        return len(a.assignment()) == 1 and len(b.assignment()) == 1 and from_child and len(got) > 30
+
+    # Every member owns one partition and the third has read some.
+    until("three members of one partition each", 60, all_three_read)
+    owned = {tp.partition for tp in a.assignment()} | {tp.partition for tp in b.assignment()}
+    if len(owned) != 2:
+        fail("a and b own %s" % owned)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child_records()
+    killed_at = len(got)
+    # Its partition comes back to a or b once its session runs out.
+    until(
+        "the killed member's partition reassigned",
+        SESSION_MS / 1000 + 40,
+        lambda: (note(take(a), "a"), note(take(b), "b"), len(a.assignment()) + len(b.assignment()) == PARTITIONS)[-1],
+    )
+    # b leaves: a gets everything.
+    b.close()
+    until("a owns every partition", 40, lambda: (note(take(a), "a"), len(a.assignment()) == PARTITIONS)[-1])
+    until("every record consumed", 60, lambda: (note(take(a), "a"), len(got) == RECORDS)[-1])
+    want = {(i % PARTITIONS, i // PARTITIONS): b"v%d" % i for i in range(RECORDS)}
+    if got != want:
+        missing = sorted(set(want) - set(got))[:5]
+        fail("consumed %d of %d; missing e.g. %s" % (len(got), RECORDS, missing))
+    committed = a.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], timeout=10)
+    offsets = [tp.offset for tp in committed]
+    if offsets != [RECORDS // PARTITIONS] * PARTITIONS:
+        fail("committed %s" % offsets)
+    a.close()
+    print("killed-after %d" % killed_at, file=sys.stderr)
+    print(",".join(str(o) for o in offsets))
+
+
+def member(bootstrap, token, topic, grp):
+    c = consumer(bootstrap, token, grp)
+    c.subscribe([topic])
+    while True:
+        rec = take(c)
+        if rec is not None:
+            # Printed only once committed: what it printed is not read again.
+            print("%d %d %s" % (rec[0], rec[1], rec[2].decode()), flush=True)
+
+
+def resume(bootstrap, token, topic, grp, committed):
+    want = [int(x) for x in committed.split(",")]
+    produce(bootstrap, token, topic, RECORDS, 30)
+    c = consumer(bootstrap, token, grp)
+    c.subscribe([topic])
+    got = []
+    until("the 30 new records", 60, lambda: (got.append(take(c)), len([g for g in got if g]) == 30)[-1])
+    got = [g for g in got if g]
+    for p in range(PARTITIONS):
+        first = min(o for (q, o, _) in got if q == p)
+        if first != want[p]:
+            fail("partition %d resumed at %d, committed %d" % (p, first, want[p]))
+    values = sorted(v for (_, _, v) in got)
+    if values != sorted(b"v%d" % i for i in range(RECORDS, RECORDS + 30)):
+        fail("resumed with %s" % values[:5])
+    c.close()
+    print("ok")
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    {"group": group, "member": member, "resume": resume}[mode](*args)
