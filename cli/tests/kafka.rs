@@ -411,7 +411,7 @@ fn kafka_py(script: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| format!("{}/.cache/felix-venv/bin/python3", std::env::var("HOME").unwrap()));
     let script = format!("{}/tests/kafka_py/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(&python)
-        .arg(script)
+        .arg(&script)
         .args(args)
         .output()
         .expect("a Python with confluent-kafka (`bash .ci/run` makes one)");

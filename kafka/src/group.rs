@@ -252,13 +252,16 @@ impl Groups {
     }
 
     /// A JoinGroup: `Err(answer)` at once, or the ticket its answer will
-    /// carry (which may already be ready).
-    pub fn join(&mut self, now_ms: i64, key: &GroupKey, j: Join) -> Result<Ticket, Joined> {
-        let fail = |error: i16, member_id: &str| Joined {
-            error,
-            generation: -1,
-            member_id: member_id.to_owned(),
-            ..Joined::default()
+    /// carry (which may already be ready). The refusal is boxed because
+    /// it is the rare path and `Joined` is large.
+    pub fn join(&mut self, now_ms: i64, key: &GroupKey, j: Join) -> Result<Ticket, Box<Joined>> {
+        let fail = |error: i16, member_id: &str| {
+            Box::new(Joined {
+                error,
+                generation: -1,
+                member_id: member_id.to_owned(),
+                ..Joined::default()
+            })
         };
         if key.1.is_empty() {
             return Err(fail(INVALID_GROUP_ID, &j.member_id));
@@ -357,7 +360,7 @@ impl Groups {
             // The same member joined again before its first join was
             // answered (from another connection): the older one is stale.
             self.ready
-                .push((old, Answer::Join(fail(REBALANCE_IN_PROGRESS, &member_id))));
+                .push((old, Answer::Join(*fail(REBALANCE_IN_PROGRESS, &member_id))));
         }
         if g.state == State::Empty {
             g.protocol_type = Some(j.protocol_type);

@@ -168,7 +168,7 @@ impl<H: Handler> Door<H> {
         let within = j.rebalance_timeout_ms.clamp(0, group::REBALANCE_TIMEOUT_MS_MAX) as u64;
         let now = (self.clock)();
         let joined = match self.coordinator.run(|g| g.join(now, &key, j)) {
-            Err(j) => j,
+            Err(j) => *j,
             Ok(rx) => match answer(rx, within).await {
                 Some(Answer::Join(j)) => j,
                 _ => group::Joined {
@@ -178,6 +178,7 @@ impl<H: Handler> Door<H> {
                 },
             },
         };
+        tracing::debug!(group = %key.1, member = %joined.member_id, error = joined.error, generation = joined.generation, leader = %joined.leader, members = joined.members.len(), "kafka: JoinGroup answered");
         resp.error_code = joined.error;
         resp.generation_id = joined.generation;
         resp.protocol_type = joined.protocol_type.as_deref().map(s);
@@ -225,6 +226,7 @@ impl<H: Handler> Door<H> {
                 },
             },
         };
+        tracing::debug!(group = %key.1, %member, generation = r.generation_id, error = synced.error, "kafka: SyncGroup answered");
         resp.error_code = synced.error;
         resp.protocol_type = synced.protocol_type.as_deref().map(s);
         resp.protocol_name = synced.protocol.as_deref().map(s);

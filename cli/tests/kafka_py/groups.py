@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 PARTITIONS = 3
 RECORDS = 300
@@ -75,14 +75,24 @@ def produce(bootstrap, token, topic, start, n):
         fail("produce: %s" % errors)
 
 
+# A commit the group refuses while it rebalances: the record is not
+# counted, and whoever owns its partition next reads it again.
+REFUSED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}
+
+
 def take(c):
-    """One record from `c` after committing it, or None."""
+    """One record from `c` once its offset is committed, or None."""
     m = c.poll(0.1)
     if m is None:
         return None
     if m.error():
         fail("consume: %s" % m.error())
-    c.commit(message=m, asynchronous=False)
+    try:
+        c.commit(message=m, asynchronous=False)
+    except KafkaException as e:
+        if e.args[0].code() in REFUSED:
+            return None
+        raise
     return (m.partition(), m.offset(), m.value())
 
 
@@ -110,7 +120,6 @@ def group(bootstrap, token, topic, grp):
     child = subprocess.Popen(
         [sys.executable, __file__, "member", bootstrap, token, topic, grp],
         stdout=subprocess.PIPE,
-        text=True,
     )
     os.set_blocking(child.stdout.fileno(), False)
     a, b = consumer(bootstrap, token, grp), consumer(bootstrap, token, grp)
@@ -119,7 +128,7 @@ def group(bootstrap, token, topic, grp):
     child_lines = []
 
     def child_records():
-        chunk = child.stdout.read() or ""
+        chunk = (child.stdout.read() or b"").decode()
         child_lines.append(chunk)
         lines = "".join(child_lines).split("\n")
         child_lines[:] = [lines[-1]]
