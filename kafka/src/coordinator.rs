@@ -4,6 +4,7 @@
 //! and the one task that sweeps it at its deadlines.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +22,9 @@ pub(crate) struct Coordinator {
     inner: Mutex<Inner>,
     /// Wakes the sweeper when deadlines may have moved.
     wake: Notify,
+    /// Sweeps done so far: the sweeper must sleep between deadlines, and
+    /// a test holds it to that.
+    sweeps: AtomicU64,
 }
 
 struct Inner {
@@ -36,6 +40,7 @@ impl Coordinator {
                 waiters: HashMap::new(),
             }),
             wake: Notify::new(),
+            sweeps: AtomicU64::new(0),
         }
     }
 
@@ -83,7 +88,13 @@ impl Coordinator {
                 _ = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
             }
             let now = clock();
-            self.with(|g| g.sweep(now));
+            // Not through `with`: its wake-up would be the sweeper's own
+            // and it would spin.
+            let mut inner = self.inner.lock().expect("groups lock");
+            inner.groups.sweep(now);
+            inner.deliver();
+            drop(inner);
+            self.sweeps.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -140,5 +151,42 @@ mod tests {
             };
             assert_eq!(j.generation, 2);
         }
+    }
+
+    #[test]
+    fn the_sweeper_sleeps_between_deadlines() {
+        // A sweeper that wakes itself never yields, and a paused runtime
+        // then never returns: the runtime runs on a thread of its own and a
+        // hang is reported instead of waited on.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            done.send(rt.block_on(sweeps_in_ten_idle_seconds())).unwrap();
+        });
+        let sweeps = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the sweeper gave the runtime back");
+        // One per idle second, plus the one the request woke.
+        assert!((5..=15).contains(&sweeps), "{sweeps} sweeps in 10 idle seconds");
+    }
+
+    async fn sweeps_in_ten_idle_seconds() -> u64 {
+        let c = Arc::new(Coordinator::new(1));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let start = tokio::time::Instant::now();
+        let clock: Arc<dyn Fn() -> i64 + Send + Sync> = Arc::new(move || start.elapsed().as_millis() as i64);
+        let sweeper = tokio::spawn(c.clone().sweep_until(clock, stopped));
+        let key: GroupKey = ("t".into(), "g".into());
+        c.with(|g| g.leave(0, &key, &["nobody".to_owned()]));
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        stop.send(true).unwrap();
+        sweeper.await.unwrap();
+        c.sweeps.load(Ordering::Relaxed)
     }
 }
