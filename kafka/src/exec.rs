@@ -221,6 +221,12 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
 }
 
+/// Kafka's ACL operation numbers: READ, WRITE, DELETE, DESCRIBE,
+/// DESCRIBE_CONFIGS, the ones this door serves on a topic.
+const TOPIC_OPERATIONS_SERVED: i32 = (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10);
+/// CREATE and DESCRIBE on the cluster.
+const CLUSTER_OPERATIONS_SERVED: i32 = (1 << 5) | (1 << 8);
+
 impl<H: Handler> Door<H> {
     pub(crate) async fn ask(&self, session: &H::Session, m: Message) -> Result<Message, ErrorReply> {
         match self.handler.request(session, m).await {
@@ -368,6 +374,16 @@ impl<H: Handler> Door<H> {
             if let Some(at) = self.door(id) {
                 r.brokers.push(self.broker(id, &at));
             }
+        }
+        // What a client may try, not what it will be allowed: Felix's own
+        // RBAC decides each request, as Kafka does without an authorizer.
+        if cx.version >= 8 && m.include_topic_authorized_operations {
+            for t in r.topics.iter_mut().filter(|t| t.error_code == 0) {
+                t.topic_authorized_operations = TOPIC_OPERATIONS_SERVED;
+            }
+        }
+        if (8..=10).contains(&cx.version) && m.include_cluster_authorized_operations {
+            r.cluster_authorized_operations = CLUSTER_OPERATIONS_SERVED;
         }
         r
     }

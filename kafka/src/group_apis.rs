@@ -7,7 +7,9 @@
 //! door, and a group request reaching any other broker is answered
 //! NOT_COORDINATOR, so clients follow the shard's leadership as it moves.
 
-use bytes::Bytes;
+use std::collections::HashSet;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use felix_client::server::Handler;
 use felix_client::wire::message::SCAN_KEYS_MAX;
 use felix_client::wire::{ErrorReply, Message, ShardInfo, StreamConfig};
@@ -34,6 +36,11 @@ const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const INVALID_REQUEST: i16 = 42;
 /// Keys one OffsetFetch of a whole group reads (its partitions).
 pub const FETCH_ALL_KEYS_MAX: usize = 65_536;
+/// Groups one ListGroups names from the offsets cache (as many as a door
+/// holds in memory).
+pub const LIST_GROUPS_MAX: usize = group::GROUPS_MAX;
+/// Scans one ListGroups may make of the offsets cache.
+const LIST_GROUPS_SCANS_MAX: usize = 1_024;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
@@ -292,9 +299,24 @@ impl<H: Handler> Door<H> {
         // Only the coordinator knows groups; the others list none (admin
         // clients ask every broker and merge).
         if self.here(cx).await == group::NONE {
-            resp.groups = self
-                .coordinator
-                .with(|g| g.list(cx.tenant))
+            let mut listed = self.coordinator.with(|g| g.list(cx.tenant));
+            // A group whose members all left is gone from memory, but its
+            // committed offsets keep it listed, Empty, as Kafka does; what
+            // protocol it spoke went with its members.
+            let cache = self.offsets_cache(cx.tenant);
+            match self.committed_groups(cx, &cache).await {
+                Ok(ids) => {
+                    let live: HashSet<String> = listed.iter().map(|(id, _, _)| id.clone()).collect();
+                    listed.extend(
+                        ids.into_iter()
+                            .filter(|id| !live.contains(id))
+                            .map(|id| (id, String::new(), group::State::Empty)),
+                    );
+                    listed.sort();
+                }
+                Err(code) => resp.error_code = code,
+            }
+            resp.groups = listed
                 .into_iter()
                 .map(|(id, ptype, state)| {
                     let mut l = list_groups_response::ListedGroup::default();
@@ -325,8 +347,20 @@ impl<H: Handler> Door<H> {
                 continue;
             }
             match self.coordinator.with(|g| g.describe(&key)) {
-                // Kafka's word for a group it does not hold.
-                None => d.group_state = StrBytes::from_static_str("Dead"),
+                None => {
+                    let cache = self.offsets_cache(cx.tenant);
+                    d.group_state = match self.committed_partitions(cx, &cache, &key.1).await {
+                        Ok(found) if !found.is_empty() => {
+                            StrBytes::from_static_str(group::State::Empty.name())
+                        }
+                        // Kafka's word for a group it does not hold.
+                        Ok(_) => StrBytes::from_static_str("Dead"),
+                        Err(code) => {
+                            d.error_code = code;
+                            StrBytes::from_static_str("Dead")
+                        }
+                    };
+                }
                 Some(v) => {
                     d.group_state = StrBytes::from_static_str(v.state.name());
                     d.protocol_type = s(&v.protocol_type);
@@ -489,6 +523,50 @@ impl<H: Handler> Door<H> {
         resp
     }
 
+    /// Every group with a committed offset in `cache`, at most
+    /// [`LIST_GROUPS_MAX`]; none if the cache was never made.
+    async fn committed_groups(&self, cx: &Cx<'_, H::Session>, cache: &str) -> Result<Vec<String>, i16> {
+        let mut found: Vec<String> = Vec::new();
+        let mut after: Option<Bytes> = None;
+        for _ in 0..LIST_GROUPS_SCANS_MAX {
+            let scan = Message::CacheScan {
+                cache: cache.to_owned(),
+                shard: 0,
+                after: after.clone(),
+                count: SCAN_KEYS_MAX as u32,
+            };
+            let keys = match self.ask(cx.session, scan).await {
+                Ok(Message::CacheKeys { keys, .. }) => keys,
+                Ok(_) => return Err(crate::exec::UNKNOWN_SERVER_ERROR),
+                Err(ErrorReply::NotLeader { .. }) => return Err(NOT_COORDINATOR),
+                Err(ErrorReply::UnknownStream(_)) => return Ok(found),
+                Err(e) => return Err(code_of(&e)),
+            };
+            let Some(last) = keys.last() else {
+                return Ok(found);
+            };
+            for k in &keys {
+                if let Some((g, _, _)) = offsets::parse_key(k) {
+                    if found.last() != Some(&g) {
+                        if found.len() >= LIST_GROUPS_MAX {
+                            return Ok(found);
+                        }
+                        found.push(g);
+                    }
+                }
+            }
+            // On past the last group's other keys: a topic's length starts
+            // them with a byte below 0xFF.
+            let Some((g, _, _)) = offsets::parse_key(last) else {
+                return Ok(found);
+            };
+            let mut next = BytesMut::from(&offsets::group_prefix(&g)[..]);
+            next.put_u8(0xFF);
+            after = Some(next.freeze());
+        }
+        Ok(found)
+    }
+
     /// Every (topic, partitions) `group` has committed, by a scan of the
     /// offsets cache from the group's key prefix.
     async fn committed_partitions(
@@ -512,6 +590,8 @@ impl<H: Handler> Door<H> {
                 Ok(Message::CacheKeys { keys, next }) => (keys, next),
                 Ok(_) => return Err(crate::exec::UNKNOWN_SERVER_ERROR),
                 Err(ErrorReply::NotLeader { .. }) => return Err(NOT_COORDINATOR),
+                // No offsets cache yet: nothing was ever committed.
+                Err(ErrorReply::UnknownStream(_)) => return Ok(found),
                 Err(e) => return Err(code_of(&e)),
             };
             for k in &keys {
