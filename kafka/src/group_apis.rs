@@ -523,25 +523,36 @@ impl<H: Handler> Door<H> {
         resp
     }
 
+    /// One page of the offsets cache's keys after `after`; none, and no
+    /// next page, if the cache was never made (nothing was committed).
+    async fn scan_offsets(
+        &self,
+        cx: &Cx<'_, H::Session>,
+        cache: &str,
+        after: Option<Bytes>,
+    ) -> Result<(Vec<Bytes>, Option<Bytes>), i16> {
+        let scan = Message::CacheScan {
+            cache: cache.to_owned(),
+            shard: 0,
+            after,
+            count: SCAN_KEYS_MAX as u32,
+        };
+        match self.ask(cx.session, scan).await {
+            Ok(Message::CacheKeys { keys, next }) => Ok((keys, next)),
+            Ok(_) => Err(crate::exec::UNKNOWN_SERVER_ERROR),
+            Err(ErrorReply::NotLeader { .. }) => Err(NOT_COORDINATOR),
+            Err(ErrorReply::UnknownStream(_)) => Ok((Vec::new(), None)),
+            Err(e) => Err(code_of(&e)),
+        }
+    }
+
     /// Every group with a committed offset in `cache`, at most
     /// [`LIST_GROUPS_MAX`]; none if the cache was never made.
     async fn committed_groups(&self, cx: &Cx<'_, H::Session>, cache: &str) -> Result<Vec<String>, i16> {
         let mut found: Vec<String> = Vec::new();
         let mut after: Option<Bytes> = None;
         for _ in 0..LIST_GROUPS_SCANS_MAX {
-            let scan = Message::CacheScan {
-                cache: cache.to_owned(),
-                shard: 0,
-                after: after.clone(),
-                count: SCAN_KEYS_MAX as u32,
-            };
-            let keys = match self.ask(cx.session, scan).await {
-                Ok(Message::CacheKeys { keys, .. }) => keys,
-                Ok(_) => return Err(crate::exec::UNKNOWN_SERVER_ERROR),
-                Err(ErrorReply::NotLeader { .. }) => return Err(NOT_COORDINATOR),
-                Err(ErrorReply::UnknownStream(_)) => return Ok(found),
-                Err(e) => return Err(code_of(&e)),
-            };
+            let (keys, _) = self.scan_offsets(cx, cache, after.clone()).await?;
             let Some(last) = keys.last() else {
                 return Ok(found);
             };
@@ -580,20 +591,7 @@ impl<H: Handler> Door<H> {
         let mut after = prefix.clone();
         let mut seen = 0usize;
         loop {
-            let scan = Message::CacheScan {
-                cache: cache.to_owned(),
-                shard: 0,
-                after: Some(after.clone()),
-                count: SCAN_KEYS_MAX as u32,
-            };
-            let (keys, next) = match self.ask(cx.session, scan).await {
-                Ok(Message::CacheKeys { keys, next }) => (keys, next),
-                Ok(_) => return Err(crate::exec::UNKNOWN_SERVER_ERROR),
-                Err(ErrorReply::NotLeader { .. }) => return Err(NOT_COORDINATOR),
-                // No offsets cache yet: nothing was ever committed.
-                Err(ErrorReply::UnknownStream(_)) => return Ok(found),
-                Err(e) => return Err(code_of(&e)),
-            };
+            let (keys, next) = self.scan_offsets(cx, cache, Some(after.clone())).await?;
             for k in &keys {
                 if !k.starts_with(&prefix) {
                     return Ok(found);
