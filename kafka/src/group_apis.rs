@@ -349,12 +349,10 @@ impl<H: Handler> Door<H> {
             match self.coordinator.with(|g| g.describe(&key)) {
                 None => {
                     let cache = self.offsets_cache(cx.tenant);
-                    d.group_state = match self.committed_partitions(cx, &cache, &key.1).await {
-                        Ok(found) if !found.is_empty() => {
-                            StrBytes::from_static_str(group::State::Empty.name())
-                        }
+                    d.group_state = match self.has_committed(cx, &cache, &key.1).await {
+                        Ok(true) => StrBytes::from_static_str(group::State::Empty.name()),
                         // Kafka's word for a group it does not hold.
-                        Ok(_) => StrBytes::from_static_str("Dead"),
+                        Ok(false) => StrBytes::from_static_str("Dead"),
                         Err(code) => {
                             d.error_code = code;
                             StrBytes::from_static_str("Dead")
@@ -544,6 +542,14 @@ impl<H: Handler> Door<H> {
             Err(ErrorReply::UnknownStream(_)) => Ok((Vec::new(), None)),
             Err(e) => Err(code_of(&e)),
         }
+    }
+
+    /// Whether `group` has any offset committed in `cache`: one page read,
+    /// not the group's every partition.
+    async fn has_committed(&self, cx: &Cx<'_, H::Session>, cache: &str, group: &str) -> Result<bool, i16> {
+        let prefix = offsets::group_prefix(group);
+        let (keys, _) = self.scan_offsets(cx, cache, Some(prefix.clone())).await?;
+        Ok(keys.first().is_some_and(|k| k.starts_with(&prefix)))
     }
 
     /// Every group with a committed offset in `cache`, at most
