@@ -31,6 +31,9 @@ REFUSED = {
     KafkaError._STATE,
 }
 
+# Records one member handles per turn of the loop.
+CONSUME_MAX = 100
+
 
 def committed_past(c, m):
     tp = TopicPartition(m.topic(), m.partition())
@@ -108,6 +111,14 @@ def run(bootstrap, token, topic, grp, n):
                     "session.timeout.ms": 6000,
                     "heartbeat.interval.ms": 500,
                     "max.poll.interval.ms": 60000,
+                    # librdkafka 2.16 can stall a member in join-state
+                    # wait-metadata when the coordinator dies while the
+                    # member waits for topic metadata: the topic arrives
+                    # while it looks for the new coordinator, and it then
+                    # waits for the next periodic refresh (5 min by
+                    # default). A short refresh bounds the stall, as a
+                    # user of a real Kafka cluster would configure it.
+                    "topic.metadata.refresh.interval.ms": 2000,
                 },
             )
         )
@@ -117,17 +128,17 @@ def run(bootstrap, token, topic, grp, n):
     deadline = time.time() + 240
     while time.time() < deadline:
         for c in members:
-            m = c.poll(0.05)
-            if m is None:
-                continue
-            if m.error():
-                # Partition EOF and transient broker errors are reported here.
-                continue
-            v = int(m.value())
-            if commit_once(c, m):
-                if v in consumed:
-                    fail("record %d consumed twice (offsets %s and %d)" % (v, consumed[v], m.offset()))
-                consumed[v] = (m.partition(), m.offset())
+            # A member without partitions would hold the loop for the
+            # whole timeout of a one-record poll: take what is there.
+            for m in c.consume(CONSUME_MAX, 0.05):
+                if m.error():
+                    # Partition EOF and transient broker errors are reported here.
+                    continue
+                v = int(m.value())
+                if commit_once(c, m):
+                    if v in consumed:
+                        fail("record %d consumed twice (offsets %s and %d)" % (v, consumed[v], m.offset()))
+                    consumed[v] = (m.partition(), m.offset())
         if not producer.is_alive() and acked and acked <= consumed.keys():
             break
     producer.join()
