@@ -68,29 +68,41 @@ impl Brokers {
 
     async fn publish(&self, n: usize, size: usize, secs: Duration) -> anyhow::Result<Figure> {
         let (client, name) = self.stream("publish", 1).await?;
-        let mut producers = Vec::with_capacity(n);
-        for _ in 0..n {
-            let cfg = ProducerConfig {
-                linger_ms: 0,
-                ..ProducerConfig::default()
-            };
-            producers.push(Arc::new(client.producer(&name, cfg).await?));
-        }
-        let value = Bytes::from(vec![b'v'; size]);
-        let f = closed_loop(n, secs, move |w| {
-            let p = producers[w].clone();
-            let v = value.clone();
-            async move {
-                p.send_wait(ProducerRecord::new(v))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Ok(())
-            }
-        })
-        .await;
+        let f = publish_on(&client, &name, n, size, secs).await;
         client.close().await;
         f
     }
+}
+
+/// `n` producers on `name` for `secs`, each sending one record of `size`
+/// bytes and awaiting its ack before the next.
+pub(crate) async fn publish_on(
+    client: &Client,
+    name: &str,
+    n: usize,
+    size: usize,
+    secs: Duration,
+) -> anyhow::Result<Figure> {
+    let mut producers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let cfg = ProducerConfig {
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        };
+        producers.push(Arc::new(client.producer(name, cfg).await?));
+    }
+    let value = Bytes::from(vec![b'v'; size]);
+    closed_loop(n, secs, move |w| {
+        let p = producers[w].clone();
+        let v = value.clone();
+        async move {
+            p.send_wait(ProducerRecord::new(v))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 /// One plain broker.
@@ -310,29 +322,34 @@ impl Single {
     pub async fn replay(&self, records: u64, size: usize) -> anyhow::Result<Figure> {
         let (client, name) = self.0.stream("replay", 1).await?;
         prefill(&client, &name, records, size).await?;
-        let window = load::Window::open();
-        let opts = SubscribeOptions {
-            shards: vec![0],
-            start: Start::Earliest,
-            ..SubscribeOptions::default()
-        };
-        let mut s = client.subscribe(&name, opts).await?;
-        let mut got = 0u64;
-        while got < records {
-            match tokio::time::timeout(DRAIN_MAX, s.next()).await {
-                Ok(Some(Ok(_))) => got += 1,
-                other => anyhow::bail!("replay stopped after {got} records: {other:?}"),
-            }
-        }
-        let figure = window.figure(records, None, 0);
-        drop(s);
+        let figure = replay_on(&client, &name, records).await;
         client.close().await;
-        Ok(figure)
+        figure
     }
 }
 
+/// One subscriber reads the `records` records of shard 0 of `name` from
+/// offset 0.
+pub(crate) async fn replay_on(client: &Client, name: &str, records: u64) -> anyhow::Result<Figure> {
+    let window = load::Window::open();
+    let opts = SubscribeOptions {
+        shards: vec![0],
+        start: Start::Earliest,
+        ..SubscribeOptions::default()
+    };
+    let mut s = client.subscribe(name, opts).await?;
+    let mut got = 0u64;
+    while got < records {
+        match tokio::time::timeout(DRAIN_MAX, s.next()).await {
+            Ok(Some(Ok(_))) => got += 1,
+            other => anyhow::bail!("replay stopped after {got} records: {other:?}"),
+        }
+    }
+    Ok(window.figure(records, None, 0))
+}
+
 /// Publishes `records` records as fast as the producer batches them.
-async fn prefill(client: &Client, name: &str, records: u64, size: usize) -> anyhow::Result<()> {
+pub(crate) async fn prefill(client: &Client, name: &str, records: u64, size: usize) -> anyhow::Result<()> {
     let p = client.producer(name, ProducerConfig::default()).await?;
     let value = Bytes::from(vec![b'q'; size]);
     let mut pending = std::collections::VecDeque::new();

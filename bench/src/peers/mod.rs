@@ -6,6 +6,7 @@
 //! with the reason, and the Felix figures still print.
 
 mod felix;
+mod kafka;
 mod limits;
 mod load;
 mod nats;
@@ -40,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     peers_dir: Option<PathBuf>,
     /// Workloads to run, comma separated: publish, fanout, queue, cache,
-    /// redis, replay, replicated, limits (default: all).
+    /// redis, kafka, replay, replicated, limits (default: all).
     #[arg(long)]
     only: Option<String>,
     /// A short run (0.5 s per figure, fewer cases, 20,000-record replay):
@@ -118,6 +119,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if wants("redis") {
         tables.push(rt.block_on(resp::run(&plan, &peers))?);
+    }
+    if wants("kafka") {
+        tables.push(rt.block_on(kafka::run(&plan))?);
     }
     if wants("replay") {
         tables.push(rt.block_on(replay(&plan, &peers))?);
