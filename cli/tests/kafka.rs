@@ -467,6 +467,32 @@ fn kafka_python_creates_describes_produces_consumes_in_a_group_and_deletes() {
 }
 
 #[test]
+fn confluent_kafka_alters_a_topics_retention_and_the_stream_keeps_it() {
+    let (_dir, rt, b) = common::dev_broker();
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py("clients.py", &["configs", &addr, &token(&b), "cfg"]);
+    assert_eq!(out.trim(), "ok");
+    // What the door altered is the Felix stream's own retention.
+    let described = rt.block_on(async {
+        let c = b.client().await;
+        common::admin(
+            &c,
+            felix_client::wire::Message::StreamDescribe {
+                name: "dev/default/cfg".into(),
+            },
+        )
+        .await
+    });
+    let felix_client::wire::Message::StreamDescription { config, .. } = described else {
+        panic!("{described:?}");
+    };
+    assert_eq!(
+        (config.retention_ms, config.retention_bytes),
+        (Some(120_000), None)
+    );
+}
+
+#[test]
 fn an_idempotent_confluent_kafka_producer_writes_each_record_once() {
     let (_dir, rt, b) = common::dev_broker();
     rt.block_on(async {
@@ -487,6 +513,25 @@ fn an_idempotent_confluent_kafka_producer_writes_each_record_once() {
     let mut got: Vec<u32> = out.lines().map(|l| l.parse().unwrap()).collect();
     got.sort_unstable();
     assert_eq!(got, (0..2000).collect::<Vec<u32>>());
+}
+
+/// Kafka's verifiable producer/consumer check at its usual size: 100,000
+/// records through an idempotent producer, every one acknowledged, then
+/// consumed exactly once by a group, in order and dense per partition,
+/// with the group's commits ending at each high watermark.
+#[test]
+fn a_verifiable_producer_and_consumer_pair_loses_and_repeats_none_of_100000_records() {
+    let (_dir, rt, b) = common::dev_broker();
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, common::stream_config("audit", 3)).await;
+    });
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py(
+        "verify.py",
+        &["run", &addr, &token(&b), "audit", "auditors", "100000"],
+    );
+    assert_eq!(out.trim(), "ok 100000");
 }
 
 #[test]

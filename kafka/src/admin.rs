@@ -1,16 +1,18 @@
 //! Topic administration for Kafka admin clients: CreateTopics,
-//! DeleteTopics and DescribeConfigs as the broker's stream requests
-//! (`docs/kafka.md`, "Topic administration"). The topic configurations
-//! Felix has a meaning for are mapped both ways by [`settings_of`] and
-//! [`configs_of`] (sans-IO); any other is refused, not ignored.
+//! DeleteTopics, DescribeConfigs, AlterConfigs and IncrementalAlterConfigs
+//! as the broker's stream requests (`docs/kafka.md`, "Topic
+//! administration"). The topic configurations Felix has a meaning for are
+//! mapped both ways by [`settings_of`], [`altered`] and [`configs_of`]
+//! (sans-IO); any other is refused, not ignored.
 
 use felix_client::server::Handler;
 use felix_client::wire::{ErrorReply, Message, StreamConfig};
 use felix_model::{Durability, StreamKind};
 use kafka_protocol::messages::{
-    create_topics_response, delete_topics_response, describe_configs_response, CreateTopicsRequest,
+    alter_configs_response, create_topics_response, delete_topics_response, describe_configs_response,
+    incremental_alter_configs_response, AlterConfigsRequest, AlterConfigsResponse, CreateTopicsRequest,
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse,
+    DescribeConfigsResponse, IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -44,36 +46,74 @@ const SOURCE_DEFAULT: i8 = 5;
 /// The topic configurations with a Felix meaning.
 pub const CONFIGS: &[&str] = &["retention.ms", "retention.bytes", "cleanup.policy"];
 
-/// What CreateTopics' configs set: (retention_ms, retention_bytes), or
-/// the name and reason of the first that Felix cannot honour.
+/// A topic's retention as Felix keeps it: (retention_ms, retention_bytes),
+/// `None` keeping forever on that axis.
+pub type Retention = (Option<u64>, Option<u64>);
+
+/// What CreateTopics' configs set (AlterConfigs' too: it replaces every
+/// configuration, so one not named is back to its default), or the name
+/// and reason of the first that Felix cannot honour.
 pub fn settings_of<'a>(
     configs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-) -> Result<(Option<u64>, Option<u64>), String> {
+) -> Result<Retention, String> {
     let mut out = (None, None);
+    for (name, value) in configs {
+        set(&mut out, name, value)?;
+    }
+    Ok(out)
+}
+
+/// IncrementalAlterConfigs operations.
+pub const OP_SET: i8 = 0;
+pub const OP_DELETE: i8 = 1;
+
+/// `current` after IncrementalAlterConfigs' (name, operation, value)
+/// changes: SET and DELETE (back to the default) of the configurations
+/// with a Felix meaning; APPEND and SUBTRACT are for list configurations,
+/// which none of them is.
+pub fn altered<'a>(
+    current: Retention,
+    changes: impl IntoIterator<Item = (&'a str, i8, Option<&'a str>)>,
+) -> Result<Retention, String> {
+    let mut out = current;
+    for (name, op, value) in changes {
+        match op {
+            OP_SET => set(&mut out, name, value)?,
+            OP_DELETE => set(&mut out, name, None)?,
+            2 | 3 => return Err(format!("{name} is not a list: only SET and DELETE apply")),
+            other => return Err(format!("config operation {other} is not Kafka's")),
+        }
+    }
+    Ok(out)
+}
+
+/// Sets one configuration in `out` (`None`: its default).
+fn set(out: &mut Retention, name: &str, value: Option<&str>) -> Result<(), String> {
     // -1 (or no value) keeps forever on that axis, as in Kafka.
-    let limit = |name: &str, v: Option<&str>| -> Result<Option<u64>, String> {
+    let limit = |v: Option<&str>| -> Result<Option<u64>, String> {
         match v.map(str::parse::<i64>) {
             None | Some(Ok(-1)) => Ok(None),
             Some(Ok(n)) if n >= 0 => Ok(Some(n as u64)),
             _ => Err(format!("{name} must be -1 or a count, not {v:?}")),
         }
     };
-    for (name, value) in configs {
-        match name {
-            "retention.ms" => out.0 = limit(name, value)?,
-            "retention.bytes" => out.1 = limit(name, value)?,
-            "cleanup.policy" => match value {
-                None | Some("delete") => {}
-                Some(v) => {
-                    return Err(format!(
-                        "cleanup.policy={v}: a topic is a Felix stream (delete); key-compacted data is a Felix cache"
-                    ))
-                }
-            },
-            other => return Err(format!("{other} is not a configuration this door serves ({})", CONFIGS.join(", "))),
+    match name {
+        "retention.ms" => out.0 = limit(value)?,
+        "retention.bytes" => out.1 = limit(value)?,
+        "cleanup.policy" => match value {
+            None | Some("delete") => {}
+            Some(v) => return Err(format!(
+                "cleanup.policy={v}: a topic is a Felix stream (delete); key-compacted data is a Felix cache"
+            )),
+        },
+        other => {
+            return Err(format!(
+                "{other} is not a configuration this door serves ({})",
+                CONFIGS.join(", ")
+            ))
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A stream's topic configurations: (name, value, set on the topic rather
@@ -244,6 +284,131 @@ impl<H: Handler> Door<H> {
         resp
     }
 
+    /// A topic's stream settings, or the error its resource is answered.
+    async fn topic_config(&self, cx: &Cx<'_, H::Session>, topic: &str) -> Result<StreamConfig, i16> {
+        let stream = self
+            .stream(cx.tenant, topic)
+            .map_err(|_| UNKNOWN_TOPIC_OR_PARTITION)?;
+        match self
+            .ask(cx.session, Message::StreamDescribe { name: stream })
+            .await
+        {
+            Ok(Message::StreamDescription { config, .. }) if config.kind != StreamKind::Cache => Ok(config),
+            Ok(_) | Err(ErrorReply::UnknownStream(_)) => Err(UNKNOWN_TOPIC_OR_PARTITION),
+            Err(e) => Err(code_of(&e)),
+        }
+    }
+
+    /// One resource of an AlterConfigs or IncrementalAlterConfigs:
+    /// `change` gives the topic's new retention from its current one.
+    async fn alter_one(
+        &self,
+        cx: &Cx<'_, H::Session>,
+        resource_type: i8,
+        topic: &str,
+        validate_only: bool,
+        change: impl FnOnce(Retention) -> Result<Retention, String>,
+    ) -> Result<(), (i16, String)> {
+        match resource_type {
+            RESOURCE_TOPIC => {}
+            RESOURCE_BROKER => {
+                return Err((
+                    INVALID_REQUEST,
+                    "a broker's settings are its Felix configuration file".into(),
+                ))
+            }
+            other => return Err((INVALID_REQUEST, format!("resource type {other} is not served"))),
+        }
+        let config = self
+            .topic_config(cx, topic)
+            .await
+            .map_err(|code| (code, format!("topic {topic}")))?;
+        let (retention_ms, retention_bytes) =
+            change((config.retention_ms, config.retention_bytes)).map_err(|why| (INVALID_CONFIG, why))?;
+        if validate_only {
+            return Ok(());
+        }
+        let set = Message::StreamSetRetention {
+            name: config.name,
+            retention_ms,
+            retention_bytes,
+        };
+        match self.ask(cx.session, set).await {
+            Ok(_) => Ok(()),
+            Err(ErrorReply::InvalidRequest(why)) => Err((INVALID_REQUEST, why)),
+            Err(e) => Err((code_of(&e), e.to_string())),
+        }
+    }
+
+    pub(crate) async fn alter_configs(
+        &self,
+        cx: &Cx<'_, H::Session>,
+        r: AlterConfigsRequest,
+    ) -> AlterConfigsResponse {
+        let mut resp = AlterConfigsResponse::default();
+        for res in r.resources {
+            let configs: Vec<(&str, Option<&str>)> = res
+                .configs
+                .iter()
+                .map(|c| (c.name.as_str(), c.value.as_ref().map(|v| v.as_str())))
+                .collect();
+            // Every configuration is replaced: the current ones do not count.
+            let outcome = self
+                .alter_one(cx, res.resource_type, &res.resource_name, r.validate_only, |_| {
+                    settings_of(configs)
+                })
+                .await;
+            let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
+            out.resource_type = res.resource_type;
+            if let Err((code, why)) = outcome {
+                out.error_code = code;
+                out.error_message = Some(s(&why));
+            }
+            out.resource_name = res.resource_name;
+            resp.responses.push(out);
+        }
+        resp
+    }
+
+    pub(crate) async fn incremental_alter_configs(
+        &self,
+        cx: &Cx<'_, H::Session>,
+        r: IncrementalAlterConfigsRequest,
+    ) -> IncrementalAlterConfigsResponse {
+        let mut resp = IncrementalAlterConfigsResponse::default();
+        for res in r.resources {
+            let changes: Vec<(&str, i8, Option<&str>)> = res
+                .configs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.as_str(),
+                        c.config_operation,
+                        c.value.as_ref().map(|v| v.as_str()),
+                    )
+                })
+                .collect();
+            let outcome = self
+                .alter_one(
+                    cx,
+                    res.resource_type,
+                    &res.resource_name,
+                    r.validate_only,
+                    |now| altered(now, changes),
+                )
+                .await;
+            let mut out = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
+            out.resource_type = res.resource_type;
+            if let Err((code, why)) = outcome {
+                out.error_code = code;
+                out.error_message = Some(s(&why));
+            }
+            out.resource_name = res.resource_name;
+            resp.responses.push(out);
+        }
+        resp
+    }
+
     pub(crate) async fn describe_configs(
         &self,
         cx: &Cx<'_, H::Session>,
@@ -265,22 +430,7 @@ impl<H: Handler> Door<H> {
                 RESOURCE_BROKER => {}
                 RESOURCE_TOPIC => {
                     let topic = res.resource_name.as_str();
-                    let described = match self.stream(cx.tenant, topic) {
-                        Err(_) => Err(UNKNOWN_TOPIC_OR_PARTITION),
-                        Ok(stream) => match self
-                            .ask(cx.session, Message::StreamDescribe { name: stream })
-                            .await
-                        {
-                            Ok(Message::StreamDescription { config, .. })
-                                if config.kind != StreamKind::Cache =>
-                            {
-                                Ok(config)
-                            }
-                            Ok(_) | Err(ErrorReply::UnknownStream(_)) => Err(UNKNOWN_TOPIC_OR_PARTITION),
-                            Err(e) => Err(code_of(&e)),
-                        },
-                    };
-                    match described {
+                    match self.topic_config(cx, topic).await {
                         Err(code) => {
                             out.error_code = code;
                             out.error_message = Some(s(&format!("topic {topic}")));
@@ -332,6 +482,19 @@ mod tests {
         assert!(settings_of([("min.insync.replicas", Some("2"))])
             .unwrap_err()
             .contains("retention.ms"));
+        // IncrementalAlterConfigs changes only what it names.
+        assert_eq!(
+            altered((Some(5), Some(7)), [("retention.ms", OP_SET, Some("60000"))]),
+            Ok((Some(60_000), Some(7)))
+        );
+        assert_eq!(
+            altered((Some(5), Some(7)), [("retention.bytes", OP_DELETE, None)]),
+            Ok((Some(5), None))
+        );
+        assert!(altered((None, None), [("retention.ms", 2, Some("1"))]).is_err());
+        assert!(altered((None, None), [("retention.ms", 9, Some("1"))]).is_err());
+        assert!(altered((None, None), [("segment.ms", OP_SET, Some("1"))]).is_err());
+        assert!(altered((None, None), [("cleanup.policy", OP_SET, Some("compact"))]).is_err());
         let mut c = StreamConfig::stream("t/n/s", 1, Durability::Always);
         c.retention_ms = Some(5);
         let got = configs_of(&c);

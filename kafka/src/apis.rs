@@ -8,11 +8,11 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest, InitProducerIdRequest,
-    JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest,
-    SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
+    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
+    ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::Decodable;
 
@@ -38,6 +38,8 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
     (ApiKey::DescribeConfigs, 1, 3),
+    (ApiKey::AlterConfigs, 0, 1),
+    (ApiKey::IncrementalAlterConfigs, 0, 0),
     // librdkafka counts SASL as supported only if v0 is; after a v0
     // handshake the exchange is bare size-prefixed frames (`server`).
     (ApiKey::SaslHandshake, 0, 1),
@@ -80,6 +82,8 @@ pub enum Request {
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
     DescribeConfigs(DescribeConfigsRequest),
+    AlterConfigs(AlterConfigsRequest),
+    IncrementalAlterConfigs(IncrementalAlterConfigsRequest),
 }
 
 /// Decodes `body`, which [`crate::walk::check`] has passed for `key` at
@@ -110,6 +114,8 @@ pub fn decode(key: ApiKey, version: i16, body: Bytes) -> Result<Request, String>
         ApiKey::CreateTopics => Request::CreateTopics(d(body, v)?),
         ApiKey::DeleteTopics => Request::DeleteTopics(d(body, v)?),
         ApiKey::DescribeConfigs => Request::DescribeConfigs(d(body, v)?),
+        ApiKey::AlterConfigs => Request::AlterConfigs(d(body, v)?),
+        ApiKey::IncrementalAlterConfigs => Request::IncrementalAlterConfigs(d(body, v)?),
         other => return Err(format!("{other:?} is not served")),
     })
 }

@@ -168,6 +168,8 @@ pub(crate) enum Response {
     CreateTopics(kafka_protocol::messages::CreateTopicsResponse),
     DeleteTopics(kafka_protocol::messages::DeleteTopicsResponse),
     DescribeConfigs(kafka_protocol::messages::DescribeConfigsResponse),
+    AlterConfigs(kafka_protocol::messages::AlterConfigsResponse),
+    IncrementalAlterConfigs(kafka_protocol::messages::IncrementalAlterConfigsResponse),
 }
 
 impl Response {
@@ -196,6 +198,8 @@ impl Response {
             Response::CreateTopics(r) => frame::respond(out, key, version, correlation_id, r),
             Response::DeleteTopics(r) => frame::respond(out, key, version, correlation_id, r),
             Response::DescribeConfigs(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::AlterConfigs(r) => frame::respond(out, key, version, correlation_id, r),
+            Response::IncrementalAlterConfigs(r) => frame::respond(out, key, version, correlation_id, r),
         }
     }
 }
@@ -222,8 +226,8 @@ fn topic_name(s: &str) -> TopicName {
 }
 
 /// Kafka's ACL operation numbers: READ, WRITE, DELETE, DESCRIBE,
-/// DESCRIBE_CONFIGS, the ones this door serves on a topic.
-const TOPIC_OPERATIONS_SERVED: i32 = (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10);
+/// DESCRIBE_CONFIGS, ALTER_CONFIGS, the ones this door serves on a topic.
+const TOPIC_OPERATIONS_SERVED: i32 = (1 << 3) | (1 << 4) | (1 << 6) | (1 << 8) | (1 << 10) | (1 << 11);
 /// CREATE and DESCRIBE on the cluster.
 const CLUSTER_OPERATIONS_SERVED: i32 = (1 << 5) | (1 << 8);
 
@@ -269,6 +273,10 @@ impl<H: Handler> Door<H> {
             Request::DescribeConfigs(d) => {
                 Some(Response::DescribeConfigs(self.describe_configs(cx, d).await))
             }
+            Request::AlterConfigs(a) => Some(Response::AlterConfigs(self.alter_configs(cx, a).await)),
+            Request::IncrementalAlterConfigs(a) => Some(Response::IncrementalAlterConfigs(
+                self.incremental_alter_configs(cx, a).await,
+            )),
             other => return Err(format!("{other:?} is not a data request")),
         })
     }

@@ -356,6 +356,21 @@ pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), WalkError> {
                 w.skip(1, "include_documentation")?;
             }
         }
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            let incremental = key == ApiKey::IncrementalAlterConfigs;
+            w.array("resources", |w| {
+                w.skip(1, "resource_type")?;
+                w.string("resource_name")?;
+                w.array("configs", |w| {
+                    w.string("a config name")?;
+                    if incremental {
+                        w.skip(1, "config_operation")?;
+                    }
+                    w.string("a config value")
+                })
+            })?;
+            w.skip(1, "validate_only")?;
+        }
         ApiKey::DescribeGroups => {
             w.array("groups", |w| w.string("a group id"))?;
             if v >= 3 {
@@ -472,6 +487,20 @@ mod tests {
         let mut res = describe_configs_request::DescribeConfigsResource::default();
         res.configuration_keys = Some(vec![StrBytes::from_static_str("retention.ms")]);
         configs.resources.push(res);
+        let mut alter = AlterConfigsRequest::default();
+        let mut ar = alter_configs_request::AlterConfigsResource::default();
+        let mut ac = alter_configs_request::AlterableConfig::default();
+        ac.name = StrBytes::from_static_str("retention.ms");
+        ac.value = Some(StrBytes::from_static_str("1000"));
+        ar.configs.push(ac);
+        alter.resources.push(ar);
+        let mut inc = IncrementalAlterConfigsRequest::default();
+        let mut ir = incremental_alter_configs_request::AlterConfigsResource::default();
+        let mut ic = incremental_alter_configs_request::AlterableConfig::default();
+        ic.name = StrBytes::from_static_str("retention.bytes");
+        ic.config_operation = 1;
+        ir.configs.push(ic);
+        inc.resources.push(ir);
         for &(key, lo, hi) in crate::apis::SERVED {
             for v in lo..=hi {
                 let body = match key {
@@ -488,6 +517,8 @@ mod tests {
                     ApiKey::CreateTopics => encoded(&create, v),
                     ApiKey::DeleteTopics => encoded(&delete, v),
                     ApiKey::DescribeConfigs => encoded(&configs, v),
+                    ApiKey::AlterConfigs => encoded(&alter, v),
+                    ApiKey::IncrementalAlterConfigs => encoded(&inc, v),
                     ApiKey::DescribeGroups => encoded(&describe, v),
                     _ => continue,
                 };

@@ -4,8 +4,9 @@ confluent-kafka's idempotent producer. Exits non-zero, with the reason on
 stderr, on the first thing that is not as Kafka would have it; prints
 "ok" (or what the Rust side checks) on stdout.
 
-  admin      BOOTSTRAP TOKEN   kafka-python: create, describe, produce, consume in a group, delete
+  admin      BOOTSTRAP TOKEN   kafka-python: create, describe and alter configs, produce, consume in a group, delete
   idempotent BOOTSTRAP TOKEN TOPIC N   confluent-kafka, enable.idempotence=true, acks=all
+  configs    BOOTSTRAP TOKEN TOPIC     confluent-kafka, IncrementalAlterConfigs
 """
 
 import sys
@@ -44,10 +45,24 @@ def admin(bootstrap, token):
         fail("a config Felix does not serve was taken")
     except InvalidConfigurationError:
         pass
-    got = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "adm")])
-    configs = {c[0]: c[1] for c in got[0].resources[0][4]}
+    def described():
+        got = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "adm")])
+        return {c[0]: c[1] for c in got[0].resources[0][4]}
+
+    configs = described()
     if configs.get("retention.ms") != "60000" or configs.get("cleanup.policy") != "delete":
         fail("describe_configs: %s" % configs)
+    # AlterConfigs replaces every configuration: retention.ms, not named,
+    # is back to its default (-1, kept forever).
+    r = a.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "adm", configs={"retention.bytes": "1048576"})])
+    if any(res[0] != 0 for res in r.resources):
+        fail("alter_configs: %s" % (r.resources,))
+    configs = described()
+    if (configs.get("retention.bytes"), configs.get("retention.ms")) != ("1048576", "-1"):
+        fail("describe_configs after alter_configs: %s" % configs)
+    r = a.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "adm", configs={"segment.ms": "1"})])
+    if [res[0] for res in r.resources] != [40]:
+        fail("alter_configs of a config Felix does not serve: %s" % (r.resources,))
 
     p = KafkaProducer(acks="all", **auth)
     for i in range(10):
@@ -126,6 +141,57 @@ def idempotent(bootstrap, token, topic, n):
     print(len(acked))
 
 
+def configs(bootstrap, token, topic):
+    """confluent-kafka's IncrementalAlterConfigs: SET and DELETE change only
+    what they name; a config Felix cannot honour and APPEND are refused.
+    Ends with retention.ms=120000, which the Rust side reads natively."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from groups import conf
+
+    a = AdminClient(conf(bootstrap, token))
+    a.create_topics([NewTopic(topic, 1, 1, config={"retention.bytes": "4096"})])[topic].result(30)
+
+    def alter(*entries):
+        res = ConfigResource("topic", topic, incremental_configs=list(entries))
+        return a.incremental_alter_configs([res])[res].result(30)
+
+    def entry(name, value, op):
+        return ConfigEntry(name, value, incremental_operation=op)
+
+    def described():
+        res = ConfigResource("topic", topic)
+        return {k: v.value for k, v in a.describe_configs([res])[res].result(30).items()}
+
+    alter(entry("retention.ms", "60000", AlterConfigOpType.SET))
+    got = described()
+    if (got.get("retention.ms"), got.get("retention.bytes")) != ("60000", "4096"):
+        fail("after SET retention.ms: %s" % got)
+    alter(entry("retention.bytes", None, AlterConfigOpType.DELETE))
+    got = described()
+    if (got.get("retention.ms"), got.get("retention.bytes")) != ("60000", "-1"):
+        fail("after DELETE retention.bytes: %s" % got)
+    for bad in (
+        entry("cleanup.policy", "compact", AlterConfigOpType.SET),
+        entry("retention.ms", "1", AlterConfigOpType.APPEND),
+        entry("max.message.bytes", "1", AlterConfigOpType.SET),
+    ):
+        try:
+            alter(bad)
+            fail("%s was taken" % bad)
+        except KafkaException as e:
+            if e.args[0].code() != 40:
+                fail("%s: %s, not INVALID_CONFIG" % (bad, e))
+    # A refused change changes nothing.
+    got = described()
+    if (got.get("retention.ms"), got.get("retention.bytes")) != ("60000", "-1"):
+        fail("after refused changes: %s" % got)
+    alter(entry("retention.ms", "120000", AlterConfigOpType.SET))
+    print("ok")
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"admin": admin, "idempotent": idempotent}[mode](*args)
+    {"admin": admin, "idempotent": idempotent, "configs": configs}[mode](*args)

@@ -17,19 +17,11 @@ import sys
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from groups import conf, fail  # noqa: E402
+from groups import REFUSED, conf, fail  # noqa: E402
 
-# A commit refused by the group: the partition is someone else's now.
-REFUSED = {
-    KafkaError.ILLEGAL_GENERATION,
-    KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError._NO_OFFSET,
-    KafkaError._STATE,
-}
 
 # Records one member handles per turn of the loop.
 CONSUME_MAX = 100

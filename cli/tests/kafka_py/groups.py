@@ -75,9 +75,16 @@ def produce(bootstrap, token, topic, start, n):
         fail("produce: %s" % errors)
 
 
-# A commit the group refuses while it rebalances: the record is not
-# counted, and whoever owns its partition next reads it again.
-REFUSED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}
+# A commit the group refuses while it rebalances (or librdkafka refuses
+# for a partition no longer assigned): the record is not counted, and
+# whoever owns its partition next reads it again.
+REFUSED = {
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError._NO_OFFSET,
+    KafkaError._STATE,
+}
 
 
 def take(c):
