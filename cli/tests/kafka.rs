@@ -459,10 +459,35 @@ fn a_confluent_kafka_group_rebalances_when_a_member_is_killed_or_leaves_and_its_
 }
 
 #[test]
+fn a_static_confluent_kafka_member_restarts_into_its_partitions_without_a_rebalance() {
+    let (_dir, rt, b) = common::dev_broker();
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, common::stream_config("jobs", 3)).await;
+    });
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py("groups.py", &["static", &addr, &token(&b), "jobs", "workers"]);
+    let parts: Vec<u32> = out.trim().split(',').map(|p| p.parse().unwrap()).collect();
+    assert!(!parts.is_empty() && parts.len() < 3, "{parts:?}");
+}
+
+#[test]
 fn kafka_python_creates_describes_produces_consumes_in_a_group_and_deletes() {
     let (_dir, _rt, b) = common::dev_broker();
     let addr = b.profile.kafka.clone().unwrap();
     let out = kafka_py("clients.py", &["admin", &addr, &token(&b)]);
+    assert_eq!(out.trim(), "ok");
+}
+
+#[test]
+fn confluent_kafka_consumes_from_earliest_latest_and_a_timestamp() {
+    let (_dir, rt, b) = common::dev_broker();
+    rt.block_on(async {
+        let c = b.client().await;
+        common::create(&c, common::stream_config("ticks", 1)).await;
+    });
+    let addr = b.profile.kafka.clone().unwrap();
+    let out = kafka_py("clients.py", &["positions", &addr, &token(&b), "ticks"]);
     assert_eq!(out.trim(), "ok");
 }
 

@@ -102,9 +102,11 @@ fn set(out: &mut Retention, name: &str, value: Option<&str>) -> Result<(), Strin
         "retention.bytes" => out.1 = limit(value)?,
         "cleanup.policy" => match value {
             None | Some("delete") => {}
-            Some(v) => return Err(format!(
+            Some(v) => {
+                return Err(format!(
                 "cleanup.policy={v}: a topic is a Felix stream (delete); key-compacted data is a Felix cache"
-            )),
+            ))
+            }
         },
         other => {
             return Err(format!(

@@ -138,6 +138,7 @@ mod tests {
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 10_000,
             id_required: false,
+            instance_id: None,
         };
         let rx = c.run(|g| g.join(0, &key, join(""))).unwrap();
         let Ok(Answer::Join(a)) = rx.blocking_recv() else {

@@ -47,6 +47,9 @@ pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const GROUP_ID_NOT_FOUND: i16 = 69;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
 pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
+pub const FENCED_INSTANCE_ID: i16 = 82;
+/// Bytes of a static member's `group.instance.id`.
+pub const INSTANCE_ID_BYTES_MAX: usize = 255;
 
 /// A request that waits for its answer.
 pub type Ticket = u64;
@@ -88,6 +91,10 @@ pub struct Join {
     /// v4 and later: a member without an id is given one and asked to
     /// join again with it (KIP-394).
     pub id_required: bool,
+    /// v5 and later: a static member's `group.instance.id` (KIP-345). It
+    /// outlives the member id: a restarted member joins under it, takes
+    /// the place of its old id, and the group does not rebalance.
+    pub instance_id: Option<String>,
 }
 
 /// A JoinGroup's answer.
@@ -124,6 +131,7 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberView {
     pub member_id: String,
+    pub instance_id: Option<String>,
     pub client_id: String,
     pub client_host: String,
     pub metadata: Bytes,
@@ -150,6 +158,7 @@ struct Member {
     join: Option<Ticket>,
     sync: Option<Ticket>,
     assignment: Bytes,
+    instance_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -165,6 +174,8 @@ struct Group {
     by_id: HashMap<String, (u64, Member)>,
     /// Ids given out with MEMBER_ID_REQUIRED, until when they may join.
     pending_ids: HashMap<String, i64>,
+    /// Static members: instance id to its current member id.
+    statics: HashMap<String, String>,
     /// PreparingRebalance: when members that have not rejoined are
     /// dropped. CompletingRebalance: when a leader that has not synced is.
     deadline_ms: i64,
@@ -181,6 +192,7 @@ impl Group {
             members: BTreeMap::new(),
             by_id: HashMap::new(),
             pending_ids: HashMap::new(),
+            statics: HashMap::new(),
             deadline_ms: i64::MAX,
         }
     }
@@ -280,7 +292,27 @@ impl Groups {
         if !self.groups.contains_key(key) && self.groups.len() >= GROUPS_MAX {
             return Err(fail(GROUP_MAX_SIZE_REACHED, &j.member_id));
         }
+        if let Some(inst) = &j.instance_id {
+            if inst.is_empty() || inst.len() > INSTANCE_ID_BYTES_MAX {
+                return Err(fail(INVALID_GROUP_ID, &j.member_id));
+            }
+            let g = self.groups.entry(key.clone()).or_insert_with(Group::new);
+            match g.statics.get(inst).cloned() {
+                // Its member id from before: fenced by the one it has now.
+                Some(now_id) if !j.member_id.is_empty() && j.member_id != now_id => {
+                    return Err(fail(FENCED_INSTANCE_ID, &j.member_id))
+                }
+                // A restarted static member: it takes its old place.
+                Some(old) if j.member_id.is_empty() => return Ok(self.rejoin_static(now_ms, key, &old, j)),
+                _ => {}
+            }
+        }
         let mut member_id = j.member_id.clone();
+        if member_id.is_empty() && j.instance_id.is_some() {
+            // Static members are known by their instance id: no round
+            // trip for a member id (KIP-345).
+            member_id = self.new_member_id(&j.client_id);
+        }
         if member_id.is_empty() {
             member_id = self.new_member_id(&j.client_id);
             if j.id_required {
@@ -324,8 +356,12 @@ impl Groups {
             j.session_timeout_ms.min(REBALANCE_TIMEOUT_MS_MAX),
             REBALANCE_TIMEOUT_MS_MAX,
         );
+        if let Some(inst) = &j.instance_id {
+            g.statics.insert(inst.clone(), member_id.clone());
+        }
         let replaced = match g.by_id.get_mut(&member_id) {
             Some((_, m)) => {
+                m.instance_id = j.instance_id.clone();
                 m.protocols = j.protocols;
                 m.session_timeout_ms = j.session_timeout_ms;
                 m.rebalance_timeout_ms = rebalance_timeout_ms;
@@ -350,6 +386,7 @@ impl Groups {
                             join: Some(ticket),
                             sync: None,
                             assignment: Bytes::new(),
+                            instance_id: j.instance_id.clone(),
                         },
                     ),
                 );
@@ -368,6 +405,99 @@ impl Groups {
         prepare(g, now_ms, &mut self.ready);
         complete_join_if_all_in(g, now_ms, &mut self.ready);
         Ok(ticket)
+    }
+
+    /// A static member that joins without a member id while the group
+    /// holds its instance under `old`: it gets a new member id in the old
+    /// one's place (the old id is fenced), keeping its order and
+    /// assignment. A stable group whose member offers what it offered
+    /// before does not rebalance: the member is answered at once with the
+    /// current generation and syncs to its old assignment. A leader's
+    /// return, a changed offer or a group mid-rebalance goes through a
+    /// rebalance, since the assignment may have to change.
+    fn rejoin_static(&mut self, now_ms: i64, key: &GroupKey, old: &str, j: Join) -> Ticket {
+        let new_id = self.new_member_id(&j.client_id);
+        let ticket = self.ticket();
+        let g = self.groups.get_mut(key).expect("the caller found the group");
+        let (order, mut m) = g.by_id.remove(old).expect("statics name members of the group");
+        let fenced = |error| {
+            Answer::Join(Joined {
+                error,
+                generation: -1,
+                member_id: old.to_owned(),
+                ..Joined::default()
+            })
+        };
+        if let Some(t) = m.join.take() {
+            self.ready.push((t, fenced(FENCED_INSTANCE_ID)));
+        }
+        if let Some(t) = m.sync.take() {
+            self.ready.push((
+                t,
+                Answer::Sync(Synced {
+                    error: FENCED_INSTANCE_ID,
+                    ..Synced::default()
+                }),
+            ));
+        }
+        let unchanged = m.protocols == j.protocols;
+        m.client_id = j.client_id;
+        m.client_host = j.client_host;
+        m.protocols = j.protocols;
+        m.session_timeout_ms = j.session_timeout_ms;
+        m.rebalance_timeout_ms = j.rebalance_timeout_ms.clamp(
+            j.session_timeout_ms.min(REBALANCE_TIMEOUT_MS_MAX),
+            REBALANCE_TIMEOUT_MS_MAX,
+        );
+        m.last_seen_ms = now_ms;
+        let was_leader = g.leader.as_deref() == Some(old);
+        if was_leader {
+            g.leader = Some(new_id.clone());
+        }
+        g.members.insert(order, new_id.clone());
+        if let Some(inst) = &m.instance_id {
+            g.statics.insert(inst.clone(), new_id.clone());
+        }
+        if g.state == State::Stable && unchanged && !was_leader {
+            g.by_id.insert(new_id.clone(), (order, m));
+            self.ready.push((
+                ticket,
+                Answer::Join(Joined {
+                    error: NONE,
+                    generation: g.generation,
+                    protocol_type: g.protocol_type.clone(),
+                    protocol: g.protocol.clone(),
+                    leader: g.leader.clone().unwrap_or_default(),
+                    member_id: new_id,
+                    members: Vec::new(),
+                }),
+            ));
+            return ticket;
+        }
+        m.join = Some(ticket);
+        g.by_id.insert(new_id, (order, m));
+        prepare(g, now_ms, &mut self.ready);
+        complete_join_if_all_in(g, now_ms, &mut self.ready);
+        ticket
+    }
+
+    /// The member a request from (`member_id`, `instance_id`) acts as: a
+    /// static member may be named by its instance alone (LeaveGroup v3),
+    /// and a member id its instance has moved on from is fenced.
+    pub fn identify(
+        &self,
+        key: &GroupKey,
+        member_id: &str,
+        instance_id: Option<&str>,
+    ) -> Result<String, i16> {
+        let Some(inst) = instance_id else {
+            return Ok(member_id.to_owned());
+        };
+        match self.groups.get(key).and_then(|g| g.statics.get(inst)) {
+            Some(id) if member_id.is_empty() || member_id == id => Ok(id.clone()),
+            Some(_) => Err(FENCED_INSTANCE_ID),
+            None => Err(UNKNOWN_MEMBER_ID),
+        }
     }
 
     /// A SyncGroup: `Err(answer)` at once, or the ticket its answer will
@@ -585,6 +715,7 @@ impl Groups {
                 .filter_map(|id| g.by_id.get(id).map(|(_, m)| (id, m)))
                 .map(|(id, m)| MemberView {
                     member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
                     metadata: m
@@ -619,6 +750,11 @@ fn remove(g: &mut Group, id: &str, ready: &mut Vec<(Ticket, Answer)>) -> bool {
         return false;
     };
     g.members.remove(&order);
+    if let Some(inst) = &m.instance_id {
+        if g.statics.get(inst).is_some_and(|now| now == id) {
+            g.statics.remove(inst);
+        }
+    }
     if let Some(t) = m.join {
         ready.push((
             t,
@@ -753,6 +889,7 @@ mod tests {
             session_timeout_ms: 10_000,
             rebalance_timeout_ms: 30_000,
             id_required: true,
+            instance_id: None,
         }
     }
 
@@ -770,6 +907,129 @@ mod tests {
         assert_eq!(e.error, MEMBER_ID_REQUIRED);
         let t = gs.join(now, &key(), join(&e.member_id)).unwrap();
         (e.member_id, t)
+    }
+
+    fn static_join(id: &str, instance: &str) -> Join {
+        Join {
+            instance_id: Some(instance.into()),
+            ..join(id)
+        }
+    }
+
+    /// A stable group of `a` (dynamic, the leader) and static `s`, each
+    /// assigned its own name: (a, s).
+    fn stable_with_a_static_follower(gs: &mut Groups) -> (String, String) {
+        let (a, t) = admit(gs, 0);
+        joined(gs, t);
+        // A static member needs no MEMBER_ID_REQUIRED round trip.
+        let ts = gs.join(0, &key(), static_join("", "pod-1")).unwrap();
+        let ta = gs.join(0, &key(), join(&a)).unwrap();
+        let mut ready = gs.take_ready();
+        ready.sort_by_key(|(t, _)| *t);
+        let s = match &ready[..] {
+            [(x, Answer::Join(js)), (y, Answer::Join(_))] if (*x, *y) == (ts, ta) => js.member_id.clone(),
+            other => panic!("{other:?}"),
+        };
+        gs.sync(0, &key(), 2, &s, vec![]).unwrap();
+        let assign = vec![
+            (a.clone(), Bytes::from_static(b"A")),
+            (s.clone(), Bytes::from_static(b"S")),
+        ];
+        gs.sync(0, &key(), 2, &a, assign).unwrap();
+        gs.take_ready();
+        (a, s)
+    }
+
+    #[test]
+    fn a_restarted_static_member_takes_its_old_place_without_a_rebalance() {
+        let mut gs = Groups::new(7);
+        let (a, s) = stable_with_a_static_follower(&mut gs);
+        // The pod restarts: no LeaveGroup, a join with no member id.
+        let t = gs.join(1_000, &key(), static_join("", "pod-1")).unwrap();
+        let j = joined(&mut gs, t);
+        assert_eq!((j.error, j.generation, j.leader.as_str()), (NONE, 2, a.as_str()));
+        assert_ne!(j.member_id, s, "a new member id");
+        assert!(j.members.is_empty());
+        // Nobody else rebalances, and it syncs to its old assignment.
+        assert_eq!(gs.heartbeat(1_100, &key(), 2, &a), NONE);
+        let st = gs.sync(1_200, &key(), 2, &j.member_id, vec![]).unwrap();
+        let ready = gs.take_ready();
+        assert!(
+            matches!(&ready[..], [(x, Answer::Sync(y))] if *x == st && y.assignment == Bytes::from_static(b"S"))
+        );
+        // The old incarnation is fenced wherever it shows up.
+        assert_eq!(gs.identify(&key(), &s, Some("pod-1")), Err(FENCED_INSTANCE_ID));
+        let e = gs.join(1_300, &key(), static_join(&s, "pod-1")).unwrap_err();
+        assert_eq!(e.error, FENCED_INSTANCE_ID);
+        assert_eq!(
+            gs.identify(&key(), &j.member_id, Some("pod-1")),
+            Ok(j.member_id.clone())
+        );
+        let v = gs.describe(&key()).unwrap();
+        assert_eq!(v.state, State::Stable);
+        assert_eq!(v.members.len(), 2);
+        assert!(v
+            .members
+            .iter()
+            .any(|m| m.member_id == j.member_id && m.instance_id.as_deref() == Some("pod-1")));
+    }
+
+    #[test]
+    fn a_static_leaders_return_or_a_changed_offer_rebalances() {
+        let mut gs = Groups::new(7);
+        let (a, _s) = stable_with_a_static_follower(&mut gs);
+        // The static member comes back offering something else.
+        let mut j = static_join("", "pod-1");
+        j.protocols = vec![("range".into(), Bytes::from_static(b"other topics"))];
+        let t = gs.join(1_000, &key(), j).unwrap();
+        assert!(gs.take_ready().is_empty(), "it waits for the rebalance");
+        assert_eq!(gs.heartbeat(1_100, &key(), 2, &a), REBALANCE_IN_PROGRESS);
+        gs.join(1_200, &key(), join(&a)).unwrap();
+        let ready = gs.take_ready();
+        let new = ready
+            .iter()
+            .find_map(|(x, ans)| match ans {
+                Answer::Join(j) if *x == t => Some(j.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!((new.error, new.generation), (NONE, 3));
+
+        // A static leader's return rebalances too: the leader assigns.
+        let mut gs = Groups::new(8);
+        let t = gs.join(0, &key(), static_join("", "lead")).unwrap();
+        let first = joined(&mut gs, t);
+        gs.sync(0, &key(), 1, &first.member_id, vec![]).unwrap();
+        gs.take_ready();
+        let t = gs.join(500, &key(), static_join("", "lead")).unwrap();
+        let again = joined(&mut gs, t);
+        assert_eq!((again.error, again.generation), (NONE, 2));
+        assert_eq!(again.leader, again.member_id);
+        assert_eq!(again.members.len(), 1, "the leader gets the members to assign");
+    }
+
+    #[test]
+    fn a_static_member_leaves_by_instance_or_expires_and_its_instance_is_free() {
+        let mut gs = Groups::new(7);
+        let (a, s) = stable_with_a_static_follower(&mut gs);
+        // LeaveGroup v3 may name the instance alone.
+        let id = gs.identify(&key(), "", Some("pod-1")).unwrap();
+        assert_eq!(id, s);
+        assert_eq!(gs.leave(1_000, &key(), &[id]), vec![NONE]);
+        assert_eq!(gs.identify(&key(), "", Some("pod-1")), Err(UNKNOWN_MEMBER_ID));
+        assert_eq!(gs.heartbeat(1_100, &key(), 2, &a), REBALANCE_IN_PROGRESS);
+        // Joining again under the instance is a new member.
+        let t = gs.join(1_200, &key(), static_join("", "pod-1")).unwrap();
+        gs.join(1_200, &key(), join(&a)).unwrap();
+        let back = joined(&mut gs, t);
+        assert_eq!((back.error, back.generation), (NONE, 3));
+        // A static member whose session runs out is dropped as any other.
+        for now in (2_000..=12_000).step_by(1_000) {
+            gs.heartbeat(now, &key(), 3, &a);
+            gs.sweep(now);
+        }
+        gs.sweep(12_000);
+        assert_eq!(gs.identify(&key(), "", Some("pod-1")), Err(UNKNOWN_MEMBER_ID));
     }
 
     #[test]

@@ -171,6 +171,7 @@ impl<H: Handler> Door<H> {
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
             id_required: cx.version >= 4,
+            instance_id: r.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
         };
         let within = j.rebalance_timeout_ms.clamp(0, group::REBALANCE_TIMEOUT_MS_MAX) as u64;
         let now = (self.clock)();
@@ -219,7 +220,17 @@ impl<H: Handler> Door<H> {
             .map(|a| (a.member_id.as_str().to_owned(), a.assignment))
             .collect();
         let now = (self.clock)();
-        let member = r.member_id.as_str().to_owned();
+        let instance = r.group_instance_id.as_ref().map(|i| i.as_str());
+        let member = match self
+            .coordinator
+            .with(|g| g.identify(&key, r.member_id.as_str(), instance))
+        {
+            Ok(m) => m,
+            Err(code) => {
+                resp.error_code = code;
+                return resp;
+            }
+        };
         let synced = match self
             .coordinator
             .run(|g| g.sync(now, &key, r.generation_id, &member, assignments))
@@ -247,9 +258,11 @@ impl<H: Handler> Door<H> {
         if resp.error_code == group::NONE {
             let key = Self::group_key(cx, &r.group_id);
             let now = (self.clock)();
-            resp.error_code = self
-                .coordinator
-                .with(|g| g.heartbeat(now, &key, r.generation_id, r.member_id.as_str()));
+            let instance = r.group_instance_id.as_ref().map(|i| i.as_str());
+            resp.error_code = self.coordinator.with(|g| {
+                g.identify(&key, r.member_id.as_str(), instance)
+                    .map_or_else(|code| code, |m| g.heartbeat(now, &key, r.generation_id, &m))
+            });
         }
         resp
     }
@@ -260,30 +273,45 @@ impl<H: Handler> Door<H> {
         r: LeaveGroupRequest,
     ) -> LeaveGroupResponse {
         let mut resp = LeaveGroupResponse::default();
-        let ids: Vec<String> = if cx.version >= 3 {
+        // (member id, instance id): v3 names several, a static member
+        // perhaps by its instance alone.
+        let who: Vec<(String, Option<String>)> = if cx.version >= 3 {
             r.members
                 .iter()
-                .map(|m| m.member_id.as_str().to_owned())
+                .map(|m| {
+                    (
+                        m.member_id.as_str().to_owned(),
+                        m.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
+                    )
+                })
                 .collect()
         } else {
-            vec![r.member_id.as_str().to_owned()]
+            vec![(r.member_id.as_str().to_owned(), None)]
         };
         let here = self.here(cx).await;
         let codes = if here != group::NONE {
             resp.error_code = here;
-            vec![here; ids.len()]
+            vec![here; who.len()]
         } else {
             let key = Self::group_key(cx, &r.group_id);
             let now = (self.clock)();
-            self.coordinator.with(|g| g.leave(now, &key, &ids))
+            self.coordinator.with(|g| {
+                who.iter()
+                    .map(|(id, inst)| match g.identify(&key, id, inst.as_deref()) {
+                        Ok(id) => g.leave(now, &key, &[id])[0],
+                        Err(code) => code,
+                    })
+                    .collect()
+            })
         };
         if cx.version >= 3 {
-            resp.members = ids
-                .iter()
+            resp.members = who
+                .into_iter()
                 .zip(&codes)
-                .map(|(id, &code)| {
+                .map(|((id, inst), &code)| {
                     let mut m = leave_group_response::MemberResponse::default();
-                    m.member_id = s(id);
+                    m.member_id = s(&id);
+                    m.group_instance_id = inst.as_deref().map(s);
                     m.error_code = code;
                     m
                 })
@@ -369,6 +397,7 @@ impl<H: Handler> Door<H> {
                         .map(|m| {
                             let mut dm = describe_groups_response::DescribedGroupMember::default();
                             dm.member_id = s(&m.member_id);
+                            dm.group_instance_id = m.instance_id.as_deref().map(s);
                             dm.client_id = s(&m.client_id);
                             dm.client_host = s(&m.client_host);
                             dm.member_metadata = m.metadata;
@@ -396,10 +425,12 @@ impl<H: Handler> Door<H> {
         if whole == group::NONE {
             let key = Self::group_key(cx, &r.group_id);
             let now = (self.clock)();
-            let (generation, member) = (r.generation_id_or_member_epoch, r.member_id.as_str().to_owned());
-            whole = self
-                .coordinator
-                .with(|g| g.may_commit(now, &key, generation, &member));
+            let (generation, member) = (r.generation_id_or_member_epoch, r.member_id.as_str());
+            let instance = r.group_instance_id.as_ref().map(|i| i.as_str());
+            whole = self.coordinator.with(|g| {
+                g.identify(&key, member, instance)
+                    .map_or_else(|code| code, |m| g.may_commit(now, &key, generation, &m))
+            });
         }
         let cache = self.offsets_cache(cx.tenant);
         let now_ms = (self.clock)();

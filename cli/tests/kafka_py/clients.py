@@ -7,6 +7,7 @@ stderr, on the first thing that is not as Kafka would have it; prints
   admin      BOOTSTRAP TOKEN   kafka-python: create, describe and alter configs, produce, consume in a group, delete
   idempotent BOOTSTRAP TOKEN TOPIC N   confluent-kafka, enable.idempotence=true, acks=all
   configs    BOOTSTRAP TOKEN TOPIC     confluent-kafka, IncrementalAlterConfigs
+  positions  BOOTSTRAP TOKEN TOPIC     confluent-kafka from earliest, latest and a timestamp
 """
 
 import sys
@@ -192,6 +193,64 @@ def configs(bootstrap, token, topic):
     print("ok")
 
 
+def positions(bootstrap, token, topic):
+    """confluent-kafka consumers starting from the earliest record, from the
+    latest (only what is written after), and from a timestamp (the first
+    record at or after it, found with offsets_for_times)."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from groups import conf
+
+    base_ms = 1_700_000_000_000
+    p = Producer(conf(bootstrap, token, **{"acks": "all"}))
+    for i in range(10):
+        p.produce(topic, value=b"%d" % i, partition=0, timestamp=base_ms + i * 1000)
+    if p.flush(30) != 0:
+        fail("the first ten records were not acknowledged")
+
+    def consumer(start):
+        c = Consumer(conf(bootstrap, token, **{"group.id": "positions", "enable.auto.commit": False}))
+        c.assign([TopicPartition(topic, 0, start)])
+        return c
+
+    def first(c, each=None):
+        """The first record `c` reads, calling `each` between polls."""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and not m.error():
+                c.close()
+                return (m.offset(), m.value())
+            if each:
+                each()
+        c.close()
+        fail("no record read in 30 s")
+
+    if first(consumer(OFFSET_BEGINNING)) != (0, b"0"):
+        fail("earliest did not start at offset 0")
+
+    # From the latest: none of the ten, only records written after. When
+    # the consumer resolves "latest" is its own affair, so records keep
+    # coming until it reads one.
+    def later():
+        p.produce(topic, value=b"later", partition=0, timestamp=base_ms + 60_000)
+        p.flush(30)
+
+    offset, value = first(consumer(OFFSET_END), later)
+    if offset < 10 or value != b"later":
+        fail("latest read offset %d (%s), one of the records before it started" % (offset, value))
+    c = Consumer(conf(bootstrap, token, **{"group.id": "positions"}))
+    # Between records 4 and 5: the first at or after it is 5.
+    at = c.offsets_for_times([TopicPartition(topic, 0, base_ms + 4500)], timeout=30)[0]
+    c.close()
+    if at.offset != 5:
+        fail("offsets_for_times gave %d, not 5" % at.offset)
+    if first(consumer(at.offset)) != (5, b"5"):
+        fail("reading from the timestamp's offset did not start at 5")
+    print("ok")
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"admin": admin, "idempotent": idempotent, "configs": configs}[mode](*args)
+    {"admin": admin, "idempotent": idempotent, "configs": configs, "positions": positions}[mode](*args)

@@ -6,6 +6,7 @@ what the Rust side checks next on stdout.
   group  BOOTSTRAP TOKEN TOPIC GROUP   three members, one killed, one leaving
   member BOOTSTRAP TOKEN TOPIC GROUP   (a member run as its own process)
   resume BOOTSTRAP TOKEN TOPIC GROUP COMMITTED   after a broker restart
+  static BOOTSTRAP TOKEN TOPIC GROUP   a static member restarts without a rebalance
 """
 
 import os
@@ -43,7 +44,7 @@ def fail(why):
     sys.exit(1)
 
 
-def consumer(bootstrap, token, group):
+def consumer(bootstrap, token, group, **more):
     return Consumer(
         conf(
             bootstrap,
@@ -55,6 +56,7 @@ def consumer(bootstrap, token, group):
                 "session.timeout.ms": SESSION_MS,
                 "heartbeat.interval.ms": 500,
                 "max.poll.interval.ms": 30000,
+                **more,
             },
         )
     )
@@ -215,6 +217,49 @@ def resume(bootstrap, token, topic, grp, committed):
     print("ok")
 
 
+def static(bootstrap, token, topic, grp):
+    """A static member (group.instance.id) restarts within its session:
+    it gets its partitions back and the other member never gives its own
+    up (no rebalance). Prints the restarted member's partitions."""
+    revoked = []
+
+    def parts(c):
+        return sorted(tp.partition for tp in c.assignment())
+
+    b = consumer(bootstrap, token, grp)
+    b.subscribe([topic], on_revoke=lambda _c, ps: revoked.append([tp.partition for tp in ps]))
+    a = consumer(bootstrap, token, grp, **{"group.instance.id": "pod-a"})
+    a.subscribe([topic])
+
+    def settled(*cs):
+        for c in cs:
+            c.poll(0.1)
+        got = [parts(c) for c in cs]
+        return all(got) and sorted(sum(got, [])) == list(range(PARTITIONS))
+
+    until("the group of two settles", 60, lambda: settled(a, b))
+    before, b_before = parts(a), parts(b)
+    revoked.clear()
+    # A static member does not leave on close: its place is kept for it.
+    a.close()
+    a = consumer(bootstrap, token, grp, **{"group.instance.id": "pod-a"})
+    a.subscribe([topic])
+    until("the restarted member is assigned", 30, lambda: settled(a, b))
+    if parts(a) != before or parts(b) != b_before:
+        fail("after the restart a has %s (had %s), b %s (had %s)" % (parts(a), before, parts(b), b_before))
+    # A rebalance the restart started would have revoked b's partitions
+    # on its next heartbeat (every 0.5 s): give it a few.
+    end = time.time() + 2
+    while time.time() < end:
+        a.poll(0.1)
+        b.poll(0.1)
+    if revoked:
+        fail("the other member gave up %s: the restart rebalanced" % revoked)
+    a.close()
+    b.close()
+    print(",".join(str(p) for p in before), flush=True)
+
+
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
-    {"group": group, "member": member, "resume": resume}[mode](*args)
+    {"group": group, "member": member, "resume": resume, "static": static}[mode](*args)
