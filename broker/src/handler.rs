@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use felix_client::server::{Handler, HelloRequest, Peer, Reply};
 use felix_client::wire::frame::VERSION;
-use felix_client::wire::{AckLevel, ErrorReply, Message};
+use felix_client::wire::{AckLevel, ErrorReply, Message, Start};
 use felix_controlplane::model::Adding;
 use felix_index::control::{control_batch, ControlOp};
 use felix_log::Batch;
@@ -328,7 +328,17 @@ impl NodeHandler {
                 };
                 let mut at = Vec::with_capacity(numbers.len());
                 for n in numbers {
-                    let o = start_offset(node, h.shard(n)?, start, durable.as_deref())?;
+                    let shard = h.shard(n)?;
+                    // A leader elected moments ago may not yet have applied
+                    // all its predecessor acknowledged, and a client resuming
+                    // after the failover asks for just such an offset: past
+                    // this replica's high watermark, it is judged once the
+                    // leader has caught up.
+                    let past = matches!(start, Start::Offset(o) if o > shard.high_watermark());
+                    if past && shard.replica().is_some_and(|r| r.is_leader()) {
+                        shard.lead().await?;
+                    }
+                    let o = start_offset(node, shard, start, durable.as_deref())?;
                     at.push((n, o));
                 }
                 Ok(Reply::Subscription(Box::new(StreamPush::new(&h, at)?)))

@@ -655,7 +655,7 @@ impl<H: Handler> Door<H> {
                 pd.last_stable_offset = st.next as i64;
                 pd.log_start_offset = st.earliest as i64;
                 let at = p.fetch_offset;
-                if at < st.earliest as i64 || at > st.next as i64 {
+                if at < st.earliest as i64 {
                     pd.error_code = OFFSET_OUT_OF_RANGE;
                     tr.partitions.push(pd);
                     continue;
@@ -663,6 +663,26 @@ impl<H: Handler> Door<H> {
                 let stream = stream.as_ref().expect("stats came from a stream");
                 let room = budget_max.saturating_sub(total);
                 let part_max = (p.partition_max_bytes.max(1) as usize).min(room.max(1));
+                if at > st.next as i64 {
+                    // Past what this replica holds: a follower, or a leader
+                    // elected moments ago that has not applied all it will
+                    // serve. The broker judges it (NOT_LEADER_OR_FOLLOWER,
+                    // a read once caught up, or OFFSET_OUT_OF_RANGE), and
+                    // never keeps the fetch past its own deadline.
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match self
+                        .read_now(cx.session, stream, st.shard, at as u64, part_max, left)
+                        .await
+                    {
+                        Ok(t) => {
+                            total += t.bytes.len();
+                            pd.records = Some(t.bytes.freeze());
+                        }
+                        Err(code) => pd.error_code = code,
+                    }
+                    tr.partitions.push(pd);
+                    continue;
+                }
                 if at == st.next as i64 || (total > 0 && room == 0) {
                     let (ti, pi) = (r.responses.len(), tr.partitions.len());
                     tr.partitions.push(pd);
@@ -671,8 +691,9 @@ impl<H: Handler> Door<H> {
                     }
                     continue;
                 }
+                let within = Duration::from_millis(FETCH_WAIT_MS_MAX);
                 match self
-                    .read_now(cx.session, stream, st.shard, at as u64, part_max)
+                    .read_now(cx.session, stream, st.shard, at as u64, part_max, within)
                     .await
                 {
                     Ok(t) => {
@@ -731,17 +752,14 @@ impl<H: Handler> Door<H> {
         shard: u32,
         at: u64,
         max: usize,
+        within: Duration,
     ) -> Result<Transcoded, i16> {
         let mut source = self.subscribe(session, stream, shard, Start::Offset(at)).await?;
         let mut t = Transcoded::default();
-        // The shard holds `at`, so a push is ready; the bound is for a
-        // shard that lost it meanwhile (retention), which answers empty.
-        match tokio::time::timeout(
-            Duration::from_millis(FETCH_WAIT_MS_MAX),
-            source.next_push(max as u64),
-        )
-        .await
-        {
+        // When the shard holds `at` a push is ready; `within` bounds the
+        // wait for a shard that lost it meanwhile (retention) or that has
+        // nothing past it yet, which answers empty.
+        match tokio::time::timeout(within, source.next_push(max as u64)).await {
             Ok(Some(Ok(push))) => {
                 records::from_felix(push.batches, &mut t).map_err(|e| {
                     tracing::error!(stream, shard, error = %e, "kafka: a stored batch could not be transcoded");

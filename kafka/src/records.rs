@@ -396,6 +396,13 @@ pub fn from_felix(mut felix: Bytes, into: &mut Transcoded) -> Result<(), BatchEr
             });
         }
         let batch = Batch::new(felix.split_to(len))?;
+        // A control batch (a cursor commit, a replication marker) holds no
+        // offset: as a Kafka batch it would claim the offset after it,
+        // which a client skips past, then finds beyond the end and resets
+        // from (auto.offset.reset). Kafka clients are not shown it.
+        if batch.header().flags.control() {
+            continue;
+        }
         encode_batch(&batch, &mut into.bytes)?;
         into.next_offset = batch.header().next_offset().0;
     }
@@ -572,6 +579,45 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Control batches take no offset; between two data batches they leave
+    /// the Kafka batches' offsets contiguous, as a client follows them.
+    #[test]
+    fn control_batches_are_not_shown_to_kafka_clients() {
+        let stamped = |mut b: Vec<u8>, at: u64| {
+            felix_log::batch::stamp(
+                &mut b,
+                felix_log::Offset(at),
+                felix_log::RaftTerm(1),
+                felix_log::RaftIndex(1),
+            );
+            b
+        };
+        let data = |at: u64| {
+            let parsed = parse(produced(2, KCompression::None), 0).unwrap();
+            stamped(to_felix(&parsed, None).unwrap(), at)
+        };
+        let mut control = BatchBuilder::new(fl::BATCH_BYTES_MAX).control();
+        control
+            .push(RecordInput {
+                value: Some(b"cursor"),
+                ..RecordInput::default()
+            })
+            .unwrap();
+        let control = stamped(control.build(Compression::None).unwrap(), 12);
+        let felix: Vec<u8> = [data(10), control, data(12)].concat();
+        let mut t = Transcoded::default();
+        from_felix(Bytes::from(felix), &mut t).unwrap();
+        assert_eq!(t.next_offset, 14);
+        let mut out = t.bytes.freeze();
+        let sets = RecordBatchDecoder::decode_all(&mut out).unwrap();
+        let offsets: Vec<i64> = sets
+            .iter()
+            .flat_map(|s| s.records.iter().map(|r| r.offset))
+            .collect();
+        assert_eq!(offsets, vec![10, 11, 12, 13]);
+        assert_eq!(sets.len(), 2, "the control batch is left out");
     }
 
     #[test]

@@ -119,7 +119,7 @@ def run(bootstrap, token, topic, grp, n):
     consumed = {}
     deadline = time.time() + 240
     while time.time() < deadline:
-        for c in members:
+        for who, c in enumerate(members):
             # A member without partitions would hold the loop for the
             # whole timeout of a one-record poll: take what is there.
             for m in c.consume(CONSUME_MAX, 0.05):
@@ -129,8 +129,11 @@ def run(bootstrap, token, topic, grp, n):
                 v = int(m.value())
                 if commit_once(c, m):
                     if v in consumed:
-                        fail("record %d consumed twice (offsets %s and %d)" % (v, consumed[v], m.offset()))
-                    consumed[v] = (m.partition(), m.offset())
+                        fail(
+                            "record %d consumed twice: at %s by member %d, then at offset %d by member %d"
+                            % (v, consumed[v][:2], consumed[v][2], m.offset(), who)
+                        )
+                    consumed[v] = (m.partition(), m.offset(), who)
         if not producer.is_alive() and acked and acked <= consumed.keys():
             break
     producer.join()

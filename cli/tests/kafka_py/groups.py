@@ -226,17 +226,19 @@ def static(bootstrap, token, topic, grp):
     def parts(c):
         return sorted(tp.partition for tp in c.assignment())
 
-    b = consumer(bootstrap, token, grp)
-    b.subscribe([topic], on_revoke=lambda _c, ps: revoked.append([tp.partition for tp in ps]))
-    a = consumer(bootstrap, token, grp, **{"group.instance.id": "pod-a"})
-    a.subscribe([topic])
-
     def settled(*cs):
         for c in cs:
             c.poll(0.1)
         got = [parts(c) for c in cs]
         return all(got) and sorted(sum(got, [])) == list(range(PARTITIONS))
 
+    # b joins first and leads: a leader's return rebalances by design
+    # (docs/kafka.md), a follower's must not.
+    b = consumer(bootstrap, token, grp)
+    b.subscribe([topic], on_revoke=lambda _c, ps: revoked.append([tp.partition for tp in ps]))
+    until("b alone is assigned everything", 60, lambda: settled(b))
+    a = consumer(bootstrap, token, grp, **{"group.instance.id": "pod-a"})
+    a.subscribe([topic])
     until("the group of two settles", 60, lambda: settled(a, b))
     before, b_before = parts(a), parts(b)
     revoked.clear()
