@@ -8,11 +8,11 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest, HeartbeatRequest,
-    IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest, OffsetFetchRequest,
-    ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
+    AlterConfigsRequest, ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteGroupsRequest,
+    DeleteTopicsRequest, DescribeConfigsRequest, DescribeGroupsRequest, FetchRequest, FindCoordinatorRequest,
+    HeartbeatRequest, IncrementalAlterConfigsRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, ListGroupsRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
+    OffsetFetchRequest, ProduceRequest, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::Decodable;
 
@@ -34,6 +34,7 @@ pub const SERVED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 3),
     (ApiKey::DescribeGroups, 0, 4),
     (ApiKey::ListGroups, 0, 2),
+    (ApiKey::DeleteGroups, 0, 1),
     (ApiKey::InitProducerId, 0, 1),
     (ApiKey::CreateTopics, 2, 4),
     (ApiKey::DeleteTopics, 1, 3),
@@ -78,6 +79,7 @@ pub enum Request {
     OffsetFetch(OffsetFetchRequest),
     ListGroups(ListGroupsRequest),
     DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
     InitProducerId(InitProducerIdRequest),
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
@@ -110,6 +112,7 @@ pub fn decode(key: ApiKey, version: i16, body: Bytes) -> Result<Request, String>
         ApiKey::OffsetFetch => Request::OffsetFetch(d(body, v)?),
         ApiKey::ListGroups => Request::ListGroups(d(body, v)?),
         ApiKey::DescribeGroups => Request::DescribeGroups(d(body, v)?),
+        ApiKey::DeleteGroups => Request::DeleteGroups(d(body, v)?),
         ApiKey::InitProducerId => Request::InitProducerId(d(body, v)?),
         ApiKey::CreateTopics => Request::CreateTopics(d(body, v)?),
         ApiKey::DeleteTopics => Request::DeleteTopics(d(body, v)?),

@@ -15,12 +15,13 @@ use felix_client::wire::message::SCAN_KEYS_MAX;
 use felix_client::wire::{ErrorReply, Message, ShardInfo, StreamConfig};
 use felix_model::{Durability, StreamKind};
 use kafka_protocol::messages::{
-    describe_groups_response, join_group_response, leave_group_response, list_groups_response,
-    offset_commit_response, offset_fetch_response, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse,
-    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse, TopicName,
+    delete_groups_response, describe_groups_response, join_group_response, leave_group_response,
+    list_groups_response, offset_commit_response, offset_fetch_response, BrokerId, DeleteGroupsRequest,
+    DeleteGroupsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, GroupId, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -32,6 +33,7 @@ use crate::offsets::{self, Committed};
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 const NOT_COORDINATOR: i16 = 16;
+const NON_EMPTY_GROUP: i16 = 68;
 const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 const INVALID_REQUEST: i16 = 42;
 /// Keys one OffsetFetch of a whole group reads (its partitions).
@@ -44,6 +46,11 @@ const LIST_GROUPS_SCANS_MAX: usize = 1_024;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
+}
+
+/// The `group.instance.id` a request names, if any (a static member).
+fn instance(i: &Option<StrBytes>) -> Option<&str> {
+    i.as_ref().map(|i| i.as_str())
 }
 
 impl<H: Handler> Door<H> {
@@ -171,7 +178,7 @@ impl<H: Handler> Door<H> {
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
             id_required: cx.version >= 4,
-            instance_id: r.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
+            instance_id: instance(&r.group_instance_id).map(str::to_owned),
         };
         let within = j.rebalance_timeout_ms.clamp(0, group::REBALANCE_TIMEOUT_MS_MAX) as u64;
         let now = (self.clock)();
@@ -220,10 +227,9 @@ impl<H: Handler> Door<H> {
             .map(|a| (a.member_id.as_str().to_owned(), a.assignment))
             .collect();
         let now = (self.clock)();
-        let instance = r.group_instance_id.as_ref().map(|i| i.as_str());
         let member = match self
             .coordinator
-            .with(|g| g.identify(&key, r.member_id.as_str(), instance))
+            .with(|g| g.identify(&key, r.member_id.as_str(), instance(&r.group_instance_id)))
         {
             Ok(m) => m,
             Err(code) => {
@@ -258,9 +264,8 @@ impl<H: Handler> Door<H> {
         if resp.error_code == group::NONE {
             let key = Self::group_key(cx, &r.group_id);
             let now = (self.clock)();
-            let instance = r.group_instance_id.as_ref().map(|i| i.as_str());
             resp.error_code = self.coordinator.with(|g| {
-                g.identify(&key, r.member_id.as_str(), instance)
+                g.identify(&key, r.member_id.as_str(), instance(&r.group_instance_id))
                     .map_or_else(|code| code, |m| g.heartbeat(now, &key, r.generation_id, &m))
             });
         }
@@ -281,7 +286,7 @@ impl<H: Handler> Door<H> {
                 .map(|m| {
                     (
                         m.member_id.as_str().to_owned(),
-                        m.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
+                        instance(&m.group_instance_id).map(str::to_owned),
                     )
                 })
                 .collect()
@@ -320,6 +325,64 @@ impl<H: Handler> Door<H> {
             resp.error_code = codes.first().copied().unwrap_or(group::NONE);
         }
         resp
+    }
+
+    /// DeleteGroups: a group without members loses its committed offsets
+    /// (`kafka-consumer-groups --delete`); one with members is
+    /// NON_EMPTY_GROUP, one with nothing committed GROUP_ID_NOT_FOUND.
+    pub(crate) async fn delete_groups(
+        &self,
+        cx: &Cx<'_, H::Session>,
+        r: DeleteGroupsRequest,
+    ) -> DeleteGroupsResponse {
+        let mut resp = DeleteGroupsResponse::default();
+        let here = self.here(cx).await;
+        let cache = self.offsets_cache(cx.tenant);
+        for id in r.groups_names {
+            let mut out = delete_groups_response::DeletableGroupResult::default();
+            out.error_code = match here {
+                group::NONE => self.delete_group(cx, &cache, &id).await,
+                code => code,
+            };
+            out.group_id = id;
+            resp.results.push(out);
+        }
+        resp
+    }
+
+    async fn delete_group(&self, cx: &Cx<'_, H::Session>, cache: &str, id: &GroupId) -> i16 {
+        let key = Self::group_key(cx, id);
+        let members = self
+            .coordinator
+            .with(|g| g.describe(&key).map_or(0, |v| v.members.len()));
+        if members > 0 {
+            return NON_EMPTY_GROUP;
+        }
+        let group_id = id.0.as_str();
+        let committed = match self.committed_partitions(cx, cache, group_id).await {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        if committed.is_empty() {
+            return group::GROUP_ID_NOT_FOUND;
+        }
+        for (topic, parts) in committed {
+            for p in parts {
+                let delete = Message::CacheDelete {
+                    cache: cache.to_owned(),
+                    key: offsets::key(group_id, &topic, p),
+                    if_version: None,
+                    writer: 0,
+                    sequence: 0,
+                };
+                match self.ask(cx.session, delete).await {
+                    Ok(_) => {}
+                    Err(ErrorReply::NotLeader { .. }) => return NOT_COORDINATOR,
+                    Err(e) => return code_of(&e),
+                }
+            }
+        }
+        group::NONE
     }
 
     pub(crate) async fn list_groups(&self, cx: &Cx<'_, H::Session>) -> ListGroupsResponse {
@@ -426,9 +489,8 @@ impl<H: Handler> Door<H> {
             let key = Self::group_key(cx, &r.group_id);
             let now = (self.clock)();
             let (generation, member) = (r.generation_id_or_member_epoch, r.member_id.as_str());
-            let instance = r.group_instance_id.as_ref().map(|i| i.as_str());
             whole = self.coordinator.with(|g| {
-                g.identify(&key, member, instance)
+                g.identify(&key, member, instance(&r.group_instance_id))
                     .map_or_else(|code| code, |m| g.may_commit(now, &key, generation, &m))
             });
         }

@@ -371,6 +371,7 @@ pub fn check(key: ApiKey, version: i16, body: &[u8]) -> Result<(), WalkError> {
             })?;
             w.skip(1, "validate_only")?;
         }
+        ApiKey::DeleteGroups => w.array("groups_names", |w| w.string("a group id"))?,
         ApiKey::DescribeGroups => {
             w.array("groups", |w| w.string("a group id"))?;
             if v >= 3 {
@@ -468,6 +469,10 @@ mod tests {
         ft.name = topic("orders");
         ft.partition_indexes = vec![0, 1];
         fetch.topics = Some(vec![ft]);
+        let mut delete_groups = DeleteGroupsRequest::default();
+        delete_groups
+            .groups_names
+            .push(GroupId(StrBytes::from_static_str("g")));
         let mut describe = DescribeGroupsRequest::default();
         describe.groups.push(GroupId(StrBytes::from_static_str("g")));
         let mut create = CreateTopicsRequest::default();
@@ -520,6 +525,7 @@ mod tests {
                     ApiKey::AlterConfigs => encoded(&alter, v),
                     ApiKey::IncrementalAlterConfigs => encoded(&inc, v),
                     ApiKey::DescribeGroups => encoded(&describe, v),
+                    ApiKey::DeleteGroups => encoded(&delete_groups, v),
                     _ => continue,
                 };
                 check(key, v, &body).unwrap_or_else(|e| panic!("{key:?} v{v}: {e}"));

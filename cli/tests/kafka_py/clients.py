@@ -4,7 +4,7 @@ confluent-kafka's idempotent producer. Exits non-zero, with the reason on
 stderr, on the first thing that is not as Kafka would have it; prints
 "ok" (or what the Rust side checks) on stdout.
 
-  admin      BOOTSTRAP TOKEN   kafka-python: create, describe and alter configs, produce, consume in a group, delete
+  admin      BOOTSTRAP TOKEN   kafka-python: create, describe and alter configs, produce, consume in a group, delete the group and the topic
   idempotent BOOTSTRAP TOKEN TOPIC N   confluent-kafka, enable.idempotence=true, acks=all
   configs    BOOTSTRAP TOKEN TOPIC     confluent-kafka, IncrementalAlterConfigs
   positions  BOOTSTRAP TOKEN TOPIC     confluent-kafka from earliest, latest and a timestamp
@@ -90,6 +90,10 @@ def admin(bootstrap, token):
     committed = [c.committed(tp) for tp in sorted(c.assignment())]
     if committed != [5, 5]:
         fail("committed %s" % committed)
+    # A group with a member is not deleted.
+    codes = [e.errno for _, e in a.delete_consumer_groups(["kp"])]
+    if codes != [68]:
+        fail("delete_consumer_groups of a group with a member: %s" % codes)
     c.close()
     groups = [g[0] for g in a.list_consumer_groups()]
     if "kp" not in groups:
@@ -97,6 +101,15 @@ def admin(bootstrap, token):
     offsets = a.list_consumer_group_offsets("kp")
     if sorted(o.offset for o in offsets.values()) != [5, 5]:
         fail("list_consumer_group_offsets: %s" % offsets)
+    # Without members it is: its offsets go, and a second delete finds none.
+    codes = [e.errno for _, e in a.delete_consumer_groups(["kp"])]
+    if codes != [0]:
+        fail("delete_consumer_groups: %s" % codes)
+    if a.list_consumer_group_offsets("kp"):
+        fail("offsets left after delete_consumer_groups: %s" % a.list_consumer_group_offsets("kp"))
+    codes = [e.errno for _, e in a.delete_consumer_groups(["kp"])]
+    if codes != [69]:
+        fail("a second delete_consumer_groups: %s" % codes)
 
     a.delete_topics(["adm"])
     deadline = time.time() + 20

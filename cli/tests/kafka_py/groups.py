@@ -77,25 +77,21 @@ def produce(bootstrap, token, topic, start, n):
         fail("produce: %s" % errors)
 
 
-# A commit the group refuses while it rebalances (or librdkafka refuses
-# for a partition no longer assigned): the record is not counted, and
-# whoever owns its partition next reads it again.
-REFUSED = {
-    KafkaError.REBALANCE_IN_PROGRESS,
-    KafkaError.ILLEGAL_GENERATION,
-    KafkaError.UNKNOWN_MEMBER_ID,
-    KafkaError._NO_OFFSET,
-    KafkaError._STATE,
-}
+# A commit the group refuses while it rebalances: the record is not
+# counted, and whoever owns its partition next reads it again.
+REFUSED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}
 
 
-def take(c):
-    """One record from `c` once its offset is committed, or None."""
+def take(c, taking=None):
+    """One record from `c` once its offset is committed, or None.
+    `taking(m)` is told of a record before its commit is sent."""
     m = c.poll(0.1)
     if m is None:
         return None
     if m.error():
         fail("consume: %s" % m.error())
+    if taking:
+        taking(m)
     try:
         c.commit(message=m, asynchronous=False)
     except KafkaException as e:
@@ -105,12 +101,12 @@ def take(c):
     return (m.partition(), m.offset(), m.value())
 
 
-def until(what, secs, f):
+def until(what, secs, f, why=lambda: ""):
     end = time.time() + secs
     while time.time() < end:
         if f():
             return
-    fail("timed out: " + what)
+    fail("timed out: %s %s" % (what, why()))
 
 
 def group(bootstrap, token, topic, grp):
@@ -135,6 +131,8 @@ def group(bootstrap, token, topic, grp):
     a.subscribe([topic])
     b.subscribe([topic])
     child_lines = []
+    # Records the child was committing when last heard of.
+    child_taking = {}
 
     def child_records():
         chunk = (child.stdout.read() or b"").decode()
@@ -142,7 +140,12 @@ def group(bootstrap, token, topic, grp):
         lines = "".join(child_lines).split("\n")
         child_lines[:] = [lines[-1]]
         for line in lines[:-1]:
+            if line.startswith("? "):
+                p, o, v = line[2:].split(" ")
+                child_taking[(int(p), int(o))] = v.encode()
+                continue
             p, o, v = line.split(" ")
+            child_taking.pop((int(p), int(o)), None)
             note((int(p), int(o), v.encode()), "the killed member")
 
     from_child = []
@@ -164,6 +167,11 @@ def group(bootstrap, token, topic, grp):
     child.send_signal(signal.SIGKILL)
     child.wait()
     child_records()
+    # Killed between its commit and its report: the record counts if the
+    # commit landed (no one commits that partition until it is reassigned).
+    for (p, o), v in child_taking.items():
+        if a.committed([TopicPartition(topic, p)], timeout=10)[0].offset > o:
+            note((p, o, v), "the killed member")
     killed_at = len(got)
     # Its partition comes back to a or b once its session runs out.
     until(
@@ -174,8 +182,13 @@ def group(bootstrap, token, topic, grp):
     # b leaves: a gets everything.
     b.close()
     until("a owns every partition", 40, lambda: (note(take(a), "a"), len(a.assignment()) == PARTITIONS)[-1])
-    until("every record consumed", 60, lambda: (note(take(a), "a"), len(got) == RECORDS)[-1])
     want = {(i % PARTITIONS, i // PARTITIONS): b"v%d" % i for i in range(RECORDS)}
+    until(
+        "every record consumed",
+        60,
+        lambda: (note(take(a), "a"), len(got) == RECORDS)[-1],
+        lambda: "(%d of %d; missing e.g. %s)" % (len(got), RECORDS, sorted(set(want) - set(got))[:8]),
+    )
     if got != want:
         missing = sorted(set(want) - set(got))[:5]
         fail("consumed %d of %d; missing e.g. %s" % (len(got), RECORDS, missing))
@@ -191,8 +204,13 @@ def group(bootstrap, token, topic, grp):
 def member(bootstrap, token, topic, grp):
     c = consumer(bootstrap, token, grp)
     c.subscribe([topic])
+    def taking(m):
+        # Its commit may land with this process killed before the line
+        # below: the parent then asks the group what was committed.
+        print("? %d %d %s" % (m.partition(), m.offset(), m.value().decode()), flush=True)
+
     while True:
-        rec = take(c)
+        rec = take(c, taking)
         if rec is not None:
             # Printed only once committed: what it printed is not read again.
             print("%d %d %s" % (rec[0], rec[1], rec[2].decode()), flush=True)
