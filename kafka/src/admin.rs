@@ -135,6 +135,14 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_owned())
 }
 
+/// A resource's error code and message, from what altering it came to.
+fn answered(outcome: Result<(), (i16, String)>) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err((code, why)) => (code, Some(s(&why))),
+    }
+}
+
 impl<H: Handler> Door<H> {
     async fn topic_exists(&self, cx: &Cx<'_, H::Session>, stream: &str) -> Result<bool, i16> {
         match self
@@ -362,10 +370,7 @@ impl<H: Handler> Door<H> {
                 .await;
             let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
             out.resource_type = res.resource_type;
-            if let Err((code, why)) = outcome {
-                out.error_code = code;
-                out.error_message = Some(s(&why));
-            }
+            (out.error_code, out.error_message) = answered(outcome);
             out.resource_name = res.resource_name;
             resp.responses.push(out);
         }
@@ -401,10 +406,7 @@ impl<H: Handler> Door<H> {
                 .await;
             let mut out = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
             out.resource_type = res.resource_type;
-            if let Err((code, why)) = outcome {
-                out.error_code = code;
-                out.error_message = Some(s(&why));
-            }
+            (out.error_code, out.error_message) = answered(outcome);
             out.resource_name = res.resource_name;
             resp.responses.push(out);
         }

@@ -666,27 +666,8 @@ impl<H: Handler> Door<H> {
                 let stream = stream.as_ref().expect("stats came from a stream");
                 let room = budget_max.saturating_sub(total);
                 let part_max = (p.partition_max_bytes.max(1) as usize).min(room.max(1));
-                if at > st.next as i64 {
-                    // Past what this replica holds: a follower, or a leader
-                    // elected moments ago that has not applied all it will
-                    // serve. The broker judges it (NOT_LEADER_OR_FOLLOWER,
-                    // a read once caught up, or OFFSET_OUT_OF_RANGE), and
-                    // never keeps the fetch past its own deadline.
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    match self
-                        .read_now(cx.session, stream, st.shard, at as u64, part_max, left)
-                        .await
-                    {
-                        Ok(t) => {
-                            total += t.bytes.len();
-                            pd.records = Some(t.bytes.freeze());
-                        }
-                        Err(code) => pd.error_code = code,
-                    }
-                    tr.partitions.push(pd);
-                    continue;
-                }
-                if at == st.next as i64 || (total > 0 && room == 0) {
+                let past = at > st.next as i64;
+                if !past && (at == st.next as i64 || (total > 0 && room == 0)) {
                     let (ti, pi) = (r.responses.len(), tr.partitions.len());
                     tr.partitions.push(pd);
                     if at == st.next as i64 {
@@ -694,7 +675,16 @@ impl<H: Handler> Door<H> {
                     }
                     continue;
                 }
-                let within = Duration::from_millis(FETCH_WAIT_MS_MAX);
+                // Past what this replica holds: a follower, or a leader
+                // elected moments ago that has not applied all it will
+                // serve. The broker judges it (NOT_LEADER_OR_FOLLOWER, a
+                // read once caught up, or OFFSET_OUT_OF_RANGE), within the
+                // fetch's own deadline.
+                let within = if past {
+                    deadline.saturating_duration_since(tokio::time::Instant::now())
+                } else {
+                    Duration::from_millis(FETCH_WAIT_MS_MAX)
+                };
                 match self
                     .read_now(cx.session, stream, st.shard, at as u64, part_max, within)
                     .await

@@ -57,19 +57,9 @@ struct Door {
 
 impl Door {
     fn start(durability: &str) -> anyhow::Result<Door> {
-        let dir = tempfile::tempdir()?;
-        // A free port for the door: the broker's file must name it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
-        let extra = format!("[kafka]\nlisten = {addr:?}\nnamespace = {NAMESPACE:?}\n");
-        let brokers = LocalBrokers::spawn(
-            crate::RUN_BROKER,
-            dir.path(),
-            "127.0.0.1:0".parse()?,
-            1,
-            &extra,
-            false,
-        )?;
+        let (brokers, addr, dir) = super::broker_with_door(|addr| {
+            format!("[kafka]\nlisten = {addr:?}\nnamespace = {NAMESPACE:?}\n")
+        })?;
         Ok(Door {
             brokers,
             addr,

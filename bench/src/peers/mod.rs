@@ -245,6 +245,27 @@ fn peers_home() -> Option<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/felix-peers")))
 }
 
+/// One plain broker whose file has `door(addr)` added, `addr` a free
+/// loopback port for the door it configures: the broker, the door's
+/// address and the directory they live in.
+pub(crate) fn broker_with_door(
+    door: impl FnOnce(&str) -> String,
+) -> anyhow::Result<(felix_cli::devcluster::LocalBrokers, String, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    // A free port for the door: the broker's file must name it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let brokers = felix_cli::devcluster::LocalBrokers::spawn(
+        crate::RUN_BROKER,
+        dir.path(),
+        "127.0.0.1:0".parse()?,
+        1,
+        &door(&addr),
+        false,
+    )?;
+    Ok((brokers, addr, dir))
+}
+
 /// A peer's figure, or why there is none.
 type PeerFigure = Result<Figure, String>;
 

@@ -30,19 +30,8 @@ struct Door {
 
 impl Door {
     async fn start(durability: &str) -> anyhow::Result<Door> {
-        let dir = tempfile::tempdir()?;
-        // A free port for the door: the broker's file must name it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
-        let extra = format!("[redis]\nlisten = {addr:?}\ncache = {CACHE:?}\n");
-        let brokers = LocalBrokers::spawn(
-            crate::RUN_BROKER,
-            dir.path(),
-            "127.0.0.1:0".parse()?,
-            1,
-            &extra,
-            false,
-        )?;
+        let (brokers, addr, dir) =
+            super::broker_with_door(|addr| format!("[redis]\nlisten = {addr:?}\ncache = {CACHE:?}\n"))?;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let client = loop {
             match Client::connect(client_config(&brokers)?).await {
