@@ -20,7 +20,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from groups import conf, fail  # noqa: E402
+from groups import conf, fail, send_numbered  # noqa: E402
 
 # A commit whose outcome the group or librdkafka refuses (a rebalance, or
 # a partition no longer assigned): the next owner reads the record again
@@ -84,12 +84,7 @@ def run(bootstrap, token, topic, grp, n):
     def produce():
         told = False
         for i in range(n):
-            while True:
-                try:
-                    p.produce(topic, key=b"k%d" % i, value=b"%d" % i, on_delivery=done)
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            send_numbered(p, topic, i, done)
             p.poll(0)
             if not told and len(acked) >= n // 4:
                 print("killing-time", flush=True)

@@ -77,6 +77,17 @@ def produce(bootstrap, token, topic, start, n):
         fail("produce: %s" % errors)
 
 
+def send_numbered(p, topic, i, done):
+    """Record i (key k<i>, value <i>), waiting while the producer's queue
+    is full rather than failing."""
+    while True:
+        try:
+            p.produce(topic, key=b"k%d" % i, value=b"%d" % i, on_delivery=done)
+            return
+        except BufferError:
+            p.poll(0.05)
+
+
 # A commit the group refuses while it rebalances: the record is not
 # counted, and whoever owns its partition next reads it again.
 REFUSED = {KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID}

@@ -18,7 +18,7 @@ import time
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from groups import REFUSED, conf, fail  # noqa: E402
+from groups import REFUSED, conf, fail, send_numbered  # noqa: E402
 
 # Records one member takes per turn of the loop.
 CONSUME_MAX = 1000
@@ -38,12 +38,7 @@ def produce(bootstrap, token, topic, n):
             acked.setdefault(msg.partition(), []).append((msg.offset(), int(msg.value())))
 
     for i in range(n):
-        while True:
-            try:
-                p.produce(topic, key=b"k%d" % i, value=b"%d" % i, on_delivery=done)
-                break
-            except BufferError:
-                p.poll(0.05)
+        send_numbered(p, topic, i, done)
         p.poll(0)
     left = p.flush(120)
     if left or errors:
