@@ -90,6 +90,11 @@ pub struct Liveness {
     /// that has a usage quota (or whose tenant has).
     pub usage: HashMap<u32, BTreeMap<String, Usage>>,
     led_since: Option<Instant>,
+    /// The last `Reconcile` trial that found nothing to do: the applied
+    /// log index it saw, and until when (ms since the epoch) that verdict
+    /// holds on unchanged metadata. Another trial on the same metadata
+    /// before then would only copy the metadata to learn the same.
+    reconcile_idle: Option<(Option<u64>, Option<u64>)>,
 }
 
 pub struct Node {
@@ -405,16 +410,28 @@ impl Node {
             grace_ms: self.cfg.replace_after_ms,
             moves_per_broker_max: self.cfg.moves_per_broker_max,
         };
-        let due = self.read(|m| {
-            let mut trial = m.clone();
-            trial
-                .apply(&Envelope {
-                    actor: String::new(),
-                    now_ms: now_ms(),
-                    command: reconcile.clone(),
-                })
-                .is_ok_and(|a| a.changed)
-        });
+        let now = now_ms();
+        let idle = self.liveness.lock().expect("liveness lock").reconcile_idle;
+        let (applied, due, until) = {
+            let machine = self.sm.shared.read().expect("machine lock");
+            let applied = machine.applied.map(|l| l.index);
+            let m = &machine.metadata;
+            match idle {
+                Some((seen, until)) if seen == applied && until.is_none_or(|u| now < u) => {
+                    (applied, false, until)
+                }
+                _ => {
+                    let until = m.reconcile_changes_at(now, self.cfg.replace_after_ms);
+                    let due = m.reconcile_would_change(
+                        now,
+                        self.cfg.replace_after_ms,
+                        self.cfg.moves_per_broker_max,
+                    );
+                    (applied, due, until)
+                }
+            }
+        };
+        self.liveness.lock().expect("liveness lock").reconcile_idle = (!due).then_some((applied, until));
         if due {
             match self.propose_local("controlplane", reconcile).await {
                 Ok(a) => tracing::info!(moves = a.moves.len(), version = a.version, "reconciled placement"),

@@ -101,6 +101,13 @@ pub fn plan(
             }
         }
     }
+    // Each stream's slots, in slot order, so a stream's pass looks at its
+    // own slots only.
+    let mut of_stream: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, s) in slots.iter().enumerate() {
+        of_stream.entry(s.stream).or_default().push(i);
+    }
+    let all: Vec<usize> = (0..slots.len()).collect();
     let mut replicas: Vec<Vec<u32>> = slots.iter().map(|s| s.replicas.clone()).collect();
     let mut moved: BTreeSet<usize> = BTreeSet::new();
     let mut out = Vec::new();
@@ -110,6 +117,22 @@ pub fn plan(
         Strategy::MinimizeMovement => vec![None],
     };
     for pass in passes {
+        if let Some(st) = pass {
+            // A pass moves a replica only from a broker holding at least
+            // two more of the stream's than another: where none does (a
+            // stream already spread, most of them), it would only look.
+            let held = accepting
+                .keys()
+                .map(|b| per_stream.get(&(st, *b)).copied().unwrap_or(0));
+            let (least, most) = held.fold((u32::MAX, 0), |(lo, hi), n| (lo.min(n), hi.max(n)));
+            if most < least.saturating_add(2) {
+                continue;
+            }
+        }
+        let candidates = match pass {
+            Some(st) => of_stream.get(&st).map_or(&[][..], Vec::as_slice),
+            None => &all[..],
+        };
         let mut exhausted: BTreeSet<u32> = BTreeSet::new();
         loop {
             let count =
@@ -145,8 +168,8 @@ pub fn plan(
                     // A shard not led from `hi` first: moving a follower
                     // leaves the leadership where it is.
                     for prefer_follower in [true, false] {
-                        for (i, s) in slots.iter().enumerate() {
-                            let r = &replicas[i];
+                        for &i in candidates {
+                            let (s, r) = (&slots[i], &replicas[i]);
                             let ok = s.in_scope
                                 && s.leaving.is_empty()
                                 && !moved.contains(&i)

@@ -173,6 +173,8 @@ impl Metadata {
         &mut self,
         mut f: impl FnMut(&mut ShardPlacement) -> bool,
     ) -> Vec<Change> {
+        // `f` may move any replica: counted again when next needed.
+        self.load = Load::default();
         let mut out = Vec::new();
         for (tn, t) in self.tenants.iter_mut() {
             for (nn, n) in t.namespaces.iter_mut() {
@@ -357,6 +359,23 @@ impl Metadata {
             move_replica(p, i, to, moves);
             true
         })
+    }
+
+    /// The first instant after `now_ms` at which `Reconcile` could decide
+    /// otherwise on this same metadata: a down broker's grace ending or a
+    /// signing key's retirement (nothing else it decides reads the
+    /// clock). `None`: no such instant.
+    pub fn reconcile_changes_at(&self, now_ms: u64, grace_ms: u64) -> Option<u64> {
+        let graces = self
+            .brokers
+            .values()
+            .filter(|b| b.status == BrokerStatus::Down)
+            .map(|b| b.since_ms.saturating_add(grace_ms));
+        let retirements = self
+            .tenants
+            .values()
+            .flat_map(|t| t.keys.iter().filter_map(|k| k.retire_at_ms));
+        graces.chain(retirements).filter(|at| *at > now_ms).min()
     }
 
     /// Brokers down or draining that still hold replicas, and shards with

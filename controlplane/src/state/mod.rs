@@ -215,6 +215,41 @@ impl Command {
         }
     }
 
+    /// Whether it refuses, when it does, before it has changed anything,
+    /// so it may be applied to the metadata itself instead of a copy. The
+    /// ones whose apply is hot (creates, deletes, the leader's periodic
+    /// `Reconcile`, broker status) are written so; tenancy and access
+    /// commands, rare and small, are applied to a copy.
+    pub fn refuses_before_it_changes(&self) -> bool {
+        use Command::*;
+        match self {
+            CreateStream { .. }
+            | UpdateStream { .. }
+            | DeleteStream { .. }
+            | CreateCache { .. }
+            | DeleteCache { .. }
+            | TransferLeader { .. }
+            | RegisterBroker { .. }
+            | SetBrokerStatus { .. }
+            | Decommission { .. }
+            | MoveDone { .. }
+            | Reconcile { .. }
+            | Rebalance { .. } => true,
+            PutTenant { .. }
+            | DeleteTenant { .. }
+            | PutNamespace { .. }
+            | DeleteNamespace { .. }
+            | PutIdpIssuer { .. }
+            | DeleteIdpIssuer { .. }
+            | RotateKey { .. }
+            | AddPolicy { .. }
+            | RemovePolicy { .. }
+            | AddGrouping { .. }
+            | RemoveGrouping { .. }
+            | Bootstrap { .. } => false,
+        }
+    }
+
     /// A short description for the audit log (no key material).
     fn summary(&self) -> String {
         let v = serde_json::to_value(self).unwrap_or_default();
@@ -383,6 +418,56 @@ pub struct Metadata {
     /// Ids of decommissioned brokers: never registered again.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub retired_brokers: std::collections::BTreeSet<u32>,
+    /// Replicas and preferred leaderships per broker, derived from the
+    /// placements and kept with them, so a create does not count every
+    /// placement again.
+    #[serde(skip)]
+    load: Load,
+}
+
+/// Per broker: (replicas, preferred leaderships) over every placement,
+/// leaving replicas included; `None` until counted, and again after a
+/// change that moves replicas around many placements at once (the broker
+/// commands), which is rare beside creates and deletes.
+///
+/// Derived, so it is never part of what a metadata is: two metadata with
+/// the same placements are equal whether or not either has counted.
+#[derive(Debug, Clone, Default)]
+struct Load(Option<BTreeMap<u32, (u32, u32)>>);
+
+impl PartialEq for Load {
+    fn eq(&self, _: &Load) -> bool {
+        true
+    }
+}
+
+impl Eq for Load {}
+
+impl Load {
+    /// Adds or takes away one placement's replicas, if counted.
+    fn count(&mut self, p: &ShardPlacement, add: bool) {
+        let Some(load) = &mut self.0 else {
+            return;
+        };
+        for (i, r) in p.replicas.iter().chain(p.leaving.iter()).enumerate() {
+            let e = load.entry(*r).or_default();
+            let leader = u32::from(i == 0);
+            if add {
+                e.0 += 1;
+                e.1 += leader;
+            } else {
+                e.0 =
+                    e.0.checked_sub(1)
+                        .expect("a placement counted before is taken away");
+                e.1 =
+                    e.1.checked_sub(leader)
+                        .expect("a leadership counted before is taken away");
+                if e.0 == 0 {
+                    load.remove(r);
+                }
+            }
+        }
+    }
 }
 
 /// What streams and caches share in the metadata: a spec, a placement of
@@ -405,6 +490,7 @@ pub(crate) trait Placed: Clone + Serialize + Send + Sync + 'static {
     /// that asked for the defaults is stored with what they became).
     fn settled(spec: &Self::Spec, rf: u32, routing: Option<felix_model::KeyRouting>) -> Self::Spec;
     fn placed(spec: Self::Spec, placement: Vec<ShardPlacement>) -> Self;
+    fn placement(&self) -> &[ShardPlacement];
     fn spec(&self) -> &Self::Spec;
     fn of(n: &Namespace) -> &BTreeMap<String, Self>;
     fn of_mut(n: &mut Namespace) -> &mut BTreeMap<String, Self>;
@@ -448,6 +534,9 @@ macro_rules! placed {
             }
             fn placed(spec: $spec, placement: Vec<ShardPlacement>) -> $ty {
                 $ty { spec, placement }
+            }
+            fn placement(&self) -> &[ShardPlacement] {
+                &self.placement
             }
             fn spec(&self) -> &$spec {
                 &self.spec
@@ -541,10 +630,78 @@ impl Metadata {
     /// Applies one committed envelope. A refusal changes nothing but the
     /// audit log.
     pub fn apply(&mut self, env: &Envelope) -> Result<Applied, ApplyError> {
+        self.apply_as(env, env.command.refuses_before_it_changes())
+    }
+
+    /// Whether applying `env` would change anything, found on a copy of
+    /// the placements and brokers (not the feed or audit logs).
+    pub fn would_change(&self, env: &Envelope) -> bool {
+        let mut trial = self.clone_without_logs();
+        trial.apply(env).is_ok_and(|a| a.changed)
+    }
+
+    /// Whether a `Reconcile` at `now_ms` would change anything: what
+    /// [`Metadata::would_change`] says, without a copy of the metadata in
+    /// the usual case (no broker down, draining or decommissioning, no
+    /// rebalance, no key to retire), where only leader balancing could
+    /// change something and is tried on a copy of the load alone.
+    pub fn reconcile_would_change(&self, now_ms: u64, grace_ms: u64, moves_per_broker_max: u32) -> bool {
+        let calm = self.rebalance.is_none()
+            && self
+                .brokers
+                .values()
+                .all(|b| b.status == BrokerStatus::Active && !b.decommissioning)
+            && self
+                .tenants
+                .values()
+                .all(|t| t.keys.iter().all(|k| k.retire_at_ms.is_none_or(|r| r > now_ms)));
+        if !calm {
+            return self.would_change(&Envelope {
+                actor: String::new(),
+                now_ms,
+                command: Command::Reconcile {
+                    grace_ms,
+                    moves_per_broker_max,
+                },
+            });
+        }
+        // `balance_leaders`, on a copy of the load and of one replica
+        // list at a time.
+        let mut cluster = self.cluster_with(&self.count_load());
+        let mut replicas = Vec::new();
+        self.placements().any(|p| {
+            let chosen = p.leader_pinned
+                && p.replicas
+                    .first()
+                    .is_some_and(|b| cluster.get(*b).is_some_and(|c| c.accepting));
+            replicas.clone_from(&p.replicas);
+            !chosen && cluster.balance_leader(&mut replicas)
+        })
+    }
+
+    /// `in_place`: run the command on the metadata itself, which is right
+    /// only for a command that refuses before it changes anything (a
+    /// test holds each such command to it); otherwise on a copy, kept
+    /// only if the command succeeds.
+    fn apply_as(&mut self, env: &Envelope, in_place: bool) -> Result<Applied, ApplyError> {
         let before = self.version;
+        let goal_before = self.rebalance.clone();
         let mut moves = Vec::new();
-        let mut scratch = self.clone_without_logs();
-        let result = scratch.run(env, &mut moves);
+        let result = if in_place {
+            self.run(env, &mut moves)
+        } else {
+            let mut scratch = self.clone_without_logs();
+            let result = scratch.run(env, &mut moves);
+            if result.is_ok() {
+                self.tenants = scratch.tenants;
+                self.brokers = scratch.brokers;
+                self.next_group = scratch.next_group;
+                self.rebalance = scratch.rebalance;
+                self.retired_brokers = scratch.retired_brokers;
+                self.load = scratch.load;
+            }
+            result
+        };
         let audited = !matches!(
             env.command,
             Command::Reconcile { .. } | Command::SetBrokerStatus { .. } | Command::MoveDone { .. }
@@ -552,13 +709,8 @@ impl Metadata {
         match result {
             Ok(changes) => {
                 let changed = !changes.is_empty();
-                self.tenants = scratch.tenants;
-                self.brokers = scratch.brokers;
-                self.next_group = scratch.next_group;
                 // A rebalance begun or ended changes no resource.
-                let goal_changed = self.rebalance != scratch.rebalance;
-                self.rebalance = scratch.rebalance;
-                self.retired_brokers = scratch.retired_brokers;
+                let goal_changed = self.rebalance != goal_before;
                 if changed {
                     self.version += 1;
                     for change in changes {
@@ -630,6 +782,7 @@ impl Metadata {
             tenant_audit: BTreeMap::new(),
             rebalance: self.rebalance.clone(),
             retired_brokers: self.retired_brokers.clone(),
+            load: self.load.clone(),
         }
     }
 
@@ -689,16 +842,30 @@ impl Metadata {
         })
     }
 
-    /// The brokers as placement sees them, with today's load.
-    pub fn cluster(&self) -> Cluster {
-        let mut load: BTreeMap<u32, (u32, u32)> = BTreeMap::new();
+    /// Replicas and preferred leaderships per broker, counted over every
+    /// placement.
+    fn count_load(&self) -> BTreeMap<u32, (u32, u32)> {
+        let mut load = Load(Some(BTreeMap::new()));
         for p in self.placements() {
-            for (i, r) in p.replicas.iter().chain(p.leaving.iter()).enumerate() {
-                let e = load.entry(*r).or_default();
-                e.0 += 1;
-                e.1 += u32::from(i == 0);
-            }
+            load.count(p, true);
         }
+        load.0.unwrap_or_default()
+    }
+
+    /// The brokers as placement sees them, with today's load (counted
+    /// once, then kept as placements are added and removed).
+    pub fn cluster(&mut self) -> Cluster {
+        if self.load.0.is_none() {
+            self.load.0 = Some(self.count_load());
+        }
+        let load = self.load.0.as_ref().expect("counted above");
+        #[cfg(test)]
+        assert_eq!(*load, self.count_load(), "the kept load is the placements' load");
+        self.cluster_with(load)
+    }
+
+    /// The brokers as placement sees them, carrying `load`.
+    fn cluster_with(&self, load: &BTreeMap<u32, (u32, u32)>) -> Cluster {
         Cluster::new(self.brokers.values().map(|b| {
             let (replicas, leaders) = load.get(&b.registration.id).copied().unwrap_or_default();
             Candidate {
@@ -887,6 +1054,145 @@ mod tests {
                 },
             },
         ))
+    }
+
+    /// A command drawn from a small world (two namespaces, a few names,
+    /// six brokers, groups the creates made), so successes and refusals
+    /// of every kind both come up.
+    fn any_command(r: &mut impl FnMut(u64) -> u64) -> Command {
+        let ns = ["ns", "other", "none"][r(3) as usize].to_owned();
+        let name = format!("r{}", r(6));
+        let t = || "t".to_owned();
+        match r(14) {
+            0 | 1 => Command::CreateStream {
+                tenant: t(),
+                namespace: ns,
+                stream: name,
+                spec: StreamSpec {
+                    shards: 1 + r(3) as u32,
+                    replication_factor: r(5) as u32,
+                    ..StreamSpec::default()
+                },
+            },
+            2 => Command::CreateCache {
+                tenant: t(),
+                namespace: ns,
+                cache: name,
+                spec: CacheSpec {
+                    shards: 1 + r(2) as u32,
+                    replication_factor: r(4) as u32,
+                    ..CacheSpec::default()
+                },
+            },
+            3 => Command::DeleteStream {
+                tenant: t(),
+                namespace: ns,
+                stream: name,
+            },
+            4 => Command::DeleteCache {
+                tenant: t(),
+                namespace: ns,
+                cache: name,
+            },
+            5 => Command::UpdateStream {
+                tenant: t(),
+                namespace: ns,
+                stream: name,
+                update: StreamUpdate {
+                    retention_ms: Some(Some(1 + r(3))),
+                    ..StreamUpdate::default()
+                },
+            },
+            6 => Command::TransferLeader {
+                tenant: t(),
+                namespace: ns,
+                name,
+                shard: r(3) as u32,
+                broker: 1 + r(6) as u32,
+            },
+            7 => broker(1 + r(7) as u32, ["a", "b", "c"][r(3) as usize]),
+            8 => Command::SetBrokerStatus {
+                broker: 1 + r(7) as u32,
+                status: [BrokerStatus::Active, BrokerStatus::Down, BrokerStatus::Draining][r(3) as usize],
+            },
+            9 => Command::Decommission {
+                broker: 1 + r(7) as u32,
+            },
+            10 => Command::MoveDone {
+                group: 1 + r(20),
+                broker: 1 + r(6) as u32,
+            },
+            11 | 12 => Command::Reconcile {
+                grace_ms: r(3) * 1000,
+                moves_per_broker_max: r(3) as u32,
+            },
+            _ => Command::Rebalance {
+                goal: (r(2) == 0).then(|| crate::rebalance::Goal {
+                    strategy: crate::rebalance::Strategy::Balanced,
+                    stream: (r(2) == 0).then(|| format!("t/ns/r{}", r(6))),
+                    since_ms: 0,
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn commands_applied_in_place_refuse_before_they_change_anything() {
+        for seed in 0..200u64 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut r = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let mut in_place = cluster();
+            in_place
+                .apply(&env(
+                    0,
+                    Command::PutNamespace {
+                        tenant: "t".into(),
+                        namespace: "other".into(),
+                        spec: NamespaceSpec::default(),
+                        keep_quotas: false,
+                    },
+                ))
+                .unwrap();
+            let mut copied = in_place.clone();
+            let (mut refused, mut applied) = (0, 0);
+            for step in 0..80u64 {
+                let c = any_command(&mut r);
+                let e = env(step * 700, c.clone());
+                let a = in_place.apply_as(&e, c.refuses_before_it_changes());
+                let b = copied.apply_as(&e, false);
+                assert_eq!(a, b, "seed {seed} step {step}: {c:?}");
+                assert!(
+                    in_place == copied,
+                    "seed {seed} step {step}: the metadata differ after {c:?}"
+                );
+                // The kept load is checked against a count in `cluster`.
+                in_place.cluster();
+                let (grace_ms, most) = (r(3) * 1000, r(3) as u32);
+                let reconcile = Command::Reconcile {
+                    grace_ms,
+                    moves_per_broker_max: most,
+                };
+                assert_eq!(
+                    in_place.reconcile_would_change(step * 700, grace_ms, most),
+                    in_place.would_change(&env(step * 700, reconcile)),
+                    "seed {seed} step {step}"
+                );
+                if a.is_ok() {
+                    applied += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+            assert!(
+                refused > 5 && applied > 5,
+                "seed {seed}: {refused} refused, {applied} applied"
+            );
+        }
     }
 
     #[test]
@@ -1189,6 +1495,17 @@ mod tests {
             ))
             .unwrap();
         assert!(a.moves.is_empty());
+        // Nor will it until the grace period ends, which the leader is
+        // told, so it need not try again before.
+        let reconcile = Command::Reconcile {
+            grace_ms: 10_000,
+            moves_per_broker_max: 0,
+        };
+        assert!(!m.would_change(&env(5_001, reconcile.clone())));
+        assert!(!m.would_change(&env(10_999, reconcile.clone())));
+        assert_eq!(m.reconcile_changes_at(5_001, 10_000), Some(11_000));
+        assert!(m.would_change(&env(11_000, reconcile)));
+        assert_eq!(m.reconcile_changes_at(11_000, 10_000), None);
         let a = m
             .apply(&env(
                 11_000,

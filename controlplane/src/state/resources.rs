@@ -85,7 +85,7 @@ impl Metadata {
                 p.replicas.swap(0, at);
                 p.leader_pinned = true;
                 let value_stream = n.streams.get(name).cloned();
-                Ok(vec![match value_stream {
+                let change = match value_stream {
                     Some(s) => Change::Stream {
                         tenant: tenant.clone(),
                         namespace: namespace.clone(),
@@ -98,7 +98,10 @@ impl Metadata {
                         cache: name.clone(),
                         value: n.caches.get(name).cloned(),
                     },
-                }])
+                };
+                // A preferred leadership moved: counted again when next needed.
+                self.load = Load::default();
+                Ok(vec![change])
             }
             _ => unreachable!("run routes only stream and cache commands here"),
         }
@@ -156,7 +159,13 @@ impl Metadata {
         let placement = self.place(shards, rf, moves)?;
         let routing = P::routing(spec).unwrap_or(felix_model::KeyRouting::FOR_NEW);
         let value = P::placed(P::settled(spec, rf, Some(routing)), placement);
-        P::of_mut(self.namespace_mut(tenant, namespace)?).insert(name.to_owned(), value.clone());
+        // Nothing changes before this point: a refusal leaves no trace.
+        let n = self.namespace_mut(tenant, namespace)?;
+        P::of_mut(n).insert(name.to_owned(), value.clone());
+        self.next_group += u64::from(shards);
+        for p in P::placement(&value) {
+            self.load.count(p, true);
+        }
         Ok(vec![P::change(tenant, namespace, name, Some(value))])
     }
 
@@ -167,6 +176,12 @@ impl Metadata {
     fn check_counts(&self, tenant: &str, namespace: &str, shards: u32) -> Result<(), ApplyError> {
         let t = self.tenant(tenant)?;
         let n = self.namespace(tenant, namespace)?;
+        let limited = |q: &Quotas| q.streams_max.is_some() || q.shards_max.is_some();
+        if !limited(&t.spec.quotas) && !limited(&n.spec.quotas) {
+            // Nothing to count against (the usual case): no walk over
+            // every stream of the tenant per create.
+            return Ok(());
+        }
         // (streams and caches, their shards)
         let count = |n: &Namespace| {
             let shards: usize = n.streams.values().map(|s| s.placement.len()).sum::<usize>()
@@ -214,12 +229,18 @@ impl Metadata {
         name: &str,
     ) -> Result<Vec<Change>, ApplyError> {
         let n = self.namespace_mut(tenant, namespace)?;
-        P::of_mut(n)
+        let gone = P::of_mut(n)
             .remove(name)
             .ok_or_else(|| ApplyError::not_found(format!("no {} {tenant}/{namespace}/{name}", P::KIND)))?;
+        for p in P::placement(&gone) {
+            self.load.count(p, false);
+        }
         Ok(vec![P::change(tenant, namespace, name, None)])
     }
 
+    /// Where `shards` new shards' replicas go, with group ids from
+    /// `next_group` on (the caller moves `next_group` past them once it
+    /// keeps them). Changes nothing.
     pub(super) fn place(
         &mut self,
         shards: u32,
@@ -228,12 +249,10 @@ impl Metadata {
     ) -> Result<Vec<ShardPlacement>, ApplyError> {
         let mut cluster = self.cluster();
         let mut out = Vec::with_capacity(shards as usize);
-        for _ in 0..shards {
+        for group in (self.next_group..).take(shards as usize) {
             let replicas = cluster
                 .place(rf)
                 .map_err(|e| ApplyError::conflict(e.to_string()))?;
-            let group = self.next_group;
-            self.next_group += 1;
             moves.extend(replicas.iter().map(|to| Move {
                 group,
                 from: None,
