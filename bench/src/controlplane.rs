@@ -7,6 +7,8 @@
 //!
 //! The node is the embedded one `felix dev` runs (one voter), in this
 //! process: RSS is the process's, the benchmark's own client included.
+//! Then the same number of streams is recorded in a broker's metadata
+//! store, as following the feed does, with the bytes written per change.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,7 +82,72 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (a.brokers, a.streams)
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(bench(brokers, streams, a.shards, a.heartbeat_ms))
+    rt.block_on(bench(brokers, streams, a.shards, a.heartbeat_ms))?;
+    broker_follow(streams)
+}
+
+/// What following the feed costs a broker's own metadata store: the same
+/// number of streams recorded one at a time, each as a followed change is
+/// (the feed version noted, then the stream with its placement), in a
+/// fresh directory, with the bytes this process caused to be written.
+fn broker_follow(streams: u32) -> anyhow::Result<()> {
+    use felix_controlplane::model::ShardPlacement;
+    let dir = tempfile::tempdir()?;
+    let mut m = felix_broker::meta::MetaStore::open(dir.path())?;
+    let per_bucket = streams.div_ceil(LATENCY_BUCKETS).max(1);
+    let mut buckets: Vec<(Histogram<u64>, u64)> = Vec::new();
+    let started = Instant::now();
+    let mut written = crate::scale::written_bytes(std::process::id())?;
+    for k in 0..streams {
+        if k % per_bucket == 0 {
+            buckets.push((Histogram::new(3)?, 0));
+        }
+        let c = felix_client::wire::StreamConfig::stream(
+            &format!("bench/scale/s{k:05}"),
+            1,
+            felix_log::Durability::Always,
+        );
+        let placement = vec![ShardPlacement {
+            group: u64::from(k) + 1,
+            replicas: vec![1, 2, 3],
+            leaving: Vec::new(),
+            leader_pinned: false,
+            founders: vec![1_001, 2_001, 3_001],
+        }];
+        let t = Instant::now();
+        m.note_follow(u64::from(k) + 1)?;
+        m.create(&c, Vec::new(), placement)?;
+        let now_written = crate::scale::written_bytes(std::process::id())?;
+        let b = buckets.last_mut().expect("a bucket");
+        b.0.record((t.elapsed().as_micros() as u64).max(1))?;
+        b.1 += now_written.saturating_sub(written);
+        written = now_written;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "
+## A broker's metadata store following {streams} stream creations
+"
+    );
+    println!(
+        "Took {secs:.1} s ({:.0} changes/s).
+",
+        f64::from(streams) / secs
+    );
+    println!("| streams already there | p50 ms | p99 ms | written per change KiB |");
+    println!("|---:|---:|---:|---:|");
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    for (i, (h, bytes)) in buckets.iter().enumerate() {
+        println!(
+            "| {}–{} | {:.2} | {:.2} | {:.1} |",
+            i as u32 * per_bucket,
+            ((i as u32 + 1) * per_bucket).min(streams),
+            ms(h, 0.5),
+            ms(h, 0.99),
+            *bytes as f64 / h.len().max(1) as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
 
 async fn bench(brokers: u32, streams: u32, shards: u32, heartbeat_ms: u64) -> anyhow::Result<()> {

@@ -344,7 +344,7 @@ fn max(v: &[f64]) -> f64 {
 }
 
 /// Bytes process `pid` has caused to be written to storage so far.
-fn written_bytes(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn written_bytes(pid: u32) -> anyhow::Result<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
     io.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))

@@ -1,8 +1,13 @@
 //! Stream metadata on one node: the streams it knows (created by following
 //! the control plane's feed, or by its clients on a broker alone),
-//! with their shard ids and placement, kept in a JSON file in the data
-//! directory (`meta.json`) rewritten atomically (write a temporary file,
-//! fsync, rename, fsync the directory) on every change.
+//! with their shard ids and placement. Each stream is a JSON file of its
+//! own (`streams/<first shard id>.json`, shard ids being never reused),
+//! and what is not a stream's (the feed version, the shard id counter, the
+//! broker registry) is `meta.json`; each is rewritten atomically (write a
+//! temporary file, fsync, rename, fsync the directory) when it changes,
+//! so following one change writes what that change touched, not every
+//! stream the broker knows. Version 1 kept every stream in `meta.json`
+//! (each change rewrote them all); it is split into version 2 on open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,11 +125,14 @@ impl StreamMeta {
     }
 }
 
+/// `meta.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct File {
     /// Format version of this file.
     version: u32,
     next_shard_id: u64,
+    /// Version 1's streams, read only to move them to their own files.
+    #[serde(default, skip_serializing)]
     streams: BTreeMap<String, StreamMeta>,
     /// The newest control-plane feed version applied: an older change
     /// arriving later (a repeat after a retry) is skipped.
@@ -136,31 +144,49 @@ struct File {
     peers: BTreeMap<u64, crate::peers::Peer>,
 }
 
-const FILE_VERSION: u32 = 1;
+/// `streams/<first shard id>.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct StreamFile {
+    name: String,
+    meta: StreamMeta,
+}
+
+const FILE_VERSION: u32 = 2;
+/// Every stream in `meta.json` itself.
+const FILE_VERSION_ONE_FILE: u32 = 1;
+const STREAMS_DIR: &str = "streams";
 
 /// The node's stream metadata.
 #[derive(Debug)]
 pub struct MetaStore {
     path: PathBuf,
+    streams_dir: PathBuf,
     file: File,
+    /// Every stream, by name (in memory; each also in its own file).
+    streams: BTreeMap<String, StreamMeta>,
 }
 
 impl MetaStore {
-    /// Loads `dir/meta.json`, or starts empty if there is none.
+    /// Loads `dir/meta.json` and `dir/streams/`, or starts empty if there
+    /// is no `meta.json`; a version 1 file is split first.
     pub fn open(dir: &Path) -> Result<MetaStore, BrokerError> {
         let path = dir.join("meta.json");
-        let err = |why: String| BrokerError::Metadata {
-            path: path.clone(),
+        let streams_dir = dir.join(STREAMS_DIR);
+        let err = |at: &Path, why: String| BrokerError::Metadata {
+            path: at.to_path_buf(),
             why,
         };
         let file = match std::fs::read(&path) {
             Ok(b) => {
-                let f: File = serde_json::from_slice(&b).map_err(|e| err(e.to_string()))?;
-                if f.version != FILE_VERSION {
-                    return Err(err(format!(
-                        "version {} (this broker reads {FILE_VERSION})",
-                        f.version
-                    )));
+                let f: File = serde_json::from_slice(&b).map_err(|e| err(&path, e.to_string()))?;
+                if f.version != FILE_VERSION && f.version != FILE_VERSION_ONE_FILE {
+                    return Err(err(
+                        &path,
+                        format!(
+                            "version {} (this broker reads {FILE_VERSION_ONE_FILE} and {FILE_VERSION})",
+                            f.version
+                        ),
+                    ));
                 }
                 f
             }
@@ -171,9 +197,71 @@ impl MetaStore {
                 cp_version: 0,
                 peers: BTreeMap::new(),
             },
-            Err(e) => return Err(err(e.to_string())),
+            Err(e) => return Err(err(&path, e.to_string())),
         };
-        Ok(MetaStore { path, file })
+        std::fs::create_dir_all(&streams_dir).map_err(|e| err(&streams_dir, e.to_string()))?;
+        let mut m = MetaStore {
+            path,
+            streams_dir,
+            file,
+            streams: BTreeMap::new(),
+        };
+        if m.file.version == FILE_VERSION_ONE_FILE {
+            // Every stream to its own file first, then the header: a crash
+            // in between leaves version 1 whole, split again next time.
+            m.streams = std::mem::take(&mut m.file.streams);
+            for (name, meta) in &m.streams {
+                m.save_stream(name, meta)?;
+            }
+            m.file.version = FILE_VERSION;
+            m.save()?;
+        } else {
+            m.streams = m.read_streams()?;
+        }
+        // A stream file saved just before a crash may hold ids the saved
+        // counter has not passed yet.
+        let past = m
+            .streams
+            .values()
+            .flat_map(|s| s.shards.iter())
+            .max()
+            .map_or(0, |id| id + 1);
+        m.file.next_shard_id = m.file.next_shard_id.max(past);
+        Ok(m)
+    }
+
+    /// Every `streams/*.json`; a damaged one stops the open, naming it.
+    fn read_streams(&self) -> Result<BTreeMap<String, StreamMeta>, BrokerError> {
+        let err = |at: &Path, why: String| BrokerError::Metadata {
+            path: at.to_path_buf(),
+            why,
+        };
+        let mut out = BTreeMap::new();
+        let entries =
+            std::fs::read_dir(&self.streams_dir).map_err(|e| err(&self.streams_dir, e.to_string()))?;
+        for entry in entries {
+            let at = entry.map_err(|e| err(&self.streams_dir, e.to_string()))?.path();
+            // `*.tmp`: a save a crash cut short, never renamed into place.
+            if at.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let b = std::fs::read(&at).map_err(|e| err(&at, e.to_string()))?;
+            let f: StreamFile = serde_json::from_slice(&b).map_err(|e| err(&at, e.to_string()))?;
+            if at != self.stream_path(&f.meta) {
+                return Err(err(&at, format!("holds {}, whose file is another", f.name)));
+            }
+            if out.insert(f.name.clone(), f.meta).is_some() {
+                return Err(err(&at, format!("a second file for {}", f.name)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where a stream's file is: named by its first shard id, which no
+    /// other stream ever holds.
+    fn stream_path(&self, meta: &StreamMeta) -> PathBuf {
+        let first = meta.shards.first().copied().unwrap_or(0);
+        self.streams_dir.join(format!("{first}.json"))
     }
 
     /// The newest control-plane feed version applied.
@@ -205,14 +293,13 @@ impl MetaStore {
     }
 
     pub fn streams(&self) -> impl Iterator<Item = (StreamName, &StreamMeta)> {
-        self.file
-            .streams
+        self.streams
             .iter()
             .filter_map(|(n, m)| StreamName::parse(n).ok().map(|n| (n, m)))
     }
 
     pub fn get(&self, name: &StreamName) -> Option<&StreamMeta> {
-        self.file.streams.get(&name.to_string())
+        self.streams.get(&name.to_string())
     }
 
     /// What can be checked of a new stream without the metadata.
@@ -240,7 +327,7 @@ impl MetaStore {
         if self.get(&name).is_some() {
             return Err(BrokerError::StreamExists(name.to_string()));
         }
-        if self.file.streams.len() >= STREAMS_MAX {
+        if self.streams.len() >= STREAMS_MAX {
             return Err(BrokerError::Invalid(format!(
                 "this node holds {STREAMS_MAX} streams already"
             )));
@@ -281,7 +368,10 @@ impl MetaStore {
             placement,
             founders,
         };
-        self.file.streams.insert(name.to_string(), meta.clone());
+        // The stream's file, then the counter past its ids (which a
+        // reopen also works out from the stream files).
+        self.save_stream(&name.to_string(), &meta)?;
+        self.streams.insert(name.to_string(), meta.clone());
         self.save()?;
         Ok((name, meta))
     }
@@ -310,7 +400,7 @@ impl MetaStore {
         }
         let ids: Vec<u64> = placement.iter().map(|p| p.group).collect();
         for id in &ids {
-            let taken = self.file.streams.iter().find(|(_, m)| m.shards.contains(id));
+            let taken = self.streams.iter().find(|(_, m)| m.shards.contains(id));
             if *id == 0 || taken.is_some() {
                 return Err(BrokerError::Invalid(format!(
                     "{}: shard id {id} is {} here; this data directory holds shards made before the control plane numbered them, so move it away and let the broker rebuild from its peers",
@@ -325,13 +415,25 @@ impl MetaStore {
     }
 
     pub fn delete(&mut self, name: &StreamName) -> Result<StreamMeta, BrokerError> {
+        let key = name.to_string();
         let m = self
-            .file
             .streams
-            .remove(&name.to_string())
-            .ok_or_else(|| BrokerError::UnknownStream(name.to_string()))?;
-        self.save()?;
-        Ok(m)
+            .get(&key)
+            .ok_or_else(|| BrokerError::UnknownStream(key.clone()))?;
+        let at = self.stream_path(m);
+        let gone = |e: std::io::Error| BrokerError::Metadata {
+            path: at.clone(),
+            why: e.to_string(),
+        };
+        match std::fs::remove_file(&at) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(gone(e)),
+        }
+        std::fs::File::open(&self.streams_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(gone)?;
+        Ok(self.streams.remove(&key).expect("found above"))
     }
 
     pub fn set_retention(
@@ -353,27 +455,40 @@ impl MetaStore {
         name: &StreamName,
         f: impl FnOnce(&mut StreamMeta),
     ) -> Result<StreamMeta, BrokerError> {
-        let m = self
-            .file
+        let key = name.to_string();
+        let mut m = self
             .streams
-            .get_mut(&name.to_string())
-            .ok_or_else(|| BrokerError::UnknownStream(name.to_string()))?;
-        f(m);
-        let m = m.clone();
-        self.save()?;
+            .get(&key)
+            .ok_or_else(|| BrokerError::UnknownStream(key.clone()))?
+            .clone();
+        f(&mut m);
+        // Saved before it is kept, so a failed save changes nothing.
+        self.save_stream(&key, &m)?;
+        self.streams.insert(key, m.clone());
         Ok(m)
     }
 
+    /// `meta.json` (no stream in it).
     fn save(&self) -> Result<(), BrokerError> {
-        let bytes = serde_json::to_vec_pretty(&self.file).map_err(|e| BrokerError::Metadata {
-            path: self.path.clone(),
-            why: e.to_string(),
-        })?;
-        felix_replication::store::write_durably(&self.path, &bytes).map_err(|e| BrokerError::Metadata {
-            path: self.path.clone(),
-            why: e.to_string(),
-        })
+        write_json(&self.path, &self.file)
     }
+
+    fn save_stream(&self, name: &str, meta: &StreamMeta) -> Result<(), BrokerError> {
+        let f = StreamFile {
+            name: name.to_owned(),
+            meta: meta.clone(),
+        };
+        write_json(&self.stream_path(meta), &f)
+    }
+}
+
+fn write_json(at: &Path, v: &impl Serialize) -> Result<(), BrokerError> {
+    let err = |why: String| BrokerError::Metadata {
+        path: at.to_path_buf(),
+        why,
+    };
+    let bytes = serde_json::to_vec_pretty(v).map_err(|e| err(e.to_string()))?;
+    felix_replication::store::write_durably(at, &bytes).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -437,5 +552,88 @@ mod tests {
         let again = MetaStore::open(d.path()).unwrap();
         let names: Vec<String> = again.streams().map(|(n, _)| n.to_string()).collect();
         assert_eq!(names, vec!["t/n/a", "t/n/b"]);
+    }
+
+    fn inode(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    #[test]
+    fn a_change_rewrites_its_own_stream_file_and_a_header_that_does_not_grow() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = MetaStore::open(d.path()).unwrap();
+        let (a, sa) = m.create(&config("t/n/a", 2), Vec::new(), Vec::new()).unwrap();
+        for i in 0..100 {
+            m.create(&config(&format!("t/n/s{i}"), 1), Vec::new(), Vec::new())
+                .unwrap();
+            m.note_follow(i).unwrap();
+        }
+        // Its counters' digits only: no stream is in it.
+        let header_bytes = std::fs::metadata(d.path().join("meta.json")).unwrap().len();
+        assert!(header_bytes < 128, "meta.json is {header_bytes} bytes");
+        // Every save replaces its file (a new inode): a change to one
+        // stream leaves every other stream's file as it was.
+        let file_a = d.path().join("streams").join(format!("{}.json", sa.shards[0]));
+        let before = inode(&file_a);
+        let b = StreamName::parse("t/n/s7").unwrap();
+        m.set_retention(&b, Some(1_000), None).unwrap();
+        m.delete(&StreamName::parse("t/n/s8").unwrap()).unwrap();
+        assert_eq!(inode(&file_a), before);
+        let kept = std::fs::read_dir(d.path().join("streams")).unwrap().count();
+        assert_eq!(kept, 100, "101 made, one deleted");
+        drop(m);
+        let m = MetaStore::open(d.path()).unwrap();
+        assert_eq!(m.streams().count(), 100);
+        assert_eq!(m.get(&b).unwrap().retention_ms, Some(1_000));
+        assert_eq!(m.get(&a).unwrap(), &sa);
+        assert_eq!(m.cp_version(), 99);
+    }
+
+    #[test]
+    fn a_one_file_version_1_is_split_and_a_crash_mid_create_or_a_damaged_file_is_handled() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = MetaStore::open(d.path()).unwrap();
+        let (_, sa) = m.create(&config("t/n/a", 3), Vec::new(), Vec::new()).unwrap();
+        let (_, sb) = m.create(&config("t/n/b", 1), Vec::new(), Vec::new()).unwrap();
+        drop(m);
+        // The same streams as version 1 wrote them: all in meta.json.
+        let v1 = serde_json::json!({
+            "version": 1,
+            "next_shard_id": 5,
+            "cp_version": 7,
+            "peers": {},
+            "streams": { "t/n/a": sa, "t/n/b": sb },
+        });
+        std::fs::remove_dir_all(d.path().join("streams")).unwrap();
+        std::fs::write(d.path().join("meta.json"), serde_json::to_vec(&v1).unwrap()).unwrap();
+        let mut m = MetaStore::open(d.path()).unwrap();
+        assert_eq!(m.streams().count(), 2);
+        assert_eq!(m.cp_version(), 7);
+        let header: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path().join("meta.json")).unwrap()).unwrap();
+        assert_eq!(header["version"], 2);
+        assert!(header.get("streams").is_none(), "{header}");
+        assert_eq!(std::fs::read_dir(d.path().join("streams")).unwrap().count(), 2);
+
+        // A stream file saved, the counter not (a crash between the two):
+        // the next stream's ids still pass it. A save cut short (`.tmp`)
+        // is ignored.
+        let (_, sc) = m.create(&config("t/n/c", 2), Vec::new(), Vec::new()).unwrap();
+        assert_eq!(sc.shards, vec![5, 6]);
+        let mut header = header;
+        header["next_shard_id"] = 5.into();
+        std::fs::write(d.path().join("meta.json"), serde_json::to_vec(&header).unwrap()).unwrap();
+        std::fs::write(d.path().join("streams/99.tmp"), b"{ cut").unwrap();
+        drop(m);
+        let mut m = MetaStore::open(d.path()).unwrap();
+        let (_, sd) = m.create(&config("t/n/d", 1), Vec::new(), Vec::new()).unwrap();
+        assert_eq!(sd.shards, vec![7], "never an id a stream holds");
+        drop(m);
+
+        // A damaged stream file stops the open and names the file.
+        std::fs::write(d.path().join("streams/7.json"), b"{ not json").unwrap();
+        let e = MetaStore::open(d.path()).unwrap_err().to_string();
+        assert!(e.contains("7.json"), "{e}");
     }
 }

@@ -389,9 +389,8 @@ async fn five_brokers_hold_exactly_their_placed_replicas_and_each_names_every_le
     let mut total = 0;
     for m in &p.cluster.members {
         let b = m.at.id;
-        let meta: Value =
-            serde_json::from_slice(&std::fs::read(m.at.data_dir.join("meta.json")).unwrap()).unwrap();
-        let ids: Vec<u64> = meta["streams"]["acme/prod/orders"]["shards"]
+        let meta = stream_meta(&m.at.data_dir, "acme/prod/orders");
+        let ids: Vec<u64> = meta["shards"]
             .as_array()
             .expect("the stream is known to every broker")
             .iter()
@@ -809,8 +808,7 @@ fn replicas_agree(c: &common::cluster::LocalCluster, placed: &[Placement], acked
         let mut copies = Vec::new();
         for b in &s.replicas {
             let dir = &c.members[c.index_of(*b)].at.data_dir;
-            let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
-            let id = meta["streams"]["acme/prod/orders"]["shards"][shard]
+            let id = stream_meta(dir, "acme/prod/orders")["shards"][shard]
                 .as_u64()
                 .unwrap();
             let (log, _) = Log::open(dir.join(format!("shards/{id}")), LogConfig::default(), 0)
@@ -1232,4 +1230,20 @@ async fn a_control_plane_admits_only_brokers_of_its_region() {
         .collect();
     assert_eq!(regions, vec!["eu", "eu", "eu"], "{status}");
     drop(us);
+}
+
+/// A broker's record of stream `name`, read from its own file in the data
+/// directory (`streams/<first shard id>.json`, see `broker/src/meta.rs`).
+fn stream_meta(data_dir: &std::path::Path, name: &str) -> Value {
+    for entry in std::fs::read_dir(data_dir.join("streams")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let f: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        if f["name"] == name {
+            return f["meta"].clone();
+        }
+    }
+    panic!("{}: no record of {name}", data_dir.display());
 }
