@@ -90,11 +90,21 @@ pub struct Liveness {
     /// that has a usage quota (or whose tenant has).
     pub usage: HashMap<u32, BTreeMap<String, Usage>>,
     led_since: Option<Instant>,
-    /// The last `Reconcile` trial that found nothing to do: the applied
-    /// log index it saw, and until when (ms since the epoch) that verdict
-    /// holds on unchanged metadata. Another trial on the same metadata
-    /// before then would only copy the metadata to learn the same.
-    reconcile_idle: Option<(Option<u64>, Option<u64>)>,
+    /// The last `Reconcile` trial that found nothing to do, if the last
+    /// one did. Another trial on the same metadata before its `until_ms`
+    /// would only learn the same.
+    reconcile_idle: Option<ReconcileIdle>,
+}
+
+/// A `Reconcile` trial's "nothing to do", and how long it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReconcileIdle {
+    /// The applied log index the trial saw: any entry applied since may
+    /// have changed the metadata.
+    applied: Option<u64>,
+    /// When (ms since the epoch) `Reconcile` next reads the clock
+    /// differently on that metadata; `None`: never.
+    until_ms: Option<u64>,
 }
 
 pub struct Node {
@@ -412,26 +422,27 @@ impl Node {
         };
         let now = now_ms();
         let idle = self.liveness.lock().expect("liveness lock").reconcile_idle;
-        let (applied, due, until) = {
+        let (due, seen) = {
             let machine = self.sm.shared.read().expect("machine lock");
             let applied = machine.applied.map(|l| l.index);
             let m = &machine.metadata;
             match idle {
-                Some((seen, until)) if seen == applied && until.is_none_or(|u| now < u) => {
-                    (applied, false, until)
-                }
+                Some(i) if i.applied == applied && i.until_ms.is_none_or(|u| now < u) => (false, i),
                 _ => {
-                    let until = m.reconcile_changes_at(now, self.cfg.replace_after_ms);
+                    let seen = ReconcileIdle {
+                        applied,
+                        until_ms: m.reconcile_changes_at(now, self.cfg.replace_after_ms),
+                    };
                     let due = m.reconcile_would_change(
                         now,
                         self.cfg.replace_after_ms,
                         self.cfg.moves_per_broker_max,
                     );
-                    (applied, due, until)
+                    (due, seen)
                 }
             }
         };
-        self.liveness.lock().expect("liveness lock").reconcile_idle = (!due).then_some((applied, until));
+        self.liveness.lock().expect("liveness lock").reconcile_idle = (!due).then_some(seen);
         if due {
             match self.propose_local("controlplane", reconcile).await {
                 Ok(a) => tracing::info!(moves = a.moves.len(), version = a.version, "reconciled placement"),
