@@ -30,6 +30,9 @@ pub struct Args {
     /// 100 groups, 2 s figures.
     #[arg(long)]
     quick: bool,
+    /// Measure only the quiet groups (to profile them).
+    #[arg(long)]
+    quiet_only: bool,
 }
 
 /// Applies nothing: the layer's own cost is what is measured.
@@ -68,8 +71,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         println!("\n## {groups} groups on 3 brokers (RF=3), one process\n");
-        let awake = measure(groups, secs, false).await?;
         let quiet = measure(groups, secs, true).await?;
+        if a.quiet_only {
+            println!(
+                "| groups quiet | CPU per broker, % of one core | openraft ticks per second, per broker | start-up, s |\n|---:|---:|---:|---:|\n| {} | {:.2} | {:.1} | {:.1} |",
+                quiet.quiet,
+                quiet.cpu_pct_per_broker,
+                quiet.ticks_per_s,
+                quiet.start.as_secs_f64()
+            );
+            return Ok(());
+        }
+        let awake = measure(groups, secs, false).await?;
         println!("| | groups kept awake | groups quiet |");
         println!("|---|---:|---:|");
         let row = |what: &str, f: &dyn Fn(&Figures) -> String| {
@@ -83,6 +96,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "openraft heartbeats per second, one broker to another",
             &|f| format!("{:.1}", f.heartbeats_per_s),
         );
+        row("openraft tick wake-ups per second, per broker", &|f| format!("{:.1}", f.ticks_per_s));
         row("first write to a group, p50 ms", &|f| format!("{:.2}", f.first_write_p50_ms));
         row("second write to a group, p50 ms", &|f| format!("{:.2}", f.second_write_p50_ms));
         row(
@@ -103,6 +117,7 @@ struct Figures {
     cpu_pct_per_broker: f64,
     beats_per_s: f64,
     heartbeats_per_s: f64,
+    ticks_per_s: f64,
     first_write_p50_ms: f64,
     second_write_p50_ms: f64,
     failover: Duration,
@@ -210,11 +225,21 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     let before: Vec<Traffic> = brokers.iter().map(|b| b.transport.traffic()).collect();
+    let ticks = |brokers: &[Broker]| {
+        brokers
+            .iter()
+            .flat_map(|b| &b.replicas)
+            .map(|r| r.ticks())
+            .sum::<u64>()
+    };
+    let ticks0 = ticks(&brokers);
     let cpu0 = process_cpu();
     let t = Instant::now();
+    eprintln!("idle figure: measuring for {secs} s");
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let wall = t.elapsed().as_secs_f64();
     let cpu = process_cpu() - cpu0;
+    let ticks_per_s = (ticks(&brokers) - ticks0) as f64 / 3.0 / wall;
     let after: Vec<Traffic> = brokers.iter().map(|b| b.transport.traffic()).collect();
     let quiet = brokers[0].replicas.iter().filter(|r| r.is_quiet()).count();
     // Each broker sends to two peers.
@@ -281,6 +306,7 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
         cpu_pct_per_broker: cpu.as_secs_f64() / wall / 3.0 * 100.0,
         beats_per_s,
         heartbeats_per_s,
+        ticks_per_s,
         first_write_p50_ms: p50_ms(&mut first),
         second_write_p50_ms: p50_ms(&mut second),
         failover,

@@ -1,30 +1,88 @@
 //! The broker's one timer for every group it hosts: each heartbeat
-//! interval, one pass steps every group's [`Candidacy`] (who stands for
+//! interval, one pass steps the awake groups' [`Candidacy`] (who stands for
 //! election), quiets the groups it leads that are idle and wakes those
-//! that are not ([`quiesce`]), and sends each peer broker one beat naming
-//! the quiet groups it leads there. No task, timer or heartbeat per group
-//! is left on an idle broker but openraft's own tick task, which skips its
-//! work while the group is quiet.
+//! that are not ([`quiesce`]), and sends each peer broker one beat about
+//! the quiet groups it leads there.
+//!
+//! A quiet group is parked: the pass goes by it until something touches it
+//! ([`Park::touch`]: a write, an RPC, a membership change), its leader's
+//! broker stops beating, its leader's list stops naming it, or the sweep
+//! comes round (one pass in [`SWEEP_PASSES`] looks at each). An idle broker
+//! then does no work per group at all but for the sweep: no task, timer,
+//! heartbeat or look per group (openraft's tick task sleeps too:
+//! `runtime`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use openraft::ServerState;
 
-use crate::clock::heard_now;
+use crate::clock::{heard_now, rand_below};
 use crate::config::GroupConfig;
 use crate::elections::{Candidacy, Turn};
-use crate::network::{Hosted, Router, Transport};
-use crate::quiesce::{self, Beat, Idle, Quiet, Settled, BEAT_GROUPS_MAX};
+use crate::network::{Hosted, PeerQuiet, Router, Transport};
+use crate::quiesce::{self, Beat, BeatV4, Following, Idle, Quiet, Settled, BEAT_GROUPS_MAX, SWEEP_PASSES};
 use crate::types::{GroupId, NodeId};
 
-/// Groups one beat reply wakes at most (a beat goes every heartbeat
-/// interval, so about 850 groups a second per peer at 150 ms).
+/// Groups one beat, or its reply, wakes at most (a beat goes every
+/// heartbeat interval, so about 850 groups a second per peer at 150 ms).
 pub const WAKES_PER_BEAT_MAX: usize = 128;
+
+/// Parked groups touched since the driver's last pass, each once.
+#[derive(Debug, Default)]
+pub(crate) struct Touched(Mutex<HashSet<GroupId>>);
+
+impl Touched {
+    pub(crate) fn take(&self) -> HashSet<GroupId> {
+        std::mem::take(&mut *self.0.lock().expect("touched lock"))
+    }
+}
+
+/// Whether the driver passes a group by, and how to make it look again.
+#[derive(Debug)]
+pub(crate) struct Park {
+    group: GroupId,
+    parked: AtomicBool,
+    touched: Arc<Touched>,
+}
+
+impl Park {
+    pub(crate) fn new(group: GroupId, touched: Arc<Touched>) -> Park {
+        Park {
+            group,
+            parked: AtomicBool::new(false),
+            touched,
+        }
+    }
+
+    /// Something may have changed the group: if parked, the next pass
+    /// looks at it. One atomic load on every write's path; the lock only
+    /// for a parked group.
+    pub(crate) fn touch(&self) {
+        if self.parked.load(Ordering::Acquire) && self.parked.swap(false, Ordering::AcqRel) {
+            self.touched.0.lock().expect("touched lock").insert(self.group);
+        }
+    }
+
+    fn set(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+    }
+}
+
+/// Why the pass goes by a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parked {
+    /// Quiet, led here: named in the beats to its followers.
+    Leader,
+    /// Quiet, following this node, whose beats name it.
+    Follower(NodeId),
+}
 
 /// The driver's memory of one group.
 struct Driven {
+    hosted: Arc<Hosted>,
     candidacy: Candidacy,
     idle: Idle,
     /// This replica quieted the group as its leader.
@@ -35,7 +93,29 @@ struct Driven {
     voters: Vec<NodeId>,
     /// The other voters and their replication addresses.
     peers: Vec<(NodeId, String)>,
+    parked: Option<Parked>,
 }
+
+/// What this broker tells one peer broker.
+struct PeerOut {
+    addr: String,
+    /// Hosted groups with a voter there (no beats once none is left).
+    users: usize,
+    /// The quiet groups this broker leads there.
+    led: BTreeMap<GroupId, Quiet>,
+    /// The version of `led`: moves with every change.
+    epoch: u64,
+    /// The version the peer said it holds in its last reply.
+    acked: Option<u64>,
+    /// The peer does not know kind 11 (version 4): it gets the whole list
+    /// every time.
+    v4: bool,
+    in_flight: bool,
+    /// Groups it leads that this broker follows and cannot keep quiet.
+    wake: Vec<GroupId>,
+}
+
+type Outs = Arc<Mutex<HashMap<NodeId, PeerOut>>>;
 
 /// What one pass reads of a group, taken under its metrics' borrow.
 struct View {
@@ -43,12 +123,22 @@ struct View {
     leader: Option<NodeId>,
     term: u64,
     settled: Settled,
+    following: Following,
 }
 
 /// Runs until the transport closes or is dropped.
 pub(crate) async fn drive(router: Router, transport: Weak<Transport>, cfg: GroupConfig) {
-    let mut groups: HashMap<GroupId, Driven> = HashMap::new();
-    let beating: Arc<Mutex<HashSet<NodeId>>> = Arc::default();
+    let mut d = Driver {
+        router,
+        cfg,
+        generation: None,
+        groups: HashMap::new(),
+        awake: HashSet::new(),
+        parked_under: HashMap::new(),
+        order: Vec::new(),
+        cursor: 0,
+        outs: Arc::default(),
+    };
     let mut every = tokio::time::interval(Duration::from_millis(cfg.heartbeat_interval_ms));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,14 +149,36 @@ pub(crate) async fn drive(router: Router, transport: Weak<Transport>, cfg: Group
         if t.is_closed() {
             return;
         }
-        let beats = pass(&router, &cfg, &mut groups);
-        send_beats(&router, &t, &cfg, &beating, beats);
+        d.pass();
+        send_beats(&d.router, &t, &d.cfg, &d.outs);
     }
 }
 
+struct Driver {
+    router: Router,
+    cfg: GroupConfig,
+    /// The router's generation the groups below were read at.
+    generation: Option<u64>,
+    groups: HashMap<GroupId, Driven>,
+    /// The groups not parked: every pass looks at them.
+    awake: HashSet<GroupId>,
+    /// Parked followers by their leader: looked at once its broker is
+    /// silent.
+    parked_under: HashMap<NodeId, HashSet<GroupId>>,
+    /// The sweep's order, and where it is.
+    order: Vec<GroupId>,
+    cursor: usize,
+    outs: Outs,
+}
+
 /// What one pass reads of group `h` (and, when its membership changed,
-/// its voters into `d`).
-fn view(h: &Hosted, d: &mut Driven, up: impl Fn(&NodeId) -> bool) -> Option<View> {
+/// its voters into `d`, returned with the peers it had before).
+#[allow(clippy::type_complexity)]
+fn view(
+    h: &Hosted,
+    d: &mut Driven,
+    up: impl Fn(&NodeId) -> bool,
+) -> Option<(View, Option<Vec<(NodeId, String)>>)> {
     let m = h.raft.metrics();
     let m = m.borrow();
     if m.state == ServerState::Shutdown {
@@ -74,14 +186,16 @@ fn view(h: &Hosted, d: &mut Driven, up: impl Fn(&NodeId) -> bool) -> Option<View
     }
     let membership = m.membership_config.membership();
     let at = *m.membership_config.log_id();
+    let mut old_peers = None;
     if d.members_at != Some(at) {
         d.members_at = Some(at);
         d.voters = membership.voter_ids().collect();
-        d.peers = membership
+        let peers = membership
             .nodes()
             .filter(|(id, _)| **id != h.me && d.voters.contains(id))
             .map(|(id, n)| (*id, n.raft_addr.clone()))
             .collect();
+        old_peers = Some(std::mem::replace(&mut d.peers, peers));
     }
     let last_index = m.last_log_index;
     let applied = m.last_applied.map(|l| l.index);
@@ -100,143 +214,371 @@ fn view(h: &Hosted, d: &mut Driven, up: impl Fn(&NodeId) -> bool) -> Option<View
         });
     let membership_settled =
         membership.get_joint_config().len() == 1 && m.membership_config.log_id().map(|l| l.index) <= applied;
-    Some(View {
-        state: m.state,
-        leader: m.current_leader,
+    let following = Following {
+        follower: m.state == ServerState::Follower,
         term: m.current_term,
-        settled: Settled {
-            last_index,
-            all_hold_it,
-            membership_settled,
-            yielding: h
-                .handover
-                .yielding_until
-                .load(std::sync::atomic::Ordering::Acquire)
-                != 0,
+        leader: m.current_leader,
+        last_index,
+        applied,
+    };
+    Some((
+        View {
+            state: m.state,
+            leader: m.current_leader,
+            term: m.current_term,
+            settled: Settled {
+                last_index,
+                all_hold_it,
+                membership_settled,
+                yielding: h
+                    .handover
+                    .yielding_until
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    != 0,
+            },
+            following,
         },
-    })
+        old_peers,
+    ))
 }
 
-/// One pass over every hosted group; returns each peer's beat: its
-/// address and the quiet groups this broker leads there.
-fn pass(
-    router: &Router,
-    cfg: &GroupConfig,
-    groups: &mut HashMap<GroupId, Driven>,
-) -> BTreeMap<NodeId, (String, Vec<Quiet>)> {
-    let now = heard_now();
-    let hosted = router.hosted();
-    let live: HashSet<GroupId> = hosted.iter().map(|(g, _)| *g).collect();
-    groups.retain(|g, _| live.contains(g));
-    let seen = router.seen();
-    let lease = cfg.election_timeout_max_ms;
-    let mut beats: BTreeMap<NodeId, (String, Vec<Quiet>)> = BTreeMap::new();
-    for (g, h) in &hosted {
-        let d = groups.entry(*g).or_insert_with(|| Driven {
-            candidacy: Candidacy::new(cfg),
-            idle: Idle::default(),
-            quiet_as_leader: false,
-            members_at: None,
-            voters: Vec::new(),
-            peers: Vec::new(),
-        });
-        let up = |id: &NodeId| seen.get(id).is_some_and(|at| now.saturating_sub(*at) <= lease);
-        let Some(v) = view(h, d, up) else {
-            groups.remove(g);
-            continue;
-        };
-        for (id, addr) in &d.peers {
-            if !beats.contains_key(id) {
-                beats.insert(*id, (addr.clone(), Vec::new()));
+impl Driver {
+    /// Reads the hosted groups again if any was added or removed.
+    fn sync(&mut self) {
+        let generation = self.router.generation();
+        if self.generation == Some(generation) {
+            return;
+        }
+        self.generation = Some(generation);
+        let hosted: HashMap<GroupId, Arc<Hosted>> = self.router.hosted().into_iter().collect();
+        let outs = self.outs.clone();
+        let mut outs = outs.lock().expect("outs lock");
+        let gone: Vec<GroupId> = self
+            .groups
+            .iter()
+            .filter(|(g, d)| !hosted.get(g).is_some_and(|h| Arc::ptr_eq(h, &d.hosted)))
+            .map(|(g, _)| *g)
+            .collect();
+        for g in gone {
+            self.drop_group(&mut outs, g);
+        }
+        for (g, h) in hosted {
+            self.groups.entry(g).or_insert_with(|| {
+                self.awake.insert(g);
+                Driven {
+                    hosted: h,
+                    candidacy: Candidacy::new(&self.cfg),
+                    idle: Idle::default(),
+                    quiet_as_leader: false,
+                    members_at: None,
+                    voters: Vec::new(),
+                    peers: Vec::new(),
+                    parked: None,
+                }
+            });
+        }
+        self.order = self.groups.keys().copied().collect();
+        self.cursor = 0;
+    }
+
+    /// Forgets group `g` (shut down, or no longer hosted).
+    fn drop_group(&mut self, outs: &mut HashMap<NodeId, PeerOut>, g: GroupId) {
+        if let Some(d) = self.groups.remove(&g) {
+            forget_peers(outs, g, &d.peers);
+            self.unpark(g, d.parked);
+        }
+        self.awake.remove(&g);
+    }
+
+    /// Takes `g` off the parked lists (it was parked as `parked`).
+    fn unpark(&mut self, g: GroupId, parked: Option<Parked>) {
+        if let Some(Parked::Follower(l)) = parked {
+            if let Some(under) = self.parked_under.get_mut(&l) {
+                under.remove(&g);
+                if under.is_empty() {
+                    self.parked_under.remove(&l);
+                }
             }
         }
-        let leading = v.state == ServerState::Leader;
-        if leading {
-            if d.quiet_as_leader && !h.is_quiet() {
-                // A peer asked for it awake, or a hand-over woke it.
-                d.quiet_as_leader = false;
-                d.idle.restart(v.settled.last_index, now);
-            } else if !d.quiet_as_leader && h.is_quiet() {
-                // Quieted as a follower before it was elected.
-                h.wake();
+    }
+
+    /// One pass: every awake group, and the parked ones something asks to
+    /// be looked at.
+    fn pass(&mut self) {
+        self.sync();
+        let now = heard_now();
+        let cfg = self.cfg;
+        let mut look = self.router.take_touched();
+        if !self.order.is_empty() {
+            let n = self.order.len();
+            for _ in 0..n.div_ceil(SWEEP_PASSES) {
+                look.insert(self.order[self.cursor % n]);
+                self.cursor = (self.cursor + 1) % n;
             }
-            let room = d
-                .peers
-                .iter()
-                .all(|(id, _)| beats.get(id).is_some_and(|b| b.1.len() < BEAT_GROUPS_MAX));
-            let may = room && d.idle.may_quiesce(v.settled, now, cfg.quiesce_after_ms);
-            if may && !d.quiet_as_leader {
-                d.quiet_as_leader = h.quiesce();
-            } else if !may && d.quiet_as_leader {
-                h.wake();
-                d.quiet_as_leader = false;
-                d.idle.restart(v.settled.last_index, now);
-            }
-            if d.quiet_as_leader {
-                let q = Quiet {
-                    group: *g,
-                    term: v.term,
-                    last_index: v.settled.last_index,
-                };
-                for (id, _) in &d.peers {
-                    if let Some(b) = beats.get_mut(id) {
-                        b.1.push(q);
+        }
+        look.extend(self.awake.iter().copied());
+        let seen = self.router.seen();
+        let router = self.router.clone();
+        let outs = self.outs.clone();
+        let mut outs = outs.lock().expect("outs lock");
+        let mut gone = Vec::new();
+        router.with_quiet_of(|quiet_of| {
+            // Leaders whose brokers stopped beating here: their parked
+            // followers stand if they must.
+            let stale_after = 2 * cfg.heartbeat_interval_ms;
+            for (l, p) in quiet_of {
+                if now.saturating_sub(p.beat_at) > stale_after {
+                    if let Some(under) = self.parked_under.get(l) {
+                        look.extend(under.iter().copied());
                     }
                 }
             }
-        } else if d.quiet_as_leader {
+            for g in look {
+                let Some(d) = self.groups.get_mut(&g) else {
+                    continue;
+                };
+                let was = d.parked.take();
+                if was.is_some() {
+                    d.hosted.handover.park.set(false);
+                }
+                let alive = visit(g, d, &cfg, now, &seen, quiet_of, &mut outs);
+                let now_parked = d.parked;
+                if !alive {
+                    gone.push(g);
+                    continue;
+                }
+                if was != now_parked {
+                    self.unpark(g, was);
+                    if let Some(Parked::Follower(l)) = now_parked {
+                        self.parked_under.entry(l).or_default().insert(g);
+                    }
+                }
+                if now_parked.is_some() {
+                    self.awake.remove(&g);
+                } else {
+                    self.awake.insert(g);
+                }
+            }
+        });
+        for g in gone {
+            self.drop_group(&mut outs, g);
+        }
+    }
+}
+
+/// `g`'s voters `peers` are no longer its voters here.
+fn forget_peers(outs: &mut HashMap<NodeId, PeerOut>, g: GroupId, peers: &[(NodeId, String)]) {
+    for (id, _) in peers {
+        if let Some(p) = outs.get_mut(id) {
+            if p.led.remove(&g).is_some() {
+                p.epoch = p.epoch.wrapping_add(1);
+            }
+            p.users -= 1;
+            if p.users == 0 {
+                outs.remove(id);
+            }
+        }
+    }
+}
+
+/// Names `g` quiet (`Some`) or not in the beats to `peers`.
+fn set_led(outs: &mut HashMap<NodeId, PeerOut>, peers: &[(NodeId, String)], g: GroupId, q: Option<Quiet>) {
+    for (id, _) in peers {
+        if let Some(p) = outs.get_mut(id) {
+            let changed = match q {
+                Some(q) => p.led.insert(g, q) != Some(q),
+                None => p.led.remove(&g).is_some(),
+            };
+            if changed {
+                p.epoch = p.epoch.wrapping_add(1);
+            }
+        }
+    }
+}
+
+/// One look at group `g`; false when it has shut down.
+fn visit(
+    g: GroupId,
+    d: &mut Driven,
+    cfg: &GroupConfig,
+    now: u64,
+    seen: &HashMap<NodeId, u64>,
+    quiet_of: &HashMap<NodeId, PeerQuiet>,
+    outs: &mut HashMap<NodeId, PeerOut>,
+) -> bool {
+    let lease = cfg.election_timeout_max_ms;
+    let h = d.hosted.clone();
+    let up = |id: &NodeId| seen.get(id).is_some_and(|at| now.saturating_sub(*at) <= lease);
+    let Some((v, old_peers)) = view(&h, d, up) else {
+        return false;
+    };
+    if let Some(old) = old_peers {
+        forget_peers(outs, g, &old);
+        for (id, addr) in &d.peers {
+            let p = outs.entry(*id).or_insert_with(|| PeerOut {
+                addr: addr.clone(),
+                users: 0,
+                led: BTreeMap::new(),
+                epoch: rand_below(u64::MAX),
+                acked: None,
+                v4: false,
+                in_flight: false,
+                wake: Vec::new(),
+            });
+            p.users += 1;
+            p.addr.clone_from(addr);
+        }
+    }
+    let leading = v.state == ServerState::Leader;
+    if leading {
+        if d.quiet_as_leader && !h.is_quiet() {
+            // A peer asked for it awake, or a hand-over woke it.
+            d.quiet_as_leader = false;
+            d.idle.restart(v.settled.last_index, now);
+        } else if !d.quiet_as_leader && h.is_quiet() {
+            // Quieted as a follower before it was elected.
+            h.wake();
+        }
+        let room = d.peers.iter().all(|(id, _)| {
+            outs.get(id)
+                .is_some_and(|p| p.led.len() < BEAT_GROUPS_MAX || p.led.contains_key(&g))
+        });
+        let may = room && d.idle.may_quiesce(v.settled, now, cfg.quiesce_after_ms);
+        if may && !d.quiet_as_leader {
+            d.quiet_as_leader = h.quiesce();
+        } else if !may && d.quiet_as_leader {
+            h.wake();
+            d.quiet_as_leader = false;
+            d.idle.restart(v.settled.last_index, now);
+        }
+        let q = d.quiet_as_leader.then_some(Quiet {
+            group: g,
+            term: v.term,
+            last_index: v.settled.last_index,
+        });
+        set_led(outs, &d.peers, g, q);
+    } else {
+        if d.quiet_as_leader {
             d.quiet_as_leader = false;
             h.wake();
         }
-        let turn = Turn {
-            me: h.me,
-            state: v.state,
-            leader: v.leader,
-            heard: h.heard.load(std::sync::atomic::Ordering::Acquire),
-            quorum_reachable: quiesce::reachable(&d.voters, h.me, &seen, now, lease),
-            cut_off_ms: now.saturating_sub(quiesce::majority_heard_at(&d.voters, h.me, &seen, now)),
-            quiet: !leading && h.is_quiet(),
-        };
-        if d.candidacy.step(&h.raft, cfg, turn, &h.votes, &h.handover, now) {
-            h.wake();
-            let raft = h.raft.clone();
-            tokio::spawn(async move {
-                let _ = raft.trigger().elect().await;
-            });
+        set_led(outs, &d.peers, g, None);
+    }
+    // What the leader's broker last said of this group, if it named it
+    // quiet: agreed, the group stays quiet here and its beats count as
+    // heartbeats; not, the leader is asked to wake it.
+    let mut agreed = None;
+    if let Some((l, q, at)) = v.leader.filter(|_| !leading).and_then(|l| {
+        quiet_of
+            .get(&l)
+            .and_then(|p| p.named.get(&g).map(|q| (l, *q, p.beat_at)))
+    }) {
+        if quiesce::agrees(&q, l, Some(v.following)) {
+            h.heard.fetch_max(at, Ordering::AcqRel);
+            h.quiesce();
+            agreed = Some(l);
+        } else {
+            if q.term >= v.term {
+                h.heard.fetch_max(at, Ordering::AcqRel);
+            }
+            if let Some(p) = outs.get_mut(&l) {
+                if p.wake.len() < WAKES_PER_BEAT_MAX && !p.wake.contains(&g) {
+                    p.wake.push(g);
+                }
+            }
         }
     }
-    beats
+    let turn = Turn {
+        me: h.me,
+        state: v.state,
+        leader: v.leader,
+        heard: h.heard.load(Ordering::Acquire),
+        quorum_reachable: quiesce::reachable(&d.voters, h.me, seen, now, lease),
+        cut_off_ms: now.saturating_sub(quiesce::majority_heard_at(&d.voters, h.me, seen, now)),
+        quiet: !leading && h.is_quiet(),
+    };
+    if d.candidacy.step(&h.raft, cfg, turn, &h.votes, &h.handover, now) {
+        h.wake();
+        let raft = h.raft.clone();
+        tokio::spawn(async move {
+            let _ = raft.trigger().elect().await;
+        });
+        return true;
+    }
+    let parked = if leading && d.quiet_as_leader && h.is_quiet() {
+        Some(Parked::Leader)
+    } else if !leading && h.is_quiet() {
+        agreed.map(Parked::Follower)
+    } else {
+        None
+    };
+    if parked.is_some() {
+        d.parked = parked;
+        h.handover.park.set(true);
+    }
+    true
 }
 
 /// One beat to each peer, at most one in flight per peer: a peer that
 /// does not answer within an election timeout counts as not heard.
-fn send_beats(
-    router: &Router,
-    t: &Arc<Transport>,
-    cfg: &GroupConfig,
-    beating: &Arc<Mutex<HashSet<NodeId>>>,
-    beats: BTreeMap<NodeId, (String, Vec<Quiet>)>,
-) {
+fn send_beats(router: &Router, t: &Arc<Transport>, cfg: &GroupConfig, outs: &Outs) {
     let wait = Duration::from_millis(cfg.election_timeout_min_ms);
-    for (peer, (addr, quiet)) in beats {
-        if !beating.lock().expect("beating lock").insert(peer) {
+    let mut all = outs.lock().expect("outs lock");
+    for (peer, p) in all.iter_mut() {
+        if p.in_flight {
             continue;
         }
-        let (t, router, beating) = (t.clone(), router.clone(), beating.clone());
+        p.in_flight = true;
+        let (peer, addr, epoch, v4) = (*peer, p.addr.clone(), p.epoch, p.v4);
+        let quiet = (v4 || p.acked != Some(epoch)).then(|| p.led.values().copied().collect::<Vec<_>>());
+        let wake = std::mem::take(&mut p.wake);
+        let (t, router, outs) = (t.clone(), router.clone(), outs.clone());
         tokio::spawn(async move {
-            let beat = Beat { from: t.me(), quiet };
-            if let Ok(Ok(reply)) = tokio::time::timeout(wait, t.beat(&addr, &beat)).await {
+            let from = t.me();
+            let (answer, acked) = if v4 {
+                let beat = BeatV4 {
+                    from,
+                    quiet: quiet.unwrap_or_default(),
+                };
+                match tokio::time::timeout(wait, t.beat_v4(&addr, &beat)).await {
+                    Ok(Ok(r)) => (Some(r.wake), None),
+                    _ => (None, None),
+                }
+            } else {
+                let beat = Beat {
+                    from,
+                    epoch,
+                    quiet,
+                    wake,
+                };
+                match tokio::time::timeout(wait, t.beat(&addr, &beat)).await {
+                    Ok(Ok(r)) => (Some(r.wake), Some(r.epoch)),
+                    Ok(Err(crate::ReplicationError::Transport(e))) if e.contains("unknown rpc kind") => {
+                        if let Some(p) = outs.lock().expect("outs lock").get_mut(&peer) {
+                            p.v4 = true;
+                        }
+                        (None, None)
+                    }
+                    _ => (None, None),
+                }
+            };
+            if let Some(wake) = answer {
                 router.saw(peer);
                 // The rest are named again in the next reply: a broker
                 // back from a restart behind in thousands of groups must
                 // not wake them all into one storm of catch-ups.
-                for g in reply.wake.into_iter().take(WAKES_PER_BEAT_MAX) {
+                for g in wake.into_iter().take(WAKES_PER_BEAT_MAX) {
                     if let Some(h) = router.get(g) {
                         h.wake();
                     }
                 }
             }
-            beating.lock().expect("beating lock").remove(&peer);
+            if let Some(p) = outs.lock().expect("outs lock").get_mut(&peer) {
+                if let Some(acked) = acked {
+                    p.acked = acked;
+                }
+                p.in_flight = false;
+            }
         });
     }
 }

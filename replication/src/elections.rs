@@ -1,7 +1,7 @@
 //! Who stands for election and when: Felix's loop beside openraft's own
 //! timer, and the hand-over state it reads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::{heard_now, rand_below};
@@ -13,7 +13,7 @@ use crate::types::{NodeId, Raft};
 /// one election).
 pub const HANDOVER_MS_MAX: u64 = 4_000;
 /// What the election loop reads to let a preferred replica take over.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Handover {
     /// The node the placement prefers as leader (0: none).
     pub(crate) preferred: AtomicU64,
@@ -26,8 +26,11 @@ pub(crate) struct Handover {
     /// it takes no writes and sends no heartbeats until then.
     pub(crate) yielding_until: AtomicU64,
     /// Whether the group is quiescent on this replica (see `quiesce`):
-    /// openraft's tick, heartbeats and election timer are off.
-    pub(crate) quiet: AtomicBool,
+    /// openraft's tick, heartbeats and election timer are off, and its
+    /// tick task sleeps.
+    pub(crate) quiet: Arc<crate::runtime::TickGate>,
+    /// Whether the driver passes the group by (see `driver`).
+    pub(crate) park: crate::driver::Park,
 }
 
 /// Three nudges openraft 0.9's elections need, checked every heartbeat.
@@ -221,6 +224,17 @@ fn cut_off_after_ms(cfg: &GroupConfig) -> u64 {
 }
 
 impl Handover {
+    pub(crate) fn new(park: crate::driver::Park) -> Handover {
+        Handover {
+            preferred: AtomicU64::new(0),
+            successor: AtomicU64::new(0),
+            successor_until: AtomicU64::new(0),
+            yielding_until: AtomicU64::new(0),
+            quiet: Arc::default(),
+            park,
+        }
+    }
+
     /// A stepping-down leader named `successor`: favour it for the length
     /// of a hand-over.
     pub(crate) fn expect_successor(&self, successor: NodeId) {

@@ -116,12 +116,15 @@ impl Replica {
             outvoted: outvoted.clone(),
             outran: outran.clone(),
         };
-        let raft = Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm)
-            .await
-            .map_err(|e| ReplicationError::Raft(e.to_string()))?;
+        let handover = Arc::new(Handover::new(router.park(group)));
+        let raft = crate::runtime::with_gate(
+            handover.quiet.clone(),
+            Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm),
+        )
+        .await
+        .map_err(|e| ReplicationError::Raft(e.to_string()))?;
         // The driver turns openraft's election timer on (see `Candidacy`).
         raft.runtime_config().elect(false);
-        let handover = Arc::new(Handover::default());
         let votes = Refusals { outvoted, outran };
         router.add(group, raft.clone(), state_dir, handover.clone(), votes, applier);
         router.drive_once(|| {
@@ -238,6 +241,7 @@ impl Replica {
     /// Admits node `id` at `node` (one step; see [`Admission`]). Called on
     /// the leader by a joining replica's RPC, or by the control plane.
     pub async fn admit(&self, id: NodeId, node: BrokerNode) -> Result<Admission, ReplicationError> {
+        self.handover.park.touch();
         admit(&self.raft, self.group, id, node).await
     }
 
@@ -280,7 +284,13 @@ impl Replica {
 
     /// Whether the group is quiescent on this replica (see `quiesce`).
     pub fn is_quiet(&self) -> bool {
-        self.handover.quiet.load(Ordering::Acquire)
+        self.handover.quiet.is_quiet()
+    }
+
+    /// How many times openraft's tick task for this replica has woken (it
+    /// sleeps while the group is quiet).
+    pub fn ticks(&self) -> u64 {
+        self.handover.quiet.ticks()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -476,8 +486,9 @@ impl Replica {
     /// hand-over): a quiet group wakes first, or its broker's beats would
     /// keep the followers from standing.
     fn stop_heartbeats(&self) {
+        self.handover.park.touch();
         let rc = self.raft.runtime_config();
-        if self.handover.quiet.swap(false, Ordering::AcqRel) {
+        if self.handover.quiet.wake() {
             rc.tick(true);
         }
         rc.heartbeat(false);
@@ -596,6 +607,9 @@ impl Replica {
         if self.yielding() {
             return Err(self.next_leader().await);
         }
+        // A parked quiet leader is looked at again: its beats must stop
+        // naming the old last entry.
+        self.handover.park.touch();
         let rx = self
             .raft
             .client_write_ff(Request(batch))
@@ -668,6 +682,7 @@ impl Replica {
         node: BrokerNode,
         promote: bool,
     ) -> Result<(), ReplicationError> {
+        self.handover.park.touch();
         self.raft
             .add_learner(id, node, true)
             .await
@@ -694,6 +709,7 @@ impl Replica {
         &self,
         edit: impl FnOnce(&mut std::collections::BTreeSet<NodeId>),
     ) -> Result<(), ReplicationError> {
+        self.handover.park.touch();
         let mut voters: std::collections::BTreeSet<NodeId> = self
             .raft
             .metrics()

@@ -16,7 +16,7 @@
 //! holding one broker's certificate does not let a process speak for
 //! another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +41,7 @@ use crate::clock::heard_now;
 use crate::elections::{Handover, Refusals};
 use crate::error::ReplicationError;
 use crate::membership::{self, Admission};
-use crate::quiesce::{self, Beat, BeatReply, Following};
+use crate::quiesce::{self, Beat, BeatReply, BeatReplyV4, BeatV4, Following, Quiet};
 use crate::throttle::{Bucket, CATCHUP_BYTES_PER_S_DEFAULT};
 use crate::types::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
@@ -67,6 +67,7 @@ const KIND_JOIN: u8 = 7;
 const KIND_SUCCESSOR: u8 = 8;
 const KIND_GROUPS: u8 = 9;
 const KIND_BEAT: u8 = 10;
+const KIND_BEAT_EPOCH: u8 = 11;
 /// Groups one [`Transport::groups`] call may ask about: bounds the answer
 /// (about 60 bytes a group with 5 voters) well under `RPC_BYTES_MAX`.
 pub const GROUPS_ASKED_MAX: usize = 4096;
@@ -100,7 +101,7 @@ impl Hosted {
     /// Quiets the group here: openraft's tick, heartbeats and election
     /// timer off. Returns whether it was awake.
     pub(crate) fn quiesce(&self) -> bool {
-        if self.handover.quiet.swap(true, Ordering::AcqRel) {
+        if !self.handover.quiet.quiet() {
             return false;
         }
         let rc = self.raft.runtime_config();
@@ -113,7 +114,8 @@ impl Hosted {
     /// Wakes the group here (the election driver sets openraft's timer on
     /// its next pass). Returns whether it was quiet.
     pub(crate) fn wake(&self) -> bool {
-        if !self.handover.quiet.swap(false, Ordering::AcqRel) {
+        self.handover.park.touch();
+        if !self.handover.quiet.wake() {
             return false;
         }
         let rc = self.raft.runtime_config();
@@ -126,11 +128,24 @@ impl Hosted {
     }
 
     pub(crate) fn is_quiet(&self) -> bool {
-        self.handover.quiet.load(Ordering::Acquire)
+        self.handover.quiet.is_quiet()
     }
 }
 
 /// The groups hosted here, by id, and when each peer broker was last heard.
+/// What a replica's metrics say of whom it follows.
+pub(crate) fn following(raft: &Raft) -> Following {
+    let m = raft.metrics();
+    let m = m.borrow();
+    Following {
+        follower: m.state == openraft::ServerState::Follower,
+        term: m.current_term,
+        leader: m.current_leader,
+        last_index: m.last_log_index,
+        applied: m.last_applied.map(|l| l.index),
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct Router {
     groups: Arc<RwLock<HashMap<GroupId, Arc<Hosted>>>>,
@@ -141,6 +156,24 @@ pub struct Router {
     driving: Arc<OnceLock<()>>,
     /// The groups' fsyncs, bounded per broker.
     disk: crate::disk::DiskWaits,
+    /// Changes with every group added or removed (the driver reads the
+    /// groups again only then).
+    generation: Arc<AtomicU64>,
+    /// Parked groups touched since the driver's last pass.
+    touched: Arc<crate::driver::Touched>,
+    /// What each peer's beats said of the quiet groups it leads here.
+    quiet_of: Arc<Mutex<HashMap<NodeId, PeerQuiet>>>,
+}
+
+/// What a peer's beats said of the quiet groups it leads on this broker.
+#[derive(Debug, Default)]
+pub(crate) struct PeerQuiet {
+    /// The version of its list this broker holds (none: it asks for it).
+    pub(crate) epoch: Option<u64>,
+    pub(crate) named: HashMap<GroupId, Quiet>,
+    /// When its last beat that this broker could follow arrived
+    /// ([`heard_now`] clock).
+    pub(crate) beat_at: u64,
 }
 
 impl std::fmt::Debug for Router {
@@ -175,6 +208,7 @@ impl Router {
         owner: Arc<dyn crate::machine::Applier>,
     ) {
         let me = raft.metrics().borrow().id;
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.groups.write().expect("router lock").insert(
             group,
             Arc::new(Hosted {
@@ -216,10 +250,52 @@ impl Router {
         self.seen.lock().expect("seen lock").clone()
     }
 
-    /// A peer's beat: counts each quiet group it names that this replica
-    /// follows it in, as it stands, as a heartbeat (and quiets it here);
-    /// answers the others, to be woken.
+    /// A peer's beat (kind 11). Its list, when it carries one, is judged
+    /// group by group ([`Router::judge`]); a beat without one whose epoch
+    /// this broker holds only notes the time: the groups it named before
+    /// are still quiet, and their followers parked here still hear it.
     fn beat_in(&self, beat: Beat) -> Result<BeatReply, String> {
+        let named_len = beat.quiet.as_ref().map_or(0, Vec::len);
+        if named_len > quiesce::BEAT_GROUPS_MAX || beat.wake.len() > crate::driver::WAKES_PER_BEAT_MAX {
+            return Err(format!(
+                "a beat naming {named_len} quiet groups and {} to wake; at most {} and {}",
+                beat.wake.len(),
+                quiesce::BEAT_GROUPS_MAX,
+                crate::driver::WAKES_PER_BEAT_MAX
+            ));
+        }
+        // The sender follows these here and cannot keep them quiet.
+        for g in &beat.wake {
+            if let Some(h) = self.get(*g) {
+                h.wake();
+            }
+        }
+        let now = heard_now();
+        let mut reply = BeatReply::default();
+        let mut peers = self.quiet_of.lock().expect("quiet_of lock");
+        let p = peers.entry(beat.from).or_default();
+        match beat.quiet {
+            Some(list) => {
+                let named = self.judge(beat.from, &list, now, &mut reply.wake);
+                self.forget(p, named, now);
+                p.epoch = Some(beat.epoch);
+            }
+            // Silent for a while, the sender may have lost or won
+            // leaderships meanwhile that its list, unchanged by epoch, does
+            // not show this broker's replicas: have it sent again.
+            None if p.epoch == Some(beat.epoch)
+                && now.saturating_sub(p.beat_at) <= quiesce::RESYNC_AFTER_SILENT_MS =>
+            {
+                p.beat_at = now
+            }
+            None => p.epoch = None,
+        }
+        reply.epoch = p.epoch;
+        Ok(reply)
+    }
+
+    /// A version-4 peer's beat (kind 10): its whole list, every time.
+    fn beat_in_v4(&self, beat: BeatV4) -> Result<BeatReplyV4, String> {
         if beat.quiet.len() > quiesce::BEAT_GROUPS_MAX {
             return Err(format!(
                 "a beat naming {} groups; at most {}",
@@ -227,30 +303,51 @@ impl Router {
                 quiesce::BEAT_GROUPS_MAX
             ));
         }
+        let now = heard_now();
+        let mut reply = BeatReplyV4::default();
+        let mut peers = self.quiet_of.lock().expect("quiet_of lock");
+        let p = peers.entry(beat.from).or_default();
+        let named = self.judge(beat.from, &beat.quiet, now, &mut reply.wake);
+        self.forget(p, named, now);
+        p.epoch = None;
+        Ok(reply)
+    }
+
+    /// Takes `named` as the sender's list: a group parked here that it no
+    /// longer names is looked at again on the driver's next pass.
+    fn forget(&self, p: &mut PeerQuiet, named: HashMap<GroupId, Quiet>, now: u64) {
+        let hosted = self.groups.read().expect("router lock");
+        for g in p.named.keys().filter(|g| !named.contains_key(g)) {
+            if let Some(h) = hosted.get(g) {
+                h.handover.park.touch();
+            }
+        }
+        p.named = named;
+        p.beat_at = now;
+    }
+
+    /// Counts each group of `list` (quiet, led by `from`) that this
+    /// replica follows `from` in, as it stands, as a heartbeat, and quiets
+    /// it here; adds the others to `wake`. Returns the list by group.
+    fn judge(
+        &self,
+        from: NodeId,
+        list: &[Quiet],
+        now: u64,
+        wake: &mut Vec<GroupId>,
+    ) -> HashMap<GroupId, Quiet> {
         // The sender is not counted as heard here: only its answer to this
         // broker's own beat is (`driver::send_beats`). A broker whose
         // outgoing packets are lost still receives its peers' beats, and
         // counting those would let it think itself connected and stand,
         // again and again, raising a term that unseats the leaders on its
         // return (seen: writes stalled for 19 s after such a partition).
-        let now = heard_now();
         let hosted = self.groups.read().expect("router lock");
-        let mut reply = BeatReply::default();
-        for q in &beat.quiet {
+        for q in list {
             let h = hosted.get(&q.group);
-            let here = h.map(|h| {
-                let m = h.raft.metrics();
-                let m = m.borrow();
-                Following {
-                    follower: m.state == openraft::ServerState::Follower,
-                    term: m.current_term,
-                    leader: m.current_leader,
-                    last_index: m.last_log_index,
-                    applied: m.last_applied.map(|l| l.index),
-                }
-            });
+            let here = h.map(|h| following(&h.raft));
             match h {
-                Some(h) if quiesce::agrees(q, beat.from, here) => {
+                Some(h) if quiesce::agrees(q, from, here) => {
                     h.heard.store(now, Ordering::Release);
                     h.quiesce();
                 }
@@ -261,7 +358,7 @@ impl Router {
                     if here.is_some_and(|f| q.term >= f.term) {
                         h.heard.store(now, Ordering::Release);
                     }
-                    reply.wake.push(q.group)
+                    wake.push(q.group)
                 }
                 // Not started here yet (a broker starting thousands of
                 // groups): waking the leader now would only send RPCs that
@@ -269,11 +366,32 @@ impl Router {
                 None => {}
             }
         }
-        Ok(reply)
+        list.iter().map(|q| (q.group, *q)).collect()
     }
 
     pub fn remove(&self, group: GroupId) {
         self.groups.write().expect("router lock").remove(&group);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes whenever a group is added or removed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// How `group`'s replica here tells the driver it was touched.
+    pub(crate) fn park(&self, group: GroupId) -> crate::driver::Park {
+        crate::driver::Park::new(group, self.touched.clone())
+    }
+
+    /// The parked groups touched since the last call.
+    pub(crate) fn take_touched(&self) -> HashSet<GroupId> {
+        self.touched.take()
+    }
+
+    /// Runs `f` over what each peer's beats said (the driver's pass).
+    pub(crate) fn with_quiet_of<R>(&self, f: impl FnOnce(&HashMap<NodeId, PeerQuiet>) -> R) -> R {
+        f(&self.quiet_of.lock().expect("quiet_of lock"))
     }
 
     /// What this broker knows of each of `groups` it hosts (at most
@@ -557,6 +675,20 @@ impl Transport {
     /// Sends `beat` to the broker at `addr`; returns the groups it asks to
     /// have woken.
     pub(crate) async fn beat(&self, addr: &str, beat: &Beat) -> Result<BeatReply, ReplicationError> {
+        self.traffic.beats.fetch_add(1, Ordering::Relaxed);
+        let body = bincode::serialize(beat).map_err(terr)?;
+        self.ask(
+            addr,
+            KIND_BEAT_EPOCH,
+            GroupId::NONE,
+            &body,
+            ReplicationError::Transport,
+        )
+        .await
+    }
+
+    /// [`Transport::beat`] to a version-4 peer, which knows only kind 10.
+    pub(crate) async fn beat_v4(&self, addr: &str, beat: &BeatV4) -> Result<BeatReplyV4, ReplicationError> {
         self.traffic.beats.fetch_add(1, Ordering::Relaxed);
         let body = bincode::serialize(beat).map_err(terr)?;
         self.ask(addr, KIND_BEAT, GroupId::NONE, &body, ReplicationError::Transport)
@@ -923,12 +1055,21 @@ async fn serve(
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(terr)?;
-    if kind == KIND_BEAT {
+    if kind == KIND_BEAT_EPOCH {
         return reply(
             &mut send,
             de::<Beat>(&body)
                 .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
                 .and_then(|b| ser(&router.beat_in(b)?)),
+        )
+        .await;
+    }
+    if kind == KIND_BEAT {
+        return reply(
+            &mut send,
+            de::<BeatV4>(&body)
+                .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
+                .and_then(|b| ser(&router.beat_in_v4(b)?)),
         )
         .await;
     }
@@ -1011,7 +1152,10 @@ async fn serve(
                 "refused: broker {sender} asked to admit node {id:#x}, of broker {}",
                 crate::types::broker_of(id)
             )),
-            Ok((id, node)) => match membership::admit(&raft, group, id, node).await {
+            Ok((id, node)) => match {
+                hosted.handover.park.touch();
+                membership::admit(&raft, group, id, node).await
+            } {
                 Ok(a) => ser(&a),
                 Err(e) => Err(e.to_string()),
             },

@@ -13,6 +13,12 @@
 //! leader's heartbeats start again. A write, a vote request or an
 //! AppendEntries wakes a group on the replica that sees it; a leader whose
 //! broker stops beating is mourned like one whose heartbeats stopped.
+//!
+//! A broker's driver does not look at its quiet groups every pass: it
+//! parks them (`driver`), and looks again when something touches the group
+//! (a write, an RPC, a membership change: [`Park::touch`]), when the
+//! leader's broker stops beating, when the leader's list stops naming it,
+//! and once every [`SWEEP_PASSES`] passes in any case.
 
 use std::collections::HashMap;
 
@@ -22,6 +28,13 @@ use crate::types::{GroupId, NodeId};
 
 /// How long a leader sees its group settled before it quiesces.
 pub const QUIESCE_AFTER_MS: u64 = 2_000;
+/// A sender whose beats this broker could not follow for this long sends
+/// its list again, whatever its epoch (its leaderships may have changed
+/// meanwhile, unseen by this broker's parked replicas).
+pub const RESYNC_AFTER_SILENT_MS: u64 = 1_000;
+/// A parked group is looked at by at least one pass in this many, whatever
+/// touched it or not (the net under every event that should have).
+pub const SWEEP_PASSES: usize = 64;
 /// Quiet groups one beat names at most: past it, the rest stay awake
 /// (bounds a beat to about 400 KiB).
 pub const BEAT_GROUPS_MAX: usize = 16_384;
@@ -35,17 +48,49 @@ pub struct Quiet {
     pub last_index: Option<u64>,
 }
 
-/// One broker's beat to one peer broker, once per heartbeat interval.
+/// One broker's beat to one peer broker, once per heartbeat interval
+/// (kind 11).
+///
+/// The list of quiet groups travels only when it changed since the
+/// receiver last acknowledged it (`epoch`): an idle broker's beat is then
+/// a few bytes however many groups are quiet, and its receiver does no
+/// work per group. A receiver that does not hold `epoch` (it restarted,
+/// missed a change, or had not heard the sender for a while) answers
+/// without it, and the next beat carries the list again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Beat {
     /// The sender's Raft node id.
     pub from: NodeId,
+    /// The version of the sender's list for this receiver: it changes
+    /// whenever the list does, and starts at random when the sender does.
+    pub epoch: u64,
+    /// The quiet groups the sender leads on the receiver, when the
+    /// receiver has not acknowledged `epoch`.
+    pub quiet: Option<Vec<Quiet>>,
+    /// Groups the receiver leads that the sender follows and cannot keep
+    /// quiet (at most `driver::WAKES_PER_BEAT_MAX`).
+    pub wake: Vec<GroupId>,
+}
+
+/// The answer to a [`Beat`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeatReply {
+    /// Groups of the beat's list the receiver cannot keep quiet.
+    pub wake: Vec<GroupId>,
+    /// The sender's list version the receiver now holds (none: send it).
+    pub epoch: Option<u64>,
+}
+
+/// A version-4 peer's beat (kind 10): the whole list, every time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BeatV4 {
+    pub from: NodeId,
     pub quiet: Vec<Quiet>,
 }
 
-/// The groups of a beat the receiver cannot keep quiet.
+/// The answer to a [`BeatV4`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BeatReply {
+pub struct BeatReplyV4 {
     pub wake: Vec<GroupId>,
 }
 

@@ -88,7 +88,7 @@ openraft::declare_raft_types!(
         Node = BrokerNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = SnapshotFile,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::FelixRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

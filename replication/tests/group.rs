@@ -705,11 +705,20 @@ async fn an_idle_group_goes_quiet_and_a_write_wakes_it() {
     }
     all_quiet(&all).await;
     let term = terms(&all);
-    // Quiet: beats between the brokers go on, openraft's heartbeats stop.
+    // Quiet: beats between the brokers go on, openraft's heartbeats stop,
+    // and so does its tick task (a tick already asleep may end once).
     let before = nodes[l].transport.traffic();
+    let ticks: Vec<u64> = nodes.iter().map(|n| n.replica.ticks()).collect();
     let window = Duration::from_millis(1_500);
     tokio::time::sleep(window).await;
     let after = nodes[l].transport.traffic();
+    for (n, t) in nodes.iter().zip(&ticks) {
+        assert!(
+            n.replica.ticks() - t <= 1,
+            "a quiet replica's tick task woke {} times in {window:?}",
+            n.replica.ticks() - t
+        );
+    }
     assert!(
         after.heartbeats - before.heartbeats <= 2,
         "a quiet leader sent {} heartbeats in {window:?}",
@@ -730,6 +739,13 @@ async fn an_idle_group_goes_quiet_and_a_write_wakes_it() {
     assert_eq!(r.base_offset, 5);
     for n in &nodes {
         wait_applied(n, r.raft_index).await;
+    }
+    // Awake, the leader's tick task runs again (every 1.5 heartbeats).
+    let woke_at = nodes[l].replica.ticks();
+    let until = Instant::now() + Duration::from_secs(5);
+    while nodes[l].replica.ticks() < woke_at + 2 {
+        assert!(Instant::now() < until, "the woken leader's tick task did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Idle again, it goes quiet again at the new last entry.
     all_quiet(&all).await;
