@@ -48,6 +48,41 @@ pub fn combined_from_files(broker: PathBuf, cp: PathBuf) -> anyhow::Result<()> {
     })
 }
 
+/// Files a shard replica holds open: its log's lock and its active
+/// segment.
+const FILES_PER_REPLICA: u64 = 2;
+
+/// Takes the open-file limit up to what the system allows this process (as
+/// Kafka and Redpanda ask operators to): every replica holds files, and a
+/// broker of thousands of replicas passes the usual soft limit of 1,024.
+/// Past the hard limit, opening a shard fails with "Too many open files",
+/// which the log names.
+fn raise_open_files() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `l`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return;
+    }
+    if l.rlim_cur < l.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: l.rlim_max,
+            rlim_max: l.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            l = raised;
+        }
+    }
+    tracing::info!(
+        open_files_max = l.rlim_cur,
+        replicas_max = l.rlim_cur / FILES_PER_REPLICA,
+        "open-file limit (each shard replica holds {FILES_PER_REPLICA}; raise the hard limit for more)"
+    );
+}
+
 /// The multi-threaded runtime every command runs on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -65,6 +100,7 @@ pub async fn serve(
     file: Option<PathBuf>,
     dev: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    raise_open_files();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     config.data_dir = config

@@ -467,12 +467,21 @@ fn visit(
     // What the leader's broker last said of this group, if it named it
     // quiet: agreed, the group stays quiet here and its beats count as
     // heartbeats; not, the leader is asked to wake it.
+    // A replica that does not know its leader yet (it restarted) looks for
+    // the broker whose list names the group: asked to wake it, that leader
+    // sends the AppendEntries that tell it.
     let mut agreed = None;
-    if let Some((l, q, at)) = v.leader.filter(|_| !leading).and_then(|l| {
+    let named = |l: &NodeId| {
         quiet_of
-            .get(&l)
-            .and_then(|p| p.named.get(&g).map(|q| (l, *q, p.beat_at)))
-    }) {
+            .get(l)
+            .and_then(|p| p.named.get(&g).map(|q| (*l, *q, p.beat_at)))
+    };
+    let leader_said = match v.leader {
+        _ if leading => None,
+        Some(l) => named(&l),
+        None => quiet_of.keys().find_map(named),
+    };
+    if let Some((l, q, at)) = leader_said {
         if quiesce::agrees(&q, l, Some(v.following)) {
             h.heard.fetch_max(at, Ordering::AcqRel);
             h.quiesce();

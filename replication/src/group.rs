@@ -297,6 +297,13 @@ impl Replica {
         self.raft.metrics().borrow().current_leader == Some(self.id)
     }
 
+    /// Whether this replica leads and is the one the placement prefers (or
+    /// none is preferred): a hand-over has nothing to do.
+    pub fn leads_as_preferred(&self) -> bool {
+        let preferred = self.handover.preferred.load(Ordering::Acquire);
+        (preferred == 0 || preferred == self.id) && self.is_leader()
+    }
+
     /// Names the replica the placement prefers as leader. A follower that
     /// is preferred stands as soon as the leader's lease lapses; the others
     /// wait a lease longer while a leader that is not preferred is in

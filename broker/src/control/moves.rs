@@ -83,6 +83,19 @@ pub fn plan(voters: &[NodeId], p: &ShardPlacement, nodes: &BTreeMap<u32, NodeId>
     steps
 }
 
+/// What `plan` reads of shard `p` beside its voters: its placement and the
+/// node ids of its brokers.
+fn fingerprint(p: &ShardPlacement, nodes: &BTreeMap<u32, NodeId>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    p.replicas.hash(&mut h);
+    p.leaving.hash(&mut h);
+    for b in p.replicas.iter().chain(&p.leaving) {
+        nodes.get(b).hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Runs the reconciliation every [`RECONCILE_INTERVAL_MS`] until the node
 /// is dropped (cluster brokers only).
 pub fn start(link: Arc<ControlLink>, node: &Arc<Node>) {
@@ -90,11 +103,14 @@ pub fn start(link: Arc<ControlLink>, node: &Arc<Node>) {
     tokio::spawn(async move {
         let adding = Arc::new(Mutex::new(HashSet::new()));
         let handed = Mutex::new(HashMap::new());
+        // Groups found quiet and led from their preferred replica, with the
+        // fingerprint of the placement they were found under.
+        let settled = Mutex::new(HashMap::new());
         let mut tick = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if !round(&link, &weak, &adding, &handed).await {
+            if !round(&link, &weak, &adding, &handed, &settled).await {
                 return;
             }
         }
@@ -108,6 +124,7 @@ async fn round(
     node: &Weak<Node>,
     adding: &Arc<Mutex<HashSet<(u64, NodeId)>>>,
     handed: &Mutex<HashMap<u64, std::time::Instant>>,
+    settled: &Mutex<HashMap<u64, u64>>,
 ) -> bool {
     let Some(n) = node.upgrade() else { return false };
     let Some(cluster) = n.cluster().cloned() else {
@@ -120,79 +137,108 @@ async fn round(
         .filter_map(|id| Some((u32::try_from(broker_of(id)).ok()?, id)))
         .collect();
     let mut handovers = 0;
-    for h in n.streams() {
-        let m = h.meta();
-        if !m.managed() {
+    let mut work = Vec::new();
+    {
+        let mut kept = settled.lock().expect("settled lock");
+        let mut hosted = 0;
+        for h in n.streams() {
+            h.with_meta(|m| {
+                if !m.managed() {
+                    return;
+                }
+                for (i, s) in h.hosted() {
+                    hosted += 1;
+                    let Some(p) = m.placement.get(i as usize) else {
+                        continue;
+                    };
+                    let Some(r) = s.replica() else { continue };
+                    r.set_preferred(p.replicas.first().and_then(|b| nodes.get(b)).copied());
+                    let seen = fingerprint(p, &nodes);
+                    // Quiet, it is settled (one committed configuration, every
+                    // replica holding everything); led from its preferred
+                    // replica under this very placement last round, nothing
+                    // here can have changed: an idle broker does not plan
+                    // thousands of settled shards every second.
+                    if r.is_quiet() && kept.get(&p.group) == Some(&seen) {
+                        continue;
+                    }
+                    kept.remove(&p.group);
+                    if !r.is_leader() {
+                        continue;
+                    }
+                    work.push((p.clone(), r.clone(), seen));
+                }
+            });
+        }
+        // Groups no longer hosted leave the memory now and then.
+        if kept.len() > 2 * hosted {
+            kept.clear();
+        }
+    }
+    for (p, r, seen) in work {
+        let p = &p;
+        let mut steps = plan(&r.voters(), p, &nodes);
+        // The old replica is deleted once its move is reported done:
+        // only on a removal no new leader could undo.
+        if !r.membership_committed() {
+            steps.retain(|s| !matches!(s, Step::Done(_)));
+        }
+        if steps.is_empty() {
+            if r.is_quiet() && r.leads_as_preferred() {
+                settled.lock().expect("settled lock").insert(p.group, seen);
+                continue;
+            }
+            // Settled: lead from the preferred replica (balance, and a
+            // drained broker's leaderships), at most once per
+            // HANDOVER_RETRY_MS per group.
+            let mut last = handed.lock().expect("handed lock");
+            let due = last
+                .get(&p.group)
+                .is_none_or(|t: &std::time::Instant| t.elapsed() >= Duration::from_millis(HANDOVER_RETRY_MS));
+            if due && handovers < HANDOVERS_PER_ROUND_MAX && r.hand_over() {
+                last.insert(p.group, std::time::Instant::now());
+                handovers += 1;
+            }
             continue;
         }
-        for (i, s) in h.hosted() {
-            let Some(p) = m.placement.get(i as usize) else {
-                continue;
-            };
-            let Some(r) = s.replica().cloned() else { continue };
-            r.set_preferred(p.replicas.first().and_then(|b| nodes.get(b)).copied());
-            if !r.is_leader() {
-                continue;
-            }
-            let mut steps = plan(&r.voters(), p, &nodes);
-            // The old replica is deleted once its move is reported done:
-            // only on a removal no new leader could undo.
-            if !r.membership_committed() {
-                steps.retain(|s| !matches!(s, Step::Done(_)));
-            }
-            if steps.is_empty() {
-                // Settled: lead from the preferred replica (balance, and a
-                // drained broker's leaderships), at most once per
-                // HANDOVER_RETRY_MS per group.
-                let mut last = handed.lock().expect("handed lock");
-                let due = last.get(&p.group).is_none_or(|t: &std::time::Instant| {
-                    t.elapsed() >= Duration::from_millis(HANDOVER_RETRY_MS)
-                });
-                if due && handovers < HANDOVERS_PER_ROUND_MAX && r.hand_over() {
-                    last.insert(p.group, std::time::Instant::now());
-                    handovers += 1;
+        for step in steps {
+            match step {
+                Step::Add(id) => {
+                    let Some(addr) = cluster.peers.get(broker_of(id)) else {
+                        continue;
+                    };
+                    if !adding.lock().expect("adding lock").insert((p.group, id)) {
+                        continue;
+                    }
+                    let (r, adding, group) = (r.clone(), adding.clone(), p.group);
+                    tokio::spawn(async move {
+                        tracing::info!(group, node = format!("{id:#x}"), "adding a placed replica");
+                        let added = tokio::time::timeout(
+                            Duration::from_millis(ADD_TIMEOUT_MS),
+                            r.add_replica(id, addr, true),
+                        )
+                        .await;
+                        match added {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!(group, error = %e, "adding a replica failed"),
+                            Err(_) => tracing::warn!(group, "adding a replica timed out"),
+                        }
+                        adding.lock().expect("adding lock").remove(&(group, id));
+                    });
                 }
-                continue;
-            }
-            for step in steps {
-                match step {
-                    Step::Add(id) => {
-                        let Some(addr) = cluster.peers.get(broker_of(id)) else {
-                            continue;
-                        };
-                        if !adding.lock().expect("adding lock").insert((p.group, id)) {
-                            continue;
-                        }
-                        let (r, adding, group) = (r.clone(), adding.clone(), p.group);
-                        tokio::spawn(async move {
-                            tracing::info!(group, node = format!("{id:#x}"), "adding a placed replica");
-                            let added = tokio::time::timeout(
-                                Duration::from_millis(ADD_TIMEOUT_MS),
-                                r.add_replica(id, addr, true),
-                            )
-                            .await;
-                            match added {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => tracing::warn!(group, error = %e, "adding a replica failed"),
-                                Err(_) => tracing::warn!(group, "adding a replica timed out"),
-                            }
-                            adding.lock().expect("adding lock").remove(&(group, id));
-                        });
+                Step::Remove(id) => {
+                    tracing::info!(
+                        group = p.group,
+                        node = format!("{id:#x}"),
+                        "removing a replica the placement moved away"
+                    );
+                    if let Err(e) = r.remove_replica(id).await {
+                        tracing::warn!(group = p.group, error = %e, "removing a replica failed");
                     }
-                    Step::Remove(id) => {
-                        tracing::info!(
-                            group = p.group,
-                            node = format!("{id:#x}"),
-                            "removing a replica the placement moved away"
-                        );
-                        if let Err(e) = r.remove_replica(id).await {
-                            tracing::warn!(group = p.group, error = %e, "removing a replica failed");
-                        }
-                    }
-                    Step::Done(b) => {
-                        if let Err(e) = link.move_done(b, p.group).await {
-                            tracing::debug!(group = p.group, broker = b, error = %e, "reporting a finished move");
-                        }
+                }
+                Step::Done(b) => {
+                    if let Err(e) = link.move_done(b, p.group).await {
+                        tracing::debug!(group = p.group, broker = b, error = %e, "reporting a finished move");
                     }
                 }
             }

@@ -66,6 +66,11 @@ impl StreamHandle {
         self.meta.lock().expect("stream meta lock").clone()
     }
 
+    /// Runs `f` on the stream's metadata without copying it.
+    pub fn with_meta<R>(&self, f: impl FnOnce(&StreamMeta) -> R) -> R {
+        f(&self.meta.lock().expect("stream meta lock"))
+    }
+
     pub fn kind(&self) -> crate::meta::StreamKind {
         self.meta.lock().expect("stream meta lock").kind
     }
