@@ -5,7 +5,7 @@
 //! the quiet groups it leads there.
 //!
 //! A quiet group is parked: the pass goes by it until something touches it
-//! ([`Park::touch`]: a write, an RPC, a membership change), its leader's
+//! (`Park::touch`: a write, an RPC, a membership change), its leader's
 //! broker stops beating, its leader's list stops naming it, or the sweep
 //! comes round (one pass in [`SWEEP_PASSES`] looks at each). An idle broker
 //! then does no work per group at all but for the sweep: no task, timer,
@@ -13,7 +13,7 @@
 //! `runtime`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -23,53 +23,10 @@ use crate::clock::{heard_now, rand_below};
 use crate::config::GroupConfig;
 use crate::elections::{Candidacy, Turn};
 use crate::network::{Hosted, PeerQuiet, Router, Transport};
-use crate::quiesce::{self, Beat, BeatV4, Following, Idle, Quiet, Settled, BEAT_GROUPS_MAX, SWEEP_PASSES};
+use crate::quiesce::{
+    self, Beat, BeatV4, Following, Idle, Quiet, Settled, BEAT_GROUPS_MAX, SWEEP_PASSES, WAKES_PER_BEAT_MAX,
+};
 use crate::types::{GroupId, NodeId};
-
-/// Groups one beat, or its reply, wakes at most (a beat goes every
-/// heartbeat interval, so about 850 groups a second per peer at 150 ms).
-pub const WAKES_PER_BEAT_MAX: usize = 128;
-
-/// Parked groups touched since the driver's last pass, each once.
-#[derive(Debug, Default)]
-pub(crate) struct Touched(Mutex<HashSet<GroupId>>);
-
-impl Touched {
-    pub(crate) fn take(&self) -> HashSet<GroupId> {
-        std::mem::take(&mut *self.0.lock().expect("touched lock"))
-    }
-}
-
-/// Whether the driver passes a group by, and how to make it look again.
-#[derive(Debug)]
-pub(crate) struct Park {
-    group: GroupId,
-    parked: AtomicBool,
-    touched: Arc<Touched>,
-}
-
-impl Park {
-    pub(crate) fn new(group: GroupId, touched: Arc<Touched>) -> Park {
-        Park {
-            group,
-            parked: AtomicBool::new(false),
-            touched,
-        }
-    }
-
-    /// Something may have changed the group: if parked, the next pass
-    /// looks at it. One atomic load on every write's path; the lock only
-    /// for a parked group.
-    pub(crate) fn touch(&self) {
-        if self.parked.load(Ordering::Acquire) && self.parked.swap(false, Ordering::AcqRel) {
-            self.touched.0.lock().expect("touched lock").insert(self.group);
-        }
-    }
-
-    fn set(&self, parked: bool) {
-        self.parked.store(parked, Ordering::Release);
-    }
-}
 
 /// Why the pass goes by a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,7 +30,7 @@ pub(crate) struct Handover {
     /// tick task sleeps.
     pub(crate) quiet: Arc<crate::runtime::TickGate>,
     /// Whether the driver passes the group by (see `driver`).
-    pub(crate) park: crate::driver::Park,
+    pub(crate) park: crate::quiesce::Park,
 }
 
 /// Three nudges openraft 0.9's elections need, checked every heartbeat.
@@ -224,7 +224,7 @@ fn cut_off_after_ms(cfg: &GroupConfig) -> u64 {
 }
 
 impl Handover {
-    pub(crate) fn new(park: crate::driver::Park) -> Handover {
+    pub(crate) fn new(park: crate::quiesce::Park) -> Handover {
         Handover {
             preferred: AtomicU64::new(0),
             successor: AtomicU64::new(0),

@@ -160,7 +160,7 @@ pub struct Router {
     /// groups again only then).
     generation: Arc<AtomicU64>,
     /// Parked groups touched since the driver's last pass.
-    touched: Arc<crate::driver::Touched>,
+    touched: Arc<crate::quiesce::Touched>,
     /// What each peer's beats said of the quiet groups it leads here.
     quiet_of: Arc<Mutex<HashMap<NodeId, PeerQuiet>>>,
 }
@@ -256,12 +256,12 @@ impl Router {
     /// are still quiet, and their followers parked here still hear it.
     fn beat_in(&self, beat: Beat) -> Result<BeatReply, String> {
         let named_len = beat.quiet.as_ref().map_or(0, Vec::len);
-        if named_len > quiesce::BEAT_GROUPS_MAX || beat.wake.len() > crate::driver::WAKES_PER_BEAT_MAX {
+        if named_len > quiesce::BEAT_GROUPS_MAX || beat.wake.len() > crate::quiesce::WAKES_PER_BEAT_MAX {
             return Err(format!(
                 "a beat naming {named_len} quiet groups and {} to wake; at most {} and {}",
                 beat.wake.len(),
                 quiesce::BEAT_GROUPS_MAX,
-                crate::driver::WAKES_PER_BEAT_MAX
+                crate::quiesce::WAKES_PER_BEAT_MAX
             ));
         }
         // The sender follows these here and cannot keep them quiet.
@@ -380,8 +380,8 @@ impl Router {
     }
 
     /// How `group`'s replica here tells the driver it was touched.
-    pub(crate) fn park(&self, group: GroupId) -> crate::driver::Park {
-        crate::driver::Park::new(group, self.touched.clone())
+    pub(crate) fn park(&self, group: GroupId) -> crate::quiesce::Park {
+        crate::quiesce::Park::new(group, self.touched.clone())
     }
 
     /// The parked groups touched since the last call.
@@ -1152,13 +1152,13 @@ async fn serve(
                 "refused: broker {sender} asked to admit node {id:#x}, of broker {}",
                 crate::types::broker_of(id)
             )),
-            Ok((id, node)) => match {
+            Ok((id, node)) => {
                 hosted.handover.park.touch();
-                membership::admit(&raft, group, id, node).await
-            } {
-                Ok(a) => ser(&a),
-                Err(e) => Err(e.to_string()),
-            },
+                match membership::admit(&raft, group, id, node).await {
+                    Ok(a) => ser(&a),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
             Err(e) => Err(e),
         },
         KIND_SUCCESSOR => match de::<(NodeId, u64)>(&body) {

@@ -1,6 +1,7 @@
 //! When an idle group goes quiet, and what keeps a quiet group's followers
-//! from standing. Decisions only: the driver (`driver`) reads the group
-//! and flips openraft's switches.
+//! from standing. Decisions, and the flag a parked group is touched
+//! through: the driver (`driver`) reads the group and flips openraft's
+//! switches.
 //!
 //! A leader whose group has had nothing to replicate for
 //! [`QUIESCE_AFTER_MS`], every replica holding and applying every entry,
@@ -16,11 +17,13 @@
 //!
 //! A broker's driver does not look at its quiet groups every pass: it
 //! parks them (`driver`), and looks again when something touches the group
-//! (a write, an RPC, a membership change: [`Park::touch`]), when the
+//! (a write, an RPC, a membership change: `Park::touch`), when the
 //! leader's broker stops beating, when the leader's list stops naming it,
 //! and once every [`SWEEP_PASSES`] passes in any case.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +71,7 @@ pub struct Beat {
     /// receiver has not acknowledged `epoch`.
     pub quiet: Option<Vec<Quiet>>,
     /// Groups the receiver leads that the sender follows and cannot keep
-    /// quiet (at most `driver::WAKES_PER_BEAT_MAX`).
+    /// quiet (at most [`WAKES_PER_BEAT_MAX`]).
     pub wake: Vec<GroupId>,
 }
 
@@ -92,6 +95,51 @@ pub struct BeatV4 {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BeatReplyV4 {
     pub wake: Vec<GroupId>,
+}
+
+/// Groups one beat, or its reply, wakes at most (a beat goes every
+/// heartbeat interval, so about 850 groups a second per peer at 150 ms).
+pub const WAKES_PER_BEAT_MAX: usize = 128;
+
+/// Parked groups touched since the driver's last pass, each once.
+#[derive(Debug, Default)]
+pub(crate) struct Touched(Mutex<HashSet<GroupId>>);
+
+impl Touched {
+    pub(crate) fn take(&self) -> HashSet<GroupId> {
+        std::mem::take(&mut *self.0.lock().expect("touched lock"))
+    }
+}
+
+/// Whether the driver passes a group by, and how to make it look again.
+#[derive(Debug)]
+pub(crate) struct Park {
+    group: GroupId,
+    parked: AtomicBool,
+    touched: Arc<Touched>,
+}
+
+impl Park {
+    pub(crate) fn new(group: GroupId, touched: Arc<Touched>) -> Park {
+        Park {
+            group,
+            parked: AtomicBool::new(false),
+            touched,
+        }
+    }
+
+    /// Something may have changed the group: if parked, the next pass
+    /// looks at it. One atomic load on every write's path; the lock only
+    /// for a parked group.
+    pub(crate) fn touch(&self) {
+        if self.parked.load(Ordering::Acquire) && self.parked.swap(false, Ordering::AcqRel) {
+            self.touched.0.lock().expect("touched lock").insert(self.group);
+        }
+    }
+
+    pub(crate) fn set(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Release);
+    }
 }
 
 /// What a leader sees of its group at one pass.
