@@ -301,6 +301,7 @@ impl Driver {
                 let alive = visit(g, d, &cfg, now, &seen, quiet_of, &mut outs);
                 let now_parked = d.parked;
                 if !alive {
+                    self.unpark(g, was);
                     gone.push(g);
                     continue;
                 }
@@ -330,7 +331,7 @@ fn forget_peers(outs: &mut HashMap<NodeId, PeerOut>, g: GroupId, peers: &[(NodeI
             if p.led.remove(&g).is_some() {
                 p.epoch = p.epoch.wrapping_add(1);
             }
-            p.users -= 1;
+            p.users = p.users.saturating_sub(1);
             if p.users == 0 {
                 outs.remove(id);
             }
