@@ -293,8 +293,14 @@ pub async fn controlplane(c: felix_controlplane::node::NodeConfig, file: PathBuf
     Ok(())
 }
 
-/// Longest a broker spends stopping after SIGTERM.
-const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a broker spends stopping after SIGTERM: room for the hand-over
+/// of every leadership and the drain of in-flight writes, within the usual
+/// termination grace period of 30 s (Kubernetes' default).
+const SHUTDOWN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(27);
+const _: () = assert!(
+    SHUTDOWN_WAIT_MAX.as_millis()
+        > (felix_broker::node::STEP_DOWNS_MS_MAX as u128) + felix_broker::server::IN_FLIGHT_WAIT.as_millis()
+);
 
 fn print_dev_banner(r: &server::Running, e: &crate::embedded::Embedded, dir: &Path, profile: &Path) {
     println!("felix dev is running");
