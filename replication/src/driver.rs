@@ -106,7 +106,7 @@ pub(crate) async fn drive(router: Router, transport: Weak<Transport>, cfg: Group
         if t.is_closed() {
             return;
         }
-        d.pass();
+        d.pass(&t);
         send_beats(&d.router, &t, &d.cfg, &d.outs);
     }
 }
@@ -261,7 +261,7 @@ impl Driver {
 
     /// One pass: every awake group, and the parked ones something asks to
     /// be looked at.
-    fn pass(&mut self) {
+    fn pass(&mut self, t: &Arc<Transport>) {
         self.sync();
         let now = heard_now();
         let cfg = self.cfg;
@@ -298,7 +298,7 @@ impl Driver {
                 if was.is_some() {
                     d.hosted.handover.park.set(false);
                 }
-                let alive = visit(g, d, &cfg, now, &seen, quiet_of, &mut outs);
+                let alive = visit(g, d, &cfg, now, &seen, quiet_of, &mut outs, t);
                 let now_parked = d.parked;
                 if !alive {
                     self.unpark(g, was);
@@ -355,6 +355,7 @@ fn set_led(outs: &mut HashMap<NodeId, PeerOut>, peers: &[(NodeId, String)], g: G
 }
 
 /// One look at group `g`; false when it has shut down.
+#[allow(clippy::too_many_arguments)]
 fn visit(
     g: GroupId,
     d: &mut Driven,
@@ -363,6 +364,7 @@ fn visit(
     seen: &HashMap<NodeId, u64>,
     quiet_of: &HashMap<NodeId, PeerQuiet>,
     outs: &mut HashMap<NodeId, PeerOut>,
+    t: &Arc<Transport>,
 ) -> bool {
     let lease = cfg.election_timeout_max_ms;
     let h = d.hosted.clone();
@@ -462,13 +464,20 @@ fn visit(
         heard: h.heard.load(Ordering::Acquire),
         quorum_reachable: quiesce::reachable(&d.voters, h.me, seen, now, lease),
         cut_off_ms: now.saturating_sub(quiesce::majority_heard_at(&d.voters, h.me, seen, now)),
-        quiet: !leading && h.is_quiet(),
     };
     if d.candidacy.step(&h.raft, cfg, turn, &h.votes, &h.handover, now) {
-        h.wake();
-        let raft = h.raft.clone();
+        tracing::debug!(
+            group = %g,
+            state = ?turn.state,
+            heard_ms_ago = now.saturating_sub(turn.heard),
+            "standing for election"
+        );
+        let (raft, t, peers, last_log) = (h.raft.clone(), t.clone(), d.peers.clone(), h.last_log_id());
+        let (voters, wait) = (d.voters.len(), Duration::from_millis(cfg.election_timeout_min_ms));
         tokio::spawn(async move {
-            let _ = raft.trigger().elect().await;
+            if prevote_won(&t, g, last_log, &peers, voters, wait).await {
+                let _ = raft.trigger().elect().await;
+            }
         });
         return true;
     }
@@ -484,6 +493,40 @@ fn visit(
         h.handover.park.set(true);
     }
     true
+}
+
+/// Whether a majority of the group's `voters`, this replica included,
+/// would vote for it (`prevote`): asked within `wait`, a peer that does not
+/// answer refuses; one that does not know pre-votes (version 5) grants, as
+/// it would have before.
+async fn prevote_won(
+    t: &Arc<Transport>,
+    g: GroupId,
+    last_log: Option<crate::types::LogId>,
+    peers: &[(NodeId, String)],
+    voters: usize,
+    wait: Duration,
+) -> bool {
+    let ask = crate::prevote::PreVote { last_log };
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in peers {
+        let (t, id, addr) = (t.clone(), *id, addr.clone());
+        asks.spawn(async move {
+            match tokio::time::timeout(wait, t.prevote(&addr, g, id, &ask)).await {
+                Ok(Ok(granted)) => granted,
+                Ok(Err(crate::ReplicationError::Transport(e))) => e.contains("unknown rpc kind"),
+                _ => false,
+            }
+        });
+    }
+    let mut granted = 1;
+    while let Some(r) = asks.join_next().await {
+        granted += usize::from(r.unwrap_or(false));
+        if 2 * granted > voters {
+            return true;
+        }
+    }
+    2 * granted > voters
 }
 
 /// One beat to each peer, at most one in flight per peer: a peer that

@@ -33,7 +33,11 @@ pub(crate) struct Handover {
     pub(crate) park: crate::quiesce::Park,
 }
 
-/// Three nudges openraft 0.9's elections need, checked every heartbeat.
+/// When a replica stands, decided every heartbeat instead of by openraft
+/// 0.9's own election timer, which stays off: a replica that would stand
+/// first asks its peers (`prevote`) and raises its term only if most of
+/// the group would vote for it. Besides, three nudges openraft's elections
+/// need:
 ///
 /// - A follower stands when its own random timeout (`election_timeout_min..
 ///   max`) runs out, but the other followers refuse any vote until their
@@ -53,8 +57,8 @@ pub(crate) struct Handover {
 ///   replica that keeps standing keeps taking every term first and the
 ///   up-to-date one is refused for "already voted" in each (seen: no
 ///   leader for 30 s after a kill). A replica told by a peer that the
-///   peer's log is longer (`NetworkFactory::outvoted`) stops standing,
-///   openraft's own timer included, for two leases; the up-to-date peer
+///   peer's log is longer (`NetworkFactory::outvoted`) stops standing
+///   for two leases; the up-to-date peer
 ///   then passes its term within a try or two and wins: a candidate
 ///   refused by a peer with a shorter log (`NetworkFactory::outran`)
 ///   stands again at the next heartbeat instead of after the random wait,
@@ -64,8 +68,6 @@ pub(crate) struct Handover {
 /// (`driver`) every heartbeat interval: no task or timer per group.
 #[derive(Debug)]
 pub(crate) struct Candidacy {
-    /// Whether openraft's own election timer is on (what was last set).
-    timer_on: Option<bool>,
     jitter: u64,
     stood_at: u64,
     candidate_since: Option<u64>,
@@ -94,15 +96,11 @@ pub(crate) struct Turn {
     /// How long since a majority of the voters was last heard from, this
     /// replica included (see `quiesce::majority_heard_at`).
     pub(crate) cut_off_ms: u64,
-    /// Whether the group is quiescent here (openraft's timer stays off).
-    pub(crate) quiet: bool,
 }
 
 impl Candidacy {
     pub(crate) fn new(cfg: &GroupConfig) -> Candidacy {
         Candidacy {
-            // `Replica::start` turned it off.
-            timer_on: Some(false),
             jitter: rand_below(2 * cfg.heartbeat_interval_ms),
             stood_at: 0,
             candidate_since: None,
@@ -116,7 +114,7 @@ impl Candidacy {
         2 * cfg.heartbeat_interval_ms + rand_below(cfg.election_timeout_max_ms / 2)
     }
 
-    /// One pass at `now`: sets openraft's timer and ends a lapsed hand-over
+    /// One pass at `now`: ends a lapsed hand-over
     /// (through `raft`'s runtime switches), and returns whether this
     /// replica should stand now.
     pub(crate) fn step(
@@ -149,21 +147,10 @@ impl Candidacy {
         };
         let last_outvoted = votes.outvoted.load(Ordering::Acquire);
         let behind = last_outvoted != 0 && now.saturating_sub(last_outvoted) < 2 * lease;
-        // openraft's own timer ignores the preference: off while it could
-        // beat the preferred replica to a hand-over, and off while the
-        // group is quiescent (its leader sends no heartbeats to keep it
-        // quiet; the pair beats do, through `heard`).
-        let defer = preferred != 0 && preferred != me && t.leader.is_some_and(|l| l != preferred);
-        // A replica that has heard no leader since it started waits a
-        // lease and two beats before openraft's timer may stand it: the
-        // leader of a quiet group sends no heartbeat, only its broker's
-        // beat, which takes a connection to arrive after a restart.
-        let settling = t.heard == 0 && now.saturating_sub(self.born) < lease + 2 * cfg.heartbeat_interval_ms;
-        // Raft without pre-vote: a follower cut off from most of its group
-        // would stand at every timeout, and the term it raised would unseat
-        // the leader on its return. So once it has missed most peers' beats
-        // for a little under the shortest election timeout (a late beat or
-        // two do not count), openraft's timer is off and it does not stand.
+        // A follower cut off from most of its group would ask at every
+        // timeout, for nothing. So once it has missed most peers' beats for
+        // a little under the shortest election timeout (a late beat or two
+        // do not count), it does not stand.
         let cut_off = t.heard != 0 && t.cut_off_ms > cut_off_after_ms(cfg);
         // Back from a cut-off long enough for its timer to have run out, it
         // waits a lease: the first beat to reach it may be another
@@ -173,24 +160,25 @@ impl Candidacy {
             self.cut_off_at = now;
         }
         let back = self.cut_off_at != 0 && now.saturating_sub(self.cut_off_at) <= lease;
-        let want = !(behind || defer || t.quiet || settling || cut_off || back);
-        if self.timer_on != Some(want) {
-            self.timer_on = Some(want);
-            raft.runtime_config().elect(want);
-        }
+        // A replica that has heard no leader since it started counts from
+        // its start, and two beats more: the leader of a quiet group sends
+        // no heartbeat, only its broker's beat, which takes a connection to
+        // arrive after a restart.
+        let heard = if t.heard == 0 {
+            self.born + 2 * cfg.heartbeat_interval_ms
+        } else {
+            t.heard
+        };
         let stand = !behind
             && match t.state {
                 ServerState::Follower => {
                     self.candidate_since = None;
-                    // Never heard a leader since starting: openraft's own
-                    // timer decides (a fresh or restarted replica must not
-                    // disturb). Cut off from most of the group: standing
-                    // would only raise the term it returns with.
-                    t.heard != 0
-                        && t.quorum_reachable
+                    // Cut off from most of the group: standing would only
+                    // raise the term it returns with.
+                    t.quorum_reachable
                         && !cut_off
                         && !back
-                        && now.saturating_sub(t.heard) > lease + extra
+                        && now.saturating_sub(heard) > lease + extra
                         && now.saturating_sub(self.stood_at) > lease
                 }
                 ServerState::Candidate => {
@@ -215,8 +203,8 @@ impl Candidacy {
 }
 
 /// How long without most of the group's beats counts as cut off from it:
-/// more than two beat intervals, less than openraft's shortest election
-/// timeout (so its timer is off before it could fire).
+/// more than two beat intervals, less than the shortest election timeout
+/// (so a replica that lost its peers never asks to stand).
 fn cut_off_after_ms(cfg: &GroupConfig) -> u64 {
     cfg.election_timeout_min_ms
         .saturating_sub(cfg.heartbeat_interval_ms)

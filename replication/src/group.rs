@@ -107,7 +107,7 @@ impl Replica {
         })?;
         let purge_floor = Arc::new(AtomicU64::new(0));
         let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone(), router.disk());
-        let sm = StateMachine::open(log, state_dir.clone(), applier.clone(), applied)
+        let sm = StateMachine::open(log.clone(), state_dir.clone(), applier.clone(), applied)
             .map_err(ReplicationError::Apply)?;
         let (outvoted, outran) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let net = NetworkFactory {
@@ -126,7 +126,15 @@ impl Replica {
         // The driver turns openraft's election timer on (see `Candidacy`).
         raft.runtime_config().elect(false);
         let votes = Refusals { outvoted, outran };
-        router.add(group, raft.clone(), state_dir, handover.clone(), votes, applier);
+        router.add(
+            group,
+            raft.clone(),
+            state_dir,
+            handover.clone(),
+            votes,
+            applier,
+            log.clone(),
+        );
         router.drive_once(|| {
             tokio::spawn(crate::driver::drive(
                 router.clone(),

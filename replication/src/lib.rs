@@ -16,6 +16,8 @@
 //!   the beat between two brokers that stands in for its heartbeats;
 //!   `driver` is the broker's one timer that applies it and runs every
 //!   group's elections.
+//! - [`prevote`]: whether a replica would vote for a candidate, asked
+//!   before the candidate raises its term.
 //! - `runtime`: tokio for openraft, with a quiet group's tick task asleep.
 //! - [`group`]: starting a group with Felix's timing defaults, and
 //!   membership: admitting a replica, replacing a lost incarnation.
@@ -36,6 +38,7 @@ pub mod group;
 pub mod machine;
 pub mod membership;
 pub mod network;
+pub mod prevote;
 pub mod quiesce;
 mod runtime;
 pub mod snapshot;

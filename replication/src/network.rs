@@ -68,13 +68,14 @@ const KIND_SUCCESSOR: u8 = 8;
 const KIND_GROUPS: u8 = 9;
 const KIND_BEAT: u8 = 10;
 const KIND_BEAT_EPOCH: u8 = 11;
+const KIND_PREVOTE: u8 = 12;
 /// Groups one [`Transport::groups`] call may ask about: bounds the answer
 /// (about 60 bytes a group with 5 voters) well under `RPC_BYTES_MAX`.
 pub const GROUPS_ASKED_MAX: usize = 4096;
 /// Kinds addressed to one Raft identity: a broker refuses them when the
 /// target is not its own node id (an old incarnation's peers must not reach
 /// the new one).
-const KINDS_TARGETED: [u8; 3] = [KIND_APPEND, KIND_VOTE, KIND_SNAPSHOT];
+const KINDS_TARGETED: [u8; 4] = [KIND_APPEND, KIND_VOTE, KIND_SNAPSHOT, KIND_PREVOTE];
 const HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 /// `target` of the kinds not addressed to a Raft identity.
 const TARGET_ANY: NodeId = 0;
@@ -95,6 +96,8 @@ pub(crate) struct Hosted {
     pub(crate) votes: Refusals,
     /// The group's owner, which may write forwarded batches its own way.
     owner: Arc<dyn crate::machine::Applier>,
+    /// The group's log, whose last entry a pre-vote compares.
+    log: Arc<felix_log::SharedLog>,
 }
 
 impl Hosted {
@@ -111,8 +114,8 @@ impl Hosted {
         true
     }
 
-    /// Wakes the group here (the election driver sets openraft's timer on
-    /// its next pass). Returns whether it was quiet.
+    /// Wakes the group here (openraft's election timer stays off: the
+    /// driver decides elections). Returns whether it was quiet.
     pub(crate) fn wake(&self) -> bool {
         self.handover.park.touch();
         if !self.handover.quiet.wake() {
@@ -129,6 +132,13 @@ impl Hosted {
 
     pub(crate) fn is_quiet(&self) -> bool {
         self.handover.quiet.is_quiet()
+    }
+
+    /// The log's last entry (what a vote compares).
+    pub(crate) fn last_log_id(&self) -> Option<crate::types::LogId> {
+        self.log
+            .with(|l| l.last_raft())
+            .map(|(t, i)| crate::store::log_id(t, i))
     }
 }
 
@@ -206,6 +216,7 @@ impl Router {
         handover: Arc<Handover>,
         votes: Refusals,
         owner: Arc<dyn crate::machine::Applier>,
+        log: Arc<felix_log::SharedLog>,
     ) {
         let me = raft.metrics().borrow().id;
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -219,6 +230,7 @@ impl Router {
                 heard: Arc::new(AtomicU64::new(0)),
                 votes,
                 owner,
+                log,
             }),
         );
     }
@@ -367,6 +379,16 @@ impl Router {
             }
         }
         list.iter().map(|q| (q.group, *q)).collect()
+    }
+
+    /// When the last beat from `leader`'s broker that names `group` quiet
+    /// arrived, if its list names it.
+    fn named_at(&self, leader: NodeId, group: GroupId) -> Option<u64> {
+        let quiet_of = self.quiet_of.lock().expect("quiet_of lock");
+        quiet_of
+            .get(&leader)
+            .filter(|p| p.named.contains_key(&group))
+            .map(|p| p.beat_at)
     }
 
     pub fn remove(&self, group: GroupId) {
@@ -906,6 +928,22 @@ impl Transport {
         .await
     }
 
+    /// Asks `target` (at `addr`) whether it would vote for this replica
+    /// of `group` (see `prevote`).
+    pub(crate) async fn prevote(
+        &self,
+        addr: &str,
+        group: GroupId,
+        target: NodeId,
+        ask: &crate::prevote::PreVote,
+    ) -> Result<bool, ReplicationError> {
+        let body = bincode::serialize(ask).map_err(terr)?;
+        match self.call(addr, KIND_PREVOTE, group, target, &body, None).await? {
+            Ok(b) => bincode::deserialize(&b).map_err(terr),
+            Err(e) => Err(ReplicationError::Transport(e)),
+        }
+    }
+
     /// Tells the replica at `addr` that the leader of `group` in `term` is
     /// handing leadership to `successor` (see `Replica::step_down`).
     pub async fn successor(
@@ -1106,6 +1144,37 @@ async fn serve(
             Ok(req) => {
                 hosted.wake();
                 ser(&raft.vote(req).await)
+            }
+            Err(e) => Err(e),
+        },
+        KIND_PREVOTE => match de::<crate::prevote::PreVote>(&body) {
+            // Asked, not told: the group stays as it is (quiet ones too).
+            Ok(ask) => {
+                {
+                    let (leads, leader) = {
+                        let m = raft.metrics();
+                        let m = m.borrow();
+                        (m.state == openraft::ServerState::Leader, m.current_leader)
+                    };
+                    let mut heard = hosted.heard.load(Ordering::Acquire);
+                    // A quiet group's leader is heard through its broker's
+                    // beats, which name the group.
+                    if let Some(at) = leader.and_then(|l| router.named_at(l, group)) {
+                        heard = heard.max(at);
+                    }
+                    let here = crate::prevote::Here {
+                        leads,
+                        yielding: hosted.handover.yielding_until.load(Ordering::Acquire) != 0,
+                        heard,
+                        last_log: hosted.last_log_id(),
+                    };
+                    ser(&crate::prevote::grants(
+                        &here,
+                        &ask,
+                        heard_now(),
+                        raft.config().election_timeout_min,
+                    ))
+                }
             }
             Err(e) => Err(e),
         },
