@@ -883,3 +883,60 @@ async fn a_follower_back_behind_a_group_that_went_quiet_without_it_catches_up() 
         stop(n).await;
     }
 }
+
+/// A follower that cannot hear its leader while the other follower can
+/// (the leader's packets to it are lost, a one-way fault) asks before it
+/// stands, and is refused: the term does not move, so the leader is not
+/// unseated when the fault heals, and writes go on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_cannot_hear_a_live_leader_does_not_unseat_it() {
+    use felix_testkit::net::{Net, Rules};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        nodes.push(start(tmp.path(), id, "127.0.0.1:0").await);
+    }
+    let real: Vec<(u64, std::net::SocketAddr)> =
+        nodes.iter().map(|n| (n.id, n.addr.parse().unwrap())).collect();
+    let net = Net::start(&real, 13).await;
+    for (n, (_, proxy)) in nodes.iter_mut().zip(&net.proxies) {
+        n.addr = proxy.to_string();
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    nodes[l].replica.write(batch("v")).await.unwrap();
+    let all: Vec<&Node> = nodes.iter().collect();
+    let term = terms(&all);
+    let f = (l + 1) % 3;
+    let mut rules = Rules::default();
+    rules.blocked.insert((nodes[l].id, nodes[f].id));
+    net.set(rules);
+    // The group stays busy (its leader heartbeats), for several election
+    // timeouts: without asking first, the follower would have stood.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut i = 0;
+    while Instant::now() < until {
+        nodes[l]
+            .replica
+            .write(batch(&format!("w{i}")))
+            .await
+            .unwrap_or_else(|e| panic!("write {i} during the fault: {e}"));
+        assert_eq!(
+            nodes[f].replica.term(),
+            term[f],
+            "the follower that cannot hear its leader raised the term"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    net.heal();
+    let r = nodes[l].replica.write(batch("healed")).await.unwrap();
+    for n in &nodes {
+        wait_applied(n, r.raft_index).await;
+    }
+    assert_eq!(terms(&all), term, "the one-way fault cost an election");
+    assert!(nodes[l].replica.is_leader(), "the leader kept its office");
+    for n in nodes {
+        stop(n).await;
+    }
+}
