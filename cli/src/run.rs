@@ -48,9 +48,9 @@ pub fn combined_from_files(broker: PathBuf, cp: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-/// Files a shard replica holds open: its log's lock and its active
-/// segment.
-const FILES_PER_REPLICA: u64 = 2;
+/// Files a shard replica holds open: its active segment (the data
+/// directory's one lock stands for every log's).
+const FILES_PER_REPLICA: u64 = 1;
 
 /// Takes the open-file limit up to what the system allows this process (as
 /// Kafka and Redpanda ask operators to): every replica holds files, and a

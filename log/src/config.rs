@@ -18,6 +18,20 @@ pub enum Verify {
     Full,
 }
 
+/// What keeps a second writer off a log's directory while it is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirLock {
+    /// A `lock` file in the directory, held with `flock`: one open file
+    /// per log, and safe against any other process.
+    #[default]
+    File,
+    /// The caller holds a [`crate::DirGuard`] on a directory above the log
+    /// (a broker's data directory), which keeps other processes off; a
+    /// second open in this process is refused through a process-wide table
+    /// of open log directories. No file per log.
+    Parent,
+}
+
 /// Configuration of one log.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -36,6 +50,7 @@ pub struct LogConfig {
     pub repair: bool,
     /// Bytes between sparse in-memory index entries.
     pub index_interval_bytes: u32,
+    pub dir_lock: DirLock,
 }
 
 impl Default for LogConfig {
@@ -48,6 +63,7 @@ impl Default for LogConfig {
             verify: Verify::FromCheckpoint,
             repair: false,
             index_interval_bytes: 4096,
+            dir_lock: DirLock::File,
         }
     }
 }

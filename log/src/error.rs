@@ -43,7 +43,7 @@ pub enum LogError {
     RaftIndexGap { expected: RaftIndex, got: RaftIndex },
     #[error("raft term {got} is lower than the log's last term {last}")]
     RaftTermRegressed { last: RaftTerm, got: RaftTerm },
-    #[error("log directory {path} is in use by another process")]
+    #[error("log directory {path} is in use (by another process, or already open in this one)")]
     Locked { path: PathBuf },
     #[error("segment {segment} is not a sealed segment of this log")]
     NotSealed { segment: SegmentId },

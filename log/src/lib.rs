@@ -27,11 +27,12 @@ pub use crate::batch::{
     Batch, BatchBuilder, BatchError, BatchHeader, BatchMerger, Compression, ProducerRun, Record, RecordInput,
 };
 pub use crate::commit::{observe_syncs, Durable, SharedLog, SyncDuty};
-pub use crate::config::{Durability, LogConfig, Verify};
+pub use crate::config::{DirLock, Durability, LogConfig, Verify};
 pub use crate::error::{LogError, Result};
 pub use crate::log::{
-    AppendOutcome, Batches, CompactOutcome, Log, OpenReport, Positioned, PositionedBatches, Quarantined,
-    ReadChunk, ReadHint, Retention, RetentionOutcome, SealedSegment, SegmentInfo, StagedCompaction,
+    lock_dir, AppendOutcome, Batches, CompactOutcome, DirGuard, Log, OpenReport, Positioned,
+    PositionedBatches, Quarantined, ReadChunk, ReadHint, Retention, RetentionOutcome, SealedSegment,
+    SegmentInfo, StagedCompaction,
 };
 pub use crate::segment::allocation::ALLOCATION_BYTES_FIRST;
 pub use crate::segment::format::SEGMENT_HEADER_BYTES;

@@ -18,6 +18,7 @@ use crate::segment::format::{SegmentHeader, SEGMENT_HEADER_BYTES};
 use crate::segment::Segment;
 use crate::types::{Offset, RaftIndex, RaftTerm, SegmentId};
 
+use crate::config::DirLock;
 use crate::recovery::{quarantine, recover, rescan_rewritten, rewrite_prefix};
 pub use crate::recovery::{OpenReport, Quarantined};
 
@@ -256,6 +257,87 @@ fn lock_within(lock: &File, lock_path: &Path, dir: &Path) -> Result<()> {
     }
 }
 
+/// How a log keeps a second writer off its directory while open.
+#[derive(Debug)]
+enum Held {
+    /// Its own `lock` file, held with `flock` (one open file per log)
+    /// until dropped.
+    File(#[allow(dead_code)] File),
+    /// Its entry in this process's table of open log directories; the
+    /// caller holds a [`DirGuard`] on a directory above it.
+    Listed(PathBuf),
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Held::Listed(dir) = self {
+            open_dirs().remove(dir);
+        }
+    }
+}
+
+fn open_dirs() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathBuf>> {
+    static OPEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    // The table stays right through a panic elsewhere: an insert or a
+    // remove is one step.
+    OPEN.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// `dir`'s `lock` file, held.
+fn lock_file(dir: &Path) -> Result<File> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(LogError::io("open", &lock_path))?;
+    lock_within(&lock, &lock_path, dir)?;
+    Ok(lock)
+}
+
+fn hold(dir: &Path, how: DirLock) -> Result<Held> {
+    match how {
+        DirLock::File => Ok(Held::File(lock_file(dir)?)),
+        DirLock::Parent => {
+            let key = fs::canonicalize(dir).map_err(LogError::io("resolve", dir))?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS_MAX);
+            loop {
+                if open_dirs().insert(key.clone()) {
+                    return Ok(Held::Listed(key));
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(LogError::Locked {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_MS));
+            }
+        }
+    }
+}
+
+/// A directory locked for this process (its `lock` file held with
+/// `flock`) for as long as the guard lives: what a caller that opens logs
+/// under it with [`DirLock::Parent`] holds, so that thousands of logs do
+/// not each keep a file open for their lock.
+#[derive(Debug)]
+pub struct DirGuard {
+    _file: File,
+}
+
+/// Locks `dir` (created if missing) for this process: [`LogError::Locked`]
+/// if another process holds it.
+pub fn lock_dir(dir: &Path) -> Result<DirGuard> {
+    fs::create_dir_all(dir).map_err(LogError::io("create directory", dir))?;
+    Ok(DirGuard {
+        _file: lock_file(dir)?,
+    })
+}
+
 /// The segment log of one shard replica.
 #[derive(Debug)]
 pub struct Log {
@@ -263,7 +345,7 @@ pub struct Log {
     config: LogConfig,
     /// Never empty; the last is the only active segment.
     segments: Vec<Segment>,
-    _lock: File,
+    _held: Held,
     poisoned: bool,
 }
 
@@ -274,14 +356,7 @@ impl Log {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(LogError::io("open", &lock_path))?;
-        lock_within(&lock, &lock_path, &dir)?;
+        let held = hold(&dir, config.dir_lock)?;
         let mut report = OpenReport::default();
         let mut repairs = 0;
         let segments = loop {
@@ -305,7 +380,7 @@ impl Log {
             dir,
             config,
             segments,
-            _lock: lock,
+            _held: held,
             poisoned: false,
         };
         if log.segments.is_empty() {

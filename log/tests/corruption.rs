@@ -236,6 +236,34 @@ fn second_open_of_the_same_directory_is_refused() {
     ));
 }
 
+/// Under a locked parent a log keeps no lock file, yet a second open in
+/// the process is still refused, and allowed once the first closes; the
+/// parent's lock refuses a second holder.
+#[test]
+fn a_log_under_a_locked_parent_keeps_no_lock_file_and_is_still_opened_once() {
+    let root = tempfile::tempdir().unwrap();
+    let _guard = felix_log::lock_dir(root.path()).unwrap();
+    assert!(matches!(
+        felix_log::lock_dir(root.path()),
+        Err(LogError::Locked { .. })
+    ));
+    let dir = root.path().join("shards").join("7");
+    let cfg = LogConfig {
+        dir_lock: felix_log::DirLock::Parent,
+        ..LogConfig::default()
+    };
+    let (log, _) = Log::open(&dir, cfg.clone(), 1).unwrap();
+    assert!(!dir.join("lock").exists(), "a lock file was made");
+    // The same directory by another spelling is the same log.
+    let other = root.path().join("shards").join(".").join("7");
+    assert!(matches!(
+        Log::open(&other, cfg.clone(), 1),
+        Err(LogError::Locked { .. })
+    ));
+    drop(log);
+    assert!(Log::open(&dir, cfg, 1).is_ok());
+}
+
 #[test]
 fn a_segment_whose_creation_was_interrupted_is_removed() {
     // A SIGKILL while rolling can leave the new segment's file created but

@@ -127,6 +127,10 @@ pub const STEP_DOWNS_MS_MAX: u64 = 20_000;
 
 /// A broker node.
 pub struct Node {
+    /// This process's hold on the data directory: the shards' logs under
+    /// it keep no lock file each (`DirLock::Parent`), so a replica costs
+    /// one open file, its active segment.
+    _dir_lock: felix_log::DirGuard,
     broker_id: u64,
     address: Mutex<String>,
     data_dir: PathBuf,
@@ -164,6 +168,7 @@ impl Node {
     /// (recovering logs and bringing the index in line with them).
     pub fn open(config: &BrokerConfig, clock: Clock) -> Result<Arc<Node>, BrokerError> {
         let dir = &config.data_dir;
+        let dir_lock = felix_log::lock_dir(dir)?;
         std::fs::create_dir_all(dir.join(crate::identity::SHARDS_DIR))?;
         let (index, reset) = Index::open_or_reset(
             dir.join("index"),
@@ -185,6 +190,7 @@ impl Node {
         )?;
         let meta = MetaStore::open(dir)?;
         let node = Node {
+            _dir_lock: dir_lock,
             broker_id: config.broker_id,
             address: Mutex::new(config.listen.to_string()),
             data_dir: dir.clone(),
@@ -283,6 +289,7 @@ impl Node {
             } else {
                 felix_log::Verify::FromCheckpoint
             },
+            dir_lock: felix_log::DirLock::Parent,
             ..LogConfig::default()
         };
         let dir = self.shard_dir(id);
