@@ -208,6 +208,7 @@ impl Router {
     }
 
     /// Hosts `group`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add(
         &self,
         group: GroupId,
