@@ -19,17 +19,19 @@ pub enum Verify {
 }
 
 /// What keeps a second writer off a log's directory while it is open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub enum DirLock {
     /// A `lock` file in the directory, held with `flock`: one open file
-    /// per log, and safe against any other process.
+    /// per log, and safe against any other process. Refused under a
+    /// directory locked with [`crate::lock_dir`].
     #[default]
     File,
-    /// The caller holds a [`crate::DirGuard`] on a directory above the log
-    /// (a broker's data directory), which keeps other processes off; a
-    /// second open in this process is refused through a process-wide table
-    /// of open log directories. No file per log.
-    Parent,
+    /// The lock on a directory above the log (a broker's data directory,
+    /// [`crate::lock_dir`]), which keeps other processes off and lives as
+    /// long as the last log under it; a second open in this process is
+    /// refused through a process-wide table of open log directories. No
+    /// file per log.
+    Parent(std::sync::Arc<crate::DirGuard>),
 }
 
 /// Configuration of one log.

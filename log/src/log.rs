@@ -23,6 +23,8 @@ use crate::recovery::{quarantine, recover, rescan_rewritten, rewrite_prefix};
 pub use crate::recovery::{OpenReport, Quarantined};
 
 const LOCK_FILE: &str = "lock";
+/// The lock file of a directory that holds logs (`lock_dir`).
+const PARENT_LOCK_FILE: &str = "felix-data.lock";
 /// Repairs one open may make before giving up (each removes a damaged range).
 const REPAIRS_MAX: usize = 1024;
 /// Compaction recompresses batches that were compressed at this zstd level.
@@ -263,14 +265,15 @@ enum Held {
     /// Its own `lock` file, held with `flock` (one open file per log)
     /// until dropped.
     File(#[allow(dead_code)] File),
-    /// Its entry in this process's table of open log directories; the
-    /// caller holds a [`DirGuard`] on a directory above it.
-    Listed(PathBuf),
+    /// Its entry in this process's table of open log directories, and a
+    /// share of the lock on a directory above it, which lasts as long as
+    /// the last log under it.
+    Listed(PathBuf, #[allow(dead_code)] Arc<DirGuard>),
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Held::Listed(dir) = self {
+        if let Held::Listed(dir, _) = self {
             open_dirs().remove(dir);
         }
     }
@@ -286,9 +289,9 @@ fn open_dirs() -> std::sync::MutexGuard<'static, std::collections::HashSet<PathB
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// `dir`'s `lock` file, held.
-fn lock_file(dir: &Path) -> Result<File> {
-    let lock_path = dir.join(LOCK_FILE);
+/// `dir`'s lock file called `name`, held.
+fn lock_file(dir: &Path, name: &str) -> Result<File> {
+    let lock_path = dir.join(name);
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -299,15 +302,39 @@ fn lock_file(dir: &Path) -> Result<File> {
     Ok(lock)
 }
 
-fn hold(dir: &Path, how: DirLock) -> Result<Held> {
+/// [`LogError::Locked`] if a directory above `dir` is locked with
+/// [`lock_dir`] (a running broker's data directory): a log opened with its
+/// own lock file (a tool's) must not write under a broker whose logs keep
+/// none.
+fn refuse_under_locked_parent(dir: &Path) -> Result<()> {
+    let canonical = fs::canonicalize(dir).map_err(LogError::io("resolve", dir))?;
+    for parent in canonical.ancestors().skip(1) {
+        let path = parent.join(PARENT_LOCK_FILE);
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if !fsio::lock_exclusive(&file).map_err(LogError::io("lock", &path))? {
+            return Err(LogError::Locked {
+                path: dir.to_path_buf(),
+            });
+        }
+        // Dropping the file releases the trial lock.
+    }
+    Ok(())
+}
+
+fn hold(dir: &Path, how: &DirLock) -> Result<Held> {
     match how {
-        DirLock::File => Ok(Held::File(lock_file(dir)?)),
-        DirLock::Parent => {
+        DirLock::File => {
+            refuse_under_locked_parent(dir)?;
+            Ok(Held::File(lock_file(dir, LOCK_FILE)?))
+        }
+        DirLock::Parent(guard) => {
             let key = fs::canonicalize(dir).map_err(LogError::io("resolve", dir))?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MS_MAX);
             loop {
                 if open_dirs().insert(key.clone()) {
-                    return Ok(Held::Listed(key));
+                    return Ok(Held::Listed(key, guard.clone()));
                 }
                 if std::time::Instant::now() >= deadline {
                     return Err(LogError::Locked {
@@ -320,10 +347,10 @@ fn hold(dir: &Path, how: DirLock) -> Result<Held> {
     }
 }
 
-/// A directory locked for this process (its `lock` file held with
-/// `flock`) for as long as the guard lives: what a caller that opens logs
-/// under it with [`DirLock::Parent`] holds, so that thousands of logs do
-/// not each keep a file open for their lock.
+/// A directory locked for this process (its `felix-data.lock` file held
+/// with `flock`) for as long as the guard lives, and every log opened
+/// under it with [`DirLock::Parent`] shares it, so that thousands of logs
+/// do not each keep a file open for their lock.
 #[derive(Debug)]
 pub struct DirGuard {
     _file: File,
@@ -334,7 +361,7 @@ pub struct DirGuard {
 pub fn lock_dir(dir: &Path) -> Result<DirGuard> {
     fs::create_dir_all(dir).map_err(LogError::io("create directory", dir))?;
     Ok(DirGuard {
-        _file: lock_file(dir)?,
+        _file: lock_file(dir, PARENT_LOCK_FILE)?,
     })
 }
 
@@ -356,7 +383,7 @@ impl Log {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         fs::create_dir_all(&dir).map_err(LogError::io("create directory", &dir))?;
-        let held = hold(&dir, config.dir_lock)?;
+        let held = hold(&dir, &config.dir_lock)?;
         let mut report = OpenReport::default();
         let mut repairs = 0;
         let segments = loop {

@@ -242,14 +242,14 @@ fn second_open_of_the_same_directory_is_refused() {
 #[test]
 fn a_log_under_a_locked_parent_keeps_no_lock_file_and_is_still_opened_once() {
     let root = tempfile::tempdir().unwrap();
-    let _guard = felix_log::lock_dir(root.path()).unwrap();
+    let guard = std::sync::Arc::new(felix_log::lock_dir(root.path()).unwrap());
     assert!(matches!(
         felix_log::lock_dir(root.path()),
         Err(LogError::Locked { .. })
     ));
     let dir = root.path().join("shards").join("7");
     let cfg = LogConfig {
-        dir_lock: felix_log::DirLock::Parent,
+        dir_lock: felix_log::DirLock::Parent(guard.clone()),
         ..LogConfig::default()
     };
     let (log, _) = Log::open(&dir, cfg.clone(), 1).unwrap();
@@ -260,8 +260,23 @@ fn a_log_under_a_locked_parent_keeps_no_lock_file_and_is_still_opened_once() {
         Log::open(&other, cfg.clone(), 1),
         Err(LogError::Locked { .. })
     ));
+    // A tool's open (its own lock file) is refused under the locked parent.
+    assert!(matches!(
+        Log::open(&dir, LogConfig::default(), 1),
+        Err(LogError::Locked { .. })
+    ));
     drop(log);
-    assert!(Log::open(&dir, cfg, 1).is_ok());
+    let (log, _) = Log::open(&dir, cfg.clone(), 1).unwrap();
+    drop(cfg);
+    // The parent stays locked while a log under it is open, even once its
+    // owner let go of its share.
+    drop(guard);
+    assert!(matches!(
+        felix_log::lock_dir(root.path()),
+        Err(LogError::Locked { .. })
+    ));
+    drop(log);
+    assert!(felix_log::lock_dir(root.path()).is_ok());
 }
 
 #[test]

@@ -13,9 +13,12 @@ pub const PAYLOAD_ENTRIES_MAX: u64 = 32;
 #[derive(Debug, Clone, Copy)]
 pub struct GroupConfig {
     pub heartbeat_interval_ms: u64,
-    /// A follower that hears no leader for a random time in this range
-    /// stands for election: failover takes about this long.
+    /// The shortest election timeout: how long a pre-vote waits for
+    /// answers, and (less a heartbeat) a leader's read lease.
     pub election_timeout_min_ms: u64,
+    /// The leader lease: followers refuse votes (and pre-votes) this long
+    /// after they last heard a leader, and a follower that heard none for
+    /// this long, plus a jitter, stands.
     pub election_timeout_max_ms: u64,
     /// How long a leader sees its group settled before it quiesces
     /// (`quiesce`; `u64::MAX`: never, every group heartbeats).
@@ -26,8 +29,8 @@ impl Default for GroupConfig {
     fn default() -> Self {
         // Failover takes about the leader lease (openraft makes it
         // `election_timeout_max`: followers refuse votes that long after
-        // the last heartbeat) plus one follower's election timeout, so
-        // 800 + 500..800 ms: under 2 s on loopback and LAN. Heartbeats stay
+        // the last heartbeat) plus a jitter of up to two heartbeats and a
+        // pre-vote round: about 1.1 s on loopback and LAN. Heartbeats stay
         // rare enough that hundreds of idle groups are cheap.
         GroupConfig {
             heartbeat_interval_ms: 150,

@@ -48,6 +48,9 @@ struct Driven {
     /// read again only when it changes, not on every pass.
     members_at: Option<Option<openraft::LogId<NodeId>>>,
     voters: Vec<NodeId>,
+    /// Its voter sets: one, or two during a joint change (a quorum needs a
+    /// majority of each).
+    configs: Vec<Vec<NodeId>>,
     /// The other voters and their replication addresses.
     peers: Vec<(NodeId, String)>,
     parked: Option<Parked>,
@@ -147,6 +150,11 @@ fn view(
     if d.members_at != Some(at) {
         d.members_at = Some(at);
         d.voters = membership.voter_ids().collect();
+        d.configs = membership
+            .get_joint_config()
+            .iter()
+            .map(|c| c.iter().copied().collect())
+            .collect();
         let peers = membership
             .nodes()
             .filter(|(id, _)| **id != h.me && d.voters.contains(id))
@@ -229,6 +237,7 @@ impl Driver {
                     quiet_as_leader: false,
                     members_at: None,
                     voters: Vec::new(),
+                    configs: Vec::new(),
                     peers: Vec::new(),
                     parked: None,
                 }
@@ -472,11 +481,13 @@ fn visit(
             heard_ms_ago = now.saturating_sub(turn.heard),
             "standing for election"
         );
-        let (raft, t, peers, last_log) = (h.raft.clone(), t.clone(), d.peers.clone(), h.last_log_id());
-        let (voters, wait) = (d.voters.len(), Duration::from_millis(cfg.election_timeout_min_ms));
+        let (h, t, peers, configs) = (h.clone(), t.clone(), d.peers.clone(), d.configs.clone());
+        let wait = Duration::from_millis(cfg.election_timeout_min_ms);
         tokio::spawn(async move {
-            if prevote_won(&t, g, last_log, &peers, voters, wait).await {
-                let _ = raft.trigger().elect().await;
+            // Read here, not in the pass: the log's lock may be busy.
+            let last_log = h.last_log_id();
+            if prevote_won(&t, g, h.me, last_log, &peers, &configs, wait).await {
+                let _ = h.raft.trigger().elect().await;
             }
         });
         return true;
@@ -495,16 +506,18 @@ fn visit(
     true
 }
 
-/// Whether a majority of the group's `voters`, this replica included,
-/// would vote for it (`prevote`): asked within `wait`, a peer that does not
-/// answer refuses; one that does not know pre-votes (version 5) grants, as
-/// it would have before.
+/// Whether a quorum of the group (a majority of each voter set in
+/// `configs`), this replica (`me`) included, would vote for it
+/// (`prevote`): asked within `wait`, a peer that does not answer refuses;
+/// one that does not know pre-votes (an older version) grants, as it would
+/// have before.
 async fn prevote_won(
     t: &Arc<Transport>,
     g: GroupId,
+    me: NodeId,
     last_log: Option<crate::types::LogId>,
     peers: &[(NodeId, String)],
-    voters: usize,
+    configs: &[Vec<NodeId>],
     wait: Duration,
 ) -> bool {
     let ask = crate::prevote::PreVote { last_log };
@@ -512,21 +525,32 @@ async fn prevote_won(
     for (id, addr) in peers {
         let (t, id, addr) = (t.clone(), *id, addr.clone());
         asks.spawn(async move {
-            match tokio::time::timeout(wait, t.prevote(&addr, g, id, &ask)).await {
+            let granted = match tokio::time::timeout(wait, t.prevote(&addr, g, id, &ask)).await {
                 Ok(Ok(granted)) => granted,
                 Ok(Err(crate::ReplicationError::Transport(e))) => e.contains("unknown rpc kind"),
                 _ => false,
-            }
+            };
+            (id, granted)
         });
     }
-    let mut granted = 1;
+    let mut granted = vec![me];
+    let quorum = |granted: &[NodeId]| {
+        configs
+            .iter()
+            .all(|c| 2 * c.iter().filter(|v| granted.contains(v)).count() > c.len())
+    };
+    if quorum(&granted) {
+        return true;
+    }
     while let Some(r) = asks.join_next().await {
-        granted += usize::from(r.unwrap_or(false));
-        if 2 * granted > voters {
-            return true;
+        if let Ok((id, true)) = r {
+            granted.push(id);
+            if quorum(&granted) {
+                return true;
+            }
         }
     }
-    2 * granted > voters
+    false
 }
 
 /// One beat to each peer, at most one in flight per peer: a peer that

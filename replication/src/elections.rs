@@ -1,5 +1,5 @@
-//! Who stands for election and when: Felix's loop beside openraft's own
-//! timer, and the hand-over state it reads.
+//! Who stands for election and when (openraft's own election timer stays
+//! off), and the hand-over state it reads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,19 +39,15 @@ pub(crate) struct Handover {
 /// the group would vote for it. Besides, three nudges openraft's elections
 /// need:
 ///
-/// - A follower stands when its own random timeout (`election_timeout_min..
-///   max`) runs out, but the other followers refuse any vote until their
-///   leader lease (`election_timeout_max` since they last heard the leader)
-///   has, so the first round of a failover is almost always lost and the
-///   next waits another timeout. A follower that has heard no leader for
-///   the lease plus a random jitter stands at once instead: the others,
-///   who heard the dead leader last at the same moment, are free to grant.
-/// - Openraft checks timeouts only on its tick (1.5 heartbeats), so two
-///   candidates whose ticks line up split every vote forever, and a
-///   replica that is behind and stood first keeps the up-to-date one from
-///   winning that term. A candidate still without a leader after a short
-///   random wait stands again, off the tick: the other grants the higher
-///   term if the candidate's log is at least as long as its own.
+/// - Followers refuse any vote until their leader lease
+///   (`election_timeout_max` since they last heard the leader) has run
+///   out, so a follower stands once it has heard no leader for the lease
+///   plus a random jitter: the others, who heard the dead leader last at
+///   the same moment, are free to grant.
+/// - Two candidates that stood together split the vote. A candidate still
+///   without a leader after a short random wait stands again: the other
+///   grants the higher term if the candidate's log is at least as long as
+///   its own.
 /// - A replica whose log is behind can never win, but openraft does not
 ///   make a peer that refuses it for its log adopt its term, so a behind
 ///   replica that keeps standing keeps taking every term first and the

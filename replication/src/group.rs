@@ -123,7 +123,8 @@ impl Replica {
         )
         .await
         .map_err(|e| ReplicationError::Raft(e.to_string()))?;
-        // The driver turns openraft's election timer on (see `Candidacy`).
+        // Openraft's election timer stays off: the driver decides every
+        // election, after a pre-vote (see `Candidacy`, `prevote`).
         raft.runtime_config().elect(false);
         let votes = Refusals { outvoted, outran };
         router.add(

@@ -98,17 +98,18 @@ pub(crate) struct Hosted {
     owner: Arc<dyn crate::machine::Applier>,
     /// The group's log, whose last entry a pre-vote compares.
     log: Arc<felix_log::SharedLog>,
+    /// When it was started here ([`heard_now`] clock).
+    pub(crate) started_at: u64,
 }
 
 impl Hosted {
-    /// Quiets the group here: openraft's tick, heartbeats and election
-    /// timer off. Returns whether it was awake.
+    /// Quiets the group here: openraft's tick and heartbeats off (its
+    /// election timer always is). Returns whether it was awake.
     pub(crate) fn quiesce(&self) -> bool {
         if !self.handover.quiet.quiet() {
             return false;
         }
         let rc = self.raft.runtime_config();
-        rc.elect(false);
         rc.heartbeat(false);
         rc.tick(false);
         true
@@ -232,6 +233,7 @@ impl Router {
                 votes,
                 owner,
                 log,
+                started_at: heard_now(),
             }),
         );
     }
@@ -382,14 +384,16 @@ impl Router {
         list.iter().map(|q| (q.group, *q)).collect()
     }
 
-    /// When the last beat from `leader`'s broker that names `group` quiet
-    /// arrived, if its list names it.
-    fn named_at(&self, leader: NodeId, group: GroupId) -> Option<u64> {
+    /// When the last beat that names `group` quiet in a term not below
+    /// `term` arrived from `leader`'s broker (any broker's, when the leader
+    /// is not known: a restarted replica), as the driver counts it.
+    fn named_at(&self, leader: Option<NodeId>, group: GroupId, term: u64) -> Option<u64> {
         let quiet_of = self.quiet_of.lock().expect("quiet_of lock");
-        quiet_of
-            .get(&leader)
-            .filter(|p| p.named.contains_key(&group))
-            .map(|p| p.beat_at)
+        let named = |p: &PeerQuiet| p.named.get(&group).filter(|q| q.term >= term).map(|_| p.beat_at);
+        match leader {
+            Some(l) => quiet_of.get(&l).and_then(named),
+            None => quiet_of.values().filter_map(named).max(),
+        }
     }
 
     pub fn remove(&self, group: GroupId) {
@@ -1151,31 +1155,38 @@ async fn serve(
         KIND_PREVOTE => match de::<crate::prevote::PreVote>(&body) {
             // Asked, not told: the group stays as it is (quiet ones too).
             Ok(ask) => {
-                {
-                    let (leads, leader) = {
-                        let m = raft.metrics();
-                        let m = m.borrow();
-                        (m.state == openraft::ServerState::Leader, m.current_leader)
-                    };
-                    let mut heard = hosted.heard.load(Ordering::Acquire);
-                    // A quiet group's leader is heard through its broker's
-                    // beats, which name the group.
-                    if let Some(at) = leader.and_then(|l| router.named_at(l, group)) {
-                        heard = heard.max(at);
-                    }
-                    let here = crate::prevote::Here {
-                        leads,
-                        yielding: hosted.handover.yielding_until.load(Ordering::Acquire) != 0,
-                        heard,
-                        last_log: hosted.last_log_id(),
-                    };
-                    ser(&crate::prevote::grants(
-                        &here,
-                        &ask,
-                        heard_now(),
-                        raft.config().election_timeout_min,
-                    ))
+                let (leads, leader, term, quorum_acked_ms_ago) = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    (
+                        m.state == openraft::ServerState::Leader,
+                        m.current_leader,
+                        m.current_term,
+                        m.millis_since_quorum_ack,
+                    )
+                };
+                let now = heard_now();
+                // A replica back from a restart cannot know yet whether its
+                // leader lives: its start counts as heard.
+                let mut heard = hosted.heard.load(Ordering::Acquire).max(hosted.started_at);
+                // A quiet group's leader is heard through its broker's
+                // beats, which name the group.
+                if let Some(at) = router.named_at(leader, group, term) {
+                    heard = heard.max(at);
                 }
+                let here = crate::prevote::Here {
+                    leads,
+                    yielding: hosted.handover.yielding_until.load(Ordering::Acquire) > now,
+                    quorum_acked_ms_ago,
+                    heard,
+                    last_log: hosted.last_log_id(),
+                };
+                ser(&crate::prevote::grants(
+                    &here,
+                    &ask,
+                    now,
+                    raft.config().election_timeout_max,
+                ))
             }
             Err(e) => Err(e),
         },

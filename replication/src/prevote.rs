@@ -28,21 +28,30 @@ pub(crate) struct Here {
     pub(crate) leads: bool,
     /// A leader stepping aside for another replica (a hand-over).
     pub(crate) yielding: bool,
+    /// How long ago a quorum last acknowledged it, if it leads (openraft's
+    /// `millis_since_quorum_ack`).
+    pub(crate) quorum_acked_ms_ago: Option<u64>,
     /// When a leader last reached it ([`crate::clock::heard_now`] clock;
-    /// 0: never), its broker's beats for a quiet group included.
+    /// 0: never), its broker's beats for a quiet group included; a replica
+    /// counts its own start as heard, since it cannot know yet.
     pub(crate) heard: u64,
     pub(crate) last_log: Option<LogId>,
 }
 
-/// Whether `here` would grant `ask` at `now`: not while it leads (unless
-/// it steps aside) or heard a leader within `timeout_ms`, and only to a
-/// log at least as up to date as its own (the vote's own rule).
-pub(crate) fn grants(here: &Here, ask: &PreVote, now: u64, timeout_ms: u64) -> bool {
-    if here.leads && !here.yielding {
+/// Whether `here` would grant `ask` at `now`: not while it leads with a
+/// quorum heard within `lease_ms` (unless it steps aside), nor while it
+/// heard a leader within `lease_ms` (the wait openraft's vote makes), and
+/// only to a log at least as up to date as its own (the vote's own rule).
+pub(crate) fn grants(here: &Here, ask: &PreVote, now: u64, lease_ms: u64) -> bool {
+    if here.leads {
+        let live = here.quorum_acked_ms_ago.is_some_and(|ms| ms < lease_ms);
+        if live && !here.yielding {
+            return false;
+        }
+    } else if here.heard != 0 && now.saturating_sub(here.heard) < lease_ms {
         return false;
     }
-    let heard_lately = !here.leads && here.heard != 0 && now.saturating_sub(here.heard) < timeout_ms;
-    !heard_lately && ask.last_log >= here.last_log
+    ask.last_log >= here.last_log
 }
 
 #[cfg(test)]
@@ -58,18 +67,19 @@ mod tests {
         Here {
             leads: false,
             yielding: false,
+            quorum_acked_ms_ago: None,
             heard,
             last_log: log(3, 10),
         }
     }
 
-    const TIMEOUT_MS: u64 = 500;
+    const TIMEOUT_MS: u64 = 800;
 
     #[test]
     fn a_follower_that_heard_its_leader_lately_refuses() {
         let ask = PreVote { last_log: log(3, 10) };
-        assert!(!grants(&follower(10_000), &ask, 10_400, TIMEOUT_MS));
-        assert!(grants(&follower(10_000), &ask, 10_500, TIMEOUT_MS));
+        assert!(!grants(&follower(10_000), &ask, 10_799, TIMEOUT_MS));
+        assert!(grants(&follower(10_000), &ask, 10_800, TIMEOUT_MS));
         // Never heard one since it started.
         assert!(grants(&follower(0), &ask, 10_000, TIMEOUT_MS));
     }
@@ -85,13 +95,19 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_refuses_unless_it_steps_aside() {
+    fn a_leader_refuses_unless_it_steps_aside_or_lost_its_quorum() {
         let ask = PreVote { last_log: log(3, 10) };
         let leader = Here {
             leads: true,
+            quorum_acked_ms_ago: Some(100),
             ..follower(0)
         };
         assert!(!grants(&leader, &ask, 1, TIMEOUT_MS));
+        let cut_off = Here {
+            quorum_acked_ms_ago: Some(TIMEOUT_MS),
+            ..leader
+        };
+        assert!(grants(&cut_off, &ask, 1, TIMEOUT_MS));
         let yielding = Here {
             yielding: true,
             ..leader

@@ -8,8 +8,8 @@
 //! stops openraft's tick and heartbeats for it. Its broker then names the
 //! group, with its term and last entry, in the one beat it sends each peer
 //! broker per heartbeat interval ([`Beat`]); a follower that agrees on
-//! both counts the beat as its leader's heartbeat and turns its own timer
-//! off too. A follower that disagrees (it restarted behind, or moved on to
+//! both counts the beat as its leader's heartbeat and stops its own tick
+//! too. A follower that disagrees (it restarted behind, or moved on to
 //! another term) asks for the group to be woken in its reply, and the
 //! leader's heartbeats start again. A write, a vote request or an
 //! AppendEntries wakes a group on the replica that sees it; a leader whose

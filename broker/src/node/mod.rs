@@ -127,10 +127,6 @@ pub const STEP_DOWNS_MS_MAX: u64 = 20_000;
 
 /// A broker node.
 pub struct Node {
-    /// This process's hold on the data directory: the shards' logs under
-    /// it keep no lock file each (`DirLock::Parent`), so a replica costs
-    /// one open file, its active segment.
-    _dir_lock: felix_log::DirGuard,
     broker_id: u64,
     address: Mutex<String>,
     data_dir: PathBuf,
@@ -152,6 +148,10 @@ pub struct Node {
     pub(crate) quotas: Mutex<crate::control::quota::QuotaTable>,
     /// The file's `[defaults]` (replaced on SIGHUP).
     defaults: RwLock<crate::config::StreamDefaults>,
+    /// This process's hold on the data directory, shared by every shard's
+    /// log under it (`DirLock::Parent`: no lock file per log, so a replica
+    /// costs one open file, its active segment); the last of them lets go.
+    dir_lock: Arc<felix_log::DirGuard>,
 }
 
 impl std::fmt::Debug for Node {
@@ -190,7 +190,7 @@ impl Node {
         )?;
         let meta = MetaStore::open(dir)?;
         let node = Node {
-            _dir_lock: dir_lock,
+            dir_lock: Arc::new(dir_lock),
             broker_id: config.broker_id,
             address: Mutex::new(config.listen.to_string()),
             data_dir: dir.clone(),
@@ -289,7 +289,7 @@ impl Node {
             } else {
                 felix_log::Verify::FromCheckpoint
             },
-            dir_lock: felix_log::DirLock::Parent,
+            dir_lock: felix_log::DirLock::Parent(self.dir_lock.clone()),
             ..LogConfig::default()
         };
         let dir = self.shard_dir(id);

@@ -43,15 +43,20 @@ pub fn init() {
         .name("felix-log-report".into())
         .spawn(move || loop {
             std::thread::sleep(std::time::Duration::from_millis(limit::SUPPRESSED_REPORT_MS));
-            let held = report.lock().expect("log limiter lock").take_suppressed();
-            for ((target, line), lines) in held {
-                tracing::warn!(
-                    place = format!("{target}:{line}"),
-                    lines,
-                    per_second_max = limit::LINES_PER_SECOND_MAX,
-                    "log lines held back: one place logged more than its share"
-                );
+            let held = report.lock().unwrap_or_else(|e| e.into_inner()).take_suppressed();
+            if held.is_empty() {
+                continue;
             }
+            // One line for every place, so the report is never held back.
+            let places: Vec<String> = held
+                .iter()
+                .map(|((target, line), n)| format!("{target}:{line}={n}"))
+                .collect();
+            tracing::warn!(
+                places = places.join(" "),
+                per_second_max = limit::LINES_PER_SECOND_MAX,
+                "log lines held back (place=lines): these places logged more than their share"
+            );
         });
 }
 
