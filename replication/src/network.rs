@@ -1155,14 +1155,13 @@ async fn serve(
         KIND_PREVOTE => match de::<crate::prevote::PreVote>(&body) {
             // Asked, not told: the group stays as it is (quiet ones too).
             Ok(ask) => {
-                let (leads, leader, term, quorum_acked_ms_ago) = {
+                let (leads, leader, term) = {
                     let m = raft.metrics();
                     let m = m.borrow();
                     (
                         m.state == openraft::ServerState::Leader,
                         m.current_leader,
                         m.current_term,
-                        m.millis_since_quorum_ack,
                     )
                 };
                 let now = heard_now();
@@ -1177,7 +1176,6 @@ async fn serve(
                 let here = crate::prevote::Here {
                     leads,
                     yielding: hosted.handover.yielding_until.load(Ordering::Acquire) > now,
-                    quorum_acked_ms_ago,
                     heard,
                     last_log: hosted.last_log_id(),
                 };

@@ -28,9 +28,6 @@ pub(crate) struct Here {
     pub(crate) leads: bool,
     /// A leader stepping aside for another replica (a hand-over).
     pub(crate) yielding: bool,
-    /// How long ago a quorum last acknowledged it, if it leads (openraft's
-    /// `millis_since_quorum_ack`).
-    pub(crate) quorum_acked_ms_ago: Option<u64>,
     /// When a leader last reached it ([`crate::clock::heard_now`] clock;
     /// 0: never), its broker's beats for a quiet group included; a replica
     /// counts its own start as heard, since it cannot know yet.
@@ -38,14 +35,16 @@ pub(crate) struct Here {
     pub(crate) last_log: Option<LogId>,
 }
 
-/// Whether `here` would grant `ask` at `now`: not while it leads with a
-/// quorum heard within `lease_ms` (unless it steps aside), nor while it
+/// Whether `here` would grant `ask` at `now`: not while it leads (unless it
+/// steps aside), nor while it
 /// heard a leader within `lease_ms` (the wait openraft's vote makes), and
 /// only to a log at least as up to date as its own (the vote's own rule).
 pub(crate) fn grants(here: &Here, ask: &PreVote, now: u64, lease_ms: u64) -> bool {
+    // A leader refuses even when its quorum's acknowledgements are old: a
+    // quiet one sends no heartbeats, and a loaded one hears them late
+    // (granting then unseated live leaders by the thousand in a restart).
     if here.leads {
-        let live = here.quorum_acked_ms_ago.is_some_and(|ms| ms < lease_ms);
-        if live && !here.yielding {
+        if !here.yielding {
             return false;
         }
     } else if here.heard != 0 && now.saturating_sub(here.heard) < lease_ms {
@@ -67,7 +66,6 @@ mod tests {
         Here {
             leads: false,
             yielding: false,
-            quorum_acked_ms_ago: None,
             heard,
             last_log: log(3, 10),
         }
@@ -95,19 +93,13 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_refuses_unless_it_steps_aside_or_lost_its_quorum() {
+    fn a_leader_refuses_unless_it_steps_aside() {
         let ask = PreVote { last_log: log(3, 10) };
         let leader = Here {
             leads: true,
-            quorum_acked_ms_ago: Some(100),
             ..follower(0)
         };
         assert!(!grants(&leader, &ask, 1, TIMEOUT_MS));
-        let cut_off = Here {
-            quorum_acked_ms_ago: Some(TIMEOUT_MS),
-            ..leader
-        };
-        assert!(grants(&cut_off, &ask, 1, TIMEOUT_MS));
         let yielding = Here {
             yielding: true,
             ..leader
