@@ -417,6 +417,74 @@ fn resp_protocol_auth_pipelines_and_bad_input() {
     assert!(c.closed());
 }
 
+fn fsyncs(b: &Broker) -> f64 {
+    let admin = b
+        .profile
+        .admin
+        .first()
+        .expect("felix dev serves /metrics")
+        .clone();
+    let text = common::rt().block_on(felix_testkit::scrape::fetch(&reqwest::Client::new(), &admin));
+    felix_testkit::scrape::sum(&text, "felix_fsync_duration_seconds_count", &[])
+}
+
+/// A pipeline's writes to distinct keys run together and share fsyncs
+/// (the dev cache is `always`), each key's commands keep their order, and
+/// every acknowledged write survives a SIGKILL.
+#[test]
+fn a_pipeline_shares_fsyncs_between_keys_and_keeps_each_keys_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Broker::start(dir.path());
+    let (addr, token) = (redis_addr(&b), token_of(&b));
+    let mut c = Conn::authed(&addr, &token);
+    const KEYS: usize = 640;
+    let before = fsyncs(&b);
+    let mut batch = Vec::new();
+    for i in 0..KEYS {
+        batch.extend_from_slice(&Conn::encode(&["SET", &format!("p{i}"), &i.to_string()]));
+    }
+    c.send_raw(&batch);
+    for i in 0..KEYS {
+        assert_eq!(c.read(), R::Status("OK".into()), "SET p{i}");
+    }
+    let taken = fsyncs(&b) - before;
+    // One after another, the pipeline's writes would take one fsync each.
+    assert!(
+        taken < (KEYS / 2) as f64,
+        "{taken} fsyncs for a pipeline of {KEYS} SETs"
+    );
+
+    // Commands on one key, mixed with others, keep their order.
+    let mut batch = Vec::new();
+    let mut trail = String::new();
+    for i in 0..100 {
+        batch.extend_from_slice(&Conn::encode(&["SET", &format!("q{i}"), "x"]));
+        batch.extend_from_slice(&Conn::encode(&["APPEND", "trail", &format!("{i},")]));
+        batch.extend_from_slice(&Conn::encode(&["GET", "trail"]));
+    }
+    c.send_raw(&batch);
+    for i in 0..100 {
+        assert_eq!(c.read(), R::Status("OK".into()), "SET q{i}");
+        trail.push_str(&format!("{i},"));
+        assert_eq!(c.read(), R::Int(trail.len() as i64), "APPEND {i}");
+        assert_eq!(c.read(), bulk(&trail), "GET after APPEND {i}");
+    }
+    drop(c);
+
+    b.kill();
+    let b = Broker::start(dir.path());
+    let mut c = Conn::authed(&redis_addr(&b), &token_of(&b));
+    assert_eq!(c.call(&["GET", "trail"]), bulk(&trail));
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("p{i}")).collect();
+    let mut args = vec!["MGET"];
+    args.extend(keys.iter().map(String::as_str));
+    let R::Array(got) = c.call(&args) else {
+        panic!("MGET answers an array")
+    };
+    let want: Vec<R> = (0..KEYS).map(|i| bulk(&i.to_string())).collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn concurrent_increments_lose_none_and_survive_a_sigkill() {
     let dir = tempfile::tempdir().unwrap();

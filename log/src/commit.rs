@@ -17,7 +17,11 @@
 //! no fsync running is handed the [`SyncDuty`] to run on a blocking thread.
 //! That thread keeps fsyncing while wakers wait beyond what is durable, so
 //! under load one thread hand-off serves many appends instead of two per
-//! append (a blocking-pool round trip each).
+//! append (a blocking-pool round trip each), but at most
+//! [`SYNCS_PER_DUTY_MAX`] fsyncs: then it hands the duty back to a waiter,
+//! so a caller that runs duties under a shared limit (the broker's disk
+//! slots) sees the next one queue for a slot like any other fsync instead
+//! of one busy log holding its slot for as long as the load lasts.
 //!
 //! `interval` durability: one flusher thread for the whole process fsyncs
 //! each such log when its interval is due and it has new entries
@@ -53,6 +57,12 @@ struct SyncState {
     /// which the caller bounds (the broker's in-flight bytes per shard).
     wakers: Vec<(RaftIndex, Waker)>,
 }
+
+/// fsyncs one [`SyncDuty`] runs before it hands the duty back: enough that
+/// the hand-off (a waker and a blocking-pool round trip) stays a small part
+/// of the fsyncs' time, few enough that a log under steady load gives its
+/// thread back within a few milliseconds of fsyncs.
+pub const SYNCS_PER_DUTY_MAX: u32 = 16;
 
 /// The longest a syncer lingers for more appends.
 pub const COMMIT_LINGER_MAX: Duration = Duration::from_micros(500);
@@ -292,10 +302,12 @@ pub struct SyncDuty {
 }
 
 impl SyncDuty {
-    /// fsyncs until no async waiter waits beyond what is durable.
+    /// fsyncs until no async waiter waits beyond what is durable, or
+    /// [`SYNCS_PER_DUTY_MAX`] times; then the waiters left are woken and
+    /// the first to poll takes the next duty.
     pub fn run(mut self) {
         let inner = self.inner.take().expect("a duty runs once");
-        loop {
+        for _ in 0..SYNCS_PER_DUTY_MAX {
             let linger = {
                 let st = lock(&inner.sync);
                 linger_before_sync(st.last_covered, st.last_took)
@@ -311,6 +323,9 @@ impl SyncDuty {
             }
             st.syncing = true;
         }
+        lock(&inner.sync).syncing = false;
+        inner.synced.notify_all();
+        wake_stranded(&inner);
     }
 }
 
@@ -502,6 +517,56 @@ mod linger_tests {
             linger_before_sync(50, Duration::from_millis(40)),
             COMMIT_LINGER_MAX
         );
+    }
+}
+
+#[cfg(test)]
+mod duty_bound_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use super::*;
+    use crate::config::LogConfig;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_duty_whose_waiters_never_run_out_hands_the_duty_back_after_its_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SharedLog::open(dir.path(), LogConfig::default()).unwrap();
+        let batch = felix_testkit::Batch::of(&[b"v".to_vec()]).build();
+        let last = log.append_unwaited(&batch, RaftTerm(1)).unwrap().raft_index;
+        // A waiter no fsync can satisfy stands for appends that keep
+        // arriving: every fsync leaves one waiting beyond what is durable.
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let before = log.sync_count();
+        {
+            let mut st = lock(&log.inner.sync);
+            st.wakers.push((last.next(), Waker::from(count.clone())));
+            st.syncing = true;
+        }
+        let duty = SyncDuty {
+            inner: Some(log.inner.clone()),
+        };
+        let (done, ran) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            duty.run();
+            let _ = done.send(());
+        });
+        ran.recv_timeout(Duration::from_secs(5))
+            .expect("the duty kept fsyncing past its bound");
+        assert_eq!(log.sync_count() - before, u64::from(SYNCS_PER_DUTY_MAX));
+        let st = lock(&log.inner.sync);
+        assert!(!st.syncing, "the duty was handed back");
+        assert!(st.wakers.is_empty(), "the waiter left was woken to take it");
+        drop(st);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
     }
 }
 

@@ -132,6 +132,36 @@ pub enum Command {
     FlushDb,
 }
 
+impl Command {
+    /// The key of a data command that touches that one key and nothing
+    /// else (no connection state, no second key): a pipeline's run of such
+    /// commands on distinct keys may run at once, since none can see
+    /// another's effect.
+    pub fn only_key(&self) -> Option<&Bytes> {
+        match self {
+            Command::Get(k)
+            | Command::SetNx(k, _)
+            | Command::GetDel(k)
+            | Command::GetEx(k, _)
+            | Command::Persist(k)
+            | Command::IncrBy(k, _)
+            | Command::IncrByFloat(k, _)
+            | Command::Append(k, _)
+            | Command::StrLen(k)
+            | Command::Type(k)
+            | Command::Version(k) => Some(k),
+            Command::Set { key, .. }
+            | Command::Expire { key, .. }
+            | Command::Ttl { key, .. }
+            | Command::Cas { key, .. } => Some(key),
+            Command::Del(keys) | Command::Exists(keys) | Command::MGet(keys) if keys.len() == 1 => {
+                keys.first()
+            }
+            _ => None,
+        }
+    }
+}
+
 /// `CLUSTER` subcommands that cluster clients send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cluster {

@@ -9,10 +9,12 @@
 //! Time is an argument (`now_ms`, the broker's clock), so every rule here
 //! runs deterministically in tests.
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use bytes::{Bytes, BytesMut};
 use felix_client::wire::CacheEntry;
+use futures_util::future::join_all;
 
 use crate::codec::{format_double, Reply};
 use crate::command::{float, int, Command, Exists, ExpireIf, Expiry, GetEx};
@@ -20,6 +22,11 @@ use crate::command::{float, int, Command, Exists, ExpireIf, Expiry, GetEx};
 /// Reads and compare-and-set writes one command makes at most before it
 /// gives up on a key other writers keep changing.
 pub const CAS_TRIES_MAX: usize = 64;
+
+/// Keys of one multi-key command (`MGET`, `MSET`, `DEL`, `EXISTS`) asked
+/// of the shards at once; more go in further rounds. One after another,
+/// an `MSET` of n keys on an `always` cache would wait for n fsyncs.
+pub const KEYS_AT_ONCE_MAX: usize = 64;
 
 /// What a conditional write found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,39 +130,59 @@ pub async fn exec<S: Store>(store: &S, cmd: Command, now_ms: i64) -> Option<Repl
         Command::GetDel(k) => getdel(store, k).await.unwrap_or_else(|r| r),
         Command::GetEx(k, how) => getex(store, k, how, now_ms).await.unwrap_or_else(|r| r),
         Command::Del(keys) => {
+            // `DEL k k` deletes k once and counts it once.
+            let mut seen = HashSet::new();
+            let keys: Vec<Bytes> = keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
             let mut n = 0;
-            for k in keys {
-                match getdel(store, k).await {
-                    Ok(Reply::Nil) => {}
-                    Ok(_) => n += 1,
-                    Err(r) => return Some(r),
+            for chunk in keys.chunks(KEYS_AT_ONCE_MAX) {
+                for r in join_all(chunk.iter().map(|k| getdel(store, k.clone()))).await {
+                    match r {
+                        Ok(Reply::Nil) => {}
+                        Ok(_) => n += 1,
+                        Err(r) => return Some(r),
+                    }
                 }
             }
             Reply::Int(n)
         }
         Command::Exists(keys) => {
             let mut n = 0;
-            for k in keys {
-                match store.get(k).await {
-                    Ok(e) => n += i64::from(e.is_some()),
-                    Err(r) => return Some(r),
+            for chunk in keys.chunks(KEYS_AT_ONCE_MAX) {
+                for r in join_all(chunk.iter().map(|k| store.get(k.clone()))).await {
+                    match r {
+                        Ok(e) => n += i64::from(e.is_some()),
+                        Err(r) => return Some(r),
+                    }
                 }
             }
             Reply::Int(n)
         }
         Command::MGet(keys) => {
             let mut out = Vec::with_capacity(keys.len());
-            for k in keys {
-                match store.get(k).await {
-                    Ok(e) => out.push(e.map_or(Reply::Nil, |e| Reply::Bulk(e.value))),
-                    Err(r) => return Some(r),
+            for chunk in keys.chunks(KEYS_AT_ONCE_MAX) {
+                for r in join_all(chunk.iter().map(|k| store.get(k.clone()))).await {
+                    match r {
+                        Ok(e) => out.push(e.map_or(Reply::Nil, |e| Reply::Bulk(e.value))),
+                        Err(r) => return Some(r),
+                    }
                 }
             }
             Reply::Array(out)
         }
         Command::MSet(pairs) => {
-            for (k, v) in pairs {
-                if let Err(r) = store.put(k, v, None, None).await {
+            // Of a key given twice the last value stands, as in Redis:
+            // written at once, two writes of one key could land either way.
+            let mut seen = HashSet::new();
+            let last: Vec<(Bytes, Bytes)> = pairs
+                .into_iter()
+                .rev()
+                .filter(|(k, _)| seen.insert(k.clone()))
+                .collect();
+            for chunk in last.chunks(KEYS_AT_ONCE_MAX) {
+                let puts = chunk
+                    .iter()
+                    .map(|(k, v)| store.put(k.clone(), v.clone(), None, None));
+                if let Some(Err(r)) = join_all(puts).await.into_iter().find(Result::is_err) {
                     return Some(r);
                 }
             }
@@ -421,6 +448,9 @@ mod tests {
         default_ttl_ms: Option<u64>,
         /// Writes to make behind the next compare-and-sets' backs.
         interfere: AtomicUsize,
+        /// Reads and writes under way, and the most at once.
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
     }
 
     impl Mem {
@@ -432,6 +462,15 @@ mod tests {
                 .get(key)
                 .filter(|e| e.expiry_ms.is_none_or(|at| at > now))
                 .cloned()
+        }
+
+        /// Stands for the trip to a shard: every caller polled in the
+        /// meantime is under way at the same time.
+        async fn trip(&self) {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
 
         fn version(&self) -> u64 {
@@ -460,6 +499,7 @@ mod tests {
 
     impl Store for Mem {
         async fn get(&self, key: Bytes) -> Result<Option<CacheEntry>, Reply> {
+            self.trip().await;
             Ok(self.live(&key))
         }
 
@@ -470,6 +510,7 @@ mod tests {
             ttl_ms: Option<u64>,
             if_version: Option<u64>,
         ) -> Result<Written, Reply> {
+            self.trip().await;
             if let Some(c) = self.check(&key, if_version) {
                 return Ok(c);
             }
@@ -681,6 +722,43 @@ mod tests {
         );
         assert!(matches!(run(&m, &["FELIX.CAS", "k", &v1.to_string(), "b"]).await, Reply::Int(v) if v > v1));
         assert_eq!(run(&m, &["GET", "k"]).await, bulk("b"));
+    }
+
+    #[tokio::test]
+    async fn multi_key_commands_ask_their_keys_at_once_with_redis_answers() {
+        let m = Mem::default();
+        let mut mset = vec!["MSET".to_owned()];
+        for i in 0..100 {
+            mset.extend([format!("k{i}"), i.to_string()]);
+        }
+        mset.extend(["k7".to_owned(), "last".to_owned()]);
+        let words: Vec<&str> = mset.iter().map(String::as_str).collect();
+        assert_eq!(run(&m, &words).await, Reply::ok());
+        assert_eq!(
+            m.most_in_flight.load(Ordering::SeqCst),
+            KEYS_AT_ONCE_MAX,
+            "MSET wrote its keys at once, at most KEYS_AT_ONCE_MAX"
+        );
+        assert_eq!(
+            run(&m, &["GET", "k7"]).await,
+            bulk("last"),
+            "the last value given stands"
+        );
+        assert_eq!(run(&m, &["GET", "k8"]).await, bulk("8"));
+
+        m.most_in_flight.store(0, Ordering::SeqCst);
+        let Reply::Array(got) = run(&m, &["MGET", "k1", "nope", "k2", "k7"]).await else {
+            panic!("MGET answers an array")
+        };
+        assert_eq!(
+            got,
+            vec![bulk("1"), Reply::Nil, bulk("2"), bulk("last")],
+            "in the order asked"
+        );
+        assert_eq!(m.most_in_flight.load(Ordering::SeqCst), 4);
+        assert_eq!(run(&m, &["EXISTS", "k1", "k1", "nope"]).await, Reply::Int(2));
+        assert_eq!(run(&m, &["DEL", "k1", "k1", "k2", "nope"]).await, Reply::Int(2));
+        assert_eq!(run(&m, &["EXISTS", "k1", "k2", "k3"]).await, Reply::Int(1));
     }
 
     #[tokio::test]

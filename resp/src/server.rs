@@ -35,6 +35,13 @@ pub const PRE_AUTH_BYTES_MAX: usize = 64 << 10;
 pub const REPLY_BYTES_BUFFERED_MAX: usize = 1 << 20;
 /// Longest a TLS handshake may take.
 pub const TLS_HANDSHAKE_MS_MAX: u64 = 5_000;
+/// Commands of one pipeline run at once: a run of commands that each
+/// touch one key, no two the same, is sent to the broker together, so
+/// that `always` writes share fsyncs as Redis's pipeline shares one
+/// `appendfsync always` write. Writes to one key keep their order; writes
+/// to distinct keys may become visible to other connections in any order
+/// (as across a Redis Cluster's nodes).
+pub const PIPELINE_AT_ONCE_MAX: usize = 64;
 /// Bytes asked of the socket per read.
 const READ_BYTES: usize = 64 << 10;
 /// The Redis version this door reports (`INFO`, `HELLO`): clients and
@@ -233,6 +240,7 @@ impl<H: Handler> Conn<H> {
         }
         let mut buf = BytesMut::with_capacity(READ_BYTES);
         let mut out = BytesMut::new();
+        let mut run: Vec<Command> = Vec::with_capacity(PIPELINE_AT_ONCE_MAX);
         loop {
             buf.reserve(READ_BYTES);
             match io.read_buf(&mut buf).await {
@@ -244,6 +252,7 @@ impl<H: Handler> Conn<H> {
                     Ok(Some(a)) => a,
                     Ok(None) => break,
                     Err(e) => {
+                        self.run_at_once(&mut run, &mut out).await;
                         Reply::err(format!("ERR {e}")).encode(self.proto, &mut out);
                         let _ = io.write_all(&out).await;
                         linger(&mut io).await;
@@ -253,7 +262,25 @@ impl<H: Handler> Conn<H> {
                 if args.is_empty() {
                     continue;
                 }
-                let then = self.command(&args, &mut out).await;
+                let parsed = command::parse(&args);
+                if let Ok(c) = &parsed {
+                    if let (Some(key), Some(_)) = (c.only_key(), &self.session) {
+                        let repeated = run.iter().any(|r| r.only_key() == Some(key));
+                        if repeated || run.len() == PIPELINE_AT_ONCE_MAX {
+                            self.run_at_once(&mut run, &mut out).await;
+                            if out.len() >= REPLY_BYTES_BUFFERED_MAX {
+                                if io.write_all(&out).await.is_err() {
+                                    return;
+                                }
+                                out.clear();
+                            }
+                        }
+                        run.extend(parsed.ok());
+                        continue;
+                    }
+                }
+                self.run_at_once(&mut run, &mut out).await;
+                let then = self.command(parsed, &mut out).await;
                 if matches!(then, Then::Close) {
                     let _ = io.write_all(&out).await;
                     return;
@@ -265,6 +292,7 @@ impl<H: Handler> Conn<H> {
                     out.clear();
                 }
             }
+            self.run_at_once(&mut run, &mut out).await;
             if self.session.is_none() && buf.len() > PRE_AUTH_BYTES_MAX {
                 Reply::err(format!(
                     "NOAUTH Authentication required (at most {PRE_AUTH_BYTES_MAX} bytes before AUTH)"
@@ -312,13 +340,53 @@ impl<H: Handler> Conn<H> {
         }
     }
 
-    async fn command(&mut self, args: &[Bytes], out: &mut BytesMut) -> Then {
-        let (reply, then) = match command::parse(args) {
+    async fn command(&mut self, parsed: Result<Command, Reply>, out: &mut BytesMut) -> Then {
+        let (reply, then) = match parsed {
             Err(r) => (r, Then::Go),
             Ok(c) => self.run_command(c).await,
         };
         reply.encode(self.proto, out);
         then
+    }
+
+    /// Runs `run` (single-key commands on distinct keys, see
+    /// [`PIPELINE_AT_ONCE_MAX`]) at once and writes their replies in order.
+    async fn run_at_once(&mut self, run: &mut Vec<Command>, out: &mut BytesMut) {
+        if run.len() < 2 {
+            if let Some(c) = run.pop() {
+                let (reply, _) = self.run_command(c).await;
+                reply.encode(self.proto, out);
+            }
+            return;
+        }
+        let Some(session) = self.session.clone() else {
+            unreachable!("a run is gathered only once authenticated")
+        };
+        let store = self.store(&session);
+        let now = (self.clock)();
+        let replies = futures_util::future::join_all(run.drain(..).map(|c| exec(&store, c, now))).await;
+        for reply in replies {
+            reply
+                .unwrap_or_else(|| Reply::err("ERR this command is not supported here"))
+                .encode(self.proto, out);
+        }
+    }
+
+    /// The connection's cache, as `session` may use it.
+    fn store<'a>(&'a self, session: &'a H::Session) -> HandlerStore<'a, H> {
+        HandlerStore {
+            handler: &*self.handler,
+            session,
+            cache: &self.cache,
+            forward: self.settings.forward.as_deref(),
+            token: &self.token,
+            redirect: if self.settings.redirect {
+                self.settings.doors.as_ref()
+            } else {
+                None
+            },
+            routing: &self.routing,
+        }
     }
 
     async fn run_command(&mut self, c: Command) -> (Reply, Then) {
@@ -404,19 +472,7 @@ impl<H: Handler> Conn<H> {
             },
             data => {
                 let session = self.session.clone().expect("checked above");
-                let store = HandlerStore {
-                    handler: &*self.handler,
-                    session: &session,
-                    cache: &self.cache,
-                    forward: self.settings.forward.as_deref(),
-                    token: &self.token,
-                    redirect: if self.settings.redirect {
-                        self.settings.doors.as_ref()
-                    } else {
-                        None
-                    },
-                    routing: &self.routing,
-                };
+                let store = self.store(&session);
                 // A cursor is the walk's of one token: another cannot go on
                 // with it (nor learn where it stands).
                 let owner = felix_model::routing::fnv1a64(&self.token);
