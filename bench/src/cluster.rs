@@ -131,10 +131,19 @@ pub(crate) async fn ready_stream(
         }
     };
     let create = Message::StreamCreate(StreamConfig::stream(name, shards, durability.parse()?));
+    let mut tried = false;
     loop {
         match client.call(Route::Any, &create).await {
             Ok(Message::Done) => break,
+            // An earlier try created it and its answer was lost (a
+            // control plane busy with thousands of groups answers late).
+            Err(felix_client::ClientError::Broker(felix_client::wire::ErrorReply::InvalidRequest(m)))
+                if tried && m.ends_with("exists") =>
+            {
+                break
+            }
             r if Instant::now() < deadline => {
+                tried = true;
                 let _ = r;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -175,7 +175,7 @@ pub async fn write(
     let _alone;
     let now;
     if let Some(expected) = if_version {
-        _alone = shard.writes.write().await;
+        _alone = shard.writes_of(&key).write().await;
         now = node.now_ms();
         // Before the version check: a retry of a compare-and-set that won
         // would otherwise see its own write as the conflict.
@@ -191,7 +191,7 @@ pub async fn write(
             return Ok(Message::CacheValue { entry });
         }
     } else {
-        _shared = shard.writes.read().await;
+        _shared = shard.writes_of(&key).read().await;
         now = node.now_ms();
         if let Some(version) = landed(shard, writer, sequence)? {
             return Ok(Message::CacheWritten { version });

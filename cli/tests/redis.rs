@@ -454,6 +454,24 @@ fn a_pipeline_shares_fsyncs_between_keys_and_keeps_each_keys_order() {
         "{taken} fsyncs for a pipeline of {KEYS} SETs"
     );
 
+    // Read-then-write commands of distinct keys too: their
+    // compare-and-sets hold only their own keys' stripes of the shard's
+    // write lock.
+    let before = fsyncs(&b);
+    let mut batch = Vec::new();
+    for i in 0..KEYS {
+        batch.extend_from_slice(&Conn::encode(&["INCR", &format!("c{i}")]));
+    }
+    c.send_raw(&batch);
+    for i in 0..KEYS {
+        assert_eq!(c.read(), R::Int(1), "INCR c{i}");
+    }
+    let taken = fsyncs(&b) - before;
+    assert!(
+        taken < (KEYS / 2) as f64,
+        "{taken} fsyncs for a pipeline of {KEYS} INCRs of distinct keys"
+    );
+
     // Commands on one key, mixed with others, keep their order.
     let mut batch = Vec::new();
     let mut trail = String::new();

@@ -195,37 +195,13 @@ impl Replica {
         matches!(r, Ok(Ok(_)))
     }
 
-    /// The leader as this replica knows it: from Raft, or, for a replica
-    /// that has not heard its leader itself (restarted behind a quiet
-    /// group, not yet woken), the broker whose beats within a lease name
-    /// the group quiet in this replica's term or a later one. The group
-    /// serves through that leader (a quorum without this replica holds
-    /// its entries); openraft learns it, and this replica catches up, at
-    /// the wake or the next write. At 10,000 replicas the wakes take
-    /// seconds of beats, and until then clients were told of no leader.
+    /// The leader as this replica knows it.
     pub fn leader(&self) -> Option<(NodeId, BrokerNode)> {
-        let metrics = self.raft.metrics();
-        // Copied out: the beats' table is not locked with the metrics held.
-        let (leader, term) = {
-            let m = metrics.borrow();
-            (m.current_leader, m.current_term)
-        };
-        let id = match leader {
-            Some(id) => id,
-            None => self
-                .transport
-                .quiet_leader(self.group, term, self.raft.config().election_timeout_max)?,
-        };
-        let m = metrics.borrow();
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
         let node = m.membership_config.membership().get_node(&id)?.clone();
         Some((id, node))
-    }
-
-    /// Whether this replica has heard its leader itself (Raft's view,
-    /// without the beats' naming of [`Replica::leader`]): a replica
-    /// restarted behind a quiet group has not until it is woken.
-    pub fn heard_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader.is_some()
     }
 
     /// The group's voters as this replica knows them.

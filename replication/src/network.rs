@@ -396,23 +396,6 @@ impl Router {
         }
     }
 
-    /// The broker whose beats name `group` quiet in the highest term not
-    /// below `term`, of those heard within `fresh_ms` of `now`.
-    fn quiet_leader(&self, group: GroupId, term: u64, now: u64, fresh_ms: u64) -> Option<NodeId> {
-        let quiet_of = self.quiet_of.lock().expect("quiet_of lock");
-        quiet_of
-            .iter()
-            .filter(|(_, p)| now.saturating_sub(p.beat_at) <= fresh_ms)
-            .filter_map(|(peer, p)| {
-                p.named
-                    .get(&group)
-                    .filter(|q| q.term >= term)
-                    .map(|q| (q.term, *peer))
-            })
-            .max()
-            .map(|(_, peer)| peer)
-    }
-
     pub fn remove(&self, group: GroupId) {
         self.groups.write().expect("router lock").remove(&group);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -591,13 +574,6 @@ fn terr(e: impl ToString) -> ReplicationError {
 }
 
 impl Transport {
-    /// The leader of quiet `group` as its broker's beats name it (in a term
-    /// not below `term`, a beat heard within `fresh_ms`): what a replica
-    /// that has not heard its leader itself tells clients.
-    pub(crate) fn quiet_leader(&self, group: GroupId, term: u64, fresh_ms: u64) -> Option<NodeId> {
-        self.router.quiet_leader(group, term, heard_now(), fresh_ms)
-    }
-
     /// Binds `listen` and serves RPCs for the groups in `router` as node
     /// `me` of region `region`: only brokers whose certificates name the
     /// same region complete a handshake, dialling or dialled.
@@ -1474,54 +1450,5 @@ fn remove_sent(path: &std::path::Path) {
         .is_some_and(|n| n.starts_with(crate::snapshot::SENDING_PREFIX));
     if sent {
         let _ = std::fs::remove_file(path);
-    }
-}
-
-#[cfg(test)]
-mod quiet_leader_tests {
-    use super::*;
-
-    fn named(group: u64, term: u64, beat_at: u64) -> PeerQuiet {
-        let q = Quiet {
-            group: GroupId(group),
-            term,
-            last_index: Some(9),
-        };
-        PeerQuiet {
-            epoch: Some(1),
-            named: HashMap::from([(q.group, q)]),
-            beat_at,
-        }
-    }
-
-    #[test]
-    fn a_quiet_leader_is_named_by_a_fresh_beat_of_a_term_not_below_the_replicas() {
-        let router = Router::default();
-        router.quiet_of.lock().unwrap().insert(2, named(7, 3, 1_000));
-        assert_eq!(router.quiet_leader(GroupId(7), 3, 1_500, 800), Some(2));
-        assert_eq!(
-            router.quiet_leader(GroupId(7), 2, 1_500, 800),
-            Some(2),
-            "a later term"
-        );
-        assert_eq!(
-            router.quiet_leader(GroupId(7), 4, 1_500, 800),
-            None,
-            "an older term"
-        );
-        assert_eq!(
-            router.quiet_leader(GroupId(8), 3, 1_500, 800),
-            None,
-            "another group"
-        );
-        assert_eq!(
-            router.quiet_leader(GroupId(7), 3, 1_900, 800),
-            None,
-            "a beat older than the lease"
-        );
-        // Two brokers name it (one still holds an older claim): the later
-        // term's.
-        router.quiet_of.lock().unwrap().insert(3, named(7, 5, 1_400));
-        assert_eq!(router.quiet_leader(GroupId(7), 3, 1_500, 800), Some(3));
     }
 }

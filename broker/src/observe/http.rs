@@ -56,11 +56,7 @@ pub fn not_ready(n: &Node) -> Vec<String> {
     for h in n.streams() {
         for (i, s) in h.hosted() {
             if let Some(r) = s.replica() {
-                // Raft's own view: a broker restarted behind quiet groups
-                // is ready once its replicas have heard their leaders, not
-                // when beats name them, so a rolling restart moves on only
-                // when the groups can lose another replica.
-                if r.is_voter() && !r.heard_leader() {
+                if r.is_voter() && r.leader().is_none() {
                     why.push(format!("{} shard {i} has no leader", h.name));
                 }
             }
