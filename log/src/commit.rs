@@ -523,18 +523,11 @@ mod linger_tests {
 #[cfg(test)]
 mod duty_bound_tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
+    use std::task::Waker;
 
+    use super::stranded_tests::Count;
     use super::*;
     use crate::config::LogConfig;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[test]
     fn a_duty_whose_waiters_never_run_out_hands_the_duty_back_after_its_bound() {
@@ -578,7 +571,8 @@ mod stranded_tests {
     use super::*;
     use crate::config::LogConfig;
 
-    struct Count(AtomicUsize);
+    /// A waker that counts its wakes.
+    pub(super) struct Count(pub(super) AtomicUsize);
 
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
