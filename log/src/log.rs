@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::batch::seal::{self, Keyring, NoKeys};
 use crate::batch::view::{check_records_crc, validate_records};
 use crate::batch::{Batch, BatchHeader};
 use crate::checkpoint::{self, Checkpoint};
@@ -102,11 +103,24 @@ impl CompactOutcome {
 }
 
 /// A sealed segment's bytes, read without holding the log.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SealedSegment {
     path: PathBuf,
     header: SegmentHeader,
     bytes: Bytes,
+    /// The log's keyring: compaction opens batches sealed at rest and
+    /// seals what it keeps again.
+    keys: Option<Arc<dyn Keyring>>,
+}
+
+impl std::fmt::Debug for SealedSegment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedSegment")
+            .field("path", &self.path)
+            .field("header", &self.header)
+            .field("len", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A compacted segment written and fsynced beside the original, waiting for
@@ -190,7 +204,25 @@ impl SealedSegment {
         for b in self.batches() {
             let b = b?;
             let before = b.header().record_count;
-            match crate::batch::compact(&b, &mut keep, COMPACTION_ZSTD_LEVEL)? {
+            let sealed_under = seal::key_id(&b);
+            let clear = match (&self.keys, sealed_under) {
+                (_, 0) => b.clone(),
+                (Some(k), _) => seal::open(&b, k.as_ref())?,
+                (None, id) => return Err(crate::batch::BatchError::KeyUnknown(id).into()),
+            };
+            let compacted = crate::batch::compact(&clear, &mut keep, COMPACTION_ZSTD_LEVEL)?;
+            // What a sealed batch keeps is sealed again, under the tenant's
+            // current key (its own when encryption was turned off since):
+            // compaction never writes records in the clear that were not.
+            let compacted = match (compacted, &self.keys) {
+                (Some(new), Some(k)) if sealed_under != 0 && BatchHeader::decode(&new)?.record_count > 0 => {
+                    let id = k.current().unwrap_or(sealed_under);
+                    let key = k.key(id).ok_or(crate::batch::BatchError::KeyUnknown(id))?;
+                    Some(seal::seal(&new, id, &key, k.nonce())?)
+                }
+                (c, _) => c,
+            };
+            match compacted {
                 Some(new) => {
                     let after = BatchHeader::decode(&new)?.record_count;
                     dropped += u64::from(before - after);
@@ -374,6 +406,9 @@ pub struct Log {
     segments: Vec<Segment>,
     _held: Held,
     poisoned: bool,
+    /// Opens batches sealed at rest for the log's readers of records
+    /// ([`Log::clear`]); `None` for a log of a tenant without encryption.
+    keys: Option<Arc<dyn Keyring>>,
 }
 
 impl Log {
@@ -409,6 +444,7 @@ impl Log {
             segments,
             _held: held,
             poisoned: false,
+            keys: None,
         };
         if log.segments.is_empty() {
             let s = log.new_segment(Offset(0), RaftIndex(0), None, now_ms)?;
@@ -705,6 +741,35 @@ impl Log {
         })
     }
 
+    /// Gives the log the keyring its sealed batches open with (the
+    /// broker's view of the shard's tenant's keys).
+    pub fn set_keys(&mut self, keys: Option<Arc<dyn Keyring>>) {
+        self.keys = keys;
+    }
+
+    pub fn keys(&self) -> Option<&Arc<dyn Keyring>> {
+        self.keys.as_ref()
+    }
+
+    /// `b` in the clear: itself, or opened when it is sealed at rest. The
+    /// log's read methods hand out batches as stored (Raft and snapshots
+    /// move them so); whoever reads records opens them here.
+    pub fn clear(&self, b: &Batch) -> Result<Batch> {
+        match (&self.keys, b.header().flags.sealed()) {
+            (_, false) => Ok(b.clone()),
+            (Some(k), true) => Ok(seal::open(b, k.as_ref())?),
+            (None, true) => Err(crate::batch::BatchError::KeyUnknown(seal::key_id(b)).into()),
+        }
+    }
+
+    /// A read chunk in the clear: [`Log::clear`] for batches back to back.
+    pub fn clear_chunk(&self, chunk: Bytes) -> Result<Bytes> {
+        match &self.keys {
+            Some(k) => Ok(seal::open_chunk(chunk, k.as_ref())?),
+            None => Ok(seal::open_chunk(chunk, &NoKeys)?),
+        }
+    }
+
     /// Iterates batches from `from` to the current end, across segments.
     pub fn batches_from(&self, from: Offset) -> Result<Batches<'_>> {
         let (earliest, latest) = (self.earliest_offset(), self.next_offset());
@@ -787,6 +852,7 @@ impl Log {
             path: s.path.clone(),
             header: s.header,
             bytes: s.bytes(0, s.len as usize),
+            keys: self.keys.clone(),
         })
     }
 

@@ -182,7 +182,7 @@ fn find_resumption(
 ) -> Option<usize> {
     let plausible = |at: usize| {
         buf.len() - at >= l::HEADER_BYTES
-            && buf[at + l::VERSION_AT] == l::VERSION
+            && (buf[at + l::VERSION_AT] == l::VERSION || buf[at + l::VERSION_AT] == l::VERSION_SEALED)
             && buf[at + l::FLAGS_AT] & !l::FLAGS_KNOWN == 0
             && usize::from(l::le::u16_at(buf, at + l::PRODUCER_COUNT_AT)) <= l::PRODUCER_RUNS_MAX
             && check_at(buf, at, summary, min_raft_index, verify_records).is_ok()

@@ -3,8 +3,14 @@
 //! two fields overlapping; the `const` assertions at the bottom pin the result
 //! to the diagram in `docs/format/batch.md`. All integers are little-endian.
 
-/// The batch format version this crate writes and reads.
+/// The batch format version of a plaintext batch.
 pub const VERSION: u8 = 1;
+/// The batch format version of a sealed batch (encrypted at rest): a
+/// version 1 batch whose records section is wrapped in an AEAD envelope
+/// (see `SEAL_*` below). Version 2 always has [`FLAG_SEALED`] and version 1
+/// never does, so a reader that only knows version 1 refuses a sealed batch
+/// instead of parsing ciphertext as records.
+pub const VERSION_SEALED: u8 = 2;
 
 pub const LEN_AT: usize = 0; // u32: bytes of the whole batch, this field included
 pub const HEADER_CRC_AT: usize = LEN_AT + 4; // u32: CRC-32 of [HEADER_CRC_FROM, HEADER_BYTES)
@@ -36,7 +42,30 @@ pub const FLAG_ZSTD: u8 = 0b01;
 /// Flag: a control batch (cursor commit, group ack, Raft membership…): it
 /// occupies no offsets and is never delivered to subscribers.
 pub const FLAG_CONTROL: u8 = 0b10;
-pub const FLAGS_KNOWN: u8 = FLAG_ZSTD | FLAG_CONTROL;
+/// Flag: the records section is sealed (AES-256-GCM); only with
+/// [`VERSION_SEALED`].
+pub const FLAG_SEALED: u8 = 0b100;
+pub const FLAGS_KNOWN: u8 = FLAG_ZSTD | FLAG_CONTROL | FLAG_SEALED;
+
+// --- the seal (a sealed batch's records section) ---
+//
+// key_id, nonce, then the ciphertext of what the records section of the
+// plaintext batch was (its producer table stays outside, in the clear, as
+// deduplication needs it without keys), then the tag. `records_crc` covers
+// the sealed section, so checksums, recovery and replication work without
+// any key.
+
+pub const SEAL_KEY_ID_AT: usize = 0; // u32: the data key, never 0
+pub const SEAL_NONCE_AT: usize = SEAL_KEY_ID_AT + 4; // 12 bytes, random per batch
+pub const SEAL_NONCE_BYTES: usize = 12;
+/// Bytes before the ciphertext.
+pub const SEAL_PREFIX_BYTES: usize = SEAL_NONCE_AT + SEAL_NONCE_BYTES;
+/// The AEAD tag after the ciphertext.
+pub const SEAL_TAG_BYTES: usize = 16;
+/// What sealing adds to a batch.
+pub const SEAL_OVERHEAD_BYTES: usize = SEAL_PREFIX_BYTES + SEAL_TAG_BYTES;
+/// Bytes of a data key (AES-256).
+pub const SEAL_KEY_BYTES: usize = 32;
 
 // --- producer table (a merged batch: several producers' batches in one) ---
 //
@@ -95,6 +124,9 @@ const _: () = assert!(PRODUCER_RUNS_MAX * PRODUCER_RUN_BYTES <= BATCH_BYTES_MAX 
 const _: () = assert!(BATCH_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(RECORDS_RAW_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FLAG_ZSTD & FLAG_CONTROL == 0);
+const _: () = assert!(FLAG_SEALED & (FLAG_ZSTD | FLAG_CONTROL) == 0);
+const _: () = assert!(SEAL_PREFIX_BYTES == 16);
+const _: () = assert!(SEAL_OVERHEAD_BYTES == 32);
 // The largest count fits in the smallest possible raw section, so a count
 // check can be done against bytes present before any per-record work.
 const _: () = assert!((RECORD_COUNT_MAX as usize) * REC_MIN_BYTES <= RECORDS_RAW_BYTES_MAX);

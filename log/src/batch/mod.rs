@@ -7,6 +7,7 @@ mod compact;
 pub mod layout;
 mod merge;
 mod record;
+pub mod seal;
 pub(crate) mod view;
 
 pub use builder::{BatchBuilder, Compression, RecordInput};
@@ -43,4 +44,10 @@ pub enum BatchError {
     Record { index: u32, reason: &'static str },
     #[error("zstd: {0}")]
     Compression(String),
+    #[error("the batch is sealed under data key {0}: open it with its key first")]
+    Sealed(u32),
+    #[error("the batch is sealed under data key {0}, which this process does not hold (a wrong or missing master key, or a deleted tenant)")]
+    KeyUnknown(u32),
+    #[error("the batch sealed under data key {0} does not open: wrong key, or bytes changed")]
+    Unseal(u32),
 }

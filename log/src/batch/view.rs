@@ -18,6 +18,11 @@ impl BatchFlags {
     pub fn control(self) -> bool {
         self.0 & l::FLAG_CONTROL != 0
     }
+    /// The records section is sealed (encrypted at rest); see
+    /// [`crate::batch::seal`].
+    pub fn sealed(self) -> bool {
+        self.0 & l::FLAG_SEALED != 0
+    }
 }
 
 /// The decoded fixed header of a batch.
@@ -58,7 +63,7 @@ impl BatchHeader {
             });
         }
         let version = buf[l::VERSION_AT];
-        if version != l::VERSION {
+        if version != l::VERSION && version != l::VERSION_SEALED {
             return Err(BatchError::Version(version));
         }
         let stored = le::u32_at(buf, l::HEADER_CRC_AT);
@@ -69,6 +74,11 @@ impl BatchHeader {
         let flags = buf[l::FLAGS_AT];
         if flags & !l::FLAGS_KNOWN != 0 {
             return Err(BatchError::UnknownFlags(flags));
+        }
+        if (version == l::VERSION_SEALED) != (flags & l::FLAG_SEALED != 0) {
+            return Err(BatchError::Inconsistent(
+                "the sealed flag is set on a version 1 batch or missing on a version 2 one",
+            ));
         }
         let h = BatchHeader {
             batch_len: le::u32_at(buf, l::LEN_AT),
@@ -141,7 +151,18 @@ impl BatchHeader {
                 l::RECORDS_RAW_BYTES_MAX,
             ));
         }
-        if !self.flags.zstd() && self.records_raw_len != self.records_len {
+        // What the records section would be in the clear.
+        let open_len = if self.flags.sealed() {
+            if self.flags.control() || (self.records_len as usize) < l::SEAL_OVERHEAD_BYTES {
+                return Err(BatchError::Inconsistent(
+                    "a sealed control batch, or a seal too short for its envelope",
+                ));
+            }
+            self.records_len - l::SEAL_OVERHEAD_BYTES as u32
+        } else {
+            self.records_len
+        };
+        if !self.flags.zstd() && self.records_raw_len != open_len {
             return Err(BatchError::Inconsistent(
                 "uncompressed batch with raw length different from stored length",
             ));
@@ -165,7 +186,7 @@ impl BatchHeader {
             if self.flags.control() || self.offset_count == 0 {
                 return Err(BatchError::Inconsistent("batch without records"));
             }
-            if self.records_len != 0 || self.flags.zstd() {
+            if self.records_len != 0 || self.flags.zstd() || self.flags.sealed() {
                 return Err(BatchError::Inconsistent("emptied batch with a records section"));
             }
         }
@@ -277,6 +298,12 @@ pub(crate) fn producer_runs(buf: &[u8], h: &BatchHeader) -> Result<Vec<ProducerR
 /// checked; see [`Batch::validate`].
 pub(crate) fn validate_records(buf: &[u8], h: &BatchHeader) -> Result<(), BatchError> {
     producer_runs(buf, h)?;
+    if h.flags.sealed() {
+        // Without the key the records cannot be walked: the leader that
+        // sealed them walked them in the clear first, and the AEAD tag
+        // refuses any change since, at the first read.
+        return Ok(());
+    }
     let stored = &buf[h.records_at()..h.batch_len as usize];
     let (n, _max_ts) = if h.flags.zstd() {
         let raw = record::decompress(stored, h.records_raw_len as usize)?;
@@ -388,6 +415,9 @@ impl Batch {
     /// record is itself checked as it is decoded.
     pub fn records(&self) -> Result<RecordIter, BatchError> {
         let h = &self.header;
+        if h.flags.sealed() {
+            return Err(BatchError::Sealed(super::seal::key_id(self)));
+        }
         let stored = self.bytes.slice(h.records_at()..h.batch_len as usize);
         let raw = if h.flags.zstd() {
             record::decompress(&stored, h.records_raw_len as usize)?
