@@ -182,8 +182,8 @@ impl Index {
             let (info, batches) = log.with(|l| {
                 let info = l.segments().into_iter().find(|s| s.id == seg.id);
                 let batches: Vec<Positioned> = l.positioned_in(seg.id).into_iter().flatten().collect();
-                (info, batches)
-            });
+                crate::recover::in_clear(l.keys(), batches).map(|b| (info, b))
+            })?;
             let Some(info) = info else { continue };
             let removed = self.reindex_segment(
                 shard,

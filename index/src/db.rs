@@ -493,7 +493,7 @@ impl Index {
             let h = BatchHeader::decode(&chunk.bytes[pos..])?;
             let end = pos + h.batch_len as usize;
             if h.contains(offset) && !h.flags.control() {
-                let b = Batch::new(chunk.bytes.slice(pos..end))?;
+                let b = log.clear(&Batch::new(chunk.bytes.slice(pos..end))?)?;
                 for r in b.records()? {
                     let r = r?;
                     if r.offset == offset {

@@ -33,5 +33,5 @@ pub use encoding::{KeyEntry, Location};
 pub use error::{IndexError, Result};
 pub use maintenance::{Maintenance, MaintenanceStats, SWEEPS_PER_ROUND_MAX};
 pub use meta::{ShardKind, ShardState};
-pub use recover::{RecoverReport, REINDEX_ENTRIES_PER_BATCH_MAX};
+pub use recover::{in_clear, keyed_in_clear, RecoverReport, REINDEX_ENTRIES_PER_BATCH_MAX};
 pub use ttl::{SweepOutcome, SWEEP_KEYS_MAX};

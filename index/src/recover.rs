@@ -3,7 +3,9 @@
 //! range deletes that follow retention.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
+use felix_log::batch::seal::Keyring;
 use felix_log::{Log, Offset, Positioned, RaftIndex, SegmentId, SegmentInfo, ShardId};
 use rocksdb::WriteBatch;
 
@@ -82,6 +84,7 @@ impl Index {
         for s in log.segments().iter().filter(|s| s.sealed) {
             if self.segment_generation(shard, s.id)? != s.generation {
                 let batches: Vec<Positioned> = log.positioned_in(s.id).into_iter().flatten().collect();
+                let batches = in_clear(log.keys(), batches)?;
                 self.reindex_segment(shard, s, &batches, KeyFix::Scan, 0)?;
                 report.segments_reindexed.push(s.id);
             }
@@ -151,14 +154,15 @@ impl Index {
         for p in log.positioned_from_raft_index(from).take_while(within) {
             chunk.push(p);
             if chunk.len() == REINDEX_ENTRIES_PER_BATCH_MAX {
-                self.apply(shard, kind, &chunk)?;
-                n += chunk.len() as u64;
-                chunk.clear();
+                let clear = keyed_in_clear(log.keys(), kind, std::mem::take(&mut chunk))?;
+                self.apply(shard, kind, &clear)?;
+                n += clear.len() as u64;
             }
         }
         if !chunk.is_empty() {
-            self.apply(shard, kind, &chunk)?;
-            n += chunk.len() as u64;
+            let clear = keyed_in_clear(log.keys(), kind, chunk)?;
+            self.apply(shard, kind, &clear)?;
+            n += clear.len() as u64;
         }
         Ok(n)
     }
@@ -329,5 +333,37 @@ impl Index {
         meta.earliest_offset = earliest;
         self.put_meta(&mut wb, shard, &meta);
         self.write(wb)
+    }
+}
+
+/// `batches` with every batch sealed at rest opened by `keys` (a log's
+/// keyring): what reads records reads them in the clear.
+pub fn in_clear(keys: Option<&Arc<dyn Keyring>>, batches: Vec<Positioned>) -> Result<Vec<Positioned>> {
+    batches
+        .into_iter()
+        .map(|p| {
+            if !p.batch.header().flags.sealed() {
+                return Ok(p);
+            }
+            let clear = match keys {
+                Some(k) => felix_log::batch::seal::open(&p.batch, k.as_ref())?,
+                None => felix_log::batch::seal::open(&p.batch, &felix_log::batch::seal::NoKeys)?,
+            };
+            Ok(Positioned { batch: clear, ..p })
+        })
+        .collect()
+}
+
+/// [`in_clear`] where [`Index::apply`] reads records: only a keyed
+/// shard's (a stream's records are indexed by their headers alone).
+pub fn keyed_in_clear(
+    keys: Option<&Arc<dyn Keyring>>,
+    kind: ShardKind,
+    batches: Vec<Positioned>,
+) -> Result<Vec<Positioned>> {
+    if kind == ShardKind::Keyed {
+        in_clear(keys, batches)
+    } else {
+        Ok(batches)
     }
 }

@@ -1,6 +1,7 @@
 //! What a log is told when it is opened.
 
-use crate::batch::layout::BATCH_BYTES_MAX;
+use crate::batch::layout::{BATCH_BYTES_MAX, SEAL_OVERHEAD_BYTES};
+use crate::batch::seal::Keyring;
 use crate::error::LogError;
 use crate::segment::format::SEGMENT_HEADER_BYTES;
 
@@ -43,7 +44,9 @@ pub struct LogConfig {
     /// A segment whose first append is older than this is sealed at the next
     /// append or `roll_if_due`.
     pub segment_ms: u64,
-    /// Largest batch this log accepts (at most [`BATCH_BYTES_MAX`]).
+    /// Largest batch in the clear this log accepts (at most
+    /// [`BATCH_BYTES_MAX`] less [`SEAL_OVERHEAD_BYTES`]); a sealed batch
+    /// may be larger by the seal.
     pub batch_bytes_max: usize,
     pub durability: Durability,
     pub verify: Verify,
@@ -53,6 +56,9 @@ pub struct LogConfig {
     /// Bytes between sparse in-memory index entries.
     pub index_interval_bytes: u32,
     pub dir_lock: DirLock,
+    /// Opens batches sealed at rest (see [`crate::Log::clear`]); `None`
+    /// for a log of a tenant that never had encryption on.
+    pub keys: Option<std::sync::Arc<dyn Keyring>>,
 }
 
 impl Default for LogConfig {
@@ -66,19 +72,22 @@ impl Default for LogConfig {
             repair: false,
             index_interval_bytes: 4096,
             dir_lock: DirLock::File,
+            keys: None,
         }
     }
 }
 
 impl LogConfig {
     pub(crate) fn validate(&self) -> Result<(), LogError> {
-        if self.batch_bytes_max == 0 || self.batch_bytes_max > BATCH_BYTES_MAX {
+        // A batch sealed at rest grows by the seal and must still fit.
+        let clear_max = BATCH_BYTES_MAX - SEAL_OVERHEAD_BYTES;
+        if self.batch_bytes_max == 0 || self.batch_bytes_max > clear_max {
             return Err(LogError::Config(format!(
-                "batch_bytes_max {} must be in 1..={BATCH_BYTES_MAX}",
+                "batch_bytes_max {} must be in 1..={clear_max}",
                 self.batch_bytes_max
             )));
         }
-        let min = (SEGMENT_HEADER_BYTES + self.batch_bytes_max) as u64;
+        let min = (SEGMENT_HEADER_BYTES + self.batch_bytes_max + SEAL_OVERHEAD_BYTES) as u64;
         if self.segment_bytes < min || self.segment_bytes > u32::MAX as u64 {
             return Err(LogError::Config(format!(
                 "segment_bytes {} must hold the segment header and one largest batch ({min}) and fit in 32 bits",

@@ -406,9 +406,6 @@ pub struct Log {
     segments: Vec<Segment>,
     _held: Held,
     poisoned: bool,
-    /// Opens batches sealed at rest for the log's readers of records
-    /// ([`Log::clear`]); `None` for a log of a tenant without encryption.
-    keys: Option<Arc<dyn Keyring>>,
 }
 
 impl Log {
@@ -444,7 +441,6 @@ impl Log {
             segments,
             _held: held,
             poisoned: false,
-            keys: None,
         };
         if log.segments.is_empty() {
             let s = log.new_segment(Offset(0), RaftIndex(0), None, now_ms)?;
@@ -596,13 +592,18 @@ impl Log {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
-        if batch.len() > self.config.batch_bytes_max {
+        let h = BatchHeader::decode(batch)?;
+        let seal = if h.flags.sealed() {
+            crate::batch::layout::SEAL_OVERHEAD_BYTES
+        } else {
+            0
+        };
+        if batch.len() > self.config.batch_bytes_max + seal {
             return Err(LogError::BatchTooLarge {
                 len: batch.len(),
-                max: self.config.batch_bytes_max,
+                max: self.config.batch_bytes_max + seal,
             });
         }
-        let h = BatchHeader::decode(batch)?;
         if h.batch_len as usize != batch.len() {
             return Err(crate::batch::BatchError::Inconsistent(
                 "buffer length differs from the batch length",
@@ -744,18 +745,18 @@ impl Log {
     /// Gives the log the keyring its sealed batches open with (the
     /// broker's view of the shard's tenant's keys).
     pub fn set_keys(&mut self, keys: Option<Arc<dyn Keyring>>) {
-        self.keys = keys;
+        self.config.keys = keys;
     }
 
     pub fn keys(&self) -> Option<&Arc<dyn Keyring>> {
-        self.keys.as_ref()
+        self.config.keys.as_ref()
     }
 
     /// `b` in the clear: itself, or opened when it is sealed at rest. The
     /// log's read methods hand out batches as stored (Raft and snapshots
     /// move them so); whoever reads records opens them here.
     pub fn clear(&self, b: &Batch) -> Result<Batch> {
-        match (&self.keys, b.header().flags.sealed()) {
+        match (&self.config.keys, b.header().flags.sealed()) {
             (_, false) => Ok(b.clone()),
             (Some(k), true) => Ok(seal::open(b, k.as_ref())?),
             (None, true) => Err(crate::batch::BatchError::KeyUnknown(seal::key_id(b)).into()),
@@ -764,7 +765,7 @@ impl Log {
 
     /// A read chunk in the clear: [`Log::clear`] for batches back to back.
     pub fn clear_chunk(&self, chunk: Bytes) -> Result<Bytes> {
-        match &self.keys {
+        match &self.config.keys {
             Some(k) => Ok(seal::open_chunk(chunk, k.as_ref())?),
             None => Ok(seal::open_chunk(chunk, &NoKeys)?),
         }
@@ -852,7 +853,7 @@ impl Log {
             path: s.path.clone(),
             header: s.header,
             bytes: s.bytes(0, s.len as usize),
-            keys: self.keys.clone(),
+            keys: self.config.keys.clone(),
         })
     }
 

@@ -146,9 +146,16 @@ fn lengths_and_counts_are_bounded_before_use() {
     reseal(&mut b);
     assert_eq!(BatchHeader::decode(&b), Err(BatchError::UnknownFlags(0x80)));
     let mut b = good;
-    b[l::VERSION_AT] = 2;
+    b[l::VERSION_AT] = 3;
     reseal(&mut b);
-    assert_eq!(BatchHeader::decode(&b), Err(BatchError::Version(2)));
+    assert_eq!(BatchHeader::decode(&b), Err(BatchError::Version(3)));
+    // Version 2 is a sealed batch: without the flag it is refused.
+    b[l::VERSION_AT] = l::VERSION_SEALED;
+    reseal(&mut b);
+    assert!(matches!(
+        BatchHeader::decode(&b),
+        Err(BatchError::Inconsistent(_))
+    ));
     assert!(matches!(
         BatchHeader::decode(&[0u8; 10]),
         Err(BatchError::Truncated { .. })

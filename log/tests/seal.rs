@@ -94,7 +94,9 @@ fn sealed_batches_recover_without_keys_and_compact_under_the_current_key() {
     let (mut log, _) = Log::open(dir.path(), small_config(), 0).unwrap();
     log.set_keys(Some(ring.clone()));
     for i in 0..30u64 {
-        let sealed = seal::seal_current(keyed(&["x", "y", "z"], i as i64), ring.as_ref()).unwrap();
+        let sealed = seal::seal_current(&keyed(&["x", "y", "z"], i as i64), ring.as_ref())
+            .unwrap()
+            .unwrap();
         log.append(&sealed, RaftTerm(1), RaftIndex(i), 0).unwrap();
     }
     log.roll(0).unwrap();
@@ -152,7 +154,9 @@ fn a_sealed_byte_flipped_on_disk_is_caught_without_keys() {
     let dir = tempfile::tempdir().unwrap();
     let ring = Ring::new(&[(1, [1; 32])], Some(1));
     let (mut log, _) = Log::open(dir.path(), small_config(), 0).unwrap();
-    let sealed = seal::seal_current(keyed(&["a"], 0), ring.as_ref()).unwrap();
+    let sealed = seal::seal_current(&keyed(&["a"], 0), ring.as_ref())
+        .unwrap()
+        .unwrap();
     let at = log.append(&sealed, RaftTerm(1), RaftIndex(0), 0).unwrap();
     log.flush().unwrap();
     let b = log.entry(RaftIndex(0)).unwrap();

@@ -67,6 +67,7 @@ impl BatchMerger {
         let h = b.header();
         !h.flags.control()
             && !h.flags.zstd()
+            && !h.flags.sealed()
             && h.producer_count == 0
             && h.record_count > 0
             && h.offset_count == h.record_count

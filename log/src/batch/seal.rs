@@ -49,14 +49,14 @@ pub trait Keyring: Send + Sync + std::fmt::Debug {
     fn nonce(&self) -> [u8; l::SEAL_NONCE_BYTES];
 }
 
-/// Seals `plain` under the keyring's current key, or returns it as it is
-/// when the keyring writes in the clear.
-pub fn seal_current(plain: Vec<u8>, keys: &dyn Keyring) -> Result<Vec<u8>, BatchError> {
+/// `plain` sealed under the keyring's current key; `None` when the
+/// keyring writes in the clear.
+pub fn seal_current(plain: &[u8], keys: &dyn Keyring) -> Result<Option<Vec<u8>>, BatchError> {
     let Some(id) = keys.current() else {
-        return Ok(plain);
+        return Ok(None);
     };
     let key = keys.key(id).ok_or(BatchError::KeyUnknown(id))?;
-    seal(&plain, id, &key, keys.nonce())
+    seal(plain, id, &key, keys.nonce()).map(Some)
 }
 
 /// A keyring without keys: a chunk in the clear passes, a sealed batch
