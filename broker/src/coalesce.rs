@@ -16,6 +16,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use felix_log::batch::seal::Keyring;
 use felix_log::{Batch, BatchMerger};
 use felix_replication::{Replica, Response, WriteError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -53,9 +54,11 @@ pub enum Refused {
 impl Coalescer {
     /// Starts the proposer of `replica`'s group; entries stay within
     /// `bytes_max`. It stops when every `Coalescer` clone is dropped.
-    pub fn start(replica: Replica, bytes_max: usize) -> Coalescer {
+    /// Each entry is sealed at rest with `keys` (when its tenant's
+    /// encryption is on) after merging, so one seal covers a whole entry.
+    pub fn start(replica: Replica, bytes_max: usize, keys: Option<Arc<dyn Keyring>>) -> Coalescer {
         let (tx, rx) = mpsc::channel(MERGE_QUEUE_MAX);
-        tokio::spawn(propose(replica, bytes_max, rx));
+        tokio::spawn(propose(replica, bytes_max, keys, rx));
         Coalescer { tx }
     }
 
@@ -77,7 +80,12 @@ struct Part {
     offset_delta: u32,
 }
 
-async fn propose(replica: Replica, bytes_max: usize, mut rx: mpsc::Receiver<Waiting>) {
+async fn propose(
+    replica: Replica,
+    bytes_max: usize,
+    keys: Option<Arc<dyn Keyring>>,
+    mut rx: mpsc::Receiver<Waiting>,
+) {
     let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
     let mut carried: Option<Waiting> = None;
     loop {
@@ -95,6 +103,14 @@ async fn propose(replica: Replica, bytes_max: usize, mut rx: mpsc::Receiver<Wait
         };
         let Some((bytes, parts)) = gather(first, bytes_max, &mut rx, &mut carried) else {
             continue;
+        };
+        let bytes = match seal_at_rest(bytes, keys.as_deref()) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = WriteError::Other(felix_replication::ReplicationError::Log(e.into()));
+                answer_parts(parts, &Err(Arc::new(e)));
+                continue;
+            }
         };
         match replica.submit(bytes).await {
             Ok(answer) => {
@@ -190,4 +206,18 @@ fn answer_parts(parts: Vec<Part>, outcome: &Result<Response, Arc<WriteError>>) {
         });
         let _ = p.reply.send(answer);
     }
+}
+
+/// A data entry sealed under its tenant's current data key, or as it is
+/// when the tenant's encryption is off (or the entry is a control one,
+/// which holds no records of a user's).
+pub fn seal_at_rest(bytes: Bytes, keys: Option<&dyn Keyring>) -> Result<Bytes, felix_log::BatchError> {
+    let Some(k) = keys else {
+        return Ok(bytes);
+    };
+    let h = felix_log::BatchHeader::decode(&bytes)?;
+    if h.flags.control() || h.flags.sealed() || h.record_count == 0 {
+        return Ok(bytes);
+    }
+    Ok(felix_log::batch::seal::seal_current(&bytes, k)?.map_or(bytes, Bytes::from))
 }

@@ -52,6 +52,9 @@ pub enum BrokerError {
     /// to it); retryable.
     #[error("control plane unavailable: {0}")]
     ControlPlane(String),
+    /// Encryption at rest: a master key or data key missing or wrong.
+    #[error("encryption at rest: {0}")]
+    Keys(String),
 }
 
 impl From<felix_replication::ReplicationError> for BrokerError {
@@ -80,6 +83,16 @@ impl From<BrokerError> for ErrorReply {
                     latest: latest.0,
                 }
             }
+            BrokerError::Log(felix_log::LogError::Batch(
+                b @ (felix_log::BatchError::KeyUnknown(_)
+                | felix_log::BatchError::Unseal(_)
+                | felix_log::BatchError::Sealed(_)),
+            ))
+            | BrokerError::Batch(
+                b @ (felix_log::BatchError::KeyUnknown(_)
+                | felix_log::BatchError::Unseal(_)
+                | felix_log::BatchError::Sealed(_)),
+            ) => ErrorReply::Internal(format!("encryption at rest: {b}")),
             BrokerError::Log(felix_log::LogError::Batch(b)) | BrokerError::Batch(b) => {
                 ErrorReply::InvalidRequest(format!("batch: {b}"))
             }

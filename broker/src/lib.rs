@@ -9,6 +9,7 @@
 //! - [`server`]: TLS, QUIC and the serving loop that `felix dev` and
 //!   `felix broker` run.
 
+pub mod at_rest;
 pub mod cache;
 pub mod clock;
 pub mod cluster;

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use felix_index::{Index, ShardKind};
+use felix_log::batch::seal::Keyring;
 use felix_log::{Batch, BatchHeader, LogConfig, Offset, RaftIndex, RaftTerm, ReadChunk, ShardId, SharedLog};
 use felix_replication::{Applier, Replica, WriteError};
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,9 @@ pub struct HostedShard {
     /// Set when this replica starts leading a term: what it cached in
     /// memory while it last led may have been overwritten since.
     lead_began: AtomicBool,
+    /// The tenant's data keys (the log's keyring): entries are sealed at
+    /// rest with them, and reads opened.
+    keys: Option<Arc<dyn Keyring>>,
 }
 
 /// A shard's Raft group as this replica runs it.
@@ -167,6 +171,7 @@ impl HostedShard {
         index: Arc<Index>,
         replicated: bool,
     ) -> Result<HostedShard, BrokerError> {
+        let keys = config.keys.clone();
         let (log, report) = SharedLog::open(dir, config)?;
         if let Some((path, pos, why)) = &report.torn_tail {
             tracing::warn!(shard = id.0, path = %path.display(), pos, why, "cut a torn tail");
@@ -212,6 +217,7 @@ impl HostedShard {
             ready_term: AtomicU64::new(0),
             in_flight_seqs: Mutex::new(HashMap::new()),
             lead_began: AtomicBool::new(false),
+            keys,
         })
     }
 
@@ -219,7 +225,7 @@ impl HostedShard {
     /// Must run inside the runtime: it starts the shard's proposer task.
     pub fn attach(&self, replica: Replica, write_timeout: Duration) {
         let bytes_max = self.log.with(|l| l.config().batch_bytes_max);
-        let coalescer = Coalescer::start(replica.clone(), bytes_max);
+        let coalescer = Coalescer::start(replica.clone(), bytes_max, self.keys.clone());
         let _ = self.group.set(Group {
             replica,
             write_timeout,
@@ -504,10 +510,11 @@ impl HostedShard {
         if let Some(e) = self.closed_error() {
             return Err(e);
         }
+        self.check_entry_len(batch.len())?;
+        let batch = coalesce::seal_at_rest(batch, self.keys.as_deref())?;
         let Some(replica) = group else {
             return self.append_local(batch).await;
         };
-        self.check_entry_len(batch.len())?;
         self.committed(replica.write(batch)).await
     }
 
@@ -615,6 +622,7 @@ impl HostedShard {
         match self.publish(batch.clone(), producer_id, sequence).await {
             Err(BrokerError::NotLeader { .. }) if self.group.get().is_some() => {
                 let g = self.group.get().expect("checked");
+                let batch = coalesce::seal_at_rest(batch, self.keys.as_deref())?;
                 self.committed(g.replica.write_anywhere(batch)).await
             }
             r => r,
@@ -707,6 +715,7 @@ impl HostedShard {
                 .take_while(|p| p.batch.header().raft_index <= through)
                 .collect()
         });
+        let entries = felix_index::keyed_in_clear(self.keys.as_ref(), self.kind, entries)?;
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -761,8 +770,15 @@ impl HostedShard {
                 next_offset: Offset(from),
             });
         }
-        let chunk = self.log.with(|l| l.read(Offset(from), max_bytes))?;
-        Ok(cut_at(chunk, from, hwm))
+        let chunk = cut_at(self.log.with(|l| l.read(Offset(from), max_bytes))?, from, hwm);
+        // Opened outside the log's lock: decryption is the slow part.
+        Ok(match &self.keys {
+            Some(k) => ReadChunk {
+                bytes: felix_log::batch::seal::open_chunk(chunk.bytes, k.as_ref())?,
+                ..chunk
+            },
+            None => chunk,
+        })
     }
 }
 

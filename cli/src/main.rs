@@ -95,6 +95,9 @@ enum Command {
     /// End-to-end value encryption keys (`docs/format/sealed.md`).
     #[command(subcommand, name = "value-key")]
     ValueKey(ValueKeyCommand),
+    /// Encryption at rest: brokers' master keys (`docs/security.md`).
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCommand),
     /// Print a shell completion script (e.g. `felix completions bash >
     /// /etc/bash_completion.d/felix`).
     Completions { shell: clap_complete::Shell },
@@ -107,6 +110,19 @@ enum ValueKeyCommand {
     /// Give FILE to producers (`felix publish --value-keys`) and readers
     /// (`felix subscribe --value-keys`), never to a broker.
     New { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum MasterKeyCommand {
+    /// Writes a new master key to FILE (mode 0600; an existing FILE is
+    /// never overwritten). Every broker of the cluster gets the same FILE
+    /// as `[encryption] master_key_file`; tenants name its ID in their
+    /// `encryption.key_id`.
+    New {
+        file: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -281,7 +297,6 @@ fn run(args: Cli) -> anyhow::Result<()> {
                 SocketAddr::new(listen.ip(), port)
             };
             let config = BrokerConfig {
-                data_dir,
                 listen,
                 admin_listen: Some(next(2)),
                 redis: Some(felix_broker::config::RedisConfig::on(next(3))),
@@ -291,6 +306,10 @@ fn run(args: Cli) -> anyhow::Result<()> {
                     auto_create_partitions: 1,
                     ..felix_broker::config::KafkaConfig::on(next(4))
                 }),
+                // A master key of its own, made on first start, so a
+                // tenant can turn encryption at rest on (`dev-master`).
+                encryption: Some(felix_broker::at_rest::dev_master_key(&data_dir)?),
+                data_dir,
                 ..BrokerConfig::default()
             };
             let cp = controlplane_listen.unwrap_or_else(|| next(1));
@@ -373,6 +392,13 @@ fn run(args: Cli) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let keys = felix_client::ValueKeys::parse(&text)?;
             println!("{}: key {} seals from now on", file.display(), keys.sealing_id());
+            Ok(())
+        }
+        Command::MasterKey(MasterKeyCommand::New { file, id }) => {
+            let text = felix_broker::at_rest::FileMasterKey::generate(&id)?;
+            felix_broker::at_rest::write_new_key_file(&file, &text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}: master key {id}", file.display());
             Ok(())
         }
         Command::Certs(CertsCommand::Controlplane { ca_dir, out, names }) => {

@@ -10,51 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{dev_broker, publish_one as publish, Broker};
+use common::{dev_broker, publish_one as publish, Broker, Cp};
 use felix_client::conn::Connection;
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{Client, ClientError, Route, SubscribeOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 
-struct Cp {
-    url: String,
-    secret: String,
-    http: reqwest::Client,
+/// Tenant `acme` with namespace `prod`, through the operator's API.
+trait AcmeProd {
+    async fn acme_prod(&self);
+    async fn token(&self, tenant: &str, principal: &str) -> String;
 }
 
-impl Cp {
-    fn of(b: &Broker) -> Cp {
-        Cp {
-            url: b
-                .profile
-                .controlplane
-                .clone()
-                .expect("felix dev names its control plane"),
-            secret: std::fs::read_to_string(b.dir.join("controlplane/secret")).unwrap(),
-            http: common::controlplane_client(&b.profile),
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.secret);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        let s = r.status().as_u16();
-        (s, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(method, path, Some(body)).await;
-        assert!((200..300).contains(&s), "{path}: {s} {v}");
-        v
-    }
-
-    /// Tenant `acme` with namespace `prod`.
+impl AcmeProd for Cp {
     async fn acme_prod(&self) {
         self.ok(reqwest::Method::POST, "/v1/tenants", json!({"name": "acme"}))
             .await;

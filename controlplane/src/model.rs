@@ -163,12 +163,79 @@ pub struct TenantSpec {
     pub display_name: String,
     #[serde(default)]
     pub quotas: Quotas,
+    /// Encryption at rest of the tenant's records; `None`: off. A `PUT`
+    /// of the tenant sends the whole spec, so one that leaves it out turns
+    /// encryption off (the data keys stay: what was sealed stays readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
 }
 
 impl TenantSpec {
     pub fn validate(&self) -> Result<(), String> {
         check_text("display_name", &self.display_name)?;
-        self.quotas.validate()
+        self.quotas.validate()?;
+        if let Some(e) = &self.encryption {
+            e.validate().map_err(|why| format!("encryption: {why}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Longest master key id.
+pub const KEY_ID_BYTES_MAX: usize = 64;
+/// Shortest scheduled rotation period (a day): no key is dropped while
+/// its tenant lives, so a day's period fills [`DATA_KEYS_MAX`] in about
+/// three years (key ids then need a rotation asked for after old keys are
+/// retired, which is not built).
+pub const ROTATION_PERIOD_MS_MIN: u64 = 24 * 3600 * 1000;
+/// Longest scheduled rotation period: ten years.
+pub const ROTATION_PERIOD_MS_MAX: u64 = 10 * 365 * 24 * 3600 * 1000;
+/// Data keys one tenant may have. None is ever dropped while the tenant
+/// lives (a segment sealed under it may still be read), so past this a
+/// rotation is refused.
+pub const DATA_KEYS_MAX: usize = 1024;
+/// Bytes of a data key's material.
+pub const DATA_KEY_MATERIAL_BYTES: usize = 32;
+
+/// A tenant's encryption at rest: under which of the brokers' master keys
+/// its data keys are derived, and how often a new data key takes over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// The id of the brokers' master key (1 to 64 bytes of `A-Za-z0-9._-`).
+    /// The control plane never holds the key, only its name.
+    pub key_id: String,
+    /// A new data key every this many milliseconds; 0: only when asked
+    /// (`POST /v1/tenants/{tenant}/data-keys/rotate`).
+    #[serde(default)]
+    pub rotation_period_ms: u64,
+}
+
+impl EncryptionSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        let k = &self.key_id;
+        if k.is_empty() || k.len() > KEY_ID_BYTES_MAX {
+            return Err(format!(
+                "key_id must be 1 to {KEY_ID_BYTES_MAX} bytes, not {}",
+                k.len()
+            ));
+        }
+        if let Some(c) = k
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "key_id {k:?} has {c:?}: only A-Z, a-z, 0-9, '.', '_' and '-' are allowed"
+            ));
+        }
+        let p = self.rotation_period_ms;
+        if p != 0 && !(ROTATION_PERIOD_MS_MIN..=ROTATION_PERIOD_MS_MAX).contains(&p) {
+            return Err(format!(
+                "rotation_period_ms must be 0 (rotate only when asked) or {ROTATION_PERIOD_MS_MIN} \
+                 to {ROTATION_PERIOD_MS_MAX} (a minute to ten years), not {p}"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -504,6 +571,50 @@ pub struct SigningKey {
     pub retire_at_ms: Option<u64>,
 }
 
+/// The material one of a tenant's data keys is derived from. A broker
+/// derives the AES key itself with HKDF from its master key
+/// `master_key_id`, this material, the tenant and `id`: the material alone
+/// opens nothing, and once the tenant (and with it its materials) is
+/// deleted, what is left of its records can no longer be opened.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKey {
+    /// Unique in the cluster, never reused; 0 is no key.
+    pub id: u32,
+    pub master_key_id: String,
+    /// 32 random bytes, base64url without padding. Replicated with the
+    /// rest of the state and sent to brokers in the feed, never shown by
+    /// the tenant API.
+    pub material: String,
+    pub created_ms: u64,
+}
+
+impl DataKey {
+    /// Why `material` is not 32 bytes of base64url without padding.
+    pub fn material_problem(material: &str) -> Option<String> {
+        use base64::Engine;
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(material) {
+            Ok(b) if b.len() == DATA_KEY_MATERIAL_BYTES => None,
+            Ok(b) => Some(format!(
+                "a data key's material is {DATA_KEY_MATERIAL_BYTES} bytes, not {}",
+                b.len()
+            )),
+            Err(e) => Some(format!("a data key's material is not base64url: {e}")),
+        }
+    }
+}
+
+/// Never prints the material (a `Debug` may reach a log).
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("master_key_id", &self.master_key_id)
+            .field("material", &"<redacted>")
+            .field("created_ms", &self.created_ms)
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub spec: TenantSpec,
@@ -512,6 +623,31 @@ pub struct Tenant {
     pub rules: Rules,
     /// Oldest first; the last one signs.
     pub keys: Vec<SigningKey>,
+    /// Oldest first; the last one seals new records (while encryption is
+    /// on). Kept while encryption is off: what was sealed stays readable.
+    #[serde(default)]
+    pub data_keys: Vec<DataKey>,
+}
+
+impl Tenant {
+    /// The data key new records are sealed under, if any.
+    pub fn data_key(&self) -> Option<&DataKey> {
+        self.data_keys.last()
+    }
+
+    /// Whether scheduled rotation is due at `now_ms`: encryption is on
+    /// with a rotation period, and the newest data key (if any) is at
+    /// least that old.
+    pub fn data_key_due(&self, now_ms: u64) -> bool {
+        let Some(e) = &self.spec.encryption else {
+            return false;
+        };
+        if e.rotation_period_ms == 0 {
+            return false;
+        }
+        self.data_key()
+            .is_none_or(|k| k.created_ms.saturating_add(e.rotation_period_ms) <= now_ms)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

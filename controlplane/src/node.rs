@@ -1,5 +1,6 @@
 //! One control-plane node at run time: its Raft member, its state, and
-//! what only the leader does (broker liveness, reconciling placement).
+//! what only the leader does (broker liveness, reconciling placement,
+//! rotating data keys on schedule).
 //!
 //! Writes go through the leader: a node that is not the leader forwards
 //! the command to it (`/raft/propose`) and then waits until its own state
@@ -32,6 +33,14 @@ pub const WRITE_TIMEOUT_MS: u64 = 5_000;
 /// How long dialling another control-plane node may take: an election
 /// must not wait on a dead peer longer than its own timeout.
 pub const PEER_CONNECT_MS: u64 = 500;
+/// How often the leader looks for tenants whose data key is due for
+/// rotation (`EncryptionSpec::rotation_period_ms`).
+pub const DATA_KEY_ROTATION_CHECK_MS: u64 = 10_000;
+/// Rotations the leader proposes per check at most; the rest wait for the
+/// next check.
+pub const DATA_KEY_ROTATIONS_PER_CHECK_MAX: usize = 64;
+/// The actor scheduled rotations are audited under.
+pub const DATA_KEY_ROTATION_ACTOR: &str = "felix-rotation";
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -79,6 +88,13 @@ pub fn fresh_key() -> SigningKey {
     auth::new_signing_key(&kid, random32())
 }
 
+/// A new data key's material: 32 bytes from the same generator,
+/// base64url without padding.
+pub fn fresh_data_key_material() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random32())
+}
+
 /// The leader's view of broker liveness (not replicated: a new leader
 /// starts counting afresh).
 #[derive(Debug, Default)]
@@ -94,6 +110,8 @@ pub struct Liveness {
     /// one did. Another trial on the same metadata before its `until_ms`
     /// would only learn the same.
     reconcile_idle: Option<ReconcileIdle>,
+    /// When this leader last looked for data keys due for rotation.
+    data_keys_checked: Option<Instant>,
 }
 
 /// A `Reconcile` trial's "nothing to do", and how long it holds.
@@ -372,12 +390,15 @@ impl Node {
 
     /// One pass of the leader's duties: brokers silent for too long are
     /// marked down; placement is reconciled when that would change
-    /// anything.
+    /// anything; data keys due are rotated.
     async fn tick(&self) {
         if !self.is_leader() {
-            self.liveness.lock().expect("liveness lock").led_since = None;
+            let mut l = self.liveness.lock().expect("liveness lock");
+            l.led_since = None;
+            l.data_keys_checked = None;
             return;
         }
+        self.rotate_due_data_keys().await;
         let silent_after = Duration::from_millis(
             self.cfg.broker_heartbeat_interval_ms * u64::from(self.cfg.broker_heartbeats_missed_max),
         );
@@ -447,6 +468,57 @@ impl Node {
             match self.propose_local("controlplane", reconcile).await {
                 Ok(a) => tracing::info!(moves = a.moves.len(), version = a.version, "reconciled placement"),
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        }
+    }
+
+    /// Every [`DATA_KEY_ROTATION_CHECK_MS`], proposes a new data key for
+    /// each tenant (up to [`DATA_KEY_ROTATIONS_PER_CHECK_MAX`]) whose
+    /// rotation period has passed since its newest one was made. Each is
+    /// `due_only`: applied after another rotation, or to a tenant whose
+    /// encryption changed meanwhile, it does nothing or is refused.
+    async fn rotate_due_data_keys(&self) {
+        {
+            let mut l = self.liveness.lock().expect("liveness lock");
+            let now = Instant::now();
+            let every = Duration::from_millis(DATA_KEY_ROTATION_CHECK_MS);
+            if l.data_keys_checked.is_some_and(|t| now.duration_since(t) < every) {
+                return;
+            }
+            l.data_keys_checked = Some(now);
+        }
+        let now = now_ms();
+        let (due, full): (Vec<String>, Vec<String>) = self.read(|m| {
+            let mut due = Vec::new();
+            let mut full = Vec::new();
+            for (name, t) in m.tenants.iter().filter(|(_, t)| t.data_key_due(now)) {
+                if t.data_keys.len() >= crate::model::DATA_KEYS_MAX {
+                    full.push(name.clone());
+                } else if due.len() < DATA_KEY_ROTATIONS_PER_CHECK_MAX {
+                    due.push(name.clone());
+                }
+            }
+            (due, full)
+        });
+        for tenant in full {
+            tracing::warn!(
+                tenant,
+                max = crate::model::DATA_KEYS_MAX,
+                "the tenant's data key is due for rotation but it has the most data keys it may have; new records stay sealed under its current one"
+            );
+        }
+        for tenant in due {
+            let cmd = Command::RotateDataKey {
+                tenant: tenant.clone(),
+                material: fresh_data_key_material(),
+                due_only: true,
+            };
+            match self.propose_local(DATA_KEY_ROTATION_ACTOR, cmd).await {
+                Ok(a) if a.changed => {
+                    tracing::info!(tenant, version = a.version, "rotated a data key on schedule")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(tenant, error = %e, "scheduled data key rotation failed"),
             }
         }
     }

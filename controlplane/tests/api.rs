@@ -1272,3 +1272,98 @@ async fn a_broker_of_another_region_is_refused_and_never_placed_a_replica() {
         assert!(r.text().await.unwrap().contains("same region"));
     }
 }
+
+#[tokio::test]
+async fn a_tenant_with_encryption_shows_its_data_keys_ids_and_only_the_feed_their_material() {
+    let cp = Cp::start().await;
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "sec", "encryption": {"key_id": "bad id"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(err(&v).contains("key_id"), "{v}");
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "sec", "encryption": {"key_id": "mk1", "rotation_period_ms": 59_999}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(err(&v).contains("rotation_period_ms"), "{v}");
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"name": "sec", "encryption": {"key_id": "mk1"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = cp.op(Method::GET, "/v1/tenants/sec", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["encryption"]["key_id"], "mk1");
+    let keys = v["data_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{v}");
+    assert_eq!(keys[0]["master_key_id"], "mk1");
+    let first = keys[0]["id"].as_u64().unwrap();
+    assert!(first >= 1);
+    assert!(!v.to_string().contains("material"), "{v}");
+    // Rotated on request: a new key, still no material shown.
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants/sec/data-keys/rotate", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = cp.op(Method::GET, "/v1/tenants/sec", None).await;
+    let ids: Vec<u64> = v["data_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![first, first + 1]);
+    assert!(!v.to_string().contains("material"), "{v}");
+    // The feed carries the materials, for the brokers.
+    let (s, snap) = cp.op(Method::GET, "/v1/feed/snapshot", None).await;
+    assert_eq!(s, StatusCode::OK, "{snap}");
+    let t = &snap["tenants"]["sec"];
+    assert_eq!(t["encryption"], json!({"key_id": "mk1", "rotation_period_ms": 0}));
+    let keys = t["data_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{t}");
+    for k in keys {
+        let m = URL_SAFE_NO_PAD.decode(k["material"].as_str().unwrap()).unwrap();
+        assert_eq!(m.len(), 32);
+    }
+    assert_ne!(keys[0]["material"], keys[1]["material"]);
+    // A tenant without encryption has nothing to rotate.
+    cp.op(Method::POST, "/v1/tenants", Some(json!({"name": "plain"})))
+        .await;
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants/plain/data-keys/rotate", None)
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(err(&v).contains("no encryption"), "{v}");
+    let (_, snap) = cp.op(Method::GET, "/v1/feed/snapshot", None).await;
+    assert_eq!(snap["tenants"]["plain"]["encryption"], Value::Null);
+    assert_eq!(snap["tenants"]["plain"]["data_keys"], json!([]));
+    // A PUT without encryption turns it off and keeps the keys.
+    let (s, v) = cp
+        .op(Method::PUT, "/v1/tenants/sec", Some(json!({"display_name": "S"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = cp.op(Method::GET, "/v1/tenants/sec", None).await;
+    assert!(v["spec"].get("encryption").is_none(), "{v}");
+    assert_eq!(v["data_keys"].as_array().unwrap().len(), 2);
+    // Deleted: gone from the feed, materials and all.
+    let material = keys[0]["material"].as_str().unwrap().to_owned();
+    let (s, v) = cp.op(Method::DELETE, "/v1/tenants/sec", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, snap) = cp.op(Method::GET, "/v1/feed/snapshot", None).await;
+    assert!(snap["tenants"].get("sec").is_none());
+    let (s, changes) = cp.op(Method::GET, "/v1/feed/changes?since=0", None).await;
+    assert_eq!(s, StatusCode::OK, "{changes}");
+    assert!(!changes.to_string().contains(&material), "{changes}");
+    cp.h.shutdown().await;
+}

@@ -65,6 +65,21 @@ pub struct BrokerConfig {
     /// Publish quotas of a tenant the control plane sets none for (every
     /// client, without a control plane). Reloaded on SIGHUP.
     pub quotas: QuotaDefaults,
+    /// Encryption at rest (`docs/security.md`): the master key tenants'
+    /// data keys are derived under. Absent: a tenant whose `encryption`
+    /// is on cannot write here (refused, never stored in the clear).
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// The `[encryption]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The master key file (`felix master-key new`): one line
+    /// `felix-master-key <id> <key>`. Every broker of a cluster needs the
+    /// same one; a broker whose data was encrypted under another refuses
+    /// to start.
+    pub master_key_file: PathBuf,
 }
 
 /// Settings given to streams created without them (as Kafka's
@@ -639,6 +654,7 @@ impl Default for BrokerConfig {
             log_level: None,
             defaults: StreamDefaults::default(),
             quotas: QuotaDefaults::default(),
+            encryption: None,
         }
     }
 }

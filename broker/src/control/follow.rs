@@ -15,7 +15,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
-use felix_controlplane::model::{Broker, Cache, Quotas, ShardPlacement, Stream, Usage};
+use felix_controlplane::model::{
+    Broker, Cache, DataKey, EncryptionSpec, Quotas, ShardPlacement, Stream, Usage,
+};
 use felix_controlplane::state::{Change, Versioned};
 use serde::Deserialize;
 use serde_json::Value;
@@ -150,6 +152,10 @@ struct TenantView {
     namespaces: BTreeMap<String, NamespaceView>,
     #[serde(default)]
     jwks: Value,
+    #[serde(default)]
+    encryption: Option<EncryptionSpec>,
+    #[serde(default)]
+    data_keys: Vec<DataKey>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +218,15 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
         c.peers.replace(c.broker, all);
         n.keep_peers().map_err(|e| e.to_string())?;
     }
+    // Keys before streams: a shard opened below reads its tenant's.
+    for (t, tv) in &s.tenants {
+        n.keys
+            .set_tenant(t, tv.encryption.clone(), tv.data_keys.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    n.keys
+        .retain(&s.tenants.keys().cloned().collect())
+        .map_err(|e| e.to_string())?;
     let mut wanted = BTreeSet::new();
     {
         let mut q = n.quotas.lock().expect("quota lock");
@@ -283,6 +298,9 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                     .set_tenant(&tenant, quotas, now);
                 if quotas.is_none() {
                     link.keys.remove(&tenant);
+                    // Crypto-shredding, on this broker: a deleted tenant's
+                    // data keys go, from memory and from disk.
+                    n.keys.forget_tenant(&tenant).map_err(|e| e.to_string())?;
                 }
             }
             Change::Namespace {
@@ -315,6 +333,14 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                 let c = value.map(|s| followed(cache_config(&tenant, &namespace, &cache, &s), &s.placement));
                 apply(&n, v.version, &name, c, true)?;
             }
+            Change::DataKeys {
+                tenant,
+                encryption,
+                keys,
+            } => n
+                .keys
+                .set_tenant(&tenant, encryption, keys)
+                .map_err(|e| e.to_string())?,
             Change::Keys { tenant } => {
                 if let Err(e) = link.fetch_keys(&tenant, now).await {
                     tracing::warn!(tenant, error = %e, "fetching rotated keys failed; tokens signed with the new key are refused until they are fetched");

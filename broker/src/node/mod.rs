@@ -148,6 +148,8 @@ pub struct Node {
     pub(crate) quotas: Mutex<crate::control::quota::QuotaTable>,
     /// The file's `[defaults]` (replaced on SIGHUP).
     defaults: RwLock<crate::config::StreamDefaults>,
+    /// The tenants' data keys (encryption at rest).
+    pub(crate) keys: Arc<crate::at_rest::Tenants>,
     /// This process's hold on the data directory, shared by every shard's
     /// log under it (`DirLock::Parent`: no lock file per log, so a replica
     /// costs one open file, its active segment); the last of them lets go.
@@ -189,7 +191,13 @@ impl Node {
             move || c(),
         )?;
         let meta = MetaStore::open(dir)?;
+        let master: Option<Arc<dyn crate::at_rest::MasterKey>> = match &config.encryption {
+            Some(e) => Some(Arc::new(crate::at_rest::FileMasterKey::load(&e.master_key_file)?)),
+            None => None,
+        };
+        let keys = crate::at_rest::Tenants::open(dir, master)?;
         let node = Node {
+            keys,
             dir_lock: Arc::new(dir_lock),
             broker_id: config.broker_id,
             address: Mutex::new(config.listen.to_string()),
@@ -273,6 +281,7 @@ impl Node {
         id: ShardId,
         m: &StreamMeta,
         signal: &Arc<watch::Sender<u64>>,
+        keys: &Arc<dyn felix_log::batch::seal::Keyring>,
     ) -> Result<Arc<HostedShard>, BrokerError> {
         let kind = if m.kind.keyed() {
             ShardKind::Keyed
@@ -290,6 +299,7 @@ impl Node {
                 felix_log::Verify::FromCheckpoint
             },
             dir_lock: felix_log::DirLock::Parent(self.dir_lock.clone()),
+            keys: Some(keys.clone()),
             ..LogConfig::default()
         };
         let dir = self.shard_dir(id);

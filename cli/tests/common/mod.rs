@@ -26,6 +26,56 @@ pub fn controlplane_client(profile: &ClientProfile) -> reqwest::Client {
         .unwrap()
 }
 
+/// The embedded control plane of a `felix dev`, called as its operator.
+pub struct Cp {
+    pub url: String,
+    pub secret: String,
+    pub http: reqwest::Client,
+}
+
+impl Cp {
+    pub fn of(b: &Broker) -> Cp {
+        Cp {
+            url: b
+                .profile
+                .controlplane
+                .clone()
+                .expect("felix dev names its control plane"),
+            secret: std::fs::read_to_string(b.dir.join("controlplane/secret")).unwrap(),
+            http: controlplane_client(&b.profile),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.secret);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let (s, v) = self.call(method, path, Some(body)).await;
+        assert!((200..300).contains(&s), "{path}: {s} {v}");
+        v
+    }
+}
+
 pub struct Broker {
     pub dir: PathBuf,
     child: Option<Child>,

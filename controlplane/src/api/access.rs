@@ -267,7 +267,7 @@ pub(super) async fn bootstrap(State(n): S, h: HeaderMap, Path(t): Path<String>, 
         tenant: t,
         spec: TenantSpec {
             display_name: r.display_name,
-            quotas: Quotas::default(),
+            ..TenantSpec::default()
         },
         issuers: r.idp_issuers,
         admins: r.initial_admin_principals,

@@ -197,7 +197,10 @@ pub(super) async fn rebalance_status(State(n): S, h: HeaderMap) -> ApiResult {
     })))
 }
 
-/// What brokers see: no issuers, rules or private keys.
+/// What brokers see: no issuers, rules or signing keys. Each tenant's
+/// encryption and data keys, materials included: a broker derives the keys
+/// it seals with from them and its master key, which the control plane
+/// never holds.
 pub(super) fn broker_view(m: &crate::state::Metadata) -> Value {
     let tenants: BTreeMap<&String, Value> = m
         .tenants
@@ -206,9 +209,23 @@ pub(super) fn broker_view(m: &crate::state::Metadata) -> Value {
             let namespaces: BTreeMap<&String, Value> = t
                 .namespaces
                 .iter()
-                .map(|(nn, ns)| (nn, json!({"quotas": ns.spec.quotas, "streams": ns.streams, "caches": ns.caches})))
+                .map(|(nn, ns)| {
+                    (
+                        nn,
+                        json!({"quotas": ns.spec.quotas, "streams": ns.streams, "caches": ns.caches}),
+                    )
+                })
                 .collect();
-            (name, json!({"quotas": t.spec.quotas, "namespaces": namespaces, "jwks": m.jwks(name).unwrap_or_default()}))
+            (
+                name,
+                json!({
+                    "quotas": t.spec.quotas,
+                    "namespaces": namespaces,
+                    "jwks": m.jwks(name).unwrap_or_default(),
+                    "encryption": t.spec.encryption,
+                    "data_keys": t.data_keys,
+                }),
+            )
         })
         .collect();
     json!({"version": m.version, "brokers": m.brokers.values().collect::<Vec<_>>(), "tenants": tenants})

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use crate::auth::{self, AuthError, FelixClaims, Verifier};
 use crate::model::*;
-use crate::node::{fresh_key, now_ms, CpError, Forwarded, Node};
+use crate::node::{fresh_data_key_material, fresh_key, now_ms, CpError, Forwarded, Node};
 use crate::raft::network::SECRET_HEADER;
 use crate::raft::Outcome;
 use crate::rbac::{for_token, Action, Grant, Object};
@@ -66,9 +66,9 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/ready", "anyone", "200 once this node knows a leader (it can take writes, forwarded), else 503."),
     ("get", "/v1/cluster", "anyone", "Control-plane nodes, leader, metadata version, under-replicated shards."),
     ("get", "/v1/tenants", "operator", "List tenants (paginated)."),
-    ("post", "/v1/tenants", "operator", "Create a tenant {name, display_name?, quotas?}."),
-    ("get", "/v1/tenants/{tenant}", "tenant.manage", "A tenant's spec."),
-    ("put", "/v1/tenants/{tenant}", "tenant.manage", "Update a tenant's display name and quotas."),
+    ("post", "/v1/tenants", "operator", "Create a tenant {name, display_name?, quotas?, encryption?: {key_id, rotation_period_ms?}}."),
+    ("get", "/v1/tenants/{tenant}", "tenant.manage", "A tenant's spec and its data keys' ids (never their material)."),
+    ("put", "/v1/tenants/{tenant}", "tenant.manage", "Update a tenant's display name, quotas and encryption (the spec sent replaces it: one without encryption turns it off, keeping the data keys)."),
     ("delete", "/v1/tenants/{tenant}", "operator", "Delete an empty tenant."),
     ("get", "/v1/tenants/{tenant}/namespaces", "resource.manage", "List namespaces (paginated)."),
     ("post", "/v1/tenants/{tenant}/namespaces", "resource.manage", "Create a namespace {name, description?, quotas?}."),
@@ -98,6 +98,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/token/issue", "operator", "Issue a Felix token for {principal, groups?, requested?, resources?} from RBAC, without an IdP."),
     ("get", "/v1/tenants/{tenant}/.well-known/jwks.json", "anyone", "The tenant's token verification keys."),
     ("post", "/v1/tenants/{tenant}/keys/rotate", "tenant.manage", "A new signing key; the old one verifies until its tokens expire."),
+    ("post", "/v1/tenants/{tenant}/data-keys/rotate", "tenant.manage", "A new data key seals the tenant's new records (encryption at rest must be on); the older ones still open what they sealed."),
     ("get", "/v1/tenants/{tenant}/audit", "tenant.manage", "The tenant's audit log (newest last)."),
     ("get", "/v1/audit", "operator", "The whole audit log."),
     ("get", "/v1/brokers", "operator", "Brokers, their status and the replicas on each; retired ids."),
@@ -109,7 +110,7 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("post", "/v1/brokers/{broker}/moves/{group}/done", "operator or broker", "A move off this broker finished: it left the group."),
     ("post", "/v1/rebalance", "operator", "Even out preferred leaders; with a body {strategy?: balanced|minimize_movement, stream?: \"t/ns/name\"}, replicas too."),
     ("get", "/v1/rebalance", "operator", "The rebalance in progress and the replica moves in progress."),
-    ("get", "/v1/feed/snapshot", "operator or broker", "The brokers' view (no secrets) at version V."),
+    ("get", "/v1/feed/snapshot", "operator or broker", "The brokers' view at version V: no signing keys, issuers or rules; tenants' data key materials (which open nothing without the brokers' master key)."),
     ("get", "/v1/feed/changes", "operator or broker", "Changes since ?since=V, long-polled up to ?wait_ms=; 410 when V is too old."),
 ];
 
@@ -385,6 +386,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/tenants/:tenant/token/issue", post(issue))
         .route("/v1/tenants/:tenant/.well-known/jwks.json", get(jwks))
         .route("/v1/tenants/:tenant/keys/rotate", post(rotate))
+        .route("/v1/tenants/:tenant/data-keys/rotate", post(rotate_data_key))
         .route("/v1/tenants/:tenant/audit", get(tenant_audit))
         .route("/v1/audit", get(audit))
         .route("/v1/brokers", get(list_brokers).post(register_broker))

@@ -21,6 +21,7 @@ pub(super) async fn create_tenant(State(n): S, h: HeaderMap, b: Bytes) -> ApiRes
     let t: NewTenant = body(&b)?;
     check_name("tenant", &t.name)?;
     t.spec.validate().map_err(bad)?;
+    let data_key = data_key_for(&t.spec);
     let a = n
         .propose(
             &c.actor(),
@@ -29,6 +30,7 @@ pub(super) async fn create_tenant(State(n): S, h: HeaderMap, b: Bytes) -> ApiRes
                 spec: t.spec,
                 key: Some(fresh_key()),
                 keep_quotas: false,
+                data_key,
             },
         )
         .await?;
@@ -40,8 +42,14 @@ pub(super) async fn get_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>)
     n.read_barrier().await;
     n.read(|m| {
         let x = m.tenant(&t)?;
+        // Which data keys, never their material (that is the brokers').
+        let data_keys: Vec<Value> = x
+            .data_keys
+            .iter()
+            .map(|k| json!({"id": k.id, "master_key_id": k.master_key_id, "created_ms": k.created_ms}))
+            .collect();
         Ok(Json(
-            json!({"name": t, "spec": x.spec, "namespaces": x.namespaces.len()}),
+            json!({"name": t, "spec": x.spec, "namespaces": x.namespaces.len(), "data_keys": data_keys}),
         ))
     })
 }
@@ -53,6 +61,9 @@ pub(super) async fn put_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>,
     spec.validate().map_err(bad)?;
     let current = n.read(|m| m.tenant(&t).map(|x| x.spec.quotas))?;
     let keep_quotas = quotas_kept(&c, &spec.quotas, &current)?;
+    // The spec sent is the spec: one without `encryption` turns it off
+    // (the data keys stay, so what was sealed stays readable).
+    let data_key = data_key_for(&spec);
     Ok(applied(
         n.propose(
             &c.actor(),
@@ -61,10 +72,31 @@ pub(super) async fn put_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>,
                 spec,
                 key: None,
                 keep_quotas,
+                data_key,
             },
         )
         .await?,
     ))
+}
+
+/// A fresh data key's material whenever `spec` has encryption: apply uses
+/// it only if the tenant needs a new data key (it has none under the
+/// spec's master key), and it must be drawn here, not in apply.
+fn data_key_for(spec: &TenantSpec) -> Option<String> {
+    spec.encryption.is_some().then(fresh_data_key_material)
+}
+
+/// `POST /v1/tenants/{tenant}/data-keys/rotate`: a new data key seals the
+/// tenant's new records; the older ones still open what they sealed.
+pub(super) async fn rotate_data_key(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {
+    let c = caller(&n, &h, &t)?;
+    c.require(Action::TenantManage, &Object::Tenant(t.clone()))?;
+    let cmd = Command::RotateDataKey {
+        tenant: t,
+        material: fresh_data_key_material(),
+        due_only: false,
+    };
+    Ok(applied(n.propose(&c.actor(), cmd).await?))
 }
 
 pub(super) async fn delete_tenant(State(n): S, h: HeaderMap, Path(t): Path<String>) -> ApiResult {

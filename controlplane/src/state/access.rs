@@ -126,6 +126,12 @@ impl Metadata {
             } => {
                 check_names(&[("tenant", tenant)])?;
                 spec.validate().map_err(ApplyError::invalid)?;
+                if spec.encryption.is_some() {
+                    // Its command carries no data key: turned on after.
+                    return Err(ApplyError::invalid(format!(
+                        "bootstrap does not turn encryption on; set it with PUT /v1/tenants/{tenant} once the tenant exists"
+                    )));
+                }
                 if self.tenants.contains_key(tenant) {
                     return Err(ApplyError::conflict(format!(
                         "tenant {tenant:?} exists; bootstrap runs once per tenant"

@@ -18,6 +18,7 @@ use felix_model::names::name_problem;
 // `run` routes each command to the file of its family.
 mod access;
 mod brokers;
+mod encryption;
 mod resources;
 mod tenancy;
 
@@ -52,6 +53,11 @@ pub enum Command {
         /// the operator, who alone sets quotas).
         #[serde(default)]
         keep_quotas: bool,
+        /// A data key's material (the proposer draws one whenever `spec`
+        /// has encryption): used when the tenant has no data key under
+        /// the spec's master key yet, ignored otherwise.
+        #[serde(default)]
+        data_key: Option<String>,
     },
     DeleteTenant {
         tenant: String,
@@ -152,6 +158,16 @@ pub enum Command {
         key: SigningKey,
         overlap_ms: u64,
     },
+    /// A new data key of `material` seals the tenant's new records; the
+    /// older ones stay to open what they sealed. `due_only`: only if the
+    /// tenant's rotation period has passed since its newest key was made
+    /// (the leader's scheduled rotation; a repeat is then a no-op).
+    RotateDataKey {
+        tenant: String,
+        material: String,
+        #[serde(default)]
+        due_only: bool,
+    },
     AddPolicy {
         tenant: String,
         caller: Vec<Grant>,
@@ -201,6 +217,7 @@ impl Command {
             | PutIdpIssuer { tenant, .. }
             | DeleteIdpIssuer { tenant, .. }
             | RotateKey { tenant, .. }
+            | RotateDataKey { tenant, .. }
             | AddPolicy { tenant, .. }
             | RemovePolicy { tenant, .. }
             | AddGrouping { tenant, .. }
@@ -242,6 +259,7 @@ impl Command {
             | PutIdpIssuer { .. }
             | DeleteIdpIssuer { .. }
             | RotateKey { .. }
+            | RotateDataKey { .. }
             | AddPolicy { .. }
             | RemovePolicy { .. }
             | AddGrouping { .. }
@@ -381,6 +399,15 @@ pub enum Change {
     Keys {
         tenant: String,
     },
+    /// The tenant's encryption or data keys changed: new records are
+    /// sealed under the last of `keys` while `encryption` is on; every key
+    /// opens what it sealed. (A deleted tenant is a `Tenant` change with
+    /// no quotas: its keys are forgotten with the rest of it.)
+    DataKeys {
+        tenant: String,
+        encryption: Option<EncryptionSpec>,
+        keys: Vec<DataKey>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -418,6 +445,10 @@ pub struct Metadata {
     /// Ids of decommissioned brokers: never registered again.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
     pub retired_brokers: std::collections::BTreeSet<u32>,
+    /// The next data key id (0 is no key: ids start at 1; a state from
+    /// before data keys has none, so 0, read as 1).
+    #[serde(default)]
+    pub next_data_key_id: u32,
     /// Replicas and preferred leaderships per broker, derived from the
     /// placements and kept with them, so a create does not count every
     /// placement again.
@@ -623,6 +654,7 @@ impl Metadata {
     pub fn new() -> Metadata {
         Metadata {
             next_group: 1,
+            next_data_key_id: 1,
             ..Metadata::default()
         }
     }
@@ -698,13 +730,17 @@ impl Metadata {
                 self.next_group = scratch.next_group;
                 self.rebalance = scratch.rebalance;
                 self.retired_brokers = scratch.retired_brokers;
+                self.next_data_key_id = scratch.next_data_key_id;
                 self.load = scratch.load;
             }
             result
         };
         let audited = !matches!(
             env.command,
-            Command::Reconcile { .. } | Command::SetBrokerStatus { .. } | Command::MoveDone { .. }
+            Command::Reconcile { .. }
+                | Command::SetBrokerStatus { .. }
+                | Command::MoveDone { .. }
+                | Command::RotateDataKey { due_only: true, .. }
         );
         match result {
             Ok(changes) => {
@@ -713,6 +749,11 @@ impl Metadata {
                 let goal_changed = self.rebalance != goal_before;
                 if changed {
                     self.version += 1;
+                    for change in &changes {
+                        if let Change::Tenant { tenant, quotas: None } = change {
+                            self.forget_data_keys(tenant);
+                        }
+                    }
                     for change in changes {
                         self.changes.push_back(Versioned {
                             version: self.version,
@@ -782,6 +823,7 @@ impl Metadata {
             tenant_audit: BTreeMap::new(),
             rebalance: self.rebalance.clone(),
             retired_brokers: self.retired_brokers.clone(),
+            next_data_key_id: self.next_data_key_id,
             load: self.load.clone(),
         }
     }
@@ -905,6 +947,7 @@ impl Metadata {
             | AddGrouping { .. }
             | RemoveGrouping { .. }
             | Bootstrap { .. } => self.run_access(env),
+            RotateDataKey { .. } => self.run_encryption(env),
         }
     }
 }
@@ -951,6 +994,7 @@ mod tests {
                 spec: TenantSpec::default(),
                 key: Some(new_signing_key("k1", [1; 32])),
                 keep_quotas: false,
+                data_key: None,
             },
         ))
         .unwrap();
@@ -981,6 +1025,7 @@ mod tests {
                     },
                     key: None,
                     keep_quotas,
+                    data_key: None,
                 },
             )
         };
@@ -1374,6 +1419,7 @@ mod tests {
                 spec: TenantSpec::default(),
                 key: Some(new_signing_key("k2", [2; 32])),
                 keep_quotas: false,
+                data_key: None,
             },
         ))
         .unwrap();
@@ -1823,6 +1869,467 @@ mod tests {
         assert_eq!(m.apply(&env(0, wide)).unwrap_err().kind, ErrorKind::Forbidden);
     }
 
+    /// 32 bytes of `b`, as a data key's material.
+    fn material(b: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([b; 32])
+    }
+
+    fn encrypted(key_id: &str, rotation_period_ms: u64) -> TenantSpec {
+        TenantSpec {
+            encryption: Some(EncryptionSpec {
+                key_id: key_id.into(),
+                rotation_period_ms,
+            }),
+            ..TenantSpec::default()
+        }
+    }
+
+    /// A `PutTenant` of `spec` carrying `data_key`, as the API proposes it
+    /// (a new tenant also gets a signing key).
+    fn put_encrypted(tenant: &str, spec: TenantSpec, data_key: Option<String>) -> Command {
+        Command::PutTenant {
+            tenant: tenant.into(),
+            spec,
+            key: Some(new_signing_key(&format!("k-{tenant}"), [7; 32])),
+            keep_quotas: false,
+            data_key,
+        }
+    }
+
+    /// (id, master key id, created) of each of `tenant`'s data keys.
+    fn data_keys(m: &Metadata, tenant: &str) -> Vec<(u32, String, u64)> {
+        m.tenant(tenant)
+            .unwrap()
+            .data_keys
+            .iter()
+            .map(|k| (k.id, k.master_key_id.clone(), k.created_ms))
+            .collect()
+    }
+
+    fn rotate_data_key(tenant: &str, material: String, due_only: bool) -> Command {
+        Command::RotateDataKey {
+            tenant: tenant.into(),
+            material,
+            due_only,
+        }
+    }
+
+    #[test]
+    fn a_tenant_created_with_encryption_gets_a_cluster_unique_data_key_and_the_feed_says_so() {
+        let mut m = cluster();
+        let v0 = m.version;
+        m.apply(&env(
+            5,
+            put_encrypted("e", encrypted("mk1", 0), Some(material(1))),
+        ))
+        .unwrap();
+        assert_eq!(data_keys(&m, "e"), vec![(1, "mk1".into(), 5)]);
+        assert_eq!(m.tenant("e").unwrap().data_key().unwrap().material, material(1));
+        let feed = m.changes_since(v0).unwrap();
+        let kinds: Vec<&str> = feed
+            .iter()
+            .map(|v| match &v.change {
+                Change::Tenant { .. } => "tenant",
+                Change::Keys { .. } => "keys",
+                Change::DataKeys { .. } => "data_keys",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, vec!["tenant", "keys", "data_keys"]);
+        let Change::DataKeys {
+            tenant,
+            encryption,
+            keys,
+        } = &feed[2].change
+        else {
+            unreachable!()
+        };
+        assert_eq!(tenant, "e");
+        assert_eq!(encryption.as_ref().unwrap().key_id, "mk1");
+        assert_eq!(keys, &m.tenant("e").unwrap().data_keys);
+        // As brokers read it.
+        let json = serde_json::to_value(&feed[2]).unwrap();
+        let want = serde_json::json!({
+            "version": m.version,
+            "change": {
+                "type": "data_keys",
+                "tenant": "e",
+                "encryption": {"key_id": "mk1", "rotation_period_ms": 0},
+                "keys": [{"id": 1, "master_key_id": "mk1", "material": material(1), "created_ms": 5}],
+            },
+        });
+        assert_eq!(json, want);
+        // The `Debug` of a key never prints its material.
+        assert!(!format!("{:?}", feed[2]).contains(&material(1)));
+        // Ids are the cluster's, not the tenant's.
+        m.apply(&env(
+            6,
+            put_encrypted("f", encrypted("mk1", 0), Some(material(2))),
+        ))
+        .unwrap();
+        assert_eq!(data_keys(&m, "f"), vec![(2, "mk1".into(), 6)]);
+        assert_eq!(m.next_data_key_id, 3);
+        // Without encryption, no key (the material is ignored), no change.
+        m.apply(&env(
+            7,
+            put_encrypted("g", TenantSpec::default(), Some(material(3))),
+        ))
+        .unwrap();
+        assert!(data_keys(&m, "g").is_empty());
+        assert!(!m
+            .changes
+            .iter()
+            .any(|v| matches!(&v.change, Change::DataKeys { tenant, .. } if tenant == "g")));
+        // With encryption and no material: refused, nothing made.
+        let e = m
+            .apply(&env(8, put_encrypted("h", encrypted("mk1", 0), None)))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+        assert!(!m.tenants.contains_key("h"));
+        let e = m
+            .apply(&env(
+                8,
+                put_encrypted("h", encrypted("mk1", 0), Some("short".into())),
+            ))
+            .unwrap_err();
+        assert!(e.message.contains("not base64url"), "{e}");
+        let e = m
+            .apply(&env(
+                8,
+                put_encrypted("h", encrypted("mk1", 0), Some(material(1)[..22].into())),
+            ))
+            .unwrap_err();
+        assert!(e.message.contains("32 bytes, not 16"), "{e}");
+        assert_eq!(m.next_data_key_id, 3, "a refusal uses no id");
+    }
+
+    #[test]
+    fn an_update_adds_a_data_key_only_when_the_master_key_changes_and_turning_off_keeps_them() {
+        let mut m = cluster();
+        m.apply(&env(
+            1,
+            put_encrypted("e", encrypted("mk1", 0), Some(material(1))),
+        ))
+        .unwrap();
+        // The same master key: the material is ignored.
+        let v = m.version;
+        let a = m
+            .apply(&env(
+                2,
+                put_encrypted("e", encrypted("mk1", 0), Some(material(2))),
+            ))
+            .unwrap();
+        assert!(!a.changed && m.version == v);
+        assert_eq!(data_keys(&m, "e"), vec![(1, "mk1".into(), 1)]);
+        // Another display name: a tenant change, not a data key one.
+        let renamed = TenantSpec {
+            display_name: "E".into(),
+            ..encrypted("mk1", 0)
+        };
+        m.apply(&env(3, put_encrypted("e", renamed, Some(material(3)))))
+            .unwrap();
+        assert_eq!(data_keys(&m, "e").len(), 1);
+        assert!(matches!(&m.changes.back().unwrap().change, Change::Tenant { .. }));
+        // Another master key: a new key under it.
+        let v = m.version;
+        m.apply(&env(
+            4,
+            put_encrypted("e", encrypted("mk2", 0), Some(material(4))),
+        ))
+        .unwrap();
+        assert_eq!(
+            data_keys(&m, "e"),
+            vec![(1, "mk1".into(), 1), (2, "mk2".into(), 4)]
+        );
+        let feed = m.changes_since(v).unwrap();
+        assert!(matches!(
+            &feed[..],
+            [
+                Versioned { change: Change::Tenant { .. }, .. },
+                Versioned { change: Change::DataKeys { keys, encryption: Some(_), .. }, .. },
+            ] if keys.len() == 2
+        ));
+        // Off: the keys stay (sealed records need them); the feed says off.
+        m.apply(&env(5, put_encrypted("e", TenantSpec::default(), None)))
+            .unwrap();
+        assert_eq!(data_keys(&m, "e").len(), 2);
+        assert!(matches!(
+            &m.changes.back().unwrap().change,
+            Change::DataKeys { encryption: None, keys, .. } if keys.len() == 2
+        ));
+        // On again under the current key's master: nothing new to make.
+        m.apply(&env(
+            6,
+            put_encrypted("e", encrypted("mk2", 0), Some(material(6))),
+        ))
+        .unwrap();
+        assert_eq!(data_keys(&m, "e").len(), 2);
+        // Back to the first master key: a new key, the current one.
+        m.apply(&env(
+            7,
+            put_encrypted("e", encrypted("mk1", 0), Some(material(7))),
+        ))
+        .unwrap();
+        assert_eq!(data_keys(&m, "e")[2], (3, "mk1".into(), 7));
+        // A bootstrap carries no data key: it cannot turn encryption on.
+        let boot = Command::Bootstrap {
+            tenant: "b".into(),
+            spec: encrypted("mk1", 0),
+            issuers: vec![],
+            admins: vec!["p:alice".into()],
+            key: new_signing_key("kb", [9; 32]),
+        };
+        let e = m.apply(&env(8, boot)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    }
+
+    #[test]
+    fn a_scheduled_rotation_adds_a_data_key_only_once_due_and_an_asked_one_at_once() {
+        let mut m = cluster();
+        let day = ROTATION_PERIOD_MS_MIN;
+        m.apply(&env(
+            1_000,
+            put_encrypted("e", encrypted("mk1", day), Some(material(1))),
+        ))
+        .unwrap();
+        assert!(!m.tenant("e").unwrap().data_key_due(1_000 + day - 1));
+        // Before it is due: nothing, not even a version.
+        let v = m.version;
+        let a = m
+            .apply(&env(1_000 + day - 1, rotate_data_key("e", material(2), true)))
+            .unwrap();
+        assert!(!a.changed && m.version == v);
+        assert_eq!(data_keys(&m, "e").len(), 1);
+        // Due: a new key, the current one.
+        assert!(m.tenant("e").unwrap().data_key_due(1_000 + day));
+        let a = m
+            .apply(&env(1_000 + day, rotate_data_key("e", material(2), true)))
+            .unwrap();
+        assert!(a.changed);
+        assert_eq!(data_keys(&m, "e")[1], (2, "mk1".into(), 1_000 + day));
+        assert!(matches!(
+            &m.changes.back().unwrap().change,
+            Change::DataKeys { keys, .. } if keys.len() == 2
+        ));
+        // A second proposal of the same tick (or a racing one): no-op.
+        let a = m
+            .apply(&env(1_000 + day + 1, rotate_data_key("e", material(3), true)))
+            .unwrap();
+        assert!(!a.changed);
+        assert_eq!(data_keys(&m, "e").len(), 2);
+        // Asked for: at once, due or not.
+        m.apply(&env(1_000 + day + 2, rotate_data_key("e", material(4), false)))
+            .unwrap();
+        assert_eq!(data_keys(&m, "e").len(), 3);
+        assert_eq!(m.audit.back().unwrap().outcome, "ok");
+        // Without a period, a scheduled one never is.
+        m.apply(&env(
+            2_000,
+            put_encrypted("f", encrypted("mk1", 0), Some(material(5))),
+        ))
+        .unwrap();
+        assert!(!m.tenant("f").unwrap().data_key_due(u64::MAX));
+        let a = m
+            .apply(&env(u64::MAX, rotate_data_key("f", material(6), true)))
+            .unwrap();
+        assert!(!a.changed);
+        // A bad material is refused.
+        let e = m
+            .apply(&env(3_000, rotate_data_key("f", "not base64!".into(), false)))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+    }
+
+    #[test]
+    fn a_rotation_is_refused_without_encryption_or_past_the_cap_and_never_drops_a_key() {
+        let mut m = cluster();
+        for due_only in [false, true] {
+            let e = m
+                .apply(&env(1, rotate_data_key("t", material(1), due_only)))
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+            assert!(e.message.contains("no encryption"), "{e}");
+        }
+        let e = m
+            .apply(&env(1, rotate_data_key("nobody", material(1), false)))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+        assert!(m.tenant("t").unwrap().data_keys.is_empty());
+        // Up to the cap, then refused, every key kept.
+        m.apply(&env(
+            1,
+            put_encrypted("e", encrypted("mk1", 0), Some(material(1))),
+        ))
+        .unwrap();
+        for i in 1..DATA_KEYS_MAX {
+            m.apply(&env(2 + i as u64, rotate_data_key("e", material(2), false)))
+                .unwrap();
+        }
+        assert_eq!(data_keys(&m, "e").len(), DATA_KEYS_MAX);
+        let e = m
+            .apply(&env(9_999, rotate_data_key("e", material(3), false)))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+        assert!(e.message.contains("DATA_KEYS_MAX"), "{e}");
+        // So is a change of master key, which would need a new one.
+        let e = m
+            .apply(&env(
+                9_999,
+                put_encrypted("e", encrypted("mk2", 0), Some(material(3))),
+            ))
+            .unwrap_err();
+        assert!(e.message.contains("DATA_KEYS_MAX"), "{e}");
+        assert_eq!(data_keys(&m, "e").len(), DATA_KEYS_MAX);
+        assert_eq!(data_keys(&m, "e")[0].0, 1, "the oldest is still there");
+        assert_eq!(
+            m.tenant("e").unwrap().spec.encryption.as_ref().unwrap().key_id,
+            "mk1"
+        );
+    }
+
+    #[test]
+    fn deleting_a_tenant_leaves_none_of_its_data_key_material_in_the_state() {
+        let mut m = cluster();
+        let secret = material(0xAB);
+        let rotated = material(0xCD);
+        m.apply(&env(
+            1,
+            put_encrypted("e", encrypted("mk1", 0), Some(secret.clone())),
+        ))
+        .unwrap();
+        m.apply(&env(2, rotate_data_key("e", rotated.clone(), false)))
+            .unwrap();
+        // Another tenant's keys are not touched.
+        m.apply(&env(
+            3,
+            put_encrypted("f", encrypted("mk1", 0), Some(material(1))),
+        ))
+        .unwrap();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(&secret) && json.contains(&rotated));
+        m.apply(&env(4, Command::DeleteTenant { tenant: "e".into() }))
+            .unwrap();
+        assert!(!m.tenants.contains_key("e"));
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains(&secret), "the first key's material is gone");
+        assert!(!json.contains(&rotated), "the rotated key's material is gone");
+        assert!(json.contains(&material(1)), "f keeps its key");
+        // The feed still orders what happened: its changes are emptied of
+        // keys, and the deletion follows them.
+        let feed = m.changes_since(0).unwrap();
+        assert!(feed.iter().any(
+            |v| matches!(&v.change, Change::DataKeys { tenant, keys, .. } if tenant == "e" && keys.is_empty())
+        ));
+        assert!(matches!(
+            &feed.last().unwrap().change,
+            Change::Tenant { tenant, quotas: None } if tenant == "e"
+        ));
+        // A new tenant of the same name starts afresh, with a new id.
+        m.apply(&env(
+            5,
+            put_encrypted("e", encrypted("mk1", 0), Some(material(2))),
+        ))
+        .unwrap();
+        assert_eq!(data_keys(&m, "e"), vec![(4, "mk1".into(), 5)]);
+    }
+
+    #[test]
+    fn a_state_from_before_encryption_still_loads_and_counts_data_keys_from_1() {
+        let mut m = cluster();
+        m.apply(&env(
+            1,
+            put_encrypted("e", encrypted("mk1", 0), Some(material(1))),
+        ))
+        .unwrap();
+        let mut old = serde_json::to_value(&m).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("next_data_key_id").unwrap();
+        // The changes of a feed from before had no data keys either.
+        o.insert("changes".into(), serde_json::json!([]));
+        for t in o["tenants"].as_object_mut().unwrap().values_mut() {
+            let t = t.as_object_mut().unwrap();
+            t.remove("data_keys").unwrap();
+            t["spec"].as_object_mut().unwrap().remove("encryption");
+        }
+        let text = serde_json::to_string(&old).unwrap();
+        for field in ["next_data_key_id", "data_keys", "encryption"] {
+            assert!(!text.contains(field), "{field}");
+        }
+        let mut back: Metadata = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.next_data_key_id, 0);
+        assert!(back
+            .tenants
+            .values()
+            .all(|t| t.data_keys.is_empty() && t.spec.encryption.is_none()));
+        back.apply(&env(
+            2,
+            put_encrypted("t", encrypted("mk1", 0), Some(material(2))),
+        ))
+        .unwrap();
+        assert_eq!(data_keys(&back, "t"), vec![(1, "mk1".into(), 2)]);
+        assert_eq!(back.next_data_key_id, 2);
+        // And an old command, without a data key.
+        let cmd: Command = serde_json::from_value(serde_json::json!({
+            "op": "put_tenant", "tenant": "x", "spec": {}, "key": null,
+        }))
+        .unwrap();
+        assert!(matches!(cmd, Command::PutTenant { data_key: None, .. }));
+    }
+
+    #[test]
+    fn an_encryption_spec_needs_a_plain_key_id_and_a_rotation_period_in_range() {
+        let spec = |key_id: &str, rotation_period_ms: u64| EncryptionSpec {
+            key_id: key_id.into(),
+            rotation_period_ms,
+        };
+        for ok in [
+            spec("mk1", 0),
+            spec("prod.master-key_2", ROTATION_PERIOD_MS_MIN),
+            spec(&"k".repeat(KEY_ID_BYTES_MAX), ROTATION_PERIOD_MS_MAX),
+        ] {
+            ok.validate().unwrap();
+        }
+        for (bad, says) in [
+            (spec("", 0), "key_id must be 1 to 64 bytes"),
+            (
+                spec(&"k".repeat(KEY_ID_BYTES_MAX + 1), 0),
+                "key_id must be 1 to 64 bytes",
+            ),
+            (spec("a/b", 0), "only A-Z"),
+            (spec("key id", 0), "only A-Z"),
+            (spec("ké", 0), "only A-Z"),
+            (
+                spec("mk1", ROTATION_PERIOD_MS_MIN - 1),
+                "rotation_period_ms must be 0",
+            ),
+            (spec("mk1", 1), "rotation_period_ms must be 0"),
+            (
+                spec("mk1", ROTATION_PERIOD_MS_MAX + 1),
+                "rotation_period_ms must be 0",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        // Through the tenant's spec, and so through apply.
+        let e = encrypted("a b", 0).validate().unwrap_err();
+        assert!(e.starts_with("encryption: key_id"), "{e}");
+        let mut m = cluster();
+        let e = m
+            .apply(&env(
+                1,
+                put_encrypted("e", encrypted("mk1", 1_000), Some(material(1))),
+            ))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+        // Unknown fields are refused as the body is read.
+        let r = serde_json::from_str::<TenantSpec>(r#"{"encryption": {"key_id": "k", "period": 1}}"#);
+        assert!(r.is_err());
+        let s: TenantSpec = serde_json::from_str(r#"{"encryption": {"key_id": "k"}}"#).unwrap();
+        assert_eq!(s.encryption.unwrap().rotation_period_ms, 0);
+    }
+
     #[test]
     fn the_feed_reports_when_it_no_longer_reaches_back() {
         let mut m = cluster();
@@ -1837,6 +2344,7 @@ mod tests {
                     },
                     key: None,
                     keep_quotas: false,
+                    data_key: None,
                 },
             ))
             .unwrap();

@@ -1,6 +1,7 @@
 //! Tenants and namespaces: creating, changing and deleting them.
 
 use super::access::rotate;
+use super::encryption::{data_keys_change, settle_data_keys};
 use super::*;
 
 impl Metadata {
@@ -13,6 +14,7 @@ impl Metadata {
                 spec,
                 key,
                 keep_quotas,
+                data_key,
             } => {
                 check_names(&[("tenant", tenant)])?;
                 spec.validate().map_err(ApplyError::invalid)?;
@@ -25,24 +27,34 @@ impl Metadata {
                         .unwrap_or_default();
                 }
                 let spec = &spec;
+                let data_key = data_key.as_deref();
                 if let Some(t) = self.tenants.get_mut(tenant) {
-                    if t.spec == *spec {
-                        return Ok(vec![]);
+                    // Applied to a copy: a refusal below leaves nothing.
+                    let before = std::mem::replace(&mut t.spec, spec.clone());
+                    let keyed = settle_data_keys(t, &mut self.next_data_key_id, data_key, now)?;
+                    let mut changes = Vec::new();
+                    if before != *spec {
+                        changes.push(Change::Tenant {
+                            tenant: tenant.clone(),
+                            quotas: Some(spec.quotas),
+                        });
                     }
-                    t.spec = spec.clone();
-                    return Ok(vec![Change::Tenant {
-                        tenant: tenant.clone(),
-                        quotas: Some(spec.quotas),
-                    }]);
+                    // Turned off, the keys stay (sealed records need them);
+                    // brokers stop sealing.
+                    if keyed || before.encryption != spec.encryption {
+                        changes.push(data_keys_change(tenant, t));
+                    }
+                    return Ok(changes);
                 }
                 let key = key
                     .as_ref()
                     .ok_or_else(|| ApplyError::invalid("a new tenant needs its first signing key"))?;
-                let t = Tenant {
+                let mut t = Tenant {
                     spec: spec.clone(),
                     rules: Rules::new(tenant),
                     ..Tenant::default()
                 };
+                settle_data_keys(&mut t, &mut self.next_data_key_id, data_key, now)?;
                 self.found_tenant(tenant, t, key, now)
             }
             DeleteTenant { tenant } => {
@@ -113,7 +125,8 @@ impl Metadata {
         }
     }
 
-    /// Records a new tenant `t` with its first signing key.
+    /// Records a new tenant `t` with its first signing key (and its data
+    /// keys, when it has encryption).
     pub(super) fn found_tenant(
         &mut self,
         tenant: &str,
@@ -122,16 +135,19 @@ impl Metadata {
         now: u64,
     ) -> Result<Vec<Change>, ApplyError> {
         rotate(&mut t, key, now, 0)?;
-        let quotas = t.spec.quotas;
-        self.tenants.insert(tenant.to_owned(), t);
-        Ok(vec![
+        let mut changes = vec![
             Change::Tenant {
                 tenant: tenant.to_owned(),
-                quotas: Some(quotas),
+                quotas: Some(t.spec.quotas),
             },
             Change::Keys {
                 tenant: tenant.to_owned(),
             },
-        ])
+        ];
+        if t.spec.encryption.is_some() || !t.data_keys.is_empty() {
+            changes.push(data_keys_change(tenant, &t));
+        }
+        self.tenants.insert(tenant.to_owned(), t);
+        Ok(changes)
     }
 }

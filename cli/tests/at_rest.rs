@@ -1,0 +1,237 @@
+//! Encryption at rest, end to end on a real `felix dev` process: a
+//! tenant turns it on through the control plane's API; from then on no
+//! record it writes (stream or cache) is on disk in the clear, every
+//! record still reads back (also after a SIGKILL and a key rotation), a
+//! wrong master key refuses to start, and a deleted tenant's keys are
+//! gone from the broker's disk.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{create, publish_one, Broker, Cp};
+use felix_client::wire::{Message, Start};
+use felix_client::{Route, SubscribeOptions};
+use serde_json::json;
+
+/// Every file under `dir`, concatenated.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.extend(b);
+            }
+        }
+    }
+    out
+}
+
+fn on_disk(dir: &Path, needle: &str) -> bool {
+    all_bytes(&dir.join("shards"))
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+async fn publish(c: &felix_client::Client, stream: &str, value: &str) {
+    match c.call(Route::Any, &publish_one(stream, value.as_bytes())).await {
+        Ok(Message::PublishAck { .. }) => {}
+        other => panic!("publish {value}: {other:?}"),
+    }
+}
+
+async fn read_all(c: &felix_client::Client, stream: &str, n: usize) -> Vec<String> {
+    let opts = SubscribeOptions {
+        shards: vec![0],
+        start: Start::Offset(0),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = c.subscribe(stream, opts).await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("records within 20 s")
+            .expect("subscription open")
+            .expect("record");
+        out.push(String::from_utf8(d.record.value.unwrap().to_vec()).unwrap());
+    }
+    out
+}
+
+/// Publishes probes until one is not on disk in the clear: the broker has
+/// heard of the tenant's key (the feed carries it within moments).
+async fn until_sealing(c: &felix_client::Client, dir: &Path, stream: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        let probe = format!("probe-{i}-of-the-switch");
+        publish(c, stream, &probe).await;
+        if !on_disk(dir, &probe) {
+            return i + 1;
+        }
+        assert!(Instant::now() < deadline, "still writing in the clear after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    unreachable!()
+}
+
+fn encryption_on(cp: &Cp) -> impl std::future::Future<Output = serde_json::Value> + '_ {
+    cp.ok(
+        reqwest::Method::PUT,
+        "/v1/tenants/dev",
+        json!({"display_name": "development", "encryption": {"key_id": "dev-master"}}),
+    )
+}
+
+#[test]
+fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkill_and_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::rt();
+    let mut b = Broker::start(dir.path());
+    let (clear_n, probes) = rt.block_on(async {
+        let c = b.client().await;
+        create(&c, common::stream_config("orders", 1)).await;
+        publish(&c, "orders", "CLEAR-BEFORE-ENCRYPTION").await;
+        assert!(
+            on_disk(dir.path(), "CLEAR-BEFORE-ENCRYPTION"),
+            "the grep finds a record in the clear"
+        );
+
+        let cp = Cp::of(&b);
+        encryption_on(&cp).await;
+        let v = cp.ok(reqwest::Method::GET, "/v1/tenants/dev", json!(null)).await;
+        assert_eq!(v["data_keys"][0]["master_key_id"], "dev-master", "{v}");
+        assert!(
+            !v.to_string().contains("material"),
+            "the API never shows materials: {v}"
+        );
+        let probes = until_sealing(&c, dir.path(), "orders").await;
+        for i in 0..200 {
+            publish(&c, "orders", &format!("SECRET-STREAM-{i}")).await;
+        }
+        let cache = c.cache("redis");
+        cache
+            .put("k1", Bytes::from_static(b"SECRET-CACHE-VALUE"), None)
+            .await
+            .unwrap();
+        // A rotation: later writes take the new key, earlier ones still open.
+        cp.ok(
+            reqwest::Method::POST,
+            "/v1/tenants/dev/data-keys/rotate",
+            json!({}),
+        )
+        .await;
+        let v = cp.ok(reqwest::Method::GET, "/v1/tenants/dev", json!(null)).await;
+        assert_eq!(v["data_keys"].as_array().map(Vec::len), Some(2), "{v}");
+        for i in 200..400 {
+            publish(&c, "orders", &format!("SECRET-STREAM-{i}")).await;
+        }
+        for needle in ["SECRET-STREAM-", "SECRET-CACHE-VALUE"] {
+            assert!(
+                !on_disk(dir.path(), needle),
+                "{needle} found on disk in the clear"
+            );
+        }
+        let all = read_all(&c, "orders", 1 + probes + 400).await;
+        assert_eq!(all[0], "CLEAR-BEFORE-ENCRYPTION");
+        assert_eq!(all[1 + probes], "SECRET-STREAM-0");
+        assert_eq!(all.last().unwrap(), "SECRET-STREAM-399");
+        (1, probes)
+    });
+
+    // SIGKILL: the keys are kept beside the data, so the restarted broker
+    // reads (and indexes) its sealed shards before the feed answers.
+    b.kill();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let c = b.client().await;
+        let all = read_all(&c, "orders", clear_n + probes + 400).await;
+        for i in 0..400 {
+            assert_eq!(all[clear_n + probes + i], format!("SECRET-STREAM-{i}"));
+        }
+        let got = c
+            .cache("redis")
+            .get("k1")
+            .await
+            .unwrap()
+            .expect("the cache entry");
+        assert_eq!(&got.value[..], b"SECRET-CACHE-VALUE");
+    });
+    drop(b);
+
+    // Another master key of the same id: refused at start, with why.
+    let key = dir.path().join("dev-master.key");
+    std::fs::remove_file(&key).unwrap();
+    let made = Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args(["master-key", "new", "--id", "dev-master"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_felix"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("a broker with the wrong master key kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains("is not the one"), "{err}");
+}
+
+#[test]
+fn a_deleted_tenant_s_keys_leave_the_broker_s_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = common::rt();
+    let b = Broker::start(dir.path());
+    rt.block_on(async {
+        let cp = Cp::of(&b);
+        cp.ok(
+            reqwest::Method::POST,
+            "/v1/tenants",
+            json!({"name": "acme", "encryption": {"key_id": "dev-master"}}),
+        )
+        .await;
+        let kept = dir.path().join(felix_broker::at_rest::KEYS_FILE);
+        let has_acme = || {
+            std::fs::read_to_string(&kept)
+                .map(|t| serde_json::from_str::<serde_json::Value>(&t).unwrap())
+                .ok()
+                .and_then(|v| {
+                    v["tenants"]["acme"]["keys"][0]["material"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+        };
+        let material = common::cp::until(30, "acme's key reaches the broker", || async { has_acme() }).await;
+        cp.ok(reqwest::Method::DELETE, "/v1/tenants/acme", json!(null))
+            .await;
+        common::cp::until(30, "acme's key leaves the broker", || async {
+            has_acme().is_none().then_some(())
+        })
+        .await;
+        let text = std::fs::read_to_string(&kept).unwrap();
+        assert!(!text.contains(&material), "{text}");
+    });
+}
