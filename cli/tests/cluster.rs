@@ -61,18 +61,24 @@ async fn produce(client: Client, stream: String, stop: Arc<AtomicBool>, h: Arc<M
 }
 
 /// Every member's records of shard id 1 (the stream's only shard), read
-/// from its segment log after the cluster stopped, below `next`.
+/// from its segment log after the cluster stopped, below `next` (opened
+/// with the member's keys when the cluster encrypts at rest).
 fn replica_records(c: &LocalCluster, next: u64) -> Vec<Vec<(u64, String)>> {
     c.members
         .iter()
-        .map(|m| {
-            let (log, _) =
-                Log::open(m.at.data_dir.join("shards/1"), LogConfig::default(), 0).expect("open log");
+        .enumerate()
+        .map(|(i, m)| {
+            let config = LogConfig {
+                keys: c.dev_keys(i),
+                ..LogConfig::default()
+            };
+            let (log, _) = Log::open(m.at.data_dir.join("shards/1"), config, 0).expect("open log");
             let mut out = Vec::new();
             for b in log.batches_from(Offset(log.earliest_offset().0)).expect("read") {
                 if b.header().flags.control() {
                     continue;
                 }
+                let b = log.clear(&b).expect("a batch this member's keys open");
                 for r in b.records().expect("records") {
                     let r = r.expect("record");
                     if r.offset.0 < next {
@@ -372,11 +378,42 @@ fn a_lease_lost_with_its_leader_is_redelivered_and_acked_records_never_are() {
 
 #[test]
 fn a_follower_behind_the_leaders_retention_catches_up_by_snapshot() {
+    snapshot_catch_up(false);
+}
+
+/// The same with encryption at rest: entries, the snapshot and every
+/// replica's segments carry the tenant's records sealed only.
+#[test]
+fn an_encrypted_follower_catches_up_by_snapshot_and_no_replica_holds_a_record_in_the_clear() {
+    snapshot_catch_up(true);
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn on_disk(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn snapshot_catch_up(encrypted: bool) {
     let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
-    let extra = "maintenance_interval_ms = 200\n[log]\nsegment_bytes = 65536\nbatch_bytes_max = 16384\n";
-    let mut c = LocalCluster::start(dir.path(), 3, extra);
+    let mut extra =
+        "maintenance_interval_ms = 200\n[log]\nsegment_bytes = 65536\nbatch_bytes_max = 16384\n".to_string();
+    if encrypted {
+        extra = LocalCluster::encrypted(dir.path(), &extra);
+    }
+    let mut c = LocalCluster::start(dir.path(), 3, &extra);
     let stream = "dev/default/retained";
     let pad = "x".repeat(1000);
     let (leader, follower) = rt.block_on(async {
@@ -490,6 +527,17 @@ fn a_follower_behind_the_leaders_retention_catches_up_by_snapshot() {
         assert_eq!(&v[..5], format!("{o:05}"), "offset {o} holds its own record");
     }
     assert_eq!(f.last().map(|(o, _)| *o), Some(1499));
+    // The tenant's records on each replica's disk: in the clear without
+    // encryption (so the search finds them), nowhere with it.
+    let marker = format!("01499{}", &pad[..64]);
+    for m in &c.members {
+        assert_eq!(
+            on_disk(&m.at.data_dir.join("shards"), marker.as_bytes()),
+            !encrypted,
+            "broker {}",
+            m.at.id
+        );
+    }
 }
 
 /// The Raft node id in a broker's `identity.json`.

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use felix_broker::config::{local_cluster_toml, LocalMember};
@@ -58,10 +59,13 @@ pub struct LocalCluster {
     pub skew_dir: Option<PathBuf>,
 }
 
+/// The id of the master key [`LocalCluster::encrypted`] makes.
+pub const CLUSTER_MASTER_KEY_ID: &str = "cluster-master";
+
 /// Makes the development tenant and namespace on the control plane at
 /// `port` (once it has a leader), on a thread of its own so that any
 /// caller, inside a runtime or not, may wait for it.
-fn dev_tenant(port: u16) {
+fn dev_tenant(port: u16, encrypted: bool) {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -72,8 +76,12 @@ fn dev_tenant(port: u16) {
             let http = reqwest::Client::new();
             let ports = [port];
             super::cp::until(30, "a control-plane leader", || super::cp::leader(&http, &ports)).await;
+            let tenant = match encrypted {
+                true => serde_json::json!({"name": "dev", "encryption": {"key_id": CLUSTER_MASTER_KEY_ID}}),
+                false => serde_json::json!({"name": "dev"}),
+            };
             for (path, body) in [
-                ("/v1/tenants", serde_json::json!({"name": "dev"})),
+                ("/v1/tenants", tenant),
                 (
                     "/v1/tenants/dev/namespaces",
                     serde_json::json!({"name": "default"}),
@@ -108,6 +116,36 @@ fn hold_ports(n: usize) -> (Vec<u16>, Vec<std::net::UdpSocket>) {
 }
 
 impl LocalCluster {
+    /// `extra` with a master key made under `root` for every broker:
+    /// the development tenant is then made with encryption at rest on.
+    pub fn encrypted(root: &Path, extra: &str) -> String {
+        let file = root.join("master.key");
+        let text = felix_broker::at_rest::FileMasterKey::generate(CLUSTER_MASTER_KEY_ID).unwrap();
+        felix_broker::at_rest::write_new_key_file(&file, &text).unwrap();
+        format!(
+            "{extra}\n[encryption]\nmaster_key_file = {:?}\n",
+            file.display().to_string()
+        )
+    }
+
+    /// The master key file the brokers are configured with, if any.
+    pub fn master_key_file(&self) -> Option<PathBuf> {
+        self.extra
+            .lines()
+            .find_map(|l| l.strip_prefix("master_key_file = \"")?.strip_suffix('"'))
+            .map(PathBuf::from)
+    }
+
+    /// Broker `i`'s keyring of the development tenant, read from its data
+    /// directory as an operator's tool would (with the master key).
+    pub fn dev_keys(&self, i: usize) -> Option<Arc<dyn felix_log::batch::seal::Keyring>> {
+        let master = self.master_key_file()?;
+        let master: Arc<dyn felix_broker::at_rest::MasterKey> =
+            Arc::new(felix_broker::at_rest::FileMasterKey::load(&master).unwrap());
+        let t = felix_broker::at_rest::Tenants::open(&self.members[i].at.data_dir, Some(master)).unwrap();
+        Some(t.ring("dev"))
+    }
+
     /// Writes configurations for `n` brokers under `root` (with `extra`
     /// settings each) and starts them all.
     pub fn start(root: &Path, n: u64, extra: &str) -> LocalCluster {
@@ -207,7 +245,7 @@ impl LocalCluster {
     /// cluster's own control plane, until it takes bare stream names).
     pub fn launch(&mut self) {
         if let Some((_, port)) = &self.controlplane {
-            dev_tenant(*port);
+            dev_tenant(*port, self.master_key_file().is_some());
         }
         for i in 0..self.members.len() {
             self.spawn(i);
