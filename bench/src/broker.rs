@@ -38,10 +38,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     rt.block_on(bench(Duration::from_secs_f64(secs), &a.durability))
 }
 
-struct Row {
-    shape: String,
-    ops_s: f64,
-    hist: Histogram<u64>,
+pub(crate) struct Row {
+    pub(crate) shape: String,
+    pub(crate) ops_s: f64,
+    pub(crate) hist: Histogram<u64>,
 }
 
 fn print(rows: &[Row]) {
@@ -115,13 +115,18 @@ async fn bench(secs: Duration, durability: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
 }
 
-async fn create(client: &Client, name: &str, kind: StreamKind, durability: &str) -> anyhow::Result<()> {
+pub(crate) async fn create(
+    client: &Client,
+    name: &str,
+    kind: StreamKind,
+    durability: &str,
+) -> anyhow::Result<()> {
     let c = StreamConfig {
         kind,
         max_deliveries: 5,
@@ -182,7 +187,7 @@ async fn publish(client: &Client, name: &str, b: Bytes) -> anyhow::Result<()> {
 }
 
 /// Batch 1: one record at a time; each subscriber measures publish→deliver.
-async fn latency(
+pub(crate) async fn latency(
     client: &Client,
     name: &str,
     payload: usize,
@@ -236,7 +241,7 @@ async fn latency(
 
 /// Batch 64, 8 publishes in flight; records/s delivered to each subscriber
 /// (latency column: publish→deliver of those records).
-async fn throughput(
+pub(crate) async fn throughput(
     client: &Client,
     name: &str,
     payload: usize,

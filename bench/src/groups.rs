@@ -334,7 +334,7 @@ fn p50_ms(v: &mut [Duration]) -> f64 {
 }
 
 /// CPU time of this process so far (user and system).
-fn process_cpu() -> Duration {
+pub(crate) fn process_cpu() -> Duration {
     // SAFETY: rusage is plain integers, for which zero is valid.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage fills the struct it is given.

@@ -3,6 +3,7 @@
 //! Kept out of the `felix` binary so that a user's install carries none of
 //! the peers' clients (async-nats, redis) or the charts (plotters).
 
+mod at_rest;
 mod broker;
 mod cluster;
 mod controlplane;
@@ -42,6 +43,11 @@ pub enum BenchCommand {
     /// The broker: publish→deliver latency and throughput, fan-out 1 and
     /// 10, 256 B and 4 KiB; cache put/get at concurrency 1 and 32.
     Broker(broker::Args),
+    /// Encryption at rest's cost: publish→deliver latency and throughput
+    /// at 256 B and 4 KiB with the tenant's encryption off, then on, in
+    /// one run, with the ratio and CPU per record.
+    #[command(name = "at-rest")]
+    AtRest(at_rest::Args),
     /// Replication: RF=3 quorum publish beside RF=1 (separate broker
     /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
     /// then the failover time after a leader's SIGKILL.
@@ -79,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         BenchCommand::Index(a) => index::run(a),
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
+        BenchCommand::AtRest(a) => at_rest::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
         BenchCommand::Groups(a) => groups::run(a),
         BenchCommand::Scale(a) => scale::run(a),

@@ -33,6 +33,12 @@ pub const MASTER_KEY_ID_BYTES_MAX: usize = 64;
 pub const TENANT_KEYS_MAX: usize = 1024;
 /// Tenants whose keys are held.
 pub const TENANTS_MAX: usize = 100_000;
+/// How long after the control plane made a data key it starts sealing:
+/// by then every replica of the tenant's shards has heard of it through
+/// the feed (changes are long-polled, so within moments), and no follower
+/// meets an entry it cannot open. Clocks of brokers and control plane
+/// must agree within it (NTP).
+pub const KEY_ACTIVATION_MS: i64 = 5_000;
 /// Bytes of the kept keys file read at most.
 pub const KEYS_FILE_BYTES_MAX: usize = 64 << 20;
 /// The file under the data directory that keeps the tenants' materials
@@ -228,28 +234,51 @@ struct TenantKeys {
 }
 
 impl TenantKeys {
-    /// The key new batches are sealed with: the newest, while encryption
-    /// is on.
-    fn current(&self) -> Option<u32> {
+    /// The key new batches are sealed with, while encryption is on: the
+    /// newest made at least [`KEY_ACTIVATION_MS`] ago.
+    fn current(&self, now_ms: i64) -> Option<u32> {
         self.kept.encryption.as_ref()?;
-        self.kept.keys.last().map(|k| k.id)
+        self.kept
+            .keys
+            .iter()
+            .rev()
+            .find(|k| {
+                i64::try_from(k.created_ms)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(KEY_ACTIVATION_MS)
+                    <= now_ms
+            })
+            .map(|k| k.id)
     }
 }
 
 /// The tenants' data keys this broker holds.
-#[derive(Debug)]
 pub struct Tenants {
+    clock: crate::clock::Clock,
     master: Option<Arc<dyn MasterKey>>,
     tenants: RwLock<HashMap<String, TenantKeys>>,
     path: PathBuf,
     random: SystemRandom,
 }
 
+impl std::fmt::Debug for Tenants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenants")
+            .field("master", &self.master)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tenants {
     /// Reads the kept keys under `data_dir`. Refuses, with what to do, a
     /// master key other than the one the kept keys were derived under,
     /// and a missing one when a tenant's keys are kept.
-    pub fn open(data_dir: &Path, master: Option<Arc<dyn MasterKey>>) -> Result<Arc<Tenants>, BrokerError> {
+    pub fn open(
+        data_dir: &Path,
+        master: Option<Arc<dyn MasterKey>>,
+        clock: crate::clock::Clock,
+    ) -> Result<Arc<Tenants>, BrokerError> {
         let path = data_dir.join(KEYS_FILE);
         let kept: Kept = match std::fs::read(&path) {
             Ok(b) if b.len() > KEYS_FILE_BYTES_MAX => {
@@ -265,7 +294,7 @@ impl Tenants {
         };
         let holds_keys = kept.tenants.values().any(|t| !t.keys.is_empty());
         match &master {
-            None if holds_keys => {
+            None if holds_keys && !kept.master_key_id.is_empty() => {
                 return Err(BrokerError::Keys(format!(
                     "this data directory holds tenants' data encrypted at rest under master key {:?}, and no master key is configured: set [encryption] master_key_file",
                     kept.master_key_id
@@ -281,6 +310,7 @@ impl Tenants {
             _ => {}
         }
         let t = Arc::new(Tenants {
+            clock,
             master,
             tenants: RwLock::new(HashMap::new()),
             path,
@@ -315,7 +345,8 @@ impl Tenants {
     }
 
     /// Takes a tenant's encryption settings and data keys as the control
-    /// plane gives them; keeps them on disk when they changed.
+    /// plane gives them; keeps them on disk when they changed, before they
+    /// are used: a key something was sealed with is one a restart finds.
     pub fn set_tenant(
         &self,
         tenant: &str,
@@ -329,31 +360,36 @@ impl Tenants {
             )));
         }
         let kept = KeptTenant { encryption, keys };
-        {
-            let mut map = self.tenants.write().expect("tenant keys lock");
-            if map.get(tenant).is_some_and(|t| t.kept == kept) {
-                return Ok(());
-            }
-            if kept.encryption.is_none() && kept.keys.is_empty() {
-                if map.remove(tenant).is_none() {
-                    return Ok(());
-                }
-            } else {
-                if map.len() >= TENANTS_MAX && !map.contains_key(tenant) {
-                    return Err(BrokerError::Keys(format!(
-                        "data keys of {TENANTS_MAX} tenants held already"
-                    )));
-                }
-                if let (Some(e), Some(m)) = (&kept.encryption, &self.master) {
-                    if e.key_id != m.id() {
-                        tracing::warn!(tenant, wants = %e.key_id, holds = m.id(), "the tenant's master key is not this broker's: its writes are refused");
-                    }
-                }
-                let keys = self.derive_all(tenant, &kept.keys);
-                map.insert(tenant.to_owned(), TenantKeys { kept, keys });
+        let gone = kept.encryption.is_none() && kept.keys.is_empty();
+        let mut map = self.tenants.write().expect("tenant keys lock");
+        if map.get(tenant).is_some_and(|t| t.kept == kept) || (gone && !map.contains_key(tenant)) {
+            return Ok(());
+        }
+        if !gone && map.len() >= TENANTS_MAX && !map.contains_key(tenant) {
+            return Err(BrokerError::Keys(format!(
+                "data keys of {TENANTS_MAX} tenants held already"
+            )));
+        }
+        if let (Some(e), Some(m)) = (&kept.encryption, &self.master) {
+            if e.key_id != m.id() {
+                tracing::warn!(tenant, wants = %e.key_id, holds = m.id(), "the tenant's master key is not this broker's: its writes are refused");
             }
         }
-        self.keep()
+        let mut all: BTreeMap<String, KeptTenant> =
+            map.iter().map(|(k, v)| (k.clone(), v.kept.clone())).collect();
+        if gone {
+            all.remove(tenant);
+        } else {
+            all.insert(tenant.to_owned(), kept.clone());
+        }
+        self.keep(all)?;
+        if gone {
+            map.remove(tenant);
+        } else {
+            let keys = self.derive_all(tenant, &kept.keys);
+            map.insert(tenant.to_owned(), TenantKeys { kept, keys });
+        }
+        Ok(())
     }
 
     /// Forgets a deleted tenant's keys, on disk too: what is left of its
@@ -375,23 +411,22 @@ impl Tenants {
     }
 
     /// Writes the kept keys: a temporary file, fsynced, renamed over the
-    /// old one, the directory fsynced.
-    fn keep(&self) -> Result<(), BrokerError> {
-        let kept = {
-            let map = self.tenants.read().expect("tenant keys lock");
-            Kept {
-                master_key_id: self
-                    .master
-                    .as_ref()
-                    .map(|m| m.id().to_owned())
-                    .unwrap_or_default(),
-                master_check: self.master.as_ref().map(|m| m.check()).unwrap_or_default(),
-                tenants: map.iter().map(|(k, v)| (k.clone(), v.kept.clone())).collect(),
-            }
+    /// old one, the directory fsynced. Without a master key nothing is
+    /// derived, so nothing is kept: a start with one hears the keys from
+    /// the feed again.
+    fn keep(&self, tenants: BTreeMap<String, KeptTenant>) -> Result<(), BrokerError> {
+        let Some(m) = &self.master else {
+            return Ok(());
+        };
+        let kept = Kept {
+            master_key_id: m.id().to_owned(),
+            master_check: m.check(),
+            tenants,
         };
         let bytes = serde_json::to_vec(&kept).map_err(|e| BrokerError::Keys(e.to_string()))?;
         let tmp = self.path.with_extension("json.tmp");
         crate::config::write_private(&tmp, &bytes)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir)?.sync_all()?;
@@ -442,8 +477,9 @@ impl Keyring for TenantRing {
     }
 
     fn current(&self) -> Option<u32> {
+        let now = (self.tenants.clock)();
         let map = self.tenants.tenants.read().expect("tenant keys lock");
-        map.get(&self.tenant)?.current()
+        map.get(&self.tenant)?.current(now)
     }
 
     fn nonce(&self) -> [u8; SEAL_NONCE_BYTES] {
@@ -461,6 +497,12 @@ impl Keyring for TenantRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW_MS: i64 = 1_000_000;
+
+    fn clock() -> crate::clock::Clock {
+        Arc::new(|| NOW_MS)
+    }
 
     fn master(id: &str) -> Arc<dyn MasterKey> {
         Arc::new(FileMasterKey::parse(&FileMasterKey::generate(id).unwrap()).unwrap())
@@ -520,7 +562,7 @@ mod tests {
     fn kept_keys_need_the_same_master_key_and_a_deleted_tenant_is_gone_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let m = master("m1");
-        let t = Tenants::open(dir.path(), Some(m.clone())).unwrap();
+        let t = Tenants::open(dir.path(), Some(m.clone()), clock()).unwrap();
         t.set_tenant("acme", on("m1"), vec![key(1, "m1", 7), key(4, "m1", 8)])
             .unwrap();
         let ring = t.ring("acme");
@@ -530,13 +572,13 @@ mod tests {
         drop((t, ring));
 
         // The same key opens them again; another, or none, refuses to start.
-        let t = Tenants::open(dir.path(), Some(m.clone())).unwrap();
+        let t = Tenants::open(dir.path(), Some(m.clone()), clock()).unwrap();
         assert!(t.ring("acme").key(4).is_some());
-        let e = Tenants::open(dir.path(), Some(master("m1")))
+        let e = Tenants::open(dir.path(), Some(master("m1")), clock())
             .unwrap_err()
             .to_string();
         assert!(e.contains("is not the one"), "{e}");
-        let e = Tenants::open(dir.path(), None).unwrap_err().to_string();
+        let e = Tenants::open(dir.path(), None, clock()).unwrap_err().to_string();
         assert!(e.contains("no master key is configured"), "{e}");
 
         // Encryption off: old keys still open, nothing new is sealed.
@@ -557,13 +599,46 @@ mod tests {
             "the material is gone from disk: {file}"
         );
         // With no tenant's keys kept, any master key (or none) starts.
-        Tenants::open(dir.path(), None).unwrap();
+        Tenants::open(dir.path(), None, clock()).unwrap();
+    }
+
+    #[test]
+    fn a_new_key_seals_only_once_every_replica_has_had_time_to_hear_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenants::open(dir.path(), Some(master("m1")), clock()).unwrap();
+        let mut young = key(2, "m1", 2);
+        young.created_ms = (NOW_MS - KEY_ACTIVATION_MS + 1) as u64;
+        t.set_tenant("acme", on("m1"), vec![key(1, "m1", 1), young.clone()])
+            .unwrap();
+        let ring = t.ring("acme");
+        assert_eq!(
+            ring.current(),
+            Some(1),
+            "the older key seals until the new one is due"
+        );
+        assert!(ring.key(2).is_some(), "the new key opens at once");
+        t.set_tenant("acme", on("m1"), vec![young]).unwrap();
+        assert_eq!(
+            t.ring("acme").current(),
+            None,
+            "turned on just now: in the clear until then"
+        );
+    }
+
+    #[test]
+    fn without_a_master_key_nothing_is_kept_and_a_later_master_key_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenants::open(dir.path(), None, clock()).unwrap();
+        t.set_tenant("acme", on("m1"), vec![key(1, "m1", 1)]).unwrap();
+        assert!(t.ring("acme").key(1).is_none());
+        assert!(!dir.path().join(KEYS_FILE).exists());
+        Tenants::open(dir.path(), Some(master("m1")), clock()).unwrap();
     }
 
     #[test]
     fn a_key_under_another_master_is_not_derived_and_says_why() {
         let dir = tempfile::tempdir().unwrap();
-        let t = Tenants::open(dir.path(), Some(master("m1"))).unwrap();
+        let t = Tenants::open(dir.path(), Some(master("m1")), clock()).unwrap();
         t.set_tenant("acme", on("m2"), vec![key(9, "m2", 1)]).unwrap();
         let ring = t.ring("acme");
         assert_eq!(ring.current(), Some(9));

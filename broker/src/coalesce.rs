@@ -215,9 +215,16 @@ pub fn seal_at_rest(bytes: Bytes, keys: Option<&dyn Keyring>) -> Result<Bytes, f
     let Some(k) = keys else {
         return Ok(bytes);
     };
-    let h = felix_log::BatchHeader::decode(&bytes)?;
-    if h.flags.control() || h.flags.sealed() || h.record_count == 0 {
+    if k.current().is_none() {
         return Ok(bytes);
     }
-    Ok(felix_log::batch::seal::seal_current(&bytes, k)?.map_or(bytes, Bytes::from))
+    let b = Batch::new(bytes)?;
+    let h = b.header();
+    if h.flags.control() || h.flags.sealed() || h.record_count == 0 {
+        return Ok(b.bytes().clone());
+    }
+    // Once sealed, no replica's log can walk the records: they are
+    // checked here, in the clear, whichever path the entry came by.
+    b.validate()?;
+    Ok(felix_log::batch::seal::seal_current(b.bytes(), k)?.map_or_else(|| b.bytes().clone(), Bytes::from))
 }

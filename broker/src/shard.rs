@@ -317,11 +317,12 @@ impl HostedShard {
     ) -> Result<Appended, BrokerError> {
         let checked = Batch::new(batch)?;
         let h = checked.header();
-        if h.flags.control() || h.producer_count > 0 || h.record_count == 0 {
+        if h.flags.control() || h.producer_count > 0 || h.record_count == 0 || h.flags.sealed() {
             // The Raft log takes emptied batches (a compacted leader's
-            // entries); a client's must hold records.
+            // entries); a client's must hold records. Sealing is the
+            // leader's: a client's sealed batch could not be checked.
             return Err(BrokerError::Invalid(
-                "clients may not publish control batches, batches with a producer table or batches without records"
+                "clients may not publish control batches, batches with a producer table, sealed batches or batches without records"
                     .into(),
             ));
         }

@@ -404,6 +404,32 @@ fn on_disk(dir: &std::path::Path, needle: &[u8]) -> bool {
     false
 }
 
+/// Publishes to a stream of its own until a record is on no broker's
+/// disk in the clear: the tenant's data key seals (it does from
+/// `KEY_ACTIVATION_MS` after the control plane made it).
+async fn until_sealing(c: &LocalCluster, client: &Client) {
+    let probe_stream = "dev/default/probe";
+    create_when_ready(client, stream_config(probe_stream, 1)).await;
+    let p = client
+        .producer(probe_stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0.. {
+        let probe = format!("probe-{i}-of-the-switch");
+        p.send_wait(record(probe.clone())).await.unwrap();
+        if !c
+            .members
+            .iter()
+            .any(|m| on_disk(&m.at.data_dir.join("shards"), probe.as_bytes()))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still written in the clear after 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn snapshot_catch_up(encrypted: bool) {
     let _one = serial();
     let dir = tempfile::tempdir().unwrap();
@@ -421,6 +447,9 @@ fn snapshot_catch_up(encrypted: bool) {
         let mut cfg = stream_config(stream, 1);
         cfg.retention_bytes = Some(200_000);
         create_when_ready(&client, cfg).await;
+        if encrypted {
+            until_sealing(&c, &client).await;
+        }
         // A batch above the log's limit is refused and nothing breaks.
         let big_cfg = ProducerConfig {
             linger_ms: 500,

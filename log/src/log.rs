@@ -216,7 +216,12 @@ impl SealedSegment {
             // compaction never writes records in the clear that were not.
             let compacted = match (compacted, &self.keys) {
                 (Some(new), Some(k)) if sealed_under != 0 && BatchHeader::decode(&new)?.record_count > 0 => {
-                    let id = k.current().unwrap_or(sealed_under);
+                    // A current key this broker cannot derive must not stop
+                    // compaction: the batch's own key still seals.
+                    let id = k
+                        .current()
+                        .filter(|id| k.key(*id).is_some())
+                        .unwrap_or(sealed_under);
                     let key = k.key(id).ok_or(crate::batch::BatchError::KeyUnknown(id))?;
                     Some(seal::seal(&new, id, &key, k.nonce())?)
                 }

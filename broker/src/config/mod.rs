@@ -757,6 +757,14 @@ impl BrokerConfig {
             .quotas()
             .validate()
             .map_err(|e| format!("quotas: {e}"))?;
+        let clear_max =
+            felix_log::batch::layout::BATCH_BYTES_MAX - felix_log::batch::layout::SEAL_OVERHEAD_BYTES;
+        if self.log.batch_bytes_max > clear_max {
+            return Err(format!(
+                "log.batch_bytes_max {} is above {clear_max} (8 MiB less the 32 bytes sealing at rest adds)",
+                self.log.batch_bytes_max
+            ));
+        }
         if self.log.segment_bytes < (self.log.batch_bytes_max as u64) * 2 {
             return Err(format!(
                 "log.segment_bytes ({}) must be at least twice log.batch_bytes_max ({})",

@@ -195,7 +195,7 @@ impl Node {
             Some(e) => Some(Arc::new(crate::at_rest::FileMasterKey::load(&e.master_key_file)?)),
             None => None,
         };
-        let keys = crate::at_rest::Tenants::open(dir, master)?;
+        let keys = crate::at_rest::Tenants::open(dir, master, clock.clone())?;
         let node = Node {
             keys,
             dir_lock: Arc::new(dir_lock),
@@ -254,6 +254,11 @@ impl Node {
 
     pub fn now_ms(&self) -> i64 {
         (self.clock)()
+    }
+
+    /// The tenants' data keys (encryption at rest).
+    pub fn at_rest(&self) -> &Arc<crate::at_rest::Tenants> {
+        &self.keys
     }
 
     pub fn index(&self) -> &Arc<Index> {

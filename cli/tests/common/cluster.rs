@@ -142,7 +142,12 @@ impl LocalCluster {
         let master = self.master_key_file()?;
         let master: Arc<dyn felix_broker::at_rest::MasterKey> =
             Arc::new(felix_broker::at_rest::FileMasterKey::load(&master).unwrap());
-        let t = felix_broker::at_rest::Tenants::open(&self.members[i].at.data_dir, Some(master)).unwrap();
+        let t = felix_broker::at_rest::Tenants::open(
+            &self.members[i].at.data_dir,
+            Some(master),
+            felix_broker::clock::system_clock(),
+        )
+        .unwrap();
         Some(t.ring("dev"))
     }
 

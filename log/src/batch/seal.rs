@@ -168,10 +168,18 @@ pub fn seal(
 /// decrypted into a version 1 batch with the same header (offset, term,
 /// index, producer, timestamps) and checksums of its own.
 pub fn open(b: &Batch, keys: &dyn Keyring) -> Result<Batch, BatchError> {
-    let h = *b.header();
-    if !h.flags.sealed() {
+    if !b.header().flags.sealed() {
         return Ok(b.clone());
     }
+    let mut out = Vec::with_capacity(b.bytes().len() - l::SEAL_OVERHEAD_BYTES);
+    let h = open_into(b, keys, &mut out)?;
+    Ok(Batch::trusted(h, Bytes::from(out)))
+}
+
+/// Appends sealed batch `b` in the clear to `out` (decrypted in place
+/// there: one copy of the records), and returns its header.
+fn open_into(b: &Batch, keys: &dyn Keyring, out: &mut Vec<u8>) -> Result<BatchHeader, BatchError> {
+    let h = *b.header();
     let id = key_id(b);
     let key = keys.key(id).ok_or(BatchError::KeyUnknown(id))?;
     let bytes = b.bytes();
@@ -181,30 +189,33 @@ pub fn open(b: &Batch, keys: &dyn Keyring) -> Result<Batch, BatchError> {
         .try_into()
         .expect("nonce bytes");
     let aad = aad(bytes, id);
-    let mut out = Vec::with_capacity(end - l::SEAL_OVERHEAD_BYTES);
+    let start = out.len();
     out.extend_from_slice(&bytes[..at]);
     out.extend_from_slice(&bytes[at + l::SEAL_PREFIX_BYTES..end]);
-    let clear_len = key
-        .0
-        .open_in_place(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad),
-            &mut out[at..],
-        )
-        .map_err(|_| BatchError::Unseal(id))?
-        .len();
-    out.truncate(at + clear_len);
-    out[l::VERSION_AT] = l::VERSION;
-    out[l::FLAGS_AT] &= !l::FLAG_SEALED;
-    let len = out.len() as u32;
-    le::put_u32(&mut out, l::LEN_AT, len);
+    let clear_len = match key.0.open_in_place(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut out[start + at..],
+    ) {
+        Ok(clear) => clear.len(),
+        Err(_) => {
+            out.truncate(start);
+            return Err(BatchError::Unseal(id));
+        }
+    };
+    out.truncate(start + at + clear_len);
+    let mine = &mut out[start..];
+    mine[l::VERSION_AT] = l::VERSION;
+    mine[l::FLAGS_AT] &= !l::FLAG_SEALED;
+    let len = mine.len() as u32;
+    le::put_u32(mine, l::LEN_AT, len);
     le::put_u32(
-        &mut out,
+        mine,
         l::RECORDS_LEN_AT,
         h.records_len - l::SEAL_OVERHEAD_BYTES as u32,
     );
-    reseal_checksums(&mut out);
-    Batch::new(Bytes::from(out))
+    reseal_checksums(mine);
+    BatchHeader::decode(mine)
 }
 
 /// Batches back to back (a read chunk) with every sealed one opened; the
@@ -228,7 +239,7 @@ pub fn open_chunk(chunk: Bytes, keys: &dyn Keyring) -> Result<Bytes, BatchError>
                 v
             });
             let b = Batch::new(chunk.slice(at..end))?;
-            o.extend_from_slice(open(&b, keys)?.bytes());
+            open_into(&b, keys, o)?;
         } else if let Some(o) = out.as_mut() {
             o.extend_from_slice(&chunk[at..end]);
         }
