@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use clap::Args as ClapArgs;
 use felix_broker::at_rest::FileMasterKey;
 use felix_broker::config::{BrokerConfig, EncryptionConfig};
 use felix_broker::node::system_clock;
@@ -23,18 +22,8 @@ use felix_controlplane::model::{DataKey, EncryptionSpec};
 use crate::broker::{create, latency, loadavg, throughput, Row};
 use crate::groups::process_cpu;
 
-#[derive(Debug, ClapArgs)]
-pub struct Args {
-    /// Seconds per figure.
-    #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
-    /// Durability of the benchmark's streams.
-    #[arg(long, default_value = "none")]
-    durability: String,
-    /// A short run (0.5 s per figure).
-    #[arg(long)]
-    quick: bool,
-}
+/// The broker benchmark's settings.
+pub type Args = crate::broker::Args;
 
 const MASTER_ID: &str = "bench-master";
 

@@ -23,13 +23,13 @@ use hdrhistogram::Histogram;
 pub struct Args {
     /// Seconds per figure.
     #[arg(long, default_value_t = 3.0)]
-    seconds: f64,
+    pub(crate) seconds: f64,
     /// Durability of the benchmark's streams and caches.
     #[arg(long, default_value = "none")]
-    durability: String,
+    pub(crate) durability: String,
     /// A short run (0.5 s per figure).
     #[arg(long)]
-    quick: bool,
+    pub(crate) quick: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::{create, publish_one, Broker, Cp};
 use felix_client::wire::{Message, Start};
-use felix_client::{Route, SubscribeOptions};
+use felix_client::Route;
 use serde_json::json;
 
 /// Every file under `dir`, concatenated.
@@ -48,22 +48,11 @@ async fn publish(c: &felix_client::Client, stream: &str, value: &str) {
 }
 
 async fn read_all(c: &felix_client::Client, stream: &str, n: usize) -> Vec<String> {
-    let opts = SubscribeOptions {
-        shards: vec![0],
-        start: Start::Offset(0),
-        ..SubscribeOptions::default()
-    };
-    let mut sub = c.subscribe(stream, opts).await.unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .expect("records within 20 s")
-            .expect("subscription open")
-            .expect("record");
-        out.push(String::from_utf8(d.record.value.unwrap().to_vec()).unwrap());
-    }
-    out
+    common::read_n(c, stream, 0, Start::Offset(0), n)
+        .await
+        .into_iter()
+        .map(|(_, v)| String::from_utf8(v.to_vec()).unwrap())
+        .collect()
 }
 
 /// Publishes probes until one is not on disk in the clear: the broker has

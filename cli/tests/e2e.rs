@@ -8,35 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{admin, create, dev_broker, rt, stream_config, Broker};
+use common::{admin, create, dev_broker, read_n, rt, stream_config, Broker};
 use felix_client::wire::{ErrorReply, Message, Start};
 use felix_client::{CasOutcome, ClientError, ProducerConfig, ProducerRecord, SubscribeOptions};
-
-/// Every record of `shard` from `from` until `n` have arrived.
-async fn read_n(
-    client: &felix_client::Client,
-    stream: &str,
-    shard: u32,
-    start: Start,
-    n: usize,
-) -> Vec<(u64, Bytes)> {
-    let opts = SubscribeOptions {
-        shards: vec![shard],
-        start,
-        ..SubscribeOptions::default()
-    };
-    let mut sub = client.subscribe(stream, opts).await.unwrap();
-    let mut out = Vec::new();
-    while out.len() < n {
-        let d = tokio::time::timeout(Duration::from_secs(20), sub.next())
-            .await
-            .expect("records within 20 s")
-            .expect("subscription open")
-            .expect("record");
-        out.push((d.record.offset.0, d.record.value.unwrap()));
-    }
-    out
-}
 
 /// A lease, nack delay or TTL no test step could outlast by accident: the
 /// tests move the broker's clock past it instead of waiting it out.

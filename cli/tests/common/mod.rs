@@ -303,3 +303,29 @@ pub async fn eager_producer(
     };
     client.producer(stream, cfg).await
 }
+
+/// Every record of `shard` from `from` until `n` have arrived.
+pub async fn read_n(
+    client: &felix_client::Client,
+    stream: &str,
+    shard: u32,
+    start: felix_client::wire::Start,
+    n: usize,
+) -> Vec<(u64, bytes::Bytes)> {
+    let opts = felix_client::SubscribeOptions {
+        shards: vec![shard],
+        start,
+        ..felix_client::SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(stream, opts).await.unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(20), sub.next())
+            .await
+            .expect("records within 20 s")
+            .expect("subscription open")
+            .expect("record");
+        out.push((d.record.offset.0, d.record.value.unwrap()));
+    }
+    out
+}
