@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -230,7 +230,36 @@ struct KeptTenant {
 struct TenantKeys {
     kept: KeptTenant,
     /// Derived keys by id (those of another master key are missing).
-    keys: HashMap<u32, SealKey>,
+    keys: HashMap<u32, DataKeyBytes>,
+}
+
+/// A tenant's data key as derived (never written anywhere).
+#[derive(Clone)]
+struct DataKeyBytes([u8; SEAL_KEY_BYTES]);
+
+impl std::fmt::Debug for DataKeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKeyBytes(..)")
+    }
+}
+
+/// What HKDF's info starts with for a shard's key.
+const SHARD_INFO: &[u8] = b"felix shard key v1";
+
+impl DataKeyBytes {
+    /// The key shard `shard` seals with: each shard its own, so the random
+    /// nonces of one key are drawn per shard, not across a whole tenant.
+    fn for_shard(&self, shard: u64) -> SealKey {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, &[]);
+        let prk = salt.extract(&self.0);
+        let id = shard.to_le_bytes();
+        let info: [&[u8]; 2] = [SHARD_INFO, &id];
+        let mut out = [0u8; SEAL_KEY_BYTES];
+        prk.expand(&info, KeyLen)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("HKDF-SHA256 gives 32 bytes");
+        SealKey::new(&out)
+    }
 }
 
 impl TenantKeys {
@@ -330,7 +359,7 @@ impl Tenants {
         self.master.as_ref().map(|m| m.id())
     }
 
-    fn derive_all(&self, tenant: &str, keys: &[DataKey]) -> HashMap<u32, SealKey> {
+    fn derive_all(&self, tenant: &str, keys: &[DataKey]) -> HashMap<u32, DataKeyBytes> {
         let Some(m) = &self.master else {
             return HashMap::new();
         };
@@ -339,7 +368,7 @@ impl Tenants {
             .filter_map(|k| {
                 let material: [u8; SEAL_KEY_BYTES] =
                     URL_SAFE_NO_PAD.decode(&k.material).ok()?.try_into().ok()?;
-                Some((k.id, SealKey::new(&m.derive(tenant, k.id, &material))))
+                Some((k.id, DataKeyBytes(m.derive(tenant, k.id, &material))))
             })
             .collect()
     }
@@ -435,10 +464,12 @@ impl Tenants {
     }
 
     /// The keyring of `tenant`'s shards.
-    pub fn ring(self: &Arc<Self>, tenant: &str) -> Arc<dyn Keyring> {
+    pub fn ring(self: &Arc<Self>, tenant: &str, shard: u64) -> Arc<dyn Keyring> {
         Arc::new(TenantRing {
             tenants: self.clone(),
             tenant: tenant.to_owned(),
+            shard,
+            derived: Mutex::new(HashMap::new()),
         })
     }
 
@@ -468,12 +499,33 @@ impl Tenants {
 struct TenantRing {
     tenants: Arc<Tenants>,
     tenant: String,
+    shard: u64,
+    /// Shard keys derived so far, by data key id (a few: the tenant's keys
+    /// still in this shard's segments).
+    derived: Mutex<HashMap<u32, SealKey>>,
 }
 
 impl Keyring for TenantRing {
     fn key(&self, key_id: u32) -> Option<SealKey> {
-        let map = self.tenants.tenants.read().expect("tenant keys lock");
-        map.get(&self.tenant)?.keys.get(&key_id).cloned()
+        let data_key = {
+            let map = self.tenants.tenants.read().expect("tenant keys lock");
+            map.get(&self.tenant)?.keys.get(&key_id).cloned()
+        };
+        let mut derived = self.derived.lock().expect("derived keys lock");
+        let Some(data_key) = data_key else {
+            // Forgotten (a deleted tenant): so is its shard key.
+            derived.remove(&key_id);
+            return None;
+        };
+        if derived.len() >= TENANT_KEYS_MAX {
+            derived.clear();
+        }
+        Some(
+            derived
+                .entry(key_id)
+                .or_insert_with(|| data_key.for_shard(self.shard))
+                .clone(),
+        )
     }
 
     fn current(&self) -> Option<u32> {
@@ -565,15 +617,15 @@ mod tests {
         let t = Tenants::open(dir.path(), Some(m.clone()), clock()).unwrap();
         t.set_tenant("acme", on("m1"), vec![key(1, "m1", 7), key(4, "m1", 8)])
             .unwrap();
-        let ring = t.ring("acme");
+        let ring = t.ring("acme", 1);
         assert_eq!(ring.current(), Some(4));
         assert!(ring.key(1).is_some() && ring.key(4).is_some());
-        assert!(t.ring("other").key(1).is_none(), "a tenant's keys are its own");
+        assert!(t.ring("other", 1).key(1).is_none(), "a tenant's keys are its own");
         drop((t, ring));
 
         // The same key opens them again; another, or none, refuses to start.
         let t = Tenants::open(dir.path(), Some(m.clone()), clock()).unwrap();
-        assert!(t.ring("acme").key(4).is_some());
+        assert!(t.ring("acme", 1).key(4).is_some());
         let e = Tenants::open(dir.path(), Some(master("m1")), clock())
             .unwrap_err()
             .to_string();
@@ -584,15 +636,15 @@ mod tests {
         // Encryption off: old keys still open, nothing new is sealed.
         t.set_tenant("acme", None, vec![key(1, "m1", 7), key(4, "m1", 8)])
             .unwrap();
-        assert_eq!(t.ring("acme").current(), None);
-        assert!(t.ring("acme").key(4).is_some());
+        assert_eq!(t.ring("acme", 1).current(), None);
+        assert!(t.ring("acme", 1).key(4).is_some());
 
         let material = URL_SAFE_NO_PAD.encode([8u8; 32]);
         assert!(std::fs::read_to_string(dir.path().join(KEYS_FILE))
             .unwrap()
             .contains(&material));
         t.retain(&BTreeSet::new()).unwrap();
-        assert!(t.ring("acme").key(4).is_none());
+        assert!(t.ring("acme", 1).key(4).is_none());
         let file = std::fs::read_to_string(dir.path().join(KEYS_FILE)).unwrap();
         assert!(
             !file.contains(&material),
@@ -610,7 +662,7 @@ mod tests {
         young.created_ms = (NOW_MS - KEY_ACTIVATION_MS + 1) as u64;
         t.set_tenant("acme", on("m1"), vec![key(1, "m1", 1), young.clone()])
             .unwrap();
-        let ring = t.ring("acme");
+        let ring = t.ring("acme", 1);
         assert_eq!(
             ring.current(),
             Some(1),
@@ -619,7 +671,7 @@ mod tests {
         assert!(ring.key(2).is_some(), "the new key opens at once");
         t.set_tenant("acme", on("m1"), vec![young]).unwrap();
         assert_eq!(
-            t.ring("acme").current(),
+            t.ring("acme", 1).current(),
             None,
             "turned on just now: in the clear until then"
         );
@@ -630,9 +682,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Tenants::open(dir.path(), None, clock()).unwrap();
         t.set_tenant("acme", on("m1"), vec![key(1, "m1", 1)]).unwrap();
-        assert!(t.ring("acme").key(1).is_none());
+        assert!(t.ring("acme", 1).key(1).is_none());
         assert!(!dir.path().join(KEYS_FILE).exists());
         Tenants::open(dir.path(), Some(master("m1")), clock()).unwrap();
+    }
+
+    #[test]
+    fn each_shard_seals_under_its_own_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenants::open(dir.path(), Some(master("m1")), clock()).unwrap();
+        t.set_tenant("acme", on("m1"), vec![key(1, "m1", 1)]).unwrap();
+        let plain = felix_testkit::Batch::of(&[b"v"]).bytes();
+        let (one, two) = (t.ring("acme", 1), t.ring("acme", 2));
+        let sealed = felix_log::batch::seal::seal_current(&plain, one.as_ref())
+            .unwrap()
+            .unwrap();
+        let b = felix_log::Batch::new(bytes::Bytes::from(sealed)).unwrap();
+        assert!(felix_log::batch::seal::open(&b, one.as_ref()).is_ok());
+        assert_eq!(
+            felix_log::batch::seal::open(&b, two.as_ref()).unwrap_err(),
+            felix_log::BatchError::Unseal(1),
+            "another shard's key does not open it"
+        );
+        // Forgotten, the shard's derived key goes too.
+        t.forget_tenant("acme").unwrap();
+        assert!(felix_log::batch::seal::open(&b, one.as_ref()).is_err());
     }
 
     #[test]
@@ -640,7 +714,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = Tenants::open(dir.path(), Some(master("m1")), clock()).unwrap();
         t.set_tenant("acme", on("m2"), vec![key(9, "m2", 1)]).unwrap();
-        let ring = t.ring("acme");
+        let ring = t.ring("acme", 1);
         assert_eq!(ring.current(), Some(9));
         assert!(ring.key(9).is_none());
         assert!(t.why_missing("acme", 9).contains("\"m2\""));

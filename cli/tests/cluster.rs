@@ -69,7 +69,7 @@ fn replica_records(c: &LocalCluster, next: u64) -> Vec<Vec<(u64, String)>> {
         .enumerate()
         .map(|(i, m)| {
             let config = LogConfig {
-                keys: c.dev_keys(i),
+                keys: c.dev_keys(i, 1),
                 ..LogConfig::default()
             };
             let (log, _) = Log::open(m.at.data_dir.join("shards/1"), config, 0).expect("open log");

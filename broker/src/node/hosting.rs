@@ -52,8 +52,7 @@ impl Node {
             .map(|(i, id)| (i, felix_log::ShardId(*id)))
             .filter(|(i, id)| m.hosts(*i, me) && held(*i, *id).is_none())
             .collect();
-        let keys = self.keys.ring(&name.tenant);
-        let mut ready = self.open_shards(&to_open, &m, &signal, &keys);
+        let mut ready = self.open_shards(&to_open, &m, &signal, &name.tenant);
         for (i, id) in m.shards.iter().enumerate() {
             let id = felix_log::ShardId(*id);
             let have = held(i, id);
@@ -115,11 +114,11 @@ impl Node {
         to_open: &[(usize, felix_log::ShardId)],
         m: &StreamMeta,
         signal: &Arc<watch::Sender<u64>>,
-        keys: &Arc<dyn felix_log::batch::seal::Keyring>,
+        tenant: &str,
     ) -> std::collections::HashMap<usize, Result<Arc<HostedShard>, BrokerError>> {
         let open = |part: &[(usize, felix_log::ShardId)]| {
             part.iter()
-                .map(|(i, id)| (*i, self.open_shard(*id, m, signal, keys)))
+                .map(|(i, id)| (*i, self.open_shard(*id, m, signal, tenant)))
                 .collect::<Vec<_>>()
         };
         if to_open.len() < 2 {

@@ -286,7 +286,7 @@ impl Node {
         id: ShardId,
         m: &StreamMeta,
         signal: &Arc<watch::Sender<u64>>,
-        keys: &Arc<dyn felix_log::batch::seal::Keyring>,
+        tenant: &str,
     ) -> Result<Arc<HostedShard>, BrokerError> {
         let kind = if m.kind.keyed() {
             ShardKind::Keyed
@@ -304,7 +304,7 @@ impl Node {
                 felix_log::Verify::FromCheckpoint
             },
             dir_lock: felix_log::DirLock::Parent(self.dir_lock.clone()),
-            keys: Some(keys.clone()),
+            keys: Some(self.keys.ring(tenant, id.0)),
             ..LogConfig::default()
         };
         let dir = self.shard_dir(id);

@@ -136,9 +136,10 @@ impl LocalCluster {
             .map(PathBuf::from)
     }
 
-    /// Broker `i`'s keyring of the development tenant, read from its data
-    /// directory as an operator's tool would (with the master key).
-    pub fn dev_keys(&self, i: usize) -> Option<Arc<dyn felix_log::batch::seal::Keyring>> {
+    /// Broker `i`'s keyring of the development tenant's shard `shard`,
+    /// read from its data directory as an operator's tool would (with the
+    /// master key).
+    pub fn dev_keys(&self, i: usize, shard: u64) -> Option<Arc<dyn felix_log::batch::seal::Keyring>> {
         let master = self.master_key_file()?;
         let master: Arc<dyn felix_broker::at_rest::MasterKey> =
             Arc::new(felix_broker::at_rest::FileMasterKey::load(&master).unwrap());
@@ -148,7 +149,7 @@ impl LocalCluster {
             felix_broker::clock::system_clock(),
         )
         .unwrap();
-        Some(t.ring("dev"))
+        Some(t.ring("dev", shard))
     }
 
     /// Writes configurations for `n` brokers under `root` (with `extra`
