@@ -9,6 +9,8 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,6 +34,35 @@ fn all_bytes(dir: &Path) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The data keys the batches in the shards' segment files are sealed
+/// under, read from the raw bytes (the broker holds the logs open).
+fn sealed_under(dir: &Path) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.join("shards")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            if p.extension().is_none_or(|x| x != "seg") {
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            let mut at = felix_log::SEGMENT_HEADER_BYTES;
+            while let Ok(h) = felix_log::BatchHeader::decode(&bytes[at.min(bytes.len())..]) {
+                if h.flags.sealed() {
+                    let k = at + h.records_at();
+                    ids.insert(u32::from_le_bytes(bytes[k..k + 4].try_into().unwrap()));
+                }
+                at += h.batch_len as usize;
+            }
+        }
+    }
+    ids
 }
 
 fn on_disk(dir: &Path, needle: &str) -> bool {
@@ -84,7 +115,8 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
     let dir = tempfile::tempdir().unwrap();
     let rt = common::rt();
     let mut b = Broker::start(dir.path());
-    let (clear_n, probes) = rt.block_on(async {
+    let (clear_n, mut probes) = (1, 0);
+    let written = rt.block_on(async {
         let c = b.client().await;
         create(&c, common::stream_config("orders", 1)).await;
         publish(&c, "orders", "CLEAR-BEFORE-ENCRYPTION").await;
@@ -101,7 +133,7 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
             !v.to_string().contains("material"),
             "the API never shows materials: {v}"
         );
-        let probes = until_sealing(&c, dir.path(), "orders").await;
+        probes = until_sealing(&c, dir.path(), "orders").await;
         for i in 0..200 {
             publish(&c, "orders", &format!("SECRET-STREAM-{i}")).await;
         }
@@ -110,7 +142,20 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
             .put("k1", Bytes::from_static(b"SECRET-CACHE-VALUE"), None)
             .await
             .unwrap();
-        // A rotation: later writes take the new key, earlier ones still open.
+        // A rotation under load: a publisher keeps writing while the key
+        // changes, until records sealed under the new key are on disk.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (c, stop) = (c.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 200;
+                while !stop.load(Ordering::Relaxed) {
+                    publish(&c, "orders", &format!("SECRET-STREAM-{n}")).await;
+                    n += 1;
+                }
+                n
+            })
+        };
         cp.ok(
             reqwest::Method::POST,
             "/v1/tenants/dev/data-keys/rotate",
@@ -119,20 +164,36 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
         .await;
         let v = cp.ok(reqwest::Method::GET, "/v1/tenants/dev", json!(null)).await;
         assert_eq!(v["data_keys"].as_array().map(Vec::len), Some(2), "{v}");
-        for i in 200..400 {
-            publish(&c, "orders", &format!("SECRET-STREAM-{i}")).await;
+        let second = v["data_keys"][1]["id"].as_u64().unwrap() as u32;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !sealed_under(dir.path()).contains(&second) {
+            assert!(
+                Instant::now() < deadline,
+                "nothing sealed under key {second} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        stop.store(true, Ordering::Relaxed);
+        let written = writer.await.unwrap();
+        assert!(
+            sealed_under(dir.path()).len() >= 2,
+            "both keys seal records on disk"
+        );
         for needle in ["SECRET-STREAM-", "SECRET-CACHE-VALUE"] {
             assert!(
                 !on_disk(dir.path(), needle),
                 "{needle} found on disk in the clear"
             );
         }
-        let all = read_all(&c, "orders", 1 + probes + 400).await;
+        let all = read_all(&c, "orders", 1 + probes + written).await;
         assert_eq!(all[0], "CLEAR-BEFORE-ENCRYPTION");
-        assert_eq!(all[1 + probes], "SECRET-STREAM-0");
-        assert_eq!(all.last().unwrap(), "SECRET-STREAM-399");
-        (1, probes)
+        let secrets: Vec<String> = (0..written).map(|i| format!("SECRET-STREAM-{i}")).collect();
+        assert_eq!(
+            all[1 + probes..],
+            secrets[..],
+            "every record once, in order, across the rotation"
+        );
+        written
     });
 
     // SIGKILL: the keys are kept beside the data, so the restarted broker
@@ -141,8 +202,8 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
     let b = Broker::start(dir.path());
     rt.block_on(async {
         let c = b.client().await;
-        let all = read_all(&c, "orders", clear_n + probes + 400).await;
-        for i in 0..400 {
+        let all = read_all(&c, "orders", clear_n + probes + written).await;
+        for i in 0..written {
             assert_eq!(all[clear_n + probes + i], format!("SECRET-STREAM-{i}"));
         }
         let got = c
