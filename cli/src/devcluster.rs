@@ -218,11 +218,15 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
         .await
         .with_context(|| format!("starting the embedded control plane on {cp}"))?;
     let link = &embedded.link;
+    // One master key for every broker (made on first start, kept beside
+    // the cluster's CA), so a tenant can turn encryption at rest on.
+    let master = felix_broker::at_rest::dev_master_key(&data_dir.join("cluster"))?;
     let extra = format!(
-        "[controlplane]\nurls = {:?}\nsecret = {:?}\n{}",
+        "[controlplane]\nurls = {:?}\nsecret = {:?}\n{}\n[encryption]\nmaster_key_file = {:?}\n",
         link.urls,
         link.secret,
-        ca_line(link.ca.as_deref())
+        ca_line(link.ca.as_deref()),
+        master.master_key_file.display().to_string()
     );
     let brokers = LocalBrokers::spawn(BROKER_SUBCOMMAND, &data_dir, listen, n, &extra, true)?;
     let profile_path = data_dir.join("client.toml");

@@ -250,9 +250,62 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
     assert!(err.contains("is not the one"), "{err}");
 }
 
+/// The first sealed batch's values among the shard logs under `shards`
+/// (copies of a broker's), opened with the tenant's keys as kept in
+/// `keys_dir`: `None` when no log holds a sealed batch.
+fn first_sealed(
+    shards: &Path,
+    keys_dir: &Path,
+    master: &Path,
+    tenant: &str,
+) -> Option<Result<Vec<String>, String>> {
+    let master: Arc<dyn felix_broker::at_rest::MasterKey> =
+        Arc::new(felix_broker::at_rest::FileMasterKey::load(master).unwrap());
+    let kept =
+        felix_broker::at_rest::Tenants::open(keys_dir, Some(master), felix_broker::clock::system_clock())
+            .unwrap();
+    for e in std::fs::read_dir(shards).unwrap().flatten() {
+        let Ok(id) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let config = felix_log::LogConfig {
+            keys: Some(kept.ring(tenant, id)),
+            ..felix_log::LogConfig::default()
+        };
+        let (log, _) = felix_log::Log::open(e.path(), config, 0).unwrap();
+        for b in log.batches_from(log.earliest_offset()).unwrap() {
+            if b.header().flags.sealed() {
+                return Some(log.clear(&b).map_err(|e| e.to_string()).map(|c| {
+                    c.records()
+                        .unwrap()
+                        .map(|r| String::from_utf8(r.unwrap().value.unwrap().to_vec()).unwrap())
+                        .collect()
+                }));
+            }
+        }
+    }
+    None
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else if p.file_name().is_some_and(|n| n != "lock") {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Crypto-shredding: a copy of a deleted tenant's segments, taken while it
+/// lived, opens with the keys it had and with nothing the broker keeps
+/// once the tenant is gone.
 #[test]
-fn a_deleted_tenant_s_keys_leave_the_broker_s_disk() {
+fn a_deleted_tenant_s_keys_leave_the_broker_and_its_copied_segments_no_longer_open() {
     let dir = tempfile::tempdir().unwrap();
+    let backup = tempfile::tempdir().unwrap();
     let rt = common::rt();
     let b = Broker::start(dir.path());
     rt.block_on(async {
@@ -263,6 +316,38 @@ fn a_deleted_tenant_s_keys_leave_the_broker_s_disk() {
             json!({"name": "acme", "encryption": {"key_id": "dev-master"}}),
         )
         .await;
+        cp.ok(
+            reqwest::Method::POST,
+            "/v1/tenants/acme/namespaces",
+            json!({"name": "prod"}),
+        )
+        .await;
+        for action in ["stream.publish", "resource.manage"] {
+            cp.ok(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/rbac/policies",
+                json!({"subject": "p:alice", "object": "namespace:acme/prod", "action": action}),
+            )
+            .await;
+        }
+        let token = cp
+            .ok(
+                reqwest::Method::POST,
+                "/v1/tenants/acme/token/issue",
+                json!({"principal": "p:alice"}),
+            )
+            .await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut config = b.client_config();
+        config.token = Bytes::from(token);
+        let alice = felix_client::Client::connect(config).await.unwrap();
+        create(&alice, common::stream_config("acme/prod/orders", 1)).await;
+        until_sealing(&alice, dir.path(), "acme/prod/orders").await;
+        publish(&alice, "acme/prod/orders", "ACME-SECRET").await;
+        alice.close().await;
+
         let kept = dir.path().join(felix_broker::at_rest::KEYS_FILE);
         let has_acme = || {
             std::fs::read_to_string(&kept)
@@ -274,9 +359,18 @@ fn a_deleted_tenant_s_keys_leave_the_broker_s_disk() {
                         .map(str::to_owned)
                 })
         };
-        let material = common::cp::until(30, "acme's key reaches the broker", || async { has_acme() }).await;
-        cp.ok(reqwest::Method::DELETE, "/v1/tenants/acme", json!(null))
-            .await;
+        let material = has_acme().expect("acme's key is kept while it seals");
+        // The copy a thief, a backup or a lost disk would hold.
+        copy_dir(&dir.path().join("shards"), &backup.path().join("shards"));
+        std::fs::copy(&kept, backup.path().join(felix_broker::at_rest::KEYS_FILE)).unwrap();
+
+        for path in [
+            "/v1/tenants/acme/namespaces/prod/streams/orders",
+            "/v1/tenants/acme/namespaces/prod",
+            "/v1/tenants/acme",
+        ] {
+            cp.ok(reqwest::Method::DELETE, path, json!(null)).await;
+        }
         common::cp::until(30, "acme's key leaves the broker", || async {
             has_acme().is_none().then_some(())
         })
@@ -284,4 +378,16 @@ fn a_deleted_tenant_s_keys_leave_the_broker_s_disk() {
         let text = std::fs::read_to_string(&kept).unwrap();
         assert!(!text.contains(&material), "{text}");
     });
+    let master = dir.path().join(felix_broker::at_rest::DEV_MASTER_KEY_FILE);
+    let shards = backup.path().join("shards");
+    let with_old_keys =
+        first_sealed(&shards, backup.path(), &master, "acme").expect("a sealed batch in the copy");
+    assert!(
+        with_old_keys.is_ok_and(|v| v.iter().any(|v| v.starts_with("probe-"))),
+        "the copy opens with the keys the tenant had"
+    );
+    let now = first_sealed(&shards, dir.path(), &master, "acme").expect("a sealed batch in the copy");
+    assert!(now.is_err(), "and not with what the broker keeps now: {now:?}");
+    let raw = all_bytes(&shards);
+    assert!(!raw.windows(11).any(|w| w == b"ACME-SECRET"));
 }
