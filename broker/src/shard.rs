@@ -622,8 +622,9 @@ impl HostedShard {
     ) -> Result<Appended, BrokerError> {
         match self.publish(batch.clone(), producer_id, sequence).await {
             Err(BrokerError::NotLeader { .. }) if self.group.get().is_some() => {
+                // In the clear to the leader (over mutual TLS), whose
+                // publish checks, deduplicates and seals it.
                 let g = self.group.get().expect("checked");
-                let batch = coalesce::seal_at_rest(batch, self.keys.as_deref())?;
                 self.committed(g.replica.write_anywhere(batch)).await
             }
             r => r,
@@ -854,10 +855,12 @@ impl Applier for HostedShard {
     }
 
     fn forwarded(self: Arc<Self>, batch: Bytes) -> Option<felix_replication::Forwarded> {
-        // Only a producer's batch has a window to answer a retry from;
-        // anything else is proposed as it came.
+        // A data batch takes the publish path here, the leader's: a
+        // producer's retry is answered from its window, and the batch is
+        // checked and sealed at rest like any other. Anything else is
+        // proposed as it came.
         let h = BatchHeader::decode(&batch).ok()?;
-        if h.producer_id.0 == 0 || h.producer_count > 0 || h.flags.control() {
+        if h.producer_count > 0 || h.flags.control() {
             return None;
         }
         Some(Box::pin(async move {
