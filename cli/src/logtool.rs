@@ -71,8 +71,15 @@ pub fn run(c: LogCommand) -> anyhow::Result<()> {
             let (log, _) = Log::open(&dir, LogConfig::default(), felix_log::now_ms())?;
             for b in log.batches_from(Offset(from))?.take(count) {
                 let h = b.header();
+                // Which data key a batch is sealed under (encryption at
+                // rest) is in the clear: an operator can see what is sealed
+                // without any key.
+                let sealed = match felix_log::batch::seal::key_id(&b) {
+                    0 => String::new(),
+                    id => format!(" sealed key {id}"),
+                };
                 println!(
-                    "offset {} +{} index {} term {} records {} bytes {} ts [{}, {}] producer {}:{}{}{}",
+                    "offset {} +{} index {} term {} records {} bytes {} ts [{}, {}] producer {}:{}{}{}{sealed}",
                     h.base_offset,
                     h.offset_count,
                     h.raft_index,

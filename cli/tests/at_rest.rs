@@ -216,6 +216,24 @@ fn an_encrypted_tenant_leaves_no_record_in_the_clear_and_reads_back_after_sigkil
     });
     drop(b);
 
+    // `felix log dump` shows, without any key, which batches are sealed
+    // and under which data key.
+    let mut dumped = String::new();
+    for e in std::fs::read_dir(dir.path().join("shards")).unwrap().flatten() {
+        let out = Command::new(env!("CARGO_BIN_EXE_felix"))
+            .args(["log", "dump", "--count", "100000"])
+            .arg(e.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        dumped.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    let under: std::collections::BTreeSet<&str> = dumped
+        .lines()
+        .filter_map(|l| l.split(" sealed key ").nth(1))
+        .collect();
+    assert!(under.len() >= 2, "batches sealed under both keys: {under:?}");
+
     // Another master key of the same id: refused at start, with why.
     let key = dir.path().join("dev-master.key");
     std::fs::remove_file(&key).unwrap();
