@@ -19,56 +19,29 @@ use felix_client::wire::{Message, Start};
 use felix_client::Route;
 use serde_json::json;
 
-/// Every file under `dir`, concatenated.
-fn all_bytes(dir: &Path) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(b) = std::fs::read(&p) {
-                out.extend(b);
-            }
-        }
-    }
-    out
-}
-
 /// The data keys the batches in the shards' segment files are sealed
 /// under, read from the raw bytes (the broker holds the logs open).
 fn sealed_under(dir: &Path) -> std::collections::BTreeSet<u32> {
     let mut ids = std::collections::BTreeSet::new();
-    let mut stack = vec![dir.join("shards")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
+    for p in common::files_under(&dir.join("shards")) {
+        if p.extension().is_none_or(|x| x != "seg") {
+            continue;
+        }
+        let bytes = std::fs::read(&p).unwrap();
+        let mut at = felix_log::SEGMENT_HEADER_BYTES;
+        while let Ok(h) = felix_log::BatchHeader::decode(&bytes[at.min(bytes.len())..]) {
+            if h.flags.sealed() {
+                let k = at + h.records_at();
+                ids.insert(u32::from_le_bytes(bytes[k..k + 4].try_into().unwrap()));
             }
-            if p.extension().is_none_or(|x| x != "seg") {
-                continue;
-            }
-            let bytes = std::fs::read(&p).unwrap();
-            let mut at = felix_log::SEGMENT_HEADER_BYTES;
-            while let Ok(h) = felix_log::BatchHeader::decode(&bytes[at.min(bytes.len())..]) {
-                if h.flags.sealed() {
-                    let k = at + h.records_at();
-                    ids.insert(u32::from_le_bytes(bytes[k..k + 4].try_into().unwrap()));
-                }
-                at += h.batch_len as usize;
-            }
+            at += h.batch_len as usize;
         }
     }
     ids
 }
 
 fn on_disk(dir: &Path, needle: &str) -> bool {
-    all_bytes(&dir.join("shards"))
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
+    common::holds(&dir.join("shards"), needle.as_bytes())
 }
 
 async fn publish(c: &felix_client::Client, stream: &str, value: &str) {
@@ -406,6 +379,5 @@ fn a_deleted_tenant_s_keys_leave_the_broker_and_its_copied_segments_no_longer_op
     );
     let now = first_sealed(&shards, dir.path(), &master, "acme").expect("a sealed batch in the copy");
     assert!(now.is_err(), "and not with what the broker keeps now: {now:?}");
-    let raw = all_bytes(&shards);
-    assert!(!raw.windows(11).any(|w| w == b"ACME-SECRET"));
+    assert!(!common::holds(&shards, b"ACME-SECRET"));
 }

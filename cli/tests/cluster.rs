@@ -388,22 +388,6 @@ fn an_encrypted_follower_catches_up_by_snapshot_and_no_replica_holds_a_record_in
     snapshot_catch_up(true);
 }
 
-/// Whether any file under `dir` holds `needle`.
-fn on_disk(dir: &std::path::Path, needle: &[u8]) -> bool {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 /// Publishes to a stream of its own until a record is on no broker's
 /// disk in the clear: the tenant's data key seals (it does from
 /// `KEY_ACTIVATION_MS` after the control plane made it).
@@ -421,7 +405,7 @@ async fn until_sealing(c: &LocalCluster, client: &Client) {
         if !c
             .members
             .iter()
-            .any(|m| on_disk(&m.at.data_dir.join("shards"), probe.as_bytes()))
+            .any(|m| common::holds(&m.at.data_dir.join("shards"), probe.as_bytes()))
         {
             return;
         }
@@ -561,7 +545,7 @@ fn snapshot_catch_up(encrypted: bool) {
     let marker = format!("01499{}", &pad[..64]);
     for m in &c.members {
         assert_eq!(
-            on_disk(&m.at.data_dir.join("shards"), marker.as_bytes()),
+            common::holds(&m.at.data_dir.join("shards"), marker.as_bytes()),
             !encrypted,
             "broker {}",
             m.at.id

@@ -329,3 +329,27 @@ pub async fn read_n(
     }
     out
 }
+
+/// Every file under `dir`, at any depth (none if `dir` is missing).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether any file under `dir` holds `needle`.
+pub fn holds(dir: &Path, needle: &[u8]) -> bool {
+    files_under(dir)
+        .iter()
+        .any(|p| std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)))
+}
