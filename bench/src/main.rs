@@ -4,6 +4,7 @@
 //! the peers' clients (async-nats, redis) or the charts (plotters).
 
 mod at_rest;
+mod bridge;
 mod broker;
 mod cluster;
 mod controlplane;
@@ -48,6 +49,10 @@ pub enum BenchCommand {
     /// one run, with the ratio and CPU per record.
     #[command(name = "at-rest")]
     AtRest(at_rest::Args),
+    /// Bridges: a backlog carried from a source broker to a target
+    /// broker (records/s), then paced records' lag from the source's
+    /// acknowledgement to a subscriber of the target, and CPU per record.
+    Bridge(bridge::Args),
     /// Replication: RF=3 quorum publish beside RF=1 (separate broker
     /// processes), durability `always` and `none`, 1 / 16 / 64 producers;
     /// then the failover time after a leader's SIGKILL.
@@ -86,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         BenchCommand::Wire(a) => wire::run(a),
         BenchCommand::Broker(a) => broker::run(a),
         BenchCommand::AtRest(a) => at_rest::run(a),
+        BenchCommand::Bridge(a) => bridge::run(a),
         BenchCommand::Cluster(a) => cluster::run(a),
         BenchCommand::Groups(a) => groups::run(a),
         BenchCommand::Scale(a) => scale::run(a),

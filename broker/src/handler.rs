@@ -351,6 +351,12 @@ impl NodeHandler {
             } => {
                 let h = node.find_stream(&stream).await?;
                 let s = h.shard(shard)?;
+                if name.starts_with(crate::bridge::BRIDGE_CURSOR_PREFIX) {
+                    return Err(BrokerError::Invalid(format!(
+                        "cursor names beginning {:?} are the bridges' source positions",
+                        crate::bridge::BRIDGE_CURSOR_PREFIX
+                    )));
+                }
                 let op = ControlOp::CursorCommit {
                     name: Bytes::from(name.into_bytes()),
                     offset: check_commit(s, offset)?,

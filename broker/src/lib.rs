@@ -10,6 +10,7 @@
 //!   `felix broker` run.
 
 pub mod at_rest;
+pub mod bridge;
 pub mod cache;
 pub mod clock;
 pub mod cluster;

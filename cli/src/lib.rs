@@ -9,9 +9,12 @@
 //! - [`commands`]: the client commands (stream, cache, publish, subscribe,
 //!   group) over [`profile`] (the client profile, the connection, hints);
 //! - [`status`]: `felix cluster status` and `felix stream describe`;
+//!   [`operator`] and [`bridge`]: commands of the control plane's
+//!   operator API (rebalance, decommission, `felix bridge`);
 //! - [`logtool`]: `felix log`; [`logs`]: the tracing subscriber;
 //!   [`progress`]: bars on a terminal.
 
+pub mod bridge;
 pub mod commands;
 pub mod devcluster;
 pub mod embedded;

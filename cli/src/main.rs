@@ -84,6 +84,10 @@ enum Command {
     /// One shard of a stream or cache.
     #[command(subcommand)]
     Shard(ShardCommand),
+    /// Bridges: a tenant's streams carried to another region's cluster.
+    /// Talks to the control plane.
+    #[command(subcommand)]
+    Bridge(felix_cli::bridge::BridgeCommand),
     /// Configuration files: check one, print the documented schema.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -334,6 +338,7 @@ fn run(args: Cli) -> anyhow::Result<()> {
         Command::Shard(ShardCommand::Transfer { stream, shard, to }) => {
             rt()?.block_on(felix_cli::operator::transfer(&common, &stream, shard, to))
         }
+        Command::Bridge(c) => rt()?.block_on(felix_cli::bridge::run(&common, c)),
         Command::Cluster(ClusterCommand::Decommission { broker, wait }) => {
             rt()?.block_on(felix_cli::operator::decommission(&common, broker, wait))
         }

@@ -1,5 +1,6 @@
 //! Commands that go to the control plane's operator API rather than to a
-//! broker: `felix cluster rebalance`, and the moves `cluster status` shows.
+//! broker: `felix cluster rebalance`, and the moves `cluster status` shows
+//! (`felix bridge`, in `bridge.rs`, calls through [`Operator`] too).
 //! The API's address is the profile's `controlplane`; the operator secret
 //! is read from `$FELIX_CONTROLPLANE_SECRET_FILE`, else from
 //! `controlplane/secret` beside the profile (where `felix dev` keeps it).
@@ -69,7 +70,14 @@ impl Operator {
         Ok(Operator { url, secret, http })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    /// One API call; an answer other than 2xx is an error carrying the
+    /// control plane's message.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut r = self
             .http
             .request(method, format!("{}{path}", self.url.trim_end_matches('/')))

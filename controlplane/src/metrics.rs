@@ -1,6 +1,7 @@
 //! What a control-plane node reports: API calls by route and status
 //! with their latency, and, read when scraped, its Raft role and term,
-//! the metadata version, brokers by status and under-replicated groups.
+//! the metadata version, brokers by status, bridges and under-replicated
+//! groups.
 
 use crate::model::{BrokerStatus, Quotas, Usage};
 use crate::node::Node;
@@ -19,6 +20,7 @@ pub fn observe_node(n: &Node) {
     n.read(|md| {
         metrics::gauge!("felix_cp_metadata_version").set(md.version as f64);
         metrics::gauge!("felix_cp_tenants").set(md.tenants.len() as f64);
+        metrics::gauge!("felix_cp_bridges").set(md.bridges.len() as f64);
         for (status, label) in [
             (BrokerStatus::Active, "active"),
             (BrokerStatus::Draining, "draining"),

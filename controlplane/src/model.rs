@@ -751,3 +751,433 @@ pub struct Broker {
 
 /// The permissions a Felix token carries, as brokers read them.
 pub type Permissions = Vec<Grant>;
+
+/// Bridges one control plane holds: each is a set of senders on the
+/// brokers that lead its streams' shards, so the count is bounded well
+/// below what those brokers could run.
+pub const BRIDGES_MAX: usize = 256;
+/// Stream patterns one bridge may carry.
+pub const BRIDGE_STREAMS_MAX: usize = 64;
+/// Bootstrap addresses one bridge's target may list: a few suffice to
+/// find the target's leaders, the rest come from its metadata.
+pub const BRIDGE_TARGET_BROKERS_MAX: usize = 16;
+/// Largest CA bundle a bridge's target may name: a handful of PEM
+/// certificates, and every bridge is replicated and sent to every broker.
+pub const BRIDGE_CA_PEM_BYTES_MAX: usize = 64 * 1024;
+/// Longest server name a target's certificates are checked against (a
+/// DNS name's longest).
+pub const BRIDGE_SERVER_NAME_BYTES_MAX: usize = 253;
+/// What a PEM bundle holding a certificate contains.
+const PEM_CERTIFICATE_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+/// A pattern part that matches any namespace or stream.
+pub const BRIDGE_PATTERN_ANY: &str = "*";
+
+/// Where a bridge delivers: another cluster's brokers, as a Felix client reaches them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTarget {
+    /// The target cluster's region; must differ from this control plane's region.
+    pub region: String,
+    /// Bootstrap addresses of target brokers, "host:port", 1..=BRIDGE_TARGET_BROKERS_MAX.
+    pub brokers: Vec<String>,
+    /// The name the target brokers' certificates are checked against.
+    pub server_name: String,
+    /// PEM of the CA the target brokers' certificates must chain to
+    /// (required, non-empty, at most [`BRIDGE_CA_PEM_BYTES_MAX`], holding a
+    /// certificate).
+    pub ca_pem: String,
+    /// A Felix token of the target cluster allowed to publish to the
+    /// target streams (may be empty when the target does not require
+    /// tokens). SECRET: never shown by list/describe, only carried in the
+    /// brokers' feed.
+    #[serde(default)]
+    pub token: String,
+}
+
+/// Never prints the token (a `Debug` may reach a log).
+impl std::fmt::Debug for BridgeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeTarget")
+            .field("region", &self.region)
+            .field("brokers", &self.brokers)
+            .field("server_name", &self.server_name)
+            .field("ca_pem", &format_args!("<{} bytes>", self.ca_pem.len()))
+            .field("token_set", &!self.token.is_empty())
+            .finish()
+    }
+}
+
+impl BridgeTarget {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(why) = felix_model::names::region_problem(&self.region) {
+            return Err(format!("region {:?}: {why}", self.region));
+        }
+        if self.brokers.is_empty() || self.brokers.len() > BRIDGE_TARGET_BROKERS_MAX {
+            return Err(format!(
+                "brokers must list 1 to {BRIDGE_TARGET_BROKERS_MAX} addresses (BRIDGE_TARGET_BROKERS_MAX), not {}",
+                self.brokers.len()
+            ));
+        }
+        for a in &self.brokers {
+            if let Some(why) = address_problem(a) {
+                return Err(format!("broker {a:?}: {why}"));
+            }
+        }
+        let s = &self.server_name;
+        if s.is_empty() || s.len() > BRIDGE_SERVER_NAME_BYTES_MAX {
+            return Err(format!(
+                "server_name must be 1 to {BRIDGE_SERVER_NAME_BYTES_MAX} bytes, not {}",
+                s.len()
+            ));
+        }
+        // A DNS name or an IP address; anything else could never match a
+        // certificate, so it is refused now rather than at every connect.
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':')))
+        {
+            return Err(format!(
+                "server_name {s:?} has {c:?}: a DNS name or an IP address is expected"
+            ));
+        }
+        if self.ca_pem.is_empty() || self.ca_pem.len() > BRIDGE_CA_PEM_BYTES_MAX {
+            return Err(format!(
+                "ca_pem must be 1 to {BRIDGE_CA_PEM_BYTES_MAX} bytes (BRIDGE_CA_PEM_BYTES_MAX), not {}",
+                self.ca_pem.len()
+            ));
+        }
+        if !self.ca_pem.contains(PEM_CERTIFICATE_BEGIN) {
+            return Err(format!(
+                "ca_pem holds no certificate (no {PEM_CERTIFICATE_BEGIN:?} line): give the PEM of the CA the target's brokers chain to"
+            ));
+        }
+        let max = felix_model::limits::TOKEN_BYTES_MAX;
+        if self.token.len() > max {
+            return Err(format!(
+                "the token is {} bytes; the target's brokers take at most {max}",
+                self.token.len()
+            ));
+        }
+        // A JWT is printable ASCII without spaces; a stray newline from a
+        // token file would make every handshake fail.
+        if !self.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be printable ASCII without spaces or line breaks".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why `a` is not a `host:port` a client could dial, if it is not.
+fn address_problem(a: &str) -> Option<&'static str> {
+    if a.len() > felix_model::limits::NAME_BYTES_MAX {
+        return Some("longer than 255 bytes");
+    }
+    let Some((host, port)) = a.rsplit_once(':') else {
+        return Some("not host:port");
+    };
+    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+        return Some("not host:port (the host is empty or has a space or '/')");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => None,
+        _ => Some("not host:port (the port must be 1 to 65535)"),
+    }
+}
+
+/// What a bridge carries and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSpec {
+    /// The tenant whose streams it carries: a bridge never reaches across tenants.
+    pub tenant: String,
+    /// "namespace/stream" patterns within the tenant; either part may be
+    /// exactly "*" (any). 1..=BRIDGE_STREAMS_MAX patterns.
+    pub streams: Vec<String>,
+    pub target: BridgeTarget,
+}
+
+impl BridgeSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(why) = felix_model::names::name_problem(&self.tenant) {
+            return Err(format!("tenant {:?}: {why}", self.tenant));
+        }
+        if self.streams.is_empty() || self.streams.len() > BRIDGE_STREAMS_MAX {
+            return Err(format!(
+                "streams must list 1 to {BRIDGE_STREAMS_MAX} patterns (BRIDGE_STREAMS_MAX), not {}",
+                self.streams.len()
+            ));
+        }
+        for p in &self.streams {
+            if let Some(why) = bridge_pattern_problem(p) {
+                return Err(format!("stream pattern {p:?}: {why}"));
+            }
+        }
+        self.target.validate().map_err(|why| format!("target: {why}"))
+    }
+
+    /// Whether it carries stream `namespace/stream` of its tenant.
+    pub fn carries(&self, namespace: &str, stream: &str) -> bool {
+        self.streams
+            .iter()
+            .any(|p| bridge_pattern_matches(p, namespace, stream))
+    }
+}
+
+/// Why `pattern` is not a bridge's `namespace/stream` pattern, if it is
+/// not: exactly one `/`, each side [`BRIDGE_PATTERN_ANY`] or a valid name
+/// (a stream's side may carry dead-letter suffixes, as stream names do).
+pub fn bridge_pattern_problem(pattern: &str) -> Option<String> {
+    let Some((ns, stream)) = pattern.split_once('/') else {
+        return Some("a pattern is namespace/stream (either part may be \"*\")".into());
+    };
+    if ns != BRIDGE_PATTERN_ANY {
+        if let Some(why) = felix_model::names::name_problem(ns) {
+            return Some(format!("namespace {ns:?}: {why}"));
+        }
+    }
+    if stream != BRIDGE_PATTERN_ANY {
+        // A second '/' lands here and is refused by the name rule.
+        if let Some(why) = felix_model::names::stream_name_problem(stream) {
+            return Some(format!("stream {stream:?}: {why}"));
+        }
+    }
+    None
+}
+
+/// Whether a bridge's `pattern` (`namespace/stream`, either part
+/// [`BRIDGE_PATTERN_ANY`]) matches stream `namespace/stream`. Parts match
+/// exactly or by `*`, never by prefix: a pattern that is not
+/// `namespace/stream` matches nothing.
+pub fn bridge_pattern_matches(pattern: &str, namespace: &str, stream: &str) -> bool {
+    let Some((ns, st)) = pattern.split_once('/') else {
+        return false;
+    };
+    let part = |p: &str, name: &str| p == BRIDGE_PATTERN_ANY || p == name;
+    !st.contains('/') && part(ns, namespace) && part(st, stream)
+}
+
+/// Why `name` cannot name a bridge, if it cannot: the rule of every
+/// other name (1 to 64 of `A-Z a-z 0-9 . _ -`, not starting with a dot),
+/// so it is safe in a URL path and a metric label.
+pub fn bridge_name_problem(name: &str) -> Option<&'static str> {
+    felix_model::names::name_problem(name)
+}
+
+/// A tenant's streams carried to another region's cluster, as a Felix
+/// client publishing there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bridge {
+    pub name: String,
+    pub spec: BridgeSpec,
+    /// A paused bridge keeps its source positions and sends nothing.
+    #[serde(default)]
+    pub paused: bool,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// One shard's progress on a bridge, as the broker carrying it reports
+/// in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeLag {
+    pub bridge: String,
+    /// "tenant/namespace/stream"
+    pub stream: String,
+    pub shard: u32,
+    /// The next source offset to carry (everything below is in the target).
+    pub position: u64,
+    /// The source shard's committed end (high watermark).
+    pub end: u64,
+    /// The last error sending to the target, if the bridge is failing.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl BridgeLag {
+    /// Records not yet carried (0 when a report has the position past the
+    /// end, as a broker that just lost leadership may).
+    pub fn lag(&self) -> u64 {
+        self.end.saturating_sub(self.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn spec() -> BridgeSpec {
+        BridgeSpec {
+            tenant: "acme".into(),
+            streams: vec!["pay/orders".into(), "audit/*".into()],
+            target: BridgeTarget {
+                region: "us".into(),
+                brokers: vec!["us1.example:7070".into(), "[::1]:7071".into()],
+                server_name: "brokers.us.example".into(),
+                ca_pem: CA.into(),
+                token: "eyJhbGciOiJFZERTQSJ9.e30.sig".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_pattern_matches_a_part_exactly_or_by_star_and_never_by_prefix() {
+        assert!(bridge_pattern_matches("pay/orders", "pay", "orders"));
+        assert!(!bridge_pattern_matches("pay/orders", "pay", "orders2"));
+        assert!(!bridge_pattern_matches("pay/orders", "payroll", "orders"));
+        assert!(!bridge_pattern_matches("pay/ord", "pay", "orders"));
+        assert!(bridge_pattern_matches("pay/*", "pay", "anything.dlq"));
+        assert!(!bridge_pattern_matches("pay/*", "other", "orders"));
+        assert!(bridge_pattern_matches("*/orders", "other", "orders"));
+        assert!(!bridge_pattern_matches("*/orders", "other", "refunds"));
+        assert!(bridge_pattern_matches("*/*", "x", "y"));
+        // `*` is a whole part, not a glob.
+        assert!(!bridge_pattern_matches("p*/orders", "pay", "orders"));
+        assert!(!bridge_pattern_matches("pay/or*", "pay", "orders"));
+        // Not namespace/stream: matches nothing.
+        for bad in ["orders", "*", "", "*/*/*", "pay/orders/x"] {
+            assert!(!bridge_pattern_matches(bad, "pay", "orders"), "{bad}");
+        }
+        let s = spec();
+        assert!(s.carries("pay", "orders") && s.carries("audit", "logins"));
+        assert!(!s.carries("pay", "refunds") && !s.carries("other", "orders"));
+    }
+
+    #[test]
+    fn a_bridge_spec_is_refused_with_what_is_wrong() {
+        spec().validate().unwrap();
+        let mut no_token = spec();
+        no_token.target.token.clear();
+        no_token.validate().unwrap();
+        let mut star = spec();
+        star.streams = vec!["*/*".into(), "pay/orders.dlq".into()];
+        star.validate().unwrap();
+        let mut full = spec();
+        full.streams = (0..BRIDGE_STREAMS_MAX).map(|i| format!("ns/s{i}")).collect();
+        full.target.brokers = (0..BRIDGE_TARGET_BROKERS_MAX)
+            .map(|i| format!("h{i}:7070"))
+            .collect();
+        full.validate().unwrap();
+
+        type Change = Box<dyn Fn(&mut BridgeSpec)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (Box::new(|s| s.tenant = "a b".into()), "tenant \"a b\""),
+            (Box::new(|s| s.streams.clear()), "streams must list 1 to 64"),
+            (
+                Box::new(|s| s.streams = (0..=BRIDGE_STREAMS_MAX).map(|i| format!("ns/s{i}")).collect()),
+                "streams must list 1 to 64",
+            ),
+            (
+                Box::new(|s| s.streams = vec!["orders".into()]),
+                "a pattern is namespace/stream",
+            ),
+            (Box::new(|s| s.streams = vec!["pay/or*".into()]), "stream \"or*\""),
+            (
+                Box::new(|s| s.streams = vec!["p ay/*".into()]),
+                "namespace \"p ay\"",
+            ),
+            (Box::new(|s| s.streams = vec!["pay/a/b".into()]), "stream \"a/b\""),
+            (Box::new(|s| s.streams = vec!["/orders".into()]), "namespace \"\""),
+            (
+                Box::new(|s| s.target.region = "EU".into()),
+                "target: region \"EU\"",
+            ),
+            (
+                Box::new(|s| s.target.brokers.clear()),
+                "brokers must list 1 to 16",
+            ),
+            (
+                Box::new(|s| s.target.brokers = vec!["h:1".into(); BRIDGE_TARGET_BROKERS_MAX + 1]),
+                "brokers must list 1 to 16",
+            ),
+            (
+                Box::new(|s| s.target.brokers = vec!["host".into()]),
+                "not host:port",
+            ),
+            (
+                Box::new(|s| s.target.brokers = vec![":7070".into()]),
+                "the host is empty",
+            ),
+            (
+                Box::new(|s| s.target.brokers = vec!["h:0".into()]),
+                "the port must be",
+            ),
+            (
+                Box::new(|s| s.target.brokers = vec!["h:70700".into()]),
+                "the port must be",
+            ),
+            (
+                Box::new(|s| s.target.brokers = vec!["h/x:1".into()]),
+                "has a space or '/'",
+            ),
+            (
+                Box::new(|s| s.target.server_name.clear()),
+                "server_name must be 1 to 253",
+            ),
+            (
+                Box::new(|s| s.target.server_name = "a b".into()),
+                "server_name \"a b\" has ' '",
+            ),
+            (Box::new(|s| s.target.ca_pem.clear()), "ca_pem must be 1 to 65536"),
+            (
+                Box::new(|s| s.target.ca_pem = format!("{CA}{}", "x".repeat(BRIDGE_CA_PEM_BYTES_MAX))),
+                "ca_pem must be 1 to 65536",
+            ),
+            (
+                Box::new(|s| s.target.ca_pem = "not a pem".into()),
+                "ca_pem holds no certificate",
+            ),
+            (
+                Box::new(|s| s.target.token = "t".repeat(felix_model::limits::TOKEN_BYTES_MAX + 1)),
+                "the token is 16385 bytes",
+            ),
+            (Box::new(|s| s.target.token = "abc\n".into()), "printable ASCII"),
+        ];
+        for (change, says) in cases {
+            let mut s = spec();
+            change(&mut s);
+            let e = s.validate().unwrap_err();
+            assert!(e.contains(says), "{e:?} does not say {says:?}");
+        }
+    }
+
+    #[test]
+    fn a_bridge_target_never_shows_its_token_in_debug_and_unknown_fields_are_refused() {
+        let s = spec();
+        let text = format!("{s:?}");
+        assert!(!text.contains(&s.target.token), "{text}");
+        assert!(text.contains("token_set: true"), "{text}");
+        // A misspelt optional field is refused, not dropped: a bridge
+        // without the token meant for it would fail every publish.
+        let mut v = serde_json::to_value(&s).unwrap();
+        let t = v["target"].as_object_mut().unwrap();
+        let token = t.remove("token").unwrap();
+        t.insert("tokn".into(), token);
+        let e = serde_json::from_value::<BridgeSpec>(v).unwrap_err();
+        assert!(e.to_string().contains("tokn"), "{e}");
+        // And an absent token is an empty one.
+        let mut v = serde_json::to_value(&s).unwrap();
+        v["target"].as_object_mut().unwrap().remove("token");
+        assert_eq!(serde_json::from_value::<BridgeSpec>(v).unwrap().target.token, "");
+    }
+
+    #[test]
+    fn a_lag_report_counts_what_is_left_and_never_underflows() {
+        let mut l = BridgeLag {
+            bridge: "b".into(),
+            stream: "acme/pay/orders".into(),
+            shard: 0,
+            position: 40,
+            end: 100,
+            error: None,
+        };
+        assert_eq!(l.lag(), 60);
+        l.position = 120;
+        assert_eq!(l.lag(), 0);
+        let back: BridgeLag =
+            serde_json::from_str(r#"{"bridge":"b","stream":"a/b/c","shard":1,"position":2,"end":3}"#)
+                .unwrap();
+        assert_eq!(back.error, None);
+    }
+}

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::auth::{self, AuthError};
-use crate::model::{BrokerStatus, SigningKey, Usage};
+use crate::model::{BridgeLag, BrokerStatus, SigningKey, Usage};
 use crate::raft::network::{Network, APPEND_ENTRIES_MAX, ENTRY_BYTES_MAX, SECRET_HEADER};
 use crate::raft::store::{self, LogStore, StateMachine};
 use crate::raft::{NodeId, Outcome, Raft};
@@ -41,6 +41,10 @@ pub const DATA_KEY_ROTATION_CHECK_MS: u64 = 10_000;
 pub const DATA_KEY_ROTATIONS_PER_CHECK_MAX: usize = 64;
 /// The actor scheduled rotations are audited under.
 pub const DATA_KEY_ROTATION_ACTOR: &str = "felix-rotation";
+/// Heartbeat intervals after which a broker's bridge report is no longer
+/// shown: a broker that stopped beating (or lost its leaderships) must not
+/// leave a frozen lag behind, and one missed beat must not blank it.
+pub const BRIDGE_LAG_REPORT_INTERVALS_MAX: u32 = 3;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -105,6 +109,8 @@ pub struct Liveness {
     /// Per broker, what it last reported using per `tenant/namespace`
     /// that has a usage quota (or whose tenant has).
     pub usage: HashMap<u32, BTreeMap<String, Usage>>,
+    /// Per broker, its last bridge report and when it came.
+    pub bridge_lag: HashMap<u32, (Instant, Vec<BridgeLag>)>,
     led_since: Option<Instant>,
     /// The last `Reconcile` trial that found nothing to do, if the last
     /// one did. Another trial on the same metadata before its `until_ms`
@@ -313,6 +319,7 @@ impl Node {
         broker: u32,
         subscribers: BTreeMap<String, u32>,
         usage: BTreeMap<String, Usage>,
+        bridges: Vec<BridgeLag>,
     ) -> Result<(), CpError> {
         let status = self.read(|m| m.brokers.get(&broker).map(|b| b.status));
         let Some(status) = status else {
@@ -320,9 +327,17 @@ impl Node {
         };
         {
             let mut l = self.liveness.lock().expect("liveness lock");
-            l.seen.insert(broker, Instant::now());
+            let now = Instant::now();
+            l.seen.insert(broker, now);
             l.subscribers.insert(broker, subscribers);
             l.usage.insert(broker, usage);
+            // A report without bridges replaces one with: the broker
+            // carries none now.
+            if bridges.is_empty() {
+                l.bridge_lag.remove(&broker);
+            } else {
+                l.bridge_lag.insert(broker, (now, bridges));
+            }
         }
         if status == BrokerStatus::Down {
             self.propose(
@@ -388,16 +403,71 @@ impl Node {
         })
     }
 
+    /// How long a broker's bridge report is shown.
+    fn bridge_lag_kept(&self) -> Duration {
+        Duration::from_millis(
+            self.cfg
+                .broker_heartbeat_interval_ms
+                .saturating_mul(u64::from(BRIDGE_LAG_REPORT_INTERVALS_MAX)),
+        )
+    }
+
+    /// What the brokers last reported of bridge `bridge`, one row per
+    /// source shard as `(broker, report)`, sorted by stream and shard
+    /// (leader only; empty elsewhere). Reports older than
+    /// [`BRIDGE_LAG_REPORT_INTERVALS_MAX`] heartbeat intervals, and those
+    /// of brokers no longer registered, are left out. Two brokers naming
+    /// one shard (its leadership just moved) count once: the one further
+    /// on, since a shard's position only moves forward.
+    pub fn bridge_lag(&self, bridge: &str) -> Vec<(u32, BridgeLag)> {
+        let registered: std::collections::BTreeSet<u32> = self.read(|m| m.brokers.keys().copied().collect());
+        let kept = self.bridge_lag_kept();
+        let now = Instant::now();
+        let mut rows: BTreeMap<(String, u32), (u32, BridgeLag)> = BTreeMap::new();
+        let l = self.liveness.lock().expect("liveness lock");
+        for (broker, (at, report)) in &l.bridge_lag {
+            if !registered.contains(broker) || now.duration_since(*at) >= kept {
+                continue;
+            }
+            for r in report.iter().filter(|r| r.bridge == bridge) {
+                let key = (r.stream.clone(), r.shard);
+                let further = rows
+                    .get(&key)
+                    .is_none_or(|(_, held)| (r.position, r.end) > (held.position, held.end));
+                if further {
+                    rows.insert(key, (*broker, r.clone()));
+                }
+            }
+        }
+        rows.into_values().collect()
+    }
+
+    /// Drops bridge reports that [`Node::bridge_lag`] would no longer
+    /// show, so a broker that left keeps no memory.
+    fn prune_bridge_lag(&self) {
+        let registered: std::collections::BTreeSet<u32> = self.read(|m| m.brokers.keys().copied().collect());
+        let kept = self.bridge_lag_kept();
+        let now = Instant::now();
+        self.liveness
+            .lock()
+            .expect("liveness lock")
+            .bridge_lag
+            .retain(|b, (at, _)| registered.contains(b) && now.duration_since(*at) < kept);
+    }
+
     /// One pass of the leader's duties: brokers silent for too long are
     /// marked down; placement is reconciled when that would change
-    /// anything; data keys due are rotated.
+    /// anything; data keys due are rotated; stale bridge reports dropped.
     async fn tick(&self) {
         if !self.is_leader() {
             let mut l = self.liveness.lock().expect("liveness lock");
             l.led_since = None;
             l.data_keys_checked = None;
+            // A leader again would hear fresh reports; these would only age.
+            l.bridge_lag.clear();
             return;
         }
+        self.prune_bridge_lag();
         self.rotate_due_data_keys().await;
         let silent_after = Duration::from_millis(
             self.cfg.broker_heartbeat_interval_ms * u64::from(self.cfg.broker_heartbeats_missed_max),

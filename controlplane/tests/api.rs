@@ -843,6 +843,8 @@ async fn a_scrape_shows_api_calls_by_route_and_the_nodes_state() {
     assert_eq!(value("felix_cp_leader"), 1.0);
     assert!(value("felix_cp_metadata_version") >= 1.0);
     assert!(value("felix_cp_tenants") >= 1.0);
+    // Another test's node may have set it (one recorder per process).
+    assert!(value("felix_cp_bridges") >= 0.0);
     assert!(text.contains("felix_cp_api_request_duration_seconds_bucket{route=\"/v1/tenants\""));
     cp.h.shutdown().await;
 }
@@ -1365,5 +1367,230 @@ async fn a_tenant_with_encryption_shows_its_data_keys_ids_and_only_the_feed_thei
     let (s, changes) = cp.op(Method::GET, "/v1/feed/changes?since=0", None).await;
     assert_eq!(s, StatusCode::OK, "{changes}");
     assert!(!changes.to_string().contains(&material), "{changes}");
+    cp.h.shutdown().await;
+}
+
+const TARGET_TOKEN: &str = "eyJhbGciOiJFZERTQSJ9.target-cluster-token.sig";
+
+fn bridge(name: &str, tenant: &str, region: &str) -> Value {
+    json!({
+        "name": name,
+        "spec": {
+            "tenant": tenant,
+            "streams": ["pay/*", "audit/logins"],
+            "target": {
+                "region": region,
+                "brokers": ["us1.example:7070", "us2.example:7070"],
+                "server_name": "brokers.us.example",
+                "ca_pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                "token": TARGET_TOKEN,
+            },
+        },
+    })
+}
+
+/// A bridge is the operator's: made once (to another region only, for a
+/// tenant that exists), listed and described without its token, which
+/// only the brokers' feed carries; its lag is what the brokers last
+/// reported, one row per shard; paused, resumed and deleted, each
+/// audited; and it goes with its tenant.
+#[tokio::test]
+async fn a_bridge_is_made_shown_without_its_token_reports_lag_and_goes_with_its_tenant() {
+    let cp = Cp::start_with(|c| c.region = "eu".into()).await;
+    let (s, v) = cp
+        .op(Method::POST, "/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let (s, v) = cp
+        .op(Method::POST, "/v1/bridges", Some(bridge("loop", "acme", "eu")))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(err(&v).contains("this control plane's own"), "{v}");
+    let (s, v) = cp
+        .op(Method::POST, "/v1/bridges", Some(bridge("ghost", "nobody", "us")))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let mut bad = bridge("bad", "acme", "us");
+    bad["spec"]["streams"] = json!(["orders"]);
+    let (s, v) = cp.op(Method::POST, "/v1/bridges", Some(bad)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(err(&v).contains("namespace/stream"), "{v}");
+    let (s, v) = cp
+        .op(Method::POST, "/v1/bridges", Some(bridge("a b", "acme", "us")))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // Not without the operator's credential.
+    let (s, v) = cp
+        .call(
+            Method::POST,
+            "/v1/bridges",
+            Some("not-the-secret"),
+            Some(bridge("b", "acme", "us")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/bridges",
+            Some(bridge("acme-eu-us", "acme", "us")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["name"], "acme-eu-us");
+    assert_eq!(v["paused"], false);
+    assert_eq!(v["spec"]["target"]["token_set"], true, "{v}");
+    assert!(v["spec"]["target"].get("token").is_none(), "{v}");
+    assert!(!v.to_string().contains(TARGET_TOKEN), "{v}");
+    // The same again is the same bridge; another spec under its name is
+    // a conflict.
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/bridges",
+            Some(bridge("acme-eu-us", "acme", "us")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = cp
+        .op(
+            Method::POST,
+            "/v1/bridges",
+            Some(bridge("acme-eu-us", "acme", "ap")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+
+    let (s, v) = cp.op(Method::GET, "/v1/bridges", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let all = v["bridges"].as_array().unwrap();
+    assert_eq!(all.len(), 1, "{v}");
+    assert_eq!(all[0]["spec"]["streams"], json!(["pay/*", "audit/logins"]));
+    assert!(!v.to_string().contains(TARGET_TOKEN), "{v}");
+    // The brokers' feed carries it whole.
+    let (s, snap) = cp.op(Method::GET, "/v1/feed/snapshot", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        snap["bridges"]["acme-eu-us"]["spec"]["target"]["token"], TARGET_TOKEN,
+        "{snap}"
+    );
+
+    // Lag: brokers 1 and 2 report; 2 still names a shard 1 now leads
+    // (its leadership just moved) and is behind on it.
+    for id in 1..=2 {
+        let (s, v) = cp
+            .op(
+                Method::POST,
+                "/v1/brokers",
+                Some(
+                    json!({"id": id, "client_addr": format!("127.0.0.1:{}", 7000 + id),
+                            "raft_addr": format!("127.0.0.1:{}", 7100 + id), "region": "eu"}),
+                ),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let row = |stream: &str, shard: u32, position: u64, end: u64| json!({"bridge": "acme-eu-us", "stream": stream, "shard": shard, "position": position, "end": end});
+    let mut failing = row("acme/pay/orders", 0, 90, 100);
+    failing["error"] = json!("target unreachable");
+    let beat = |id: u32, bridges: Value| {
+        let path = format!("/v1/brokers/{id}/heartbeat");
+        let cp = &cp;
+        async move {
+            cp.op(Method::POST, &path, Some(json!({"bridges": bridges})))
+                .await
+        }
+    };
+    let (s, v) = beat(
+        1,
+        json!([
+            row("acme/pay/refunds", 1, 5, 5),
+            failing,
+            row("acme/pay/refunds", 0, 10, 40)
+        ]),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let other =
+        json!({"bridge": "other", "stream": "acme/pay/orders", "shard": 0, "position": 0, "end": 999});
+    let (s, v) = beat(2, json!([row("acme/pay/refunds", 0, 3, 40), other])).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = cp.op(Method::GET, "/v1/bridges/acme-eu-us", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(!v.to_string().contains(TARGET_TOKEN), "{v}");
+    let lag: Vec<(String, u64, u64, u64, u64)> = v["lag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["stream"].as_str().unwrap().to_owned(),
+                r["shard"].as_u64().unwrap(),
+                r["position"].as_u64().unwrap(),
+                r["lag"].as_u64().unwrap(),
+                r["broker"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lag,
+        vec![
+            ("acme/pay/orders".into(), 0, 90, 10, 1),
+            ("acme/pay/refunds".into(), 0, 10, 30, 1),
+            ("acme/pay/refunds".into(), 1, 5, 0, 1),
+        ],
+        "{v}"
+    );
+    assert_eq!(v["lag"][0]["error"], "target unreachable");
+    assert_eq!(v["lag"][1]["error"], Value::Null);
+    assert_eq!(v["lag_total"], 40);
+    // A report without bridges: broker 1 carries none now.
+    let (s, _) = beat(1, json!([])).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = cp.op(Method::GET, "/v1/bridges/acme-eu-us", None).await;
+    assert_eq!(v["lag"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["lag"][0]["broker"], 2);
+    assert_eq!(v["lag_total"], 37);
+
+    let (s, v) = cp.op(Method::POST, "/v1/bridges/acme-eu-us/pause", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["paused"], true);
+    let (s, v) = cp.op(Method::POST, "/v1/bridges/acme-eu-us/resume", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["paused"], false);
+    let (s, _) = cp.op(Method::POST, "/v1/bridges/nope/pause", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, v) = cp.op(Method::DELETE, "/v1/bridges/acme-eu-us", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = cp.op(Method::GET, "/v1/bridges/acme-eu-us", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, changes) = cp.op(Method::GET, "/v1/feed/changes?since=0", None).await;
+    assert!(!changes.to_string().contains(TARGET_TOKEN), "{changes}");
+    let (_, audit) = cp.op(Method::GET, "/v1/audit", None).await;
+    let text = audit.to_string();
+    for op in [
+        "bridge.create acme-eu-us",
+        "bridge.pause acme-eu-us",
+        "bridge.resume acme-eu-us",
+        "bridge.delete acme-eu-us",
+    ] {
+        assert!(text.contains(op), "{op} not audited: {audit}");
+    }
+    assert!(!text.contains(TARGET_TOKEN), "{audit}");
+
+    // A tenant's deletion takes its bridges.
+    let (s, v) = cp
+        .op(Method::POST, "/v1/bridges", Some(bridge("again", "acme", "us")))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = cp.op(Method::DELETE, "/v1/tenants/acme", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v) = cp.op(Method::GET, "/v1/bridges", None).await;
+    assert_eq!(v["bridges"], json!([]), "{v}");
+    let (_, snap) = cp.op(Method::GET, "/v1/feed/snapshot", None).await;
+    assert_eq!(snap["bridges"], json!({}), "{snap}");
     cp.h.shutdown().await;
 }

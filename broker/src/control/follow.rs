@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use felix_client::wire::StreamConfig;
 use felix_controlplane::model::{
-    Broker, Cache, DataKey, EncryptionSpec, Quotas, ShardPlacement, Stream, Usage,
+    Bridge, Broker, Cache, DataKey, EncryptionSpec, Quotas, ShardPlacement, Stream, Usage,
 };
 use felix_controlplane::state::{Change, Versioned};
 use serde::Deserialize;
@@ -53,6 +53,7 @@ pub struct Registration {
 /// tasks end when the node is dropped.
 pub fn start(link: Arc<ControlLink>, node: &Arc<Node>, me: Registration) {
     let weak = Arc::downgrade(node);
+    crate::bridge::supervise::start(node, me.region.clone());
     tokio::spawn(heartbeats(link.clone(), weak.clone(), me));
     tokio::spawn(usage_looks(weak.clone()));
     tokio::spawn(feed(link, weak));
@@ -87,7 +88,11 @@ async fn heartbeats(link: Arc<ControlLink>, node: Weak<Node>, me: Registration) 
         let Some(n) = node.upgrade() else { return };
         let step = if registered {
             let usage = local_usage(&n);
-            match link.heartbeat(me.id, &n.subscriber_counts(), &usage).await {
+            let bridges = n.bridges.lags(super::HEARTBEAT_BRIDGES_MAX);
+            match link
+                .heartbeat(me.id, &n.subscriber_counts(), &usage, &bridges)
+                .await
+            {
                 Ok(cluster) => {
                     let mut q = n.quotas.lock().expect("quota lock");
                     q.usage.set_local(usage.clone());
@@ -144,6 +149,8 @@ struct Snapshot {
     #[serde(default)]
     brokers: Vec<Broker>,
     tenants: BTreeMap<String, TenantView>,
+    #[serde(default)]
+    bridges: BTreeMap<String, Bridge>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -261,6 +268,7 @@ async fn snapshot(link: &ControlLink, node: &Weak<Node>) -> Result<u64, String> 
             apply(&n, s.version, &name, None, false)?;
         }
     }
+    n.bridges.replace(s.bridges);
     link.version.store(s.version, Ordering::Release);
     link.set_synced();
     Ok(s.version)
@@ -346,6 +354,7 @@ async fn changes(link: &ControlLink, node: &Weak<Node>, since: u64) -> Result<Op
                     tracing::warn!(tenant, error = %e, "fetching rotated keys failed; tokens signed with the new key are refused until they are fetched");
                 }
             }
+            Change::Bridge { name, value } => n.bridges.set(&name, value),
             // Where a peer listens, and which incarnation of it is current;
             // placement reaches this broker with each stream.
             Change::Broker { broker, value } => {

@@ -33,6 +33,9 @@ pub const REQUEST_TIMEOUT_MS: u64 = 5_000;
 pub const FEED_WAIT_MS: u64 = 20_000;
 /// Longest pause between attempts when the control plane does not answer.
 pub const RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+/// Bridge carriers a heartbeat reports the positions of (the control
+/// plane takes at most its `HEARTBEAT_ENTRIES_MAX` entries per field).
+pub const HEARTBEAT_BRIDGES_MAX: usize = 1024;
 
 /// A broker's connection to the control plane, and what it has learnt.
 #[derive(Debug)]
@@ -366,8 +369,12 @@ impl ControlLink {
         id: u32,
         subscribers: &BTreeMap<String, u32>,
         usage: &BTreeMap<String, Usage>,
+        bridges: &[felix_controlplane::model::BridgeLag],
     ) -> Result<HashMap<String, Usage>, BrokerError> {
-        let body = json!({ "subscribers": subscribers, "usage": usage });
+        let body = match bridges.is_empty() {
+            true => json!({ "subscribers": subscribers, "usage": usage }),
+            false => json!({ "subscribers": subscribers, "usage": usage, "bridges": bridges }),
+        };
         let path = format!("/v1/brokers/{id}/heartbeat");
         match self
             .call(reqwest::Method::POST, &path, Some(&body), None, 0)

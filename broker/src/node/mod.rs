@@ -150,6 +150,8 @@ pub struct Node {
     defaults: RwLock<crate::config::StreamDefaults>,
     /// The tenants' data keys (encryption at rest).
     pub(crate) keys: Arc<crate::at_rest::Tenants>,
+    /// The bridges this broker knows, and its carriers' positions.
+    pub bridges: crate::bridge::Bridges,
     /// This process's hold on the data directory, shared by every shard's
     /// log under it (`DirLock::Parent`: no lock file per log, so a replica
     /// costs one open file, its active segment); the last of them lets go.
@@ -198,6 +200,7 @@ impl Node {
         let keys = crate::at_rest::Tenants::open(dir, master, clock.clone())?;
         let node = Node {
             keys,
+            bridges: crate::bridge::Bridges::default(),
             dir_lock: Arc::new(dir_lock),
             broker_id: config.broker_id,
             address: Mutex::new(config.listen.to_string()),

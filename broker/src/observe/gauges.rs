@@ -9,6 +9,16 @@ use crate::observe::metrics::{FEED_VERSION, POSITIONS_PER_SHARD_MAX};
 /// end, the high watermark (committed and readable), the applied Raft
 /// index, segments and bytes, in-flight publish bytes, and its role.
 pub fn observe_node(node: &Node) {
+    // Records committed in a bridged shard and not yet in the target.
+    for l in node.bridges.lags(crate::control::HEARTBEAT_BRIDGES_MAX) {
+        let labels = [
+            ("bridge", l.bridge),
+            ("stream", l.stream),
+            ("shard", l.shard.to_string()),
+        ];
+        metrics::gauge!("felix_bridge_lag_records", &labels).set(l.end.saturating_sub(l.position) as f64);
+        metrics::gauge!("felix_bridge_failing", &labels).set(if l.error.is_some() { 1.0 } else { 0.0 });
+    }
     for h in node.streams() {
         let stream = h.name.to_string();
         for (i, s) in h.hosted() {

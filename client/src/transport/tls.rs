@@ -180,6 +180,14 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// Trusting the CA certificates in `pem` (no client certificate).
+    pub fn from_ca_pem(pem: &[u8]) -> Result<ClientTls, TransportError> {
+        Ok(ClientTls {
+            ca: certs_pem(pem, Path::new("the CA PEM"))?,
+            identity: None,
+        })
+    }
+
     /// From PEM files: the CA to trust, and optionally a certificate and key
     /// to present.
     pub fn from_pem_files(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTls, TransportError> {

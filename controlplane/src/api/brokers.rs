@@ -59,11 +59,16 @@ pub(super) struct Heartbeat {
     /// broker leads hold and the subscriptions open on it.
     #[serde(default)]
     usage: BTreeMap<String, Usage>,
+    /// Per source shard of each bridge this broker carries (the shards
+    /// it leads): how far it has carried it.
+    #[serde(default)]
+    bridges: Vec<BridgeLag>,
 }
 
-/// Entries one heartbeat may carry in each of its maps: a broker reports
-/// a stream only while it has subscribers and a namespace only while it
-/// has a usage quota, so this is far above what a broker sends.
+/// Entries one heartbeat may carry in each of its maps and lists: a
+/// broker reports a stream only while it has subscribers, a namespace only
+/// while it has a usage quota and a bridge's shard only while it leads it,
+/// so this is far above what a broker sends.
 pub const HEARTBEAT_ENTRIES_MAX: usize = 100_000;
 
 pub(super) async fn heartbeat(
@@ -78,9 +83,12 @@ pub(super) async fn heartbeat(
     } else {
         body(&b)?
     };
-    if hb.subscribers.len() > HEARTBEAT_ENTRIES_MAX || hb.usage.len() > HEARTBEAT_ENTRIES_MAX {
+    if hb.subscribers.len() > HEARTBEAT_ENTRIES_MAX
+        || hb.usage.len() > HEARTBEAT_ENTRIES_MAX
+        || hb.bridges.len() > HEARTBEAT_ENTRIES_MAX
+    {
         return Err(bad(format!(
-            "a heartbeat carries at most {HEARTBEAT_ENTRIES_MAX} streams and namespaces"
+            "a heartbeat carries at most {HEARTBEAT_ENTRIES_MAX} streams, namespaces and bridge shards"
         )));
     }
     if !n.is_leader() {
@@ -93,7 +101,7 @@ pub(super) async fn heartbeat(
             .post(format!("{}://{leader}/v1/brokers/{id}/heartbeat", n.cfg.scheme()))
             .header("authorization", format!("Bearer {}", n.cfg.cluster_secret))
             .timeout(Duration::from_secs(2))
-            .json(&json!({ "subscribers": hb.subscribers, "usage": hb.usage }))
+            .json(&json!({ "subscribers": hb.subscribers, "usage": hb.usage, "bridges": hb.bridges }))
             .send()
             .await
             .map_err(|e| CpError::Unavailable(e.to_string()))?;
@@ -101,7 +109,7 @@ pub(super) async fn heartbeat(
         let v: Value = r.json().await.unwrap_or(Value::Null);
         return Ok((status, Json(v)).into_response());
     }
-    n.heartbeat(id, hb.subscribers, hb.usage).await?;
+    n.heartbeat(id, hb.subscribers, hb.usage, hb.bridges).await?;
     Ok(Json(json!({
         "interval_ms": n.cfg.broker_heartbeat_interval_ms,
         "usage": n.usage_totals(),
@@ -200,7 +208,8 @@ pub(super) async fn rebalance_status(State(n): S, h: HeaderMap) -> ApiResult {
 /// What brokers see: no issuers, rules or signing keys. Each tenant's
 /// encryption and data keys, materials included: a broker derives the keys
 /// it seals with from them and its master key, which the control plane
-/// never holds.
+/// never holds. Every bridge whole, its target's token included: the
+/// brokers leading its streams' shards dial the target with it.
 pub(super) fn broker_view(m: &crate::state::Metadata) -> Value {
     let tenants: BTreeMap<&String, Value> = m
         .tenants
@@ -228,7 +237,12 @@ pub(super) fn broker_view(m: &crate::state::Metadata) -> Value {
             )
         })
         .collect();
-    json!({"version": m.version, "brokers": m.brokers.values().collect::<Vec<_>>(), "tenants": tenants})
+    json!({
+        "version": m.version,
+        "brokers": m.brokers.values().collect::<Vec<_>>(),
+        "tenants": tenants,
+        "bridges": m.bridges,
+    })
 }
 
 pub(super) async fn feed_snapshot(State(n): S, h: HeaderMap) -> ApiResult {

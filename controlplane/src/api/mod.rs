@@ -33,12 +33,14 @@ use felix_model::names::name_problem;
 
 // The handlers, by family; the router below names them all.
 mod access;
+mod bridges;
 mod brokers;
 mod raft;
 mod resources;
 mod tenancy;
 
 use access::*;
+use bridges::*;
 use brokers::*;
 use resources::*;
 use tenancy::*;
@@ -103,15 +105,21 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
     ("get", "/v1/audit", "operator", "The whole audit log."),
     ("get", "/v1/brokers", "operator", "Brokers, their status and the replicas on each; retired ids."),
     ("post", "/v1/brokers", "operator or broker", "Register a broker {id, client_addr, raft_addr, zone?, shards_max?, region?}; 403 when its region is not the control plane's."),
-    ("post", "/v1/brokers/{broker}/heartbeat", "operator or broker", "A broker is alive {subscribers: {\"t/ns/s\": n}, usage: {\"t/ns\": {storage_bytes, cache_bytes, subscriptions}}}; answered with the cluster's usage of every scope with a usage quota."),
+    ("post", "/v1/brokers/{broker}/heartbeat", "operator or broker", "A broker is alive {subscribers: {\"t/ns/s\": n}, usage: {\"t/ns\": {storage_bytes, cache_bytes, subscriptions}}, bridges?: [{bridge, stream: \"t/ns/s\", shard, position, end, error?}]}; answered with the cluster's usage of every scope with a usage quota."),
     ("post", "/v1/brokers/{broker}/drain", "operator", "Move a broker's leaderships and replicas away."),
     ("post", "/v1/brokers/{broker}/undrain", "operator", "Let a drained broker take shards again (ends a decommission)."),
     ("post", "/v1/brokers/{broker}/decommission", "operator", "Move every replica and leadership off a broker, then remove it from the registry; its id is never reused."),
     ("post", "/v1/brokers/{broker}/moves/{group}/done", "operator or broker", "A move off this broker finished: it left the group."),
     ("post", "/v1/rebalance", "operator", "Even out preferred leaders; with a body {strategy?: balanced|minimize_movement, stream?: \"t/ns/name\"}, replicas too."),
     ("get", "/v1/rebalance", "operator", "The rebalance in progress and the replica moves in progress."),
-    ("get", "/v1/feed/snapshot", "operator or broker", "The brokers' view at version V: no signing keys, issuers or rules; tenants' data key materials (which open nothing without the brokers' master key)."),
+    ("get", "/v1/feed/snapshot", "operator or broker", "The brokers' view at version V: no signing keys, issuers or rules; tenants' data key materials (which open nothing without the brokers' master key); every bridge whole, its target's token included."),
     ("get", "/v1/feed/changes", "operator or broker", "Changes since ?since=V, long-polled up to ?wait_ms=; 410 when V is too old."),
+    ("post", "/v1/bridges", "operator", "Create a bridge {name, spec: {tenant, streams: [\"ns/stream\" (either part may be \"*\")], target: {region, brokers: [\"host:port\"], server_name, ca_pem, token?}}}: the tenant's matching streams are carried to another region's cluster; 201 with the bridge, its token never shown (token_set)."),
+    ("get", "/v1/bridges", "operator", "Every bridge {bridges: [...]}, tokens never shown."),
+    ("get", "/v1/bridges/{name}", "operator", "A bridge with its lag per source shard as the brokers last reported it {lag: [{stream, shard, position, end, lag, error, broker}], lag_total}."),
+    ("post", "/v1/bridges/{name}/pause", "operator", "Stop sending; the bridge keeps its source positions."),
+    ("post", "/v1/bridges/{name}/resume", "operator", "Send again from where the bridge stopped."),
+    ("delete", "/v1/bridges/{name}", "operator", "Delete a bridge; what reached the target stays there."),
 ];
 
 struct ApiError(StatusCode, String);
@@ -398,6 +406,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/rebalance", post(rebalance).get(rebalance_status))
         .route("/v1/feed/snapshot", get(feed_snapshot))
         .route("/v1/feed/changes", get(feed_changes))
+        .route("/v1/bridges", get(list_bridges).post(create_bridge))
+        .route("/v1/bridges/:name", get(get_bridge).delete(delete_bridge))
+        .route("/v1/bridges/:name/pause", post(pause_bridge))
+        .route("/v1/bridges/:name/resume", post(resume_bridge))
         .merge(raft::router(node.clone()))
         .route("/metrics", get(metrics_text))
         .route("/live", get(|| async { "live\n" }))

@@ -17,6 +17,7 @@ use felix_model::names::name_problem;
 
 // `run` routes each command to the file of its family.
 mod access;
+mod bridges;
 mod brokers;
 mod encryption;
 mod resources;
@@ -196,6 +197,20 @@ pub enum Command {
         admins: Vec<String>,
         key: SigningKey,
     },
+    /// Creates bridge `name` (its spec's target carries the token). A
+    /// bridge is never changed but for pausing: an existing name with
+    /// the same spec is the same create, with another a conflict.
+    PutBridge {
+        name: String,
+        spec: BridgeSpec,
+    },
+    SetBridgePaused {
+        name: String,
+        paused: bool,
+    },
+    DeleteBridge {
+        name: String,
+    },
 }
 
 impl Command {
@@ -223,6 +238,10 @@ impl Command {
             | AddGrouping { tenant, .. }
             | RemoveGrouping { tenant, .. }
             | Bootstrap { tenant, .. } => Some(tenant),
+            PutBridge { spec, .. } => Some(&spec.tenant),
+            // Named by the bridge alone: its tenant is in the metadata
+            // (`Metadata::audited_tenant`).
+            SetBridgePaused { .. } | DeleteBridge { .. } => None,
             RegisterBroker { .. }
             | SetBrokerStatus { .. }
             | Decommission { .. }
@@ -251,7 +270,10 @@ impl Command {
             | Decommission { .. }
             | MoveDone { .. }
             | Reconcile { .. }
-            | Rebalance { .. } => true,
+            | Rebalance { .. }
+            | PutBridge { .. }
+            | SetBridgePaused { .. }
+            | DeleteBridge { .. } => true,
             PutTenant { .. }
             | DeleteTenant { .. }
             | PutNamespace { .. }
@@ -268,8 +290,12 @@ impl Command {
         }
     }
 
-    /// A short description for the audit log (no key material).
+    /// A short description for the audit log (no key material, no
+    /// bridge token).
     fn summary(&self) -> String {
+        if let Some(s) = self.bridge_summary() {
+            return s;
+        }
         let v = serde_json::to_value(self).unwrap_or_default();
         let op = v.get("op").and_then(|o| o.as_str()).unwrap_or("?").to_owned();
         let mut parts = vec![op];
@@ -408,6 +434,12 @@ pub enum Change {
         encryption: Option<EncryptionSpec>,
         keys: Vec<DataKey>,
     },
+    /// A bridge made, paused or resumed (`value` whole, its target's token
+    /// included: brokers carry it and dial with it), or deleted (`None`).
+    Bridge {
+        name: String,
+        value: Option<Bridge>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,6 +481,9 @@ pub struct Metadata {
     /// before data keys has none, so 0, read as 1).
     #[serde(default)]
     pub next_data_key_id: u32,
+    /// Bridges by name (a state from before bridges has none).
+    #[serde(default)]
+    pub bridges: BTreeMap<String, Bridge>,
     /// Replicas and preferred leaderships per broker, derived from the
     /// placements and kept with them, so a create does not count every
     /// placement again.
@@ -718,6 +753,8 @@ impl Metadata {
     fn apply_as(&mut self, env: &Envelope, in_place: bool) -> Result<Applied, ApplyError> {
         let before = self.version;
         let goal_before = self.rebalance.clone();
+        // Found before the command runs: a bridge deleted is gone after.
+        let audited_tenant = self.audited_tenant(&env.command);
         let mut moves = Vec::new();
         let result = if in_place {
             self.run(env, &mut moves)
@@ -731,6 +768,7 @@ impl Metadata {
                 self.rebalance = scratch.rebalance;
                 self.retired_brokers = scratch.retired_brokers;
                 self.next_data_key_id = scratch.next_data_key_id;
+                self.bridges = scratch.bridges;
                 self.load = scratch.load;
             }
             result
@@ -750,8 +788,10 @@ impl Metadata {
                 if changed {
                     self.version += 1;
                     for change in &changes {
-                        if let Change::Tenant { tenant, quotas: None } = change {
-                            self.forget_data_keys(tenant);
+                        match change {
+                            Change::Tenant { tenant, quotas: None } => self.forget_data_keys(tenant),
+                            Change::Bridge { name, value: None } => self.forget_bridge_token(name),
+                            _ => {}
                         }
                     }
                     for change in changes {
@@ -765,7 +805,7 @@ impl Metadata {
                     }
                 }
                 if audited || changed {
-                    self.audit(env, "ok".into());
+                    self.audit(env, audited_tenant.as_deref(), "ok".into());
                 }
                 Ok(Applied {
                     version: self.version,
@@ -775,14 +815,15 @@ impl Metadata {
             }
             Err(e) => {
                 if audited {
-                    self.audit(env, e.message.clone());
+                    self.audit(env, audited_tenant.as_deref(), e.message.clone());
                 }
                 Err(e)
             }
         }
     }
 
-    fn audit(&mut self, env: &Envelope, outcome: String) {
+    /// `tenant`: the tenant whose own log also keeps the entry, if any.
+    fn audit(&mut self, env: &Envelope, tenant: Option<&str>, outcome: String) {
         let entry = AuditEntry {
             version: self.version,
             at_ms: env.now_ms,
@@ -792,7 +833,7 @@ impl Metadata {
         };
         // Only a tenant that exists (after this change) keeps a log: a
         // request naming an unknown tenant cannot make one.
-        if let Some(t) = env.command.tenant().filter(|t| self.tenants.contains_key(*t)) {
+        if let Some(t) = tenant.filter(|t| self.tenants.contains_key(*t)) {
             let log = self.tenant_audit.entry(t.to_owned()).or_default();
             log.push_back(entry.clone());
             while log.len() > TENANT_AUDIT_KEPT_MAX {
@@ -824,6 +865,7 @@ impl Metadata {
             rebalance: self.rebalance.clone(),
             retired_brokers: self.retired_brokers.clone(),
             next_data_key_id: self.next_data_key_id,
+            bridges: self.bridges.clone(),
             load: self.load.clone(),
         }
     }
@@ -948,6 +990,7 @@ impl Metadata {
             | RemoveGrouping { .. }
             | Bootstrap { .. } => self.run_access(env),
             RotateDataKey { .. } => self.run_encryption(env),
+            PutBridge { .. } | SetBridgePaused { .. } | DeleteBridge { .. } => self.run_bridges(env),
         }
     }
 }
@@ -1108,7 +1151,7 @@ mod tests {
         let ns = ["ns", "other", "none"][r(3) as usize].to_owned();
         let name = format!("r{}", r(6));
         let t = || "t".to_owned();
-        match r(14) {
+        match r(17) {
             0 | 1 => Command::CreateStream {
                 tenant: t(),
                 namespace: ns,
@@ -1166,6 +1209,27 @@ mod tests {
             10 => Command::MoveDone {
                 group: 1 + r(20),
                 broker: 1 + r(6) as u32,
+            },
+            14 => Command::PutBridge {
+                name: format!("b{}", r(3)),
+                spec: BridgeSpec {
+                    tenant: ["t", "none"][r(2) as usize].to_owned(),
+                    streams: vec![format!("{ns}/*")],
+                    target: BridgeTarget {
+                        region: "us".into(),
+                        brokers: vec![format!("us{}:7070", r(2))],
+                        server_name: "localhost".into(),
+                        ca_pem: "-----BEGIN CERTIFICATE-----\n".into(),
+                        token: String::new(),
+                    },
+                },
+            },
+            15 => Command::SetBridgePaused {
+                name: format!("b{}", r(3)),
+                paused: r(2) == 0,
+            },
+            16 => Command::DeleteBridge {
+                name: format!("b{}", r(3)),
             },
             11 | 12 => Command::Reconcile {
                 grace_ms: r(3) * 1000,

@@ -65,10 +65,14 @@ impl Metadata {
                     )));
                 }
                 self.tenants.remove(tenant);
-                Ok(vec![Change::Tenant {
+                // Its bridges go first: brokers stop carrying before they
+                // forget the tenant.
+                let mut changes = self.drop_tenant_bridges(tenant);
+                changes.push(Change::Tenant {
                     tenant: tenant.clone(),
                     quotas: None,
-                }])
+                });
+                Ok(changes)
             }
             PutNamespace {
                 tenant,
