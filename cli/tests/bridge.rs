@@ -331,7 +331,27 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
         early + live
     );
 
-    // Isolation: the stream no bridge names is empty in us.
+    // A client may not move a bridge's source position.
+    let forged = felix_client::wire::Message::CommitCursor {
+        stream: STREAM.into(),
+        shard: 0,
+        name: "bridge/eu-us".into(),
+        offset: 0,
+    };
+    let e = eu_client
+        .call(felix_client::Route::Shard(STREAM, 0), &forged)
+        .await
+        .expect_err("a client committed a bridge's cursor");
+    assert!(e.to_string().contains("bridges"), "{e}");
+
+    // Isolation: a client holding the us cluster's CA does not get through
+    // the eu brokers' TLS, and the stream no bridge names is empty in us.
+    let mut cross = eu.client_config();
+    cross.tls = felix_client::transport::ClientTls::from_pem_files(&us.ca, None).unwrap();
+    assert!(
+        Client::connect(cross).await.is_err(),
+        "a us client reached eu brokers"
+    );
     assert!(read_all(&us_client, LOCAL, 0, None, Duration::from_secs(2))
         .await
         .is_empty());

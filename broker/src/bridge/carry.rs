@@ -162,6 +162,9 @@ impl Carrier {
                     continue;
                 }
             };
+            if self.node.upgrade().is_some_and(|n| n.bridges.crash_due()) {
+                return Stopped::NotLeading("the test fault: stopped before committing".into());
+            }
             let a = advance(&built.offsets, count);
             if let Err(e) = self.commit(a.next).await {
                 return Stopped::NotLeading(format!("committing the position: {e}"));

@@ -23,6 +23,7 @@
 //! This module decides (pure); `carry` and `supervise` do the IO.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use felix_controlplane::model::{Bridge, BridgeLag};
@@ -171,6 +172,13 @@ pub struct CarrierStatus {
 pub struct Bridges {
     known: Mutex<BTreeMap<String, Bridge>>,
     status: Mutex<BTreeMap<CarrierKey, Arc<Mutex<CarrierStatus>>>>,
+    /// For tests of the exactly-once path: every this many acknowledged
+    /// batches (0: never), a carrier stops without committing its
+    /// position, as one whose broker was killed between the target's
+    /// answer and the commit; its successor sends the batch again.
+    crash_before_commit_every: AtomicU64,
+    batches_acknowledged: AtomicU64,
+    crashes: AtomicU64,
 }
 
 impl Bridges {
@@ -203,6 +211,28 @@ impl Bridges {
 
     pub fn is_empty(&self) -> bool {
         self.known.lock().expect("bridges lock").is_empty()
+    }
+
+    /// Sets the test fault: see `crash_before_commit_every`.
+    pub fn crash_before_commit_every(&self, batches: u64) {
+        self.crash_before_commit_every.store(batches, Ordering::Relaxed);
+    }
+
+    /// Times a carrier stopped by the test fault.
+    pub fn crashes(&self) -> u64 {
+        self.crashes.load(Ordering::Relaxed)
+    }
+
+    /// Counts an acknowledged batch; whether the test fault stops the
+    /// carrier before it commits.
+    pub(crate) fn crash_due(&self) -> bool {
+        let n = self.batches_acknowledged.fetch_add(1, Ordering::Relaxed) + 1;
+        let every = self.crash_before_commit_every.load(Ordering::Relaxed);
+        let due = every > 0 && n % every == 0;
+        if due {
+            self.crashes.fetch_add(1, Ordering::Relaxed);
+        }
+        due
     }
 
     /// The status cell a carrier reports into.
