@@ -131,6 +131,47 @@ async fn read_all(
     }
 }
 
+/// `felix` as an operator of the cluster whose control plane is at `port`.
+struct Felix {
+    profile: std::path::PathBuf,
+    secret: std::path::PathBuf,
+}
+
+impl Felix {
+    fn new(dir: &std::path::Path, c: &LocalCluster, port: u16) -> Felix {
+        let secret = dir.join("operator-secret");
+        std::fs::write(&secret, SECRET).unwrap();
+        let profile = dir.join("operator.toml");
+        let text = std::fs::read_to_string(c.members[0].at.data_dir.join("client.toml")).unwrap();
+        std::fs::write(
+            &profile,
+            format!("controlplane = \"http://127.0.0.1:{port}\"\n{text}"),
+        )
+        .unwrap();
+        Felix { profile, secret }
+    }
+
+    /// Runs `felix ARGS --profile …`; its standard output, once it succeeded.
+    fn run(&self, args: &[&str]) -> String {
+        let out = tokio::task::block_in_place(|| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_felix"))
+                .args(args)
+                .arg("--profile")
+                .arg(&self.profile)
+                .env("FELIX_CONTROLPLANE_SECRET_FILE", &self.secret)
+                .output()
+                .unwrap()
+        });
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "felix {args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+}
+
 fn header<'a>(s: &'a Seen, name: &str) -> Option<&'a [u8]> {
     s.headers
         .iter()
@@ -266,24 +307,40 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
         .unwrap();
 
     let ca_pem = std::fs::read_to_string(&us.ca).unwrap();
-    let targets: Vec<String> = us.members.iter().map(|m| m.at.client.to_string()).collect();
-    let spec = json!({
-        "tenant": "acme",
-        "streams": ["prod/orders"],
-        "target": {"region": "us", "brokers": targets, "server_name": "localhost", "ca_pem": ca_pem}
-    });
-    // Wildcards reach only within the bridge's tenant, and the target must
-    // be another region.
-    let (s, _) = call(&http, eu_port, Method::POST, "/v1/bridges", Some(json!({"name": "bad", "spec": {"tenant": "acme", "streams": ["prod/orders"], "target": {"region": "eu", "brokers": ["127.0.0.1:1"], "server_name": "localhost", "ca_pem": ca_pem}}}))).await.unwrap();
-    assert_eq!(s, 400, "a bridge into its own region is refused");
-    ok(
+    // A bridge into its own region is refused.
+    let (s, _) = call(
         &http,
         eu_port,
         Method::POST,
         "/v1/bridges",
-        Some(json!({"name": "eu-us", "spec": spec})),
+        Some(json!({"name": "bad", "spec": {"tenant": "acme", "streams": ["prod/orders"], "target": {"region": "eu", "brokers": ["127.0.0.1:1"], "server_name": "localhost", "ca_pem": ca_pem}}})),
     )
-    .await;
+    .await
+    .unwrap();
+    assert_eq!(s, 400, "a bridge into its own region is refused");
+    // The operator's command makes it (its profile names the control
+    // plane; the operator secret is in a file).
+    let felix = Felix::new(dir.path(), &eu, eu_port);
+    let mut create = vec![
+        "bridge",
+        "create",
+        "eu-us",
+        "--tenant",
+        "acme",
+        "--stream",
+        "prod/orders",
+        "--target-region",
+        "us",
+    ];
+    let targets: Vec<String> = us.members.iter().map(|m| m.at.client.to_string()).collect();
+    for t in &targets {
+        create.extend(["--target-broker", t.as_str()]);
+    }
+    let ca = us.ca.display().to_string();
+    create.extend(["--target-ca", ca.as_str()]);
+    felix.run(&create);
+    let line = felix.run(&["bridge", "list"]);
+    assert!(line.contains("eu-us") && line.contains("running"), "{line}");
     let listed = ok(&http, eu_port, Method::GET, "/v1/bridges", None).await;
     assert!(
         !listed.to_string().contains("\"token\""),
@@ -323,6 +380,9 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
     })
     .await;
     assert_eq!(lag, 0, "{described}");
+    let d: Value = serde_json::from_str(&felix.run(&["bridge", "describe", "eu-us"])).unwrap();
+    assert_eq!(d["lag"].as_array().map(Vec::len), Some(SHARDS as usize), "{d}");
+    assert!(d["spec"]["target"].get("token").is_none(), "{d}");
     let carried = assert_carried_exactly(&eu_client, &us_client).await;
     eprintln!("carried {carried} records ({early} + {live} acknowledged); {described}");
     assert!(
@@ -357,7 +417,8 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
         .is_empty());
 
     // Paused, nothing moves; resumed, it carries on from where it was.
-    ok(&http, eu_port, Method::POST, "/v1/bridges/eu-us/pause", None).await;
+    felix.run(&["bridge", "pause", "eu-us"]);
+    assert!(felix.run(&["bridge", "list"]).contains("paused"));
     // The plan is looked at every 500 ms: once the describe says paused and
     // a few plan rounds have passed, no carrier runs.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -371,7 +432,7 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
             .len();
     }
     assert_eq!(held, carried, "a paused bridge carried records");
-    ok(&http, eu_port, Method::POST, "/v1/bridges/eu-us/resume", None).await;
+    felix.run(&["bridge", "resume", "eu-us"]);
     until(60, "the resumed bridge caught up", || async {
         let (lag, v) = bridge_lag(&http, eu_port).await?;
         let positions: u64 = v["lag"]
@@ -385,10 +446,7 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
     assert_eq!(assert_carried_exactly(&eu_client, &us_client).await, carried + 50);
 
     // Deleted, it carries nothing more.
-    let (s, _) = call(&http, eu_port, Method::DELETE, "/v1/bridges/eu-us", None)
-        .await
-        .unwrap();
-    assert!((200..300).contains(&s));
+    felix.run(&["bridge", "delete", "eu-us"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     publish_until(eu_client.clone(), "deleted", Arc::new(AtomicBool::new(true))).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
