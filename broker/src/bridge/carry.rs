@@ -66,7 +66,7 @@ pub async fn run(
     let mut c = Carrier {
         node,
         shard,
-        producer_id: producer_id(&key.bridge, &key.stream, key.shard),
+        producer_id: producer_id(&source_region, &key.bridge, &key.stream, key.shard),
         cursor: cursor_name(&key.bridge),
         key,
         bridge,

@@ -8,7 +8,7 @@
 //! Exactly once into the target, through a crash, a failover or a target
 //! outage:
 //! - every batch a carrier sends is an idempotent producer's, with the
-//!   producer id derived from (bridge, stream, shard) ([`producer_id`]) and
+//!   producer id derived from (region, bridge, stream, shard) ([`producer_id`]) and
 //!   the sequence the source offset of its first record, so the target
 //!   answers a batch sent again with where the first attempt landed;
 //! - the source position (the next source offset to carry) is a cursor
@@ -51,14 +51,17 @@ pub fn cursor_name(bridge: &str) -> String {
     format!("{BRIDGE_CURSOR_PREFIX}{bridge}")
 }
 
-/// The idempotent producer id bridge `bridge` writes shard `shard` of
-/// `stream` with in the target: the same on every source broker, so a new
-/// leader's batches are recognised as the old leader's retries. Positive
-/// and never 0 (0 means "not idempotent").
-pub fn producer_id(bridge: &str, stream: &str, shard: u32) -> u64 {
+/// The idempotent producer id bridge `bridge` of region `region` writes
+/// shard `shard` of `stream` with in the target: the same on every source
+/// broker, so a new leader's batches are recognised as the old leader's
+/// retries, and different for a same-named bridge of another region into
+/// the same target stream (whose batches would otherwise be taken for
+/// this one's). Positive and never 0 (0 means "not idempotent").
+pub fn producer_id(region: &str, bridge: &str, stream: &str, shard: u32) -> u64 {
     let mut d = ring::digest::Context::new(&ring::digest::SHA256);
     for part in [
         b"felix bridge v1".as_slice(),
+        region.as_bytes(),
         bridge.as_bytes(),
         stream.as_bytes(),
     ] {
@@ -345,12 +348,16 @@ mod tests {
     }
 
     #[test]
-    fn producer_ids_differ_per_bridge_stream_and_shard_and_are_never_zero() {
-        let a = producer_id("b", "t/n/s", 0);
-        assert_eq!(a, producer_id("b", "t/n/s", 0));
-        assert_ne!(a, producer_id("b", "t/n/s", 1));
-        assert_ne!(a, producer_id("c", "t/n/s", 0));
-        assert_ne!(producer_id("b/", "t/n/s", 0), producer_id("b", "/t/n/s", 0));
+    fn producer_ids_differ_per_region_bridge_stream_and_shard_and_are_never_zero() {
+        let a = producer_id("eu", "b", "t/n/s", 0);
+        assert_eq!(a, producer_id("eu", "b", "t/n/s", 0));
+        assert_ne!(a, producer_id("eu", "b", "t/n/s", 1));
+        assert_ne!(a, producer_id("eu", "c", "t/n/s", 0));
+        assert_ne!(a, producer_id("ap", "b", "t/n/s", 0));
+        assert_ne!(
+            producer_id("eu", "b/", "t/n/s", 0),
+            producer_id("eu", "b", "/t/n/s", 0)
+        );
         assert!(a > 0 && a < 1 << 63);
     }
 }
