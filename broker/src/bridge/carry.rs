@@ -276,7 +276,9 @@ impl Carrier {
     /// from the batch's first one on (this attempt's or an earlier one's).
     async fn send(&mut self, b: &Built) -> Result<u32, String> {
         if self.client.is_none() {
-            let c = connect(&self.bridge).await?;
+            let node = self.node.upgrade().ok_or("the broker stopped")?;
+            let c = node.bridges.client(&self.bridge).await?;
+            drop(node);
             let info = c
                 .stream_info(&self.key.stream)
                 .await
@@ -317,6 +319,9 @@ impl Carrier {
                     // Metadata or credentials may have changed: connect
                     // afresh on the next try.
                     self.client = None;
+                    if let Some(n) = self.node.upgrade() {
+                        n.bridges.forget_client(&self.bridge);
+                    }
                 }
                 Err(format!("publishing to the target: {e}"))
             }

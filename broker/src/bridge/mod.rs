@@ -180,6 +180,10 @@ pub struct Bridges {
     /// position, as one whose broker was killed between the target's
     /// answer and the commit; its successor sends the batch again.
     crash_before_commit_every: AtomicU64,
+    /// One client of each bridge's target per broker, shared by its
+    /// carriers (one QUIC endpoint, not one per carried shard), with the
+    /// bridge's `updated_ms` it was made for.
+    clients: Mutex<BTreeMap<String, (u64, felix_client::Client)>>,
     batches_acknowledged: AtomicU64,
     crashes: AtomicU64,
 }
@@ -214,6 +218,54 @@ impl Bridges {
 
     pub fn is_empty(&self) -> bool {
         self.known.lock().expect("bridges lock").is_empty()
+    }
+
+    /// The shared client of `bridge`'s target, connecting it if there is
+    /// none for this version of the bridge.
+    pub(crate) async fn client(&self, bridge: &Bridge) -> Result<felix_client::Client, String> {
+        if let Some((v, c)) = self
+            .clients
+            .lock()
+            .expect("bridge clients lock")
+            .get(&bridge.name)
+        {
+            if *v == bridge.updated_ms {
+                return Ok(c.clone());
+            }
+        }
+        // Connected outside the lock: two carriers racing both connect and
+        // the second keeps the first's client.
+        let c = carry::connect(bridge).await?;
+        let mut all = self.clients.lock().expect("bridge clients lock");
+        let kept = all
+            .entry(bridge.name.clone())
+            .and_modify(|e| {
+                if e.0 != bridge.updated_ms {
+                    *e = (bridge.updated_ms, c.clone());
+                }
+            })
+            .or_insert((bridge.updated_ms, c));
+        Ok(kept.1.clone())
+    }
+
+    /// Drops `bridge`'s shared client (its target refused it outright).
+    pub(crate) fn forget_client(&self, bridge: &Bridge) {
+        let mut all = self.clients.lock().expect("bridge clients lock");
+        if all
+            .get(&bridge.name)
+            .is_some_and(|(v, _)| *v == bridge.updated_ms)
+        {
+            all.remove(&bridge.name);
+        }
+    }
+
+    /// Drops the clients of bridges no longer known or changed.
+    pub(crate) fn retain_clients(&self) {
+        let known = self.known.lock().expect("bridges lock");
+        self.clients
+            .lock()
+            .expect("bridge clients lock")
+            .retain(|name, (v, _)| known.get(name).is_some_and(|b| b.updated_ms == *v));
     }
 
     /// Sets the test fault: see `crash_before_commit_every`.

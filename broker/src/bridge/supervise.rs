@@ -71,6 +71,7 @@ pub async fn supervise(node: Weak<Node>, source_region: String) {
             running.insert(k, Running { updated_ms, task });
         }
         n.bridges.retain_status(&|k| running.contains_key(k));
+        n.bridges.retain_clients();
     }
 }
 
