@@ -10,7 +10,7 @@ use bytes::Bytes;
 use felix_client::wire::GroupRecord;
 use felix_index::control::{control_batch, ControlOp, GROUP_OFFSETS_PER_OP_MAX};
 use felix_index::group::{ConsumerId, GroupState, Refusal, GROUP_WINDOW_MAX};
-use felix_log::{Batch, BatchBuilder, BatchHeader, Compression, Offset, ProducerId, Record, RecordInput};
+use felix_log::{BatchBuilder, Compression, Offset, ProducerId, Record, RecordInput};
 
 use crate::error::BrokerError;
 use crate::node::{Node, StreamHandle};
@@ -140,14 +140,8 @@ pub async fn fetch(
             if chunk.bytes.is_empty() {
                 break;
             }
-            let mut rest = chunk.bytes.clone();
-            while !rest.is_empty() {
-                let hd = BatchHeader::decode(&rest)?;
-                let b = Batch::new(rest.split_to(hd.batch_len as usize))?;
-                if hd.flags.control() {
-                    continue;
-                }
-                for r in b.records()? {
+            for b in felix_log::batch::data_batches(chunk.bytes.clone()) {
+                for r in b?.records()? {
                     let r = r?;
                     if r.offset.0 < from {
                         continue;

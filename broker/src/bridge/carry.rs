@@ -12,7 +12,6 @@ use felix_client::wire::{AckLevel, Message};
 use felix_client::{Client, ClientConfig, Route};
 use felix_controlplane::model::Bridge;
 use felix_index::control::{control_batch, ControlOp};
-use felix_log::batch::{Batch, BatchHeader};
 use felix_log::{BatchBuilder, Compression, Offset, ProducerId, RecordInput};
 
 use super::{advance, cursor_name, producer_id, CarrierKey, CarrierStatus};
@@ -213,16 +212,10 @@ impl Carrier {
         if chunk.bytes.is_empty() {
             return Ok(Step::Nothing(position, skip));
         }
-        let mut rest = chunk.bytes.clone();
         let mut records = Vec::new();
         let mut bytes = 0usize;
-        'read: while !rest.is_empty() {
-            let hd = BatchHeader::decode(&rest)?;
-            let b = Batch::new(rest.split_to(hd.batch_len as usize))?;
-            if hd.flags.control() {
-                continue;
-            }
-            for r in b.records()? {
+        'read: for b in felix_log::batch::data_batches(chunk.bytes.clone()) {
+            for r in b?.records()? {
                 let r = r?;
                 if r.offset.0 < position {
                     continue;

@@ -14,7 +14,9 @@ pub use builder::{BatchBuilder, Compression, RecordInput};
 pub use compact::compact;
 pub use merge::BatchMerger;
 pub use record::{Record, RecordIter};
-pub use view::{stamp, stamp_producer, Batch, BatchFlags, BatchHeader, ProducerRun};
+pub use view::{
+    data_batches, stamp, stamp_producer, Batch, BatchFlags, BatchHeader, DataBatches, ProducerRun,
+};
 
 use thiserror::Error;
 

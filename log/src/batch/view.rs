@@ -427,3 +427,98 @@ impl Batch {
         Ok(RecordIter::new(raw, *h))
     }
 }
+
+/// The data batches of a read chunk (batches back to back, as
+/// `Log::read` gives them), control batches stepped over: what every
+/// reader of records (a group's fetch, a bridge) walks.
+pub fn data_batches(chunk: Bytes) -> DataBatches {
+    DataBatches { rest: chunk }
+}
+
+/// See [`data_batches`]. After an error it ends.
+#[derive(Debug)]
+pub struct DataBatches {
+    rest: Bytes,
+}
+
+impl Iterator for DataBatches {
+    type Item = Result<Batch, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.rest.is_empty() {
+            let step = BatchHeader::decode(&self.rest).and_then(|h| {
+                let len = h.batch_len as usize;
+                if len > self.rest.len() {
+                    return Err(BatchError::Truncated {
+                        need: len,
+                        have: self.rest.len(),
+                    });
+                }
+                Ok((h.flags.control(), Batch::new(self.rest.split_to(len))?))
+            });
+            match step {
+                Ok((true, _)) => continue,
+                Ok((false, b)) => return Some(Ok(b)),
+                Err(e) => {
+                    self.rest = Bytes::new();
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchBuilder, Compression, RecordInput};
+
+    fn built(value: &[u8], control: bool) -> Vec<u8> {
+        let mut b = BatchBuilder::new(1 << 20);
+        if control {
+            b = b.control();
+        }
+        b.push(RecordInput {
+            value: Some(value),
+            timestamp_ms: 1,
+            ..RecordInput::default()
+        })
+        .unwrap();
+        b.build(Compression::None).unwrap()
+    }
+
+    #[test]
+    fn a_chunk_gives_its_data_batches_and_ends_at_a_cut_one() {
+        let mut chunk = built(b"a", false);
+        chunk.extend(built(b"ctl", true));
+        chunk.extend(built(b"b", false));
+        let values: Vec<Bytes> = data_batches(Bytes::from(chunk.clone()))
+            .map(|b| {
+                b.unwrap()
+                    .records()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+                    .unwrap()
+                    .value
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(values, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+
+        let cut = Bytes::from(chunk[..chunk.len() - 3].to_vec());
+        let got: Vec<_> = data_batches(cut).collect();
+        assert_eq!(
+            got.len(),
+            2,
+            "the first batch, then the cut one's error, then nothing"
+        );
+        assert!(got[0].is_ok());
+        assert!(
+            matches!(got[1], Err(BatchError::Truncated { .. })),
+            "{:?}",
+            got[1]
+        );
+    }
+}
