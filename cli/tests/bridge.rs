@@ -361,6 +361,7 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
     let source_leader = eu.leader(&eu_client, STREAM, 0).await;
     let i = eu.index_of(source_leader);
     tokio::task::block_in_place(|| eu.kill(i));
+    // The fault lasts 3 s (an election and writes to the new leader).
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| eu.restart(i));
     let target_leader = us.leader(&us_client, STREAM, 0).await;
@@ -368,6 +369,7 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
     tokio::task::block_in_place(|| us.kill(j));
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| us.restart(j));
+    // The load goes on for 2 s past the last restart.
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let live = load.await.unwrap();
@@ -419,11 +421,17 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
     // Paused, nothing moves; resumed, it carries on from where it was.
     felix.run(&["bridge", "pause", "eu-us"]);
     assert!(felix.run(&["bridge", "list"]).contains("paused"));
-    // The plan is looked at every 500 ms: once the describe says paused and
-    // a few plan rounds have passed, no carrier runs.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Stopped carriers report nothing: once no broker reports one, none
+    // runs.
+    until(30, "every carrier of the paused bridge stopped", || async {
+        let (_, v) = bridge_lag(&http, eu_port).await?;
+        v["lag"].as_array()?.is_empty().then_some(())
+    })
+    .await;
     let before = publish_until(eu_client.clone(), "paused", Arc::new(AtomicBool::new(true))).await;
     assert_eq!(before, 50);
+    // An observation window: a carrier running would have carried 50
+    // records within it many times over.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut held = 0;
     for shard in 0..SHARDS {
@@ -447,8 +455,12 @@ async fn a_bridge_carries_every_record_exactly_once_through_kills_and_only_what_
 
     // Deleted, it carries nothing more.
     felix.run(&["bridge", "delete", "eu-us"]);
+    // The brokers hear of the deletion within a feed long-poll and stop
+    // their carriers at the next plan round (500 ms); nothing on the
+    // control plane reports a deleted bridge's carriers, so this waits.
     tokio::time::sleep(Duration::from_secs(2)).await;
     publish_until(eu_client.clone(), "deleted", Arc::new(AtomicBool::new(true))).await;
+    // An observation window, as for the pause.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut after = BTreeMap::new();
     for shard in 0..SHARDS {
