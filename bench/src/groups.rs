@@ -96,6 +96,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "openraft heartbeats per second, one broker to another",
             &|f| format!("{:.1}", f.heartbeats_per_s),
         );
+        row(
+            "RPCs on lanes per second, one broker to another",
+            &|f| format!("{:.1}", f.lane_rpcs_per_s),
+        );
+        row(
+            "streams opened per second, one broker to another",
+            &|f| format!("{:.1}", f.streams_per_s),
+        );
         row("openraft tick wake-ups per second, per broker", &|f| format!("{:.1}", f.ticks_per_s));
         row("first write to a group, p50 ms", &|f| format!("{:.2}", f.first_write_p50_ms));
         row("second write to a group, p50 ms", &|f| format!("{:.2}", f.second_write_p50_ms));
@@ -117,6 +125,8 @@ struct Figures {
     cpu_pct_per_broker: f64,
     beats_per_s: f64,
     heartbeats_per_s: f64,
+    lane_rpcs_per_s: f64,
+    streams_per_s: f64,
     ticks_per_s: f64,
     first_write_p50_ms: f64,
     second_write_p50_ms: f64,
@@ -248,6 +258,8 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
     };
     let beats_per_s = per_pair(|t| t.beats);
     let heartbeats_per_s = per_pair(|t| t.heartbeats);
+    let lane_rpcs_per_s = per_pair(|t| t.lane_rpcs);
+    let streams_per_s = per_pair(|t| t.streams);
 
     // Writes: the first to each of some groups (quiet ones, in the quiet
     // run), then a second to the same group at once (awake).
@@ -306,6 +318,8 @@ async fn measure(groups: u64, secs: f64, quiesce: bool) -> anyhow::Result<Figure
         cpu_pct_per_broker: cpu.as_secs_f64() / wall / 3.0 * 100.0,
         beats_per_s,
         heartbeats_per_s,
+        lane_rpcs_per_s,
+        streams_per_s,
         ticks_per_s,
         first_write_p50_ms: p50_ms(&mut first),
         second_write_p50_ms: p50_ms(&mut second),

@@ -8,8 +8,10 @@
 //!   commit, so applying one means telling the owner (an [`Applier`]: the
 //!   broker's shard, or its metadata) how far it may index and serve.
 //! - [`snapshot`]: what a follower behind the leader's first entry receives.
-//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/3`,
+//! - [`network`]: Raft RPCs between brokers over QUIC (ALPN `felix-raft/4`,
 //!   mutual TLS), one connection per peer shared by every group.
+//!   [`lanes`]: the few long-lived streams per peer that carry the small
+//!   RPCs of every group.
 //! - [`disk`]: how many groups wait on an fsync at once.
 //! - [`throttle`]: how fast catch-up traffic to a learner may go.
 //! - [`quiesce`]: when an idle group stops ticking and heartbeating, and
@@ -35,6 +37,7 @@ pub mod elections;
 pub mod entry;
 pub mod error;
 pub mod group;
+pub mod lanes;
 pub mod machine;
 pub mod membership;
 pub mod network;

@@ -1,12 +1,15 @@
 //! Raft RPCs between brokers over QUIC: ALPN `felix-raft/4`, mutual TLS
 //! (both sides present certificates from the cluster CA, each naming its
 //! broker: `felix_client::transport::identity`), one connection per peer
-//! shared by every group. Each RPC is one bidirectional stream
-//! (`docs/format/raft-rpc.md`):
+//! shared by every group (`docs/format/raft-rpc.md`). Small RPCs travel
+//! framed on a few long-lived streams per connection (`lanes`); a
+//! snapshot, a large body, or any RPC to a peer without lanes takes one
+//! bidirectional stream of its own:
 //!
 //! ```text
 //! request:  kind u8 | group u64 LE | target u64 LE | from u64 LE | length u32 LE | bincode body   [| snapshot bytes to FIN]
 //! response: status u8 (0 ok, 1 error) | length u32 LE | bincode body (or UTF-8 error)
+//! on a lane, each is preceded by the RPC's id (u64 LE)
 //! ```
 //!
 //! `from` is the sender's Raft node id. The receiver serves an RPC only
@@ -40,6 +43,7 @@ use serde::Serialize;
 use crate::clock::heard_now;
 use crate::elections::{Handover, Refusals};
 use crate::error::ReplicationError;
+use crate::lanes::{self, Lanes};
 use crate::membership::{self, Admission};
 use crate::quiesce::{self, Beat, BeatReply, BeatReplyV4, BeatV4, Following, Quiet};
 use crate::throttle::{Bucket, CATCHUP_BYTES_PER_S_DEFAULT};
@@ -69,6 +73,8 @@ const KIND_GROUPS: u8 = 9;
 const KIND_BEAT: u8 = 10;
 const KIND_BEAT_EPOCH: u8 = 11;
 const KIND_PREVOTE: u8 = 12;
+/// Opens a lane (`lanes`): a stream that carries many RPCs, each framed.
+const KIND_LANE: u8 = 13;
 /// Groups one [`Transport::groups`] call may ask about: bounds the answer
 /// (about 60 bytes a group with 5 voters) well under `RPC_BYTES_MAX`.
 pub const GROUPS_ASKED_MAX: usize = 4096;
@@ -76,7 +82,7 @@ pub const GROUPS_ASKED_MAX: usize = 4096;
 /// target is not its own node id (an old incarnation's peers must not reach
 /// the new one).
 const KINDS_TARGETED: [u8; 4] = [KIND_APPEND, KIND_VOTE, KIND_SNAPSHOT, KIND_PREVOTE];
-const HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
+pub(crate) const HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 /// `target` of the kinds not addressed to a Raft identity.
 const TARGET_ANY: NodeId = 0;
 
@@ -464,6 +470,9 @@ pub struct Transport {
     catchup: Mutex<Bucket>,
     catchup_bytes: AtomicU64,
     catchup_held: AtomicU64,
+    /// Whether connections accepted from now on may open lanes (kind 13);
+    /// off, this broker answers as one from before lanes did.
+    lanes_served: Arc<AtomicBool>,
 }
 
 /// Messages this broker has sent to keep groups alive.
@@ -474,12 +483,18 @@ pub struct Traffic {
     /// openraft heartbeats: AppendEntries without entries, one per group
     /// and follower, sent by groups that are awake.
     pub heartbeats: u64,
+    /// RPCs sent on lanes (`lanes`), sharing long-lived streams.
+    pub lane_rpcs: u64,
+    /// Streams opened: one per lane, one per RPC that took its own.
+    pub streams: u64,
 }
 
 #[derive(Debug, Default)]
 struct TrafficCounters {
     beats: AtomicU64,
     heartbeats: AtomicU64,
+    lane_rpcs: AtomicU64,
+    streams: AtomicU64,
 }
 
 /// What this broker has sent to catching-up replicas, and how often the
@@ -501,6 +516,7 @@ struct Peer {
     conn: quinn::Connection,
     replied: Arc<AtomicU64>,
     cert: Arc<PeerCert>,
+    lanes: Arc<Lanes>,
 }
 
 /// The certificate a peer connection presented, and the broker it was
@@ -569,6 +585,39 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// The head of a request (see the module).
+fn head_bytes(kind: u8, group: GroupId, target: NodeId, from: NodeId, len: usize) -> [u8; HEAD_BYTES] {
+    let mut h = [0u8; HEAD_BYTES];
+    h[0] = kind;
+    h[1..9].copy_from_slice(&group.0.to_le_bytes());
+    h[9..17].copy_from_slice(&target.to_le_bytes());
+    h[17..25].copy_from_slice(&from.to_le_bytes());
+    h[25..29].copy_from_slice(&(len as u32).to_le_bytes());
+    h
+}
+
+/// A request head, read.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    kind: u8,
+    group: GroupId,
+    target: NodeId,
+    from: NodeId,
+    len: usize,
+}
+
+impl Head {
+    fn parse(h: &[u8; HEAD_BYTES]) -> Head {
+        Head {
+            kind: h[0],
+            group: GroupId(u64::from_le_bytes(h[1..9].try_into().expect("8 bytes"))),
+            target: u64::from_le_bytes(h[9..17].try_into().expect("8 bytes")),
+            from: u64::from_le_bytes(h[17..25].try_into().expect("8 bytes")),
+            len: u32::from_le_bytes(h[25..29].try_into().expect("4 bytes")) as usize,
+        }
+    }
+}
+
 fn terr(e: impl ToString) -> ReplicationError {
     ReplicationError::Transport(e.to_string())
 }
@@ -634,8 +683,9 @@ impl Transport {
             catchup_held: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             traffic: TrafficCounters::default(),
+            lanes_served: Arc::new(AtomicBool::new(true)),
         });
-        tokio::spawn(accept_loop(endpoint, router, me));
+        tokio::spawn(accept_loop(endpoint, router, me, t.lanes_served.clone()));
         Ok(t)
     }
 
@@ -679,6 +729,13 @@ impl Transport {
         Ok(())
     }
 
+    /// Sets whether connections accepted from now on may open lanes: off,
+    /// this broker refuses them as a broker from before lanes does (what
+    /// the test of that fallback needs).
+    pub fn serve_lanes(&self, on: bool) {
+        self.lanes_served.store(on, Ordering::Release);
+    }
+
     pub fn local_addr(&self) -> Result<SocketAddr, ReplicationError> {
         self.endpoint.local_addr().map_err(terr)
     }
@@ -696,6 +753,8 @@ impl Transport {
         Traffic {
             beats: self.traffic.beats.load(Ordering::Relaxed),
             heartbeats: self.traffic.heartbeats.load(Ordering::Relaxed),
+            lane_rpcs: self.traffic.lane_rpcs.load(Ordering::Relaxed),
+            streams: self.traffic.streams.load(Ordering::Relaxed),
         }
     }
 
@@ -772,10 +831,12 @@ impl Transport {
             .await
             .map_err(|_| terr(format!("connecting to {addr} timed out")))?
             .map_err(terr)?;
+        let replied = Arc::new(AtomicU64::new(heard_now()));
         let p = Peer {
             cert: Arc::new(PeerCert::of(&c)),
+            lanes: Arc::new(Lanes::new(c.clone(), replied.clone(), self.connect_timeout)),
             conn: c,
-            replied: Arc::new(AtomicU64::new(heard_now())),
+            replied,
         };
         self.conns
             .lock()
@@ -839,13 +900,21 @@ impl Transport {
                 crate::types::broker_of(target)
             )));
         }
+        let head = head_bytes(kind, group, target, self.me, body.len());
+        if tail.is_none() {
+            let lane_head = head_bytes(KIND_LANE, GroupId::NONE, TARGET_ANY, self.me, 0);
+            let on_lane = peer
+                .lanes
+                .call(&lane_head, &head, body, &self.traffic.streams)
+                .await;
+            if let Some(r) = on_lane {
+                self.traffic.lane_rpcs.fetch_add(1, Ordering::Relaxed);
+                return r;
+            }
+        }
+        self.traffic.streams.fetch_add(1, Ordering::Relaxed);
         let (mut send, mut recv) = peer.conn.open_bi().await.map_err(terr)?;
-        let mut head = Vec::with_capacity(HEAD_BYTES + body.len());
-        head.push(kind);
-        head.extend_from_slice(&group.0.to_le_bytes());
-        head.extend_from_slice(&target.to_le_bytes());
-        head.extend_from_slice(&self.me.to_le_bytes());
-        head.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        let mut head = head.to_vec();
         head.extend_from_slice(body);
         send.write_all(&head).await.map_err(terr)?;
         if let Some((path, paced)) = tail {
@@ -1007,9 +1076,20 @@ pub struct GroupView {
     pub voters: Vec<NodeId>,
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId) {
+/// What one peer connection's RPCs share on the serving side.
+struct Served {
+    router: Router,
+    me: NodeId,
+    cert: Arc<PeerCert>,
+    /// RPCs served at once over the connection, on streams and lanes.
+    limit: Arc<tokio::sync::Semaphore>,
+    lanes: bool,
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId, lanes_served: Arc<AtomicBool>) {
     while let Some(incoming) = endpoint.accept().await {
         let router = router.clone();
+        let lanes = lanes_served.load(Ordering::Acquire);
         tokio::spawn(async move {
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -1018,18 +1098,22 @@ async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId) {
                     return;
                 }
             };
-            let cert = Arc::new(PeerCert::of(&conn));
-            let limit = Arc::new(tokio::sync::Semaphore::new(RPC_STREAMS_MAX));
+            let served = Arc::new(Served {
+                router,
+                me,
+                cert: Arc::new(PeerCert::of(&conn)),
+                limit: Arc::new(tokio::sync::Semaphore::new(RPC_STREAMS_MAX)),
+                lanes,
+            });
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
+                let Ok(permit) = served.limit.clone().acquire_owned().await else {
                     return;
                 };
-                let (router, cert) = (router.clone(), cert.clone());
+                let served = served.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(router, me, &cert, send, recv).await {
+                    if let Err(e) = serve(&served, send, recv, permit).await {
                         tracing::debug!(error = %e, "replication rpc failed");
                     }
-                    drop(permit);
                 });
             }
         });
@@ -1055,79 +1139,150 @@ fn claims(from: NodeId, claimed: Option<NodeId>, what: &str) -> Result<(), Strin
     }
 }
 
+/// Whether this broker serves an RPC of `head` at all: the sender's
+/// certificate, the body's size, and the addressee.
+fn admit(served: &Served, head: &Head) -> Result<(), String> {
+    let sender = crate::types::broker_of(head.from);
+    if !served.cert.names(sender) {
+        return Err(format!(
+            "refused: the sender claims broker {sender}, but its certificate does not name {}",
+            identity::broker_name(sender)
+        ));
+    }
+    if head.len > RPC_BYTES_MAX {
+        return Err(format!(
+            "request body of {} bytes exceeds {RPC_BYTES_MAX}",
+            head.len
+        ));
+    }
+    if KINDS_TARGETED.contains(&head.kind) && head.target != served.me {
+        return Err(format!(
+            "addressed to node {:#x}, but this is node {:#x} (a broker rebuilt from an empty disk answers under a new identity)",
+            head.target, served.me
+        ));
+    }
+    Ok(())
+}
+
+/// One stream: an RPC of its own, or a lane.
 async fn serve(
-    router: Router,
-    me: NodeId,
-    cert: &PeerCert,
+    served: &Arc<Served>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(), ReplicationError> {
+    let mut h = [0u8; HEAD_BYTES];
+    recv.read_exact(&mut h).await.map_err(terr)?;
+    let head = Head::parse(&h);
+    if let Err(e) = admit(served, &head) {
+        return reply(&mut send, Err(e)).await;
+    }
+    if head.kind == KIND_LANE && served.lanes {
+        // The lane's RPCs take permits of their own.
+        drop(permit);
+        return serve_lane(served, send, recv).await;
+    }
+    if head.kind == KIND_SNAPSHOT {
+        let out = snapshot_in(served, &head, &mut recv).await;
+        return reply(&mut send, out).await;
+    }
+    let mut body = vec![0u8; head.len];
+    recv.read_exact(&mut body).await.map_err(terr)?;
+    let out = handle(served, &head, body).await;
+    drop(permit);
+    reply(&mut send, out).await
+}
+
+/// A lane: serves each framed RPC as it comes, replies in any order, until
+/// the peer finishes the stream or it fails.
+async fn serve_lane(
+    served: &Arc<Served>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), ReplicationError> {
-    let mut head = [0u8; HEAD_BYTES];
-    recv.read_exact(&mut head).await.map_err(terr)?;
-    let kind = head[0];
-    let group = GroupId(u64::from_le_bytes(head[1..9].try_into().expect("8 bytes")));
-    let target = u64::from_le_bytes(head[9..17].try_into().expect("8 bytes"));
-    let from = u64::from_le_bytes(head[17..25].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(head[25..29].try_into().expect("4 bytes")) as usize;
+    send.write_all(&[0, 0, 0, 0, 0]).await.map_err(terr)?;
+    // Handlers write their replies themselves, one at a time, in the order
+    // they finish; the stream ends when the last of them is done.
+    let send = Arc::new(tokio::sync::Mutex::new(send));
+    loop {
+        let Some(framed) = lanes::read_request(&mut recv).await? else {
+            return Ok(());
+        };
+        let head = Head::parse(&framed.head);
+        let Ok(permit) = served.limit.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let (served, send) = (served.clone(), send.clone());
+        tokio::spawn(async move {
+            let out = match admit(&served, &head) {
+                Err(e) => Err(e),
+                Ok(()) if head.kind == KIND_SNAPSHOT || head.kind == KIND_LANE => {
+                    Err(format!("rpc kind {} takes a stream of its own", head.kind))
+                }
+                Ok(()) => handle(&served, &head, framed.body).await,
+            };
+            drop(permit);
+            let frame = lanes::reply_frame(framed.id, out);
+            let _ = send.lock().await.write_all(&frame).await;
+        });
+    }
+}
+
+/// Receives a full snapshot: the body, then the file's bytes until FIN.
+async fn snapshot_in(served: &Served, head: &Head, recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
+    let mut body = vec![0u8; head.len];
+    recv.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+    let Some(hosted) = served.router.get(head.group) else {
+        return Err(format!("group {} is not hosted here", head.group));
+    };
+    let (vote, meta) = de::<(Vote, SnapshotMeta)>(&body)
+        .and_then(|r| claims(head.from, r.0.leader_id().voted_for(), "snapshot's leader").map(|()| r))?;
+    hosted.wake();
+    let path = hosted
+        .state_dir
+        .join(format!("incoming-{}.snap", felix_log::now_ms()));
+    let received: Result<(), std::io::Error> = async {
+        let mut f = tokio::fs::File::create(&path).await?;
+        let mut limited = tokio::io::AsyncReadExt::take(recv, SNAPSHOT_BYTES_MAX);
+        tokio::io::copy(&mut limited, &mut f).await?;
+        f.sync_all().await
+    }
+    .await;
+    if let Err(e) = received {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(format!("receiving the snapshot: {e}"));
+    }
+    let snapshot = Snapshot {
+        meta,
+        snapshot: Box::new(SnapshotFile { path: path.clone() }),
+    };
+    let r = hosted.raft.clone().install_full_snapshot(vote, snapshot).await;
+    let _ = tokio::fs::remove_file(&path).await;
+    ser(&r)
+}
+
+/// Serves one RPC (not a snapshot) whose head `admit` let through.
+async fn handle(served: &Served, head: &Head, body: Vec<u8>) -> Result<Vec<u8>, String> {
+    let (router, from, group, kind) = (&served.router, head.from, head.group, head.kind);
     let sender = crate::types::broker_of(from);
-    if !cert.names(sender) {
-        return reply(
-            &mut send,
-            Err(format!(
-                "refused: the sender claims broker {sender}, but its certificate does not name {}",
-                identity::broker_name(sender)
-            )),
-        )
-        .await;
-    }
-    if len > RPC_BYTES_MAX {
-        return reply(
-            &mut send,
-            Err(format!("request body of {len} bytes exceeds {RPC_BYTES_MAX}")),
-        )
-        .await;
-    }
-    if KINDS_TARGETED.contains(&kind) && target != me {
-        return reply(
-            &mut send,
-            Err(format!(
-                "addressed to node {target:#x}, but this is node {me:#x} (a broker rebuilt from an empty disk answers under a new identity)"
-            )),
-        )
-        .await;
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(terr)?;
     if kind == KIND_BEAT_EPOCH {
-        return reply(
-            &mut send,
-            de::<Beat>(&body)
-                .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
-                .and_then(|b| ser(&router.beat_in(b)?)),
-        )
-        .await;
+        return de::<Beat>(&body)
+            .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
+            .and_then(|b| ser(&router.beat_in(b)?));
     }
     if kind == KIND_BEAT {
-        return reply(
-            &mut send,
-            de::<BeatV4>(&body)
-                .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
-                .and_then(|b| ser(&router.beat_in_v4(b)?)),
-        )
-        .await;
+        return de::<BeatV4>(&body)
+            .and_then(|b| claims(from, Some(b.from), "beat").map(|()| b))
+            .and_then(|b| ser(&router.beat_in_v4(b)?));
     }
     if kind == KIND_GROUPS {
-        return reply(
-            &mut send,
-            de::<Vec<GroupId>>(&body).and_then(|g| ser(&router.views(&g))),
-        )
-        .await;
+        return de::<Vec<GroupId>>(&body).and_then(|g| ser(&router.views(&g)));
     }
     let Some(hosted) = router.get(group) else {
-        return reply(&mut send, Err(format!("group {group} is not hosted here"))).await;
+        return Err(format!("group {group} is not hosted here"));
     };
     let raft = hosted.raft.clone();
-    let out: Result<Vec<u8>, String> = match kind {
+    match kind {
         KIND_APPEND => match de::<AppendEntriesRequest<TypeConfig>>(&body)
             .and_then(|r| claims(from, r.vote.leader_id().voted_for(), "AppendEntries' leader").map(|()| r))
         {
@@ -1188,29 +1343,6 @@ async fn serve(
             }
             Err(e) => Err(e),
         },
-        KIND_SNAPSHOT => match de::<(Vote, SnapshotMeta)>(&body)
-            .and_then(|r| claims(from, r.0.leader_id().voted_for(), "snapshot's leader").map(|()| r))
-        {
-            Ok((vote, meta)) => {
-                hosted.wake();
-                let path = hosted
-                    .state_dir
-                    .join(format!("incoming-{}.snap", felix_log::now_ms()));
-                let mut f = tokio::fs::File::create(&path).await.map_err(terr)?;
-                let mut limited = tokio::io::AsyncReadExt::take(&mut recv, SNAPSHOT_BYTES_MAX);
-                tokio::io::copy(&mut limited, &mut f).await.map_err(terr)?;
-                f.sync_all().await.map_err(terr)?;
-                drop(f);
-                let snapshot = Snapshot {
-                    meta,
-                    snapshot: Box::new(SnapshotFile { path: path.clone() }),
-                };
-                let r = raft.install_full_snapshot(vote, snapshot).await;
-                let _ = tokio::fs::remove_file(&path).await;
-                ser(&r)
-            }
-            Err(e) => Err(e),
-        },
         KIND_FORWARD => match de::<Request>(&body) {
             Ok(req) => match hosted.owner.clone().forwarded(req.0.clone()) {
                 Some(write) => write.await.and_then(|r| ser(&r)),
@@ -1258,8 +1390,7 @@ async fn serve(
             Err(e) => Err(e),
         },
         k => Err(format!("unknown rpc kind {k}")),
-    };
-    reply(&mut send, out).await
+    }
 }
 
 async fn reply(send: &mut quinn::SendStream, out: Result<Vec<u8>, String>) -> Result<(), ReplicationError> {

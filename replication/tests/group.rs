@@ -940,3 +940,73 @@ async fn a_follower_that_cannot_hear_a_live_leader_does_not_unseat_it() {
         stop(n).await;
     }
 }
+
+/// Writes `n` records one at a time on the leader, then waits until every
+/// replica holds the leader's entries.
+async fn write_and_converge(nodes: &[Node], l: usize, n: usize) {
+    let mut last = 0;
+    for i in 0..n {
+        last = nodes[l]
+            .replica
+            .write(batch(&format!("w{i}")))
+            .await
+            .unwrap()
+            .raft_index;
+    }
+    for node in nodes {
+        wait_applied(node, last).await;
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    while !nodes.iter().all(|n| entries(&n.log) == entries(&nodes[l].log)) {
+        assert!(Instant::now() < until, "the replicas' logs differ");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A leader's AppendEntries go framed on the lanes it opened once, not a
+/// stream each; brokers that serve no lanes (as before they existed) are
+/// sent the same RPCs on a stream each, and replicate all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_share_a_few_lanes_and_a_peer_without_lanes_gets_a_stream_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (nodes, l) = cluster(tmp.path()).await;
+    // Lanes are opened by the election and first RPCs.
+    write_and_converge(&nodes, l, 5).await;
+    let before = nodes[l].transport.traffic();
+    write_and_converge(&nodes, l, 200).await;
+    let after = nodes[l].transport.traffic();
+    // Each write is one AppendEntries to each follower at least.
+    let on_lanes = after.lane_rpcs - before.lane_rpcs;
+    let streams = after.streams - before.streams;
+    assert!(on_lanes >= 200, "{on_lanes} RPCs on lanes for 200 writes");
+    assert!(
+        streams <= 2 * felix_replication::lanes::LANES_PER_PEER as u64,
+        "{streams} streams opened for 200 writes on lanes"
+    );
+    for n in nodes {
+        stop(n).await;
+    }
+
+    // Three brokers that answer a lane request as older brokers do.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let n = start(tmp.path(), id, "127.0.0.1:0").await;
+        n.transport.serve_lanes(false);
+        nodes.push(n);
+    }
+    nodes[0].replica.initialize(members_of(&nodes)).await.unwrap();
+    let l = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let before = nodes[l].transport.traffic();
+    write_and_converge(&nodes, l, 50).await;
+    let after = nodes[l].transport.traffic();
+    assert_eq!(after.lane_rpcs, 0, "an RPC went on a lane no peer serves");
+    assert!(
+        after.streams - before.streams >= 100,
+        "{} streams for 50 writes to two followers",
+        after.streams - before.streams
+    );
+    for n in nodes {
+        stop(n).await;
+    }
+}

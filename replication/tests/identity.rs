@@ -15,6 +15,7 @@ use felix_replication::{node_id, Applier, BrokerNode, GroupConfig, GroupId, Repl
 
 const KIND_JOIN: u8 = 7;
 const KIND_GROUPS: u8 = 9;
+const KIND_LANE: u8 = 13;
 const GROUP: GroupId = GroupId(11);
 /// Broker 3's region.
 const REGION: &str = "eu";
@@ -262,5 +263,108 @@ async fn a_broker_of_another_region_is_refused_in_the_handshake_both_ways() {
     .unwrap_err();
     assert!(e.to_string().contains("eu.region.felix"), "{e}");
     us_server.close();
+    t3.close();
+}
+
+fn head(kind: u8, from: u64, len: usize) -> Vec<u8> {
+    let mut h = vec![kind];
+    h.extend_from_slice(&GROUP.0.to_le_bytes());
+    h.extend_from_slice(&0u64.to_le_bytes());
+    h.extend_from_slice(&from.to_le_bytes());
+    h.extend_from_slice(&(len as u32).to_le_bytes());
+    h
+}
+
+/// A lane frame: the RPC's id, its head, its body.
+fn frame(id: u64, kind: u8, from: u64, body: &[u8]) -> Vec<u8> {
+    let mut f = id.to_le_bytes().to_vec();
+    f.extend_from_slice(&head(kind, from, body.len()));
+    f.extend_from_slice(body);
+    f
+}
+
+/// The next reply on a lane: its id, status and text.
+async fn lane_reply(recv: &mut quinn::RecvStream) -> Result<(u64, u8, String), String> {
+    let mut h = [0u8; 13];
+    recv.read_exact(&mut h).await.map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes(h[9..13].try_into().unwrap()) as usize;
+    let mut b = vec![0u8; len];
+    recv.read_exact(&mut b).await.map_err(|e| e.to_string())?;
+    Ok((
+        u64::from_le_bytes(h[..8].try_into().unwrap()),
+        h[8],
+        String::from_utf8_lossy(&b).into_owned(),
+    ))
+}
+
+/// On a lane each RPC is checked as on a stream of its own: the sender it
+/// claims must be the broker its connection's certificate names. A frame
+/// larger than a lane carries ends the lane, and the connection still
+/// serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_speaks_only_for_its_certificates_broker_and_ends_at_an_oversized_frame() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = dev_certificates(&tmp.path().join("ca"), &[]).unwrap();
+    let c2 = ca.issue_broker(2, REGION, &tmp.path().join("c2")).unwrap();
+    let c3 = ca.issue_broker(3, REGION, &tmp.path().join("c3")).unwrap();
+    let (t3, _replica) = broker3(tmp.path(), &c3).await;
+    let addr = t3.local_addr().unwrap();
+    let ask = bincode::serialize(&vec![GROUP]).unwrap();
+
+    let ep = transport::client_endpoint(&c2.client_tls().unwrap(), RAFT_ALPN, &TransportConfig::default())
+        .unwrap();
+    let conn = ep
+        .connect(addr, &transport::identity::region_name(REGION))
+        .unwrap()
+        .await
+        .unwrap();
+
+    // A lane opened in broker 4's name by broker 2's certificate: refused.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&head(KIND_LANE, node_id(4, 1), 0)).await.unwrap();
+    let refusal = recv.read_to_end(1 << 16).await.unwrap();
+    assert_eq!(refusal[0], 1, "a lane opened for another broker");
+
+    // Broker 2's lane.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&head(KIND_LANE, node_id(2, 1), 0)).await.unwrap();
+    let mut opened = [9u8; 5];
+    recv.read_exact(&mut opened).await.unwrap();
+    assert_eq!(opened, [0, 0, 0, 0, 0], "the lane was not opened");
+    // Two RPCs at once: one as broker 2, one claiming broker 4.
+    let mut both = frame(7, KIND_GROUPS, node_id(2, 1), &ask);
+    both.extend_from_slice(&frame(8, KIND_GROUPS, node_id(4, 1), &ask));
+    send.write_all(&both).await.unwrap();
+    let mut replies = [
+        lane_reply(&mut recv).await.unwrap(),
+        lane_reply(&mut recv).await.unwrap(),
+    ];
+    replies.sort();
+    assert_eq!((replies[0].0, replies[0].1), (7, 0), "{:?}", replies[0]);
+    assert_eq!((replies[1].0, replies[1].1), (8, 1), "{:?}", replies[1]);
+    assert!(replies[1].2.contains("claims broker 4"), "{}", replies[1].2);
+
+    // A frame announcing more than a lane carries: the lane ends.
+    let mut big = 9u64.to_le_bytes().to_vec();
+    big.extend_from_slice(&head(
+        KIND_GROUPS,
+        node_id(2, 1),
+        felix_replication::lanes::LANE_BODY_MAX + 1,
+    ));
+    send.write_all(&big).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), lane_reply(&mut recv))
+        .await
+        .expect("the lane did not end");
+    assert!(ended.is_err(), "an oversized frame was answered: {ended:?}");
+
+    // The connection still serves an RPC on a stream of its own.
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let mut rpc = head(KIND_GROUPS, node_id(2, 1), ask.len());
+    rpc.extend_from_slice(&ask);
+    send.write_all(&rpc).await.unwrap();
+    send.finish().unwrap();
+    let mut recv = recv;
+    let reply = recv.read_to_end(1 << 20).await.unwrap();
+    assert_eq!(reply[0], 0, "{}", String::from_utf8_lossy(&reply[5..]));
     t3.close();
 }
