@@ -229,6 +229,25 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
         master.master_key_file.display().to_string()
     );
     let brokers = LocalBrokers::spawn(BROKER_SUBCOMMAND, &data_dir, listen, n, &extra, true)?;
+    // The default replication factor counts the active brokers, so a
+    // stream created before all had registered would get fewer replicas:
+    // the profile clients use is written, and the cluster announced, once
+    // they have.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(REGISTERED_WAIT_MS);
+    loop {
+        let active = registered_active(&embedded.handle.node, n);
+        if active >= n as usize {
+            break;
+        }
+        if std::time::Instant::now() >= until {
+            eprintln!(
+                "warning: {active} of {n} brokers registered in {} s; a stream created now is placed on those (see each broker.log)",
+                REGISTERED_WAIT_MS / 1000
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let profile_path = data_dir.join("client.toml");
     let cp_url = embedded.handle.url();
     ClientProfile {
@@ -268,6 +287,21 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, n: u32, cp: SocketAddr) ->
     drop(brokers);
     embedded.handle.shutdown().await;
     Ok(())
+}
+
+/// How long `felix dev --brokers N` waits for its brokers to register
+/// before it announces the cluster anyway.
+const REGISTERED_WAIT_MS: u64 = 60_000;
+
+/// Brokers 1 to `n` the control plane holds as active (a registry kept
+/// from an earlier run with more brokers may name others).
+fn registered_active(node: &felix_controlplane::node::Node, n: u32) -> usize {
+    node.read(|m| {
+        m.brokers
+            .range(1..=n)
+            .filter(|(_, b)| b.status == felix_controlplane::model::BrokerStatus::Active)
+            .count()
+    })
 }
 
 fn spawn(subcommand: &str, config: &Path) -> anyhow::Result<Child> {

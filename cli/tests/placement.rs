@@ -645,28 +645,29 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
     })
     .await;
     // A stream's default replication factor is one per active broker up to
-    // 3: the stream is made once all three have registered (a broker can
-    // serve a moment before the control plane has heard from it).
+    // 3: felix dev writes the profile only once all three have registered,
+    // so a stream made as soon as it is there gets three replicas.
     let secret = std::fs::read_to_string(dir.path().join("controlplane/secret")).unwrap();
     let cp = profile.controlplane.clone().unwrap();
-    until(30, "three active brokers", || async {
-        let v: Value = common::controlplane_client(&profile)
-            .get(format!("{cp}/v1/brokers"))
-            .bearer_auth(secret.trim())
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let active = v["items"]
-            .as_array()?
-            .iter()
-            .filter(|b| b["status"] == "active")
-            .count();
-        (active == 3).then_some(())
-    })
-    .await;
+    let v: Value = common::controlplane_client(&profile)
+        .get(format!("{cp}/v1/brokers"))
+        .bearer_auth(secret.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let active = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["status"] == "active")
+        .count();
+    assert_eq!(
+        active, 3,
+        "the profile was written before every broker registered: {v}"
+    );
     let create = Message::StreamCreate(felix_client::wire::StreamConfig::stream(
         "orders",
         2,
