@@ -10,10 +10,12 @@
 //!
 //! Every log write and vote is synced before it is acknowledged: a lost
 //! vote or entry breaks Raft's guarantees. The state machine is written
-//! whole, but only every [`SAVE_EVERY_ENTRIES`] applied entries and with
-//! each snapshot, not after every applied batch: at 10,000 streams it is
-//! about 2 MB of JSON, and writing it per create made each create cost
-//! time and disk in proportion to everything there is. What was applied
+//! whole, but only with each snapshot and every so many applied entries
+//! ([`entries_between_saves`]: more, the larger the last save, so each
+//! entry pays for at most about [`SAVED_BYTES_PER_ENTRY`] of it), not after
+//! every applied batch: at 10,000 streams it is about 2 MB of JSON, and
+//! writing it per create made each create cost time and disk in
+//! proportion to everything there is. What was applied
 //! since the last save is in the log (never purged past the saved state,
 //! which is at least the last snapshot), and openraft applies it again at
 //! start from the committed index this store keeps.
@@ -43,8 +45,20 @@ const CF_META: &str = "meta";
 const CF_STATE: &str = "state";
 /// Entries one read hands openraft at most.
 pub const READ_ENTRIES_MAX: usize = 512;
-/// Applied entries between two saves of the whole state machine.
+/// Applied entries between two saves of the whole state machine, at least.
 pub const SAVE_EVERY_ENTRIES: u64 = 256;
+/// ... and at most: what a start applies again from the log.
+pub const SAVE_EVERY_ENTRIES_MAX: u64 = 16_384;
+/// Bytes of a save each applied entry pays for, amortized, between the two
+/// bounds above.
+pub const SAVED_BYTES_PER_ENTRY: u64 = 1024;
+const _: () = assert!(SAVE_EVERY_ENTRIES < SAVE_EVERY_ENTRIES_MAX);
+
+/// Applied entries after which the state machine is saved again, when the
+/// last save was `saved_bytes` long.
+pub fn entries_between_saves(saved_bytes: u64) -> u64 {
+    (saved_bytes / SAVED_BYTES_PER_ENTRY).clamp(SAVE_EVERY_ENTRIES, SAVE_EVERY_ENTRIES_MAX)
+}
 
 fn err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl ToString) -> StorageError {
     StorageError::IO {
@@ -238,7 +252,7 @@ struct StoredSnapshot {
 }
 
 /// The state machine: [`Machine`] in memory, written whole to RocksDB
-/// after each applied batch. `version` announces each new metadata version
+/// now and then (see the module). `version` announces each new metadata version
 /// to long-polling readers.
 #[derive(Debug, Clone)]
 pub struct StateMachine {
@@ -247,15 +261,18 @@ pub struct StateMachine {
     version: Arc<watch::Sender<u64>>,
     /// Entries applied since the state machine was last saved.
     unsaved: Arc<std::sync::atomic::AtomicU64>,
+    /// How long the last save was.
+    saved_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateMachine {
     pub fn open(db: Arc<DB>) -> Result<StateMachine, StorageError> {
         let cf = db.cf_handle(CF_STATE).expect("created at open");
-        let machine = match db
+        let saved = db
             .get_cf(cf, "machine")
-            .map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
-        {
+            .map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
+        let saved_bytes = saved.as_ref().map_or(0, |b| b.len() as u64);
+        let machine = match saved {
             Some(b) => {
                 serde_json::from_slice(&b).map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?
             }
@@ -270,6 +287,7 @@ impl StateMachine {
             shared: Arc::new(RwLock::new(machine)),
             version: Arc::new(tx),
             unsaved: Arc::default(),
+            saved_bytes: Arc::new(saved_bytes.into()),
         })
     }
 
@@ -289,6 +307,8 @@ impl StateMachine {
             .put_cf_opt(cf, "machine", b, &synced())
             .map_err(|e| err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
         self.unsaved.store(0, std::sync::atomic::Ordering::Release);
+        self.saved_bytes
+            .store(b.len() as u64, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }
@@ -369,7 +389,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .unsaved
             .fetch_add(applied, std::sync::atomic::Ordering::AcqRel)
             + applied;
-        if unsaved >= SAVE_EVERY_ENTRIES {
+        let saved_bytes = self.saved_bytes.load(std::sync::atomic::Ordering::Acquire);
+        if unsaved >= entries_between_saves(saved_bytes) {
             // Only openraft's state-machine task writes the machine, so it
             // does not change while it is serialized under the read lock,
             // which is let go before the synced write.
@@ -437,5 +458,20 @@ fn unchanged(m: &Metadata) -> Applied {
         version: m.version,
         changed: false,
         moves: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_larger_state_is_saved_after_more_entries_so_each_entry_pays_a_bounded_share() {
+        assert_eq!(entries_between_saves(0), SAVE_EVERY_ENTRIES);
+        assert_eq!(entries_between_saves(2 << 20), 2048);
+        assert_eq!(entries_between_saves(u64::MAX), SAVE_EVERY_ENTRIES_MAX);
+        for bytes in [256 << 10, 1 << 20, 2 << 20, 16 << 20] {
+            assert!(bytes / entries_between_saves(bytes) <= SAVED_BYTES_PER_ENTRY);
+        }
     }
 }
