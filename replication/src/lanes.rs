@@ -31,14 +31,14 @@ pub const LANES_PER_PEER: usize = 4;
 pub const LANE_BODY_MAX: usize = 64 << 10;
 /// RPCs awaiting their replies on one lane. The peer serves at most
 /// `RPC_STREAMS_MAX` at once over the whole connection.
-pub const LANE_PENDING_MAX: usize = super::network::RPC_STREAMS_MAX / LANES_PER_PEER;
+pub const LANE_PENDING_MAX: usize = crate::frame::RPC_STREAMS_MAX / LANES_PER_PEER;
 
 /// A request frame: the RPC's id, then the request head of a stream RPC.
-pub(crate) const REQUEST_HEAD_BYTES: usize = 8 + super::network::HEAD_BYTES;
+pub(crate) const REQUEST_HEAD_BYTES: usize = 8 + crate::frame::HEAD_BYTES;
 /// A reply frame: the id, then the response head of a stream RPC.
 pub(crate) const REPLY_HEAD_BYTES: usize = 8 + 5;
-const _: () = assert!(LANE_BODY_MAX < super::network::RPC_BYTES_MAX);
-const _: () = assert!(LANE_PENDING_MAX * LANES_PER_PEER <= super::network::RPC_STREAMS_MAX);
+const _: () = assert!(LANE_BODY_MAX < crate::frame::RPC_BYTES_MAX);
+const _: () = assert!(LANE_PENDING_MAX * LANES_PER_PEER <= crate::frame::RPC_STREAMS_MAX);
 
 type Reply = Result<Vec<u8>, String>;
 
@@ -253,7 +253,7 @@ async fn read_replies(mut recv: quinn::RecvStream, lane: Arc<Lane>, replied: Arc
             recv.read_exact(&mut h).await.map_err(terr)?;
             let id = u64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(h[9..13].try_into().expect("4 bytes")) as usize;
-            if len > super::network::RPC_BYTES_MAX {
+            if len > crate::frame::RPC_BYTES_MAX {
                 return Err(terr(format!("a lane reply of {len} bytes")));
             }
             let mut b = vec![0u8; len];
@@ -278,7 +278,7 @@ async fn read_replies(mut recv: quinn::RecvStream, lane: Arc<Lane>, replied: Arc
 /// One request read from a lane (server side).
 pub(crate) struct Framed {
     pub id: u64,
-    pub head: [u8; super::network::HEAD_BYTES],
+    pub head: [u8; crate::frame::HEAD_BYTES],
     pub body: Vec<u8>,
 }
 
@@ -291,8 +291,8 @@ pub(crate) async fn read_request(recv: &mut quinn::RecvStream) -> Result<Option<
         Err(e) => return Err(terr(e)),
     }
     let id = u64::from_le_bytes(h[0..8].try_into().expect("8 bytes"));
-    let head: [u8; super::network::HEAD_BYTES] = h[8..].try_into().expect("head bytes");
-    let len = u32::from_le_bytes(head[25..29].try_into().expect("4 bytes")) as usize;
+    let head: [u8; crate::frame::HEAD_BYTES] = h[8..].try_into().expect("head bytes");
+    let len = crate::frame::Head::parse(&head).len;
     // A lane's body is small by the sender's rule; a larger one is a
     // broken or hostile peer, and the lane ends.
     if len > LANE_BODY_MAX {

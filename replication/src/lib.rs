@@ -36,6 +36,7 @@ mod driver;
 pub mod elections;
 pub mod entry;
 pub mod error;
+mod frame;
 pub mod group;
 pub mod lanes;
 pub mod machine;

@@ -43,6 +43,7 @@ use serde::Serialize;
 use crate::clock::heard_now;
 use crate::elections::{Handover, Refusals};
 use crate::error::ReplicationError;
+use crate::frame::{head_bytes, Head, HEAD_BYTES};
 use crate::lanes::{self, Lanes};
 use crate::membership::{self, Admission};
 use crate::quiesce::{self, Beat, BeatReply, BeatReplyV4, BeatV4, Following, Quiet};
@@ -51,14 +52,9 @@ use crate::types::SnapshotFile;
 use crate::types::{BrokerNode, GroupId, NodeId, Raft, Request, Response, SnapshotMeta, TypeConfig, Vote};
 
 pub const RAFT_ALPN: &[u8] = b"felix-raft/4";
-/// Largest RPC body: an AppendEntries of `config::PAYLOAD_ENTRIES_MAX`
-/// batches at the log's hard batch limit, plus framing.
-pub const RPC_BYTES_MAX: usize =
-    crate::config::PAYLOAD_ENTRIES_MAX as usize * felix_log::batch::layout::BATCH_BYTES_MAX + (1 << 20);
 /// Snapshot bytes one transfer may carry.
 pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
-/// RPC streams one peer connection serves at once.
-pub const RPC_STREAMS_MAX: usize = 1024;
+pub use crate::frame::{RPC_BYTES_MAX, RPC_STREAMS_MAX};
 
 const KIND_APPEND: u8 = 1;
 const KIND_VOTE: u8 = 2;
@@ -82,7 +78,6 @@ pub const GROUPS_ASKED_MAX: usize = 4096;
 /// target is not its own node id (an old incarnation's peers must not reach
 /// the new one).
 const KINDS_TARGETED: [u8; 4] = [KIND_APPEND, KIND_VOTE, KIND_SNAPSHOT, KIND_PREVOTE];
-pub(crate) const HEAD_BYTES: usize = 1 + 8 + 8 + 8 + 4;
 /// `target` of the kinds not addressed to a Raft identity.
 const TARGET_ANY: NodeId = 0;
 
@@ -582,39 +577,6 @@ impl std::fmt::Debug for Transport {
         f.debug_struct("Transport")
             .field("local", &self.endpoint.local_addr().ok())
             .finish()
-    }
-}
-
-/// The head of a request (see the module).
-fn head_bytes(kind: u8, group: GroupId, target: NodeId, from: NodeId, len: usize) -> [u8; HEAD_BYTES] {
-    let mut h = [0u8; HEAD_BYTES];
-    h[0] = kind;
-    h[1..9].copy_from_slice(&group.0.to_le_bytes());
-    h[9..17].copy_from_slice(&target.to_le_bytes());
-    h[17..25].copy_from_slice(&from.to_le_bytes());
-    h[25..29].copy_from_slice(&(len as u32).to_le_bytes());
-    h
-}
-
-/// A request head, read.
-#[derive(Debug, Clone, Copy)]
-struct Head {
-    kind: u8,
-    group: GroupId,
-    target: NodeId,
-    from: NodeId,
-    len: usize,
-}
-
-impl Head {
-    fn parse(h: &[u8; HEAD_BYTES]) -> Head {
-        Head {
-            kind: h[0],
-            group: GroupId(u64::from_le_bytes(h[1..9].try_into().expect("8 bytes"))),
-            target: u64::from_le_bytes(h[9..17].try_into().expect("8 bytes")),
-            from: u64::from_le_bytes(h[17..25].try_into().expect("8 bytes")),
-            len: u32::from_le_bytes(h[25..29].try_into().expect("4 bytes")) as usize,
-        }
     }
 }
 

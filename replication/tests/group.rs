@@ -677,8 +677,26 @@ async fn a_leader_with_a_damaged_entry_stops_rather_than_ship_it() {
             .any(|e| e.3.windows(9).any(|w| w == b"payload-5")),
         "the follower holds the undamaged entry"
     );
-    let after = healthy.replica.write(batch("after")).await.unwrap().raft_index;
+    // Either undamaged replica may lead the write (and leadership may
+    // still move between the two): written on whichever leads, retried
+    // when it was refused as a former leader.
+    let until = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let on = if healthy.replica.is_leader() {
+            &healthy
+        } else {
+            &behind
+        };
+        match on.replica.write(batch("after")).await {
+            Ok(r) => break r.raft_index,
+            Err(WriteError::NotLeader { .. }) if Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("write after the takeover: {e:?}"),
+        }
+    };
     wait_applied(&behind, after).await;
+    wait_applied(&healthy, after).await;
 }
 
 /// Waits until the group is quiet on every one of `nodes`.
