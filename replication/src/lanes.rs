@@ -29,16 +29,18 @@ use crate::error::ReplicationError;
 pub const LANES_PER_PEER: usize = 4;
 /// The largest body an RPC sends on a lane.
 pub const LANE_BODY_MAX: usize = 64 << 10;
-/// RPCs awaiting their replies on one lane. The peer serves at most
-/// `RPC_STREAMS_MAX` at once over the whole connection.
-pub const LANE_PENDING_MAX: usize = crate::frame::RPC_STREAMS_MAX / LANES_PER_PEER;
+/// RPCs sent on one lane and not answered yet, abandoned ones included
+/// (the peer still serves them). All lanes together may take half of the
+/// `RPC_STREAMS_MAX` the peer serves at once over the connection, so
+/// streams (snapshots, large bodies) always find some.
+pub const LANE_PENDING_MAX: usize = crate::frame::RPC_STREAMS_MAX / (2 * LANES_PER_PEER);
 
 /// A request frame: the RPC's id, then the request head of a stream RPC.
 pub(crate) const REQUEST_HEAD_BYTES: usize = 8 + crate::frame::HEAD_BYTES;
 /// A reply frame: the id, then the response head of a stream RPC.
 pub(crate) const REPLY_HEAD_BYTES: usize = 8 + 5;
 const _: () = assert!(LANE_BODY_MAX < crate::frame::RPC_BYTES_MAX);
-const _: () = assert!(LANE_PENDING_MAX * LANES_PER_PEER <= crate::frame::RPC_STREAMS_MAX);
+const _: () = assert!(2 * LANE_PENDING_MAX * LANES_PER_PEER <= crate::frame::RPC_STREAMS_MAX);
 
 type Reply = Result<Vec<u8>, String>;
 
@@ -65,57 +67,77 @@ struct Lane {
 
 #[derive(Default)]
 struct Waiting {
-    /// Set once the lane's stream failed: no call is added after it.
+    /// No call is added: a frame was cut short or a write failed. The
+    /// calls already sent still get their replies.
+    closed: bool,
+    /// The replies stopped coming: every call still waiting failed.
     dead: bool,
-    replies: HashMap<u64, oneshot::Sender<Reply>>,
+    /// Calls sent and not answered yet; `None` for one whose caller gave
+    /// up, which still counts against [`LANE_PENDING_MAX`] because the
+    /// peer still serves it.
+    replies: HashMap<u64, Option<oneshot::Sender<Reply>>>,
 }
 
 impl Lane {
+    /// Takes no more calls.
+    fn close(&self) {
+        self.waiting.lock().expect("lane lock").closed = true;
+    }
+
     /// Fails every call awaiting a reply, and any added later.
     fn kill(&self) {
         let mut w = self.waiting.lock().expect("lane lock");
+        w.closed = true;
         w.dead = true;
         // Dropping the senders fails the receivers.
         w.replies.clear();
     }
 
-    fn is_dead(&self) -> bool {
-        self.waiting.lock().expect("lane lock").dead
+    fn is_closed(&self) -> bool {
+        self.waiting.lock().expect("lane lock").closed
     }
 }
 
-/// A frame being written: dropped before the write ended (the caller's
-/// deadline), it leaves part of a frame on the stream, so the lane ends.
+/// A frame being written. Dropped (the caller's deadline) after part of
+/// the frame went out, it leaves the lane unreadable for the peer: the
+/// lane's send side is reset and it takes no more calls; the calls
+/// already sent still get their replies. Dropped before any byte went
+/// out, it costs nothing.
 struct Writing<'a> {
     send: tokio::sync::MutexGuard<'a, quinn::SendStream>,
     lane: &'a Lane,
+    written: usize,
     done: bool,
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.written > 0 {
             let _ = self.send.reset(0u32.into());
-            self.lane.kill();
+            self.lane.close();
         }
     }
 }
 
-/// Removes a call's reply slot if the call is dropped (its deadline) before
-/// the reply came.
+/// A call's reply slot, when its caller gives up (its deadline) before
+/// the reply came: removed if its frame never went out whole, kept empty
+/// until the reply comes otherwise.
 struct Unregister<'a> {
     lane: &'a Lane,
     id: u64,
+    sent: bool,
 }
 
 impl Drop for Unregister<'_> {
     fn drop(&mut self) {
-        self.lane
-            .waiting
-            .lock()
-            .expect("lane lock")
-            .replies
-            .remove(&self.id);
+        let mut w = self.lane.waiting.lock().expect("lane lock");
+        if self.sent {
+            if let Some(slot) = w.replies.get_mut(&self.id) {
+                *slot = None;
+            }
+        } else {
+            w.replies.remove(&self.id);
+        }
     }
 }
 
@@ -154,15 +176,15 @@ impl Lanes {
         let lane = {
             let mut s = self.slots[slot].lock().await;
             match s.as_ref() {
-                Some(l) if !l.is_dead() => l.clone(),
+                Some(l) if !l.is_closed() => l.clone(),
                 _ => {
                     opened.fetch_add(1, Ordering::Relaxed);
                     let r =
                         tokio::time::timeout(self.open_timeout, open(&self.conn, &self.replied, lane_head))
                             .await;
                     match r {
-                        Err(_) => return Some(Err(terr("opening a lane timed out"))),
-                        Ok(Err(e)) => return Some(Err(e)),
+                        // The RPC tries a stream of its own instead.
+                        Err(_) | Ok(Err(_)) => return None,
                         Ok(Ok(None)) => {
                             self.refused.store(true, Ordering::Release);
                             return None;
@@ -179,15 +201,16 @@ impl Lanes {
         let (tx, rx) = oneshot::channel();
         {
             let mut w = lane.waiting.lock().expect("lane lock");
-            if w.dead {
-                return Some(Err(terr("the lane closed")));
-            }
-            if w.replies.len() >= LANE_PENDING_MAX {
+            if w.closed || w.replies.len() >= LANE_PENDING_MAX {
                 return None;
             }
-            w.replies.insert(id, tx);
+            w.replies.insert(id, Some(tx));
         }
-        let _unregister = Unregister { lane: &lane, id };
+        let mut unregister = Unregister {
+            lane: &lane,
+            id,
+            sent: false,
+        };
         let mut frame = Vec::with_capacity(REQUEST_HEAD_BYTES + body.len());
         frame.extend_from_slice(&id.to_le_bytes());
         frame.extend_from_slice(head);
@@ -195,14 +218,26 @@ impl Lanes {
         let mut writing = Writing {
             send: lane.send.lock().await,
             lane: &lane,
+            written: 0,
             done: false,
         };
-        let written = writing.send.write_all(&frame).await;
-        writing.done = written.is_ok();
-        drop(writing);
-        if let Err(e) = written {
-            return Some(Err(terr(format!("the lane failed: {e}"))));
+        while writing.written < frame.len() {
+            let at = writing.written;
+            match writing.send.write(&frame[at..]).await {
+                Ok(n) => writing.written += n,
+                Err(e) => {
+                    // The stream is gone; its replies end too, and the
+                    // reader fails what waits.
+                    writing.done = true;
+                    drop(writing);
+                    lane.close();
+                    return Some(Err(terr(format!("the lane failed: {e}"))));
+                }
+            }
         }
+        writing.done = true;
+        drop(writing);
+        unregister.sent = true;
         Some(
             rx.await
                 .map_err(|_| terr("the lane closed before the reply came")),
@@ -260,7 +295,7 @@ async fn read_replies(mut recv: quinn::RecvStream, lane: Arc<Lane>, replied: Arc
             recv.read_exact(&mut b).await.map_err(terr)?;
             replied.store(heard_now(), Ordering::Release);
             let waiter = lane.waiting.lock().expect("lane lock").replies.remove(&id);
-            if let Some(tx) = waiter {
+            if let Some(Some(tx)) = waiter {
                 let _ = tx.send(match h[8] {
                     0 => Ok(b),
                     _ => Err(String::from_utf8_lossy(&b).into_owned()),

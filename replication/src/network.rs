@@ -1067,13 +1067,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, router: Router, me: NodeId, lane
                 limit: Arc::new(tokio::sync::Semaphore::new(RPC_STREAMS_MAX)),
                 lanes,
             });
+            // QUIC's stream credit (`RPC_STREAMS_MAX`) bounds the streams,
+            // and so these tasks; each takes a permit once its head shows
+            // it is an RPC rather than a lane.
             while let Ok((send, recv)) = conn.accept_bi().await {
-                let Ok(permit) = served.limit.clone().acquire_owned().await else {
-                    return;
-                };
                 let served = served.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve(&served, send, recv, permit).await {
+                    if let Err(e) = serve(&served, send, recv).await {
                         tracing::debug!(error = %e, "replication rpc failed");
                     }
                 });
@@ -1131,7 +1131,6 @@ async fn serve(
     served: &Arc<Served>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(), ReplicationError> {
     let mut h = [0u8; HEAD_BYTES];
     recv.read_exact(&mut h).await.map_err(terr)?;
@@ -1140,10 +1139,15 @@ async fn serve(
         return reply(&mut send, Err(e)).await;
     }
     if head.kind == KIND_LANE && served.lanes {
+        if head.len != 0 {
+            return reply(&mut send, Err("a lane request carries no body".into())).await;
+        }
         // The lane's RPCs take permits of their own.
-        drop(permit);
         return serve_lane(served, send, recv).await;
     }
+    let Ok(permit) = served.limit.clone().acquire_owned().await else {
+        return Ok(());
+    };
     if head.kind == KIND_SNAPSHOT {
         let out = snapshot_in(served, &head, &mut recv).await;
         return reply(&mut send, out).await;
@@ -1151,8 +1155,9 @@ async fn serve(
     let mut body = vec![0u8; head.len];
     recv.read_exact(&mut body).await.map_err(terr)?;
     let out = handle(served, &head, body).await;
+    let r = reply(&mut send, out).await;
     drop(permit);
-    reply(&mut send, out).await
+    r
 }
 
 /// A lane: serves each framed RPC as it comes, replies in any order, until
@@ -1183,9 +1188,12 @@ async fn serve_lane(
                 }
                 Ok(()) => handle(&served, &head, framed.body).await,
             };
-            drop(permit);
             let frame = lanes::reply_frame(framed.id, out);
             let _ = send.lock().await.write_all(&frame).await;
+            // Held until the reply is out: a peer that stops reading its
+            // replies runs out of permits, and this lane stops reading its
+            // requests, instead of replies piling up here.
+            drop(permit);
         });
     }
 }

@@ -325,6 +325,14 @@ async fn a_lane_speaks_only_for_its_certificates_broker_and_ends_at_an_oversized
     let refusal = recv.read_to_end(1 << 16).await.unwrap();
     assert_eq!(refusal[0], 1, "a lane opened for another broker");
 
+    // A lane request with a body (whose bytes would be read as frames).
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut with_body = head(KIND_LANE, node_id(2, 1), 3);
+    with_body.extend_from_slice(b"abc");
+    send.write_all(&with_body).await.unwrap();
+    let refusal = recv.read_to_end(1 << 16).await.unwrap();
+    assert_eq!(refusal[0], 1, "a lane opened with a body");
+
     // Broker 2's lane.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&head(KIND_LANE, node_id(2, 1), 0)).await.unwrap();
