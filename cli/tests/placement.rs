@@ -649,15 +649,14 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
     // so a stream made as soon as it is there gets three replicas.
     let secret = std::fs::read_to_string(dir.path().join("controlplane/secret")).unwrap();
     let cp = profile.controlplane.clone().unwrap();
-    let v: Value = common::controlplane_client(&profile)
-        .get(format!("{cp}/v1/brokers"))
-        .bearer_auth(secret.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // A GET of the control plane's API as the operator.
+    let get = |path: &str| {
+        let req = common::controlplane_client(&profile)
+            .get(format!("{cp}{path}"))
+            .bearer_auth(secret.trim());
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let v = get("/v1/brokers").await;
     let active = v["items"]
         .as_array()
         .unwrap()
@@ -687,15 +686,7 @@ async fn felix_dev_with_three_brokers_runs_a_control_plane_they_follow() {
         cp.starts_with("https://"),
         "felix dev's control plane serves TLS: {cp}"
     );
-    let v: Value = common::controlplane_client(&profile)
-        .get(format!("{cp}/v1/tenants/dev/namespaces/default/streams/orders"))
-        .bearer_auth(secret.trim())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get("/v1/tenants/dev/namespaces/default/streams/orders").await;
     assert_eq!(v["spec"]["replication_factor"], json!(3), "{v}");
     let mut one = cfg.clone();
     for b in &profile.brokers {

@@ -88,6 +88,25 @@ async fn rpc(
     rpc_in(REGION, to, cert, kind, from, body).await
 }
 
+/// A connection presenting `cert`, dialling the server as a broker of
+/// `region` does.
+async fn connect(
+    region: &str,
+    to: std::net::SocketAddr,
+    cert: &IssuedCertificate,
+) -> Result<quinn::Connection, String> {
+    let ep = transport::client_endpoint(
+        &cert.client_tls().unwrap(),
+        RAFT_ALPN,
+        &TransportConfig::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    ep.connect(to, &transport::identity::region_name(region))
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn rpc_in(
     region: &str,
     to: std::net::SocketAddr,
@@ -96,25 +115,11 @@ async fn rpc_in(
     from: u64,
     body: &[u8],
 ) -> Result<(u8, String), String> {
-    let ep = transport::client_endpoint(
-        &cert.client_tls().unwrap(),
-        RAFT_ALPN,
-        &TransportConfig::default(),
-    )
-    .map_err(|e| e.to_string())?;
-    let conn = ep
-        .connect(to, &transport::identity::region_name(region))
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
+    let conn = connect(region, to, cert).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    let mut head = vec![kind];
-    head.extend_from_slice(&GROUP.0.to_le_bytes());
-    head.extend_from_slice(&0u64.to_le_bytes());
-    head.extend_from_slice(&from.to_le_bytes());
-    head.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    head.extend_from_slice(body);
-    send.write_all(&head).await.map_err(|e| e.to_string())?;
+    let mut req = head(kind, from, body.len());
+    req.extend_from_slice(body);
+    send.write_all(&req).await.map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     let reply = recv.read_to_end(1 << 20).await.map_err(|e| e.to_string())?;
     if reply.len() < 5 {
@@ -311,13 +316,7 @@ async fn a_lane_speaks_only_for_its_certificates_broker_and_ends_at_an_oversized
     let addr = t3.local_addr().unwrap();
     let ask = bincode::serialize(&vec![GROUP]).unwrap();
 
-    let ep = transport::client_endpoint(&c2.client_tls().unwrap(), RAFT_ALPN, &TransportConfig::default())
-        .unwrap();
-    let conn = ep
-        .connect(addr, &transport::identity::region_name(REGION))
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = connect(REGION, addr, &c2).await.unwrap();
 
     // A lane opened in broker 4's name by broker 2's certificate: refused.
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
