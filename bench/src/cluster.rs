@@ -637,6 +637,8 @@ async fn restart_figures(mut brokers: LocalBrokers, streams: &[(String, u32)]) -
         streams: streams.iter().map(|(name, _)| name.clone()).collect(),
     };
     let deadline = t + Duration::from_secs(300);
+    // The curve, a line a second: a step means start-up, a slope waking.
+    let mut shown = Duration::ZERO;
     loop {
         let led = match client.call(Route::Broker(&address), &ask).await {
             Ok(Message::MetadataReply { streams, .. }) => streams
@@ -648,6 +650,13 @@ async fn restart_figures(mut brokers: LocalBrokers, streams: &[(String, u32)]) -
         };
         if led == shards as usize {
             break;
+        }
+        if t.elapsed() >= shown + Duration::from_secs(1) {
+            shown = t.elapsed();
+            println!(
+                "  {:.1} s after the restart: {led} of {shards} shards name a leader",
+                shown.as_secs_f64()
+            );
         }
         anyhow::ensure!(
             Instant::now() < deadline,

@@ -130,6 +130,16 @@ impl Running {
         if let Some(c) = self.node.cluster() {
             c.shutdown().await;
         }
+        let started = std::time::Instant::now();
+        let node = self.node.clone();
+        let failed = tokio::task::spawn_blocking(move || node.checkpoint_logs())
+            .await
+            .expect("checkpoints do not panic");
+        tracing::info!(
+            failed,
+            ms = started.elapsed().as_millis() as u64,
+            "logs checkpointed clean"
+        );
     }
 }
 

@@ -219,6 +219,13 @@ impl SharedLog {
         lock(&self.inner.sync).syncs
     }
 
+    /// [`Log::checkpoint_clean`]: a broker stopping records each replica's
+    /// clean end, so that its restart verifies, zeroes and fsyncs nothing
+    /// (other holders of the log may still write after it, safely).
+    pub fn checkpoint_clean(&self) -> Result<()> {
+        lock(&self.inner.log).checkpoint_clean()
+    }
+
     /// Stops the flusher, flushes, and closes the log cleanly.
     pub fn close(mut self) -> Result<()> {
         self.stop_flusher();

@@ -411,6 +411,11 @@ pub struct Log {
     segments: Vec<Segment>,
     _held: Held,
     poisoned: bool,
+    /// The checkpoint on disk is the clean one this log was opened from,
+    /// unchanged since: it must be replaced by one without `CLEAN` before
+    /// the first change ([`Log::unclean`]), and a close with no change in
+    /// between has nothing to write.
+    clean_on_disk: bool,
 }
 
 impl Log {
@@ -446,19 +451,34 @@ impl Log {
             segments,
             _held: held,
             poisoned: false,
+            clean_on_disk: false,
         };
+        let mut created = false;
         if log.segments.is_empty() {
             let s = log.new_segment(Offset(0), RaftIndex(0), None, now_ms)?;
             log.segments.push(s);
+            created = true;
         } else if log.active().is_sealed() {
             // A crash between sealing a segment and creating the next one.
             let (next_offset, next_index, last) = (log.next_offset(), log.next_raft_index(), log.last_raft());
             let s = log.new_segment(next_offset, next_index, last, now_ms)?;
             log.segments.push(s);
+            created = true;
         }
         report.segments = log.segments.len();
-        // From now on a crash must not be mistaken for a clean close.
-        log.write_checkpoint(false)?;
+        // From now on a crash must not be mistaken for a clean close. When
+        // the clean checkpoint vouched for every byte (nothing verified,
+        // cut or created), replacing it waits for the first change: a
+        // broker restarting with thousands of idle replicas then writes and
+        // fsyncs no file per replica (`docs/format/segment.md`).
+        log.clean_on_disk = report.clean
+            && report.verified_bytes == 0
+            && report.torn_tail.is_none()
+            && report.quarantined.is_empty()
+            && !created;
+        if !log.clean_on_disk {
+            log.write_checkpoint(false)?;
+        }
         Ok((log, report))
     }
 
@@ -490,6 +510,18 @@ impl Log {
 
     fn active(&self) -> &Segment {
         self.segments.last().expect("a log always has a segment")
+    }
+
+    /// Replaces a clean checkpoint left from the open with one without
+    /// `CLEAN`, before anything changes: a crash after the change must not
+    /// be taken for a clean close (the clean checkpoint would vouch for
+    /// bytes that are no longer there).
+    fn unclean(&mut self) -> Result<()> {
+        if self.clean_on_disk {
+            self.write_checkpoint(false)?;
+            self.clean_on_disk = false;
+        }
+        Ok(())
     }
 
     fn active_mut(&mut self) -> &mut Segment {
@@ -633,6 +665,7 @@ impl Log {
         if index != expected {
             return Err(LogError::RaftIndexGap { expected, got: index });
         }
+        self.unclean()?;
 
         let active = self.active();
         let too_old = active.has_batches()
@@ -685,6 +718,7 @@ impl Log {
         if !self.active().has_batches() {
             return Ok(());
         }
+        self.unclean()?;
         let next = self.new_segment(
             self.next_offset(),
             self.next_raft_index(),
@@ -910,6 +944,7 @@ impl Log {
             let _ = fs::remove_file(&staged.tmp);
             return Err(LogError::NotSealed { segment });
         };
+        self.unclean()?;
         let path = self.segments[i].path.clone();
         fs::rename(&staged.tmp, &path).map_err(LogError::io("replace segment", &path))?;
         crate::failpoint::hit("log.compact.renamed");
@@ -957,6 +992,7 @@ impl Log {
             Some((_, last)) if last > index => {}
             _ => return Ok(()),
         }
+        self.unclean()?;
         // Segments that start above `index` go entirely, newest first so a
         // crash midway leaves a prefix of the log.
         let keep = self
@@ -1022,6 +1058,7 @@ impl Log {
         if self.poisoned {
             return Err(LogError::Poisoned);
         }
+        self.unclean()?;
         while let Some(s) = self.segments.pop() {
             fs::remove_file(&s.path).map_err(LogError::io("remove segment", &s.path))?;
         }
@@ -1095,6 +1132,7 @@ impl Log {
         let mut n = 0;
         let mut bytes = 0;
         while self.segments.len() > 1 && self.segments[0].is_sealed() && pred(&self.segments[0], n) {
+            self.unclean()?;
             let s = self.segments.remove(0);
             fs::remove_file(&s.path).map_err(LogError::io("remove segment", &s.path))?;
             n += 1;
@@ -1119,8 +1157,24 @@ impl Log {
 
     /// [`Log::close`] for an owner that drops the log right after.
     pub(crate) fn close_in_place(&mut self) -> Result<()> {
+        self.checkpoint_clean()
+    }
+
+    /// Flushes and records a clean checkpoint, as a close does, while the
+    /// log stays open: a change after it replaces the checkpoint first
+    /// ([`Log::unclean`]), so the next open verifies only what a clean
+    /// checkpoint still vouches for. A poisoned log is refused: its pages
+    /// may be lost, and a clean checkpoint would vouch for them.
+    pub fn checkpoint_clean(&mut self) -> Result<()> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
         self.flush()?;
-        self.write_checkpoint(true)
+        if !self.clean_on_disk {
+            self.write_checkpoint(true)?;
+            self.clean_on_disk = true;
+        }
+        Ok(())
     }
 
     fn write_checkpoint(&self, clean: bool) -> Result<()> {

@@ -39,6 +39,7 @@ impl Node {
                 starts.push((s.clone(), dir, m.founders_of(i).to_vec(), m.preferred_leader(i)));
             }
         }
+        let (began, groups) = (std::time::Instant::now(), starts.len());
         // Several at once: a group's start is mostly waiting on its files.
         let mut started =
             futures_util::stream::iter(starts.into_iter().map(|(s, dir, founders, preferred)| {
@@ -49,6 +50,11 @@ impl Node {
         while let Some(r) = started.next().await {
             r?;
         }
+        tracing::info!(
+            groups,
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "groups started"
+        );
         Ok(())
     }
 }

@@ -227,9 +227,16 @@ impl Node {
             .streams()
             .map(|(n, m)| (n, m.clone()))
             .collect();
+        let began = std::time::Instant::now();
         for (name, m) in all {
             node.rehost(&name, m, false)?;
         }
+        let shards: usize = node.streams().iter().map(|h| h.hosted().count()).sum();
+        tracing::info!(
+            shards,
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            "shards opened"
+        );
         Ok(Arc::new(node))
     }
 
