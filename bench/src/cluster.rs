@@ -591,7 +591,9 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
             per(disk / 1024),
         );
     }
-    restart_figures(brokers, &names).await
+    let mut brokers = brokers;
+    restart_figures(&mut brokers, &names).await?;
+    failover_figure(&mut brokers, &names).await
 }
 
 /// The streams (name, shards) that hold `shards` idle shards.
@@ -613,7 +615,7 @@ fn idle_streams(shards: u32) -> Vec<(String, u32)> {
 /// SIGTERMs broker 3 of an idle cluster (it hands every leadership over
 /// first) and starts it again: how long each takes, the second until the
 /// broker names a leader for every shard of the stream.
-async fn restart_figures(mut brokers: LocalBrokers, streams: &[(String, u32)]) -> anyhow::Result<()> {
+async fn restart_figures(brokers: &mut LocalBrokers, streams: &[(String, u32)]) -> anyhow::Result<()> {
     let shards: u32 = streams.iter().map(|(_, n)| n).sum();
     let i = 2;
     let child = brokers.children[i].as_mut().context("broker 3 runs")?;
@@ -632,7 +634,7 @@ async fn restart_figures(mut brokers: LocalBrokers, streams: &[(String, u32)]) -
     brokers.restart(i)?;
     let t = Instant::now();
     let address = brokers.members[i].client.to_string();
-    let client = Client::connect(client_config(&brokers)?).await?;
+    let client = Client::connect(client_config(brokers)?).await?;
     let ask = Message::Metadata {
         streams: streams.iter().map(|(name, _)| name.clone()).collect(),
     };
@@ -670,6 +672,76 @@ async fn restart_figures(mut brokers: LocalBrokers, streams: &[(String, u32)]) -
         "\nBroker 3: SIGTERM to exit (leaderships handed over) {:.1} s; restart to naming a leader for all {shards} shards {:.1} s.",
         stopped.as_secs_f64(),
         serving.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// SIGKILLs broker 1 of the idle cluster and times how long until both
+/// other brokers name a live leader for every shard: the elections of every
+/// group it led (its beats stop, so its quiet groups' followers stand too).
+async fn failover_figure(brokers: &mut LocalBrokers, streams: &[(String, u32)]) -> anyhow::Result<()> {
+    let shards: u32 = streams.iter().map(|(_, n)| n).sum();
+    let client = Client::connect(client_config(brokers)?).await?;
+    let ask = Message::Metadata {
+        streams: streams.iter().map(|(name, _)| name.clone()).collect(),
+    };
+    let survivors: Vec<String> = brokers.members[1..]
+        .iter()
+        .map(|m| m.client.to_string())
+        .collect();
+    // Leaders as each survivor names them; None when a survivor cannot say.
+    let leaders = |reply: anyhow::Result<Message>| -> Option<Vec<Option<u64>>> {
+        match reply {
+            Ok(Message::MetadataReply { streams, .. }) => {
+                Some(streams.iter().flat_map(|s| &s.shards).map(|s| s.leader).collect())
+            }
+            _ => None,
+        }
+    };
+    let before = leaders(
+        client
+            .call(Route::Broker(&survivors[0]), &ask)
+            .await
+            .map_err(Into::into),
+    )
+    .context("broker 2 answers before the kill")?;
+    let killed = brokers.members[0].id;
+    let led = before.iter().filter(|l| **l == Some(killed)).count();
+    let child = brokers.children[0].as_mut().context("broker 1 runs")?;
+    child.kill()?;
+    child.wait()?;
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(300);
+    let mut shown = Duration::ZERO;
+    loop {
+        let mut live = usize::MAX;
+        for at in &survivors {
+            let n = leaders(client.call(Route::Broker(at), &ask).await.map_err(Into::into)).map_or(0, |ls| {
+                ls.iter().filter(|l| l.is_some_and(|b| b != killed)).count()
+            });
+            live = live.min(n);
+        }
+        if live == shards as usize {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "300 s after broker 1 was killed, {live} of {shards} shards had a live leader"
+        );
+        if t.elapsed() >= shown + Duration::from_secs(1) {
+            shown = t.elapsed();
+            println!(
+                "  {:.1} s after the kill: {live} of {shards} shards name a live leader on both survivors",
+                shown.as_secs_f64()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = t.elapsed();
+    client.close().await;
+    println!(
+        "\nBroker 1 (leading {led} of {shards} shards) SIGKILLed: every shard named a live leader on both other brokers after {:.1} s.",
+        elected.as_secs_f64()
     );
     Ok(())
 }

@@ -106,7 +106,13 @@ impl Replica {
             source,
         })?;
         let purge_floor = Arc::new(AtomicU64::new(0));
-        let store = LogStore::new(log.clone(), state_dir.clone(), purge_floor.clone(), router.disk());
+        let store = LogStore::new(
+            id,
+            log.clone(),
+            state_dir.clone(),
+            purge_floor.clone(),
+            router.disk(),
+        );
         let sm = StateMachine::open(log.clone(), state_dir.clone(), applier.clone(), applied)
             .map_err(ReplicationError::Apply)?;
         let (outvoted, outran) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -117,6 +123,7 @@ impl Replica {
             outran: outran.clone(),
         };
         let handover = Arc::new(Handover::new(router.park(group)));
+        let unsaved = sm.unsaved();
         let raft = crate::runtime::with_gate(
             handover.quiet.clone(),
             Raft::new(id, Arc::new(cfg.raft(group)?), net, store, sm),
@@ -135,6 +142,7 @@ impl Replica {
             votes,
             applier,
             log.clone(),
+            unsaved,
         );
         router.drive_once(|| {
             tokio::spawn(crate::driver::drive(

@@ -10,7 +10,7 @@
 //! Raft index).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use felix_log::{RaftIndex, SharedLog};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot};
@@ -76,6 +76,38 @@ pub struct StateMachine {
     applied: Option<LogId>,
     membership: StoredMembership,
     saved_ms: i64,
+    unsaved: Arc<UnsavedMark>,
+}
+
+/// The applied mark a save skipped (saves come at most every
+/// [`APPLIED_SAVE_INTERVAL_MS`]), written when the group goes quiet
+/// (`UnsavedMark::save`): a replica restarted after its group went idle
+/// then starts from everything it applied, agrees with its quiet leader's
+/// beats and is not woken for an AppendEntries. Saves happen under its
+/// lock, so an older mark never lands after a newer one.
+#[derive(Debug)]
+pub(crate) struct UnsavedMark {
+    state_dir: PathBuf,
+    pending: Mutex<Option<Applied>>,
+}
+
+impl UnsavedMark {
+    /// Writes the mark a save skipped, if any.
+    pub(crate) fn save(&self) -> Result<(), String> {
+        let mut pending = self.pending.lock().expect("applied mark lock");
+        match pending.take() {
+            Some(a) => write_applied(&self.state_dir, &a).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+fn write_applied(state_dir: &Path, a: &Applied) -> std::io::Result<()> {
+    let data = serde_json::to_vec(a)?;
+    let path = state_dir.join(APPLIED_FILE);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, &path)
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -175,6 +207,10 @@ impl StateMachine {
         }
         Ok(StateMachine {
             log,
+            unsaved: Arc::new(UnsavedMark {
+                state_dir: state_dir.clone(),
+                pending: Mutex::new(None),
+            }),
             state_dir,
             applier,
             applied,
@@ -183,22 +219,25 @@ impl StateMachine {
         })
     }
 
+    /// The mark a skipped save leaves for the group's quiescence to write.
+    pub(crate) fn unsaved(&self) -> Arc<UnsavedMark> {
+        self.unsaved.clone()
+    }
+
     fn save(&mut self, force: bool) -> Result<(), StorageError> {
         let now = felix_log::now_ms();
-        if !force && now - self.saved_ms < APPLIED_SAVE_INTERVAL_MS {
-            return Ok(());
-        }
-        self.saved_ms = now;
         let a = Applied {
             applied: self.applied,
             membership: self.membership.clone(),
         };
-        let data =
-            serde_json::to_vec(&a).map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))?;
-        let path = self.state_dir.join(APPLIED_FILE);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, data)
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        let mut pending = self.unsaved.pending.lock().expect("applied mark lock");
+        if !force && now - self.saved_ms < APPLIED_SAVE_INTERVAL_MS {
+            *pending = Some(a);
+            return Ok(());
+        }
+        self.saved_ms = now;
+        *pending = None;
+        write_applied(&self.state_dir, &a)
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, e))
     }
 

@@ -101,6 +101,8 @@ pub(crate) struct Hosted {
     log: Arc<felix_log::SharedLog>,
     /// When it was started here ([`heard_now`] clock).
     pub(crate) started_at: u64,
+    /// The applied mark the state machine has not saved yet.
+    unsaved: Arc<crate::machine::UnsavedMark>,
 }
 
 impl Hosted {
@@ -113,6 +115,11 @@ impl Hosted {
         let rc = self.raft.runtime_config();
         rc.heartbeat(false);
         rc.tick(false);
+        // Quiet, it may stay so for good: what it applied is saved now,
+        // so a restart resumes from all of it and agrees with the beats.
+        if let Err(e) = self.unsaved.save() {
+            tracing::warn!(dir = %self.state_dir.display(), error = %e, "could not save the applied mark");
+        }
         true
     }
 
@@ -220,6 +227,7 @@ impl Router {
         votes: Refusals,
         owner: Arc<dyn crate::machine::Applier>,
         log: Arc<felix_log::SharedLog>,
+        unsaved: Arc<crate::machine::UnsavedMark>,
     ) {
         let me = raft.metrics().borrow().id;
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -235,6 +243,7 @@ impl Router {
                 owner,
                 log,
                 started_at: heard_now(),
+                unsaved,
             }),
         );
     }

@@ -55,6 +55,17 @@ fn log_config() -> LogConfig {
 }
 
 async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
+    start_applied(root, id, listen, |_| None).await
+}
+
+/// [`start`] telling the replica how far its applier's state reaches, as
+/// a broker does from the mark the state machine saved.
+async fn start_applied(
+    root: &std::path::Path,
+    id: u64,
+    listen: &str,
+    applied: impl Fn(&std::path::Path) -> Option<RaftIndex>,
+) -> Node {
     let broker = felix_replication::broker_of(id);
     let certs = dev_certificates(root, &[])
         .unwrap()
@@ -101,7 +112,7 @@ async fn start(root: &std::path::Path, id: u64, listen: &str) -> Node {
         log.clone(),
         dir.join("raft"),
         applier.clone(),
-        None,
+        applied(&dir.join("raft")),
         transport.clone(),
         &router,
         GroupConfig::default(),
@@ -768,6 +779,56 @@ async fn an_idle_group_goes_quiet_and_a_write_wakes_it() {
     // Idle again, it goes quiet again at the new last entry.
     all_quiet(&all).await;
     assert_eq!(terms(&all), term);
+    for n in nodes {
+        stop(n).await;
+    }
+}
+
+/// A follower restarted beside a quiet group knows its leader from its
+/// own disk (the committed vote it saved), so the leader's beats keep it
+/// quiet: the group is not woken for it. A broker restarting with
+/// thousands of quiet groups would otherwise wait for each to be woken, a
+/// few hundred a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_follower_of_a_quiet_group_knows_its_leader_without_waking_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut nodes, l) = cluster(tmp.path()).await;
+    let w = nodes[l].replica.write(batch("before")).await.unwrap();
+    for n in &nodes {
+        wait_applied(n, w.raft_index).await;
+    }
+    all_quiet(&nodes.iter().collect::<Vec<_>>()).await;
+    let leader = nodes[l].id;
+    let term = nodes[l].replica.term();
+    let f = (l + 1) % nodes.len();
+    let (id, addr) = stop(nodes.remove(f)).await;
+    let l = nodes.iter().position(|n| n.id == leader).unwrap();
+    let sent = nodes[l].transport.traffic().heartbeats;
+    let back = start_applied(tmp.path(), id, &addr, |d| {
+        felix_replication::machine::saved_applied(d).map(RaftIndex)
+    })
+    .await;
+    // Nothing from the quiet leader's group reaches it: what it names, it
+    // read from its own disk.
+    let until = Instant::now() + Duration::from_secs(10);
+    while back.replica.leader().map(|(id, _)| id) != Some(leader) {
+        assert!(Instant::now() < until, "the restarted follower names no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nodes.push(back);
+    all_quiet(&nodes.iter().collect::<Vec<_>>()).await;
+    let woke = nodes[l].transport.traffic().heartbeats - sent;
+    assert!(
+        woke <= 1,
+        "the quiet leader was woken for the restarted follower ({woke} heartbeats)"
+    );
+    assert!(nodes[l].replica.is_leader());
+    assert!(nodes.iter().all(|n| n.replica.term() == term), "no election");
+    // And it is a follower like any other: a write reaches it.
+    let r = nodes[l].replica.write(batch("after")).await.unwrap();
+    for n in &nodes {
+        wait_applied(n, r.raft_index).await;
+    }
     for n in nodes {
         stop(n).await;
     }
