@@ -895,63 +895,77 @@ fn all_values(c: &LocalCluster, i: usize) -> std::collections::BTreeSet<String> 
     out
 }
 
-/// Issue 25's restart test at CI size: a broker holding a replica of each
-/// of 1,024 shards is SIGKILLed and restarted; it names a leader for every
-/// shard again, every shard takes writes, and its own logs hold every
-/// record acknowledged before and after.
+/// Issue 25's failover and restart tests at CI size: three streams of
+/// 1,024 shards (3,072 groups on three brokers). A broker leading about a
+/// third of them is SIGKILLed: both others name a live leader for every
+/// shard and every shard takes writes. It is restarted: it names a leader
+/// for every shard again, and its own logs hold every record
+/// acknowledged before, during and after its absence.
 #[test]
-fn a_broker_with_a_thousand_shards_restarts_serves_every_shard_and_loses_nothing() {
+fn a_broker_with_thousands_of_shards_fails_over_restarts_and_loses_nothing() {
     const SHARDS: u32 = 1024;
+    const STREAMS: [&str; 3] = ["dev/default/many-0", "dev/default/many-1", "dev/default/many-2"];
     let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let mut c = LocalCluster::start(dir.path(), 3, "");
-    let stream = "dev/default/thousand";
     let victim = 2;
+    let victim_id = c.members[victim].at.id;
     let acked = rt.block_on(async {
         let client = Client::connect(c.client_config()).await.unwrap();
-        create_when_ready(&client, stream_config(stream, SHARDS)).await;
         let mut acked = BTreeMap::new();
-        write_every_shard(&client, stream, "before", &mut acked).await;
+        for stream in STREAMS {
+            create_when_ready(&client, stream_config(stream, SHARDS)).await;
+            write_every_shard(&client, stream, "before", &mut acked).await;
+        }
         client.close().await;
         acked
     });
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let led = rt.block_on(leaders_named(&c, survivors[0], &STREAMS, |_| true));
     c.kill(victim);
+    let t = Instant::now();
+    let acked = rt.block_on(async {
+        for &i in &survivors {
+            let live = leaders_named(&c, i, &STREAMS, |l| l != victim_id);
+            tokio::time::timeout(Duration::from_secs(120), live)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("broker {i} named no live leader for some shard 120 s after the kill")
+                });
+        }
+        eprintln!(
+            "failover of {} of {} groups: every shard named a live leader after {:?}",
+            led.iter().filter(|l| **l == victim_id).count(),
+            led.len(),
+            t.elapsed()
+        );
+        let client = Client::connect(c.client_config()).await.unwrap();
+        let mut acked = acked;
+        for stream in STREAMS {
+            write_every_shard(&client, stream, "during", &mut acked).await;
+        }
+        client.close().await;
+        acked
+    });
     let t = Instant::now();
     c.restart(victim);
     let acked = rt.block_on(async {
         // The restarted broker's own answer: a leader for every shard.
-        let address = c.members[victim].at.client.to_string();
-        let own = Client::connect(c.member_config(victim)).await.unwrap();
-        let ask = felix_client::wire::Message::Metadata {
-            streams: vec![stream.to_owned()],
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let led = match own.call(felix_client::Route::Broker(&address), &ask).await {
-                Ok(felix_client::wire::Message::MetadataReply { streams, .. }) => streams
-                    .iter()
-                    .flat_map(|s| &s.shards)
-                    .filter(|s| s.leader.is_some())
-                    .count(),
-                _ => 0,
-            };
-            if led == SHARDS as usize {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the restarted broker names a leader for {led} of {SHARDS} shards"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let own = leaders_named(&c, victim, &STREAMS, |_| true);
+        tokio::time::timeout(Duration::from_secs(120), own)
+            .await
+            .expect("the restarted broker names a leader for every shard within 120 s");
         eprintln!("restart to a leader named for every shard: {:?}", t.elapsed());
-        own.close().await;
         let client = Client::connect(c.client_config()).await.unwrap();
         let mut acked = acked;
-        write_every_shard(&client, stream, "after", &mut acked).await;
+        for stream in STREAMS {
+            write_every_shard(&client, stream, "after", &mut acked).await;
+        }
         client.close().await;
-        c.converged(stream).await;
+        for stream in STREAMS {
+            c.converged(stream).await;
+        }
         acked
     });
     c.stop_all();
@@ -965,25 +979,48 @@ fn a_broker_with_a_thousand_shards_restarts_serves_every_shard_and_loses_nothing
     );
 }
 
+/// Asks member `i` for the leaders of `streams`' shards until it names
+/// one that `ok` accepts for every shard, and returns them (broker ids).
+async fn leaders_named(c: &LocalCluster, i: usize, streams: &[&str], ok: impl Fn(u64) -> bool) -> Vec<u64> {
+    let address = c.members[i].at.client.to_string();
+    let own = Client::connect(c.member_config(i)).await.unwrap();
+    let ask = felix_client::wire::Message::Metadata {
+        streams: streams.iter().map(|s| s.to_string()).collect(),
+    };
+    loop {
+        if let Ok(felix_client::wire::Message::MetadataReply { streams, .. }) =
+            own.call(felix_client::Route::Broker(&address), &ask).await
+        {
+            let leaders: Vec<Option<u64>> =
+                streams.iter().flat_map(|s| &s.shards).map(|s| s.leader).collect();
+            if !leaders.is_empty() && leaders.iter().all(|l| l.is_some_and(&ok)) {
+                own.close().await;
+                return leaders.into_iter().flatten().collect();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Sends one record to every shard of `stream` and waits for all the
-/// acknowledgements, recording (shard, offset) → value.
+/// acknowledgements, recording (stream, shard, offset) → value.
 async fn write_every_shard(
     client: &Client,
     stream: &str,
     tag: &str,
-    acked: &mut BTreeMap<(u32, u64), String>,
+    acked: &mut BTreeMap<(String, u32, u64), String>,
 ) {
     let p = client.producer(stream, ProducerConfig::default()).await.unwrap();
     let mut pending = Vec::new();
     for shard in 0..p.shards() {
-        let v = format!("{tag}-{shard}");
+        let v = format!("{stream}-{tag}-{shard}");
         let mut r = ProducerRecord::new(v.clone().into_bytes());
         r.shard = Some(shard);
         pending.push((v, p.send(r).await.unwrap()));
     }
     for (v, ack) in pending {
         let a = ack.wait().await.unwrap_or_else(|e| panic!("{v}: {e}"));
-        assert!(acked.insert((a.shard, a.offset), v).is_none());
+        assert!(acked.insert((stream.to_owned(), a.shard, a.offset), v).is_none());
     }
     p.close().await.unwrap();
 }
