@@ -551,6 +551,7 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
         3_000 + felix_replication::quiesce::QUIESCE_AFTER_MS,
     ))
     .await;
+    settled(&brokers, &names).await?;
     let pids: Vec<u32> = brokers.children.iter().flatten().map(|c| c.id()).collect();
     let before = pids
         .iter()
@@ -594,6 +595,40 @@ async fn idle(shards: u32, secs: f64) -> anyhow::Result<()> {
     let mut brokers = brokers;
     restart_figures(&mut brokers, &names).await?;
     failover_figure(&mut brokers, &names).await
+}
+
+/// Waits until the leaders the brokers name stop changing: the control
+/// plane balances leaderships a few hand-overs at a time after streams
+/// are created, and an idle figure taken meanwhile measures elections.
+/// Leaders unchanged over three polls two seconds apart, or 180 s.
+async fn settled(brokers: &LocalBrokers, streams: &[(String, u32)]) -> anyhow::Result<()> {
+    let client = Client::connect(client_config(brokers)?).await?;
+    let ask = Message::Metadata {
+        streams: streams.iter().map(|(name, _)| name.clone()).collect(),
+    };
+    let t = Instant::now();
+    let (mut last, mut same) = (Vec::new(), 0);
+    while same < 3 && t.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now: Vec<Option<u64>> = match client.call(Route::Any, &ask).await {
+            Ok(Message::MetadataReply { streams, .. }) => {
+                streams.iter().flat_map(|s| &s.shards).map(|s| s.leader).collect()
+            }
+            _ => Vec::new(),
+        };
+        same = if !now.is_empty() && now == last {
+            same + 1
+        } else {
+            0
+        };
+        last = now;
+    }
+    client.close().await;
+    println!(
+        "leaders settled (unchanged over 3 polls) {:.0} s after the last creation",
+        t.elapsed().as_secs_f64() + 3.0 + felix_replication::quiesce::QUIESCE_AFTER_MS as f64 / 1e3
+    );
+    Ok(())
 }
 
 /// The streams (name, shards) that hold `shards` idle shards.

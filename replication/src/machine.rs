@@ -100,6 +100,63 @@ impl UnsavedMark {
             None => Ok(()),
         }
     }
+
+    /// [`UnsavedMark::save`] on the process's one saver thread: the caller
+    /// (the broker's driver, which beats for every quiet group) must not
+    /// wait on a file, or a loaded disk would make its beats late.
+    pub(crate) fn save_later(self: &Arc<Self>) {
+        if self.pending.lock().expect("applied mark lock").is_none() {
+            return;
+        }
+        let saver = saver();
+        let mut queue = saver.queue.lock().expect("mark saver lock");
+        queue.push(Arc::downgrade(self));
+        if !saver.running.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            std::thread::Builder::new()
+                .name("felix-applied-marks".into())
+                .spawn(move || saver.run())
+                .expect("spawn the applied-mark saver thread");
+        }
+        saver.wake.notify_one();
+    }
+}
+
+/// Marks waiting to be saved, and the thread that saves them (asleep while
+/// there are none). The queue holds at most one entry per quiescence of a
+/// hosted group, drained as fast as the disk takes them.
+struct Saver {
+    queue: Mutex<Vec<std::sync::Weak<UnsavedMark>>>,
+    wake: std::sync::Condvar,
+    running: std::sync::atomic::AtomicBool,
+}
+
+fn saver() -> &'static Saver {
+    static SAVER: std::sync::OnceLock<Saver> = std::sync::OnceLock::new();
+    SAVER.get_or_init(|| Saver {
+        queue: Mutex::new(Vec::new()),
+        wake: std::sync::Condvar::new(),
+        running: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+impl Saver {
+    fn run(&self) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock().expect("mark saver lock");
+                while q.is_empty() {
+                    q = self.wake.wait(q).expect("mark saver lock");
+                }
+                std::mem::take(&mut *q)
+            };
+            // A group stopped meanwhile has nothing left to save.
+            for m in batch.iter().filter_map(std::sync::Weak::upgrade) {
+                if let Err(e) = m.save() {
+                    tracing::warn!(dir = %m.state_dir.display(), error = %e, "could not save the applied mark");
+                }
+            }
+        }
+    }
 }
 
 fn write_applied(state_dir: &Path, a: &Applied) -> std::io::Result<()> {

@@ -117,9 +117,7 @@ impl Hosted {
         rc.tick(false);
         // Quiet, it may stay so for good: what it applied is saved now,
         // so a restart resumes from all of it and agrees with the beats.
-        if let Err(e) = self.unsaved.save() {
-            tracing::warn!(dir = %self.state_dir.display(), error = %e, "could not save the applied mark");
-        }
+        self.unsaved.save_later();
         true
     }
 
@@ -407,8 +405,13 @@ impl Router {
     }
 
     pub fn remove(&self, group: GroupId) {
-        self.groups.write().expect("router lock").remove(&group);
+        let gone = self.groups.write().expect("router lock").remove(&group);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // A mark the saver thread has not reached yet is saved now: the
+        // group may be started again from this directory at once.
+        if let Some(Err(e)) = gone.map(|h| h.unsaved.save()) {
+            tracing::warn!(group = %group, error = %e, "could not save the applied mark");
+        }
     }
 
     /// Changes whenever a group is added or removed.
