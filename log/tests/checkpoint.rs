@@ -5,6 +5,17 @@ mod common;
 
 use felix_log::{Log, RaftIndex, RaftTerm};
 
+/// Appends entry `i` (100 bytes, term 1).
+fn append(log: &mut Log, i: u64) {
+    log.append(
+        &common::batch_of(&[vec![i as u8; 100]], 1_000),
+        RaftTerm(1),
+        RaftIndex(i),
+        1_000,
+    )
+    .unwrap();
+}
+
 /// A log reopened after a clean close writes no file until it changes, and
 /// a close with no change in between leaves the clean checkpoint as it was;
 /// once it changes, a crash is never taken for a clean close.
@@ -15,13 +26,7 @@ fn a_clean_checkpoint_is_replaced_only_when_the_log_first_changes() {
     let ck = dir.path().join("checkpoint");
     let (mut log, _) = Log::open(dir.path(), cfg.clone(), 1_000).unwrap();
     for i in 0..5u64 {
-        log.append(
-            &common::batch_of(&[vec![i as u8; 100]], 1_000),
-            RaftTerm(1),
-            RaftIndex(i),
-            1_000,
-        )
-        .unwrap();
+        append(&mut log, i);
     }
     log.close().unwrap();
     let written = std::fs::read(&ck).unwrap();
@@ -50,13 +55,7 @@ fn a_clean_checkpoint_is_replaced_only_when_the_log_first_changes() {
     // recovered as a crash: the tail is verified, and the append kept.
     let (mut log, report) = Log::open(dir.path(), cfg.clone(), 3_000).unwrap();
     assert!(report.clean);
-    log.append(
-        &common::batch_of(&[vec![9; 100]], 3_000),
-        RaftTerm(1),
-        RaftIndex(5),
-        3_000,
-    )
-    .unwrap();
+    append(&mut log, 5);
     assert_ne!(
         std::fs::read(&ck).unwrap(),
         written,
@@ -86,15 +85,6 @@ fn a_clean_checkpoint_is_replaced_only_when_the_log_first_changes() {
 fn a_clean_checkpoint_taken_while_open_is_replaced_by_a_later_change() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::small_config();
-    let append = |log: &mut Log, i: u64| {
-        log.append(
-            &common::batch_of(&[vec![i as u8; 100]], 1_000),
-            RaftTerm(1),
-            RaftIndex(i),
-            1_000,
-        )
-        .unwrap();
-    };
     let (mut log, _) = Log::open(dir.path(), cfg.clone(), 1_000).unwrap();
     append(&mut log, 0);
     log.checkpoint_clean().unwrap();
