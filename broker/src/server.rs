@@ -132,9 +132,14 @@ impl Running {
         }
         let started = std::time::Instant::now();
         let node = self.node.clone();
-        let failed = tokio::task::spawn_blocking(move || node.checkpoint_logs())
-            .await
-            .expect("checkpoints do not panic");
+        let failed = tokio::task::spawn_blocking(move || {
+            // The applied marks first: a replica restarted behind its own
+            // mark would be woken for an AppendEntries.
+            let marks = node.cluster().map_or(0, |c| c.router.save_applied_marks());
+            marks + node.checkpoint_logs()
+        })
+        .await
+        .expect("checkpoints do not panic");
         tracing::info!(
             failed,
             ms = started.elapsed().as_millis() as u64,

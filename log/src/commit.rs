@@ -223,7 +223,23 @@ impl SharedLog {
     /// clean end, so that its restart verifies, zeroes and fsyncs nothing
     /// (other holders of the log may still write after it, safely).
     pub fn checkpoint_clean(&self) -> Result<()> {
-        lock(&self.inner.log).checkpoint_clean()
+        // Taken like a group-commit fsync: one whose error has not been
+        // recorded yet (the kernel reports it to one fsync only) must not
+        // leave this flush to succeed over the lost pages.
+        let mut st = lock(&self.inner.sync);
+        while st.syncing {
+            st = self.inner.synced.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.failed {
+            return Err(LogError::Poisoned);
+        }
+        st.syncing = true;
+        drop(st);
+        let r = lock(&self.inner.log).checkpoint_clean();
+        lock(&self.inner.sync).syncing = false;
+        self.inner.synced.notify_all();
+        wake_stranded(&self.inner);
+        r
     }
 
     /// Stops the flusher, flushes, and closes the log cleanly.

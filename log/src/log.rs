@@ -1171,8 +1171,11 @@ impl Log {
         }
         self.flush()?;
         if !self.clean_on_disk {
-            self.write_checkpoint(true)?;
+            // Set first: a write that fails after its rename (the
+            // directory's fsync) may have left the clean file in place,
+            // and the next change must replace it all the same.
             self.clean_on_disk = true;
+            self.write_checkpoint(true)?;
         }
         Ok(())
     }

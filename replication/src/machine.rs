@@ -105,8 +105,12 @@ impl UnsavedMark {
     /// (the broker's driver, which beats for every quiet group) must not
     /// wait on a file, or a loaded disk would make its beats late.
     pub(crate) fn save_later(self: &Arc<Self>) {
-        if self.pending.lock().expect("applied mark lock").is_none() {
-            return;
+        // Not waiting on a save under way (the lock is held over a file
+        // write): queued anyway, it finds nothing or the newest mark.
+        if let Ok(p) = self.pending.try_lock() {
+            if p.is_none() {
+                return;
+            }
         }
         let saver = saver();
         let mut queue = saver.queue.lock().expect("mark saver lock");

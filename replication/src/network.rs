@@ -414,6 +414,29 @@ impl Router {
         }
     }
 
+    /// Saves every hosted group's applied mark that a save skipped: a
+    /// stopping broker's groups then restart from all they applied (the
+    /// saver thread may not have reached them). Returns how many failed.
+    pub fn save_applied_marks(&self) -> usize {
+        let hosted: Vec<Arc<Hosted>> = self
+            .groups
+            .read()
+            .expect("router lock")
+            .values()
+            .cloned()
+            .collect();
+        hosted
+            .iter()
+            .filter(|h| match h.unsaved.save() {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(dir = %h.state_dir.display(), error = %e, "could not save the applied mark");
+                    true
+                }
+            })
+            .count()
+    }
+
     /// Changes whenever a group is added or removed.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
