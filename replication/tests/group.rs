@@ -810,11 +810,14 @@ async fn a_restarted_follower_of_a_quiet_group_knows_its_leader_without_waking_i
     .await;
     // Nothing from the quiet leader's group reaches it: what it names, it
     // read from its own disk.
-    let until = Instant::now() + Duration::from_secs(10);
-    while back.replica.leader().map(|(id, _)| id) != Some(leader) {
-        assert!(Instant::now() < until, "the restarted follower names no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut metrics = back.replica.raft.metrics();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        metrics.wait_for(|m| m.current_leader == Some(leader)),
+    )
+    .await
+    .expect("the restarted follower names its leader")
+    .unwrap();
     nodes.push(back);
     all_quiet(&nodes.iter().collect::<Vec<_>>()).await;
     let woke = nodes[l].transport.traffic().heartbeats - sent;

@@ -117,29 +117,16 @@ impl Node {
             .iter()
             .flat_map(|h| h.hosted().map(|(_, s)| s.clone()).collect::<Vec<_>>())
             .collect();
-        let per = shards.len().div_ceil(SHARD_OPENS_PARALLEL_MAX).max(1);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = shards
-                .chunks(per)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .filter(|s| match s.log().checkpoint_clean() {
-                                Ok(()) => false,
-                                Err(e) => {
-                                    tracing::warn!(shard = s.id.0, error = %e, "no clean checkpoint: the next start verifies this log");
-                                    true
-                                }
-                            })
-                            .count()
-                    })
-                })
-                .collect();
-            parts
-                .into_iter()
-                .map(|p| p.join().expect("a checkpoint panicked"))
-                .sum()
+        on_threads(&shards, |s| match s.log().checkpoint_clean() {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(shard = s.id.0, error = %e, "no clean checkpoint: the next start verifies this log");
+                true
+            }
         })
+        .into_iter()
+        .filter(|failed| *failed)
+        .count()
     }
 
     /// Opens the replicas `to_open` (shard number, id) of `m`, on up to
@@ -152,25 +139,9 @@ impl Node {
         signal: &Arc<watch::Sender<u64>>,
         tenant: &str,
     ) -> std::collections::HashMap<usize, Result<Arc<HostedShard>, BrokerError>> {
-        let open = |part: &[(usize, felix_log::ShardId)]| {
-            part.iter()
-                .map(|(i, id)| (*i, self.open_shard(*id, m, signal, tenant)))
-                .collect::<Vec<_>>()
-        };
-        if to_open.len() < 2 {
-            return open(to_open).into_iter().collect();
-        }
-        let per = to_open.len().div_ceil(SHARD_OPENS_PARALLEL_MAX);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = to_open
-                .chunks(per)
-                .map(|part| scope.spawn(move || open(part)))
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|p| p.join().expect("a shard open panicked"))
-                .collect()
-        })
+        on_threads(to_open, |(i, id)| (*i, self.open_shard(*id, m, signal, tenant)))
+            .into_iter()
+            .collect()
     }
 
     /// A broker other than this one placed on shard `shard` of `m` (the
@@ -229,4 +200,25 @@ fn remove_shard_dir(dir: &std::path::Path) {
             tracing::warn!(dir = %dir.display(), error = %e, "could not remove a retired replica's files")
         }
     }
+}
+
+/// `f` over `items` on up to [`SHARD_OPENS_PARALLEL_MAX`] threads (mostly
+/// waiting on the disk, one replica after another on each), results in
+/// `items`' order; on the caller's thread when there is one item or none.
+fn on_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() < 2 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(SHARD_OPENS_PARALLEL_MAX);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = items
+            .chunks(per)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("a replica's open or checkpoint panicked"))
+            .collect()
+    })
 }
